@@ -1,0 +1,42 @@
+"""TOML reading with errors that name the file and line (tomllib on 3.11+, tomli before)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import EnvshipError, Problem
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = ["load_toml", "loads_toml"]
+
+_AT_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def loads_toml(text: str, where: str, error: type[EnvshipError] = EnvshipError) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        match = _AT_LINE.search(msg)
+        loc = f"{where}:{match.group(1)}:{match.group(2)}" if match else where
+        raise error(
+            f"{where} is not valid TOML",
+            problems=[Problem(loc, _AT_LINE.sub("", msg).strip())],
+        ) from None
+
+
+def load_toml(path: Path, error: type[EnvshipError] = EnvshipError) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {path}: {exc}") from None
+    return loads_toml(text, str(path), error)

@@ -1,0 +1,1 @@
+"""The command line: a thin layer that turns library results into text or JSON."""

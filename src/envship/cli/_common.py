@@ -1,0 +1,102 @@
+"""Shared CLI plumbing: ``--json``, progress on stderr, and rendering of errors.
+
+This is the one place where an :class:`~envship.errors.EnvshipError` becomes a
+message, a hint and an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import EnvshipError
+
+__all__ = ["Progress", "echo_json", "json_mode", "json_option", "render_error"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_JSON: ContextVar[bool] = ContextVar("envship_json", default=False)
+
+
+def json_mode() -> bool:
+    return _JSON.get()
+
+
+def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        _JSON.set(True)
+    return value
+
+
+def json_option(func: F) -> F:
+    """Add ``--json``: the result (or the error) as one JSON document on stdout."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        is_eager=True,
+        expose_value=True,
+        callback=_set_json,
+        help="Print the result (or the error) as JSON on stdout.",
+    )(func)
+
+
+def echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def render_error(exc: EnvshipError) -> int:
+    if json_mode():
+        echo_json(exc.to_json())
+    else:
+        click.secho(f"error: {exc.message}", fg="red", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        if exc.hint:
+            click.secho(f"hint: {exc.hint}", fg="yellow", err=True)
+    return exc.exit_code
+
+
+class Progress:
+    """Progress on stderr: a redrawn line on a terminal, a line every few seconds otherwise.
+
+    Silent in ``--json`` mode so stdout stays one JSON document and stderr stays quiet.
+    """
+
+    def __init__(self, label: str, *, quiet: bool = False) -> None:
+        self.label = label
+        self.quiet = quiet or json_mode()
+        self.tty = sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int, detail: str = "") -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        final = done >= total
+        if not final and now - self._last < (0.1 if self.tty else 5.0):
+            return
+        self._last = now
+        line = f"{self.label}: {_size(done)} / {_size(total)}"
+        if total:
+            line += f" ({100 * done // total}%)"
+        if detail:
+            line += f" {detail}"
+        if self.tty:
+            click.echo(f"\r\033[K{line}", err=True, nl=final)
+        else:
+            click.echo(line, err=True)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,57 @@
+"""``envship``: the entry point and the table of command groups."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from .. import __version__
+from ..errors import EnvshipError
+from ._common import render_error
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="envship")
+def cli() -> None:
+    """Lock, fetch, ship and verify one declared Python environment.
+
+    \b
+    envship init      write envship.toml from requirements.txt / pyproject / environment.yml
+    envship lock      resolve the spec into pylock.toml, checked for every target
+    envship fetch     download every locked artifact into a verified store
+    envship index     export a static package index for offline networks
+
+    Exit codes: 0 ok, 1 failed check, 2 bad input, 3 network, 4 integrity, 130 interrupted.
+    """
+
+
+def _register() -> None:
+    # Imported here so each command group stays one module the others need not know.
+    from . import lock
+
+    for module in (lock,):
+        cli.add_command(module.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _register()
+    try:
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except EnvshipError as exc:
+        return render_error(exc)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted; re-run the same command to resume", err=True)
+        return 130
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

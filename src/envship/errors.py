@@ -1,0 +1,162 @@
+"""The one exception hierarchy of envship.
+
+Every error carries structured fields so the CLI can render a message, a hint and an
+exit code in one place, and so ``--json`` output can carry the same facts. Errors that
+find several problems (a malformed spec, a lock with missing wheels) collect them all
+and raise once, the way :mod:`packaging` reports validation problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ArtifactError",
+    "EnvshipError",
+    "IndexExportError",
+    "LockError",
+    "NetworkError",
+    "Problem",
+    "SpecError",
+    "StaleLockError",
+    "StoreError",
+    "TargetError",
+    "UnsupportedTargetError",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong, and where: ``file:line``, a key path, or ``packages[3].wheels[0]``."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+    def to_json(self) -> dict[str, str]:
+        return {"where": self.where, "message": self.message}
+
+
+class EnvshipError(Exception):
+    """Base of every error envship raises on purpose.
+
+    ``exit_code`` follows a small table the CLI documents: 1 for a failed check, 2 for
+    bad input, 3 for network trouble, 4 for an integrity failure.
+    """
+
+    exit_code: int = 1
+    kind: str = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: Sequence[Problem] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        lines = [self.message, *(f"  {p}" for p in self.problems)]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "error": self.kind,
+            "message": self.message,
+            "problems": [p.to_json() for p in self.problems],
+            "hint": self.hint,
+        }
+
+
+class SpecError(EnvshipError):
+    """A spec or an imported file (requirements, pyproject, environment.yml) is invalid."""
+
+    exit_code = 2
+    kind = "spec"
+
+
+class TargetError(SpecError):
+    """A target name or its settings are unknown or invalid."""
+
+    kind = "target"
+
+
+class LockError(EnvshipError):
+    """Resolution failed, or a lock file is malformed or cannot serve a target."""
+
+    exit_code = 1
+    kind = "lock"
+
+
+class UnsupportedTargetError(LockError):
+    """Some locked packages have no installable artifact for some targets."""
+
+    kind = "unsupported-target"
+
+
+class StaleLockError(LockError):
+    """The lock no longer matches the spec."""
+
+    kind = "stale-lock"
+
+
+class NetworkError(EnvshipError):
+    """An index or artifact URL could not be reached after retries."""
+
+    exit_code = 3
+    kind = "network"
+
+    def __init__(self, message: str, *, url: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+
+    def to_json(self) -> dict[str, object]:
+        data = super().to_json()
+        data["url"] = self.url
+        return data
+
+
+class StoreError(EnvshipError):
+    """The artifact store cannot be used (permissions, full disk, missing artifact)."""
+
+    exit_code = 1
+    kind = "store"
+
+
+class ArtifactError(StoreError):
+    """An artifact's bytes do not match the size or hash its lock entry promises."""
+
+    exit_code = 4
+    kind = "integrity"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        artifact: str,
+        expected: str,
+        actual: str,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.artifact = artifact
+        self.expected = expected
+        self.actual = actual
+
+    def to_json(self) -> dict[str, object]:
+        data = super().to_json()
+        data.update(artifact=self.artifact, expected=self.expected, actual=self.actual)
+        return data
+
+
+class IndexExportError(EnvshipError):
+    """The static index could not be written."""
+
+    kind = "index"

@@ -1,0 +1,287 @@
+"""Reading, validating and selecting from a PEP 751 ``pylock.toml``.
+
+Validation and selection go through :mod:`packaging.pylock`; envship adds its own
+``[tool.envship]`` table (spec digest, targets, groups) so that a lock alone says which
+machines it serves, and a per-target check that reports every package lacking an
+installable artifact at once instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from packaging.pylock import (
+    Package,
+    PackageSdist,
+    PackageWheel,
+    Pylock,
+    PylockSelectError,
+    PylockValidationError,
+)
+from packaging.tags import Tag
+from packaging.utils import parse_wheel_filename
+
+from ._toml import load_toml
+from .errors import LockError, Problem, TargetError, UnsupportedTargetError
+from .targets import Target
+
+__all__ = ["LOCK_FILENAME", "Artifact", "LockFile", "check_targets"]
+
+LOCK_FILENAME = "pylock.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """One file a lock selects: what it is, where it comes from, what its bytes must be."""
+
+    name: str
+    version: str
+    filename: str
+    url: str | None
+    path: str | None
+    size: int | None
+    sha256: str
+    kind: Literal["wheel", "sdist"]
+    targets: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "filename": self.filename,
+            "url": self.url,
+            "size": self.size,
+            "sha256": self.sha256,
+            "kind": self.kind,
+            "targets": list(self.targets),
+        }
+
+
+def _filename(artifact: PackageWheel | PackageSdist, where: str) -> str:
+    name = artifact.filename if isinstance(artifact, PackageWheel) else artifact.name
+    if name:
+        return name
+    source = artifact.url or artifact.path or ""
+    candidate = source.rstrip("/").rsplit("/", 1)[-1]
+    if not candidate:
+        raise LockError("lock entry has no file name", problems=[Problem(where, "no name")])
+    return candidate
+
+
+@dataclass(frozen=True, slots=True)
+class LockFile:
+    """A validated lock and envship's view of it."""
+
+    path: Path
+    pylock: Pylock
+    digest: str  # sha256 of the file's bytes: identifies this exact lock
+    spec_digest: str | None
+    targets: tuple[Target, ...]
+    allow_sdist: bool
+
+    @classmethod
+    def load(cls, path: Path) -> LockFile:
+        data = load_toml(path, LockError)
+        try:
+            pylock = Pylock.from_dict(data)
+        except PylockValidationError as exc:
+            raise LockError(
+                f"{path} is not a valid PEP 751 lock",
+                problems=[Problem(f"{path}: {exc.context or '(top)'}", exc.message)],
+            ) from None
+        tool = (data.get("tool") or {}).get("envship") or {}
+        problems: list[Problem] = []
+        targets: list[Target] = []
+        for i, raw in enumerate(tool.get("targets", [])):
+            where = f"{path}: tool.envship.targets[{i}]"
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                problems.append(Problem(where, "expected a table with a name"))
+                continue
+            try:
+                targets.append(
+                    Target.create(
+                        raw["name"],
+                        platform_id=str(raw.get("platform", raw["name"])),
+                        python=str(raw.get("python", "")),
+                        glibc=str(raw.get("glibc", "")),
+                        variant=str(raw.get("variant", "cpu")),
+                        where=where,
+                    )
+                )
+            except TargetError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise LockError(f"{path} has an invalid [tool.envship] table", problems=problems)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        spec_digest = tool.get("spec-digest")
+        return cls(
+            path=path,
+            pylock=pylock,
+            digest=f"sha256:{digest}",
+            spec_digest=spec_digest if isinstance(spec_digest, str) else None,
+            targets=tuple(targets),
+            allow_sdist=bool(tool.get("allow-sdist", False)),
+        )
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(self.pylock.dependency_groups or ())
+
+    def target(self, name: str) -> Target:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.targets) or "(none recorded)"
+        raise TargetError(
+            f"the lock has no target {name!r}",
+            problems=[Problem(str(self.path), f"its targets: {known}")],
+        )
+
+    def select(
+        self, target: Target, *, groups: Collection[str] | None = None
+    ) -> list[tuple[Package, PackageWheel | PackageSdist]]:
+        """The packages and artifacts an installer on ``target`` uses, per PEP 751."""
+        chosen = self.groups if groups is None else groups
+        try:
+            selected = list(
+                self.pylock.select(
+                    environment=target.marker_environment(),
+                    tags=target.tags(),
+                    dependency_groups=chosen,
+                )
+            )
+        except PylockSelectError as exc:
+            raise LockError(
+                f"{self.path} cannot be installed on target {target.name!r}",
+                problems=[Problem(str(self.path), str(exc))],
+            ) from None
+        out: list[tuple[Package, PackageWheel | PackageSdist]] = []
+        for package, artifact in selected:
+            if not isinstance(artifact, PackageWheel | PackageSdist):
+                raise LockError(
+                    f"{package.name} is locked from a {type(artifact).__name__}; envship "
+                    "installs only index artifacts (wheels, sdists)",
+                )
+            if isinstance(artifact, PackageSdist) and not self.allow_sdist:
+                raise UnsupportedTargetError(
+                    f"{package.name} {package.version} has no wheel for target {target.name!r}",
+                    hint="allow-sdist = true in the spec permits building it (runs its code)",
+                )
+            out.append((package, artifact))
+        return out
+
+    def artifacts(
+        self, targets: Sequence[str] | None = None, *, groups: Collection[str] | None = None
+    ) -> list[Artifact]:
+        """Every artifact selected for ``targets`` (default: all), each file listed once."""
+        chosen = [self.target(n) for n in targets] if targets else list(self.targets)
+        if not chosen:
+            raise LockError(
+                f"{self.path} records no targets",
+                hint="re-create it with `envship lock`",
+            )
+        found: dict[str, Artifact] = {}
+        for target in chosen:
+            for package, artifact in self.select(target, groups=groups):
+                where = f"{self.path}: packages[{package.name}]"
+                sha = (artifact.hashes or {}).get("sha256")
+                if not sha:
+                    raise LockError(
+                        "lock entry has no sha256 hash",
+                        problems=[Problem(where, "envship requires sha256 for every artifact")],
+                    )
+                prev = found.get(sha)
+                if prev is not None:
+                    found[sha] = _with_target(prev, target.name)
+                    continue
+                found[sha] = Artifact(
+                    name=str(package.name),
+                    version=str(package.version),
+                    filename=_filename(artifact, where),
+                    url=artifact.url,
+                    path=artifact.path,
+                    size=artifact.size,
+                    sha256=sha,
+                    kind="wheel" if isinstance(artifact, PackageWheel) else "sdist",
+                    targets=(target.name,),
+                )
+        return sorted(found.values(), key=lambda a: (a.name, a.filename))
+
+
+def _with_target(artifact: Artifact, target: str) -> Artifact:
+    if target in artifact.targets:
+        return artifact
+    return Artifact(
+        artifact.name,
+        artifact.version,
+        artifact.filename,
+        artifact.url,
+        artifact.path,
+        artifact.size,
+        artifact.sha256,
+        artifact.kind,
+        (*artifact.targets, target),
+    )
+
+
+def _wheel_tags(wheel: PackageWheel, where: str) -> frozenset[Tag]:
+    return parse_wheel_filename(_filename(wheel, where))[3]
+
+
+def check_targets(
+    pylock: Pylock,
+    targets: Iterable[Target],
+    *,
+    allow_sdist: bool,
+    groups: Collection[str] = (),
+    source: str = LOCK_FILENAME,
+) -> list[Problem]:
+    """Every (package, version, target) with nothing installable, all at once.
+
+    :meth:`Pylock.select` stops at the first failure; a user fixing a lock wants the
+    whole list, so this walks the same steps (markers, then wheel tags) and collects.
+    """
+    problems: list[Problem] = []
+    for target in targets:
+        env = cast(
+            "dict[str, str]",
+            {
+                **target.marker_environment(),
+                "extras": frozenset(),
+                "dependency_groups": frozenset(groups),
+            },
+        )
+        accepted = set(target.tags())
+        python = f"{target.python}.0"
+        for i, package in enumerate(pylock.packages):
+            if package.marker and not package.marker.evaluate(env, context="lock_file"):
+                continue
+            where = f"{source}: packages[{i}] ({package.name} {package.version})"
+            if package.requires_python and not package.requires_python.contains(python):
+                problems.append(
+                    Problem(
+                        where,
+                        f"requires Python {package.requires_python}; target "
+                        f"{target.name!r} has {target.python}",
+                    )
+                )
+                continue
+            wheels = package.wheels or []
+            if any(_wheel_tags(w, where) & accepted for w in wheels):
+                continue
+            if package.sdist is not None and allow_sdist:
+                continue
+            offered = sorted({str(t.platform) for w in wheels for t in _wheel_tags(w, where)})
+            detail = f"wheels only for {', '.join(offered)}" if offered else "no wheels at all"
+            problems.append(
+                Problem(
+                    where,
+                    f"no wheel for target {target.name!r} ({target.platform.machine}, "
+                    f"glibc {target.glibc}, CPython {target.python}); {detail}",
+                )
+            )
+    return problems

@@ -1,0 +1,377 @@
+"""The environment spec: ``envship.toml`` or ``[tool.envship]`` in ``pyproject.toml``.
+
+The spec is the one place a user declares an environment. Everything envship writes
+(lock, store, index, images) derives from it, and its digest ties a lock to it.
+
+Example::
+
+    name = "ds"
+    python = "3.11"
+    dependencies = ["numpy>=2", "pandas"]
+
+    [groups]
+    dev = ["pytest"]
+
+    [[indexes]]
+    name = "internal"
+    url = "https://pypi.example/simple"
+    username-env = "INTERNAL_USER"
+    password-env = "INTERNAL_TOKEN"
+
+    [targets.linux-x86_64]
+    glibc = "2.28"
+
+    [kernel]
+    display-name = "Python (ds)"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import tomli_w
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from ._toml import load_toml
+from .errors import Problem, SpecError, TargetError
+from .targets import DEFAULT_GLIBC, Target
+
+__all__ = ["SPEC_FILENAME", "IndexConfig", "Spec", "find_spec", "load_spec", "parse_spec"]
+
+SPEC_FILENAME = "envship.toml"
+DEFAULT_TARGETS = ("linux-x86_64",)
+_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_PYTHON = re.compile(r"^3\.\d{1,2}$")
+_TOP_KEYS = {
+    "name",
+    "python",
+    "dependencies",
+    "groups",
+    "indexes",
+    "targets",
+    "kernel",
+    "allow-sdist",
+    "image",
+}
+_INDEX_KEYS = {"name", "url", "default", "username-env", "password-env"}
+_TARGET_KEYS = {"platform", "python", "glibc", "variant"}
+
+
+@dataclass(frozen=True, slots=True)
+class IndexConfig:
+    """A package index. Credentials are named by environment variable, never stored."""
+
+    name: str
+    url: str
+    default: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+
+    def to_toml(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "url": self.url}
+        if self.default:
+            data["default"] = True
+        if self.username_env:
+            data["username-env"] = self.username_env
+        if self.password_env:
+            data["password-env"] = self.password_env
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A validated environment spec."""
+
+    name: str
+    python: tuple[str, ...]
+    dependencies: tuple[str, ...]
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    indexes: tuple[IndexConfig, ...] = ()
+    targets: tuple[Target, ...] = ()
+    kernel_display_name: str | None = None
+    allow_sdist: bool = False
+    image: Mapping[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.kernel_display_name or f"Python ({self.name})"
+
+    def target(self, name: str) -> Target:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise TargetError(
+            f"unknown target {name!r}",
+            problems=[Problem("targets", f"declared: {', '.join(t.name for t in self.targets)}")],
+        )
+
+    def lock_inputs(self) -> dict[str, Any]:
+        """Everything that changes what a lock resolves; its digest marks a lock stale."""
+        return {
+            "python": list(self.python),
+            "dependencies": list(self.dependencies),
+            "groups": {k: list(v) for k, v in sorted(self.groups.items())},
+            "indexes": [[i.name, i.url, i.default] for i in self.indexes],
+            "targets": [t.to_json() for t in self.targets],
+            "allow-sdist": self.allow_sdist,
+        }
+
+    @property
+    def digest(self) -> str:
+        canonical = json.dumps(self.lock_inputs(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "python": self.python[0] if len(self.python) == 1 else list(self.python),
+            "dependencies": list(self.dependencies),
+        }
+        if self.allow_sdist:
+            data["allow-sdist"] = True
+        if self.groups:
+            data["groups"] = {k: list(v) for k, v in self.groups.items()}
+        if self.indexes:
+            data["indexes"] = [i.to_toml() for i in self.indexes]
+        targets: dict[str, Any] = {}
+        for t in self.targets:
+            entry: dict[str, Any] = {"glibc": t.glibc}
+            if t.platform.id != t.name:
+                entry["platform"] = t.platform.id
+            if len(self.python) > 1 or t.python != self.python[0]:
+                entry["python"] = t.python
+            if t.variant != "cpu":
+                entry["variant"] = t.variant
+            targets[t.name] = entry
+        data["targets"] = targets
+        if self.kernel_display_name:
+            data["kernel"] = {"display-name": self.kernel_display_name}
+        if self.image:
+            data["image"] = dict(self.image)
+        return data
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def _as_str_list(value: object, where: str, problems: list[Problem]) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append(Problem(where, "expected a list of strings"))
+        return []
+    return list(value)
+
+
+def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[str, ...]:
+    out: list[str] = []
+    for i, text in enumerate(_as_str_list(value, where, problems)):
+        try:
+            out.append(str(Requirement(text)))
+        except InvalidRequirement as exc:
+            problems.append(Problem(f"{where}[{i}]", f"invalid requirement {text!r}: {exc}"))
+    return tuple(out)
+
+
+def _index(value: object, where: str, problems: list[Problem]) -> IndexConfig | None:
+    if not isinstance(value, dict):
+        problems.append(Problem(where, "expected a table"))
+        return None
+    for key in sorted(set(value) - _INDEX_KEYS):
+        problems.append(Problem(f"{where}.{key}", "unknown key"))
+    url = value.get("url")
+    name = value.get("name", "")
+    if not isinstance(url, str) or not url:
+        problems.append(Problem(f"{where}.url", "required, a URL string"))
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "file"):
+        problems.append(Problem(f"{where}.url", f"unsupported scheme in {url!r}"))
+    if parts.username or parts.password:
+        problems.append(
+            Problem(
+                f"{where}.url",
+                "credentials in the URL are not allowed (they would be written into the "
+                "lock); use username-env/password-env or a netrc entry",
+            )
+        )
+    if not isinstance(name, str) or not name:
+        name = parts.hostname or "index"
+    envs: dict[str, str | None] = {}
+    for key in ("username-env", "password-env"):
+        val = value.get(key)
+        if val is not None and not isinstance(val, str):
+            problems.append(Problem(f"{where}.{key}", "expected an environment variable name"))
+            val = None
+        envs[key] = val
+    default = value.get("default", False)
+    if not isinstance(default, bool):
+        problems.append(Problem(f"{where}.default", "expected true or false"))
+        default = False
+    return IndexConfig(name, url, default, envs["username-env"], envs["password-env"])
+
+
+def _targets(
+    value: object, pythons: tuple[str, ...], problems: list[Problem]
+) -> tuple[Target, ...]:
+    if value is None:
+        value = {name: {} for name in DEFAULT_TARGETS}
+    if not isinstance(value, dict) or not value:
+        problems.append(
+            Problem("targets", "expected a table of targets, e.g. [targets.linux-x86_64]")
+        )
+        return ()
+    out: list[Target] = []
+    for name, settings in value.items():
+        where = f"targets.{name}"
+        if not isinstance(settings, dict):
+            problems.append(Problem(where, "expected a table"))
+            continue
+        for key in sorted(set(settings) - _TARGET_KEYS):
+            problems.append(Problem(f"{where}.{key}", "unknown key"))
+        typed = {k: settings.get(k) for k in _TARGET_KEYS}
+        bad = [k for k, v in typed.items() if v is not None and not isinstance(v, str)]
+        for key in bad:
+            problems.append(Problem(f"{where}.{key}", "expected a string"))
+        if bad:
+            continue
+        versions = [typed["python"]] if typed["python"] else list(pythons)
+        for version in versions:
+            assert isinstance(version, str)
+            tname = name if len(versions) == 1 else f"{name}-py{version}"
+            try:
+                out.append(
+                    Target.create(
+                        tname,
+                        platform_id=typed["platform"] or name,
+                        python=version,
+                        glibc=typed["glibc"] or DEFAULT_GLIBC,
+                        variant=typed["variant"] or "cpu",
+                        where=where,
+                    )
+                )
+            except TargetError as exc:
+                problems.extend(exc.problems)
+    return tuple(out)
+
+
+def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None) -> Spec:
+    """Validate a spec table; every problem is reported at once, each with its key."""
+    problems: list[Problem] = []
+
+    def at(key: str) -> str:
+        return f"{source}: {key}"
+
+    for key in sorted(set(data) - _TOP_KEYS):
+        problems.append(Problem(key, "unknown key"))
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        problems.append(Problem("name", "required: letters, digits, '.', '_' or '-'"))
+        name = "invalid"
+    raw_python = data.get("python", "3.11")
+    pythons = [raw_python] if isinstance(raw_python, str) else raw_python
+    if (
+        not isinstance(pythons, list)
+        or not pythons
+        or not all(isinstance(p, str) and _PYTHON.match(p) for p in pythons)
+    ):
+        problems.append(Problem("python", 'expected a version like "3.11" or a list of them'))
+        pythons = ["3.11"]
+    dependencies = _requirements(data.get("dependencies", []), "dependencies", problems)
+    groups: dict[str, tuple[str, ...]] = {}
+    raw_groups = data.get("groups", {})
+    if not isinstance(raw_groups, dict):
+        problems.append(Problem("groups", "expected a table of name = [requirements]"))
+    else:
+        for gname, reqs in raw_groups.items():
+            if canonicalize_name(gname) != gname:
+                problems.append(
+                    Problem(
+                        f"groups.{gname}",
+                        f"group names must be normalized: {canonicalize_name(gname)!r}",
+                    )
+                )
+            groups[gname] = _requirements(reqs, f"groups.{gname}", problems)
+    indexes: list[IndexConfig] = []
+    raw_indexes = data.get("indexes", [])
+    if not isinstance(raw_indexes, list):
+        problems.append(Problem("indexes", "expected an array of tables ([[indexes]])"))
+    else:
+        for i, raw in enumerate(raw_indexes):
+            idx = _index(raw, f"indexes[{i}]", problems)
+            if idx is not None:
+                indexes.append(idx)
+    if sum(i.default for i in indexes) > 1:
+        problems.append(Problem("indexes", "at most one index may be the default"))
+    targets = _targets(data.get("targets"), tuple(pythons), problems)
+    kernel = data.get("kernel", {})
+    display = kernel.get("display-name") if isinstance(kernel, dict) else None
+    if not isinstance(kernel, dict) or (display is not None and not isinstance(display, str)):
+        problems.append(Problem("kernel.display-name", "expected a string"))
+        display = None
+    allow_sdist = data.get("allow-sdist", False)
+    if not isinstance(allow_sdist, bool):
+        problems.append(Problem("allow-sdist", "expected true or false"))
+        allow_sdist = False
+    image = data.get("image", {})
+    if not isinstance(image, dict):
+        problems.append(Problem("image", "expected a table"))
+        image = {}
+    if problems:
+        raise SpecError(
+            f"invalid spec in {source}",
+            problems=[Problem(at(p.where), p.message) for p in problems],
+        )
+    return Spec(
+        name=name,
+        python=tuple(pythons),
+        dependencies=dependencies,
+        groups=groups,
+        indexes=tuple(indexes),
+        targets=targets,
+        kernel_display_name=display,
+        allow_sdist=allow_sdist,
+        image=image,
+        path=path,
+    )
+
+
+def find_spec(start: Path) -> Path:
+    """The spec file for ``start``: a file itself, or envship.toml / pyproject.toml in a folder."""
+    if start.is_file():
+        return start
+    candidate = start / SPEC_FILENAME
+    if candidate.is_file():
+        return candidate
+    pyproject = start / "pyproject.toml"
+    if (
+        pyproject.is_file()
+        and "tool" in (tbl := load_toml(pyproject, SpecError))
+        and ("envship" in tbl["tool"])
+    ):
+        return pyproject
+    raise SpecError(
+        f"no {SPEC_FILENAME} (or [tool.envship] in pyproject.toml) in {start}",
+        hint="run `envship init` to write one from requirements.txt, pyproject.toml "
+        "or environment.yml",
+    )
+
+
+def load_spec(path: Path) -> Spec:
+    """Load and validate the spec at ``path`` (a file or a folder holding one)."""
+    path = find_spec(path)
+    data = load_toml(path, SpecError)
+    source = str(path)
+    if path.name == "pyproject.toml":
+        tool = data.get("tool", {}).get("envship")
+        if not isinstance(tool, dict):
+            raise SpecError(f"{path} has no [tool.envship] table")
+        data, source = tool, f"{path} [tool.envship]"
+    return parse_spec(data, source=source, path=path.resolve())

@@ -1,0 +1,129 @@
+"""The content-addressed artifact store.
+
+Layout: ``ROOT/sha256/ab/abcdef...`` holds the bytes of the artifact whose sha256 is
+``abcdef...``; nothing else is ever at that path. A file becomes visible only by an
+atomic ``rename`` from ``ROOT/tmp/`` after its size and hash were checked, so a reader
+(another process, another machine on a shared volume) sees a whole, verified artifact
+or nothing. Partial downloads live in ``ROOT/partial/`` so an interrupted fetch resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from .errors import ArtifactError, StoreError
+
+__all__ = ["Store", "sha256_file"]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """A store rooted at ``root``; safe to share between processes and machines."""
+
+    root: Path
+
+    @classmethod
+    def default(cls) -> Store:
+        """``$ENVSHIP_STORE``, else ``store`` in the user cache dir."""
+        env = os.environ.get("ENVSHIP_STORE")
+        if env:
+            return cls(Path(env).expanduser())
+        return cls(Path(platformdirs.user_cache_dir("envship")) / "store")
+
+    @classmethod
+    def at(cls, root: Path | str | None) -> Store:
+        return cls(Path(root).expanduser()) if root else cls.default()
+
+    def path(self, sha256: str) -> Path:
+        if not _SHA256.match(sha256):
+            raise StoreError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.root / "partial"
+
+    def ensure(self) -> None:
+        try:
+            for d in (self.root / "sha256", self.tmp_dir, self.partial_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the store at {self.root}: {exc.strerror}",
+                hint="pass --store DIR or set ENVSHIP_STORE to a writable folder",
+            ) from None
+
+    def commit(self, staged: Path, sha256: str, *, name: str, size: int | None = None) -> Path:
+        """Verify ``staged`` (a file inside this store) and move it into place atomically.
+
+        A file whose bytes do not match is deleted and refused, naming ``name``.
+        """
+        actual_size = staged.stat().st_size
+        if size is not None and actual_size != size:
+            staged.unlink(missing_ok=True)
+            raise ArtifactError(
+                f"{name}: size mismatch, refusing it",
+                artifact=name,
+                expected=str(size),
+                actual=str(actual_size),
+            )
+        actual = sha256_file(staged)
+        if actual != sha256:
+            staged.unlink(missing_ok=True)
+            raise ArtifactError(
+                f"{name}: sha256 mismatch, refusing it",
+                artifact=name,
+                expected=sha256,
+                actual=actual,
+                hint="the index served other bytes than the lock records; if the lock is "
+                "right, the index or a proxy is corrupt or tampered with",
+            )
+        final = self.path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(staged, 0o444)
+        # rename is atomic on POSIX: concurrent writers of the same content both succeed
+        # and readers never see a half-written file.
+        os.replace(staged, final)
+        return final
+
+    def add_file(self, source: Path, sha256: str | None = None, *, name: str = "") -> Path:
+        """Copy a local file into the store (verifying ``sha256`` when given)."""
+        self.ensure()
+        expected = sha256 or sha256_file(source)
+        if self.has(expected):
+            return self.path(expected)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="add-")
+        try:
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                while chunk := src.read(_CHUNK):
+                    out.write(chunk)
+            return self.commit(Path(tmp), expected, name=name or source.name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                Path(tmp).unlink()

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from indexlib import IndexServer, make_index, serve
+
+
+@pytest.fixture(scope="session")
+def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test universe laid out as a PEP 503 tree (built once per session)."""
+    root = tmp_path_factory.mktemp("universe")
+    make_index(root)
+    return root / "index"
+
+
+@pytest.fixture
+def index_server(index_root: Path) -> Iterator[IndexServer]:
+    """A fresh HTTP server (fresh knobs and request log) over the shared tree."""
+    with serve(index_root) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep uv's cache and envship's store per test so no test sees another's downloads."""
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("UV_INDEX_URL", raising=False)
+    monkeypatch.delenv("UV_EXTRA_INDEX_URL", raising=False)
