@@ -270,6 +270,7 @@ def build_universe(root: Path) -> list[Path]:
         build_wheel(dist, "beta", "1.2"),  # yanked below
         build_wheel(dist, "gamma", "1.0", tag=X86),
         build_wheel(dist, "gamma", "1.0", tag=ARM),
+        build_wheel(dist, "gamma", "1.0", tag="cp311-cp311-win_amd64"),  # no target uses it
         build_wheel(dist, "eta", "2.0", tag="cp38-abi3-manylinux_2_17_x86_64"),
         build_wheel(dist, "eta", "2.0", tag="cp38-abi3-manylinux_2_17_aarch64"),
         build_wheel(dist, "delta", "1.0", tag=X86),  # no wheel for aarch64

@@ -62,6 +62,9 @@ def test_lock_writes_valid_hashed_pylock(tmp_path: Path, index_server: IndexServ
         "linux-x86_64",
         "linux-aarch64",
     ]
+    gamma = next(p for p in data["packages"] if p["name"] == "gamma")
+    assert not any("win_amd64" in w["url"] for w in gamma["wheels"]), "pruned: no target"
+    assert len(gamma["wheels"]) == 2
     lockfile = LockFile.load(result.path)
     arm = lockfile.artifacts(["linux-aarch64"])
     assert {a.filename for a in arm if a.name == "gamma"} == {

@@ -33,7 +33,8 @@ from typing import Any
 
 import tomli_w
 from packaging.pylock import Pylock, PylockValidationError
-from packaging.utils import canonicalize_name
+from packaging.tags import Tag
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from ._toml import loads_toml
 from .errors import (
@@ -320,7 +321,37 @@ def lock(
 _HEADER = "# Written by `envship lock` (PEP 751). Do not edit: change the spec and re-lock.\n"
 
 
+def _prune_wheels(data: dict[str, Any], spec: Spec) -> None:
+    """Drop wheels no declared target can install (Windows, macOS, musl, other ABIs).
+
+    uv's universal export lists every wheel of a release; a lock checked per target
+    only needs those its targets use, and stays reviewable. PEP 751 allows a subset.
+    """
+    accepted: set[Tag] = set()
+    for target in spec.targets:
+        accepted.update(target.tags())
+    for package in data.get("packages", []):
+        wheels = package.get("wheels")
+        if not wheels:
+            continue
+        kept = [w for w in wheels if _wheel_tags_of(w) & accepted]
+        if kept:
+            package["wheels"] = kept
+        else:
+            # Keep them: the per-target check then names what the package does offer.
+            package["wheels"] = wheels
+
+
+def _wheel_tags_of(wheel: Mapping[str, Any]) -> frozenset[Tag]:
+    source = str(wheel.get("name") or wheel.get("url") or wheel.get("path") or "")
+    try:
+        return parse_wheel_filename(source.rstrip("/").rsplit("/", 1)[-1])[3]
+    except InvalidWheelFilename:
+        return frozenset()
+
+
 def _finish(data: dict[str, Any], spec: Spec) -> dict[str, Any]:
+    _prune_wheels(data, spec)
     data["created-by"] = "envship"
     data["environments"] = [t.marker for t in spec.targets]
     if spec.groups:

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+from packaging.tags import Tag
+
+from envship.errors import TargetError
+from envship.targets import Target
+
+
+def tags(**kw: str) -> set[Tag]:
+    return set(Target.create("t", **kw).tags())
+
+
+@pytest.mark.parametrize(
+    ("platform", "glibc", "accepted", "refused"),
+    [
+        (
+            "linux-x86_64",
+            "2.28",
+            [
+                "cp311-cp311-manylinux_2_28_x86_64",
+                "cp311-cp311-manylinux2014_x86_64",
+                "cp311-cp311-manylinux1_x86_64",
+                "cp38-abi3-manylinux_2_17_x86_64",
+                "py3-none-any",
+                "cp311-none-any",
+            ],
+            [
+                "cp311-cp311-manylinux_2_34_x86_64",
+                "cp311-cp311-manylinux_2_17_aarch64",
+                "cp312-cp312-manylinux_2_17_x86_64",
+                "cp311-cp311-linux_x86_64",
+                "cp311-cp311-musllinux_1_2_x86_64",
+            ],
+        ),
+        (
+            "linux-aarch64",
+            "2.17",
+            ["cp311-cp311-manylinux2014_aarch64", "cp311-cp311-manylinux_2_17_aarch64"],
+            [
+                "cp311-cp311-manylinux_2_28_aarch64",
+                "cp311-cp311-manylinux2014_x86_64",
+                "cp311-cp311-manylinux1_aarch64",
+            ],
+        ),
+    ],
+)
+def test_tags(platform: str, glibc: str, accepted: list[str], refused: list[str]) -> None:
+    have = tags(platform_id=platform, python="3.11", glibc=glibc)
+    for text in accepted:
+        assert Tag(*text.split("-")) in have, text
+    for text in refused:
+        assert Tag(*text.split("-")) not in have, text
+
+
+def test_best_tag_first() -> None:
+    first = Target.create("linux-x86_64", python="3.12", glibc="2.31").tags()[0]
+    assert str(first) == "cp312-cp312-manylinux_2_31_x86_64"
+
+
+def test_marker_environment_matches_marker() -> None:
+    from packaging.markers import Marker
+
+    t = Target.create("linux-aarch64", python="3.10")
+    assert Marker(t.marker).evaluate(dict(t.marker_environment()))
+    other = Target.create("linux-x86_64", python="3.10")
+    assert not Marker(t.marker).evaluate(dict(other.marker_environment()))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "where"),
+    [
+        ({"platform_id": "windows-x86"}, "unknown platform"),
+        ({"python": "3"}, "python"),
+        ({"glibc": "2.x"}, "glibc"),
+        ({"glibc": "2.12", "platform_id": "linux-aarch64"}, "oldest manylinux"),
+        ({"variant": "rocm"}, "variant"),
+    ],
+)
+def test_invalid_targets(kwargs: dict[str, str], where: str) -> None:
+    args: dict[str, str] = {"python": "3.11", **kwargs}
+    with pytest.raises(TargetError) as info:
+        Target.create("t", where="targets.t", **args)  # type: ignore[arg-type]
+    assert where in str(info.value)
