@@ -127,9 +127,9 @@ def write_simple_index(
         if f.resolve() != target.resolve():
             target.write_bytes(f.read_bytes())
         if f.name.endswith(".whl"):
-            project = parse_wheel_filename(f.name)[0]
+            project = str(parse_wheel_filename(f.name)[0])
         else:
-            project = parse_sdist_filename(f.name)[0]
+            project = str(parse_sdist_filename(f.name)[0])
         by_project.setdefault(project, []).append(target)
     simple = root / "simple"
     simple.mkdir(exist_ok=True)
@@ -243,7 +243,8 @@ def serve(root: Path) -> Iterator[IndexServer]:
     handler = type("Handler", (_Handler,), {"knobs": knobs})
 
     def factory(*args: Any, **kwargs: Any) -> _Handler:
-        return handler(*args, directory=str(root), **kwargs)
+        made: _Handler = handler(*args, directory=str(root), **kwargs)
+        return made
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), factory)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

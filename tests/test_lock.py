@@ -20,9 +20,9 @@ from indexlib import IndexServer
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-BOTH = {"linux-x86_64": {}, "linux-aarch64": {}}
+BOTH: dict[str, dict[str, str]] = {"linux-x86_64": {}, "linux-aarch64": {}}
 
 
 def write_spec(folder: Path, server_url: str, **fields: Any) -> Spec:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from packaging.tags import Tag
 
@@ -62,9 +64,9 @@ def test_marker_environment_matches_marker() -> None:
     from packaging.markers import Marker
 
     t = Target.create("linux-aarch64", python="3.10")
-    assert Marker(t.marker).evaluate(dict(t.marker_environment()))
+    assert Marker(t.marker).evaluate(cast("dict[str, str]", t.marker_environment()))
     other = Target.create("linux-x86_64", python="3.10")
-    assert not Marker(t.marker).evaluate(dict(other.marker_environment()))
+    assert not Marker(t.marker).evaluate(cast("dict[str, str]", other.marker_environment()))
 
 
 @pytest.mark.parametrize(
@@ -80,5 +82,5 @@ def test_marker_environment_matches_marker() -> None:
 def test_invalid_targets(kwargs: dict[str, str], where: str) -> None:
     args: dict[str, str] = {"python": "3.11", **kwargs}
     with pytest.raises(TargetError) as info:
-        Target.create("t", where="targets.t", **args)  # type: ignore[arg-type]
+        Target.create("t", where="targets.t", **args)
     assert where in str(info.value)

@@ -12,7 +12,7 @@ from .errors import EnvshipError, Problem
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 __all__ = ["load_toml", "loads_toml"]
 
@@ -21,7 +21,8 @@ _AT_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 def loads_toml(text: str, where: str, error: type[EnvshipError] = EnvshipError) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        data: dict[str, Any] = tomllib.loads(text)
+        return data
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         match = _AT_LINE.search(msg)

@@ -17,7 +17,7 @@ import click
 
 from ..errors import EnvshipError
 
-__all__ = ["Progress", "echo_json", "json_mode", "json_option", "render_error"]
+__all__ = ["Progress", "echo_json", "json_mode", "json_option", "render_error", "reset_json"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _JSON: ContextVar[bool] = ContextVar("envship_json", default=False)
@@ -25,6 +25,10 @@ _JSON: ContextVar[bool] = ContextVar("envship_json", default=False)
 
 def json_mode() -> bool:
     return _JSON.get()
+
+
+def reset_json() -> None:
+    _JSON.set(False)
 
 
 def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

@@ -9,7 +9,7 @@ import click
 
 from .. import __version__
 from ..errors import EnvshipError
-from ._common import render_error
+from ._common import render_error, reset_json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,14 +29,16 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so each command group stays one module the others need not know.
-    from . import lock
+    from . import init, lock
 
-    for module in (lock,):
+    for module in (init, lock):
         cli.add_command(module.command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     _register()
+    # --json sets a context variable; start each call clean (tests call main repeatedly).
+    reset_json()
     try:
         cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except EnvshipError as exc:

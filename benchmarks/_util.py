@@ -1,0 +1,55 @@
+"""Shared helpers for the benchmarks: run a command, time it, report ratios."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+DS_SET = ["numpy", "pandas", "scikit-learn", "matplotlib", "ipykernel"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without pip's machine-wide extras, so baselines use PyPI only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env.update(extra)
+    return env
+
+
+def timed(cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        list(cmd), env=dict(env), cwd=cwd, capture_output=True, text=True, check=False
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"benchmark step failed: {' '.join(cmd)}")
+    return elapsed
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def envship_cmd() -> list[str]:
+    return [sys.executable, "-m", "envship"]
+
+
+def report(name: str, rows: Sequence[Mapping[str, object]]) -> None:
+    """Print a table and write results/NAME.json; each row has what, ours, baseline, ratio."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(list(rows), indent=2) + "\n")
+    print(f"{'measure':44} {'envship s':>10} {'baseline s':>11} {'ratio':>7} {'goal':>6}")
+    for r in rows:
+        print(
+            f"{r['what']!s:44} {r['ours']:>10.3f} {r['baseline']:>11.3f} "
+            f"{r['ratio']:>7.3f} {r['goal']!s:>6}"
+        )

@@ -1,0 +1,316 @@
+"""A focused parser for pip's requirements file format, for ``envship init``.
+
+pip's own parser (``pip._internal.req.req_file``) is not a public API, and the
+``pip-requirements-parser`` package vendors a large part of pip; envship only needs the
+subset that can be expressed in a spec, and must reject everything else with the file
+and line. The format is documented at
+https://pip.pypa.io/en/stable/reference/requirements-file-format/ and this follows
+pip's reading order: join continuation lines, strip comments, then split a line into
+the requirement and its options.
+
+Every problem is collected and raised once as a :class:`~envship.errors.SpecError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from .errors import Problem, SpecError
+
+__all__ = ["ParsedRequirements", "index_entry", "parse_requirements"]
+
+# pip: a comment starts at "#" at the start of a line or after whitespace, so the
+# "#egg=" fragment of a URL is not a comment.
+_COMMENT = re.compile(r"(^|\s+)#.*$")
+_ENV_VAR = re.compile(r"^\$\{([A-Za-z0-9_]+)\}$")
+_URL_OR_PATH = re.compile(r"^([a-z][a-z0-9+.-]*://|\.{1,2}([/\\]|$)|/|~)|\.(whl|zip|tar\.gz|tgz)$")
+_NOTE_ONLY = {
+    "--pre": "--pre is ignored: allow pre-releases per package with a specifier such as '>=2.0rc1'",
+    "--prefer-binary": "--prefer-binary is ignored: envship installs wheels only",
+    "--only-binary": "--only-binary is ignored: envship installs wheels only",
+    "--require-hashes": "--require-hashes is ignored: the lock always records hashes",
+    "--trusted-host": "--trusted-host is ignored: use an https index URL",
+    "--use-feature": "--use-feature is ignored",
+}
+_UNSUPPORTED = {
+    "-e": "editable installs are not supported: envship installs wheels from indexes",
+    "--editable": "editable installs are not supported: envship installs wheels from indexes",
+    "-f": "--find-links is not supported: publish the files to a package index",
+    "--find-links": "--find-links is not supported: publish the files to a package index",
+    "--no-index": "--no-index is not supported: envship resolves from package indexes",
+    "--no-binary": "--no-binary is not supported: envship installs wheels only",
+}
+# The options that change the spec; each takes a value. Short forms map to long ones.
+_TAKES_VALUE = {"--requirement", "--constraint", "--index-url", "--extra-index-url"}
+_SHORT = {"-r": "--requirement", "-c": "--constraint", "-i": "--index-url"}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequirements:
+    """What a requirements file declares, in spec terms (``indexes`` are spec tables)."""
+
+    requirements: tuple[str, ...]
+    indexes: tuple[dict[str, Any], ...]
+    files: tuple[Path, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _State:
+    root: Path
+    problems: list[Problem] = field(default_factory=list)
+    requirements: list[tuple[str, Requirement]] = field(default_factory=list)
+    constraints: list[tuple[str, Requirement]] = field(default_factory=list)
+    index_url: tuple[str, str] | None = None  # (where, url)
+    extra_urls: list[tuple[str, str]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stack: list[Path] = field(default_factory=list)  # files being read, for cycles
+
+    def show(self, path: Path) -> str:
+        try:
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        except (OSError, ValueError, RuntimeError):
+            return str(path)
+
+
+def logical_lines(text: str) -> Iterable[tuple[int, str]]:
+    """(first line number, joined line) after continuations and comments, as pip does."""
+    pending: list[str] = []
+    start = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.endswith("\\") or _COMMENT.match(line):
+            pending.append(line)
+            joined = _COMMENT.sub("", "".join(pending)).strip()
+            if joined:
+                yield (start if len(pending) > 1 else number), joined
+            pending = []
+        else:
+            if not pending:
+                start = number
+            pending.append(line[:-1])
+    if pending:  # the last line ended with a backslash
+        joined = _COMMENT.sub("", "".join(pending)).strip()
+        if joined:
+            yield start, joined
+
+
+def _split_option(line: str) -> tuple[str, str]:
+    """``-rfile`` / ``-r file`` / ``--requirement=file`` -> ("--requirement", "file")."""
+    if line.startswith("--"):
+        match = re.match(r"^(--[A-Za-z0-9-]*)\s*=?\s*(.*)$", line)
+        assert match is not None  # the pattern matches any string starting with "--"
+        return match.group(1), match.group(2).strip()
+    name, value = line[:2], line[2:].strip()
+    return _SHORT.get(name, name), value.lstrip("=").strip()
+
+
+def _read(state: _State, path: Path, where: str, *, constraint: bool) -> None:
+    try:
+        resolved = path.resolve()
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError, RuntimeError) as exc:  # ValueError: NUL in the path
+        state.problems.append(Problem(where, f"cannot read {path}: {exc}"))
+        return
+    if resolved in state.stack:
+        chain = " -> ".join(state.show(p) for p in [*state.stack, resolved])
+        state.problems.append(Problem(where, f"include cycle: {chain}"))
+        return
+    if path not in state.files:
+        state.files.append(path)
+    state.stack.append(resolved)
+    shown = state.show(path)
+    lines = [(f"{shown}:{n}", line) for n, line in logical_lines(text)]
+    _feed(state, lines, path.parent, constraint=constraint)
+    state.stack.pop()
+
+
+def _feed(state: _State, lines: Iterable[tuple[str, str]], base: Path, *, constraint: bool) -> None:
+    for where, line in lines:
+        if line.startswith("-"):
+            _option(state, where, line, base, constraint=constraint)
+        else:
+            _requirement(state, where, line, constraint=constraint)
+
+
+def _option(state: _State, where: str, line: str, base: Path, *, constraint: bool) -> None:
+    name, value = _split_option(line)
+    if name in _UNSUPPORTED:
+        state.problems.append(Problem(where, _UNSUPPORTED[name]))
+    elif name in _NOTE_ONLY:
+        if _NOTE_ONLY[name] not in state.notes:
+            state.notes.append(_NOTE_ONLY[name])
+    elif name not in _TAKES_VALUE:
+        state.problems.append(Problem(where, f"unknown or unsupported option {name!r}"))
+    elif not value:
+        state.problems.append(Problem(where, f"{name} needs a value"))
+    elif name in ("--requirement", "--constraint"):
+        # pip resolves nested files relative to the file that names them.
+        target = Path(value).expanduser()
+        _read(state, target if target.is_absolute() else base / target, where,
+              constraint=constraint or name == "--constraint")  # fmt: skip
+    elif name == "--index-url":
+        if state.index_url is not None:
+            state.notes.append(f"{where}: --index-url given again; the last one wins, as in pip")
+        state.index_url = (where, value)
+    else:  # --extra-index-url
+        state.extra_urls.append((where, value))
+
+
+def _requirement(state: _State, where: str, line: str, *, constraint: bool) -> None:
+    # pip splits a line into the requirement and its options at the first " -" token.
+    text, options = line, ""
+    match = re.search(r"\s+(--?[A-Za-z])", line)
+    if match:
+        text, options = line[: match.start()].strip(), line[match.start() :].strip()
+    for option in options.split():
+        if option.startswith("--hash"):
+            continue  # hashes pin artifacts; the lock records its own, so drop them
+        if option.startswith("-"):
+            state.problems.append(
+                Problem(where, f"per-requirement option {option.split('=')[0]!r} is unsupported")
+            )
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        if _URL_OR_PATH.search(text) or "/" in text or "\\" in text:
+            msg = f"{text!r} is a URL or local path; envship locks packages from indexes only"
+        else:
+            msg = f"invalid requirement {text!r}: {exc}"
+        state.problems.append(Problem(where, msg))
+        return
+    if req.url:
+        msg = f"direct reference {req.url!r} is not supported; envship locks from indexes only"
+        state.problems.append(Problem(where, msg))
+        return
+    (state.constraints if constraint else state.requirements).append((where, req))
+
+
+def index_entry(
+    url: str, where: str, *, default: bool, taken: Iterable[str] = (), name: str | None = None
+) -> tuple[dict[str, Any] | None, list[Problem], list[str]]:
+    """A spec ``[[indexes]]`` table for ``url``, with any credentials moved to variables.
+
+    Credentials must never reach ``envship.toml`` (it is committed, and the lock copies
+    index URLs), so ``user:pw@`` is stripped and replaced by ``username-env`` /
+    ``password-env`` names; a ``${VAR}`` credential (pip expands those) keeps its name.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError as exc:
+        return None, [Problem(where, f"invalid index URL {url!r}: {exc}")], []
+    if parts.scheme not in ("http", "https", "file") or not (host or parts.scheme == "file"):
+        return None, [Problem(where, f"invalid index URL {url!r}")], []
+    name = name or re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-") or "index"
+    taken = set(taken)
+    base, n = name, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    netloc = host + (f":{port}" if port is not None else "")
+    entry: dict[str, Any] = {"name": name, "url": urlunsplit(parts._replace(netloc=netloc))}
+    if default:
+        entry["default"] = True
+    notes: list[str] = []
+    stem = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
+    exports: list[str] = []
+    for key, secret, suffix in (
+        ("username-env", parts.username, "USERNAME"),
+        ("password-env", parts.password, "PASSWORD"),
+    ):
+        if secret:
+            var = _ENV_VAR.match(secret)
+            entry[key] = var.group(1) if var else f"{stem}_{suffix}"
+            if not var:
+                exports.append(entry[key])
+    if exports:
+        notes.append(
+            f"{where}: credentials were removed from the URL of index {name!r}; "
+            f"export {' and '.join(exports)} before `envship lock`"
+        )
+    return entry, [], notes
+
+
+def _merge_constraints(state: _State) -> list[str]:
+    """Fold constraints into the requirements they constrain (pip ``-c`` semantics).
+
+    A spec has no constraints field, so a constraint is kept only where it narrows a
+    direct requirement: its specifier set is intersected with the requirement's.
+    """
+    by_name: dict[str, list[tuple[str, Requirement]]] = {}
+    for where, con in state.constraints:
+        by_name.setdefault(canonicalize_name(con.name), []).append((where, con))
+    applied: list[str] = []
+    out: list[str] = []
+    for _where, req in state.requirements:
+        for cwhere, con in by_name.get(canonicalize_name(req.name), []):
+            if con.marker is not None or con.extras:
+                state.notes.append(f"{cwhere}: constraint {str(con)!r} ignored (markers/extras)")
+                continue
+            req.specifier &= con.specifier
+            applied.append(req.name)
+        out.append(str(req))
+    wanted = {canonicalize_name(r.name) for _, r in state.requirements}
+    unused = sorted(
+        {c.name for _, c in state.constraints if canonicalize_name(c.name) not in wanted}
+    )
+    if applied:
+        state.notes.append(f"constraints applied to: {', '.join(sorted(set(applied)))}")
+    if unused:
+        state.notes.append(
+            "constraints on packages that are not direct requirements were dropped "
+            f"(envship has no constraints field): {', '.join(unused)}"
+        )
+    return out
+
+
+def parse_requirements(
+    source: Path | Iterable[tuple[str, str]],
+    *,
+    root: Path,
+    base: Path | None = None,
+) -> ParsedRequirements:
+    """Parse a requirements file, or ``(where, line)`` pairs (a conda ``pip:`` list).
+
+    ``root`` is the folder locations are shown relative to; ``base`` resolves ``-r``
+    in the pairs form. Raises one :class:`SpecError` naming every bad ``file:line``.
+    """
+    state = _State(root=root)
+    if isinstance(source, Path):
+        _read(state, source, state.show(source), constraint=False)
+    else:
+        pairs = [(w, _COMMENT.sub("", line).strip()) for w, line in source]
+        _feed(state, [(w, t) for w, t in pairs if t], base or root, constraint=False)
+    requirements = _merge_constraints(state)
+    indexes: list[dict[str, Any]] = []
+    urls = [(w, u, False) for w, u in state.extra_urls]
+    if state.index_url is not None:
+        urls.insert(0, (*state.index_url, True))
+    for where, url, default in urls:
+        entry, problems, notes = index_entry(
+            url, where, default=default, taken=[i["name"] for i in indexes]
+        )
+        state.problems.extend(problems)
+        state.notes.extend(notes)
+        if entry is not None:
+            indexes.append(entry)
+    if state.problems:
+        shown = state.show(source) if isinstance(source, Path) else "pip requirements"
+        raise SpecError(
+            f"cannot import {shown}: {len(state.problems)} unsupported or invalid line(s)",
+            problems=state.problems,
+            hint="envship locks wheels from package indexes; declare each package by "
+            "name with a version specifier (PEP 508)",
+        )
+    return ParsedRequirements(
+        tuple(requirements), tuple(indexes), tuple(state.files), tuple(state.notes)
+    )

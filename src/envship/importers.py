@@ -1,0 +1,267 @@
+"""``envship init``: write ``envship.toml`` from the files a project already has.
+
+Sources are tried in order and the first one found wins: ``environment.yml``, then
+``pyproject.toml`` (PEP 621, PEP 735 and Poetry), then ``requirements.txt`` (or
+``requirements.in``); ``runtime.txt`` sets the Python version on top of any of them.
+As in repo2docker, a ``binder/`` (or ``.binder/``) folder, when present, is the only
+place read. The spec is built as a plain table and validated by :func:`parse_spec`, so
+``init`` can never write a spec that ``load_spec`` would reject. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
+
+from ._pyproject import PYTHONS, Found, from_pyproject, lowest_python, poetry_constraint, show
+from ._requirements import parse_requirements
+from .errors import Problem, SpecError
+from .spec import SPEC_FILENAME, Spec, parse_spec
+
+__all__ = [
+    "DEFAULT_INIT_TARGETS",
+    "ImportResult",
+    "conda_python",
+    "import_spec",
+    "init_spec",
+    "lowest_python",
+    "poetry_constraint",
+    "spec_destination",
+    "write_spec",
+]
+
+DEFAULT_INIT_TARGETS = ("linux-x86_64", "linux-aarch64")
+DEFAULT_PYTHON = "3.11"
+_SOURCES = (
+    "environment.yml",
+    "environment.yaml",
+    "pyproject.toml",
+    "requirements.txt",
+    "requirements.in",
+)
+_RUNTIME = re.compile(r"^python-(3\.\d+)(\.\d+)?$")
+_CONDA_NAME = re.compile(r"^(?:[^:\s]+::)?([A-Za-z0-9_.-]+)\s*(.*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """The imported spec, every file read to build it, and notes for the user."""
+
+    spec: Spec
+    sources: tuple[Path, ...]
+    notes: tuple[str, ...] = ()
+
+
+def conda_python(text: str) -> str | None:
+    """The Python minor of a conda match spec's version part (``=3.11``, ``>=3.9,<3.12``).
+
+    conda's ``=3.11`` means ``3.11.*`` and a bare ``3.11`` likewise; ``|`` is "or", so the
+    oldest alternative wins; a build string after a second ``=`` or a space is dropped.
+    Raises ``ValueError`` for a version part PEP 440 cannot express.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    text = re.sub(r"([<>=!~]=?)\s+", r"\1", text)  # ">= 3.9" -> ">=3.9"
+    if text.startswith("=") and not text.startswith("=="):
+        text = text[1:]
+    text = re.split(r"(?<![=<>!])=(?!=)|\s+", text, maxsplit=1)[0]  # drop a build string
+    found: list[str] = []
+    for alternative in text.split("|"):
+        parts = []
+        for part in alternative.split(","):
+            if not re.match(r"^[<>=!~]", part):
+                part = "==" + (part if part.endswith("*") else f"{part}.*")
+            parts.append(part)
+        try:
+            version = lowest_python(SpecifierSet(",".join(parts)))
+        except InvalidSpecifier as exc:
+            raise ValueError(str(exc)) from None
+        if version is not None:
+            found.append(version)
+    if not found:
+        raise ValueError(f"no Python from {PYTHONS[0]} to {PYTHONS[-1]} matches {text!r}")
+    return min(found, key=lambda v: int(v.split(".")[1]))
+
+
+def _runtime_python(path: Path, root: Path) -> str:
+    # repo2docker's runtime.txt: "python-3.11" or "python-3.11.4"; only the minor counts.
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {path}: {exc}") from None
+    match = _RUNTIME.match(text)
+    if match is None:
+        raise SpecError(
+            f"invalid {show(path, root)}",
+            problems=[Problem(f"{show(path, root)}:1", f"expected 'python-3.X', got {text!r}")],
+        )
+    return match.group(1)
+
+
+def _from_environment_yml(path: Path, root: Path) -> Found:
+    shown = show(path, root)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
+        msg = exc.problem or str(exc)
+        raise SpecError(
+            f"{shown} is not valid YAML", problems=[Problem(f"{shown}:{line}", msg)]
+        ) from None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {shown}: {exc}") from None
+    found = Found(sources=[path])
+    deps = data.get("dependencies", []) if isinstance(data, dict) else None
+    if not isinstance(deps, list):
+        raise SpecError(f"invalid {shown}", problems=[Problem(shown, "expected dependencies:")])
+    problems: list[Problem] = []
+    conda_only: list[Problem] = []
+    pip_lines: list[tuple[str, str]] = []
+    for i, dep in enumerate(deps):
+        where = f"{shown}: dependencies[{i}]"
+        if isinstance(dep, dict) and list(dep) == ["pip"] and isinstance(dep["pip"], list):
+            for j, line in enumerate(dep["pip"]):
+                if isinstance(line, str):
+                    pip_lines.append((f"{where}.pip[{j}]", line))
+                else:
+                    problems.append(Problem(f"{where}.pip[{j}]", "expected a string"))
+            continue
+        match = _CONDA_NAME.match(dep) if isinstance(dep, str) else None
+        if match is None:
+            problems.append(Problem(where, "expected a package or a 'pip:' list"))
+        elif match.group(1).lower() == "python":
+            try:
+                found.python = conda_python(match.group(2)) or found.python
+            except ValueError as exc:
+                problems.append(Problem(where, f"unsupported Python version: {exc}"))
+        elif match.group(1).lower() != "pip":
+            conda_only.append(Problem(where, f"conda package {dep!r}"))
+    try:
+        parsed = parse_requirements(pip_lines, root=root, base=path.parent)
+    except SpecError as exc:
+        problems.extend(exc.problems)
+    else:
+        found.dependencies = list(parsed.requirements)
+        found.indexes = list(parsed.indexes)
+        found.sources += [f for f in parsed.files if f not in found.sources]
+        found.notes += parsed.notes
+    if conda_only or problems:
+        raise SpecError(
+            f"cannot import {shown}: "
+            + (f"{len(conda_only)} conda-only package(s)" if conda_only else "invalid entries"),
+            problems=conda_only + problems,
+            hint="envship installs wheels from PyPI-style indexes only; move conda packages "
+            "under 'pip:' with their PyPI names"
+            if conda_only
+            else None,
+        )
+    if isinstance(data, dict) and data.get("channels"):
+        found.notes.append(f"{shown}: channels are ignored (envship reads package indexes)")
+    return found
+
+
+def _default_name(folder: Path) -> str:
+    name = canonicalize_name(folder.resolve().name)
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "env"
+
+
+def import_spec(
+    folder: Path, *, name: str | None = None, targets: Sequence[str] | None = None
+) -> ImportResult:
+    """Build a spec from what ``folder`` has; raise :class:`SpecError` if nothing fits."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SpecError(f"{folder} is not a folder")
+    notes: list[str] = []
+    base = folder
+    for sub in ("binder", ".binder"):  # repo2docker: a binder folder replaces the root
+        if (folder / sub).is_dir():
+            base = folder / sub
+            notes.append(f"reading only {sub}/ (a Binder folder replaces the top level)")
+            break
+    found: Found | None = None
+    for filename in _SOURCES:
+        path = base / filename
+        if not path.is_file():
+            continue
+        if filename.startswith("environment"):
+            found = _from_environment_yml(path, folder)
+        elif filename == "pyproject.toml":
+            found = from_pyproject(path, folder)
+        else:
+            found = Found(sources=[])
+            parsed = parse_requirements(path, root=folder)
+            found.sources, found.notes = list(parsed.files), list(parsed.notes)
+            found.dependencies, found.indexes = list(parsed.requirements), list(parsed.indexes)
+        if found is not None:
+            break
+    if found is None:
+        raise SpecError(
+            f"nothing to import in {base}",
+            problems=[Problem(str(base), f"looked for {', '.join(_SOURCES)}")],
+            hint="write envship.toml by hand (see `envship --help`), or add a requirements.txt",
+        )
+    runtime = base / "runtime.txt"
+    python = found.python
+    if runtime.is_file():
+        python = _runtime_python(runtime, folder)
+        found.sources.append(runtime)
+        if found.python and found.python != python:
+            notes.append(f"runtime.txt sets Python {python} over {found.python}")
+    if python is None:
+        python = DEFAULT_PYTHON
+        notes.append(f"no Python version found; using {python} (edit 'python' to change)")
+    data: dict[str, Any] = {
+        "name": name if name is not None else _default_name(folder),
+        "python": python,
+        "dependencies": found.dependencies,
+        "targets": {t: {} for t in (targets or DEFAULT_INIT_TARGETS)},
+    }
+    if found.groups:
+        data["groups"] = found.groups
+    if found.indexes:
+        data["indexes"] = found.indexes
+    spec = parse_spec(data, source="envship init")
+    return ImportResult(spec, tuple(found.sources), tuple(notes + found.notes))
+
+
+def spec_destination(folder: Path, *, force: bool = False) -> Path:
+    """Where ``init`` writes; refuses an existing spec unless ``force``."""
+    dest = Path(folder) / SPEC_FILENAME
+    if dest.exists() and not force:
+        raise SpecError(
+            f"{dest} already exists", hint="pass --force to overwrite it with an imported spec"
+        )
+    return dest
+
+
+def write_spec(result: ImportResult, folder: Path, *, force: bool = False) -> Path:
+    """Write ``result.spec`` to ``folder/envship.toml`` (atomically) and return the path."""
+    dest = spec_destination(folder, force=force)
+    shown = ", ".join(show(p, Path(folder)) for p in result.sources)
+    text = f"# Written by `envship init` from {shown}.\n\n{result.spec.to_toml()}"
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(dest)
+    return dest
+
+
+def init_spec(
+    folder: Path,
+    *,
+    name: str | None = None,
+    targets: Sequence[str] | None = None,
+    force: bool = False,
+) -> tuple[ImportResult, Path]:
+    """Import and write in one step, checking the destination before reading anything."""
+    spec_destination(folder, force=force)
+    result = import_spec(folder, name=name, targets=targets)
+    return result, write_spec(result, folder, force=force)

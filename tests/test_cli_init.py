@@ -1,0 +1,99 @@
+"""``envship init`` through the real entry point: output, JSON shape and exit codes."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from pathlib import Path
+
+import pytest
+
+from envship.cli import init
+from envship.cli.main import cli, main
+from envship.spec import load_spec
+
+
+def run(*argv: str) -> int:
+    # ``--json`` sets a context variable; a copied context keeps it from leaking into
+    # the next test. Registering here keeps the test independent of main's table.
+    cli.add_command(init.command)
+    return contextvars.copy_context().run(main, list(argv))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "requirements.txt").write_text("numpy>=2\npandas\n", encoding="utf-8")
+    (tmp_path / "runtime.txt").write_text("python-3.12\n", encoding="utf-8")
+    return tmp_path
+
+
+def test_text_output(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("init", str(project), "--name", "ds") == 0
+    out = capsys.readouterr().out
+    assert f"wrote {project / 'envship.toml'} from requirements.txt, runtime.txt" in out
+    assert "ds: Python 3.12, 2 dependencies; targets: linux-x86_64, linux-aarch64" in out
+    assert load_spec(project).name == "ds"
+
+
+def test_json_output(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("init", str(project), "--target", "linux-aarch64", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == {
+        "path": str(project / "envship.toml"),
+        "sources": ["requirements.txt", "runtime.txt"],
+        "name": load_spec(project).name,
+        "python": ["3.12"],
+        "dependencies": ["numpy>=2", "pandas"],
+        "groups": {},
+        "indexes": [],
+        "targets": ["linux-aarch64"],
+        "notes": [],
+    }
+
+
+def test_refuses_to_overwrite_without_force(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / "envship.toml").write_text("# mine\n", encoding="utf-8")
+    assert run("init", str(project)) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err
+    assert (project / "envship.toml").read_text() == "# mine\n"
+    assert run("init", str(project), "--force") == 0
+    assert load_spec(project).dependencies == ("numpy>=2", "pandas")
+
+
+def test_bad_input_exit_2_names_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "requirements.txt").write_text("ok\n-e .\n", encoding="utf-8")
+    assert run("init", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "requirements.txt:2: editable installs are not supported" in err
+    assert not (tmp_path / "envship.toml").exists()
+
+
+def test_bad_input_json_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = "dependencies:\n  - python=3.11\n  - numpy\n"
+    (tmp_path / "environment.yml").write_text(env, encoding="utf-8")
+    assert run("init", str(tmp_path), "--json") == 2
+    data = json.loads(capsys.readouterr().out)
+    assert data["error"] == "spec"
+    assert data["problems"] == [
+        {"where": "environment.yml: dependencies[1]", "message": "conda package 'numpy'"}
+    ]
+    assert "pip:" in data["hint"]
+
+
+def test_nothing_to_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("init", str(tmp_path)) == 2
+    assert "nothing to import" in capsys.readouterr().err
+
+
+def test_default_folder_is_cwd(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(project)
+    assert run("init") == 0
+    assert (project / "envship.toml").is_file()
+    assert "wrote envship.toml" in capsys.readouterr().out

@@ -1,0 +1,557 @@
+"""``envship init``'s importers: every source, every translation, every failure mode."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+from envship._requirements import parse_requirements
+from envship.errors import SpecError
+from envship.importers import (
+    ImportResult,
+    conda_python,
+    import_spec,
+    init_spec,
+    lowest_python,
+    poetry_constraint,
+    write_spec,
+)
+from envship.spec import load_spec
+
+
+def write(folder: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return folder
+
+
+def imported(tmp_path: Path, files: dict[str, str]) -> ImportResult:
+    return import_spec(write(tmp_path, files))
+
+
+def failure(tmp_path: Path, files: dict[str, str]) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        import_spec(write(tmp_path, files))
+    return info.value
+
+
+def wheres(exc: SpecError) -> list[str]:
+    return [p.where for p in exc.problems]
+
+
+# --- translation tables ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("poetry", "pep440"),
+    [
+        ("^1.2.3", ">=1.2.3,<2.0.0"),
+        ("^1.2", ">=1.2,<2.0"),
+        ("^1", ">=1,<2"),
+        ("^0.2.3", ">=0.2.3,<0.3.0"),
+        ("^0.0.3", ">=0.0.3,<0.0.4"),
+        ("^0.0", ">=0.0,<0.1"),
+        ("^0", ">=0,<1"),
+        ("~1.2.3", ">=1.2.3,<1.3.0"),
+        ("~1.2", ">=1.2,<1.3"),
+        ("~1", ">=1,<2"),
+        ("*", ""),
+        ("1.2.3", "==1.2.3"),
+        ("=1.2.3", "==1.2.3"),
+        ("1.2.*", "==1.2.*"),
+        (">=1.2,<1.5", ">=1.2,<1.5"),
+        (">= 1.2, < 1.5", ">=1.2,<1.5"),
+        (">=1.2 <1.5", ">=1.2,<1.5"),
+        ("~=1.4", "~=1.4"),
+        ("!=1.3", "!=1.3"),
+        ("^2.0,!=2.1.0", ">=2.0,<3.0,!=2.1.0"),
+    ],
+)
+def test_poetry_constraint(poetry: str, pep440: str) -> None:
+    assert poetry_constraint(poetry) == pep440
+
+
+@pytest.mark.parametrize("bad", ["^1.x", "~abc", "1.2 || 1.4", ">=>1", "^"])
+def test_poetry_constraint_rejects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        poetry_constraint(bad)
+
+
+@pytest.mark.parametrize(
+    ("conda", "python"),
+    [
+        ("=3.11", "3.11"),
+        ("==3.11.*", "3.11"),
+        (">=3.11", "3.11"),
+        ("3.10", "3.10"),
+        ("=3.11.4", "3.11"),
+        ("3.12.*", "3.12"),
+        (">=3.8,<3.12", "3.9"),
+        ("=3.10=h12345_0", "3.10"),
+        ("3.12 *_cpython", "3.12"),
+        ("3.12|3.10", "3.10"),
+        (">= 3.13", "3.13"),
+        ("", None),
+    ],
+)
+def test_conda_python(conda: str, python: str | None) -> None:
+    assert conda_python(conda) == python
+
+
+@pytest.mark.parametrize("bad", ["=2.7", ">=4", "=3.x!"])
+def test_conda_python_rejects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        conda_python(bad)
+
+
+@pytest.mark.parametrize(
+    ("requires", "python"),
+    [
+        (">=3.8", "3.9"),
+        (">=3.10", "3.10"),
+        (">=3.10.4", "3.10"),
+        ("~=3.12", "3.12"),
+        (">=3.9,!=3.9.*,<4", "3.10"),
+        ("==3.14.*", "3.14"),
+        ("<3.9", None),
+        (">=3.15", None),
+    ],
+)
+def test_lowest_python(requires: str, python: str | None) -> None:
+    assert lowest_python(SpecifierSet(requires)) == python
+
+
+# --- requirements.txt -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("numpy", "numpy"),
+        ("numpy>=1.20,<2  # pinned for abi", "numpy<2,>=1.20"),
+        ("requests[socks] == 2.31.0", "requests[socks]==2.31.0"),
+        ('pandas; python_version < "3.12"', 'pandas; python_version < "3.12"'),
+        ("torch==2.3.0 --hash=sha256:aaaa --hash=sha256:bbbb", "torch==2.3.0"),
+        ("Django>=4 ; sys_platform == 'linux'", 'Django>=4; sys_platform == "linux"'),
+    ],
+)
+def test_requirement_lines(tmp_path: Path, line: str, expected: str) -> None:
+    result = imported(tmp_path, {"requirements.txt": f"# header\n\n{line}\n"})
+    assert result.spec.dependencies == (expected,)
+
+
+def test_requirements_continuations_includes_and_comments(tmp_path: Path) -> None:
+    result = imported(
+        tmp_path,
+        {
+            "requirements.txt": """
+                numpy>=1.20 \\
+                    ,<2
+                pandas \\
+                    --hash=sha256:abc  # comment after a continuation
+                -r sub/more.txt
+                --requirement=sub/other.txt
+                scipy #c
+            """,
+            "sub/more.txt": "-r other.txt\n",  # relative to sub/, not to the top file
+            "sub/other.txt": "rich\n",
+        },
+    )
+    assert result.spec.dependencies == ("numpy<2,>=1.20", "pandas", "rich", "rich", "scipy")
+    assert [p.relative_to(tmp_path).as_posix() for p in result.sources] == [
+        "requirements.txt",
+        "sub/more.txt",
+        "sub/other.txt",
+    ]
+
+
+def test_requirements_every_problem_with_file_and_line(tmp_path: Path) -> None:
+    exc = failure(
+        tmp_path,
+        {
+            "requirements.txt": """
+                ok-package
+                -e .
+                ./local/pkg
+                https://example.com/x-1.0-py3-none-any.whl
+                name @ https://example.com/name.tar.gz
+                -f https://example.com/wheels
+                not a requirement!!
+                --no-index
+                --bogus-option
+                -r missing.txt
+                thing==1.0 --config-settings=x
+                -r
+            """
+        },
+    )
+    assert wheres(exc) == [f"requirements.txt:{n}" for n in range(2, 13)]
+    assert "editable" in exc.problems[0].message
+    assert "URL or local path" in exc.problems[1].message
+    assert "URL or local path" in exc.problems[2].message
+    assert "direct reference" in exc.problems[3].message
+    assert exc.hint is not None
+
+
+def test_requirements_include_cycle(tmp_path: Path) -> None:
+    exc = failure(tmp_path, {"requirements.txt": "a\n-r b.txt\n", "b.txt": "-r requirements.txt"})
+    assert wheres(exc) == ["b.txt:1"]
+    assert "requirements.txt -> b.txt -> requirements.txt" in exc.problems[0].message
+
+
+def test_constraints_merge_only_into_requirements(tmp_path: Path) -> None:
+    result = imported(
+        tmp_path,
+        {
+            "requirements.txt": "requests>=2\nnumpy\n-c constraints.txt\n",
+            "constraints.txt": "requests<3\nurllib3<2\nnumpy==1.26.4\n",
+        },
+    )
+    assert result.spec.dependencies == ("requests<3,>=2", "numpy==1.26.4")
+    assert any("applied to: numpy, requests" in n for n in result.notes)
+    assert any("dropped" in n and "urllib3" in n for n in result.notes)
+
+
+def test_index_urls_and_credentials(tmp_path: Path) -> None:
+    result = imported(
+        tmp_path,
+        {
+            "requirements.txt": """
+                --index-url https://alice:s3cret@pypi.corp.example/simple
+                --extra-index-url https://${TOKEN_USER}:${TOKEN}@extra.example:8443/simple
+                numpy
+            """
+        },
+    )
+    default, extra = result.spec.indexes
+    assert (default.name, default.url, default.default) == (
+        "pypi-corp-example",
+        "https://pypi.corp.example/simple",
+        True,
+    )
+    assert (default.username_env, default.password_env) == (
+        "PYPI_CORP_EXAMPLE_USERNAME",
+        "PYPI_CORP_EXAMPLE_PASSWORD",
+    )
+    assert (extra.url, extra.default, extra.username_env, extra.password_env) == (
+        "https://extra.example:8443/simple",
+        False,
+        "TOKEN_USER",
+        "TOKEN",
+    )
+    assert any("export PYPI_CORP_EXAMPLE_USERNAME" in n for n in result.notes)
+    written = write_spec(result, tmp_path).read_text()
+    assert "s3cret" not in written and "alice" not in written
+
+
+def test_requirements_in_when_no_txt(tmp_path: Path) -> None:
+    assert imported(tmp_path, {"requirements.in": "attrs\n"}).spec.dependencies == ("attrs",)
+
+
+# --- environment.yml --------------------------------------------------------------------
+
+ENV_YML = """
+    name: ds
+    channels: [conda-forge]
+    dependencies:
+      - python=3.10
+      - pip
+      - pip:
+        - numpy>=2
+        - -r extra.txt
+"""
+
+
+def test_environment_yml(tmp_path: Path) -> None:
+    result = imported(tmp_path, {"environment.yml": ENV_YML, "extra.txt": "scipy\n"})
+    assert result.spec.python == ("3.10",)
+    assert result.spec.dependencies == ("numpy>=2", "scipy")
+    assert [p.name for p in result.sources] == ["environment.yml", "extra.txt"]
+    assert any("channels are ignored" in n for n in result.notes)
+
+
+def test_environment_yml_conda_only_packages(tmp_path: Path) -> None:
+    exc = failure(
+        tmp_path,
+        {
+            "environment.yml": """
+                dependencies:
+                  - python>=3.11
+                  - numpy
+                  - conda-forge::gdal=3.8
+                  - pip:
+                    - -e .
+            """
+        },
+    )
+    assert wheres(exc) == [
+        "environment.yml: dependencies[1]",
+        "environment.yml: dependencies[2]",
+        "environment.yml: dependencies[3].pip[0]",
+    ]
+    assert exc.hint is not None and "pip:" in exc.hint
+
+
+def test_environment_yml_malformed(tmp_path: Path) -> None:
+    exc = failure(tmp_path, {"environment.yaml": "dependencies:\n  - a\n - b: [\n"})
+    assert wheres(exc) == ["environment.yaml:3"]
+
+
+# --- pyproject.toml ---------------------------------------------------------------------
+
+
+def test_pep621_and_pep735(tmp_path: Path) -> None:
+    result = imported(
+        tmp_path,
+        {
+            "pyproject.toml": """
+                [project]
+                name = "My.Proj"
+                requires-python = ">=3.10"
+                dependencies = ["httpx>=0.27", "rich; python_version >= '3.11'"]
+                [project.optional-dependencies]
+                Plot = ["matplotlib"]
+                all = ["my-proj[plot]; sys_platform == 'linux'"]
+                [dependency-groups]
+                Test_Utils = ["pytest>=8"]
+                dev = [{include-group = "test-utils"}, "ruff", "my_proj"]
+            """
+        },
+    )
+    spec = result.spec
+    assert spec.python == ("3.10",)
+    assert spec.dependencies == ("httpx>=0.27", 'rich; python_version >= "3.11"')
+    assert dict(spec.groups) == {
+        "plot": ("matplotlib",),
+        "all": ('matplotlib; sys_platform == "linux"',),
+        "test-utils": ("pytest>=8",),
+        "dev": ("pytest>=8", "ruff"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [
+        (
+            '[dependency-groups]\na = [{include-group = "b"}]\nb = [{include-group = "a"}]',
+            "dependency-groups.a",
+        ),
+        ('[dependency-groups]\na = [{include-group = "nope"}]', "dependency-groups.a[0]"),
+        ('[dependency-groups]\na = ["ok", "bad req!"]', "dependency-groups.a[1]"),
+        ('[project]\nname = "p"\n[project.optional-dependencies]\nall = ["p[all]"]', "all"),
+        ('[project]\nname = "p"\n[project.optional-dependencies]\nall = ["p[x]"]', "all[0]"),
+    ],
+)
+def test_dependency_group_errors(tmp_path: Path, toml: str, where: str) -> None:
+    exc = failure(tmp_path, {"pyproject.toml": toml})
+    if not where.startswith("dependency-groups"):
+        where = f"project.optional-dependencies.{where}"
+    assert wheres(exc) == [f"pyproject.toml: {where}"]
+
+
+def test_requires_python_unsatisfiable(tmp_path: Path) -> None:
+    toml = '[project]\nname = "x"\nrequires-python = "<3.8"\ndependencies = []\n'
+    exc = failure(tmp_path, {"pyproject.toml": toml})
+    assert wheres(exc) == ["pyproject.toml: project.requires-python"]
+
+
+def test_pyproject_with_envship_table(tmp_path: Path) -> None:
+    exc = failure(tmp_path, {"pyproject.toml": '[tool.envship]\nname = "x"\n'})
+    assert "already has a spec" in exc.message
+
+
+def test_pyproject_without_dependencies_falls_through(tmp_path: Path) -> None:
+    files = {"pyproject.toml": "[tool.ruff]\nline-length = 100\n", "requirements.txt": "attrs"}
+    assert imported(tmp_path, files).spec.dependencies == ("attrs",)
+
+
+POETRY = """
+    [tool.poetry]
+    name = "svc"
+    [tool.poetry.dependencies]
+    python = "^3.10"
+    requests = "^2.31"
+    numpy = {version = "~1.26", extras = ["dev"], python = ">=3.10,<3.13"}
+    pandas = {version = "*", optional = true}
+    torch = {version = ">=2", optional = true}
+    uvloop = {version = "^0.19", markers = "sys_platform != 'win32'"}
+    [tool.poetry.extras]
+    frames = ["pandas"]
+    [tool.poetry.group.Dev.dependencies]
+    pytest = "^8.0"
+    [tool.poetry.dev-dependencies]
+    black = "24.1.0"
+    [[tool.poetry.source]]
+    name = "corp"
+    url = "https://pypi.corp.example/simple/"
+    priority = "primary"
+    [[tool.poetry.source]]
+    name = "extra"
+    url = "https://extra.example/simple/"
+    priority = "supplemental"
+"""
+
+
+def test_poetry(tmp_path: Path) -> None:
+    result = imported(tmp_path, {"pyproject.toml": POETRY})
+    spec = result.spec
+    assert spec.python == ("3.10",)
+    assert spec.dependencies == (
+        "requests<3.0,>=2.31",
+        'numpy[dev]<1.27,>=1.26; python_version < "3.13" and python_version >= "3.10"',
+        'uvloop<0.20,>=0.19; sys_platform != "win32"',
+    )
+    assert dict(spec.groups) == {
+        "frames": ("pandas",),
+        "dev": ("pytest<9.0,>=8.0", "black==24.1.0"),
+    }
+    assert [(i.name, i.default) for i in spec.indexes] == [("corp", True), ("extra", False)]
+    assert any("torch" in n and "skipped" in n for n in result.notes)
+
+
+@pytest.mark.parametrize(
+    ("dep", "key"),
+    [
+        ('mylib = {git = "https://github.com/x/mylib.git"}', "mylib"),
+        ('local = {path = "../local", develop = true}', "local"),
+        ('wheel = {url = "https://example.com/w.whl"}', "wheel"),
+        ('either = "1.0 || 2.0"', "either"),
+        ('python = "^2.7"', "python"),
+    ],
+)
+def test_poetry_errors(tmp_path: Path, dep: str, key: str) -> None:
+    exc = failure(tmp_path, {"pyproject.toml": f"[tool.poetry.dependencies]\n{dep}\n"})
+    assert wheres(exc) == [f"pyproject.toml: tool.poetry.dependencies.{key}"]
+
+
+# --- layout, runtime.txt, naming, writing ---------------------------------------------------
+
+
+def test_binder_folder_is_the_only_place_read(tmp_path: Path) -> None:
+    result = imported(
+        tmp_path,
+        {
+            "requirements.txt": "top-level-only",
+            "binder/requirements.txt": "in-binder",
+            "binder/runtime.txt": "python-3.12",
+            ".binder/requirements.txt": "in-dot-binder",
+        },
+    )
+    assert result.spec.dependencies == ("in-binder",)
+    assert result.spec.python == ("3.12",)
+    assert [p.relative_to(tmp_path).as_posix() for p in result.sources] == [
+        "binder/requirements.txt",
+        "binder/runtime.txt",
+    ]
+
+
+def test_binder_folder_without_sources(tmp_path: Path) -> None:
+    (tmp_path / ".binder").mkdir()
+    exc = failure(tmp_path, {"requirements.txt": "ignored"})
+    assert "nothing to import" in exc.message
+    assert "requirements.txt" in exc.problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("runtime", "python"), [("python-3.12", "3.12"), ("python-3.9.7\n", "3.9")]
+)
+def test_runtime_txt_overrides(tmp_path: Path, runtime: str, python: str) -> None:
+    files = {"runtime.txt": runtime, "pyproject.toml": '[project]\ndependencies = ["a"]\n'}
+    assert imported(tmp_path, files).spec.python == (python,)
+
+
+@pytest.mark.parametrize("runtime", ["3.11", "python3.11", "r-2023-01-01", ""])
+def test_runtime_txt_invalid(tmp_path: Path, runtime: str) -> None:
+    exc = failure(tmp_path, {"runtime.txt": runtime, "requirements.txt": "a"})
+    assert wheres(exc) == ["runtime.txt:1"]
+
+
+def test_defaults_name_and_targets(tmp_path: Path) -> None:
+    folder = tmp_path / "My_Cool.Project"
+    folder.mkdir()
+    spec = imported(folder, {"requirements.txt": "a"}).spec
+    assert spec.name == "my-cool-project"
+    assert [t.name for t in spec.targets] == ["linux-x86_64", "linux-aarch64"]
+    assert spec.python == ("3.11",)
+
+
+def test_name_and_targets_are_validated_by_parse_spec(tmp_path: Path) -> None:
+    write(tmp_path, {"requirements.txt": "a"})
+    spec = import_spec(tmp_path, name="ds", targets=["linux-aarch64"]).spec
+    assert (spec.name, [t.name for t in spec.targets]) == ("ds", ["linux-aarch64"])
+    with pytest.raises(SpecError) as info:
+        import_spec(tmp_path, name="bad name", targets=["windows-arm"])
+    assert wheres(info.value) == ["envship init: name", "envship init: targets.windows-arm"]
+
+
+def test_nothing_found(tmp_path: Path) -> None:
+    exc = failure(tmp_path, {"README.md": "hi"})
+    assert str(tmp_path) in exc.message
+    assert "environment.yml" in exc.problems[0].message
+
+
+def test_init_writes_a_spec_that_loads_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    write(tmp_path, {"requirements.txt": "numpy>=2\n", "runtime.txt": "python-3.12"})
+    result, path = init_spec(tmp_path)
+    assert path == tmp_path / "envship.toml"
+    loaded = load_spec(tmp_path)
+    assert loaded.digest == result.spec.digest
+    assert path.read_text().startswith("# Written by `envship init` from requirements.txt")
+    with pytest.raises(SpecError, match="already exists") as info:
+        init_spec(tmp_path)
+    assert info.value.hint is not None and "--force" in info.value.hint
+    (tmp_path / "requirements.txt").write_text("numpy>=2\nscipy\n")
+    init_spec(tmp_path, force=True)
+    assert load_spec(tmp_path).dependencies == ("numpy>=2", "scipy")
+
+
+# --- properties -------------------------------------------------------------------------
+
+
+# Arbitrary text, and text built from the format's own tokens (which reach far more
+# branches: options, includes, index URLs with credentials, continuations).
+_TOKENS = ["-r ", "-c ", "-i ", "--index-url=https://u:p@h/", "--extra-index-url ", "x @ "]
+_TOKENS += ["[", "]", ";", " #", "\\", "\n", "==1", "${A}", "://", ".", "/", "numpy", "-e "]
+_TOKENS += ["--hash=x", " python_version<'3'", "\t", "~=", "*", ",", "[::1", "requirements.txt"]
+_TEXT = st.one_of(st.text(), st.lists(st.sampled_from(_TOKENS), max_size=30).map("".join))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT)
+def test_requirements_parser_only_raises_spec_error(text: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "requirements.txt"
+        path.write_bytes(text.encode("utf-8", "surrogatepass"))
+        with contextlib.suppress(SpecError):  # anything else fails the test
+            parse_requirements(path, root=Path(folder))
+
+
+_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9._-]{0,8}[A-Za-z0-9]", fullmatch=True)
+_VERSIONS = st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3}){0,2}", fullmatch=True)
+_SPECS = st.lists(st.tuples(st.sampled_from(["==", ">=", "<", "!=", "~="]), _VERSIONS), max_size=3)
+_MARKERS = st.sampled_from(
+    ["", 'python_version < "3.12"', 'sys_platform == "linux" and platform_machine != "arm64"']
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_NAMES, st.lists(_NAMES, max_size=2), _SPECS, _MARKERS)
+def test_valid_pep508_lines_round_trip(
+    name: str, extras: list[str], specs: list[tuple[str, str]], marker: str
+) -> None:
+    specs = [(op, v if op != "~=" or "." in v else f"{v}.0") for op, v in specs]
+    text = name + (f"[{','.join(extras)}]" if extras else "")
+    text += ",".join(op + v for op, v in specs) + (f"; {marker}" if marker else "")
+    line = str(Requirement(text))
+    parsed = parse_requirements([("line", line)], root=Path())
+    assert parsed.requirements == (line,)
