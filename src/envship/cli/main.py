@@ -29,9 +29,9 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so each command group stays one module the others need not know.
-    from . import init, lock
+    from . import index, init, lock
 
-    for module in (init, lock):
+    for module in (init, lock, index):
         cli.add_command(module.command)
 
 

@@ -1,0 +1,93 @@
+"""``envship index``: turn a lock and the store into a static package index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..index import export_index
+from ..lockfile import LOCK_FILENAME, LockFile
+from ..store import Store
+from ._common import Progress, echo_json, json_option
+
+
+@click.group("index")
+def command() -> None:
+    """Static package indexes for networks that cannot reach PyPI."""
+
+
+@command.command("export")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path(LOCK_FILENAME),
+    show_default=True,
+    help="The PEP 751 lock whose artifacts to export.",
+)
+@click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="ENVSHIP_STORE",
+    help="The artifact store filled by `envship fetch` [env: ENVSHIP_STORE].",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME",
+    help="Export only what this target (repeatable) installs; default: every target.",
+)
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    metavar="NAME",
+    help="Dependency group to include (repeatable); default: the lock's default groups.",
+)
+@click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier export.")
+@json_option
+def export(
+    out: Path,
+    lock_path: Path,
+    store_dir: Path | None,
+    targets: tuple[str, ...],
+    groups: tuple[str, ...],
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write OUT: a PEP 503/691 simple index, the files, and a localized pylock.toml.
+
+    Hrefs are relative, so OUT works from file:// and from any static web server.
+    OUT/pylock.toml points at OUT/files, for PEP 751 installers. OUT is replaced only
+    when the export succeeds; every file is checked against the lock's sha256.
+
+    \b
+    Examples:
+      envship index export ./wheelhouse
+      pip install --index-url file://$PWD/wheelhouse/simple NAME
+      uv pip install -r ./wheelhouse/pylock.toml
+    """
+    lock = LockFile.load(lock_path)
+    store = Store.at(store_dir)
+    result = export_index(
+        lock,
+        store,
+        out,
+        targets=list(targets) or None,
+        groups=list(groups) or None,
+        force=force,
+        progress=Progress("export"),
+    )
+    if as_json:
+        echo_json(result.to_json())
+        return
+    index_url = result.to_json()["index_url"]
+    click.echo(
+        f"exported {result.files} files of {result.projects} projects to {result.out}\n"
+        f"  pip install --index-url {index_url} NAME\n"
+        f"  uv pip install -r {result.lock}"
+    )

@@ -1,0 +1,426 @@
+"""Export a static package index for networks that cannot reach PyPI.
+
+``export_index`` lays out, for every artifact a lock selects::
+
+    OUT/files/<filename>              the artifact (hard link from the store, else a copy)
+    OUT/files/<wheel>.metadata        the wheel's METADATA (PEP 658; sdists get none)
+    OUT/simple/index.html             project list (PEP 503)
+    OUT/simple/<name>/index.html      files of one project (PEP 503, 592, 629, 658, 714)
+    OUT/simple/index.json             the same as JSON (PEP 691, api-version 1.1 / PEP 700)
+    OUT/simple/<name>/index.json
+    OUT/pylock.toml                   the lock, each artifact at ``files/<filename>`` (PEP 751)
+
+Every href is relative, so the tree works from ``file://`` and from any static web
+server. A static server does not negotiate content types (PEP 691 asks servers to pick
+JSON or HTML from the ``Accept`` header), so installers get the HTML pages; the
+``index.json`` files are there for clients that ask for them by path and for a server
+configured to map ``application/vnd.pypi.simple.v1+json`` onto them.
+
+The tree is built in a temporary directory next to OUT and renamed into place only when
+complete: a failed export (a missing or corrupt artifact) leaves OUT as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import html
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import tomli_w
+from packaging.pylock import Pylock, PylockValidationError
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from .errors import ArtifactError, IndexExportError, Problem, StoreError
+from .lockfile import LOCK_FILENAME, Artifact, LockFile
+from .store import Store, sha256_file
+
+__all__ = [
+    "MARKER_FILENAME",
+    "IndexExport",
+    "IndexFile",
+    "export_index",
+    "file_href",
+    "file_url",
+    "project_dir",
+    "render_project_html",
+    "render_project_json",
+    "render_root_html",
+    "render_root_json",
+]
+
+#: Present in every export; only a directory holding it is replaced without ``force``.
+MARKER_FILENAME = ".envship-index"
+API_VERSION = "1.1"  # PEP 629 version of the pages; 1.1 adds size and versions (PEP 700)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexExport:
+    """What :func:`export_index` wrote."""
+
+    out: Path
+    projects: int
+    files: int
+    lock: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "projects": self.projects,
+            "files": self.files,
+            "lock": str(self.lock),
+            "index_url": (self.out / "simple").resolve().as_uri(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IndexFile:
+    """One file as the simple API describes it."""
+
+    filename: str
+    version: str
+    sha256: str
+    size: int
+    requires_python: str | None = None
+    metadata_sha256: str | None = None  # of ``<filename>.metadata`` (PEP 658)
+
+
+def project_dir(name: str) -> str:
+    """The PEP 503 normalized name: the directory of the project's page."""
+    return canonicalize_name(name)
+
+
+def file_url(filename: str) -> str:
+    """Relative URL from ``simple/<project>/`` to the file (PEP 503 and PEP 691 allow it)."""
+    return f"../../files/{quote(filename, safe='')}"
+
+
+def file_href(filename: str, sha256: str) -> str:
+    """:func:`file_url` with the PEP 503 hash fragment."""
+    return f"{file_url(filename)}#sha256={sha256}"
+
+
+def _page(title: str, anchors: Sequence[str]) -> str:
+    # PEP 629: every page says which API version it speaks.
+    return (
+        "<!DOCTYPE html>\n<html>\n<head>\n"
+        f'<meta name="pypi:repository-version" content="{API_VERSION}">\n'
+        f"<title>{html.escape(title)}</title>\n</head>\n<body>\n"
+        + "".join(f"{a}<br>\n" for a in anchors)
+        + "</body>\n</html>\n"
+    )
+
+
+def render_root_html(names: Collection[str]) -> str:
+    """PEP 503 root page: one anchor per project, linking to its normalized directory."""
+    dirs = sorted({project_dir(n) for n in names})
+    anchors = [f'<a href="{html.escape(quote(d) + "/")}">{html.escape(d)}</a>' for d in dirs]
+    return _page("Simple index", anchors)
+
+
+def render_project_html(name: str, files: Sequence[IndexFile]) -> str:
+    """PEP 503 project page; ``data-requires-python`` (PEP 503), both metadata attributes
+    (``data-dist-info-metadata`` from PEP 658 and ``data-core-metadata`` from PEP 714)."""
+    anchors = []
+    for f in sorted(files, key=lambda f: f.filename):
+        attrs = f'href="{html.escape(file_href(f.filename, f.sha256))}"'
+        if f.requires_python:
+            attrs += f' data-requires-python="{html.escape(f.requires_python)}"'
+        if f.metadata_sha256:
+            value = html.escape(f"sha256={f.metadata_sha256}")
+            attrs += f' data-dist-info-metadata="{value}" data-core-metadata="{value}"'
+        anchors.append(f"<a {attrs}>{html.escape(f.filename)}</a>")
+    return _page(f"Links for {project_dir(name)}", anchors)
+
+
+def render_root_json(names: Collection[str]) -> dict[str, Any]:
+    """PEP 691 root: ``projects`` by name."""
+    projects = [{"name": d} for d in sorted({project_dir(n) for n in names})]
+    return {"meta": {"api-version": API_VERSION}, "projects": projects}
+
+
+def render_project_json(name: str, files: Sequence[IndexFile]) -> dict[str, Any]:
+    """PEP 691 project detail, with PEP 700's ``versions`` and ``size``."""
+    entries: list[dict[str, Any]] = []
+    for f in sorted(files, key=lambda f: f.filename):
+        metadata = {"sha256": f.metadata_sha256} if f.metadata_sha256 else False
+        entry: dict[str, Any] = {
+            "filename": f.filename,
+            "url": file_url(f.filename),
+            "hashes": {"sha256": f.sha256},
+            "core-metadata": metadata,  # PEP 714 name
+            "dist-info-metadata": metadata,  # PEP 658 name, for older clients
+            "yanked": False,
+            "size": f.size,
+        }
+        if f.requires_python:
+            entry["requires-python"] = f.requires_python
+        entries.append(entry)
+    return {
+        "meta": {"api-version": API_VERSION},
+        "name": project_dir(name),
+        "files": entries,
+        "versions": sorted({f.version for f in files}, key=Version),
+    }
+
+
+def wheel_metadata(wheel: Path, name: str, version: str) -> bytes:
+    """The bytes of the wheel's ``<dist-info>/METADATA`` (PEP 427 layout)."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = zf.namelist()
+            # PEP 427: exactly one top-level ``{distribution}-{version}.dist-info``; pick
+            # it by name, as the name in the file name may differ in case and separators.
+            tops = {n.split("/", 1)[0] for n in names if "/" in n}
+            infos = [t for t in tops if t.endswith(".dist-info")]
+            project = canonicalize_name(name)
+            matching = [t for t in infos if _dist_name(t) == project]
+            if len(matching) != 1:
+                found = ", ".join(sorted(infos)) or "none"
+                raise IndexExportError(
+                    f"{wheel.name}: cannot find the one .dist-info directory of {name}",
+                    problems=[Problem(wheel.name, f".dist-info directories: {found}")],
+                )
+            return zf.read(f"{matching[0]}/METADATA")
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise IndexExportError(
+            f"{wheel.name}: not a readable wheel ({exc})",
+            hint=f"{name} {version} in the store may be damaged; re-fetch it",
+        ) from None
+
+
+def _dist_name(dist_info: str) -> str:
+    return canonicalize_name(dist_info.removesuffix(".dist-info").rpartition("-")[0])
+
+
+def _requires_python(metadata: bytes) -> str | None:
+    value = BytesHeaderParser().parsebytes(metadata).get("Requires-Python")
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def _place(src: Path, dest: Path, artifact: Artifact) -> None:
+    """Hard-link or copy ``src`` to ``dest``, then check the bytes at ``dest``."""
+    try:
+        os.link(src, dest)  # same file system: no copy; the store's file stays read-only
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copyfile(src, dest)  # a new file: nothing written here reaches the store
+    # Hash what the index will serve, not what we meant to copy.
+    actual, size = sha256_file(dest), dest.stat().st_size
+    if actual != artifact.sha256 or (artifact.size is not None and size != artifact.size):
+        raise ArtifactError(
+            f"{artifact.filename}: the store's copy does not match the lock, refusing it",
+            artifact=artifact.filename,
+            expected=f"sha256={artifact.sha256} size={artifact.size}",
+            actual=f"sha256={actual} size={size}",
+            hint=f"delete {src} and run `envship fetch` again; a corrupt store must not "
+            "become an index",
+        )
+
+
+def _localized_lock(lock: LockFile, selected: Collection[Artifact]) -> dict[str, Any]:
+    """The lock with each selected artifact at ``files/<filename>``, the rest dropped.
+
+    PEP 751 lets an artifact give a ``path`` (relative to the lock file) instead of a
+    ``url``. Packages and artifacts not selected for the chosen targets are dropped: the
+    export holds no bytes for them, and a lock must not point at files that do not exist.
+    """
+    by_sha = {a.sha256: a for a in selected}
+    chosen = {t for a in selected for t in a.targets}
+    data = dict(lock.pylock.to_dict())
+    packages: list[dict[str, Any]] = []
+    for package in data.get("packages", []):
+        pkg = dict(package)
+        wheels = [w for w in (_local(w, by_sha) for w in pkg.pop("wheels", [])) if w]
+        sdist = _local(pkg.pop("sdist"), by_sha) if "sdist" in pkg else None
+        if not wheels and sdist is None:
+            continue
+        pkg.update({"wheels": wheels} if wheels else {}, **({"sdist": sdist} if sdist else {}))
+        # ``packages.index`` is kept: PEP 751 makes it informative (where the files were
+        # found, for tools that want more data about the package); installers take each
+        # artifact from its url/path, so it does not send them to the network, and it
+        # keeps the provenance of the bytes for audits.
+        packages.append(pkg)
+    names = {canonicalize_name(str(p["name"])) for p in packages}
+    for pkg in packages:
+        # ``packages.dependencies`` refers to other entries; drop references to packages
+        # this export left out so the lock stays self-consistent.
+        deps = pkg.get("dependencies")
+        if deps:
+            pkg["dependencies"] = [
+                d for d in deps if canonicalize_name(str(d.get("name", ""))) in names
+            ]
+    data["packages"] = packages
+    envship = (data.get("tool") or {}).get("envship")  # to_dict() made fresh dicts
+    if envship and envship.get("targets"):
+        # [tool.envship] is kept, but lists only the targets this export serves: a lock
+        # that names a target it has no files for would fail `envship` checks later.
+        envship["targets"] = [t for t in envship["targets"] if t.get("name") in chosen]
+    try:
+        Pylock.from_dict(data)
+    except PylockValidationError as exc:  # pragma: no cover - guards our own output
+        raise IndexExportError(
+            "the localized lock is not a valid PEP 751 lock",
+            problems=[Problem(exc.context or "(top)", exc.message)],
+        ) from None
+    return data
+
+
+def _local(entry: dict[str, Any], by_sha: dict[str, Artifact]) -> dict[str, Any] | None:
+    artifact = by_sha.get(str((entry.get("hashes") or {}).get("sha256", "")))
+    if artifact is None:
+        return None
+    local = {k: v for k, v in entry.items() if k not in ("url", "path")}
+    local["path"] = f"files/{artifact.filename}"
+    return local
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if not out.exists() and not out.is_symlink():
+        return
+    previous = out.is_dir() and (out / MARKER_FILENAME).is_file()
+    empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
+    if not (previous or empty or force):
+        raise IndexExportError(
+            f"{out} exists and is not an envship index export; refusing to replace it",
+            hint="choose another directory, or pass --force to replace it",
+        )
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Put ``tmp`` at ``out``; an existing ``out`` goes only after ``tmp`` is in place."""
+    old: Path | None = None
+    if out.exists() or out.is_symlink():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / "previous")
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old / "previous", out)
+        raise
+    finally:
+        if old is not None:  # rmtree removes a symlink at ``previous``, not its target
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def export_index(
+    lock: LockFile,
+    store: Store,
+    out: Path,
+    *,
+    targets: Sequence[str] | None = None,
+    groups: Collection[str] | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> IndexExport:
+    """Write a static simple index and a localized lock for what ``lock`` selects.
+
+    Raises :class:`StoreError` naming every artifact missing from ``store``,
+    :class:`ArtifactError` for one whose bytes do not match the lock, and
+    :class:`IndexExportError` when ``out`` exists but is no earlier export (unless
+    ``force``). Nothing at ``out`` changes unless the whole export succeeds.
+    """
+    out = Path(out).absolute()
+    artifacts = lock.artifacts(targets, groups=groups)
+    missing = [a for a in artifacts if not store.has(a.sha256)]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} locked artifact(s) are not in the store {store.root}",
+            problems=[Problem(a.filename, f"sha256 {a.sha256}") for a in missing],
+            hint=f"run `envship fetch --lock {lock.path}` first (with the same --store)",
+        )
+    seen: dict[str, Artifact] = {}
+    clashes = [a for a in artifacts if seen.setdefault(a.filename, a) is not a]
+    if clashes:  # one directory of files: a file name must mean one set of bytes
+        raise IndexExportError(
+            "the lock has different files with the same name",
+            problems=[Problem(a.filename, f"{a.name} {a.version}") for a in clashes],
+        )
+    _check_out(out, force)
+    tmp: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        projects = _write_tree(tmp, lock, store, artifacts, progress)
+        _check_out(out, force)  # again: something may have appeared at OUT meanwhile
+        _swap(tmp, out)
+    except OSError as exc:
+        raise IndexExportError(f"cannot write the index at {out}: {exc}") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return IndexExport(out=out, projects=projects, files=len(artifacts), lock=out / LOCK_FILENAME)
+
+
+def _write_tree(
+    tmp: Path,
+    lock: LockFile,
+    store: Store,
+    artifacts: Sequence[Artifact],
+    progress: Progress | None,
+) -> int:
+    lock_python = {
+        (canonicalize_name(str(p.name)), str(p.version)): p.requires_python
+        for p in lock.pylock.packages
+    }
+    files_dir = tmp / "files"
+    files_dir.mkdir()
+    projects: dict[str, tuple[str, list[IndexFile]]] = {}
+    total, done = sum(a.size or 0 for a in artifacts), 0
+    for artifact in artifacts:
+        dest = files_dir / artifact.filename
+        _place(store.path(artifact.sha256), dest, artifact)
+        done += artifact.size or 0
+        if progress is not None:
+            progress(done, total, artifact.filename)
+        requires = lock_python.get((canonicalize_name(artifact.name), artifact.version))
+        requires_python, metadata_sha = (str(requires) if requires else None), None
+        if artifact.kind == "wheel":
+            metadata = wheel_metadata(dest, artifact.name, artifact.version)
+            (files_dir / f"{artifact.filename}.metadata").write_bytes(metadata)
+            metadata_sha = hashlib.sha256(metadata).hexdigest()
+            requires_python = _requires_python(metadata) or requires_python
+        entry = IndexFile(
+            artifact.filename,
+            artifact.version,
+            artifact.sha256,
+            dest.stat().st_size,
+            requires_python,
+            metadata_sha,
+        )
+        projects.setdefault(project_dir(artifact.name), (artifact.name, []))[1].append(entry)
+    simple = tmp / "simple"
+    simple.mkdir()
+    (simple / "index.html").write_text(render_root_html(list(projects)), "utf-8")
+    _write_json(simple / "index.json", render_root_json(list(projects)))
+    for key, (name, entries) in projects.items():
+        (simple / key).mkdir()
+        (simple / key / "index.html").write_text(render_project_html(name, entries), "utf-8")
+        _write_json(simple / key / "index.json", render_project_json(name, entries))
+    (tmp / LOCK_FILENAME).write_text(tomli_w.dumps(_localized_lock(lock, artifacts)), "utf-8")
+    from . import __version__  # here, not at the top: the package may import this module
+
+    targets = sorted({t for a in artifacts for t in a.targets})
+    marker = {"created-by": f"envship {__version__}", "lock-digest": lock.digest}
+    _write_json(tmp / MARKER_FILENAME, {**marker, "lock": str(lock.path), "targets": targets})
+    return len(projects)
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")

@@ -1,0 +1,137 @@
+"""``envship index export`` through the real entry point: exit codes and ``--json``."""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from envship.cli import main as cli_main
+from envship.cli.index import command as index_group
+from envship.index import MARKER_FILENAME
+from envship.lockfile import LockFile
+from test_index import Universe, make_universe
+
+
+def run_cli(*args: str) -> int:
+    # ``--json`` sets a ContextVar; a fresh context per call keeps one call's --json from
+    # leaking into the next, whatever main() resets.
+    return contextvars.copy_context().run(cli_main.main, list(args))
+
+
+@pytest.fixture
+def universe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Universe:
+    u = make_universe(tmp_path / "u")
+    monkeypatch.setenv("ENVSHIP_STORE", str(u.store.root))
+    return u
+
+
+@pytest.fixture(autouse=True)
+def _index_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test the command itself even while main.py's table is being edited;
+    test_index_is_registered_in_main checks the table."""
+    cli_main._register()
+    monkeypatch.setitem(cli_main.cli.commands, "index", index_group)
+
+
+def test_index_is_registered_in_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(cli_main.cli.commands, "index")
+    cli_main._register()
+    assert cli_main.cli.commands.get("index") is index_group
+
+
+def test_export_json(universe: Universe, capsys: pytest.CaptureFixture[str]) -> None:
+    out = universe.root / "out"
+    code = run_cli(
+        *("index", "export", str(out), "--lock", str(universe.lock.path)),
+        *("--store", str(universe.store.root), "--target", "linux-x86_64", "--json"),
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == ""  # --json: no progress on stderr
+    data = json.loads(captured.out)
+    assert data == {
+        "out": str(out),
+        "projects": 3,
+        "files": 3,
+        "lock": str(out / "pylock.toml"),
+        "index_url": (out / "simple").resolve().as_uri(),
+    }
+    assert LockFile.load(out / "pylock.toml").artifacts()  # a usable lock
+
+
+def test_export_defaults_lock_in_cwd_and_store_from_env(
+    universe: Universe, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(universe.root)  # ./pylock.toml; the store from $ENVSHIP_STORE
+    assert run_cli("index", "export", "out") == 0
+    captured = capsys.readouterr()
+    assert "exported 5 files of 4 projects" in captured.out
+    assert (universe.root / "out" / "simple").as_uri() in captured.out
+    assert (universe.root / "out" / MARKER_FILENAME).is_file()
+
+
+def test_missing_artifact_exit_1_names_files(
+    universe: Universe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = universe.root / "empty-store"
+    code = run_cli(
+        *("index", "export", str(universe.root / "out"), "--lock", str(universe.lock.path)),
+        *("--store", str(empty), "--json"),
+    )
+    assert code == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["error"] == "store"
+    assert {p["where"] for p in data["problems"]} >= {
+        "alpha-1.0-py3-none-any.whl",
+        "beta_lib-1.1-py3-none-any.whl",
+    }
+    assert "envship fetch --lock" in data["hint"]
+    assert not (universe.root / "out").exists()
+
+
+def test_corrupt_artifact_exit_4(universe: Universe, capsys: pytest.CaptureFixture[str]) -> None:
+    wheel = universe.wheels["alpha-1.0-py3-none-any.whl"]
+    stored = universe.store.path(hashlib.sha256(wheel.read_bytes()).hexdigest())
+    os.chmod(stored, 0o644)
+    stored.write_bytes(b"not the wheel the lock names")
+    out = universe.root / "out"
+    code = run_cli("index", "export", str(out), "--lock", str(universe.lock.path))
+    captured = capsys.readouterr()
+    assert code == 4
+    assert "error: alpha-1.0-py3-none-any.whl: the store's copy does not match" in captured.err
+    assert not out.exists()
+
+
+def test_refuses_foreign_directory_without_force(
+    universe: Universe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = universe.root / "docs"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ("index", "export", str(out), "--lock", str(universe.lock.path), "--json")
+    assert run_cli(*args) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == "index"
+    assert (out / "keep.txt").read_text() == "mine"
+    assert run_cli(*args, "--force") == 0
+    assert json.loads(capsys.readouterr().out)["files"] == 5
+    assert not (out / "keep.txt").exists()
+
+
+def test_unknown_target_exit_2(universe: Universe, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_cli(
+        *("index", "export", str(universe.root / "out"), "--lock", str(universe.lock.path)),
+        *("--target", "windows-arm64", "--json"),
+    )
+    assert code == 2
+    assert json.loads(capsys.readouterr().out)["error"] == "target"
+
+
+def test_missing_lock_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lock = tmp_path / "nope.toml"
+    assert run_cli("index", "export", str(tmp_path / "out"), "--lock", str(lock)) == 1
+    assert f"{lock} does not exist" in capsys.readouterr().err

@@ -1,0 +1,603 @@
+"""``export_index``: a real static index, proven by installing from it with pip and uv."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from html.parser import HTMLParser
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urldefrag
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+from uv import find_uv_bin
+
+from envship.errors import ArtifactError, IndexExportError, StoreError
+from envship.index import (
+    MARKER_FILENAME,
+    IndexFile,
+    export_index,
+    project_dir,
+    render_project_html,
+    render_root_html,
+    wheel_metadata,
+)
+from envship.lockfile import LockFile
+from envship.store import Store
+from indexlib import X86, build_sdist, build_wheel
+
+ARM = X86.replace("x86_64", "aarch64")
+TARGETS = (
+    '{name = "linux-x86_64", platform = "linux-x86_64", python = "3.11", glibc = "2.28", '
+    'variant = "cpu"},\n'
+    '{name = "linux-aarch64", platform = "linux-aarch64", python = "3.11", glibc = "2.28", '
+    'variant = "cpu"},\n'
+)
+
+
+@dataclass
+class Universe:
+    root: Path
+    store: Store
+    lock: LockFile
+    wheels: dict[str, Path]  # by file name
+
+
+def _entry(path: Path) -> str:
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return (
+        f'{{url = "https://example.invalid/files/{path.name}", size = {path.stat().st_size}, '
+        f'hashes = {{sha256 = "{sha}"}}}}'
+    )
+
+
+def write_lock(
+    path: Path, packages: Sequence[dict[str, Any]], *, allow_sdist: bool = False
+) -> Path:
+    """A hand-written PEP 751 lock with envship's [tool.envship] table."""
+    text = 'lock-version = "1.0"\ncreated-by = "envship-tests"\n'
+    for p in packages:
+        text += f'\n[[packages]]\nname = "{p["name"]}"\nversion = "{p["version"]}"\n'
+        text += 'index = "https://example.invalid/simple"\n'
+        if p.get("marker"):
+            text += f'marker = "{p["marker"]}"\n'
+        if p.get("requires_python"):
+            text += f'requires-python = "{p["requires_python"]}"\n'
+        deps = ", ".join(f'{{name = "{d}"}}' for d in p.get("deps", []))
+        text += f"dependencies = [{deps}]\n"
+        if p.get("wheels"):
+            text += "wheels = [\n" + "".join(f"  {_entry(w)},\n" for w in p["wheels"]) + "]\n"
+        if p.get("sdist"):
+            text += f"sdist = {_entry(p['sdist'])}\n"
+    text += f'\n[tool.envship]\nspec-digest = "sha256:{"0" * 64}"\n'
+    text += f"allow-sdist = {'true' if allow_sdist else 'false'}\ntargets = [\n{TARGETS}]\n"
+    path.write_text(text)
+    return path
+
+
+def make_universe(root: Path) -> Universe:
+    dist = root / "dist"
+    alpha = build_wheel(
+        dist,
+        "alpha",
+        "1.0",
+        requires=["Beta_Lib>=1.0"],
+        requires_python=">=3.8",
+        files={"alpha/token.py": "TOKEN = 'alpha-from-export'\n"},
+    )
+    beta = build_wheel(dist, "Beta_Lib", "1.1")
+    beta_newer = build_wheel(dist, "Beta_Lib", "1.2")  # in the store, not in the lock
+    gamma_x86 = build_wheel(dist, "gamma", "1.0", tag=X86)
+    gamma_arm = build_wheel(dist, "gamma", "1.0", tag=ARM)
+    armonly = build_wheel(dist, "armonly", "1.0")
+    store = Store(root / "store")
+    for w in (alpha, beta, beta_newer, gamma_x86, gamma_arm, armonly):
+        store.add_file(w)
+    packages = [
+        {"name": "alpha", "version": "1.0", "wheels": [alpha], "deps": ["beta-lib"]},
+        {"name": "beta-lib", "version": "1.1", "wheels": [beta]},
+        {"name": "gamma", "version": "1.0", "wheels": [gamma_x86, gamma_arm], "deps": ["armonly"]},
+        {
+            "name": "armonly",
+            "version": "1.0",
+            "wheels": [armonly],
+            "marker": "platform_machine == 'aarch64'",
+        },
+    ]
+    lock = LockFile.load(write_lock(root / "pylock.toml", packages))
+    wheels = {w.name: w for w in (alpha, beta, beta_newer, gamma_x86, gamma_arm, armonly)}
+    return Universe(root, store, lock, wheels)
+
+
+@pytest.fixture
+def universe(tmp_path: Path) -> Universe:
+    return make_universe(tmp_path / "u")
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+class Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchors: list[tuple[dict[str, str | None], str]] = []
+        self.meta: dict[str, str | None] = {}
+        self._open: dict[str, str | None] | None = None
+        self._text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._open, self._text = dict(attrs), ""
+        elif tag == "meta":
+            d = dict(attrs)
+            self.meta[str(d.get("name"))] = d.get("content")
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._open is not None:
+            self.anchors.append((self._open, self._text))
+            self._open = None
+
+
+def parse_html(text: str) -> Anchors:
+    parser = Anchors()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+# --- layout, pages, lock ----------------------------------------------------------------
+
+
+def test_export_lays_out_files_metadata_and_pages(universe: Universe) -> None:
+    out = universe.root / "out"
+    result = export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
+    assert (result.out, result.projects, result.files) == (out, 3, 3)
+    assert result.lock == out / "pylock.toml"
+    names = sorted(p.name for p in (out / "files").iterdir())
+    wheels = ["alpha-1.0-py3-none-any.whl", "beta_lib-1.1-py3-none-any.whl", f"gamma-1.0-{X86}.whl"]
+    assert names == sorted([*wheels, *(f"{w}.metadata" for w in wheels)])
+    assert sorted(p.name for p in (out / "simple").iterdir()) == [
+        "alpha",
+        "beta-lib",
+        "gamma",
+        "index.html",
+        "index.json",
+    ]
+    assert (out / MARKER_FILENAME).is_file()
+    for w in wheels:
+        exported = out / "files" / w
+        with zipfile.ZipFile(exported) as zf:
+            dist_info = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+            assert (out / "files" / f"{w}.metadata").read_bytes() == zf.read(dist_info)
+        # PEP 658 needs the hash of the metadata file; same file system: a hard link.
+        stored = universe.store.path(hashlib.sha256(exported.read_bytes()).hexdigest())
+        assert exported.stat().st_ino == stored.stat().st_ino
+    assert not list(universe.root.glob(".out.*")), "temporary directories left behind"
+
+
+def test_target_selection_drops_other_targets_files(universe: Universe) -> None:
+    both = export_index(universe.lock, universe.store, universe.root / "all")
+    assert (both.projects, both.files) == (4, 5)
+    arm = export_index(
+        universe.lock, universe.store, universe.root / "arm", targets=["linux-aarch64"]
+    )
+    files = {p.name for p in (universe.root / "arm" / "files").glob("*.whl")}
+    assert f"gamma-1.0-{ARM}.whl" in files and f"gamma-1.0-{X86}.whl" not in files
+    assert "armonly-1.0-py3-none-any.whl" in files and arm.projects == 4
+    assert "beta_lib-1.2-py3-none-any.whl" not in files  # in the store, not in the lock
+
+
+def test_html_pages_follow_pep_503_658_714(universe: Universe) -> None:
+    out = universe.root / "out"
+    export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
+    root = parse_html((out / "simple" / "index.html").read_text())
+    assert root.meta["pypi:repository-version"] == "1.1"  # PEP 629
+    assert [(a["href"], text) for a, text in root.anchors] == [
+        ("alpha/", "alpha"),
+        ("beta-lib/", "beta-lib"),
+        ("gamma/", "gamma"),
+    ]
+    page = parse_html((out / "simple" / "alpha" / "index.html").read_text())
+    [(attrs, text)] = page.anchors
+    assert text == "alpha-1.0-py3-none-any.whl"
+    href = str(attrs["href"])
+    path, fragment = urldefrag(href)
+    target = (out / "simple" / "alpha" / unquote(path)).resolve()
+    assert target == (out / "files" / text).resolve()
+    assert fragment == f"sha256={hashlib.sha256(target.read_bytes()).hexdigest()}"
+    assert attrs["data-requires-python"] == ">=3.8"
+    meta_sha = hashlib.sha256((out / "files" / f"{text}.metadata").read_bytes()).hexdigest()
+    assert attrs["data-dist-info-metadata"] == attrs["data-core-metadata"] == f"sha256={meta_sha}"
+    beta = parse_html((out / "simple" / "beta-lib" / "index.html").read_text())
+    assert "data-requires-python" not in beta.anchors[0][0]  # unknown: not invented
+
+
+def test_json_pages_follow_pep_691_and_700(universe: Universe) -> None:
+    out = universe.root / "out"
+    export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
+    root = json.loads((out / "simple" / "index.json").read_text())
+    assert root == {
+        "meta": {"api-version": "1.1"},
+        "projects": [{"name": "alpha"}, {"name": "beta-lib"}, {"name": "gamma"}],
+    }
+    page = json.loads((out / "simple" / "alpha" / "index.json").read_text())
+    assert set(page) == {"meta", "name", "files", "versions"}
+    assert page["meta"] == {"api-version": "1.1"} and page["name"] == "alpha"
+    assert page["versions"] == ["1.0"]
+    [entry] = page["files"]
+    wheel = out / "files" / "alpha-1.0-py3-none-any.whl"
+    meta_sha = hashlib.sha256(Path(f"{wheel}.metadata").read_bytes()).hexdigest()
+    assert entry == {
+        "filename": wheel.name,
+        "url": f"../../files/{wheel.name}",
+        "hashes": {"sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()},
+        "requires-python": ">=3.8",
+        "core-metadata": {"sha256": meta_sha},
+        "dist-info-metadata": {"sha256": meta_sha},
+        "yanked": False,
+        "size": wheel.stat().st_size,
+    }
+    # PEP 691: relative URLs resolve against the page's URL
+    assert (out / "simple" / "alpha" / entry["url"]).resolve() == wheel.resolve()
+
+
+def test_localized_lock_points_at_exported_files(universe: Universe) -> None:
+    out = universe.root / "out"
+    export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
+    local = LockFile.load(out / "pylock.toml")  # validates through packaging.pylock
+    assert [t.name for t in local.targets] == ["linux-x86_64"]
+    assert local.spec_digest == universe.lock.spec_digest
+    original = {a.sha256: a for a in universe.lock.artifacts(["linux-x86_64"])}
+    artifacts = local.artifacts()
+    assert {a.sha256 for a in artifacts} == set(original)
+    for a in artifacts:
+        assert a.url is None and a.path == f"files/{a.filename}"
+        assert a.size == original[a.sha256].size
+        assert (out / a.path).is_file()
+    names = [str(p.name) for p in local.pylock.packages]
+    assert names == ["alpha", "beta-lib", "gamma"]  # armonly: not for x86_64
+    gamma = local.pylock.packages[2]
+    assert gamma.dependencies == []  # its reference to the dropped armonly is gone
+    assert all(p.index == "https://example.invalid/simple" for p in local.pylock.packages)
+    assert [len(p.wheels or []) for p in local.pylock.packages] == [1, 1, 1]
+
+
+def test_sdist_gets_no_metadata_and_lock_requires_python(tmp_path: Path) -> None:
+    sdist = build_sdist(tmp_path / "dist", "epsilon", "1.0")
+    store = Store(tmp_path / "store")
+    store.add_file(sdist)
+    pkg = {"name": "epsilon", "version": "1.0", "sdist": sdist, "requires_python": ">=3.9"}
+    lock = LockFile.load(write_lock(tmp_path / "pylock.toml", [pkg], allow_sdist=True))
+    out = tmp_path / "out"
+    export_index(lock, store, out)
+    assert sorted(p.name for p in (out / "files").iterdir()) == [sdist.name]
+    [(attrs, _)] = parse_html((out / "simple" / "epsilon" / "index.html").read_text()).anchors
+    assert attrs["data-requires-python"] == ">=3.9"
+    assert "data-core-metadata" not in attrs and "data-dist-info-metadata" not in attrs
+    [entry] = json.loads((out / "simple" / "epsilon" / "index.json").read_text())["files"]
+    assert entry["core-metadata"] is False and entry["dist-info-metadata"] is False
+    local = LockFile.load(out / "pylock.toml")
+    assert local.pylock.packages[0].sdist is not None
+    assert local.pylock.packages[0].sdist.path == f"files/{sdist.name}"
+
+
+def test_wheel_metadata_picks_the_projects_dist_info(tmp_path: Path) -> None:
+    wheel = tmp_path / "My_Pkg-2.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("vendored-1.0.dist-info/METADATA", "Name: vendored\n")
+        zf.writestr("my_pkg-2.0.dist-info/METADATA", "Name: My.Pkg\n")
+    assert wheel_metadata(wheel, "my.pkg", "2.0") == b"Name: My.Pkg\n"
+    broken = tmp_path / "none-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(broken, "w") as zf:
+        zf.writestr("none/__init__.py", "")
+    with pytest.raises(IndexExportError, match="dist-info"):
+        wheel_metadata(broken, "none", "1.0")
+    notzip = tmp_path / "bad-1.0-py3-none-any.whl"
+    notzip.write_bytes(b"not a zip")
+    with pytest.raises(IndexExportError, match="not a readable wheel"):
+        wheel_metadata(notzip, "bad", "1.0")
+
+
+def test_two_files_with_one_name_are_refused(tmp_path: Path) -> None:
+    one = build_wheel(tmp_path / "one", "alpha", "1.0", files={"alpha/x.py": "1"})
+    two = build_wheel(tmp_path / "two", "alpha", "1.0", files={"alpha/x.py": "2"})
+    store = Store(tmp_path / "store")
+    store.add_file(one)
+    store.add_file(two)
+    # e.g. one version from two indexes, one per platform: same name, other bytes
+    packages = [
+        {"name": "alpha", "version": "1.0", "wheels": [p], "marker": f"platform_machine == '{m}'"}
+        for p, m in ((one, "x86_64"), (two, "aarch64"))
+    ]
+    lock = LockFile.load(write_lock(tmp_path / "pylock.toml", packages))
+    with pytest.raises(IndexExportError, match="same name") as info:
+        export_index(lock, store, tmp_path / "out")
+    assert [p.where for p in info.value.problems] == [one.name]
+    assert not (tmp_path / "out").exists()
+
+
+# --- failures leave OUT alone ------------------------------------------------------------
+
+
+def test_missing_artifacts_are_all_named(universe: Universe) -> None:
+    empty = Store(universe.root / "empty-store")
+    with pytest.raises(StoreError) as info:
+        export_index(universe.lock, empty, universe.root / "out", targets=["linux-x86_64"])
+    named = {p.where for p in info.value.problems}
+    assert named == {"alpha-1.0-py3-none-any.whl", "beta_lib-1.1-py3-none-any.whl"} | {
+        f"gamma-1.0-{X86}.whl"
+    }
+    assert info.value.hint and f"envship fetch --lock {universe.lock.path}" in info.value.hint
+    assert not (universe.root / "out").exists()
+
+
+def _corrupt(store: Store, wheel: Path) -> Path:
+    """Replace the store's copy with other bytes (a new inode: an earlier export's hard
+    link keeps the good bytes, as it would after a botched re-fetch)."""
+    stored = store.path(hashlib.sha256(wheel.read_bytes()).hexdigest())
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF
+    staged = stored.with_name("corrupt")
+    staged.write_bytes(bytes(data))
+    os.replace(staged, stored)
+    return stored
+
+
+def test_corrupt_store_file_is_refused_and_previous_export_kept(universe: Universe) -> None:
+    out = universe.root / "out"
+    export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
+    before = tree(out)
+    _corrupt(universe.store, universe.wheels[f"gamma-1.0-{X86}.whl"])
+    with pytest.raises(ArtifactError) as info:
+        export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
+    assert info.value.artifact == f"gamma-1.0-{X86}.whl" and info.value.exit_code == 4
+    assert tree(out) == before
+    assert sorted(p.name for p in universe.root.iterdir() if p.name.startswith(".")) == []
+
+
+def test_failed_first_export_leaves_no_out(universe: Universe) -> None:
+    _corrupt(universe.store, universe.wheels["beta_lib-1.1-py3-none-any.whl"])
+    out = universe.root / "out"
+    with pytest.raises(ArtifactError, match=r"beta_lib-1\.1"):
+        export_index(universe.lock, universe.store, out)
+    assert not out.exists()
+    assert [p.name for p in universe.root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_refuses_a_directory_that_is_not_an_export(universe: Universe) -> None:
+    out = universe.root / "precious"
+    out.mkdir()
+    (out / "thesis.txt").write_text("do not delete")
+    with pytest.raises(IndexExportError, match="not an envship index export"):
+        export_index(universe.lock, universe.store, out)
+    assert (out / "thesis.txt").read_text() == "do not delete"
+    result = export_index(universe.lock, universe.store, out, force=True)
+    assert not (out / "thesis.txt").exists() and result.files == 5
+
+
+def test_reexport_replaces_previous_and_accepts_empty_dir(universe: Universe) -> None:
+    out = universe.root / "out"
+    out.mkdir()
+    export_index(universe.lock, universe.store, out)
+    assert (out / "files" / f"gamma-1.0-{ARM}.whl").exists()
+    export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
+    assert not (out / "files" / f"gamma-1.0-{ARM}.whl").exists()
+    assert [p.name for p in universe.root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_copies_across_file_systems_and_never_touches_the_store(
+    universe: Universe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def snapshot() -> dict[Path, tuple[int, int, bytes]]:
+        return {
+            p: (p.stat().st_mode, p.stat().st_ino, p.read_bytes() if p.is_file() else b"")
+            for p in universe.store.root.rglob("*")
+        }
+
+    before = snapshot()
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    out = universe.root / "out"
+    export_index(universe.lock, universe.store, out)
+    wheels = list((out / "files").glob("*.whl"))
+    assert len(wheels) == 5
+    for f in wheels:
+        stored = universe.store.path(hashlib.sha256(f.read_bytes()).hexdigest())
+        assert f.stat().st_ino != stored.stat().st_ino
+    assert snapshot() == before
+
+
+# --- real installers, offline ------------------------------------------------------------
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """No PIP_*/UV_* configuration, no proxies that could reach a network."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        env.pop(k, None)
+        env.pop(k.lower(), None)
+    env["PIP_CONFIG_FILE"] = os.devnull  # also skips /etc/pip.conf
+    env["UV_CACHE_DIR"] = str(tmp_path / "uv-cache")
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    return env
+
+
+def run(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"{args}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def pip_install(index_url: str, target: Path, env: dict[str, str], *extra: str) -> None:
+    run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir"),
+            *("--disable-pip-version-check", "--index-url", index_url),
+            *("--target", str(target), *extra, "alpha==1.0"),
+        ],
+        env,
+    )
+
+
+def installed(site: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for d in site.glob("*.dist-info"):
+        name, _, version = d.name[: -len(".dist-info")].rpartition("-")
+        found[canonicalize_name(name)] = version
+    return found
+
+
+@pytest.fixture
+def exported(universe: Universe) -> Path:
+    out = universe.root / "out"
+    export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
+    return out
+
+
+@pytest.mark.parametrize("extra", [(), ("--only-binary", ":all:")], ids=["plain", "binary"])
+def test_pip_installs_from_file_index(
+    exported: Path, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    env = clean_env(tmp_path)
+    site = tmp_path / "site"
+    # A dead proxy: any attempt to reach a network fails the install.
+    pip_install((exported / "simple").as_uri(), site, env, *extra, "--proxy", "http://127.0.0.1:9")
+    assert installed(site) == {"alpha": "1.0", "beta-lib": "1.1"}
+    assert (site / "alpha" / "token.py").read_text() == "TOKEN = 'alpha-from-export'\n"
+
+
+def make_venv(tmp_path: Path, env: dict[str, str]) -> Path:
+    venv = tmp_path / "venv"
+    run([find_uv_bin(), "venv", "--no-config", "--python", sys.executable, str(venv)], env)
+    return venv
+
+
+def venv_packages(venv: Path, env: dict[str, str]) -> dict[str, str]:
+    proc = run([find_uv_bin(), "pip", "list", "--format", "json", "--python", str(venv)], env)
+    return {canonicalize_name(p["name"]): p["version"] for p in json.loads(proc.stdout)}
+
+
+def test_uv_installs_from_file_index(exported: Path, tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    venv = make_venv(tmp_path, env)
+    index_url = (exported / "simple").as_uri()
+    run(
+        [
+            *(find_uv_bin(), "pip", "install", "--offline", "--no-config"),
+            *("--index-url", index_url, "--python", str(venv), "alpha"),
+        ],
+        env,
+    )
+    assert venv_packages(venv, env) == {"alpha": "1.0", "beta-lib": "1.1"}
+
+
+def test_uv_installs_from_localized_lock(exported: Path, tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    venv = make_venv(tmp_path, env)
+    lock = exported / "pylock.toml"
+    run(
+        [
+            *(find_uv_bin(), "pip", "install", "--offline", "--no-config"),
+            *("--python", str(venv), "-r", str(lock)),
+        ],
+        env,
+    )
+    assert venv_packages(venv, env) == {"alpha": "1.0", "beta-lib": "1.1", "gamma": "1.0"}
+
+
+@contextmanager
+def static_server(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """The standard library's plain static file server, logging request paths."""
+    seen: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            seen.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_pip_installs_over_a_static_web_server(exported: Path, tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    site = tmp_path / "site"
+    with static_server(exported) as (url, seen):
+        pip_install(f"{url}/simple", site, env, "--only-binary", ":all:")
+    assert installed(site) == {"alpha": "1.0", "beta-lib": "1.1"}
+    # pip used the PEP 658 metadata files (and checked their hashes) before the wheels
+    assert "/files/alpha-1.0-py3-none-any.whl.metadata" in seen
+    assert "/files/alpha-1.0-py3-none-any.whl" in seen
+
+
+# --- names and hrefs, for any valid name and version --------------------------------------
+
+NAMES = st.from_regex(r"\A[A-Za-z0-9]([A-Za-z0-9._-]{0,20}[A-Za-z0-9])?\Z")
+LOCAL = st.from_regex(r"\A[a-z0-9]{1,4}([._-][a-z0-9]{1,4}){0,2}\Z")
+
+
+@st.composite
+def versions(draw: st.DrawFn) -> str:
+    epoch = draw(st.sampled_from(["", "1!", "20!"]))
+    release = ".".join(str(n) for n in draw(st.lists(st.integers(0, 999), min_size=1, max_size=4)))
+    pre = draw(st.sampled_from(["", "a1", "b2", "rc3", ".post1", ".dev4", "-1"]))
+    local = draw(st.one_of(st.just(""), LOCAL.map(lambda s: f"+{s}")))
+    text = f"{epoch}{release}{pre}{local}"
+    Version(text)  # only valid PEP 440 versions
+    return text
+
+
+TEXT = st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=12)
+
+
+@given(name=NAMES, version=versions(), requires=st.one_of(st.none(), TEXT), sdist=st.booleans())
+def test_dirs_and_hrefs_are_normalized_and_escaped(
+    name: str, version: str, requires: str | None, sdist: bool
+) -> None:
+    directory = project_dir(name)
+    assert directory == re.sub(r"[-_.]+", "-", name).lower()  # PEP 503's own definition
+    assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", directory)
+    stem = name.replace("-", "_")
+    filename = f"{stem}-{version}.tar.gz" if sdist else f"{stem}-{version}-py3-none-any.whl"
+    sha = hashlib.sha256(filename.encode()).hexdigest()
+    entry = IndexFile(filename, version, sha, 1, requires, None if sdist else sha)
+    page = render_project_html(name, [entry])
+    for raw_href in re.findall(r'href="([^"]*)"', page):
+        assert re.fullmatch(r"[A-Za-z0-9._~%/#=-]+", raw_href), raw_href
+    [(attrs, text)] = parse_html(page).anchors
+    assert text == filename
+    path, fragment = urldefrag(str(attrs["href"]))
+    assert unquote(path) == f"../../files/{filename}" and fragment == f"sha256={sha}"
+    assert attrs.get("data-requires-python") == (requires or None)
+    root = parse_html(render_root_html([name, name.upper()]))
+    assert [(a["href"], t) for a, t in root.anchors] == [(f"{directory}/", directory)]
