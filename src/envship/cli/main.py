@@ -22,6 +22,7 @@ def cli() -> None:
     envship lock      resolve the spec into pylock.toml, checked for every target
     envship fetch     download every locked artifact into a verified store
     envship index     export a static package index for offline networks
+    envship install   materialize the lock offline from the store into a venv
 
     Exit codes: 0 ok, 1 failed check, 2 bad input, 3 network, 4 integrity, 130 interrupted.
     """
@@ -29,9 +30,9 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so each command group stays one module the others need not know.
-    from . import index, init, lock
+    from . import index, init, install, lock
 
-    for module in (init, lock, index):
+    for module in (init, lock, index, install):
         cli.add_command(module.command)
 
 

@@ -1,0 +1,104 @@
+"""``envship install``: materialize the lock offline from the store into a venv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..install import InstallResult, install
+from ..lockfile import LOCK_FILENAME, LockFile
+from ..store import Store
+from ._common import Progress, echo_json, json_option
+
+__all__ = ["command"]
+
+
+@click.command("install")
+@click.argument("dest", metavar="PATH", type=click.Path(path_type=Path))
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(LOCK_FILENAME),
+    show_default=True,
+    help="The PEP 751 lock file to install.",
+)
+@click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ENVSHIP_STORE",
+    default=None,
+    help="The artifact store [default: $ENVSHIP_STORE, else the user cache].",
+)
+@click.option(
+    "--python",
+    metavar="PY",
+    default=None,
+    help="Base interpreter (path or name on PATH) [default: the one running envship; "
+    "for an existing environment, the one it was made with].",
+)
+@click.option(
+    "--target",
+    metavar="NAME",
+    default=None,
+    help="Install for this lock target [default: the one this machine matches].",
+)
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    metavar="NAME",
+    help="Include this dependency group (repeatable) [default: every group in the lock].",
+)
+@click.option("--compile", "compile_bytecode", is_flag=True, help="Compile bytecode (.pyc).")
+@json_option
+def command(
+    dest: Path,
+    lock_path: Path,
+    store_dir: Path | None,
+    python: str | None,
+    target: str | None,
+    groups: tuple[str, ...],
+    compile_bytecode: bool,
+    as_json: bool,
+) -> None:
+    """Create or update the virtual environment PATH from the lock, offline.
+
+    Every artifact comes from the store (run `envship fetch` first); nothing goes to
+    the network. The interpreter must match one of the lock's targets. Re-running with
+    the same lock does nothing; with a new lock it updates PATH to exactly the new set.
+    A non-empty folder that is not an envship environment is refused, never changed.
+
+    \b
+    Examples:
+      envship install .venv
+      envship install /opt/envs/ds --python /usr/bin/python3.11 --compile --json
+    """
+    lock = LockFile.load(lock_path)
+    result = install(
+        lock,
+        Store.at(store_dir),
+        dest,
+        python=python,
+        target=target,
+        groups=list(groups) if groups else None,
+        compile_bytecode=compile_bytecode,
+        progress=Progress("stage"),
+    )
+    if as_json:
+        echo_json(result.to_json())
+    else:
+        click.echo(_summary(result))
+
+
+def _summary(result: InstallResult) -> str:
+    count = len(result.packages)
+    what = f"{count} package{'s' if count != 1 else ''}, target {result.target.name}"
+    if not result.changed:
+        return f"{result.dest} is up to date ({what})"
+    lines = [f"{result.action} {result.dest} ({what}) in {result.seconds:.1f}s"]
+    lines += [f"  + {p}" for p in result.installed]
+    lines += [f"  - {p}" for p in result.removed]
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""Facts about a host interpreter, and which lock target it can run.
+
+A lock serves declared targets; before installing, launching a kernel or building an
+image we must know which of them a given interpreter is. The facts come from running
+that interpreter once (``-c`` script printing JSON) rather than from ``sys`` here,
+because the interpreter envship runs under is often not the one being installed for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import Problem, TargetError
+from .lockfile import LockFile
+from .targets import Target
+
+__all__ = ["HostInfo", "has_gpu", "match_target", "mismatches", "probe"]
+
+# Kept compatible with old Pythons (no f-strings, no walrus): the probed interpreter may
+# be a system 3.6 that we only want to reject with a clear reason.
+_PROBE = r"""
+import json, os, platform, sys, sysconfig
+glibc = None
+try:
+    text = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    if text.startswith("glibc "):
+        glibc = text.split(" ", 1)[1]
+except (AttributeError, ValueError, OSError):
+    pass
+if glibc is None:
+    lib, ver = platform.libc_ver()
+    if lib == "glibc" and ver:
+        glibc = ver
+print(json.dumps({
+    "executable": sys.executable,
+    "version": list(sys.version_info[:3]),
+    "implementation": sys.implementation.name,
+    "sys_platform": sys.platform,
+    "machine": platform.machine(),
+    "glibc": glibc,
+    "prefix": sys.prefix,
+    "base_prefix": getattr(sys, "base_prefix", sys.prefix),
+    "purelib": sysconfig.get_paths()["purelib"],
+}))
+"""
+
+_MACHINES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+
+
+def _normalize_machine(machine: str) -> str:
+    return _MACHINES.get(machine.lower(), machine)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def has_gpu() -> bool:
+    """True when an NVIDIA GPU looks usable: a device node or ``nvidia-smi`` on PATH."""
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    """One interpreter on one machine, as far as choosing a lock target is concerned."""
+
+    executable: str
+    python: str  # "3.11"
+    python_full: str  # "3.11.7"
+    implementation: str  # "cpython"
+    sys_platform: str  # "linux"
+    machine: str  # normalized: x86_64, aarch64
+    glibc: str | None  # "2.36"; None on musl or when unknown
+    prefix: str
+    base_prefix: str
+    purelib: str
+    gpu: bool = False
+
+    @property
+    def platform_id(self) -> str:
+        return f"{self.sys_platform}-{self.machine}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "executable": self.executable,
+            "python": self.python,
+            "python_full": self.python_full,
+            "implementation": self.implementation,
+            "platform": self.platform_id,
+            "machine": self.machine,
+            "glibc": self.glibc,
+            "prefix": self.prefix,
+            "base_prefix": self.base_prefix,
+            "purelib": self.purelib,
+            "gpu": self.gpu,
+        }
+
+
+def probe(
+    python: str | os.PathLike[str] | None = None,
+    *,
+    gpu: Callable[[], bool] = has_gpu,
+) -> HostInfo:
+    """Run ``python`` (default: this interpreter) once and describe it.
+
+    ``gpu`` is the GPU detector, injectable so tests (and callers that already know)
+    need not depend on the machine's devices.
+    """
+    exe = str(python) if python is not None else sys.executable
+    found = shutil.which(exe)
+    if found is None:
+        raise TargetError(
+            f"no Python interpreter at {exe!r}",
+            hint="pass --python with the path (or name on PATH) of an interpreter",
+        )
+    try:
+        proc = subprocess.run(
+            [found, "-I", "-c", _PROBE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TargetError(
+            f"cannot run the Python interpreter {found}",
+            problems=[Problem(found, str(exc))],
+        ) from None
+    try:
+        data = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise TargetError(
+            f"{found} did not answer as a Python interpreter",
+            problems=[Problem(found, detail[0])],
+        )
+    major, minor, micro = (int(v) for v in data["version"])
+    return HostInfo(
+        executable=str(data["executable"] or found),
+        python=f"{major}.{minor}",
+        python_full=f"{major}.{minor}.{micro}",
+        implementation=str(data["implementation"]),
+        sys_platform=str(data["sys_platform"]),
+        machine=_normalize_machine(str(data["machine"])),
+        glibc=str(data["glibc"]) if data.get("glibc") else None,
+        prefix=str(data["prefix"]),
+        base_prefix=str(data["base_prefix"]),
+        purelib=str(data["purelib"]),
+        gpu=gpu(),
+    )
+
+
+def mismatches(target: Target, host: HostInfo) -> list[str]:
+    """Every reason ``host`` cannot run ``target``; empty when it can."""
+    reasons: list[str] = []
+    plat = target.platform
+    if host.sys_platform != plat.sys_platform:
+        reasons.append(f"{plat.sys_platform} needed, host is {host.sys_platform}")
+    elif host.machine != plat.machine:
+        reasons.append(f"{plat.machine} needed, machine is {host.machine}")
+    # Targets describe CPython ABIs (cpXY tags); another implementation cannot load them.
+    if host.implementation != "cpython":
+        reasons.append(f"CPython needed, interpreter is {host.implementation}")
+    if host.python != target.python:
+        reasons.append(f"Python {target.python} needed, interpreter is {host.python}")
+    # A manylinux_2_X wheel runs on glibc >= 2.X, so the target's level is a floor.
+    if host.glibc is None:
+        reasons.append(f"glibc {target.glibc} needed, host has no glibc (musl or unknown)")
+    elif _version_tuple(host.glibc) < _version_tuple(target.glibc):
+        reasons.append(f"glibc {target.glibc} needed, host has {host.glibc}")
+    if target.variant == "cuda" and not host.gpu:
+        reasons.append("cuda variant but no GPU found")
+    return reasons
+
+
+def match_target(lock_or_targets: LockFile | Iterable[Target], host: HostInfo) -> Target:
+    """The lock target ``host`` runs best, or a TargetError saying why each one does not fit.
+
+    Among fitting targets a GPU host prefers ``cuda``, then the highest glibc level
+    (its wheels may be newer builds); declaration order breaks ties.
+    """
+    if isinstance(lock_or_targets, LockFile):
+        targets = list(lock_or_targets.targets)
+        source = str(lock_or_targets.path)
+    else:
+        targets = list(lock_or_targets)
+        source = "targets"
+    if not targets:
+        raise TargetError(
+            f"{source} records no targets",
+            hint="re-create the lock with `envship lock`",
+        )
+    fitting: list[Target] = []
+    problems: list[Problem] = []
+    for target in targets:
+        reasons = mismatches(target, host)
+        if reasons:
+            problems.extend(Problem(target.name, r) for r in reasons)
+        else:
+            fitting.append(target)
+    if not fitting:
+        glibc = f"glibc {host.glibc}" if host.glibc else "no glibc"
+        raise TargetError(
+            f"this machine ({host.platform_id}, {host.implementation} {host.python_full}, "
+            f"{glibc}{', GPU' if host.gpu else ''}) is none of the lock's targets",
+            problems=problems,
+            hint="add a target for it to the spec and re-lock, or pass --python with an "
+            "interpreter that matches one",
+        )
+
+    def rank(t: Target) -> tuple[bool, tuple[int, ...]]:
+        return (host.gpu and t.variant == "cuda", _version_tuple(t.glibc))
+
+    # max() returns the first of equal maxima, so declaration order breaks ties.
+    return max(fitting, key=rank)

@@ -1,0 +1,422 @@
+"""Materializing a lock offline from the store into a virtual environment, with uv.
+
+Why the environment is built in place: venvs are not relocatable (``pyvenv.cfg``, the
+activate scripts and console-script shebangs hold the absolute path), so building at a
+temporary path and renaming would leave a broken env. Instead completeness is a marker:
+
+* ``dest/.envship-incomplete`` is written *before* anything else touches ``dest``
+  (before ``uv venv`` on a new env, before ``uv pip sync`` on an update);
+* ``dest/.envship-install.json`` (lock digest, target, groups, file list) is written
+  atomically as the *last* step, and only then is the incomplete marker removed.
+
+A folder holding the incomplete marker (a killed run, a failed update) is ours and half
+made: the next run clears it and rebuilds. A folder with neither marker that is not
+empty is someone else's and is never touched. A failed *new* install is removed at once.
+One ``flock`` per destination serializes concurrent installs of the same path.
+
+uv needs the artifact's real file name to read its tags, while the store names files
+by sha256, so each artifact is hard-linked (or copied) into ``<dest>.envship-tmp/``
+under ``wheels/<sha256>/<filename>``: the hash in the path means a rebuilt artifact
+with the same file name is a different URL to uv, which otherwise trusts an installed
+distribution from the same path without re-checking its hash. ``uv pip sync`` installs
+exactly the listed files (no resolution, no dependencies: the lock already fixed the
+full set), removes anything else, and ``--require-hashes`` makes it re-verify every
+file's sha256 against the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import EnvshipError, LockError, Problem, StoreError
+from .host import match_target, probe
+from .lock import uv_bin
+from .lockfile import Artifact, LockFile
+from .store import Store
+from .targets import Target
+
+__all__ = ["INCOMPLETE_NAME", "MARKER_NAME", "InstallError", "InstallResult", "install"]
+
+MARKER_NAME = ".envship-install.json"
+INCOMPLETE_NAME = ".envship-incomplete"
+_MARKER_FORMAT = 1
+
+ProgressFn = Callable[[int, int, str], None]
+Action = Literal["created", "updated", "rebuilt", "unchanged"]
+_State = Literal["missing", "empty", "complete", "incomplete", "foreign"]
+
+
+class InstallError(EnvshipError):
+    """The environment could not be made (uv failed, or the destination is not ours)."""
+
+    exit_code = 1
+    kind = "install"
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    """What ``install`` left at ``dest``."""
+
+    dest: Path
+    python: Path  # the environment's interpreter
+    target: Target
+    lock_digest: str
+    groups: tuple[str, ...]
+    packages: tuple[Artifact, ...]
+    action: Action
+    installed: tuple[str, ...]  # "name==version" added or replaced by this run
+    removed: tuple[str, ...]  # "name==version" no longer present
+    seconds: float
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "unchanged"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dest": str(self.dest),
+            "python": str(self.python),
+            "target": self.target.to_json(),
+            "lock_digest": self.lock_digest,
+            "groups": list(self.groups),
+            "action": self.action,
+            "changed": self.changed,
+            "packages": [_entry(a) for a in self.packages],
+            "installed": list(self.installed),
+            "removed": list(self.removed),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _entry(a: Artifact) -> dict[str, str]:
+    return {"name": a.name, "version": a.version, "filename": a.filename, "sha256": a.sha256}
+
+
+def _run(args: Sequence[str], *, what: str) -> None:
+    """Run one uv step; a failure becomes an InstallError carrying uv's last words.
+
+    A module-level function so tests can substitute a failing or interrupted runner.
+    """
+    proc = subprocess.run(list(args), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise InstallError(
+            f"{what} failed (uv exit code {proc.returncode})",
+            problems=[Problem("uv", ln.strip()) for ln in lines[-12:]],
+        )
+
+
+def _state(dest: Path) -> _State:
+    if not dest.exists():
+        return "missing"
+    if not dest.is_dir():
+        return "foreign"
+    if (dest / INCOMPLETE_NAME).exists():
+        return "incomplete"
+    if (dest / MARKER_NAME).is_file():
+        # The marker is written atomically, so one we cannot read (or an env without its
+        # interpreter) was damaged after the fact; the folder is still ours, and
+        # rebuilding it is the safe answer.
+        usable = _read_marker(dest) is not None and (dest / "bin" / "python").exists()
+        return "complete" if usable else "incomplete"
+    return "foreign" if any(dest.iterdir()) else "empty"
+
+
+def _read_marker(dest: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((dest / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != _MARKER_FORMAT:
+        return None
+    return data
+
+
+def _refuse(dest: Path) -> InstallError:
+    what = "a file" if dest.exists() and not dest.is_dir() else "a non-empty folder"
+    return InstallError(
+        f"{dest} is {what} that is not an envship environment; refusing to touch it",
+        problems=[Problem(str(dest), f"no {MARKER_NAME} and not empty")],
+        hint="pick a new or empty folder; envship never deletes what it did not create",
+    )
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``, which the holder may delete before releasing.
+
+    A waiter that wakes up holding a lock on a file someone unlinked meanwhile would
+    not exclude a newcomer who creates the file afresh, so it checks that the path
+    still names the inode it locked and starts over if not.
+    """
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the holder removed the folder between our two calls
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clear(dest: Path) -> None:
+    """Empty ``dest`` but keep the folder itself (it may be a mount point or a symlink)."""
+    for child in dest.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _chosen_groups(lock: LockFile, groups: Collection[str] | None) -> tuple[str, ...]:
+    if groups is None:
+        return tuple(sorted(lock.groups))
+    unknown = sorted(set(groups) - set(lock.groups))
+    if unknown:
+        known = ", ".join(lock.groups) or "(none)"
+        raise LockError(
+            f"the lock has no dependency group {', '.join(map(repr, unknown))}",
+            problems=[Problem(str(lock.path), f"its groups: {known}")],
+        )
+    return tuple(sorted(set(groups)))
+
+
+def _check_store(lock: LockFile, store: Store, target: Target, artifacts: list[Artifact]) -> None:
+    missing = [a for a in artifacts if not store.has(a.sha256)]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} of {len(artifacts)} artifacts are not in the store {store.root}",
+            problems=[
+                Problem(f"{a.name} {a.version}", f"{a.filename} (sha256 {a.sha256})")
+                for a in missing
+            ],
+            hint=f"envship fetch --lock {lock.path} --target {target.name}",
+        )
+    for a in artifacts:
+        # The file name comes from the lock; it must not climb out of the staging folder.
+        if "/" in a.filename or a.filename in ("", ".", ".."):
+            raise LockError(f"unsafe artifact file name {a.filename!r} for {a.name}")
+
+
+def _stage(
+    store: Store, artifacts: list[Artifact], wheels: Path, progress: ProgressFn | None
+) -> str:
+    """Give each artifact its real file name next to ``dest``; return the requirements text."""
+    sources = [(a, store.path(a.sha256)) for a in artifacts]
+    total = sum(src.stat().st_size for _, src in sources)
+    done = 0
+    lines: list[str] = []
+    for artifact, src in sources:
+        folder = wheels / artifact.sha256
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = folder / artifact.filename
+        try:
+            os.link(src, staged)  # free on the same file system, and the store is read-only
+        except OSError:
+            shutil.copyfile(src, staged)
+        done += src.stat().st_size
+        if progress is not None:
+            progress(done, total, artifact.filename)
+        # ``name @ URL`` percent-encodes odd paths and lets uv check the name matches.
+        lines.append(f"{artifact.name} @ {staged.as_uri()} --hash=sha256:{artifact.sha256}")
+    return "\n".join(lines) + "\n"
+
+
+def _same_python(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _resolve_python(python: str | None) -> str:
+    exe = python or sys.executable
+    found = shutil.which(exe)
+    # probe() reports a missing interpreter with a proper error; keep the name for it.
+    return os.path.abspath(found) if found else exe
+
+
+def _pins(packages: Sequence[dict[str, str]]) -> dict[str, tuple[str, str]]:
+    return {p["name"]: (p["version"], p["sha256"]) for p in packages}
+
+
+def install(
+    lock: LockFile,
+    store: Store,
+    dest: Path,
+    *,
+    python: str | None = None,
+    target: str | None = None,
+    groups: Collection[str] | None = None,
+    compile_bytecode: bool = False,
+    progress: ProgressFn | None = None,
+) -> InstallResult:
+    """Make ``dest`` a virtual environment holding exactly what ``lock`` selects.
+
+    ``python`` is the base interpreter (default: this one; for an existing environment,
+    the one it was made with). It is probed and matched against the lock's targets
+    (or checked against ``target``); nothing is touched when it fits none. Nothing goes
+    to the network: every artifact comes from ``store``.
+    """
+    started = time.monotonic()
+    dest = Path(os.path.abspath(dest))
+    chosen_groups = _chosen_groups(lock, groups)
+    if _state(dest) == "foreign":  # before the lock: refusing must create nothing at all
+        raise _refuse(dest)
+    work = dest.parent / f"{dest.name}.envship-tmp"
+    with _exclusive(work / "lock"):
+        try:
+            return _install_locked(
+                lock,
+                store,
+                dest,
+                work,
+                python=python,
+                target=target,
+                groups=chosen_groups,
+                compile_bytecode=compile_bytecode,
+                progress=progress,
+                started=started,
+            )
+        finally:
+            # Removed while still locked; _exclusive makes waiters notice and start over.
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _install_locked(
+    lock: LockFile,
+    store: Store,
+    dest: Path,
+    work: Path,
+    *,
+    python: str | None,
+    target: str | None,
+    groups: tuple[str, ...],
+    compile_bytecode: bool,
+    progress: ProgressFn | None,
+    started: float,
+) -> InstallResult:
+    state = _state(dest)  # again: another process may have changed it while we waited
+    if state == "foreign":
+        raise _refuse(dest)
+    marker = _read_marker(dest) if state == "complete" else None
+    base = _resolve_python(python) if python else None
+    env_python = dest / "bin" / "python"
+
+    def result(chosen: Target, artifacts: list[Artifact], action: Action) -> InstallResult:
+        before = _pins(marker["packages"]) if marker and action != "rebuilt" else {}
+        after = _pins([_entry(a) for a in artifacts])
+        return InstallResult(
+            dest=dest,
+            python=env_python,
+            target=chosen,
+            lock_digest=lock.digest,
+            groups=groups,
+            packages=tuple(artifacts),
+            action=action,
+            installed=tuple(f"{n}=={v}" for n, (v, h) in after.items() if before.get(n) != (v, h)),
+            removed=tuple(f"{n}=={v}" for n, (v, _) in before.items() if n not in after),
+            seconds=time.monotonic() - started,
+        )
+
+    # Same lock, target and groups: nothing to do, and no interpreter to start.
+    reuse = marker is not None and (base is None or _same_python(base, marker["python"]["base"]))
+    if (
+        marker is not None
+        and reuse
+        and marker["lock"]["digest"] == lock.digest
+        and tuple(marker["groups"]) == groups
+        and target in (None, marker["target"]["name"])
+    ):
+        chosen = lock.target(marker["target"]["name"])
+        return result(chosen, lock.artifacts([chosen.name], groups=groups), "unchanged")
+
+    # An update keeps the env's interpreter; a new env uses the requested (or our) one.
+    base_python = marker["python"]["base"] if marker and reuse else base or _resolve_python(None)
+    host = probe(env_python if reuse else base_python)
+    chosen = match_target([lock.target(target)] if target else lock, host)
+    artifacts = lock.artifacts([chosen.name], groups=groups)
+    _check_store(lock, store, chosen, artifacts)
+
+    uv = uv_bin()
+    action: Action = (
+        "updated" if reuse else ("created" if state in ("missing", "empty") else "rebuilt")
+    )
+    existed = dest.exists()
+    shutil.rmtree(work / "wheels", ignore_errors=True)  # leftovers of a killed run
+    try:
+        if reuse:
+            (dest / INCOMPLETE_NAME).write_text("update in progress\n", encoding="utf-8")
+        else:
+            if state in ("complete", "incomplete"):
+                _clear(dest)  # ours: it carries our marker
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / INCOMPLETE_NAME).write_text("install in progress\n", encoding="utf-8")
+            venv = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
+            _run(
+                [*venv, "--allow-existing", "--python", base_python, str(dest)],
+                what=f"creating the virtual environment {dest}",
+            )
+        reqs = work / "requirements.txt"
+        reqs.write_text(_stage(store, artifacts, work / "wheels", progress), encoding="utf-8")
+        sync = [uv, "pip", "sync", "--quiet", "--python", str(env_python)]
+        sync += ["--offline", "--no-index", "--require-hashes", "--allow-empty-requirements"]
+        if all(a.kind == "wheel" for a in artifacts):
+            sync.append("--no-build")
+        if compile_bytecode:
+            sync.append("--compile-bytecode")
+        _run([*sync, str(reqs)], what=f"installing {len(artifacts)} packages into {dest}")
+        _write_marker(dest, lock, chosen, groups, base_python, host.python_full, artifacts)
+        (dest / INCOMPLETE_NAME).unlink()
+    except BaseException:
+        if not reuse:
+            # A new env that failed is removed (or emptied, if the folder was given to us
+            # empty); an update that failed keeps its incomplete marker and is rebuilt.
+            if existed:
+                with contextlib.suppress(OSError):
+                    _clear(dest)
+            else:
+                shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return result(chosen, artifacts, action)
+
+
+def _write_marker(
+    dest: Path,
+    lock: LockFile,
+    target: Target,
+    groups: tuple[str, ...],
+    base_python: str,
+    python_full: str,
+    artifacts: list[Artifact],
+) -> None:
+    data = {
+        "format": _MARKER_FORMAT,
+        "lock": {"path": str(lock.path.absolute()), "digest": lock.digest},
+        "target": target.to_json(),
+        "groups": list(groups),
+        "python": {"base": base_python, "version": python_full},
+        "packages": [_entry(a) for a in artifacts],
+    }
+    tmp = dest / f"{MARKER_NAME}.tmp"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, dest / MARKER_NAME)  # atomic: a reader sees the old marker or the new

@@ -1,0 +1,120 @@
+"""``envship install`` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from envship.cli.install import command
+from envship.cli.main import cli, main
+from envship.install import MARKER_NAME
+from test_install import HOST, OTHER_MACHINE, build_wheels, stocked_store, target, write_lock
+
+
+@pytest.fixture(autouse=True)
+def _registered() -> None:
+    cli.add_command(command)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    """A lock (alpha, beta, tool) and a store holding all of it."""
+    wheels = build_wheels(tmp_path / "dist")
+    picked = [wheels[k] for k in ("alpha", "beta", "tool")]
+    lock = write_lock(tmp_path / "pylock.toml", picked, targets=[target()])
+    stocked_store(tmp_path / "store", picked)
+    return lock.path, tmp_path / "store"
+
+
+def test_install_json_then_up_to_date(
+    tmp_path: Path, setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock, store = setup
+    dest = tmp_path / "env"
+    args = ["install", str(dest), "--lock", str(lock), "--store", str(store), "--json"]
+
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["action"] == "created" and out["changed"] is True
+    assert out["dest"] == str(dest) and out["python"] == str(dest / "bin" / "python")
+    assert out["target"]["name"] == HOST
+    assert sorted(p["name"] for p in out["packages"]) == ["alpha", "beta", "tool"]
+    assert set(out) >= {"lock_digest", "groups", "installed", "removed", "seconds"}
+    run = subprocess.run([str(dest / "bin" / "tool")], capture_output=True, text=True)
+    assert run.stdout == "tool ran\n"
+
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["changed"] is False and again["action"] == "unchanged"
+
+
+def test_install_text_and_options(
+    tmp_path: Path,
+    setup: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lock, store = setup
+    monkeypatch.chdir(lock.parent)  # --lock defaults to ./pylock.toml
+    monkeypatch.setenv("ENVSHIP_STORE", str(store))  # --store defaults to $ENVSHIP_STORE
+    dest = tmp_path / "env"
+    assert main(["install", str(dest), "--compile", "--target", HOST]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"created {dest} (3 packages, target {HOST})")
+    assert "  + alpha==1.0" in out
+    assert list(dest.glob("lib/python*/site-packages/alpha/__pycache__/*.pyc"))
+
+    assert main(["install", str(dest)]) == 0
+    assert capsys.readouterr().out.strip() == f"{dest} is up to date (3 packages, target {HOST})"
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "kind"),
+    [("foreign", 1, "install"), ("no-store", 1, "store"), ("other-target", 2, "target")],
+)
+def test_errors_have_exit_codes_and_json(
+    tmp_path: Path,
+    setup: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    code: int,
+    kind: str,
+) -> None:
+    lock, store = setup
+    dest = tmp_path / "env"
+    if case == "foreign":
+        dest.mkdir()
+        (dest / "mine.txt").write_text("keep")
+    elif case == "no-store":
+        store = tmp_path / "empty-store"
+    else:
+        lock.write_text(
+            lock.read_text().replace(f'platform = "{HOST}"', f'platform = "{OTHER_MACHINE}"')
+        )
+    args = ["install", str(dest), "--lock", str(lock), "--store", str(store), "--json"]
+
+    assert main(args) == code
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"] == kind
+    assert out["problems"], out
+    assert not (dest / MARKER_NAME).exists()
+    if case == "no-store":
+        assert out["hint"] == f"envship fetch --lock {lock} --target {HOST}"
+        assert len(out["problems"]) == 3
+    if case == "foreign":
+        assert [p.name for p in dest.iterdir()] == ["mine.txt"]
+
+
+def test_error_text_goes_to_stderr(
+    tmp_path: Path, setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock, _ = setup
+    args = ["install", str(tmp_path / "env"), "--lock", str(lock), "--store", str(tmp_path / "x")]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "error: 3 of 3 artifacts are not in the store" in captured.err
+    assert f"hint: envship fetch --lock {lock} --target {HOST}" in captured.err

@@ -1,0 +1,434 @@
+"""``envship.install``: real venvs made by uv from real wheels in a real store, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from packaging.utils import parse_wheel_filename
+
+import envship.install as install_mod
+from envship.errors import LockError, StoreError, TargetError
+from envship.host import probe
+from envship.install import INCOMPLETE_NAME, MARKER_NAME, InstallError, install
+from envship.lockfile import LockFile
+from envship.store import Store
+from envship.targets import host_platform
+from indexlib import build_wheel
+
+PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
+HOST = host_platform() or "linux-x86_64"
+OTHER_MACHINE = "linux-aarch64" if HOST != "linux-aarch64" else "linux-x86_64"
+OTHER_PY = f"3.{sys.version_info[1] + 1}"
+
+
+def target(name: str = HOST, **fields: str) -> dict[str, str]:
+    base = {"name": name, "platform": HOST, "python": PY, "glibc": "2.28", "variant": "cpu"}
+    return {**base, **fields}
+
+
+def build_wheels(out: Path) -> dict[str, Path]:
+    """alpha 1.0 (requires beta), beta 1.0 and 1.1, tool 1.0 with a console script."""
+    tool_code = 'def main():\n    print("tool ran")\n'
+    return {
+        "alpha": build_wheel(out, "alpha", "1.0", requires=["beta>=1.0"]),
+        "beta": build_wheel(out, "beta", "1.0"),
+        "beta11": build_wheel(out, "beta", "1.1"),
+        "tool": build_wheel(
+            out, "tool", "1.0", scripts={"tool": "tool:main"}, files={"tool/__init__.py": tool_code}
+        ),
+    }
+
+
+def write_lock(
+    path: Path,
+    wheels: Sequence[Path],
+    *,
+    targets: Sequence[dict[str, str]] | None = None,
+    groups: dict[str, Sequence[str]] | None = None,
+) -> LockFile:
+    """A hand-written PEP 751 lock; ``groups`` maps a group to the package names in it."""
+    in_group = {pkg: g for g, pkgs in (groups or {}).items() for pkg in pkgs}
+    packages: list[dict[str, Any]] = []
+    for wheel in wheels:
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        entry: dict[str, Any] = {"name": str(name), "version": str(version)}
+        if str(name) in in_group:
+            entry["marker"] = f"'{in_group[str(name)]}' in dependency_groups"
+        entry["wheels"] = [
+            {
+                "url": f"https://example.invalid/files/{wheel.name}",
+                "hashes": {"sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()},
+            }
+        ]
+        packages.append(entry)
+    data: dict[str, Any] = {"lock-version": "1.0", "created-by": "test"}
+    if groups:
+        data["dependency-groups"] = sorted(groups)
+    data["packages"] = packages
+    data["tool"] = {"envship": {"targets": list(targets or [target()])}}
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return LockFile.load(path)
+
+
+def stocked_store(root: Path, wheels: Sequence[Path]) -> Store:
+    store = Store(root)
+    for wheel in wheels:
+        store.add_file(wheel)
+    return store
+
+
+def run_py(env: Path, code: str) -> str:
+    proc = subprocess.run(
+        [str(env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
+    )
+    return proc.stdout.strip()
+
+
+def versions(env: Path) -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    )
+    found: dict[str, str] = json.loads(run_py(env, code))
+    return found
+
+
+@pytest.fixture
+def wheels(tmp_path: Path) -> dict[str, Path]:
+    return build_wheels(tmp_path / "dist")
+
+
+@pytest.fixture
+def lock(tmp_path: Path, wheels: dict[str, Path]) -> LockFile:
+    return write_lock(tmp_path / "pylock.toml", [wheels[k] for k in ("alpha", "beta", "tool")])
+
+
+@pytest.fixture
+def store(tmp_path: Path, wheels: dict[str, Path]) -> Store:
+    return stocked_store(tmp_path / "store", list(wheels.values()))
+
+
+@pytest.fixture(autouse=True)
+def _no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Take the GPU question out of the machine's hands: these tests use cpu targets."""
+
+    def fake_probe(python: str | os.PathLike[str] | None = None) -> Any:
+        return probe(python, gpu=lambda: False)
+
+    monkeypatch.setattr(install_mod, "probe", fake_probe)
+
+
+def test_install_creates_a_working_environment(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    result = install(lock, store, dest)
+
+    assert result.action == "created" and result.changed
+    assert result.target.name == HOST
+    assert result.python == dest / "bin" / "python"
+    assert run_py(dest, "import alpha, beta; print(alpha.__version__, beta.__version__)") == (
+        "1.0 1.0"
+    )
+    tool = dest / "bin" / "tool"
+    assert tool.read_text().splitlines()[0] == f"#!{dest / 'bin' / 'python'}"
+    assert subprocess.run([str(tool)], capture_output=True, text=True).stdout == "tool ran\n"
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+    assert sorted(result.installed) == ["alpha==1.0", "beta==1.0", "tool==1.0"]
+
+    marker = json.loads((dest / MARKER_NAME).read_text())
+    assert marker["lock"]["digest"] == lock.digest
+    assert marker["target"]["name"] == HOST
+    assert {p["filename"] for p in marker["packages"]} == {a.filename for a in result.packages}
+    assert not (dest / INCOMPLETE_NAME).exists()
+    assert not (tmp_path / "env.envship-tmp").exists()  # staging and lock file cleaned up
+
+
+def test_rerun_with_the_same_lock_does_nothing(
+    tmp_path: Path, lock: LockFile, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    marker = dest / MARKER_NAME
+    before = (marker.read_bytes(), marker.stat().st_mtime_ns)
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a no-op re-run must start neither uv nor an interpreter")
+
+    monkeypatch.setattr(install_mod, "_run", forbidden)
+    monkeypatch.setattr(install_mod, "probe", forbidden)
+    result = install(lock, store, dest)
+
+    assert not result.changed and result.action == "unchanged"
+    assert result.installed == () and result.removed == ()
+    assert (marker.read_bytes(), marker.stat().st_mtime_ns) == before
+    assert [a.name for a in result.packages] == ["alpha", "beta", "tool"]
+
+
+def test_missing_artifact_is_named_and_nothing_is_left(
+    tmp_path: Path, wheels: dict[str, Path], lock: LockFile
+) -> None:
+    store = stocked_store(tmp_path / "partial-store", [wheels["alpha"], wheels["tool"]])
+    dest = tmp_path / "env"
+    with pytest.raises(StoreError) as err:
+        install(lock, store, dest)
+
+    assert [p.message.split(" ")[0] for p in err.value.problems] == [wheels["beta"].name]
+    assert err.value.problems[0].where == "beta 1.0"
+    assert err.value.hint == f"envship fetch --lock {lock.path} --target {HOST}"
+    assert not dest.exists()
+
+
+def test_lock_for_another_machine_is_refused_with_a_reason_per_target(
+    tmp_path: Path, wheels: dict[str, Path], store: Store
+) -> None:
+    lock = write_lock(
+        tmp_path / "other.toml",
+        [wheels["alpha"], wheels["beta"]],
+        targets=[
+            target(OTHER_MACHINE, platform=OTHER_MACHINE),
+            target("newpy", python=OTHER_PY),
+            target("newglibc", glibc="2.99"),
+            target("gpu", variant="cuda"),
+        ],
+    )
+    dest = tmp_path / "env"
+    with pytest.raises(TargetError) as err:
+        install(lock, store, dest)
+
+    reasons = {p.where: p.message for p in err.value.problems}
+    machine = OTHER_MACHINE.split("-", 1)[1]
+    assert reasons[OTHER_MACHINE].startswith(f"{machine} needed, machine is")
+    assert reasons["newpy"] == f"Python {OTHER_PY} needed, interpreter is {PY}"
+    assert reasons["newglibc"].startswith("glibc 2.99 needed, host has ")
+    assert reasons["gpu"] == "cuda variant but no GPU found"
+    assert not dest.exists()
+    assert not (tmp_path / "env.envship-tmp").exists()
+
+
+def test_explicit_target_must_fit_this_machine(
+    tmp_path: Path, wheels: dict[str, Path], store: Store
+) -> None:
+    lock = write_lock(
+        tmp_path / "two.toml",
+        [wheels["beta"]],
+        targets=[target(), target(OTHER_MACHINE, platform=OTHER_MACHINE)],
+    )
+    with pytest.raises(TargetError) as err:
+        install(lock, store, tmp_path / "env", target=OTHER_MACHINE)
+    assert [p.where for p in err.value.problems] == [OTHER_MACHINE]
+    assert install(lock, store, tmp_path / "env", target=HOST).target.name == HOST
+
+
+def test_new_lock_updates_the_environment_in_place(
+    tmp_path: Path, wheels: dict[str, Path], lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    newer = write_lock(tmp_path / "newer.toml", [wheels["alpha"], wheels["beta11"]])
+
+    result = install(newer, store, dest)
+
+    assert result.action == "updated"
+    assert result.installed == ("beta==1.1",)
+    assert result.removed == ("tool==1.0",)
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.1"}
+    assert not (dest / "bin" / "tool").exists()
+    assert json.loads((dest / MARKER_NAME).read_text())["lock"]["digest"] == newer.digest
+    assert install(newer, store, dest).action == "unchanged"
+
+
+@pytest.mark.parametrize("kind", ["user-files", "foreign-venv", "file"])
+def test_a_folder_that_is_not_ours_is_refused_and_untouched(
+    tmp_path: Path, lock: LockFile, store: Store, kind: str
+) -> None:
+    dest = tmp_path / "data"
+    if kind == "file":
+        dest.write_text("precious\n")
+    else:
+        dest.mkdir()
+        (dest / "notes.txt").write_text("precious\n")
+        if kind == "foreign-venv":
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+    with pytest.raises(InstallError, match="not an envship environment"):
+        install(lock, store, dest)
+
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert (dest if kind == "file" else dest / "notes.txt").read_text() == "precious\n"
+
+
+def test_an_empty_folder_is_used_and_kept(tmp_path: Path, lock: LockFile, store: Store) -> None:
+    dest = tmp_path / "mount"
+    dest.mkdir()
+    assert install(lock, store, dest).action == "created"
+    assert versions(dest)["alpha"] == "1.0"
+
+
+def test_failed_install_into_an_empty_folder_leaves_it_empty(
+    tmp_path: Path, lock: LockFile, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "mount"
+    dest.mkdir()
+    interrupt_sync(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        install(lock, store, dest)
+    assert dest.is_dir() and list(dest.iterdir()) == []
+
+
+def interrupt_sync(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Let ``uv venv`` run for real, then interrupt the install step like a Ctrl-C."""
+    real: Callable[..., None] = install_mod._run
+    steps: list[str] = []
+
+    def run(args: Sequence[str], *, what: str) -> None:
+        steps.append(args[1])
+        if args[1:3] == ["pip", "sync"]:
+            raise KeyboardInterrupt
+        real(args, what=what)
+
+    monkeypatch.setattr(install_mod, "_run", run)
+    return steps
+
+
+def test_interrupted_install_leaves_no_environment_and_a_rerun_succeeds(
+    tmp_path: Path, lock: LockFile, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "env"
+    steps = interrupt_sync(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        install(lock, store, dest)
+    assert steps == ["venv", "pip"]  # the venv existed when the interrupt came
+    assert not dest.exists()
+
+    monkeypatch.undo()
+    monkeypatch.setattr(install_mod, "probe", lambda p=None: probe(p, gpu=lambda: False))
+    assert install(lock, store, dest).action == "created"
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+
+
+def test_killed_install_is_seen_as_incomplete_and_rebuilt(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    """SIGKILL runs no cleanup: the incomplete marker alone must say what happened."""
+    dest = tmp_path / "env"
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from pathlib import Path
+        import envship.install as m
+        from envship.lockfile import LockFile
+        from envship.store import Store
+        real = m._run
+        def run(args, *, what):
+            if args[1:3] == ["pip", "sync"]:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(args, what=what)
+        m._run = run
+        m.install(LockFile.load(Path(sys.argv[1])), Store(Path(sys.argv[2])), Path(sys.argv[3]))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(lock.path), str(store.root), str(dest)], check=False
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert (dest / "pyvenv.cfg").is_file() and (dest / INCOMPLETE_NAME).is_file()
+    assert not (dest / MARKER_NAME).exists()
+
+    result = install(lock, store, dest)
+
+    assert result.action == "rebuilt"
+    assert not (dest / INCOMPLETE_NAME).exists()
+    assert not (tmp_path / "env.envship-tmp").exists()
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+
+
+def test_failed_update_marks_the_environment_incomplete(
+    tmp_path: Path, wheels: dict[str, Path], lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    newer = write_lock(tmp_path / "newer.toml", [wheels["alpha"], wheels["beta11"]])
+    # Damage the stored beta 1.1 after the fact: uv's own hash check must catch it.
+    stored = store.path(hashlib.sha256(wheels["beta11"].read_bytes()).hexdigest())
+    stored.chmod(0o644)
+    stored.write_bytes(stored.read_bytes() + b"\0")
+
+    with pytest.raises(InstallError) as err:
+        install(newer, store, dest)
+
+    assert "uv exit code" in err.value.message
+    assert any("hash" in p.message.lower() for p in err.value.problems)
+    assert (dest / INCOMPLETE_NAME).exists()  # not complete, so the next run rebuilds
+
+
+def test_compile_bytecode(tmp_path: Path, lock: LockFile, store: Store) -> None:
+    plain, compiled = tmp_path / "plain", tmp_path / "compiled"
+    install(lock, store, plain)
+    install(lock, store, compiled, compile_bytecode=True)
+    site = run_py(compiled, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    assert list((Path(site) / "alpha" / "__pycache__").glob("__init__.*.pyc"))
+    site = run_py(plain, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    assert not (Path(site) / "alpha" / "__pycache__").exists()
+
+
+def test_groups_select_packages_and_a_group_change_updates(
+    tmp_path: Path, wheels: dict[str, Path], store: Store
+) -> None:
+    lock = write_lock(
+        tmp_path / "groups.toml",
+        [wheels["alpha"], wheels["beta"], wheels["tool"]],
+        groups={"dev": ["tool"]},
+    )
+    dest = tmp_path / "env"
+    first = install(lock, store, dest, groups=[])
+    assert first.groups == () and "tool" not in versions(dest)
+
+    second = install(lock, store, dest)  # default: every group in the lock
+    assert second.action == "updated" and second.groups == ("dev",)
+    assert second.installed == ("tool==1.0",)
+    assert versions(dest)["tool"] == "1.0"
+
+    with pytest.raises(LockError, match="no dependency group 'docs'"):
+        install(lock, store, dest, groups=["docs"])
+
+
+def test_an_env_that_lost_its_interpreter_is_rebuilt(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    (dest / "bin" / "python").unlink()
+    assert install(lock, store, dest).action == "rebuilt"
+    assert versions(dest)["beta"] == "1.0"
+
+
+def test_python_choice(tmp_path: Path, lock: LockFile, store: Store) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    alias = tmp_path / "bin" / "py"
+    alias.parent.mkdir()
+    alias.symlink_to(os.path.realpath(sys.executable))
+    # The same interpreter under another name is the same choice: nothing to do.
+    assert install(lock, store, dest, python=str(alias)).action == "unchanged"
+
+    system = Path(f"/usr/bin/python{PY}")
+    if not system.exists() or os.path.realpath(system) == os.path.realpath(sys.executable):
+        pytest.skip(f"no second Python {PY} on this machine")
+    result = install(lock, store, dest, python=str(system))
+    assert result.action == "rebuilt"
+    cfg = (dest / "pyvenv.cfg").read_text()
+    assert "home = /usr/bin" in cfg
+    assert versions(dest)["alpha"] == "1.0"
