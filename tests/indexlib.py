@@ -86,9 +86,7 @@ def build_wheel(
     return path
 
 
-def build_sdist(
-    out: Path, name: str, version: str, *, requires: Sequence[str] = ()
-) -> Path:
+def build_sdist(out: Path, name: str, version: str, *, requires: Sequence[str] = ()) -> Path:
     """Write an sdist whose setup would run code: envship must never build it by default."""
     out.mkdir(parents=True, exist_ok=True)
     module = canonicalize_name(name).replace("-", "_")

@@ -126,9 +126,7 @@ def test_allow_sdist_accepts_wheel_less_target(tmp_path: Path, index_server: Ind
     assert [a.kind for a in arm] == ["sdist"]
 
 
-def test_groups_become_pep751_dependency_groups(
-    tmp_path: Path, index_server: IndexServer
-) -> None:
+def test_groups_become_pep751_dependency_groups(tmp_path: Path, index_server: IndexServer) -> None:
     spec = write_spec(
         tmp_path, index_server.simple_url, dependencies=["alpha"], groups={"dev": ["tool"]}
     )
@@ -190,7 +188,9 @@ def test_unreachable_index_names_url(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "127.0.0.1:9" in err and "Traceback" not in err
 
 
-def test_cli_json(tmp_path: Path, index_server: IndexServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_json(
+    tmp_path: Path, index_server: IndexServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"])

@@ -30,9 +30,9 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so each command group stays one module the others need not know.
-    from . import index, init, install, lock
+    from . import fetch, index, init, install, lock
 
-    for module in (init, lock, index, install):
+    for module in (init, lock, fetch, index, install):
         cli.add_command(module.command)
 
 

@@ -1,0 +1,106 @@
+"""``envship fetch``: download every locked artifact into the verified store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .._http import Credential, index_credentials
+from ..errors import SpecError
+from ..fetch import FetchResult, fetch
+from ..lockfile import LOCK_FILENAME, LockFile
+from ..spec import find_spec, load_spec
+from ..store import Store
+from ._common import Progress, _size, echo_json, json_option
+
+__all__ = ["command"]
+
+
+def _credentials(lock_path: Path) -> list[Credential]:
+    """Index credentials from the spec beside the lock; none (netrc only) without one."""
+    try:
+        spec_path = find_spec(lock_path.parent)
+    except SpecError:
+        return []
+    # A spec that exists but is broken is an error worth seeing, not a silent "no auth".
+    return index_credentials(load_spec(spec_path).indexes)
+
+
+@click.command("fetch")
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(LOCK_FILENAME),
+    show_default=True,
+    help="The PEP 751 lock file to fetch.",
+)
+@click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ENVSHIP_STORE",
+    default=None,
+    help="The artifact store [default: $ENVSHIP_STORE, else the user cache].",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME",
+    help="Fetch for this target only (repeatable) [default: every target in the lock].",
+)
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    metavar="NAME",
+    help="Include this dependency group (repeatable) [default: every group in the lock].",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Parallel downloads.",
+)
+@json_option
+def command(
+    lock_path: Path,
+    store_dir: Path | None,
+    targets: tuple[str, ...],
+    groups: tuple[str, ...],
+    jobs: int,
+    as_json: bool,
+) -> None:
+    """Download every artifact the lock selects into a verified store.
+
+    Artifacts already in the store are reused without touching the network; an
+    interrupted fetch resumes where it stopped.
+    """
+    lock = LockFile.load(lock_path)
+    store = Store.at(store_dir)
+    result = fetch(
+        lock,
+        store,
+        targets=list(targets) or None,
+        groups=list(groups) or None,
+        jobs=jobs,
+        credentials=_credentials(lock_path),
+        progress=Progress("fetch"),
+    )
+    if as_json:
+        echo_json(result.to_json())
+    else:
+        click.echo(_summary(result))
+
+
+def _summary(result: FetchResult) -> str:
+    total = len(result.artifacts)
+    return (
+        f"{total} artifact{'s' if total != 1 else ''} in {result.store.root}: "
+        f"{result.downloaded} downloaded ({_size(result.bytes_downloaded)}), "
+        f"{result.reused} already in the store"
+    )

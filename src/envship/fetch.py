@@ -1,0 +1,327 @@
+"""Fetch every artifact a lock selects into a verified, content-addressed store.
+
+Each artifact is downloaded to ``partial/<sha256>.part`` under an exclusive
+``flock`` on ``partial/<sha256>.lock``, so processes sharing a store (CI jobs, a
+cluster's nodes on one volume) never write the same partial file at once; whoever
+waits behind the lock finds the artifact committed and reuses it. A finished part is
+moved into ``tmp/`` and committed by :meth:`Store.commit`, which checks size and
+sha256 and renames atomically. An interrupted fetch leaves only partial files, and
+the next run resumes them with HTTP ``Range`` requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._http import Cancelled, Credential, HttpClient
+from .errors import ArtifactError, EnvshipError, NetworkError, Problem, StoreError
+from .lockfile import Artifact, LockFile
+from .store import Store
+
+__all__ = ["FetchResult", "FetchedArtifact", "fetch"]
+
+Progress = Callable[[int, int, str], None]
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedArtifact:
+    artifact: Artifact
+    path: Path  # the verified file in the store
+    downloaded: bool  # False: it was already in the store (no request was made)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.artifact.to_json(), "path": str(self.path), "downloaded": self.downloaded}
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    store: Store
+    artifacts: tuple[FetchedArtifact, ...]
+    downloaded: int
+    reused: int
+    bytes_downloaded: int  # bytes read from sources in this run (resumed ones excluded)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": str(self.store.root),
+            "downloaded": self.downloaded,
+            "reused": self.reused,
+            "bytes_downloaded": self.bytes_downloaded,
+            "artifacts": [a.to_json() for a in self.artifacts],
+        }
+
+
+class _Tally:
+    """Thread-safe byte counts for the progress callback (which is called under the lock,
+    so a callback that is not thread-safe, like a terminal line, needs no lock of its own)."""
+
+    def __init__(self, done: int, total: int, callback: Progress | None) -> None:
+        self._lock = threading.Lock()
+        self._base = done
+        self._total = total
+        self._files: dict[str, int] = {}
+        self._callback = callback
+
+    def learned_size(self, size: int) -> None:
+        with self._lock:
+            self._total += size
+
+    def update(self, key: str, done: int, detail: str) -> None:
+        with self._lock:
+            self._files[key] = done
+            if self._callback is not None:
+                self._callback(self._base + sum(self._files.values()), self._total, detail)
+
+    def report(self, detail: str = "") -> None:
+        with self._lock:
+            if self._callback is not None:
+                self._callback(self._base + sum(self._files.values()), self._total, detail)
+
+
+@contextlib.contextmanager
+def _artifact_lock(path: Path, cancel: threading.Event) -> Iterator[None]:
+    """An exclusive flock on ``path``, removed when released.
+
+    Removing a lock file races with a process that opened it just before: that process
+    would then hold a lock on a deleted inode. So after acquiring, check the path still
+    names the inode we locked, else try again on the new file.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # Poll rather than block, so Ctrl-C does not wait for another process's
+            # download of this artifact to finish.
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if cancel.wait(0.05):
+                        raise Cancelled from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                try:
+                    yield
+                finally:
+                    path.unlink(missing_ok=True)
+                return
+        finally:
+            os.close(fd)
+
+
+def _disk_full(store: Store) -> StoreError:
+    return StoreError(
+        f"the disk holding the store {store.root} is full",
+        hint="free some space (or pass --store DIR on a larger disk) and re-run: "
+        "finished artifacts are kept and partial downloads resume",
+    )
+
+
+class _Worker:
+    def __init__(
+        self,
+        store: Store,
+        client: HttpClient,
+        base: Path,
+        tally: _Tally,
+        cancel: threading.Event,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.base = base
+        self.tally = tally
+        self.cancel = cancel
+
+    def __call__(self, artifact: Artifact) -> tuple[FetchedArtifact, int]:
+        sha = artifact.sha256
+        final = self.store.path(sha)  # validates the digest before it names any file
+        partial = self.store.partial_dir
+        try:
+            with _artifact_lock(partial / f"{sha}.lock", self.cancel):
+                if final.is_file():
+                    # Another process fetched it while we waited for the lock.
+                    self.tally.update(sha, artifact.size or 0, artifact.filename)
+                    return FetchedArtifact(artifact, final, downloaded=False), 0
+                return self._download(artifact, partial / f"{sha}.part")
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise _disk_full(self.store) from None
+            raise StoreError(
+                f"cannot write to the store {self.store.root}: {exc.strerror}",
+                hint="pass --store DIR or set ENVSHIP_STORE to a writable folder",
+            ) from None
+
+    def _download(self, artifact: Artifact, part: Path) -> tuple[FetchedArtifact, int]:
+        sha = artifact.sha256
+        size = artifact.size
+        if size is not None and part.exists() and part.stat().st_size > size:
+            part.unlink()  # longer than the file can be: garbage, not a prefix
+        learned = False
+
+        def on_bytes(done: int, total: int | None) -> None:
+            nonlocal learned
+            if size is None and total is not None and not learned:
+                learned = True
+                self.tally.learned_size(total)
+            self.tally.update(sha, done, artifact.filename)
+
+        received = 0
+        while True:
+            resumed = part.exists() and part.stat().st_size > 0
+            if not (size is not None and resumed and part.stat().st_size == size):
+                received += self.client.download(
+                    self._source(artifact), part, progress=on_bytes, cancel=self.cancel
+                ).received
+            # tmp/ is on the store's filesystem, so commit's rename stays atomic; the
+            # unique name keeps concurrent writers (or a stale leftover) from colliding.
+            staged = self.store.tmp_dir / f"{sha}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            os.replace(part, staged)
+            try:
+                path = self.store.commit(staged, sha, name=artifact.filename, size=size)
+            except ArtifactError:
+                self.tally.update(sha, 0, artifact.filename)
+                if resumed:
+                    # The kept prefix may be what was wrong (an older run, another file
+                    # at that URL back then): commit deleted it, so try once from byte 0.
+                    continue
+                raise
+            finally:
+                staged.unlink(missing_ok=True)
+            return FetchedArtifact(artifact, path, downloaded=True), received
+
+    def _source(self, artifact: Artifact) -> str | Path:
+        if artifact.url:
+            return artifact.url
+        if artifact.path:
+            return self.base / artifact.path
+        raise ArtifactError(
+            f"{artifact.filename}: the lock gives neither a url nor a path",
+            artifact=artifact.filename,
+            expected="url or path",
+            actual="none",
+        )
+
+
+def fetch(
+    lock: LockFile,
+    store: Store,
+    *,
+    targets: Sequence[str] | None = None,
+    groups: Collection[str] | None = None,
+    jobs: int = 8,
+    credentials: Sequence[Credential] = (),
+    progress: Progress | None = None,
+    client: HttpClient | None = None,
+) -> FetchResult:
+    """Download (or reuse) every artifact ``lock`` selects for ``targets`` and ``groups``.
+
+    Every failure is collected and reported in one error; artifacts that did verify
+    stay in the store. ``client`` overrides ``credentials`` (and sets retries/timeouts).
+    """
+    artifacts = lock.artifacts(targets, groups=groups)
+    store.ensure()
+    http = client if client is not None else HttpClient(credentials=credentials)
+    have = {a.sha256 for a in artifacts if store.has(a.sha256)}
+    todo = [a for a in artifacts if a.sha256 not in have]
+    tally = _Tally(
+        sum(a.size or 0 for a in artifacts if a.sha256 in have),
+        sum(a.size or 0 for a in artifacts),
+        progress,
+    )
+    tally.report()
+    cancel = threading.Event()
+    worker = _Worker(store, http, lock.path.parent, tally, cancel)
+    results: dict[str, tuple[FetchedArtifact, int]] = {}
+    failures: list[tuple[Artifact, EnvshipError]] = []
+    if todo:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo))))
+        try:
+            futures: dict[Future[tuple[FetchedArtifact, int]], Artifact] = {
+                pool.submit(worker, a): a for a in todo
+            }
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    artifact = futures[future]
+                    try:
+                        results[artifact.sha256] = future.result()
+                    except StoreError as exc:
+                        if not isinstance(exc, ArtifactError):
+                            # A full disk or unwritable store fails every artifact alike:
+                            # stop now and say it once.
+                            cancel.set()
+                            raise
+                        failures.append((artifact, exc))
+                    except EnvshipError as exc:
+                        failures.append((artifact, exc))
+        except BaseException:
+            # Ctrl-C (or a store failure): stop workers at their next chunk, keep partials.
+            cancel.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if failures:
+        raise _combine(failures, len(artifacts))
+    fetched = []
+    for a in artifacts:
+        if a.sha256 in results:
+            fetched.append(results[a.sha256][0])
+        else:
+            fetched.append(FetchedArtifact(a, store.path(a.sha256), downloaded=False))
+    downloaded = sum(1 for f in fetched if f.downloaded)
+    return FetchResult(
+        store=store,
+        artifacts=tuple(fetched),
+        downloaded=downloaded,
+        reused=len(fetched) - downloaded,
+        bytes_downloaded=sum(r[1] for r in results.values()),
+    )
+
+
+def _combine(failures: list[tuple[Artifact, EnvshipError]], total: int) -> EnvshipError:
+    """One error for all failures; its class (hence exit code) is the gravest one's."""
+    failures.sort(key=lambda f: f[0].filename)
+    problems = [Problem(a.filename, e.message) for a, e in failures]
+    integrity = [e for _, e in failures if isinstance(e, ArtifactError)]
+    network = [e for _, e in failures if isinstance(e, NetworkError)]
+    kept = total - len(failures)
+    message = (
+        failures[0][1].message
+        if len(failures) == 1
+        else f"{len(failures)} of {total} artifacts could not be fetched"
+    )
+    error: EnvshipError
+    if integrity:
+        first = integrity[0]
+        error = ArtifactError(
+            message,
+            artifact=", ".join(e.artifact for e in integrity),
+            expected=first.expected if len(integrity) == 1 else "",
+            actual=first.actual if len(integrity) == 1 else "",
+            hint=first.hint,
+        )
+    elif network:
+        error = NetworkError(message, url=network[0].url, hint=network[0].hint)
+    else:
+        error = EnvshipError(message, hint=failures[0][1].hint)
+    if kept:
+        extra = f"the {kept} other artifacts are verified and kept in the store"
+        error.hint = f"{error.hint}; {extra}" if error.hint else extra
+    # The specific error classes take no problems= argument; attach the list afterwards.
+    error.problems = tuple(problems)
+    return error

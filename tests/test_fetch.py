@@ -1,0 +1,435 @@
+"""``envship.fetch`` against a real HTTP index on 127.0.0.1 (see indexlib.py)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import tomli_w
+from packaging.utils import parse_sdist_filename, parse_wheel_filename
+
+import envship._http
+from envship._http import HttpClient, RetryPolicy
+from envship.errors import ArtifactError, EnvshipError, NetworkError, StoreError
+from envship.fetch import FetchResult, fetch
+from envship.lockfile import LockFile
+from envship.store import Store, sha256_file
+from indexlib import IndexServer
+
+X86 = "gamma-1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+ARM = "gamma-1.0-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
+BETA = "beta-1.0-py3-none-any.whl"
+WHEELS = ("alpha-1.0-py3-none-any.whl", BETA, X86, ARM, "tool-1.0-py3-none-any.whl")
+TARGETS = [
+    {"name": n, "platform": n, "python": "3.11", "glibc": "2.28", "variant": "cpu"}
+    for n in ("linux-x86_64", "linux-aarch64")
+]
+FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_lock(
+    lock_path: Path,
+    files: Iterable[Path],
+    *,
+    base_url: str | None = None,
+    sizes: bool = True,
+    targets: Sequence[dict[str, str]] = TARGETS,
+) -> Path:
+    """A valid PEP 751 lock for ``files``: by URL under ``base_url``, else by relative path."""
+    packages: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in files:
+        if f.name.endswith(".whl"):
+            name, version, _, _ = parse_wheel_filename(f.name)
+        else:
+            name, version = parse_sdist_filename(f.name)
+        entry: dict[str, Any] = {"name": f.name, "hashes": {"sha256": sha256_of(f)}}
+        if base_url is not None:
+            entry["url"] = f"{base_url}/files/{f.name}"
+        else:
+            entry["path"] = os.path.relpath(f, lock_path.parent)
+        if sizes:
+            entry["size"] = f.stat().st_size
+        pkg = packages.setdefault((name, str(version)), {"name": name, "version": str(version)})
+        if f.name.endswith(".whl"):
+            pkg.setdefault("wheels", []).append(entry)
+        else:
+            pkg["sdist"] = entry
+    data = {
+        "lock-version": "1.0",
+        "created-by": "envship-tests",
+        "packages": list(packages.values()),
+        "tool": {"envship": {"targets": list(targets)}},
+    }
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path.write_text(tomli_w.dumps(data))
+    return lock_path
+
+
+def assert_store_complete(store: Store, lock: LockFile, targets: list[str] | None = None) -> None:
+    """Every selected artifact present and verified; no staging or partial leftovers."""
+    for artifact in lock.artifacts(targets):
+        path = store.path(artifact.sha256)
+        assert path.is_file(), artifact.filename
+        assert sha256_file(path) == artifact.sha256
+    assert list(store.tmp_dir.iterdir()) == []
+    assert list(store.partial_dir.iterdir()) == []
+
+
+@pytest.fixture(autouse=True)
+def _no_user_netrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
+@pytest.fixture
+def client() -> HttpClient:
+    return HttpClient(retry=FAST, timeout=10)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "store")
+
+
+@pytest.fixture
+def lock(tmp_path: Path, index_root: Path, index_server: IndexServer) -> LockFile:
+    files = [index_root / "files" / n for n in WHEELS]
+    return LockFile.load(write_lock(tmp_path / "pylock.toml", files, base_url=index_server.url))
+
+
+def test_cold_fetch_downloads_and_verifies_everything(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    result = fetch(lock, store, client=client)
+    assert isinstance(result, FetchResult)
+    assert result.downloaded == len(WHEELS) and result.reused == 0
+    assert result.bytes_downloaded == sum(a.size or 0 for a in lock.artifacts())
+    assert {a.artifact.filename for a in result.artifacts} == set(WHEELS)
+    assert all(a.downloaded and a.path == store.path(a.artifact.sha256) for a in result.artifacts)
+    assert index_server.file_requests() == len(WHEELS)
+    assert_store_complete(store, lock)
+    # Store files are immutable: a stray write must not corrupt an artifact silently.
+    assert all(a.path.stat().st_mode & 0o222 == 0 for a in result.artifacts)
+
+
+def test_second_fetch_makes_no_request(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    fetch(lock, store, client=client)
+    index_server.knobs.requests.clear()
+    result = fetch(lock, store, client=client)
+    assert sum(index_server.knobs.requests.values()) == 0
+    assert result.downloaded == 0 and result.reused == len(WHEELS)
+    assert result.bytes_downloaded == 0
+
+
+def test_transient_503_is_retried(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    index_server.knobs.fail_times[BETA] = 2
+    result = fetch(lock, store, client=client)
+    assert result.downloaded == len(WHEELS)
+    assert index_server.knobs.requests[f"/files/{BETA}"] == 3
+    assert_store_complete(store, lock)
+
+
+def test_permanent_500_names_the_url_after_bounded_attempts(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    index_server.knobs.fail_always.add(BETA)
+    with pytest.raises(NetworkError) as info:
+        fetch(lock, store, client=client)
+    url = f"{index_server.url}/files/{BETA}"
+    assert url in str(info.value) and info.value.url == url
+    assert "500" in str(info.value)
+    assert index_server.knobs.requests[f"/files/{BETA}"] == FAST.attempts
+    # The other artifacts verified and stay; the failed one is absent.
+    for artifact in lock.artifacts():
+        assert store.has(artifact.sha256) == (artifact.filename != BETA)
+
+
+def test_tampered_file_is_refused_and_deleted(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    index_server.knobs.tamper.add(BETA)
+    with pytest.raises(ArtifactError) as info:
+        fetch(lock, store, client=client)
+    assert BETA in str(info.value) and info.value.artifact == BETA
+    assert info.value.exit_code == 4
+    beta = next(a for a in lock.artifacts() if a.filename == BETA)
+    assert not store.path(beta.sha256).exists()
+    assert not list(store.partial_dir.glob(f"{beta.sha256}*"))
+    assert list(store.tmp_dir.iterdir()) == []
+    assert sum(store.has(a.sha256) for a in lock.artifacts()) == len(WHEELS) - 1
+
+
+def test_all_failures_reported_at_once(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    index_server.knobs.tamper.add(BETA)
+    index_server.knobs.fail_always.add(X86)
+    with pytest.raises(EnvshipError) as info:
+        fetch(lock, store, client=client)
+    err = info.value
+    # The gravest failure decides the class (and so the exit code): integrity.
+    assert isinstance(err, ArtifactError)
+    assert [p.where for p in err.problems] == sorted([BETA, X86])
+    assert "500" in err.problems[1].message
+    assert err.hint is not None and "3 other artifacts" in err.hint
+
+
+def test_cut_connection_resumes_with_range(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    index_server.knobs.cut_after[BETA] = 300
+    result = fetch(lock, store, client=client)
+    assert index_server.knobs.requests[f"/files/{BETA}"] == 2
+    # Had the retry started over, the first 300 bytes would have crossed the wire twice.
+    assert result.bytes_downloaded == sum(a.size or 0 for a in lock.artifacts())
+    assert_store_complete(store, lock)
+
+
+def test_corrupt_partial_is_redownloaded_once_from_zero(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    beta = next(a for a in lock.artifacts() if a.filename == BETA)
+    store.ensure()
+    (store.partial_dir / f"{beta.sha256}.part").write_bytes(b"\0" * 300)
+    result = fetch(lock, store, client=client)
+    assert index_server.knobs.requests[f"/files/{BETA}"] == 2  # resume, then from byte 0
+    total = sum(a.size or 0 for a in lock.artifacts())
+    assert result.bytes_downloaded == total + (beta.size or 0) - 300
+    assert_store_complete(store, lock)
+
+
+def test_tampered_index_is_not_retried_forever(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    beta = next(a for a in lock.artifacts() if a.filename == BETA)
+    store.ensure()
+    (store.partial_dir / f"{beta.sha256}.part").write_bytes(b"\0" * 300)
+    index_server.knobs.tamper.add(BETA)
+    with pytest.raises(ArtifactError, match=re.escape(BETA)):
+        fetch(lock, store, client=client)
+    assert index_server.knobs.requests[f"/files/{BETA}"] == 2
+    assert not store.has(beta.sha256)
+
+
+def test_targets_selection(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    result = fetch(lock, store, targets=["linux-x86_64"], client=client)
+    names = {a.artifact.filename for a in result.artifacts}
+    assert X86 in names and ARM not in names
+    assert index_server.knobs.requests[f"/files/{ARM}"] == 0
+    arm = next(a for a in lock.artifacts() if a.filename == ARM)
+    assert not store.has(arm.sha256)
+
+
+def test_disk_full_reports_store_error_and_rerun_completes(
+    lock: LockFile, store: Store, client: HttpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(out: IO[bytes], data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(envship._http, "_write_all", full)
+    with pytest.raises(StoreError) as info:
+        fetch(lock, store, client=client)
+    assert not isinstance(info.value, ArtifactError)
+    assert "full" in info.value.message and str(store.root) in info.value.message
+    assert info.value.hint is not None and "re-run" in info.value.hint
+    assert list((store.root / "sha256").rglob("*.*")) == []
+    assert not any(p.is_file() for p in (store.root / "sha256").rglob("*"))
+    assert list(store.tmp_dir.iterdir()) == []
+    monkeypatch.undo()
+    fetch(lock, store, client=client)
+    assert_store_complete(store, lock)
+
+
+def test_progress_reports_bytes_until_total(
+    lock: LockFile, store: Store, client: HttpClient
+) -> None:
+    calls: list[tuple[int, int, str]] = []
+    lock_ = threading.Lock()
+
+    def progress(done: int, total: int, detail: str) -> None:
+        with lock_:
+            calls.append((done, total, detail))
+
+    fetch(lock, store, client=client, progress=progress)
+    total = sum(a.size or 0 for a in lock.artifacts())
+    assert calls[0][:2] == (0, total)
+    assert calls[-1][:2] == (total, total)
+    assert all(0 <= d <= t for d, t, _ in calls)
+    assert [d for d, _, _ in calls] == sorted(d for d, _, _ in calls)
+    assert {detail for _, _, detail in calls[1:]} <= set(WHEELS)
+
+
+def test_progress_total_learned_from_content_length(
+    tmp_path: Path, index_root: Path, index_server: IndexServer, client: HttpClient, store: Store
+) -> None:
+    files = [index_root / "files" / BETA]
+    lock = LockFile.load(
+        write_lock(tmp_path / "pylock.toml", files, base_url=index_server.url, sizes=False)
+    )
+    calls: list[tuple[int, int]] = []
+    fetch(lock, store, client=client, progress=lambda d, t, _: calls.append((d, t)))
+    size = files[0].stat().st_size
+    assert calls[0] == (0, 0) and calls[-1] == (size, size)
+
+
+def test_local_paths_relative_to_the_lock(
+    tmp_path: Path, index_root: Path, store: Store, client: HttpClient
+) -> None:
+    project = tmp_path / "project"
+    (project / "wheels").mkdir(parents=True)
+    src = index_root / "files" / BETA
+    (project / "wheels" / BETA).write_bytes(src.read_bytes())
+    lock = LockFile.load(write_lock(project / "pylock.toml", [project / "wheels" / BETA]))
+    assert lock.artifacts()[0].path == f"wheels/{BETA}"
+    result = fetch(lock, store, client=client)
+    assert result.downloaded == 1 and result.bytes_downloaded == src.stat().st_size
+    assert_store_complete(store, lock)
+
+
+def test_file_url(tmp_path: Path, index_root: Path, store: Store, client: HttpClient) -> None:
+    files = [index_root / "files" / BETA]
+    lock = LockFile.load(write_lock(tmp_path / "pylock.toml", files, base_url=index_root.as_uri()))
+    assert (lock.artifacts()[0].url or "").startswith("file:///")
+    fetch(lock, store, client=client)
+    assert_store_complete(store, lock)
+
+
+def test_missing_file_is_not_found(
+    tmp_path: Path, index_root: Path, index_server: IndexServer, store: Store, client: HttpClient
+) -> None:
+    files = [index_root / "files" / BETA]
+    gone = f"{index_server.url}/gone"
+    lock = LockFile.load(write_lock(tmp_path / "pylock.toml", files, base_url=gone))
+    with pytest.raises(NetworkError, match="not found"):
+        fetch(lock, store, client=client)
+    assert index_server.knobs.requests[f"/gone/files/{BETA}"] == 1  # a 404 is not retried
+
+
+# --- several processes, interrupts: real subprocesses --------------------------------
+
+_FETCH_SCRIPT = """
+import json, sys
+from pathlib import Path
+from envship._http import HttpClient, RetryPolicy
+from envship.fetch import fetch
+from envship.lockfile import LockFile
+from envship.store import Store
+client = HttpClient(retry=RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01))
+result = fetch(LockFile.load(Path(sys.argv[1])), Store(Path(sys.argv[2])), client=client, jobs=2)
+print(json.dumps({"downloaded": result.downloaded, "reused": result.reused}))
+"""
+
+
+def test_concurrent_processes_share_one_store(
+    lock: LockFile, store: Store, index_server: IndexServer
+) -> None:
+    index_server.knobs.delay = 0.05  # long enough that the processes overlap
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FETCH_SCRIPT, str(lock.path), str(store.root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
+    counts = [json.loads(out) for out, _ in outputs]
+    # The per-artifact lock means each file crossed the wire exactly once in total.
+    assert sum(c["downloaded"] for c in counts) == len(WHEELS)
+    assert index_server.file_requests() == len(WHEELS)
+    assert_store_complete(store, lock)
+
+
+_CLI_SCRIPT = """
+import functools, sys
+import envship.fetch
+from envship._http import HttpClient, RetryPolicy
+from envship.cli import fetch as fetch_cli, main
+
+class Hold(RetryPolicy):
+    # After the cut connection, wait 'forever' before retrying, so the test can
+    # interrupt us while a partial file is on disk.
+    def delay(self, attempt, rng):
+        return 3600.0
+
+envship.fetch.HttpClient = functools.partial(HttpClient, retry=Hold())
+main._register = lambda: main.cli.add_command(fetch_cli.command)
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def _wait_for(condition: Any, what: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"process ended before {what}: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_interrupt_leaves_partials_and_rerun_completes(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    index_server.knobs.cut_after[BETA] = 300
+    beta = next(a for a in lock.artifacts() if a.filename == BETA)
+    part = store.partial_dir / f"{beta.sha256}.part"
+    others = [a for a in lock.artifacts() if a.filename != BETA]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _CLI_SCRIPT,
+            "fetch",
+            *("--lock", str(lock.path)),
+            *("--store", str(store.root)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(
+        lambda: (
+            part.exists()
+            and part.stat().st_size == 300
+            and all(store.has(a.sha256) for a in others)
+        ),
+        "the partial download",
+        proc,
+    )
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not store.has(beta.sha256)
+    assert part.stat().st_size == 300  # kept for the resume
+    assert list(store.tmp_dir.iterdir()) == []
+
+    result = fetch(lock, store, client=client)
+    assert result.downloaded == 1 and result.reused == len(WHEELS) - 1
+    assert result.bytes_downloaded == (beta.size or 0) - 300  # resumed, not restarted
+    assert_store_complete(store, lock)

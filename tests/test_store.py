@@ -1,0 +1,142 @@
+"""The content-addressed store: layout, verified atomic commits, sharing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from envship.errors import ArtifactError, StoreError
+from envship.store import Store, sha256_file
+
+DATA = b"wheel bytes\n" * 1000
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+def staged(store: Store, data: bytes = DATA, name: str = "staged") -> Path:
+    store.ensure()
+    path = store.tmp_dir / name
+    path.write_bytes(data)
+    return path
+
+
+def test_layout(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.path(SHA) == tmp_path / "sha256" / SHA[:2] / SHA
+    store.ensure()
+    assert {p.name for p in tmp_path.iterdir()} == {"sha256", "tmp", "partial"}
+
+
+@pytest.mark.parametrize("bad", ["", "abc", SHA.upper(), SHA[:-1] + "g", "../" + SHA[3:]])
+def test_path_rejects_non_digests(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(StoreError, match="not a sha256"):
+        Store(tmp_path).path(bad)
+
+
+def test_default_and_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "env"))
+    assert Store.default().root == tmp_path / "env"
+    assert Store.at(None).root == tmp_path / "env"
+    assert Store.at(tmp_path / "x").root == tmp_path / "x"
+    monkeypatch.delenv("ENVSHIP_STORE")
+    assert Store.default().root.name == "store"
+
+
+def test_commit_verifies_and_moves_atomically(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    src = staged(store)
+    final = store.commit(src, SHA, name="x.whl", size=len(DATA))
+    assert final == store.path(SHA) and final.read_bytes() == DATA
+    assert not src.exists() and store.has(SHA)
+    assert final.stat().st_mode & 0o777 == 0o444
+
+
+def test_commit_refuses_wrong_hash_and_deletes(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    src = staged(store, DATA + b"!")
+    with pytest.raises(ArtifactError) as info:
+        store.commit(src, SHA, name="x.whl")
+    assert info.value.artifact == "x.whl" and "x.whl" in info.value.message
+    assert info.value.expected == SHA and info.value.actual != SHA
+    assert not src.exists() and not store.has(SHA)
+
+
+def test_commit_refuses_wrong_size_and_deletes(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    src = staged(store)
+    with pytest.raises(ArtifactError, match="size mismatch"):
+        store.commit(src, SHA, name="x.whl", size=len(DATA) + 1)
+    assert not src.exists() and not store.has(SHA)
+
+
+def test_concurrent_commits_of_the_same_content(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    sources = [staged(store, name=f"s{i}") for i in range(8)]
+    barrier = threading.Barrier(len(sources))
+    errors: list[BaseException] = []
+
+    def commit(src: Path) -> None:
+        barrier.wait()
+        try:
+            store.commit(src, SHA, name="x.whl", size=len(DATA))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=commit, args=(s,)) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.path(SHA).read_bytes() == DATA
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_add_file_copies_and_dedupes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    src = tmp_path / "a.whl"
+    src.write_bytes(DATA)
+    first = store.add_file(src)
+    assert first == store.path(SHA) and src.exists()
+    assert store.add_file(src, SHA) == first
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_add_file_with_wrong_hash_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    src = tmp_path / "a.whl"
+    src.write_bytes(DATA)
+    wrong = hashlib.sha256(b"other").hexdigest()
+    with pytest.raises(ArtifactError, match=r"a\.whl"):
+        store.add_file(src, wrong)
+    assert not store.has(wrong) and list(store.tmp_dir.iterdir()) == []
+
+
+def test_ensure_on_unusable_root(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot create the store") as info:
+        Store(blocker / "store").ensure()
+    assert info.value.hint and "--store" in info.value.hint
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=100_000))
+def test_sha256_file_matches_hashlib(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f"
+        path.write_bytes(data)
+        assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("size", [(1 << 20) - 1, 1 << 20, (1 << 20) + 1, 5 << 19])
+def test_sha256_file_across_chunk_boundaries(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
