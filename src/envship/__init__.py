@@ -1,8 +1,10 @@
 """envship: one declared Python environment, reproducible and instantly available anywhere.
 
-The library API mirrors the CLI: load a :class:`Spec`, :func:`lock` it into a PEP 751
-``pylock.toml``, :func:`fetch` the locked artifacts into a verified :class:`Store`, and
-:func:`export_index` a static package index for networks with no internet.
+The library API mirrors the CLI: load a :class:`Spec`, ``envship.lock.lock`` it into a
+PEP 751 ``pylock.toml``, ``envship.fetch.fetch`` the locked artifacts into a verified
+:class:`Store`, :func:`export_index` a static package index for networks with no
+internet, and ``envship.install.install`` it offline into a virtual environment. (Those
+three functions share their module's name, so they are imported from the module.)
 """
 
 from __future__ import annotations
@@ -20,29 +22,45 @@ from .errors import (
     TargetError,
     UnsupportedTargetError,
 )
+from .fetch import FetchedArtifact, FetchResult
+from .index import IndexExport, export_index
+from .install import InstallResult
+from .lock import LockResult, check_lock
+from .lockfile import Artifact, LockFile
 from .spec import IndexConfig, Spec, find_spec, load_spec, parse_spec
+from .store import Store
 from .targets import PLATFORMS, Platform, Target
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PLATFORMS",
+    "Artifact",
     "ArtifactError",
     "EnvshipError",
+    "FetchResult",
+    "FetchedArtifact",
     "IndexConfig",
+    "IndexExport",
     "IndexExportError",
+    "InstallResult",
     "LockError",
+    "LockFile",
+    "LockResult",
     "NetworkError",
     "Platform",
     "Problem",
     "Spec",
     "SpecError",
     "StaleLockError",
+    "Store",
     "StoreError",
     "Target",
     "TargetError",
     "UnsupportedTargetError",
     "__version__",
+    "check_lock",
+    "export_index",
     "find_spec",
     "load_spec",
     "parse_spec",

@@ -368,6 +368,16 @@ def export_index(
     return IndexExport(out=out, projects=projects, files=len(artifacts), lock=out / LOCK_FILENAME)
 
 
+def _size_of(store: Store, artifact: Artifact) -> int:
+    # Locks made from simple HTML indexes often carry no size; the store knows it.
+    if artifact.size is not None:
+        return artifact.size
+    try:
+        return store.path(artifact.sha256).stat().st_size
+    except OSError:
+        return 0
+
+
 def _write_tree(
     tmp: Path,
     lock: LockFile,
@@ -382,11 +392,12 @@ def _write_tree(
     files_dir = tmp / "files"
     files_dir.mkdir()
     projects: dict[str, tuple[str, list[IndexFile]]] = {}
-    total, done = sum(a.size or 0 for a in artifacts), 0
-    for artifact in artifacts:
+    sizes = [_size_of(store, a) for a in artifacts]
+    total, done = sum(sizes), 0
+    for artifact, size in zip(artifacts, sizes, strict=True):
         dest = files_dir / artifact.filename
         _place(store.path(artifact.sha256), dest, artifact)
-        done += artifact.size or 0
+        done += size
         if progress is not None:
             progress(done, total, artifact.filename)
         requires = lock_python.get((canonicalize_name(artifact.name), artifact.version))

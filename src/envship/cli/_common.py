@@ -79,10 +79,10 @@ class Progress:
         self._last = 0.0
 
     def __call__(self, done: int, total: int, detail: str = "") -> None:
-        if self.quiet:
+        if self.quiet or total <= 0:
             return
         now = time.monotonic()
-        final = done >= total
+        final = total > 0 and done >= total
         if not final and now - self._last < (0.1 if self.tty else 5.0):
             return
         self._last = now
