@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from packaging.pylock import Pylock
 
 from envship.cli.main import main
@@ -228,3 +231,35 @@ def test_malformed_lock_names_where(tmp_path: Path, text: str, where: str) -> No
         LockFile.load(path)
     rendered = str(info.value)
     assert where in rendered, rendered
+
+
+_LOCK_TOKENS = st.sampled_from(
+    [
+        'lock-version = "1.0"\n',
+        'created-by = "x"\n',
+        "[[packages]]\n",
+        'name = "a"\n',
+        'version = "1"\n',
+        'wheels = [{url = "https://h/a-1-py3-none-any.whl", hashes = {sha256 = "00"}}]\n',
+        'sdist = {url = "https://h/a-1.tar.gz"}\n',
+        "marker = \"python_version > '3'\"\n",
+        "[tool.envship]\n",
+        'targets = [{name = "linux-x86_64", python = "3.11", glibc = "2.28"}]\n',
+        "packages = []\n",
+        "= broken\n",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_LOCK_TOKENS, max_size=12) | st.text(max_size=200))
+def test_lock_loader_only_raises_lock_errors(parts: list[str] | str) -> None:
+    """Any text becomes a LockFile or a LockError that says where; nothing else escapes."""
+    text = parts if isinstance(parts, str) else "".join(parts)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pylock.toml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            LockFile.load(path)
+        except LockError as exc:
+            assert str(path) in str(exc)
