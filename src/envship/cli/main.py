@@ -23,6 +23,7 @@ def cli() -> None:
     envship fetch     download every locked artifact into a verified store
     envship index     export a static package index for offline networks
     envship install   materialize the lock offline from the store into a venv
+    envship verify    check an environment's installed bits against the lock
 
     Exit codes: 0 ok, 1 failed check, 2 bad input, 3 network, 4 integrity, 130 interrupted.
     """
@@ -30,9 +31,9 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so each command group stays one module the others need not know.
-    from . import fetch, index, init, install, lock
+    from . import fetch, index, init, install, lock, verify
 
-    for module in (init, lock, fetch, index, install):
+    for module in (init, lock, fetch, index, install, verify):
         cli.add_command(module.command)
 
 

@@ -1,0 +1,128 @@
+"""``envship verify``: an installed environment against the lock, down to RECORD hashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..lockfile import LOCK_FILENAME, LockFile
+from ..verify import KINDS, Difference, DifferenceKind, VerifyMismatchError, VerifyReport, verify
+from ._common import echo_json, json_option
+
+__all__ = ["command", "render_report"]
+
+_TITLES: dict[DifferenceKind, str] = {
+    "missing": "missing distributions (locked, not installed)",
+    "extra": "extra distributions (installed, not locked)",
+    "version": "wrong versions",
+    "changed": "changed files",
+    "removed": "removed files",
+    "added": "added files (in a package folder, in no RECORD)",
+}
+
+
+def _line(d: Difference) -> str:
+    if d.kind == "missing":
+        return f"{d.name} {d.expected}  (not in {d.path})"
+    if d.kind == "extra":
+        return f"{d.name} {d.actual}  {d.path}"
+    if d.kind == "version":
+        return f"{d.name}: locked {d.expected}, installed {d.actual}  {d.path}"
+    if d.kind == "changed":
+        return f"{d.name}  {d.path}\n      expected {d.expected}\n      found    {d.actual}"
+    return f"{d.name}  {d.path}"
+
+
+def render_report(report: VerifyReport) -> str:
+    """The report as text: one summary line, then the differences grouped by kind."""
+    how = "hashed" if report.full else "stat-checked"
+    summary = (
+        f"{report.environment.root} vs {report.lock} (target {report.target.name}): "
+        f"{report.distributions} distributions, {report.checked_files} files {how}"
+    )
+    if report.identical:
+        return f"ok: {summary}; identical"
+    lines = [summary]
+    groups = report.by_kind()
+    for kind in KINDS:
+        found = groups.get(kind, [])
+        if found:
+            lines.append(f"{_TITLES[kind]} ({len(found)}):")
+            lines.extend(f"  {_line(d)}" for d in found)
+    return "\n".join(lines)
+
+
+@click.command("verify")
+@click.argument("env", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(LOCK_FILENAME),
+    show_default=True,
+    help="The PEP 751 lock the environment must match.",
+)
+@click.option(
+    "--target",
+    "target_name",
+    metavar="NAME",
+    help="The lock target to compare with [default: the one fitting the env's Python "
+    "and this machine].",
+)
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    metavar="NAME",
+    help="Expect this dependency group (repeatable) [default: every group in the lock].",
+)
+@click.option("--full", is_flag=True, help="Also hash every file its RECORD lists (sha256).")
+@click.option(
+    "--ignore",
+    "ignore",
+    multiple=True,
+    metavar="NAME",
+    help="Leave this distribution out of the comparison (repeatable), e.g. pip.",
+)
+@json_option
+def command(
+    env: Path | None,
+    lock_path: Path,
+    target_name: str | None,
+    groups: tuple[str, ...],
+    full: bool,
+    ignore: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Check that ENV holds exactly the locked distributions, byte for byte.
+
+    ENV is a venv folder, an interpreter (e.g. a venv's bin/python), or a site-packages
+    folder [default: $VIRTUAL_ENV]. Exit 0 only when identical, 1 with every
+    difference otherwise: missing, extra and wrong-version distributions (by dist-info),
+    then changed, removed and added files.
+
+    The quick check stats every file each RECORD lists (existence and size) and looks
+    for files in package and .dist-info folders that no RECORD lists; --full also
+    compares every file's sha256 with its RECORD entry (a same-size edit needs it).
+    Byte-code in __pycache__ is not compared. Everything installed but not locked
+    (pip and setuptools too) counts as extra unless --ignore names it.
+
+    \b
+    Examples:
+      envship verify .venv
+      envship verify --lock pylock.toml /opt/env/bin/python --full
+      envship verify --ignore pip --json
+    """
+    lock = LockFile.load(lock_path)
+    target = lock.target(target_name) if target_name else None
+    report = verify(lock, env, target=target, groups=groups or None, full=full, ignore=ignore)
+    if not report.identical:
+        if not as_json:
+            click.echo(render_report(report))
+        # The one place errors become exit codes renders this (its JSON is the report).
+        raise VerifyMismatchError(report)
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        click.echo(render_report(report))

@@ -1,0 +1,502 @@
+"""Verify an installed environment against a PEP 751 lock, down to the RECORD hashes.
+
+Two questions, answered without running any installed code:
+
+1. Are exactly the locked distributions installed, at the locked versions? The expected
+   set is what :meth:`LockFile.select` picks for the target (PEP 751); the installed set
+   is every ``*.dist-info`` (PEP 376 / PEP 627) read through :mod:`importlib.metadata`.
+2. Are their files the files the installer wrote? Each distribution's ``RECORD``
+   (PEP 376, with the PEP 427 hash format: ``sha256=`` + urlsafe base64, no padding)
+   lists every file with its hash and size.
+
+Quick mode (the default) stats every RECORD-listed file (missing -> ``removed``, size
+differs -> ``changed``) and walks the distributions' top-level package folders and
+``.dist-info`` folders for files no RECORD lists (``added``). ``full`` also hashes every
+listed file, which is what catches a same-size edit. Byte-code under ``__pycache__`` is
+never compared: installers (pip lists it in RECORD without a hash) or Python itself may
+(re)compile it at any time. Entries without a hash (``RECORD`` itself) are checked for
+existence and size only. Anything installed but not locked is ``extra`` -- pip,
+setuptools and wheel too; ``ignore`` names distributions to leave out of the comparison
+entirely (uv-created venvs have no pip, the normal case). A distribution at the wrong
+version is reported once, as ``version``, and its files are not checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import Distribution, FileHash
+from pathlib import Path
+from typing import Any, Literal
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from .errors import EnvshipError, LockError, Problem, SpecError, TargetError
+from .lockfile import LockFile
+from .targets import Target, host_platform
+
+__all__ = [
+    "KINDS",
+    "Difference",
+    "DifferenceKind",
+    "InstalledEnvironment",
+    "VerifyMismatchError",
+    "choose_target",
+    "decode_record_hash",
+    "encode_record_hash",
+    "find_environment",
+    "hash_file",
+    "verify",
+]
+
+DifferenceKind = Literal["missing", "extra", "version", "changed", "removed", "added"]
+#: Report order: distribution-level differences first, then file-level ones.
+KINDS: tuple[DifferenceKind, ...] = ("missing", "extra", "version", "changed", "removed", "added")
+CHUNK = 1 << 20  # read files in 1 MiB chunks: hashlib releases the GIL on large updates
+_BUFFERS = threading.local()
+_PYTHON_DIR = re.compile(r"^python(\d+\.\d+)t?$")
+
+
+# -- RECORD hash format (PEP 376 / PEP 427) ---------------------------------------------
+
+
+def encode_record_hash(digest: bytes) -> str:
+    """A raw digest as RECORD writes it: urlsafe base64 without ``=`` padding (PEP 427)."""
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def decode_record_hash(value: str) -> bytes:
+    """The raw digest of a RECORD hash value; tolerates padding some tools leave in."""
+    value = value.rstrip("=")
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def hash_file(path: Path, algorithm: str = "sha256") -> tuple[int, bytes]:
+    """``(size, digest)`` of a file, read in :data:`CHUNK` pieces."""
+    h = hashlib.new(algorithm)
+    size = 0
+    buf: bytearray | None = getattr(_BUFFERS, "buf", None)
+    if buf is None:  # one buffer per thread, reused: most RECORD files are small
+        buf = _BUFFERS.buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return size, h.digest()
+
+
+# -- results ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One way the environment differs from the lock, and where."""
+
+    kind: DifferenceKind
+    name: str  # the distribution concerned
+    path: str  # a dist-info folder, an installed file, or (missing) the site-packages
+    expected: str | None = None
+    actual: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {f: getattr(self, f) for f in ("kind", "name", "path", "expected", "actual")}
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledEnvironment:
+    """Where an environment's distributions live and which Python it is for."""
+
+    root: Path  # what the user named: a venv, an interpreter or a site-packages folder
+    site_packages: tuple[Path, ...]  # purelib first; platlib too when it differs
+    python: str | None  # "3.11"; None when a bare folder does not say
+    interpreter: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The outcome of :func:`verify`; ``identical`` only when there is no difference."""
+
+    lock: Path
+    target: Target
+    environment: InstalledEnvironment
+    full: bool
+    distributions: int  # distributions the lock expects
+    checked_files: int  # RECORD entries stat-ed (quick) or hashed (full)
+    differences: tuple[Difference, ...]
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+    def by_kind(self) -> dict[DifferenceKind, list[Difference]]:
+        groups: dict[DifferenceKind, list[Difference]] = {}
+        for d in self.differences:
+            groups.setdefault(d.kind, []).append(d)
+        return groups
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identical": self.identical,
+            "lock": str(self.lock),
+            "target": self.target.name,
+            "env": str(self.environment.root),
+            "site_packages": str(self.environment.site_packages[0]),
+            "search_path": [str(p) for p in self.environment.site_packages],
+            "python": self.environment.python,
+            "mode": "full" if self.full else "quick",
+            "distributions": self.distributions,
+            "checked_files": self.checked_files,
+            "differences": [d.to_json() for d in self.differences],
+        }
+
+
+class VerifyMismatchError(EnvshipError):
+    """The environment differs from the lock; carries the whole report (exit code 1)."""
+
+    exit_code = 1
+    kind = "mismatch"
+
+    def __init__(self, report: VerifyReport) -> None:
+        n = len(report.differences)
+        super().__init__(
+            f"{report.environment.root} differs from {report.lock} "
+            f"(target {report.target.name}): {n} difference{'s' if n != 1 else ''}",
+            hint=None if report.full else "--full also compares every file's sha256",
+        )
+        self.report = report
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.report.to_json(), **super().to_json()}
+
+
+# -- finding the environment and its target ---------------------------------------------
+
+_PROBE = (
+    "import json, sys, sysconfig; p = sysconfig.get_paths(); "
+    "print(json.dumps({'purelib': p['purelib'], 'platlib': p['platlib'], "
+    "'python': '%d.%d' % sys.version_info[:2]}))"
+)
+
+
+def _python_from_path(site: Path) -> str | None:
+    for part in reversed(site.parts):
+        m = _PYTHON_DIR.match(part)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _venv(root: Path) -> InstalledEnvironment:
+    cfg: dict[str, str] = {}
+    for line in (root / "pyvenv.cfg").read_text(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            cfg[key.strip()] = value.strip()
+    version = cfg.get("version_info") or cfg.get("version") or ""  # uv | stdlib venv
+    wanted = ".".join(version.split(".")[:2])
+    sites = sorted(p for p in (root / "lib").glob("python*/site-packages") if p.is_dir())
+    chosen = [p for p in sites if _python_from_path(p) == wanted] or sites
+    if len(chosen) != 1:
+        found = ", ".join(str(p) for p in sites) or "none"
+        raise SpecError(
+            f"cannot tell the site-packages of {root}",
+            problems=[Problem(str(root / "lib"), f"site-packages found: {found}")],
+            hint="pass the venv's bin/python or the site-packages folder instead",
+        )
+    return InstalledEnvironment(root, (chosen[0],), _python_from_path(chosen[0]) or wanted)
+
+
+def _interpreter(path: Path) -> InstalledEnvironment:
+    try:
+        out = subprocess.run(
+            [str(path), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SpecError(f"cannot run {path}", problems=[Problem(str(path), str(exc))]) from None
+    try:
+        data = json.loads(out.stdout)
+    except ValueError:
+        data = None
+    if out.returncode != 0 or not isinstance(data, dict):
+        raise SpecError(
+            f"{path} is not a working Python interpreter",
+            problems=[Problem(str(path), (out.stderr or out.stdout).strip()[-500:])],
+        )
+    sites = [Path(data["purelib"])]
+    if Path(data["platlib"]) != sites[0]:
+        sites.append(Path(data["platlib"]))
+    return InstalledEnvironment(path, tuple(sites), str(data["python"]), interpreter=path)
+
+
+def find_environment(
+    env: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> InstalledEnvironment:
+    """Resolve a venv folder, an interpreter or a site-packages folder (default: $VIRTUAL_ENV)."""
+    if env is None:
+        active = (os.environ if environ is None else environ).get("VIRTUAL_ENV")
+        if not active:
+            raise SpecError(
+                "no environment to verify",
+                hint="name one (a venv, its bin/python, or a site-packages folder) "
+                "or activate a virtual environment",
+            )
+        env = Path(active)
+    env = Path(os.path.abspath(env))  # absolute, but keep symlinks (bin/python -> ...)
+    if not env.exists():
+        raise SpecError(f"{env} does not exist", problems=[Problem(str(env), "no such path")])
+    if env.is_dir():
+        if (env / "pyvenv.cfg").is_file():
+            return _venv(env)
+        return InstalledEnvironment(env, (env,), _python_from_path(env))
+    return _interpreter(env)
+
+
+def _machine_glibc() -> tuple[int, int] | None:
+    try:
+        text = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):
+        return None
+    m = re.match(r"glibc (\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def choose_target(
+    lock: LockFile,
+    python: str | None,
+    *,
+    platform_id: str | None = None,
+    glibc: tuple[int, int] | None = None,
+) -> Target:
+    """The lock target for this machine and Python: several -> the highest glibc <= ours."""
+    if not lock.targets:
+        raise LockError(f"{lock.path} records no targets", hint="re-create it with `envship lock`")
+    platform_id = platform_id or host_platform()
+    glibc = glibc or _machine_glibc()
+    known = ", ".join(t.name for t in lock.targets) or "(none recorded)"
+    matching = [
+        t
+        for t in lock.targets
+        if t.platform.id == platform_id and (python is None or t.python == python)
+    ]
+    if glibc is not None and len(matching) > 1:
+        matching = [t for t in matching if tuple(map(int, t.glibc.split("."))) <= glibc]
+    if matching:
+        best = max(tuple(map(int, t.glibc.split("."))) for t in matching)
+        matching = [t for t in matching if tuple(map(int, t.glibc.split("."))) == best]
+    if len(matching) == 1:
+        return matching[0]
+    machine = f"{platform_id or 'an unknown platform'}, Python {python or 'unknown'}"
+    if glibc is not None:
+        machine += f", glibc {glibc[0]}.{glibc[1]}"
+    message = "several lock targets fit" if matching else "no lock target fits"
+    raise TargetError(
+        f"{message} this environment ({machine})",
+        problems=[Problem(str(lock.path), f"its targets: {known}")],
+        hint="name one with --target",
+    )
+
+
+# -- the comparison ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One RECORD line: ``path`` absolute and normalized, as :func:`os.walk` spells it."""
+
+    name: str
+    rel: str
+    path: str
+    hash: FileHash | None
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Installed:
+    key: str  # canonical name
+    name: str
+    version: str
+    dist_info: Path
+    record: tuple[_Entry, ...] | None  # None: no RECORD
+
+
+def _installed(sites: Iterable[Path]) -> list[_Installed]:
+    found: list[_Installed] = []
+    for site in sites:
+        for info in sorted([*site.glob("*.dist-info"), *site.glob("*.egg-info")]):
+            if not info.is_dir():
+                continue
+            dist = Distribution.at(info)
+            name = dist.metadata["Name"] or info.name.split("-")[0]
+            version = dist.metadata["Version"] or "(unknown)"
+            files = dist.files  # parsed once: it re-reads RECORD on every access
+            record = None
+            if files is not None:
+                record = tuple(
+                    _Entry(name, rel, os.path.normpath(os.path.join(site, rel)), f.hash, f.size)
+                    for f in files
+                    for rel in (str(f),)
+                )
+            found.append(_Installed(canonicalize_name(name), name, version, info, record))
+    return found
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def _is_bytecode(rel: str) -> bool:
+    return rel.endswith(".pyc") and "__pycache__/" in rel
+
+
+def _expected(entry: _Entry) -> str:
+    parts = [f"{entry.hash.mode}={entry.hash.value}"] if entry.hash else []
+    if entry.size is not None:
+        parts.append(f"size {entry.size}")
+    return ", ".join(parts) or "listed in RECORD"
+
+
+def _check(entry: _Entry, full: bool) -> Difference | None:
+    digest = None
+    try:
+        if full and entry.hash is not None:
+            size, digest = hash_file(Path(entry.path), entry.hash.mode)
+        else:
+            size = os.stat(entry.path).st_size
+    except FileNotFoundError:
+        return Difference("removed", entry.name, entry.path, _expected(entry))
+    except (OSError, ValueError) as exc:  # a folder where a file was, unreadable, bad algorithm
+        return Difference("changed", entry.name, entry.path, _expected(entry), str(exc))
+    if (entry.size is not None and size != entry.size) or (
+        digest is not None and entry.hash is not None
+        and digest != decode_record_hash(entry.hash.value)
+    ):  # fmt: skip
+        actual = f"size {size}"
+        if digest is not None and entry.hash is not None:
+            actual = f"{entry.hash.mode}={encode_record_hash(digest)}, {actual}"
+        return Difference("changed", entry.name, entry.path, _expected(entry), actual)
+    return None
+
+
+def _check_all(entries: list[_Entry], full: bool, workers: int | None) -> list[Difference]:
+    """Stat or hash every entry on a thread pool (hashlib and os.stat release the GIL).
+
+    Files of a chunk or more are one task each and go first; small ones go in batches,
+    so a pool task costs far less than the work in it.
+    """
+    big = [[e] for e in entries if (e.size or 0) >= CHUNK]
+    small = [e for e in entries if (e.size or 0) < CHUNK]
+    batches = sorted(big, key=lambda b: -(b[0].size or 0))
+    batches += [small[i : i + 256] for i in range(0, len(small), 256)]
+
+    def run(batch: list[_Entry]) -> list[Difference]:
+        return [d for e in batch if (d := _check(e, full)) is not None]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # None: the stdlib's default
+        return [d for found in pool.map(run, batches) for d in found]
+
+
+def _added(checked: list[_Installed], everyone: list[_Installed]) -> list[Difference]:
+    """Files inside the checked distributions' top-level folders that no RECORD lists.
+
+    The ``.dist-info`` folder counts too: installers record every file they write there.
+    """
+    known = {e.path for inst in everyone for e in inst.record or ()}
+    owners: dict[str, list[str]] = {}
+    for inst in checked:
+        for e in inst.record or ():
+            top, sep, _ = e.rel.partition("/")
+            if not sep or top in ("", "..", "__pycache__") or top.endswith(".egg-info"):
+                continue  # a top-level module, outside site-packages, byte-code, legacy
+            top = os.path.join(str(inst.dist_info.parent), top)
+            if inst.name not in owners.setdefault(top, []):
+                owners[top].append(inst.name)
+    diffs = []
+    for top, names in sorted(owners.items()):
+        for dirpath, _dirs, filenames in os.walk(top):
+            in_cache = os.path.basename(dirpath) == "__pycache__"
+            for fn in filenames:
+                path = os.path.join(dirpath, fn)
+                if path not in known and not (in_cache and fn.endswith(".pyc")):
+                    diffs.append(Difference("added", ", ".join(names), path, None, "not in RECORD"))
+    return diffs
+
+
+def verify(
+    lock: LockFile,
+    env: Path | InstalledEnvironment | None,
+    *,
+    target: Target | None = None,
+    groups: Collection[str] | None = None,
+    full: bool = False,
+    ignore: Collection[str] = (),
+    workers: int | None = None,
+) -> VerifyReport:
+    """Compare the distributions (and their RECORD files) in ``env`` with the lock.
+
+    ``env`` is anything :func:`find_environment` accepts (``None``: ``$VIRTUAL_ENV``);
+    ``target`` defaults to :func:`choose_target` for the environment's Python; ``groups``
+    as in :meth:`LockFile.select` (``None``: every group the lock has). Never prints.
+    """
+    environment = env if isinstance(env, InstalledEnvironment) else find_environment(env)
+    if target is None:
+        target = choose_target(lock, environment.python)
+    skip = {canonicalize_name(n) for n in ignore}
+    expected: dict[str, tuple[str, str]] = {
+        canonicalize_name(str(p.name)): (str(p.name), str(p.version))
+        for p, _artifact in lock.select(target, groups=groups)
+    }
+    expected = {k: v for k, v in expected.items() if k not in skip}
+    installed = _installed(environment.site_packages)
+    diffs: list[Difference] = []
+    verified: list[_Installed] = []
+    accounted: set[str] = set()  # locked names found installed, at any version
+    for inst in installed:
+        if inst.key in skip:
+            continue
+        want = expected.get(inst.key)
+        if want is None or (inst.key in accounted and _same_version(inst.version, want[1])):
+            # not locked, or a second dist-info of a name already installed as locked
+            diffs.append(Difference("extra", inst.name, str(inst.dist_info), None, inst.version))
+        elif _same_version(inst.version, want[1]):
+            verified.append(inst)
+        else:
+            diffs.append(
+                Difference("version", inst.name, str(inst.dist_info), want[1], inst.version)
+            )
+        accounted.add(inst.key)
+    where = str(environment.site_packages[0])
+    for key, (name, version) in expected.items():
+        if key not in accounted:
+            diffs.append(Difference("missing", name, where, version, None))
+    entries: list[_Entry] = []
+    for inst in verified:
+        if inst.record is None:  # PEP 376: RECORD is mandatory; without it nothing is known
+            path = str(inst.dist_info / "RECORD")
+            diffs.append(Difference("removed", inst.name, path, "RECORD"))
+        else:
+            entries.extend(e for e in inst.record if not _is_bytecode(e.rel))
+    diffs.extend(_check_all(entries, full, workers))
+    diffs.extend(_added(verified, installed))
+    diffs.sort(key=lambda d: (KINDS.index(d.kind), canonicalize_name(d.name), d.path))
+    return VerifyReport(
+        lock=lock.path,
+        target=target,
+        environment=environment,
+        full=full,
+        distributions=len(expected),
+        checked_files=len(entries),
+        differences=tuple(diffs),
+    )

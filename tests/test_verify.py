@@ -1,0 +1,436 @@
+"""``envship.verify`` against real uv-created environments built from real wheels.
+
+Every test builds a venv with ``uv venv`` and installs wheels from tests/indexlib.py
+with ``uv pip install --offline``, then damages it in one way and checks that exactly
+that damage is reported, with its path.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from uv import find_uv_bin
+
+from envship.errors import LockError, SpecError, TargetError
+from envship.lockfile import LockFile
+from envship.targets import host_platform
+from envship.verify import (
+    Difference,
+    choose_target,
+    decode_record_hash,
+    encode_record_hash,
+    find_environment,
+    hash_file,
+    verify,
+)
+from indexlib import _record_hash, build_wheel
+
+PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+PLATFORM = host_platform()
+BIG = 3 * (1 << 20) + 12345  # spans several 1 MiB read chunks
+
+# envship's targets are Linux x86_64 and aarch64; on anything else these tests must fail
+# loudly rather than quietly skip.
+assert PLATFORM is not None, "the verify tests need a Linux x86_64 or aarch64 machine"
+
+
+@dataclass(frozen=True)
+class Wheels:
+    dir: Path
+    alpha: Path
+    beta: Path
+    beta_11: Path
+    tool: Path
+    omega: Path  # installed by nobody's lock: the "extra" one
+    lock: Path  # alpha, beta 1.0, tool; omega only in the "dev" dependency group
+    lock_no_omega: Path  # alpha, beta 1.0, tool
+
+
+def target_table(name: str = "linux-x86_64", glibc: str = "2.28", variant: str = "cpu") -> str:
+    return (
+        f'{{name = "{name}", platform = "{PLATFORM}", python = "{PYTHON}", '
+        f'glibc = "{glibc}", variant = "{variant}"}}'
+    )
+
+
+def write_lock(
+    path: Path,
+    wheels: Iterable[Path],
+    *,
+    targets: Sequence[str] = (),
+    dev: Sequence[Path] = (),
+) -> Path:
+    """A hand-written PEP 751 lock; ``dev`` wheels are only in the "dev" group."""
+    lines = ['lock-version = "1.0"', 'created-by = "test"']
+    if dev:
+        lines.append('dependency-groups = ["dev"]')
+    lines.append("")
+    for whl in [*wheels, *dev]:
+        name, version = whl.name.split("-")[:2]
+        sha = hashlib.sha256(whl.read_bytes()).hexdigest()
+        lines += ["[[packages]]", f'name = "{name}"', f'version = "{version}"']
+        if whl in dev:
+            lines.append("marker = \"'dev' in dependency_groups\"")
+        url = f"https://example.invalid/files/{whl.name}"
+        lines += [f'wheels = [{{url = "{url}", hashes = {{sha256 = "{sha}"}}}}]', ""]
+    tables = ", ".join(targets or [target_table()])
+    lines += ["[tool.envship]", f"targets = [{tables}]"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
+    out = tmp_path_factory.mktemp("verify-wheels")
+    data = {"alpha/data.bin": "".join(chr(48 + i % 64) for i in range(BIG))}
+    alpha = build_wheel(out, "alpha", "1.0", requires=["beta>=1.0"], files=data)
+    beta = build_wheel(out, "beta", "1.0")
+    beta_11 = build_wheel(out / "v11", "beta", "1.1")
+    tool = build_wheel(out, "tool", "1.0", scripts={"tool": "tool:main"})
+    omega = build_wheel(out / "extra", "omega", "1.0")
+    base = [alpha, beta, tool]
+    return Wheels(
+        out,
+        alpha,
+        beta,
+        beta_11,
+        tool,
+        omega,
+        lock=write_lock(out / "pylock.toml", base, dev=[omega]),
+        lock_no_omega=write_lock(out / "pylock-base.toml", base),
+    )
+
+
+@dataclass(frozen=True)
+class Venv:
+    root: Path
+    cache: Path
+
+    @property
+    def python(self) -> Path:
+        return self.root / "bin" / "python"
+
+    @property
+    def site(self) -> Path:
+        return self.root / "lib" / f"python{PYTHON}" / "site-packages"
+
+    def uv(self, *args: str | Path) -> None:
+        env = {**os.environ, "UV_CACHE_DIR": str(self.cache)}
+        for var in ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "VIRTUAL_ENV"):
+            env.pop(var, None)
+        cmd = [find_uv_bin(), *map(str, args)]
+        subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+
+    def install(self, *wheels: Path) -> None:
+        self.uv(
+            "pip", "install", "--no-config", "--python", self.python,
+            "--no-index", "--offline", *wheels,
+        )  # fmt: skip
+
+
+def make_venv(tmp_path: Path, wheels: Wheels) -> Venv:
+    venv = Venv(tmp_path / "venv", tmp_path / "uv-cache")
+    venv.uv("venv", "--no-config", "--python", sys.executable, venv.root)
+    venv.install(wheels.alpha, wheels.beta, wheels.tool)
+    return venv
+
+
+@pytest.fixture
+def venv(tmp_path: Path, wheels: Wheels) -> Venv:
+    return make_venv(tmp_path, wheels)
+
+
+def kinds(diffs: Iterable[Difference]) -> list[tuple[str, str, str]]:
+    return [(d.kind, d.name, d.path) for d in diffs]
+
+
+# -- corruptions: each returns the (kind, name, path) the report must hold --------------
+
+Expect = tuple[str, str, str]
+
+
+def _delete_dist_info(v: Venv, w: Wheels) -> Expect:
+    shutil.rmtree(v.site / "beta-1.0.dist-info")
+    return ("missing", "beta", str(v.site))
+
+
+def _append_to_file(v: Venv, w: Wheels) -> Expect:
+    path = v.site / "alpha" / "__init__.py"
+    path.write_text(path.read_text() + "import os\n")
+    return ("changed", "alpha", str(path))
+
+
+def _same_size_edit(v: Venv, w: Wheels) -> Expect:
+    path = v.site / "alpha" / "data.bin"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 + 7] ^= 0x01  # one bit, in the middle of the third 1 MiB chunk
+    path.write_bytes(bytes(data))
+    return ("changed", "alpha", str(path))
+
+
+def _stray_module(v: Venv, w: Wheels) -> Expect:
+    path = v.site / "alpha" / "sub" / "evil.py"
+    path.parent.mkdir()
+    path.write_text("print('hello')\n")
+    return ("added", "alpha", str(path))
+
+
+def _metadata_file(v: Venv, w: Wheels) -> Expect:
+    path = v.site / "beta-1.0.dist-info" / "entry_points.txt"
+    path.write_text("[console_scripts]\nbeta = os:system\n")
+    return ("added", "beta", str(path))
+
+
+def _delete_file(v: Venv, w: Wheels) -> Expect:
+    (v.site / "beta" / "__init__.py").unlink()
+    return ("removed", "beta", str(v.site / "beta" / "__init__.py"))
+
+
+def _delete_script(v: Venv, w: Wheels) -> Expect:
+    (v.root / "bin" / "tool").unlink()
+    return ("removed", "tool", str(v.root / "bin" / "tool"))
+
+
+def _delete_record(v: Venv, w: Wheels) -> Expect:
+    record = v.site / "tool-1.0.dist-info" / "RECORD"
+    record.unlink()
+    return ("removed", "tool", str(record))
+
+
+def _install_extra(v: Venv, w: Wheels) -> Expect:
+    v.install(w.omega)
+    return ("extra", "omega", str(v.site / "omega-1.0.dist-info"))
+
+
+def _install_other_version(v: Venv, w: Wheels) -> Expect:
+    v.install(w.beta_11)
+    return ("version", "beta", str(v.site / "beta-1.1.dist-info"))
+
+
+CORRUPTIONS: list[tuple[Callable[[Venv, Wheels], Expect], bool]] = [
+    # (corruption, does the quick check see it?)
+    (_delete_dist_info, True),
+    (_append_to_file, True),  # size differs from RECORD: a stat sees it
+    (_same_size_edit, False),  # same size: only --full's hash sees it (documented)
+    (_stray_module, True),
+    (_metadata_file, True),
+    (_delete_file, True),
+    (_delete_script, True),
+    (_delete_record, True),
+    (_install_extra, True),
+    (_install_other_version, True),
+]
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["quick", "full"])
+def test_pristine_env_is_identical(venv: Venv, wheels: Wheels, full: bool) -> None:
+    report = verify(LockFile.load(wheels.lock_no_omega), venv.root, full=full)
+    assert report.identical, report.differences
+    assert report.target.name == "linux-x86_64"
+    assert report.environment.site_packages == (venv.site,)
+    assert report.environment.python == PYTHON
+    assert report.distributions == 3
+    # every RECORD line (RECORD itself only stat-ed), the script in bin/ included
+    records = [venv.site / f"{n}-1.0.dist-info" / "RECORD" for n in ("alpha", "beta", "tool")]
+    assert report.checked_files == sum(len(r.read_text().splitlines()) for r in records)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "quick_sees"), CORRUPTIONS, ids=[c.__name__.strip("_") for c, _ in CORRUPTIONS]
+)
+@pytest.mark.parametrize("full", [False, True], ids=["quick", "full"])
+def test_each_corruption_is_reported_with_its_path(
+    venv: Venv,
+    wheels: Wheels,
+    corrupt: Callable[[Venv, Wheels], Expect],
+    quick_sees: bool,
+    full: bool,
+) -> None:
+    expected = corrupt(venv, wheels)
+    report = verify(LockFile.load(wheels.lock_no_omega), venv.root, full=full)
+    if full or quick_sees:
+        assert kinds(report.differences) == [expected]
+        assert not report.identical
+    else:
+        assert report.identical, report.differences
+
+
+def test_same_size_edit_names_both_hashes(venv: Venv, wheels: Wheels) -> None:
+    path = venv.site / "alpha" / "data.bin"
+    _same_size_edit(venv, wheels)
+    (diff,) = verify(LockFile.load(wheels.lock_no_omega), venv.root, full=True).differences
+    size, digest = hash_file(path)
+    assert diff.actual == f"sha256={encode_record_hash(digest)}, size {size}"
+    record = (venv.site / "alpha-1.0.dist-info" / "RECORD").read_text()
+    line = next(ln for ln in record.splitlines() if ln.startswith("alpha/data.bin,"))
+    _, recorded, recorded_size = line.split(",")
+    assert diff.expected == f"{recorded}, size {recorded_size}"
+    assert recorded != f"sha256={encode_record_hash(digest)}"
+
+
+def test_wrong_version_is_not_also_missing(venv: Venv, wheels: Wheels) -> None:
+    venv.install(wheels.beta_11)
+    (diff,) = verify(LockFile.load(wheels.lock_no_omega), venv.root).differences
+    assert (diff.kind, diff.expected, diff.actual) == ("version", "1.0", "1.1")
+
+
+def test_bytecode_compiled_later_is_not_a_difference(venv: Venv, wheels: Wheels) -> None:
+    subprocess.run([str(venv.python), "-m", "compileall", "-q", str(venv.site)], check=True)
+    assert list((venv.site / "alpha" / "__pycache__").glob("*.pyc"))
+    report = verify(LockFile.load(wheels.lock_no_omega), venv.root, full=True)
+    assert report.identical, report.differences
+
+
+def test_ignore_leaves_a_distribution_out(venv: Venv, wheels: Wheels) -> None:
+    venv.install(wheels.omega)
+    lock = LockFile.load(wheels.lock_no_omega)
+    assert kinds(verify(lock, venv.root).differences)[0][:2] == ("extra", "omega")
+    assert verify(lock, venv.root, ignore=["Omega"], full=True).identical
+
+
+def test_dependency_groups_change_the_expected_set(venv: Venv, wheels: Wheels) -> None:
+    lock = LockFile.load(wheels.lock)  # omega only in group "dev"
+    assert [d.kind for d in verify(lock, venv.root).differences] == ["missing"]
+    assert verify(lock, venv.root, groups=[]).identical
+    venv.install(wheels.omega)
+    assert verify(lock, venv.root, groups=["dev"], full=True).identical
+    assert [d.kind for d in verify(lock, venv.root, groups=[]).differences] == ["extra"]
+
+
+@pytest.mark.parametrize("how", ["venv", "interpreter", "site-packages"])
+def test_every_way_of_naming_the_env_finds_the_same_site(
+    venv: Venv, wheels: Wheels, how: str
+) -> None:
+    path = {"venv": venv.root, "interpreter": venv.python, "site-packages": venv.site}[how]
+    env = find_environment(path)
+    assert env.site_packages == (venv.site,)
+    assert env.python == PYTHON
+    assert (env.interpreter is not None) == (how == "interpreter")
+    _stray_module(venv, wheels)
+    report = verify(LockFile.load(wheels.lock_no_omega), path, full=True)
+    assert [d.kind for d in report.differences] == ["added"]
+
+
+def test_default_env_is_the_active_venv(venv: Venv, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIRTUAL_ENV", str(venv.root))
+    assert find_environment(None).site_packages == (venv.site,)
+    monkeypatch.delenv("VIRTUAL_ENV")
+    with pytest.raises(SpecError, match="no environment") as info:
+        find_environment(None)
+    assert info.value.hint is not None and "activate" in info.value.hint
+
+
+def test_not_an_interpreter_is_a_clear_error(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(SpecError, match="not a working Python") as info:
+        find_environment(fake)
+    assert "broken" in str(info.value)
+    with pytest.raises(SpecError, match="does not exist"):
+        find_environment(tmp_path / "nope")
+
+
+def test_target_choice_by_glibc(tmp_path: Path, wheels: Wheels) -> None:
+    targets = [target_table(f"g{g}", glibc=f"2.{g}") for g in (17, 28, 34)]
+    lock = LockFile.load(write_lock(tmp_path / "l.toml", [wheels.beta], targets=targets))
+    assert choose_target(lock, PYTHON, glibc=(2, 36)).name == "g34"
+    assert choose_target(lock, PYTHON, glibc=(2, 31)).name == "g28"
+    assert choose_target(lock, PYTHON, glibc=(2, 17)).name == "g17"
+    with pytest.raises(TargetError, match="no lock target fits"):
+        choose_target(lock, PYTHON, glibc=(2, 12))
+    with pytest.raises(TargetError, match="no lock target fits"):
+        choose_target(lock, "2.7", glibc=(2, 36))
+    with pytest.raises(TargetError, match="no lock target fits"):
+        choose_target(lock, PYTHON, platform_id="linux-riscv64")
+
+
+def test_target_choice_refuses_to_guess_between_variants(tmp_path: Path, wheels: Wheels) -> None:
+    targets = [target_table("cpu"), target_table("gpu", variant="cuda")]
+    lock = LockFile.load(write_lock(tmp_path / "l.toml", [wheels.beta], targets=targets))
+    with pytest.raises(TargetError, match="several lock targets fit") as info:
+        choose_target(lock, PYTHON, glibc=(2, 36))
+    assert info.value.hint is not None and "--target" in info.value.hint
+    report = verify(lock, tmp_path, target=lock.target("gpu"))  # an empty "site-packages"
+    assert kinds(report.differences) == [("missing", "beta", str(tmp_path))]
+
+
+# -- the RECORD hash format (PEP 376 / PEP 427) -----------------------------------------
+
+
+@given(st.binary(max_size=4096))
+def test_record_hash_round_trips_and_matches_wheel_builders(data: bytes) -> None:
+    digest = hashlib.sha256(data).digest()
+    encoded = encode_record_hash(digest)
+    assert "=" not in encoded and "+" not in encoded and "/" not in encoded
+    assert decode_record_hash(encoded) == digest
+    assert f"sha256={encoded}" == _record_hash(data)  # what tests/indexlib.py writes
+    padded = base64.urlsafe_b64encode(digest).decode()  # some tools keep the padding
+    assert decode_record_hash(padded) == digest
+
+
+@given(st.binary(min_size=0, max_size=64))
+def test_any_digest_length_round_trips(digest: bytes) -> None:
+    assert decode_record_hash(encode_record_hash(digest)) == digest
+
+
+@settings(max_examples=30)
+@given(st.binary(max_size=2048), st.integers(min_value=0, max_value=3))
+def test_hash_file_agrees_with_hashlib(
+    tmp_path_factory: pytest.TempPathFactory, head: bytes, chunks: int
+) -> None:
+    data = head + b"\xa5" * ((1 << 20) * chunks)  # up to three whole chunks and a tail
+    path = tmp_path_factory.getbasetemp() / "hash-file-example"
+    path.write_bytes(data)
+    assert hash_file(path) == (len(data), hashlib.sha256(data).digest())
+    assert hash_file(path, "sha512") == (len(data), hashlib.sha512(data).digest())
+
+
+def test_pip_installed_env_with_bytecode_in_record(tmp_path: Path, wheels: Wheels) -> None:
+    """pip compiles byte-code and lists it in RECORD without a hash: never a difference."""
+    root = tmp_path / "pipenv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--isolated", "--python", str(root / "bin" / "python"),
+         "install", "--quiet", "--no-index", "--no-deps",
+         str(wheels.alpha), str(wheels.beta), str(wheels.tool)],
+        check=True, env=env,
+    )  # fmt: skip
+    site = root / "lib" / f"python{PYTHON}" / "site-packages"
+    record = (site / "beta-1.0.dist-info" / "RECORD").read_text()
+    assert "beta/__pycache__/__init__.cpython-" in record  # pip listed the .pyc it wrote
+    shutil.rmtree(site / "beta" / "__pycache__")  # Python re-creates it on next import
+    lock = LockFile.load(wheels.lock_no_omega)
+    assert verify(lock, root, full=True).identical
+    (site / "beta" / "__init__.py").write_text("x = 1\n")
+    assert kinds(verify(lock, root, full=True).differences) == [
+        ("changed", "beta", str(site / "beta" / "__init__.py"))
+    ]
+
+
+def test_lock_without_targets_is_a_clear_error(tmp_path: Path, wheels: Wheels) -> None:
+    text = write_lock(tmp_path / "l.toml", [wheels.beta]).read_text()
+    (tmp_path / "l.toml").write_text(text.split("[tool.envship]")[0])
+    with pytest.raises(LockError, match="records no targets"):
+        verify(LockFile.load(tmp_path / "l.toml"), tmp_path)
+
+
+def test_a_second_dist_info_of_a_locked_name_is_extra(venv: Venv, wheels: Wheels) -> None:
+    copy = venv.site / "Beta-1.0.dist-info"  # e.g. left behind by a case-insensitive copy
+    shutil.copytree(venv.site / "beta-1.0.dist-info", copy)
+    report = verify(LockFile.load(wheels.lock_no_omega), venv.root, full=True)
+    (diff,) = report.differences  # one of the two is checked, the other is extra
+    assert (diff.kind, diff.name, diff.actual) == ("extra", "beta", "1.0")
+    assert diff.path in (str(copy), str(venv.site / "beta-1.0.dist-info"))
