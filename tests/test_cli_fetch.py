@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import envship.fetch
+import envship._http
 from envship._http import Credential, HttpClient, RetryPolicy
 from envship.cli import fetch as fetch_cli
 from envship.cli import main as cli_main
@@ -26,7 +26,7 @@ FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
 def _fast_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     # The CLI uses the default retry policy; shrink its pauses so failing tests stay fast.
-    monkeypatch.setattr(envship.fetch, "HttpClient", functools.partial(HttpClient, retry=FAST))
+    monkeypatch.setattr(envship._http, "HttpClient", functools.partial(HttpClient, retry=FAST))
     # Register only this command: the other command modules are not ours to depend on.
     monkeypatch.setattr(cli_main, "_register", lambda: cli_main.cli.add_command(fetch_cli.command))
     yield
@@ -175,7 +175,7 @@ def test_credentials_from_spec_beside_the_lock(
         seen.append(client)
         return client
 
-    monkeypatch.setattr(envship.fetch, "HttpClient", spy)
+    monkeypatch.setattr(envship._http, "HttpClient", spy)
     code, _, err = run(capsys, "--lock", str(lock_path), "--store", str(tmp_path / "s"))
     assert code == 0, err
     assert seen[0].credentials_for(f"{index_server.url}/files/{BETA}") == ("alice", "s3cret")

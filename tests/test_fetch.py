@@ -365,7 +365,7 @@ def test_concurrent_processes_share_one_store(
 
 _CLI_SCRIPT = """
 import functools, sys
-import envship.fetch
+import envship._http
 from envship._http import HttpClient, RetryPolicy
 from envship.cli import fetch as fetch_cli, main
 
@@ -375,7 +375,7 @@ class Hold(RetryPolicy):
     def delay(self, attempt, rng):
         return 3600.0
 
-envship.fetch.HttpClient = functools.partial(HttpClient, retry=Hold())
+envship._http.HttpClient = functools.partial(HttpClient, retry=Hold())
 main._register = lambda: main.cli.add_command(fetch_cli.command)
 sys.exit(main.main(sys.argv[1:]))
 """

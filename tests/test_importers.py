@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -528,6 +528,7 @@ _TEXT = st.one_of(st.text(), st.lists(st.sampled_from(_TOKENS), max_size=30).map
 
 @settings(max_examples=300, deadline=None)
 @given(_TEXT)
+@example("-r ~=")  # found by this test: "~=" read as the home of a user named "="
 def test_requirements_parser_only_raises_spec_error(text: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "requirements.txt"

@@ -9,6 +9,9 @@ three functions share their module's name, so they are imported from the module.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ArtifactError,
     EnvshipError,
@@ -22,14 +25,38 @@ from .errors import (
     TargetError,
     UnsupportedTargetError,
 )
-from .fetch import FetchedArtifact, FetchResult
-from .index import IndexExport, export_index
-from .install import InstallResult
-from .lock import LockResult, check_lock
 from .lockfile import Artifact, LockFile
 from .spec import IndexConfig, Spec, find_spec, load_spec, parse_spec
 from .store import Store
 from .targets import PLATFORMS, Platform, Target
+
+if TYPE_CHECKING:
+    from .fetch import FetchedArtifact, FetchResult
+    from .index import IndexExport, export_index
+    from .install import InstallResult
+    from .lock import LockResult, check_lock
+
+# Loaded on first use (PEP 562): the CLI imports this package for every command, and a
+# command should not pay for modules it does not run.
+_LAZY = {
+    "FetchedArtifact": "fetch",
+    "FetchResult": "fetch",
+    "IndexExport": "index",
+    "export_index": "index",
+    "InstallResult": "install",
+    "LockResult": "lock",
+    "check_lock": "lock",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -154,7 +154,11 @@ def _option(state: _State, where: str, line: str, base: Path, *, constraint: boo
         state.problems.append(Problem(where, f"{name} needs a value"))
     elif name in ("--requirement", "--constraint"):
         # pip resolves nested files relative to the file that names them.
-        target = Path(value).expanduser()
+        try:
+            target = Path(value).expanduser()
+        except RuntimeError:  # "~name" for a user that does not exist
+            state.problems.append(Problem(where, f"cannot expand {value!r}: no such user"))
+            return
         _read(state, target if target.is_absolute() else base / target, where,
               constraint=constraint or name == "--constraint")  # fmt: skip
     elif name == "--index-url":

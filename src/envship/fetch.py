@@ -21,12 +21,16 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._http import Cancelled, Credential, HttpClient
 from .errors import ArtifactError, EnvshipError, NetworkError, Problem, StoreError
 from .lockfile import Artifact, LockFile
 from .store import Store
+
+if TYPE_CHECKING:
+    # Imported when something must be downloaded: http.client, ssl and urllib cost
+    # more than the whole of a fetch that finds everything in the store.
+    from ._http import Credential, HttpClient
 
 __all__ = ["FetchResult", "FetchedArtifact", "fetch"]
 
@@ -108,6 +112,8 @@ def _artifact_lock(path: Path, cancel: threading.Event) -> Iterator[None]:
                     break
                 except BlockingIOError:
                     if cancel.wait(0.05):
+                        from ._http import Cancelled
+
                         raise Cancelled from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -234,7 +240,6 @@ def fetch(
     """
     artifacts = lock.artifacts(targets, groups=groups)
     store.ensure()
-    http = client if client is not None else HttpClient(credentials=credentials)
     have = {a.sha256 for a in artifacts if store.has(a.sha256)}
     todo = [a for a in artifacts if a.sha256 not in have]
     tally = _Tally(
@@ -244,10 +249,14 @@ def fetch(
     )
     tally.report()
     cancel = threading.Event()
-    worker = _Worker(store, http, lock.path.parent, tally, cancel)
     results: dict[str, tuple[FetchedArtifact, int]] = {}
     failures: list[tuple[Artifact, EnvshipError]] = []
     if todo:
+        if client is None:
+            from ._http import HttpClient
+
+            client = HttpClient(credentials=credentials)
+        worker = _Worker(store, client, lock.path.parent, tally, cancel)
         pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo))))
         try:
             futures: dict[Future[tuple[FetchedArtifact, int]], Artifact] = {

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .._http import Credential, index_credentials
 from ..errors import SpecError
 from ..fetch import FetchResult, fetch
 from ..lockfile import LOCK_FILENAME, LockFile
-from ..spec import find_spec, load_spec
 from ..store import Store
 from ._common import Progress, _size, echo_json, json_option
+
+if TYPE_CHECKING:
+    from .._http import Credential
 
 __all__ = ["command"]
 
 
 def _credentials(lock_path: Path) -> list[Credential]:
     """Index credentials from the spec beside the lock; none (netrc only) without one."""
+    from .._http import index_credentials
+    from ..spec import find_spec, load_spec
+
     try:
         spec_path = find_spec(lock_path.parent)
     except SpecError:
@@ -82,13 +87,18 @@ def command(
     """
     lock = LockFile.load(lock_path)
     store = Store.at(store_dir)
+    chosen_targets, chosen_groups = list(targets) or None, list(groups) or None
+    # Reading the spec for credentials is only worth it when something must be downloaded.
+    missing = any(
+        not store.has(a.sha256) for a in lock.artifacts(chosen_targets, groups=chosen_groups)
+    )
     result = fetch(
         lock,
         store,
-        targets=list(targets) or None,
-        groups=list(groups) or None,
+        targets=chosen_targets,
+        groups=chosen_groups,
         jobs=jobs,
-        credentials=_credentials(lock_path),
+        credentials=_credentials(lock_path) if missing else (),
         progress=Progress("fetch"),
     )
     if as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -11,8 +12,27 @@ from .. import __version__
 from ..errors import EnvshipError
 from ._common import render_error, reset_json
 
+# Command name -> module under envship.cli. Modules are imported when their command is
+# looked up, so `envship fetch` does not pay for importing the importers, the verifier
+# or the installer (imports are most of a fetch that finds everything in the store).
+_COMMANDS = ("init", "lock", "fetch", "index", "install", "verify")
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*_COMMANDS, *(n for n in self.commands if n not in _COMMANDS)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and cmd_name in _COMMANDS:
+            module = importlib.import_module(f"{__package__}.{cmd_name}")
+            found = module.command
+            assert isinstance(found, click.Command)
+            self.add_command(found, cmd_name)
+        return found
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="envship")
 def cli() -> None:
     """Lock, fetch, ship and verify one declared Python environment.
@@ -30,15 +50,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    # Imported here so each command group stays one module the others need not know.
-    from . import fetch, index, init, install, lock, verify
-
-    for module in (init, lock, fetch, index, install, verify):
-        cli.add_command(module.command)
+    """Load every command now (the group loads them on demand otherwise)."""
+    for name in _COMMANDS:
+        cli.get_command(click.Context(cli), name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _register()
     # --json sets a context variable; start each call clean (tests call main repeatedly).
     reset_json()
     try:
