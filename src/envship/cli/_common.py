@@ -11,13 +11,24 @@ import sys
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from ..errors import EnvshipError
 
-__all__ = ["Progress", "echo_json", "json_mode", "json_option", "render_error", "reset_json"]
+__all__ = [
+    "Progress",
+    "echo_json",
+    "groups_option",
+    "json_mode",
+    "json_option",
+    "lock_option",
+    "render_error",
+    "reset_json",
+    "store_option",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _JSON: ContextVar[bool] = ContextVar("envship_json", default=False)
@@ -104,3 +115,40 @@ def _size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def lock_option(help_text: str) -> Callable[[F], F]:
+    """``--lock FILE`` (default ./pylock.toml), passed as ``lock_path``."""
+    from ..lockfile import LOCK_FILENAME
+
+    return click.option(
+        "--lock",
+        "lock_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=Path(LOCK_FILENAME),
+        show_default=True,
+        help=help_text,
+    )
+
+
+def store_option(func: F) -> F:
+    """``--store DIR`` (or $ENVSHIP_STORE), passed as ``store_dir``."""
+    return click.option(
+        "--store",
+        "store_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="ENVSHIP_STORE",
+        default=None,
+        help="The artifact store [default: $ENVSHIP_STORE, else the user cache].",
+    )(func)
+
+
+def groups_option(verb: str) -> Callable[[F], F]:
+    """``--group NAME`` (repeatable), passed as ``groups``; default: every group."""
+    return click.option(
+        "--group",
+        "groups",
+        multiple=True,
+        metavar="NAME",
+        help=f"{verb} this dependency group (repeatable) [default: every group in the lock].",
+    )

@@ -9,9 +9,17 @@ import click
 
 from ..errors import SpecError
 from ..fetch import FetchResult, fetch
-from ..lockfile import LOCK_FILENAME, LockFile
+from ..lockfile import LockFile
 from ..store import Store
-from ._common import Progress, _size, echo_json, json_option
+from ._common import (
+    Progress,
+    _size,
+    echo_json,
+    groups_option,
+    json_option,
+    lock_option,
+    store_option,
+)
 
 if TYPE_CHECKING:
     from .._http import Credential
@@ -33,22 +41,8 @@ def _credentials(lock_path: Path) -> list[Credential]:
 
 
 @click.command("fetch")
-@click.option(
-    "--lock",
-    "lock_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path(LOCK_FILENAME),
-    show_default=True,
-    help="The PEP 751 lock file to fetch.",
-)
-@click.option(
-    "--store",
-    "store_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="ENVSHIP_STORE",
-    default=None,
-    help="The artifact store [default: $ENVSHIP_STORE, else the user cache].",
-)
+@lock_option("The PEP 751 lock file to fetch.")
+@store_option
 @click.option(
     "--target",
     "targets",
@@ -56,13 +50,7 @@ def _credentials(lock_path: Path) -> list[Credential]:
     metavar="NAME",
     help="Fetch for this target only (repeatable) [default: every target in the lock].",
 )
-@click.option(
-    "--group",
-    "groups",
-    multiple=True,
-    metavar="NAME",
-    help="Include this dependency group (repeatable) [default: every group in the lock].",
-)
+@groups_option("Include")
 @click.option(
     "-j",
     "--jobs",

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from ..index import export_index
-from ..lockfile import LOCK_FILENAME, LockFile
+from ..lockfile import LockFile
 from ..store import Store
-from ._common import Progress, echo_json, json_option
+from ._common import Progress, echo_json, groups_option, json_option, lock_option, store_option
 
 
 @click.group("index")
@@ -19,21 +19,8 @@ def command() -> None:
 
 @command.command("export")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option(
-    "--lock",
-    "lock_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path(LOCK_FILENAME),
-    show_default=True,
-    help="The PEP 751 lock whose artifacts to export.",
-)
-@click.option(
-    "--store",
-    "store_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    envvar="ENVSHIP_STORE",
-    help="The artifact store filled by `envship fetch` [env: ENVSHIP_STORE].",
-)
+@lock_option("The PEP 751 lock whose artifacts to export.")
+@store_option
 @click.option(
     "--target",
     "targets",
@@ -41,13 +28,7 @@ def command() -> None:
     metavar="NAME",
     help="Export only what this target (repeatable) installs; default: every target.",
 )
-@click.option(
-    "--group",
-    "groups",
-    multiple=True,
-    metavar="NAME",
-    help="Dependency group to include (repeatable); default: the lock's default groups.",
-)
+@groups_option("Include")
 @click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier export.")
 @json_option
 def export(

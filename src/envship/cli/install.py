@@ -7,31 +7,17 @@ from pathlib import Path
 import click
 
 from ..install import InstallResult, install
-from ..lockfile import LOCK_FILENAME, LockFile
+from ..lockfile import LockFile
 from ..store import Store
-from ._common import Progress, echo_json, json_option
+from ._common import Progress, echo_json, groups_option, json_option, lock_option, store_option
 
 __all__ = ["command"]
 
 
 @click.command("install")
 @click.argument("dest", metavar="PATH", type=click.Path(path_type=Path))
-@click.option(
-    "--lock",
-    "lock_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path(LOCK_FILENAME),
-    show_default=True,
-    help="The PEP 751 lock file to install.",
-)
-@click.option(
-    "--store",
-    "store_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="ENVSHIP_STORE",
-    default=None,
-    help="The artifact store [default: $ENVSHIP_STORE, else the user cache].",
-)
+@lock_option("The PEP 751 lock file to install.")
+@store_option
 @click.option(
     "--python",
     metavar="PY",
@@ -45,13 +31,7 @@ __all__ = ["command"]
     default=None,
     help="Install for this lock target [default: the one this machine matches].",
 )
-@click.option(
-    "--group",
-    "groups",
-    multiple=True,
-    metavar="NAME",
-    help="Include this dependency group (repeatable) [default: every group in the lock].",
-)
+@groups_option("Include")
 @click.option("--compile", "compile_bytecode", is_flag=True, help="Compile bytecode (.pyc).")
 @json_option
 def command(

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..lockfile import LOCK_FILENAME, LockFile
+from ..lockfile import LockFile
 from ..verify import KINDS, Difference, DifferenceKind, VerifyMismatchError, VerifyReport, verify
-from ._common import echo_json, json_option
+from ._common import echo_json, groups_option, json_option, lock_option
 
 __all__ = ["command", "render_report"]
 
@@ -55,14 +55,7 @@ def render_report(report: VerifyReport) -> str:
 
 @click.command("verify")
 @click.argument("env", required=False, type=click.Path(path_type=Path))
-@click.option(
-    "--lock",
-    "lock_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path(LOCK_FILENAME),
-    show_default=True,
-    help="The PEP 751 lock the environment must match.",
-)
+@lock_option("The PEP 751 lock the environment must match.")
 @click.option(
     "--target",
     "target_name",
@@ -70,13 +63,7 @@ def render_report(report: VerifyReport) -> str:
     help="The lock target to compare with [default: the one fitting the env's Python "
     "and this machine].",
 )
-@click.option(
-    "--group",
-    "groups",
-    multiple=True,
-    metavar="NAME",
-    help="Expect this dependency group (repeatable) [default: every group in the lock].",
-)
+@groups_option("Expect")
 @click.option("--full", is_flag=True, help="Also hash every file its RECORD lists (sha256).")
 @click.option(
     "--ignore",
