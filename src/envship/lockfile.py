@@ -27,7 +27,7 @@ from packaging.utils import parse_wheel_filename
 
 from ._toml import load_toml
 from .errors import LockError, Problem, TargetError, UnsupportedTargetError
-from .targets import Target
+from .targets import DEFAULT_GLIBC, Target
 
 __all__ = ["LOCK_FILENAME", "Artifact", "LockFile", "check_targets"]
 
@@ -107,7 +107,7 @@ class LockFile:
                         raw["name"],
                         platform_id=str(raw.get("platform", raw["name"])),
                         python=str(raw.get("python", "")),
-                        glibc=str(raw.get("glibc", "")),
+                        glibc=str(raw.get("glibc", DEFAULT_GLIBC)),
                         variant=str(raw.get("variant", "cpu")),
                         where=where,
                     )
