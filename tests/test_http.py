@@ -7,7 +7,6 @@ A tiny server of our own (rather than indexlib's) so each test can make it ignor
 from __future__ import annotations
 
 import base64
-import shutil
 import ssl
 import subprocess
 import tempfile
@@ -222,7 +221,6 @@ def test_unreachable_host_names_url_with_hint(tmp_path: Path) -> None:
     assert "after 3 attempts" in str(info.value) and info.value.hint
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_tls_trusts_ssl_cert_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
