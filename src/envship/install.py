@@ -15,8 +15,9 @@ empty is someone else's and is never touched. A failed *new* install is removed 
 One ``flock`` per destination serializes concurrent installs of the same path.
 
 uv needs the artifact's real file name to read its tags, while the store names files
-by sha256, so each artifact is hard-linked (or copied) into ``<dest>.envship-tmp/``
-under ``wheels/<sha256>/<filename>``: the hash in the path means a rebuilt artifact
+by sha256, so each artifact is taken from the store's stable ``named/<sha256>/<filename>``
+link (see :meth:`Store.named`; staged under ``<dest>.envship-tmp/`` when the store is
+read-only): the hash in the path means a rebuilt artifact
 with the same file name is a different URL to uv, which otherwise trusts an installed
 distribution from the same path without re-checking its hash. ``uv pip sync`` installs
 exactly the listed files (no resolution, no dependencies: the lock already fixed the
@@ -229,13 +230,18 @@ def _stage(
     done = 0
     lines: list[str] = []
     for artifact, src in sources:
-        folder = wheels / artifact.sha256
-        folder.mkdir(parents=True, exist_ok=True)
-        staged = folder / artifact.filename
         try:
-            os.link(src, staged)  # free on the same file system, and the store is read-only
+            staged = store.named(artifact.sha256, artifact.filename)
         except OSError:
-            shutil.copyfile(src, staged)
+            # A read-only (shared) store: stage next to dest instead. Correct, but uv then
+            # sees new paths and unpacks every wheel again.
+            folder = wheels / artifact.sha256
+            folder.mkdir(parents=True, exist_ok=True)
+            staged = folder / artifact.filename
+            try:
+                os.link(src, staged)
+            except OSError:
+                shutil.copyfile(src, staged)
         done += src.stat().st_size
         if progress is not None:
             progress(done, total, artifact.filename)

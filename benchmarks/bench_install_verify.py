@@ -1,0 +1,151 @@
+"""Install and verify the data-science set from a warm store; compare with uv, pip, sha256sum.
+
+Goals (issue 3): ``envship install`` at most 1.1x ``uv pip install`` of the same wheel
+files and at most 0.15x pip's time; ``envship verify --full`` within 2x of ``sha256sum``
+over the same files. Every side gets the same inputs: the wheels the lock selects for
+this machine, and one warm uv cache shared by envship and the uv baseline. pip compiles
+bytecode by default and envship does not; the table says so rather than hiding it.
+Run: ``python benchmarks/bench_install_verify.py`` (needs PyPI once, to fill the store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import tomli_w
+from _util import DS_SET, clean_env, envship_cmd, median, report, timed
+
+from envship.lock import uv_bin
+from envship.lockfile import LockFile
+from envship.targets import host_platform
+
+PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement")
+    args = parser.parse_args()
+    platform = host_platform()
+    if platform is None:
+        raise SystemExit("needs a Linux x86_64 or aarch64 machine")
+    with tempfile.TemporaryDirectory(prefix="envship-bench-") as tmp:
+        work = Path(tmp)
+        env = clean_env(UV_CACHE_DIR=str(work / "uv-cache"), ENVSHIP_STORE=str(work / "store"))
+        spec = {
+            "name": "ds",
+            "python": PY,
+            "dependencies": DS_SET,
+            "targets": {platform: {"glibc": "2.28"}},
+        }
+        (work / "envship.toml").write_text(tomli_w.dumps(spec))
+        lock_path = work / "pylock.toml"
+        timed([*envship_cmd(), "lock", "--spec", str(work)], env=env)
+        timed([*envship_cmd(), "fetch", "--lock", str(lock_path)], env=env)
+        lockfile = LockFile.load(lock_path)
+        wheels = work / "wheels"
+        wheels.mkdir()
+        for a in lockfile.artifacts():
+            shutil.copy(work / "store" / "sha256" / a.sha256[:2] / a.sha256, wheels / a.filename)
+        files = sorted(str(p) for p in wheels.iterdir())
+        install = [*envship_cmd(), "install", "--lock", str(lock_path), "--python", sys.executable]
+        timed([*install, str(work / "warmup")], env=env)  # warms uv's cache for both sides
+
+        ours, uv_times, pip_times = [], [], []
+        for i in range(args.repeat):
+            ours.append(timed([*install, str(work / f"ours{i}")], env=env))
+            venv = work / f"uv{i}"
+            uv_times.append(
+                timed([uv_bin(), "venv", "-q", "--python", sys.executable, str(venv)], env=env)
+                + timed(
+                    [
+                        uv_bin(),
+                        "pip",
+                        "install",
+                        "-q",
+                        "--offline",
+                        "--no-deps",
+                        "--python",
+                        str(venv / "bin" / "python"),
+                        *files,
+                    ],
+                    env=env,
+                )
+            )
+        for i in range(1 if args.repeat < 3 else 2):
+            venv = work / f"pip{i}"
+            pip_times.append(
+                timed([sys.executable, "-m", "venv", str(venv)], env=env)
+                + timed(
+                    [
+                        str(venv / "bin" / "python"),
+                        "-m",
+                        "pip",
+                        "install",
+                        "-q",
+                        "--isolated",
+                        "--no-index",
+                        "--no-deps",
+                        *files,
+                    ],
+                    env=env,
+                )
+            )
+        target = work / "ours0"
+        verify = [
+            *envship_cmd(),
+            "verify",
+            str(target),
+            "--lock",
+            str(lock_path),
+            "--full",
+            "--json",
+        ]
+        # Exit 0 means identical: the timed runs below measure a passing verification.
+        subprocess.run(verify, env=env, capture_output=True, check=True)
+        record_files = [
+            str(p)
+            for p in target.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.name != "RECORD"
+        ]
+        file_list = work / "files.txt"
+        file_list.write_text("\0".join(record_files))
+        sha_cmd = ["sh", "-c", f"xargs -0 sha256sum < {file_list} > /dev/null"]
+        verify_times = [timed(verify, env=env) for _ in range(args.repeat)]
+        sha_times = [timed(sha_cmd, env=env) for _ in range(args.repeat)]
+        print(f"{len(files)} wheels; {len(record_files)} installed files hashed by sha256sum")
+        report(
+            "install_verify",
+            [
+                {
+                    "what": "install vs uv pip install (warm uv cache)",
+                    "ours": median(ours),
+                    "baseline": median(uv_times),
+                    "ratio": median(ours) / median(uv_times),
+                    "goal": 1.1,
+                },
+                {
+                    "what": "install vs pip install (pip compiles .pyc)",
+                    "ours": median(ours),
+                    "baseline": median(pip_times),
+                    "ratio": median(ours) / median(pip_times),
+                    "goal": 0.15,
+                },
+                {
+                    "what": "verify --full vs sha256sum",
+                    "ours": median(verify_times),
+                    "baseline": median(sha_times),
+                    "ratio": median(verify_times) / median(sha_times),
+                    "goal": 2.0,
+                },
+            ],
+        )
+
+
+if __name__ == "__main__":
+    main()
