@@ -1,0 +1,209 @@
+"""``envship env``: persistent environments on a shared root (create, list, gc, check)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..envs import EnvError, check_env, create_env, gc, list_envs
+from ..lockfile import LockFile
+from ..store import Store
+from ._common import Progress, echo_json, groups_option, json_option, lock_option, store_option
+
+__all__ = ["command"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _root_option(func: F) -> F:
+    return click.option(
+        "--root",
+        "root",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="ENVSHIP_ROOT",
+        default=None,
+        help="The shared folder holding the environments [default: $ENVSHIP_ROOT].",
+    )(func)
+
+
+def _root(root: Path | None) -> Path:
+    if root is None:
+        raise EnvError(
+            "no environment root given",
+            hint="pass --root DIR or set ENVSHIP_ROOT to a folder on the shared volume "
+            "(for example an EFS mount seen by every instance)",
+        )
+    return root
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    # A callback rather than a ParamType: ParamType is generic only from click 8.2 on.
+    found = _DURATION.match(value.strip())
+    if found is None:
+        raise click.BadParameter(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
+    return timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@click.group("env")
+def command() -> None:
+    """Persistent environments on a shared root (EFS, NFS): one copy, every instance.
+
+    Each version is an immutable venv under ROOT/NAME/versions/KEY, made once from
+    (lock, target, groups, base Python); ROOT/NAME/current points at the one in use
+    and is switched atomically. Concurrent creators make one copy; a killed one
+    leaves nothing that is ever pointed at.
+    """
+
+
+@command.command("create")
+@click.argument("name")
+@_root_option
+@lock_option("The PEP 751 lock file to install.")
+@store_option
+@click.option(
+    "--python",
+    metavar="PY",
+    default=None,
+    help="Base interpreter (path or name on PATH) [default: the one running envship].",
+)
+@click.option(
+    "--target",
+    metavar="NAME",
+    default=None,
+    help="Install for this lock target [default: the one this machine matches].",
+)
+@groups_option("Include")
+@click.option("--compile", "compile_bytecode", is_flag=True, help="Compile bytecode (.pyc).")
+@json_option
+def create(
+    name: str,
+    root: Path | None,
+    lock_path: Path,
+    store_dir: Path | None,
+    python: str | None,
+    target: str | None,
+    groups: tuple[str, ...],
+    compile_bytecode: bool,
+    as_json: bool,
+) -> None:
+    """Create (or reuse) the version of NAME for the lock and make it current.
+
+    \b
+    Examples:
+      envship env create ds --root /mnt/efs/envs --lock pylock.toml
+      ENVSHIP_ROOT=/mnt/efs/envs envship env create ds --group dev --json
+    """
+    version = create_env(
+        LockFile.load(lock_path),
+        Store.at(store_dir),
+        _root(root),
+        name=name,
+        python=python,
+        target=target,
+        groups=list(groups) if groups else None,
+        compile_bytecode=compile_bytecode,
+        progress=Progress("stage"),
+    )
+    if as_json:
+        echo_json(version.to_json())
+    elif version.created:
+        click.echo(
+            f"created {name} version {version.key} (target {version.target.name}) "
+            f"in {version.seconds:.1f}s\n  python: {version.python}"
+        )
+    else:
+        click.echo(f"{name} is current at existing version {version.key}: {version.python}")
+
+
+@command.command("list")
+@_root_option
+@click.option("--sizes", is_flag=True, help="Also measure each version's disk use (slow).")
+@json_option
+def list_(root: Path | None, sizes: bool, as_json: bool) -> None:
+    """List the environments under the root and their versions."""
+    envs = list_envs(_root(root), sizes=sizes)
+    if as_json:
+        echo_json([e.to_json() for e in envs])
+        return
+    if not envs:
+        click.echo(f"no environments under {root}")
+    for env in envs:
+        click.echo(f"{env.name}  current: {env.current or '(none)'}")
+        for v in env.versions:
+            mark = "*" if v.current else " "
+            state = v.target if v.complete else "incomplete"
+            used = v.last_used.astimezone().strftime("%Y-%m-%d %H:%M")
+            size = f"  {_size(v.size)}" if sizes else ""
+            click.echo(f"  {mark} {v.key}  {state}  used {used}{size}")
+
+
+@command.command("gc")
+@_root_option
+@click.option(
+    "--older-than",
+    default="7d",
+    metavar="DURATION",
+    callback=_duration,
+    show_default=True,
+    help="Remove versions not current and unused for this long (30s, 15m, 12h, 7d).",
+)
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@json_option
+def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json: bool) -> None:
+    """Remove versions that are not current and have not been used for a while.
+
+    A version being created or switched to (its lock is held) is never removed.
+    """
+    result = gc(_root(root), older_than=older_than, dry_run=dry_run)
+    if as_json:
+        echo_json(result.to_json())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for v in result.removed:
+        state = "" if v.complete else " (incomplete)"
+        click.echo(f"{verb} {v.name}/{v.key}{state} {_size(v.size)}")
+    for v in result.busy:
+        click.echo(f"skipped {v.name}/{v.key}: in use by another process")
+    click.echo(
+        f"{verb} {len(result.removed)} version(s), {_size(result.freed)}; kept {result.kept}"
+    )
+
+
+@command.command("check")
+@click.argument("name")
+@_root_option
+@click.option(
+    "--python",
+    metavar="PY",
+    default=None,
+    help="Interpreter to check [default: the one the environment was built on].",
+)
+@json_option
+def check(name: str, root: Path | None, python: str | None, as_json: bool) -> None:
+    """Check that this machine can run NAME's current version (exit 2 if it cannot)."""
+    version = check_env(_root(root), name, python=python)
+    if as_json:
+        echo_json(version.to_json())
+    else:
+        click.echo(
+            f"{name} version {version.key} (target {version.target.name}) runs here: "
+            f"{version.python}"
+        )

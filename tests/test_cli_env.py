@@ -1,0 +1,160 @@
+"""``envship env`` through the real CLI entry point, with real venvs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from envship.cli.env import command
+from envship.cli.main import cli, main
+from envship.envs import USED_NAME
+from test_install import HOST, build_wheels, stocked_store, target, write_lock
+
+
+@pytest.fixture(autouse=True)
+def _registered() -> None:
+    cli.add_command(command)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    """A lock (alpha, beta, tool), a store holding it, and an env root in ENVSHIP_ROOT."""
+    wheels = build_wheels(tmp_path / "dist")
+    picked = [wheels[k] for k in ("alpha", "beta", "tool")]
+    lock = write_lock(tmp_path / "pylock.toml", picked, targets=[target()])
+    stocked_store(tmp_path / "store", picked)
+    root = tmp_path / "envs"
+    monkeypatch.delenv("ENVSHIP_ROOT", raising=False)
+    return lock.path, tmp_path / "store", root
+
+
+def test_create_list_check_gc(
+    setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock, store, root = setup
+    create = ["env", "create", "ds", "--root", str(root), "--lock", str(lock)]
+    create += ["--store", str(store)]
+
+    assert main([*create, "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["created"] is True and made["current"] is True
+    assert made["target"]["name"] == HOST and made["name"] == "ds"
+    path = Path(made["path"])
+    assert path == root / "ds" / "versions" / made["key"]
+    assert os.readlink(root / "ds" / "current") == f"versions/{made['key']}"
+    run = subprocess.run([str(path / "bin" / "tool")], capture_output=True, text=True)
+    assert run.stdout == "tool ran\n"
+
+    assert main(create) == 0
+    assert capsys.readouterr().out == (
+        f"ds is current at existing version {made['key']}: {path / 'bin' / 'python'}\n"
+    )
+
+    assert main(["env", "list", "--root", str(root), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["name"] for e in listed] == ["ds"] and listed[0]["current"] == made["key"]
+    (version,) = listed[0]["versions"]
+    assert version["complete"] is True and version["target"] == HOST
+    assert set(version) >= {"key", "path", "lock_digest", "last_used", "size", "groups"}
+
+    assert main(["env", "list", "--root", str(root), "--sizes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"ds  current: {made['key']}"
+    assert lines[1].startswith(f"  * {made['key']}  {HOST}  used ")
+    assert lines[1].endswith("KiB") or lines[1].endswith("MiB")
+
+    stamp = time.time() - 3 * 24 * 3600
+    os.utime(path / USED_NAME, (stamp, stamp))
+    assert main(["env", "check", "ds", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.startswith(f"ds version {made['key']} (target {HOST}) runs")
+    assert time.time() - (path / USED_NAME).stat().st_mtime < 3600  # resolving is a use
+    assert main(["env", "check", "ds", "--root", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["key"] == made["key"]
+
+    gc = ["env", "gc", "--root", str(root), "--older-than", "0s"]
+    assert main([*gc, "--dry-run"]) == 0
+    assert capsys.readouterr().out == "would remove 0 version(s), 0 B; kept 1\n"
+    assert main([*gc, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == {"removed": [], "busy": [], "kept": 1, "freed": 0, "dry_run": False}
+    assert path.is_dir()
+
+
+def test_gc_text_names_what_it_removes(
+    tmp_path: Path,
+    setup: tuple[Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lock, store, root = setup
+    monkeypatch.setenv("ENVSHIP_ROOT", str(root))  # instead of --root
+    base = ["env", "create", "ds", "--lock", str(lock), "--store", str(store), "--json"]
+    assert main(base) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*base, "--python", "/usr/bin/python3.11"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["created"] and second["key"] != first["key"]
+
+    stamp = time.time() - 2 * 3600
+    os.utime(Path(first["path"]) / USED_NAME, (stamp, stamp))
+    assert main(["env", "gc", "--older-than", "3h"]) == 0
+    assert capsys.readouterr().out == "removed 0 version(s), 0 B; kept 2\n"
+    assert main(["env", "gc", "--older-than", "90m"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"removed ds/{first['key']} ") and out[0].endswith("iB")
+    assert out[1].startswith("removed 1 version(s), ") and out[1].endswith("; kept 1")
+    assert not Path(first["path"]).exists()
+
+
+def test_missing_root_is_an_error_with_a_hint(
+    setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["env", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "error: no environment root given" in err
+    assert "hint: pass --root DIR or set ENVSHIP_ROOT" in err
+
+    assert main(["env", "gc", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["error"] == "env" and "ENVSHIP_ROOT" in data["hint"]
+
+
+def test_bad_input(
+    tmp_path: Path, setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock, store, root = setup
+    root.mkdir()
+    assert main(["env", "gc", "--root", str(root), "--older-than", "7 days"]) == 2
+    assert "not a duration like 30s, 15m, 12h or 7d" in capsys.readouterr().err
+
+    assert main(["env", "list", "--root", str(root)]) == 0
+    assert capsys.readouterr().out == f"no environments under {root}\n"
+
+    args = ["env", "create", "../up", "--root", str(root), "--lock", str(lock)]
+    assert main([*args, "--store", str(store)]) == 1
+    assert "invalid environment name '../up'" in capsys.readouterr().err
+
+    assert main(["env", "check", "nope", "--root", str(root), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["error"] == "env" and "no environment 'nope'" in data["message"]
+
+
+def test_check_refusal_exits_2(
+    setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock, store, root = setup
+    args = ["env", "create", "ds", "--root", str(root), "--lock", str(lock), "--store", str(store)]
+    assert main([*args, "--json"]) == 0
+    path = Path(json.loads(capsys.readouterr().out)["path"])
+    marker = json.loads((path / ".envship-install.json").read_text())
+    marker["target"]["glibc"] = "2.99"  # as if built on a newer image
+    (path / ".envship-install.json").write_text(json.dumps(marker))
+
+    assert main(["env", "check", "ds", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run on this machine" in err and "glibc 2.99 needed" in err

@@ -1,0 +1,451 @@
+"""``envship.envs``: persistent environments on a shared root, with real venvs, real uv
+and real concurrent processes (creators, a killed creator, gc beside a creator)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import envship.envs as envs_mod
+import envship.install as install_mod
+from envship.envs import (
+    USED_NAME,
+    EnvError,
+    check_env,
+    create_env,
+    gc,
+    list_envs,
+    version_key,
+)
+from envship.errors import LockError, Problem, TargetError
+from envship.host import probe
+from envship.install import INCOMPLETE_NAME, MARKER_NAME, InstallError
+from envship.lockfile import LockFile
+from envship.store import Store
+from test_install import OTHER_PY, build_wheels, run_py, stocked_store, target, versions, write_lock
+
+DAY = 24 * 3600
+
+
+@dataclass
+class Setup:
+    root: Path
+    store: Store
+    lock: LockFile  # alpha 1.0, beta 1.0, tool 1.0
+    newer: LockFile  # alpha 1.0, beta 1.1
+    wheels: dict[str, Path]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    wheels = build_wheels(tmp_path / "dist")
+    lock = write_lock(tmp_path / "pylock.toml", [wheels[k] for k in ("alpha", "beta", "tool")])
+    newer = write_lock(tmp_path / "newer.toml", [wheels["alpha"], wheels["beta11"]])
+    store = stocked_store(tmp_path / "store", list(wheels.values()))
+    return Setup(tmp_path / "envs", store, lock, newer, wheels)
+
+
+def fake_gpu(monkeypatch: pytest.MonkeyPatch, present: bool) -> None:
+    monkeypatch.setattr(envs_mod, "has_gpu", lambda: present)
+    monkeypatch.setattr(install_mod, "probe", lambda p=None: probe(p, gpu=lambda: present))
+
+
+@pytest.fixture(autouse=True)
+def _no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests use cpu targets; the machine's GPU (or lack of one) must not matter."""
+    fake_gpu(monkeypatch, False)
+
+
+def current(root: Path, name: str = "ds") -> str:
+    return os.readlink(root / name / "current")
+
+
+def age(path: Path, days: float) -> None:
+    """Pretend ``path`` was last touched ``days`` ago."""
+    stamp = time.time() - days * DAY
+    os.utime(path, (stamp, stamp), follow_symlinks=False)
+
+
+CHILD = """
+import json, os, signal, sys, time
+from pathlib import Path
+import envship.install as m
+from envship.envs import create_env
+from envship.lockfile import LockFile
+from envship.store import Store
+lock, store, root, mode, flag = sys.argv[1:6]
+real = m._run
+def run(args, *, what):
+    if args[1:3] == ["pip", "sync"]:
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "pause":
+            Path(flag + ".reached").touch()
+            while not Path(flag + ".release").exists():
+                time.sleep(0.02)
+    real(args, what=what)
+m._run = run
+if mode == "race":  # say ready, then start with every other racer at the same moment
+    Path(f"{flag}.ready-{os.getpid()}").touch()
+    while not Path(flag).exists():
+        time.sleep(0.005)
+v = create_env(LockFile.load(Path(lock)), Store(Path(store)), Path(root), name="ds")
+print(json.dumps(v.to_json()))
+"""
+
+
+def child(s: Setup, lock: LockFile, mode: str, flag: Path) -> subprocess.Popen[str]:
+    args = [str(lock.path), str(s.store.root), str(s.root), mode, str(flag)]
+    return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, text=True)
+
+
+def new_keys(root: Path, old: str) -> list[str]:
+    """Version folders other than ``old`` (not install's ``<key>.envship-tmp`` staging)."""
+    found = (root / "ds" / "versions").iterdir()
+    return [p.name for p in found if "." not in p.name and p.name != old]
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        assert proc.poll() is None, "the creator exited before reaching the install step"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_create_then_reuse_without_installing(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = setup
+    first = create_env(s.lock, s.store, s.root, name="ds")
+
+    assert first.created and first.current
+    assert first.key == version_key(
+        s.lock.digest, first.target.name, (), os.path.realpath(sys.executable)
+    )
+    assert first.path == s.root / "ds" / "versions" / first.key
+    assert current(s.root) == f"versions/{first.key}"  # relative: survives another mount
+    assert run_py(s.root / "ds" / "current", "import alpha, beta; print(beta.__version__)") == "1.0"
+    tool = first.path / "bin" / "tool"
+    assert subprocess.run([str(tool)], capture_output=True, text=True).stdout == "tool ran\n"
+    assert (first.path / MARKER_NAME).is_file() and (first.path / USED_NAME).is_file()
+    assert not list((s.root / "ds" / "versions").glob("*.envship-tmp"))
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an existing version must start neither uv nor an interpreter")
+
+    monkeypatch.setattr(envs_mod, "install", forbidden)
+    monkeypatch.setattr(envs_mod, "probe", forbidden)
+    age(first.path / USED_NAME, 3)
+    again = create_env(s.lock, s.store, s.root, name="ds")
+
+    assert not again.created and again.path == first.path and again.key == first.key
+    assert again.to_json()["python"] == str(first.path / "bin" / "python")
+    assert time.time() - (first.path / USED_NAME).stat().st_mtime < DAY  # use recorded
+
+
+def test_each_input_gets_its_own_version_and_current_follows(setup: Setup) -> None:
+    s = setup
+    one = create_env(s.lock, s.store, s.root, name="ds")
+    two = create_env(s.newer, s.store, s.root, name="ds")
+
+    assert two.created and two.key != one.key
+    assert current(s.root) == f"versions/{two.key}"
+    assert versions(two.path) == {"alpha": "1.0", "beta": "1.1"}
+    assert versions(one.path)["beta"] == "1.0"  # the old version is untouched (immutable)
+
+    # Back to the first lock: its version still exists, so it only becomes current again.
+    back = create_env(s.lock, s.store, s.root, name="ds")
+    assert not back.created and back.key == one.key and current(s.root) == f"versions/{one.key}"
+
+    # The base interpreter is part of the key; another name for the same file is not.
+    alias = s.root.parent / "bin" / "py"
+    alias.parent.mkdir()
+    alias.symlink_to(os.path.realpath(sys.executable))
+    assert create_env(s.lock, s.store, s.root, name="ds", python=str(alias)).key == one.key
+    system = create_env(s.lock, s.store, s.root, name="ds", python="/usr/bin/python3.11")
+    assert system.created and system.key != one.key
+    assert "home = /usr/bin" in (system.path / "pyvenv.cfg").read_text()
+
+    grouped = create_env(s.lock, s.store, s.root, name="ds", groups=[])
+    assert grouped.key == one.key  # the lock has no groups: [] and "all" are the same set
+    with pytest.raises(LockError, match="no dependency group 'docs'"):
+        create_env(s.lock, s.store, s.root, name="ds", groups=["docs"])
+
+    infos = list_envs(s.root)
+    assert [e.name for e in infos] == ["ds"]
+    listed = {v.key: v for v in infos[0].versions}
+    assert set(listed) == {one.key, two.key, system.key}
+    assert infos[0].current == one.key and listed[one.key].current  # the last create
+    assert not listed[system.key].current
+    assert all(v.complete for v in listed.values())
+    assert listed[two.key].lock_digest == s.newer.digest
+    assert json.loads(json.dumps(infos[0].to_json()))["versions"][0]["size"] is None
+    assert all((v.size or 0) > 0 for v in list_envs(s.root, sizes=True)[0].versions)
+
+
+def test_target_is_chosen_for_this_interpreter_without_starting_it(
+    tmp_path: Path, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheels = setup.wheels
+    lock = write_lock(
+        tmp_path / "two.toml",
+        [wheels["alpha"], wheels["beta"]],
+        targets=[target("old", glibc="2.17"), target("new", glibc="2.28")],
+    )
+    chosen = create_env(lock, setup.store, setup.root, name="two")
+    assert chosen.target.name == "new"  # the highest glibc level this host runs
+
+    monkeypatch.setattr(envs_mod, "probe", lambda *a, **k: pytest.fail("probed"))
+    explicit = create_env(lock, setup.store, setup.root, name="two", target="new")
+    assert not explicit.created and explicit.key == chosen.key
+    older = create_env(lock, setup.store, setup.root, name="two", target="old")
+    assert older.created and older.key != chosen.key and older.target.name == "old"
+
+
+def test_four_concurrent_creators_make_one_copy(setup: Setup) -> None:
+    s = setup
+    go = s.root.parent / "go"
+    procs = [child(s, s.lock, "race", go) for _ in range(4)]
+    deadline = time.monotonic() + 120
+    while len(list(go.parent.glob("go.ready-*"))) < 4:  # all imported and waiting
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+        time.sleep(0.01)
+    go.touch()
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+
+    assert [p.returncode for p in procs] == [0, 0, 0, 0]
+    results = [json.loads(out) for out in outs]
+    assert sum(r["created"] for r in results) == 1
+    assert len({r["path"] for r in results}) == 1
+    path = Path(results[0]["path"])
+    assert [p.name for p in (s.root / "ds" / "versions").iterdir()] == [path.name]
+    assert current(s.root) == f"versions/{path.name}"
+    assert run_py(path, "import alpha, beta; print('ok')") == "ok"
+    assert not list((s.root / "ds" / ".trash").glob("*"))
+
+
+@pytest.mark.parametrize("then", ["create", "gc"])
+def test_a_killed_creator_leaves_nothing_visible(setup: Setup, then: str) -> None:
+    s = setup
+    old = create_env(s.lock, s.store, s.root, name="ds")
+    proc = child(s, s.newer, "kill", s.root.parent / "unused")
+    proc.communicate(timeout=240)
+    assert proc.returncode == -signal.SIGKILL
+
+    (new_key,) = new_keys(s.root, old.key)
+    half = s.root / "ds" / "versions" / new_key
+    assert (half / INCOMPLETE_NAME).is_file() and not (half / MARKER_NAME).exists()
+    assert current(s.root) == f"versions/{old.key}"  # never pointed at the half-made one
+    assert run_py(s.root / "ds" / "current", "import beta; print(beta.__version__)") == "1.0"
+    listed = {v.key: v.complete for v in list_envs(s.root)[0].versions}
+    assert listed == {old.key: True, new_key: False}
+    with pytest.raises(EnvError):
+        create_env(s.newer, s.store, s.root, name="bad/name")
+
+    if then == "create":
+        again = create_env(s.newer, s.store, s.root, name="ds")
+        assert again.created and again.key == new_key
+        assert current(s.root) == f"versions/{new_key}"
+        assert versions(again.path) == {"alpha": "1.0", "beta": "1.1"}
+    else:
+        assert gc(s.root, older_than=timedelta(days=1)).removed == ()  # too recent
+        result = gc(s.root, older_than=timedelta(0))
+        assert [(v.key, v.complete) for v in result.removed] == [(new_key, False)]
+        assert not half.exists() and current(s.root) == f"versions/{old.key}"
+    assert not (s.root / "ds" / "versions" / f"{new_key}.envship-tmp").exists()
+    assert not list((s.root / "ds" / ".trash").iterdir())
+
+
+def test_gc_removes_old_unused_versions_but_never_current(setup: Setup) -> None:
+    s = setup
+    one = create_env(s.lock, s.store, s.root, name="ds")
+    two = create_env(s.newer, s.store, s.root, name="ds")
+    age(one.path / USED_NAME, 10)
+
+    dry = gc(s.root, older_than=timedelta(days=7), dry_run=True)
+    assert [v.key for v in dry.removed] == [one.key] and dry.dry_run
+    assert dry.freed > 0 and dry.kept == 1 and one.path.is_dir()
+
+    assert [v.key for v in gc(s.root, older_than=timedelta(days=11)).removed] == []
+    done = gc(s.root, older_than=timedelta(days=7))
+    assert [v.key for v in done.removed] == [one.key] and done.freed == dry.freed
+    assert not one.path.exists()
+    assert not (s.root / "ds" / ".locks" / f"{one.key}.lock").exists()
+    assert not list((s.root / "ds" / ".trash").iterdir())
+
+    age(two.path / USED_NAME, 30)
+    kept = gc(s.root, older_than=timedelta(0))
+    assert kept.removed == () and kept.kept == 1 and two.path.is_dir()
+    assert versions(s.root / "ds" / "current")["beta"] == "1.1"
+
+    # Removed, then wanted again: made afresh.
+    assert create_env(s.lock, s.store, s.root, name="ds").created
+
+
+def test_gc_beside_a_running_creator_skips_its_version(setup: Setup) -> None:
+    s = setup
+    one = create_env(s.lock, s.store, s.root, name="ds")
+    flag = s.root.parent / "pause"
+    proc = child(s, s.newer, "pause", flag)
+    try:
+        wait_for(flag.with_name("pause.reached"), proc)
+        (busy_key,) = new_keys(s.root, one.key)
+        age(s.root / "ds" / "versions" / busy_key, 30)  # old enough: only its lock saves it
+        age(one.path / USED_NAME, 30)
+        result = gc(s.root, older_than=timedelta(0))
+        assert [v.key for v in result.busy] == [busy_key] and not result.busy[0].complete
+        assert result.removed == () and result.kept == 1  # `one` is still current
+        assert (s.root / "ds" / "versions" / busy_key).is_dir()
+    finally:
+        flag.with_name("pause.release").touch()
+        out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0
+    made = json.loads(out)
+    assert made["created"] and made["key"] == busy_key
+    assert current(s.root) == f"versions/{busy_key}"
+    assert versions(Path(made["path"])) == {"alpha": "1.0", "beta": "1.1"}
+    # Now it is idle and `one` is neither current nor recent: gc takes `one`.
+    assert [v.key for v in gc(s.root, older_than=timedelta(days=1)).removed] == [one.key]
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[None]:
+    """install() writes part of the version, then the disk is full."""
+
+    def install(lock: LockFile, store: Store, dest: Path, **kwargs: Any) -> Any:
+        (dest / "bin").mkdir(parents=True)
+        (dest / "bin" / "python").symlink_to(sys.executable)
+        (dest / INCOMPLETE_NAME).write_text("install in progress\n")
+        (dest / "lib.so").write_bytes(b"\0" * 4096)
+        if request.param == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise InstallError(
+            "installing 2 packages failed (uv exit code 2)",
+            problems=[Problem("uv", "error: No space left on device (os error 28)")],
+        )
+
+    monkeypatch.setattr(envs_mod, "install", install)
+    yield
+
+
+@pytest.mark.parametrize("full_disk", ["oserror", "uv"], indirect=True)
+def test_a_full_disk_leaves_the_version_invisible(setup: Setup, full_disk: None) -> None:
+    s = setup
+    with pytest.raises(EnvError) as err:
+        create_env(s.lock, s.store, s.root, name="ds")
+
+    assert err.value.kind == "env"
+    assert "is full" in err.value.message and str(s.root) in err.value.message
+    assert err.value.hint and "gc" in err.value.hint
+    assert not (s.root / "ds" / "current").is_symlink()
+    assert list((s.root / "ds" / "versions").iterdir()) == []  # space handed back
+    assert list_envs(s.root)[0].versions == ()
+
+
+def test_a_full_disk_keeps_the_old_current(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = setup
+    old = create_env(s.lock, s.store, s.root, name="ds")
+
+    def install(lock: LockFile, store: Store, dest: Path, **kwargs: Any) -> Any:
+        dest.mkdir(parents=True)
+        (dest / "partial").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(envs_mod, "install", install)
+    with pytest.raises(EnvError, match="is full"):
+        create_env(s.newer, s.store, s.root, name="ds")
+    assert current(s.root) == f"versions/{old.key}"
+    assert [v.key for v in list_envs(s.root)[0].versions] == [old.key]
+
+    monkeypatch.setattr(envs_mod, "install", install_mod.install)
+    assert create_env(s.newer, s.store, s.root, name="ds").created  # space back: it works
+
+
+def test_check_accepts_this_machine_and_records_use(setup: Setup) -> None:
+    s = setup
+    made = create_env(s.lock, s.store, s.root, name="ds")
+    age(made.path / USED_NAME, 5)
+
+    checked = check_env(s.root, "ds")
+    assert checked.key == made.key and checked.target == made.target
+    assert checked.path == made.path and not checked.created and checked.current
+    assert time.time() - (made.path / USED_NAME).stat().st_mtime < DAY
+    assert check_env(s.root, "ds", python="/usr/bin/python3.11").key == made.key
+
+    with pytest.raises(EnvError, match="no environment 'other'"):
+        check_env(s.root, "other")
+    with pytest.raises(EnvError, match="does not exist"):
+        check_env(s.root / "missing", "ds")
+
+
+def rewrite_marker(path: Path, **changes: Any) -> None:
+    marker = json.loads((path / MARKER_NAME).read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        marker[section][key] = value
+    (path / MARKER_NAME).write_text(json.dumps(marker))
+
+
+def test_check_refuses_an_env_built_for_another_python_or_glibc(setup: Setup) -> None:
+    s = setup
+    made = create_env(s.lock, s.store, s.root, name="ds")
+    # As if made on another image: newer CPython, newer glibc.
+    rewrite_marker(made.path, target__python=OTHER_PY, target__glibc="2.99")
+
+    with pytest.raises(TargetError) as err:
+        check_env(s.root, "ds")
+    reasons = [p.message for p in err.value.problems]
+    assert any(f"Python {OTHER_PY} needed" in r for r in reasons)
+    assert any("glibc 2.99 needed" in r for r in reasons)
+    assert "cannot run on this machine" in err.value.message and err.value.hint
+
+    rewrite_marker(made.path, python__base="/nonexistent/bin/python3")
+    with pytest.raises(TargetError, match="cannot run") as err:
+        check_env(s.root, "ds")
+    assert any("does not exist" in p.message for p in err.value.problems)
+
+
+def test_check_refuses_a_cuda_env_without_a_gpu(
+    tmp_path: Path, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheels = setup.wheels
+    lock = write_lock(
+        tmp_path / "gpu.toml",
+        [wheels["alpha"], wheels["beta"]],
+        targets=[target("gpu", variant="cuda")],
+    )
+    fake_gpu(monkeypatch, True)  # built on a GPU instance
+    made = create_env(lock, setup.store, setup.root, name="gpu")
+    assert check_env(setup.root, "gpu").key == made.key
+
+    fake_gpu(monkeypatch, False)  # checked on a CPU instance sharing the volume
+    with pytest.raises(TargetError) as err:
+        check_env(setup.root, "gpu")
+    assert [p.message for p in err.value.problems] == ["cuda variant but no GPU found"]
+
+
+def test_root_and_name_errors(tmp_path: Path, setup: Setup) -> None:
+    with pytest.raises(EnvError, match="does not exist"):
+        list_envs(tmp_path / "nowhere")
+    with pytest.raises(EnvError, match="does not exist"):
+        gc(tmp_path / "nowhere", older_than=timedelta(days=1))
+    for bad in ("", "../x", ".hidden", "a/b"):
+        with pytest.raises(EnvError, match="invalid environment name"):
+            create_env(setup.lock, setup.store, setup.root, name=bad)
+    setup.root.mkdir()
+    assert list_envs(setup.root) == []
+    (setup.root / "stray-file").write_text("not an env")
+    assert list_envs(setup.root) == [] and gc(setup.root, older_than=timedelta(0)).kept == 0
