@@ -15,7 +15,7 @@ from ._common import render_error, reset_json
 # Command name -> module under envship.cli. Modules are imported when their command is
 # looked up, so `envship fetch` does not pay for importing the importers, the verifier
 # or the installer (imports are most of a fetch that finds everything in the store).
-_COMMANDS = ("init", "lock", "fetch", "index", "install", "verify", "env")
+_COMMANDS = ("init", "lock", "fetch", "index", "install", "verify", "env", "kernel")
 
 
 class _LazyGroup(click.Group):
@@ -45,6 +45,7 @@ def cli() -> None:
     envship install   materialize the lock offline from the store into a venv
     envship verify    check an environment's installed bits against the lock
     envship env       immutable environment versions on a shared root (EFS)
+    envship kernel    register an environment as a Jupyter kernel that checks the machine
 
     Exit codes: 0 ok, 1 failed check, 2 bad input, 3 network, 4 integrity, 130 interrupted.
     """

@@ -1,0 +1,143 @@
+"""``envship kernel``: register an environment as a Jupyter kernel, list and remove them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..kernels import KernelInfo, install_kernel, list_kernels, remove_kernel
+from ._common import echo_json, json_option
+
+__all__ = ["command"]
+
+_KERNEL_DIR_HELP = (
+    "A `kernels` folder to {verb} instead of Jupyter's search path "
+    "(for kernelspecs written with --kernel-dir or --prefix)."
+)
+
+
+@click.group("kernel")
+def command() -> None:
+    """Jupyter kernels for environments made by `envship install`.
+
+    The kernelspec is written straight into a Jupyter data dir, so it shows at once.
+    Its launcher checks that the machine fits the environment (platform, CPython,
+    glibc, GPU for cuda) before it starts ipykernel, and says why when it does not.
+    """
+
+
+@command.command("install")
+@click.argument("env", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="Kernel name [default: the environment folder's name].")
+@click.option("--display-name", help="Name shown in Jupyter [default: 'Python (ENV)'].")
+@click.option(
+    "--user",
+    "user_flag",
+    is_flag=True,
+    help="Into the user's Jupyter data dir (the default).",
+)
+@click.option(
+    "--prefix",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Into PREFIX/share/jupyter/kernels (e.g. a server environment's sys.prefix).",
+)
+@click.option(
+    "--kernel-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Into this `kernels` folder (the kernelspec goes to DIR/NAME).",
+)
+@json_option
+def install_cmd(
+    env: Path,
+    name: str | None,
+    display_name: str | None,
+    user_flag: bool,
+    prefix: Path | None,
+    kernel_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Register the environment at ENV as a Jupyter kernel."""
+    chosen = [
+        opt
+        for opt, on in (("--user", user_flag), ("--prefix", prefix), ("--kernel-dir", kernel_dir))
+        if on
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(
+            f"choose one of --user, --prefix, --kernel-dir (got {' '.join(chosen)})"
+        )
+    result = install_kernel(
+        env,
+        name=name,
+        display_name=display_name,
+        user=True,
+        prefix=prefix,
+        kernel_dir=kernel_dir,
+    )
+    if as_json:
+        echo_json(result.to_json())
+        return
+    verb = "replaced" if result.replaced else "installed"
+    click.echo(f"{verb} kernel {result.name!r} ({result.display_name}) in {result.resource_dir}")
+    t = result.target
+    click.echo(
+        f"  starts {result.python} after checking the machine fits {t.platform.id} "
+        f"(glibc >= {t.glibc}, CPython {t.python}, {t.variant})"
+    )
+    if not result.on_jupyter_path:
+        parent = result.resource_dir.parent
+        hint = parent.parent if parent.name == "kernels" else parent
+        click.echo(
+            f"note: {parent} is not on Jupyter's search path; add {hint} to JUPYTER_PATH",
+            err=True,
+        )
+
+
+def _status(k: KernelInfo) -> str:
+    if not k.env_exists:
+        return "environment missing"
+    return "shadowed" if k.shadowed else "ok"
+
+
+@command.command("list")
+@click.option(
+    "--kernel-dir",
+    "kernel_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help=_KERNEL_DIR_HELP.format(verb="search") + " Repeatable.",
+)
+@json_option
+def list_cmd(kernel_dirs: tuple[Path, ...], as_json: bool) -> None:
+    """List the kernels envship made, where Jupyter finds them."""
+    kernels = list_kernels(list(kernel_dirs) if kernel_dirs else None)
+    if as_json:
+        echo_json({"kernels": [k.to_json() for k in kernels]})
+        return
+    if not kernels:
+        click.echo("no envship kernels found")
+        return
+    width = max(len(k.name) for k in kernels)
+    for k in kernels:
+        click.echo(f"{k.name:<{width}}  {_status(k):<19}  {k.env}  ({k.display_name})")
+        click.echo(f"{'':<{width}}  {'':<19}  {k.resource_dir}")
+
+
+@command.command("remove")
+@click.argument("name")
+@click.option(
+    "--kernel-dir",
+    "kernel_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help=_KERNEL_DIR_HELP.format(verb="search") + " Repeatable.",
+)
+@json_option
+def remove_cmd(name: str, kernel_dirs: tuple[Path, ...], as_json: bool) -> None:
+    """Remove the kernel NAME, if envship made it (the environment stays)."""
+    removed = remove_kernel(name, kernel_dirs=list(kernel_dirs) if kernel_dirs else None)
+    if as_json:
+        echo_json({"removed": removed.to_json()})
+        return
+    click.echo(f"removed kernel {removed.name!r} ({removed.resource_dir})")

@@ -1,0 +1,442 @@
+"""Jupyter kernelspecs for envship environments: install, list and remove them.
+
+A kernelspec is a folder holding ``kernel.json`` inside one of the ``kernels`` folders
+Jupyter searches (JUPYTER_PATH, the user data dir, ``{sys.prefix}/share/jupyter``, then
+the system dirs); see the kernelspec docs,
+https://jupyter-client.readthedocs.io/en/stable/kernels.html#kernel-specs, and
+https://docs.jupyter.org/en/latest/use/jupyter-directories.html#data-files. Jupyter
+lists these folders on every request, so writing the folder straight into a data dir
+makes the kernel appear at once; nothing waits for a discovery cache.
+
+``argv`` does not start the environment's Python with ipykernel directly. It runs a
+launcher copied into the kernelspec folder (:mod:`envship._launcher`, a sh + Python
+file that needs only the standard library, since envship is not installed in the
+environment). The launcher first checks that this machine can run the environment
+(platform, CPython X.Y, glibc floor, a GPU for cuda), using the facts recorded under
+``metadata.envship`` (the docs' "additional attributes", namespaced per tool as they
+ask), and refuses with a readable reason instead of importing wheels built for another
+machine. ``{connection_file}`` in ``argv`` is filled in by Jupyter, as the docs specify.
+
+Every kernelspec is written in a staging folder nested inside the ``kernels`` folder
+(Jupyter only looks one level down, so it never sees it half made) and renamed into
+place: a reader sees no kernelspec, the old one, or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import EnvshipError, Problem, TargetError
+from .install import INCOMPLETE_NAME, MARKER_NAME
+from .targets import Target
+
+__all__ = [
+    "KERNEL_JSON",
+    "LAUNCHER_NAME",
+    "KernelError",
+    "KernelInfo",
+    "KernelSpecResult",
+    "install_kernel",
+    "jupyter_kernel_dirs",
+    "kernel_name_for",
+    "list_kernels",
+    "remove_kernel",
+]
+
+KERNEL_JSON = "kernel.json"
+LAUNCHER_NAME = "envship-kernel-launcher"
+_FACTS_FORMAT = 1
+# Kernel names: ASCII letters, digits and ``-._`` (the kernelspec docs); Jupyter lowercases.
+_VALID_NAME = re.compile(r"^[a-z0-9._-]+$")
+_STAGING_PREFIX = ".envship-staging-"
+
+Placement = Literal["user", "system", "prefix", "kernel-dir"]
+
+
+class KernelError(EnvshipError):
+    """A kernelspec could not be made, found or removed."""
+
+    exit_code = 1
+    kind = "kernel"
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSpecResult:
+    """A kernelspec ``install_kernel`` wrote."""
+
+    name: str
+    display_name: str
+    resource_dir: Path  # the kernelspec folder, holding kernel.json and the launcher
+    placement: Placement
+    env: Path
+    python: Path  # the environment's interpreter the launcher checks and then runs
+    lock_digest: str
+    target: Target
+    argv: tuple[str, ...]
+    replaced: bool  # an earlier envship kernelspec of the same name was replaced
+    on_jupyter_path: bool  # False: Jupyter will not find it without JUPYTER_PATH
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelInfo:
+    """One kernelspec envship made, as found in a ``kernels`` folder."""
+
+    name: str
+    display_name: str
+    resource_dir: Path
+    env: Path
+    env_exists: bool  # the environment's install marker is still there
+    lock_digest: str | None
+    target: str | None  # the target's name
+    shadowed: bool  # a kernelspec of the same name earlier on the path wins
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+
+def _to_json(result: KernelSpecResult | KernelInfo) -> dict[str, Any]:
+    def plain(value: object) -> object:
+        if isinstance(value, Target):
+            return value.to_json()
+        if isinstance(value, Path):
+            return str(value)
+        return list(value) if isinstance(value, tuple) else value
+
+    return {f.name: plain(getattr(result, f.name)) for f in fields(result)}
+
+
+def kernel_name_for(env_name: str) -> str:
+    """A valid kernel name from an environment's folder name: ``My Env`` -> ``my-env``."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", env_name.lower()).strip("-.")
+    if not name:
+        raise KernelError(
+            f"cannot make a kernel name from {env_name!r}",
+            hint="pass --name with letters, digits, '-', '.' or '_'",
+        )
+    return name
+
+
+def _checked_name(name: str) -> str:
+    lowered = name.lower()
+    if not _VALID_NAME.match(lowered) or lowered.startswith("."):
+        raise KernelError(
+            f"invalid kernel name {name!r}",
+            problems=[Problem("--name", "only ASCII letters, digits, '-', '.' and '_'")],
+            hint=f"for example {kernel_name_for(name)!r}" if name.strip("-. ") else None,
+        )
+    return lowered
+
+
+def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
+    """The install marker of the environment at ``env`` and its target; or a KernelError."""
+    hint = f"make it with `envship install {env}` first"
+    if not env.is_dir():
+        raise KernelError(f"there is no environment at {env}", hint=hint)
+    if (env / INCOMPLETE_NAME).exists():
+        raise KernelError(
+            f"the environment at {env} is half installed ({INCOMPLETE_NAME} is present)",
+            hint="re-run `envship install` to finish it",
+        )
+    where = str(env / MARKER_NAME)
+    try:
+        marker = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KernelError(
+            f"{env} is not an environment made by `envship install` (no {MARKER_NAME})",
+            hint=hint,
+        ) from None
+    except (OSError, ValueError) as exc:
+        marker, problems = {}, [Problem(where, str(exc))]
+    else:
+        problems = []
+    if not isinstance(marker, dict):
+        marker = {}
+    lock = marker.get("lock")
+    if not (isinstance(lock, dict) and isinstance(lock.get("digest"), str)):
+        problems.append(Problem(where, "no lock.digest"))
+    raw = marker.get("target")
+    target: Target | None = None
+    keys = ("name", "platform", "python", "glibc", "variant")
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in keys):
+        problems.append(Problem(where, f"target needs {', '.join(keys)}"))
+    else:
+        try:
+            target = Target.create(
+                raw["name"],
+                platform_id=raw["platform"],
+                python=raw["python"],
+                glibc=raw["glibc"],
+                variant=raw["variant"],
+                where=f"{where}: target",
+            )
+        except TargetError as exc:
+            problems.extend(exc.problems)
+    if not (env / "bin" / "python").exists():
+        problems.append(Problem(str(env / "bin" / "python"), "the interpreter is missing"))
+    if problems or target is None:
+        raise KernelError(
+            f"the install record of {env} is incomplete",
+            problems=problems,
+            hint="re-run `envship install` to rebuild the environment",
+        )
+    return marker, target
+
+
+def _placement(user: bool, prefix: Path | None, kernel_dir: Path | None) -> tuple[Path, Placement]:
+    """The ``kernels`` folder to write into; mirrors KernelSpecManager's choice."""
+    from jupyter_core.paths import SYSTEM_JUPYTER_PATH, jupyter_data_dir
+
+    if prefix is not None and kernel_dir is not None:
+        raise KernelError("give --prefix or --kernel-dir, not both")
+    if kernel_dir is not None:
+        return Path(os.path.abspath(kernel_dir)), "kernel-dir"
+    if prefix is not None:
+        return Path(os.path.abspath(prefix)) / "share" / "jupyter" / "kernels", "prefix"
+    if user:
+        return Path(jupyter_data_dir()) / "kernels", "user"
+    return Path(SYSTEM_JUPYTER_PATH[0]) / "kernels", "system"
+
+
+def jupyter_kernel_dirs() -> list[Path]:
+    """The ``kernels`` folders Jupyter searches now, first match wins (env vars included)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return [Path(d) for d in KernelSpecManager().kernel_dirs]
+
+
+def _facts(resource_dir: Path) -> dict[str, Any] | None:
+    """``metadata.envship`` of a kernelspec, or None when envship did not make it."""
+    try:
+        spec = json.loads((resource_dir / KERNEL_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    metadata = spec.get("metadata") if isinstance(spec, dict) else None
+    facts = metadata.get("envship") if isinstance(metadata, dict) else None
+    if not isinstance(facts, dict) or not isinstance(facts.get("env"), str):
+        return None
+    facts = dict(facts)
+    facts["_display_name"] = str(spec.get("display_name", ""))
+    return facts
+
+
+def _kernel_json(
+    name: str, display_name: str, resource_dir: Path, env: Path, marker: dict[str, Any], t: Target
+) -> dict[str, Any]:
+    python = env / "bin" / "python"
+    return {
+        # /bin/sh runs the launcher so that a missing interpreter (the env was made in
+        # another image) is reported in words rather than as a failed exec.
+        "argv": [
+            "/bin/sh",
+            str(resource_dir / LAUNCHER_NAME),
+            str(python),
+            "-f",
+            "{connection_file}",
+        ],
+        "display_name": display_name,
+        "language": "python",
+        # ipykernel handles SIGINT as an interrupt; the launcher execs, keeping the pid.
+        "interrupt_mode": "signal",
+        "metadata": {
+            "envship": {
+                "format": _FACTS_FORMAT,
+                "kernel_name": name,
+                "env": str(env),
+                "python": str(python),
+                "lock_digest": marker["lock"]["digest"],
+                "target": t.to_json(),
+                "sys_platform": t.platform.sys_platform,
+                "machine": t.platform.machine,
+            }
+        },
+    }
+
+
+def _populate(folder: Path, spec: dict[str, Any], env: Path) -> None:
+    """Fill a staging kernelspec folder; ``kernel.json`` goes last."""
+    launcher = folder / LAUNCHER_NAME
+    launcher.write_bytes(resources.files("envship").joinpath("_launcher.py").read_bytes())
+    launcher.chmod(0o755)
+    # ipykernel's own logos, when the environment has them, for JupyterLab's launcher.
+    for logo in sorted(env.glob("lib/python*/site-packages/ipykernel/resources/logo-*")):
+        shutil.copyfile(logo, folder / logo.name)
+    data = json.dumps(spec, indent=2, sort_keys=True) + "\n"
+    (folder / KERNEL_JSON).write_text(data, encoding="utf-8")
+
+
+def _write(kernels_dir: Path, name: str, spec: dict[str, Any], env: Path) -> bool:
+    """Write the kernelspec ``kernels_dir/name`` atomically; True when one was replaced."""
+    dest = kernels_dir / name
+    try:
+        kernels_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=kernels_dir))
+    except OSError as exc:
+        raise KernelError(
+            f"cannot write into {kernels_dir}",
+            problems=[Problem(str(kernels_dir), str(exc))],
+            hint="use --user (the default), --prefix DIR or --kernel-dir DIR",
+        ) from None
+    try:
+        new = staging / name
+        new.mkdir()
+        _populate(new, spec, env)
+        if not (dest.exists() or dest.is_symlink()):
+            os.rename(new, dest)
+            return False
+        # rename(2) cannot replace a non-empty folder: move the old one aside, then in.
+        old = staging / "old"
+        os.rename(dest, old)
+        try:
+            os.rename(new, dest)
+        except OSError:
+            os.rename(old, dest)
+            raise
+        return True
+    except OSError as exc:
+        raise KernelError(
+            f"cannot write the kernelspec {dest}",
+            problems=[Problem(str(dest), str(exc))],
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def install_kernel(
+    env: Path,
+    *,
+    name: str | None = None,
+    display_name: str | None = None,
+    user: bool = True,
+    prefix: Path | None = None,
+    kernel_dir: Path | None = None,
+) -> KernelSpecResult:
+    """Register the environment at ``env`` (made by ``envship install``) as a kernel.
+
+    Placement, as ``jupyter kernelspec install`` does it: ``kernel_dir`` (a ``kernels``
+    folder; the kernelspec goes to ``kernel_dir/name``), else ``prefix`` (to
+    ``prefix/share/jupyter/kernels``), else the user data dir when ``user``, else the
+    first system dir. An earlier kernelspec of the same name is replaced only if envship
+    made it. The environment path is kept as given (not resolved), so a kernel made
+    for a symlink such as ``envs/ds/current`` follows it.
+    """
+    env = Path(os.path.abspath(env))
+    marker, target = _read_env(env)
+    name = _checked_name(name) if name is not None else kernel_name_for(env.name)
+    display_name = display_name or f"Python ({env.name})"
+    kernels_dir, placement = _placement(user, prefix, kernel_dir)
+    resource_dir = kernels_dir / name
+    if resource_dir.exists() and _facts(resource_dir) is None:
+        raise KernelError(
+            f"a kernelspec named {name!r} that envship did not make is at {resource_dir}",
+            hint="pick another --name, or remove it with `jupyter kernelspec remove`",
+        )
+    spec = _kernel_json(name, display_name, resource_dir, env, marker, target)
+    replaced = _write(kernels_dir, name, spec, env)
+    return KernelSpecResult(
+        name=name,
+        display_name=display_name,
+        resource_dir=resource_dir,
+        placement=placement,
+        env=env,
+        python=env / "bin" / "python",
+        lock_digest=marker["lock"]["digest"],
+        target=target,
+        argv=tuple(spec["argv"]),
+        replaced=replaced,
+        on_jupyter_path=any(
+            os.path.realpath(kernels_dir) == os.path.realpath(d) for d in jupyter_kernel_dirs()
+        ),
+    )
+
+
+def _specs_in(kernels_dir: Path) -> list[Path]:
+    """Kernelspec folders directly in ``kernels_dir``, as Jupyter lists them."""
+    try:
+        children = sorted(kernels_dir.iterdir())
+    except OSError:
+        return []
+    return [c for c in children if c.is_dir() and (c / KERNEL_JSON).is_file()]
+
+
+def _info(resource_dir: Path, facts: dict[str, Any], *, shadowed: bool) -> KernelInfo:
+    env = Path(facts["env"])
+    target = facts.get("target")
+    digest = facts.get("lock_digest")
+    return KernelInfo(
+        name=resource_dir.name.lower(),
+        display_name=facts["_display_name"],
+        resource_dir=resource_dir,
+        env=env,
+        env_exists=(env / MARKER_NAME).is_file(),
+        lock_digest=digest if isinstance(digest, str) else None,
+        target=str(target["name"]) if isinstance(target, dict) and "name" in target else None,
+        shadowed=shadowed,
+    )
+
+
+def list_kernels(kernel_dirs: Sequence[Path] | None = None) -> list[KernelInfo]:
+    """The kernelspecs envship made in ``kernel_dirs`` (default: Jupyter's search path).
+
+    Each is listed where it is found, in search order; one hidden by an earlier
+    kernelspec of the same name (envship's or not) is marked ``shadowed``.
+    """
+    dirs = list(kernel_dirs) if kernel_dirs is not None else jupyter_kernel_dirs()
+    seen: set[str] = set()
+    found: list[KernelInfo] = []
+    for kernels_dir in dirs:
+        for resource_dir in _specs_in(kernels_dir):
+            key = resource_dir.name.lower()
+            facts = _facts(resource_dir)
+            if facts is not None:
+                found.append(_info(resource_dir, facts, shadowed=key in seen))
+            seen.add(key)
+    return found
+
+
+def remove_kernel(name: str, *, kernel_dirs: Sequence[Path] | None = None) -> KernelInfo:
+    """Remove the kernelspec Jupyter would use for ``name``, if envship made it."""
+    dirs = list(kernel_dirs) if kernel_dirs is not None else jupyter_kernel_dirs()
+    key = name.lower()
+    match = next(
+        (s for d in dirs for s in _specs_in(d) if s.name.lower() == key),
+        None,
+    )
+    if match is None:
+        raise KernelError(
+            f"no kernelspec named {name!r}",
+            problems=[Problem(str(d), "searched") for d in dirs],
+            hint="`envship kernel list` shows the kernels envship made",
+        )
+    facts = _facts(match)
+    if facts is None:
+        raise KernelError(
+            f"the kernelspec {name!r} at {match} was not made by envship; refusing to remove it",
+            hint=f"remove it with `jupyter kernelspec remove {key}` if you mean to",
+        )
+    info = _info(match, facts, shadowed=False)
+    # Out of Jupyter's sight in one rename, then deleted at leisure.
+    staging: Path | None = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=match.parent))
+        os.rename(match, staging / match.name)
+    except OSError as exc:
+        raise KernelError(
+            f"cannot remove the kernelspec {match}",
+            problems=[Problem(str(match), str(exc))],
+        ) from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return info

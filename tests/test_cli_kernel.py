@@ -1,0 +1,102 @@
+"""``envship kernel install|list|remove`` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+
+from envship.cli.kernel import command
+from envship.cli.main import cli, main
+from envship.kernels import KERNEL_JSON
+from test_install import HOST
+from test_kernels import isolate_jupyter, make_env
+
+
+@pytest.fixture(autouse=True)
+def user_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cli.add_command(command)
+    return isolate_jupyter(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Path:
+    return make_env(tmp_path / "work")
+
+
+def test_install_list_remove_json(
+    env: Path, user_kernels: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["kernel", "install", str(env), "--display-name", "DS", "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["name"] == "ds-env" and made["display_name"] == "DS"
+    assert made["resource_dir"] == str(user_kernels / "ds-env")
+    assert made["placement"] == "user" and made["on_jupyter_path"] is True
+    assert made["target"]["name"] == HOST and made["env"] == str(env)
+    assert KernelSpecManager().get_kernel_spec("ds-env").display_name == "DS"
+
+    assert main(["kernel", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["kernels"]
+    assert [(k["name"], k["env"], k["env_exists"]) for k in listed] == [("ds-env", str(env), True)]
+
+    assert main(["kernel", "remove", "ds-env", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"]["name"] == "ds-env"
+    assert not (user_kernels / "ds-env").exists()
+    assert main(["kernel", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"kernels": []}
+
+
+def test_text_output_and_placement_options(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["kernel", "install", str(env), "--name", "team"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("installed kernel 'team' (Python (ds-env)) in ")
+    assert f"after checking the machine fits {HOST}" in out.out and out.err == ""
+
+    kd = tmp_path / "kd"
+    assert main(["kernel", "install", str(env), "--kernel-dir", str(kd)]) == 0
+    out = capsys.readouterr()
+    assert (kd / "ds-env" / KERNEL_JSON).is_file()
+    assert f"note: {kd} is not on Jupyter's search path" in out.err
+
+    prefix = tmp_path / "prefix"
+    assert main(["kernel", "install", str(env), "--prefix", str(prefix)]) == 0
+    out = capsys.readouterr()
+    assert (prefix / "share/jupyter/kernels/ds-env" / KERNEL_JSON).is_file()
+    assert f"add {prefix / 'share/jupyter'} to JUPYTER_PATH" in out.err
+
+    assert main(["kernel", "list"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].split()[:3] == ["team", "ok", str(env)]
+    assert main(["kernel", "list", "--kernel-dir", str(kd)]) == 0
+    assert capsys.readouterr().out.split()[:2] == ["ds-env", "ok"]
+    assert main(["kernel", "remove", "ds-env", "--kernel-dir", str(kd)]) == 0
+    assert capsys.readouterr().out == f"removed kernel 'ds-env' ({kd / 'ds-env'})\n"
+
+    usage = ["kernel", "install", str(env), "--prefix", str(prefix), "--kernel-dir", str(kd)]
+    assert main(usage) == 2
+    assert "choose one of --user, --prefix, --kernel-dir" in capsys.readouterr().err
+    assert main(["kernel", "install", str(env), "--user", "--prefix", str(prefix)]) == 2
+
+
+def test_errors_are_rendered_with_kind_and_exit_code(
+    env: Path, tmp_path: Path, user_kernels: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["kernel", "install", str(tmp_path / "nowhere"), "--json"]) == 1
+    err = json.loads(capsys.readouterr().out)
+    assert err["error"] == "kernel" and err["message"].startswith("there is no environment")
+
+    foreign = user_kernels / "python-other"
+    foreign.mkdir(parents=True)
+    (foreign / KERNEL_JSON).write_text(json.dumps({"argv": ["x"], "display_name": "x"}))
+    assert main(["kernel", "remove", "python-other"]) == 1
+    text = capsys.readouterr().err
+    assert "was not made by envship; refusing to remove it" in text
+    assert "hint: remove it with `jupyter kernelspec remove python-other`" in text
+    assert (foreign / KERNEL_JSON).is_file()
+
+    assert main(["kernel", "list"]) == 0
+    assert capsys.readouterr().out == "no envship kernels found\n"

@@ -1,0 +1,493 @@
+"""``envship.kernels``: real environments, real kernelspec dirs, real Jupyter, a real kernel.
+
+Every test points Jupyter's data, config, runtime and path variables (and HOME) into
+``tmp_path``, so nothing is written outside it. Tests that start a real ipykernel need
+its wheels from PyPI (marked ``pypi``); the rest use tiny wheels built here plus a
+stand-in ``ipykernel_launcher`` module that reports how the launcher started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jupyter_core.paths
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+import envship.kernels as kernels_mod
+from envship._launcher import host_glibc
+from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
+from envship.kernels import (
+    KERNEL_JSON,
+    LAUNCHER_NAME,
+    KernelError,
+    install_kernel,
+    kernel_name_for,
+    list_kernels,
+    remove_kernel,
+)
+from indexlib import build_wheel
+from test_install import HOST, stocked_store, target, write_lock
+
+GLIBC = host_glibc() or "2.28"
+OTHER_MACHINE = "aarch64" if HOST != "linux-aarch64" else "x86_64"
+MACHINE = HOST.split("-", 1)[1]
+
+STAND_IN = """\
+import json, os, sys
+print(json.dumps({
+    "argv": sys.argv[1:],
+    "executable": sys.executable,
+    "prefix": sys.prefix,
+    "virtual_env": os.environ.get("VIRTUAL_ENV"),
+    "path0": os.environ["PATH"].split(os.pathsep)[0],
+}))
+"""
+
+
+def isolate_jupyter(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every Jupyter location into ``root``; return the user ``kernels`` folder."""
+    for var, sub in (
+        ("HOME", "home"),
+        ("JUPYTER_DATA_DIR", "jupyter-data"),
+        ("JUPYTER_CONFIG_DIR", "jupyter-config"),
+        ("JUPYTER_RUNTIME_DIR", "jupyter-runtime"),
+        ("IPYTHONDIR", "ipython"),
+    ):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(var, str(root / sub))
+    for var in ("JUPYTER_PATH", "JUPYTER_PREFER_ENV_PATH", "JUPYTER_PLATFORM_DIRS"):
+        monkeypatch.delenv(var, raising=False)
+    return root / "jupyter-data" / "kernels"
+
+
+@pytest.fixture(autouse=True)
+def user_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return isolate_jupyter(tmp_path, monkeypatch)
+
+
+def make_env(root: Path, name: str = "ds-env", extra: list[Path] | None = None) -> Path:
+    """An environment made by ``envship.install`` from alpha (requires beta), beta and the
+    stand-in launcher module, plus ``extra`` wheels; locked for this machine."""
+    dist = root / "dist"
+    wheels = [
+        build_wheel(dist, "alpha", "1.0", requires=["beta>=1.0"]),
+        build_wheel(dist, "beta", "1.0"),
+        build_wheel(
+            dist, "ipykernel_launcher", "0.1", files={"ipykernel_launcher/__main__.py": STAND_IN}
+        ),
+    ]
+    if extra:
+        wheels = [w for w in wheels if not w.name.startswith("ipykernel_launcher")] + extra
+    lock = write_lock(root / "pylock.toml", wheels, targets=[target(glibc=GLIBC)])
+    store = stocked_store(root / "store", wheels)
+    install(lock, store, root / name)
+    return root / name
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Path:
+    return make_env(tmp_path / "work")
+
+
+def kernel_json(resource_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((resource_dir / KERNEL_JSON).read_text())
+    return data
+
+
+def edit_facts(resource_dir: Path, **target_fields: str) -> None:
+    """Rewrite the recorded target, as if the environment had been built elsewhere."""
+    spec = kernel_json(resource_dir)
+    facts = spec["metadata"]["envship"]
+    facts["target"].update(target_fields)
+    if "platform" in target_fields:
+        facts["machine"] = target_fields["platform"].split("-", 1)[1]
+    (resource_dir / KERNEL_JSON).write_text(json.dumps(spec))
+
+
+def run_launcher(
+    resource_dir: Path, conn: Path, env_vars: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the kernelspec's argv exactly as Jupyter would, connection file filled in."""
+    argv = [a.replace("{connection_file}", str(conn)) for a in kernel_json(resource_dir)["argv"]]
+    return subprocess.run(argv, capture_output=True, text=True, env=env_vars, timeout=120)
+
+
+# --- install -------------------------------------------------------------------------------
+
+
+def test_install_writes_a_kernelspec_jupyter_sees_at_once(env: Path, user_kernels: Path) -> None:
+    result = install_kernel(env)
+
+    assert result.name == "ds-env" and result.display_name == "Python (ds-env)"
+    assert result.resource_dir == user_kernels / "ds-env" and result.placement == "user"
+    assert result.on_jupyter_path and not result.replaced
+    assert result.target.name == HOST and result.lock_digest.startswith("sha256:")
+    specs = KernelSpecManager().get_all_specs()
+    spec = specs["ds-env"]["spec"]
+    assert specs["ds-env"]["resource_dir"] == str(result.resource_dir)
+    assert spec["argv"] == [
+        "/bin/sh",
+        str(result.resource_dir / LAUNCHER_NAME),
+        str(env / "bin" / "python"),
+        "-f",
+        "{connection_file}",
+    ]
+    assert spec["language"] == "python" and spec["display_name"] == "Python (ds-env)"
+    facts = spec["metadata"]["envship"]
+    marker = json.loads((env / MARKER_NAME).read_text())
+    assert facts["env"] == str(env) and facts["lock_digest"] == marker["lock"]["digest"]
+    assert facts["target"] == marker["target"] and facts["machine"] == MACHINE
+    launcher = (result.resource_dir / LAUNCHER_NAME).read_bytes()
+    assert launcher == (Path(kernels_mod.__file__).parent / "_launcher.py").read_bytes()
+    assert os.access(result.resource_dir / LAUNCHER_NAME, os.X_OK)
+
+
+def test_jupyter_kernelspec_list_command_shows_it(env: Path) -> None:
+    install_kernel(env, name="Team.DS", display_name="Team DS")
+    jupyter = Path(sys.executable).parent / "jupyter"
+    proc = subprocess.run(
+        [str(jupyter), "kernelspec", "list", "--json"], capture_output=True, text=True, check=True
+    )
+    found = json.loads(proc.stdout)["kernelspecs"]
+    assert found["team.ds"]["spec"]["display_name"] == "Team DS"
+    assert found["team.ds"]["spec"]["metadata"]["envship"]["env"] == str(env)
+
+
+def test_names_are_normalized_and_validated(tmp_path: Path) -> None:
+    assert kernel_name_for("My Env (GPU)") == "my-env-gpu"
+    assert kernel_name_for("ds_2.1") == "ds_2.1"
+    env = make_env(tmp_path / "w", name="My Env")
+    assert install_kernel(env).name == "my-env"
+    with pytest.raises(KernelError) as err:
+        install_kernel(env, name="bad name!")
+    assert err.value.kind == "kernel" and err.value.hint == "for example 'bad-name'"
+    with pytest.raises(KernelError):
+        kernel_name_for("???")
+
+
+def test_reinstall_replaces_only_its_own_kernelspec(env: Path, user_kernels: Path) -> None:
+    install_kernel(env)
+    again = install_kernel(env, display_name="Renamed")
+    assert again.replaced
+    assert kernel_json(again.resource_dir)["display_name"] == "Renamed"
+    assert sorted(p.name for p in user_kernels.iterdir()) == ["ds-env"]  # no staging left
+
+    foreign = user_kernels / "other"
+    foreign.mkdir()
+    (foreign / KERNEL_JSON).write_text(json.dumps({"argv": ["x"], "display_name": "Other"}))
+    with pytest.raises(KernelError, match="envship did not make"):
+        install_kernel(env, name="other")
+    assert kernel_json(foreign) == {"argv": ["x"], "display_name": "Other"}
+
+
+def test_refuses_what_envship_install_did_not_finish(tmp_path: Path, user_kernels: Path) -> None:
+    plain = tmp_path / "plain"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(plain)], check=True)
+    with pytest.raises(KernelError, match=r"not an environment made by `envship install`"):
+        install_kernel(plain)
+    with pytest.raises(KernelError, match="there is no environment"):
+        install_kernel(tmp_path / "nowhere")
+
+    env = make_env(tmp_path / "w")
+    marker = json.loads((env / MARKER_NAME).read_text())
+    del marker["target"]["glibc"]
+    (env / MARKER_NAME).write_text(json.dumps(marker))
+    with pytest.raises(KernelError, match="incomplete") as err:
+        install_kernel(env)
+    assert "target needs name, platform, python, glibc, variant" in str(err.value)
+
+    (env / INCOMPLETE_NAME).write_text("install in progress\n")
+    with pytest.raises(KernelError, match="half installed"):
+        install_kernel(env)
+    assert not user_kernels.exists()
+
+
+def test_prefix_and_kernel_dir_placement(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = tmp_path / "prefix"
+    placed = install_kernel(env, prefix=prefix)
+    assert placed.placement == "prefix" and not placed.on_jupyter_path
+    assert placed.resource_dir == prefix / "share" / "jupyter" / "kernels" / "ds-env"
+    assert "ds-env" not in KernelSpecManager().find_kernel_specs()
+    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    assert KernelSpecManager().find_kernel_specs()["ds-env"] == str(placed.resource_dir)
+    assert install_kernel(env, prefix=prefix).on_jupyter_path
+
+    kd = tmp_path / "kd"
+    direct = install_kernel(env, kernel_dir=kd, name="direct")
+    assert direct.placement == "kernel-dir" and direct.resource_dir == kd / "direct"
+    assert [k.name for k in list_kernels([kd])] == ["direct"]
+
+    system = tmp_path / "system"
+    monkeypatch.setattr(jupyter_core.paths, "SYSTEM_JUPYTER_PATH", [str(system)])
+    assert install_kernel(env, user=False).resource_dir == system / "kernels" / "ds-env"
+    with pytest.raises(KernelError, match="not both"):
+        install_kernel(env, prefix=prefix, kernel_dir=kd)
+
+
+def test_a_failed_write_leaves_no_half_kernelspec(
+    env: Path, user_kernels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = kernels_mod._populate
+    seen_while_writing: list[dict[str, str]] = []
+
+    def populate_then_fail(folder: Path, spec: dict[str, Any], env: Path) -> None:
+        real(folder, spec, env)  # everything written, kernel.json included
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Jupyter warns about odd folder names
+            seen_while_writing.append(KernelSpecManager().find_kernel_specs())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kernels_mod, "_populate", populate_then_fail)
+    with pytest.raises(KernelError, match="cannot write the kernelspec"):
+        install_kernel(env)
+    assert "ds-env" not in seen_while_writing[0]
+    assert list(user_kernels.iterdir()) == []
+
+    monkeypatch.setattr(kernels_mod, "_populate", real)
+    install_kernel(env, display_name="First")
+    monkeypatch.setattr(kernels_mod, "_populate", populate_then_fail)
+    with pytest.raises(KernelError):
+        install_kernel(env, display_name="Second")
+    assert kernel_json(user_kernels / "ds-env")["display_name"] == "First"
+    assert sorted(p.name for p in user_kernels.iterdir()) == ["ds-env"]
+
+
+# --- list and remove -----------------------------------------------------------------------
+
+
+def test_list_shows_envship_kernels_their_env_and_shadowing(
+    tmp_path: Path, user_kernels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = make_env(tmp_path / "one", name="one")
+    two = make_env(tmp_path / "two", name="two")
+    install_kernel(one)
+    install_kernel(two)
+    KernelSpecManager().install_kernel_spec(str(_foreign_source(tmp_path)), "foreign", user=True)
+    early = tmp_path / "early"
+    monkeypatch.setenv("JUPYTER_PATH", str(early))
+    install_kernel(one, kernel_dir=early / "kernels", name="two")  # hides user's "two"
+
+    found = [(k.name, k.env, k.env_exists, k.shadowed) for k in list_kernels()]
+    assert found == [("two", one, True, False), ("one", one, True, False), ("two", two, True, True)]
+    shutil.rmtree(two)
+    gone = [k for k in list_kernels() if k.env == two]
+    assert [(k.name, k.env_exists, k.target) for k in gone] == [("two", False, HOST)]
+    assert "foreign" in KernelSpecManager().find_kernel_specs()
+
+
+def _foreign_source(tmp_path: Path) -> Path:
+    src = tmp_path / "foreign-src"
+    src.mkdir(exist_ok=True)
+    spec = {"argv": [sys.executable, "-c", "pass"], "display_name": "Not ours", "language": "x"}
+    (src / KERNEL_JSON).write_text(json.dumps(spec))
+    return src
+
+
+def test_remove_deletes_only_envship_kernelspecs(
+    env: Path, tmp_path: Path, user_kernels: Path
+) -> None:
+    made = install_kernel(env)
+    KernelSpecManager().install_kernel_spec(str(_foreign_source(tmp_path)), "foreign", user=True)
+
+    removed = remove_kernel("DS-Env")
+    assert removed.name == "ds-env" and removed.resource_dir == made.resource_dir
+    assert not made.resource_dir.exists() and env.is_dir()
+    assert "ds-env" not in KernelSpecManager().find_kernel_specs()
+    assert sorted(p.name for p in user_kernels.iterdir()) == ["foreign"]
+
+    with pytest.raises(KernelError, match="not made by envship") as err:
+        remove_kernel("foreign")
+    assert err.value.hint == "remove it with `jupyter kernelspec remove foreign` if you mean to"
+    assert (user_kernels / "foreign" / KERNEL_JSON).is_file()
+    with pytest.raises(KernelError, match="no kernelspec named 'ds-env'"):
+        remove_kernel("ds-env")
+
+
+# --- the launcher (no network: a stand-in ipykernel_launcher reports how it was started) ---
+
+
+def test_launcher_execs_the_env_python_with_jupyters_arguments(env: Path, tmp_path: Path) -> None:
+    made = install_kernel(env)
+    conn = tmp_path / "kernel-123.json"
+    proc = run_launcher(made.resource_dir, conn)
+
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert seen["argv"] == ["-f", str(conn)]
+    assert seen["executable"] == str(env / "bin" / "python") and seen["prefix"] == str(env)
+    assert seen["virtual_env"] == str(env) and seen["path0"] == str(env / "bin")
+    check = subprocess.run(
+        [*kernel_json(made.resource_dir)["argv"][:3], "--envship-check"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0 and check.stdout.startswith("envship: this machine can run")
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        (
+            {"platform": f"linux-{OTHER_MACHINE}"},
+            f"{OTHER_MACHINE} needed, this machine is {MACHINE}",
+        ),
+        ({"glibc": "2.99"}, f"glibc >= 2.99 needed, this machine has {GLIBC}"),
+        (
+            {"python": "3.99"},
+            f"Python 3.99 needed, the interpreter is {sys.version_info[0]}.{sys.version_info[1]}",
+        ),
+    ],
+)
+def test_launcher_refuses_a_machine_the_env_was_not_built_for(
+    env: Path, tmp_path: Path, fields: dict[str, str], reason: str
+) -> None:
+    made = install_kernel(env, name="elsewhere")
+    edit_facts(made.resource_dir, **fields)
+    proc = run_launcher(made.resource_dir, tmp_path / "conn.json")
+
+    assert proc.returncode == 1 and proc.stdout == ""  # the stand-in never ran
+    first, *rest = proc.stderr.splitlines()
+    assert first.startswith(f"envship: kernel 'elsewhere' cannot start: the environment {env}")
+    assert f"this machine is {MACHINE} with glibc {GLIBC}" in first
+    assert f"  - {reason}" in rest
+    assert rest[-1].startswith("envship: recreate it with `envship install` for this machine")
+
+
+def test_launcher_cuda_variant_needs_a_gpu(env: Path, tmp_path: Path) -> None:
+    made = install_kernel(env)
+    edit_facts(made.resource_dir, variant="cuda")
+    no_smi = tmp_path / "bin-empty"
+    no_smi.mkdir()
+    with_smi = tmp_path / "bin-smi"
+    with_smi.mkdir()
+    (with_smi / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (with_smi / "nvidia-smi").chmod(0o755)
+
+    found = run_launcher(made.resource_dir, tmp_path / "c.json", {"PATH": str(with_smi)})
+    assert found.returncode == 0, found.stderr
+    missing = run_launcher(made.resource_dir, tmp_path / "c.json", {"PATH": str(no_smi)})
+    has_device = Path("/dev/nvidia0").exists()
+    assert (missing.returncode == 0) == has_device
+    assert ("cuda variant needs an NVIDIA GPU" in missing.stderr) == (not has_device)
+
+
+def test_launcher_reports_a_missing_interpreter_and_a_half_installed_env(
+    env: Path, tmp_path: Path
+) -> None:
+    made = install_kernel(env)
+    (env / INCOMPLETE_NAME).write_text("update in progress\n")
+    half = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert half.returncode == 1 and "is half installed" in half.stderr
+    (env / INCOMPLETE_NAME).unlink()
+
+    (env / "bin" / "python").rename(env / "bin" / "python.moved")
+    gone = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert gone.returncode == 1 and gone.stdout == ""
+    assert f"interpreter {env / 'bin' / 'python'} is missing or cannot run here" in gone.stderr
+
+
+# --- a real kernel (ipykernel and its dependencies from PyPI, installed offline) -----------
+
+
+@pytest.fixture(scope="session")
+def ipykernel_wheels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """ipykernel's wheels for this interpreter, downloaded once from PyPI.
+
+    pip runs isolated, with no PIP_* variables and no config file, so this machine's
+    extra local package sources play no part.
+    """
+    out = tmp_path_factory.mktemp("ipykernel-wheels")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    clean["PIP_CONFIG_FILE"] = os.devnull
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check"),
+            *("--only-binary", ":all:", "--dest", str(out), "ipykernel"),
+        ],
+        check=True,
+        env=clean,
+        capture_output=True,
+    )
+    wheels = sorted(out.glob("*.whl"))
+    assert any(w.name.startswith("ipykernel-") for w in wheels)
+    return wheels
+
+
+@pytest.fixture
+def kernel_env(tmp_path: Path, ipykernel_wheels: list[Path]) -> Path:
+    return make_env(tmp_path / "work", name="real", extra=ipykernel_wheels)
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[KernelManager]]:
+    managers: list[KernelManager] = []
+    yield managers
+    for km in managers:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+
+
+@pytest.mark.pypi
+def test_a_real_kernel_runs_code_from_the_environment(
+    kernel_env: Path, started: list[KernelManager]
+) -> None:
+    made = install_kernel(kernel_env, display_name="Real")
+    km = KernelManager(kernel_name=made.name)
+    started.append(km)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        out: list[str] = []
+
+        def collect(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+
+        code = (
+            "import alpha, os, sys; print(alpha.__version__, sys.prefix, os.environ['VIRTUAL_ENV'])"
+        )
+        reply = kc.execute_interactive(code, output_hook=collect, timeout=120)
+    finally:
+        kc.stop_channels()
+    assert reply["content"]["status"] == "ok"
+    assert "".join(out).split() == ["1.0", str(kernel_env), str(kernel_env)]
+    km.shutdown_kernel()
+    assert not km.is_alive()
+
+
+@pytest.mark.pypi
+def test_a_kernel_for_another_machine_dies_with_the_reason(
+    kernel_env: Path, tmp_path: Path, started: list[KernelManager]
+) -> None:
+    made = install_kernel(kernel_env)
+    edit_facts(made.resource_dir, platform=f"linux-{OTHER_MACHINE}")
+    km = KernelManager(kernel_name=made.name)
+    started.append(km)
+    err_path = tmp_path / "kernel-stderr.txt"
+    with err_path.open("w") as err:
+        km.start_kernel(stderr=err)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            with pytest.raises(RuntimeError, match="died"):
+                kc.wait_for_ready(timeout=120)
+        finally:
+            kc.stop_channels()
+    assert not km.is_alive()
+    text = err_path.read_text()
+    assert f"was built for linux-{OTHER_MACHINE}" in text
+    assert f"  - {OTHER_MACHINE} needed, this machine is {MACHINE}" in text
