@@ -491,3 +491,17 @@ def test_a_kernel_for_another_machine_dies_with_the_reason(
     text = err_path.read_text()
     assert f"was built for linux-{OTHER_MACHINE}" in text
     assert f"  - {OTHER_MACHINE} needed, this machine is {MACHINE}" in text
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [
+        ("/efs/envs/ds/current", "ds"),
+        ("/efs/envs/ds/versions/1f96d18e6611b4aa9adb", "ds"),
+        ("/home/me/.venv-ml", ".venv-ml"),
+    ],
+)
+def test_env_label_follows_envship_env_layout(path: str, label: str) -> None:
+    from envship.kernels import _env_label
+
+    assert _env_label(Path(path)) == label

@@ -117,6 +117,16 @@ def _to_json(result: KernelSpecResult | KernelInfo) -> dict[str, Any]:
     return {f.name: plain(getattr(result, f.name)) for f in fields(result)}
 
 
+def _env_label(env: Path) -> str:
+    """The environment's name: ``ROOT/NAME/current`` and ``ROOT/NAME/versions/KEY``
+    (layouts of ``envship env``) are called NAME, any other folder by its own name."""
+    if env.name == "current":
+        return env.parent.name
+    if env.parent.name == "versions":
+        return env.parent.parent.name
+    return env.name
+
+
 def kernel_name_for(env_name: str) -> str:
     """A valid kernel name from an environment's folder name: ``My Env`` -> ``my-env``."""
     name = re.sub(r"[^a-z0-9._-]+", "-", env_name.lower()).strip("-.")
@@ -333,8 +343,9 @@ def install_kernel(
     """
     env = Path(os.path.abspath(env))
     marker, target = _read_env(env)
-    name = _checked_name(name) if name is not None else kernel_name_for(env.name)
-    display_name = display_name or f"Python ({env.name})"
+    label = _env_label(env)
+    name = _checked_name(name) if name is not None else kernel_name_for(label)
+    display_name = display_name or f"Python ({label})"
     kernels_dir, placement = _placement(user, prefix, kernel_dir)
     resource_dir = kernels_dir / name
     if resource_dir.exists() and _facts(resource_dir) is None:
