@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -35,12 +34,13 @@ import shutil
 import sys
 import sysconfig
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from ._flock import acquire, locked
 from .errors import EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
 from .install import INCOMPLETE_NAME, MARKER_NAME, InstallError, ProgressFn, install
@@ -161,43 +161,6 @@ def _env_dir(root: Path, name: str) -> Path:
 
 def _lock_path(env_dir: Path, key: str) -> Path:
     return env_dir / ".locks" / f"{key}.lock"
-
-
-def _acquire(path: Path, *, shared: bool, wait: bool) -> int | None:
-    """A ``flock`` on ``path``: the fd, or None when busy and ``wait`` is False.
-
-    ``gc`` deletes lock files it holds; a waiter that wakes up on the deleted inode would
-    not exclude a newcomer who makes the file afresh, so it checks and starts over.
-    """
-    flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
-    while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
-        except FileNotFoundError:  # the folder was removed between our two calls
-            continue
-        try:
-            fcntl.flock(fd, flags)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return fd
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked(path: Path, *, shared: bool = False) -> Iterator[None]:
-    fd = _acquire(path, shared=shared, wait=True)
-    assert fd is not None  # a blocking flock returns only when held
-    try:
-        yield
-    finally:
-        os.close(fd)
 
 
 def _read_marker(path: Path) -> dict[str, Any] | None:
@@ -398,10 +361,10 @@ def create_env(
 
     lock_path = _lock_path(env_dir, key)
     try:
-        with _locked(lock_path, shared=True):
+        with locked(lock_path, shared=True):
             if found := _complete(path, lock, chosen.name, chosen_groups):
                 return done(found, created=False)
-        with _locked(lock_path):
+        with locked(lock_path):
             # Again: another creator may have finished while we waited for the lock.
             if found := _complete(path, lock, chosen.name, chosen_groups):
                 return done(found, created=False)
@@ -508,7 +471,7 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
                 kept += 1
                 continue
             lock_path = _lock_path(env_dir, key)
-            fd = _acquire(lock_path, shared=False, wait=False)
+            fd = acquire(lock_path, wait=False)
             if fd is None:
                 busy.append(_info(env_dir, key, None, size=False))
                 continue

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import threading
 import uuid
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._flock import acquire
 from .errors import ArtifactError, EnvshipError, NetworkError, Problem, StoreError
 from .lockfile import Artifact, LockFile
 from .store import Store
@@ -95,38 +95,19 @@ class _Tally:
 
 @contextlib.contextmanager
 def _artifact_lock(path: Path, cancel: threading.Event) -> Iterator[None]:
-    """An exclusive flock on ``path``, removed when released.
+    """An exclusive lock on ``path``, whose file is removed on release (see ``_flock``)."""
+    # Poll rather than block, so Ctrl-C does not wait for another process's download of
+    # this artifact to finish.
+    while (fd := acquire(path, wait=False)) is None:
+        if cancel.wait(0.05):
+            from ._http import Cancelled
 
-    Removing a lock file races with a process that opened it just before: that process
-    would then hold a lock on a deleted inode. So after acquiring, check the path still
-    names the inode we locked, else try again on the new file.
-    """
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            # Poll rather than block, so Ctrl-C does not wait for another process's
-            # download of this artifact to finish.
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if cancel.wait(0.05):
-                        from ._http import Cancelled
-
-                        raise Cancelled from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                try:
-                    yield
-                finally:
-                    path.unlink(missing_ok=True)
-                return
-        finally:
-            os.close(fd)
+            raise Cancelled from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def _disk_full(store: Store) -> StoreError:

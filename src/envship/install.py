@@ -28,18 +28,18 @@ file's sha256 against the lock.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ._flock import locked
 from .errors import EnvshipError, LockError, Problem, StoreError
 from .host import match_target, probe
 from .lock import uv_bin
@@ -153,35 +153,6 @@ def _refuse(dest: Path) -> InstallError:
     )
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``, which the holder may delete before releasing.
-
-    A waiter that wakes up holding a lock on a file someone unlinked meanwhile would
-    not exclude a newcomer who creates the file afresh, so it checks that the path
-    still names the inode it locked and starts over if not.
-    """
-    while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # the holder removed the folder between our two calls
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                    break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
 def _clear(dest: Path) -> None:
     """Empty ``dest`` but keep the folder itself (it may be a mount point or a symlink)."""
     for child in dest.iterdir():
@@ -289,7 +260,7 @@ def install(
     if _state(dest) == "foreign":  # before the lock: refusing must create nothing at all
         raise _refuse(dest)
     work = dest.parent / f"{dest.name}.envship-tmp"
-    with _exclusive(work / "lock"):
+    with locked(work / "lock"):
         try:
             return _install_locked(
                 lock,
