@@ -20,14 +20,17 @@ from ..errors import EnvshipError
 
 __all__ = [
     "Progress",
+    "compile_option",
     "echo_json",
     "groups_option",
     "json_mode",
     "json_option",
     "lock_option",
+    "python_option",
     "render_error",
     "reset_json",
     "store_option",
+    "target_option",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -152,3 +155,29 @@ def groups_option(verb: str) -> Callable[[F], F]:
         metavar="NAME",
         help=f"{verb} this dependency group (repeatable) [default: every group in the lock].",
     )
+
+
+def python_option(default_text: str) -> Callable[[F], F]:
+    """``--python PY``: the base interpreter of the environment to build."""
+    return click.option(
+        "--python",
+        metavar="PY",
+        default=None,
+        help=f"Base interpreter (path or name on PATH) [default: {default_text}].",
+    )
+
+
+def target_option(func: F) -> F:
+    """``--target NAME``: one of the lock's targets, passed as ``target``."""
+    return click.option(
+        "--target",
+        metavar="NAME",
+        default=None,
+        help="Install for this lock target [default: the one this machine matches].",
+    )(func)
+
+
+def compile_option(func: F) -> F:
+    return click.option(
+        "--compile", "compile_bytecode", is_flag=True, help="Compile bytecode (.pyc)."
+    )(func)

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from ..envs import EnvError, check_env, create_env, gc, list_envs
 from ..lockfile import LockFile
 from ..store import Store
-from ._common import Progress, echo_json, groups_option, json_option, lock_option, store_option
+from ._common import (
+    F,
+    Progress,
+    compile_option,
+    echo_json,
+    groups_option,
+    json_option,
+    lock_option,
+    python_option,
+    store_option,
+    target_option,
+)
 
 __all__ = ["command"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -78,20 +86,10 @@ def command() -> None:
 @_root_option
 @lock_option("The PEP 751 lock file to install.")
 @store_option
-@click.option(
-    "--python",
-    metavar="PY",
-    default=None,
-    help="Base interpreter (path or name on PATH) [default: the one running envship].",
-)
-@click.option(
-    "--target",
-    metavar="NAME",
-    default=None,
-    help="Install for this lock target [default: the one this machine matches].",
-)
+@python_option("the one running envship")
+@target_option
 @groups_option("Include")
-@click.option("--compile", "compile_bytecode", is_flag=True, help="Compile bytecode (.pyc).")
+@compile_option
 @json_option
 def create(
     name: str,

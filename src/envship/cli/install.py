@@ -9,7 +9,17 @@ import click
 from ..install import InstallResult, install
 from ..lockfile import LockFile
 from ..store import Store
-from ._common import Progress, echo_json, groups_option, json_option, lock_option, store_option
+from ._common import (
+    Progress,
+    compile_option,
+    echo_json,
+    groups_option,
+    json_option,
+    lock_option,
+    python_option,
+    store_option,
+    target_option,
+)
 
 __all__ = ["command"]
 
@@ -18,21 +28,10 @@ __all__ = ["command"]
 @click.argument("dest", metavar="PATH", type=click.Path(path_type=Path))
 @lock_option("The PEP 751 lock file to install.")
 @store_option
-@click.option(
-    "--python",
-    metavar="PY",
-    default=None,
-    help="Base interpreter (path or name on PATH) [default: the one running envship; "
-    "for an existing environment, the one it was made with].",
-)
-@click.option(
-    "--target",
-    metavar="NAME",
-    default=None,
-    help="Install for this lock target [default: the one this machine matches].",
-)
+@python_option("the one running envship; for an existing environment, the one it was made with")
+@target_option
 @groups_option("Include")
-@click.option("--compile", "compile_bytecode", is_flag=True, help="Compile bytecode (.pyc).")
+@compile_option
 @json_option
 def command(
     dest: Path,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..kernels import KernelInfo, install_kernel, list_kernels, remove_kernel
-from ._common import echo_json, json_option
+from ._common import F, echo_json, json_option
 
 __all__ = ["command"]
 
@@ -100,14 +100,18 @@ def _status(k: KernelInfo) -> str:
     return "shadowed" if k.shadowed else "ok"
 
 
+def _search_dirs_option(func: F) -> F:
+    return click.option(
+        "--kernel-dir",
+        "kernel_dirs",
+        multiple=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=_KERNEL_DIR_HELP.format(verb="search") + " Repeatable.",
+    )(func)
+
+
 @command.command("list")
-@click.option(
-    "--kernel-dir",
-    "kernel_dirs",
-    multiple=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help=_KERNEL_DIR_HELP.format(verb="search") + " Repeatable.",
-)
+@_search_dirs_option
 @json_option
 def list_cmd(kernel_dirs: tuple[Path, ...], as_json: bool) -> None:
     """List the kernels envship made, where Jupyter finds them."""
@@ -126,13 +130,7 @@ def list_cmd(kernel_dirs: tuple[Path, ...], as_json: bool) -> None:
 
 @command.command("remove")
 @click.argument("name")
-@click.option(
-    "--kernel-dir",
-    "kernel_dirs",
-    multiple=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help=_KERNEL_DIR_HELP.format(verb="search") + " Repeatable.",
-)
+@_search_dirs_option
 @json_option
 def remove_cmd(name: str, kernel_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Remove the kernel NAME, if envship made it (the environment stays)."""
