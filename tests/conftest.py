@@ -7,6 +7,10 @@ import pytest
 
 from indexlib import IndexServer, make_index, serve
 
+# Fixtures for the real services (Docker engine, OCI registry, base images) live in their
+# own modules; pytest loads them as plugins so every test can ask for them by name.
+pytest_plugins = ["serviceslib", "registrylib", "imagelib"]
+
 
 @pytest.fixture(scope="session")
 def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -14,14 +14,18 @@ from dataclasses import dataclass
 __all__ = [
     "ArtifactError",
     "EnvshipError",
+    "ImageError",
     "IndexExportError",
     "LockError",
     "NetworkError",
     "Problem",
+    "RegistryAuthError",
+    "RegistryError",
     "SpecError",
     "StaleLockError",
     "StoreError",
     "TargetError",
+    "UnsafeLayerError",
     "UnsupportedTargetError",
 ]
 
@@ -160,3 +164,58 @@ class IndexExportError(EnvshipError):
     """The static index could not be written."""
 
     kind = "index"
+
+
+class ImageError(EnvshipError):
+    """An image cannot be read, assembled or written (bad base, bad reference, full disk)."""
+
+    kind = "image"
+
+
+class UnsafeLayerError(ImageError):
+    """A layer holds an entry that would land outside the root (absolute, ``..``, escaping
+    link), or a device node. Reading it stops before anything is written."""
+
+    exit_code = 4
+    kind = "unsafe-layer"
+
+    def __init__(self, message: str, *, layer: str, entry: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.layer = layer
+        self.entry = entry
+
+    def to_json(self) -> dict[str, object]:
+        data = super().to_json()
+        data.update(layer=self.layer, entry=self.entry)
+        return data
+
+
+class RegistryError(NetworkError):
+    """A registry refused or failed a request of the distribution API after retries."""
+
+    kind = "registry"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        registry: str,
+        status: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, url=url, hint=hint)
+        self.registry = registry
+        self.status = status
+
+    def to_json(self) -> dict[str, object]:
+        data = super().to_json()
+        data.update(registry=self.registry, status=self.status)
+        return data
+
+
+class RegistryAuthError(RegistryError):
+    """Credentials for a registry are missing or wrong. The message names the registry
+    and how to log in; it never carries the secret."""
+
+    kind = "registry-auth"
