@@ -71,6 +71,17 @@ def test_install_text_and_options(
     assert capsys.readouterr().out.strip() == f"{dest} is up to date (3 packages, target {HOST})"
 
 
+def test_relative_paths_everywhere(
+    tmp_path: Path, setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a relative --store once reached uv as a file:// URL and crashed.
+    monkeypatch.chdir(tmp_path)
+    args = ["install", "env", "--lock", "pylock.toml", "--store", "store"]
+    assert main(args) == 0
+    run = subprocess.run([str(tmp_path / "env" / "bin" / "tool")], capture_output=True, text=True)
+    assert run.stdout == "tool ran\n"
+
+
 @pytest.mark.parametrize(
     ("case", "code", "kind"),
     [("foreign", 1, "install"), ("no-store", 1, "store"), ("other-target", 2, "target")],

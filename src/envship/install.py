@@ -389,6 +389,8 @@ def _write_marker(
     data = {
         "format": _MARKER_FORMAT,
         "lock": {"path": str(lock.path.absolute()), "digest": lock.digest},
+        "name": lock.name,
+        "display_name": lock.display_name,
         "target": target.to_json(),
         "groups": list(groups),
         "python": {"base": base_python, "version": python_full},

@@ -361,6 +361,9 @@ def _finish(data: dict[str, Any], spec: Spec) -> dict[str, Any]:
         "envship": {
             "spec-digest": spec.digest,
             "name": spec.name,
+            # The lock travels without its spec (to an image build, a kernel on another
+            # machine), so it carries what those need to name the environment.
+            "display-name": spec.display_name,
             "allow-sdist": spec.allow_sdist,
             "targets": [t.to_json() for t in spec.targets],
         }

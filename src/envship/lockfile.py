@@ -82,6 +82,8 @@ class LockFile:
     spec_digest: str | None
     targets: tuple[Target, ...]
     allow_sdist: bool
+    name: str | None = None  # the spec's name, from [tool.envship]
+    display_name: str | None = None  # the spec's kernel display name
 
     @classmethod
     def load(cls, path: Path) -> LockFile:
@@ -125,6 +127,8 @@ class LockFile:
             spec_digest=spec_digest if isinstance(spec_digest, str) else None,
             targets=tuple(targets),
             allow_sdist=bool(tool.get("allow-sdist", False)),
+            name=_optional_str(tool.get("name")),
+            display_name=_optional_str(tool.get("display-name")),
         )
 
     @property
@@ -285,3 +289,7 @@ def check_targets(
                 )
             )
     return problems
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -42,6 +42,11 @@ class Store:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        # Absolute, because paths under the root end up in file:// URLs handed to uv, and
+        # a relative one cannot be expressed as a URL (or survives a chdir).
+        object.__setattr__(self, "root", Path(os.path.abspath(self.root)))
+
     @classmethod
     def default(cls) -> Store:
         """``$ENVSHIP_STORE``, else ``store`` in the user cache dir."""
