@@ -38,6 +38,7 @@ __all__ = [
     "HttpClient",
     "RetryPolicy",
     "index_credentials",
+    "make_opener",
     "redact",
 ]
 
@@ -221,6 +222,17 @@ def _handlers(context: ssl.SSLContext, resolver: _Resolver) -> list[urllib.reque
             return self.do_open(Https, req, context=context)
 
     return [HttpHandler(), HttpsHandler(context=context)]
+
+
+def make_opener(
+    context: ssl.SSLContext | None = None, *extra: urllib.request.BaseHandler
+) -> urllib.request.OpenerDirector:
+    """An opener like :class:`HttpClient`'s: proxies from the environment, this module's
+    DNS cache, ``context`` for TLS (default: the system store, which honours
+    ``SSL_CERT_FILE``), plus ``extra`` handlers (the registry client brings its own
+    redirect policy)."""
+    tls = context if context is not None else ssl.create_default_context()
+    return urllib.request.build_opener(*_handlers(tls, _Resolver()), *extra)
 
 
 @dataclass

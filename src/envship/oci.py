@@ -9,9 +9,10 @@ from a registry can be written into a layout unchanged. See the OCI image spec
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ImageError, Problem
@@ -26,9 +27,16 @@ __all__ = [
     "OCI_LAYER",
     "OCI_LAYER_GZIP",
     "OCI_MANIFEST",
+    "INDEX_TYPES",
+    "MANIFEST_TYPES",
+    "REF_NAME",
     "Descriptor",
+    "ImageConfig",
+    "ImageManifest",
     "Reference",
+    "canonical_json",
     "check_digest",
+    "load_json",
     "sha256_digest",
 ]
 
@@ -178,3 +186,179 @@ class Reference:
         if self.digest:
             text += f"@{self.digest}"
         return text
+
+
+# -- manifests, indexes and configs ------------------------------------------------------------
+
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+def canonical_json(data: object) -> bytes:
+    """Compact JSON with sorted keys: the bytes whose digest names a manifest or config we
+    write, identical on every machine."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_json(data: bytes, where: str) -> dict[str, Any]:
+    """Parse a JSON object, or raise :class:`ImageError` naming ``where``."""
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImageError(f"{where}: not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise ImageError(f"{where}: not a JSON object", problems=[Problem(where, "not an object")])
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ImageManifest:
+    """An image manifest (OCI image spec manifest.md; Docker schema 2 reads the same)."""
+
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    media_type: str = OCI_MANIFEST
+    annotations: Mapping[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": self.media_type,
+            "config": self.config.to_json(),
+            "layers": [layer.to_json() for layer in self.layers],
+        }
+        if self.annotations:
+            data["annotations"] = dict(sorted(self.annotations.items()))
+        return data
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @classmethod
+    def from_json(cls, data: object, where: str = "manifest") -> ImageManifest:
+        if isinstance(data, bytes):
+            data = load_json(data, where)
+        if not isinstance(data, dict):
+            raise ImageError(f"{where}: not an object", problems=[Problem(where, "not an object")])
+        problems: list[Problem] = []
+        if data.get("schemaVersion") != 2:
+            problems.append(Problem(f"{where}.schemaVersion", "must be 2"))
+        media_type = data.get("mediaType", OCI_MANIFEST)
+        if media_type not in MANIFEST_TYPES:
+            problems.append(Problem(f"{where}.mediaType", f"not an image manifest: {media_type}"))
+        config: Descriptor | None = None
+        try:
+            config = Descriptor.from_json(data.get("config"), f"{where}.config")
+        except ImageError as exc:
+            problems.extend(exc.problems or [Problem(f"{where}.config", exc.message)])
+        layers: list[Descriptor] = []
+        raw_layers = data.get("layers")
+        if not isinstance(raw_layers, list):
+            problems.append(Problem(f"{where}.layers", "missing or not a list"))
+        else:
+            for i, item in enumerate(raw_layers):
+                try:
+                    layers.append(Descriptor.from_json(item, f"{where}.layers[{i}]"))
+                except ImageError as exc:
+                    problems.extend(exc.problems or [Problem(f"{where}.layers[{i}]", exc.message)])
+        annotations = data.get("annotations")
+        if annotations is not None and not isinstance(annotations, dict):
+            problems.append(Problem(f"{where}.annotations", "not an object"))
+        if problems or config is None:
+            raise ImageError(f"invalid image manifest at {where}", problems=problems)
+        return cls(config, tuple(layers), str(media_type), annotations or None)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    """An image configuration (OCI image spec config.md).
+
+    The fields envship reads or sets are typed; everything else of the JSON object is kept
+    in ``extra`` and written back unchanged, so a base image's config survives a rebuild.
+    """
+
+    architecture: str
+    os: str
+    diff_ids: tuple[str, ...]
+    config: Mapping[str, Any] = field(default_factory=dict)  # Env, Cmd, Labels, User, ...
+    history: tuple[Mapping[str, Any], ...] = ()
+    created: str | None = None
+    variant: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """``config.Env`` as a mapping (later duplicates win, as in a container)."""
+        result: dict[str, str] = {}
+        for item in self.config.get("Env") or ():
+            key, _, value = str(item).partition("=")
+            result[key] = value
+        return result
+
+    @property
+    def platform(self) -> str:
+        """``os/architecture[/variant]``, as image indexes and ``--platform`` spell it."""
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = dict(self.extra)
+        data.update(architecture=self.architecture, os=self.os)
+        if self.variant:
+            data["variant"] = self.variant
+        if self.created:
+            data["created"] = self.created
+        data["config"] = dict(self.config)
+        data["rootfs"] = {"type": "layers", "diff_ids": list(self.diff_ids)}
+        if self.history:
+            data["history"] = [dict(h) for h in self.history]
+        return data
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @classmethod
+    def from_json(cls, data: object, where: str = "config") -> ImageConfig:
+        if isinstance(data, bytes):
+            data = load_json(data, where)
+        if not isinstance(data, dict):
+            raise ImageError(f"{where}: not an object", problems=[Problem(where, "not an object")])
+        problems: list[Problem] = []
+        for key in ("architecture", "os"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                problems.append(Problem(f"{where}.{key}", "missing or not a string"))
+        rootfs = data.get("rootfs")
+        diff_ids: list[str] = []
+        if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
+            problems.append(Problem(f"{where}.rootfs", "missing, or type is not 'layers'"))
+        elif not isinstance(rootfs.get("diff_ids"), list):
+            problems.append(Problem(f"{where}.rootfs.diff_ids", "missing or not a list"))
+        else:
+            for i, value in enumerate(rootfs["diff_ids"]):
+                if isinstance(value, str) and _DIGEST.match(value):
+                    diff_ids.append(value)
+                else:
+                    problems.append(
+                        Problem(f"{where}.rootfs.diff_ids[{i}]", f"not a sha256 digest: {value!r}")
+                    )
+        config = data.get("config") or {}
+        if not isinstance(config, dict):
+            problems.append(Problem(f"{where}.config", "not an object"))
+        elif not isinstance(config.get("Env") or [], list):
+            problems.append(Problem(f"{where}.config.Env", "not a list"))
+        history = data.get("history") or []
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            problems.append(Problem(f"{where}.history", "not a list of objects"))
+        if problems:
+            raise ImageError(f"invalid image config at {where}", problems=problems)
+        known = {"architecture", "os", "variant", "created", "config", "rootfs", "history"}
+        return cls(
+            architecture=data["architecture"],
+            os=data["os"],
+            diff_ids=tuple(diff_ids),
+            config=dict(config),
+            history=tuple(history),
+            created=data.get("created") if isinstance(data.get("created"), str) else None,
+            variant=data.get("variant") if isinstance(data.get("variant"), str) else None,
+            extra={k: v for k, v in data.items() if k not in known},
+        )

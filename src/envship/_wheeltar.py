@@ -1,0 +1,337 @@
+"""Install a wheel straight into an image layer, for a virtual environment inside the image.
+
+pypa/installer does the wheel side (PEP 427: the ``.data`` schemes, entry points, the
+rewritten RECORD); this module is its :class:`~installer.destinations.WheelDestination`
+that writes into a :class:`~envship.layer.LayerWriter` instead of the build machine's
+file system. Nothing runs and nothing is unpacked to disk: each member streams from the
+zip into the tar, and is hashed on the way for the new RECORD.
+
+Paths are image paths. The scheme is a venv's (``sysconfig``'s ``venv`` scheme, which pip
+and uv use too): purelib and platlib ``lib/pythonX.Y/site-packages``, scripts ``bin``, data
+the prefix, headers ``include/site/pythonX.Y/NAME``. Scripts name the image's interpreter in
+their shebang, never the build machine's: console and GUI entry points through
+:class:`installer.scripts.Script`, and ``.data/scripts`` files whose first line is
+``#!python`` through :func:`installer.utils.fix_shebang`, the rewrite PEP 427 asks for.
+No byte-code is compiled: it would be for the build machine's Python, and the image's
+Python writes its own caches.
+
+The same wheel with the same scheme and interpreter always gives the same entries in the
+same order: installer walks entry points in file order, then the zip's members in archive
+order, then the extra metadata; the RECORD is sorted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import posixpath
+import re
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+from installer import install
+from installer.destinations import WheelDestination
+from installer.exceptions import InstallerError
+from installer.records import Hash, RecordEntry
+from installer.scripts import Script
+from installer.sources import WheelContentElement, WheelFile
+from installer.utils import Scheme, construct_record_file, fix_shebang, parse_metadata_file
+
+from .errors import ArtifactError, EnvshipError, ImageError, Problem
+from .layer import LayerWriter
+
+if TYPE_CHECKING:
+    from installer.scripts import ScriptSection
+
+__all__ = ["INSTALLER", "VenvScheme", "WheelInstall", "write_wheel"]
+
+#: Written to each distribution's ``INSTALLER`` file (PEP 376).
+INSTALLER = b"envship\n"
+HASH_ALGORITHM = "sha256"
+_PYTHON_VERSION = re.compile(r"^3\.\d{1,3}$")
+# PEP 508 / core metadata project name; it becomes a folder name under include/site.
+_PROJECT_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+# Linux reads at most 127 bytes of a "#!" line before 5.1 (BINPRM_BUF_SIZE was 128).
+_MAX_SHEBANG = 127
+
+
+@dataclass(frozen=True, slots=True)
+class VenvScheme:
+    """Where a wheel's schemes go in a virtual environment at ``prefix`` in the image."""
+
+    prefix: str  # absolute image path, e.g. "/opt/envship/venv"
+    python_version: str  # "3.11"
+
+    @classmethod
+    def for_python(cls, prefix: str, python_version: str) -> VenvScheme:
+        """Check ``prefix`` (absolute, normalized, not ``/``) and ``python_version`` (X.Y)."""
+        problems = []
+        if (
+            not prefix.startswith("/")
+            or posixpath.normpath(prefix) != prefix
+            or prefix.startswith("//")
+            or prefix == "/"
+            or any(c.isspace() or c == "\0" for c in prefix)
+        ):
+            problems.append(
+                Problem("prefix", f"{prefix!r} is not an absolute, normalized folder below /")
+            )
+        if not _PYTHON_VERSION.match(python_version):
+            problems.append(Problem("python_version", f"{python_version!r} is not X.Y"))
+        if problems:
+            raise ImageError(
+                "invalid virtual environment scheme",
+                problems=problems,
+                hint="e.g. VenvScheme.for_python('/opt/envship/venv', '3.11')",
+            )
+        return cls(prefix, python_version)
+
+    @property
+    def site_packages(self) -> str:
+        return f"{self.prefix}/lib/python{self.python_version}/site-packages"
+
+    def paths(self, name: str) -> dict[str, str]:
+        """The scheme for distribution ``name`` (only ``headers`` depends on it)."""
+        return {
+            "purelib": self.site_packages,
+            "platlib": self.site_packages,
+            "headers": f"{self.prefix}/include/site/python{self.python_version}/{name}",
+            "scripts": f"{self.prefix}/bin",
+            "data": self.prefix,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WheelInstall:
+    """What :func:`write_wheel` put into the layer for one wheel."""
+
+    name: str  # from METADATA
+    version: str
+    dist_info: str  # image path of the .dist-info folder
+    files: int  # regular files written, RECORD included
+    bytes: int  # their uncompressed size
+    scripts: tuple[str, ...] = field(default=())  # image paths of files in the scripts scheme
+
+
+class _Member:
+    """A zip member's stream that knows its size and its RECORD hash.
+
+    :meth:`LayerWriter.add_stream` needs the size before the bytes; ``installer`` hands
+    destinations bare streams, so the source wraps them.
+    """
+
+    def __init__(self, stream: BinaryIO, size: int, record_hash: str) -> None:
+        self.stream = stream
+        self.size = size
+        self.record_hash = record_hash  # "sha256=..." from the wheel's RECORD, or ""
+
+    def read(self, n: int = -1) -> bytes:
+        return self.stream.read(n)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.stream.readline(limit)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+
+class _Source(WheelFile):
+    """installer's zip source, whose streams carry their size and RECORD hash."""
+
+    def __init__(self, f: zipfile.ZipFile) -> None:
+        super().__init__(f)
+        self.sizes = {info.filename: info.file_size for info in f.infolist()}
+
+    def get_contents(self) -> Iterator[WheelContentElement]:
+        for record, stream, is_executable in super().get_contents():
+            member = _Member(stream, self.sizes[record[0]], record[1])
+            yield record, cast(BinaryIO, member), is_executable
+
+
+def _record_value(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+class _Hashing:
+    """Reads through to ``stream``, hashing what passes: sha256 for the new RECORD, and
+    the algorithm of the wheel's own RECORD entry when that is another one."""
+
+    def __init__(self, stream: BinaryIO, expected: str) -> None:
+        self.stream = stream
+        self.expected = expected
+        algorithm = expected.partition("=")[0]
+        self.hashes = {HASH_ALGORITHM: hashlib.new(HASH_ALGORITHM)}
+        if algorithm and algorithm != HASH_ALGORITHM and algorithm in hashlib.algorithms_available:
+            self.hashes[algorithm] = hashlib.new(algorithm)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        for h in self.hashes.values():
+            h.update(data)
+        return data
+
+    def record_value(self) -> str:
+        return _record_value(self.hashes[HASH_ALGORITHM].digest())
+
+    def mismatch(self) -> str | None:
+        """``algorithm=value`` actually read, when it differs from the wheel's RECORD."""
+        algorithm, _, value = self.expected.partition("=")
+        h = self.hashes.get(algorithm)
+        if h is None or _record_value(h.digest()) == value.rstrip("="):
+            return None  # no hash in RECORD (allowed for RECORD.jws etc.) or it matches
+        return f"{algorithm}={_record_value(h.digest())}"
+
+
+@dataclass
+class _LayerDestination(WheelDestination):
+    layer: LayerWriter
+    schemes: dict[str, str]
+    interpreter: str
+    wheel: str
+    written: list[tuple[str, int]] = field(default_factory=list)  # (image path, size)
+
+    def _image_path(self, scheme: Scheme, path: str) -> str:
+        base = self.schemes[scheme]
+        full = posixpath.normpath(posixpath.join(base, path))
+        if not full.startswith(base + "/"):
+            raise ImageError(
+                f"{self.wheel} would write outside its {scheme} folder",
+                problems=[Problem(self.wheel, f"{path!r} resolves to {full!r}")],
+            )
+        return full
+
+    def _add(self, scheme: Scheme, path: str, stream: BinaryIO, executable: bool) -> RecordEntry:
+        image_path = self._image_path(scheme, path)
+        if isinstance(stream, _Member):
+            size, expected = stream.size, stream.record_hash
+        elif isinstance(stream, io.BytesIO):  # rewritten shebang, extra metadata, RECORD
+            size, expected = len(stream.getbuffer()) - stream.tell(), ""
+        else:  # pragma: no cover - every stream installer passes is one of the above
+            raise TypeError(f"unexpected stream {type(stream).__name__} for {path}")
+        reader = _Hashing(stream, expected)
+        mode = 0o755 if executable else 0o644
+        self.layer.add_stream(image_path[1:], cast(BinaryIO, reader), size, mode)
+        actual = reader.mismatch()
+        if actual is not None:
+            # The store checked the wheel's own hash; this catches a wheel whose RECORD
+            # disagrees with its members, which PEP 427 asks installers to refuse.
+            raise ArtifactError(
+                f"{self.wheel}: {path} does not match the wheel's RECORD",
+                artifact=self.wheel,
+                expected=expected,
+                actual=actual,
+            )
+        self.written.append((image_path, size))
+        return RecordEntry(path, Hash(HASH_ALGORITHM, reader.record_value()), size)
+
+    def write_file(
+        self,
+        scheme: Scheme,
+        path: str | os.PathLike[str],
+        stream: BinaryIO,
+        is_executable: bool,
+    ) -> RecordEntry:
+        path_ = os.fspath(path)
+        if scheme == "scripts":
+            # pip makes every file of the scripts scheme executable; a bin/ entry
+            # without the bit would be useless.
+            with fix_shebang(stream, self.interpreter) as fixed:
+                return self._add(scheme, path_, fixed, True)
+        return self._add(scheme, path_, stream, is_executable)
+
+    def write_script(
+        self, name: str, module: str, attr: str, section: ScriptSection
+    ) -> RecordEntry:
+        script_name, data = Script(name, module, attr, section).generate(self.interpreter, "posix")
+        return self._add(Scheme("scripts"), script_name, io.BytesIO(data), True)
+
+    def finalize_installation(
+        self,
+        scheme: Scheme,
+        record_file_path: str,
+        records: Iterable[tuple[Scheme, RecordEntry]],
+    ) -> None:
+        root = self.schemes[scheme]
+
+        def prefix_for_scheme(file_scheme: Scheme) -> str | None:
+            # RECORD paths are relative to the site-packages folder (PEP 376).
+            if self.schemes[file_scheme] == root:
+                return None
+            return posixpath.relpath(self.schemes[file_scheme], root) + "/"
+
+        with construct_record_file(records, prefix_for_scheme) as record:
+            self._add(scheme, record_file_path, cast(BinaryIO, io.BytesIO(record.read())), False)
+
+
+def _check_interpreter(interpreter: str) -> None:
+    if (
+        not interpreter.startswith("/")
+        or any(c.isspace() or c == "\0" for c in interpreter)
+        or len(f"#!{interpreter}\n".encode()) > _MAX_SHEBANG
+    ):
+        raise ImageError(
+            f"cannot use {interpreter!r} in a script's shebang",
+            problems=[
+                Problem(
+                    "interpreter",
+                    f"needs an absolute path without spaces, at most {_MAX_SHEBANG - 3} bytes",
+                )
+            ],
+        )
+
+
+def write_wheel(
+    wheel: Path, layer: LayerWriter, scheme: VenvScheme, *, interpreter: str
+) -> WheelInstall:
+    """Install ``wheel`` into ``layer`` as installed into the venv ``scheme`` describes.
+
+    ``interpreter`` is the image path of the venv's Python (e.g.
+    ``/opt/envship/venv/bin/python``); scripts run it. The layer gets the files only: the
+    venv itself (``pyvenv.cfg``, ``bin/python``) is the caller's. Raises
+    :class:`ImageError` for a wheel that cannot be installed (malformed, paths outside
+    the venv, two files at one path) and :class:`ArtifactError` when a member does not
+    match the wheel's RECORD. A failure leaves the layer half-written: abort it.
+    """
+    _check_interpreter(interpreter)
+    where = str(wheel)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            source = _Source(zf)
+            metadata = parse_metadata_file(source.read_dist_info("METADATA"))
+            name, version = metadata["Name"], metadata["Version"]
+            if not name or not version or not _PROJECT_NAME.match(name):
+                raise ImageError(
+                    f"{wheel.name} has no valid Name and Version in its METADATA",
+                    problems=[Problem(where, f"Name {name!r}, Version {version!r}")],
+                )
+            schemes = scheme.paths(name)
+            destination = _LayerDestination(layer, schemes, interpreter, wheel.name)
+            install(source, destination, {"INSTALLER": INSTALLER})
+            dist_info = f"{scheme.site_packages}/{source.dist_info_dir}"
+    except EnvshipError:
+        raise
+    except (InstallerError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        # installer reports bad wheels as InstallerError or ValueError; zipfile a missing
+        # member as KeyError.
+        raise ImageError(
+            f"cannot install {wheel.name}: {exc}",
+            problems=[Problem(where, str(exc))],
+            hint="the wheel is malformed; check it with `python -m zipfile -l`",
+        ) from exc
+    scripts = tuple(p for p, _ in destination.written if p.startswith(schemes["scripts"] + "/"))
+    return WheelInstall(
+        name=name,
+        version=version,
+        dist_info=dist_info,
+        files=len(destination.written),
+        bytes=sum(size for _, size in destination.written),
+        scripts=scripts,
+    )

@@ -1,0 +1,123 @@
+"""The OCI models: manifests and configs to and from JSON, with key-path errors (envship.oci)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from envship.errors import ImageError
+from envship.oci import (
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+    canonical_json,
+    sha256_digest,
+)
+
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+
+
+def manifest_json(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": D1, "size": 10},
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": D2, "size": 20}],
+    }
+    data.update(changes)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def config_json(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/usr/bin", "A=1", "A=2"], "Cmd": ["bash"]},
+        "rootfs": {"type": "layers", "diff_ids": [D1, D2]},
+        "history": [{"created_by": "debootstrap"}],
+        "created": "2023-11-14T22:13:20Z",
+        "author": "kept as it was",
+    }
+    data.update(changes)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_manifest_round_trip_is_canonical() -> None:
+    manifest = ImageManifest.from_json(json.dumps(manifest_json()).encode())
+    assert manifest.config == Descriptor(OCI_CONFIG, D1, 10)
+    assert manifest.layers == (Descriptor(OCI_LAYER_GZIP, D2, 20),)
+    again = ImageManifest.from_json(manifest.to_bytes())
+    assert again == manifest and again.to_bytes() == manifest.to_bytes()
+    assert manifest.to_bytes() == canonical_json(manifest_json())
+    assert sha256_digest(manifest.to_bytes()) == sha256_digest(canonical_json(manifest_json()))
+
+
+def test_docker_manifest_reads_the_same() -> None:
+    manifest = ImageManifest.from_json(manifest_json(mediaType=DOCKER_MANIFEST))
+    assert manifest.media_type == DOCKER_MANIFEST
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (manifest_json(schemaVersion=1), "manifest.schemaVersion"),
+        (manifest_json(mediaType="application/vnd.oci.image.index.v1+json"), "manifest.mediaType"),
+        (manifest_json(config=None), "manifest.config"),
+        (
+            manifest_json(config={"mediaType": OCI_CONFIG, "digest": "md5:x", "size": 1}),
+            "manifest.config.digest",
+        ),
+        (
+            manifest_json(layers=[{"mediaType": OCI_LAYER_GZIP, "digest": D2, "size": -1}]),
+            "manifest.layers[0].size",
+        ),
+        (manifest_json(layers={}), "manifest.layers"),
+    ],
+)
+def test_manifest_errors_name_the_key(data: dict[str, Any], where: str) -> None:
+    with pytest.raises(ImageError) as caught:
+        ImageManifest.from_json(data)
+    assert where in [p.where for p in caught.value.problems]
+
+
+def test_config_round_trip_keeps_unknown_keys() -> None:
+    config = ImageConfig.from_json(canonical_json(config_json()))
+    assert config.diff_ids == (D1, D2)
+    assert config.env == {"PATH": "/usr/bin", "A": "2"}
+    assert config.platform == "linux/amd64"
+    assert config.extra == {"author": "kept as it was"}
+    assert config.to_bytes() == canonical_json(config_json())
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (config_json(architecture=None), "config.architecture"),
+        (config_json(os=""), "config.os"),
+        (config_json(rootfs={"type": "tar", "diff_ids": []}), "config.rootfs"),
+        (config_json(rootfs={"type": "layers"}), "config.rootfs.diff_ids"),
+        (
+            config_json(rootfs={"type": "layers", "diff_ids": [D1, "x"]}),
+            "config.rootfs.diff_ids[1]",
+        ),
+        (config_json(config={"Env": "PATH=/bin"}), "config.config.Env"),
+        (config_json(history=["x"]), "config.history"),
+    ],
+)
+def test_config_errors_name_the_key(data: dict[str, Any], where: str) -> None:
+    with pytest.raises(ImageError) as caught:
+        ImageConfig.from_json(data)
+    assert where in [p.where for p in caught.value.problems]
+
+
+@pytest.mark.parametrize("text", [b"not json", b"[1, 2]", b"\xff"])
+def test_not_an_object(text: bytes) -> None:
+    with pytest.raises(ImageError, match="manifest"):
+        ImageManifest.from_json(text)
