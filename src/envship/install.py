@@ -47,7 +47,14 @@ from .lockfile import Artifact, LockFile
 from .store import Store
 from .targets import Target
 
-__all__ = ["INCOMPLETE_NAME", "MARKER_NAME", "InstallError", "InstallResult", "install"]
+__all__ = [
+    "INCOMPLETE_NAME",
+    "MARKER_NAME",
+    "InstallError",
+    "InstallResult",
+    "install",
+    "marker_data",
+]
 
 MARKER_NAME = ".envship-install.json"
 INCOMPLETE_NAME = ".envship-incomplete"
@@ -377,16 +384,17 @@ def _install_locked(
     return result(chosen, artifacts, action)
 
 
-def _write_marker(
-    dest: Path,
+def marker_data(
     lock: LockFile,
     target: Target,
     groups: tuple[str, ...],
     base_python: str,
     python_full: str,
     artifacts: list[Artifact],
-) -> None:
-    data = {
+) -> dict[str, Any]:
+    """What an environment made from ``lock`` records about itself (the install marker);
+    image builds write the same record into the image."""
+    return {
         "format": _MARKER_FORMAT,
         "lock": {"path": str(lock.path.absolute()), "digest": lock.digest},
         "name": lock.name,
@@ -396,6 +404,18 @@ def _write_marker(
         "python": {"base": base_python, "version": python_full},
         "packages": [_entry(a) for a in artifacts],
     }
+
+
+def _write_marker(
+    dest: Path,
+    lock: LockFile,
+    target: Target,
+    groups: tuple[str, ...],
+    base_python: str,
+    python_full: str,
+    artifacts: list[Artifact],
+) -> None:
+    data = marker_data(lock, target, groups, base_python, python_full, artifacts)
     tmp = dest / f"{MARKER_NAME}.tmp"
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, dest / MARKER_NAME)  # atomic: a reader sees the old marker or the new

@@ -15,7 +15,17 @@ from ._common import render_error, reset_json
 # Command name -> module under envship.cli. Modules are imported when their command is
 # looked up, so `envship fetch` does not pay for importing the importers, the verifier
 # or the installer (imports are most of a fetch that finds everything in the store).
-_COMMANDS = ("init", "lock", "fetch", "index", "install", "verify", "env", "kernel")
+_COMMANDS = (
+    "init",
+    "lock",
+    "fetch",
+    "index",
+    "install",
+    "verify",
+    "env",
+    "kernel",
+    "image",
+)
 
 
 class _LazyGroup(click.Group):

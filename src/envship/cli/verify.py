@@ -8,7 +8,7 @@ import click
 
 from ..lockfile import LockFile
 from ..verify import KINDS, Difference, DifferenceKind, VerifyMismatchError, VerifyReport, verify
-from ._common import echo_json, groups_option, json_option, lock_option
+from ._common import echo_json, groups_option, json_option, lock_option, store_option
 
 __all__ = ["command", "render_report"]
 
@@ -72,6 +72,20 @@ def render_report(report: VerifyReport) -> str:
     metavar="NAME",
     help="Leave this distribution out of the comparison (repeatable), e.g. pip.",
 )
+@click.option(
+    "--image",
+    metavar="IMAGE",
+    help="Check the environment inside this image instead, by reading its layers (no "
+    "container runs): a registry reference, oci:DIR[:TAG] or docker-archive:FILE. "
+    "Always hashes every file.",
+)
+@store_option
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="With --image: allow plain HTTP and unverified TLS to a registry that is not on "
+    "this machine.",
+)
 @json_option
 def command(
     env: Path | None,
@@ -80,6 +94,9 @@ def command(
     groups: tuple[str, ...],
     full: bool,
     ignore: tuple[str, ...],
+    image: str | None,
+    store_dir: Path | None,
+    insecure: bool,
     as_json: bool,
 ) -> None:
     """Check that ENV holds exactly the locked distributions, byte for byte.
@@ -100,10 +117,16 @@ def command(
       envship verify .venv
       envship verify --lock pylock.toml /opt/env/bin/python --full
       envship verify --ignore pip --json
+      envship verify --image oci:out:ds
     """
     lock = LockFile.load(lock_path)
-    target = lock.target(target_name) if target_name else None
-    report = verify(lock, env, target=target, groups=groups or None, full=full, ignore=ignore)
+    if image is not None:
+        if env is not None or target_name:
+            raise click.UsageError("--image takes no ENV or --target (the image says which)")
+        report = _verify_image(lock, image, store_dir, insecure, groups, ignore)
+    else:
+        target = lock.target(target_name) if target_name else None
+        report = verify(lock, env, target=target, groups=groups or None, full=full, ignore=ignore)
     if not report.identical:
         if not as_json:
             click.echo(render_report(report))
@@ -113,3 +136,21 @@ def command(
         echo_json(report.to_json())
     else:
         click.echo(render_report(report))
+
+
+def _verify_image(
+    lock: LockFile,
+    image: str,
+    store_dir: Path | None,
+    insecure: bool,
+    groups: tuple[str, ...],
+    ignore: tuple[str, ...],
+) -> VerifyReport:
+    # Imported here: the image modules are only needed for --image.
+    from ..imageinspect import verify_image
+    from ..imageio import default_client, open_image
+    from ..store import Store
+
+    store = Store.at(store_dir)
+    source = open_image(image, store, client=default_client(insecure=insecure))
+    return verify_image(lock, source, groups=groups or None, ignore=ignore)

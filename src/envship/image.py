@@ -1,0 +1,549 @@
+"""Daemonless image builds: a locked environment as layers on top of a base image.
+
+The environment becomes a virtual environment at a fixed path (``/opt/envship/venv`` by
+default) that uses the base image's own interpreter. Nothing runs: the base is probed
+from its layers (:mod:`envship.imagebase`), each wheel is installed straight into a tar
+stream by pypa/installer (:mod:`envship._wheeltar`), and the manifest and config are
+written by hand. Layers are cut so that a one-package change touches one small layer:
+every distribution whose wheel is 1 MiB or more gets its own, and the small ones share
+one of a few buckets chosen by a hash of their name (so adding or bumping a small package
+changes one bucket, not every layer after it). Each layer is cached in the store under
+a key made of everything that goes into it, so a rebuild writes only what changed.
+
+Reproducible: entries, modes, owners and times inside the layers are fixed
+(SOURCE_DATE_EPOCH, else 0), JSON is canonical, and nothing depends on the build folder
+or clock; the same lock on the same base gives the same manifest digest anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._wheeltar import VenvScheme, write_wheel
+from .errors import ImageError, StoreError
+from .imagebase import BaseFacts, match_base
+from .install import MARKER_NAME, marker_data
+from .layer import DEFAULT_LEVEL, LayerBlob, LayerWriter
+from .lockfile import Artifact, LockFile
+from .oci import (
+    DOCKER_LAYER_GZIP,
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+)
+from .ocilayout import LayoutImage, OciLayout
+from .store import Store
+from .targets import Target
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "LABEL_PREFIX",
+    "BuiltImage",
+    "ImageLayer",
+    "LayerEvent",
+    "build_image",
+    "source_date_epoch",
+]
+
+DEFAULT_PREFIX = "/opt/envship/venv"
+LABEL_PREFIX = "org.envship"
+DISTRIBUTIONS = f"{LABEL_PREFIX}.distributions"  # layer annotation: what a layer holds
+KERNELS_DIR = "usr/local/share/jupyter/kernels"  # on every Jupyter's system search path
+# Bumped whenever the bytes a layer gets from the same inputs change, so no stale cached
+# layer is ever reused.
+LAYER_FORMAT = 1
+_OWN_LAYER = 1 << 20
+_BUCKETS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class LayerEvent:
+    """Progress of one environment layer: ``state`` is built, cached, or written."""
+
+    index: int
+    total: int
+    label: str
+    state: str
+    size: int
+
+
+LayerProgress = Callable[[LayerEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLayer:
+    """One layer of the built image, base layers included."""
+
+    descriptor: Descriptor
+    diff_id: str
+    label: str  # "base", "numpy 2.3.1", "small packages 3", "environment"
+    distributions: tuple[str, ...] = ()
+    cached: bool = False  # taken from the store's layer cache rather than built now
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.descriptor.digest,
+            "size": self.descriptor.size,
+            "diff_id": self.diff_id,
+            "label": self.label,
+            "distributions": list(self.distributions),
+            "cached": self.cached,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltImage:
+    """An assembled image: blobs are in the store's layout, ready to be written out."""
+
+    manifest: ImageManifest
+    manifest_bytes: bytes
+    config_bytes: bytes
+    layers: tuple[ImageLayer, ...]
+    layer_paths: tuple[Path, ...]
+    base: BaseFacts
+    target: Target
+    prefix: str
+    kernel: str | None
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+    outputs: tuple[str, ...] = field(default=())
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.manifest_bytes).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "target": self.target.name,
+            "base": self.base.to_json(),
+            "prefix": self.prefix,
+            "kernel": self.kernel,
+            "layers": [layer.to_json() for layer in self.layers],
+            "built": sum(1 for layer in self.layers if layer.label != "base" and not layer.cached),
+            "outputs": list(self.outputs),
+            "notes": list(self.notes),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org) if set, else 0."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ImageError(
+            f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {raw!r}",
+            hint="see https://reproducible-builds.org/specs/source-date-epoch/",
+        )
+    return int(raw)
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    label: str
+    artifacts: tuple[Artifact, ...]
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    wheels: tuple[Path, ...]
+    tmp_dir: Path
+    prefix: str
+    python: str
+    interpreter: str
+    mtime: int
+    level: int
+
+
+def _bucket(name: str) -> int:
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % _BUCKETS
+
+
+def _plan(artifacts: Sequence[Artifact], store: Store, *, inputs: dict[str, Any]) -> list[_Plan]:
+    own: list[tuple[Artifact, ...]] = []
+    buckets: dict[int, list[Artifact]] = {}
+    for a in sorted(artifacts, key=lambda a: a.name):
+        if store.path(a.sha256).stat().st_size >= _OWN_LAYER:
+            own.append((a,))
+        else:
+            buckets.setdefault(_bucket(a.name), []).append(a)
+    groups = [(f"{g[0].name} {g[0].version}", g) for g in own]
+    groups += [(f"small packages {b}", tuple(buckets[b])) for b in sorted(buckets)]
+    plans = []
+    for label, members in groups:
+        key_data = dict(inputs, wheels=[a.sha256 for a in members])
+        key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
+        plans.append(_Plan(label, members, key))
+    return plans
+
+
+def _build_layer(job: _Job) -> LayerBlob:
+    """Worker: one layer from its wheels (module level, so a process pool can run it)."""
+    scheme = VenvScheme.for_python(job.prefix, job.python)
+    writer = LayerWriter(job.tmp_dir, mtime=job.mtime, level=job.level)
+    try:
+        for wheel in job.wheels:
+            write_wheel(wheel, writer, scheme, interpreter=job.interpreter)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+class _LayerCache:
+    """``<store>/layers/<key>.json`` -> a layer blob kept in the store's OCI layout."""
+
+    def __init__(self, store: Store, layout: OciLayout) -> None:
+        self.dir = store.root / "layers"
+        self.layout = layout
+
+    def get(self, key: str) -> tuple[Descriptor, str] | None:
+        try:
+            data = json.loads((self.dir / f"{key}.json").read_text(encoding="utf-8"))
+            descriptor = Descriptor.from_json(data["descriptor"])
+            diff_id = str(data["diff_id"])
+        except (OSError, ValueError, KeyError, ImageError):
+            return None
+        path = self.layout.blob_path(descriptor.digest)
+        if not path.is_file() or path.stat().st_size != descriptor.size:
+            return None
+        return descriptor, diff_id
+
+    def put(self, key: str, blob: LayerBlob, annotations: dict[str, str]) -> Descriptor:
+        descriptor = self.layout.add_blob_file(
+            blob.path, blob.digest, blob.size, blob.media_type, verify=False
+        )
+        descriptor = replace(descriptor, annotations=annotations)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{key}.json.tmp-{os.getpid()}"
+        tmp.write_text(
+            json.dumps({"descriptor": descriptor.to_json(), "diff_id": blob.diff_id}),
+            encoding="utf-8",
+        )
+        os.replace(tmp, self.dir / f"{key}.json")
+        return descriptor
+
+
+def _skeleton(writer: LayerWriter, prefix: str, facts: BaseFacts) -> None:
+    """The venv itself (PEP 405): pyvenv.cfg and interpreter links to the base's Python."""
+    rel = prefix.strip("/")
+    writer.add_dir(f"{rel}/bin")
+    writer.add_dir(f"{rel}/include")
+    writer.add_dir(f"{rel}/lib/python{facts.version}/site-packages")
+    writer.add_symlink(f"{rel}/lib64", "lib")
+    writer.add_symlink(f"{rel}/bin/python", facts.python)
+    writer.add_symlink(f"{rel}/bin/python3", "python")
+    writer.add_symlink(f"{rel}/bin/python{facts.version}", "python")
+    cfg = (
+        f"home = {facts.python_home}\n"
+        "include-system-site-packages = false\n"
+        f"version = {facts.version_full}\n"
+        f"executable = {facts.python}\n"
+    )
+    writer.add_file(f"{rel}/pyvenv.cfg", cfg.encode())
+
+
+def _kernelspec(name: str, display_name: str, prefix: str) -> bytes:
+    spec = {
+        "argv": [f"{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": display_name,
+        "language": "python",
+        "metadata": {"debugger": True, "envship": {"env": prefix}},
+    }
+    return json.dumps(spec, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def _config(
+    base: ImageConfig,
+    diff_ids: Iterable[str],
+    history: Iterable[dict[str, Any]],
+    *,
+    prefix: str,
+    labels: dict[str, str],
+    created: str,
+) -> ImageConfig:
+    settings = dict(base.config)
+    env = base.env
+    path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env["PATH"] = f"{prefix}/bin:{path}"
+    env["VIRTUAL_ENV"] = prefix
+    settings["Env"] = [f"{k}={v}" for k, v in env.items()]
+    settings["Labels"] = {**(settings.get("Labels") or {}), **labels}
+    return replace(
+        base,
+        diff_ids=(*base.diff_ids, *diff_ids),
+        config=settings,
+        history=(*base.history, *history),
+        created=created,
+    )
+
+
+def build_image(
+    lock: LockFile,
+    store: Store,
+    base: LayoutImage,
+    facts: BaseFacts,
+    *,
+    base_name: str,
+    target: str | None = None,
+    groups: Collection[str] | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    kernel_name: str | None = None,
+    mtime: int | None = None,
+    level: int = DEFAULT_LEVEL,
+    jobs: int | None = None,
+    progress: LayerProgress | None = None,
+) -> BuiltImage:
+    """Assemble the image for ``lock`` on ``base``; its blobs end up in the store's layout.
+
+    ``facts`` come from :func:`envship.imagebase.probe_base`; the target is the one they
+    fit (or ``target``, checked against them). Write the result out with
+    :mod:`envship.imageio`.
+    """
+    start = time.monotonic()
+    if not prefix.startswith("/") or prefix.rstrip("/") in ("", "/usr", "/opt") or " " in prefix:
+        raise ImageError(f"invalid environment path {prefix!r}", hint="e.g. /opt/envship/venv")
+    prefix = prefix.rstrip("/")
+    chosen = match_base([lock.target(target)] if target else lock, facts, where=base_name)
+    chosen_groups = tuple(sorted(groups)) if groups is not None else lock.groups
+    artifacts = lock.artifacts([chosen.name], groups=chosen_groups)
+    missing = [a for a in artifacts if not store.has(a.sha256)]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} locked artifact(s) for {chosen.name} are not in the store "
+            f"{store.root}",
+            hint=f"run `envship fetch --lock {lock.path} --target {chosen.name}` first",
+        )
+    sdists = [a.filename for a in artifacts if a.kind != "wheel"]
+    if sdists:
+        raise ImageError(
+            "images are built from wheels only; the lock selects source distributions: "
+            + ", ".join(sdists),
+            hint="building an sdist runs its code; build wheels and lock them instead",
+        )
+    epoch = source_date_epoch() if mtime is None else mtime
+    interpreter = f"{prefix}/bin/python"
+    layout = OciLayout.open(store.root / "oci", create=True)
+    cache = _LayerCache(store, layout)
+    inputs = {
+        "format": LAYER_FORMAT,
+        "prefix": prefix,
+        "interpreter": interpreter,
+        "python": facts.version,
+        "mtime": epoch,
+        "level": level,
+    }
+    plans = _plan(artifacts, store, inputs=inputs)
+    total = len(plans) + 2
+    results: dict[str, tuple[Descriptor, str, bool]] = {}
+    todo = []
+    for plan in plans:
+        hit = cache.get(plan.key)
+        if hit is not None:
+            results[plan.key] = (*hit, True)
+        else:
+            todo.append(plan)
+    tmp_dir = store.root / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def annotations(plan: _Plan) -> dict[str, str]:
+        return {DISTRIBUTIONS: " ".join(f"{a.name}=={a.version}" for a in plan.artifacts)}
+
+    def job(plan: _Plan) -> _Job:
+        wheels = tuple(_wheel_file(store, a, tmp_dir) for a in plan.artifacts)
+        return _Job(wheels, tmp_dir, prefix, facts.version, interpreter, epoch, level)
+
+    done = 0
+
+    def report(label: str, state: str, size: int) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(LayerEvent(done, total, label, state, size))
+
+    for plan in plans:
+        if plan.key in results:
+            report(plan.label, "cached", results[plan.key][0].size)
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
+    if todo:
+        with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
+            futures = {plan.key: pool.submit(_build_layer, job(plan)) for plan in todo}
+            for plan in todo:
+                blob = futures[plan.key].result()
+                descriptor = cache.put(plan.key, blob, annotations(plan))
+                results[plan.key] = (descriptor, blob.diff_id, False)
+                report(plan.label, "built", blob.size)
+
+    # The venv skeleton, then the marker and kernelspec: the only layer that changes with
+    # every lock, so it is small and last.
+    ours = [_small_layer(tmp_dir, epoch, lambda w: _skeleton(w, prefix, facts))]
+    kernel, notes = _kernel_plan(lock, artifacts, kernel_name)
+    marker = marker_data(lock, chosen, chosen_groups, facts.python, facts.version_full, artifacts)
+    # The build folder must not reach the image: it would change the digest per machine.
+    marker["lock"]["path"] = lock.path.name
+
+    def top(writer: LayerWriter) -> None:
+        rel = prefix.strip("/")
+        writer.add_file(f"{rel}/{MARKER_NAME}", _marker_bytes(marker))
+        if kernel is not None:
+            display = lock.display_name or f"Python ({lock.name or kernel})"
+            writer.add_file(
+                f"{KERNELS_DIR}/{kernel}/kernel.json", _kernelspec(kernel, display, prefix)
+            )
+
+    ours.append(_small_layer(tmp_dir, epoch, top))
+    env_layers: list[ImageLayer] = []
+    env_paths: list[Path] = []
+    skeleton_blob, top_blob = ours
+    skeleton = layout.add_blob_file(
+        skeleton_blob.path, skeleton_blob.digest, skeleton_blob.size, skeleton_blob.media_type
+    )
+    env_layers.append(ImageLayer(skeleton, skeleton_blob.diff_id, "virtual environment"))
+    report("virtual environment", "built", skeleton.size)
+    for plan in plans:
+        descriptor, diff_id, cached = results[plan.key]
+        names = tuple(f"{a.name}=={a.version}" for a in plan.artifacts)
+        env_layers.append(ImageLayer(descriptor, diff_id, plan.label, names, cached))
+    top_descriptor = layout.add_blob_file(
+        top_blob.path, top_blob.digest, top_blob.size, top_blob.media_type
+    )
+    env_layers.append(ImageLayer(top_descriptor, top_blob.diff_id, "marker and kernelspec"))
+    report("marker and kernelspec", "built", top_descriptor.size)
+    env_paths = [layout.blob_path(layer.descriptor.digest) for layer in env_layers]
+
+    base_layers = [
+        ImageLayer(_oci_type(d), diff, "base")
+        for d, diff in zip(base.manifest.layers, base.config.diff_ids, strict=True)
+    ]
+    created = _iso(epoch)
+    # One history entry per layer (OCI config.md); a base without history gets neutral
+    # entries so ours line up with our layers.
+    base_history = list(base.config.history)
+    unrecorded = len(base_layers) - sum(1 for h in base_history if not h.get("empty_layer"))
+    base_history += [{"created_by": "base layer"}] * max(0, unrecorded)
+    labels = {
+        f"{LABEL_PREFIX}.lock-digest": lock.digest,
+        f"{LABEL_PREFIX}.spec-digest": lock.spec_digest or "",
+        f"{LABEL_PREFIX}.version": __version__,
+        f"{LABEL_PREFIX}.prefix": prefix,
+        f"{LABEL_PREFIX}.target": chosen.name,
+    }
+    history = [
+        {"created": created, "created_by": f"envship image build: {layer.label}"}
+        for layer in env_layers
+    ]
+    config = _config(
+        replace(base.config, history=tuple(base_history)),
+        (layer.diff_id for layer in env_layers),
+        history,
+        prefix=prefix,
+        labels=labels,
+        created=created,
+    )
+    config_bytes = config.to_bytes()
+    config_descriptor = layout.add_blob(config_bytes, OCI_CONFIG)
+    layers = (*base_layers, *env_layers)
+    manifest = ImageManifest(config_descriptor, tuple(layer.descriptor for layer in layers))
+    manifest_bytes = manifest.to_bytes()
+    return BuiltImage(
+        manifest=manifest,
+        manifest_bytes=manifest_bytes,
+        config_bytes=config_bytes,
+        layers=layers,
+        layer_paths=(*base.layer_paths, *env_paths),
+        base=facts,
+        target=chosen,
+        prefix=prefix,
+        kernel=kernel,
+        notes=tuple(notes),
+        seconds=time.monotonic() - start,
+    )
+
+
+class _Inline:
+    """A stand-in for a one-worker pool: runs each job at submit time, in this process."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[[_Job], LayerBlob], arg: _Job) -> _Done:
+        return _Done(fn(arg))
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    value: LayerBlob
+
+    def result(self) -> LayerBlob:
+        return self.value
+
+
+def _wheel_file(store: Store, artifact: Artifact, tmp_dir: Path) -> Path:
+    """The artifact under its wheel file name (installer reads the tags from it)."""
+    try:
+        return store.named(artifact.sha256, artifact.filename)
+    except OSError:
+        # A read-only (shared) store: a private link or copy next to the layers instead.
+        folder = tmp_dir / "wheels" / artifact.sha256
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / artifact.filename
+        if not dest.is_file():
+            try:
+                os.link(store.path(artifact.sha256), dest)
+            except OSError:
+                shutil.copyfile(store.path(artifact.sha256), dest)
+        return dest
+
+
+def _small_layer(tmp_dir: Path, epoch: int, fill: Callable[[LayerWriter], None]) -> LayerBlob:
+    writer = LayerWriter(tmp_dir, mtime=epoch)
+    try:
+        fill(writer)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _marker_bytes(marker: dict[str, Any]) -> bytes:
+    return (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _kernel_plan(
+    lock: LockFile, artifacts: Sequence[Artifact], kernel_name: str | None
+) -> tuple[str | None, list[str]]:
+    if not any(a.name == "ipykernel" for a in artifacts):
+        return None, ["no kernelspec: ipykernel is not in the locked environment"]
+    name = kernel_name or lock.name or "envship"
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower())
+    return cleaned, []
+
+
+def _oci_type(descriptor: Descriptor) -> Descriptor:
+    # Docker's gzip layer type names the same bytes as OCI's; one manifest, one vocabulary.
+    if descriptor.media_type == DOCKER_LAYER_GZIP:
+        return replace(descriptor, media_type=OCI_LAYER_GZIP)
+    return descriptor

@@ -1,0 +1,175 @@
+"""Looking into an image without running it: its layers and what they hold, and whether
+its environment equals a lock.
+
+Both read the layer tars only. ``inspect`` lists every layer with its sizes and the Python
+distributions it adds (envship's layers say so in an annotation; any other layer is
+scanned for ``*.dist-info`` folders, and the answer is cached in the store by layer
+digest). ``verify_image`` unpacks just the environment's folder (safely, whiteouts
+applied) into a temporary directory and runs the same checks as ``envship verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ImageError, LockError
+from .image import DISTRIBUTIONS, LABEL_PREFIX
+from .imageio import ImageSource
+from .install import MARKER_NAME
+from .layer import extract_layer, iter_layer
+from .lockfile import LockFile
+from .store import Store
+from .verify import VerifyReport, verify
+
+__all__ = ["ImageInfo", "LayerInfo", "inspect_image", "verify_image"]
+
+# <name>-<version>.dist-info/METADATA anywhere in a site-packages or dist-packages folder.
+_DIST_INFO = re.compile(r"(?:site|dist)-packages/([^/]+)-([^/-]+)\.dist-info/METADATA$")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    digest: str
+    size: int
+    media_type: str
+    created_by: str
+    distributions: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "size": self.size,
+            "media_type": self.media_type,
+            "created_by": self.created_by,
+            "distributions": list(self.distributions),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    name: str
+    digest: str
+    platform: str
+    labels: dict[str, str]
+    layers: tuple[LayerInfo, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "platform": self.platform,
+            "size": self.size,
+            "labels": self.labels,
+            "layers": [layer.to_json() for layer in self.layers],
+        }
+
+
+def _scan(path: Path, digest: str, cache: Path) -> tuple[str, ...]:
+    cached = cache / f"{digest.removeprefix('sha256:')}.json"
+    try:
+        return tuple(json.loads(cached.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    found = sorted(
+        {
+            f"{m.group(1).replace('_', '-').lower()}=={m.group(2)}"
+            for info, _ in iter_layer(path, layer=digest)
+            if (m := _DIST_INFO.search(info.name))
+        }
+    )
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(found), encoding="utf-8")
+    os.replace(tmp, cached)
+    return tuple(found)
+
+
+def inspect_image(source: ImageSource, store: Store) -> ImageInfo:
+    """The layers of ``source`` with their sizes and the distributions each adds."""
+    image = source.image
+    history = [h for h in image.config.history if not h.get("empty_layer")]
+    cache = store.root / "images" / "layer-dists"
+    layers = []
+    for i, (descriptor, path) in enumerate(
+        zip(image.manifest.layers, image.layer_paths, strict=True)
+    ):
+        note = (descriptor.annotations or {}).get(DISTRIBUTIONS)
+        dists = tuple(note.split()) if note is not None else _scan(path, descriptor.digest, cache)
+        # Histories may be shorter than the layer list; the newest entries are the top's.
+        h = i - (len(image.manifest.layers) - len(history))
+        created_by = str(history[h].get("created_by", "")) if 0 <= h < len(history) else ""
+        layers.append(
+            LayerInfo(descriptor.digest, descriptor.size, descriptor.media_type, created_by, dists)
+        )
+    labels = {str(k): str(v) for k, v in (image.config.config.get("Labels") or {}).items()}
+    return ImageInfo(
+        source.name, image.descriptor.digest, image.config.platform, labels, tuple(layers)
+    )
+
+
+def verify_image(
+    lock: LockFile,
+    source: ImageSource,
+    *,
+    groups: Collection[str] | None = None,
+    full: bool = True,
+    ignore: Collection[str] = (),
+) -> VerifyReport:
+    """Check the environment inside ``source`` against ``lock`` by reading its layers."""
+    image = source.image
+    labels = image.config.config.get("Labels") or {}
+    prefix = str(labels.get(f"{LABEL_PREFIX}.prefix", "")).strip("/")
+    if not prefix:
+        raise ImageError(
+            f"{source.name} has no environment made by envship "
+            f"(no {LABEL_PREFIX}.prefix label in its config)",
+            hint="verify images built with `envship image build`",
+        )
+    with tempfile.TemporaryDirectory(prefix="envship-verify-image-") as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+
+        def inside(path: str) -> bool:
+            return path == prefix or path.startswith(prefix + "/")
+
+        # One pass over each layer: the environment's folder only, whiteouts applied.
+        for i, path in enumerate(image.layer_paths):
+            extract_layer(path, root, layer=f"{source.name} layer {i}", only=inside)
+        try:
+            marker = json.loads((root / prefix / MARKER_NAME).read_text(encoding="utf-8"))
+            target = lock.target(str(marker["target"]["name"]))
+        except (OSError, LockError, ValueError, KeyError, TypeError) as exc:
+            raise ImageError(
+                f"{source.name}: cannot read the environment's marker /{prefix}/{MARKER_NAME}",
+                hint=str(exc),
+            ) from None
+        chosen_groups = groups if groups is not None else marker.get("groups")
+        report = verify(
+            lock, root / prefix, target=target, groups=chosen_groups, full=full, ignore=ignore
+        )
+    # Report paths as they are in the image, not in the temporary folder (gone by now).
+    tmp_root = str(root)
+
+    def image_path(path: Path | str) -> str:
+        text = str(path)
+        return text[len(tmp_root) :] if text.startswith(tmp_root) else text
+
+    env = report.environment
+    in_image = replace(
+        env,
+        root=Path(f"{source.name}:{image_path(env.root)}"),
+        site_packages=tuple(Path(image_path(p)) for p in env.site_packages),
+    )
+    differences = tuple(replace(d, path=image_path(d.path)) for d in report.differences)
+    return replace(report, environment=in_image, differences=differences)

@@ -1,0 +1,233 @@
+"""Where images come from and go to: OCI layouts, docker-archives and registries.
+
+Image names on the command line follow containers/image's transports: ``oci:DIR[:TAG]``,
+``docker-archive:FILE[:NAME[:TAG]]``, and anything else is a registry reference
+(``[host[:port]/]repo[:tag][@digest]``). Every blob read in is verified against its digest
+and kept in the store's OCI layout (``<store>/oci``), which doubles as the cache of base
+images and built layers.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import ImageError
+from .image import BuiltImage
+from .oci import (
+    INDEX_TYPES,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+    Reference,
+    load_json,
+)
+from .ocilayout import (
+    LayoutImage,
+    OciLayout,
+    default_platform,
+    parse_layout_ref,
+    read_docker_archive,
+    write_docker_archive,
+)
+from .registry import BlobProgress, RegistryClient, TransferStats
+from .store import Store
+
+__all__ = [
+    "ImageSource",
+    "PushResult",
+    "open_image",
+    "push_image",
+    "store_layout",
+    "write_image",
+]
+
+ClientFactory = Callable[[str], RegistryClient]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSource:
+    """An image read in: where it came from, and its parts in a layout on disk."""
+
+    name: str
+    image: LayoutImage
+    reference: Reference | None = None  # set for images that came from a registry
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    reference: str
+    digest: str
+    stats: TransferStats
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "reference": self.reference,
+            "digest": self.digest,
+            "blobs_uploaded": s.blobs_uploaded,
+            "blobs_mounted": s.blobs_mounted,
+            "blobs_existing": s.blobs_existing,
+            "bytes_uploaded": s.bytes_uploaded,
+        }
+
+
+def store_layout(store: Store) -> OciLayout:
+    return OciLayout.open(store.root / "oci", create=True)
+
+
+def default_client(
+    *, insecure: bool = False, progress: Callable[[BlobProgress], None] | None = None
+) -> ClientFactory:
+    return lambda registry: RegistryClient(registry, insecure=insecure, progress=progress)
+
+
+def _archive_ref(text: str) -> tuple[Path, str | None]:
+    rest = text.removeprefix("docker-archive:")
+    path, _, name = rest.partition(":")
+    if not path:
+        raise ImageError(
+            f"invalid docker-archive reference {text!r}",
+            hint="write it as docker-archive:FILE or docker-archive:FILE:NAME:TAG",
+        )
+    return Path(path).expanduser(), name or None
+
+
+def open_image(
+    text: str,
+    store: Store,
+    *,
+    platform: str | None = None,
+    client: ClientFactory | None = None,
+) -> ImageSource:
+    """Read the image ``text`` names; registry images are pulled into the store."""
+    platform = platform or default_platform()
+    layout = store_layout(store)
+    if text.startswith("oci:"):
+        directory, tag = parse_layout_ref(text)
+        if not (directory / "oci-layout").is_file():
+            raise ImageError(f"{directory} is not an OCI image layout (no oci-layout file)")
+        return ImageSource(text, OciLayout.open(directory).image(tag, platform=platform))
+    if text.startswith("docker-archive:"):
+        path, _ = _archive_ref(text)
+        if not path.is_file():
+            raise ImageError(f"no docker-archive at {path}")
+        return ImageSource(text, read_docker_archive(path, layout))
+    ref = Reference.parse(text)
+    factory = client or default_client()
+    return ImageSource(text, pull_image(factory(ref.registry), ref, layout, platform), ref)
+
+
+def pull_image(
+    client: RegistryClient, ref: Reference, layout: OciLayout, platform: str
+) -> LayoutImage:
+    """Manifest, config and layers of ``ref`` for ``platform``, each verified, into
+    ``layout``; blobs already there are not fetched again."""
+    descriptor, data = client.get_manifest(ref.repository, ref.identifier)
+    for _ in range(2):
+        if descriptor.media_type not in INDEX_TYPES:
+            break
+        descriptor = _pick(load_json(data, f"index {ref}"), platform, str(ref))
+        descriptor, data = client.get_manifest(ref.repository, descriptor.digest)
+    manifest = ImageManifest.from_json(data, where=f"manifest of {ref}")
+    layout.add_blob(data, descriptor.media_type)
+    for blob in (manifest.config, *manifest.layers):
+        if not layout.has_blob(blob.digest):
+            client.fetch_blob(ref.repository, blob, layout.blob_path(blob.digest))
+    config = ImageConfig.from_json(layout.get_blob(manifest.config), f"config of {ref}")
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ImageError(
+            f"{ref}: {len(manifest.layers)} layers but {len(config.diff_ids)} diff_ids"
+        )
+    paths = tuple(layout.blob_path(layer.digest) for layer in manifest.layers)
+    return LayoutImage(descriptor, manifest, config, paths)
+
+
+def _pick(index: dict[str, Any], platform: str, where: str) -> Descriptor:
+    want = platform.split("/")
+    found = []
+    for i, item in enumerate(index.get("manifests") or []):
+        p = item.get("platform") if isinstance(item, dict) else None
+        if not isinstance(p, dict):
+            continue
+        have = [str(p.get("os", "")), str(p.get("architecture", ""))]
+        found.append("/".join(have))
+        if have == want[:2] and (len(want) < 3 or p.get("variant") == want[2]):
+            return Descriptor.from_json(item, f"{where}.manifests[{i}]")
+    raise ImageError(
+        f"{where} has no image for {platform}",
+        hint=f"platforms it has: {', '.join(found) or 'none'}",
+    )
+
+
+def write_image(built: BuiltImage, text: str) -> str:
+    """Write ``built`` to ``oci:DIR[:TAG]`` or ``docker-archive:FILE[:NAME:TAG]``;
+    returns what was written, as a reference."""
+    if text.startswith("oci:"):
+        directory, tag = parse_layout_ref(text)
+        out = OciLayout.open(directory, create=True)
+        for layer, path in zip(built.layers, built.layer_paths, strict=True):
+            d = layer.descriptor
+            out.add_blob_file(path, d.digest, d.size, d.media_type, link=True, verify=False)
+        out.add_blob(built.config_bytes, built.manifest.config.media_type)
+        manifest = out.add_blob(built.manifest_bytes, OCI_MANIFEST)
+        out.tag(tag or "latest", manifest)
+        return f"oci:{directory}:{tag or 'latest'}"
+    if text.startswith("docker-archive:"):
+        path, name = _archive_ref(text)
+        write_docker_archive(
+            path,
+            config=built.config_bytes,
+            layers=list(built.layer_paths),
+            repo_tags=[name] if name else [],
+            layer_types=[layer.descriptor.media_type for layer in built.layers],
+        )
+        return f"docker-archive:{path}" + (f":{name}" if name else "")
+    raise ImageError(
+        f"unknown output {text!r}",
+        hint="write oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG]; push with --push REF",
+    )
+
+
+def push_image(
+    built: BuiltImage,
+    ref: Reference,
+    client: RegistryClient,
+    *,
+    mount_from: str | None = None,
+    workers: int = 4,
+) -> PushResult:
+    """Push every blob ``built`` needs (skipping those there, mounting from
+    ``mount_from``, uploading the rest, a few at a time), then the manifest."""
+
+    def opener(path: Path) -> Callable[[], BinaryIO]:
+        return lambda: path.open("rb")
+
+    jobs: list[tuple[Descriptor, Callable[[], BinaryIO]]] = [
+        (layer.descriptor, opener(path))
+        for layer, path in zip(built.layers, built.layer_paths, strict=True)
+    ]
+    config_bytes = built.config_bytes
+
+    def open_config() -> BinaryIO:
+        return io.BytesIO(config_bytes)
+
+    jobs.append((built.manifest.config, open_config))
+    unique = list({d.digest: (d, op) for d, op in jobs}.values())  # a layer twice: once
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [
+            pool.submit(client.push_blob, ref.repository, d, op, mount_from=mount_from)
+            for d, op in unique
+        ]
+        for future in futures:
+            future.result()
+    digest = client.put_manifest(
+        ref.repository, ref.tag or built.digest, OCI_MANIFEST, built.manifest_bytes
+    )
+    shown = f"{ref.registry}/{ref.repository}" + (f":{ref.tag}" if ref.tag else "")
+    return PushResult(shown, digest, client.stats())
