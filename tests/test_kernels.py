@@ -24,11 +24,12 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 import envship.kernels as kernels_mod
-from envship._launcher import host_glibc
+from envship._launcher import MAGIC_FILE, host_glibc
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.kernels import (
     KERNEL_JSON,
     LAUNCHER_NAME,
+    MAGIC_NAME,
     KernelError,
     install_kernel,
     kernel_name_for,
@@ -50,6 +51,9 @@ print(json.dumps({
     "prefix": sys.prefix,
     "virtual_env": os.environ.get("VIRTUAL_ENV"),
     "path0": os.environ["PATH"].split(os.pathsep)[0],
+    "magic": getattr(sys.modules.get("envship_magic"), "__file__", None),
+    "pythonpath": os.environ.get("PYTHONPATH"),
+    "sys_path": sys.path,
 }))
 """
 
@@ -150,6 +154,10 @@ def test_install_writes_a_kernelspec_jupyter_sees_at_once(env: Path, user_kernel
     launcher = (result.resource_dir / LAUNCHER_NAME).read_bytes()
     assert launcher == (Path(kernels_mod.__file__).parent / "_launcher.py").read_bytes()
     assert os.access(result.resource_dir / LAUNCHER_NAME, os.X_OK)
+    magic = (result.resource_dir / MAGIC_NAME).read_bytes()
+    assert magic == (Path(kernels_mod.__file__).parent / "_magic.py").read_bytes()
+    assert MAGIC_NAME == MAGIC_FILE  # the name the launcher looks for
+    assert facts["envship_command"] == [sys.executable, "-m", "envship"]
 
 
 def test_jupyter_kernelspec_list_command_shows_it(env: Path) -> None:
@@ -325,9 +333,18 @@ def test_launcher_execs_the_env_python_with_jupyters_arguments(env: Path, tmp_pa
 
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout)
-    assert seen["argv"] == ["-f", str(conn)]
+    assert seen["argv"] == ["-f", str(conn), "--InteractiveShellApp.extra_extensions=envship_magic"]
     assert seen["executable"] == str(env / "bin" / "python") and seen["prefix"] == str(env)
     assert seen["virtual_env"] == str(env) and seen["path0"] == str(env / "bin")
+    # The magic is preloaded from the kernelspec folder, which is on no search path.
+    assert seen["magic"] == str(made.resource_dir / MAGIC_NAME)
+    assert seen["pythonpath"] is None
+    assert not [p for p in seen["sys_path"] if str(made.resource_dir) in p]
+
+    # Without the magic file (a kernelspec from before it existed) ipykernel starts as before.
+    (made.resource_dir / MAGIC_NAME).unlink()
+    plain = json.loads(run_launcher(made.resource_dir, conn).stdout)
+    assert plain["argv"] == ["-f", str(conn)] and plain["magic"] is None
     check = subprocess.run(
         [*kernel_json(made.resource_dir)["argv"][:3], "--envship-check"],
         capture_output=True,

@@ -28,6 +28,14 @@ exec "$py" -I "$0" "$@"
 # ipykernel_launcher -f {connection_file}``). It stays compatible with Python 3.7 so
 # that an environment whose base interpreter was swapped for an older one is rejected
 # with a reason rather than a syntax error.
+#
+# When the kernelspec holds envship's notebook magic (``envship_magic.py``, a copy of
+# ``envship._magic``, standard library only), the launcher does not exec ``-m
+# ipykernel_launcher`` but a few lines that preload that file as the module
+# ``envship_magic``, ask ipykernel to load it as an extension, and then run
+# ``ipykernel_launcher`` exactly as ``-m`` would (``runpy``, as ``__main__``). The
+# environment, ``sys.path`` and ``PYTHONPATH`` stay untouched, so nothing of it leaks
+# into the notebook's imports, its subprocesses or ``envship verify``.
 
 from __future__ import annotations
 
@@ -38,9 +46,34 @@ import shutil
 import sys
 from typing import Any
 
-__all__ = ["FACTS_FILE", "check", "host_glibc", "host_machine", "load_facts", "main", "report"]
+__all__ = [
+    "FACTS_FILE",
+    "MAGIC_FILE",
+    "check",
+    "host_glibc",
+    "host_machine",
+    "load_facts",
+    "main",
+    "report",
+]
 
 FACTS_FILE = "kernel.json"
+MAGIC_FILE = "envship_magic.py"
+# The command line after `python -c`: BOOT, the magic's path, then ipykernel's arguments.
+_BOOT = r"""
+import importlib.util, runpy, sys
+path = sys.argv.pop(1)
+try:
+    spec = importlib.util.spec_from_file_location("envship_magic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+except Exception as exc:
+    sys.stderr.write("envship: the %%envship magic is unavailable: %r\n" % (exc,))
+else:
+    sys.modules["envship_magic"] = module
+    sys.argv.append("--InteractiveShellApp.extra_extensions=envship_magic")
+runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+"""
 INSTALL_MARKER = ".envship-install.json"
 INCOMPLETE_MARKER = ".envship-incomplete"
 _MACHINES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
@@ -157,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["VIRTUAL_ENV"] = facts["env"]
     os.environ.pop("PYTHONHOME", None)
     python = sys.executable
+    magic = os.path.join(folder, MAGIC_FILE)
+    if os.path.isfile(magic):
+        os.execv(python, [python, "-c", _BOOT, magic, *args])
     os.execv(python, [python, "-m", "ipykernel_launcher", *args])
     return 0  # pragma: no cover - execv does not return
 

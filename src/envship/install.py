@@ -330,6 +330,8 @@ def _install_locked(
         and marker["lock"]["digest"] == lock.digest
         and tuple(marker["groups"]) == groups
         and target in (None, marker["target"]["name"])
+        # `envship add` extras make the env differ from the lock: sync them away.
+        and not marker.get("added")
     ):
         chosen = lock.target(marker["target"]["name"])
         return result(chosen, lock.artifacts([chosen.name], groups=groups), "unchanged")

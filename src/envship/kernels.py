@@ -17,6 +17,12 @@ environment). The launcher first checks that this machine can run the environmen
 ask), and refuses with a readable reason instead of importing wheels built for another
 machine. ``{connection_file}`` in ``argv`` is filled in by Jupyter, as the docs specify.
 
+The folder also holds ``envship_magic.py``, a copy of :mod:`envship._magic` (the
+``%envship add`` notebook magic, standard library only), which the launcher preloads
+into the kernel; ``metadata.envship.envship_command`` records how to run the envship
+that installed the kernel (this interpreter, ``-m envship``), since the environment
+itself has no envship to run.
+
 Every kernelspec is written in a staging folder nested inside the ``kernels`` folder
 (Jupyter only looks one level down, so it never sees it half made) and renamed into
 place: a reader sees no kernelspec, the old one, or the new one, whole.
@@ -28,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -42,6 +49,7 @@ from .targets import Target
 __all__ = [
     "KERNEL_JSON",
     "LAUNCHER_NAME",
+    "MAGIC_NAME",
     "KernelError",
     "KernelInfo",
     "KernelSpecResult",
@@ -54,6 +62,7 @@ __all__ = [
 
 KERNEL_JSON = "kernel.json"
 LAUNCHER_NAME = "envship-kernel-launcher"
+MAGIC_NAME = "envship_magic.py"  # the launcher preloads it under this name (_launcher.py)
 _FACTS_FORMAT = 1
 # Kernel names: ASCII letters, digits and ``-._`` (the kernelspec docs); Jupyter lowercases.
 _VALID_NAME = re.compile(r"^[a-z0-9._-]+$")
@@ -269,6 +278,8 @@ def _kernel_json(
                 "target": t.to_json(),
                 "sys_platform": t.platform.sys_platform,
                 "machine": t.platform.machine,
+                # %envship add runs this: the environment does not contain envship.
+                "envship_command": [sys.executable, "-m", "envship"],
             }
         },
     }
@@ -279,6 +290,8 @@ def _populate(folder: Path, spec: dict[str, Any], env: Path) -> None:
     launcher = folder / LAUNCHER_NAME
     launcher.write_bytes(resources.files("envship").joinpath("_launcher.py").read_bytes())
     launcher.chmod(0o755)
+    magic = resources.files("envship").joinpath("_magic.py").read_bytes()
+    (folder / MAGIC_NAME).write_bytes(magic)
     # ipykernel's own logos, when the environment has them, for JupyterLab's launcher.
     for logo in sorted(env.glob("lib/python*/site-packages/ipykernel/resources/logo-*")):
         shutil.copyfile(logo, folder / logo.name)

@@ -41,6 +41,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import EnvshipError, LockError, Problem, SpecError, TargetError
+from .install import MARKER_NAME
 from .lockfile import LockFile
 from .targets import Target, host_platform
 
@@ -107,9 +108,13 @@ class Difference:
     path: str  # a dist-info folder, an installed file, or (missing) the site-packages
     expected: str | None = None
     actual: str | None = None
+    note: str | None = None  # why it is there, when known (an `envship add` extra)
 
     def to_json(self) -> dict[str, str | None]:
-        return {f: getattr(self, f) for f in ("kind", "name", "path", "expected", "actual")}
+        data = {f: getattr(self, f) for f in ("kind", "name", "path", "expected", "actual")}
+        if self.note is not None:
+            data["note"] = self.note
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +165,17 @@ class VerifyReport:
         }
 
 
+def _hint(report: VerifyReport) -> str | None:
+    hints = []
+    added = [d.name for d in report.differences if d.kind == "extra" and d.note]
+    if added:
+        it = "them" if len(added) > 1 else "it"
+        hints.append(f"{', '.join(added)} came from `envship add`: `envship lock` takes {it} in")
+    if not report.full:
+        hints.append("--full also compares every file's sha256")
+    return "; ".join(hints) or None
+
+
 class VerifyMismatchError(EnvshipError):
     """The environment differs from the lock; carries the whole report (exit code 1)."""
 
@@ -171,7 +187,7 @@ class VerifyMismatchError(EnvshipError):
         super().__init__(
             f"{report.environment.root} differs from {report.lock} "
             f"(target {report.target.name}): {n} difference{'s' if n != 1 else ''}",
-            hint=None if report.full else "--full also compares every file's sha256",
+            hint=_hint(report),
         )
         self.report = report
 
@@ -434,6 +450,26 @@ def _added(checked: list[_Installed], everyone: list[_Installed]) -> list[Differ
     return diffs
 
 
+def _added_by_envship_add(environment: InstalledEnvironment) -> dict[tuple[str, str], str]:
+    """(name, version) -> note for what ``envship add`` installed, from the install marker
+    (``ENV/.envship-install.json``, ``added``) of the venv holding the site-packages."""
+    notes: dict[tuple[str, str], str] = {}
+    for site in environment.site_packages:
+        if len(site.parents) < 3:
+            continue
+        try:
+            marker = json.loads((site.parents[2] / MARKER_NAME).read_text(encoding="utf-8"))
+            entries = list(marker.get("added") or [])
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+        for e in entries:
+            if isinstance(e, dict) and isinstance(e.get("name"), str):
+                why = f" ({e['requested']})" if e.get("requested") else " as a dependency"
+                note = f"added by envship add{why}: run envship lock to take it in"
+                notes[(canonicalize_name(e["name"]), str(e.get("version")))] = note
+    return notes
+
+
 def verify(
     lock: LockFile,
     env: Path | InstalledEnvironment | None,
@@ -460,6 +496,7 @@ def verify(
     }
     expected = {k: v for k, v in expected.items() if k not in skip}
     installed = _installed(environment.site_packages)
+    added = _added_by_envship_add(environment)
     diffs: list[Difference] = []
     verified: list[_Installed] = []
     accounted: set[str] = set()  # locked names found installed, at any version
@@ -469,7 +506,10 @@ def verify(
         want = expected.get(inst.key)
         if want is None or (inst.key in accounted and _same_version(inst.version, want[1])):
             # not locked, or a second dist-info of a name already installed as locked
-            diffs.append(Difference("extra", inst.name, str(inst.dist_info), None, inst.version))
+            note = added.get((inst.key, inst.version))
+            diffs.append(
+                Difference("extra", inst.name, str(inst.dist_info), None, inst.version, note)
+            )
         elif _same_version(inst.version, want[1]):
             verified.append(inst)
         else:

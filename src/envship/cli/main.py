@@ -25,6 +25,7 @@ _COMMANDS = (
     "env",
     "kernel",
     "image",
+    "add",
 )
 
 
@@ -56,6 +57,8 @@ def cli() -> None:
     envship verify    check an environment's installed bits against the lock
     envship env       immutable environment versions on a shared root (EFS)
     envship kernel    register an environment as a Jupyter kernel that checks the machine
+    envship image     build the environment into an OCI image with no daemon; inspect one
+    envship add       install into an environment without moving a locked package
 
     Exit codes: 0 ok, 1 failed check, 2 bad input, 3 network, 4 integrity, 130 interrupted.
     """

@@ -26,7 +26,7 @@ def _line(d: Difference) -> str:
     if d.kind == "missing":
         return f"{d.name} {d.expected}  (not in {d.path})"
     if d.kind == "extra":
-        return f"{d.name} {d.actual}  {d.path}"
+        return f"{d.name} {d.actual}  {d.path}" + (f"  ({d.note})" if d.note else "")
     if d.kind == "version":
         return f"{d.name}: locked {d.expected}, installed {d.actual}  {d.path}"
     if d.kind == "changed":

@@ -1,0 +1,493 @@
+"""``envship.add``: real environments made by lock, fetch and install from a local index.
+
+The index is the test universe plus packages made for additions: ``kappa`` 1.0 (any
+beta) and 2.0 (beta>=1.1), ``omega`` (beta>=1.1), and ``clobber``, which ships a file
+inside the locked ``beta`` package. The spec locks ``alpha`` and ``beta<1.1``, so beta
+is held at 1.0 and anything needing a newer beta must be refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from envship.add import ADDED_KEY, AddConflictError, AddError, add
+from envship.envs import create_env
+from envship.errors import NetworkError, SpecError, StaleLockError
+from envship.fetch import fetch
+from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
+from envship.lock import check_lock, lock
+from envship.lockfile import LockFile
+from envship.spec import load_spec
+from envship.store import Store
+from envship.verify import verify
+from indexlib import IndexServer, build_universe, build_wheel, serve, write_simple_index
+
+PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+SPEC = """\
+# The team's environment: keep this comment.
+name = "addtest"
+python = "{python}"
+dependencies = [
+    "alpha",  # what the notebooks import
+    "beta<1.1",  # 1.1 changed the API
+]
+
+[[indexes]]
+name = "local"
+url = "{url}"
+default = true
+"""
+
+PYPROJECT = """\
+[project]
+name = "analysis"
+version = "0"
+dependencies = ["requests"]  # not envship's
+
+[tool.envship]
+name = "addtest"
+python = "{python}"
+dependencies = ["alpha", "beta<1.1"]
+
+[[tool.envship.indexes]]
+name = "local"
+url = "{url}"
+default = true
+
+[tool.ruff]
+line-length = 100
+"""
+
+
+def build_add_index(root: Path) -> Path:
+    """The universe plus the packages additions need; returns the index folder."""
+    files = build_universe(root)
+    dist = root / "dist"
+    files += [
+        build_wheel(dist, "kappa", "1.0", requires=["beta"]),
+        build_wheel(dist, "kappa", "2.0", requires=["beta>=1.1"]),
+        build_wheel(dist, "omega", "1.0", requires=["beta>=1.1"]),
+        build_wheel(dist, "clobber", "1.0", files={"beta/__init__.py": "clobbered = True\n"}),
+    ]
+    write_simple_index(root / "index", files, yanked={"beta-1.2-py3-none-any.whl": "bad"})
+    return root / "index"
+
+
+@pytest.fixture(scope="session")
+def add_index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_add_index(tmp_path_factory.mktemp("add-universe"))
+
+
+@pytest.fixture
+def add_server(add_index_root: Path) -> Iterator[IndexServer]:
+    with serve(add_index_root) as server:
+        yield server
+
+
+@dataclass
+class Project:
+    spec: Path
+    lock: Path
+    store: Store
+    env: Path
+
+    def lockfile(self) -> LockFile:
+        return LockFile.load(self.lock)
+
+
+def make_project(
+    root: Path, url: str, *, template: str = SPEC, filename: str = "envship.toml"
+) -> Project:
+    """Spec -> envship lock -> envship fetch -> envship install, all for real."""
+    folder = root / "proj"
+    folder.mkdir(parents=True)
+    spec_path = folder / filename
+    spec_path.write_text(template.format(python=PY, url=url))
+    spec = load_spec(spec_path)
+    locked = LockFile.load(lock(spec).path)
+    store = Store.at(root / "store")
+    fetch(locked, store)
+    env = root / "env"
+    install(locked, store, env)
+    return Project(spec_path, locked.path, store, env)
+
+
+@pytest.fixture
+def project(tmp_path: Path, add_server: IndexServer) -> Project:
+    return make_project(tmp_path, add_server.simple_url)
+
+
+def run_py(env: Path, code: str) -> str:
+    proc = subprocess.run(
+        [str(env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
+    )
+    return proc.stdout.strip()
+
+
+def versions(env: Path) -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    )
+    found: dict[str, str] = json.loads(run_py(env, code))
+    return found
+
+
+def snapshot(p: Project) -> tuple[bytes, bytes, dict[str, str]]:
+    return p.spec.read_bytes(), (p.env / MARKER_NAME).read_bytes(), versions(p.env)
+
+
+# --- adding --------------------------------------------------------------------------------
+
+
+def test_add_installs_records_marks_the_lock_stale_and_verify_says_why(project: Project) -> None:
+    assert versions(project.env) == {"alpha": "1.0", "beta": "1.0"}
+    check_lock(load_spec(project.spec))  # current before the addition
+    spec_before = project.spec.read_text()
+    logged: list[str] = []
+
+    result = add(["kappa"], env=project.env, log=logged.append)
+
+    # kappa 2.0 is the newest, but it needs beta>=1.1: the held pin makes uv take 1.0.
+    assert result.installed == ("kappa==1.0",) and result.removed == ()
+    assert result.recorded == ("kappa",) and result.already_locked == ()
+    assert result.held == 2 and result.lock_stale and result.changed
+    assert result.spec == project.spec and result.lock == project.lock
+    code = "import kappa, beta; print(kappa.__version__, beta.__version__)"
+    assert run_py(project.env, code) == "1.0 1.0"
+    assert any("kappa" in line for line in logged)
+    # The spec: one entry appended, every comment and the layout kept.
+    assert project.spec.read_text() == spec_before.replace(
+        '    "beta<1.1",  # 1.1 changed the API\n',
+        '    "beta<1.1",  # 1.1 changed the API\n    "kappa",\n',
+    )
+    with pytest.raises(StaleLockError):
+        check_lock(load_spec(project.spec))
+    # The install record names the addition; verify labels the extra but still fails.
+    marker = json.loads((project.env / MARKER_NAME).read_text())
+    assert marker[ADDED_KEY] == [{"name": "kappa", "version": "1.0", "requested": "kappa"}]
+    assert not (project.env / INCOMPLETE_NAME).exists()
+    assert not (project.env.parent / "env.envship-tmp").exists()
+    report = verify(project.lockfile(), project.env)
+    assert [(d.kind, d.name, d.note) for d in report.differences] == [
+        ("extra", "kappa", "added by envship add (kappa): run envship lock to take it in")
+    ]
+
+
+def test_the_next_lock_takes_the_addition_in(project: Project) -> None:
+    add(["kappa"], env=project.env)
+    relocked = LockFile.load(lock(load_spec(project.spec)).path)
+    fetch(relocked, project.store)
+    assert install(relocked, project.store, project.env).action == "updated"
+
+    check_lock(load_spec(project.spec))  # current again
+    assert verify(relocked, project.env, full=True).identical
+    assert ADDED_KEY not in json.loads((project.env / MARKER_NAME).read_text())
+    assert versions(project.env) == {"alpha": "1.0", "beta": "1.0", "kappa": "1.0"}
+
+
+@pytest.mark.parametrize(
+    ("request_", "where", "says"),
+    [
+        ("omega", "omega", "omega requires beta>=1.1; the lock pins beta==1.0"),
+        ("kappa>=2", "kappa>=2", "kappa requires beta>=1.1; the lock pins beta==1.0"),
+        ("beta>=1.1", "beta>=1.1", "the lock pins beta==1.0"),  # refused before uv runs
+    ],
+)
+def test_a_request_needing_another_locked_version_is_refused_and_explained(
+    project: Project, request_: str, where: str, says: str
+) -> None:
+    before = snapshot(project)
+    with pytest.raises(AddConflictError) as err:
+        add([request_], env=project.env)
+
+    assert err.value.kind == "add-conflict" and err.value.exit_code == 1
+    assert (err.value.problems[0].where, err.value.problems[0].message) == (where, says)
+    assert err.value.hint is not None
+    assert "never moves a locked package" in err.value.hint and "envship lock -P beta" in (
+        err.value.hint
+    )
+    if request_ != "beta>=1.1":  # uv's own words are kept as detail
+        assert any(p.where == "uv" and "beta==1.0" in p.message for p in err.value.problems)
+    # Nothing changed: verify proves the environment still equals the lock.
+    assert snapshot(project) == before
+    assert verify(project.lockfile(), project.env, full=True).identical
+    assert not (project.env / INCOMPLETE_NAME).exists()
+    check_lock(load_spec(project.spec))
+
+
+@pytest.mark.parametrize("requests", [["beta==1.0"], ["alpha", "beta"], ["BETA<1.1"]])
+def test_an_already_locked_request_is_nothing_to_do(project: Project, requests: list[str]) -> None:
+    before = snapshot(project)
+    result = add(requests, env=project.env)
+
+    assert result.installed == result.removed == result.recorded == ()
+    assert not result.changed and not result.lock_stale
+    assert len(result.already_locked) == len(requests)
+    assert snapshot(project) == before
+
+
+def test_adding_a_present_name_replaces_its_requirement(project: Project) -> None:
+    add(["kappa"], env=project.env)
+    again = add(["kappa<2"], env=project.env)
+
+    assert again.recorded == ("kappa<2",) and again.installed == ()
+    text = project.spec.read_text()
+    assert text.count("kappa") == 1 and '    "kappa<2",\n' in text
+    marker = json.loads((project.env / MARKER_NAME).read_text())
+    assert marker[ADDED_KEY] == [{"name": "kappa", "version": "1.0", "requested": "kappa<2"}]
+    # The same request a third time changes nothing at all.
+    spec_bytes = project.spec.read_bytes()
+    assert not add(["kappa<2"], env=project.env).changed
+    assert project.spec.read_bytes() == spec_bytes
+
+
+def test_pyproject_spec_keeps_everything_else(tmp_path: Path, add_server: IndexServer) -> None:
+    p = make_project(tmp_path, add_server.simple_url, template=PYPROJECT, filename="pyproject.toml")
+    before = p.spec.read_text()
+    result = add(["kappa"], env=p.env)
+
+    assert result.spec == p.spec and result.recorded == ("kappa",)
+    assert p.spec.read_text() == before.replace(
+        'dependencies = ["alpha", "beta<1.1"]', 'dependencies = ["alpha", "beta<1.1", "kappa"]'
+    )
+    assert load_spec(p.spec).dependencies == ("alpha", "beta<1.1", "kappa")
+
+
+def test_the_spec_is_replaced_in_one_rename(project: Project) -> None:
+    project.spec.chmod(0o640)
+    old = project.spec.read_bytes()
+    link = project.spec.with_name("spec-before.toml")
+    os.link(project.spec, link)  # an in-place rewrite would show through this link
+    inode = project.spec.stat().st_ino
+
+    add(["kappa"], env=project.env)
+
+    assert link.read_bytes() == old
+    assert project.spec.stat().st_ino != inode
+    assert project.spec.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in project.spec.parent.iterdir()) == [
+        "envship.toml",
+        "pylock.toml",
+        "spec-before.toml",
+    ]
+
+
+def test_dry_run_says_what_would_happen_and_changes_nothing(project: Project) -> None:
+    before = snapshot(project)
+    result = add(["kappa", "beta"], env=project.env, dry_run=True)
+
+    assert result.dry_run and not result.changed
+    assert result.installed == ("kappa==1.0",) and result.recorded == ("kappa",)
+    assert result.already_locked == ("beta==1.0",) and result.lock_stale
+    assert snapshot(project) == before
+    check_lock(load_spec(project.spec))
+
+
+def test_a_package_that_overwrites_a_locked_file_is_caught_loudly(project: Project) -> None:
+    with pytest.raises(AddError, match="changed locked packages") as err:
+        add(["clobber"], env=project.env)
+
+    assert any(
+        p.where.endswith("beta/__init__.py") and p.message.startswith("rewritten")
+        for p in err.value.problems
+    )
+    assert err.value.hint is not None and "envship install" in err.value.hint
+    # Marked incomplete: the kernel launcher refuses it, and install rebuilds it.
+    assert (project.env / INCOMPLETE_NAME).exists()
+    check_lock(load_spec(project.spec))  # nothing recorded
+    assert install(project.lockfile(), project.store, project.env).action == "rebuilt"
+    assert verify(project.lockfile(), project.env, full=True).identical
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+
+def test_a_version_under_an_env_root_is_refused(project: Project, tmp_path: Path) -> None:
+    root = tmp_path / "efs"
+    made = create_env(project.lockfile(), project.store, root, name="ds")
+    before = versions(made.path)
+    for env in (root / "ds" / "current", made.path, made.path / "bin" / "python"):
+        with pytest.raises(AddError, match="a version of the shared environment 'ds'") as err:
+            add(["kappa"], env=env)
+        assert err.value.hint is not None and "envship env create ds" in err.value.hint
+    assert versions(made.path) == before
+    check_lock(load_spec(project.spec))
+
+
+@pytest.mark.parametrize(
+    ("texts", "bad"),
+    [
+        (["kappa>="], "'kappa>='"),
+        (["kappa", "not a requirement!"], "'not a requirement!'"),
+        (["kappa @ https://example.invalid/kappa-1.0-py3-none-any.whl"], None),
+        (["kappa", "Kappa<2"], "'Kappa<2'"),
+        ([], None),
+    ],
+)
+def test_malformed_requirements_are_named(
+    project: Project, texts: list[str], bad: str | None
+) -> None:
+    before = snapshot(project)
+    with pytest.raises(SpecError) as err:
+        add(texts, env=project.env)
+    assert err.value.exit_code == 2
+    if bad is not None:
+        assert [p.where for p in err.value.problems] == [bad]
+    elif texts:
+        assert "direct URL" in err.value.problems[0].message
+    else:
+        assert err.value.message == "nothing to add"
+    assert snapshot(project) == before
+
+
+@pytest.fixture
+def plain_venv(tmp_path: Path) -> Path:
+    path = tmp_path / "plain"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("no-env-given", "no environment to add to"),
+        ("missing", "there is no environment at"),
+        ("plain-venv", "not an environment made by `envship install`"),
+        ("half-installed", "is half installed"),
+    ],
+)
+def test_environments_envship_did_not_finish_are_refused(
+    project: Project,
+    plain_venv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    match: str,
+) -> None:
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    env: Path | None = {
+        "no-env-given": None,
+        "missing": tmp_path / "nowhere",
+        "plain-venv": plain_venv,
+        "half-installed": project.env,
+    }[case]
+    if case == "half-installed":
+        (project.env / INCOMPLETE_NAME).write_text("install in progress\n")
+    with pytest.raises(AddError, match=match) as err:
+        add(["kappa"], env=env)
+    assert err.value.hint
+    assert "kappa" not in versions(project.env)
+
+
+def test_virtual_env_is_the_default(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIRTUAL_ENV", str(project.env))
+    assert add(["kappa"]).env == project.env
+
+
+def test_spec_is_found_beside_the_lock_else_named(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the project folder: the marker's lock says where
+    assert add(["kappa"], env=project.env, dry_run=True).spec == project.spec
+
+    moved = tmp_path / "moved.toml"
+    project.spec.rename(moved)
+    with pytest.raises(SpecError, match="no spec to record the addition in") as err:
+        add(["kappa"], env=project.env)
+    assert err.value.problems[0].where == str(project.spec.parent)
+    assert add(["kappa"], env=project.env, spec=moved).recorded == ("kappa",)
+
+
+def test_a_drifted_environment_is_refused(project: Project, add_server: IndexServer) -> None:
+    from envship.lock import uv_bin
+
+    subprocess.run(
+        [
+            *(uv_bin(), "pip", "install", "--python", str(project.env / "bin" / "python")),
+            *("--default-index", add_server.simple_url, "beta==1.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    with pytest.raises(AddError, match="already differs from its lock") as err:
+        add(["kappa"], env=project.env)
+    assert [(p.where, p.message) for p in err.value.problems] == [
+        ("beta", "locked 1.0, installed 1.1")
+    ]
+
+
+@pytest.mark.parametrize("case", ["unknown-name", "no-wheel", "dead-index"])
+def test_uv_failures_are_explained(
+    project: Project, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    before = snapshot(project)
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    err: AddError | NetworkError
+    if case == "unknown-name":
+        with pytest.raises(AddError, match="nosuchthing was not found on the package index") as e:
+            add(["nosuchthing"], env=project.env)
+        err = e.value
+    elif case == "no-wheel":
+        with pytest.raises(AddError, match="has no wheel") as e:
+            add(["epsilon"], env=project.env)  # sdist only, and the spec does not allow them
+        err = e.value
+        assert err.hint is not None and "allow-sdist" in err.hint
+    else:
+        with pytest.raises(NetworkError) as ne:
+            add(["kappa"], env=project.env, index_url="http://127.0.0.1:9/simple")
+        err = ne.value
+        assert err.exit_code == 3 and err.url.startswith("http://127.0.0.1:9/simple")
+    assert err.hint
+    assert snapshot(project) == before
+    assert not (project.env / INCOMPLETE_NAME).exists()
+
+
+def test_ctrl_c_while_uv_works_leaves_the_environment_as_it_was(
+    project: Project, add_server: IndexServer
+) -> None:
+    """A real SIGINT to a real `envship add` while uv waits on the index."""
+    before = snapshot(project)
+    add_server.knobs.delay = 60.0  # every answer is late: uv is mid-resolution when we stop it
+    script = (
+        "import sys\n"
+        "from envship.cli.add import command\n"
+        "from envship.cli.main import cli, main\n"
+        "cli.add_command(command)\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, "add", "kappa", "--env", str(project.env)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120  # a bound on the wait for the event, not a timing
+        while not any("kappa" in path for path in add_server.knobs.requests):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        assert (project.env / INCOMPLETE_NAME).exists()  # uv is running: marked
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert snapshot(project) == before
+    assert not (project.env / INCOMPLETE_NAME).exists()
+    assert not (project.env.parent / "env.envship-tmp").exists()
+    assert verify(project.lockfile(), project.env, full=True).identical
