@@ -12,12 +12,14 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from envship.layer import LayerWriter
 from envship.oci import OCI_CONFIG, OCI_MANIFEST, Descriptor, ImageConfig, ImageManifest
 from envship.ocilayout import OciLayout, default_platform, write_docker_archive
+from envship.registry import RegistryClient
 from serviceslib import DockerEngine
 
 #: Fixed time for test images (2023-11-14), so every session builds the same digests.
@@ -162,3 +164,15 @@ def docker_load(
     yield load
     for repo_tag in loaded:
         docker("rmi", "--no-prune", repo_tag, check=False)
+
+
+def push_base(image: BaseImage, registry: str, repository: str, tag: str) -> None:
+    """Put ``image`` into a real registry with envship's client (blobs, then manifest)."""
+    client = RegistryClient(registry)
+
+    def opener(path: Path) -> Callable[[], BinaryIO]:
+        return lambda: path.open("rb")
+
+    for descriptor in (*image.manifest.layers, image.manifest.config):
+        client.push_blob(repository, descriptor, opener(image.layout.blob_path(descriptor.digest)))
+    client.put_manifest(repository, tag, image.manifest.media_type, image.manifest.to_bytes())

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from imagelib import BaseImage, push_base
+from registrylib import Registry
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,9 +24,17 @@ def _first_sh_block(readme: str) -> str:
 
 
 @pytest.mark.pypi
-def test_readme_main_job_runs_on_a_fresh_copy(tmp_path: Path) -> None:
+def test_readme_main_job_runs_on_a_fresh_copy(
+    tmp_path: Path, registry: Registry, bookworm_layout: BaseImage
+) -> None:
     command = _first_sh_block((ROOT / "README.md").read_text(encoding="utf-8"))
     assert "envship kernel install" in command and "envship verify" in command
+    # This machine cannot reach Docker Hub, so the command's `python:3.11-slim` is pulled
+    # through ENVSHIP_REGISTRY_MIRROR from a real local registry holding, under that
+    # name, the test suite's Debian 12 + CPython 3.11 base (debootstrap), not the Hub's
+    # image. Everything else runs exactly as written.
+    assert "--base python:3.11-slim" in command
+    push_base(bookworm_layout, registry.host, "library/python", "3.11-slim")
     project = tmp_path / "project"
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
@@ -36,7 +47,11 @@ def test_readme_main_job_runs_on_a_fresh_copy(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENVSHIP_", "JUPYTER"))}
-    env.update(HOME=str(home), UV_CACHE_DIR=str(tmp_path / "uv-cache"))
+    env.update(
+        HOME=str(home),
+        UV_CACHE_DIR=str(tmp_path / "uv-cache"),
+        ENVSHIP_REGISTRY_MIRROR=registry.host,
+    )
     run = subprocess.run(
         ["bash", "-c", f"set -e\n{command}"],
         cwd=project,
@@ -58,3 +73,22 @@ def test_readme_main_job_runs_on_a_fresh_copy(tmp_path: Path) -> None:
         text=True,
     )
     assert check.returncode == 0, check.stderr
+    layout = project / "examples/quickstart/out/image"
+    verify = subprocess.run(
+        [
+            str(project / ".venv/bin/envship"),
+            "verify",
+            "--image",
+            f"oci:{layout}:quickstart",
+            "--lock",
+            "examples/quickstart/pylock.toml",
+            "--store",
+            "examples/quickstart/out/store",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "identical" in verify.stdout

@@ -10,15 +10,17 @@ images and built layers.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import ImageError
 from .image import BuiltImage
 from .oci import (
+    DOCKER_HUB,
     INDEX_TYPES,
     OCI_MANIFEST,
     Descriptor,
@@ -118,9 +120,19 @@ def open_image(
         if not path.is_file():
             raise ImageError(f"no docker-archive at {path}")
         return ImageSource(text, read_docker_archive(path, layout))
-    ref = Reference.parse(text)
+    ref = mirrored(Reference.parse(text))
     factory = client or default_client()
     return ImageSource(text, pull_image(factory(ref.registry), ref, layout, platform), ref)
+
+
+def mirrored(ref: Reference) -> Reference:
+    """``ref`` with Docker Hub replaced by ``$ENVSHIP_REGISTRY_MIRROR`` (``host[:port]``)
+    when set, as Docker's ``registry-mirrors`` does: networks without internet keep a copy
+    of the Hub's images on an internal registry under the same names."""
+    mirror = os.environ.get("ENVSHIP_REGISTRY_MIRROR", "").strip().rstrip("/")
+    if mirror and ref.registry == DOCKER_HUB:
+        return replace(ref, registry=mirror)
+    return ref
 
 
 def pull_image(
