@@ -20,11 +20,13 @@ from typing import Any
 
 import jupyter_core.paths
 import pytest
+import tomli_w
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 import envship.kernels as kernels_mod
 from envship._launcher import MAGIC_FILE, host_glibc
+from envship._toml import load_toml
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.kernels import (
     KERNEL_JSON,
@@ -36,6 +38,7 @@ from envship.kernels import (
     list_kernels,
     remove_kernel,
 )
+from envship.lockfile import LockFile
 from indexlib import build_wheel
 from test_install import HOST, stocked_store, target, write_lock
 
@@ -101,6 +104,23 @@ def make_env(root: Path, name: str = "ds-env", extra: list[Path] | None = None) 
 @pytest.fixture
 def env(tmp_path: Path) -> Path:
     return make_env(tmp_path / "work")
+
+
+def test_display_name_comes_from_the_spec_by_way_of_the_lock(
+    tmp_path: Path, user_kernels: Path
+) -> None:
+    root = tmp_path / "work"
+    dist = root / "dist"
+    wheels = [build_wheel(dist, "beta", "1.0")]
+    lock = write_lock(root / "pylock.toml", wheels, targets=[target(glibc=GLIBC)])
+    # What `envship lock` writes for a spec with [kernel] display-name.
+    data = load_toml(lock.path)
+    data["tool"]["envship"].update({"name": "ds", "display-name": "Team DS (2026)"})
+    lock.path.write_text(tomli_w.dumps(data))
+    install(LockFile.load(lock.path), stocked_store(root / "store", wheels), root / "ds-env")
+
+    assert install_kernel(root / "ds-env").display_name == "Team DS (2026)"
+    assert install_kernel(root / "ds-env", display_name="Mine").display_name == "Mine"
 
 
 def kernel_json(resource_dir: Path) -> dict[str, Any]:

@@ -358,6 +358,9 @@ def install_kernel(
     marker, target = _read_env(env)
     label = _env_label(env)
     name = _checked_name(name) if name is not None else kernel_name_for(label)
+    # The spec's [kernel] display-name travels in the lock, and from there in the marker.
+    recorded = marker.get("display_name")
+    display_name = display_name or (recorded if isinstance(recorded, str) else None)
     display_name = display_name or f"Python ({label})"
     kernels_dir, placement = _placement(user, prefix, kernel_dir)
     resource_dir = kernels_dir / name
