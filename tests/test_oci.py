@@ -17,6 +17,8 @@ from envship.oci import (
     ImageConfig,
     ImageManifest,
     canonical_json,
+    check_repository,
+    check_tag,
     sha256_digest,
 )
 
@@ -121,3 +123,36 @@ def test_config_errors_name_the_key(data: dict[str, Any], where: str) -> None:
 def test_not_an_object(text: bytes) -> None:
     with pytest.raises(ImageError, match="manifest"):
         ImageManifest.from_json(text)
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "valid"),
+    [
+        (check_repository, "library/debian", True),
+        (check_repository, "team/ml-env/py3.11", True),
+        (check_repository, "a__b/c--d", True),
+        (check_repository, "Library/debian", False),
+        (check_repository, "team//env", False),
+        (check_repository, "/team/env", False),
+        (check_repository, "team/env/", False),
+        (check_repository, "team/-env", False),
+        (check_repository, "team/env\n", False),
+        (check_repository, "", False),
+        (check_tag, "latest", True),
+        (check_tag, "_v1.0-rc.2", True),
+        (check_tag, "A" * 128, True),
+        (check_tag, "A" * 129, False),
+        (check_tag, ".hidden", False),
+        (check_tag, "-flag", False),
+        (check_tag, "v1:2", False),
+        (check_tag, "v1\n", False),
+        (check_tag, "", False),
+    ],
+)
+def test_repository_and_tag_checks(check: Any, value: str, valid: bool) -> None:
+    if valid:
+        assert check(value) == value
+    else:
+        with pytest.raises(ImageError, match=r"invalid (repository name|tag)") as caught:
+            check(value)
+        assert caught.value.hint

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from envship.errors import ArtifactError, ImageError
-from envship.layer import LayerView, LayerWriter
+from envship.layer import LayerWriter
+from envship.layerview import LayerView
 from envship.oci import (
     OCI_CONFIG,
     OCI_INDEX,

@@ -26,6 +26,7 @@ __all__ = [
     "StoreError",
     "TargetError",
     "UnsafeLayerError",
+    "UnsupportedBaseError",
     "UnsupportedTargetError",
 ]
 
@@ -70,6 +71,11 @@ class EnvshipError(Exception):
         lines = [self.message, *(f"  {p}" for p in self.problems)]
         return "\n".join(lines)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take keyword-only fields, which Exception's own pickling cannot pass
+        # back; rebuild from the state instead, so errors cross process pools intact.
+        return (_restore, (type(self), self.args, self.__dict__))
+
     def to_json(self) -> dict[str, object]:
         return {
             "error": self.kind,
@@ -77,6 +83,13 @@ class EnvshipError(Exception):
             "problems": [p.to_json() for p in self.problems],
             "hint": self.hint,
         }
+
+
+def _restore(cls: type[EnvshipError], args: tuple[object, ...], state: dict[str, object]) -> object:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class SpecError(EnvshipError):
@@ -170,6 +183,15 @@ class ImageError(EnvshipError):
     """An image cannot be read, assembled or written (bad base, bad reference, full disk)."""
 
     kind = "image"
+
+
+class UnsupportedBaseError(ImageError):
+    """A base image cannot carry the environment: no Python, or none of the lock's
+    targets (another Python, architecture, too old a glibc). Bad input, like a target
+    that does not fit the machine."""
+
+    exit_code = 2
+    kind = "unsupported-base"
 
 
 class UnsafeLayerError(ImageError):

@@ -31,7 +31,7 @@ from typing import Any
 
 from . import __version__
 from ._wheeltar import VenvScheme, write_wheel
-from .errors import ImageError, StoreError
+from .errors import EnvshipError, ImageError, StoreError
 from .imagebase import BaseFacts, match_base
 from .install import MARKER_NAME, marker_data
 from .layer import DEFAULT_LEVEL, LayerBlob, LayerWriter
@@ -385,18 +385,35 @@ def build_image(
         if plan.key in results:
             report(plan.label, "cached", results[plan.key][0].size)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
+    failed: EnvshipError | None = None
     if todo:
         with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
-            futures = {plan.key: pool.submit(_build_layer, job(plan)) for plan in todo}
+            futures = {plan.key: pool.submit(_build_layer_job, job(plan)) for plan in todo}
             for plan in todo:
                 blob = futures[plan.key].result()
+                if isinstance(blob, _Failure):
+                    # Keep collecting: the layers that did finish go into the cache
+                    # rather than being left as stray files in the store's tmp/.
+                    failed = failed or blob.error()
+                    continue
                 descriptor = cache.put(plan.key, blob, annotations(plan))
                 results[plan.key] = (descriptor, blob.diff_id, False)
                 report(plan.label, "built", blob.size)
+    if failed is not None:
+        raise failed
 
     # The venv skeleton, then the marker and kernelspec: the only layer that changes with
-    # every lock, so it is small and last.
-    ours = [_small_layer(tmp_dir, epoch, lambda w: _skeleton(w, prefix, facts))]
+    # every lock, so it is small and last. Both are cheap and always written; a blob the
+    # store's layout already holds counts as cached, so a rebuild with nothing changed
+    # reports no layer built.
+    env_layers: list[ImageLayer] = []
+    skeleton_blob = _small_layer(tmp_dir, epoch, lambda w: _skeleton(w, prefix, facts))
+    known = layout.has_blob(skeleton_blob.digest)
+    skeleton = layout.add_blob_file(
+        skeleton_blob.path, skeleton_blob.digest, skeleton_blob.size, skeleton_blob.media_type
+    )
+    env_layers.append(ImageLayer(skeleton, skeleton_blob.diff_id, "virtual environment", (), known))
+    report("virtual environment", "cached" if known else "built", skeleton.size)
     kernel, notes = _kernel_plan(lock, artifacts, kernel_name)
     marker = marker_data(lock, chosen, chosen_groups, facts.python, facts.version_full, artifacts)
     # The build folder must not reach the image: it would change the digest per machine.
@@ -411,24 +428,19 @@ def build_image(
                 f"{KERNELS_DIR}/{kernel}/kernel.json", _kernelspec(kernel, display, prefix)
             )
 
-    ours.append(_small_layer(tmp_dir, epoch, top))
-    env_layers: list[ImageLayer] = []
-    env_paths: list[Path] = []
-    skeleton_blob, top_blob = ours
-    skeleton = layout.add_blob_file(
-        skeleton_blob.path, skeleton_blob.digest, skeleton_blob.size, skeleton_blob.media_type
-    )
-    env_layers.append(ImageLayer(skeleton, skeleton_blob.diff_id, "virtual environment"))
-    report("virtual environment", "built", skeleton.size)
+    top_blob = _small_layer(tmp_dir, epoch, top)
     for plan in plans:
         descriptor, diff_id, cached = results[plan.key]
         names = tuple(f"{a.name}=={a.version}" for a in plan.artifacts)
         env_layers.append(ImageLayer(descriptor, diff_id, plan.label, names, cached))
+    known = layout.has_blob(top_blob.digest)
     top_descriptor = layout.add_blob_file(
         top_blob.path, top_blob.digest, top_blob.size, top_blob.media_type
     )
-    env_layers.append(ImageLayer(top_descriptor, top_blob.diff_id, "marker and kernelspec"))
-    report("marker and kernelspec", "built", top_descriptor.size)
+    env_layers.append(
+        ImageLayer(top_descriptor, top_blob.diff_id, "marker and kernelspec", (), known)
+    )
+    report("marker and kernelspec", "cached" if known else "built", top_descriptor.size)
     env_paths = [layout.blob_path(layer.descriptor.digest) for layer in env_layers]
 
     base_layers = [
@@ -480,6 +492,33 @@ def build_image(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """An EnvshipError raised while building a layer, carried back from a worker.
+
+    Pickle rebuilds an exception by calling its class with ``args``, which fails for the
+    errors that take keyword-only fields (ArtifactError, UnsafeLayerError): the pool
+    would report a BrokenProcessPool instead. The class and the fields travel instead.
+    """
+
+    kind: type[EnvshipError]
+    message: str
+    fields: dict[str, Any]
+
+    def error(self) -> EnvshipError:
+        exc = self.kind.__new__(self.kind)
+        Exception.__init__(exc, self.message)
+        exc.__dict__.update(self.fields)
+        return exc
+
+
+def _build_layer_job(job: _Job) -> LayerBlob | _Failure:
+    try:
+        return _build_layer(job)
+    except EnvshipError as exc:
+        return _Failure(type(exc), exc.message, dict(exc.__dict__))
+
+
 class _Inline:
     """A stand-in for a one-worker pool: runs each job at submit time, in this process."""
 
@@ -489,15 +528,15 @@ class _Inline:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def submit(self, fn: Callable[[_Job], LayerBlob], arg: _Job) -> _Done:
+    def submit(self, fn: Callable[[_Job], LayerBlob | _Failure], arg: _Job) -> _Done:
         return _Done(fn(arg))
 
 
 @dataclass(frozen=True, slots=True)
 class _Done:
-    value: LayerBlob
+    value: LayerBlob | _Failure
 
-    def result(self) -> LayerBlob:
+    def result(self) -> LayerBlob | _Failure:
         return self.value
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ImageError, Problem, TargetError
+from .errors import ImageError, Problem, TargetError, UnsupportedBaseError
 from .host import HostInfo, match_target
-from .layer import LayerView
+from .layerview import LayerView
 from .lockfile import LockFile
 from .ocilayout import LayoutImage
 from .targets import Target
@@ -99,7 +99,7 @@ def _find_python(view: LayerView, where: str) -> tuple[str, str, str]:
         match = _PYTHON_NAME.search(real.rsplit("/", 1)[-1])
         if info is not None and info.kind in ("file", "hardlink") and match:
             return real, match.group(1), match.group(2)
-    raise ImageError(
+    raise UnsupportedBaseError(
         f"the base image {where} has no Python 3 interpreter",
         problems=[Problem(where, f"none of /{', /'.join(_PYTHON_CANDIDATES)} is a pythonX.Y")],
         hint="use a base image with CPython of a version the lock targets "
@@ -185,7 +185,7 @@ def match_base(lock: LockFile | Iterable[Target], facts: BaseFacts, *, where: st
     try:
         return match_target(lock, facts.host_info())
     except TargetError as exc:
-        raise ImageError(
+        raise UnsupportedBaseError(
             f"the base image {where} ({facts.describe()}) is none of the lock's targets",
             problems=exc.problems,
             hint="pick a base image whose Python, architecture and glibc match a target, "

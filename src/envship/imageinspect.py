@@ -23,7 +23,7 @@ from .errors import ImageError, LockError
 from .image import DISTRIBUTIONS, LABEL_PREFIX
 from .imageio import ImageSource
 from .install import MARKER_NAME
-from .layer import extract_layer, iter_layer
+from .layerfs import extract_layer, iter_layer
 from .lockfile import LockFile
 from .store import Store
 from .verify import VerifyReport, verify

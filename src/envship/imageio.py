@@ -182,27 +182,41 @@ def write_image(built: BuiltImage, text: str) -> str:
     returns what was written, as a reference."""
     if text.startswith("oci:"):
         directory, tag = parse_layout_ref(text)
-        out = OciLayout.open(directory, create=True)
-        for layer, path in zip(built.layers, built.layer_paths, strict=True):
-            d = layer.descriptor
-            out.add_blob_file(path, d.digest, d.size, d.media_type, link=True, verify=False)
-        out.add_blob(built.config_bytes, built.manifest.config.media_type)
-        manifest = out.add_blob(built.manifest_bytes, OCI_MANIFEST)
-        out.tag(tag or "latest", manifest)
+        try:
+            out = OciLayout.open(directory, create=True)
+            for layer, path in zip(built.layers, built.layer_paths, strict=True):
+                d = layer.descriptor
+                out.add_blob_file(path, d.digest, d.size, d.media_type, link=True, verify=False)
+            out.add_blob(built.config_bytes, built.manifest.config.media_type)
+            manifest = out.add_blob(built.manifest_bytes, OCI_MANIFEST)
+            # Tagged last: until index.json names it, no reader sees a half-written image.
+            out.tag(tag or "latest", manifest)
+        except OSError as exc:
+            raise _write_error(directory, exc) from exc
         return f"oci:{directory}:{tag or 'latest'}"
     if text.startswith("docker-archive:"):
         path, name = _archive_ref(text)
-        write_docker_archive(
-            path,
-            config=built.config_bytes,
-            layers=list(built.layer_paths),
-            repo_tags=[name] if name else [],
-            layer_types=[layer.descriptor.media_type for layer in built.layers],
-        )
+        try:
+            write_docker_archive(
+                path,
+                config=built.config_bytes,
+                layers=list(built.layer_paths),
+                repo_tags=[name] if name else [],
+                layer_types=[layer.descriptor.media_type for layer in built.layers],
+            )
+        except OSError as exc:  # the archive is written under a temporary name: none is left
+            raise _write_error(path, exc) from exc
         return f"docker-archive:{path}" + (f":{name}" if name else "")
     raise ImageError(
         f"unknown output {text!r}",
         hint="write oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG]; push with --push REF",
+    )
+
+
+def _write_error(where: Path, exc: OSError) -> ImageError:
+    return ImageError(
+        f"cannot write the image to {where}: {exc.strerror or exc}",
+        hint="free disk space (or write the image elsewhere) and build again",
     )
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "Reference",
     "canonical_json",
     "check_digest",
+    "check_repository",
+    "check_tag",
     "load_json",
     "sha256_digest",
 ]
@@ -132,7 +134,29 @@ class Descriptor:
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_REPOSITORY_HINT = "repository names are lowercase letters, digits and . _ - separated by /"
 DOCKER_HUB = "registry-1.docker.io"
+
+
+def check_repository(name: str) -> str:
+    """Return ``name`` if it is a repository name of the distribution spec (``/``-joined
+    components of lowercase letters and digits, separated inside by ``.``, ``_``, ``__``
+    or dashes), else raise :class:`ImageError`."""
+    if not _REPOSITORY.fullmatch(name):
+        raise ImageError(f"invalid repository name {name!r}", hint=_REPOSITORY_HINT)
+    return name
+
+
+def check_tag(tag: str) -> str:
+    """Return ``tag`` if it is a tag of the distribution spec (``[a-zA-Z0-9_]`` then up to
+    127 of ``[a-zA-Z0-9._-]``), else raise :class:`ImageError`."""
+    if not _TAG.fullmatch(tag):
+        raise ImageError(
+            f"invalid tag {tag!r}",
+            hint="a tag is up to 128 letters, digits, '_', '.' and '-', and starts with "
+            "a letter, a digit or '_'",
+        )
+    return tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +192,7 @@ class Reference:
         if not _REPOSITORY.match(repository):
             raise ImageError(
                 f"invalid repository {repository!r} in image reference {text!r}",
-                hint="repository names are lowercase letters, digits and . _ - separated by /",
+                hint=_REPOSITORY_HINT,
             )
         if tag is None and digest is None:
             tag = "latest"

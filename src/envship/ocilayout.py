@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, ImageError, Problem
-from .layer import open_layer
+from .layerfs import open_layer
 from .oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,

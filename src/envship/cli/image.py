@@ -137,10 +137,13 @@ def build_cmd(
     lock = LockFile.load(lock_path)
     store = Store.at(store_dir)
     clients: dict[str, RegistryClient] = {}
+    # Blob progress arrives on the client's upload threads, which do not see the --json
+    # context variable; decide here, on the command's thread, whether to report it.
+    blob_line = None if as_json else _blob_line
 
     def client(registry: str) -> RegistryClient:
         if registry not in clients:
-            clients[registry] = default_client(insecure=insecure, progress=_blob_line)(registry)
+            clients[registry] = default_client(insecure=insecure, progress=blob_line)(registry)
         return clients[registry]
 
     source = open_image(base, store, client=client)
@@ -164,7 +167,7 @@ def build_cmd(
     pushed: PushResult | None = None
     if push_target is not None:
         # A fresh client, so its counters are this push's alone.
-        push_client = default_client(insecure=insecure, progress=_blob_line)(push_target.registry)
+        push_client = default_client(insecure=insecure, progress=blob_line)(push_target.registry)
         mount = (
             source.reference.repository
             if source.reference and source.reference.registry == push_target.registry

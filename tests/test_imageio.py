@@ -1,0 +1,439 @@
+"""``envship.imageio``: images read from and written to OCI layouts, docker-archives and a
+real registry (Debian's docker-registry on 127.0.0.1), pulled and run by the real Docker
+engine."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import tarfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from envship._http import RetryPolicy
+from envship.errors import (
+    ArtifactError,
+    ImageError,
+    RegistryAuthError,
+    RegistryError,
+    UnsafeLayerError,
+)
+from envship.image import BuiltImage
+from envship.imagebase import BaseFacts, probe_image
+from envship.imageio import ImageSource, PushResult, open_image, push_image, write_image
+from envship.layer import LayerWriter
+from envship.oci import (
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    ImageConfig,
+    ImageManifest,
+    Reference,
+    sha256_digest,
+)
+from envship.ocilayout import OciLayout, default_platform
+from envship.registry import RegistryClient
+from envship.store import Store
+from imagelib import BaseImage, make_image
+from registrylib import Registry, free_port
+from serviceslib import DockerEngine
+from test_image import (
+    Setup,
+    _no_source_date_epoch,
+    big_wheel,
+    bookworm_facts,
+    build,
+    docker_run,
+    env_layers,
+    image_target,
+    make_setup,
+    sample,
+)
+from test_install import build_wheels, write_lock
+
+__all__ = ["_no_source_date_epoch", "bookworm_facts", "sample"]  # fixtures, shared with test_image
+
+FAST = RetryPolicy(attempts=2, base_delay=0.001, max_delay=0.01)
+
+
+def repo() -> str:
+    return f"envship-tests/{uuid.uuid4().hex[:12]}"
+
+
+def client(host: str, **kwargs: object) -> RegistryClient:
+    kwargs.setdefault("retry", FAST)
+    return RegistryClient(host, **kwargs)  # type: ignore[arg-type]
+
+
+def push(
+    built: BuiltImage, registry: Registry, repository: str, tag: str, **kw: object
+) -> PushResult:
+    ref = Reference.parse(f"{registry.host}/{repository}:{tag}")
+    return push_image(built, ref, client(registry.host), **kw)  # type: ignore[arg-type]
+
+
+def push_base(c: RegistryClient, ref: str, base: BaseImage) -> str:
+    """Push an image of a layout (config, layers, manifest) the way any tool would."""
+    parsed = Reference.parse(ref)
+
+    def opener(path: Path) -> Callable[[], BinaryIO]:
+        return lambda: path.open("rb")
+
+    for descriptor in (base.manifest.config, *base.manifest.layers):
+        c.push_blob(parsed.repository, descriptor, opener(base.layout.blob_path(descriptor.digest)))
+    data = base.layout.get_blob(base.descriptor)
+    return c.put_manifest(parsed.repository, parsed.identifier, OCI_MANIFEST, data)
+
+
+def factory(made: list[RegistryClient], **kwargs: object) -> Callable[[str], RegistryClient]:
+    def make(registry: str) -> RegistryClient:
+        made.append(client(registry, **kwargs))
+        return made[-1]
+
+    return make
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def test_open_oci_layout_by_tag(tmp_path: Path, bookworm_layout: BaseImage) -> None:
+    store = Store(tmp_path / "store")
+    source = open_image(bookworm_layout.ref, store)
+    assert source.image.descriptor.digest == bookworm_layout.descriptor.digest
+    assert source.image.layer_paths == bookworm_layout.layers
+    assert source.reference is None
+    with pytest.raises(ImageError, match="no image tagged 'nope'") as caught:
+        open_image(f"oci:{bookworm_layout.layout.root}:nope", store)
+    assert caught.value.hint == "tags there: bookworm"
+    with pytest.raises(ImageError, match="is not an OCI image layout"):
+        open_image(f"oci:{tmp_path}", store)
+    with pytest.raises(ImageError, match="no docker-archive at"):
+        open_image(f"docker-archive:{tmp_path / 'none.tar'}", store)
+
+
+def test_docker_archive_round_trip(tmp_path: Path, sample: tuple[Setup, BuiltImage]) -> None:
+    built = sample[1]
+    written = write_image(built, f"docker-archive:{tmp_path / 'img.tar'}:team/ds:1")
+    assert written == f"docker-archive:{tmp_path / 'img.tar'}:team/ds:1"
+    with tarfile.open(tmp_path / "img.tar") as tar:
+        docker_manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert docker_manifest[0]["RepoTags"] == ["team/ds:1"]
+    store = Store(tmp_path / "store")
+    source = open_image(written.rsplit(":", 2)[0], store)
+    assert source.image.config.to_bytes() == built.config_bytes
+    assert [d.digest for d in source.image.manifest.layers] == [
+        layer.descriptor.digest for layer in built.layers
+    ]
+    # The layers now live, verified, in the store's layout.
+    layout = OciLayout.open(store.root / "oci")
+    for descriptor in source.image.manifest.layers:
+        assert layout.verify_blob(descriptor) in source.image.layer_paths
+
+
+def test_unknown_output_is_refused(sample: tuple[Setup, BuiltImage], tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="unknown output 'docker://x'") as caught:
+        write_image(sample[1], "docker://x")
+    assert caught.value.hint and "--push REF" in caught.value.hint
+
+
+# -- a real registry -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pushed_sample(sample: tuple[Setup, BuiltImage], registry: Registry) -> tuple[str, PushResult]:
+    """The sample image pushed to the open registry: (reference, result)."""
+    repository = repo()
+    result = push(sample[1], registry, repository, "1")
+    return f"{registry.host}/{repository}:1", result
+
+
+def test_push_uploads_every_blob_then_pull_gets_the_same_image(
+    tmp_path: Path,
+    sample: tuple[Setup, BuiltImage],
+    pushed_sample: tuple[str, PushResult],
+) -> None:
+    built = sample[1]
+    ref, result = pushed_sample
+    assert result.digest == built.digest
+    assert result.reference == ref
+    assert result.stats.blobs_uploaded == len(built.layers) + 1  # and the config
+    assert result.stats.bytes_uploaded == sum(
+        layer.descriptor.size for layer in built.layers
+    ) + len(built.config_bytes)
+    assert result.stats.manifests_pushed == 1
+
+    made: list[RegistryClient] = []
+    store = Store(tmp_path / "store")
+    source = open_image(ref, store, client=factory(made))
+    assert source.reference == Reference.parse(ref)
+    assert source.image.descriptor.digest == built.digest
+    assert source.image.config.to_bytes() == built.config_bytes
+    assert made[0].stats().blobs_fetched == len(built.layers) + 1
+    # Pulling again into the same store fetches only the manifest.
+    again = open_image(ref, store, client=factory(made))
+    assert again.image.descriptor.digest == built.digest
+    assert made[1].stats().blobs_fetched == 0
+
+
+def test_docker_pulls_the_pushed_image_and_runs_it(
+    docker_engine: DockerEngine, pushed_sample: tuple[str, PushResult]
+) -> None:
+    ref, result = pushed_sample
+    # dockerd shares the host's network namespace; 127.0.0.0/8 is an insecure registry
+    # for Docker by default, so it pulls over plain HTTP.
+    docker_engine.docker("pull", ref)
+    try:
+        digests = json.loads(docker_engine.docker("image", "inspect", ref).stdout)[0]["RepoDigests"]
+        assert f"{ref.rsplit(':', 1)[0]}@{result.digest}" in digests
+        assert docker_run(docker_engine, ref, "tool") == "tool ran\n"
+        assert (
+            docker_run(docker_engine, ref, "python", "-c", "import alpha; print(alpha.__version__)")
+            == "1.0\n"
+        )
+    finally:
+        docker_engine.docker("rmi", "--no-prune", ref, check=False)
+
+
+def test_one_package_change_pushes_one_small_layer(
+    tmp_path: Path,
+    registry: Registry,
+    bookworm_layout: BaseImage,
+    bookworm_facts: BaseFacts,
+) -> None:
+    """The issue's incremental test: beta 1.0 -> 1.1 next to a 4 MiB distribution."""
+    wheels = build_wheels(tmp_path / "dist")
+    wheels["big"] = big_wheel(tmp_path / "dist", "big", "1.0", 4 << 20)
+    setup = make_setup(tmp_path, ["alpha", "beta", "tool", "big"], wheels=wheels)
+    first, _ = build(setup, bookworm_layout, bookworm_facts)
+    repository = repo()
+    push(first, registry, repository, "1")
+
+    bumped = write_lock(
+        tmp_path / "pylock.toml",
+        [wheels[k] for k in ("alpha", "beta11", "tool", "big")],
+        targets=[image_target()],
+    )
+    second, events = build(Setup(bumped, setup.store, wheels), bookworm_layout, bookworm_facts)
+    result = push(second, registry, repository, "2")
+
+    old = {layer.descriptor.digest for layer in first.layers}
+    new = [layer for layer in second.layers if layer.descriptor.digest not in old]
+    assert sorted(layer.label for layer in new) == sorted(
+        [next(x.label for x in new if "beta==1.1" in x.distributions), "marker and kernelspec"]
+    )
+    assert [e.label for e in events if e.state == "built"] == [layer.label for layer in new]
+    stats = result.stats
+    assert stats.blobs_uploaded == len(new) + 1  # the changed layers and the config
+    assert stats.blobs_existing == len(second.layers) - len(new)
+    uploaded = sum(layer.descriptor.size for layer in new) + len(second.config_bytes)
+    assert stats.bytes_uploaded == uploaded
+    environment = sum(layer.descriptor.size for layer in env_layers(second))
+    assert environment > 3 << 20
+    assert stats.bytes_uploaded <= environment // 10
+    # The registry serves the new tag whole.
+    assert client(registry.host).get_manifest(repository, "2")[0].digest == second.digest
+
+
+def test_push_mounts_the_base_from_its_repository(
+    registry: Registry, bookworm_layout: BaseImage, sample: tuple[Setup, BuiltImage]
+) -> None:
+    base_repo, target = repo(), repo()
+    push_base(client(registry.host), f"{registry.host}/{base_repo}:1", bookworm_layout)
+    result = push(sample[1], registry, target, "1", mount_from=base_repo)
+    assert result.stats.blobs_mounted == 1  # the 137 MB base layer moved no bytes
+    base_size = bookworm_layout.manifest.layers[0].size
+    assert result.stats.bytes_uploaded < base_size // 100
+
+
+# -- a registry with htpasswd auth, credentials from Docker's config.json ------------------------
+
+
+def docker_config(folder: Path, registry: Registry, password: str) -> Path:
+    auth = base64.b64encode(f"{registry.username}:{password}".encode()).decode()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
+    return folder
+
+
+def test_base_from_an_auth_registry(
+    tmp_path: Path, auth_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(test_cli_image builds on bookworm pulled from this registry; here, the client.)"""
+    assert auth_registry.password
+    good = docker_config(tmp_path / "good", auth_registry, auth_registry.password)
+    ref = f"{auth_registry.host}/{repo()}:1"
+    base = unique_image(tmp_path / "base")
+    push_base(client(auth_registry.host, docker_config=good), ref, base)
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(good))  # as `docker login` leaves it
+    store = Store(tmp_path / "store")
+    made: list[RegistryClient] = []
+    source = open_image(ref, store, client=factory(made))
+    assert source.image.descriptor.digest == base.descriptor.digest
+    assert made[0].stats().blobs_fetched == 2  # the config and the layer, each verified
+    assert source.image.layer_paths[0].read_bytes() == base.layers[0].read_bytes()
+
+    wrong = docker_config(tmp_path / "wrong", auth_registry, "not-the-password")
+    monkeypatch.setenv("DOCKER_CONFIG", str(wrong))
+    with pytest.raises(RegistryAuthError) as caught:
+        open_image(ref, Store(tmp_path / "other-store"), client=factory(made))
+    error = caught.value
+    assert error.registry == auth_registry.host and error.exit_code == 3
+    assert auth_registry.host in error.message
+    assert error.hint and f"docker login {auth_registry.host}" in error.hint
+    shown = str(error) + json.dumps(error.to_json())
+    assert auth_registry.password not in shown and "not-the-password" not in shown
+    assert base64.b64encode(b"alice:not-the-password").decode() not in shown
+
+
+# -- failures on the way in ------------------------------------------------------------------------
+
+
+def test_unreachable_registry_is_a_network_error(tmp_path: Path) -> None:
+    host = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(RegistryError) as caught:
+        open_image(f"{host}/base:1", Store(tmp_path / "store"), client=factory([]))
+    assert caught.value.registry == host and caught.value.exit_code == 3
+    assert caught.value.status is None
+
+
+def unique_image(folder: Path) -> BaseImage:
+    """A small image no other test has: the registry keeps one copy of each blob for all
+    repositories, so a test that corrupts one must corrupt its own."""
+
+    def fill(w: LayerWriter) -> None:
+        w.add_file("etc/nonce", uuid.uuid4().hex.encode() * 1000)
+        w.add_file("usr/bin/true", b"\x7fELF" + bytes(4000), mode=0o755)
+
+    return make_image(folder, fill, tag="unique")
+
+
+@pytest.fixture
+def small_pushed(tmp_path: Path, registry: Registry) -> tuple[str, BaseImage]:
+    ref = f"{registry.host}/{repo()}:1"
+    image = unique_image(tmp_path / "unique")
+    push_base(client(registry.host), ref, image)
+    return ref, image
+
+
+def test_tampered_layer_in_the_registry_is_refused(
+    tmp_path: Path, registry: Registry, small_pushed: tuple[str, BaseImage]
+) -> None:
+    ref, base = small_pushed
+    layer = base.manifest.layers[0]
+    stored = registry.blob_file(layer.digest)
+    raw = bytearray(stored.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, other bytes
+    stored.write_bytes(bytes(raw))
+    store = Store(tmp_path / "store")
+    with pytest.raises(ArtifactError) as caught:
+        open_image(ref, store, client=factory([]))
+    assert caught.value.expected == layer.digest and caught.value.exit_code == 4
+    assert not OciLayout.open(store.root / "oci").has_blob(layer.digest)
+
+
+def test_tampered_manifest_in_the_registry_is_refused(
+    tmp_path: Path, registry: Registry, small_pushed: tuple[str, BaseImage]
+) -> None:
+    ref, base = small_pushed
+    stored = registry.blob_file(base.descriptor.digest)
+    # Still a valid manifest (the registry parses what it serves), but other bytes.
+    stored.write_bytes(stored.read_bytes().replace(b"{", b"{ ", 1))
+    with pytest.raises(ArtifactError) as caught:
+        open_image(ref, Store(tmp_path / "store"), client=factory([]))
+    assert caught.value.expected == base.descriptor.digest
+
+
+def test_registry_image_missing_the_platform(
+    tmp_path: Path, registry: Registry, small_pushed: tuple[str, BaseImage]
+) -> None:
+    """An index (multi-platform image) without this machine's platform is named as such."""
+    ref, base = small_pushed
+    parsed = Reference.parse(ref)
+    other = "linux/s390x"
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                **base.descriptor.to_json(),
+                "platform": {"os": "linux", "architecture": other.split("/")[1]},
+            }
+        ],
+    }
+    c = client(registry.host)
+    c.put_manifest(
+        parsed.repository,
+        "multi",
+        "application/vnd.oci.image.index.v1+json",
+        json.dumps(index).encode(),
+    )
+    with pytest.raises(ImageError, match=f"has no image for {default_platform()}") as caught:
+        open_image(
+            f"{registry.host}/{parsed.repository}:multi", Store(tmp_path / "s"), client=factory([])
+        )
+    assert caught.value.hint == f"platforms it has: {other}"
+
+
+def evil_layer(entry: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> bytes:
+    """A gzip tar layer with one entry a safe writer would never make."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(entry)
+        info.type = kind
+        info.linkname = link
+        data = b"pwned\n" if kind == tarfile.REGTYPE else b""
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def evil_image(folder: Path, entry: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> str:
+    """An OCI layout whose one layer holds ``entry``; returns its oci: reference."""
+    raw = evil_layer(entry, kind, link)
+    layout = OciLayout.open(folder, create=True)
+    gz = gzip.compress(raw, mtime=0)
+    layer = layout.add_blob(gz, "application/vnd.oci.image.layer.v1.tar+gzip")
+    arch = default_platform().split("/")[1]
+    config = ImageConfig(
+        architecture=arch,
+        os="linux",
+        diff_ids=(sha256_digest(raw),),
+        config={},
+        created="2023-11-14T22:13:20Z",
+        history=(),
+    )
+    config_desc = layout.add_blob(config.to_bytes(), OCI_CONFIG)
+    manifest = layout.add_blob(ImageManifest(config_desc, (layer,)).to_bytes(), OCI_MANIFEST)
+    layout.tag("evil", manifest)
+    return f"oci:{folder}:evil"
+
+
+EVIL = [
+    ("../../escaped", tarfile.REGTYPE, "", "has a '..' component"),
+    ("/etc/cron.d/evil", tarfile.REGTYPE, "", "has an absolute path"),
+    ("usr/lib/link", tarfile.SYMTYPE, "../../../../etc/shadow", "outside the root"),
+    ("usr/bin/hard", tarfile.LNKTYPE, "../../etc/shadow", "has a '..' component"),
+    ("dev/sda", tarfile.BLKTYPE, "", "is a device node"),
+]
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind", "link", "why"),
+    EVIL,
+    ids=["dotdot", "absolute", "symlink", "hardlink", "device"],
+)
+def test_malicious_base_layer_is_refused(
+    tmp_path: Path, entry: str, kind: bytes, link: str, why: str
+) -> None:
+    ref = evil_image(tmp_path / "evil", entry, kind, link)
+    source: ImageSource = open_image(ref, Store(tmp_path / "store"))
+    with pytest.raises(UnsafeLayerError, match=why) as caught:
+        probe_image(source.image, where=ref)
+    assert caught.value.entry == entry and caught.value.exit_code == 4
+    assert not (tmp_path / "escaped").exists()
