@@ -31,6 +31,7 @@ from envship.spec import load_spec
 from envship.store import Store
 from envship.verify import verify
 from indexlib import IndexServer, build_universe, build_wheel, serve, write_simple_index
+from test_install import run_py, versions
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -126,22 +127,6 @@ def make_project(
 @pytest.fixture
 def project(tmp_path: Path, add_server: IndexServer) -> Project:
     return make_project(tmp_path, add_server.simple_url)
-
-
-def run_py(env: Path, code: str) -> str:
-    proc = subprocess.run(
-        [str(env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
-    )
-    return proc.stdout.strip()
-
-
-def versions(env: Path) -> dict[str, str]:
-    code = (
-        "import importlib.metadata as m, json; "
-        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
-    )
-    found: dict[str, str] = json.loads(run_py(env, code))
-    return found
 
 
 def snapshot(p: Project) -> tuple[bytes, bytes, dict[str, str]]:
