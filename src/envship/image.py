@@ -388,13 +388,14 @@ def build_image(
     failed: EnvshipError | None = None
     if todo:
         with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
-            futures = {plan.key: pool.submit(_build_layer_job, job(plan)) for plan in todo}
+            futures = {plan.key: pool.submit(_build_layer, job(plan)) for plan in todo}
             for plan in todo:
-                blob = futures[plan.key].result()
-                if isinstance(blob, _Failure):
+                try:
+                    blob = futures[plan.key].result()
+                except EnvshipError as exc:  # errors pickle with their fields (errors.py)
                     # Keep collecting: the layers that did finish go into the cache
                     # rather than being left as stray files in the store's tmp/.
-                    failed = failed or blob.error()
+                    failed = failed or exc
                     continue
                 descriptor = cache.put(plan.key, blob, annotations(plan))
                 results[plan.key] = (descriptor, blob.diff_id, False)
@@ -492,33 +493,6 @@ def build_image(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    """An EnvshipError raised while building a layer, carried back from a worker.
-
-    Pickle rebuilds an exception by calling its class with ``args``, which fails for the
-    errors that take keyword-only fields (ArtifactError, UnsafeLayerError): the pool
-    would report a BrokenProcessPool instead. The class and the fields travel instead.
-    """
-
-    kind: type[EnvshipError]
-    message: str
-    fields: dict[str, Any]
-
-    def error(self) -> EnvshipError:
-        exc = self.kind.__new__(self.kind)
-        Exception.__init__(exc, self.message)
-        exc.__dict__.update(self.fields)
-        return exc
-
-
-def _build_layer_job(job: _Job) -> LayerBlob | _Failure:
-    try:
-        return _build_layer(job)
-    except EnvshipError as exc:
-        return _Failure(type(exc), exc.message, dict(exc.__dict__))
-
-
 class _Inline:
     """A stand-in for a one-worker pool: runs each job at submit time, in this process."""
 
@@ -528,15 +502,22 @@ class _Inline:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def submit(self, fn: Callable[[_Job], LayerBlob | _Failure], arg: _Job) -> _Done:
-        return _Done(fn(arg))
+    def submit(self, fn: Callable[[_Job], LayerBlob], arg: _Job) -> _Done:
+        try:
+            return _Done(fn(arg), None)
+        except EnvshipError as exc:
+            return _Done(None, exc)
 
 
 @dataclass(frozen=True, slots=True)
 class _Done:
-    value: LayerBlob | _Failure
+    value: LayerBlob | None
+    error: EnvshipError | None
 
-    def result(self) -> LayerBlob | _Failure:
+    def result(self) -> LayerBlob:
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
         return self.value
 
 
