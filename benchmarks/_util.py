@@ -28,6 +28,9 @@ DS_SET = [
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without pip's machine-wide extras, so baselines use PyPI only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    # Installed users have .pyc files; a machine-wide "write no bytecode" would make every
+    # timed run of envship recompile its own sources.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PIP_CONFIG_FILE"] = os.devnull
     env.update(extra)
     return env

@@ -16,9 +16,10 @@ from typing import BinaryIO
 
 import pytest
 
+from envship.dockerarchive import write_docker_archive
 from envship.layer import LayerWriter
 from envship.oci import OCI_CONFIG, OCI_MANIFEST, Descriptor, ImageConfig, ImageManifest
-from envship.ocilayout import OciLayout, default_platform, write_docker_archive
+from envship.ocilayout import OciLayout, default_platform
 from envship.registry import RegistryClient
 from serviceslib import DockerEngine
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from envship.cli.main import main
+from envship.dockerarchive import write_docker_archive
 from envship.image import BuiltImage
 from envship.imagebase import BaseFacts
-from envship.ocilayout import OciLayout, write_docker_archive
+from envship.ocilayout import OciLayout
 from envship.registry import RegistryClient
 from imagelib import BaseImage
 from registrylib import Registry, TokenServer, free_port

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -180,6 +182,65 @@ def test_probe_of_a_venv_reports_its_prefix(tmp_path: Path) -> None:
     assert info.machine == {"amd64": "x86_64", "arm64": "aarch64"}.get(
         platform.machine().lower(), platform.machine()
     )
+
+
+# Run inside the venv under test: probe a path from there and say whether the probe was
+# answered in-process (the path is the running interpreter) or by running the path.
+_PROBE_FROM_INSIDE = """
+import json, sys
+from envship import host
+path = sys.argv[1]
+info = host.probe(path, gpu=lambda: False)
+print(json.dumps({"in_process": host._is_running(path), "info": info.to_json()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def probe_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import venv
+
+    root = tmp_path_factory.mktemp("probe") / "v"
+    venv.create(root, with_pip=False, symlinks=True)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("probed", "env", "in_process", "prefix"),
+    [
+        pytest.param("bin/python", {}, True, "venv", id="itself"),
+        pytest.param("bin/python3", {}, True, "venv", id="alias-in-the-same-folder"),
+        # The same binary by its real path is the base interpreter, not the venv: the
+        # pyvenv.cfg beside bin/python is what makes it the venv.
+        pytest.param("base", {}, False, "base", id="its-base-binary"),
+        # PYTHONHOME moves our prefix but not the probe's (it runs with -I).
+        pytest.param("bin/python", {"PYTHONHOME": "base"}, False, "venv", id="pythonhome"),
+    ],
+)
+def test_probe_in_process_equals_probe_by_running(
+    probe_venv: Path, probed: str, env: dict[str, str], in_process: bool, prefix: str
+) -> None:
+    runner = probe_venv / "bin" / "python"
+    base = Path(os.path.realpath(runner))
+    base_prefix = sys.base_prefix
+    path = str(base) if probed == "base" else str(probe_venv / probed)
+    child_env = {k: v for k, v in os.environ.items() if k != "PYTHONHOME"}
+    # envship and its dependencies come from this test run's path, not the bare venv.
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    child_env.update({k: base_prefix if v == "base" else v for k, v in env.items()})
+    proc = subprocess.run(
+        [str(runner), "-c", _PROBE_FROM_INSIDE, path],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert seen["in_process"] is in_process
+    # This test's interpreter is another one, so here the probe runs the path.
+    assert seen["info"] == probe(path, gpu=lambda: False).to_json()
+    assert seen["info"]["prefix"] == (str(probe_venv) if prefix == "venv" else base_prefix)
+    assert seen["info"]["executable"] == path
 
 
 def test_probe_refuses_what_is_not_a_python(tmp_path: Path) -> None:

@@ -249,6 +249,36 @@ def test_new_lock_updates_the_environment_in_place(
     assert install(newer, store, dest).action == "unchanged"
 
 
+def test_progress_counts_every_artifact_once(
+    tmp_path: Path, wheels: dict[str, Path], lock: LockFile, store: Store
+) -> None:
+    seen: list[tuple[int, int, str]] = []
+    install(lock, store, tmp_path / "env", progress=lambda *step: seen.append(step))
+
+    sizes = {w.name: w.stat().st_size for w in wheels.values()}
+    names = [wheels[k].name for k in ("alpha", "beta", "tool")]
+    assert [name for _, _, name in seen] == names
+    running = [sum(sizes[n] for n in names[: i + 1]) for i in range(len(names))]
+    assert [(done, total) for done, total, _ in seen] == [
+        (r, sum(sizes[n] for n in names)) for r in running
+    ]
+
+
+def test_a_store_without_named_links_is_staged_next_to_dest(
+    tmp_path: Path, wheels: dict[str, Path], lock: LockFile
+) -> None:
+    # A store whose named/ cannot be written (a shared, read-only volume; a file stands in
+    # for it because root may write anywhere): artifacts are linked next to dest instead.
+    store = stocked_store(tmp_path / "shared-store", list(wheels.values()))
+    (store.root / "named").write_text("not a folder\n")
+    dest = tmp_path / "env"
+
+    assert install(lock, store, dest).action == "created"
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+    assert (store.root / "named").read_text() == "not a folder\n"
+    assert not (tmp_path / "env.envship-tmp").exists()
+
+
 @pytest.mark.parametrize("kind", ["user-files", "foreign-venv", "file"])
 def test_a_folder_that_is_not_ours_is_refused_and_untouched(
     tmp_path: Path, lock: LockFile, store: Store, kind: str
@@ -433,3 +463,34 @@ def test_python_choice(tmp_path: Path, lock: LockFile, store: Store) -> None:
     cfg = (dest / "pyvenv.cfg").read_text()
     assert "home = /usr/bin" in cfg
     assert versions(dest)["alpha"] == "1.0"
+
+
+def test_install_imports_neither_the_spec_model_nor_the_resolver() -> None:
+    # Imports are most of an install's fixed cost next to uv's (issue 3): the install
+    # command must not load the spec model or the lock/resolve module. A fresh interpreter,
+    # because this test session has imported everything already.
+    code = (
+        "import sys, envship.cli.main, envship.cli.install, envship.install; "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('envship'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    assert "envship.install" in loaded
+    assert not loaded & {"envship.spec", "envship.lock", "envship.importers", "envship.fetch"}
+
+
+def test_the_package_api_loads_on_first_use() -> None:
+    code = (
+        "import sys, envship; before = set(sys.modules); "
+        "values = {n: getattr(envship, n) for n in envship.__all__}; "
+        "from envship.spec import Spec; from envship.store import Store; "
+        "from envship.targets import PLATFORMS; "
+        "assert values['Spec'] is Spec and values['Store'] is Store, values; "
+        "assert values['PLATFORMS'] is PLATFORMS; "
+        "assert set(envship.__all__) <= set(dir(envship)); "
+        "print('envship.spec' in before, 'envship.spec' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -8,9 +9,10 @@ import pytest
 import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
 
 from envship.errors import SpecError
-from envship.spec import find_spec, load_spec, parse_spec
+from envship.spec import add_requirements, find_spec, load_spec, parse_spec
 
 FULL = """
 name = "ds"
@@ -185,3 +187,131 @@ def test_load_spec_text_never_crashes(text: str) -> None:
 def test_written_spec_is_valid_toml() -> None:
     spec = parse_spec({"name": "x", "dependencies": ["a>=1"]}, source="s")
     assert tomli_w.dumps(spec.to_dict()) == spec.to_toml()
+
+
+# --- add_requirements: the edit `envship add` records -------------------------------------
+
+COMMENTED = """\
+# the team's environment
+name = "x"
+dependencies = [
+    "alpha",  # what the notebooks import
+    "beta<2",  # 2 changed the API
+]
+"""
+
+PYPROJECT = """\
+[project]
+name = "x"
+dependencies = ["requests"]  # not envship's
+
+[tool.envship]
+name = "x"
+dependencies = ["alpha"]
+
+[tool.ruff]
+line-length = 100
+"""
+
+
+@pytest.mark.parametrize(
+    ("filename", "before", "requirements", "after", "written"),
+    [
+        pytest.param(
+            "envship.toml",
+            COMMENTED,
+            ["gamma>=1"],
+            COMMENTED.replace("API\n]", 'API\n    "gamma>=1",\n]'),
+            ("gamma>=1",),
+            id="appended, comments kept",
+        ),
+        pytest.param(
+            "envship.toml",
+            COMMENTED,
+            ["Beta>=2"],
+            COMMENTED.replace('"beta<2"', '"Beta>=2"'),
+            ("Beta>=2",),
+            id="a listed name replaced in place",
+        ),
+        pytest.param(
+            "envship.toml",
+            COMMENTED,
+            ["beta<2", "alpha"],
+            COMMENTED,
+            (),
+            id="already there: nothing written",
+        ),
+        pytest.param(
+            "envship.toml",
+            'name = "x"\n\n[groups]\ndev = ["pytest"]\n',
+            ["gamma[cli]>=1; python_version >= '3.9'"],
+            'name = "x"\ndependencies = ["gamma[cli]>=1; python_version >= \\"3.9\\""]\n\n'
+            '[groups]\ndev = ["pytest"]\n',
+            ('gamma[cli]>=1; python_version >= "3.9"',),
+            id="no dependencies yet",
+        ),
+        pytest.param(
+            "pyproject.toml",
+            PYPROJECT,
+            ["gamma"],
+            PYPROJECT.replace('dependencies = ["alpha"]', 'dependencies = ["alpha", "gamma"]'),
+            ("gamma",),
+            id="pyproject: only [tool.envship]",
+        ),
+    ],
+)
+def test_add_requirements_edits_only_the_dependencies(
+    tmp_path: Path,
+    filename: str,
+    before: str,
+    requirements: list[str],
+    after: str,
+    written: tuple[str, ...],
+) -> None:
+    path = tmp_path / filename
+    path.write_text(before)
+    reqs = [Requirement(r) for r in requirements]
+
+    assert add_requirements(path, reqs, write=False) == written
+    assert path.read_text() == before
+    inode = path.stat().st_ino
+
+    assert add_requirements(path, reqs) == written
+    assert path.read_text() == after
+    assert (path.stat().st_ino == inode) == (not written)  # unchanged: not even rewritten
+    assert add_requirements(path, reqs) == ()
+    load_spec(path)
+
+
+def test_add_requirements_replaces_the_file_in_one_rename(tmp_path: Path) -> None:
+    path = tmp_path / "envship.toml"
+    path.write_text(COMMENTED)
+    path.chmod(0o640)
+    link = tmp_path / "before.toml"
+    os.link(path, link)  # an in-place rewrite would show through this link
+
+    add_requirements(path, [Requirement("gamma")])
+
+    assert link.read_text() == COMMENTED
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["before.toml", "envship.toml"]
+
+
+@pytest.mark.parametrize(
+    ("before", "message"),
+    [
+        ('name = "x"\ndependencies = "alpha"\n', "dependencies is not an array"),
+        ('dependencies = ["alpha"]  # no name\n', "name"),
+    ],
+    ids=["not-an-array", "invalid-after-the-edit"],
+)
+def test_add_requirements_refuses_an_edit_that_is_not_a_valid_spec(
+    tmp_path: Path, before: str, message: str
+) -> None:
+    path = tmp_path / "envship.toml"
+    path.write_text(before)
+    with pytest.raises(SpecError) as info:
+        add_requirements(path, [Requirement("gamma")])
+    assert message in str(info.value) + "".join(p.where for p in info.value.problems)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["envship.toml"]

@@ -30,20 +30,33 @@ from .errors import (
     UnsupportedBaseError,
     UnsupportedTargetError,
 )
-from .lockfile import Artifact, LockFile
-from .spec import IndexConfig, Spec, find_spec, load_spec, parse_spec
-from .store import Store
-from .targets import PLATFORMS, Platform, Target
 
 if TYPE_CHECKING:
     from .fetch import FetchedArtifact, FetchResult
     from .index import IndexExport, export_index
     from .install import InstallResult
     from .lock import LockResult, check_lock
+    from .lockfile import Artifact, LockFile
+    from .spec import IndexConfig, Spec, find_spec, load_spec, parse_spec
+    from .store import Store
+    from .targets import PLATFORMS, Platform, Target
 
 # Loaded on first use (PEP 562): the CLI imports this package for every command, and a
-# command should not pay for modules it does not run.
+# command should not pay for modules it does not run (`envship install` never needs the
+# spec model: 3 ms of start-up, 6 ms when no bytecode cache can be written). Only the
+# errors, which every module raises, are imported eagerly.
 _LAZY = {
+    "Artifact": "lockfile",
+    "LockFile": "lockfile",
+    "IndexConfig": "spec",
+    "Spec": "spec",
+    "find_spec": "spec",
+    "load_spec": "spec",
+    "parse_spec": "spec",
+    "Store": "store",
+    "PLATFORMS": "targets",
+    "Platform": "targets",
+    "Target": "targets",
     "FetchedArtifact": "fetch",
     "FetchResult": "fetch",
     "IndexExport": "index",
@@ -61,6 +74,10 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __version__ = "0.1.0"

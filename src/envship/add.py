@@ -23,6 +23,9 @@ Safety, in the order things happen:
   keeping the user's comments and layout. Its digest changes, which is what makes
   ``envship lock --check`` report the lock stale until ``envship lock`` takes the
   addition in.
+
+Running uv and reading its failures is :mod:`envship._uvpip`'s; the spec edit is
+:func:`envship.spec.add_requirements`.
 """
 
 from __future__ import annotations
@@ -31,9 +34,7 @@ import contextlib
 import csv
 import json
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,20 +43,18 @@ from importlib.metadata import Distribution
 from pathlib import Path
 from typing import Any
 
-import tomlkit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from tomlkit.items import Array
 
+from . import _uvpip
+from ._environment import find_environment
 from ._flock import locked
-from ._toml import loads_toml
 from .envs import version_key
-from .errors import EnvshipError, LockError, NetworkError, Problem, SpecError
+from .errors import AddConflictError, AddError, LockError, Problem, SpecError
 from .install import INCOMPLETE_NAME, MARKER_NAME
-from .lock import _uv_environment, check_lock, lock_path_for, uv_bin
-from .spec import Spec, find_spec, load_spec, parse_spec
-from .verify import find_environment
+from .lock import check_lock, lock_path_for
+from .spec import Spec, add_requirements, find_spec, load_spec
 
 __all__ = ["ADDED_KEY", "AddConflictError", "AddError", "AddResult", "add", "parse_requirements"]
 
@@ -63,19 +62,6 @@ ADDED_KEY = "added"  # the install marker's list of distributions `envship add` 
 Log = Callable[[str], None]
 _Stat = tuple[int, int, int]  # size, mtime_ns, inode
 _Installed = dict[str, tuple[str, str, Path]]  # canonical name -> name, version, dist-info
-
-
-class AddError(EnvshipError):
-    """The addition cannot be made: no usable environment, no spec, uv failed."""
-
-    exit_code = 1
-    kind = "add"
-
-
-class AddConflictError(AddError):
-    """A requested requirement needs a locked package at another version."""
-
-    kind = "add-conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,214 +268,6 @@ def _locked_files(installed: _Installed, keys: Iterable[str]) -> dict[str, _Stat
     return files
 
 
-# -- the spec --------------------------------------------------------------------------
-
-
-def _edited_spec(path: Path, reqs: Sequence[Requirement]) -> tuple[str, list[str]]:
-    """The spec's text with ``reqs`` in its dependencies, checked, and what changed.
-
-    A requirement naming a package already listed replaces that entry in place (its
-    comment stays); a new one is appended. Everything else stays as the user wrote it.
-    """
-    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
-    table: Any = doc["tool"]["envship"] if path.name == "pyproject.toml" else doc
-    if "dependencies" not in table:
-        table["dependencies"] = tomlkit.array()
-    deps = table["dependencies"]
-    if not isinstance(deps, Array):
-        raise SpecError(f"{path}: dependencies is not an array")
-    changed: list[str] = []
-    for req in reqs:
-        new, key = str(req), canonicalize_name(req.name)
-        names = [canonicalize_name(Requirement(str(old)).name) for old in deps]
-        if key not in names:
-            deps.append(new)
-        elif str(deps[names.index(key)]) != new:
-            deps[names.index(key)] = new
-        else:
-            continue
-        changed.append(new)
-    text = tomlkit.dumps(doc)
-    data = loads_toml(text, str(path), SpecError)
-    if path.name == "pyproject.toml":
-        data = data["tool"]["envship"]
-    parse_spec(data, source=str(path), path=path)  # the edit must leave a valid spec
-    return text, changed
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` in one rename, keeping its permissions: a reader sees old or new."""
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _lock_stale(spec: Spec) -> bool:
-    try:
-        check_lock(spec)
-    except LockError:  # stale, missing, or unreadable: `envship lock` is due either way
-        return True
-    return False
-
-
-# -- uv --------------------------------------------------------------------------------
-
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-# uv's resolver explanation names our constraint as a bare ``name==version`` beside what
-# needs something else: "Because you require beta>=1.1 and beta==1.0", "Because all
-# versions of omega depend on beta>=1.1 and beta==1.0", "Because kappa>=2.0 depends on
-# beta>=1.1 and beta==1.0".
-_PIN_CONFLICT = re.compile(
-    rf"(?:you require|(?:all versions of )?(?P<dep>{_NAME})\S* depends? on) "
-    rf"(?P<need>{_NAME}\S*) and (?P<pin>{_NAME})==(?P<ver>[^\s,]+)"
-)
-_PINNED = re.compile(rf"(?P<pin>{_NAME})==(?P<ver>[^\s,;]+)")
-_YOU_REQUIRE = re.compile(rf"you require (?P<req>{_NAME})")
-_NOT_FOUND = re.compile(rf"(?P<name>{_NAME}) was not found in the package registry")
-_NETWORK = re.compile(
-    r"Failed to fetch|error sending request|Could not connect|dns error|tcp connect error"
-)
-_URL = re.compile(r"((?:https?|file)://[^\s`'\"()]+)")
-_PLAN = re.compile(rf"^ (?P<op>[+-]) (?P<name>{_NAME})==(?P<ver>\S+)")
-
-
-def _index_args(
-    spec: Spec, index_url: str | None, extra_index_urls: Sequence[str], find_links: Sequence[str]
-) -> list[str]:
-    """The spec's indexes (named, so uv finds credentials as `envship lock` does) and
-    the command line's: ``index_url`` takes the place of the spec's default index."""
-    args: list[str] = []
-    for idx in spec.indexes:
-        if idx.default and index_url:
-            continue
-        args += ["--default-index" if idx.default else "--index", f"{idx.name}={idx.url}"]
-    if index_url:
-        args += ["--default-index", index_url]
-    for url in extra_index_urls:
-        args += ["--index", url]
-    for link in find_links:
-        args += ["--find-links", link]
-    return args
-
-
-def _run_uv(args: Sequence[str], cwd: Path, env: Mapping[str, str], say: Log) -> tuple[int, str]:
-    """Run uv, passing its progress lines on as they come (up to its error, which the
-    raised exception carries), and return its exit code and full output."""
-    proc = subprocess.Popen(
-        list(args),
-        cwd=cwd,
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    failing = False
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            lines.append(line)
-            failing = failing or line.startswith("error:")
-            if not failing and line.strip() and not line.startswith("Using Python"):
-                say(line.rstrip())
-        code = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return code, "\n".join(lines)
-
-
-def _uv_lines(text: str) -> list[Problem]:
-    keep = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    keep = [ln for ln in keep if not ln.startswith("Using Python")]
-    return [Problem("uv", ln) for ln in keep[-12:]]
-
-
-def _same(a: str, b: str) -> bool:
-    return canonicalize_name(a) == canonicalize_name(b)
-
-
-def _conflict(
-    text: str, reqs: Sequence[Requirement], pins: Mapping[str, str], env: Path
-) -> AddError | None:
-    """Which locked pin blocks which requested requirement, from uv's explanation."""
-    asked = [m["req"] for m in _YOU_REQUIRE.finditer(text)]
-    blocked = [str(r) for r in reqs if any(_same(r.name, a) for a in asked)] or [
-        str(r) for r in reqs
-    ]
-    problems: list[Problem] = []
-    blocking: list[str] = []
-    for m in _PIN_CONFLICT.finditer(text):
-        pin = canonicalize_name(m["pin"])
-        if pin not in pins or pin in blocking:
-            continue
-        who = next((str(r) for r in reqs if m["dep"] and _same(r.name, m["dep"])), None)
-        where = who or ", ".join(blocked)
-        through = f"{m['dep']} requires {m['need']}" if m["dep"] else f"asks for {m['need']}"
-        problems.append(Problem(where, f"{through}; the lock pins {m['pin']}=={pins[pin]}"))
-        blocking.append(pin)
-    if not problems:  # another phrasing: name the locked pins uv mentions
-        for m in _PINNED.finditer(text):
-            pin = canonicalize_name(m["pin"])
-            if pin in pins and pin not in blocking and not any(_same(r.name, pin) for r in reqs):
-                problems.append(
-                    Problem(", ".join(blocked), f"conflicts with the locked {pin}=={pins[pin]}")
-                )
-                blocking.append(pin)
-    if not problems:
-        return None
-    flags = " ".join(f"-P {p}" for p in blocking)
-    return AddConflictError(
-        f"cannot add {', '.join(blocked)}: it needs a locked package at another version",
-        problems=[*problems, *_uv_lines(text)],
-        hint=f"envship add never moves a locked package. To let {', '.join(blocking)} move, "
-        f"add the requirement to the spec's dependencies, then `envship lock {flags}` and "
-        f"`envship install {env}`",
-    )
-
-
-def _uv_failure(
-    text: str, reqs: Sequence[Requirement], pins: Mapping[str, str], env: Path, spec: Spec
-) -> EnvshipError:
-    if _NETWORK.search(text):
-        found = _URL.search(text)
-        url = found.group(1) if found else "(the configured index)"
-        return NetworkError(
-            f"cannot reach the package index: {url}",
-            url=url,
-            hint="check the spec's [[indexes]] (or --index-url), your network or proxy, "
-            "and the index credentials' environment variables",
-        )
-    missing = _NOT_FOUND.search(text)
-    if missing:
-        return AddError(
-            f"{missing['name']} was not found on the package index",
-            problems=_uv_lines(text),
-            hint="check the name, and the spec's [[indexes]] (or pass --index-url)",
-        )
-    if "has no usable wheels" in text and not spec.allow_sdist:
-        return AddError(
-            "a requested package has no wheel for this environment",
-            problems=_uv_lines(text),
-            hint="allow-sdist = true in the spec permits building it (that runs its code)",
-        )
-    conflict = _conflict(text, reqs, pins, env)
-    if conflict is not None:
-        return conflict
-    return AddError(
-        f"uv could not add {', '.join(map(str, reqs))} to {env}", problems=_uv_lines(text)
-    )
-
-
 # -- the addition ----------------------------------------------------------------------
 
 
@@ -661,15 +439,13 @@ def _add_locked(
             )
             code, out, after = _install(env, sites, plan, lambda: run_uv(work, plan))
             if code != 0:
-                raise _uv_failure(out, plan.todo, plan.pins, env, spec)
+                raise _uvpip.failure(out, plan.todo, plan.pins, env, spec)
             _record_added(env, plan, after)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     installed, removed = _changes(plan.installed, after)
     try:
-        text, recorded = _edited_spec(spec.path, plan.todo)
-        if recorded:
-            _write_atomic(spec.path, text)
+        recorded = list(add_requirements(spec.path, plan.todo))
     except OSError as exc:
         raise AddError(
             f"installed {', '.join(installed) or 'nothing new'}, but cannot record it in "
@@ -677,6 +453,14 @@ def _add_locked(
             hint=f"add {', '.join(map(str, plan.todo))} to its dependencies by hand",
         ) from None
     return plan, installed, removed, recorded
+
+
+def _lock_stale(spec: Spec) -> bool:
+    try:
+        check_lock(spec)
+    except LockError:  # stale, missing, or unreadable: `envship lock` is due either way
+        return True
+    return False
 
 
 def add(
@@ -714,31 +498,31 @@ def add(
     removed: tuple[str, ...] = ()
     recorded: list[str] = []
     if plan.todo:
-        recorded = _edited_spec(spec_file, plan.todo)[1]  # a bad edit fails before uv runs
+        # A bad edit fails before uv runs.
+        recorded = list(add_requirements(spec_file, plan.todo, write=False))
         if recorded and not dry_run and not os.access(spec_file.parent, os.W_OK):
             raise AddError(
                 f"cannot record the addition: {spec_file.parent} is not writable",
                 hint="pass --spec with a spec you can write, or --dry-run",
             )
-        args = [uv_bin(), "pip", "install", "--python", str(env / "bin" / "python")]
-        args += _index_args(the_spec, index_url, extra_index_urls, find_links)
-        if not the_spec.allow_sdist:
-            args.append("--no-build")  # as in `envship lock`: resolving must not run code
-        # Overrides would beat our constraints; the post-install check would catch it, late.
-        uv_env = {k: v for k, v in _uv_environment(the_spec).items() if k != "UV_OVERRIDE"}
+        args, uv_env = _uvpip.command(
+            env / "bin" / "python",
+            the_spec,
+            index_url=index_url,
+            extra_index_urls=extra_index_urls,
+            find_links=find_links,
+        )
 
         def run_uv(work: Path, plan: _Plan, *extra: str) -> tuple[int, str]:
             command = [*args, *extra, *_constraints(work, plan), *map(str, plan.todo)]
-            return _run_uv(command, work, uv_env, say)
+            return _uvpip.run(command, work, uv_env, say)
 
         if dry_run:
             with tempfile.TemporaryDirectory(prefix="envship-add-") as tmp:
                 code, out = run_uv(Path(tmp), plan, "--dry-run")
             if code != 0:
-                raise _uv_failure(out, plan.todo, plan.pins, env, the_spec)
-            found = [m for ln in out.splitlines() if (m := _PLAN.match(ln))]
-            installed = tuple(f"{m['name']}=={m['ver']}" for m in found if m["op"] == "+")
-            removed = tuple(f"{m['name']}=={m['ver']}" for m in found if m["op"] == "-")
+                raise _uvpip.failure(out, plan.todo, plan.pins, env, the_spec)
+            installed, removed = _uvpip.planned(out)
         else:
             plan, installed, removed, recorded = _add_locked(
                 env, sites, reqs, the_spec, run_uv, say

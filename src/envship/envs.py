@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ._flock import acquire, locked
-from .errors import EnvshipError, Problem, TargetError
+from .errors import EnvError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
 from .install import INCOMPLETE_NAME, MARKER_NAME, InstallError, ProgressFn, install
 from .lockfile import LockFile
@@ -64,13 +64,6 @@ __all__ = [
 USED_NAME = ".envship-used"  # its mtime is the version's last use
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _KEY_CHARS = 20
-
-
-class EnvError(EnvshipError):
-    """A persistent environment cannot be created, found or used."""
-
-    exit_code = 1
-    kind = "env"
 
 
 def _plain(value: Any) -> Any:

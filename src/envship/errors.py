@@ -12,10 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AddConflictError",
+    "AddError",
     "ArtifactError",
+    "EnvError",
     "EnvshipError",
     "ImageError",
     "IndexExportError",
+    "KernelError",
     "LockError",
     "NetworkError",
     "Problem",
@@ -177,6 +181,31 @@ class IndexExportError(EnvshipError):
     """The static index could not be written."""
 
     kind = "index"
+
+
+class AddError(EnvshipError):
+    """``envship add`` cannot make the addition: no usable environment, no spec, uv failed."""
+
+    exit_code = 1
+    kind = "add"
+
+
+class AddConflictError(AddError):
+    """A requested requirement needs a locked package at another version."""
+
+    kind = "add-conflict"
+
+
+class EnvError(EnvshipError):
+    """A persistent environment cannot be created, found or used."""
+
+    kind = "env"
+
+
+class KernelError(EnvshipError):
+    """A kernelspec could not be made, found or removed."""
+
+    kind = "kernel"
 
 
 class ImageError(EnvshipError):

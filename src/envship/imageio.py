@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .dockerarchive import read_docker_archive, write_docker_archive
 from .errors import ImageError
 from .image import BuiltImage
 from .oci import (
@@ -29,14 +30,7 @@ from .oci import (
     Reference,
     load_json,
 )
-from .ocilayout import (
-    LayoutImage,
-    OciLayout,
-    default_platform,
-    parse_layout_ref,
-    read_docker_archive,
-    write_docker_archive,
-)
+from .ocilayout import LayoutImage, OciLayout, default_platform, parse_layout_ref
 from .registry import BlobProgress, RegistryClient, TransferStats
 from .store import Store
 

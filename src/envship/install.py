@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -40,9 +41,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._flock import locked
+from ._uv import uv_bin
 from .errors import EnvshipError, LockError, Problem, StoreError
 from .host import match_target, probe
-from .lock import uv_bin
 from .lockfile import Artifact, LockFile
 from .store import Store
 from .targets import Target
@@ -182,8 +183,21 @@ def _chosen_groups(lock: LockFile, groups: Collection[str] | None) -> tuple[str,
     return tuple(sorted(set(groups)))
 
 
-def _check_store(lock: LockFile, store: Store, target: Target, artifacts: list[Artifact]) -> None:
-    missing = [a for a in artifacts if not store.has(a.sha256)]
+def _check_store(
+    lock: LockFile, store: Store, target: Target, artifacts: list[Artifact]
+) -> list[int]:
+    """Every artifact's size in the store; a StoreError naming all that are missing."""
+    sizes: list[int] = []
+    missing: list[Artifact] = []
+    for a in artifacts:
+        try:
+            st = store.path(a.sha256).stat()
+        except OSError:  # as Path.is_file: unreadable counts as absent
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            missing.append(a)
+        else:
+            sizes.append(st.st_size)
     if missing:
         raise StoreError(
             f"{len(missing)} of {len(artifacts)} artifacts are not in the store {store.root}",
@@ -197,17 +211,21 @@ def _check_store(lock: LockFile, store: Store, target: Target, artifacts: list[A
         # The file name comes from the lock; it must not climb out of the staging folder.
         if "/" in a.filename or a.filename in ("", ".", ".."):
             raise LockError(f"unsafe artifact file name {a.filename!r} for {a.name}")
+    return sizes
 
 
 def _stage(
-    store: Store, artifacts: list[Artifact], wheels: Path, progress: ProgressFn | None
+    store: Store,
+    artifacts: list[Artifact],
+    sizes: list[int],
+    wheels: Path,
+    progress: ProgressFn | None,
 ) -> str:
     """Give each artifact its real file name next to ``dest``; return the requirements text."""
-    sources = [(a, store.path(a.sha256)) for a in artifacts]
-    total = sum(src.stat().st_size for _, src in sources)
+    total = sum(sizes)
     done = 0
     lines: list[str] = []
-    for artifact, src in sources:
+    for artifact, size in zip(artifacts, sizes, strict=True):
         try:
             staged = store.named(artifact.sha256, artifact.filename)
         except OSError:
@@ -216,11 +234,12 @@ def _stage(
             folder = wheels / artifact.sha256
             folder.mkdir(parents=True, exist_ok=True)
             staged = folder / artifact.filename
+            src = store.path(artifact.sha256)
             try:
                 os.link(src, staged)
             except OSError:
                 shutil.copyfile(src, staged)
-        done += src.stat().st_size
+        done += size
         if progress is not None:
             progress(done, total, artifact.filename)
         # ``name @ URL`` percent-encodes odd paths and lets uv check the name matches.
@@ -341,7 +360,7 @@ def _install_locked(
     host = probe(env_python if reuse else base_python)
     chosen = match_target([lock.target(target)] if target else lock, host)
     artifacts = lock.artifacts([chosen.name], groups=groups)
-    _check_store(lock, store, chosen, artifacts)
+    sizes = _check_store(lock, store, chosen, artifacts)
 
     uv = uv_bin()
     action: Action = (
@@ -363,7 +382,9 @@ def _install_locked(
                 what=f"creating the virtual environment {dest}",
             )
         reqs = work / "requirements.txt"
-        reqs.write_text(_stage(store, artifacts, work / "wheels", progress), encoding="utf-8")
+        reqs.write_text(
+            _stage(store, artifacts, sizes, work / "wheels", progress), encoding="utf-8"
+        )
         sync = [uv, "pip", "sync", "--quiet", "--python", str(env_python)]
         sync += ["--offline", "--no-index", "--require-hashes", "--allow-empty-requirements"]
         if all(a.kind == "wheel" for a in artifacts):

@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import EnvshipError, Problem, TargetError
+from .errors import KernelError, Problem, TargetError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .targets import Target
 
@@ -69,13 +69,6 @@ _VALID_NAME = re.compile(r"^[a-z0-9._-]+$")
 _STAGING_PREFIX = ".envship-staging-"
 
 Placement = Literal["user", "system", "prefix", "kernel-dir"]
-
-
-class KernelError(EnvshipError):
-    """A kernelspec could not be made, found or removed."""
-
-    exit_code = 1
-    kind = "kernel"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from ._toml import loads_toml
+from ._uv import uv_bin  # re-exported: its home was here
 from .errors import (
     EnvshipError,
     LockError,
@@ -48,7 +49,7 @@ from .errors import (
 from .lockfile import LOCK_FILENAME, LockFile, check_targets
 from .spec import Spec
 
-__all__ = ["LockResult", "check_lock", "lock", "lock_path_for", "uv_bin"]
+__all__ = ["LockResult", "check_lock", "lock", "lock_path_for", "uv_bin", "uv_environment"]
 
 Log = Callable[[str], None]
 
@@ -75,21 +76,6 @@ class LockResult:
         }
 
 
-def uv_bin() -> str:
-    """The uv binary shipped by the ``uv`` package (a dependency), else one on PATH."""
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):  # pragma: no cover - depends on install
-        import shutil
-
-        found = shutil.which("uv")
-        if found is None:
-            raise LockError("uv is not installed", hint="pip install uv") from None
-        return found
-
-
 def lock_path_for(spec: Spec) -> Path:
     base = spec.path.parent if spec.path else Path.cwd()
     return base / LOCK_FILENAME
@@ -101,7 +87,9 @@ def _uv_env_name(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
-def _uv_environment(spec: Spec) -> dict[str, str]:
+def uv_environment(spec: Spec) -> dict[str, str]:
+    """The process environment for uv: ours, plus the credentials of the spec's indexes
+    under the names uv reads (``UV_INDEX_<NAME>_USERNAME`` / ``_PASSWORD``)."""
     env = dict(os.environ)
     for idx in spec.indexes:
         key = _uv_env_name(idx.name)
@@ -256,7 +244,7 @@ def lock(
     started = time.monotonic()
     say = log or (lambda _msg: None)
     path = output or lock_path_for(spec)
-    env = _uv_environment(spec)
+    env = uv_environment(spec)
     pins = _previous_pins(path, upgrade, upgrade_packages)
     with tempfile.TemporaryDirectory(prefix="envship-lock-") as tmp:
         work = Path(tmp)

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +42,19 @@ import tomli_w
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from ._toml import load_toml
+from ._toml import load_toml, loads_toml
 from .errors import Problem, SpecError, TargetError
 from .targets import DEFAULT_GLIBC, Target
 
-__all__ = ["SPEC_FILENAME", "IndexConfig", "Spec", "find_spec", "load_spec", "parse_spec"]
+__all__ = [
+    "SPEC_FILENAME",
+    "IndexConfig",
+    "Spec",
+    "add_requirements",
+    "find_spec",
+    "load_spec",
+    "parse_spec",
+]
 
 SPEC_FILENAME = "envship.toml"
 DEFAULT_TARGETS = ("linux-x86_64",)
@@ -375,3 +385,68 @@ def load_spec(path: Path) -> Spec:
             raise SpecError(f"{path} has no [tool.envship] table")
         data, source = tool, f"{path} [tool.envship]"
     return parse_spec(data, source=source, path=path.resolve())
+
+
+def add_requirements(
+    path: Path, requirements: Sequence[Requirement], *, write: bool = True
+) -> tuple[str, ...]:
+    """Put ``requirements`` into the dependencies of the spec file at ``path``.
+
+    A requirement naming a package already listed replaces that entry in place (its
+    comment stays); a new one is appended. Everything else stays as the user wrote it
+    (tomlkit keeps comments and layout). The edited spec must still be valid, else
+    :class:`SpecError` and nothing is written. The file is replaced in one rename,
+    keeping its permissions, and only when something changed; with ``write=False`` it
+    is only checked. Returns the requirements written, normalized.
+    """
+    text, changed = _edited(path, requirements)
+    if changed and write:
+        _write_atomic(path, text)
+    return tuple(changed)
+
+
+def _edited(path: Path, reqs: Sequence[Requirement]) -> tuple[str, list[str]]:
+    """The spec's text with ``reqs`` in its dependencies, checked, and what changed."""
+    # Imported here: only `envship add` edits a spec, and tomlkit costs about 30 ms to
+    # import, which every other command would pay through this module.
+    import tomlkit
+    from tomlkit.items import Array
+
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    table: Any = doc["tool"]["envship"] if path.name == "pyproject.toml" else doc
+    if "dependencies" not in table:
+        table["dependencies"] = tomlkit.array()
+    deps = table["dependencies"]
+    if not isinstance(deps, Array):
+        raise SpecError(f"{path}: dependencies is not an array")
+    changed: list[str] = []
+    for req in reqs:
+        new, key = str(req), canonicalize_name(req.name)
+        names = [canonicalize_name(Requirement(str(old)).name) for old in deps]
+        if key not in names:
+            deps.append(new)
+        elif str(deps[names.index(key)]) != new:
+            deps[names.index(key)] = new
+        else:
+            continue
+        changed.append(new)
+    text = tomlkit.dumps(doc)
+    data = loads_toml(text, str(path), SpecError)
+    if path.name == "pyproject.toml":
+        data = data["tool"]["envship"]
+    parse_spec(data, source=str(path), path=path)  # the edit must leave a valid spec
+    return text, changed
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one rename, keeping its permissions: a reader sees old or new."""
+    mode = path.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

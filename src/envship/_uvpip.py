@@ -1,0 +1,206 @@
+"""``uv pip install`` for ``envship add``: the command line, running it, and its failures.
+
+uv is run with the spec's indexes (named, so it finds their credentials as ``envship
+lock`` does), ``--no-build`` unless the spec allows sdists, and without ``UV_OVERRIDE``,
+which would beat the locked constraints. Its progress lines are passed on as they come.
+When it fails, its output is read for what the user can act on: an index that cannot be
+reached, a name the index does not have, a package without a wheel, or a locked pin that
+blocks the request (named from uv's resolver explanation).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from ._uv import uv_bin
+from .errors import AddConflictError, AddError, EnvshipError, NetworkError, Problem
+from .lock import uv_environment
+from .spec import Spec
+
+__all__ = ["AddConflictError", "AddError", "command", "failure", "planned", "run"]
+
+Log = Callable[[str], None]
+
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# uv's resolver explanation names our constraint as a bare ``name==version`` beside what
+# needs something else: "Because you require beta>=1.1 and beta==1.0", "Because all
+# versions of omega depend on beta>=1.1 and beta==1.0", "Because kappa>=2.0 depends on
+# beta>=1.1 and beta==1.0".
+_PIN_CONFLICT = re.compile(
+    rf"(?:you require|(?:all versions of )?(?P<dep>{_NAME})\S* depends? on) "
+    rf"(?P<need>{_NAME}\S*) and (?P<pin>{_NAME})==(?P<ver>[^\s,]+)"
+)
+_PINNED = re.compile(rf"(?P<pin>{_NAME})==(?P<ver>[^\s,;]+)")
+_YOU_REQUIRE = re.compile(rf"you require (?P<req>{_NAME})")
+_NOT_FOUND = re.compile(rf"(?P<name>{_NAME}) was not found in the package registry")
+_NETWORK = re.compile(
+    r"Failed to fetch|error sending request|Could not connect|dns error|tcp connect error"
+)
+_URL = re.compile(r"((?:https?|file)://[^\s`'\"()]+)")
+_PLAN = re.compile(rf"^ (?P<op>[+-]) (?P<name>{_NAME})==(?P<ver>\S+)")
+
+
+def _index_args(
+    spec: Spec, index_url: str | None, extra_index_urls: Sequence[str], find_links: Sequence[str]
+) -> list[str]:
+    """The spec's indexes (named, so uv finds credentials as `envship lock` does) and
+    the command line's: ``index_url`` takes the place of the spec's default index."""
+    args: list[str] = []
+    for idx in spec.indexes:
+        if idx.default and index_url:
+            continue
+        args += ["--default-index" if idx.default else "--index", f"{idx.name}={idx.url}"]
+    if index_url:
+        args += ["--default-index", index_url]
+    for url in extra_index_urls:
+        args += ["--index", url]
+    for link in find_links:
+        args += ["--find-links", link]
+    return args
+
+
+def command(
+    python: Path,
+    spec: Spec,
+    *,
+    index_url: str | None = None,
+    extra_index_urls: Sequence[str] = (),
+    find_links: Sequence[str] = (),
+) -> tuple[list[str], dict[str, str]]:
+    """``uv pip install`` into the environment of ``python`` (constraints and requirements
+    still to be appended), and the process environment to run it in."""
+    args = [uv_bin(), "pip", "install", "--python", str(python)]
+    args += _index_args(spec, index_url, extra_index_urls, find_links)
+    if not spec.allow_sdist:
+        args.append("--no-build")  # as in `envship lock`: resolving must not run code
+    # Overrides would beat our constraints; the post-install check would catch it, late.
+    env = {k: v for k, v in uv_environment(spec).items() if k != "UV_OVERRIDE"}
+    return args, env
+
+
+def run(args: Sequence[str], cwd: Path, env: Mapping[str, str], say: Log) -> tuple[int, str]:
+    """Run uv, passing its progress lines on as they come (up to its error, which the
+    raised exception carries), and return its exit code and full output."""
+    proc = subprocess.Popen(
+        list(args),
+        cwd=cwd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    failing = False
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            lines.append(line)
+            failing = failing or line.startswith("error:")
+            if not failing and line.strip() and not line.startswith("Using Python"):
+                say(line.rstrip())
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return code, "\n".join(lines)
+
+
+def planned(out: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a ``--dry-run`` would install and remove, each as ``name==version``."""
+    found = [m for ln in out.splitlines() if (m := _PLAN.match(ln))]
+    installed = tuple(f"{m['name']}=={m['ver']}" for m in found if m["op"] == "+")
+    removed = tuple(f"{m['name']}=={m['ver']}" for m in found if m["op"] == "-")
+    return installed, removed
+
+
+def _uv_lines(text: str) -> list[Problem]:
+    keep = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    keep = [ln for ln in keep if not ln.startswith("Using Python")]
+    return [Problem("uv", ln) for ln in keep[-12:]]
+
+
+def _same(a: str, b: str) -> bool:
+    return canonicalize_name(a) == canonicalize_name(b)
+
+
+def _conflict(
+    text: str, reqs: Sequence[Requirement], pins: Mapping[str, str], env: Path
+) -> AddError | None:
+    """Which locked pin blocks which requested requirement, from uv's explanation."""
+    asked = [m["req"] for m in _YOU_REQUIRE.finditer(text)]
+    blocked = [str(r) for r in reqs if any(_same(r.name, a) for a in asked)] or [
+        str(r) for r in reqs
+    ]
+    problems: list[Problem] = []
+    blocking: list[str] = []
+    for m in _PIN_CONFLICT.finditer(text):
+        pin = canonicalize_name(m["pin"])
+        if pin not in pins or pin in blocking:
+            continue
+        who = next((str(r) for r in reqs if m["dep"] and _same(r.name, m["dep"])), None)
+        where = who or ", ".join(blocked)
+        through = f"{m['dep']} requires {m['need']}" if m["dep"] else f"asks for {m['need']}"
+        problems.append(Problem(where, f"{through}; the lock pins {m['pin']}=={pins[pin]}"))
+        blocking.append(pin)
+    if not problems:  # another phrasing: name the locked pins uv mentions
+        for m in _PINNED.finditer(text):
+            pin = canonicalize_name(m["pin"])
+            if pin in pins and pin not in blocking and not any(_same(r.name, pin) for r in reqs):
+                problems.append(
+                    Problem(", ".join(blocked), f"conflicts with the locked {pin}=={pins[pin]}")
+                )
+                blocking.append(pin)
+    if not problems:
+        return None
+    flags = " ".join(f"-P {p}" for p in blocking)
+    return AddConflictError(
+        f"cannot add {', '.join(blocked)}: it needs a locked package at another version",
+        problems=[*problems, *_uv_lines(text)],
+        hint=f"envship add never moves a locked package. To let {', '.join(blocking)} move, "
+        f"add the requirement to the spec's dependencies, then `envship lock {flags}` and "
+        f"`envship install {env}`",
+    )
+
+
+def failure(
+    text: str, reqs: Sequence[Requirement], pins: Mapping[str, str], env: Path, spec: Spec
+) -> EnvshipError:
+    """The error for uv's failed attempt to add ``reqs`` to ``env`` holding ``pins``
+    (canonical name -> locked version), from uv's output ``text``."""
+    if _NETWORK.search(text):
+        found = _URL.search(text)
+        url = found.group(1) if found else "(the configured index)"
+        return NetworkError(
+            f"cannot reach the package index: {url}",
+            url=url,
+            hint="check the spec's [[indexes]] (or --index-url), your network or proxy, "
+            "and the index credentials' environment variables",
+        )
+    missing = _NOT_FOUND.search(text)
+    if missing:
+        return AddError(
+            f"{missing['name']} was not found on the package index",
+            problems=_uv_lines(text),
+            hint="check the name, and the spec's [[indexes]] (or pass --index-url)",
+        )
+    if "has no usable wheels" in text and not spec.allow_sdist:
+        return AddError(
+            "a requested package has no wheel for this environment",
+            problems=_uv_lines(text),
+            hint="allow-sdist = true in the spec permits building it (that runs its code)",
+        )
+    conflict = _conflict(text, reqs, pins, env)
+    if conflict is not None:
+        return conflict
+    return AddError(
+        f"uv could not add {', '.join(map(str, reqs))} to {env}", problems=_uv_lines(text)
+    )
