@@ -52,7 +52,7 @@ from ._environment import find_environment
 from ._flock import locked
 from .envs import version_key
 from .errors import AddConflictError, AddError, LockError, Problem, SpecError
-from .install import INCOMPLETE_NAME, MARKER_NAME
+from .install import INCOMPLETE_NAME, MARKER_NAME, write_marker
 from .lock import check_lock, lock_path_for
 from .spec import Spec, add_requirements, find_spec, load_spec
 
@@ -402,9 +402,7 @@ def _record_added(env: Path, plan: _Plan, after: _Installed) -> None:
             entries[key] = {"name": name, "version": version, "requested": asked}
     data = dict(plan.marker)
     data[ADDED_KEY] = [entries[k] for k in sorted(entries) if k in after]
-    tmp = env / f"{MARKER_NAME}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, env / MARKER_NAME)  # atomic, like install's own marker write
+    write_marker(env, data)
 
 
 def _changes(before: _Installed, after: _Installed) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._atomic import write_atomic
 from ._wheeltar import VenvScheme, write_wheel
 from .errors import EnvshipError, ImageError, StoreError
 from .imagebase import BaseFacts, match_base
@@ -235,12 +235,8 @@ class _LayerCache:
         )
         descriptor = replace(descriptor, annotations=annotations)
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{key}.json.tmp-{os.getpid()}"
-        tmp.write_text(
-            json.dumps({"descriptor": descriptor.to_json(), "diff_id": blob.diff_id}),
-            encoding="utf-8",
-        )
-        os.replace(tmp, self.dir / f"{key}.json")
+        record = {"descriptor": descriptor.to_json(), "diff_id": blob.diff_id}
+        write_atomic(self.dir / f"{key}.json", json.dumps(record))
         return descriptor
 
 
@@ -370,7 +366,9 @@ def build_image(
         return {DISTRIBUTIONS: " ".join(f"{a.name}=={a.version}" for a in plan.artifacts)}
 
     def job(plan: _Plan) -> _Job:
-        wheels = tuple(_wheel_file(store, a, tmp_dir) for a in plan.artifacts)
+        wheels = tuple(
+            store.named_or_private(a.sha256, a.filename, tmp_dir / "wheels") for a in plan.artifacts
+        )
         return _Job(wheels, tmp_dir, prefix, facts.version, interpreter, epoch, level)
 
     done = 0
@@ -519,23 +517,6 @@ class _Done:
             raise self.error
         assert self.value is not None
         return self.value
-
-
-def _wheel_file(store: Store, artifact: Artifact, tmp_dir: Path) -> Path:
-    """The artifact under its wheel file name (installer reads the tags from it)."""
-    try:
-        return store.named(artifact.sha256, artifact.filename)
-    except OSError:
-        # A read-only (shared) store: a private link or copy next to the layers instead.
-        folder = tmp_dir / "wheels" / artifact.sha256
-        folder.mkdir(parents=True, exist_ok=True)
-        dest = folder / artifact.filename
-        if not dest.is_file():
-            try:
-                os.link(store.path(artifact.sha256), dest)
-            except OSError:
-                shutil.copyfile(store.path(artifact.sha256), dest)
-        return dest
 
 
 def _small_layer(tmp_dir: Path, epoch: int, fill: Callable[[LayerWriter], None]) -> LayerBlob:

@@ -11,13 +11,13 @@ another architecture, or with no container engine at all).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._atomic import write_atomic
 from .errors import ImageError, Problem, TargetError, UnsupportedBaseError
 from .host import HostInfo, match_target
 from .layerview import LayerView
@@ -172,9 +172,7 @@ def probe_image(image: LayoutImage, *, where: str, cache: Path | None = None) ->
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-            tmp.write_text(json.dumps({k: getattr(facts, k) for k in BaseFacts.__slots__}))
-            os.replace(tmp, cached)
+            write_atomic(cached, json.dumps({k: getattr(facts, k) for k in BaseFacts.__slots__}))
         except OSError:
             pass  # a read-only store: probe again next time
     return facts

@@ -11,7 +11,6 @@ applied) into a temporary directory and runs the same checks as ``envship verify
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from collections.abc import Collection
@@ -19,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ._atomic import write_atomic
 from .errors import ImageError, LockError
 from .image import DISTRIBUTIONS, LABEL_PREFIX
 from .imageio import ImageSource
@@ -89,9 +89,7 @@ def _scan(path: Path, digest: str, cache: Path) -> tuple[str, ...]:
         }
     )
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(found), encoding="utf-8")
-    os.replace(tmp, cached)
+    write_atomic(cached, json.dumps(found))
     return tuple(found)
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ._atomic import write_atomic
 from ._flock import locked
 from ._uv import uv_bin
 from .errors import EnvshipError, LockError, Problem, StoreError
@@ -55,6 +56,7 @@ __all__ = [
     "InstallResult",
     "install",
     "marker_data",
+    "write_marker",
 ]
 
 MARKER_NAME = ".envship-install.json"
@@ -226,19 +228,7 @@ def _stage(
     done = 0
     lines: list[str] = []
     for artifact, size in zip(artifacts, sizes, strict=True):
-        try:
-            staged = store.named(artifact.sha256, artifact.filename)
-        except OSError:
-            # A read-only (shared) store: stage next to dest instead. Correct, but uv then
-            # sees new paths and unpacks every wheel again.
-            folder = wheels / artifact.sha256
-            folder.mkdir(parents=True, exist_ok=True)
-            staged = folder / artifact.filename
-            src = store.path(artifact.sha256)
-            try:
-                os.link(src, staged)
-            except OSError:
-                shutil.copyfile(src, staged)
+        staged = store.named_or_private(artifact.sha256, artifact.filename, wheels)
         done += size
         if progress is not None:
             progress(done, total, artifact.filename)
@@ -438,7 +428,9 @@ def _write_marker(
     python_full: str,
     artifacts: list[Artifact],
 ) -> None:
-    data = marker_data(lock, target, groups, base_python, python_full, artifacts)
-    tmp = dest / f"{MARKER_NAME}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, dest / MARKER_NAME)  # atomic: a reader sees the old marker or the new
+    write_marker(dest, marker_data(lock, target, groups, base_python, python_full, artifacts))
+
+
+def write_marker(dest: Path, data: dict[str, Any]) -> None:
+    """Replace the install marker of the environment at ``dest`` in one rename."""
+    write_atomic(dest / MARKER_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")

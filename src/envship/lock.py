@@ -36,6 +36,7 @@ from packaging.pylock import Pylock, PylockValidationError
 from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
+from ._atomic import write_atomic
 from ._toml import loads_toml
 from ._uv import uv_bin  # re-exported: its home was here
 from .errors import (
@@ -295,7 +296,7 @@ def lock(
     text = _HEADER + tomli_w.dumps(data)
     old = path.read_text(encoding="utf-8") if path.is_file() else None
     if old != text:
-        _atomic_write(path, text)
+        write_atomic(path, text)
     return LockResult(
         path=path,
         spec_digest=spec.digest,
@@ -370,17 +371,6 @@ def _finish(data: dict[str, Any], spec: Spec) -> dict[str, Any]:
     return {k: data[k] for k in order if k in data} | {
         k: v for k, v in data.items() if k not in order
     }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_lock(spec: Spec, path: Path | None = None) -> LockFile:

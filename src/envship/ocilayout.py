@@ -15,11 +15,11 @@ import os
 import platform
 import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._atomic import write_atomic
 from .errors import ArtifactError, ImageError, Problem
 from .oci import (
     INDEX_TYPES,
@@ -88,18 +88,6 @@ def file_digest(path: Path) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _matches(platform_obj: object, wanted: str) -> bool:
     if not isinstance(platform_obj, dict):
         return False
@@ -134,8 +122,8 @@ class OciLayout:
             raise ImageError(f"{root} exists and is not an empty folder or an OCI layout")
         try:
             (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-            _atomic_write(root / "index.json", canonical_json(empty_index()))
-            _atomic_write(marker, canonical_json(LAYOUT_FILE))
+            write_atomic(root / "index.json", canonical_json(empty_index()))
+            write_atomic(marker, canonical_json(LAYOUT_FILE))
         except OSError as exc:
             raise ImageError(f"cannot create an OCI layout at {root}: {exc.strerror}") from exc
         return cls(root)
@@ -154,7 +142,7 @@ class OciLayout:
         digest = sha256_digest(data)
         path = self.blob_path(digest)
         if not path.is_file():
-            _atomic_write(path, data)
+            write_atomic(path, data)
         return Descriptor(media_type, digest, len(data))
 
     def add_blob_file(
@@ -279,7 +267,7 @@ class OciLayout:
         )
         index["manifests"] = [*kept, entry.to_json()]
         index.setdefault("mediaType", OCI_INDEX)
-        _atomic_write(self.root / "index.json", canonical_json(index))
+        write_atomic(self.root / "index.json", canonical_json(index))
 
     def resolve(
         self, tag: str | None = None, *, platform: str = "linux/amd64"

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ import tomli_w
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from ._atomic import write_atomic
 from ._toml import load_toml, loads_toml
 from .errors import Problem, SpecError, TargetError
 from .targets import DEFAULT_GLIBC, Target
@@ -401,7 +400,7 @@ def add_requirements(
     """
     text, changed = _edited(path, requirements)
     if changed and write:
-        _write_atomic(path, text)
+        write_atomic(path, text)
     return tuple(changed)
 
 
@@ -436,17 +435,3 @@ def _edited(path: Path, reqs: Sequence[Requirement]) -> tuple[str, list[str]]:
         data = data["tool"]["envship"]
     parse_spec(data, source=str(path), path=path)  # the edit must leave a valid spec
     return text, changed
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` in one rename, keeping its permissions: a reader sees old or new."""
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -146,6 +146,21 @@ class Store:
                 tmp.unlink()
         return final
 
+    def named_or_private(self, sha256: str, filename: str, private: Path) -> Path:
+        """:meth:`named`, or, when the store is read-only (shared), a hard link or copy
+        at ``private/<sha256>/<filename>``: correct, but uv's path-keyed cache misses it."""
+        try:
+            return self.named(sha256, filename)
+        except OSError:
+            dest = private / sha256 / filename
+            if not dest.is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(self.path(sha256), dest)
+                except OSError:
+                    shutil.copyfile(self.path(sha256), dest)
+            return dest
+
     def add_file(self, source: Path, sha256: str | None = None, *, name: str = "") -> Path:
         """Copy a local file into the store (verifying ``sha256`` when given)."""
         self.ensure()
