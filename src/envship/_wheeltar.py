@@ -12,8 +12,9 @@ the prefix, headers ``include/site/pythonX.Y/NAME``. Scripts name the image's in
 their shebang, never the build machine's: console and GUI entry points through
 :class:`installer.scripts.Script`, and ``.data/scripts`` files whose first line is
 ``#!python`` through :func:`installer.utils.fix_shebang`, the rewrite PEP 427 asks for.
-No byte-code is compiled: it would be for the build machine's Python, and the image's
-Python writes its own caches.
+Byte-code is compiled only when the caller passes a :class:`~envship._bytecode.Compiler`
+for the image's Python version: each ``.py`` file of site-packages gets its
+``__pycache__/NAME.TAG.pyc`` right after the wheel's files (not in RECORD, as with uv).
 
 The same wheel with the same scheme and interpreter always gives the same entries in the
 same order: installer walks entry points in file order, then the zip's members in archive
@@ -47,6 +48,8 @@ from .layer import LayerWriter
 
 if TYPE_CHECKING:
     from installer.scripts import ScriptSection
+
+    from ._bytecode import Compiler
 
 __all__ = ["INSTALLER", "VenvScheme", "WheelInstall", "write_wheel"]
 
@@ -116,6 +119,7 @@ class WheelInstall:
     files: int  # regular files written, RECORD included
     bytes: int  # their uncompressed size
     scripts: tuple[str, ...] = field(default=())  # image paths of files in the scripts scheme
+    compiled: int = 0  # .pyc files written (not counted in ``files``)
 
 
 class _Member:
@@ -162,11 +166,13 @@ def _record_value(digest: bytes) -> str:
 
 class _Hashing:
     """Reads through to ``stream``, hashing what passes: sha256 for the new RECORD, and
-    the algorithm of the wheel's own RECORD entry when that is another one."""
+    the algorithm of the wheel's own RECORD entry when that is another one. With
+    ``keep``, it also keeps what passed (a source to compile)."""
 
-    def __init__(self, stream: BinaryIO, expected: str) -> None:
+    def __init__(self, stream: BinaryIO, expected: str, *, keep: bool = False) -> None:
         self.stream = stream
         self.expected = expected
+        self.kept: bytearray | None = bytearray() if keep else None
         algorithm = expected.partition("=")[0]
         self.hashes = {HASH_ALGORITHM: hashlib.new(HASH_ALGORITHM)}
         if algorithm and algorithm != HASH_ALGORITHM and algorithm in hashlib.algorithms_available:
@@ -176,6 +182,8 @@ class _Hashing:
         data = self.stream.read(n)
         for h in self.hashes.values():
             h.update(data)
+        if self.kept is not None:
+            self.kept += data
         return data
 
     def record_value(self) -> str:
@@ -196,7 +204,9 @@ class _LayerDestination(WheelDestination):
     schemes: dict[str, str]
     interpreter: str
     wheel: str
+    compile: bool = False
     written: list[tuple[str, int]] = field(default_factory=list)  # (image path, size)
+    sources: list[tuple[str, bytes]] = field(default_factory=list)  # to compile
 
     def _image_path(self, scheme: Scheme, path: str) -> str:
         base = self.schemes[scheme]
@@ -216,7 +226,9 @@ class _LayerDestination(WheelDestination):
             size, expected = len(stream.getbuffer()) - stream.tell(), ""
         else:  # pragma: no cover - every stream installer passes is one of the above
             raise TypeError(f"unexpected stream {type(stream).__name__} for {path}")
-        reader = _Hashing(stream, expected)
+        # Only site-packages is importable; .py files elsewhere (data, scripts) are not.
+        keep = self.compile and path.endswith(".py") and scheme in ("purelib", "platlib")
+        reader = _Hashing(stream, expected, keep=keep)
         mode = 0o755 if executable else 0o644
         self.layer.add_stream(image_path[1:], cast(BinaryIO, reader), size, mode)
         actual = reader.mismatch()
@@ -230,6 +242,8 @@ class _LayerDestination(WheelDestination):
                 actual=actual,
             )
         self.written.append((image_path, size))
+        if reader.kept is not None:
+            self.sources.append((image_path, bytes(reader.kept)))
         return RecordEntry(path, Hash(HASH_ALGORITHM, reader.record_value()), size)
 
     def write_file(
@@ -288,8 +302,30 @@ def _check_interpreter(interpreter: str) -> None:
         )
 
 
+def _write_bytecode(
+    layer: LayerWriter, sources: list[tuple[str, bytes]], compiler: Compiler
+) -> int:
+    """Each source's ``__pycache__`` file, named as :func:`importlib.util.cache_from_source`
+    names it for the compiler's cache tag; a source that does not compile gets none."""
+    written = 0
+    for image_path, source in sources:
+        pyc = compiler.compile(image_path, source, layer.mtime)
+        if pyc is None:
+            continue
+        folder, _, filename = image_path.rpartition("/")
+        stem = filename[: -len(".py")]
+        layer.add_file(f"{folder[1:]}/__pycache__/{stem}.{compiler.info.cache_tag}.pyc", pyc)
+        written += 1
+    return written
+
+
 def write_wheel(
-    wheel: Path, layer: LayerWriter, scheme: VenvScheme, *, interpreter: str
+    wheel: Path,
+    layer: LayerWriter,
+    scheme: VenvScheme,
+    *,
+    interpreter: str,
+    compiler: Compiler | None = None,
 ) -> WheelInstall:
     """Install ``wheel`` into ``layer`` as installed into the venv ``scheme`` describes.
 
@@ -299,6 +335,7 @@ def write_wheel(
     :class:`ImageError` for a wheel that cannot be installed (malformed, paths outside
     the venv, two files at one path) and :class:`ArtifactError` when a member does not
     match the wheel's RECORD. A failure leaves the layer half-written: abort it.
+    With ``compiler``, the site-packages sources also get their byte-code.
     """
     _check_interpreter(interpreter)
     where = str(wheel)
@@ -313,9 +350,14 @@ def write_wheel(
                     problems=[Problem(where, f"Name {name!r}, Version {version!r}")],
                 )
             schemes = scheme.paths(name)
-            destination = _LayerDestination(layer, schemes, interpreter, wheel.name)
+            destination = _LayerDestination(
+                layer, schemes, interpreter, wheel.name, compile=compiler is not None
+            )
             install(source, destination, {"INSTALLER": INSTALLER})
             dist_info = f"{scheme.site_packages}/{source.dist_info_dir}"
+        compiled = (
+            _write_bytecode(layer, destination.sources, compiler) if compiler is not None else 0
+        )
     except EnvshipError:
         raise
     except (InstallerError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
@@ -334,4 +376,5 @@ def write_wheel(
         files=len(destination.written),
         bytes=sum(size for _, size in destination.written),
         scripts=scripts,
+        compiled=compiled,
     )

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import __version__
 from ._atomic import write_atomic
+from ._bytecode import BytecodeCompiler, Compiler, find_compiler
 from ._wheeltar import VenvScheme, write_wheel
 from .errors import EnvshipError, ImageError, StoreError
 from .imagebase import BaseFacts, match_base
@@ -120,6 +121,7 @@ class BuiltImage:
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
     outputs: tuple[str, ...] = field(default=())
+    bytecode: BytecodeCompiler | None = None  # what compiled the .pyc files, if any
 
     @property
     def digest(self) -> str:
@@ -132,6 +134,7 @@ class BuiltImage:
             "base": self.base.to_json(),
             "prefix": self.prefix,
             "kernel": self.kernel,
+            "bytecode": self.bytecode.to_json() if self.bytecode else None,
             "layers": [layer.to_json() for layer in self.layers],
             "built": sum(1 for layer in self.layers if layer.label != "base" and not layer.cached),
             "outputs": list(self.outputs),
@@ -173,6 +176,13 @@ class _Job:
     interpreter: str
     mtime: int
     level: int
+    compiler: BytecodeCompiler | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    blob: LayerBlob
+    uncompiled: tuple[str, ...]  # image paths of sources that do not compile
 
 
 def _bucket(name: str) -> int:
@@ -197,17 +207,23 @@ def _plan(artifacts: Sequence[Artifact], store: Store, *, inputs: dict[str, Any]
     return plans
 
 
-def _build_layer(job: _Job) -> LayerBlob:
+def _build_layer(job: _Job) -> _Built:
     """Worker: one layer from its wheels (module level, so a process pool can run it)."""
     scheme = VenvScheme.for_python(job.prefix, job.python)
     writer = LayerWriter(job.tmp_dir, mtime=job.mtime, level=job.level)
+    # One fresh compiler per layer: its output depends on what it compiled before.
+    compiler = Compiler(job.compiler) if job.compiler is not None else None
     try:
         for wheel in job.wheels:
-            write_wheel(wheel, writer, scheme, interpreter=job.interpreter)
-        return writer.close()
+            write_wheel(wheel, writer, scheme, interpreter=job.interpreter, compiler=compiler)
+        uncompiled = tuple(path for path, _ in compiler.failures) if compiler else ()
+        return _Built(writer.close(), uncompiled)
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if compiler is not None:
+            compiler.close()
 
 
 class _LayerCache:
@@ -217,27 +233,41 @@ class _LayerCache:
         self.dir = store.root / "layers"
         self.layout = layout
 
-    def get(self, key: str) -> tuple[Descriptor, str] | None:
+    def get(self, key: str) -> _Cached | None:
         try:
             data = json.loads((self.dir / f"{key}.json").read_text(encoding="utf-8"))
             descriptor = Descriptor.from_json(data["descriptor"])
             diff_id = str(data["diff_id"])
-        except (OSError, ValueError, KeyError, ImageError):
+            uncompiled = tuple(str(p) for p in data.get("uncompiled", ()))
+        except (OSError, ValueError, KeyError, TypeError, ImageError):
             return None
         path = self.layout.blob_path(descriptor.digest)
         if not path.is_file() or path.stat().st_size != descriptor.size:
             return None
-        return descriptor, diff_id
+        return _Cached(descriptor, diff_id, True, uncompiled)
 
-    def put(self, key: str, blob: LayerBlob, annotations: dict[str, str]) -> Descriptor:
+    def put(self, key: str, built: _Built, annotations: dict[str, str]) -> _Cached:
+        blob = built.blob
         descriptor = self.layout.add_blob_file(
             blob.path, blob.digest, blob.size, blob.media_type, verify=False
         )
         descriptor = replace(descriptor, annotations=annotations)
         self.dir.mkdir(parents=True, exist_ok=True)
-        record = {"descriptor": descriptor.to_json(), "diff_id": blob.diff_id}
+        record = {
+            "descriptor": descriptor.to_json(),
+            "diff_id": blob.diff_id,
+            "uncompiled": list(built.uncompiled),
+        }
         write_atomic(self.dir / f"{key}.json", json.dumps(record))
-        return descriptor
+        return _Cached(descriptor, blob.diff_id, False, built.uncompiled)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    descriptor: Descriptor
+    diff_id: str
+    cached: bool  # found in the cache rather than built by this run
+    uncompiled: tuple[str, ...]
 
 
 def _skeleton(writer: LayerWriter, prefix: str, facts: BaseFacts) -> None:
@@ -308,13 +338,15 @@ def build_image(
     mtime: int | None = None,
     level: int = DEFAULT_LEVEL,
     jobs: int | None = None,
+    compile_bytecode: bool = False,
     progress: LayerProgress | None = None,
 ) -> BuiltImage:
     """Assemble the image for ``lock`` on ``base``; its blobs end up in the store's layout.
 
     ``facts`` come from :func:`envship.imagebase.probe_base`; the target is the one they
-    fit (or ``target``, checked against them). Write the result out with
-    :mod:`envship.imageio`.
+    fit (or ``target``, checked against them). ``compile_bytecode`` adds the ``.pyc``
+    files, compiled by a CPython of the base's minor version found on this machine
+    (:mod:`envship._bytecode`). Write the result out with :mod:`envship.imageio`.
     """
     start = time.monotonic()
     if not prefix.startswith("/") or prefix.rstrip("/") in ("", "/usr", "/opt") or " " in prefix:
@@ -339,6 +371,11 @@ def build_image(
         )
     epoch = source_date_epoch() if mtime is None else mtime
     interpreter = f"{prefix}/bin/python"
+    compiler = (
+        find_compiler(facts.version, facts.version_full, where=base_name)
+        if compile_bytecode
+        else None
+    )
     layout = OciLayout.open(store.root / "oci", create=True)
     cache = _LayerCache(store, layout)
     inputs = {
@@ -349,14 +386,16 @@ def build_image(
         "mtime": epoch,
         "level": level,
     }
+    if compiler is not None:  # absent otherwise, so uncompiled layers keep their keys
+        inputs["bytecode"] = compiler.key()
     plans = _plan(artifacts, store, inputs=inputs)
     total = len(plans) + 2
-    results: dict[str, tuple[Descriptor, str, bool]] = {}
+    results: dict[str, _Cached] = {}
     todo = []
     for plan in plans:
         hit = cache.get(plan.key)
         if hit is not None:
-            results[plan.key] = (*hit, True)
+            results[plan.key] = hit
         else:
             todo.append(plan)
     tmp_dir = store.root / "tmp"
@@ -369,7 +408,7 @@ def build_image(
         wheels = tuple(
             store.named_or_private(a.sha256, a.filename, tmp_dir / "wheels") for a in plan.artifacts
         )
-        return _Job(wheels, tmp_dir, prefix, facts.version, interpreter, epoch, level)
+        return _Job(wheels, tmp_dir, prefix, facts.version, interpreter, epoch, level, compiler)
 
     done = 0
 
@@ -381,7 +420,7 @@ def build_image(
 
     for plan in plans:
         if plan.key in results:
-            report(plan.label, "cached", results[plan.key][0].size)
+            report(plan.label, "cached", results[plan.key].descriptor.size)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
     failed: EnvshipError | None = None
     if todo:
@@ -389,15 +428,14 @@ def build_image(
             futures = {plan.key: pool.submit(_build_layer, job(plan)) for plan in todo}
             for plan in todo:
                 try:
-                    blob = futures[plan.key].result()
+                    built = futures[plan.key].result()
                 except EnvshipError as exc:  # errors pickle with their fields (errors.py)
                     # Keep collecting: the layers that did finish go into the cache
                     # rather than being left as stray files in the store's tmp/.
                     failed = failed or exc
                     continue
-                descriptor = cache.put(plan.key, blob, annotations(plan))
-                results[plan.key] = (descriptor, blob.diff_id, False)
-                report(plan.label, "built", blob.size)
+                results[plan.key] = cache.put(plan.key, built, annotations(plan))
+                report(plan.label, "built", built.blob.size)
     if failed is not None:
         raise failed
 
@@ -428,10 +466,15 @@ def build_image(
             )
 
     top_blob = _small_layer(tmp_dir, epoch, top)
+    uncompiled: list[str] = []
     for plan in plans:
-        descriptor, diff_id, cached = results[plan.key]
+        hit = results[plan.key]
         names = tuple(f"{a.name}=={a.version}" for a in plan.artifacts)
-        env_layers.append(ImageLayer(descriptor, diff_id, plan.label, names, cached))
+        env_layers.append(ImageLayer(hit.descriptor, hit.diff_id, plan.label, names, hit.cached))
+        uncompiled += hit.uncompiled
+    if uncompiled:
+        shown = ", ".join(sorted(uncompiled)[:3]) + (", ..." if len(uncompiled) > 3 else "")
+        notes.append(f"{len(uncompiled)} source file(s) do not compile; left as source: {shown}")
     known = layout.has_blob(top_blob.digest)
     top_descriptor = layout.add_blob_file(
         top_blob.path, top_blob.digest, top_blob.size, top_blob.media_type
@@ -488,6 +531,7 @@ def build_image(
         kernel=kernel,
         notes=tuple(notes),
         seconds=time.monotonic() - start,
+        bytecode=compiler,
     )
 
 
@@ -500,7 +544,7 @@ class _Inline:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def submit(self, fn: Callable[[_Job], LayerBlob], arg: _Job) -> _Done:
+    def submit(self, fn: Callable[[_Job], _Built], arg: _Job) -> _Done:
         try:
             return _Done(fn(arg), None)
         except EnvshipError as exc:
@@ -509,10 +553,10 @@ class _Inline:
 
 @dataclass(frozen=True, slots=True)
 class _Done:
-    value: LayerBlob | None
+    value: _Built | None
     error: EnvshipError | None
 
-    def result(self) -> LayerBlob:
+    def result(self) -> _Built:
         if self.error is not None:
             raise self.error
         assert self.value is not None

@@ -96,6 +96,13 @@ def _blob_line(event: BlobProgress) -> None:
     "needs it to match the AppImageConfig's KernelSpecs name.",
 )
 @click.option("--jobs", type=click.IntRange(min=1), help="Layers built at once [default: CPUs].")
+@click.option(
+    "--compile",
+    "compile_bytecode",
+    is_flag=True,
+    help="Add .pyc files, compiled by a CPython of the base's minor version on this "
+    "machine, so a non-root user's kernel does not recompile every module at each start.",
+)
 @insecure_option
 @json_option
 def build_cmd(
@@ -109,6 +116,7 @@ def build_cmd(
     prefix: str,
     kernel_name: str | None,
     jobs: int | None,
+    compile_bytecode: bool,
     insecure: bool,
     as_json: bool,
 ) -> None:
@@ -124,6 +132,7 @@ def build_cmd(
       envship image build --base oci:base:bookworm -o oci:out:ds
       envship image build --base python:3.11-slim --push registry.example/team/ds:1
       envship image build --base docker-archive:base.tar -o docker-archive:ds.tar:ds:1
+      envship image build --base python:3.11-slim --compile -o oci:out:ds
     """
     if not outputs and not push_ref:
         raise click.UsageError("say where the image goes: --output DEST and/or --push REF")
@@ -161,6 +170,7 @@ def build_cmd(
         prefix=prefix,
         kernel_name=kernel_name,
         jobs=jobs,
+        compile_bytecode=compile_bytecode,
         progress=_layer_line,
     )
     written = [write_image(built, out) for out in outputs]
@@ -203,6 +213,9 @@ def _report(
         )
     if built.kernel:
         click.echo(f"  kernelspec {built.kernel!r} in /usr/local/share/jupyter/kernels")
+    if built.bytecode is not None:
+        b = built.bytecode
+        click.echo(f"  byte-code {b.cache_tag}, compiled by Python {b.version} ({b.python})")
     for note in built.notes:
         click.echo(f"  note: {note}")
 

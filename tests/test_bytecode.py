@@ -1,0 +1,248 @@
+"""``envship._bytecode`` and ``image build --compile``: .pyc files for the image's Python.
+
+The compiler's output is checked the way it is used: :mod:`importlib` of a real
+interpreter must accept it without recompiling (``python -v`` says where each module's
+code came from), on this machine and inside a real container run as SageMaker's user.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from envship._bytecode import BytecodeCompiler, Compiler, find_compiler
+from envship.errors import ImageError
+from envship.image import BuiltImage
+from envship.imagebase import BaseFacts
+from envship.imageinspect import verify_image
+from envship.imageio import open_image, write_image
+from imagelib import BaseImage
+from indexlib import build_wheel
+from serviceslib import DockerEngine
+from test_image import (
+    VENV_SITE,
+    Setup,
+    _no_source_date_epoch,
+    bookworm_facts,
+    build,
+    env_layers,
+    layer_files,
+    load,
+    make_setup,
+)
+from test_install import build_wheels
+
+# Fixtures shared with test_image (the bookworm base is probed once per session).
+__all__ = ["_no_source_date_epoch", "bookworm_facts"]
+
+TAG = sys.implementation.cache_tag
+HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
+# A frozenset constant: its order in the .pyc follows string hashes.
+SET_SOURCE = b'def f(x):\n    return x in {"alpha", "beta", "gamma", "delta", "epsilon"}\n'
+
+
+@pytest.fixture(scope="module")
+def compiler() -> BytecodeCompiler:
+    return find_compiler(HERE, sys.version.split()[0])
+
+
+def compile_all(
+    info: BytecodeCompiler, sources: list[tuple[str, bytes]], mtime: int = 0
+) -> list[bytes | None]:
+    with Compiler(info) as worker:
+        return [worker.compile(path, source, mtime) for path, source in sources]
+
+
+# -- finding a compiler --------------------------------------------------------------------
+
+
+def test_this_interpreter_compiles_for_its_own_version(compiler: BytecodeCompiler) -> None:
+    assert compiler.cache_tag == TAG
+    assert compiler.magic == importlib.util.MAGIC_NUMBER.hex()
+    assert compiler.version == sys.version.split()[0]
+    assert os.path.exists(compiler.python)
+
+
+@pytest.mark.parametrize(
+    ("version", "full", "message"),
+    [
+        ("3.99", "3.99.1", "no CPython 3.99 on this machine"),
+        (HERE, f"{HERE}.0rc1", "cannot compile byte-code"),
+        (HERE, f"{HERE}.0a3", "cannot compile byte-code"),
+    ],
+)
+def test_no_matching_final_cpython_is_refused(version: str, full: str, message: str) -> None:
+    with pytest.raises(ImageError, match=message) as caught:
+        find_compiler(version, full, where="python:x")
+    assert caught.value.problems[0].where == "python:x"
+    assert "without --compile" in (caught.value.hint or "")
+
+
+# -- what the worker writes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mtime", [0, 1_700_000_000])
+def test_importlib_loads_the_pyc_without_recompiling(
+    tmp_path: Path, compiler: BytecodeCompiler, mtime: int
+) -> None:
+    source = b"# coding: utf-8\nVALUE = '\xc3\xa9t\xc3\xa9'\nimport os\nWHERE = __file__\n"
+    module = tmp_path / "pkg" / "mod.py"
+    module.parent.mkdir()
+    module.write_bytes(source)
+    os.utime(module, (mtime, mtime))
+    (pyc,) = compile_all(compiler, [(str(module), source)], mtime)
+    assert pyc is not None
+    cached = Path(importlib.util.cache_from_source(str(module)))
+    cached.parent.mkdir()
+    cached.write_bytes(pyc)
+    proc = subprocess.run(
+        [sys.executable, "-v", "-B", "-c", "from pkg import mod; print(mod.VALUE)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout == "été\n"
+    assert f"# code object from '{cached}'" in proc.stderr
+    assert "bytecode is stale" not in proc.stderr
+
+
+def test_a_source_that_does_not_compile_is_skipped(compiler: BytecodeCompiler) -> None:
+    with Compiler(compiler) as worker:
+        assert worker.compile("/x/py2.py", b"print 'hello'\n", 0) is None
+        assert worker.compile("/x/nul.py", b"x = 1\0\n", 0) is None
+        assert worker.compile("/x/ok.py", b"x = 1\n", 0) is not None  # the worker goes on
+        assert [path for path, _ in worker.failures] == ["/x/py2.py", "/x/nul.py"]
+        assert "SyntaxError" in worker.failures[0][1]
+
+
+def test_fresh_workers_give_the_same_bytes_whatever_the_hash_seed(
+    compiler: BytecodeCompiler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources = [("/opt/a.py", SET_SOURCE), ("/opt/b.py", b"import os\nX = os.sep * 2\n")]
+    monkeypatch.setenv("PYTHONHASHSEED", "1")
+    first = compile_all(compiler, sources)
+    monkeypatch.setenv("PYTHONHASHSEED", "2")
+    second = compile_all(compiler, sources)
+    assert first == second and all(first)
+
+
+def test_a_worker_that_stopped_is_an_image_error(compiler: BytecodeCompiler) -> None:
+    worker = Compiler(compiler)
+    worker._proc.kill()
+    worker._proc.wait()
+    with pytest.raises(ImageError, match=r"compiler .* stopped"):
+        worker.compile("/x/a.py", b"x = 1\n", 0)
+    worker.close()  # and closing it does not raise a second error
+
+
+def test_a_compiler_that_cannot_start_is_an_image_error(
+    tmp_path: Path, compiler: BytecodeCompiler
+) -> None:
+    gone = BytecodeCompiler(str(tmp_path / "python3"), "3.11.7", TAG, compiler.magic)
+    with pytest.raises(ImageError, match="cannot start the byte-code compiler"):
+        Compiler(gone)
+
+
+# -- in an image -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled(
+    tmp_path_factory: pytest.TempPathFactory, bookworm_layout: BaseImage, bookworm_facts: BaseFacts
+) -> tuple[Setup, BuiltImage]:
+    """alpha, beta and tool, plus ``legacy`` whose py2.py does not compile, with .pyc."""
+    folder = tmp_path_factory.mktemp("compiled")
+    dist = folder / "dist"
+    wheels = {
+        **build_wheels(dist),
+        "legacy": build_wheel(
+            dist,
+            "legacy",
+            "1.0",
+            files={"legacy/__init__.py": "OK = True\n", "legacy/py2.py": "print 'x'\n"},
+        ),
+    }
+    setup = make_setup(folder, ("alpha", "beta", "tool", "legacy"), wheels=wheels)
+    built, _ = build(setup, bookworm_layout, bookworm_facts, mtime=0, compile_bytecode=True)
+    return setup, built
+
+
+def test_every_site_packages_source_gets_its_pyc(compiled: tuple[Setup, BuiltImage]) -> None:
+    _, built = compiled
+    assert built.bytecode is not None and built.bytecode.cache_tag == "cpython-311"
+    files: dict[str, bytes] = {}
+    for layer, path in zip(built.layers, built.layer_paths, strict=True):
+        if layer.distributions:
+            files.update(layer_files(path))
+    sources = [p for p in files if p.endswith(".py")]
+    assert sources and all(p.startswith(VENV_SITE) for p in sources)
+    for source in sources:
+        folder, _, name = source.rpartition("/")
+        pyc = f"{folder}/__pycache__/{name[:-3]}.cpython-311.pyc"
+        if source.endswith("legacy/py2.py"):
+            assert pyc not in files
+        else:
+            assert files[pyc][:4] == bytes.fromhex(built.bytecode.magic)
+    # Nothing outside site-packages is compiled (bin/tool is a script), nor recorded.
+    assert not [p for p in files if p.endswith(".pyc") and not p.startswith(VENV_SITE)]
+    records = b"".join(v for p, v in files.items() if p.endswith(".dist-info/RECORD"))
+    assert b".pyc" not in records
+    expected = f"1 source file(s) do not compile; left as source: /{VENV_SITE}/legacy/py2.py"
+    assert expected in built.notes
+
+
+def test_image_python_loads_them_as_a_user_who_cannot_write(
+    tmp_path: Path, docker_engine: DockerEngine, compiled: tuple[Setup, BuiltImage]
+) -> None:
+    name = load(
+        docker_engine, compiled[1], tmp_path, f"envship-tests/pyc-{uuid.uuid4().hex[:10]}:1"
+    )
+    try:
+        script = "python -v -c 'import alpha, beta, tool, legacy; print(legacy.OK)' 2>&1"
+        out = docker_engine.docker(
+            "run", "--rm", "--network", "none", "--user", "1000:100", name, "sh", "-c", script
+        ).stdout
+    finally:
+        docker_engine.docker("rmi", "--no-prune", name, check=False)
+    assert "True" in out.splitlines()
+    for package in ("alpha", "beta", "tool", "legacy"):
+        pyc = f"/{VENV_SITE}/{package}/__pycache__/__init__.cpython-311.pyc"
+        assert f"# code object from '{pyc}'" in out
+        assert f"# bytecode is stale for '{package}'" not in out
+    # (The base's own standard library may be stale: debootstrap's, not ours.)
+    assert f"could not create '/{VENV_SITE}" not in out  # nothing of ours was recompiled
+
+
+def test_compiled_build_is_reproducible_and_cached_apart(
+    tmp_path: Path,
+    compiled: tuple[Setup, BuiltImage],
+    bookworm_layout: BaseImage,
+    bookworm_facts: BaseFacts,
+) -> None:
+    setup, built = compiled
+    # Another store, built inline rather than on a process pool: the same bytes.
+    again = make_setup(tmp_path / "again", ("alpha", "beta", "tool", "legacy"), wheels=setup.wheels)
+    rebuilt, _ = build(
+        again, bookworm_layout, bookworm_facts, mtime=0, compile_bytecode=True, jobs=1
+    )
+    assert rebuilt.digest == built.digest
+    # Without --compile, the layers of the same wheels are others, and built afresh
+    # rather than taken from the compiled ones in the cache.
+    plain, events = build(setup, bookworm_layout, bookworm_facts, mtime=0)
+    assert plain.bytecode is None
+    ours = {layer.descriptor.digest for layer in env_layers(built) if layer.distributions}
+    theirs = {layer.descriptor.digest for layer in env_layers(plain) if layer.distributions}
+    assert not ours & theirs
+    labels = {layer.label for layer in env_layers(plain) if layer.distributions}
+    assert {e.state for e in events if e.label in labels} == {"built"}
+    # And the compiled image verifies against its lock: byte-code is not part of RECORD.
+    ref = write_image(built, f"oci:{tmp_path / 'out'}:compiled")
+    report = verify_image(setup.lock, open_image(ref, setup.store))
+    assert report.identical, report.differences
