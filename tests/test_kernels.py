@@ -539,6 +539,6 @@ def test_a_kernel_for_another_machine_dies_with_the_reason(
     ],
 )
 def test_env_label_follows_envship_env_layout(path: str, label: str) -> None:
-    from envship.kernels import _env_label
+    from envship._kernelenv import env_label
 
-    assert _env_label(Path(path)) == label
+    assert env_label(Path(path)) == label

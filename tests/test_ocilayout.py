@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.synchronize
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +24,7 @@ from envship.oci import (
     ImageManifest,
     canonical_json,
 )
-from envship.ocilayout import OciLayout, parse_layout_ref
+from envship.ocilayout import INDEX_LOCK, OciLayout, parse_layout_ref
 from imagelib import BaseImage
 
 
@@ -115,6 +118,47 @@ def test_tag_and_resolve(tmp_path: Path) -> None:
         "index.json",
         "oci-layout",
     ]
+
+
+WRITERS = 4
+TAGS_EACH = 40
+
+
+def _tag_many(
+    root: str, manifest: dict[str, Any], writer: int, start: multiprocessing.synchronize.Barrier
+) -> None:
+    """One tagging process: wait for the others, then tag as fast as it can."""
+    layout = OciLayout.open(root)
+    descriptor = Descriptor.from_json(manifest, where="test")
+    start.wait(timeout=300)  # a sibling that died before here breaks it, not hangs us
+    for i in range(TAGS_EACH):
+        layout.tag(f"w{writer}-{i}", descriptor)
+
+
+def test_concurrent_taggers_lose_no_tag(tmp_path: Path) -> None:
+    """Processes tagging one layout at once: each read-modify-write of index.json must see
+    the others' tags (a lost update drops a tag, which this catches without the lock)."""
+    layout = OciLayout.open(tmp_path / "l", create=True)
+    manifest = small_image(layout, b"shared").to_json()
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(WRITERS)
+    workers = [
+        context.Process(target=_tag_many, args=(str(layout.root), manifest, w, start))
+        for w in range(WRITERS)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [w.exitcode for w in workers] == [0] * WRITERS
+    index = json.loads((tmp_path / "l/index.json").read_text())  # whole, valid JSON
+    assert index["mediaType"] == OCI_INDEX
+    expected = {f"w{w}-{i}" for w in range(WRITERS) for i in range(TAGS_EACH)}
+    missing = expected - set(layout.tags())
+    assert not missing, f"{len(missing)} of {len(expected)} tags lost"
+    assert len(layout.tags()) == len(expected)
+    assert layout.resolve("w3-39")[0].digest == manifest["digest"]
+    assert not (tmp_path / "l" / INDEX_LOCK).exists()  # removed by its last holder
 
 
 def test_resolve_picks_the_platform_from_an_image_index(tmp_path: Path) -> None:

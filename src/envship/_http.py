@@ -1,11 +1,9 @@
 """A small stdlib HTTP client for artifact downloads: retries, resume, credentials.
 
-Only :mod:`urllib.request`, so envship adds no dependency. The default opener already
-honours ``HTTP(S)_PROXY``/``NO_PROXY``, and the default SSL context lets OpenSSL read
-``SSL_CERT_FILE``/``SSL_CERT_DIR`` before the system store, which is what corporate
-networks with their own CA need.
+Only :mod:`urllib.request`, so envship adds no dependency; how a connection is made
+(proxies, the CA store, DNS, redirects) is :mod:`envship._opener`'s.
 
-Secrets never leave this module: credentials travel only in an ``Authorization`` header
+Secrets stay in these two modules: credentials travel only in an ``Authorization`` header
 that is re-derived for every URL (so a redirect to another host gets none), and every
 URL in an error or a log is passed through :func:`redact` first.
 """
@@ -17,7 +15,6 @@ import http.client
 import netrc
 import os
 import random
-import socket
 import ssl
 import threading
 import urllib.error
@@ -25,9 +22,10 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from ._opener import AuthRedirect, make_opener
 from .errors import NetworkError
 from .spec import IndexConfig
 
@@ -134,107 +132,6 @@ class _Retryable(Exception):
         self.received = received  # wire bytes so far, so the total stays honest
 
 
-class _AuthRedirect(urllib.request.HTTPRedirectHandler):
-    """Re-derive credentials for the redirect target, never copy the original header.
-
-    The header is set with ``add_unredirected_header`` so urllib itself never forwards it;
-    this handler adds the right one (or none) for the new URL.
-    """
-
-    def __init__(self, auth: Callable[[str], str | None]) -> None:
-        self._auth = auth
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: http.client.HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None:
-            value = self._auth(new.full_url)
-            if value:
-                new.add_unredirected_header("Authorization", value)
-        return new
-
-
-class _Resolver:
-    """Resolve each host once per client and reuse the answer for every connection.
-
-    urllib opens a connection per request, and so a name lookup per artifact. A lost
-    DNS packet costs the resolver's 5 s retry timeout: measured here, a fetch of 44
-    wheels stalled 5 s on one such lookup while pip, with one keep-alive connection,
-    paid for one lookup. Caching the answer for the life of a fetch removes that.
-    """
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
-        self._lock = threading.Lock()
-
-    def _addresses(self, host: str, port: int) -> list[tuple[Any, ...]]:
-        with self._lock:
-            found = self._cache.get((host, port))
-        if found is None:
-            found = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-            with self._lock:
-                self._cache[(host, port)] = found
-        return found
-
-    def create_connection(
-        self,
-        address: tuple[str, int],
-        timeout: float | None = None,
-        source_address: tuple[str, int] | None = None,
-        **_: Any,
-    ) -> socket.socket:
-        host, port = address
-        error: OSError | None = None
-        for *_rest, sockaddr in self._addresses(host, port):
-            try:
-                return socket.create_connection(
-                    (str(sockaddr[0]), int(sockaddr[1])), timeout, source_address
-                )
-            except OSError as exc:
-                error = exc
-        raise error or OSError(f"no address for {host}")
-
-
-def _handlers(context: ssl.SSLContext, resolver: _Resolver) -> list[urllib.request.BaseHandler]:
-    class Http(http.client.HTTPConnection):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._create_connection = resolver.create_connection
-
-    class Https(http.client.HTTPSConnection):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._create_connection = resolver.create_connection
-
-    class HttpHandler(urllib.request.HTTPHandler):
-        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-            return self.do_open(Http, req)
-
-    class HttpsHandler(urllib.request.HTTPSHandler):
-        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-            return self.do_open(Https, req, context=context)
-
-    return [HttpHandler(), HttpsHandler(context=context)]
-
-
-def make_opener(
-    context: ssl.SSLContext | None = None, *extra: urllib.request.BaseHandler
-) -> urllib.request.OpenerDirector:
-    """An opener like :class:`HttpClient`'s: proxies from the environment, this module's
-    DNS cache, ``context`` for TLS (default: the system store, which honours
-    ``SSL_CERT_FILE``), plus ``extra`` handlers (the registry client brings its own
-    redirect policy)."""
-    tls = context if context is not None else ssl.create_default_context()
-    return urllib.request.build_opener(*_handlers(tls, _Resolver()), *extra)
-
-
 @dataclass
 class HttpClient:
     """Downloads with retries and resume. Thread-safe: one client serves all workers."""
@@ -259,10 +156,7 @@ class HttpClient:
         with self._lock:
             if self._opener is None:
                 context = ssl.create_default_context()
-                self._opener = urllib.request.build_opener(
-                    *_handlers(context, _Resolver()),
-                    _AuthRedirect(self.authorization),
-                )
+                self._opener = make_opener(context, AuthRedirect(self.authorization))
             opener = self._opener
         response: http.client.HTTPResponse = opener.open(request, timeout=self.timeout)
         return response

@@ -13,11 +13,9 @@ Safety, in the order things happen:
 * the environment must be one ``envship install`` made and finished; a version under an
   ``envship env`` root is refused (versions are immutable and shared by every instance);
 * the edit to the spec is prepared (and validated) before anything is installed;
-* ``.envship-incomplete`` is written before uv runs. Afterwards the files of every locked
-  distribution (RECORD entries: size, mtime, inode; dist-info folders) are compared
-  with a snapshot taken before. If nothing locked changed the marker is removed again,
-  even when uv failed; if something did, it stays, so ``envship install`` rebuilds the
-  environment and its kernel refuses to start it until then, and the error says so;
+* ``.envship-incomplete`` is written before uv runs and removed, even when uv failed,
+  only if no file of a locked distribution changed (:mod:`envship._snapshot`); if one
+  did, it stays and the error says so;
 * the install marker records what was added (``added``), so ``envship verify`` can say
   why those extras are there; then the spec is rewritten atomically with tomlkit,
   keeping the user's comments and layout. Its digest changes, which is what makes
@@ -31,26 +29,23 @@ Running uv and reading its failures is :mod:`envship._uvpip`'s; the spec edit is
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import Distribution
 from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
 
-from . import _uvpip
+from . import _snapshot, _uvpip
 from ._environment import find_environment
+from ._envroot import version_key
 from ._flock import locked
-from .envs import version_key
 from .errors import AddConflictError, AddError, LockError, Problem, SpecError
 from .install import INCOMPLETE_NAME, MARKER_NAME, write_marker
 from .lock import check_lock, lock_path_for
@@ -60,8 +55,6 @@ __all__ = ["ADDED_KEY", "AddConflictError", "AddError", "AddResult", "add", "par
 
 ADDED_KEY = "added"  # the install marker's list of distributions `envship add` installed
 Log = Callable[[str], None]
-_Stat = tuple[int, int, int]  # size, mtime_ns, inode
-_Installed = dict[str, tuple[str, str, Path]]  # canonical name -> name, version, dist-info
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,57 +210,6 @@ def _spec_path(spec: Path | None, marker: dict[str, Any]) -> Path:
     )
 
 
-# -- what is installed -----------------------------------------------------------------
-
-
-def _installed(sites: Sequence[Path]) -> _Installed:
-    """Every installed distribution."""
-    found: _Installed = {}
-    for site in sites:
-        for info in sorted(site.glob("*.dist-info")):
-            meta = Distribution.at(info).metadata
-            name = meta["Name"] or info.name.split("-")[0]
-            found.setdefault(canonicalize_name(name), (name, meta["Version"] or "?", info))
-    return found
-
-
-def _stat(path: str | Path) -> _Stat | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-def _locked_files(installed: _Installed, keys: Iterable[str]) -> dict[str, _Stat | None]:
-    """Every file a locked distribution owns, with what changes when anyone rewrites it.
-
-    RECORD entries (not byte-code, which Python may write at any time) and the dist-info
-    folder's listing. Files a new distribution adds to a shared (namespace) folder are
-    not a change to a locked one.
-    """
-    files: dict[str, _Stat | None] = {}
-    for key in keys:
-        if key not in installed:
-            continue
-        info = installed[key][2]
-        try:  # csv, not importlib.metadata's `files`: 5x faster on a 10k-file environment
-            with open(info / "RECORD", newline="", encoding="utf-8") as f:
-                rows = [row[0] for row in csv.reader(f) if row]
-        except OSError:
-            rows = []
-        site = str(info.parent)
-        for rel in rows:
-            if rel.endswith(".pyc") and "__pycache__/" in rel:
-                continue
-            path = os.path.normpath(os.path.join(site, rel))
-            files[path] = _stat(path)
-        with contextlib.suppress(OSError):
-            for child in info.iterdir():
-                files.setdefault(str(child), _stat(child))
-    return files
-
-
 # -- the addition ----------------------------------------------------------------------
 
 
@@ -275,7 +217,7 @@ def _locked_files(installed: _Installed, keys: Iterable[str]) -> dict[str, _Stat
 class _Plan:
     marker: dict[str, Any]
     pins: dict[str, str]  # canonical name -> locked version, as installed from the lock
-    installed: _Installed
+    installed: _snapshot.Installed
     todo: tuple[Requirement, ...]  # for uv
     already: tuple[str, ...]  # "name==version": locked, and satisfying the request
 
@@ -283,13 +225,8 @@ class _Plan:
 def _plan(env: Path, sites: Sequence[Path], reqs: Sequence[Requirement]) -> _Plan:
     marker = _marker(env)
     pins = {str(canonicalize_name(str(p["name"]))): str(p["version"]) for p in marker["packages"]}
-    installed = _installed(sites)
-    drift = [
-        Problem(key, f"locked {version}, installed {have[1] if have else 'nothing'}")
-        for key, version in sorted(pins.items())
-        if (have := installed.get(key)) is None or not _same_version(have[1], version)
-    ]
-    if drift:
+    installed = _snapshot.installed(sites)
+    if drift := _snapshot.drift(pins, installed):
         raise AddError(
             f"{env} already differs from its lock; refusing to add on top of that",
             problems=drift,
@@ -320,13 +257,6 @@ def _plan(env: Path, sites: Sequence[Path], reqs: Sequence[Requirement]) -> _Pla
     return _Plan(marker, pins, installed, tuple(todo), tuple(already))
 
 
-def _same_version(a: str, b: str) -> bool:
-    try:
-        return Version(a) == Version(b)
-    except InvalidVersion:
-        return a == b
-
-
 def _constraints(work: Path, plan: _Plan) -> list[str]:
     """``--constraints FILE`` holding every locked distribution at its locked version."""
     work.mkdir(parents=True, exist_ok=True)
@@ -336,57 +266,7 @@ def _constraints(work: Path, plan: _Plan) -> list[str]:
     return ["--constraints", str(path)]
 
 
-def _damage(
-    plan: _Plan, after: _Installed, files_before: Mapping[str, Any], files_after: Mapping[str, Any]
-) -> list[Problem]:
-    """What changed in the locked distributions (nothing, unless something went wrong)."""
-    found = [
-        Problem(key, f"locked {version}, now {now[1] if now else 'removed'}")
-        for key, version in sorted(plan.pins.items())
-        if (now := after.get(key)) is None or now[1] != plan.installed[key][1]
-    ]
-    for path in sorted(set(files_before) | set(files_after)):
-        old, new = files_before.get(path), files_after.get(path)
-        if old != new:
-            what = "removed" if new is None else "added" if old is None else "rewritten"
-            found.append(Problem(path, f"{what} (it belongs to a locked distribution)"))
-    return found
-
-
-def _install(
-    env: Path, sites: Sequence[Path], plan: _Plan, run: Callable[[], tuple[int, str]]
-) -> tuple[int, str, _Installed]:
-    """Run uv with the environment marked incomplete; unmark it only if nothing locked
-    changed, whatever uv did. Returns uv's exit code and output, and what is installed."""
-    files_before = _locked_files(plan.installed, plan.pins)
-    incomplete = env / INCOMPLETE_NAME
-    incomplete.write_text("envship add in progress\n", encoding="utf-8")
-
-    def settle() -> tuple[_Installed, list[Problem]]:
-        after = _installed(sites)
-        damage = _damage(plan, after, files_before, _locked_files(after, plan.pins))
-        if not damage:
-            incomplete.unlink(missing_ok=True)
-        return after, damage
-
-    try:
-        code, out = run()
-    except BaseException:
-        settle()
-        raise
-    after, damage = settle()
-    if damage:
-        more = [Problem("...", f"{len(damage) - 20} more")] if len(damage) > 20 else []
-        raise AddError(
-            f"the addition changed locked packages: {env} no longer matches its lock",
-            problems=damage[:20] + more,
-            hint=f"the environment is marked incomplete; `envship install {env}` rebuilds "
-            "it from the lock",
-        )
-    return code, out, after
-
-
-def _record_added(env: Path, plan: _Plan, after: _Installed) -> None:
+def _record_added(env: Path, plan: _Plan, after: _snapshot.Installed) -> None:
     """Keep the marker's list of what `envship add` put there (for `envship verify`)."""
     entries: dict[str, dict[str, Any]] = {}
     for entry in plan.marker.get(ADDED_KEY) or []:
@@ -403,15 +283,6 @@ def _record_added(env: Path, plan: _Plan, after: _Installed) -> None:
     data = dict(plan.marker)
     data[ADDED_KEY] = [entries[k] for k in sorted(entries) if k in after]
     write_marker(env, data)
-
-
-def _changes(before: _Installed, after: _Installed) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    def gone(a: _Installed, b: _Installed) -> tuple[str, ...]:
-        return tuple(
-            f"{n}=={v}" for k, (n, v, _) in sorted(a.items()) if k not in b or b[k][1] != v
-        )
-
-    return gone(after, before), gone(before, after)
 
 
 def _add_locked(
@@ -435,13 +306,15 @@ def _add_locked(
                 f"adding {', '.join(map(str, plan.todo))} to {env}, holding "
                 f"{len(plan.pins)} locked packages at their versions"
             )
-            code, out, after = _install(env, sites, plan, lambda: run_uv(work, plan))
+            code, out, after = _snapshot.guarded(
+                env, sites, plan.pins, plan.installed, lambda: run_uv(work, plan)
+            )
             if code != 0:
                 raise _uvpip.failure(out, plan.todo, plan.pins, env, spec)
             _record_added(env, plan, after)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    installed, removed = _changes(plan.installed, after)
+    installed, removed = _snapshot.changes(plan.installed, after)
     try:
         recorded = list(add_requirements(spec.path, plan.todo))
     except OSError as exc:

@@ -1,11 +1,8 @@
 """Persistent environments on a shared root (an EFS or NFS mount seen by every instance).
 
-Layout::
-
-    ROOT/<name>/versions/<key>/    one immutable venv per (lock, target, groups, base python)
-    ROOT/<name>/current            symlink -> versions/<key>, switched atomically
-    ROOT/<name>/.locks/<key>.lock  flock taken by whoever creates, uses or removes <key>
-    ROOT/<name>/.trash/            versions being deleted (renamed here first)
+Each environment ``ROOT/<name>`` holds immutable versions ``versions/<key>``, a
+``current`` symlink switched atomically, and per-key lock files; the layout and the
+steps on it are :mod:`envship._envroot`'s, this module decides when they happen.
 
 A venv is not relocatable (``pyvenv.cfg``, activate scripts and shebangs hold its
 absolute path), so a version is built in place at its final path. What makes that safe
@@ -24,12 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import json
 import os
 import platform
-import re
-import secrets
 import shutil
 import sys
 import sysconfig
@@ -40,15 +33,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from . import _envroot
+from ._envroot import USED_NAME, version_key
 from ._flock import acquire, locked
 from .errors import EnvError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
-from .install import INCOMPLETE_NAME, MARKER_NAME, InstallError, ProgressFn, install
+from .install import InstallError, ProgressFn, install
 from .lockfile import LockFile
 from .store import Store
 from .targets import Target
 
 __all__ = [
+    "USED_NAME",
     "EnvError",
     "EnvInfo",
     "EnvVersion",
@@ -60,10 +56,6 @@ __all__ = [
     "list_envs",
     "version_key",
 ]
-
-USED_NAME = ".envship-used"  # its mtime is the version's last use
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_KEY_CHARS = 20
 
 
 def _plain(value: Any) -> Any:
@@ -137,45 +129,11 @@ class GcResult(_Json):
     dry_run: bool
 
 
-def version_key(lock_digest: str, target: str, groups: Collection[str], base_python: str) -> str:
-    """The version folder's name: everything that decides an environment's contents."""
-    text = "\0".join([lock_digest, target, ",".join(sorted(groups)), base_python])
-    return hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]
-
-
-def _env_dir(root: Path, name: str) -> Path:
-    if not _NAME.match(name):
-        raise EnvError(
-            f"invalid environment name {name!r}",
-            hint="use letters, digits, '.', '_' and '-', starting with a letter or digit",
-        )
-    return Path(os.path.abspath(root)) / name
-
-
-def _lock_path(env_dir: Path, key: str) -> Path:
-    return env_dir / ".locks" / f"{key}.lock"
-
-
-def _read_marker(path: Path) -> dict[str, Any] | None:
-    """The install marker of a *complete* version, else None."""
-    if (path / INCOMPLETE_NAME).exists():
-        return None
-    try:
-        data = json.loads((path / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    # lexists: bin/python links to the base interpreter, which another machine sharing
-    # the root may lack; that makes the env unusable there, not half made.
-    if not isinstance(data, dict) or not os.path.lexists(path / "bin" / "python"):
-        return None
-    return data
-
-
 def _complete(
     path: Path, lock: LockFile, target: str, groups: tuple[str, ...]
 ) -> dict[str, Any] | None:
     """The marker when ``path`` is complete and made from exactly these inputs."""
-    marker = _read_marker(path)
+    marker = _envroot.read_marker(path)
     if marker is None or (marker["lock"]["digest"], marker["target"]["name"]) != (
         lock.digest,
         target,
@@ -207,50 +165,6 @@ def _version(
         current=True,
         seconds=time.monotonic() - started,
     )
-
-
-def _current_key(env_dir: Path) -> str | None:
-    try:
-        link = os.readlink(env_dir / "current")
-    except OSError:
-        return None
-    return Path(link).name
-
-
-def _point_current(env_dir: Path, key: str) -> None:
-    """Make ``current`` name ``versions/<key>``; readers see the old link or the new."""
-    link = env_dir / "current"
-    relative = f"versions/{key}"  # relative: the link stays right wherever ROOT is mounted
-    with contextlib.suppress(OSError):
-        if os.readlink(link) == relative:
-            return
-    tmp = env_dir / f"current.tmp-{secrets.token_hex(4)}"
-    os.symlink(relative, tmp)
-    try:
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _touch_used(path: Path) -> None:
-    with contextlib.suppress(OSError):  # a read-only mount still lets us use the env
-        (path / USED_NAME).touch()
-
-
-def _discard(env_dir: Path, key: str) -> None:
-    """Remove a version and its install staging; the caller holds the key's lock.
-
-    The rename comes first so the version path never shows a half-deleted tree.
-    """
-    version = env_dir / "versions" / key
-    staging = env_dir / "versions" / f"{key}.envship-tmp"
-    if version.exists() or version.is_symlink():
-        trash = env_dir / ".trash" / f"{key}-{secrets.token_hex(4)}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(version, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _base_python(python: str | None) -> str:
@@ -338,7 +252,7 @@ def create_env(
     Concurrent callers (processes, machines sharing ``root``) make one copy.
     """
     started = time.monotonic()
-    env_dir = _env_dir(root, name)
+    env_dir = _envroot.env_folder(root, name)
     base = _base_python(python)
     # Unknown groups are install's LockError, raised before it touches anything.
     chosen_groups = tuple(sorted(lock.groups if groups is None else set(groups)))
@@ -348,11 +262,11 @@ def create_env(
 
     def done(marker: dict[str, Any] | None, created: bool) -> EnvVersion:
         assert marker is not None
-        _point_current(env_dir, key)
-        _touch_used(path)
+        _envroot.point_current(env_dir, key)
+        _envroot.touch_used(path)
         return _version(name, path, marker, created, started)
 
-    lock_path = _lock_path(env_dir, key)
+    lock_path = _envroot.key_lock(env_dir, key)
     try:
         with locked(lock_path, shared=True):
             if found := _complete(path, lock, chosen.name, chosen_groups):
@@ -361,7 +275,7 @@ def create_env(
             # Again: another creator may have finished while we waited for the lock.
             if found := _complete(path, lock, chosen.name, chosen_groups):
                 return done(found, created=False)
-            _discard(env_dir, key)  # a killed creator's leftovers are never trusted
+            _envroot.discard(env_dir, key)  # a killed creator's leftovers are never trusted
             try:
                 install(
                     lock,
@@ -375,74 +289,36 @@ def create_env(
                 )
             except BaseException:
                 with contextlib.suppress(OSError):
-                    _discard(env_dir, key)  # a full disk needs the space back
+                    _envroot.discard(env_dir, key)  # a full disk needs the space back
                 raise
-            return done(_read_marker(path), created=True)
+            return done(_envroot.read_marker(path), created=True)
     except (OSError, InstallError) as exc:
         raise _failure(env_dir.parent, name, exc) from None
 
 
-def _used(path: Path) -> datetime:
-    """Last use: the used-stamp's mtime, or the folder's for a version never finished."""
-    for p in (path / USED_NAME, path):
-        with contextlib.suppress(OSError):
-            return datetime.fromtimestamp(p.lstat().st_mtime, timezone.utc)
-    return datetime.fromtimestamp(0, timezone.utc)
-
-
-def _size(path: Path) -> int:
-    total = 0
-    for folder, dirs, files in os.walk(path):
-        for entry in (*dirs, *files):
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(folder, entry)).st_blocks * 512
-    return total
-
-
-def _require_root(root: Path) -> Path:
-    if not root.is_dir():
-        raise EnvError(
-            f"the environment root {root} does not exist",
-            hint="pass --root DIR (or set ENVSHIP_ROOT) naming the shared folder",
-        )
-    return Path(os.path.abspath(root))
-
-
-def _env_dirs(root: Path) -> list[Path]:
-    return sorted(
-        p for p in root.iterdir() if not p.name.startswith(".") and (p / "versions").is_dir()
-    )
-
-
-def _version_keys(env_dir: Path) -> list[str]:
-    # "<key>.envship-tmp" is install's staging beside a version: same key, not a version.
-    names = {p.name.split(".", 1)[0] for p in (env_dir / "versions").iterdir()}
-    return sorted(n for n in names if n)
-
-
 def _info(env_dir: Path, key: str, current: str | None, *, size: bool) -> VersionInfo:
     path = env_dir / "versions" / key
-    marker = _read_marker(path)
+    marker = _envroot.read_marker(path)
     return VersionInfo(
         name=env_dir.name,
         key=key,
         path=path,
         complete=marker is not None,
         current=key == current,
-        last_used=_used(path),
+        last_used=_envroot.last_used(path),
         lock_digest=marker["lock"]["digest"] if marker else None,
         target=marker["target"]["name"] if marker else None,
         groups=tuple(marker["groups"]) if marker else (),
-        size=_size(path) if size else None,
+        size=_envroot.disk_size(path) if size else None,
     )
 
 
 def list_envs(root: Path, *, sizes: bool = False) -> list[EnvInfo]:
     """Every environment under ``root`` with its versions; reads only, takes no lock."""
     found: list[EnvInfo] = []
-    for env_dir in _env_dirs(_require_root(root)):
-        current = _current_key(env_dir)
-        versions = [_info(env_dir, k, current, size=sizes) for k in _version_keys(env_dir)]
+    for env_dir in _envroot.env_dirs(_envroot.require_root(root)):
+        current = _envroot.current_key(env_dir)
+        versions = [_info(env_dir, k, current, size=sizes) for k in _envroot.version_keys(env_dir)]
         found.append(EnvInfo(env_dir.name, env_dir, current, tuple(versions)))
     return found
 
@@ -457,26 +333,26 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
     removed: list[VersionInfo] = []
     busy: list[VersionInfo] = []
     kept = 0
-    for env_dir in _env_dirs(_require_root(root)):
-        for key in _version_keys(env_dir):
+    for env_dir in _envroot.env_dirs(_envroot.require_root(root)):
+        for key in _envroot.version_keys(env_dir):
             path = env_dir / "versions" / key
-            if key == _current_key(env_dir) or _used(path) >= cutoff:
+            if key == _envroot.current_key(env_dir) or _envroot.last_used(path) >= cutoff:
                 kept += 1
                 continue
-            lock_path = _lock_path(env_dir, key)
+            lock_path = _envroot.key_lock(env_dir, key)
             fd = acquire(lock_path, wait=False)
             if fd is None:
                 busy.append(_info(env_dir, key, None, size=False))
                 continue
             try:
                 # Decided again under the lock: it may have become current or been used.
-                current = _current_key(env_dir)
-                if key == current or _used(path) >= cutoff:
+                current = _envroot.current_key(env_dir)
+                if key == current or _envroot.last_used(path) >= cutoff:
                     kept += 1
                     continue
                 removed.append(_info(env_dir, key, current, size=True))
                 if not dry_run:
-                    _discard(env_dir, key)
+                    _envroot.discard(env_dir, key)
                     lock_path.unlink(missing_ok=True)  # waiters re-check the inode
             finally:
                 os.close(fd)
@@ -496,10 +372,10 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     the one running envship, one interpreter start.
     """
     started = time.monotonic()
-    env_dir = _env_dir(_require_root(root), name)
-    key = _current_key(env_dir) or ""
+    env_dir = _envroot.env_folder(_envroot.require_root(root), name)
+    key = _envroot.current_key(env_dir) or ""
     path = env_dir / "versions" / key
-    marker = _read_marker(path) if key else None
+    marker = _envroot.read_marker(path) if key else None
     if marker is None:
         raise EnvError(
             f"the environment {name!r} has no complete current version"
@@ -521,5 +397,5 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
             hint=f"create a version for this machine: envship env create {name} "
             f"--root {env_dir.parent}, with a lock that has a target for it",
         )
-    _touch_used(path)
+    _envroot.touch_used(path)
     return replace(version, seconds=time.monotonic() - started)

@@ -25,14 +25,14 @@ itself has no envship to run.
 
 Every kernelspec is written in a staging folder nested inside the ``kernels`` folder
 (Jupyter only looks one level down, so it never sees it half made) and renamed into
-place: a reader sees no kernelspec, the old one, or the new one, whole.
+place: a reader sees no kernelspec, the old one, or the new one, whole. What must hold
+of the environment first, and the kernel's name, are :mod:`envship._kernelenv`'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -42,8 +42,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import KernelError, Problem, TargetError
-from .install import INCOMPLETE_NAME, MARKER_NAME
+from ._kernelenv import checked_name, env_label, kernel_name_for, read_env
+from .errors import KernelError, Problem
+from .install import MARKER_NAME
 from .targets import Target
 
 __all__ = [
@@ -64,8 +65,6 @@ KERNEL_JSON = "kernel.json"
 LAUNCHER_NAME = "envship-kernel-launcher"
 MAGIC_NAME = "envship_magic.py"  # the launcher preloads it under this name (_launcher.py)
 _FACTS_FORMAT = 1
-# Kernel names: ASCII letters, digits and ``-._`` (the kernelspec docs); Jupyter lowercases.
-_VALID_NAME = re.compile(r"^[a-z0-9._-]+$")
 _STAGING_PREFIX = ".envship-staging-"
 
 Placement = Literal["user", "system", "prefix", "kernel-dir"]
@@ -117,93 +116,6 @@ def _to_json(result: KernelSpecResult | KernelInfo) -> dict[str, Any]:
         return list(value) if isinstance(value, tuple) else value
 
     return {f.name: plain(getattr(result, f.name)) for f in fields(result)}
-
-
-def _env_label(env: Path) -> str:
-    """The environment's name: ``ROOT/NAME/current`` and ``ROOT/NAME/versions/KEY``
-    (layouts of ``envship env``) are called NAME, any other folder by its own name."""
-    if env.name == "current":
-        return env.parent.name
-    if env.parent.name == "versions":
-        return env.parent.parent.name
-    return env.name
-
-
-def kernel_name_for(env_name: str) -> str:
-    """A valid kernel name from an environment's folder name: ``My Env`` -> ``my-env``."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", env_name.lower()).strip("-.")
-    if not name:
-        raise KernelError(
-            f"cannot make a kernel name from {env_name!r}",
-            hint="pass --name with letters, digits, '-', '.' or '_'",
-        )
-    return name
-
-
-def _checked_name(name: str) -> str:
-    lowered = name.lower()
-    if not _VALID_NAME.match(lowered) or lowered.startswith("."):
-        raise KernelError(
-            f"invalid kernel name {name!r}",
-            problems=[Problem("--name", "only ASCII letters, digits, '-', '.' and '_'")],
-            hint=f"for example {kernel_name_for(name)!r}" if name.strip("-. ") else None,
-        )
-    return lowered
-
-
-def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
-    """The install marker of the environment at ``env`` and its target; or a KernelError."""
-    hint = f"make it with `envship install {env}` first"
-    if not env.is_dir():
-        raise KernelError(f"there is no environment at {env}", hint=hint)
-    if (env / INCOMPLETE_NAME).exists():
-        raise KernelError(
-            f"the environment at {env} is half installed ({INCOMPLETE_NAME} is present)",
-            hint="re-run `envship install` to finish it",
-        )
-    where = str(env / MARKER_NAME)
-    try:
-        marker = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KernelError(
-            f"{env} is not an environment made by `envship install` (no {MARKER_NAME})",
-            hint=hint,
-        ) from None
-    except (OSError, ValueError) as exc:
-        marker, problems = {}, [Problem(where, str(exc))]
-    else:
-        problems = []
-    if not isinstance(marker, dict):
-        marker = {}
-    lock = marker.get("lock")
-    if not (isinstance(lock, dict) and isinstance(lock.get("digest"), str)):
-        problems.append(Problem(where, "no lock.digest"))
-    raw = marker.get("target")
-    target: Target | None = None
-    keys = ("name", "platform", "python", "glibc", "variant")
-    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in keys):
-        problems.append(Problem(where, f"target needs {', '.join(keys)}"))
-    else:
-        try:
-            target = Target.create(
-                raw["name"],
-                platform_id=raw["platform"],
-                python=raw["python"],
-                glibc=raw["glibc"],
-                variant=raw["variant"],
-                where=f"{where}: target",
-            )
-        except TargetError as exc:
-            problems.extend(exc.problems)
-    if not (env / "bin" / "python").exists():
-        problems.append(Problem(str(env / "bin" / "python"), "the interpreter is missing"))
-    if problems or target is None:
-        raise KernelError(
-            f"the install record of {env} is incomplete",
-            problems=problems,
-            hint="re-run `envship install` to rebuild the environment",
-        )
-    return marker, target
 
 
 def _placement(user: bool, prefix: Path | None, kernel_dir: Path | None) -> tuple[Path, Placement]:
@@ -348,9 +260,9 @@ def install_kernel(
     for a symlink such as ``envs/ds/current`` follows it.
     """
     env = Path(os.path.abspath(env))
-    marker, target = _read_env(env)
-    label = _env_label(env)
-    name = _checked_name(name) if name is not None else kernel_name_for(label)
+    marker, target = read_env(env)
+    label = env_label(env)
+    name = checked_name(name) if name is not None else kernel_name_for(label)
     # The spec's [kernel] display-name travels in the lock, and from there in the marker.
     recorded = marker.get("display_name")
     display_name = display_name or (recorded if isinstance(recorded, str) else None)

@@ -5,6 +5,14 @@ Blobs are content-addressed and immutable, so they are written under a temporary
 renamed into place; ``index.json`` is rewritten the same way, so a reader sees the old
 index or the new one. Every read of a blob checks its size and digest.
 
+Tagging reads, edits and replaces ``index.json`` under an flock on ``.envship-index.lock``
+in the layout folder; without it, two builds writing into one layout each replace the
+index with their own edit of the same old one, and a tag is lost. Readers need no lock.
+The image-layout spec lists the entries a layout must have and forbids none besides
+(``docker save`` puts ``manifest.json`` beside them); still, the holder removes the lock
+file when done (waiters re-check its inode, :mod:`envship._flock`), so a layout at rest
+holds only what the spec names.
+
 Docker's ``docker save`` archive, itself a layout in a tar, is :mod:`envship.dockerarchive`.
 """
 
@@ -20,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import write_atomic
+from ._flock import locked
 from .errors import ArtifactError, ImageError, Problem
 from .oci import (
     INDEX_TYPES,
@@ -36,6 +45,7 @@ from .oci import (
 )
 
 __all__ = [
+    "INDEX_LOCK",
     "LAYOUT_FILE",
     "LayoutImage",
     "OciLayout",
@@ -46,6 +56,7 @@ __all__ = [
 ]
 
 LAYOUT_FILE = {"imageLayoutVersion": "1.0.0"}  # the `oci-layout` file's content
+INDEX_LOCK = ".envship-index.lock"  # flock serializing index.json edits (module docstring)
 _CHUNK = 1 << 20
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -86,6 +97,11 @@ def file_digest(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return "sha256:" + h.hexdigest(), size
+
+
+def _names(entry: object, tag: str) -> bool:
+    """Whether an ``index.json`` entry carries the tag ``tag``."""
+    return isinstance(entry, dict) and (entry.get("annotations") or {}).get(REF_NAME) == tag
 
 
 def _matches(platform_obj: object, wanted: str) -> bool:
@@ -250,12 +266,6 @@ class OciLayout:
         """Point ``name`` at ``manifest`` in index.json (replacing what it named before)."""
         if not name or any(c.isspace() for c in name):
             raise ImageError(f"invalid tag {name!r} for an OCI layout")
-        index = self.index()
-        kept = [
-            m
-            for m in index["manifests"]
-            if not (isinstance(m, dict) and (m.get("annotations") or {}).get(REF_NAME) == name)
-        ]
         annotations = dict(manifest.annotations or {})
         annotations[REF_NAME] = name
         entry = Descriptor(
@@ -265,9 +275,17 @@ class OciLayout:
             annotations=annotations,
             platform=manifest.platform,
         )
-        index["manifests"] = [*kept, entry.to_json()]
-        index.setdefault("mediaType", OCI_INDEX)
-        write_atomic(self.root / "index.json", canonical_json(index))
+        # Read, edit and replace under one lock, or a concurrent tagger's edit is lost.
+        lock = self.root / INDEX_LOCK
+        with locked(lock):
+            try:
+                index = self.index()
+                kept = [m for m in index["manifests"] if not _names(m, name)]
+                index["manifests"] = [*kept, entry.to_json()]
+                index.setdefault("mediaType", OCI_INDEX)
+                write_atomic(self.root / "index.json", canonical_json(index))
+            finally:
+                lock.unlink(missing_ok=True)  # last, still held: see the module docstring
 
     def resolve(
         self, tag: str | None = None, *, platform: str = "linux/amd64"
@@ -280,11 +298,7 @@ class OciLayout:
         where = f"{self.root}/index.json"
         entries = self.index()["manifests"]
         if tag is not None:
-            chosen = [
-                m
-                for m in entries
-                if isinstance(m, dict) and (m.get("annotations") or {}).get(REF_NAME) == tag
-            ]
+            chosen = [m for m in entries if _names(m, tag)]
             if not chosen:
                 raise ImageError(
                     f"no image tagged {tag!r} in {self.root}",
