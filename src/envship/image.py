@@ -8,7 +8,8 @@ written by hand. Layers are cut so that a one-package change touches one small l
 every distribution whose wheel is 1 MiB or more gets its own, and the small ones share
 one of a few buckets chosen by a hash of their name (so adding or bumping a small package
 changes one bucket, not every layer after it). Each layer is cached in the store under
-a key made of everything that goes into it, so a rebuild writes only what changed.
+a key made of everything that goes into it, so a rebuild writes only what changed; the
+cut, the keys, the workers and the cache are :mod:`envship._imagelayers`'.
 
 Reproducible: entries, modes, owners and times inside the layers are fixed
 (SOURCE_DATE_EPOCH, else 0), JSON is canonical, and nothing depends on the build folder
@@ -22,17 +23,22 @@ import json
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._atomic import write_atomic
-from ._bytecode import BytecodeCompiler, Compiler, find_compiler
-from ._wheeltar import VenvScheme, write_wheel
-from .errors import EnvshipError, ImageError, StoreError
+from ._bytecode import BytecodeCompiler, find_compiler
+from ._imagelayers import (
+    CachedLayer,
+    LayerCache,
+    LayerJob,
+    LayerPlan,
+    build_layers,
+    plan_layers,
+)
+from .errors import ImageError, StoreError
 from .imagebase import BaseFacts, match_base
 from .install import MARKER_NAME, marker_data
 from .layer import DEFAULT_LEVEL, LayerBlob, LayerWriter
@@ -63,11 +69,6 @@ DEFAULT_PREFIX = "/opt/envship/venv"
 LABEL_PREFIX = "org.envship"
 DISTRIBUTIONS = f"{LABEL_PREFIX}.distributions"  # layer annotation: what a layer holds
 KERNELS_DIR = "usr/local/share/jupyter/kernels"  # on every Jupyter's system search path
-# Bumped whenever the bytes a layer gets from the same inputs change, so no stale cached
-# layer is ever reused.
-LAYER_FORMAT = 1
-_OWN_LAYER = 1 << 20
-_BUCKETS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,116 +159,6 @@ def source_date_epoch() -> int:
 
 def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    label: str
-    artifacts: tuple[Artifact, ...]
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    wheels: tuple[Path, ...]
-    tmp_dir: Path
-    prefix: str
-    python: str
-    interpreter: str
-    mtime: int
-    level: int
-    compiler: BytecodeCompiler | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Built:
-    blob: LayerBlob
-    uncompiled: tuple[str, ...]  # image paths of sources that do not compile
-
-
-def _bucket(name: str) -> int:
-    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % _BUCKETS
-
-
-def _plan(artifacts: Sequence[Artifact], store: Store, *, inputs: dict[str, Any]) -> list[_Plan]:
-    own: list[tuple[Artifact, ...]] = []
-    buckets: dict[int, list[Artifact]] = {}
-    for a in sorted(artifacts, key=lambda a: a.name):
-        if store.path(a.sha256).stat().st_size >= _OWN_LAYER:
-            own.append((a,))
-        else:
-            buckets.setdefault(_bucket(a.name), []).append(a)
-    groups = [(f"{g[0].name} {g[0].version}", g) for g in own]
-    groups += [(f"small packages {b}", tuple(buckets[b])) for b in sorted(buckets)]
-    plans = []
-    for label, members in groups:
-        key_data = dict(inputs, wheels=[a.sha256 for a in members])
-        key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
-        plans.append(_Plan(label, members, key))
-    return plans
-
-
-def _build_layer(job: _Job) -> _Built:
-    """Worker: one layer from its wheels (module level, so a process pool can run it)."""
-    scheme = VenvScheme.for_python(job.prefix, job.python)
-    writer = LayerWriter(job.tmp_dir, mtime=job.mtime, level=job.level)
-    # One fresh compiler per layer: its output depends on what it compiled before.
-    compiler = Compiler(job.compiler) if job.compiler is not None else None
-    try:
-        for wheel in job.wheels:
-            write_wheel(wheel, writer, scheme, interpreter=job.interpreter, compiler=compiler)
-        uncompiled = tuple(path for path, _ in compiler.failures) if compiler else ()
-        return _Built(writer.close(), uncompiled)
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        if compiler is not None:
-            compiler.close()
-
-
-class _LayerCache:
-    """``<store>/layers/<key>.json`` -> a layer blob kept in the store's OCI layout."""
-
-    def __init__(self, store: Store, layout: OciLayout) -> None:
-        self.dir = store.root / "layers"
-        self.layout = layout
-
-    def get(self, key: str) -> _Cached | None:
-        try:
-            data = json.loads((self.dir / f"{key}.json").read_text(encoding="utf-8"))
-            descriptor = Descriptor.from_json(data["descriptor"])
-            diff_id = str(data["diff_id"])
-            uncompiled = tuple(str(p) for p in data.get("uncompiled", ()))
-        except (OSError, ValueError, KeyError, TypeError, ImageError):
-            return None
-        path = self.layout.blob_path(descriptor.digest)
-        if not path.is_file() or path.stat().st_size != descriptor.size:
-            return None
-        return _Cached(descriptor, diff_id, True, uncompiled)
-
-    def put(self, key: str, built: _Built, annotations: dict[str, str]) -> _Cached:
-        blob = built.blob
-        descriptor = self.layout.add_blob_file(
-            blob.path, blob.digest, blob.size, blob.media_type, verify=False
-        )
-        descriptor = replace(descriptor, annotations=annotations)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        record = {
-            "descriptor": descriptor.to_json(),
-            "diff_id": blob.diff_id,
-            "uncompiled": list(built.uncompiled),
-        }
-        write_atomic(self.dir / f"{key}.json", json.dumps(record))
-        return _Cached(descriptor, blob.diff_id, False, built.uncompiled)
-
-
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    descriptor: Descriptor
-    diff_id: str
-    cached: bool  # found in the cache rather than built by this run
-    uncompiled: tuple[str, ...]
 
 
 def _skeleton(writer: LayerWriter, prefix: str, facts: BaseFacts) -> None:
@@ -377,9 +268,8 @@ def build_image(
         else None
     )
     layout = OciLayout.open(store.root / "oci", create=True)
-    cache = _LayerCache(store, layout)
-    inputs = {
-        "format": LAYER_FORMAT,
+    cache = LayerCache(store, layout)
+    inputs: dict[str, Any] = {
         "prefix": prefix,
         "interpreter": interpreter,
         "python": facts.version,
@@ -388,9 +278,9 @@ def build_image(
     }
     if compiler is not None:  # absent otherwise, so uncompiled layers keep their keys
         inputs["bytecode"] = compiler.key()
-    plans = _plan(artifacts, store, inputs=inputs)
+    plans = plan_layers(artifacts, store, inputs=inputs)
     total = len(plans) + 2
-    results: dict[str, _Cached] = {}
+    results: dict[str, CachedLayer] = {}
     todo = []
     for plan in plans:
         hit = cache.get(plan.key)
@@ -401,14 +291,14 @@ def build_image(
     tmp_dir = store.root / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
 
-    def annotations(plan: _Plan) -> dict[str, str]:
+    def annotations(plan: LayerPlan) -> dict[str, str]:
         return {DISTRIBUTIONS: " ".join(f"{a.name}=={a.version}" for a in plan.artifacts)}
 
-    def job(plan: _Plan) -> _Job:
+    def job(plan: LayerPlan) -> LayerJob:
         wheels = tuple(
             store.named_or_private(a.sha256, a.filename, tmp_dir / "wheels") for a in plan.artifacts
         )
-        return _Job(wheels, tmp_dir, prefix, facts.version, interpreter, epoch, level, compiler)
+        return LayerJob(wheels, tmp_dir, prefix, facts.version, interpreter, epoch, level, compiler)
 
     done = 0
 
@@ -421,23 +311,12 @@ def build_image(
     for plan in plans:
         if plan.key in results:
             report(plan.label, "cached", results[plan.key].descriptor.size)
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
-    failed: EnvshipError | None = None
-    if todo:
-        with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
-            futures = {plan.key: pool.submit(_build_layer, job(plan)) for plan in todo}
-            for plan in todo:
-                try:
-                    built = futures[plan.key].result()
-                except EnvshipError as exc:  # errors pickle with their fields (errors.py)
-                    # Keep collecting: the layers that did finish go into the cache
-                    # rather than being left as stray files in the store's tmp/.
-                    failed = failed or exc
-                    continue
-                results[plan.key] = cache.put(plan.key, built, annotations(plan))
-                report(plan.label, "built", built.blob.size)
-    if failed is not None:
-        raise failed
+
+    def built(plan: LayerPlan, layer: CachedLayer) -> None:
+        results[plan.key] = layer
+        report(plan.label, "built", layer.descriptor.size)
+
+    build_layers(todo, job, cache, annotations, jobs=jobs, built=built)
 
     # The venv skeleton, then the marker and kernelspec: the only layer that changes with
     # every lock, so it is small and last. Both are cheap and always written; a blob the
@@ -533,34 +412,6 @@ def build_image(
         seconds=time.monotonic() - start,
         bytecode=compiler,
     )
-
-
-class _Inline:
-    """A stand-in for a one-worker pool: runs each job at submit time, in this process."""
-
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def submit(self, fn: Callable[[_Job], _Built], arg: _Job) -> _Done:
-        try:
-            return _Done(fn(arg), None)
-        except EnvshipError as exc:
-            return _Done(None, exc)
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    value: _Built | None
-    error: EnvshipError | None
-
-    def result(self) -> _Built:
-        if self.error is not None:
-            raise self.error
-        assert self.value is not None
-        return self.value
 
 
 def _small_layer(tmp_dir: Path, epoch: int, fill: Callable[[LayerWriter], None]) -> LayerBlob:
