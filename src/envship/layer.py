@@ -1,14 +1,12 @@
 """Deterministic OCI layers: writing them.
 
 A layer is a tar archive (OCI image spec, layer.md), optionally gzip-compressed. The writer
-emits its own ustar/PAX headers instead of going through :mod:`tarfile` so the bytes depend
-only on the calls made, not on the Python version, the clock, the user or the folder: uid
-and gid 0, no user or group names, one fixed mtime, normalized modes, PAX records only where
-ustar cannot hold a field (long or non-ASCII names, files over 8 GiB) and never a per-run
-one (no atime/ctime, no pid in the header name). The gzip member is framed by hand (mtime
-0, no file name, OS 255) around a raw deflate stream, so the zlib build's own header choices
-do not leak in. Both digests (the blob's and the uncompressed ``diff_id``) are computed
-while streaming; a layer is never held in memory.
+emits its own ustar/PAX headers (:mod:`envship._tarheader`) instead of going through
+:mod:`tarfile` so the bytes depend only on the calls made, not on the Python version, the
+clock, the user or the folder: uid and gid 0, one fixed mtime, normalized modes. The gzip
+member is framed by hand (mtime 0, no file name, OS 255) around a raw deflate stream, so
+the zlib build's own header choices do not leak in. Both digests (the blob's and the
+uncompressed ``diff_id``) are computed while streaming; a layer is never held in memory.
 
 Reading layers, which treats every one as hostile, lives in :mod:`envship.layerfs`
 (entries, extraction) and :mod:`envship.layerview` (the merged file system of an image).
@@ -27,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from ._tarheader import BLOCK, DIR, HARDLINK, MAX_OCTAL_12, REG, SYMLINK, entry_headers
 from .errors import ImageError, Problem
 from .oci import OCI_LAYER, OCI_LAYER_GZIP
 
@@ -45,14 +44,10 @@ __all__ = [
 # only ~10% larger (ratio 0.385 vs 0.345); levels 2-3 gain 1-2% for 10-30% more time.
 DEFAULT_LEVEL = 1
 
-_BLOCK = 512
 _CHUNK = 1 << 20
 _FLUSH_AT = 1 << 18
-_ZERO_BLOCK = bytes(_BLOCK)
-_MAX_OCTAL_12 = 8**11  # the largest value an 11-digit octal field holds, plus one
+_ZERO_BLOCK = bytes(BLOCK)
 _MAX_ID = 65535  # SageMaker refuses images with any uid/gid above this
-
-_REG, _HARDLINK, _SYMLINK, _DIR, _PAX = b"0", b"1", b"2", b"5", b"x"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 # Contents of these are never part of a root file system image (kernel-provided mounts).
@@ -107,67 +102,6 @@ class LayerBlob:
     uncompressed_size: int
 
 
-def _octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)
-
-
-def _pax_record(key: str, value: str) -> bytes:
-    # "%d %s=%s\n" where the leading length counts the whole record, itself included.
-    body = f" {key}={value}\n".encode("utf-8", "surrogateescape")  # undecodable names stay raw
-    length = len(body)
-    while True:
-        total = len(body) + len(str(length))
-        if total == length:
-            return str(length).encode() + body
-        length = total
-
-
-def _split_ustar(name: bytes) -> tuple[bytes, bytes] | None:
-    """(prefix, name) fitting ustar's 155 + 100 bytes, or None if PAX is needed."""
-    if len(name) <= 100:
-        return b"", name
-    # The last '/' that leaves at most 100 bytes of name; a directory's own trailing '/'
-    # stays with its name.
-    cut = name.rfind(b"/", 0, min(156, len(name) - 1))
-    if cut <= 0 or not 0 < len(name) - cut - 1 <= 100:
-        return None
-    return name[:cut], name[cut + 1 :]
-
-
-def _header(
-    name: bytes,
-    typeflag: bytes,
-    *,
-    mode: int,
-    size: int = 0,
-    mtime: int = 0,
-    linkname: bytes = b"",
-    uid: int = 0,
-    gid: int = 0,
-    prefix: bytes = b"",
-) -> bytes:
-    parts = [
-        name.ljust(100, b"\0"),
-        _octal(mode & 0o7777, 8),
-        _octal(uid, 8),
-        _octal(gid, 8),
-        _octal(size, 12),
-        _octal(mtime, 12),
-        b"        ",  # checksum placeholder: eight spaces while summing
-        typeflag,
-        linkname.ljust(100, b"\0"),
-        b"ustar\x0000",
-        bytes(64),  # uname, gname: left empty on purpose
-        _octal(0, 8),
-        _octal(0, 8),
-        prefix.ljust(155, b"\0"),
-        bytes(12),
-    ]
-    block = b"".join(parts)
-    checksum = b"%06o\0" % sum(block)
-    return block[:148] + checksum + block[155:]
-
-
 class LayerWriter:
     """Write one deterministic layer blob into ``dest_dir``.
 
@@ -192,7 +126,7 @@ class LayerWriter:
         level: int = DEFAULT_LEVEL,
         exact: bool = False,
     ) -> None:
-        if not 0 <= mtime < _MAX_OCTAL_12:
+        if not 0 <= mtime < MAX_OCTAL_12:
             raise ImageError(f"layer mtime out of range: {mtime}")
         if not 0 <= level <= 9:
             raise ImageError(f"gzip level must be 0..9, not {level}")
@@ -272,7 +206,7 @@ class LayerWriter:
         if not parent:
             return
         kind = self._kinds.get(parent)
-        if kind == _DIR:
+        if kind == DIR:
             return
         if kind is not None:
             raise ImageError(
@@ -280,7 +214,7 @@ class LayerWriter:
                 problems=[Problem(path, f"{parent!r} was added as a file or link")],
             )
         self._parents(parent)
-        self._entry(parent, _DIR, mode=0o755)
+        self._entry(parent, DIR, mode=0o755)
 
     def _entry(
         self,
@@ -295,35 +229,17 @@ class LayerWriter:
     ) -> None:
         if self._closed:
             raise ImageError("layer writer is closed")
-        name = path + "/" if typeflag == _DIR else path
-        name_b = name.encode("utf-8", "surrogateescape")
-        link_b = linkname.encode("utf-8", "surrogateescape")
-        pax: list[bytes] = []
-        split = _split_ustar(name_b) if name_b.isascii() else None
-        if split is None:
-            pax.append(_pax_record("path", name))
-            split = (b"", name_b[:100])
-        if len(link_b) > 100 or not link_b.isascii():
-            pax.append(_pax_record("linkpath", linkname))
-            link_b = link_b[:100]
-        if size >= _MAX_OCTAL_12:
-            pax.append(_pax_record("size", str(size)))
-        if pax:
-            records = b"".join(pax)
-            self._emit(_header(b"././@PaxHeader", _PAX, mode=0o644, size=len(records)))
-            self._emit(records + bytes(-len(records) % _BLOCK))
-        prefix, short = split
+        name = path + "/" if typeflag == DIR else path
         self._emit(
-            _header(
-                short,
+            entry_headers(
+                name,
                 typeflag,
                 mode=mode,
-                size=size if size < _MAX_OCTAL_12 else 0,
+                size=size,
                 mtime=self.mtime,
-                linkname=link_b,
+                linkname=linkname,
                 uid=uid,
                 gid=gid,
-                prefix=prefix,
             )
         )
         self._kinds[path] = typeflag
@@ -343,7 +259,7 @@ class LayerWriter:
         """A directory. Adding one that exists already with the same mode is a no-op."""
         path = check_layer_path(path)
         mode = self._mode(mode, is_dir=True)
-        if self._kinds.get(path) == _DIR:
+        if self._kinds.get(path) == DIR:
             if self._dir_modes.get(path, 0o755) != mode:
                 raise ImageError(
                     f"directory {path!r} was already written with another mode",
@@ -351,15 +267,15 @@ class LayerWriter:
                 )
             return
         path = self._new(path)
-        self._entry(path, _DIR, mode=mode, uid=uid, gid=gid)
+        self._entry(path, DIR, mode=mode, uid=uid, gid=gid)
         self._dir_modes[path] = mode
 
     def add_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """A regular file with ``data`` as its content."""
         path = self._new(path)
-        self._entry(path, _REG, mode=self._mode(mode, is_dir=False), size=len(data))
+        self._entry(path, REG, mode=self._mode(mode, is_dir=False), size=len(data))
         self._emit(data)
-        self._emit(bytes(-len(data) % _BLOCK))
+        self._emit(bytes(-len(data) % BLOCK))
 
     def add_stream(
         self,
@@ -373,7 +289,7 @@ class LayerWriter:
     ) -> None:
         """A regular file of exactly ``size`` bytes read from ``stream``."""
         path = self._new(path)
-        self._entry(path, _REG, mode=self._mode(mode, is_dir=False), size=size, uid=uid, gid=gid)
+        self._entry(path, REG, mode=self._mode(mode, is_dir=False), size=size, uid=uid, gid=gid)
         if size < _FLUSH_AT:
             data = stream.read(size)
             if len(data) != size:
@@ -393,7 +309,7 @@ class LayerWriter:
                 f"{path!r} is longer than the {size} bytes announced",
                 problems=[Problem(path, "the file grew while it was being added")],
             )
-        self._emit(bytes(-size % _BLOCK))
+        self._emit(bytes(-size % BLOCK))
 
     @staticmethod
     def _short(path: str, size: int, got: int) -> ImageError:
@@ -407,18 +323,18 @@ class LayerWriter:
         if not target or "\0" in target:
             raise ImageError(f"invalid symlink target for {path!r}: {target!r}")
         path = self._new(path)
-        self._entry(path, _SYMLINK, mode=0o777, linkname=target)
+        self._entry(path, SYMLINK, mode=0o777, linkname=target)
 
     def add_hardlink(self, path: str, target: str) -> None:
         """A hard link to ``target``, a regular file added earlier to this same layer."""
         target = check_layer_path(target)
-        if self._kinds.get(target) != _REG:
+        if self._kinds.get(target) != REG:
             raise ImageError(
                 f"hard link {path!r} -> {target!r}: target is not a file of this layer",
                 problems=[Problem(path, "add the target file first")],
             )
         path = self._new(path)
-        self._entry(path, _HARDLINK, mode=0o644, linkname=target)
+        self._entry(path, HARDLINK, mode=0o644, linkname=target)
 
     def add_whiteout(self, path: str) -> None:
         """Hide ``path`` of the layers below (an OCI ``.wh.<name>`` entry)."""
