@@ -170,6 +170,13 @@ def test_add_installs_records_marks_the_lock_stale_and_verify_says_why(project: 
     ]
 
 
+def test_an_env_installed_with_byte_code_gets_it_for_additions_too(project: Project) -> None:
+    install(project.lockfile(), project.store, project.env, compile_bytecode=True)
+    add(["kappa"], env=project.env)
+    assert list(project.env.rglob("kappa/__pycache__/__init__.*.pyc"))
+    assert json.loads((project.env / MARKER_NAME).read_text())["compiled"] is True
+
+
 def test_the_next_lock_takes_the_addition_in(project: Project) -> None:
     add(["kappa"], env=project.env)
     relocked = LockFile.load(lock(load_spec(project.spec)).path)

@@ -8,6 +8,7 @@ code came from), on this machine and inside a real container run as SageMaker's 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from envship.image import BuiltImage
 from envship.imagebase import BaseFacts
 from envship.imageinspect import verify_image
 from envship.imageio import open_image, write_image
+from envship.install import MARKER_NAME
 from imagelib import BaseImage
 from indexlib import build_wheel
 from serviceslib import DockerEngine
@@ -196,6 +198,9 @@ def test_every_site_packages_source_gets_its_pyc(compiled: tuple[Setup, BuiltIma
     assert b".pyc" not in records
     expected = f"1 source file(s) do not compile; left as source: /{VENV_SITE}/legacy/py2.py"
     assert expected in built.notes
+    # The image's install marker says so, as an installed environment's does.
+    top = layer_files(built.layer_paths[-1])
+    assert json.loads(top[f"opt/envship/venv/{MARKER_NAME}"])["compiled"] is True
 
 
 def test_image_python_loads_them_as_a_user_who_cannot_write(

@@ -156,6 +156,22 @@ def test_create_then_reuse_without_installing(
     assert time.time() - (first.path / USED_NAME).stat().st_mtime < DAY  # use recorded
 
 
+def test_byte_code_is_another_version_never_compiled_in_place(setup: Setup) -> None:
+    s = setup
+    plain = create_env(s.lock, s.store, s.root, name="ds")
+    compiled = create_env(s.lock, s.store, s.root, name="ds", compile_bytecode=True)
+
+    assert compiled.created and compiled.key != plain.key
+    assert compiled.key == version_key(
+        s.lock.digest, compiled.target.name, (), os.path.realpath(sys.executable), compiled=True
+    )
+    assert current(s.root) == f"versions/{compiled.key}"
+    assert list(compiled.path.rglob("alpha/__pycache__/*.pyc"))
+    assert not list(plain.path.rglob("alpha/__pycache__/*.pyc"))  # immutable: untouched
+    again = create_env(s.lock, s.store, s.root, name="ds", compile_bytecode=True)
+    assert not again.created and again.key == compiled.key
+
+
 def test_each_input_gets_its_own_version_and_current_follows(setup: Setup) -> None:
     s = setup
     one = create_env(s.lock, s.store, s.root, name="ds")

@@ -404,14 +404,33 @@ def test_failed_update_marks_the_environment_incomplete(
     assert (dest / INCOMPLETE_NAME).exists()  # not complete, so the next run rebuilds
 
 
+def compiled_alpha(env: Path) -> bool:
+    site = run_py(env, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    return bool(list((Path(site) / "alpha" / "__pycache__").glob("__init__.*.pyc")))
+
+
 def test_compile_bytecode(tmp_path: Path, lock: LockFile, store: Store) -> None:
     plain, compiled = tmp_path / "plain", tmp_path / "compiled"
     install(lock, store, plain)
     install(lock, store, compiled, compile_bytecode=True)
-    site = run_py(compiled, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-    assert list((Path(site) / "alpha" / "__pycache__").glob("__init__.*.pyc"))
-    site = run_py(plain, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-    assert not (Path(site) / "alpha" / "__pycache__").exists()
+    assert compiled_alpha(compiled) and not compiled_alpha(plain)
+    assert json.loads((compiled / MARKER_NAME).read_text())["compiled"] is True
+    assert json.loads((plain / MARKER_NAME).read_text())["compiled"] is False
+
+
+def test_compile_asked_of_an_env_without_byte_code_compiles_it(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    # The env matches the lock, but not the request: --compile is not silently dropped.
+    again = install(lock, store, dest, compile_bytecode=True)
+    assert again.action == "updated" and again.installed == () and again.removed == ()
+    assert compiled_alpha(dest)
+    assert json.loads((dest / MARKER_NAME).read_text())["compiled"] is True
+    # Now both requests are met as they are.
+    assert install(lock, store, dest, compile_bytecode=True).action == "unchanged"
+    assert install(lock, store, dest).action == "unchanged"
 
 
 def test_groups_select_packages_and_a_group_change_updates(

@@ -52,10 +52,24 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _KEY_CHARS = 20
 
 
-def version_key(lock_digest: str, target: str, groups: Collection[str], base_python: str) -> str:
-    """The version folder's name: everything that decides an environment's contents."""
-    text = "\0".join([lock_digest, target, ",".join(sorted(groups)), base_python])
-    return hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]
+def version_key(
+    lock_digest: str,
+    target: str,
+    groups: Collection[str],
+    base_python: str,
+    *,
+    compiled: bool = False,
+) -> str:
+    """The version folder's name: everything that decides an environment's contents.
+
+    Byte-code makes another version (versions are immutable, so one made without it is
+    never compiled in place); it joins the key only when asked for, so the keys of
+    versions without it are what they always were.
+    """
+    parts = [lock_digest, target, ",".join(sorted(groups)), base_python]
+    if compiled:
+        parts.append("compiled")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:_KEY_CHARS]
 
 
 def env_folder(root: Path, name: str) -> Path:

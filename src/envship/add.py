@@ -179,6 +179,7 @@ def _refuse_shared(env: Path, marker: dict[str, Any]) -> None:
             marker["target"]["name"],
             marker["groups"],
             marker["python"]["base"],
+            compiled=bool(marker.get("compiled")),
         )
     except (KeyError, TypeError):
         key = ""
@@ -383,6 +384,9 @@ def add(
             extra_index_urls=extra_index_urls,
             find_links=find_links,
         )
+
+        if marker.get("compiled"):  # keep the promise the marker makes for the additions too
+            args.append("--compile-bytecode")
 
         def run_uv(work: Path, plan: _Plan, *extra: str) -> tuple[int, str]:
             command = [*args, *extra, *_constraints(work, plan), *map(str, plan.todo)]

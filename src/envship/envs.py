@@ -257,7 +257,7 @@ def create_env(
     # Unknown groups are install's LockError, raised before it touches anything.
     chosen_groups = tuple(sorted(lock.groups if groups is None else set(groups)))
     chosen = _chosen_target(lock, target, base)
-    key = version_key(lock.digest, chosen.name, chosen_groups, base)
+    key = version_key(lock.digest, chosen.name, chosen_groups, base, compiled=compile_bytecode)
     path = env_dir / "versions" / key
 
     def done(marker: dict[str, Any] | None, created: bool) -> EnvVersion:

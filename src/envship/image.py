@@ -331,7 +331,15 @@ def build_image(
     env_layers.append(ImageLayer(skeleton, skeleton_blob.diff_id, "virtual environment", (), known))
     report("virtual environment", "cached" if known else "built", skeleton.size)
     kernel, notes = _kernel_plan(lock, artifacts, kernel_name)
-    marker = marker_data(lock, chosen, chosen_groups, facts.python, facts.version_full, artifacts)
+    marker = marker_data(
+        lock,
+        chosen,
+        chosen_groups,
+        facts.python,
+        facts.version_full,
+        artifacts,
+        compiled=compiler is not None,
+    )
     # The build folder must not reach the image: it would change the digest per machine.
     marker["lock"]["path"] = lock.path.name
 

@@ -341,6 +341,8 @@ def _install_locked(
         and target in (None, marker["target"]["name"])
         # `envship add` extras make the env differ from the lock: sync them away.
         and not marker.get("added")
+        # Asked for byte-code the env does not have: the sync below compiles it.
+        and (marker.get("compiled", False) or not compile_bytecode)
     ):
         chosen = lock.target(marker["target"]["name"])
         return result(chosen, lock.artifacts([chosen.name], groups=groups), "unchanged")
@@ -382,7 +384,10 @@ def _install_locked(
         if compile_bytecode:
             sync.append("--compile-bytecode")
         _run([*sync, str(reqs)], what=f"installing {len(artifacts)} packages into {dest}")
-        _write_marker(dest, lock, chosen, groups, base_python, host.python_full, artifacts)
+        marker_now = marker_data(
+            lock, chosen, groups, base_python, host.python_full, artifacts, compile_bytecode
+        )
+        write_marker(dest, marker_now)
         (dest / INCOMPLETE_NAME).unlink()
     except BaseException:
         if not reuse:
@@ -404,9 +409,11 @@ def marker_data(
     base_python: str,
     python_full: str,
     artifacts: list[Artifact],
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """What an environment made from ``lock`` records about itself (the install marker);
-    image builds write the same record into the image."""
+    image builds write the same record into the image. ``compiled``: every installed
+    module's byte-code was written at install time."""
     return {
         "format": _MARKER_FORMAT,
         "lock": {"path": str(lock.path.absolute()), "digest": lock.digest},
@@ -416,19 +423,8 @@ def marker_data(
         "groups": list(groups),
         "python": {"base": base_python, "version": python_full},
         "packages": [_entry(a) for a in artifacts],
+        "compiled": compiled,
     }
-
-
-def _write_marker(
-    dest: Path,
-    lock: LockFile,
-    target: Target,
-    groups: tuple[str, ...],
-    base_python: str,
-    python_full: str,
-    artifacts: list[Artifact],
-) -> None:
-    write_marker(dest, marker_data(lock, target, groups, base_python, python_full, artifacts))
 
 
 def write_marker(dest: Path, data: dict[str, Any]) -> None:
