@@ -7,8 +7,10 @@ exists under 0.5 s and at least 10x faster than creating it fresh; ``envship ver
 inputs: the wheels the lock selects for this machine. Install is measured twice: with one
 warm uv cache shared by envship and the uv baseline, and as on a new instance, where each
 side starts with an empty uv cache. The interpreter's bare start-up (``python -c pass``)
-is printed next to them, since it is a fixed part of every envship run. pip compiles
-bytecode by default and envship does not; the table says so rather than hiding it.
+is printed next to them, since it is a fixed part of every envship run, and so is a
+stdlib-only Python script making the same two uv calls: the floor for any Python tool
+that drives uv. pip compiles bytecode by default and envship does not; the table says so
+rather than hiding it.
 Run: ``python benchmarks/bench_install_verify.py`` (needs PyPI once, to fill the store).
 """
 
@@ -29,6 +31,21 @@ from envship.lockfile import LockFile
 from envship.targets import host_platform
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
+# The least any Python program that drives uv as envship does can cost: the same two uv
+# steps (venv, then sync of hashed ``name @ file://`` lines) and a marker, stdlib only.
+FLOOR = """
+import os, subprocess, sys
+uv, python, reqs, dest = sys.argv[1:]
+os.makedirs(dest)
+open(os.path.join(dest, ".incomplete"), "w").close()
+subprocess.run([uv, "venv", "-q", "--offline", "--allow-existing", "--python", python, dest],
+               check=True)
+subprocess.run([uv, "pip", "sync", "-q", "--python", dest + "/bin/python", "--offline",
+                "--no-index", "--require-hashes", "--no-build", reqs], check=True)
+with open(os.path.join(dest, ".marker.json"), "w") as f:
+    f.write("{}")
+os.unlink(os.path.join(dest, ".incomplete"))
+"""
 
 
 def main() -> None:
@@ -57,6 +74,13 @@ def main() -> None:
         for a in lockfile.artifacts():
             shutil.copy(work / "store" / "sha256" / a.sha256[:2] / a.sha256, wheels / a.filename)
         files = sorted(str(p) for p in wheels.iterdir())
+        reqs = work / "floor-requirements.txt"
+        reqs.write_text(
+            "".join(
+                f"{a.name} @ {(wheels / a.filename).as_uri()} --hash=sha256:{a.sha256}\n"
+                for a in lockfile.artifacts()
+            )
+        )
         install = [*envship_cmd(), "install", "--lock", str(lock_path), "--python", sys.executable]
         timed([*install, str(work / "warmup")], env=env)  # warms uv's cache for both sides
 
@@ -78,10 +102,12 @@ def main() -> None:
                 env=uv_env,
             )
 
-        ours, uv_times, pip_times, ours_cold, uv_cold = [], [], [], [], []
+        ours, uv_times, pip_times, ours_cold, uv_cold, floor = [], [], [], [], [], []
         for i in range(args.repeat):
             ours.append(timed([*install, str(work / f"ours{i}")], env=env))
             uv_times.append(uv_install(work / f"uv{i}", env))
+            floor_cmd = [sys.executable, "-c", FLOOR, uv_bin(), sys.executable, str(reqs)]
+            floor.append(timed([*floor_cmd, str(work / f"floor{i}")], env=env))
         # A new instance: the store is warm (it lives on the shared volume) but uv's cache
         # is local and starts empty, so uv unpacks every wheel: both sides get a new cache.
         for i in range(args.repeat):
@@ -162,6 +188,13 @@ def main() -> None:
                     "baseline": median(uv_cold),
                     "ratio": median(ours_cold) / median(uv_cold),
                     "goal": 1.1,
+                },
+                {
+                    "what": "stdlib-only Python driving uv vs uv (warm)",
+                    "ours": median(floor),
+                    "baseline": median(uv_times),
+                    "ratio": median(floor) / median(uv_times),
+                    "goal": "-",
                 },
                 {
                     "what": "python -c pass vs uv pip install (warm)",
