@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 
 from envship._bytecode import BytecodeCompiler, Compiler, find_compiler
+from envship._wheeltar import VenvScheme, write_wheel
 from envship.errors import ImageError
 from envship.image import BuiltImage
 from envship.imagebase import BaseFacts
 from envship.imageinspect import verify_image
 from envship.imageio import open_image, write_image
 from envship.install import MARKER_NAME
+from envship.layer import LayerWriter
 from imagelib import BaseImage
 from indexlib import build_wheel
 from serviceslib import DockerEngine
@@ -150,6 +152,39 @@ def test_a_compiler_that_cannot_start_is_an_image_error(
     gone = BytecodeCompiler(str(tmp_path / "python3"), "3.11.7", TAG, compiler.magic)
     with pytest.raises(ImageError, match="cannot start the byte-code compiler"):
         Compiler(gone)
+
+
+def test_a_shipped_pyc_is_dropped_and_data_files_are_not_compiled(
+    tmp_path: Path, compiler: BytecodeCompiler
+) -> None:
+    shipped = f"odd/__pycache__/__init__.{TAG}.pyc"
+    wheel = build_wheel(
+        tmp_path / "dist",
+        "odd",
+        "1.0",
+        files={
+            "odd/__init__.py": "A = 1\n",
+            shipped: "stale bytes from the wheel's build machine",
+            "odd-1.0.data/data/share/odd/tool.py": "C = 3\n",
+        },
+    )
+    writer = LayerWriter(tmp_path, mtime=0)
+    # pypa/installer refuses __pycache__ members of wheels (a security risk, it says), so
+    # the only .pyc at that path is the one compiled here.
+    with Compiler(compiler) as worker, pytest.warns(RuntimeWarning, match="__pycache__"):
+        result = write_wheel(
+            wheel,
+            writer,
+            VenvScheme.for_python("/opt/venv", HERE),
+            interpreter="/opt/venv/bin/python",
+            compiler=worker,
+        )
+    files = layer_files(writer.close().path)
+    pyc = files[f"opt/venv/lib/python{HERE}/site-packages/{shipped}"]
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert "opt/venv/share/odd/tool.py" in files  # data scheme: installed, not compiled
+    assert not [p for p in files if p.startswith("opt/venv/share/") and p.endswith(".pyc")]
+    assert result.compiled == 1
 
 
 # -- in an image -----------------------------------------------------------------------------
