@@ -57,6 +57,10 @@ def test_create_and_open(tmp_path: Path) -> None:
     (tmp_path / "busy/file").write_text("x")
     with pytest.raises(ImageError, match="not an empty folder"):
         OciLayout.open(tmp_path / "busy", create=True)
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["file"]  # left as it was
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(ImageError, match="is not a folder"):
+        OciLayout.open(tmp_path / "plain", create=True)
 
 
 def test_blobs_are_verified(tmp_path: Path) -> None:
@@ -159,6 +163,33 @@ def test_concurrent_taggers_lose_no_tag(tmp_path: Path) -> None:
     assert len(layout.tags()) == len(expected)
     assert layout.resolve("w3-39")[0].digest == manifest["digest"]
     assert not (tmp_path / "l" / INDEX_LOCK).exists()  # removed by its last holder
+
+
+def _create_and_tag(root: str, writer: int, start: multiprocessing.synchronize.Barrier) -> None:
+    """One build on a fresh store: create the layout at the same moment as the others."""
+    start.wait(timeout=300)
+    layout = OciLayout.open(root, create=True)
+    layout.tag(f"w{writer}", small_image(layout, f"image {writer}".encode()))
+
+
+def test_builds_creating_one_new_layout_at_once_all_use_it(tmp_path: Path) -> None:
+    root = tmp_path / "fresh-store" / "oci"
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):  # a few rounds: the window between mkdir and oci-layout is small
+        start = context.Barrier(WRITERS)
+        folder = root.with_name(f"oci{attempt}")
+        workers = [
+            context.Process(target=_create_and_tag, args=(str(folder), w, start))
+            for w in range(WRITERS)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert [w.exitcode for w in workers] == [0] * WRITERS
+        layout = OciLayout.open(folder)
+        assert sorted(layout.tags()) == [f"w{w}" for w in range(WRITERS)]
+        assert sorted(p.name for p in folder.iterdir()) == ["blobs", "index.json", "oci-layout"]
 
 
 def test_resolve_picks_the_platform_from_an_image_index(tmp_path: Path) -> None:

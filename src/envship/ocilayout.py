@@ -7,7 +7,9 @@ index or the new one. Every read of a blob checks its size and digest.
 
 Tagging reads, edits and replaces ``index.json`` under an flock on ``.envship-index.lock``
 in the layout folder; without it, two builds writing into one layout each replace the
-index with their own edit of the same old one, and a tag is lost. Readers need no lock.
+index with their own edit of the same old one, and a tag is lost. Creating a layout
+takes the same lock, so two builds starting on a fresh store both find one layout.
+Readers need no lock.
 The image-layout spec lists the entries a layout must have and forbids none besides
 (``docker save`` puts ``manifest.json`` beside them); still, the holder removes the lock
 file when done (waiters re-check its inode, :mod:`envship._flock`), so a layout at rest
@@ -18,11 +20,13 @@ Docker's ``docker save`` archive, itself a layout in a tar, is :mod:`envship.doc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import secrets
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +103,16 @@ def file_digest(path: Path) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
+@contextlib.contextmanager
+def _index_locked(root: Path) -> Iterator[None]:
+    lock = root / INDEX_LOCK
+    with locked(lock):
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # last, still held: see the module docstring
+
+
 def _names(entry: object, tag: str) -> bool:
     """Whether an ``index.json`` entry carries the tag ``tag``."""
     return isinstance(entry, dict) and (entry.get("annotations") or {}).get(REF_NAME) == tag
@@ -134,12 +148,19 @@ class OciLayout:
                 f"{root} is not an OCI image layout (no oci-layout file)",
                 hint="pass an existing layout written by envship, skopeo or docker save",
             )
-        if root.exists() and any(root.iterdir()):
-            raise ImageError(f"{root} exists and is not an empty folder or an OCI layout")
+        if root.exists() and not root.is_dir():
+            raise ImageError(f"{root} exists and is not a folder")
         try:
-            (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-            write_atomic(root / "index.json", canonical_json(empty_index()))
-            write_atomic(marker, canonical_json(LAYOUT_FILE))
+            # Checked and made under the index lock: two builds creating one new layout (a
+            # fresh store's) would otherwise see each other's half-made folder as foreign.
+            with _index_locked(root):
+                if marker.is_file():
+                    return cls.open(root)
+                if any(p.name != INDEX_LOCK for p in root.iterdir()):
+                    raise ImageError(f"{root} exists and is not an empty folder or an OCI layout")
+                (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+                write_atomic(root / "index.json", canonical_json(empty_index()))
+                write_atomic(marker, canonical_json(LAYOUT_FILE))
         except OSError as exc:
             raise ImageError(f"cannot create an OCI layout at {root}: {exc.strerror}") from exc
         return cls(root)
@@ -276,16 +297,12 @@ class OciLayout:
             platform=manifest.platform,
         )
         # Read, edit and replace under one lock, or a concurrent tagger's edit is lost.
-        lock = self.root / INDEX_LOCK
-        with locked(lock):
-            try:
-                index = self.index()
-                kept = [m for m in index["manifests"] if not _names(m, name)]
-                index["manifests"] = [*kept, entry.to_json()]
-                index.setdefault("mediaType", OCI_INDEX)
-                write_atomic(self.root / "index.json", canonical_json(index))
-            finally:
-                lock.unlink(missing_ok=True)  # last, still held: see the module docstring
+        with _index_locked(self.root):
+            index = self.index()
+            kept = [m for m in index["manifests"] if not _names(m, name)]
+            index["manifests"] = [*kept, entry.to_json()]
+            index.setdefault("mediaType", OCI_INDEX)
+            write_atomic(self.root / "index.json", canonical_json(index))
 
     def resolve(
         self, tag: str | None = None, *, platform: str = "linux/amd64"
