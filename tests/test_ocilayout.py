@@ -175,7 +175,7 @@ def _create_and_tag(root: str, writer: int, start: multiprocessing.synchronize.B
 def test_builds_creating_one_new_layout_at_once_all_use_it(tmp_path: Path) -> None:
     root = tmp_path / "fresh-store" / "oci"
     context = multiprocessing.get_context("spawn")
-    for attempt in range(3):  # a few rounds: the window between mkdir and oci-layout is small
+    for attempt in range(10):  # rounds: the window between mkdir and oci-layout is small
         start = context.Barrier(WRITERS)
         folder = root.with_name(f"oci{attempt}")
         workers = [
