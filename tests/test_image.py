@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -502,6 +503,22 @@ def test_second_build_takes_every_layer_from_the_cache(
     third, events = build(many, bookworm_layout, bookworm_facts)
     assert third.digest == first.digest
     assert [e.label for e in events if e.state == "built"] == ["bigone 1.0"]
+
+
+def test_another_zlib_is_another_cache_entry_and_said(
+    many: Setup,
+    bookworm_layout: BaseImage,
+    bookworm_facts: BaseFacts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, _ = build(many, bookworm_layout, bookworm_facts)
+    assert not [n for n in first.notes if "zlib" in n]
+    # zlib-ng cannot run here; what envship reads of it is the runtime version string.
+    monkeypatch.setattr(zlib, "ZLIB_RUNTIME_VERSION", "1.3.1.zlib-ng")
+    other, events = build(many, bookworm_layout, bookworm_facts)
+    labels = {layer.label for layer in env_layers(other) if layer.distributions}
+    assert {e.state for e in events if e.label in labels} == {"built"}  # no cached blob used
+    assert any("compressed with 1.3.1.zlib-ng" in n for n in other.notes)
 
 
 def test_one_package_change_rebuilds_one_layer(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -110,7 +111,13 @@ def plan_layers(
     groups += [(f"small packages {b}", tuple(buckets[b])) for b in sorted(buckets)]
     plans = []
     for label, members in groups:
-        key_data = dict(inputs, format=LAYER_FORMAT, wheels=[a.sha256 for a in members])
+        key_data = dict(
+            inputs,
+            format=LAYER_FORMAT,
+            # The compressed bytes are deflate's: another zlib (zlib-ng) makes others.
+            zlib=zlib.ZLIB_RUNTIME_VERSION,
+            wheels=[a.sha256 for a in members],
+        )
         key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
         plans.append(LayerPlan(label, members, key))
     return plans

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import time
+import zlib
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -331,6 +332,11 @@ def build_image(
     env_layers.append(ImageLayer(skeleton, skeleton_blob.diff_id, "virtual environment", (), known))
     report("virtual environment", "cached" if known else "built", skeleton.size)
     kernel, notes = _kernel_plan(lock, artifacts, kernel_name)
+    if "ng" in zlib.ZLIB_RUNTIME_VERSION.lower():
+        notes.append(
+            f"compressed with {zlib.ZLIB_RUNTIME_VERSION}: layer digests differ from builds "
+            "on machines with zlib itself (the uncompressed diff_ids do not)"
+        )
     marker = marker_data(
         lock,
         chosen,
