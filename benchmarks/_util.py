@@ -56,6 +56,17 @@ def envship_cmd() -> list[str]:
     return [sys.executable, "-m", "envship"]
 
 
+def row(what: str, ours: float, baseline: float, goal: float | str = "-") -> dict[str, object]:
+    """One measurement: ours against the baseline, their ratio, and the issue's goal."""
+    return {
+        "what": what,
+        "ours": ours,
+        "baseline": baseline,
+        "ratio": ours / baseline,
+        "goal": goal,
+    }
+
+
 def report(name: str, rows: Sequence[Mapping[str, object]]) -> None:
     """Print a table and write results/NAME.json; each row has what, ours, baseline, ratio."""
     RESULTS.mkdir(exist_ok=True)

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import tomli_w
-from _util import DS_SET, clean_env, envship_cmd, median, report, timed
+from _util import DS_SET, clean_env, envship_cmd, median, report, row, timed
 
 from envship.layer import LayerWriter
 from envship.lock import uv_bin
@@ -282,55 +282,28 @@ def main() -> None:
             f"({changed_pin}); env layers {env_bytes / 1e6:.1f} MB compressed"
         )
         rows = [
-            {
-                "what": "cold build vs docker build (pip)",
-                "ours": median(cold),
-                "baseline": median(docker_pip),
-                "ratio": median(cold) / median(docker_pip),
-                "goal": 0.3,
-            },
-            {
-                "what": "cold build --compile vs docker build (pip)",
-                "ours": median(cold_compiled),
-                "baseline": median(docker_pip),
-                "ratio": median(cold_compiled) / median(docker_pip),
-                "goal": 0.3,
-            },
-            {
-                "what": "cold build vs docker build (uv)",
-                "ours": median(cold),
-                "baseline": median(docker_uv),
-                "ratio": median(cold) / median(docker_uv),
-                "goal": "-",
-            },
-            {
-                "what": "rebuild after one change vs docker (pip)",
-                "ours": median(warm_change),
-                "baseline": median(docker_pip2),
-                "ratio": median(warm_change) / median(docker_pip2),
-                "goal": 0.1,
-            },
-            {
-                "what": "bytes pushed after one change vs env bytes",
-                "ours": uploaded / 1e6,
-                "baseline": env_bytes / 1e6,
-                "ratio": uploaded / env_bytes,
-                "goal": 0.1,
-            },
-            {
-                "what": "image size vs Dockerfile image (MB)",
-                "ours": ours_size / 1e6,
-                "baseline": pip_size / 1e6,
-                "ratio": ours_size / pip_size,
-                "goal": 1.0,
-            },
-            {
-                "what": "image size --compile vs Dockerfile image (MB)",
-                "ours": compiled_size / 1e6,
-                "baseline": pip_size / 1e6,
-                "ratio": compiled_size / pip_size,
-                "goal": 1.0,
-            },
+            row("cold build vs docker build (pip)", median(cold), median(docker_pip), 0.3),
+            row(
+                "cold build --compile vs docker build (pip)",
+                median(cold_compiled),
+                median(docker_pip),
+                0.3,
+            ),
+            row("cold build vs docker build (uv)", median(cold), median(docker_uv)),
+            row(
+                "rebuild after one change vs docker (pip)",
+                median(warm_change),
+                median(docker_pip2),
+                0.1,
+            ),
+            row("bytes pushed after one change vs env bytes", uploaded / 1e6, env_bytes / 1e6, 0.1),
+            row("image size vs Dockerfile image (MB)", ours_size / 1e6, pip_size / 1e6, 1.0),
+            row(
+                "image size --compile vs Dockerfile image (MB)",
+                compiled_size / 1e6,
+                pip_size / 1e6,
+                1.0,
+            ),
         ]
         report("image", rows)
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import tomli_w
-from _util import DS_SET, clean_env, envship_cmd, median, report, timed
+from _util import DS_SET, clean_env, envship_cmd, median, report, row, timed
 
 from envship.lock import uv_bin
 from envship.lockfile import LockFile
@@ -175,62 +175,35 @@ def main() -> None:
         report(
             "install_verify",
             [
-                {
-                    "what": "install vs uv pip install (warm uv cache)",
-                    "ours": median(ours),
-                    "baseline": median(uv_times),
-                    "ratio": median(ours) / median(uv_times),
-                    "goal": 1.1,
-                },
-                {
-                    "what": "install vs uv pip install (empty uv caches)",
-                    "ours": median(ours_cold),
-                    "baseline": median(uv_cold),
-                    "ratio": median(ours_cold) / median(uv_cold),
-                    "goal": 1.1,
-                },
-                {
-                    "what": "stdlib-only Python driving uv vs uv (warm)",
-                    "ours": median(floor),
-                    "baseline": median(uv_times),
-                    "ratio": median(floor) / median(uv_times),
-                    "goal": "-",
-                },
-                {
-                    "what": "python -c pass vs uv pip install (warm)",
-                    "ours": median(startup),
-                    "baseline": median(uv_times),
-                    "ratio": median(startup) / median(uv_times),
-                    "goal": "-",
-                },
-                {
-                    "what": "install vs pip install (pip compiles .pyc)",
-                    "ours": median(ours),
-                    "baseline": median(pip_times),
-                    "ratio": median(ours) / median(pip_times),
-                    "goal": 0.15,
-                },
-                {
-                    "what": "env create existing vs fresh, new instance",
-                    "ours": median(existing_times),
-                    "baseline": median(fresh_cold),
-                    "ratio": median(existing_times) / median(fresh_cold),
-                    "goal": 0.1,
-                },
-                {
-                    "what": "env create existing vs fresh, warm uv cache",
-                    "ours": median(existing_times),
-                    "baseline": median(fresh_warm),
-                    "ratio": median(existing_times) / median(fresh_warm),
-                    "goal": "-",
-                },
-                {
-                    "what": "verify --full vs sha256sum",
-                    "ours": median(verify_times),
-                    "baseline": median(sha_times),
-                    "ratio": median(verify_times) / median(sha_times),
-                    "goal": 2.0,
-                },
+                row(
+                    "install vs uv pip install (warm uv cache)", median(ours), median(uv_times), 1.1
+                ),
+                row(
+                    "install vs uv pip install (empty uv caches)",
+                    median(ours_cold),
+                    median(uv_cold),
+                    1.1,
+                ),
+                row("stdlib-only Python driving uv vs uv (warm)", median(floor), median(uv_times)),
+                row("python -c pass vs uv pip install (warm)", median(startup), median(uv_times)),
+                row(
+                    "install vs pip install (pip compiles .pyc)",
+                    median(ours),
+                    median(pip_times),
+                    0.15,
+                ),
+                row(
+                    "env create existing vs fresh, new instance",
+                    median(existing_times),
+                    median(fresh_cold),
+                    0.1,
+                ),
+                row(
+                    "env create existing vs fresh, warm uv cache",
+                    median(existing_times),
+                    median(fresh_warm),
+                ),
+                row("verify --full vs sha256sum", median(verify_times), median(sha_times), 2.0),
             ],
         )
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import tomli_w
-from _util import DS_SET, clean_env, envship_cmd, median, report, timed
+from _util import DS_SET, clean_env, envship_cmd, median, report, row, timed
 
 from envship.lock import uv_bin
 from envship.lockfile import LockFile
@@ -114,27 +114,9 @@ def main() -> None:
         report(
             "lock_fetch",
             [
-                {
-                    "what": "lock (2 targets) vs uv pip compile",
-                    "ours": ours,
-                    "baseline": uv_lock,
-                    "ratio": ours / uv_lock,
-                    "goal": 1.2,
-                },
-                {
-                    "what": "fetch, empty store vs pip download",
-                    "ours": cold,
-                    "baseline": pip_time,
-                    "ratio": cold / pip_time,
-                    "goal": 0.5,
-                },
-                {
-                    "what": "fetch again (warm store) vs pip download",
-                    "ours": warm,
-                    "baseline": pip_time,
-                    "ratio": warm / pip_time,
-                    "goal": 0.05,
-                },
+                row("lock (2 targets) vs uv pip compile", ours, uv_lock, 1.2),
+                row("fetch, empty store vs pip download", cold, pip_time, 0.5),
+                row("fetch again (warm store) vs pip download", warm, pip_time, 0.05),
             ],
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import multiprocessing.synchronize
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,19 @@ WRITERS = 4
 TAGS_EACH = 40
 
 
+def all_at_once(target: Callable[..., None], *args: object) -> list[int | None]:
+    """Run WRITERS real processes, ``target(*args, writer, barrier)``, that start together
+    at the barrier; their exit codes."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(WRITERS)
+    workers = [context.Process(target=target, args=(*args, w, start)) for w in range(WRITERS)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return [w.exitcode for w in workers]
+
+
 def _tag_many(
     root: str, manifest: dict[str, Any], writer: int, start: multiprocessing.synchronize.Barrier
 ) -> None:
@@ -144,17 +158,8 @@ def test_concurrent_taggers_lose_no_tag(tmp_path: Path) -> None:
     the others' tags (a lost update drops a tag, which this catches without the lock)."""
     layout = OciLayout.open(tmp_path / "l", create=True)
     manifest = small_image(layout, b"shared").to_json()
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(WRITERS)
-    workers = [
-        context.Process(target=_tag_many, args=(str(layout.root), manifest, w, start))
-        for w in range(WRITERS)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert [w.exitcode for w in workers] == [0] * WRITERS
+    exits = all_at_once(_tag_many, str(layout.root), manifest)
+    assert exits == [0] * WRITERS
     index = json.loads((tmp_path / "l/index.json").read_text())  # whole, valid JSON
     assert index["mediaType"] == OCI_INDEX
     expected = {f"w{w}-{i}" for w in range(WRITERS) for i in range(TAGS_EACH)}
@@ -173,20 +178,10 @@ def _create_and_tag(root: str, writer: int, start: multiprocessing.synchronize.B
 
 
 def test_builds_creating_one_new_layout_at_once_all_use_it(tmp_path: Path) -> None:
-    root = tmp_path / "fresh-store" / "oci"
-    context = multiprocessing.get_context("spawn")
     for attempt in range(10):  # rounds: the window between mkdir and oci-layout is small
-        start = context.Barrier(WRITERS)
-        folder = root.with_name(f"oci{attempt}")
-        workers = [
-            context.Process(target=_create_and_tag, args=(str(folder), w, start))
-            for w in range(WRITERS)
-        ]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        assert [w.exitcode for w in workers] == [0] * WRITERS
+        folder = tmp_path / "fresh-store" / f"oci{attempt}"
+        exits = all_at_once(_create_and_tag, str(folder))
+        assert exits == [0] * WRITERS
         layout = OciLayout.open(folder)
         assert sorted(layout.tags()) == [f"w{w}" for w in range(WRITERS)]
         assert sorted(p.name for p in folder.iterdir()) == ["blobs", "index.json", "oci-layout"]

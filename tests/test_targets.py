@@ -84,3 +84,42 @@ def test_invalid_targets(kwargs: dict[str, str], where: str) -> None:
     with pytest.raises(TargetError) as info:
         Target.create("t", where="targets.t", **args)
     assert where in str(info.value)
+
+
+def test_from_json_reads_what_to_json_wrote() -> None:
+    target = Target.create("gpu", platform_id="linux-x86_64", python="3.11", variant="cuda")
+    assert Target.from_json(target.to_json()) == target
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (None, "a target needs name, platform"),
+        ({"name": "x"}, "a target needs name, platform"),
+        (
+            {
+                "name": "x",
+                "platform": "linux-x86_64",
+                "python": 3.11,
+                "glibc": "2.28",
+                "variant": "cpu",
+            },
+            "a target needs",
+        ),
+        (
+            {
+                "name": "x",
+                "platform": "beos-ppc",
+                "python": "3.11",
+                "glibc": "2.28",
+                "variant": "cpu",
+            },
+            "beos-ppc",
+        ),
+    ],
+)
+def test_from_json_refuses_what_is_not_a_target(data: object, message: str) -> None:
+    with pytest.raises(TargetError) as caught:
+        Target.from_json(data, where="marker.json: target")
+    assert message in str(caught.value)
+    assert caught.value.problems[0].where.startswith("marker.json: target")

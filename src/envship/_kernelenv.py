@@ -84,23 +84,11 @@ def read_env(env: Path) -> tuple[dict[str, Any], Target]:
     lock = marker.get("lock")
     if not (isinstance(lock, dict) and isinstance(lock.get("digest"), str)):
         problems.append(Problem(where, "no lock.digest"))
-    raw = marker.get("target")
     target: Target | None = None
-    keys = ("name", "platform", "python", "glibc", "variant")
-    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in keys):
-        problems.append(Problem(where, f"target needs {', '.join(keys)}"))
-    else:
-        try:
-            target = Target.create(
-                raw["name"],
-                platform_id=raw["platform"],
-                python=raw["python"],
-                glibc=raw["glibc"],
-                variant=raw["variant"],
-                where=f"{where}: target",
-            )
-        except TargetError as exc:
-            problems.extend(exc.problems)
+    try:
+        target = Target.from_json(marker.get("target"), where=f"{where}: target")
+    except TargetError as exc:
+        problems.extend(exc.problems)
     if not (env / "bin" / "python").exists():
         problems.append(Problem(str(env / "bin" / "python"), "the interpreter is missing"))
     if problems or target is None:

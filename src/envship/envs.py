@@ -38,7 +38,7 @@ from ._envroot import USED_NAME, version_key
 from ._flock import acquire, locked
 from .errors import EnvError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
-from .install import InstallError, ProgressFn, install
+from .install import MARKER_NAME, InstallError, ProgressFn, install
 from .lockfile import LockFile
 from .store import Store
 from .targets import Target
@@ -145,19 +145,12 @@ def _complete(
 def _version(
     name: str, path: Path, marker: dict[str, Any], created: bool, started: float
 ) -> EnvVersion:
-    t = marker["target"]
     return EnvVersion(
         name=name,
         key=path.name,
         path=path,
         python=path / "bin" / "python",
-        target=Target.create(
-            t["name"],
-            platform_id=t["platform"],
-            python=t["python"],
-            glibc=t["glibc"],
-            variant=t["variant"],
-        ),
+        target=Target.from_json(marker["target"], where=str(path / MARKER_NAME)),
         lock_digest=str(marker["lock"]["digest"]),
         groups=tuple(marker["groups"]),
         base_python=str(marker["python"]["base"]),

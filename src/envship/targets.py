@@ -178,6 +178,24 @@ class Target:
             "variant": self.variant,
         }
 
+    @classmethod
+    def from_json(cls, data: object, *, where: str = "") -> Target:
+        """The target :meth:`to_json` wrote (an install marker's); TargetError if not."""
+        keys = ("name", "platform", "python", "glibc", "variant")
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in keys):
+            raise TargetError(
+                "not a target record",
+                problems=[Problem(where, f"a target needs {', '.join(keys)}")],
+            )
+        return cls.create(
+            data["name"],
+            platform_id=data["platform"],
+            python=data["python"],
+            glibc=data["glibc"],
+            variant=data["variant"],
+            where=where,
+        )
+
 
 def host_platform() -> str | None:
     """The platform id of the running machine, or None when envship knows none for it."""
