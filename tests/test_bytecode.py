@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from envship._bytecode import BytecodeCompiler, Compiler, find_compiler
+from envship._bytecode import BytecodeCompiler, Compiler, _probe, find_compiler
 from envship._wheeltar import VenvScheme, write_wheel
 from envship.errors import ImageError
 from envship.image import BuiltImage
@@ -71,6 +71,18 @@ def test_this_interpreter_compiles_for_its_own_version(compiler: BytecodeCompile
     assert compiler.magic == importlib.util.MAGIC_NUMBER.hex()
     assert compiler.version == sys.version.split()[0]
     assert os.path.exists(compiler.python)
+
+
+def test_a_wrapper_script_resolves_to_the_interpreter_it_runs(tmp_path: Path) -> None:
+    # What `uv python find` returns may be a pyenv shim: a script that needs PATH. The
+    # worker starts with an empty environment, so it must run the real binary.
+    shim = tmp_path / "python3"
+    shim.write_text(f'#!/usr/bin/env sh\nexec "{sys.executable}" "$@"\n')
+    shim.chmod(0o755)
+    found = _probe(str(shim))
+    assert found is not None and found.python == sys.executable
+    assert compile_all(found, [("/x/a.py", b"x = 1\n")])[0] is not None
+    assert _probe(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize(

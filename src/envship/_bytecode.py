@@ -27,6 +27,7 @@ bytes; the compiler's exact version is part of the layer's cache key.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import struct
@@ -70,7 +71,8 @@ while True:
 _PROBE = (
     "import importlib.util, sys; "
     "print(sys.implementation.name, sys.implementation.cache_tag, "
-    "importlib.util.MAGIC_NUMBER.hex(), sys.version.split()[0], sys.version_info.releaselevel)"
+    "importlib.util.MAGIC_NUMBER.hex(), sys.version.split()[0], sys.version_info.releaselevel, "
+    "repr(sys.executable))"
 )
 
 
@@ -97,21 +99,31 @@ class BytecodeCompiler:
 
 
 def _probe(python: str) -> BytecodeCompiler | None:
+    """What ``python`` is, or None when it is no final CPython release. The compiler is
+    the binary it reports as ``sys.executable``: what uv finds may be a wrapper (a pyenv
+    shim is a shell script needing PATH), while the worker starts with an empty
+    environment."""
     try:
         proc = subprocess.run(
             [python, "-S", "-s", "-c", _PROBE],
             capture_output=True,
             text=True,
             check=False,
-            env=_worker_env(),
+            env={**_worker_env(), "PATH": os.environ.get("PATH", os.defpath)},
             timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    fields = proc.stdout.split()
-    if proc.returncode != 0 or len(fields) != 5 or fields[0] != "cpython" or fields[4] != "final":
+    fields = proc.stdout.split(maxsplit=5)
+    if proc.returncode != 0 or len(fields) != 6 or fields[0] != "cpython" or fields[4] != "final":
         return None
-    return BytecodeCompiler(python, fields[3], fields[1], fields[2])
+    try:
+        executable = ast.literal_eval(fields[5])
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(executable, str) or not os.path.isabs(executable):
+        return None
+    return BytecodeCompiler(executable, fields[3], fields[1], fields[2])
 
 
 def _uv_find(version: str) -> str | None:
