@@ -505,6 +505,31 @@ def test_second_build_takes_every_layer_from_the_cache(
     assert [e.label for e in events if e.state == "built"] == ["bigone 1.0"]
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        "{not json",
+        "[]",
+        '{"descriptor": 1, "diff_id": "x"}',
+        '{"descriptor": {"mediaType": "x", "digest": "sha256:00", "size": 1}, "diff_id": "x"}',
+        '{"uncompiled": 7}',
+    ],
+)
+def test_a_damaged_cache_record_is_a_miss_and_rebuilt(
+    many: Setup, bookworm_layout: BaseImage, bookworm_facts: BaseFacts, record: str
+) -> None:
+    first, _ = build(many, bookworm_layout, bookworm_facts)
+    records = sorted((many.store.root / "layers").glob("*.json"))
+    assert len(records) == len([layer for layer in env_layers(first) if layer.distributions])
+    for path in records:
+        path.write_text(record)
+    again, events = build(many, bookworm_layout, bookworm_facts)
+    assert again.digest == first.digest
+    labels = {layer.label for layer in env_layers(again) if layer.distributions}
+    assert {e.state for e in events if e.label in labels} == {"built"}
+    assert all(json.loads(path.read_text())["diff_id"] for path in records)  # rewritten
+
+
 def test_another_zlib_is_another_cache_entry_and_said(
     many: Setup,
     bookworm_layout: BaseImage,
