@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import marshal
 import os
+import struct
 import subprocess
 import sys
 import uuid
@@ -26,6 +28,7 @@ from envship.imageinspect import verify_image
 from envship.imageio import open_image, write_image
 from envship.install import MARKER_NAME
 from envship.layer import LayerWriter
+from envship.ocilayout import OciLayout
 from imagelib import BaseImage
 from indexlib import build_wheel
 from serviceslib import DockerEngine
@@ -40,6 +43,7 @@ from test_image import (
     load,
     make_setup,
 )
+from test_imageinspect import append_layer
 from test_install import build_wheels
 
 # Fixtures shared with test_image (the bookworm base is probed once per session).
@@ -298,3 +302,30 @@ def test_compiled_build_is_reproducible_and_cached_apart(
     ref = write_image(built, f"oci:{tmp_path / 'out'}:compiled")
     report = verify_image(setup.lock, open_image(ref, setup.store))
     assert report.identical, report.differences
+
+
+def test_verify_image_compares_the_byte_code_it_holds(
+    tmp_path: Path, compiled: tuple[Setup, BuiltImage]
+) -> None:
+    setup, built = compiled
+    ref = write_image(built, f"oci:{tmp_path / 'out'}:compiled")
+    report = verify_image(setup.lock, open_image(ref, setup.store), bytecode=True)
+    assert report.identical, report.differences
+    assert report.checked_bytecode == 4  # alpha, beta, tool, legacy (py2.py has none)
+
+    # A layer on top swaps alpha's .pyc for other code with a header that still matches
+    # the source (mtime 0, its size), so the image's Python would run it.
+    layers = zip(built.layers, built.layer_paths, strict=True)
+    holding = next(path for layer, path in layers if "alpha==1.0" in layer.distributions)
+    alpha = layer_files(holding)[f"{VENV_SITE}/alpha/__init__.py"]
+    pyc_path = f"{VENV_SITE}/alpha/__pycache__/__init__.cpython-311.pyc"
+    code = compile('__version__ = "pwned"\n', "/x.py", "exec", dont_inherit=True)
+    forged = importlib.util.MAGIC_NUMBER + struct.pack("<III", 0, 0, len(alpha))
+    forged += marshal.dumps(code)
+    image = OciLayout.open(tmp_path / "out").image("compiled")
+    changed = append_layer(image, tmp_path / "changed", lambda w: w.add_file(pyc_path, forged))
+    assert verify_image(setup.lock, open_image(changed, setup.store)).identical  # RECORD's view
+    report = verify_image(setup.lock, open_image(changed, setup.store), bytecode=True)
+    assert [(d.kind, d.name, d.path) for d in report.differences] == [
+        ("changed", "alpha", f"/{pyc_path}")
+    ]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import marshal
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ REPORT_KEYS = {
     "mode",
     "distributions",
     "checked_files",
+    "checked_bytecode",
     "differences",
 }
 
@@ -167,3 +171,28 @@ def test_groups_and_target_options(
     assert code == 0
     code, _, err = run(capsys, "--lock", wheels.lock, venv.root, "--target", "nope")
     assert code == 2 and "no target 'nope'" in err
+
+
+def test_bytecode_option_finds_a_pyc_that_holds_other_code(
+    venv: Venv,
+    wheels: Wheels,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As an installer with --compile would: the env's own interpreter writes the caches.
+    subprocess.run([str(venv.python), "-m", "compileall", "-q", str(venv.site)], check=True)
+    code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--bytecode")
+    assert code == 0 and "3 cached .pyc compared with their sources" in out
+
+    source = venv.site / "alpha" / "__init__.py"
+    pyc = Path(importlib.util.cache_from_source(str(source)))
+    header = pyc.read_bytes()[:16]  # still matching the source: importlib would use it
+    pyc.write_bytes(header + marshal.dumps(compile("evil = 1", str(source), "exec")))
+    code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--bytecode")
+    assert code == 1
+    assert f"alpha  {pyc}" in out and "found    other code than its source" in out
+    code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--bytecode", "--json")
+    data = json.loads(out)
+    assert data["checked_bytecode"] == 3
+    assert [(d["kind"], d["path"]) for d in data["differences"]] == [("changed", str(pyc))]
+    code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--full")
+    assert code == 0  # without --bytecode, RECORD's view: identical

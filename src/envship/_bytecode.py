@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import os
 import struct
 import subprocess
@@ -39,31 +40,58 @@ from typing import IO, Any
 from ._uv import uv_bin
 from .errors import ImageError, Problem
 
-__all__ = ["BytecodeCompiler", "Compiler", "find_compiler"]
+__all__ = ["BytecodeCompiler", "Compiler", "compiler_for", "find_compiler"]
 
-# The worker: stdlib only, no site (-S -s), so it starts in milliseconds and nothing on
-# the build machine's path can change what it produces. Requests are (path, mtime,
-# source); answers are the .pyc bytes, or the reason the source does not compile.
+# The worker: stdlib only, no site (-S -s), so it starts in milliseconds, nothing on the
+# machine's path can change what it produces, and no installed code runs in it (it also
+# serves `envship verify`, with an environment's own interpreter). Requests are an op,
+# the numbers, the path, the source and (to check) the .pyc; answers are a status and
+# the .pyc bytes (compile) or the reason (failures, and checks that find other code).
 _WORKER = r"""
 import importlib.util, marshal, struct, sys
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 magic = importlib.util.MAGIC_NUMBER
+errors = (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError)
 def read(n):
     data = inp.read(n)
     if len(data) != n:
         raise SystemExit(0 if not data else 3)
     return data
+def used(pyc, mtime, size):
+    # Would importlib run this file for the source (importlib._bootstrap_external)?
+    # Another magic number, a stale timestamp or unknown flags: it compiles the source.
+    flags = int.from_bytes(pyc[4:8], "little")
+    if pyc[:4] != magic or flags not in (0, 1, 3):
+        return False
+    if flags == 0:
+        return pyc[8:16] == struct.pack("<II", mtime & 0xFFFFFFFF, size & 0xFFFFFFFF)
+    return True  # hash-based: --check-hash-based-pycs=never would run even a stale one
 while True:
-    path_len, mtime, size = struct.unpack("<III", read(12))
+    op, path_len, number, mtime, size, pyc_len = struct.unpack("<cIIIII", read(21))
     path = read(path_len).decode("utf-8", "surrogateescape")
-    source = read(size)
-    try:
-        code = compile(source, path, "exec", dont_inherit=True)
-        body = magic + struct.pack("<III", 0, mtime, size) + marshal.dumps(code)
-        status = 0
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
-        body = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
-        status = 1
+    source, pyc = read(size), read(pyc_len)
+    status, body = 0, b""
+    if op == b"V" and not used(pyc, mtime, size):
+        pass
+    else:
+        try:  # number: the optimization level to check at (compiling: the interpreter's)
+            code = compile(source, path, "exec", dont_inherit=True, optimize=number - 1)
+        except errors as exc:
+            status = 1
+            body = f"its source does not compile: {type(exc).__name__}: {exc}".encode()
+        else:
+            if op == b"C":
+                body = magic + struct.pack("<III", 0, mtime, size) + marshal.dumps(code)
+            else:
+                try:
+                    stored = marshal.loads(pyc[16:])
+                except Exception as exc:
+                    status, body = 1, f"unreadable byte-code: {exc}".encode()
+                else:
+                    # Code objects compare their byte-code, constants, names and line
+                    # table, nested ones included, and not the file name.
+                    if stored != code:
+                        status, body = 1, b"other code than its source compiles to"
     out.write(struct.pack("<BI", status, len(body)) + body)
     out.flush()
 """
@@ -94,8 +122,15 @@ class BytecodeCompiler:
         }
 
     def key(self) -> dict[str, str]:
-        """What goes into a layer's cache key (not the path: any copy of it will do)."""
-        return {"version": self.version, "cache_tag": self.cache_tag, "magic": self.magic}
+        """What goes into a layer's cache key (not the path: any copy of it will do). The
+        worker's own text is in it: what it ran before a compile can change the bytes."""
+        worker = hashlib.sha256(_WORKER.encode()).hexdigest()[:16]
+        return {
+            "version": self.version,
+            "cache_tag": self.cache_tag,
+            "magic": self.magic,
+            "worker": worker,
+        }
 
 
 def _probe(python: str) -> BytecodeCompiler | None:
@@ -126,6 +161,12 @@ def _probe(python: str) -> BytecodeCompiler | None:
     return BytecodeCompiler(executable, fields[3], fields[1], fields[2])
 
 
+def compiler_for(python: str) -> BytecodeCompiler | None:
+    """``python`` as a compiler (it runs with no site, so no installed code runs), or None
+    when it cannot run here or is no final CPython release."""
+    return _probe(python)
+
+
 def _uv_find(version: str) -> str | None:
     find = [uv_bin(), "python", "find", "--no-python-downloads", "--offline", "--no-project"]
     try:
@@ -142,7 +183,13 @@ def _uv_find(version: str) -> str | None:
     return found if proc.returncode == 0 and found else None
 
 
-def find_compiler(version: str, version_full: str, *, where: str = "the base") -> BytecodeCompiler:
+def find_compiler(
+    version: str,
+    version_full: str,
+    *,
+    where: str = "the base",
+    otherwise: str = "build without --compile",
+) -> BytecodeCompiler:
     """A final-release CPython ``version`` ("3.11") on this machine: this interpreter when
     it is one, else what ``uv python find`` knows (never a download).
 
@@ -154,7 +201,7 @@ def find_compiler(version: str, version_full: str, *, where: str = "the base") -
         raise ImageError(
             f"cannot compile byte-code for {where}'s Python {version_full}",
             problems=[Problem(where, "a pre-release's .pyc format can differ from the final's")],
-            hint="build without --compile",
+            hint=otherwise,
         )
     if sys.implementation.cache_tag == tag and sys.version_info.releaselevel == "final":
         compiler = _probe(sys.executable)
@@ -167,7 +214,7 @@ def find_compiler(version: str, version_full: str, *, where: str = "the base") -
     raise ImageError(
         f"no CPython {version} on this machine to compile byte-code for {where}'s Python",
         problems=[Problem(where, f"Python {version_full}; .pyc files are per minor version")],
-        hint=f"install one (`uv python install {version}`) or build without --compile",
+        hint=f"install one (`uv python install {version}`) or {otherwise}",
     )
 
 
@@ -201,23 +248,39 @@ class Compiler:
     def compile(self, path: str, source: bytes, mtime: int) -> bytes | None:
         """The .pyc for ``source`` at image path ``path``, or None when it does not compile
         (recorded in :attr:`failures`; like compileall, such a file is left to Python)."""
+        status, body = self._ask(b"C", path, -1, mtime, source, b"")
+        if status != 0:
+            self.failures.append((path, body.decode("utf-8", "replace")))
+            return None
+        return body
+
+    def check(
+        self, path: str, source: bytes, mtime: int, pyc: bytes, optimize: int = 0
+    ) -> str | None:
+        """Why ``pyc``, a cached file for ``source`` (whose mtime is ``mtime``), holds
+        other code than ``source`` compiles to, or None when it holds the same code or
+        importlib would not use it (another magic number, a stale timestamp: it compiles
+        the source instead). ``optimize``: 1 or 2 for ``.opt-1``/``.opt-2`` files."""
+        status, body = self._ask(b"V", path, optimize, mtime, source, pyc)
+        return body.decode("utf-8", "replace") if status != 0 else None
+
+    def _ask(
+        self, op: bytes, path: str, optimize: int, mtime: int, source: bytes, pyc: bytes
+    ) -> tuple[int, bytes]:
         stdin, stdout = self._pipes()
         encoded = path.encode("utf-8", "surrogateescape")
-        header = struct.pack("<III", len(encoded), mtime & 0xFFFFFFFF, len(source))
+        numbers = (optimize + 1, mtime & 0xFFFFFFFF, len(source), len(pyc))
+        header = struct.pack("<cIIIII", op, len(encoded), *numbers)
         try:
-            stdin.write(header + encoded + source)
+            stdin.write(header + encoded + source + pyc)
             stdin.flush()
             status, size = struct.unpack("<BI", _read(stdout, 5))
-            body = _read(stdout, size)
+            return status, _read(stdout, size)
         except (OSError, EOFError) as exc:
             raise ImageError(
                 f"the byte-code compiler ({self.info.python}) stopped",
                 problems=[Problem(path, str(exc) or type(exc).__name__)],
             ) from exc
-        if status != 0:
-            self.failures.append((path, body.decode("utf-8", "replace")))
-            return None
-        return body
 
     def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
         assert self._proc.stdin is not None and self._proc.stdout is not None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import write_atomic
+from ._bytecode import BytecodeCompiler, find_compiler
 from .errors import ImageError, LockError
 from .image import DISTRIBUTIONS, LABEL_PREFIX
 from .imageio import ImageSource
@@ -123,8 +124,13 @@ def verify_image(
     groups: Collection[str] | None = None,
     full: bool = True,
     ignore: Collection[str] = (),
+    bytecode: bool = False,
 ) -> VerifyReport:
-    """Check the environment inside ``source`` against ``lock`` by reading its layers."""
+    """Check the environment inside ``source`` against ``lock`` by reading its layers.
+
+    ``bytecode`` also compares each cached ``.pyc`` with its source, compiled by a CPython
+    of the image's minor version on this machine (:func:`envship._bytecode.find_compiler`).
+    """
     image = source.image
     labels = image.config.config.get("Labels") or {}
     prefix = str(labels.get(f"{LABEL_PREFIX}.prefix", "")).strip("/")
@@ -153,8 +159,25 @@ def verify_image(
                 hint=str(exc),
             ) from None
         chosen_groups = groups if groups is not None else marker.get("groups")
+        compiler: BytecodeCompiler | bool = False
+        if bytecode:
+            # The image's bin/python names the image's interpreter; one of its version on
+            # this machine compiles the sources instead.
+            full_version = str((marker.get("python") or {}).get("version") or target.python)
+            compiler = find_compiler(
+                target.python,
+                full_version,
+                where=source.name,
+                otherwise="verify without --bytecode",
+            )
         report = verify(
-            lock, root / prefix, target=target, groups=chosen_groups, full=full, ignore=ignore
+            lock,
+            root / prefix,
+            target=target,
+            groups=chosen_groups,
+            full=full,
+            ignore=ignore,
+            bytecode=compiler,
         )
     # Report paths as they are in the image, not in the temporary folder (gone by now).
     tmp_root = str(root)

@@ -13,12 +13,14 @@ Quick mode (the default) stats every RECORD-listed file (missing -> ``removed``,
 differs -> ``changed``) and walks the distributions' top-level package folders and
 ``.dist-info`` folders for files no RECORD lists (``added``). ``full`` also hashes every
 listed file, which is what catches a same-size edit. Byte-code under ``__pycache__`` is
-never compared: installers (pip lists it in RECORD without a hash) or Python itself may
-(re)compile it at any time. Entries without a hash (``RECORD`` itself) are checked for
-existence and size only. Anything installed but not locked is ``extra`` -- pip,
-setuptools and wheel too; ``ignore`` names distributions to leave out of the comparison
-entirely (uv-created venvs have no pip, the normal case). A distribution at the wrong
-version is reported once, as ``version``, and its files are not checked.
+not in that comparison: installers (pip lists it in RECORD without a hash) or Python
+itself may (re)compile it at any time. ``bytecode`` compares it with what its source
+compiles to instead (:mod:`envship._pycheck`). Entries without a hash (``RECORD``
+itself) are checked for existence and size only. Anything installed but not locked is
+``extra`` -- pip, setuptools and wheel too; ``ignore`` names distributions to leave out
+of the comparison entirely (uv-created venvs have no pip, the normal case). A
+distribution at the wrong version is reported once, as ``version``, and its files are
+not checked.
 
 Finding the environment and its lock target (:func:`find_environment`,
 :func:`choose_target`) is :mod:`envship._environment`'s.
@@ -30,6 +32,7 @@ import base64
 import hashlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +44,10 @@ from typing import Any, Literal
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from ._bytecode import BytecodeCompiler, compiler_for
 from ._environment import InstalledEnvironment, choose_target, find_environment
-from .errors import EnvshipError
+from ._pycheck import Source, check_bytecode
+from .errors import EnvshipError, Problem, SpecError
 from .install import MARKER_NAME
 from .lockfile import LockFile
 from .targets import Target
@@ -129,6 +134,7 @@ class VerifyReport:
     distributions: int  # distributions the lock expects
     checked_files: int  # RECORD entries stat-ed (quick) or hashed (full)
     differences: tuple[Difference, ...]
+    checked_bytecode: int | None = None  # cached .pyc files compared; None: not asked
 
     @property
     def identical(self) -> bool:
@@ -152,6 +158,7 @@ class VerifyReport:
             "mode": "full" if self.full else "quick",
             "distributions": self.distributions,
             "checked_files": self.checked_files,
+            "checked_bytecode": self.checked_bytecode,
             "differences": [d.to_json() for d in self.differences],
         }
 
@@ -343,12 +350,15 @@ def verify(
     full: bool = False,
     ignore: Collection[str] = (),
     workers: int | None = None,
+    bytecode: bool | BytecodeCompiler = False,
 ) -> VerifyReport:
     """Compare the distributions (and their RECORD files) in ``env`` with the lock.
 
     ``env`` is anything :func:`find_environment` accepts (``None``: ``$VIRTUAL_ENV``);
     ``target`` defaults to :func:`choose_target` for the environment's Python; ``groups``
-    as in :meth:`LockFile.select` (``None``: every group the lock has). Never prints.
+    as in :meth:`LockFile.select` (``None``: every group the lock has). ``bytecode``
+    also compares each cached ``.pyc`` with its source (:mod:`envship._pycheck`), with
+    the environment's interpreter (``True``) or the given one. Never prints.
     """
     environment = env if isinstance(env, InstalledEnvironment) else find_environment(env)
     if target is None:
@@ -394,6 +404,14 @@ def verify(
             entries.extend(e for e in inst.record if not _is_bytecode(e.rel))
     diffs.extend(_check_all(entries, full, workers))
     diffs.extend(_added(verified, installed))
+    checked_bytecode = None
+    if bytecode is not False:
+        compiler = bytecode if isinstance(bytecode, BytecodeCompiler) else _own(environment)
+        sources = [Source(e.name, e.path) for e in entries if e.rel.endswith(".py")]
+        bad, checked_bytecode = check_bytecode(sources, compiler, workers=workers or 2)
+        diffs.extend(
+            Difference("changed", b.name, b.pyc, f"the code of {b.source}", b.reason) for b in bad
+        )
     diffs.sort(key=lambda d: (KINDS.index(d.kind), canonicalize_name(d.name), d.path))
     return VerifyReport(
         lock=lock.path,
@@ -403,4 +421,25 @@ def verify(
         distributions=len(expected),
         checked_files=len(entries),
         differences=tuple(diffs),
+        checked_bytecode=checked_bytecode,
+    )
+
+
+def _own(environment: InstalledEnvironment) -> BytecodeCompiler:
+    """The environment's interpreter, to compile its sources (run with no site, so none of
+    its installed code runs); for a bare site-packages folder, this one if it fits."""
+    root = environment.root
+    interpreter = environment.interpreter or (root / "bin" / "python" if root.is_dir() else None)
+    candidates = [str(interpreter)] if interpreter is not None and interpreter.exists() else []
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if not candidates and environment.python == here:
+        candidates.append(sys.executable)
+    for python in candidates:
+        compiler = compiler_for(python)
+        if compiler is not None:
+            return compiler
+    raise SpecError(
+        f"cannot check the byte-code of {root}: no interpreter for it runs here",
+        problems=[Problem(str(root), f"Python {environment.python or '(unknown)'}")],
+        hint="pass the environment's bin/python, or verify without --bytecode",
     )

@@ -41,6 +41,8 @@ def render_report(report: VerifyReport) -> str:
         f"{report.environment.root} vs {report.lock} (target {report.target.name}): "
         f"{report.distributions} distributions, {report.checked_files} files {how}"
     )
+    if report.checked_bytecode is not None:
+        summary += f", {report.checked_bytecode} cached .pyc compared with their sources"
     if report.identical:
         return f"ok: {summary}; identical"
     lines = [summary]
@@ -65,6 +67,12 @@ def render_report(report: VerifyReport) -> str:
 )
 @groups_option("Expect")
 @click.option("--full", is_flag=True, help="Also hash every file its RECORD lists (sha256).")
+@click.option(
+    "--bytecode",
+    is_flag=True,
+    help="Also check that every cached .pyc holds the code its source compiles to "
+    "(compiles each source: slower).",
+)
 @click.option(
     "--ignore",
     "ignore",
@@ -93,6 +101,7 @@ def command(
     target_name: str | None,
     groups: tuple[str, ...],
     full: bool,
+    bytecode: bool,
     ignore: tuple[str, ...],
     image: str | None,
     store_dir: Path | None,
@@ -109,24 +118,35 @@ def command(
     The quick check stats every file each RECORD lists (existence and size) and looks
     for files in package and .dist-info folders that no RECORD lists; --full also
     compares every file's sha256 with its RECORD entry (a same-size edit needs it).
-    Byte-code in __pycache__ is not compared. Everything installed but not locked
-    (pip and setuptools too) counts as extra unless --ignore names it.
+    RECORD does not cover byte-code in __pycache__, yet Python runs a cached .pyc in
+    place of its source; --bytecode compiles each source (with the environment's
+    interpreter, run with no site; for --image, a CPython of the image's version here)
+    and compares the code objects. Everything installed but not locked (pip and
+    setuptools too) counts as extra unless --ignore names it.
 
     \b
     Examples:
       envship verify .venv
       envship verify --lock pylock.toml /opt/env/bin/python --full
       envship verify --ignore pip --json
-      envship verify --image oci:out:ds
+      envship verify --image oci:out:ds --bytecode
     """
     lock = LockFile.load(lock_path)
     if image is not None:
         if env is not None or target_name:
             raise click.UsageError("--image takes no ENV or --target (the image says which)")
-        report = _verify_image(lock, image, store_dir, insecure, groups, ignore)
+        report = _verify_image(lock, image, store_dir, insecure, groups, ignore, bytecode)
     else:
         target = lock.target(target_name) if target_name else None
-        report = verify(lock, env, target=target, groups=groups or None, full=full, ignore=ignore)
+        report = verify(
+            lock,
+            env,
+            target=target,
+            groups=groups or None,
+            full=full,
+            ignore=ignore,
+            bytecode=bytecode,
+        )
     if not report.identical:
         if not as_json:
             click.echo(render_report(report))
@@ -145,6 +165,7 @@ def _verify_image(
     insecure: bool,
     groups: tuple[str, ...],
     ignore: tuple[str, ...],
+    bytecode: bool,
 ) -> VerifyReport:
     # Imported here: the image modules are only needed for --image.
     from ..imageinspect import verify_image
@@ -153,4 +174,4 @@ def _verify_image(
 
     store = Store.at(store_dir)
     source = open_image(image, store, client=default_client(insecure=insecure))
-    return verify_image(lock, source, groups=groups or None, ignore=ignore)
+    return verify_image(lock, source, groups=groups or None, ignore=ignore, bytecode=bytecode)
