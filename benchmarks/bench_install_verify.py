@@ -9,8 +9,10 @@ warm uv cache shared by envship and the uv baseline, and as on a new instance, w
 side starts with an empty uv cache. The interpreter's bare start-up (``python -c pass``)
 is printed next to them, since it is a fixed part of every envship run, and so is a
 stdlib-only Python script making the same two uv calls: the floor for any Python tool
-that drives uv. pip compiles bytecode by default and envship does not; the table says so
-rather than hiding it.
+that drives uv. ``verify --bytecode`` on an environment installed with ``--compile`` is
+set beside ``compileall -f`` of the same files, the cost of compiling them once. pip
+compiles bytecode by default and envship does not; the table says so rather than hiding
+it.
 Run: ``python benchmarks/bench_install_verify.py`` (needs PyPI once, to fill the store).
 """
 
@@ -158,6 +160,18 @@ def main() -> None:
         verify_times = [timed(verify, env=env) for _ in range(args.repeat)]
         sha_times = [timed(sha_cmd, env=env) for _ in range(args.repeat)]
 
+        # Byte-code: an environment installed with --compile, checked against its sources,
+        # beside recompiling the same files with the interpreter's own compileall.
+        compiled = work / "compiled"
+        timed([*install, "--compile", str(compiled)], env=env)
+        check = [*envship_cmd(), "verify", str(compiled), "--lock", str(lock_path)]
+        check += ["--bytecode", "--json"]
+        subprocess.run(check, env=env, capture_output=True, check=True)  # exit 0: identical
+        bytecode_times = [timed(check, env=env) for _ in range(args.repeat)]
+        site = next((compiled / "lib").glob("python*/site-packages"))
+        recompile = [str(compiled / "bin" / "python"), "-m", "compileall", "-q", "-f", "-j", "2"]
+        compileall_times = [timed([*recompile, str(site)], env=env) for _ in range(args.repeat)]
+
         # env create: a fresh version on a new root, then the same lock again, which finds
         # the version already there and only re-points ``current``. "Fresh" is measured
         # twice: on a new instance (uv's cache is local, so it starts empty: the case the
@@ -204,6 +218,11 @@ def main() -> None:
                     median(fresh_warm),
                 ),
                 row("verify --full vs sha256sum", median(verify_times), median(sha_times), 2.0),
+                row(
+                    "verify --bytecode vs compileall -f -j2",
+                    median(bytecode_times),
+                    median(compileall_times),
+                ),
             ],
         )
 
