@@ -15,9 +15,12 @@ import struct
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from envship._bytecode import BytecodeCompiler, Compiler, _probe, find_compiler
 from envship._wheeltar import VenvScheme, write_wheel
@@ -151,6 +154,29 @@ def test_fresh_workers_give_the_same_bytes_whatever_the_hash_seed(
     monkeypatch.setenv("PYTHONHASHSEED", "2")
     second = compile_all(compiler, sources)
     assert first == second and all(first)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    flags=st.sampled_from([0, 1, 2, 3, 7]),
+    header=st.binary(min_size=8, max_size=8),
+    body=st.binary(max_size=300),
+)
+def test_checking_any_cached_bytes_gives_an_answer(
+    checker: Compiler, flags: int, header: bytes, body: bytes
+) -> None:
+    # The worker's reading of a .pyc (header, flags, marshal data) on hostile input:
+    # it answers, and stays usable for the next file.
+    pyc = importlib.util.MAGIC_NUMBER + flags.to_bytes(4, "little") + header + body
+    reason = checker.check("/x/a.py", b"x = 1\n", 0, pyc)
+    assert reason is None or isinstance(reason, str)
+    assert checker.check("/x/b.py", b"y = 2\n", 0, b"") is None  # not a cached file at all
+
+
+@pytest.fixture(scope="module")
+def checker(compiler: BytecodeCompiler) -> Iterator[Compiler]:
+    with Compiler(compiler) as worker:
+        yield worker
 
 
 def test_a_worker_that_stopped_is_an_image_error(compiler: BytecodeCompiler) -> None:

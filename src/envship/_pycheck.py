@@ -63,7 +63,9 @@ def check_bytecode(
 ) -> tuple[list[BadBytecode], int]:
     """Every cached file of ``sources`` that holds other code, and how many were checked.
 
-    ``workers`` compiler processes share the work (compiling is CPU-bound).
+    ``workers`` compiler processes share the work (compiling is CPU-bound). A file that
+    kills the checking interpreter (``marshal`` is not made for hostile data; none is
+    known to do so on its own) stops the check with an :class:`ImageError` naming it.
     """
     jobs = [
         (src, pyc, optimize)
