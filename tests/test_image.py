@@ -530,6 +530,23 @@ def test_a_damaged_cache_record_is_a_miss_and_rebuilt(
     assert all(json.loads(path.read_text())["diff_id"] for path in records)  # rewritten
 
 
+def test_what_installing_a_wheel_warned_of_is_a_note_built_or_cached(
+    tmp_path: Path, bookworm_layout: BaseImage, bookworm_facts: BaseFacts
+) -> None:
+    odd = build_wheel(
+        tmp_path / "dist",
+        "odd",
+        "1.0",
+        files={"odd/__init__.py": "", "odd/__pycache__/__init__.cpython-311.pyc": "stale"},
+    )
+    setup = make_setup(tmp_path / "odd", ("odd",), wheels={"odd": odd})
+    for state in ("built", "cached"):
+        built, events = build(setup, bookworm_layout, bookworm_facts)
+        assert {e.state for e in events if e.label.startswith("small")} == {state}
+        (note,) = [n for n in built.notes if n.startswith(odd.name)]
+        assert "__pycache__" in note
+
+
 def test_another_zlib_is_another_cache_entry_and_said(
     many: Setup,
     bookworm_layout: BaseImage,

@@ -80,6 +80,7 @@ class LayerJob:
 class BuiltLayer:
     blob: LayerBlob
     uncompiled: tuple[str, ...]  # image paths of sources that do not compile
+    warnings: tuple[str, ...] = ()  # what installing its wheels warned of
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class CachedLayer:
     diff_id: str
     cached: bool  # found in the cache rather than built by this run
     uncompiled: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def _bucket(name: str) -> int:
@@ -130,10 +132,14 @@ def build_layer(job: LayerJob) -> BuiltLayer:
     # One fresh compiler per layer: its output depends on what it compiled before.
     compiler = Compiler(job.compiler) if job.compiler is not None else None
     try:
+        warned: list[str] = []
         for wheel in job.wheels:
-            write_wheel(wheel, writer, scheme, interpreter=job.interpreter, compiler=compiler)
+            done = write_wheel(
+                wheel, writer, scheme, interpreter=job.interpreter, compiler=compiler
+            )
+            warned += done.warnings
         uncompiled = tuple(path for path, _ in compiler.failures) if compiler else ()
-        return BuiltLayer(writer.close(), uncompiled)
+        return BuiltLayer(writer.close(), uncompiled, tuple(warned))
     except BaseException:
         writer.abort()
         raise
@@ -155,12 +161,13 @@ class LayerCache:
             descriptor = Descriptor.from_json(data["descriptor"])
             diff_id = str(data["diff_id"])
             uncompiled = tuple(str(p) for p in data.get("uncompiled", ()))
+            warned = tuple(str(w) for w in data.get("warnings", ()))
         except (OSError, ValueError, KeyError, TypeError, ImageError):
             return None
         path = self.layout.blob_path(descriptor.digest)
         if not path.is_file() or path.stat().st_size != descriptor.size:
             return None
-        return CachedLayer(descriptor, diff_id, True, uncompiled)
+        return CachedLayer(descriptor, diff_id, True, uncompiled, warned)
 
     def put(self, key: str, built: BuiltLayer, annotations: dict[str, str]) -> CachedLayer:
         blob = built.blob
@@ -173,9 +180,10 @@ class LayerCache:
             "descriptor": descriptor.to_json(),
             "diff_id": blob.diff_id,
             "uncompiled": list(built.uncompiled),
+            "warnings": list(built.warnings),
         }
         write_atomic(self.dir / f"{key}.json", json.dumps(record))
-        return CachedLayer(descriptor, blob.diff_id, False, built.uncompiled)
+        return CachedLayer(descriptor, blob.diff_id, False, built.uncompiled, built.warnings)
 
 
 def build_layers(

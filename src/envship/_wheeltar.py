@@ -29,6 +29,7 @@ import io
 import os
 import posixpath
 import re
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class WheelInstall:
     bytes: int  # their uncompressed size
     scripts: tuple[str, ...] = field(default=())  # image paths of files in the scripts scheme
     compiled: int = 0  # .pyc files written (not counted in ``files``)
+    warnings: tuple[str, ...] = ()  # what pypa/installer warned of (e.g. a skipped file)
 
 
 class _Member:
@@ -353,7 +355,11 @@ def write_wheel(
             destination = _LayerDestination(
                 layer, schemes, interpreter, wheel.name, compile=compiler is not None
             )
-            install(source, destination, {"INSTALLER": INSTALLER})
+            # installer warns (e.g. of __pycache__ members it skips); the core does not
+            # print, so its warnings become part of the result.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                install(source, destination, {"INSTALLER": INSTALLER})
             dist_info = f"{scheme.site_packages}/{source.dist_info_dir}"
         compiled = (
             _write_bytecode(layer, destination.sources, compiler) if compiler is not None else 0
@@ -377,4 +383,5 @@ def write_wheel(
         bytes=sum(size for _, size in destination.written),
         scripts=scripts,
         compiled=compiled,
+        warnings=tuple(f"{wheel.name}: {w.message}" for w in caught),
     )

@@ -365,6 +365,7 @@ def build_image(
         names = tuple(f"{a.name}=={a.version}" for a in plan.artifacts)
         env_layers.append(ImageLayer(hit.descriptor, hit.diff_id, plan.label, names, hit.cached))
         uncompiled += hit.uncompiled
+        notes += [w for w in hit.warnings if w not in notes]
     if uncompiled:
         shown = ", ".join(sorted(uncompiled)[:3]) + (", ..." if len(uncompiled) > 3 else "")
         notes.append(f"{len(uncompiled)} source file(s) do not compile; left as source: {shown}")
