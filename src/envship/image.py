@@ -9,7 +9,8 @@ every distribution whose wheel is 1 MiB or more gets its own, and the small ones
 one of a few buckets chosen by a hash of their name (so adding or bumping a small package
 changes one bucket, not every layer after it). Each layer is cached in the store under
 a key made of everything that goes into it, so a rebuild writes only what changed; the
-cut, the keys, the workers and the cache are :mod:`envship._imagelayers`'.
+cut, the keys, the workers and the cache are :mod:`envship._imagelayers`', and the venv
+skeleton and the marker and kernelspec layer :mod:`envship._imageenv`'s.
 
 Reproducible: entries, modes, owners and times inside the layers are fixed
 (SOURCE_DATE_EPOCH, else 0), JSON is canonical, and nothing depends on the build folder
@@ -19,11 +20,10 @@ or clock; the same lock on the same base gives the same manifest digest anywhere
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any
 
 from . import __version__
 from ._bytecode import BytecodeCompiler, find_compiler
+from ._imageenv import kernel_for, skeleton_layer, top_layer
 from ._imagelayers import (
     CachedLayer,
     LayerCache,
@@ -41,9 +42,9 @@ from ._imagelayers import (
 )
 from .errors import ImageError, StoreError
 from .imagebase import BaseFacts, match_base
-from .install import MARKER_NAME, marker_data
-from .layer import DEFAULT_LEVEL, LayerBlob, LayerWriter
-from .lockfile import Artifact, LockFile
+from .install import marker_data
+from .layer import DEFAULT_LEVEL
+from .lockfile import LockFile
 from .oci import (
     DOCKER_LAYER_GZIP,
     OCI_CONFIG,
@@ -69,7 +70,6 @@ __all__ = [
 DEFAULT_PREFIX = "/opt/envship/venv"
 LABEL_PREFIX = "org.envship"
 DISTRIBUTIONS = f"{LABEL_PREFIX}.distributions"  # layer annotation: what a layer holds
-KERNELS_DIR = "usr/local/share/jupyter/kernels"  # on every Jupyter's system search path
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,35 +160,6 @@ def source_date_epoch() -> int:
 
 def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _skeleton(writer: LayerWriter, prefix: str, facts: BaseFacts) -> None:
-    """The venv itself (PEP 405): pyvenv.cfg and interpreter links to the base's Python."""
-    rel = prefix.strip("/")
-    writer.add_dir(f"{rel}/bin")
-    writer.add_dir(f"{rel}/include")
-    writer.add_dir(f"{rel}/lib/python{facts.version}/site-packages")
-    writer.add_symlink(f"{rel}/lib64", "lib")
-    writer.add_symlink(f"{rel}/bin/python", facts.python)
-    writer.add_symlink(f"{rel}/bin/python3", "python")
-    writer.add_symlink(f"{rel}/bin/python{facts.version}", "python")
-    cfg = (
-        f"home = {facts.python_home}\n"
-        "include-system-site-packages = false\n"
-        f"version = {facts.version_full}\n"
-        f"executable = {facts.python}\n"
-    )
-    writer.add_file(f"{rel}/pyvenv.cfg", cfg.encode())
-
-
-def _kernelspec(name: str, display_name: str, prefix: str) -> bytes:
-    spec = {
-        "argv": [f"{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": display_name,
-        "language": "python",
-        "metadata": {"debugger": True, "envship": {"env": prefix}},
-    }
-    return json.dumps(spec, indent=1, sort_keys=True).encode() + b"\n"
 
 
 def _config(
@@ -324,14 +295,14 @@ def build_image(
     # store's layout already holds counts as cached, so a rebuild with nothing changed
     # reports no layer built.
     env_layers: list[ImageLayer] = []
-    skeleton_blob = _small_layer(tmp_dir, epoch, lambda w: _skeleton(w, prefix, facts))
+    skeleton_blob = skeleton_layer(tmp_dir, epoch, prefix, facts)
     known = layout.has_blob(skeleton_blob.digest)
     skeleton = layout.add_blob_file(
         skeleton_blob.path, skeleton_blob.digest, skeleton_blob.size, skeleton_blob.media_type
     )
     env_layers.append(ImageLayer(skeleton, skeleton_blob.diff_id, "virtual environment", (), known))
     report("virtual environment", "cached" if known else "built", skeleton.size)
-    kernel, notes = _kernel_plan(lock, artifacts, kernel_name)
+    kernel, notes = kernel_for(lock, artifacts, kernel_name)
     if "ng" in zlib.ZLIB_RUNTIME_VERSION.lower():
         notes.append(
             f"compressed with {zlib.ZLIB_RUNTIME_VERSION}: layer digests differ from builds "
@@ -349,16 +320,8 @@ def build_image(
     # The build folder must not reach the image: it would change the digest per machine.
     marker["lock"]["path"] = lock.path.name
 
-    def top(writer: LayerWriter) -> None:
-        rel = prefix.strip("/")
-        writer.add_file(f"{rel}/{MARKER_NAME}", _marker_bytes(marker))
-        if kernel is not None:
-            display = lock.display_name or f"Python ({lock.name or kernel})"
-            writer.add_file(
-                f"{KERNELS_DIR}/{kernel}/kernel.json", _kernelspec(kernel, display, prefix)
-            )
-
-    top_blob = _small_layer(tmp_dir, epoch, top)
+    display = lock.display_name or f"Python ({lock.name or kernel})"
+    top_blob = top_layer(tmp_dir, epoch, prefix, marker, kernel, display)
     uncompiled: list[str] = []
     for plan in plans:
         hit = results[plan.key]
@@ -427,30 +390,6 @@ def build_image(
         seconds=time.monotonic() - start,
         bytecode=compiler,
     )
-
-
-def _small_layer(tmp_dir: Path, epoch: int, fill: Callable[[LayerWriter], None]) -> LayerBlob:
-    writer = LayerWriter(tmp_dir, mtime=epoch)
-    try:
-        fill(writer)
-        return writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-
-
-def _marker_bytes(marker: dict[str, Any]) -> bytes:
-    return (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode()
-
-
-def _kernel_plan(
-    lock: LockFile, artifacts: Sequence[Artifact], kernel_name: str | None
-) -> tuple[str | None, list[str]]:
-    if not any(a.name == "ipykernel" for a in artifacts):
-        return None, ["no kernelspec: ipykernel is not in the locked environment"]
-    name = kernel_name or lock.name or "envship"
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower())
-    return cleaned, []
 
 
 def _oci_type(descriptor: Descriptor) -> Descriptor:
