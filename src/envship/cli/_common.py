@@ -179,5 +179,10 @@ def target_option(func: F) -> F:
 
 def compile_option(func: F) -> F:
     return click.option(
-        "--compile", "compile_bytecode", is_flag=True, help="Compile bytecode (.pyc)."
+        "--compile",
+        "compile_bytecode",
+        is_flag=True,
+        help="Write byte-code (.pyc) at install time, recorded in the install marker "
+        "(install: asked of an environment without it, compiles it; env create: a "
+        "version of its own).",
     )(func)
