@@ -241,37 +241,18 @@ def main() -> None:
             result = json.loads(second.stdout)
             env_bytes = sum(layer["size"] for layer in result["layers"] if layer["label"] != "base")
             uploaded = result["push"]["bytes_uploaded"]
+
             # Image size: ours, loaded through a docker-archive, against the Dockerfile's.
-            archive = work / "ours.tar"
-            subprocess.run(
-                [
-                    *build,
-                    "--lock",
-                    str(lock),
-                    "-o",
-                    f"docker-archive:{archive}:envship-bench/ours:1",
-                ],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            subprocess.run(["docker", "load", "-q", "-i", str(archive)], env=env, check=True)
-            ours_size = _image_size("envship-bench/ours:1", env)
-            subprocess.run(
-                [
-                    *build,
-                    "--compile",
-                    "--lock",
-                    str(lock),
-                    "-o",
-                    f"docker-archive:{archive}:envship-bench/ours-pyc:1",
-                ],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            subprocess.run(["docker", "load", "-q", "-i", str(archive)], env=env, check=True)
-            compiled_size = _image_size("envship-bench/ours-pyc:1", env)
+            def loaded_size(tag: str, *extra: str) -> int:
+                archive = work / "ours.tar"
+                out = f"docker-archive:{archive}:envship-bench/{tag}"
+                cmd = [*build, *extra, "--lock", str(lock), "-o", out]
+                subprocess.run(cmd, env=env, check=True, capture_output=True)
+                subprocess.run(["docker", "load", "-q", "-i", str(archive)], env=env, check=True)
+                return _image_size(f"envship-bench/{tag}", env)
+
+            ours_size = loaded_size("ours:1")
+            compiled_size = loaded_size("ours-pyc:1", "--compile")
             pip_size = _image_size("envship-bench/pip-ds:0", env)
             for tag in ("ours:1", "ours-pyc:1", "pip-ds:0", "uv-ds:0", "pip-ds2:0", "base"):
                 subprocess.run(
