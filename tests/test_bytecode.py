@@ -143,6 +143,11 @@ def test_a_source_that_does_not_compile_is_skipped(compiler: BytecodeCompiler) -
         assert worker.compile("/x/ok.py", b"x = 1\n", 0) is not None  # the worker goes on
         assert [path for path, _ in worker.failures] == ["/x/py2.py", "/x/nul.py"]
         assert "SyntaxError" in worker.failures[0][1]
+        # A file name that is not UTF-8 (a wheel may carry one) in the error's message.
+        odd = "/x/caf\udce9.py"
+        assert worker.compile(odd, b"print 'x'\n", 0) is None
+        assert worker.failures[-1][0] == odd
+        assert worker.compile("/x/after.py", b"x = 1\n", 0) is not None
 
 
 def test_fresh_workers_give_the_same_bytes_whatever_the_hash_seed(

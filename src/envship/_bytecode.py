@@ -78,7 +78,9 @@ while True:
             code = compile(source, path, "exec", dont_inherit=True, optimize=number - 1)
         except errors as exc:
             status = 1
-            body = f"its source does not compile: {type(exc).__name__}: {exc}".encode()
+            body = f"its source does not compile: {type(exc).__name__}: {exc}".encode(
+                "utf-8", "replace"
+            )  # (a file name that is not UTF-8 comes back in the message)
         else:
             if op == b"C":
                 body = magic + struct.pack("<III", 0, mtime, size) + marshal.dumps(code)
@@ -86,7 +88,7 @@ while True:
                 try:
                     stored = marshal.loads(pyc[16:])
                 except Exception as exc:
-                    status, body = 1, f"unreadable byte-code: {exc}".encode()
+                    status, body = 1, f"unreadable byte-code: {exc}".encode("utf-8", "replace")
                 else:
                     # Code objects compare their byte-code, constants, names and line
                     # table, nested ones included, and not the file name.
