@@ -175,3 +175,11 @@ def test_a_folder_no_interpreter_here_can_compile_for_is_refused(tmp_path: Path)
     with pytest.raises(SpecError, match="cannot check the byte-code") as caught:
         verify(lock, environment, bytecode=True, target=lock.targets[0])
     assert "without --bytecode" in (caught.value.hint or "")
+
+
+def test_a_removed_source_is_reported_once(env: tuple[LockFile, Path]) -> None:
+    lock, dest = env
+    source = site(dest) / "beta" / "__init__.py"
+    source.unlink()  # its cached .pyc stays; importlib never runs it without the source
+    report = verify(lock, dest, bytecode=True)
+    assert [(d.kind, d.path) for d in report.differences] == [("removed", str(source))]

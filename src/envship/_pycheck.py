@@ -85,9 +85,12 @@ def check_bytecode(
                     with open(src.path, "rb") as f:
                         source = f.read()
                         mtime = int(os.fstat(f.fileno()).st_mtime)
+                except OSError:  # the source's own check reports it
+                    continue
+                try:
                     with open(pyc, "rb") as f:
                         cached = f.read()
-                except OSError as exc:  # the source's own check reports a missing source
+                except OSError as exc:
                     bad.append(BadBytecode(src.name, pyc, src.path, f"unreadable: {exc}"))
                     continue
                 reason = worker.check(src.path, source, mtime, cached, optimize)
