@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envship._bytecode import BytecodeCompiler, Compiler, _probe, find_compiler
+from envship._bytecode import BytecodeCompiler, Compiler, compiler_for, find_compiler
 from envship._wheeltar import VenvScheme, write_wheel
 from envship.errors import ImageError
 from envship.image import BuiltImage
@@ -86,10 +86,10 @@ def test_a_wrapper_script_resolves_to_the_interpreter_it_runs(tmp_path: Path) ->
     shim = tmp_path / "python3"
     shim.write_text(f'#!/usr/bin/env sh\nexec "{sys.executable}" "$@"\n')
     shim.chmod(0o755)
-    found = _probe(str(shim))
+    found = compiler_for(str(shim))
     assert found is not None and found.python == sys.executable
     assert compile_all(found, [("/x/a.py", b"x = 1\n")])[0] is not None
-    assert _probe(str(tmp_path / "missing")) is None
+    assert compiler_for(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize(

@@ -135,11 +135,11 @@ class BytecodeCompiler:
         }
 
 
-def _probe(python: str) -> BytecodeCompiler | None:
-    """What ``python`` is, or None when it is no final CPython release. The compiler is
-    the binary it reports as ``sys.executable``: what uv finds may be a wrapper (a pyenv
-    shim is a shell script needing PATH), while the worker starts with an empty
-    environment."""
+def compiler_for(python: str) -> BytecodeCompiler | None:
+    """``python`` as a compiler (it runs with no site, so no installed code runs), or None
+    when it cannot run here or is no final CPython release. The compiler is the binary it
+    reports as ``sys.executable``: what uv finds may be a wrapper (a pyenv shim is a shell
+    script needing PATH), while the worker starts with an empty environment."""
     try:
         proc = subprocess.run(
             [python, "-S", "-s", "-c", _PROBE],
@@ -161,12 +161,6 @@ def _probe(python: str) -> BytecodeCompiler | None:
     if not isinstance(executable, str) or not os.path.isabs(executable):
         return None
     return BytecodeCompiler(executable, fields[3], fields[1], fields[2])
-
-
-def compiler_for(python: str) -> BytecodeCompiler | None:
-    """``python`` as a compiler (it runs with no site, so no installed code runs), or None
-    when it cannot run here or is no final CPython release."""
-    return _probe(python)
 
 
 def _uv_find(version: str) -> str | None:
@@ -206,11 +200,11 @@ def find_compiler(
             hint=otherwise,
         )
     if sys.implementation.cache_tag == tag and sys.version_info.releaselevel == "final":
-        compiler = _probe(sys.executable)
+        compiler = compiler_for(sys.executable)
         if compiler is not None:
             return compiler
     found = _uv_find(version)
-    compiler = _probe(found) if found is not None else None
+    compiler = compiler_for(found) if found is not None else None
     if compiler is not None and compiler.cache_tag == tag:
         return compiler
     raise ImageError(

@@ -240,14 +240,7 @@ class OciLayout:
                 f"blob {descriptor.digest} is missing from {self.root}",
                 problems=[Problem(str(path), "no such file")],
             ) from exc
-        actual = sha256_digest(data)
-        if actual != descriptor.digest or len(data) != descriptor.size:
-            raise ArtifactError(
-                f"blob {descriptor.digest} in {self.root} is corrupt",
-                artifact=str(path),
-                expected=f"{descriptor.digest} ({descriptor.size} bytes)",
-                actual=f"{actual} ({len(data)} bytes)",
-            )
+        self._check(descriptor, path, sha256_digest(data), len(data))
         return data
 
     def verify_blob(self, descriptor: Descriptor) -> Path:
@@ -255,7 +248,10 @@ class OciLayout:
         path = self.blob_path(descriptor.digest)
         if not path.is_file():
             raise ImageError(f"blob {descriptor.digest} is missing from {self.root}")
-        actual, size = file_digest(path)
+        self._check(descriptor, path, *file_digest(path))
+        return path
+
+    def _check(self, descriptor: Descriptor, path: Path, actual: str, size: int) -> None:
         if (actual, size) != (descriptor.digest, descriptor.size):
             raise ArtifactError(
                 f"blob {descriptor.digest} in {self.root} is corrupt",
@@ -263,7 +259,6 @@ class OciLayout:
                 expected=f"{descriptor.digest} ({descriptor.size} bytes)",
                 actual=f"{actual} ({size} bytes)",
             )
-        return path
 
     # -- index and tags --------------------------------------------------------------------
 

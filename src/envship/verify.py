@@ -39,18 +39,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import Distribution, FileHash
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ._bytecode import BytecodeCompiler, compiler_for
 from ._environment import InstalledEnvironment, choose_target, find_environment
-from ._pycheck import Source, check_bytecode
 from .errors import EnvshipError, Problem, SpecError
 from .install import MARKER_NAME
 from .lockfile import LockFile
 from .targets import Target
+
+if TYPE_CHECKING:
+    from ._bytecode import BytecodeCompiler
 
 __all__ = [
     "KINDS",
@@ -406,6 +407,10 @@ def verify(
     diffs.extend(_added(verified, installed))
     checked_bytecode = None
     if bytecode is not False:
+        # Imported here: only a byte-code check needs them.
+        from ._bytecode import BytecodeCompiler
+        from ._pycheck import Source, check_bytecode
+
         compiler = bytecode if isinstance(bytecode, BytecodeCompiler) else _own(environment)
         sources = [Source(e.name, e.path) for e in entries if e.rel.endswith(".py")]
         bad, checked_bytecode = check_bytecode(sources, compiler, workers=workers or 2)
@@ -428,6 +433,8 @@ def verify(
 def _own(environment: InstalledEnvironment) -> BytecodeCompiler:
     """The environment's interpreter, to compile its sources (run with no site, so none of
     its installed code runs); for a bare site-packages folder, this one if it fits."""
+    from ._bytecode import compiler_for
+
     root = environment.root
     interpreter = environment.interpreter or (root / "bin" / "python" if root.is_dir() else None)
     candidates = [str(interpreter)] if interpreter is not None and interpreter.exists() else []
