@@ -14,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["load_toml", "loads_toml"]
+__all__ = ["load_toml", "loads_toml", "read_toml"]
 
 _AT_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
 
@@ -33,11 +33,21 @@ def loads_toml(text: str, where: str, error: type[EnvshipError] = EnvshipError) 
         ) from None
 
 
-def load_toml(path: Path, error: type[EnvshipError] = EnvshipError) -> dict[str, Any]:
+def read_toml(path: Path, error: type[EnvshipError] = EnvshipError) -> tuple[dict[str, Any], bytes]:
+    """The table in ``path`` and the exact bytes it was parsed from, read once: a digest
+    of what was parsed cannot come from a file replaced in between."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise error(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise error(f"cannot read {path}: {exc}") from None
-    return loads_toml(text, str(path), error)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"cannot read {path}: {exc}") from None
+    return loads_toml(text, str(path), error), raw
+
+
+def load_toml(path: Path, error: type[EnvshipError] = EnvshipError) -> dict[str, Any]:
+    return read_toml(path, error)[0]

@@ -25,7 +25,7 @@ from packaging.pylock import (
 from packaging.tags import Tag
 from packaging.utils import parse_wheel_filename
 
-from ._toml import load_toml
+from ._toml import read_toml
 from .errors import LockError, Problem, TargetError, UnsupportedTargetError
 from .targets import DEFAULT_GLIBC, Target
 
@@ -87,7 +87,7 @@ class LockFile:
 
     @classmethod
     def load(cls, path: Path) -> LockFile:
-        data = load_toml(path, LockError)
+        data, content = read_toml(path, LockError)
         try:
             pylock = Pylock.from_dict(data)
         except PylockValidationError as exc:
@@ -118,7 +118,7 @@ class LockFile:
                 problems.extend(exc.problems)
         if problems:
             raise LockError(f"{path} has an invalid [tool.envship] table", problems=problems)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(content).hexdigest()
         spec_digest = tool.get("spec-digest")
         return cls(
             path=path,
