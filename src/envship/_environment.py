@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LockError, Problem, SpecError, TargetError
+from .errors import InvalidLockError, Problem, SpecError, TargetError
 from .lockfile import LockFile
 from .targets import Target, host_platform
 
@@ -135,7 +135,9 @@ def choose_target(
 ) -> Target:
     """The lock target for this machine and Python: several -> the highest glibc <= ours."""
     if not lock.targets:
-        raise LockError(f"{lock.path} records no targets", hint="re-create it with `envship lock`")
+        raise InvalidLockError(
+            f"{lock.path} records no targets", hint="re-create it with `envship lock`"
+        )
     platform_id = platform_id or host_platform()
     glibc = glibc or _machine_glibc()
     known = ", ".join(t.name for t in lock.targets) or "(none recorded)"

@@ -247,8 +247,7 @@ def create_env(
     started = time.monotonic()
     env_dir = _envroot.env_folder(root, name)
     base = _base_python(python)
-    # Unknown groups are install's LockError, raised before it touches anything.
-    chosen_groups = tuple(sorted(lock.groups if groups is None else set(groups)))
+    chosen_groups = lock.chosen_groups(groups)  # unknown ones refused before anything is made
     chosen = _chosen_target(lock, target, base)
     key = version_key(lock.digest, chosen.name, chosen_groups, base, compiled=compile_bytecode)
     path = env_dir / "versions" / key

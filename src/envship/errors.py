@@ -19,6 +19,7 @@ __all__ = [
     "EnvshipError",
     "ImageError",
     "IndexExportError",
+    "InvalidLockError",
     "KernelError",
     "LockError",
     "NetworkError",
@@ -114,6 +115,13 @@ class LockError(EnvshipError):
 
     exit_code = 1
     kind = "lock"
+
+
+class InvalidLockError(LockError):
+    """A lock file is malformed, or lacks what was asked of it (a dependency group)."""
+
+    exit_code = 2
+    kind = "invalid-lock"
 
 
 class UnsupportedTargetError(LockError):

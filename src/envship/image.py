@@ -216,7 +216,7 @@ def build_image(
         raise ImageError(f"invalid environment path {prefix!r}", hint="e.g. /opt/envship/venv")
     prefix = prefix.rstrip("/")
     chosen = match_base([lock.target(target)] if target else lock, facts, where=base_name)
-    chosen_groups = tuple(sorted(groups)) if groups is not None else lock.groups
+    chosen_groups = lock.chosen_groups(groups)
     artifacts = lock.artifacts([chosen.name], groups=chosen_groups)
     missing = [a for a in artifacts if not store.has(a.sha256)]
     if missing:

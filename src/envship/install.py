@@ -43,7 +43,7 @@ from typing import Any, Literal
 from ._atomic import write_atomic
 from ._flock import locked
 from ._uv import uv_bin
-from .errors import EnvshipError, LockError, Problem, StoreError
+from .errors import EnvshipError, InvalidLockError, Problem, StoreError
 from .host import match_target, probe
 from .lockfile import Artifact, LockFile
 from .store import Store
@@ -172,19 +172,6 @@ def _clear(dest: Path) -> None:
             child.unlink()
 
 
-def _chosen_groups(lock: LockFile, groups: Collection[str] | None) -> tuple[str, ...]:
-    if groups is None:
-        return tuple(sorted(lock.groups))
-    unknown = sorted(set(groups) - set(lock.groups))
-    if unknown:
-        known = ", ".join(lock.groups) or "(none)"
-        raise LockError(
-            f"the lock has no dependency group {', '.join(map(repr, unknown))}",
-            problems=[Problem(str(lock.path), f"its groups: {known}")],
-        )
-    return tuple(sorted(set(groups)))
-
-
 def _check_store(
     lock: LockFile, store: Store, target: Target, artifacts: list[Artifact]
 ) -> list[int]:
@@ -212,7 +199,7 @@ def _check_store(
     for a in artifacts:
         # The file name comes from the lock; it must not climb out of the staging folder.
         if "/" in a.filename or a.filename in ("", ".", ".."):
-            raise LockError(f"unsafe artifact file name {a.filename!r} for {a.name}")
+            raise InvalidLockError(f"unsafe artifact file name {a.filename!r} for {a.name}")
     return sizes
 
 
@@ -272,7 +259,7 @@ def install(
     """
     started = time.monotonic()
     dest = Path(os.path.abspath(dest))
-    chosen_groups = _chosen_groups(lock, groups)
+    chosen_groups = lock.chosen_groups(groups)
     if _state(dest) == "foreign":  # before the lock: refusing must create nothing at all
         raise _refuse(dest)
     work = dest.parent / f"{dest.name}.envship-tmp"

@@ -9,6 +9,7 @@ installable artifact at once instead of stopping at the first.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,13 @@ from packaging.tags import Tag
 from packaging.utils import parse_wheel_filename
 
 from ._toml import read_toml
-from .errors import LockError, Problem, TargetError, UnsupportedTargetError
+from .errors import InvalidLockError, LockError, Problem, TargetError, UnsupportedTargetError
 from .targets import DEFAULT_GLIBC, Target
 
 __all__ = ["LOCK_FILENAME", "Artifact", "LockFile", "check_targets"]
 
 LOCK_FILENAME = "pylock.toml"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ def _filename(artifact: PackageWheel | PackageSdist, where: str) -> str:
     source = artifact.url or artifact.path or ""
     candidate = source.rstrip("/").rsplit("/", 1)[-1]
     if not candidate:
-        raise LockError("lock entry has no file name", problems=[Problem(where, "no name")])
+        raise InvalidLockError("lock entry has no file name", problems=[Problem(where, "no name")])
     return candidate
 
 
@@ -87,11 +89,11 @@ class LockFile:
 
     @classmethod
     def load(cls, path: Path) -> LockFile:
-        data, content = read_toml(path, LockError)
+        data, content = read_toml(path, InvalidLockError)
         try:
             pylock = Pylock.from_dict(data)
         except PylockValidationError as exc:
-            raise LockError(
+            raise InvalidLockError(
                 f"{path} is not a valid PEP 751 lock",
                 problems=[Problem(f"{path}: {exc.context or '(top)'}", exc.message)],
             ) from None
@@ -117,7 +119,7 @@ class LockFile:
             except TargetError as exc:
                 problems.extend(exc.problems)
         if problems:
-            raise LockError(f"{path} has an invalid [tool.envship] table", problems=problems)
+            raise InvalidLockError(f"{path} has an invalid [tool.envship] table", problems=problems)
         digest = hashlib.sha256(content).hexdigest()
         spec_digest = tool.get("spec-digest")
         return cls(
@@ -145,11 +147,24 @@ class LockFile:
             problems=[Problem(str(self.path), f"its targets: {known}")],
         )
 
+    def chosen_groups(self, groups: Collection[str] | None = None) -> tuple[str, ...]:
+        """``groups`` (default: every group of the lock), sorted; unknown names refused."""
+        if groups is None:
+            return tuple(sorted(self.groups))
+        unknown = sorted(set(groups) - set(self.groups))
+        if unknown:
+            known = ", ".join(self.groups) or "(none)"
+            raise InvalidLockError(
+                f"the lock has no dependency group {', '.join(map(repr, unknown))}",
+                problems=[Problem(str(self.path), f"its groups: {known}")],
+            )
+        return tuple(sorted(set(groups)))
+
     def select(
         self, target: Target, *, groups: Collection[str] | None = None
     ) -> list[tuple[Package, PackageWheel | PackageSdist]]:
         """The packages and artifacts an installer on ``target`` uses, per PEP 751."""
-        chosen = self.groups if groups is None else groups
+        chosen = self.chosen_groups(groups)
         try:
             selected = list(
                 self.pylock.select(
@@ -178,26 +193,42 @@ class LockFile:
             out.append((package, artifact))
         return out
 
+    def _where(self, package: Package, artifact: PackageWheel | PackageSdist) -> str:
+        """``FILE: packages[3].wheels[0]`` (or ``.sdist``): the entry's place in the file."""
+        index = next(i for i, p in enumerate(self.pylock.packages) if p is package)
+        if isinstance(artifact, PackageSdist):
+            return f"{self.path}: packages[{index}].sdist"
+        wheels = package.wheels or []
+        return f"{self.path}: packages[{index}].wheels[{wheels.index(artifact)}]"
+
     def artifacts(
         self, targets: Sequence[str] | None = None, *, groups: Collection[str] | None = None
     ) -> list[Artifact]:
-        """Every artifact selected for ``targets`` (default: all), each file listed once."""
+        """Every artifact selected for ``targets`` (default: all), each file listed once.
+
+        Every entry is checked for what envship relies on: a sha256 hash (the store's
+        name for the file) that is 64 hex digits; all such problems are raised at once.
+        """
         chosen = [self.target(n) for n in targets] if targets else list(self.targets)
         if not chosen:
-            raise LockError(
+            raise InvalidLockError(
                 f"{self.path} records no targets",
                 hint="re-create it with `envship lock`",
             )
         found: dict[str, Artifact] = {}
+        problems: dict[str, Problem] = {}
         for target in chosen:
             for package, artifact in self.select(target, groups=groups):
-                where = f"{self.path}: packages[{package.name}]"
+                where = self._where(package, artifact)
                 sha = (artifact.hashes or {}).get("sha256")
-                if not sha:
-                    raise LockError(
-                        "lock entry has no sha256 hash",
-                        problems=[Problem(where, "envship requires sha256 for every artifact")],
+                if not sha or not _SHA256.fullmatch(sha):
+                    problems[where] = Problem(
+                        where,
+                        f"sha256 {sha!r} is not 64 lowercase hex digits"
+                        if sha
+                        else "no sha256 hash; envship requires one for every artifact",
                     )
+                    continue
                 prev = found.get(sha)
                 if prev is not None:
                     found[sha] = _with_target(prev, target.name)
@@ -213,6 +244,11 @@ class LockFile:
                     kind="wheel" if isinstance(artifact, PackageWheel) else "sdist",
                     targets=(target.name,),
                 )
+        if problems:
+            raise InvalidLockError(
+                f"{self.path} has {len(problems)} artifact(s) without a usable sha256",
+                problems=list(problems.values()),
+            )
         return sorted(found.values(), key=lambda a: (a.name, a.filename))
 
 

@@ -1,0 +1,150 @@
+"""Reading and selecting from pylock.toml: hand-written locks, one per failure mode."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from envship.errors import InvalidLockError, LockError
+from envship.lockfile import LockFile
+
+TARGETS = (
+    "[tool.envship]\ntargets = [\n"
+    '  {name = "x86", platform = "linux-x86_64", python = "3.11", glibc = "2.28"},\n]\n'
+)
+GOOD_SHA = "a" * 64
+
+
+def _package(name: str, sha: str | None, *, groups: str | None = None) -> str:
+    hashes = f"hashes = {{sha256 = {sha!r}}}" if sha is not None else "hashes = {}"
+    marker = f"marker = {groups!r}\n" if groups else ""
+    return (
+        f'[[packages]]\nname = "{name}"\nversion = "1.0"\n{marker}'
+        f'wheels = [{{name = "{name}-1.0-py3-none-any.whl", '
+        f'url = "https://example.invalid/{name}-1.0-py3-none-any.whl", {hashes}}}]\n'
+    )
+
+
+def _write(tmp_path: Path, *packages: str, head: str = "") -> Path:
+    path = tmp_path / "pylock.toml"
+    path.write_text(
+        'lock-version = "1.0"\ncreated-by = "test"\n' + head + "".join(packages) + TARGETS,
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('lock-version = "2.0"\ncreated-by = "t"\npackages = []\n', "version 2.0 is not"),
+        ('lock-version = "1.0"\ncreated-by = "t"\npackages = [\n', "not valid TOML"),
+        ('lock-version = "1.0"\npackages = []\n', "created-by"),
+        (
+            'lock-version = "1.0"\ncreated-by = "t"\npackages = []\n'
+            '[tool.envship]\ntargets = [{name = "x", platform = "windows-arm"}]\n',
+            "tool.envship.targets[0]",
+        ),
+        (
+            'lock-version = "1.0"\ncreated-by = "t"\n' + _package("alpha", None),
+            "packages[0].wheels[0].hashes",
+        ),
+    ],
+    ids=["future-version", "truncated", "no-created-by", "unknown-platform", "empty-hashes"],
+)
+def test_a_malformed_lock_is_bad_input(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "pylock.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InvalidLockError) as caught:
+        LockFile.load(path)
+    assert caught.value.exit_code == 2
+    assert needle in str(caught.value)
+
+
+def test_a_missing_lock_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(InvalidLockError, match="does not exist") as caught:
+        LockFile.load(tmp_path / "pylock.toml")
+    assert caught.value.exit_code == 2
+
+
+def test_the_digest_is_of_the_bytes_that_were_parsed(tmp_path: Path) -> None:
+    path = _write(tmp_path, _package("alpha", GOOD_SHA))
+    lock = LockFile.load(path)
+    assert lock.digest == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_bad_hash_is_reported_at_once_with_its_place(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        _package("alpha", GOOD_SHA),
+        _package("beta", "xyz" + "a" * 61),
+        _package("gamma", "a" * 63),
+        _package("delta", "A" * 64),
+        _package("epsilon", GOOD_SHA).replace("sha256", "sha512"),
+    )
+    with pytest.raises(InvalidLockError) as caught:
+        LockFile.load(path).artifacts()
+    where = {p.where: p.message for p in caught.value.problems}
+    assert where.keys() == {
+        f"{path}: packages[1].wheels[0]",
+        f"{path}: packages[2].wheels[0]",
+        f"{path}: packages[3].wheels[0]",
+        f"{path}: packages[4].wheels[0]",
+    }
+    assert "no sha256" in where[f"{path}: packages[4].wheels[0]"]
+    assert "'xyz" in where[f"{path}: packages[1].wheels[0]"]
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        (None, ["alpha", "beta"]),
+        ((), ["alpha"]),
+        (("dev",), ["alpha", "beta"]),
+    ],
+)
+def test_groups_select_their_packages(
+    tmp_path: Path, groups: tuple[str, ...] | None, expected: list[str]
+) -> None:
+    path = _write(
+        tmp_path,
+        _package("alpha", GOOD_SHA),
+        _package("beta", "b" * 64, groups="'dev' in dependency_groups"),
+        head='dependency-groups = ["dev"]\ndefault-groups = []\n',
+    )
+    lock = LockFile.load(path)
+    assert [a.name for a in lock.artifacts(groups=groups)] == expected
+
+
+@pytest.mark.parametrize("call", ["artifacts", "select", "chosen_groups"])
+def test_an_unknown_group_is_refused_naming_the_known_ones(tmp_path: Path, call: str) -> None:
+    path = _write(
+        tmp_path,
+        _package("alpha", GOOD_SHA),
+        head='dependency-groups = ["dev"]\ndefault-groups = []\n',
+    )
+    lock = LockFile.load(path)
+    with pytest.raises(InvalidLockError, match="no dependency group 'docs'") as caught:
+        if call == "artifacts":
+            lock.artifacts(groups=["docs", "dev"])
+        elif call == "select":
+            lock.select(lock.targets[0], groups=["docs"])
+        else:
+            lock.chosen_groups(["docs"])
+    assert caught.value.problems[0].message == "its groups: dev"
+    assert isinstance(caught.value, LockError)
+
+
+def test_an_unreadable_lock_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, _package("alpha", GOOD_SHA))
+    path.write_bytes(b"\xff\xfe" + path.read_bytes())
+    with pytest.raises(InvalidLockError, match=f"cannot read {path}"):
+        LockFile.load(path)
+    if os.geteuid() != 0:  # root reads anything, whatever the mode says
+        path.chmod(0)
+        with pytest.raises(InvalidLockError, match=f"cannot read {path}"):
+            LockFile.load(path)
