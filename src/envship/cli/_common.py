@@ -57,6 +57,8 @@ def json_option(func: F) -> F:
         "--json",
         "as_json",
         is_flag=True,
+        # `envship --json CMD` (the group's flag) counts for the command too.
+        default=json_mode,
         is_eager=True,
         expose_value=True,
         callback=_set_json,

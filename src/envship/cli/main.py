@@ -10,7 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import EnvshipError
-from ._common import render_error, reset_json
+from ._common import echo_json, json_option, render_error, reset_json
 
 # Command name -> module under envship.cli. Modules are imported when their command is
 # looked up, so `envship fetch` does not pay for importing the importers, the verifier
@@ -45,7 +45,8 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="envship")
-def cli() -> None:
+@json_option
+def cli(as_json: bool) -> None:
     """Lock, fetch, ship and verify one declared Python environment.
 
     \b
@@ -70,22 +71,42 @@ def _register() -> None:
         cli.get_command(click.Context(cli), name)
 
 
+def _json_asked(args: Sequence[str]) -> bool:
+    """``--json`` among the options: usage errors happen before click sees the flag."""
+    end = args.index("--") if "--" in args else len(args)
+    return "--json" in args[:end]
+
+
+def _fail(kind: str, message: str, code: int, *, as_json: bool, hint: str | None = None) -> int:
+    """An error that is not an EnvshipError (usage, interruption), rendered the same way."""
+    if as_json:
+        echo_json({"error": kind, "message": message, "problems": [], "hint": hint})
+    else:
+        click.echo(f"error: {message}" if kind == "usage" else message, err=True)
+        if hint:
+            click.echo(f"hint: {hint}", err=True)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # --json sets a context variable; start each call clean (tests call main repeatedly).
     reset_json()
+    args = list(argv) if argv is not None else sys.argv[1:]
+    as_json = _json_asked(args)
     try:
-        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        cli.main(args=args, prog_name="envship", standalone_mode=False)
     except EnvshipError as exc:
         return render_error(exc)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("interrupted; re-run the same command to resume", err=True)
-        return 130
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        message = "interrupted; re-run the same command to resume"
+        return _fail("interrupted", message, 130, as_json=as_json)
     except click.exceptions.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        if not as_json:
+            exc.show()
+            return exc.exit_code
+        ctx = getattr(exc, "ctx", None)
+        hint = f"{ctx.command_path} --help" if ctx is not None else "envship --help"
+        return _fail("usage", exc.format_message(), exc.exit_code, as_json=True, hint=hint)
     return 0
 
 
