@@ -42,6 +42,7 @@ __all__ = [
     "point_current",
     "read_marker",
     "require_root",
+    "shared_version",
     "touch_used",
     "version_key",
     "version_keys",
@@ -70,6 +71,27 @@ def version_key(
     if compiled:
         parts.append("compiled")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:_KEY_CHARS]
+
+
+def shared_version(env: Path, marker: dict[str, Any]) -> tuple[str, Path] | None:
+    """``(name, root)`` when ``env`` (or what it links to, e.g. ``current``) is a version
+    under an environment root: such versions are immutable and shared, never changed."""
+    real = Path(os.path.realpath(env))
+    if real.parent.name != "versions":
+        return None
+    try:
+        key = version_key(
+            marker["lock"]["digest"],
+            marker["target"]["name"],
+            marker["groups"],
+            marker["python"]["base"],
+            compiled=bool(marker.get("compiled")),
+        )
+    except (KeyError, TypeError):
+        key = ""
+    if real.name != key and not (real.parent.parent / ".locks").is_dir():
+        return None
+    return real.parent.parent.name, real.parent.parent.parent
 
 
 def env_folder(root: Path, name: str) -> Path:

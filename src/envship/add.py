@@ -44,7 +44,7 @@ from packaging.utils import canonicalize_name
 
 from . import _snapshot, _uvpip
 from ._environment import find_environment
-from ._envroot import version_key
+from ._envroot import shared_version
 from ._flock import locked
 from .errors import AddConflictError, AddError, LockError, Problem, SpecError
 from .install import INCOMPLETE_NAME, MARKER_NAME, write_marker
@@ -170,22 +170,10 @@ def _marker(env: Path) -> dict[str, Any]:
 
 def _refuse_shared(env: Path, marker: dict[str, Any]) -> None:
     """A version under an `envship env` root is immutable and shared: never add to it."""
-    real = Path(os.path.realpath(env))
-    if real.parent.name != "versions":
+    shared = shared_version(env, marker)
+    if shared is None:
         return
-    try:
-        key = version_key(
-            marker["lock"]["digest"],
-            marker["target"]["name"],
-            marker["groups"],
-            marker["python"]["base"],
-            compiled=bool(marker.get("compiled")),
-        )
-    except (KeyError, TypeError):
-        key = ""
-    if real.name != key and not (real.parent.parent / ".locks").is_dir():
-        return
-    name, root = real.parent.parent.name, real.parent.parent.parent
+    name, root = shared
     raise AddError(
         f"{env} is a version of the shared environment {name!r} under {root}; "
         "versions are immutable and every instance uses them",
