@@ -97,3 +97,38 @@ def test_default_folder_is_cwd(
     assert run("init") == 0
     assert (project / "envship.toml").is_file()
     assert "wrote envship.toml" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "where", "message"),
+    [
+        (["--name", "bad name!"], "--name", "invalid name 'bad name!'"),
+        (["--target", "windows-arm"], "--target windows-arm", "unknown platform 'windows-arm'"),
+    ],
+)
+def test_bad_options_are_named_as_options(
+    project: Path, capsys: pytest.CaptureFixture[str], argv: list[str], where: str, message: str
+) -> None:
+    assert run("init", str(project), *argv, "--json") == 2
+    data = json.loads(capsys.readouterr().out)
+    assert [(p["where"], message in p["message"]) for p in data["problems"]] == [(where, True)]
+    assert not (project / "envship.toml").exists()
+
+
+def test_several_options_on_one_requirements_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "requirements.txt").write_bytes(
+        "-i https://a.org/simple --extra-index-url https://b.org/simple\nsix\n".encode("utf-8-sig")
+    )
+    assert run("init", str(tmp_path), "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["dependencies"] == ["six"]
+    assert data["indexes"] == [
+        {"name": "a-org", "url": "https://a.org/simple", "default": True},
+        {"name": "b-org", "url": "https://b.org/simple"},
+    ]
+    assert [i.url for i in load_spec(tmp_path).indexes] == [
+        "https://a.org/simple",
+        "https://b.org/simple",
+    ]

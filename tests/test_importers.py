@@ -75,16 +75,42 @@ def wheres(exc: SpecError) -> list[str]:
         ("~=1.4", "~=1.4"),
         ("!=1.3", "!=1.3"),
         ("^2.0,!=2.1.0", ">=2.0,<3.0,!=2.1.0"),
+        # Pre-releases: the bound comes from the release (poetry-core's next_breaking and
+        # next_minor start from Version.stable); the lower bound keeps the pre-release.
+        ("^1.2.3rc1", ">=1.2.3rc1,<2.0.0"),
+        ("^0.2.3b1", ">=0.2.3b1,<0.3.0"),
+        ("^0.0.3a1", ">=0.0.3a1,<0.0.4"),
+        ("^1.0.dev0", ">=1.0.dev0,<2.0"),
+        ("^1.2.3.post1", ">=1.2.3.post1,<2.0.0"),
+        ("~1.2.3rc1", ">=1.2.3rc1,<1.3.0"),
+        ("~2a1", ">=2a1,<3"),
+        ("^1.2.3-rc.1", ">=1.2.3rc1,<2.0.0"),  # SemVer spelling, normalized
+        ("^v1.2", ">=1.2,<2.0"),
     ],
 )
 def test_poetry_constraint(poetry: str, pep440: str) -> None:
     assert poetry_constraint(poetry) == pep440
 
 
-@pytest.mark.parametrize("bad", ["^1.x", "~abc", "1.2 || 1.4", ">=>1", "^"])
-def test_poetry_constraint_rejects(bad: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("^1.x", "expected a version such as 1.2.3"),
+        ("~abc", "expected a version such as 1.2.3"),
+        ("^1.2+local", "expected a version such as 1.2.3"),
+        ("1.2 || 1.4", "'||' (or)"),
+        (">=>1", "not a version constraint Poetry accepts"),
+        ("^", "'^': expected a version after the operator"),
+        ("~", "'~': expected a version after the operator"),
+        (">=", "'>=': expected a version after the operator"),
+        ("1.0, ~", "'~': expected a version after the operator"),
+    ],
+)
+def test_poetry_constraint_rejects(bad: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
         poetry_constraint(bad)
+    assert message in str(info.value)
+    assert "Invalid specifier" not in str(info.value)  # packaging's words, not the user's
 
 
 @pytest.mark.parametrize(
@@ -108,7 +134,7 @@ def test_conda_python(conda: str, python: str | None) -> None:
     assert conda_python(conda) == python
 
 
-@pytest.mark.parametrize("bad", ["=2.7", ">=4", "=3.x!"])
+@pytest.mark.parametrize("bad", ["=2.7", ">=4", "=3.x!", "=3", "3", "3.*", "==3.*", "3|3.10"])
 def test_conda_python_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         conda_python(bad)
@@ -254,6 +280,108 @@ def test_index_urls_and_credentials(tmp_path: Path) -> None:
     assert "s3cret" not in written and "alice" not in written
 
 
+@pytest.mark.parametrize(
+    ("lines", "indexes"),
+    [
+        (
+            "-i https://a.org/simple --extra-index-url https://b.org/simple",
+            [("a-org", "https://a.org/simple", True), ("b-org", "https://b.org/simple", False)],
+        ),
+        ("--index-url=https://a.org/simple", [("a-org", "https://a.org/simple", True)]),
+        ("-ihttps://a.org/simple", [("a-org", "https://a.org/simple", True)]),
+        ("--pypi-url https://a.org/simple", [("a-org", "https://a.org/simple", True)]),
+        ('--extra-index-url "https://b.org/simple"', [("b-org", "https://b.org/simple", False)]),
+        ("--extra-index https://b.org/simple", [("b-org", "https://b.org/simple", False)]),
+        (
+            "--pre --extra-index-url https://b.org/simple --prefer-binary",
+            [("b-org", "https://b.org/simple", False)],
+        ),
+        (
+            "-i https://a.org/simple -i https://c.org/simple",  # pip: the last one wins
+            [("c-org", "https://c.org/simple", True)],
+        ),
+    ],
+)
+def test_requirements_option_lines(
+    tmp_path: Path, lines: str, indexes: list[tuple[str, str, bool]]
+) -> None:
+    result = imported(tmp_path, {"requirements.txt": f"six\n{lines}\n"})
+    assert result.spec.dependencies == ("six",)
+    assert [(i.name, i.url, i.default) for i in result.spec.indexes] == indexes
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--bogus-option", "no such option: --bogus-option"),
+        ("-i https://a.org/simple --bogus", "no such option: --bogus"),
+        ("--no", "ambiguous option: --no"),
+        ("-i", "-i option requires 1 argument"),
+        ("-i 'https://a.org/simple", "cannot split"),
+        ("-i https://a.org/simple https://b.org/simple", "unexpected argument"),
+        ('-i "https://a.org/ simple"', "whitespace"),
+        ("six -i https://a.org/simple", "--index-url after a requirement is ignored by pip"),
+        ("six -C x=1", "--config-settings is unsupported"),
+        ("--hash=sha256:abc", "--hash belongs after a requirement"),
+        ("-e .", "editable installs are not supported"),
+    ],
+)
+def test_requirements_bad_option_lines(tmp_path: Path, line: str, message: str) -> None:
+    exc = failure(tmp_path, {"requirements.txt": f"ok\n{line}\n"})
+    assert [(p.where, message in p.message) for p in exc.problems] == [
+        ("requirements.txt:2", True)
+    ], exc.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("-r missing.txt\n", False),  # a missing file is not a PEP 508 matter
+        ("-r requirements.txt\n", False),  # nor is a cycle
+        ("--bogus\n", False),
+        ("not a requirement!!\n", True),
+        ("-e .\n", True),
+    ],
+)
+def test_requirements_hint_only_where_it_helps(tmp_path: Path, text: str, hint: bool) -> None:
+    exc = failure(tmp_path, {"requirements.txt": text})
+    assert (exc.hint is not None and "PEP 508" in exc.hint) is hint
+    if text.startswith("-r missing"):
+        assert exc.problems[0].message.endswith("missing.txt: No such file or directory")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+def test_text_inputs_with_a_byte_order_mark(tmp_path: Path, encoding: str) -> None:
+    # pip reads a requirements file in the encoding its byte-order mark names.
+    files = {
+        "requirements.txt": "six\n-i https://a.org/simple\n",
+        "runtime.txt": "python-3.12\n",
+    }
+    for name, text in files.items():
+        data = text.encode(encoding)
+        if encoding == "utf-16-be":  # Python writes no mark for an explicit byte order
+            data = b"\xfe\xff" + data
+        (tmp_path / name).write_bytes(data)
+    spec = import_spec(tmp_path).spec
+    assert (spec.dependencies, spec.python) == (("six",), ("3.12",))
+    assert [i.url for i in spec.indexes] == ["https://a.org/simple"]
+
+
+def test_environment_yml_with_a_byte_order_mark(tmp_path: Path) -> None:
+    text = "dependencies:\n  - python=3.12\n  - pip:\n    - six\n"
+    (tmp_path / "environment.yml").write_bytes(text.encode("utf-8-sig"))
+    spec = import_spec(tmp_path).spec
+    assert (spec.dependencies, spec.python) == (("six",), ("3.12",))
+
+
+def test_pyproject_with_a_byte_order_mark_is_refused_as_tomllib_does(tmp_path: Path) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_bytes('[project]\ndependencies = ["six"]\n'.encode("utf-8-sig"))
+    exc = failure(tmp_path, {})
+    assert wheres(exc) == [f"{path}:1:1"]
+    assert "byte-order mark" in exc.problems[0].message
+
+
 def test_requirements_in_when_no_txt(tmp_path: Path) -> None:
     assert imported(tmp_path, {"requirements.in": "attrs\n"}).spec.dependencies == ("attrs",)
 
@@ -300,6 +428,27 @@ def test_environment_yml_conda_only_packages(tmp_path: Path) -> None:
         "environment.yml: dependencies[3].pip[0]",
     ]
     assert exc.hint is not None and "pip:" in exc.hint
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("dependencies: foo\n", "dependencies", "expected a list, one '- item' per line, "
+         "got the text 'foo'"),
+        ("dependencies:\n  pip: [six]\n", "dependencies", "got a dict"),
+        ("dependencies:\n", "dependencies", "got nothing"),
+        ("- six\n", "", "expected a mapping with a 'dependencies:' list, got a list"),
+        ("", "", "got an empty file"),
+        ("dependencies:\n  - python=3\n", "dependencies[0]", "names no minor version"),
+        ("dependencies:\n  - python 3.*\n", "dependencies[0]", "names no minor version"),
+    ],
+)  # fmt: skip
+def test_environment_yml_shape(tmp_path: Path, text: str, where: str, message: str) -> None:
+    (tmp_path / "environment.yml").write_text(text, encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        import_spec(tmp_path)
+    expected = f"environment.yml: {where}" if where else "environment.yml"
+    assert [(p.where, message in p.message) for p in info.value.problems] == [(expected, True)]
 
 
 def test_environment_yml_malformed(tmp_path: Path) -> None:
@@ -434,6 +583,59 @@ def test_poetry_errors(tmp_path: Path, dep: str, key: str) -> None:
     assert wheres(exc) == [f"pyproject.toml: tool.poetry.dependencies.{key}"]
 
 
+@pytest.mark.parametrize(
+    ("dep", "key", "message"),
+    [
+        ('foo = "~"', "foo", "'~': expected a version after the operator"),
+        ('foo = {version = "^"}', "foo", "'^': expected a version after the operator"),
+        ('foo = "^1.2+local"', "foo", "expected a version such as 1.2.3 or 1.2.3rc1 after '^'"),
+        (
+            'foo = {version = "^1.2", allow-prereleases = true}',
+            "foo.allow-prereleases",
+            'not supported: name a pre-release in the version instead (e.g. ">=2.0rc1")',
+        ),
+        ('foo = {version = "*", allows-prereleases = true}', "foo.allows-prereleases",
+         "not supported"),
+        ('foo = {version = "^1.2", allow-prereleases = "yes"}', "foo.allow-prereleases",
+         "expected true or false"),
+    ],
+)  # fmt: skip
+def test_poetry_problems_name_the_key(tmp_path: Path, dep: str, key: str, message: str) -> None:
+    exc = failure(tmp_path, {"pyproject.toml": f"[tool.poetry.dependencies]\n{dep}\n"})
+    assert [(p.where, message in p.message) for p in exc.problems] == [
+        (f"pyproject.toml: tool.poetry.dependencies.{key}", True)
+    ], exc.problems
+
+
+@pytest.mark.parametrize(
+    ("dep", "requirement"),
+    [
+        ('foo = "^1.2.3rc1"', "foo<2.0.0,>=1.2.3rc1"),
+        ('foo = {version = "~1.2.3b2", allow-prereleases = true}', "foo<1.3.0,>=1.2.3b2"),
+        ('foo = {version = "^1.2", allow-prereleases = false}', "foo<2.0,>=1.2"),
+    ],
+)
+def test_poetry_pre_releases(tmp_path: Path, dep: str, requirement: str) -> None:
+    result = imported(tmp_path, {"pyproject.toml": f"[tool.poetry.dependencies]\n{dep}\n"})
+    assert result.spec.dependencies == (requirement,)
+
+
+def test_poetry_source_names_uv_refuses_are_rewritten(tmp_path: Path) -> None:
+    toml = """
+        [tool.poetry.dependencies]
+        six = "*"
+        [[tool.poetry.source]]
+        name = "My Repo"
+        url = "https://a.example/simple/"
+        [[tool.poetry.source]]
+        name = "my_repo"
+        url = "https://b.example/simple/"
+    """
+    result = imported(tmp_path, {"pyproject.toml": toml})
+    assert [i.name for i in result.spec.indexes] == ["My-Repo", "my_repo-2"]
+    assert any("'My Repo' is named 'My-Repo'" in n for n in result.notes)
+
+
 # --- layout, runtime.txt, naming, writing ---------------------------------------------------
 
 
@@ -491,7 +693,7 @@ def test_name_and_targets_are_validated_by_parse_spec(tmp_path: Path) -> None:
     assert (spec.name, [t.name for t in spec.targets]) == ("ds", ["linux-aarch64"])
     with pytest.raises(SpecError) as info:
         import_spec(tmp_path, name="bad name", targets=["windows-arm"])
-    assert wheres(info.value) == ["envship init: name", "envship init: targets.windows-arm"]
+    assert wheres(info.value) == ["--name", "--target windows-arm"]
 
 
 def test_nothing_found(tmp_path: Path) -> None:
@@ -523,6 +725,7 @@ def test_init_writes_a_spec_that_loads_and_refuses_to_overwrite(tmp_path: Path) 
 _TOKENS = ["-r ", "-c ", "-i ", "--index-url=https://u:p@h/", "--extra-index-url ", "x @ "]
 _TOKENS += ["[", "]", ";", " #", "\\", "\n", "==1", "${A}", "://", ".", "/", "numpy", "-e "]
 _TOKENS += ["--hash=x", " python_version<'3'", "\t", "~=", "*", ",", "[::1", "requirements.txt"]
+_TOKENS += [" --extra-index ", "'", '"', " -C ", "--pre", " --no", "\ufeff", "-i"]
 _TEXT = st.one_of(st.text(), st.lists(st.sampled_from(_TOKENS), max_size=30).map("".join))
 
 

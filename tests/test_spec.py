@@ -113,6 +113,131 @@ def test_invalid_spec_names_key(data: dict[str, Any], where: str) -> None:
     assert "secret" not in str(info.value) or where != "indexes[0].url"
 
 
+# Each of these reached uv and failed there with exit 1 ("Supported environments must be
+# disjoint", "duplicate index name", a direct URL fetched outside every index, a URL with
+# blanks percent-encoded into a path no server has); the spec must refuse them, exit 2.
+INDEX = {"name": "corp", "url": "https://packages.example/simple"}
+UNSAFE_SPECS = [
+    pytest.param({"python": ["3.11", "3.11"]}, "python", "listed more than once: 3.11",
+                 id="python-twice"),
+    pytest.param({"python": ["3.9", "3.09"]}, "python", "expected a version", id="python-3.09"),
+    pytest.param(
+        {"targets": {"linux-x86_64": {"glibc": "2.17"}, "x": {"platform": "linux-x86_64"}}},
+        "targets.x", "same platform (linux-x86_64), Python (3.11) and variant (cpu) as "
+        "targets.linux-x86_64", id="same-target-other-glibc",
+    ),
+    pytest.param(
+        {"targets": {"a": {"platform": "linux-aarch64"}, "b": {"platform": "linux-aarch64"}}},
+        "targets.b", "as targets.a", id="same-target-twice",
+    ),
+    pytest.param(
+        {
+            "python": ["3.11", "3.12"],
+            "targets": {
+                "linux-x86_64": {},
+                "linux-x86_64-py3.11": {"platform": "linux-aarch64", "python": "3.11"},
+            },
+        },
+        "targets.linux-x86_64-py3.11", "'linux-x86_64-py3.11' is also made by "
+        "targets.linux-x86_64", id="target-name-made-twice",
+    ),
+    pytest.param({"indexes": [INDEX, INDEX]}, "indexes[1].name", "also the name of indexes[0]",
+                 id="index-name-twice"),
+    pytest.param(
+        {"indexes": [INDEX, {**INDEX, "name": "CORP"}]}, "indexes[1].name",
+        "uv reads UV_INDEX_CORP_* for both", id="index-names-equal-but-case",
+    ),
+    pytest.param(
+        {"indexes": [{"url": "https://h.example/a"}, {"url": "https://h.example/b"}]},
+        "indexes[1].name", "set a name", id="index-names-from-one-host",
+    ),
+    pytest.param({"indexes": [{**INDEX, "name": "my index!"}]}, "indexes[0].name",
+                 "letters, digits", id="index-name-uv-refuses"),
+    pytest.param(
+        {"indexes": [{**INDEX, "url": "https://a.org/simple --extra-index-url https://b.org/"}]},
+        "indexes[0].url", "whitespace", id="index-url-two-urls",
+    ),
+    pytest.param({"indexes": [{**INDEX, "url": "https://a.org/sim\tple"}]}, "indexes[0].url",
+                 "whitespace or control characters", id="index-url-tab"),
+    pytest.param({"indexes": [{**INDEX, "url": "http://[::1/simple"}]}, "indexes[0].url",
+                 "invalid URL", id="index-url-unparseable"),
+    pytest.param({"indexes": [{**INDEX, "password-env": "MY TOKEN"}]},
+                 "indexes[0].password-env", "environment variable name", id="index-env-name"),
+    pytest.param(
+        {"dependencies": ["alpha @ https://host.example/alpha-1.0-py3-none-any.whl"]},
+        "dependencies[0]", "direct reference 'https://host.example/alpha-1.0-py3-none-any.whl'"
+        " is not supported: envship locks from package indexes only", id="direct-reference",
+    ),
+    pytest.param(
+        {"groups": {"dev": ["pytest", "beta @ file:///wheels/beta-1.0-py3-none-any.whl"]}},
+        "groups.dev[1]", "direct reference", id="direct-reference-in-group",
+    ),
+    pytest.param({"name": "bad name!"}, "name", "invalid name 'bad name!'", id="bad-name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "where", "message"), UNSAFE_SPECS)
+def test_specs_uv_would_refuse_are_refused_naming_the_key(
+    tmp_path: Path, extra: dict[str, Any], where: str, message: str
+) -> None:
+    path = tmp_path / "envship.toml"
+    path.write_text(tomli_w.dumps({"name": "x", "dependencies": ["alpha"], **extra}))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.exit_code == 2
+    found = [(p.where, p.message) for p in info.value.problems]
+    assert [w for w, _ in found] == [f"{path}: {where}"], found
+    assert message in found[0][1]
+
+
+def test_targets_that_differ_in_variant_are_distinct(tmp_path: Path) -> None:
+    path = tmp_path / "envship.toml"
+    path.write_text(
+        'name = "x"\n[targets.linux-x86_64]\n'
+        '[targets.gpu]\nplatform = "linux-x86_64"\nvariant = "cuda"\n'
+    )
+    spec = load_spec(path)
+    assert [(t.name, t.variant) for t in spec.targets] == [
+        ("linux-x86_64", "cpu"),
+        ("gpu", "cuda"),
+    ]
+
+
+def test_every_unsafe_input_reported_together(tmp_path: Path) -> None:
+    path = tmp_path / "envship.toml"
+    data = {
+        "name": "x",
+        "python": ["3.11", "3.11"],
+        "dependencies": ["alpha @ https://host.example/alpha-1.0-py3-none-any.whl"],
+        "indexes": [INDEX, {**INDEX, "url": "https://a.org/simple -i https://b.org/"}],
+        "targets": {"linux-x86_64": {"glibc": "2.17"}, "x": {"platform": "linux-x86_64"}},
+    }
+    path.write_text(tomli_w.dumps(data))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert sorted(p.where.removeprefix(f"{path}: ") for p in info.value.problems) == [
+        "dependencies[0]",
+        "indexes[1].name",
+        "indexes[1].url",
+        "python",
+        "targets.x",
+    ]
+
+
+@pytest.mark.parametrize("filename", ["envship.toml", "pyproject.toml"])
+def test_a_byte_order_mark_is_named(tmp_path: Path, filename: str) -> None:
+    # TOML has no byte-order mark; tomllib says only "Invalid statement (at line 1,
+    # column 1)", which does not tell anyone what to fix.
+    text = '[tool.envship]\nname = "x"\n' if filename == "pyproject.toml" else 'name = "x"\n'
+    path = tmp_path / filename
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert [p.where for p in info.value.problems] == [f"{path}:1:1"]
+    assert "byte-order mark" in info.value.problems[0].message
+    assert info.value.hint is not None and "without a byte-order mark" in info.value.hint
+
+
 def test_all_problems_reported_at_once() -> None:
     with pytest.raises(SpecError) as info:
         parse_spec({"dependencies": ["!!"], "python": 3, "bogus": 1}, source="s")

@@ -16,10 +16,11 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from ._requirements import index_entry
-from ._toml import load_toml
 from .errors import Problem, SpecError
+from .spec import read_spec_toml
 
 __all__ = [
     "PYTHONS",
@@ -33,7 +34,8 @@ __all__ = [
 
 #: Python minors a version range may resolve to, oldest first.
 PYTHONS = tuple(f"3.{minor}" for minor in range(9, 15))
-_POETRY_OP = re.compile(r"^(\^|~=|~|===|==|!=|>=|<=|>|<|=)?(.+)$")
+# An operator, then something that is not one (a lone "~" is no version).
+_POETRY_OP = re.compile(r"^(\^|~=|~|===|==|!=|>=|<=|>|<|=)?([^\^~=!<>].*)$")
 
 
 @dataclass(slots=True)
@@ -68,7 +70,10 @@ def poetry_constraint(text: str) -> str:
     (https://python-poetry.org/docs/dependency-specification/#version-constraints):
     ``^`` allows changes that keep the leftmost non-zero part, ``~`` allows patch
     changes (minor changes when only the major is given). The upper bound keeps the
-    number of parts written, as Poetry prints it. ``||`` has no PEP 440 equivalent.
+    number of parts written, as Poetry prints it. A pre-release is allowed as the lower
+    bound and the upper bound comes from its release (poetry-core's
+    ``Version.next_breaking`` and ``next_minor`` start from ``stable``), so
+    ``^1.2.3rc1`` is ``>=1.2.3rc1,<2.0.0``. ``||`` has no PEP 440 equivalent.
     """
     if "||" in text:
         raise ValueError(f"{text!r}: '||' (or) cannot be written as a PEP 440 specifier")
@@ -76,29 +81,41 @@ def poetry_constraint(text: str) -> str:
     out: list[str] = []
     for token in filter(None, re.split(r"[,\s]+", text)):
         match = _POETRY_OP.match(token)
-        assert match is not None  # the pattern accepts any non-empty token
+        if match is None:
+            if re.fullmatch(r"\^|~=?|===?|!=|[<>]=?|=", token):
+                raise ValueError(f"{token!r}: expected a version after the operator")
+            raise ValueError(f"{token!r} is not a version constraint Poetry accepts")
         op, version = match.group(1) or "", match.group(2)
         if token == "*":
             continue
         if op in ("^", "~"):
-            if not re.fullmatch(r"\d+(\.\d+)*", version):
-                raise ValueError(f"{token!r}: expected a release version after {op!r}")
-            parts = [int(p) for p in version.split(".")]
-            if op == "^":
-                nonzero = [i for i, p in enumerate(parts) if p]
-                bump = nonzero[0] if nonzero else len(parts) - 1
-            else:
-                bump = 0 if len(parts) == 1 else 1
-            upper = [*parts[:bump], parts[bump] + 1] + [0] * (len(parts) - bump - 1)
-            out += [f">={version}", "<" + ".".join(map(str, upper))]
+            out += _caret_or_tilde(op, version, token)
         else:
             out.append(("==" if op in ("", "=") else op) + version)
     result = ",".join(out)
     try:
         SpecifierSet(result)
-    except InvalidSpecifier as exc:
-        raise ValueError(f"{text!r}: {exc}") from None
+    except InvalidSpecifier:
+        raise ValueError(f"{text!r} is not a version constraint Poetry accepts") from None
     return result
+
+
+def _caret_or_tilde(op: str, version: str, token: str) -> list[str]:
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        parsed = None
+    if parsed is None or parsed.local is not None or parsed.epoch:
+        raise ValueError(f"{token!r}: expected a version such as 1.2.3 or 1.2.3rc1 after {op!r}")
+    parts = list(parsed.release)
+    if op == "^":
+        nonzero = [i for i, p in enumerate(parts) if p]
+        bump = nonzero[0] if nonzero else len(parts) - 1
+    else:
+        bump = 0 if len(parts) == 1 else 1
+    upper = [*parts[:bump], parts[bump] + 1] + [0] * (len(parts) - bump - 1)
+    # str(parsed): Poetry also reads SemVer spellings such as "v1.2" and "1.2.3-rc.1".
+    return [f">={parsed}", "<" + ".".join(map(str, upper))]
 
 
 def poetry_python(constraint: str) -> str:
@@ -263,8 +280,39 @@ def _poetry_deps(
             except (ValueError, TypeError) as exc:  # InvalidRequirement is a ValueError
                 problems.append(Problem(key, str(exc)))
                 continue
+            if not _prereleases_expressed(spec, req, key, problems):
+                continue
             out.append((name, str(req), spec.get("optional") is True))
     return out
+
+
+def _prereleases_expressed(
+    spec: dict[str, Any], req: Requirement, key: str, problems: list[Problem]
+) -> bool:
+    """Whether the requirement says what Poetry's ``allow-prereleases`` says.
+
+    A spec has no per-package pre-release switch; PEP 440 allows pre-releases of a
+    package whose specifier names one (uv's default does the same), so ``true`` is kept
+    only when the version already names one, and refused otherwise rather than dropped.
+    """
+    for flag in ("allow-prereleases", "allows-prereleases"):  # the second: Poetry < 1.2
+        value = spec.get(flag)
+        if value is None or value is False:
+            continue
+        if value is not True:
+            problems.append(Problem(f"{key}.{flag}", "expected true or false"))
+            return False
+        if not req.specifier.prereleases:
+            problems.append(
+                Problem(
+                    f"{key}.{flag}",
+                    "not supported: name a pre-release in the version instead (e.g. "
+                    '">=2.0rc1"); a specifier naming one lets the resolver pick '
+                    "pre-releases of this package",
+                )
+            )
+            return False
+    return True
 
 
 def _from_poetry(poetry: dict[str, Any], shown: str, problems: list[Problem], found: Found) -> None:
@@ -318,7 +366,7 @@ def _from_poetry(poetry: dict[str, Any], shown: str, problems: list[Problem], fo
 
 def from_pyproject(path: Path, root: Path) -> Found | None:
     shown = show(path, root)
-    data = load_toml(path, SpecError)
+    data = read_spec_toml(path)
     tool = data.get("tool", {})
     if isinstance(tool, dict) and "envship" in tool:
         raise SpecError(

@@ -13,19 +13,23 @@ Every problem is collected and raised once as a :class:`~envship.errors.SpecErro
 
 from __future__ import annotations
 
+import codecs
+import optparse
 import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from .errors import Problem, SpecError
+from .spec import index_key
 
-__all__ = ["ParsedRequirements", "index_entry", "parse_requirements"]
+__all__ = ["ParsedRequirements", "decode_text", "index_entry", "parse_requirements"]
 
 # pip: a comment starts at "#" at the start of a line or after whitespace, so the
 # "#egg=" fragment of a URL is not a comment.
@@ -34,23 +38,61 @@ _ENV_VAR = re.compile(r"^\$\{([A-Za-z0-9_]+)\}$")
 _URL_OR_PATH = re.compile(r"^([a-z][a-z0-9+.-]*://|\.{1,2}([/\\]|$)|/|~)|\.(whl|zip|tar\.gz|tgz)$")
 _NOTE_ONLY = {
     "--pre": "--pre is ignored: allow pre-releases per package with a specifier such as '>=2.0rc1'",
+    "--all-releases": "--all-releases is ignored: allow pre-releases per package with a "
+    "specifier such as '>=2.0rc1'",
+    "--only-final": "--only-final is ignored: pre-releases are used only where a specifier "
+    "names one",
     "--prefer-binary": "--prefer-binary is ignored: envship installs wheels only",
     "--only-binary": "--only-binary is ignored: envship installs wheels only",
     "--require-hashes": "--require-hashes is ignored: the lock always records hashes",
+    "--no-require-hashes": "--no-require-hashes is ignored: the lock always records hashes",
     "--trusted-host": "--trusted-host is ignored: use an https index URL",
     "--use-feature": "--use-feature is ignored",
 }
 _UNSUPPORTED = {
-    "-e": "editable installs are not supported: envship installs wheels from indexes",
     "--editable": "editable installs are not supported: envship installs wheels from indexes",
-    "-f": "--find-links is not supported: publish the files to a package index",
     "--find-links": "--find-links is not supported: publish the files to a package index",
     "--no-index": "--no-index is not supported: envship resolves from package indexes",
     "--no-binary": "--no-binary is not supported: envship installs wheels only",
 }
-# The options that change the spec; each takes a value. Short forms map to long ones.
-_TAKES_VALUE = {"--requirement", "--constraint", "--index-url", "--extra-index-url"}
-_SHORT = {"-r": "--requirement", "-c": "--constraint", "-i": "--index-url"}
+# pip's options for a requirements file (pip._internal.req.req_file.SUPPORTED_OPTIONS and
+# SUPPORTED_OPTIONS_REQ, pip 26): every spelling, and whether it takes a value. The first
+# long name is the one reported.
+_PIP_OPTIONS: tuple[tuple[tuple[str, ...], bool], ...] = (
+    (("-i", "--index-url", "--pypi-url"), True),
+    (("--extra-index-url",), True),
+    (("--no-index",), False),
+    (("-c", "--constraint"), True),
+    (("-r", "--requirement"), True),
+    (("-e", "--editable"), True),
+    (("-f", "--find-links"), True),
+    (("--no-binary",), True),
+    (("--only-binary",), True),
+    (("--prefer-binary",), False),
+    (("--require-hashes",), False),
+    (("--no-require-hashes",), False),
+    (("--pre",), False),
+    (("--all-releases",), True),
+    (("--only-final",), True),
+    (("--trusted-host",), True),
+    (("--use-feature",), True),
+    (("--hash",), True),  # per requirement
+    (("-C", "--config-settings"), True),  # per requirement
+)
+_PER_REQUIREMENT = {"--hash", "--config-settings"}
+# pip reads a requirements file in the encoding its byte-order mark names (Notepad's
+# "Unicode" is UTF-16 LE with one); UTF-32 LE starts with UTF-16 LE's mark, so it is first.
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+_PEP508_HINT = (
+    "envship locks wheels from package indexes; declare each package by name with a "
+    "version specifier (PEP 508)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +116,7 @@ class _State:
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stack: list[Path] = field(default_factory=list)  # files being read, for cycles
+    pep508: bool = False  # a problem the PEP 508 hint helps with (not, say, a missing file)
 
     def show(self, path: Path) -> str:
         try:
@@ -103,22 +146,54 @@ def logical_lines(text: str) -> Iterable[tuple[int, str]]:
             yield start, joined
 
 
-def _split_option(line: str) -> tuple[str, str]:
-    """``-rfile`` / ``-r file`` / ``--requirement=file`` -> ("--requirement", "file")."""
-    if line.startswith("--"):
-        match = re.match(r"^(--[A-Za-z0-9-]*)\s*=?\s*(.*)$", line)
-        assert match is not None  # the pattern matches any string starting with "--"
-        return match.group(1), match.group(2).strip()
-    name, value = line[:2], line[2:].strip()
-    return _SHORT.get(name, name), value.lstrip("=").strip()
+def decode_text(raw: bytes) -> str:
+    """A text file's bytes as pip reads them: in the encoding of a leading byte-order mark
+    (which is dropped), else UTF-8. Raises ``UnicodeDecodeError``."""
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            return raw[len(bom) :].decode(encoding)
+    return raw.decode("utf-8")
+
+
+class _OptionError(Exception):
+    pass
+
+
+class _OptionParser(optparse.OptionParser):
+    def error(self, msg: str) -> NoReturn:
+        raise _OptionError(msg)
+
+
+def _parse_options(text: str) -> list[tuple[str, str | None]]:
+    """``(long name, value)`` for each option in ``text``, in order, as pip reads them:
+    shlex-split, then optparse (so ``-ifoo``, ``--index-url=foo`` and unambiguous
+    abbreviations such as ``--extra-index`` work). Raises :class:`_OptionError`."""
+    try:
+        args = shlex.split(text)
+    except ValueError as exc:  # an unclosed quote
+        raise _OptionError(f"cannot split {text!r}: {exc}") from None
+    found: list[tuple[str, str | None]] = []
+
+    def record(option: optparse.Option, _opt: str, value: str | None, _p: object) -> None:
+        found.append((option.get_opt_string(), value))
+
+    parser = _OptionParser(add_help_option=False)
+    for names, takes_value in _PIP_OPTIONS:
+        kwargs: dict[str, Any] = {"type": "string"} if takes_value else {}
+        parser.add_option(*names, action="callback", callback=record, **kwargs)
+    _, rest = parser.parse_args(args)
+    if rest:
+        raise _OptionError(f"unexpected argument {rest[0]!r} (one value per option)")
+    return found
 
 
 def _read(state: _State, path: Path, where: str, *, constraint: bool) -> None:
     try:
         resolved = path.resolve()
-        text = path.read_text(encoding="utf-8")
+        text = decode_text(path.read_bytes())
     except (OSError, ValueError, RuntimeError) as exc:  # ValueError: NUL in the path
-        state.problems.append(Problem(where, f"cannot read {path}: {exc}"))
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        state.problems.append(Problem(where, f"cannot read {path}: {reason}"))
         return
     if resolved in state.stack:
         chain = " -> ".join(state.show(p) for p in [*state.stack, resolved])
@@ -135,21 +210,34 @@ def _read(state: _State, path: Path, where: str, *, constraint: bool) -> None:
 
 def _feed(state: _State, lines: Iterable[tuple[str, str]], base: Path, *, constraint: bool) -> None:
     for where, line in lines:
-        if line.startswith("-"):
-            _option(state, where, line, base, constraint=constraint)
-        else:
-            _requirement(state, where, line, constraint=constraint)
+        # pip (req_file.break_args_options): the options start at the first
+        # space-separated token that starts with "-"; what comes before is the requirement.
+        tokens = line.split(" ")
+        first = next((i for i, t in enumerate(tokens) if t.startswith("-")), len(tokens))
+        text, options = " ".join(tokens[:first]).strip(), " ".join(tokens[first:])
+        try:
+            parsed = _parse_options(options)
+        except _OptionError as exc:
+            state.problems.append(Problem(where, str(exc)))
+            continue
+        if text:
+            _requirement(state, where, text, parsed, constraint=constraint)
+            continue
+        for name, value in parsed:
+            _option(state, where, name, value, base, constraint=constraint)
 
 
-def _option(state: _State, where: str, line: str, base: Path, *, constraint: bool) -> None:
-    name, value = _split_option(line)
+def _option(
+    state: _State, where: str, name: str, value: str | None, base: Path, *, constraint: bool
+) -> None:
     if name in _UNSUPPORTED:
         state.problems.append(Problem(where, _UNSUPPORTED[name]))
+        state.pep508 = True
     elif name in _NOTE_ONLY:
         if _NOTE_ONLY[name] not in state.notes:
             state.notes.append(_NOTE_ONLY[name])
-    elif name not in _TAKES_VALUE:
-        state.problems.append(Problem(where, f"unknown or unsupported option {name!r}"))
+    elif name in _PER_REQUIREMENT:
+        state.problems.append(Problem(where, f"{name} belongs after a requirement"))
     elif not value:
         state.problems.append(Problem(where, f"{name} needs a value"))
     elif name in ("--requirement", "--constraint"):
@@ -169,19 +257,22 @@ def _option(state: _State, where: str, line: str, base: Path, *, constraint: boo
         state.extra_urls.append((where, value))
 
 
-def _requirement(state: _State, where: str, line: str, *, constraint: bool) -> None:
-    # pip splits a line into the requirement and its options at the first " -" token.
-    text, options = line, ""
-    match = re.search(r"\s+(--?[A-Za-z])", line)
-    if match:
-        text, options = line[: match.start()].strip(), line[match.start() :].strip()
-    for option in options.split():
-        if option.startswith("--hash"):
+def _requirement(
+    state: _State,
+    where: str,
+    text: str,
+    options: list[tuple[str, str | None]],
+    *,
+    constraint: bool,
+) -> None:
+    for name, _value in options:
+        if name == "--hash":
             continue  # hashes pin artifacts; the lock records its own, so drop them
-        if option.startswith("-"):
-            state.problems.append(
-                Problem(where, f"per-requirement option {option.split('=')[0]!r} is unsupported")
-            )
+        if name == "--config-settings":
+            msg = "--config-settings is unsupported: envship installs wheels, it builds nothing"
+        else:  # pip silently ignores a file-wide option on a requirement's line
+            msg = f"{name} after a requirement is ignored by pip; put it on a line of its own"
+        state.problems.append(Problem(where, msg))
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
@@ -190,10 +281,12 @@ def _requirement(state: _State, where: str, line: str, *, constraint: bool) -> N
         else:
             msg = f"invalid requirement {text!r}: {exc}"
         state.problems.append(Problem(where, msg))
+        state.pep508 = True
         return
     if req.url:
         msg = f"direct reference {req.url!r} is not supported; envship locks from indexes only"
         state.problems.append(Problem(where, msg))
+        state.pep508 = True
         return
     (state.constraints if constraint else state.requirements).append((where, req))
 
@@ -207,6 +300,9 @@ def index_entry(
     index URLs), so ``user:pw@`` is stripped and replaced by ``username-env`` /
     ``password-env`` names; a ``${VAR}`` credential (pip expands those) keeps its name.
     """
+    if any(c.isspace() or not c.isprintable() for c in url):
+        msg = f"invalid index URL {url!r}: it contains whitespace or control characters"
+        return None, [Problem(where, msg)], []
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -215,16 +311,24 @@ def index_entry(
         return None, [Problem(where, f"invalid index URL {url!r}: {exc}")], []
     if parts.scheme not in ("http", "https", "file") or not (host or parts.scheme == "file"):
         return None, [Problem(where, f"invalid index URL {url!r}")], []
-    name = name or re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-") or "index"
-    taken = set(taken)
+    notes: list[str] = []
+    given = name
+    # uv allows letters, digits, "-", "_" and "." in an index name (a Poetry source's may
+    # hold anything), and two names with one UV_INDEX_<KEY> would share credentials.
+    if name is None:
+        name = re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-") or "index"
+    else:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "index"
+    keys = {index_key(t) for t in taken}
     base, n = name, 2
-    while name in taken:
+    while index_key(name) in keys:
         name, n = f"{base}-{n}", n + 1
+    if given is not None and name != given:
+        notes.append(f"{where}: index {given!r} is named {name!r} in the spec")
     netloc = host + (f":{port}" if port is not None else "")
     entry: dict[str, Any] = {"name": name, "url": urlunsplit(parts._replace(netloc=netloc))}
     if default:
         entry["default"] = True
-    notes: list[str] = []
     stem = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
     exports: list[str] = []
     for key, secret, suffix in (
@@ -312,8 +416,7 @@ def parse_requirements(
         raise SpecError(
             f"cannot import {shown}: {len(state.problems)} unsupported or invalid line(s)",
             problems=state.problems,
-            hint="envship locks wheels from package indexes; declare each package by "
-            "name with a version specifier (PEP 508)",
+            hint=_PEP508_HINT if state.pep508 else None,
         )
     return ParsedRequirements(
         tuple(requirements), tuple(indexes), tuple(state.files), tuple(state.notes)

@@ -21,7 +21,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
 from ._pyproject import PYTHONS, Found, from_pyproject, lowest_python, poetry_constraint, show
-from ._requirements import parse_requirements
+from ._requirements import decode_text, parse_requirements
 from .errors import Problem, SpecError
 from .spec import SPEC_FILENAME, Spec, parse_spec
 
@@ -46,6 +46,7 @@ _SOURCES = (
     "requirements.txt",
     "requirements.in",
 )
+_INIT = "envship init"
 _RUNTIME = re.compile(r"^python-(3\.\d+)(\.\d+)?$")
 _CONDA_NAME = re.compile(r"^(?:[^:\s]+::)?([A-Za-z0-9_.-]+)\s*(.*)$")
 
@@ -64,7 +65,8 @@ def conda_python(text: str) -> str | None:
 
     conda's ``=3.11`` means ``3.11.*`` and a bare ``3.11`` likewise; ``|`` is "or", so the
     oldest alternative wins; a build string after a second ``=`` or a space is dropped.
-    Raises ``ValueError`` for a version part PEP 440 cannot express.
+    Raises ``ValueError`` for a version part PEP 440 cannot express, and for a bare
+    major (``=3``): conda takes its newest 3.x then, which no fixed answer matches.
     """
     text = text.strip()
     if not text:
@@ -75,6 +77,10 @@ def conda_python(text: str) -> str | None:
     text = re.split(r"(?<![=<>!])=(?!=)|\s+", text, maxsplit=1)[0]  # drop a build string
     found: list[str] = []
     for alternative in text.split("|"):
+        if re.fullmatch(r"(==)?3(\.\*)?", alternative):
+            # conda reads "python=3" as its newest Python 3, which changes over time; the
+            # oldest (3.9) or a default would be a guess either way, so ask for a minor.
+            raise ValueError(f"{alternative!r} names no minor version; write one, e.g. 3.11")
         parts = []
         for part in alternative.split(","):
             if not re.match(r"^[<>=!~]", part):
@@ -94,7 +100,7 @@ def conda_python(text: str) -> str | None:
 def _runtime_python(path: Path, root: Path) -> str:
     # repo2docker's runtime.txt: "python-3.11" or "python-3.11.4"; only the minor counts.
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = decode_text(path.read_bytes()).strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read {path}: {exc}") from None
     match = _RUNTIME.match(text)
@@ -109,7 +115,7 @@ def _runtime_python(path: Path, root: Path) -> str:
 def _from_environment_yml(path: Path, root: Path) -> Found:
     shown = show(path, root)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(decode_text(path.read_bytes()))
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
         msg = exc.problem or str(exc)
@@ -119,9 +125,14 @@ def _from_environment_yml(path: Path, root: Path) -> Found:
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read {shown}: {exc}") from None
     found = Found(sources=[path])
-    deps = data.get("dependencies", []) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        msg = f"expected a mapping with a 'dependencies:' list, got {got}"
+        raise SpecError(f"invalid {shown}", problems=[Problem(shown, msg)])
+    deps = data.get("dependencies", [])
     if not isinstance(deps, list):
-        raise SpecError(f"invalid {shown}", problems=[Problem(shown, "expected dependencies:")])
+        msg = f"expected a list, one '- item' per line, got {_yaml_kind(deps)}"
+        raise SpecError(f"invalid {shown}", problems=[Problem(f"{shown}: dependencies", msg)])
     problems: list[Problem] = []
     conda_only: list[Problem] = []
     pip_lines: list[tuple[str, str]] = []
@@ -166,6 +177,14 @@ def _from_environment_yml(path: Path, root: Path) -> Found:
     if isinstance(data, dict) and data.get("channels"):
         found.notes.append(f"{shown}: channels are ignored (envship reads package indexes)")
     return found
+
+
+def _yaml_kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return f"a {type(value).__name__}"
 
 
 def _default_name(folder: Path) -> str:
@@ -229,8 +248,26 @@ def import_spec(
         data["groups"] = found.groups
     if found.indexes:
         data["indexes"] = found.indexes
-    spec = parse_spec(data, source="envship init")
+    try:
+        spec = parse_spec(data, source=_INIT)
+    except SpecError as exc:
+        raise SpecError(
+            exc.message,
+            problems=[_option_where(p, name, targets) for p in exc.problems],
+            hint=exc.hint,
+        ) from None
     return ImportResult(spec, tuple(found.sources), tuple(notes + found.notes))
+
+
+def _option_where(problem: Problem, name: str | None, targets: Sequence[str] | None) -> Problem:
+    """A problem with what the caller passed named as the option it came from."""
+    key = problem.where.removeprefix(f"{_INIT}: ")
+    if name is not None and key == "name":
+        return Problem("--name", problem.message)
+    target = key.removeprefix("targets.").split(".")[0]
+    if targets and key.startswith("targets.") and target in targets:
+        return Problem(f"--target {target}", problem.message)
+    return problem
 
 
 def spec_destination(folder: Path, *, force: bool = False) -> Path:

@@ -51,14 +51,21 @@ __all__ = [
     "Spec",
     "add_requirements",
     "find_spec",
+    "index_key",
     "load_spec",
     "parse_spec",
+    "read_spec_toml",
 ]
 
 SPEC_FILENAME = "envship.toml"
 DEFAULT_TARGETS = ("linux-x86_64",)
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
-_PYTHON = re.compile(r"^3\.\d{1,2}$")
+# No leading zero: "3.09" would be a second spelling of 3.9 that no marker matches.
+_PYTHON = re.compile(r"^3\.(0|[1-9][0-9]?)$")
+# uv refuses any other character in an index name (and so the whole lock).
+_INDEX_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BOM = b"\xef\xbb\xbf"
 _TOP_KEYS = {
     "name",
     "python",
@@ -183,10 +190,31 @@ def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[s
     out: list[str] = []
     for i, text in enumerate(_as_str_list(value, where, problems)):
         try:
-            out.append(str(Requirement(text)))
+            req = Requirement(text)
         except InvalidRequirement as exc:
             problems.append(Problem(f"{where}[{i}]", f"invalid requirement {text!r}: {exc}"))
+            continue
+        if req.url:
+            # uv would fetch it (and build it, for an sdist) outside every index: the
+            # lock would name a file no index serves and the store cannot fetch by hash.
+            problems.append(
+                Problem(
+                    f"{where}[{i}]",
+                    f"direct reference {req.url!r} is not supported: envship locks from "
+                    "package indexes only; publish the package to an index and name it "
+                    "with a version specifier",
+                )
+            )
+            continue
+        out.append(str(req))
     return tuple(out)
+
+
+def index_key(name: str) -> str:
+    """The part of uv's ``UV_INDEX_<KEY>_USERNAME`` / ``_PASSWORD`` variables an index name
+    gives (upper case, anything else an underscore): two indexes with one key would read
+    each other's credentials, so names must differ in it."""
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
 def _index(value: object, where: str, problems: list[Problem]) -> IndexConfig | None:
@@ -200,7 +228,22 @@ def _index(value: object, where: str, problems: list[Problem]) -> IndexConfig | 
     if not isinstance(url, str) or not url:
         problems.append(Problem(f"{where}.url", "required, a URL string"))
         return None
-    parts = urlsplit(url)
+    if any(c.isspace() or not c.isprintable() for c in url):
+        # e.g. a requirements.txt line "-i A --extra-index-url B" pasted whole: uv would
+        # percent-encode the blanks and ask a server for a path that does not exist.
+        problems.append(
+            Problem(
+                f"{where}.url",
+                f"{url!r} contains whitespace or control characters; give one URL per "
+                "[[indexes]] entry",
+            )
+        )
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address
+        problems.append(Problem(f"{where}.url", f"invalid URL {url!r}: {exc}"))
+        return None
     if parts.scheme not in ("http", "https", "file"):
         problems.append(Problem(f"{where}.url", f"unsupported scheme in {url!r}"))
     if parts.username or parts.password:
@@ -211,20 +254,61 @@ def _index(value: object, where: str, problems: list[Problem]) -> IndexConfig | 
                 "lock); use username-env/password-env or a netrc entry",
             )
         )
-    if not isinstance(name, str) or not name:
-        name = parts.hostname or "index"
+    named = True
+    if name == "":
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", host).strip("-") or "index"
+    elif not isinstance(name, str) or not _INDEX_NAME.match(name):
+        problems.append(
+            Problem(f"{where}.name", "expected letters, digits, '-', '_' or '.' (uv's rule)")
+        )
+        named = False
     envs: dict[str, str | None] = {}
     for key in ("username-env", "password-env"):
         val = value.get(key)
-        if val is not None and not isinstance(val, str):
-            problems.append(Problem(f"{where}.{key}", "expected an environment variable name"))
+        if val is not None and not (isinstance(val, str) and _ENV_NAME.match(val)):
+            problems.append(
+                Problem(f"{where}.{key}", "expected an environment variable name, e.g. IDX_TOKEN")
+            )
             val = None
         envs[key] = val
     default = value.get("default", False)
     if not isinstance(default, bool):
         problems.append(Problem(f"{where}.default", "expected true or false"))
         default = False
+    if not named:
+        return None
+    assert isinstance(name, str)
     return IndexConfig(name, url, default, envs["username-env"], envs["password-env"])
+
+
+def _indexes(value: object, problems: list[Problem]) -> list[IndexConfig]:
+    if not isinstance(value, list):
+        problems.append(Problem("indexes", "expected an array of tables ([[indexes]])"))
+        return []
+    out: list[IndexConfig] = []
+    seen: dict[str, int] = {}  # index_key -> position
+    for i, raw in enumerate(value):
+        idx = _index(raw, f"indexes[{i}]", problems)
+        if idx is None:
+            continue
+        key = index_key(idx.name)
+        if key in seen:
+            j = seen[key]
+            # uv refuses a repeated name; names equal but for case or punctuation would
+            # share UV_INDEX_<KEY>_* credentials.
+            problems.append(
+                Problem(
+                    f"indexes[{i}].name",
+                    f"{idx.name!r} is also the name of indexes[{j}] (names must differ in "
+                    f"more than case and punctuation: uv reads UV_INDEX_{key}_* for both)"
+                    + ("" if isinstance(raw, dict) and raw.get("name") else "; set a name"),
+                )
+            )
+        seen.setdefault(key, i)
+        out.append(idx)
+    if sum(i.default for i in out) > 1:
+        problems.append(Problem("indexes", "at most one index may be the default"))
+    return out
 
 
 def _targets(
@@ -238,6 +322,8 @@ def _targets(
         )
         return ()
     out: list[Target] = []
+    by_name: dict[str, str] = {}  # target name -> the table that made it
+    by_env: dict[tuple[str, tuple[int, int], str], str] = {}
     for name, settings in value.items():
         where = f"targets.{name}"
         if not isinstance(settings, dict):
@@ -256,18 +342,39 @@ def _targets(
             assert isinstance(version, str)
             tname = name if len(versions) == 1 else f"{name}-py{version}"
             try:
-                out.append(
-                    Target.create(
-                        tname,
-                        platform_id=typed["platform"] or name,
-                        python=version,
-                        glibc=typed["glibc"] or DEFAULT_GLIBC,
-                        variant=typed["variant"] or "cpu",
-                        where=where,
-                    )
+                target = Target.create(
+                    tname,
+                    platform_id=typed["platform"] or name,
+                    python=version,
+                    glibc=typed["glibc"] or DEFAULT_GLIBC,
+                    variant=typed["variant"] or "cpu",
+                    where=where,
                 )
             except TargetError as exc:
                 problems.extend(exc.problems)
+                continue
+            if tname in by_name:
+                problems.append(
+                    Problem(where, f"target name {tname!r} is also made by {by_name[tname]}")
+                )
+                continue
+            by_name[tname] = where
+            env = (target.platform.id, target.python_tuple, target.variant)
+            if env in by_env:
+                # One lock resolves one set of versions per platform and Python (uv's
+                # environments must be disjoint), and a glibc level is a floor: the
+                # lower one already admits only wheels the higher one can install.
+                problems.append(
+                    Problem(
+                        where,
+                        f"same platform ({target.platform.id}), Python ({target.python}) "
+                        f"and variant ({target.variant}) as {by_env[env]}; declare it once "
+                        "(with the lowest glibc level both must run on)",
+                    )
+                )
+                continue
+            by_env[env] = where
+            out.append(target)
     return tuple(out)
 
 
@@ -282,7 +389,14 @@ def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None
         problems.append(Problem(key, "unknown key"))
     name = data.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        problems.append(Problem("name", "required: letters, digits, '.', '_' or '-'"))
+        problems.append(
+            Problem(
+                "name",
+                ("required: " if name is None else f"invalid name {name!r}: expected ")
+                + "letters, digits, '.', '_' or '-', starting and ending with a letter "
+                "or digit",
+            )
+        )
         name = "invalid"
     raw_python = data.get("python", "3.11")
     pythons = [raw_python] if isinstance(raw_python, str) else raw_python
@@ -293,6 +407,10 @@ def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None
     ):
         problems.append(Problem("python", 'expected a version like "3.11" or a list of them'))
         pythons = ["3.11"]
+    elif len(set(pythons)) < len(pythons):
+        twice = sorted({p for p in pythons if pythons.count(p) > 1})
+        problems.append(Problem("python", f"listed more than once: {', '.join(twice)}"))
+        pythons = list(dict.fromkeys(pythons))  # the targets are still checked once each
     dependencies = _requirements(data.get("dependencies", []), "dependencies", problems)
     groups: dict[str, tuple[str, ...]] = {}
     raw_groups = data.get("groups", {})
@@ -308,17 +426,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None
                     )
                 )
             groups[gname] = _requirements(reqs, f"groups.{gname}", problems)
-    indexes: list[IndexConfig] = []
-    raw_indexes = data.get("indexes", [])
-    if not isinstance(raw_indexes, list):
-        problems.append(Problem("indexes", "expected an array of tables ([[indexes]])"))
-    else:
-        for i, raw in enumerate(raw_indexes):
-            idx = _index(raw, f"indexes[{i}]", problems)
-            if idx is not None:
-                indexes.append(idx)
-    if sum(i.default for i in indexes) > 1:
-        problems.append(Problem("indexes", "at most one index may be the default"))
+    indexes = _indexes(data.get("indexes", []), problems)
     targets = _targets(data.get("targets"), tuple(pythons), problems)
     kernel = data.get("kernel", {})
     display = kernel.get("display-name") if isinstance(kernel, dict) else None
@@ -352,6 +460,35 @@ def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None
     )
 
 
+def read_spec_toml(path: Path) -> dict[str, Any]:
+    """The TOML table in ``path``; :class:`SpecError` naming the file and line if not.
+
+    TOML allows no byte-order mark and tomllib (so pip, building the same pyproject)
+    rejects one as an "Invalid statement" at 1:1; envship keeps that rule and says why.
+    """
+    try:
+        return load_toml(path, SpecError)
+    except SpecError:
+        try:
+            with path.open("rb") as f:
+                bom = f.read(len(_BOM)) == _BOM
+        except OSError:
+            bom = False
+        if bom:
+            raise SpecError(
+                f"{path} is not valid TOML",
+                problems=[
+                    Problem(
+                        f"{path}:1:1",
+                        "the file starts with a UTF-8 byte-order mark, which TOML does not "
+                        "allow (tomllib and pip reject it too)",
+                    )
+                ],
+                hint="save the file as UTF-8 without a byte-order mark",
+            ) from None
+        raise
+
+
 def find_spec(start: Path) -> Path:
     """The spec file for ``start``: a file itself, or envship.toml / pyproject.toml in a folder."""
     if start.is_file():
@@ -362,7 +499,7 @@ def find_spec(start: Path) -> Path:
     pyproject = start / "pyproject.toml"
     if (
         pyproject.is_file()
-        and "tool" in (tbl := load_toml(pyproject, SpecError))
+        and "tool" in (tbl := read_spec_toml(pyproject))
         and ("envship" in tbl["tool"])
     ):
         return pyproject
@@ -376,7 +513,7 @@ def find_spec(start: Path) -> Path:
 def load_spec(path: Path) -> Spec:
     """Load and validate the spec at ``path`` (a file or a folder holding one)."""
     path = find_spec(path)
-    data = load_toml(path, SpecError)
+    data = read_spec_toml(path)
     source = str(path)
     if path.name == "pyproject.toml":
         tool = data.get("tool", {}).get("envship")
