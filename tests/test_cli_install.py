@@ -113,7 +113,7 @@ def test_errors_have_exit_codes_and_json(
     assert out["problems"], out
     assert not (dest / MARKER_NAME).exists()
     if case == "no-store":
-        assert out["hint"] == f"envship fetch --lock {lock} --target {HOST}"
+        assert out["hint"] == f"envship fetch --lock {lock} --target {HOST} --store {store}"
         assert len(out["problems"]) == 3
     if case == "foreign":
         assert [p.name for p in dest.iterdir()] == ["mine.txt"]
@@ -128,4 +128,5 @@ def test_error_text_goes_to_stderr(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "error: 3 of 3 artifacts are not in the store" in captured.err
-    assert f"hint: envship fetch --lock {lock} --target {HOST}" in captured.err
+    hint = f"hint: envship fetch --lock {lock} --target {HOST} --store {tmp_path / 'x'}"
+    assert hint in captured.err

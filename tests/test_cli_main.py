@@ -80,9 +80,13 @@ def _slow_lock(tmp_path: Path, server: IndexServer) -> Path:
     return lock
 
 
-@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+@pytest.mark.parametrize(
+    ("as_json", "sig"),
+    [(True, signal.SIGINT), (False, signal.SIGINT), (False, signal.SIGTERM)],
+    ids=["json", "text", "sigterm"],
+)
 def test_an_interrupted_command_says_so_and_exits_130(
-    tmp_path: Path, index_server: IndexServer, as_json: bool
+    tmp_path: Path, index_server: IndexServer, as_json: bool, sig: signal.Signals
 ) -> None:
     # The download hangs until the signal comes (and the server's thread sleeps it out).
     index_server.knobs.delay = 8.0
@@ -103,7 +107,7 @@ def test_an_interrupted_command_says_so_and_exits_130(
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the download never started"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err

@@ -87,7 +87,7 @@ from envship.lockfile import LockFile
 from envship.store import Store
 lock, store, root, mode, flag = sys.argv[1:6]
 real = m._run
-def run(args, *, what):
+def run(args, *, what, **kw):
     if args[1:3] == ["pip", "sync"]:
         if mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -95,7 +95,7 @@ def run(args, *, what):
             Path(flag + ".reached").touch()
             while not Path(flag + ".release").exists():
                 time.sleep(0.02)
-    real(args, what=what)
+    real(args, what=what, **kw)
 m._run = run
 if mode == "race":  # say ready, then start with every other racer at the same moment
     Path(f"{flag}.ready-{os.getpid()}").touch()

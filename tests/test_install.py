@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import tomli_w
 from packaging.utils import parse_wheel_filename
 
 import envship.install as install_mod
+from envship._uv import uv_bin
 from envship.errors import LockError, StoreError, TargetError
 from envship.host import probe
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, InstallError, install
@@ -186,7 +189,8 @@ def test_missing_artifact_is_named_and_nothing_is_left(
 
     assert [p.message.split(" ")[0] for p in err.value.problems] == [wheels["beta"].name]
     assert err.value.problems[0].where == "beta 1.0"
-    assert err.value.hint == f"envship fetch --lock {lock.path} --target {HOST}"
+    hint = f"envship fetch --lock {lock.path} --target {HOST} --store {store.root}"
+    assert err.value.hint == hint
     assert not dest.exists()
 
 
@@ -323,11 +327,11 @@ def interrupt_sync(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     real: Callable[..., None] = install_mod._run
     steps: list[str] = []
 
-    def run(args: Sequence[str], *, what: str) -> None:
+    def run(args: Sequence[str], *, what: str, **kw: Any) -> None:
         steps.append(args[1])
         if args[1:3] == ["pip", "sync"]:
             raise KeyboardInterrupt
-        real(args, what=what)
+        real(args, what=what, **kw)
 
     monkeypatch.setattr(install_mod, "_run", run)
     return steps
@@ -362,10 +366,10 @@ def test_killed_install_is_seen_as_incomplete_and_rebuilt(
         from envship.lockfile import LockFile
         from envship.store import Store
         real = m._run
-        def run(args, *, what):
+        def run(args, *, what, **kw):
             if args[1:3] == ["pip", "sync"]:
                 os.kill(os.getpid(), signal.SIGKILL)
-            real(args, what=what)
+            real(args, what=what, **kw)
         m._run = run
         m.install(LockFile.load(Path(sys.argv[1])), Store(Path(sys.argv[2])), Path(sys.argv[3]))
         """
@@ -513,3 +517,160 @@ def test_the_package_api_loads_on_first_use() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True"]
+
+
+def _site(env: Path) -> Path:
+    return next((env / "lib").glob("python*/site-packages"))
+
+
+def _remove_dist(env: Path, name: str) -> None:
+    site = _site(env)
+    for path in [*site.glob(f"{name}-*.dist-info"), site / name]:
+        if path.is_dir():
+            shutil.rmtree(path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "installed", "removed"),
+    [
+        ("remove beta", ["beta==1.0"], []),
+        ("add a stray distribution", [], ["beta==1.1"]),
+        ("replace beta by 1.1", ["beta==1.0"], []),
+    ],
+)
+def test_a_rerun_repairs_distributions_that_drifted(
+    tmp_path: Path,
+    lock: LockFile,
+    store: Store,
+    wheels: dict[str, Path],
+    damage: str,
+    installed: list[str],
+    removed: list[str],
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    if damage == "remove beta":
+        _remove_dist(dest, "beta")
+    else:
+        if damage == "replace beta by 1.1":
+            _remove_dist(dest, "beta")
+        stray = wheels["beta11"]
+        if damage == "add a stray distribution":  # another name, so nothing is replaced
+            stray = build_wheel(tmp_path / "stray", "stray", "1.1")
+            removed = ["stray==1.1"]
+        subprocess.run(
+            [
+                *(uv_bin(), "pip", "install", "-q", "--offline", "--no-deps"),
+                *("--python", str(dest / "bin" / "python"), str(stray)),
+            ],
+            check=True,
+        )
+    assert versions(dest) != {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+
+    result = install(lock, store, dest)
+    assert result.action == "repaired" and result.changed
+    assert list(result.installed) == installed and list(result.removed) == removed
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+    assert install(lock, store, dest).action == "unchanged"
+
+
+def test_the_marker_records_what_the_venv_itself_put_in_site_packages(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    recorded = json.loads((dest / MARKER_NAME).read_text())["venv_files"]
+    # What `uv venv` alone writes there (older uv: _virtualenv.py and .pth; 0.13: none).
+    bare = tmp_path / "bare"
+    subprocess.run([uv_bin(), "venv", "-q", "--python", sys.executable, str(bare)], check=True)
+    made = {
+        p.relative_to(bare).as_posix()
+        for p in _site(bare).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert set(recorded) == made
+    for rel, digest in recorded.items():
+        assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == digest
+
+
+def test_copy_mode_shares_no_file_with_uvs_cache(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest, link_mode="copy")
+    files = [p for p in _site(dest).rglob("*") if p.is_file() and not p.is_symlink()]
+    assert files and all(p.stat().st_nlink == 1 for p in files)
+    # The default is uv's: hard links into its cache (same filesystem here), which is
+    # why shared environments ask for copies.
+    other = tmp_path / "linked"
+    install(lock, store, other)
+    assert any(p.stat().st_nlink > 1 for p in (_site(other) / "beta").rglob("*.py"))
+
+
+def test_a_shared_version_is_never_installed_into(
+    tmp_path: Path, lock: LockFile, store: Store, wheels: dict[str, Path]
+) -> None:
+    from envship.envs import create_env
+
+    root = tmp_path / "root"
+    version = create_env(lock, store, root, name="ds")
+    (tmp_path / "other").mkdir()
+    other = write_lock(tmp_path / "other" / "pylock.toml", [wheels["beta11"]])
+    for dest in (root / "ds" / "current", version.path):
+        with pytest.raises(InstallError, match="immutable") as caught:
+            install(other, store, dest)
+        assert "envship env create ds" in (caught.value.hint or "")
+    assert versions(version.path) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+
+
+_SLOW_UV = """#!/bin/sh
+case "$2" in sync) echo $$ > "{flag}"; while [ ! -e "{flag}.go" ]; do sleep 0.05; done;; esac
+exec "{uv}" "$@"
+"""
+
+
+def test_a_killed_install_takes_its_uv_with_it_and_a_rerun_succeeds(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    """SIGKILL (the OOM killer, `docker stop`): uv must not go on writing into an env the
+    next run clears; on Linux the child is killed with its parent."""
+    flag = tmp_path / "uv-pid"
+    slow = tmp_path / "slow-uv"
+    slow.write_text(_SLOW_UV.format(flag=flag, uv=uv_bin()))
+    slow.chmod(0o755)
+    dest = tmp_path / "env"
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        import envship.install as m
+        from envship.lockfile import LockFile
+        from envship.store import Store
+        m.uv_bin = lambda: sys.argv[4]
+        m.install(LockFile.load(Path(sys.argv[1])), Store(Path(sys.argv[2])), Path(sys.argv[3]))
+        """
+    )
+    args = [sys.executable, "-c", script, str(lock.path), str(store.root), str(dest), str(slow)]
+    proc = subprocess.Popen(args)
+    deadline = time.monotonic() + 60
+    while not (flag.exists() and flag.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    uv_pid = int(flag.read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    while Path(f"/proc/{uv_pid}").exists() and _state(uv_pid) != "Z":
+        assert time.monotonic() < deadline, "uv outlived the envship that started it"
+        time.sleep(0.02)
+    (tmp_path / "uv-pid.go").touch()  # nobody is left to read it
+
+    assert (dest / INCOMPLETE_NAME).exists()
+    assert install(lock, store, dest).action == "rebuilt"
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ._installmarker import INCOMPLETE_NAME, MARKER_NAME
 from .errors import EnvError
-from .install import INCOMPLETE_NAME, MARKER_NAME
 
 __all__ = [
     "USED_NAME",

@@ -42,11 +42,14 @@ def acquire(path: Path, *, shared: bool = False, wait: bool = True) -> int | Non
 
 
 @contextlib.contextmanager
-def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
-    """Hold a lock on ``path`` for the ``with`` block, waiting for it as long as needed."""
+def locked(path: Path, *, shared: bool = False) -> Iterator[int]:
+    """Hold a lock on ``path`` for the ``with`` block, waiting for it as long as needed.
+
+    The block gets the lock's fd: a child process given it keeps the lock held while it
+    runs (flock belongs to the open file, which the child then shares)."""
     fd = acquire(path, shared=shared, wait=True)
     assert fd is not None  # a blocking flock returns only when held
     try:
-        yield
+        yield fd
     finally:
         os.close(fd)

@@ -1,4 +1,4 @@
-"""Finding the uv binary, in a module of its own.
+"""Finding the uv binary and running it, in a module of its own.
 
 ``envship install`` needs uv but nothing else from :mod:`envship.lock`, whose imports
 (the spec model, ``tomli_w``, the resolver glue) would cost every install start-up.
@@ -6,11 +6,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Collection, Sequence
 
 from .errors import LockError
 
-__all__ = ["uv_bin"]
+__all__ = ["run_uv", "uv_bin"]
+
+# Colour codes would end up in the error lines we pass on (and FORCE_COLOR, set in every
+# Jupyter kernel, beats NO_COLOR in uv), so uv always runs plain.
+_COLOUR_VARIABLES = ("FORCE_COLOR", "CLICOLOR_FORCE")
 
 
 def uv_bin() -> str:
@@ -24,3 +33,44 @@ def uv_bin() -> str:
         if found is None:
             raise LockError("uv is not installed", hint="pip install uv") from None
         return found
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` making the child die when ``parent`` does (Linux).
+
+    A SIGKILLed envship (the OOM killer, ``docker stop`` after its grace period) must not
+    leave uv writing into an environment the next run is about to clear or rebuild.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def run_uv(
+    args: Sequence[str], *, keep_fds: Collection[int] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run uv to completion with its output captured and uncoloured.
+
+    ``keep_fds`` stay open in the child: passing the fd of a held ``flock`` keeps the
+    lock held for as long as uv runs, even if this process is killed before the child
+    (on Linux it is then killed too, but the signal is not instantaneous).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _COLOUR_VARIABLES}
+    env["NO_COLOR"] = "1"
+    return subprocess.run(
+        list(args),
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        pass_fds=tuple(keep_fds),
+        preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
+    )

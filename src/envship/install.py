@@ -28,11 +28,9 @@ file's sha256 against the lock.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -40,9 +38,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ._atomic import write_atomic
+from ._envroot import shared_version
 from ._flock import locked
-from ._uv import uv_bin
+from ._installmarker import (
+    INCOMPLETE_NAME,
+    MARKER_NAME,
+    artifact_entry,
+    drift,
+    marker_data,
+    read_marker,
+    venv_files,
+    write_marker,
+)
+from ._uv import run_uv, uv_bin
 from .errors import EnvshipError, InvalidLockError, Problem, StoreError
 from .host import match_target, probe
 from .lockfile import Artifact, LockFile
@@ -53,18 +61,17 @@ __all__ = [
     "INCOMPLETE_NAME",
     "MARKER_NAME",
     "InstallError",
+    "LinkMode",
     "InstallResult",
     "install",
     "marker_data",
     "write_marker",
 ]
 
-MARKER_NAME = ".envship-install.json"
-INCOMPLETE_NAME = ".envship-incomplete"
-_MARKER_FORMAT = 1
 
 ProgressFn = Callable[[int, int, str], None]
-Action = Literal["created", "updated", "rebuilt", "unchanged"]
+Action = Literal["created", "updated", "repaired", "rebuilt", "unchanged"]
+LinkMode = Literal["hardlink", "copy", "clone", "symlink"]
 _State = Literal["missing", "empty", "complete", "incomplete", "foreign"]
 
 
@@ -103,23 +110,21 @@ class InstallResult:
             "groups": list(self.groups),
             "action": self.action,
             "changed": self.changed,
-            "packages": [_entry(a) for a in self.packages],
+            "packages": [artifact_entry(a) for a in self.packages],
             "installed": list(self.installed),
             "removed": list(self.removed),
             "seconds": round(self.seconds, 3),
         }
 
 
-def _entry(a: Artifact) -> dict[str, str]:
-    return {"name": a.name, "version": a.version, "filename": a.filename, "sha256": a.sha256}
-
-
-def _run(args: Sequence[str], *, what: str) -> None:
+def _run(args: Sequence[str], *, what: str, keep_fds: Sequence[int] = ()) -> None:
     """Run one uv step; a failure becomes an InstallError carrying uv's last words.
 
-    A module-level function so tests can substitute a failing or interrupted runner.
+    ``keep_fds``: the destination's lock, held by uv too, so a run that starts after
+    this process was killed waits until its uv is gone. A module-level function so tests
+    can substitute a failing or interrupted runner.
     """
-    proc = subprocess.run(list(args), capture_output=True, text=True, check=False)
+    proc = run_uv(args, keep_fds=keep_fds)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         raise InstallError(
@@ -139,19 +144,9 @@ def _state(dest: Path) -> _State:
         # The marker is written atomically, so one we cannot read (or an env without its
         # interpreter) was damaged after the fact; the folder is still ours, and
         # rebuilding it is the safe answer.
-        usable = _read_marker(dest) is not None and (dest / "bin" / "python").exists()
+        usable = read_marker(dest) is not None and (dest / "bin" / "python").exists()
         return "complete" if usable else "incomplete"
     return "foreign" if any(dest.iterdir()) else "empty"
-
-
-def _read_marker(dest: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((dest / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != _MARKER_FORMAT:
-        return None
-    return data
 
 
 def _refuse(dest: Path) -> InstallError:
@@ -194,7 +189,7 @@ def _check_store(
                 Problem(f"{a.name} {a.version}", f"{a.filename} (sha256 {a.sha256})")
                 for a in missing
             ],
-            hint=f"envship fetch --lock {lock.path} --target {target.name}",
+            hint=f"envship fetch --lock {lock.path} --target {target.name} --store {store.root}",
         )
     for a in artifacts:
         # The file name comes from the lock; it must not climb out of the staging folder.
@@ -248,6 +243,7 @@ def install(
     target: str | None = None,
     groups: Collection[str] | None = None,
     compile_bytecode: bool = False,
+    link_mode: LinkMode | None = None,
     progress: ProgressFn | None = None,
 ) -> InstallResult:
     """Make ``dest`` a virtual environment holding exactly what ``lock`` selects.
@@ -255,7 +251,11 @@ def install(
     ``python`` is the base interpreter (default: this one; for an existing environment,
     the one it was made with). It is probed and matched against the lock's targets
     (or checked against ``target``); nothing is touched when it fits none. Nothing goes
-    to the network: every artifact comes from ``store``.
+    to the network: every artifact comes from ``store``. An environment that already
+    matches is left alone unless its installed metadata drifted from its marker (a
+    deleted, added or replaced distribution), which is then repaired. ``link_mode`` is
+    uv's (default: hard links into uv's cache where it can, which makes editing an
+    installed file edit the cache too; ``copy`` gives an independent environment).
     """
     started = time.monotonic()
     dest = Path(os.path.abspath(dest))
@@ -263,17 +263,19 @@ def install(
     if _state(dest) == "foreign":  # before the lock: refusing must create nothing at all
         raise _refuse(dest)
     work = dest.parent / f"{dest.name}.envship-tmp"
-    with locked(work / "lock"):
+    with locked(work / "lock") as lock_fd:
         try:
             return _install_locked(
                 lock,
                 store,
                 dest,
                 work,
+                lock_fd,
                 python=python,
                 target=target,
                 groups=chosen_groups,
                 compile_bytecode=compile_bytecode,
+                link_mode=link_mode,
                 progress=progress,
                 started=started,
             )
@@ -282,29 +284,48 @@ def install(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _refuse_shared(dest: Path, marker: dict[str, Any]) -> None:
+    shared = shared_version(dest, marker)
+    if shared is not None:
+        name, root = shared
+        raise InstallError(
+            f"{dest} is a version of the shared environment {name!r} under {root}; "
+            "versions are immutable and every instance uses them",
+            hint=f"`envship env create {name} --root {root} --lock ...` makes a new version "
+            "from another lock; `envship install PATH` makes a private environment",
+        )
+
+
 def _install_locked(
     lock: LockFile,
     store: Store,
     dest: Path,
     work: Path,
+    lock_fd: int,
     *,
     python: str | None,
     target: str | None,
     groups: tuple[str, ...],
     compile_bytecode: bool,
+    link_mode: LinkMode | None,
     progress: ProgressFn | None,
     started: float,
 ) -> InstallResult:
     state = _state(dest)  # again: another process may have changed it while we waited
     if state == "foreign":
         raise _refuse(dest)
-    marker = _read_marker(dest) if state == "complete" else None
+    marker = read_marker(dest) if state == "complete" else None
+    if marker is not None:
+        _refuse_shared(dest, marker)
     base = _resolve_python(python) if python else None
     env_python = dest / "bin" / "python"
+    # What the environment holds now, for the report: its marker, or (drifted) what its
+    # metadata shows.
+    before = _pins(marker["packages"]) if marker else {}
 
     def result(chosen: Target, artifacts: list[Artifact], action: Action) -> InstallResult:
-        before = _pins(marker["packages"]) if marker and action != "rebuilt" else {}
-        after = _pins([_entry(a) for a in artifacts])
+        after = _pins([artifact_entry(a) for a in artifacts])
+        was = {} if action == "rebuilt" else before
         return InstallResult(
             dest=dest,
             python=env_python,
@@ -313,13 +334,14 @@ def _install_locked(
             groups=groups,
             packages=tuple(artifacts),
             action=action,
-            installed=tuple(f"{n}=={v}" for n, (v, h) in after.items() if before.get(n) != (v, h)),
-            removed=tuple(f"{n}=={v}" for n, (v, _) in before.items() if n not in after),
+            installed=tuple(f"{n}=={v}" for n, (v, h) in after.items() if was.get(n) != (v, h)),
+            removed=tuple(f"{n}=={v}" for n, (v, _) in was.items() if n not in after),
             seconds=time.monotonic() - started,
         )
 
     # Same lock, target and groups: nothing to do, and no interpreter to start.
     reuse = marker is not None and (base is None or _same_python(base, marker["python"]["base"]))
+    repair = False
     if (
         marker is not None
         and reuse
@@ -332,7 +354,17 @@ def _install_locked(
         and (marker.get("compiled", False) or not compile_bytecode)
     ):
         chosen = lock.target(marker["target"]["name"])
-        return result(chosen, lock.artifacts([chosen.name], groups=groups), "unchanged")
+        artifacts = lock.artifacts([chosen.name], groups=groups)
+        present, missing = drift(dest, marker)
+        if not present and not missing:
+            return result(chosen, artifacts, "unchanged")
+        # Someone removed, added or replaced a distribution: the sync below puts the
+        # locked set back (the same as an update, from what is there now).
+        repair = True
+        before = {
+            **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in missing},
+            **{p.split("==")[0]: (p.split("==")[1], "") for p in present},
+        }
 
     # An update keeps the env's interpreter; a new env uses the requested (or our) one.
     base_python = marker["python"]["base"] if marker and reuse else base or _resolve_python(None)
@@ -343,23 +375,28 @@ def _install_locked(
 
     uv = uv_bin()
     action: Action = (
-        "updated" if reuse else ("created" if state in ("missing", "empty") else "rebuilt")
+        ("repaired" if repair else "updated")
+        if reuse
+        else ("created" if state in ("missing", "empty") else "rebuilt")
     )
     existed = dest.exists()
     shutil.rmtree(work / "wheels", ignore_errors=True)  # leftovers of a killed run
     try:
         if reuse:
             (dest / INCOMPLETE_NAME).write_text("update in progress\n", encoding="utf-8")
+            venv = marker.get("venv_files") if marker else None
         else:
             if state in ("complete", "incomplete"):
                 _clear(dest)  # ours: it carries our marker
             dest.mkdir(parents=True, exist_ok=True)
             (dest / INCOMPLETE_NAME).write_text("install in progress\n", encoding="utf-8")
-            venv = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
+            make = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
             _run(
-                [*venv, "--allow-existing", "--python", base_python, str(dest)],
+                [*make, "--allow-existing", "--python", base_python, str(dest)],
                 what=f"creating the virtual environment {dest}",
+                keep_fds=[lock_fd],
             )
+            venv = venv_files(dest)
         reqs = work / "requirements.txt"
         reqs.write_text(
             _stage(store, artifacts, sizes, work / "wheels", progress), encoding="utf-8"
@@ -370,9 +407,15 @@ def _install_locked(
             sync.append("--no-build")
         if compile_bytecode:
             sync.append("--compile-bytecode")
-        _run([*sync, str(reqs)], what=f"installing {len(artifacts)} packages into {dest}")
+        if link_mode is not None:
+            sync += ["--link-mode", link_mode]
+        _run(
+            [*sync, str(reqs)],
+            what=f"installing {len(artifacts)} packages into {dest}",
+            keep_fds=[lock_fd],
+        )
         marker_now = marker_data(
-            lock, chosen, groups, base_python, host.python_full, artifacts, compile_bytecode
+            lock, chosen, groups, base_python, host.python_full, artifacts, compile_bytecode, venv
         )
         write_marker(dest, marker_now)
         (dest / INCOMPLETE_NAME).unlink()
@@ -387,33 +430,3 @@ def _install_locked(
                 shutil.rmtree(dest, ignore_errors=True)
         raise
     return result(chosen, artifacts, action)
-
-
-def marker_data(
-    lock: LockFile,
-    target: Target,
-    groups: tuple[str, ...],
-    base_python: str,
-    python_full: str,
-    artifacts: list[Artifact],
-    compiled: bool = False,
-) -> dict[str, Any]:
-    """What an environment made from ``lock`` records about itself (the install marker);
-    image builds write the same record into the image. ``compiled``: every installed
-    module's byte-code was written at install time."""
-    return {
-        "format": _MARKER_FORMAT,
-        "lock": {"path": str(lock.path.absolute()), "digest": lock.digest},
-        "name": lock.name,
-        "display_name": lock.display_name,
-        "target": target.to_json(),
-        "groups": list(groups),
-        "python": {"base": base_python, "version": python_full},
-        "packages": [_entry(a) for a in artifacts],
-        "compiled": compiled,
-    }
-
-
-def write_marker(dest: Path, data: dict[str, Any]) -> None:
-    """Replace the install marker of the environment at ``dest`` in one rename."""
-    write_atomic(dest / MARKER_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")

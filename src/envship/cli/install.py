@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..install import InstallResult, install
+from ..install import InstallResult, LinkMode, install
 from ..lockfile import LockFile
 from ..store import Store
 from ._common import (
@@ -32,6 +32,14 @@ __all__ = ["command"]
 @target_option
 @groups_option("Include")
 @compile_option
+@click.option(
+    "--link-mode",
+    type=click.Choice(["hardlink", "copy", "clone", "symlink"]),
+    default=None,
+    help="How uv puts files in place [default: uv's, hard links into its cache where it "
+    "can: fast, but editing an installed file then edits the cache]. `copy` makes an "
+    "independent environment.",
+)
 @json_option
 def command(
     dest: Path,
@@ -41,13 +49,15 @@ def command(
     target: str | None,
     groups: tuple[str, ...],
     compile_bytecode: bool,
+    link_mode: LinkMode | None,
     as_json: bool,
 ) -> None:
     """Create or update the virtual environment PATH from the lock, offline.
 
     Every artifact comes from the store (run `envship fetch` first); nothing goes to
     the network. The interpreter must match one of the lock's targets. Re-running with
-    the same lock does nothing; with a new lock it updates PATH to exactly the new set.
+    the same lock does nothing, unless a distribution was removed, added or replaced
+    since (then it is repaired); with a new lock it updates PATH to exactly the new set.
     A non-empty folder that is not an envship environment is refused, never changed.
 
     \b
@@ -64,6 +74,7 @@ def command(
         target=target,
         groups=list(groups) if groups else None,
         compile_bytecode=compile_bytecode,
+        link_mode=link_mode,
         progress=Progress("stage"),
     )
     if as_json:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 import click
@@ -61,7 +63,8 @@ def cli(as_json: bool) -> None:
     envship image     build the environment into an OCI image with no daemon; inspect one
     envship add       install into an environment without moving a locked package
 
-    Exit codes: 0 ok, 1 failed check, 2 bad input, 3 network, 4 integrity, 130 interrupted.
+    Exit codes: 0 ok, 1 failed check, 2 bad input, 3 network, 4 integrity,
+    130 interrupted (Ctrl-C or SIGTERM).
     """
 
 
@@ -88,11 +91,21 @@ def _fail(kind: str, message: str, code: int, *, as_json: bool, hint: str | None
     return code
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (`docker stop`, systemd, a batch scheduler) runs the same clean-up as Ctrl-C:
+    # a half-made environment or store entry is removed and uv is stopped with us.
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # --json sets a context variable; start each call clean (tests call main repeatedly).
     reset_json()
     args = list(argv) if argv is not None else sys.argv[1:]
     as_json = _json_asked(args)
+    # Only the main thread may set handlers; the previous one comes back afterwards,
+    # since main() also runs inside other programs (the IPython magic, tests).
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         cli.main(args=args, prog_name="envship", standalone_mode=False)
     except EnvshipError as exc:
@@ -107,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = getattr(exc, "ctx", None)
         hint = f"{ctx.command_path} --help" if ctx is not None else "envship --help"
         return _fail("usage", exc.format_message(), exc.exit_code, as_json=True, hint=hint)
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
