@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,7 +18,15 @@ from envship.cli import main as cli_main
 from envship.lockfile import LockFile
 from envship.store import Store
 from indexlib import IndexServer
-from test_fetch import ARM, BETA, WHEELS, X86, assert_store_complete, write_lock
+from test_fetch import (
+    ARM,
+    BETA,
+    WHEELS,
+    X86,
+    artifact_named,
+    assert_store_complete,
+    write_lock,
+)
 
 FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
 
@@ -71,11 +80,19 @@ def test_json_shape(capsys: pytest.CaptureFixture[str], lock_path: Path, tmp_pat
     code, out, err = run(capsys, "--lock", str(lock_path), "--store", str(tmp_path / "s"), "--json")
     assert code == 0 and err == ""  # progress is silent in --json mode
     data = json.loads(out)
-    assert set(data) == {"store", "downloaded", "reused", "bytes_downloaded", "artifacts"}
+    assert set(data) == {
+        "store",
+        "downloaded",
+        "reused",
+        "repaired",
+        "bytes_downloaded",
+        "artifacts",
+    }
     assert data["store"] == str(tmp_path / "s")
-    assert data["downloaded"] == len(WHEELS) and data["reused"] == 0
+    assert data["downloaded"] == len(WHEELS) and data["reused"] == data["repaired"] == 0
     entry = data["artifacts"][0]
-    assert {"name", "version", "filename", "sha256", "size", "path", "downloaded"} <= set(entry)
+    keys = {"name", "version", "filename", "sha256", "size", "path", "downloaded", "repaired"}
+    assert keys <= set(entry)
     assert Path(entry["path"]).is_file() and entry["downloaded"] is True
 
 
@@ -149,9 +166,86 @@ def test_tampered_exits_4(
     assert [p["where"] for p in data["problems"]] == [BETA]
 
 
-def test_missing_lock(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_missing_lock_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "--lock", str(tmp_path / "nope.toml"))
-    assert code == 1 and "does not exist" in err
+    assert code == 2 and "does not exist" in err
+
+
+def test_unknown_group_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, index_root: Path, index_server: IndexServer
+) -> None:
+    files = [index_root / "files" / n for n in WHEELS]
+    lock_path = write_lock(
+        tmp_path / "pylock.toml", files, base_url=index_server.url, groups={"tool": "dev"}
+    )
+    store = tmp_path / "s"
+    code, out, err = run(capsys, "--lock", str(lock_path), "--store", str(store), "--group", "nope")
+    assert code == 2, (out, err)
+    assert "no dependency group 'nope'" in err and "its groups: dev" in err
+    assert sum(index_server.knobs.requests.values()) == 0
+    code, out, err = run(capsys, "--lock", str(lock_path), "--store", str(store), "--group", "dev")
+    assert code == 0 and f"{len(WHEELS)} downloaded" in out
+
+
+def test_damaged_artifact_is_repaired_and_said_so(
+    capsys: pytest.CaptureFixture[str], lock_path: Path, tmp_path: Path, index_server: IndexServer
+) -> None:
+    store = tmp_path / "s"
+    assert run(capsys, "--lock", str(lock_path), "--store", str(store))[0] == 0
+    beta = artifact_named(LockFile.load(lock_path), BETA)
+    stored = Store(store).path(beta.sha256)
+    os.chmod(stored, 0o644)
+    os.truncate(stored, 100)
+    code, out, err = run(capsys, "--lock", str(lock_path), "--store", str(store))
+    assert code == 0, err
+    assert "1 downloaded" in out and "1 of them replacing a damaged copy" in out
+    assert f"{len(WHEELS) - 1} already in the store" in out
+    assert_store_complete(Store(store), LockFile.load(lock_path))
+    os.chmod(stored, 0o644)
+    with stored.open("r+b") as f:  # same size, other bytes: only --verify finds it
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    code, out, _ = run(capsys, "--lock", str(lock_path), "--store", str(store), "--json")
+    assert code == 0 and json.loads(out)["repaired"] == 0
+    index_server.knobs.requests.clear()
+    args = ("--lock", str(lock_path), "--store", str(store), "--verify", "--json")
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and json.loads(out)["repaired"] == 1
+    assert index_server.file_requests() == 1
+    assert_store_complete(Store(store), LockFile.load(lock_path))
+
+
+def test_help_documents_verify(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "--verify" in out and "Re-hash every artifact already in the store" in out
+
+
+@pytest.mark.parametrize(
+    "source",
+    [{"url": f"ftp://127.0.0.1/files/{ARM}"}, {"path": f"nowhere/{ARM}"}],
+    ids=["ftp", "missing-path"],
+)
+def test_unusable_source_exits_2_before_downloading(
+    capsys: pytest.CaptureFixture[str],
+    lock_path: Path,
+    tmp_path: Path,
+    index_server: IndexServer,
+    source: dict[str, str],
+) -> None:
+    text = lock_path.read_text()
+    old = f'url = "{index_server.url}/files/{ARM}"'
+    assert text.count(old) == 1
+    key, value = next(iter(source.items()))
+    lock_path.write_text(text.replace(old, f'{key} = "{value}"'))
+    code, out, _ = run(capsys, "--lock", str(lock_path), "--store", str(tmp_path / "s"), "--json")
+    assert code == 2
+    data = json.loads(out)
+    assert data["error"] == "invalid-lock"
+    assert [p["where"] for p in data["problems"]] == [f"{lock_path}: packages[2].wheels[1]"]
+    assert index_server.file_requests() == 0
 
 
 def test_credentials_from_spec_beside_the_lock(

@@ -14,7 +14,7 @@ from envship.cli import main as cli_main
 from envship.cli.index import command as index_group
 from envship.index import MARKER_FILENAME
 from envship.lockfile import LockFile
-from test_index import Universe, make_universe
+from test_index import Universe, make_grouped, make_universe
 
 
 def run_cli(*args: str) -> int:
@@ -60,6 +60,8 @@ def test_export_json(universe: Universe, capsys: pytest.CaptureFixture[str]) -> 
         "files": 3,
         "lock": str(out / "pylock.toml"),
         "index_url": (out / "simple").resolve().as_uri(),
+        "targets": ["linux-x86_64"],
+        "groups": [],
     }
     assert LockFile.load(out / "pylock.toml").artifacts()  # a usable lock
 
@@ -73,6 +75,26 @@ def test_export_defaults_lock_in_cwd_and_store_from_env(
     assert "exported 5 files of 4 projects" in captured.out
     assert (universe.root / "out" / "simple").as_uri() in captured.out
     assert (universe.root / "out" / MARKER_FILENAME).is_file()
+
+
+def test_text_output_shows_normalized_paths_and_the_groups(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grouped = make_grouped(tmp_path / "g")
+    (grouped.root / "w").mkdir()
+    monkeypatch.chdir(grouped.root / "w")
+    code = run_cli(
+        *("index", "export", "../w/../exp", "--lock", "../pylock.toml"),
+        *("--store", str(grouped.store.root), "--group", "dev", "--group", "docs"),
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    exp = grouped.root / "exp"
+    assert out.splitlines() == [
+        f"exported 6 files of 5 projects to {exp}",
+        f"  pip install --index-url {(exp / 'simple').as_uri()} NAME",
+        f"  uv pip install --offline -r {exp / 'pylock.toml'} --group dev --group docs",
+    ]
 
 
 def test_missing_artifact_exit_1_names_files(
@@ -114,7 +136,7 @@ def test_refuses_foreign_directory_without_force(
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     args = ("index", "export", str(out), "--lock", str(universe.lock.path), "--json")
-    assert run_cli(*args) == 1
+    assert run_cli(*args) == 2  # bad input: OUT is someone else's folder
     assert json.loads(capsys.readouterr().out)["error"] == "index"
     assert (out / "keep.txt").read_text() == "mine"
     assert run_cli(*args, "--force") == 0
@@ -131,7 +153,20 @@ def test_unknown_target_exit_2(universe: Universe, capsys: pytest.CaptureFixture
     assert json.loads(capsys.readouterr().out)["error"] == "target"
 
 
-def test_missing_lock_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_lock_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lock = tmp_path / "nope.toml"
-    assert run_cli("index", "export", str(tmp_path / "out"), "--lock", str(lock)) == 1
+    assert run_cli("index", "export", str(tmp_path / "out"), "--lock", str(lock)) == 2
     assert f"{lock} does not exist" in capsys.readouterr().err
+
+
+def test_unknown_group_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grouped = make_grouped(tmp_path / "g")
+    out = grouped.root / "out"
+    code = run_cli(
+        *("index", "export", str(out), "--lock", str(grouped.lock.path)),
+        *("--store", str(grouped.store.root), "--group", "dev", "--group", "nope"),
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no dependency group 'nope'" in err and "its groups: dev, docs" in err
+    assert not out.exists()

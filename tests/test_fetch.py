@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,11 +22,23 @@ from packaging.utils import parse_sdist_filename, parse_wheel_filename
 
 import envship._http
 from envship._http import HttpClient, RetryPolicy
-from envship.errors import ArtifactError, EnvshipError, NetworkError, StoreError
+from envship.errors import (
+    ArtifactError,
+    EnvshipError,
+    InvalidLockError,
+    NetworkError,
+    StoreError,
+)
 from envship.fetch import FetchResult, fetch
-from envship.lockfile import LockFile
+from envship.index import export_index
+from envship.lockfile import Artifact, LockFile
 from envship.store import Store, sha256_file
 from indexlib import IndexServer
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 X86 = "gamma-1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 ARM = "gamma-1.0-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
@@ -50,8 +62,12 @@ def write_lock(
     base_url: str | None = None,
     sizes: bool = True,
     targets: Sequence[dict[str, str]] = TARGETS,
+    groups: Mapping[str, str] | None = None,
 ) -> Path:
-    """A valid PEP 751 lock for ``files``: by URL under ``base_url``, else by relative path."""
+    """A valid PEP 751 lock for ``files``: by URL under ``base_url``, else by relative path.
+
+    ``groups`` puts packages (by name) into dependency groups, as ``envship lock`` does.
+    """
     packages: dict[tuple[str, str], dict[str, Any]] = {}
     for f in files:
         if f.name.endswith(".whl"):
@@ -66,19 +82,25 @@ def write_lock(
         if sizes:
             entry["size"] = f.stat().st_size
         pkg = packages.setdefault((name, str(version)), {"name": name, "version": str(version)})
+        if groups and name in groups:
+            pkg["marker"] = f"'{groups[name]}' in dependency_groups"
         if f.name.endswith(".whl"):
             pkg.setdefault("wheels", []).append(entry)
         else:
             pkg["sdist"] = entry
-    data = {
-        "lock-version": "1.0",
-        "created-by": "envship-tests",
-        "packages": list(packages.values()),
-        "tool": {"envship": {"targets": list(targets)}},
-    }
+    data: dict[str, Any] = {"lock-version": "1.0", "created-by": "envship-tests"}
+    if groups:
+        data["dependency-groups"] = sorted(set(groups.values()))
+        data["default-groups"] = []
+    data["packages"] = list(packages.values())
+    data["tool"] = {"envship": {"targets": list(targets)}}
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock_path.write_text(tomli_w.dumps(data))
     return lock_path
+
+
+def artifact_named(lock: LockFile, filename: str) -> Artifact:
+    return next(a for a in lock.artifacts() if a.filename == filename)
 
 
 def assert_store_complete(store: Store, lock: LockFile, targets: list[str] | None = None) -> None:
@@ -171,6 +193,10 @@ def test_tampered_file_is_refused_and_deleted(
         fetch(lock, store, client=client)
     assert BETA in str(info.value) and info.value.artifact == BETA
     assert info.value.exit_code == 4
+    # The problem's place names the file; its message does not say it again.
+    assert [(p.where, p.message) for p in info.value.problems] == [
+        (BETA, "sha256 mismatch, refusing it")
+    ]
     beta = next(a for a in lock.artifacts() if a.filename == BETA)
     assert not store.path(beta.sha256).exists()
     assert not list(store.partial_dir.glob(f"{beta.sha256}*"))
@@ -190,6 +216,7 @@ def test_all_failures_reported_at_once(
     assert isinstance(err, ArtifactError)
     assert [p.where for p in err.problems] == sorted([BETA, X86])
     assert "500" in err.problems[1].message
+    assert not any(p.message.startswith(p.where) for p in err.problems)
     assert err.hint is not None and "3 other artifacts" in err.hint
 
 
@@ -277,7 +304,12 @@ def test_progress_reports_bytes_until_total(
     assert calls[-1][:2] == (total, total)
     assert all(0 <= d <= t for d, t, _ in calls)
     assert [d for d, _, _ in calls] == sorted(d for d, _, _ in calls)
+    # Every line says what it is about: the plan first, then the files.
+    assert calls[0][2] == f"{len(WHEELS)} of {len(WHEELS)} artifacts to download"
     assert {detail for _, _, detail in calls[1:]} <= set(WHEELS)
+    calls.clear()
+    fetch(lock, store, client=client, progress=progress)
+    assert calls == [(total, total, f"all {len(WHEELS)} in the store")]
 
 
 def test_progress_total_learned_from_content_length(
@@ -324,6 +356,218 @@ def test_missing_file_is_not_found(
     with pytest.raises(NetworkError, match="not found"):
         fetch(lock, store, client=client)
     assert index_server.knobs.requests[f"/gone/files/{BETA}"] == 1  # a 404 is not retried
+
+
+# --- a store that was damaged after the fact ---------------------------------------------
+
+
+def _truncate(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _empty(data: bytes) -> bytes:
+    return b""
+
+
+def _grow(data: bytes) -> bytes:
+    return data + b"\0"
+
+
+def _flip(data: bytes) -> bytes:  # same size, other bytes: only a hash finds it
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+def damage(store: Store, artifact: Artifact, how: Callable[[bytes], bytes]) -> Path:
+    """Rewrite the stored file in place (same inode), as a stray writer on a share would."""
+    path = store.path(artifact.sha256)
+    os.chmod(path, 0o644)
+    data = path.read_bytes()
+    with path.open("r+b") as f:
+        f.truncate(0)
+        f.write(how(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("how", "sizes", "verify", "found"),
+    [
+        (_truncate, True, False, True),
+        (_empty, True, False, True),
+        (_grow, True, False, True),
+        # Without --verify a present file costs one stat: same-size damage goes unseen.
+        (_flip, True, False, False),
+        (_flip, True, True, True),
+        # Locks from HTML indexes carry no size: an empty file is still known to be wrong.
+        (_empty, False, False, True),
+        (_truncate, False, False, False),
+        (_truncate, False, True, True),
+    ],
+    ids=[
+        "truncated",
+        "emptied",
+        "grown",
+        "same-size",
+        "same-size-verify",
+        "sizeless-emptied",
+        "sizeless-truncated",
+        "sizeless-truncated-verify",
+    ],
+)
+def test_damaged_store_file_is_downloaded_again_and_replaced(
+    tmp_path: Path,
+    index_root: Path,
+    index_server: IndexServer,
+    store: Store,
+    client: HttpClient,
+    how: Callable[[bytes], bytes],
+    sizes: bool,
+    verify: bool,
+    found: bool,
+) -> None:
+    files = [index_root / "files" / n for n in WHEELS]
+    lock_path = write_lock(tmp_path / "pylock.toml", files, base_url=index_server.url, sizes=sizes)
+    lock = LockFile.load(lock_path)
+    fetch(lock, store, client=client)
+    beta = artifact_named(lock, BETA)
+    damaged = damage(store, beta, how)
+    index_server.knobs.requests.clear()
+    result = fetch(lock, store, client=client, verify=verify)
+    if not found:
+        assert result.repaired == 0 and result.downloaded == 0
+        assert index_server.file_requests() == 0
+        return
+    assert (result.downloaded, result.repaired, result.reused) == (1, 1, len(WHEELS) - 1)
+    assert [a.artifact.filename for a in result.artifacts if a.repaired] == [BETA]
+    assert index_server.file_requests() == 1  # only the damaged one, and once
+    assert_store_complete(store, lock)
+    assert damaged.stat().st_mode & 0o222 == 0  # a committed, read-only file again
+    # The export that used to fail on the damaged file (exit 4) now works.
+    assert export_index(lock, store, tmp_path / "out").files == len(WHEELS)
+    index_server.knobs.requests.clear()
+    again = fetch(lock, store, client=client, verify=verify)
+    assert again.downloaded == 0 and index_server.file_requests() == 0
+
+
+def test_repair_that_cannot_download_reports_and_keeps_others(
+    lock: LockFile, store: Store, client: HttpClient, index_server: IndexServer
+) -> None:
+    fetch(lock, store, client=client)
+    damage(store, artifact_named(lock, BETA), _truncate)
+    index_server.knobs.fail_always.add(BETA)
+    with pytest.raises(NetworkError) as info:
+        fetch(lock, store, client=client)
+    assert [p.where for p in info.value.problems] == [BETA]
+    others = [a for a in lock.artifacts() if a.filename != BETA]
+    assert all(store.check(a.sha256, a.size) == "ok" for a in others)
+
+
+# --- what the lock says, checked before anything is downloaded ---------------------------
+
+GAMMA_ARM_PLACE = "packages[2].wheels[1]"  # write_lock keeps WHEELS' order; gamma has two
+
+
+def _source(tmp_path: Path, kind: str) -> dict[str, str]:
+    return {
+        "ftp": {"url": f"ftp://127.0.0.1/files/{ARM}"},
+        "no-scheme": {"url": f"files/{ARM}"},
+        "missing-path": {"path": f"wheels/{ARM}"},
+        "missing-file-url": {"url": (tmp_path / "gone" / ARM).as_uri()},
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["ftp", "no-scheme", "missing-path", "missing-file-url"])
+def test_unusable_source_is_bad_input_found_before_any_download(
+    tmp_path: Path,
+    index_root: Path,
+    index_server: IndexServer,
+    store: Store,
+    client: HttpClient,
+    kind: str,
+) -> None:
+    files = [index_root / "files" / n for n in WHEELS]
+    lock_path = write_lock(tmp_path / "pylock.toml", files, base_url=index_server.url)
+    data = tomllib.loads(lock_path.read_text())
+    entry = data["packages"][2]["wheels"][1]
+    assert entry["name"] == ARM
+    del entry["url"]
+    entry.update(_source(tmp_path, kind))
+    lock_path.write_text(tomli_w.dumps(data))
+    lock = LockFile.load(lock_path)
+    with pytest.raises(InvalidLockError) as info:
+        fetch(lock, store, client=client)
+    assert info.value.exit_code == 2
+    [problem] = info.value.problems
+    assert problem.where == f"{lock_path}: {GAMMA_ARM_PLACE}"
+    assert ARM in problem.message
+    assert index_server.file_requests() == 0  # found before the others were downloaded
+    # Only the sources a fetch uses matter: a store that has the file needs none.
+    arm = artifact_named(lock, ARM)
+    store.add_file(index_root / "files" / ARM, arm.sha256)
+    result = fetch(lock, store, client=client)
+    assert result.downloaded == len(WHEELS) - 1
+
+
+def test_unknown_group_is_refused_before_any_download(
+    tmp_path: Path, index_root: Path, index_server: IndexServer, store: Store, client: HttpClient
+) -> None:
+    files = [index_root / "files" / n for n in WHEELS]
+    lock = LockFile.load(
+        write_lock(
+            tmp_path / "pylock.toml", files, base_url=index_server.url, groups={"tool": "dev"}
+        )
+    )
+    with pytest.raises(EnvshipError, match="no dependency group 'nope'") as info:
+        fetch(lock, store, client=client, groups=["nope"])
+    assert info.value.exit_code == 2
+    assert [p.message for p in info.value.problems] == ["its groups: dev"]
+    assert sum(index_server.knobs.requests.values()) == 0
+    result = fetch(lock, store, client=client, groups=[])
+    assert "tool-1.0-py3-none-any.whl" not in {a.artifact.filename for a in result.artifacts}
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0], ids=["lock-says-smaller", "lock-says-larger"])
+def test_wrong_size_in_lock_is_refused_and_progress_stays_within_total(
+    tmp_path: Path,
+    index_root: Path,
+    index_server: IndexServer,
+    store: Store,
+    client: HttpClient,
+    factor: float,
+) -> None:
+    wheel = index_root / "files" / BETA
+    lock_path = write_lock(tmp_path / "pylock.toml", [wheel], base_url=index_server.url)
+    data = tomllib.loads(lock_path.read_text())
+    stated = int(wheel.stat().st_size * factor)
+    data["packages"][0]["wheels"][0]["size"] = stated
+    lock_path.write_text(tomli_w.dumps(data))
+    calls: list[tuple[int, int, str]] = []
+    with pytest.raises(ArtifactError) as info:
+        fetch(
+            LockFile.load(lock_path),
+            store,
+            client=client,
+            progress=lambda d, t, detail: calls.append((d, t, detail)),
+        )
+    assert info.value.expected == str(stated)
+    [problem] = info.value.problems
+    assert problem.where == BETA and problem.message.startswith("size mismatch")
+    assert calls and all(0 <= d <= t == stated and detail for d, t, detail in calls)
+    assert list(store.partial_dir.iterdir()) == [] and list(store.tmp_dir.iterdir()) == []
+
+
+def test_credentials_are_looked_up_only_when_something_is_downloaded(
+    lock: LockFile, store: Store
+) -> None:
+    looked_up: list[int] = []
+
+    def credentials() -> list[envship._http.Credential]:
+        looked_up.append(1)
+        return []
+
+    fetch(lock, store, credentials=credentials)
+    assert looked_up == [1]
+    fetch(lock, store, credentials=credentials)
+    assert looked_up == [1]
 
 
 # --- several processes, interrupts: real subprocesses --------------------------------

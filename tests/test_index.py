@@ -24,6 +24,7 @@ from urllib.parse import unquote, urldefrag
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 from uv import find_uv_bin
@@ -68,10 +69,11 @@ def _entry(path: Path) -> str:
 
 
 def write_lock(
-    path: Path, packages: Sequence[dict[str, Any]], *, allow_sdist: bool = False
+    path: Path, packages: Sequence[dict[str, Any]], *, allow_sdist: bool = False, head: str = ""
 ) -> Path:
-    """A hand-written PEP 751 lock with envship's [tool.envship] table."""
-    text = 'lock-version = "1.0"\ncreated-by = "envship-tests"\n'
+    """A hand-written PEP 751 lock with envship's [tool.envship] table (``head``: more
+    top-level keys)."""
+    text = 'lock-version = "1.0"\ncreated-by = "envship-tests"\n' + head
     for p in packages:
         text += f'\n[[packages]]\nname = "{p["name"]}"\nversion = "{p["version"]}"\n'
         text += 'index = "https://example.invalid/simple"\n'
@@ -389,8 +391,9 @@ def test_refuses_a_directory_that_is_not_an_export(universe: Universe) -> None:
     out = universe.root / "precious"
     out.mkdir()
     (out / "thesis.txt").write_text("do not delete")
-    with pytest.raises(IndexExportError, match="not an envship index export"):
+    with pytest.raises(IndexExportError, match="not an envship index export") as info:
         export_index(universe.lock, universe.store, out)
+    assert info.value.exit_code == 2  # bad input, not a failed export
     assert (out / "thesis.txt").read_text() == "do not delete"
     result = export_index(universe.lock, universe.store, out, force=True)
     assert not (out / "thesis.txt").exists() and result.files == 5
@@ -429,6 +432,20 @@ def test_copies_across_file_systems_and_never_touches_the_store(
         stored = universe.store.path(hashlib.sha256(f.read_bytes()).hexdigest())
         assert f.stat().st_ino != stored.stat().st_ino
     assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [("sub/../out", "out"), ("sub/./out", "sub/out"), ("link/../out", "out")],
+    ids=["dotdot", "dot", "through-a-symlink"],
+)
+def test_out_is_shown_normalized(universe: Universe, given: str, shown: str) -> None:
+    (universe.root / "sub").mkdir()
+    (universe.root / "link").symlink_to(universe.root / "sub")
+    result = export_index(universe.lock, universe.store, universe.root / given)
+    assert result.out == universe.root / shown
+    assert result.lock == universe.root / shown / "pylock.toml"
+    assert (result.out / MARKER_FILENAME).is_file()
 
 
 # --- real installers, offline ------------------------------------------------------------
@@ -601,3 +618,158 @@ def test_dirs_and_hrefs_are_normalized_and_escaped(
     assert attrs.get("data-requires-python") == (requires or None)
     root = parse_html(render_root_html([name, name.upper()]))
     assert [(a["href"], t) for a, t in root.anchors] == [(f"{directory}/", directory)]
+
+
+# --- a narrowed export claims only what it holds ------------------------------------------
+
+X86_ENV = "sys_platform == 'linux' and platform_machine == 'x86_64' and python_version == '3.11'"
+ARM_ENV = X86_ENV.replace("x86_64", "aarch64")
+
+
+def make_grouped(root: Path) -> Universe:
+    """The universe plus two dependency groups and per-target ``environments``, as
+    ``envship lock`` writes them (``default-groups = []``)."""
+    u = make_universe(root)
+    dev = build_wheel(root / "dist", "devtool", "1.0")
+    docs = build_wheel(root / "dist", "docsy", "1.0")
+    for w in (dev, docs):
+        u.store.add_file(w)
+        u.wheels[w.name] = w
+    packages = [
+        {"name": "alpha", "version": "1.0", "wheels": [u.wheels["alpha-1.0-py3-none-any.whl"]]},
+        {
+            "name": "beta-lib",
+            "version": "1.1",
+            "wheels": [u.wheels["beta_lib-1.1-py3-none-any.whl"]],
+        },
+        {
+            "name": "gamma",
+            "version": "1.0",
+            "wheels": [u.wheels[f"gamma-1.0-{X86}.whl"], u.wheels[f"gamma-1.0-{ARM}.whl"]],
+        },
+        {
+            "name": "devtool",
+            "version": "1.0",
+            "wheels": [dev],
+            "marker": "'dev' in dependency_groups",
+        },
+        {
+            "name": "docsy",
+            "version": "1.0",
+            "wheels": [docs],
+            "marker": "'docs' in dependency_groups",
+        },
+    ]
+    head = (
+        f'environments = ["{X86_ENV}", "{ARM_ENV}"]\n'
+        'dependency-groups = ["dev", "docs"]\ndefault-groups = []\n'
+    )
+    lock = LockFile.load(write_lock(root / "pylock.toml", packages, head=head))
+    return Universe(root, u.store, lock, u.wheels)
+
+
+@pytest.fixture
+def grouped(tmp_path: Path) -> Universe:
+    return make_grouped(tmp_path / "g")
+
+
+def _claims(lock: LockFile) -> tuple[list[str], list[str], list[str], list[str]]:
+    pylock = lock.pylock
+    return (
+        [str(m) for m in pylock.environments or []],
+        list(pylock.dependency_groups or []),
+        list(pylock.default_groups or []),
+        [t.name for t in lock.targets],
+    )
+
+
+@pytest.mark.parametrize(
+    ("targets", "groups", "claims"),
+    [
+        (None, None, ([X86_ENV, ARM_ENV], ["dev", "docs"], ["linux-x86_64", "linux-aarch64"])),
+        (["linux-x86_64"], ["dev"], ([X86_ENV], ["dev"], ["linux-x86_64"])),
+        (["linux-aarch64"], [], ([ARM_ENV], [], ["linux-aarch64"])),
+        (None, ["docs"], ([X86_ENV, ARM_ENV], ["docs"], ["linux-x86_64", "linux-aarch64"])),
+    ],
+    ids=["whole", "x86-dev", "arm-no-group", "docs"],
+)
+def test_narrowed_lock_claims_only_what_it_holds(
+    grouped: Universe,
+    targets: list[str] | None,
+    groups: list[str] | None,
+    claims: tuple[list[str], list[str], list[str]],
+) -> None:
+    out = grouped.root / "out"
+    result = export_index(grouped.lock, grouped.store, out, targets=targets, groups=groups)
+    local = LockFile.load(result.lock)
+    environments, dependency_groups, default_groups, target_names = _claims(local)
+    assert environments == [str(Marker(m)) for m in claims[0]]
+    assert dependency_groups == claims[1] and default_groups == []
+    assert target_names == claims[2]
+    assert (list(result.targets), list(result.groups)) == (claims[2], claims[1])
+    marker = json.loads((out / MARKER_FILENAME).read_text())
+    assert (marker["targets"], marker["groups"]) == (sorted(claims[2]), claims[1])
+    # Every group it claims has its files in the export, and no other group does.
+    group_of = {"devtool": "dev", "docsy": "docs"}
+    names = {a.name for a in local.artifacts(groups=dependency_groups)}
+    assert {n for n in group_of if n in names} == {
+        n for n, g in group_of.items() if g in dependency_groups
+    }
+
+
+def test_default_groups_follow_the_chosen_groups(tmp_path: Path) -> None:
+    u = make_universe(tmp_path / "u")
+    wheel = u.wheels["alpha-1.0-py3-none-any.whl"]
+    packages = [
+        {
+            "name": "alpha",
+            "version": "1.0",
+            "wheels": [wheel],
+            "marker": "'dev' in dependency_groups",
+        }
+    ]
+    head = 'dependency-groups = ["dev", "docs"]\ndefault-groups = ["dev", "docs"]\n'
+    lock = LockFile.load(write_lock(tmp_path / "pylock.toml", packages, head=head))
+    result = export_index(lock, u.store, tmp_path / "out", groups=["dev"])
+    local = LockFile.load(result.lock)
+    assert _claims(local)[1:3] == (["dev"], ["dev"])
+    assert local.pylock.environments is None  # none claimed, none invented
+
+
+def uv_install(
+    lock: Path, venv: Path, env: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *(find_uv_bin(), "pip", "install", "--offline", "--no-config"),
+            *("--python", str(venv), "-r", str(lock), *extra),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_uv_installs_the_narrowed_export_and_refuses_the_left_out_platform(
+    grouped: Universe, tmp_path: Path
+) -> None:
+    out = grouped.root / "out"
+    export_index(grouped.lock, grouped.store, out, targets=["linux-x86_64"], groups=["dev"])
+    env = clean_env(tmp_path)
+    venv = make_venv(tmp_path, env)
+    lock = out / "pylock.toml"
+    done = uv_install(lock, venv, env, "--group", "dev")
+    assert done.returncode == 0, done.stderr
+    assert venv_packages(venv, env) == {
+        "alpha": "1.0",
+        "beta-lib": "1.1",
+        "gamma": "1.0",
+        "devtool": "1.0",
+    }
+    # The export holds no aarch64 files; its environments say so, and uv refuses the
+    # lock as a whole (before the fix it got as far as a package with no wheel).
+    arm = uv_install(lock, venv, env, "--python-platform", "aarch64-unknown-linux-gnu", "--dry-run")
+    assert arm.returncode != 0
+    assert re.search(r"environment is not supported by the lockfile", arm.stderr), arm.stderr
+    assert "gamma" not in arm.stderr

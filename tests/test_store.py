@@ -140,3 +140,80 @@ def test_sha256_file_across_chunk_boundaries(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def _in_place(path: Path, data: bytes) -> None:
+    """Overwrite a committed file in place (same inode), as a stray writer would."""
+    os.chmod(path, 0o644)
+    with path.open("r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+@pytest.mark.parametrize(
+    ("content", "size", "full", "state"),
+    [
+        (None, len(DATA), False, "missing"),
+        (DATA, len(DATA), False, "ok"),
+        (DATA, None, False, "ok"),
+        (DATA[:-1], len(DATA), False, "damaged"),
+        (DATA + b"!", len(DATA), False, "damaged"),
+        (b"", None, False, "damaged"),  # no size known, but no locked artifact is empty
+        (DATA[:-1] + b"?", len(DATA), False, "ok"),  # same size: a stat cannot tell
+        (DATA[:-1] + b"?", len(DATA), True, "damaged"),
+        (DATA[:-1], None, True, "damaged"),
+    ],
+    ids=[
+        "missing",
+        "whole",
+        "whole-sizeless",
+        "short",
+        "long",
+        "empty-sizeless",
+        "same-size",
+        "same-size-full",
+        "short-sizeless-full",
+    ],
+)
+def test_check(
+    tmp_path: Path, content: bytes | None, size: int | None, full: bool, state: str
+) -> None:
+    store = Store(tmp_path)
+    if content is not None:
+        store.commit(staged(store), SHA, name="x.whl")
+        _in_place(store.path(SHA), content)
+    assert store.check(SHA, size, full=full) == state
+
+
+def test_check_of_the_empty_file(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    empty = hashlib.sha256(b"").hexdigest()
+    store.commit(staged(store, b""), empty, name="empty", size=0)
+    assert store.check(empty, None) == store.check(empty, 0, full=True) == "ok"
+
+
+def test_commit_replaces_a_damaged_file_and_its_named_links(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.commit(staged(store), SHA, name="x.whl")
+    named = store.named(SHA, "x-1.0-py3-none-any.whl")
+    assert named.stat().st_ino == store.path(SHA).stat().st_ino
+    _in_place(store.path(SHA), DATA[:10])  # the hard link shares the damage
+    assert named.read_bytes() == DATA[:10]
+    final = store.commit(staged(store), SHA, name="x.whl", size=len(DATA))
+    assert final.read_bytes() == DATA and final.stat().st_mode & 0o777 == 0o444
+    # named() hands out the existing link: it must be the repaired file, not the old inode.
+    assert store.named(SHA, "x-1.0-py3-none-any.whl") == named
+    assert named.read_bytes() == DATA
+    assert named.stat().st_ino == final.stat().st_ino
+    assert sorted(p.name for p in named.parent.iterdir()) == [named.name]
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_size_mismatch_says_both_sizes(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(ArtifactError) as info:
+        store.commit(staged(store), SHA, name="x.whl", size=10)
+    assert (
+        info.value.message
+        == f"x.whl: size mismatch ({len(DATA)} bytes, the lock says 10), refusing it"
+    )

@@ -7,6 +7,14 @@ waits behind the lock finds the artifact committed and reuses it. A finished par
 moved into ``tmp/`` and committed by :meth:`Store.commit`, which checks size and
 sha256 and renames atomically. An interrupted fetch leaves only partial files, and
 the next run resumes them with HTTP ``Range`` requests.
+
+An artifact already in the store costs one ``stat``: its size is checked against the
+lock (:meth:`Store.check`), and one that is damaged is downloaded again and replaces the
+damaged file atomically (a *repair*). ``verify=True`` re-hashes every present artifact,
+which reads every byte; a warm fetch stays as cheap as a directory listing without it.
+
+Sources are checked before any download starts: a URL scheme no downloader speaks, or
+a local ``path`` with no file, is bad input in the lock, reported with its place.
 """
 
 from __future__ import annotations
@@ -21,13 +29,23 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from ._flock import acquire
-from .errors import ArtifactError, EnvshipError, NetworkError, Problem, StoreError
+from .errors import (
+    ArtifactError,
+    EnvshipError,
+    InvalidLockError,
+    NetworkError,
+    Problem,
+    StoreError,
+)
 from .lockfile import Artifact, LockFile
-from .store import Store
+from .store import State, Store
 
 if TYPE_CHECKING:
+    from packaging.pylock import PackageSdist, PackageWheel
+
     # Imported when something must be downloaded: http.client, ssl and urllib cost
     # more than the whole of a fetch that finds everything in the store.
     from ._http import Credential, HttpClient
@@ -36,6 +54,7 @@ __all__ = ["FetchResult", "FetchedArtifact", "fetch"]
 
 Progress = Callable[[int, int, str], None]
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SCHEMES = frozenset({"http", "https", "file"})  # what HttpClient.download speaks
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +62,15 @@ class FetchedArtifact:
     artifact: Artifact
     path: Path  # the verified file in the store
     downloaded: bool  # False: it was already in the store (no request was made)
+    repaired: bool = False  # downloaded to replace a damaged file in the store
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.artifact.to_json(), "path": str(self.path), "downloaded": self.downloaded}
+        return {
+            **self.artifact.to_json(),
+            "path": str(self.path),
+            "downloaded": self.downloaded,
+            "repaired": self.repaired,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +80,14 @@ class FetchResult:
     downloaded: int
     reused: int
     bytes_downloaded: int  # bytes read from sources in this run (resumed ones excluded)
+    repaired: int = 0  # of ``downloaded``: replacing a damaged file found in the store
 
     def to_json(self) -> dict[str, Any]:
         return {
             "store": str(self.store.root),
             "downloaded": self.downloaded,
             "reused": self.reused,
+            "repaired": self.repaired,
             "bytes_downloaded": self.bytes_downloaded,
             "artifacts": [a.to_json() for a in self.artifacts],
         }
@@ -118,6 +145,26 @@ def _disk_full(store: Store) -> StoreError:
     )
 
 
+class _Oversize(Exception):
+    """Raised from the byte callback: the source has more bytes than the lock says."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _size_mismatch(artifact: Artifact, actual: int) -> ArtifactError:
+    return ArtifactError(
+        f"{artifact.filename}: size mismatch (at least {actual} bytes, the lock says "
+        f"{artifact.size}), refusing it",
+        artifact=artifact.filename,
+        expected=str(artifact.size),
+        actual=f">={actual}",
+        hint="the source serves another file than the lock records; if the lock is "
+        "right, the index or a proxy is corrupt or tampered with",
+    )
+
+
 class _Worker:
     def __init__(
         self,
@@ -126,12 +173,14 @@ class _Worker:
         base: Path,
         tally: _Tally,
         cancel: threading.Event,
+        verify: bool,
     ) -> None:
         self.store = store
         self.client = client
         self.base = base
         self.tally = tally
         self.cancel = cancel
+        self.verify = verify
 
     def __call__(self, artifact: Artifact) -> tuple[FetchedArtifact, int]:
         sha = artifact.sha256
@@ -139,11 +188,16 @@ class _Worker:
         partial = self.store.partial_dir
         try:
             with _artifact_lock(partial / f"{sha}.lock", self.cancel):
-                if final.is_file():
-                    # Another process fetched it while we waited for the lock.
+                # Again under the lock: another process may have fetched or repaired it
+                # while we waited.
+                state = self.store.check(sha, artifact.size, full=self.verify)
+                if state == "ok":
                     self.tally.update(sha, artifact.size or 0, artifact.filename)
                     return FetchedArtifact(artifact, final, downloaded=False), 0
-                return self._download(artifact, partial / f"{sha}.part")
+                fetched, received = self._download(artifact, partial / f"{sha}.part")
+                if state == "damaged":
+                    fetched = FetchedArtifact(artifact, fetched.path, True, repaired=True)
+                return fetched, received
         except OSError as exc:
             if exc.errno in _DISK_FULL:
                 raise _disk_full(self.store) from None
@@ -161,6 +215,11 @@ class _Worker:
 
         def on_bytes(done: int, total: int | None) -> None:
             nonlocal learned
+            if size is not None and max(done, total or 0) > size:
+                # Stop at once: a lock that says 1 KiB must not make us read 1 GiB, and
+                # the progress total must hold. HttpClient lets the exception through
+                # (it closes the response and keeps the part file).
+                raise _Oversize(max(done, total or 0))
             if size is None and total is not None and not learned:
                 learned = True
                 self.tally.learned_size(total)
@@ -169,21 +228,25 @@ class _Worker:
         received = 0
         while True:
             resumed = part.exists() and part.stat().st_size > 0
-            if not (size is not None and resumed and part.stat().st_size == size):
-                received += self.client.download(
-                    self._source(artifact), part, progress=on_bytes, cancel=self.cancel
-                ).received
             # tmp/ is on the store's filesystem, so commit's rename stays atomic; the
             # unique name keeps concurrent writers (or a stale leftover) from colliding.
             staged = self.store.tmp_dir / f"{sha}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-            os.replace(part, staged)
             try:
+                if not (size is not None and resumed and part.stat().st_size == size):
+                    try:
+                        received += self.client.download(
+                            self._source(artifact), part, progress=on_bytes, cancel=self.cancel
+                        ).received
+                    except _Oversize as exc:
+                        part.unlink(missing_ok=True)
+                        raise _size_mismatch(artifact, exc.size) from None
+                os.replace(part, staged)
                 path = self.store.commit(staged, sha, name=artifact.filename, size=size)
             except ArtifactError:
                 self.tally.update(sha, 0, artifact.filename)
                 if resumed:
                     # The kept prefix may be what was wrong (an older run, another file
-                    # at that URL back then): commit deleted it, so try once from byte 0.
+                    # at that URL back then): it is deleted, so try once from byte 0.
                     continue
                 raise
             finally:
@@ -191,16 +254,67 @@ class _Worker:
             return FetchedArtifact(artifact, path, downloaded=True), received
 
     def _source(self, artifact: Artifact) -> str | Path:
-        if artifact.url:
-            return artifact.url
-        if artifact.path:
-            return self.base / artifact.path
-        raise ArtifactError(
-            f"{artifact.filename}: the lock gives neither a url nor a path",
-            artifact=artifact.filename,
-            expected="url or path",
-            actual="none",
+        # _check_sources made sure there is one before any download started.
+        return artifact.url if artifact.url else self.base / (artifact.path or "")
+
+
+def _places(lock: LockFile) -> dict[str, str]:
+    """Each artifact's place in the lock file, by sha256: ``packages[3].wheels[0]``."""
+    places: dict[str, str] = {}
+    for i, package in enumerate(lock.pylock.packages):
+        entries: list[tuple[str, PackageWheel | PackageSdist]] = [
+            (f"wheels[{j}]", w) for j, w in enumerate(package.wheels or [])
+        ]
+        if package.sdist is not None:
+            entries.append(("sdist", package.sdist))
+        for key, entry in entries:
+            sha = (entry.hashes or {}).get("sha256")
+            if sha:
+                places.setdefault(sha, f"{lock.path}: packages[{i}].{key}")
+    return places
+
+
+def _check_sources(lock: LockFile, artifacts: Sequence[Artifact]) -> None:
+    """Refuse, before any download, sources that cannot work: bad input in the lock.
+
+    Found only at download time, they used to fail as network errors (exit 3) after
+    every other artifact had been downloaded.
+    """
+    places: dict[str, str] | None = None
+    problems: list[Problem] = []
+    for artifact in artifacts:
+        message = _source_problem(lock.path.parent, artifact)
+        if message is None:
+            continue
+        if places is None:
+            places = _places(lock)
+        where = places.get(artifact.sha256, f"{lock.path}: {artifact.filename}")
+        problems.append(Problem(where, message))
+    if problems:
+        raise InvalidLockError(
+            f"{lock.path} names {len(problems)} artifact source(s) envship cannot fetch",
+            problems=problems,
+            hint="envship downloads http(s):// and file:// URLs and paths relative to the "
+            "lock's folder; fix the lock (or re-create it with `envship lock`)",
         )
+
+
+def _source_problem(base: Path, artifact: Artifact) -> str | None:
+    if artifact.url:
+        parts = urlsplit(artifact.url)
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES:
+            shown = f"{scheme}://" if scheme else "a URL without a scheme"
+            return f"{artifact.filename}: cannot download from {shown} ({artifact.url})"
+        if scheme == "file":
+            local = Path(unquote(parts.path))  # url2pathname on POSIX, without urllib.request
+            if not local.is_file():
+                return f"{artifact.filename}: no file at {local} ({artifact.url})"
+        return None
+    local = base / (artifact.path or "")
+    if not artifact.path or not local.is_file():
+        return f"{artifact.filename}: no file at {local} (the lock's path {artifact.path!r})"
+    return None
 
 
 def fetch(
@@ -210,25 +324,33 @@ def fetch(
     targets: Sequence[str] | None = None,
     groups: Collection[str] | None = None,
     jobs: int = 8,
-    credentials: Sequence[Credential] = (),
+    verify: bool = False,
+    credentials: Sequence[Credential] | Callable[[], Sequence[Credential]] = (),
     progress: Progress | None = None,
     client: HttpClient | None = None,
 ) -> FetchResult:
     """Download (or reuse) every artifact ``lock`` selects for ``targets`` and ``groups``.
 
-    Every failure is collected and reported in one error; artifacts that did verify
-    stay in the store. ``client`` overrides ``credentials`` (and sets retries/timeouts).
+    A present artifact is reused when its size matches the lock (``verify``: when its
+    sha256 does); a damaged one is downloaded again and replaced. Every failure is
+    collected and reported in one error; artifacts that did verify stay in the store.
+    ``credentials`` may be a callable, called only when something must be downloaded
+    (finding them can cost more than a fetch that downloads nothing). ``client``
+    overrides ``credentials`` (and sets retries/timeouts).
     """
     artifacts = lock.artifacts(targets, groups=groups)
     store.ensure()
-    have = {a.sha256 for a in artifacts if store.has(a.sha256)}
-    todo = [a for a in artifacts if a.sha256 not in have]
+    states = _states(store, artifacts, verify, jobs)
+    todo = [a for a in artifacts if states[a.sha256] != "ok"]
+    _check_sources(lock, todo)
     tally = _Tally(
-        sum(a.size or 0 for a in artifacts if a.sha256 in have),
+        sum(a.size or 0 for a in artifacts if states[a.sha256] == "ok"),
         sum(a.size or 0 for a in artifacts),
         progress,
     )
-    tally.report()
+    # Every progress line names what it is about (this one: the plan).
+    n = len(artifacts)
+    tally.report(f"{len(todo)} of {n} artifacts to download" if todo else f"all {n} in the store")
     cancel = threading.Event()
     results: dict[str, tuple[FetchedArtifact, int]] = {}
     failures: list[tuple[Artifact, EnvshipError]] = []
@@ -236,8 +358,9 @@ def fetch(
         if client is None:
             from ._http import HttpClient
 
-            client = HttpClient(credentials=credentials)
-        worker = _Worker(store, client, lock.path.parent, tally, cancel)
+            found = credentials() if callable(credentials) else credentials
+            client = HttpClient(credentials=found)
+        worker = _Worker(store, client, lock.path.parent, tally, cancel, verify)
         pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo))))
         try:
             futures: dict[Future[tuple[FetchedArtifact, int]], Artifact] = {
@@ -280,13 +403,27 @@ def fetch(
         downloaded=downloaded,
         reused=len(fetched) - downloaded,
         bytes_downloaded=sum(r[1] for r in results.values()),
+        repaired=sum(1 for f in fetched if f.repaired),
     )
+
+
+def _states(
+    store: Store, artifacts: Sequence[Artifact], verify: bool, jobs: int
+) -> dict[str, State]:
+    """What the store holds of each artifact: a stat each, or a hash each with ``verify``."""
+    if not verify or len(artifacts) < 2:
+        return {a.sha256: store.check(a.sha256, a.size, full=verify) for a in artifacts}
+    # hashlib releases the GIL on large buffers, so threads hash on several cores.
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(artifacts)))) as pool:
+        found = pool.map(lambda a: store.check(a.sha256, a.size, full=True), artifacts)
+        return {a.sha256: state for a, state in zip(artifacts, found, strict=True)}
 
 
 def _combine(failures: list[tuple[Artifact, EnvshipError]], total: int) -> EnvshipError:
     """One error for all failures; its class (hence exit code) is the gravest one's."""
     failures.sort(key=lambda f: f[0].filename)
-    problems = [Problem(a.filename, e.message) for a, e in failures]
+    # The problem's place is the file name already; do not say it twice.
+    problems = [Problem(a.filename, e.message.removeprefix(f"{a.filename}: ")) for a, e in failures]
     integrity = [e for _, e in failures if isinstance(e, ArtifactError)]
     network = [e for _, e in failures if isinstance(e, NetworkError)]
     kept = total - len(failures)

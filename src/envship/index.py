@@ -18,6 +18,11 @@ configured to map ``application/vnd.pypi.simple.v1+json`` onto them.
 
 The tree is built in a temporary directory next to OUT and renamed into place only when
 complete: a failed export (a missing or corrupt artifact) leaves OUT as it was.
+
+An export narrowed to some targets or groups holds files for those only, and its lock
+says so: ``environments``, ``dependency-groups``, ``default-groups`` and the
+``[tool.envship]`` targets keep only what was chosen, so an installer asked for another
+platform refuses the lock instead of installing part of an environment.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import tomli_w
+from packaging.markers import Marker
 from packaging.pylock import Pylock, PylockValidationError
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -45,6 +51,7 @@ from packaging.version import Version
 from .errors import ArtifactError, IndexExportError, Problem, StoreError
 from .lockfile import LOCK_FILENAME, Artifact, LockFile
 from .store import Store, sha256_file
+from .targets import Target
 
 __all__ = [
     "MARKER_FILENAME",
@@ -74,6 +81,8 @@ class IndexExport:
     projects: int
     files: int
     lock: Path
+    targets: tuple[str, ...] = ()  # the lock targets the export serves
+    groups: tuple[str, ...] = ()  # the dependency groups it holds
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +91,8 @@ class IndexExport:
             "files": self.files,
             "lock": str(self.lock),
             "index_url": (self.out / "simple").resolve().as_uri(),
+            "targets": list(self.targets),
+            "groups": list(self.groups),
         }
 
 
@@ -233,16 +244,23 @@ def _place(src: Path, dest: Path, artifact: Artifact) -> None:
         )
 
 
-def _localized_lock(lock: LockFile, selected: Collection[Artifact]) -> dict[str, Any]:
+def _localized_lock(
+    lock: LockFile,
+    selected: Collection[Artifact],
+    targets: Sequence[Target],
+    groups: Collection[str],
+) -> dict[str, Any]:
     """The lock with each selected artifact at ``files/<filename>``, the rest dropped.
 
     PEP 751 lets an artifact give a ``path`` (relative to the lock file) instead of a
     ``url``. Packages and artifacts not selected for the chosen targets are dropped: the
     export holds no bytes for them, and a lock must not point at files that do not exist.
+    What the lock claims is narrowed the same way (see :func:`_narrow_claims`).
     """
     by_sha = {a.sha256: a for a in selected}
-    chosen = {t for a in selected for t in a.targets}
+    chosen = {t.name for t in targets}
     data = dict(lock.pylock.to_dict())
+    _narrow_claims(data, lock, targets, groups)
     packages: list[dict[str, Any]] = []
     for package in data.get("packages", []):
         pkg = dict(package)
@@ -281,6 +299,30 @@ def _localized_lock(lock: LockFile, selected: Collection[Artifact]) -> dict[str,
     return data
 
 
+def _narrow_claims(
+    data: dict[str, Any], lock: LockFile, targets: Sequence[Target], groups: Collection[str]
+) -> None:
+    """Keep in ``data`` only the environments and groups the export has files for.
+
+    PEP 751 installers refuse a lock none of whose ``environments`` matches the machine,
+    and offer the ``dependency-groups`` it lists: left whole, an export for x86_64 would
+    be installed on aarch64 with packages missing, and one without ``dev`` would accept
+    ``--group dev`` and install nothing of it.
+    """
+    environments = lock.pylock.environments
+    if environments:
+        # Evaluated as Pylock.select does, for each chosen target's marker environment.
+        envs = [cast("dict[str, str]", t.marker_environment()) for t in targets]
+        data["environments"] = [str(m) for m in environments if any(_holds(m, env) for env in envs)]
+    for key in ("dependency-groups", "default-groups"):
+        if key in data:
+            data[key] = [g for g in data[key] if g in groups]
+
+
+def _holds(marker: Marker, environment: dict[str, str]) -> bool:
+    return marker.evaluate(environment, context="requirement")
+
+
 def _local(entry: dict[str, Any], by_sha: dict[str, Artifact]) -> dict[str, Any] | None:
     artifact = by_sha.get(str((entry.get("hashes") or {}).get("sha256", "")))
     if artifact is None:
@@ -296,10 +338,26 @@ def _check_out(out: Path, force: bool) -> None:
     previous = out.is_dir() and (out / MARKER_FILENAME).is_file()
     empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
     if not (previous or empty or force):
-        raise IndexExportError(
+        error = IndexExportError(
             f"{out} exists and is not an envship index export; refusing to replace it",
             hint="choose another directory, or pass --force to replace it",
         )
+        # Bad input (exit 2), not a failed export. errors.py has no exit-2 index error
+        # yet; the instance attribute is what the CLI reads and what pickling keeps.
+        error.exit_code = 2
+        raise error
+
+
+def _normalized(out: Path) -> Path:
+    """``out`` absolute and without ``..``: the path the result (and the CLI) shows.
+
+    The parent is resolved, not ``out`` itself: a symlink at ``out`` is replaced by the
+    export (see :func:`_swap`), never followed.
+    """
+    absolute = out.absolute()
+    if absolute.name == "..":  # "x/..": no name of its own to keep
+        return absolute.resolve()
+    return absolute.parent.resolve() / absolute.name
 
 
 def _swap(tmp: Path, out: Path) -> None:
@@ -336,8 +394,10 @@ def export_index(
     :class:`IndexExportError` when ``out`` exists but is no earlier export (unless
     ``force``). Nothing at ``out`` changes unless the whole export succeeds.
     """
-    out = Path(out).absolute()
-    artifacts = lock.artifacts(targets, groups=groups)
+    out = _normalized(Path(out))
+    artifacts = lock.artifacts(targets, groups=groups)  # refuses unknown targets, groups
+    chosen = [lock.target(n) for n in targets] if targets else list(lock.targets)
+    chosen_groups = sorted(set(lock.groups) if groups is None else set(groups))
     missing = [a for a in artifacts if not store.has(a.sha256)]
     if missing:
         raise StoreError(
@@ -357,7 +417,7 @@ def export_index(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        projects = _write_tree(tmp, lock, store, artifacts, progress)
+        projects = _write_tree(tmp, lock, store, artifacts, chosen, chosen_groups, progress)
         _check_out(out, force)  # again: something may have appeared at OUT meanwhile
         _swap(tmp, out)
     except OSError as exc:
@@ -365,7 +425,14 @@ def export_index(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return IndexExport(out=out, projects=projects, files=len(artifacts), lock=out / LOCK_FILENAME)
+    return IndexExport(
+        out=out,
+        projects=projects,
+        files=len(artifacts),
+        lock=out / LOCK_FILENAME,
+        targets=tuple(t.name for t in chosen),
+        groups=tuple(chosen_groups),
+    )
 
 
 def _size_of(store: Store, artifact: Artifact) -> int:
@@ -383,6 +450,8 @@ def _write_tree(
     lock: LockFile,
     store: Store,
     artifacts: Sequence[Artifact],
+    targets: Sequence[Target],
+    groups: Sequence[str],
     progress: Progress | None,
 ) -> int:
     lock_python = {
@@ -424,12 +493,14 @@ def _write_tree(
         (simple / key).mkdir()
         (simple / key / "index.html").write_text(render_project_html(name, entries), "utf-8")
         _write_json(simple / key / "index.json", render_project_json(name, entries))
-    (tmp / LOCK_FILENAME).write_text(tomli_w.dumps(_localized_lock(lock, artifacts)), "utf-8")
+    localized = _localized_lock(lock, artifacts, targets, groups)
+    (tmp / LOCK_FILENAME).write_text(tomli_w.dumps(localized), "utf-8")
     from . import __version__  # here, not at the top: the package may import this module
 
-    targets = sorted({t for a in artifacts for t in a.targets})
     marker = {"created-by": f"envship {__version__}", "lock-digest": lock.digest}
-    _write_json(tmp / MARKER_FILENAME, {**marker, "lock": str(lock.path), "targets": targets})
+    names = sorted(t.name for t in targets)
+    extra = {"lock": str(lock.path), "targets": names, "groups": list(groups)}
+    _write_json(tmp / MARKER_FILENAME, {**marker, **extra})
     return len(projects)
 
 

@@ -14,9 +14,11 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 
@@ -26,6 +28,10 @@ __all__ = ["Store", "sha256_file"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+#: What :meth:`Store.check` finds at an artifact's path.
+State = Literal["missing", "damaged", "ok"]
 
 
 def sha256_file(path: Path) -> str:
@@ -67,6 +73,35 @@ class Store:
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
+    def check(self, sha256: str, size: int | None = None, *, full: bool = False) -> State:
+        """Whether the artifact is here and whole, at the cost of one ``stat``.
+
+        Store files are committed verified and read-only, but a shared volume has other
+        writers (a stray ``>``, a disk that filled up under someone's editor, an rsync
+        that died): a file whose size is not ``size`` is ``"damaged"``. Without a size
+        (locks made from PEP 503 HTML pages carry none) only an empty file is known to
+        be damaged, as no locked artifact is empty. ``full`` also hashes the file: the
+        only way to find same-size damage, and it reads every byte.
+        """
+        path = self.path(sha256)
+        try:
+            st = path.stat()
+        except OSError:  # as Path.is_file: unreadable counts as absent
+            return "missing"
+        if not stat.S_ISREG(st.st_mode):
+            return "missing"
+        if size is not None and st.st_size != size:
+            return "damaged"
+        if st.st_size == 0 and sha256 != _EMPTY_SHA256:
+            return "damaged"
+        if full:
+            try:
+                if sha256_file(path) != sha256:
+                    return "damaged"
+            except OSError:
+                return "damaged"
+        return "ok"
+
     @property
     def tmp_dir(self) -> Path:
         return self.root / "tmp"
@@ -94,7 +129,7 @@ class Store:
         if size is not None and actual_size != size:
             staged.unlink(missing_ok=True)
             raise ArtifactError(
-                f"{name}: size mismatch, refusing it",
+                f"{name}: size mismatch ({actual_size} bytes, the lock says {size}), refusing it",
                 artifact=name,
                 expected=str(size),
                 actual=str(actual_size),
@@ -113,10 +148,43 @@ class Store:
         final = self.path(sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(staged, 0o444)
+        replacing = final.exists()
         # rename is atomic on POSIX: concurrent writers of the same content both succeed
-        # and readers never see a half-written file.
+        # and readers never see a half-written file. It also replaces a damaged file
+        # (see check) in one step, so no reader ever finds the artifact missing.
         os.replace(staged, final)
+        if replacing:
+            self._relink_named(sha256, final)
         return final
+
+    def _relink_named(self, sha256: str, final: Path) -> None:
+        """Point ``named/<sha256>/*`` at the file just committed.
+
+        Those are hard links: after a damaged file was replaced they still hold the
+        damaged inode, and :meth:`named` would keep handing it out.
+        """
+        folder = self.root / "named" / sha256
+        try:
+            current = final.stat()
+            entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        except OSError:
+            return  # nothing named yet (the usual case)
+        for entry in entries:
+            tmp = folder / f".{entry.name}.{os.getpid()}.tmp"
+            try:
+                st = entry.stat()
+                if (st.st_ino, st.st_dev) == (current.st_ino, current.st_dev):
+                    continue
+                try:
+                    os.link(final, tmp)
+                except OSError:
+                    shutil.copyfile(final, tmp)
+                os.replace(tmp, entry)  # atomic: the name never goes missing
+            except OSError:
+                continue  # a read-only share: install's private copy is made from final
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
 
     def named(self, sha256: str, filename: str) -> Path:
         """The artifact under its real file name, at a path that never changes.

@@ -59,6 +59,13 @@ def _credentials(lock_path: Path) -> list[Credential]:
     show_default=True,
     help="Parallel downloads.",
 )
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Re-hash every artifact already in the store (reads every byte) and download "
+    "again any that does not match. Without it, a present artifact is checked by its size "
+    "only, which finds truncated or emptied files but not same-size damage.",
+)
 @json_option
 def command(
     lock_path: Path,
@@ -66,27 +73,26 @@ def command(
     targets: tuple[str, ...],
     groups: tuple[str, ...],
     jobs: int,
+    verify: bool,
     as_json: bool,
 ) -> None:
     """Download every artifact the lock selects into a verified store.
 
-    Artifacts already in the store are reused without touching the network; an
-    interrupted fetch resumes where it stopped.
+    Artifacts already in the store are reused without touching the network, once their
+    size matches the lock (with --verify, their sha256); a damaged one is downloaded
+    again and replaced. An interrupted fetch resumes where it stopped.
     """
     lock = LockFile.load(lock_path)
     store = Store.at(store_dir)
-    chosen_targets, chosen_groups = list(targets) or None, list(groups) or None
-    # Reading the spec for credentials is only worth it when something must be downloaded.
-    missing = any(
-        not store.has(a.sha256) for a in lock.artifacts(chosen_targets, groups=chosen_groups)
-    )
     result = fetch(
         lock,
         store,
-        targets=chosen_targets,
-        groups=chosen_groups,
+        targets=list(targets) or None,
+        groups=list(groups) or None,
         jobs=jobs,
-        credentials=_credentials(lock_path) if missing else (),
+        verify=verify,
+        # Reading the spec is only worth it when something must be downloaded.
+        credentials=lambda: _credentials(lock_path),
         progress=Progress("fetch"),
     )
     if as_json:
@@ -97,8 +103,13 @@ def command(
 
 def _summary(result: FetchResult) -> str:
     total = len(result.artifacts)
+    repaired = (
+        f", {result.repaired} of them replacing a damaged copy in the store"
+        if result.repaired
+        else ""
+    )
     return (
         f"{total} artifact{'s' if total != 1 else ''} in {result.store.root}: "
-        f"{result.downloaded} downloaded ({_size(result.bytes_downloaded)}), "
+        f"{result.downloaded} downloaded ({_size(result.bytes_downloaded)}{repaired}), "
         f"{result.reused} already in the store"
     )

@@ -67,8 +67,11 @@ def export(
         echo_json(result.to_json())
         return
     index_url = result.to_json()["index_url"]
+    # envship locks install no group by default (default-groups = []): name the
+    # exported ones, or the command would install the export without them.
+    with_groups = "".join(f" --group {g}" for g in result.groups)
     click.echo(
         f"exported {result.files} files of {result.projects} projects to {result.out}\n"
         f"  pip install --index-url {index_url} NAME\n"
-        f"  uv pip install -r {result.lock}"
+        f"  uv pip install --offline -r {result.lock}{with_groups}"
     )
