@@ -22,6 +22,7 @@ __all__ = [
     "Progress",
     "compile_option",
     "echo_json",
+    "end_progress_line",
     "groups_option",
     "json_mode",
     "json_option",
@@ -70,7 +71,15 @@ def echo_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def end_progress_line() -> None:
+    """Finish a progress line left open on a terminal, so what follows starts afresh."""
+    if Progress.line_open:
+        Progress.line_open = False
+        click.echo("", err=True)
+
+
 def render_error(exc: EnvshipError) -> int:
+    end_progress_line()
     if json_mode():
         echo_json(exc.to_json())
     else:
@@ -87,6 +96,8 @@ class Progress:
 
     Silent in ``--json`` mode so stdout stays one JSON document and stderr stays quiet.
     """
+
+    line_open = False  # a terminal line redrawn in place and not yet ended (any instance)
 
     def __init__(self, label: str, *, quiet: bool = False) -> None:
         self.label = label
@@ -109,6 +120,7 @@ class Progress:
             line += f" {detail}"
         if self.tty:
             click.echo(f"\r\033[K{line}", err=True, nl=final)
+            Progress.line_open = not final
         else:
             click.echo(line, err=True)
 

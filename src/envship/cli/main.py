@@ -12,7 +12,7 @@ import click
 
 from .. import __version__
 from ..errors import EnvshipError
-from ._common import echo_json, json_option, render_error, reset_json
+from ._common import echo_json, end_progress_line, json_option, render_error, reset_json
 
 # Command name -> module under envship.cli. Modules are imported when their command is
 # looked up, so `envship fetch` does not pay for importing the importers, the verifier
@@ -82,6 +82,7 @@ def _json_asked(args: Sequence[str]) -> bool:
 
 def _fail(kind: str, message: str, code: int, *, as_json: bool, hint: str | None = None) -> int:
     """An error that is not an EnvshipError (usage, interruption), rendered the same way."""
+    end_progress_line()
     if as_json:
         echo_json({"error": kind, "message": message, "problems": [], "hint": hint})
     else:
