@@ -13,8 +13,9 @@ lock (:meth:`Store.check`), and one that is damaged is downloaded again and repl
 damaged file atomically (a *repair*). ``verify=True`` re-hashes every present artifact,
 which reads every byte; a warm fetch stays as cheap as a directory listing without it.
 
-Sources are checked before any download starts: a URL scheme no downloader speaks, or
-a local ``path`` with no file, is bad input in the lock, reported with its place.
+Sources are checked before any download starts (:mod:`envship._sourcecheck`): a URL
+scheme no downloader speaks, or a local ``path`` with no file, is bad input in the lock,
+reported with its place.
 """
 
 from __future__ import annotations
@@ -29,23 +30,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from ._flock import acquire
-from .errors import (
-    ArtifactError,
-    EnvshipError,
-    InvalidLockError,
-    NetworkError,
-    Problem,
-    StoreError,
-)
+from ._sourcecheck import check_sources
+from .errors import ArtifactError, EnvshipError, NetworkError, Problem, StoreError
 from .lockfile import Artifact, LockFile
 from .store import State, Store
 
 if TYPE_CHECKING:
-    from packaging.pylock import PackageSdist, PackageWheel
-
     # Imported when something must be downloaded: http.client, ssl and urllib cost
     # more than the whole of a fetch that finds everything in the store.
     from ._http import Credential, HttpClient
@@ -54,7 +46,6 @@ __all__ = ["FetchResult", "FetchedArtifact", "fetch"]
 
 Progress = Callable[[int, int, str], None]
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-_SCHEMES = frozenset({"http", "https", "file"})  # what HttpClient.download speaks
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,67 +245,8 @@ class _Worker:
             return FetchedArtifact(artifact, path, downloaded=True), received
 
     def _source(self, artifact: Artifact) -> str | Path:
-        # _check_sources made sure there is one before any download started.
+        # check_sources made sure there is one before any download started.
         return artifact.url if artifact.url else self.base / (artifact.path or "")
-
-
-def _places(lock: LockFile) -> dict[str, str]:
-    """Each artifact's place in the lock file, by sha256: ``packages[3].wheels[0]``."""
-    places: dict[str, str] = {}
-    for i, package in enumerate(lock.pylock.packages):
-        entries: list[tuple[str, PackageWheel | PackageSdist]] = [
-            (f"wheels[{j}]", w) for j, w in enumerate(package.wheels or [])
-        ]
-        if package.sdist is not None:
-            entries.append(("sdist", package.sdist))
-        for key, entry in entries:
-            sha = (entry.hashes or {}).get("sha256")
-            if sha:
-                places.setdefault(sha, f"{lock.path}: packages[{i}].{key}")
-    return places
-
-
-def _check_sources(lock: LockFile, artifacts: Sequence[Artifact]) -> None:
-    """Refuse, before any download, sources that cannot work: bad input in the lock.
-
-    Found only at download time, they used to fail as network errors (exit 3) after
-    every other artifact had been downloaded.
-    """
-    places: dict[str, str] | None = None
-    problems: list[Problem] = []
-    for artifact in artifacts:
-        message = _source_problem(lock.path.parent, artifact)
-        if message is None:
-            continue
-        if places is None:
-            places = _places(lock)
-        where = places.get(artifact.sha256, f"{lock.path}: {artifact.filename}")
-        problems.append(Problem(where, message))
-    if problems:
-        raise InvalidLockError(
-            f"{lock.path} names {len(problems)} artifact source(s) envship cannot fetch",
-            problems=problems,
-            hint="envship downloads http(s):// and file:// URLs and paths relative to the "
-            "lock's folder; fix the lock (or re-create it with `envship lock`)",
-        )
-
-
-def _source_problem(base: Path, artifact: Artifact) -> str | None:
-    if artifact.url:
-        parts = urlsplit(artifact.url)
-        scheme = parts.scheme.lower()
-        if scheme not in _SCHEMES:
-            shown = f"{scheme}://" if scheme else "a URL without a scheme"
-            return f"{artifact.filename}: cannot download from {shown} ({artifact.url})"
-        if scheme == "file":
-            local = Path(unquote(parts.path))  # url2pathname on POSIX, without urllib.request
-            if not local.is_file():
-                return f"{artifact.filename}: no file at {local} ({artifact.url})"
-        return None
-    local = base / (artifact.path or "")
-    if not artifact.path or not local.is_file():
-        return f"{artifact.filename}: no file at {local} (the lock's path {artifact.path!r})"
-    return None
 
 
 def fetch(
@@ -342,7 +274,7 @@ def fetch(
     store.ensure()
     states = _states(store, artifacts, verify, jobs)
     todo = [a for a in artifacts if states[a.sha256] != "ok"]
-    _check_sources(lock, todo)
+    check_sources(lock, todo)
     tally = _Tally(
         sum(a.size or 0 for a in artifacts if states[a.sha256] == "ok"),
         sum(a.size or 0 for a in artifacts),

@@ -23,13 +23,15 @@ An export narrowed to some targets or groups holds files for those only, and its
 says so: ``environments``, ``dependency-groups``, ``default-groups`` and the
 ``[tool.envship]`` targets keep only what was chosen, so an installer asked for another
 platform refuses the lock instead of installing part of an environment.
+
+The pages are rendered by :mod:`envship._simplepages` and the lock rewritten by
+:mod:`envship._exportlock`; this module lays the tree out and puts it in place.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import html
 import json
 import os
 import shutil
@@ -39,15 +41,26 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from pathlib import Path
-from typing import Any, cast
-from urllib.parse import quote
+from typing import Any
 
 import tomli_w
-from packaging.markers import Marker
-from packaging.pylock import Pylock, PylockValidationError
 from packaging.utils import canonicalize_name
-from packaging.version import Version
 
+from ._exportlock import localized_lock
+
+# The page renderers are re-exported: they were defined here, and callers import them
+# from this module.
+from ._simplepages import API_VERSION as API_VERSION
+from ._simplepages import (
+    IndexFile,
+    file_href,
+    file_url,
+    project_dir,
+    render_project_html,
+    render_project_json,
+    render_root_html,
+    render_root_json,
+)
 from .errors import ArtifactError, IndexExportError, Problem, StoreError
 from .lockfile import LOCK_FILENAME, Artifact, LockFile
 from .store import Store, sha256_file
@@ -69,7 +82,6 @@ __all__ = [
 
 #: Present in every export; only a directory holding it is replaced without ``force``.
 MARKER_FILENAME = ".envship-index"
-API_VERSION = "1.1"  # PEP 629 version of the pages; 1.1 adds size and versions (PEP 700)
 Progress = Callable[[int, int, str], None]
 
 
@@ -94,97 +106,6 @@ class IndexExport:
             "targets": list(self.targets),
             "groups": list(self.groups),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class IndexFile:
-    """One file as the simple API describes it."""
-
-    filename: str
-    version: str
-    sha256: str
-    size: int
-    requires_python: str | None = None
-    metadata_sha256: str | None = None  # of ``<filename>.metadata`` (PEP 658)
-
-
-def project_dir(name: str) -> str:
-    """The PEP 503 normalized name: the directory of the project's page."""
-    return canonicalize_name(name)
-
-
-def file_url(filename: str) -> str:
-    """Relative URL from ``simple/<project>/`` to the file (PEP 503 and PEP 691 allow it)."""
-    return f"../../files/{quote(filename, safe='')}"
-
-
-def file_href(filename: str, sha256: str) -> str:
-    """:func:`file_url` with the PEP 503 hash fragment."""
-    return f"{file_url(filename)}#sha256={sha256}"
-
-
-def _page(title: str, anchors: Sequence[str]) -> str:
-    # PEP 629: every page says which API version it speaks.
-    return (
-        "<!DOCTYPE html>\n<html>\n<head>\n"
-        f'<meta name="pypi:repository-version" content="{API_VERSION}">\n'
-        f"<title>{html.escape(title)}</title>\n</head>\n<body>\n"
-        + "".join(f"{a}<br>\n" for a in anchors)
-        + "</body>\n</html>\n"
-    )
-
-
-def render_root_html(names: Collection[str]) -> str:
-    """PEP 503 root page: one anchor per project, linking to its normalized directory."""
-    dirs = sorted({project_dir(n) for n in names})
-    anchors = [f'<a href="{html.escape(quote(d) + "/")}">{html.escape(d)}</a>' for d in dirs]
-    return _page("Simple index", anchors)
-
-
-def render_project_html(name: str, files: Sequence[IndexFile]) -> str:
-    """PEP 503 project page; ``data-requires-python`` (PEP 503), both metadata attributes
-    (``data-dist-info-metadata`` from PEP 658 and ``data-core-metadata`` from PEP 714)."""
-    anchors = []
-    for f in sorted(files, key=lambda f: f.filename):
-        attrs = f'href="{html.escape(file_href(f.filename, f.sha256))}"'
-        if f.requires_python:
-            attrs += f' data-requires-python="{html.escape(f.requires_python)}"'
-        if f.metadata_sha256:
-            value = html.escape(f"sha256={f.metadata_sha256}")
-            attrs += f' data-dist-info-metadata="{value}" data-core-metadata="{value}"'
-        anchors.append(f"<a {attrs}>{html.escape(f.filename)}</a>")
-    return _page(f"Links for {project_dir(name)}", anchors)
-
-
-def render_root_json(names: Collection[str]) -> dict[str, Any]:
-    """PEP 691 root: ``projects`` by name."""
-    projects = [{"name": d} for d in sorted({project_dir(n) for n in names})]
-    return {"meta": {"api-version": API_VERSION}, "projects": projects}
-
-
-def render_project_json(name: str, files: Sequence[IndexFile]) -> dict[str, Any]:
-    """PEP 691 project detail, with PEP 700's ``versions`` and ``size``."""
-    entries: list[dict[str, Any]] = []
-    for f in sorted(files, key=lambda f: f.filename):
-        metadata = {"sha256": f.metadata_sha256} if f.metadata_sha256 else False
-        entry: dict[str, Any] = {
-            "filename": f.filename,
-            "url": file_url(f.filename),
-            "hashes": {"sha256": f.sha256},
-            "core-metadata": metadata,  # PEP 714 name
-            "dist-info-metadata": metadata,  # PEP 658 name, for older clients
-            "yanked": False,
-            "size": f.size,
-        }
-        if f.requires_python:
-            entry["requires-python"] = f.requires_python
-        entries.append(entry)
-    return {
-        "meta": {"api-version": API_VERSION},
-        "name": project_dir(name),
-        "files": entries,
-        "versions": sorted({f.version for f in files}, key=Version),
-    }
 
 
 def wheel_metadata(wheel: Path, name: str, version: str) -> bytes:
@@ -242,94 +163,6 @@ def _place(src: Path, dest: Path, artifact: Artifact) -> None:
             hint=f"delete {src} and run `envship fetch` again; a corrupt store must not "
             "become an index",
         )
-
-
-def _localized_lock(
-    lock: LockFile,
-    selected: Collection[Artifact],
-    targets: Sequence[Target],
-    groups: Collection[str],
-) -> dict[str, Any]:
-    """The lock with each selected artifact at ``files/<filename>``, the rest dropped.
-
-    PEP 751 lets an artifact give a ``path`` (relative to the lock file) instead of a
-    ``url``. Packages and artifacts not selected for the chosen targets are dropped: the
-    export holds no bytes for them, and a lock must not point at files that do not exist.
-    What the lock claims is narrowed the same way (see :func:`_narrow_claims`).
-    """
-    by_sha = {a.sha256: a for a in selected}
-    chosen = {t.name for t in targets}
-    data = dict(lock.pylock.to_dict())
-    _narrow_claims(data, lock, targets, groups)
-    packages: list[dict[str, Any]] = []
-    for package in data.get("packages", []):
-        pkg = dict(package)
-        wheels = [w for w in (_local(w, by_sha) for w in pkg.pop("wheels", [])) if w]
-        sdist = _local(pkg.pop("sdist"), by_sha) if "sdist" in pkg else None
-        if not wheels and sdist is None:
-            continue
-        pkg.update({"wheels": wheels} if wheels else {}, **({"sdist": sdist} if sdist else {}))
-        # ``packages.index`` is kept: PEP 751 makes it informative (where the files were
-        # found, for tools that want more data about the package); installers take each
-        # artifact from its url/path, so it does not send them to the network, and it
-        # keeps the provenance of the bytes for audits.
-        packages.append(pkg)
-    names = {canonicalize_name(str(p["name"])) for p in packages}
-    for pkg in packages:
-        # ``packages.dependencies`` refers to other entries; drop references to packages
-        # this export left out so the lock stays self-consistent.
-        deps = pkg.get("dependencies")
-        if deps:
-            pkg["dependencies"] = [
-                d for d in deps if canonicalize_name(str(d.get("name", ""))) in names
-            ]
-    data["packages"] = packages
-    envship = (data.get("tool") or {}).get("envship")  # to_dict() made fresh dicts
-    if envship and envship.get("targets"):
-        # [tool.envship] is kept, but lists only the targets this export serves: a lock
-        # that names a target it has no files for would fail `envship` checks later.
-        envship["targets"] = [t for t in envship["targets"] if t.get("name") in chosen]
-    try:
-        Pylock.from_dict(data)
-    except PylockValidationError as exc:  # pragma: no cover - guards our own output
-        raise IndexExportError(
-            "the localized lock is not a valid PEP 751 lock",
-            problems=[Problem(exc.context or "(top)", exc.message)],
-        ) from None
-    return data
-
-
-def _narrow_claims(
-    data: dict[str, Any], lock: LockFile, targets: Sequence[Target], groups: Collection[str]
-) -> None:
-    """Keep in ``data`` only the environments and groups the export has files for.
-
-    PEP 751 installers refuse a lock none of whose ``environments`` matches the machine,
-    and offer the ``dependency-groups`` it lists: left whole, an export for x86_64 would
-    be installed on aarch64 with packages missing, and one without ``dev`` would accept
-    ``--group dev`` and install nothing of it.
-    """
-    environments = lock.pylock.environments
-    if environments:
-        # Evaluated as Pylock.select does, for each chosen target's marker environment.
-        envs = [cast("dict[str, str]", t.marker_environment()) for t in targets]
-        data["environments"] = [str(m) for m in environments if any(_holds(m, env) for env in envs)]
-    for key in ("dependency-groups", "default-groups"):
-        if key in data:
-            data[key] = [g for g in data[key] if g in groups]
-
-
-def _holds(marker: Marker, environment: dict[str, str]) -> bool:
-    return marker.evaluate(environment, context="requirement")
-
-
-def _local(entry: dict[str, Any], by_sha: dict[str, Artifact]) -> dict[str, Any] | None:
-    artifact = by_sha.get(str((entry.get("hashes") or {}).get("sha256", "")))
-    if artifact is None:
-        return None
-    local = {k: v for k, v in entry.items() if k not in ("url", "path")}
-    local["path"] = f"files/{artifact.filename}"
-    return local
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -493,7 +326,7 @@ def _write_tree(
         (simple / key).mkdir()
         (simple / key / "index.html").write_text(render_project_html(name, entries), "utf-8")
         _write_json(simple / key / "index.json", render_project_json(name, entries))
-    localized = _localized_lock(lock, artifacts, targets, groups)
+    localized = localized_lock(lock, artifacts, targets, groups)
     (tmp / LOCK_FILENAME).write_text(tomli_w.dumps(localized), "utf-8")
     from . import __version__  # here, not at the top: the package may import this module
 

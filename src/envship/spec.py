@@ -1,7 +1,9 @@
 """The environment spec: ``envship.toml`` or ``[tool.envship]`` in ``pyproject.toml``.
 
 The spec is the one place a user declares an environment. Everything envship writes
-(lock, store, index, images) derives from it, and its digest ties a lock to it.
+(lock, store, index, images) derives from it, and its digest ties a lock to it. The
+rules for ``[[indexes]]`` entries live in :mod:`envship._indexconfig`, those for the
+``[targets]`` table in :mod:`envship._spectargets`.
 
 Example::
 
@@ -34,16 +36,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import tomli_w
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from ._atomic import write_atomic
+
+# IndexConfig, index_key and DEFAULT_TARGETS are re-exported: they were defined here, and
+# callers (envship.IndexConfig, _http, _requirements) import them from this module.
+from ._indexconfig import IndexConfig, index_key, parse_indexes
+from ._spectargets import DEFAULT_TARGETS as DEFAULT_TARGETS
+from ._spectargets import parse_targets
 from ._toml import load_toml, loads_toml
 from .errors import Problem, SpecError, TargetError
-from .targets import DEFAULT_GLIBC, Target
+from .targets import Target
 
 __all__ = [
     "SPEC_FILENAME",
@@ -58,13 +65,9 @@ __all__ = [
 ]
 
 SPEC_FILENAME = "envship.toml"
-DEFAULT_TARGETS = ("linux-x86_64",)
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 # No leading zero: "3.09" would be a second spelling of 3.9 that no marker matches.
 _PYTHON = re.compile(r"^3\.(0|[1-9][0-9]?)$")
-# uv refuses any other character in an index name (and so the whole lock).
-_INDEX_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BOM = b"\xef\xbb\xbf"
 _TOP_KEYS = {
     "name",
@@ -77,29 +80,6 @@ _TOP_KEYS = {
     "allow-sdist",
     "image",
 }
-_INDEX_KEYS = {"name", "url", "default", "username-env", "password-env"}
-_TARGET_KEYS = {"platform", "python", "glibc", "variant"}
-
-
-@dataclass(frozen=True, slots=True)
-class IndexConfig:
-    """A package index. Credentials are named by environment variable, never stored."""
-
-    name: str
-    url: str
-    default: bool = False
-    username_env: str | None = None
-    password_env: str | None = None
-
-    def to_toml(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"name": self.name, "url": self.url}
-        if self.default:
-            data["default"] = True
-        if self.username_env:
-            data["username-env"] = self.username_env
-        if self.password_env:
-            data["password-env"] = self.password_env
-        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,174 +190,6 @@ def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[s
     return tuple(out)
 
 
-def index_key(name: str) -> str:
-    """The part of uv's ``UV_INDEX_<KEY>_USERNAME`` / ``_PASSWORD`` variables an index name
-    gives (upper case, anything else an underscore): two indexes with one key would read
-    each other's credentials, so names must differ in it."""
-    return re.sub(r"[^A-Z0-9]", "_", name.upper())
-
-
-def _index(value: object, where: str, problems: list[Problem]) -> IndexConfig | None:
-    if not isinstance(value, dict):
-        problems.append(Problem(where, "expected a table"))
-        return None
-    for key in sorted(set(value) - _INDEX_KEYS):
-        problems.append(Problem(f"{where}.{key}", "unknown key"))
-    url = value.get("url")
-    name = value.get("name", "")
-    if not isinstance(url, str) or not url:
-        problems.append(Problem(f"{where}.url", "required, a URL string"))
-        return None
-    if any(c.isspace() or not c.isprintable() for c in url):
-        # e.g. a requirements.txt line "-i A --extra-index-url B" pasted whole: uv would
-        # percent-encode the blanks and ask a server for a path that does not exist.
-        problems.append(
-            Problem(
-                f"{where}.url",
-                f"{url!r} contains whitespace or control characters; give one URL per "
-                "[[indexes]] entry",
-            )
-        )
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address
-        problems.append(Problem(f"{where}.url", f"invalid URL {url!r}: {exc}"))
-        return None
-    if parts.scheme not in ("http", "https", "file"):
-        problems.append(Problem(f"{where}.url", f"unsupported scheme in {url!r}"))
-    if parts.username or parts.password:
-        problems.append(
-            Problem(
-                f"{where}.url",
-                "credentials in the URL are not allowed (they would be written into the "
-                "lock); use username-env/password-env or a netrc entry",
-            )
-        )
-    named = True
-    if name == "":
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", host).strip("-") or "index"
-    elif not isinstance(name, str) or not _INDEX_NAME.match(name):
-        problems.append(
-            Problem(f"{where}.name", "expected letters, digits, '-', '_' or '.' (uv's rule)")
-        )
-        named = False
-    envs: dict[str, str | None] = {}
-    for key in ("username-env", "password-env"):
-        val = value.get(key)
-        if val is not None and not (isinstance(val, str) and _ENV_NAME.match(val)):
-            problems.append(
-                Problem(f"{where}.{key}", "expected an environment variable name, e.g. IDX_TOKEN")
-            )
-            val = None
-        envs[key] = val
-    default = value.get("default", False)
-    if not isinstance(default, bool):
-        problems.append(Problem(f"{where}.default", "expected true or false"))
-        default = False
-    if not named:
-        return None
-    assert isinstance(name, str)
-    return IndexConfig(name, url, default, envs["username-env"], envs["password-env"])
-
-
-def _indexes(value: object, problems: list[Problem]) -> list[IndexConfig]:
-    if not isinstance(value, list):
-        problems.append(Problem("indexes", "expected an array of tables ([[indexes]])"))
-        return []
-    out: list[IndexConfig] = []
-    seen: dict[str, int] = {}  # index_key -> position
-    for i, raw in enumerate(value):
-        idx = _index(raw, f"indexes[{i}]", problems)
-        if idx is None:
-            continue
-        key = index_key(idx.name)
-        if key in seen:
-            j = seen[key]
-            # uv refuses a repeated name; names equal but for case or punctuation would
-            # share UV_INDEX_<KEY>_* credentials.
-            problems.append(
-                Problem(
-                    f"indexes[{i}].name",
-                    f"{idx.name!r} is also the name of indexes[{j}] (names must differ in "
-                    f"more than case and punctuation: uv reads UV_INDEX_{key}_* for both)"
-                    + ("" if isinstance(raw, dict) and raw.get("name") else "; set a name"),
-                )
-            )
-        seen.setdefault(key, i)
-        out.append(idx)
-    if sum(i.default for i in out) > 1:
-        problems.append(Problem("indexes", "at most one index may be the default"))
-    return out
-
-
-def _targets(
-    value: object, pythons: tuple[str, ...], problems: list[Problem]
-) -> tuple[Target, ...]:
-    if value is None:
-        value = {name: {} for name in DEFAULT_TARGETS}
-    if not isinstance(value, dict) or not value:
-        problems.append(
-            Problem("targets", "expected a table of targets, e.g. [targets.linux-x86_64]")
-        )
-        return ()
-    out: list[Target] = []
-    by_name: dict[str, str] = {}  # target name -> the table that made it
-    by_env: dict[tuple[str, tuple[int, int], str], str] = {}
-    for name, settings in value.items():
-        where = f"targets.{name}"
-        if not isinstance(settings, dict):
-            problems.append(Problem(where, "expected a table"))
-            continue
-        for key in sorted(set(settings) - _TARGET_KEYS):
-            problems.append(Problem(f"{where}.{key}", "unknown key"))
-        typed = {k: settings.get(k) for k in _TARGET_KEYS}
-        bad = [k for k, v in typed.items() if v is not None and not isinstance(v, str)]
-        for key in bad:
-            problems.append(Problem(f"{where}.{key}", "expected a string"))
-        if bad:
-            continue
-        versions = [typed["python"]] if typed["python"] else list(pythons)
-        for version in versions:
-            assert isinstance(version, str)
-            tname = name if len(versions) == 1 else f"{name}-py{version}"
-            try:
-                target = Target.create(
-                    tname,
-                    platform_id=typed["platform"] or name,
-                    python=version,
-                    glibc=typed["glibc"] or DEFAULT_GLIBC,
-                    variant=typed["variant"] or "cpu",
-                    where=where,
-                )
-            except TargetError as exc:
-                problems.extend(exc.problems)
-                continue
-            if tname in by_name:
-                problems.append(
-                    Problem(where, f"target name {tname!r} is also made by {by_name[tname]}")
-                )
-                continue
-            by_name[tname] = where
-            env = (target.platform.id, target.python_tuple, target.variant)
-            if env in by_env:
-                # One lock resolves one set of versions per platform and Python (uv's
-                # environments must be disjoint), and a glibc level is a floor: the
-                # lower one already admits only wheels the higher one can install.
-                problems.append(
-                    Problem(
-                        where,
-                        f"same platform ({target.platform.id}), Python ({target.python}) "
-                        f"and variant ({target.variant}) as {by_env[env]}; declare it once "
-                        "(with the lowest glibc level both must run on)",
-                    )
-                )
-                continue
-            by_env[env] = where
-            out.append(target)
-    return tuple(out)
-
-
 def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None) -> Spec:
     """Validate a spec table; every problem is reported at once, each with its key."""
     problems: list[Problem] = []
@@ -426,8 +238,8 @@ def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None
                     )
                 )
             groups[gname] = _requirements(reqs, f"groups.{gname}", problems)
-    indexes = _indexes(data.get("indexes", []), problems)
-    targets = _targets(data.get("targets"), tuple(pythons), problems)
+    indexes = parse_indexes(data.get("indexes", []), problems)
+    targets = parse_targets(data.get("targets"), tuple(pythons), problems)
     kernel = data.get("kernel", {})
     display = kernel.get("display-name") if isinstance(kernel, dict) else None
     if not isinstance(kernel, dict) or (display is not None and not isinstance(display, str)):
