@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,10 @@ from packaging.pylock import Pylock
 
 from envship.cli.main import main
 from envship.errors import LockError, NetworkError, StaleLockError, UnsupportedTargetError
-from envship.lock import check_lock, lock
+from envship.lock import VersionChange, check_lock, lock
 from envship.lockfile import LockFile
 from envship.spec import Spec, load_spec
-from indexlib import IndexServer
+from indexlib import IndexServer, build_wheel, serve, write_simple_index
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,6 +47,33 @@ def write_spec(folder: Path, server_url: str, **fields: Any) -> Spec:
 def versions(path: Path) -> dict[str, str]:
     data = tomllib.loads(path.read_text())
     return {p["name"]: p["version"] for p in data["packages"]}
+
+
+def missing(error: UnsupportedTargetError) -> set[tuple[str, str]]:
+    """(package and version, target) of every problem the error lists."""
+    found = set()
+    for problem in error.problems:
+        target = re.search(r"target '([^']+)'", problem.message)
+        assert target, problem
+        found.add((problem.where, target.group(1)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def relock_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index where alpha and beta each have a newer release than a first lock takes."""
+    root = tmp_path_factory.mktemp("relock")
+    dist = root / "dist"
+    files = [build_wheel(dist, "alpha", v, requires=["beta>=1.0"]) for v in ("1.0", "1.1")]
+    files += [build_wheel(dist, "beta", v) for v in ("1.0", "1.1", "1.3")]
+    write_simple_index(root / "index", files)
+    return root / "index"
+
+
+@pytest.fixture
+def relock_server(relock_root: Path) -> Iterator[IndexServer]:
+    with serve(relock_root) as server:
+        yield server
 
 
 def test_lock_writes_valid_hashed_pylock(tmp_path: Path, index_server: IndexServer) -> None:
@@ -92,6 +121,71 @@ def test_same_package_one_target_is_fine(tmp_path: Path, index_server: IndexServ
     assert lock(spec).packages == 1
 
 
+BOTH_PYTHONS = {"python": ["3.11", "3.12"], "targets": {"linux-x86_64": {}}}
+
+
+@pytest.mark.parametrize(
+    ("dependencies", "fields", "expected"),
+    [
+        # uv stops at epsilon for x86_64; the rest come from resolving each target alone.
+        (
+            ["zeta", "delta", "epsilon"],
+            {},
+            {
+                ("epsilon 1.0", "linux-x86_64"),
+                ("epsilon 1.0", "linux-aarch64"),
+                ("delta 1.0", "linux-aarch64"),
+                ("zeta 1.0", "linux-x86_64"),
+                ("zeta 1.0", "linux-aarch64"),
+            },
+        ),
+        # uv stops at gamma for 3.12; zeta misses 3.11 by glibc and 3.12 by its cp311 tag.
+        (
+            ["gamma", "zeta"],
+            BOTH_PYTHONS,
+            {
+                ("gamma 1.0", "linux-x86_64-py3.12"),
+                ("zeta 1.0", "linux-x86_64-py3.11"),
+                ("zeta 1.0", "linux-x86_64-py3.12"),
+            },
+        ),
+    ],
+)
+def test_every_missing_wheel_is_listed_at_once(
+    tmp_path: Path,
+    index_server: IndexServer,
+    dependencies: list[str],
+    fields: dict[str, Any],
+    expected: set[tuple[str, str]],
+) -> None:
+    spec = write_spec(tmp_path, index_server.simple_url, dependencies=dependencies, **fields)
+    with pytest.raises(UnsupportedTargetError) as info:
+        lock(spec)
+    assert missing(info.value) == expected, str(info.value)
+    assert not (tmp_path / "pylock.toml").exists()
+
+
+def test_missing_wheel_message_names_the_wheels_that_exist(
+    tmp_path: Path, index_server: IndexServer
+) -> None:
+    # The x86_64 wheels need glibc 2.17; no target takes them, yet the message must name
+    # them (they are pruned only from a lock that is written) and no file that is not.
+    targets = {"linux-x86_64": {"glibc": "2.5"}, "linux-aarch64": {"glibc": "2.17"}}
+    spec = write_spec(
+        tmp_path, index_server.simple_url, dependencies=["gamma", "eta"], targets=targets
+    )
+    with pytest.raises(UnsupportedTargetError) as info:
+        lock(spec)
+    assert missing(info.value) == {("gamma 1.0", "linux-x86_64"), ("eta 2.0", "linux-x86_64")}
+    gamma = next(p.message for p in info.value.problems if p.where == "gamma 1.0")
+    assert (
+        "gamma-1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl needs glibc "
+        "2.17, target has 2.5" in gamma
+    )
+    assert "manylinux_2_17_aarch64.manylinux2014_aarch64.whl is for aarch64" in gamma
+    assert not any("pylock.toml" in p.where for p in info.value.problems)
+
+
 def test_glibc_too_old_lists_every_target(tmp_path: Path, index_server: IndexServer) -> None:
     # zeta ships only manylinux_2_34 wheels: uv accepts it (it knows no glibc levels),
     # the per-target tag check must not.
@@ -108,6 +202,18 @@ def test_newer_glibc_target_accepts_it(tmp_path: Path, index_server: IndexServer
     targets = {"linux-x86_64": {"glibc": "2.35"}, "linux-aarch64": {"glibc": "2.34"}}
     spec = write_spec(tmp_path, index_server.simple_url, dependencies=["zeta"], targets=targets)
     assert lock(spec).packages == 1
+
+
+def test_a_cpu_and_a_cuda_target_of_one_platform_lock_together(
+    tmp_path: Path, index_server: IndexServer
+) -> None:
+    """Variants share their marker; uv wants its environments disjoint, so one each."""
+    targets = {"linux-x86_64": {}, "gpu": {"platform": "linux-x86_64", "variant": "cuda"}}
+    spec = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"], targets=targets)
+    lock(spec)
+    locked = LockFile.load(tmp_path / "pylock.toml")
+    assert sorted(t.name for t in locked.targets) == ["gpu", "linux-x86_64"]
+    assert len(locked.pylock.environments or []) == 1
 
 
 def test_sdist_only_package_is_refused_by_default(
@@ -173,6 +279,147 @@ def test_relock_drops_pins_that_no_longer_fit(tmp_path: Path, index_server: Inde
     spec = write_spec(tmp_path, index_server.simple_url, dependencies=["beta>=1.1"])
     lock(spec)
     assert versions(tmp_path / "pylock.toml")["beta"] == "1.1"
+
+
+def test_relock_moves_only_the_pin_that_conflicts(
+    tmp_path: Path, relock_server: IndexServer
+) -> None:
+    url = relock_server.simple_url
+    first = lock(write_spec(tmp_path, url, dependencies=["alpha<1.1", "beta<1.3"]))
+    assert versions(first.path) == {"alpha": "1.0", "beta": "1.1"}
+    # beta's locked 1.1 no longer fits; alpha's 1.0 still does and must stay.
+    result = lock(write_spec(tmp_path, url, dependencies=["alpha", "beta>=1.3"]))
+    assert versions(result.path) == {"alpha": "1.0", "beta": "1.3"}
+    assert first.changes == ()  # nothing to compare with
+    assert result.changes == (VersionChange("beta", ("1.1",), ("1.3",), requested=False),)
+    assert result.to_json()["changes"] == [
+        {"name": "beta", "old": ["1.1"], "new": ["1.3"], "requested": False}
+    ]
+    moved = lock(
+        write_spec(tmp_path, url, dependencies=["alpha", "beta>=1.3"]), upgrade_packages=["Alpha"]
+    )
+    assert moved.changes == (VersionChange("alpha", ("1.0",), ("1.1",), requested=True),)
+
+
+def test_relock_reports_added_and_removed(tmp_path: Path, relock_server: IndexServer) -> None:
+    url = relock_server.simple_url
+    lock(write_spec(tmp_path, url, dependencies=["beta<1.1"]))
+    result = lock(write_spec(tmp_path, url, dependencies=["alpha<1.1"]))
+    # alpha comes in; beta stays at its locked 1.0, which alpha's beta>=1.0 allows.
+    assert [str(c) for c in result.changes] == ["+ alpha 1.0"]
+    result = lock(write_spec(tmp_path, url, dependencies=["beta"]), upgrade=True)
+    assert [str(c) for c in result.changes] == ["- alpha 1.0", "beta 1.0 -> 1.3"]
+    assert all(c.requested for c in result.changes)
+
+
+def test_unreadable_previous_lock_is_replaced_with_a_note(
+    tmp_path: Path, index_server: IndexServer
+) -> None:
+    spec = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"])
+    (tmp_path / "pylock.toml").write_bytes(b"lock-version = \n\xff")
+    result = lock(spec)
+    assert versions(result.path) == {"alpha": "1.0", "beta": "1.1"}
+    assert result.changes == ()
+    assert len(result.notes) == 1
+    assert "could not be read" in result.notes[0] and "none of its versions" in result.notes[0]
+
+
+def test_preferences_uv_cannot_read_are_dropped_with_a_note(
+    tmp_path: Path, relock_server: IndexServer
+) -> None:
+    # A hand-edited lock whose index URL uv cannot parse: the pins cannot reach uv as
+    # preferences, so the lock resolves afresh and says so.
+    url = relock_server.simple_url
+    first = lock(write_spec(tmp_path, url, dependencies=["alpha<1.1"]))
+    first.path.write_text(
+        first.path.read_text().replace(f'index = "{url}"', 'index = "http://[::1"')
+    )
+    result = lock(write_spec(tmp_path, url, dependencies=["alpha"]))
+    assert versions(result.path) == {"alpha": "1.1", "beta": "1.3"}
+    assert [str(c) for c in result.changes] == ["alpha 1.0 -> 1.1"]
+    assert any("could not use the locked versions" in n and "[::1" in n for n in result.notes)
+
+
+def test_lock_written_by_another_tool_is_noted(tmp_path: Path, index_server: IndexServer) -> None:
+    spec = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"])
+    lock(spec)
+    path = tmp_path / "pylock.toml"
+    path.write_text(path.read_text().replace('created-by = "envship"', 'created-by = "uv"'))
+    result = lock(spec)
+    assert result.changes == ()
+    assert any("written by 'uv', not envship" in n for n in result.notes)
+
+
+@pytest.mark.parametrize(
+    ("names", "error", "note"),
+    [
+        (["Bad Name!"], "invalid package names", None),
+        (["nonexistent"], None, "'nonexistent' was named to upgrade but is not locked"),
+        (["BETA"], None, None),
+    ],
+)
+def test_upgrade_package_names_are_checked(
+    tmp_path: Path,
+    index_server: IndexServer,
+    names: list[str],
+    error: str | None,
+    note: str | None,
+) -> None:
+    spec = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"])
+    lock(spec)
+    if error:
+        with pytest.raises(LockError, match=error):
+            lock(spec, upgrade_packages=names)
+        return
+    result = lock(spec, upgrade_packages=names)
+    assert result.notes == ((note,) if note else ())
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        ("missing/pylock.toml", "does not exist"),
+        ("folder", "is a folder"),
+        ("afile/pylock.toml", "is not a folder"),
+        ("lock.toml", "not a PEP 751 lock file name"),
+        ("pylock.a.b.toml", "not a PEP 751 lock file name"),
+        ("Pylock.toml", "not a PEP 751 lock file name"),
+    ],
+)
+def test_output_path_must_be_a_lock_file_in_a_folder(
+    tmp_path: Path, index_server: IndexServer, output: str, reason: str
+) -> None:
+    spec = write_spec(tmp_path / "spec", index_server.simple_url, dependencies=["alpha"])
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(LockError) as info:
+        lock(spec, output=tmp_path / output)
+    assert reason in str(info.value)
+    assert not (tmp_path / "spec" / "pylock.toml").exists()
+
+
+def test_named_lock_file_is_written(tmp_path: Path, index_server: IndexServer) -> None:
+    spec = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"])
+    result = lock(spec, output=tmp_path / "pylock.gpu.toml")
+    assert result.path.is_file() and not (tmp_path / "pylock.toml").exists()
+    assert check_lock(spec, result.path).path == result.path
+
+
+def test_check_names_a_lock_envship_did_not_write(
+    tmp_path: Path, index_server: IndexServer
+) -> None:
+    spec = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"])
+    lock(spec)
+    path = tmp_path / "pylock.toml"
+    data = tomllib.loads(path.read_text())
+    del data["tool"]
+    data["created-by"] = "uv"
+    path.write_text(tomli_w.dumps(data))
+    with pytest.raises(StaleLockError) as info:
+        check_lock(spec)
+    assert "not written by `envship lock`" in info.value.message
+    assert "spec changed" not in str(info.value)
+    assert any(p.message == "uv" for p in info.value.problems)
 
 
 def test_unchanged_relock_does_not_rewrite(tmp_path: Path, index_server: IndexServer) -> None:

@@ -2,18 +2,18 @@
 
 Validation and selection go through :mod:`packaging.pylock`; envship adds its own
 ``[tool.envship]`` table (spec digest, targets, groups) so that a lock alone says which
-machines it serves, and a per-target check that reports every package lacking an
-installable artifact at once instead of stopping at the first.
+machines it serves. (The check that every target has an installable artifact for every
+package runs when locking: :mod:`envship._lockcheck`.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from packaging.pylock import (
     Package,
@@ -23,14 +23,12 @@ from packaging.pylock import (
     PylockSelectError,
     PylockValidationError,
 )
-from packaging.tags import Tag
-from packaging.utils import parse_wheel_filename
 
 from ._toml import read_toml
 from .errors import InvalidLockError, LockError, Problem, TargetError, UnsupportedTargetError
 from .targets import DEFAULT_GLIBC, Target
 
-__all__ = ["LOCK_FILENAME", "Artifact", "LockFile", "check_targets"]
+__all__ = ["LOCK_FILENAME", "Artifact", "LockFile"]
 
 LOCK_FILENAME = "pylock.toml"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -266,65 +264,6 @@ def _with_target(artifact: Artifact, target: str) -> Artifact:
         artifact.kind,
         (*artifact.targets, target),
     )
-
-
-def _wheel_tags(wheel: PackageWheel, where: str) -> frozenset[Tag]:
-    return parse_wheel_filename(_filename(wheel, where))[3]
-
-
-def check_targets(
-    pylock: Pylock,
-    targets: Iterable[Target],
-    *,
-    allow_sdist: bool,
-    groups: Collection[str] = (),
-    source: str = LOCK_FILENAME,
-) -> list[Problem]:
-    """Every (package, version, target) with nothing installable, all at once.
-
-    :meth:`Pylock.select` stops at the first failure; a user fixing a lock wants the
-    whole list, so this walks the same steps (markers, then wheel tags) and collects.
-    """
-    problems: list[Problem] = []
-    for target in targets:
-        env = cast(
-            "dict[str, str]",
-            {
-                **target.marker_environment(),
-                "extras": frozenset(),
-                "dependency_groups": frozenset(groups),
-            },
-        )
-        accepted = set(target.tags())
-        python = f"{target.python}.0"
-        for i, package in enumerate(pylock.packages):
-            if package.marker and not package.marker.evaluate(env, context="lock_file"):
-                continue
-            where = f"{source}: packages[{i}] ({package.name} {package.version})"
-            if package.requires_python and not package.requires_python.contains(python):
-                problems.append(
-                    Problem(
-                        where,
-                        f"requires Python {package.requires_python}; target "
-                        f"{target.name!r} has {target.python}",
-                    )
-                )
-                continue
-            wheels = package.wheels or []
-            if any(_wheel_tags(w, where) & accepted for w in wheels):
-                continue
-            if package.sdist is not None and allow_sdist:
-                continue
-            offered = sorted({str(t.platform) for w in wheels for t in _wheel_tags(w, where)})
-            detail = f"wheels only for {', '.join(offered)}" if offered else "no wheels at all"
-            problems.append(
-                Problem(
-                    where,
-                    f"no wheel for target {target.name!r} ({target.platform.machine}, "
-                    f"glibc {target.glibc}, CPython {target.python}); {detail}",
-                )
-            )
-    return problems
 
 
 def _optional_str(value: object) -> str | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from packaging.utils import InvalidName, canonicalize_name
 
-from ..lock import check_lock, lock
+from ..lock import check_lock, lock, lock_path_problem
 from ..spec import load_spec
 from ._common import echo_json, json_mode, json_option
 
@@ -14,6 +15,17 @@ from ._common import echo_json, json_mode, json_option
 def _log(message: str) -> None:
     if not json_mode():
         click.echo(message, err=True)
+
+
+def _package_names(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    for name in value:
+        try:
+            canonicalize_name(name, validate=True)
+        except InvalidName:
+            raise click.BadParameter(f"{name!r} is not a valid package name") from None
+    return value
 
 
 @click.command("lock")
@@ -25,7 +37,13 @@ def _log(message: str) -> None:
     show_default="current folder",
     help="envship.toml, a pyproject.toml with [tool.envship], or a folder holding one.",
 )
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the lock.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Where to write (or, with --check, read) the lock: pylock.toml or "
+    "pylock.<name>.toml (PEP 751) [default: beside the spec].",
+)
 @click.option("--check", is_flag=True, help="Only check the lock is current; exit 1 if stale.")
 @click.option("-U", "--upgrade", is_flag=True, help="Ignore locked versions; take the newest.")
 @click.option(
@@ -34,10 +52,13 @@ def _log(message: str) -> None:
     "upgrade_packages",
     multiple=True,
     metavar="NAME",
+    callback=_package_names,
     help="Let this package (repeatable) move to its newest version; keep the rest.",
 )
 @json_option
+@click.pass_context
 def command(
+    ctx: click.Context,
     spec_path: Path,
     output: Path | None,
     check: bool,
@@ -49,8 +70,9 @@ def command(
 
     Every package selected for every declared target must have a wheel that target
     can install (platform, glibc level, CPython ABI); otherwise the lock fails and lists
-    each (package, version, target). Re-locking keeps the versions already locked
-    unless --upgrade or --upgrade-package says otherwise.
+    each (package, version, target). Re-locking keeps the versions already locked where
+    the spec still allows them, unless --upgrade or --upgrade-package says otherwise,
+    and lists every version that moved.
 
     \b
     Examples:
@@ -58,6 +80,12 @@ def command(
       envship lock --check          # in CI: exit 1 when the spec changed
       envship lock -P numpy --json
     """
+    if check and (upgrade or upgrade_packages):
+        raise click.UsageError("--check only reads the lock; it takes no -U/-P", ctx=ctx)
+    if output is not None:
+        problem = lock_path_problem(output, writing=not check)
+        if problem is not None:
+            raise click.BadParameter(problem, ctx=ctx, param_hint="'-o' / '--output'")
     spec = load_spec(spec_path)
     if check:
         lockfile = check_lock(spec, output)
@@ -75,3 +103,7 @@ def command(
         f"{verb} {result.path} ({result.packages} packages, targets: "
         f"{', '.join(result.targets)}) in {result.seconds:.1f}s"
     )
+    for change in result.changes:
+        click.echo(f"  {change}")
+    for note in result.notes:
+        click.secho(f"warning: {note}", fg="yellow", err=True)

@@ -1,0 +1,407 @@
+"""Which (package, version, target) of a resolution cannot be installed, and why.
+
+Two sources feed one report:
+
+* uv's own refusal: with building off, uv stops at a package without a usable wheel
+  (an sdist-only release, no wheel for a platform or Python). :func:`parse_no_wheel`
+  reads that refusal from uv's error text.
+* envship's tag check of a resolution uv accepted (:func:`check_resolution`): uv knows
+  platforms and Python versions from markers but not glibc levels, so a
+  ``manylinux_2_34``-only wheel passes uv and fails a glibc 2.28 target here.
+
+Each message names the wheels the package does have and why each misses the target
+("needs glibc 2.17, target has 2.5"), so the user sees the fix. The check runs on uv's
+export before pruning: a wheel no target accepts is exactly the one worth naming.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, cast
+
+from packaging.pylock import PackageWheel, Pylock
+from packaging.tags import Tag
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+from .errors import EnvshipError, LockError, NetworkError, Problem, UnsupportedTargetError
+from .targets import Target
+
+__all__ = [
+    "UNSUPPORTED_HINT",
+    "NoWheel",
+    "Resolve",
+    "check_resolution",
+    "describe_target",
+    "list_missing",
+    "parse_no_wheel",
+    "prune_wheels",
+    "uv_failure",
+    "uv_lines",
+    "wheel_misfit",
+]
+
+UNSUPPORTED_HINT = (
+    "constrain those packages to versions with wheels for every target, raise the "
+    "target's glibc level, drop the target, or set allow-sdist = true (building runs "
+    "the package's code)"
+)
+#: Resolve for one target without the named packages: the resolution, or uv's error text.
+Resolve = Callable[[Target, Sequence[str]], "Pylock | str"]
+# Per target, how many packages without a usable wheel uv may name before the report
+# stops (each costs one resolution).
+_MAX_MISSING = 20
+
+# Legacy manylinux names and the glibc level each stands for (PEP 513, 571, 599).
+_LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+_MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(.+)$")
+_OS_PREFIXES = (
+    ("win", "Windows"),
+    ("macosx", "macOS"),
+    ("musllinux", "musl libc (musllinux)"),
+    ("ios", "iOS"),
+    ("android", "Android"),
+)
+
+
+def describe_target(target: Target) -> str:
+    return f"{target.platform.machine}, glibc {target.glibc}, CPython {target.python}"
+
+
+@dataclass(frozen=True, slots=True)
+class Misfit:
+    """Why one wheel misses one target.
+
+    ``rank`` orders reasons by how actionable they are: a glibc level first (raise the
+    target's, or pin a release built for an older one), then Python, architecture,
+    operating system. Wheels with the same ``key`` are summarized together.
+    """
+
+    rank: int
+    key: str
+    what: str  # the glibc level, the wheel's Python tags, its architecture or OS
+
+    def text(self, target: Target, *, many: bool) -> str:
+        if self.key.startswith("glibc"):
+            return f"{'need' if many else 'needs'} glibc {self.what}, target has {target.glibc}"
+        verb = "are" if many else "is"
+        if self.key == "python":
+            return f"{verb} built for {self.what} (target runs CPython {target.python})"
+        return f"{verb} for {self.what}"
+
+
+def _platform(tag: str) -> tuple[str, str, tuple[int, int] | None]:
+    """(kind, arch or OS name, glibc level) of a wheel's platform tag."""
+    if tag == "any":
+        return "any", "", None
+    match = _MANYLINUX.match(tag)
+    if match:
+        return "manylinux", match.group(3), (int(match.group(1)), int(match.group(2)))
+    legacy, _, arch = tag.partition("_")
+    if legacy in _LEGACY:
+        return "manylinux", arch, _LEGACY[legacy]
+    for prefix, name in _OS_PREFIXES:
+        if tag.startswith(prefix):
+            return "os", name, None
+    if tag.startswith("linux_"):
+        # A plain linux_<arch> tag promises no glibc level; no index installer takes it.
+        return "os", f"plain {tag} (not manylinux)", None
+    return "os", tag, None
+
+
+def wheel_misfit(filename: str, target: Target) -> Misfit | None:
+    """Why the wheel ``filename`` does not install on ``target``; None when it does."""
+    try:
+        tags = parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename:
+        return Misfit(4, "os", "no platform (not a valid wheel file name)")
+    accepted = set(target.tags())
+    if tags & accepted:
+        return None
+    machine = target.platform.machine
+    pythons = {(t.interpreter, t.abi) for t in accepted}
+    platforms = {t: _platform(t.platform) for t in tags}
+    here = [t for t, (kind, arch, _) in platforms.items() if kind == "any" or arch == machine]
+    if here:
+        fitting_python = [t for t in here if (t.interpreter, t.abi) in pythons]
+        if not fitting_python:
+            return Misfit(
+                2, "python", ", ".join(sorted({f"{t.interpreter}-{t.abi}" for t in here}))
+            )
+        levels = [lvl for t in fitting_python if (lvl := platforms[t][2]) is not None]
+        if levels:
+            low = min(levels)
+            need = f"{low[0]}.{low[1]}"
+            return Misfit(1, f"glibc {need}", need)
+    other_arch = sorted({arch for kind, arch, _ in platforms.values() if kind == "manylinux"})
+    if other_arch:
+        what = ", ".join(other_arch)
+        return Misfit(3, f"arch {what}", what)
+    what = ", ".join(sorted({n for kind, n, _ in platforms.values() if kind == "os"}))
+    return Misfit(4, f"os {what}", what or "another platform")
+
+
+def _wheel_filename(wheel: PackageWheel) -> str:
+    if wheel.name:
+        return wheel.name
+    source = wheel.url or wheel.path or ""
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _explain(filenames: Sequence[str], has_sdist: bool, target: Target) -> str:
+    """What the package offers and why none of it fits ``target``."""
+    if not filenames:
+        if has_sdist:
+            return "it has no wheels, only an sdist, and allow-sdist is off"
+        return "it has no wheels and no sdist"
+    by_reason: dict[tuple[int, str], tuple[list[Misfit], list[str]]] = {}
+    for name in sorted(filenames):
+        misfit = wheel_misfit(name, target)
+        if misfit is not None:  # the caller found that none fits
+            misfits, names = by_reason.setdefault((misfit.rank, misfit.key), ([], []))
+            misfits.append(misfit)
+            names.append(name)
+    parts = []
+    for _, (misfits, names) in sorted(by_reason.items(), key=_reason_order):
+        what = ", ".join(sorted({w for m in misfits for w in m.what.split(", ")}))
+        merged = Misfit(misfits[0].rank, misfits[0].key, what)
+        if len(names) == 1:
+            parts.append(f"{names[0]} {merged.text(target, many=False)}")
+        else:
+            parts.append(f"{len(names)} wheels {merged.text(target, many=True)} (e.g. {names[0]})")
+    tail = "; its sdist is not used (allow-sdist is off)" if has_sdist else ""
+    if len(filenames) == 1:
+        return f"its only wheel, {parts[0]}{tail}"
+    return f"of its {len(filenames)} wheels, none fits: {'; '.join(parts)}{tail}"
+
+
+def _reason_order(item: tuple[tuple[int, str], object]) -> tuple[int, list[str | int]]:
+    """Rank first, then the key with its numbers compared as numbers (glibc 2.5 < 2.17)."""
+    (rank, key), _ = item
+    return rank, [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
+def check_resolution(
+    pylock: Pylock,
+    targets: Iterable[Target],
+    *,
+    allow_sdist: bool,
+    groups: Collection[str] = (),
+) -> list[Problem]:
+    """Every (package, version, target) of ``pylock`` with nothing installable, at once.
+
+    Walks the steps an installer takes (markers, ``requires-python``, wheel tags) for
+    each target and collects instead of stopping at the first failure, as
+    :meth:`Pylock.select` would. Problems name the package (``eta 2.0``), not a file:
+    this runs before any lock is written.
+    """
+    problems: list[Problem] = []
+    for target in targets:
+        env = cast(
+            "dict[str, str]",
+            {
+                **target.marker_environment(),
+                "extras": frozenset(),
+                "dependency_groups": frozenset(groups),
+            },
+        )
+        accepted = set(target.tags())
+        python = f"{target.python}.0"
+        for package in pylock.packages:
+            if package.marker and not package.marker.evaluate(env, context="lock_file"):
+                continue
+            where = f"{package.name} {package.version}"
+            if package.requires_python and not package.requires_python.contains(python):
+                problems.append(
+                    Problem(
+                        where,
+                        f"requires Python {package.requires_python}; target "
+                        f"{target.name!r} has {target.python}",
+                    )
+                )
+                continue
+            names = [_wheel_filename(w) for w in package.wheels or []]
+            if any(_tags(n) & accepted for n in names):
+                continue
+            if package.sdist is not None and allow_sdist:
+                continue
+            problems.append(
+                Problem(
+                    where,
+                    f"no wheel for target {target.name!r} ({describe_target(target)}); "
+                    + _explain(names, package.sdist is not None, target),
+                )
+            )
+    return problems
+
+
+def _tags(filename: str) -> frozenset[Tag]:
+    try:
+        return parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename:
+        return frozenset()
+
+
+# uv's words for a release it cannot use with building off (uv-distribution-types,
+# IncompatibleDist's Display): "has no usable wheels" (sdist only), "has no
+# `<marker>`-compatible wheels", "has no wheels with a matching Python ABI tag", ...
+# PubGrub words the subject "foo==1.0 has" or "all versions of foo have".
+_NO_WHEEL = re.compile(
+    r"(?:all versions of (?P<every>[A-Za-z0-9._-]+) have"
+    r"|(?P<name>[A-Za-z0-9._-]+)==(?P<version>[^\s,]+) has) "
+    r"no (?P<why>(?:`[^`]*`)?[^,`]*?wheels(?: with a matching [\w -]+? tag)?)"
+)
+_UV_HINT = re.compile(r"^hint: (Wheels are available for `(?P<name>[^`]+)`.*)$", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class NoWheel:
+    """The package uv named when it stopped for want of a usable wheel."""
+
+    name: str
+    version: str | None  # None: every version of the package
+    why: str  # uv's words after "has no"
+    uv_hint: str | None  # uv's "Wheels are available for ..." hint, if it gave one
+
+    @property
+    def where(self) -> str:
+        return f"{self.name} {self.version}" if self.version else f"{self.name} (every version)"
+
+    def problem(self, target: Target) -> Problem:
+        if self.why == "usable wheels":
+            reason = "uv found only an sdist, and allow-sdist is off"
+        elif self.why.endswith("-compatible wheels") or self.why == "compatible wheels":
+            reason = f"uv found no wheel for {target.platform.machine} and CPython {target.python}"
+        else:
+            reason = f"uv found no {self.why}"
+        if self.uv_hint:
+            reason += f" ({self.uv_hint.rstrip('.')})"
+        return Problem(
+            self.where, f"no wheel for target {target.name!r} ({describe_target(target)}); {reason}"
+        )
+
+
+def parse_no_wheel(stderr: str) -> NoWheel | None:
+    """The package uv's error says has no usable wheel, or None for any other failure."""
+    match = _NO_WHEEL.search(stderr)
+    if match is None:
+        return None
+    name = match.group("every") or match.group("name")
+    hint = None
+    for found in _UV_HINT.finditer(stderr):
+        if found.group("name") == name:
+            hint = found.group(1).replace("`", "")
+    return NoWheel(name=name, version=match.group("version"), why=match.group("why"), uv_hint=hint)
+
+
+def list_missing(
+    targets: Iterable[Target],
+    resolve: Resolve,
+    *,
+    allow_sdist: bool,
+    groups: Collection[str] = (),
+) -> list[Problem]:
+    """Every (package, version, target) without a usable wheel, found by resolving each
+    target alone and dropping every package uv names until the target resolves; that
+    resolution then gets :func:`check_resolution`. Only the dependencies of a dropped
+    package go unchecked: uv cannot read them without a wheel."""
+
+    def one(target: Target) -> list[Problem]:
+        found: list[Problem] = []
+        dropped: list[str] = []
+        while len(dropped) < _MAX_MISSING:
+            result = resolve(target, dropped)
+            if isinstance(result, Pylock):
+                return found + check_resolution(
+                    result, [target], allow_sdist=allow_sdist, groups=groups
+                )
+            missing = parse_no_wheel(result)
+            if missing is None or missing.name in dropped:
+                cause = " ".join(uv_lines(result))[:400]
+                without = f" without {', '.join(dropped)}" if dropped else ""
+                return [*found, Problem("uv", f"target {target.name!r}{without}: {cause}")]
+            found.append(missing.problem(target))
+            dropped.append(missing.name)
+        return [*found, Problem("uv", f"target {target.name!r}: stopped after {_MAX_MISSING}")]
+
+    # Targets are independent: resolve them side by side (uv locks its own cache).
+    chosen = list(targets)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(chosen)))) as pool:
+        found = [p for problems in pool.map(one, chosen) for p in problems]
+    # Grouped by package, each package's targets in the spec's order (the sort is
+    # stable); what stopped uv comes last.
+    return sorted(found, key=lambda p: (p.where == "uv", p.where))
+
+
+_URL = re.compile(r"((?:https?|file)://[^\s`'\"]+)")
+
+
+def uv_lines(stderr: str) -> list[str]:
+    skip = ("Using CPython", "Using Python")
+    return [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith(skip)]
+
+
+def uv_failure(
+    stderr: str,
+    targets: Sequence[Target],
+    resolve: Resolve,
+    *,
+    allow_sdist: bool,
+    groups: Collection[str] = (),
+    log: Callable[[str], None] | None = None,
+) -> EnvshipError:
+    """The error for a failed ``uv lock``: unreachable index, every package without a
+    usable wheel, or uv's own words.
+
+    uv (PubGrub) reports one derivation: the first package without a usable wheel in
+    the first fork that fails. The other targets and packages are found by
+    :func:`list_missing`, so the report holds every (package, version, target).
+    """
+    if any(s in stderr for s in ("Failed to fetch", "Could not connect", "dns error")):
+        match = _URL.search(stderr)
+        url = match.group(1) if match else "(the configured index)"
+        return NetworkError(
+            f"cannot reach the package index: {url}",
+            url=url,
+            hint="check the index URL in the spec, your network or proxy, and credentials",
+        )
+    problems: list[Problem] = []
+    if parse_no_wheel(stderr) is not None:
+        if log is not None:
+            log("uv stops at the first package without a usable wheel; resolving each target")
+        problems = list_missing(targets, resolve, allow_sdist=allow_sdist, groups=groups)
+    if not any(p.where != "uv" for p in problems):
+        return LockError(
+            "uv could not resolve the spec",
+            problems=[Problem("uv", ln) for ln in uv_lines(stderr)[-12:]],
+        )
+    return UnsupportedTargetError(
+        "some packages have no installable wheel for some targets",
+        problems=problems,
+        hint=UNSUPPORTED_HINT,
+    )
+
+
+def prune_wheels(data: Mapping[str, Any], targets: Iterable[Target]) -> None:
+    """Drop wheels no target can install (Windows, macOS, musl, other ABIs).
+
+    uv's universal export lists every wheel of a release; a lock checked per target
+    only needs those its targets use, and stays reviewable. PEP 751 allows a subset.
+    """
+    accepted: set[Tag] = set()
+    for target in targets:
+        accepted.update(target.tags())
+    for package in data.get("packages", []):
+        wheels = package.get("wheels")
+        if not wheels:
+            continue
+        kept = [w for w in wheels if _tags(_wheel_name(w)) & accepted]
+        # None kept: a package no target selects (the check passed); keep them all.
+        package["wheels"] = kept or wheels
+
+
+def _wheel_name(wheel: Mapping[str, Any]) -> str:
+    source = str(wheel.get("name") or wheel.get("url") or wheel.get("path") or "")
+    return source.rstrip("/").rsplit("/", 1)[-1]
