@@ -81,7 +81,14 @@ def test_create_list_check_gc(
     assert capsys.readouterr().out == "would remove 0 version(s), 0 B; kept 1\n"
     assert main([*gc, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result == {"removed": [], "busy": [], "kept": 1, "freed": 0, "dry_run": False}
+    assert result == {
+        "removed": [],
+        "busy": [],
+        "in_use": [],
+        "kept": 1,
+        "freed": 0,
+        "dry_run": False,
+    }
     assert path.is_dir()
 
 
@@ -111,17 +118,26 @@ def test_gc_text_names_what_it_removes(
     assert not Path(first["path"]).exists()
 
 
-def test_missing_root_is_an_error_with_a_hint(
-    setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["env", "list"],
+        ["env", "gc"],
+        ["env", "check", "ds"],
+        ["env", "create", "ds", "--lock", "pylock.toml"],
+    ],
+)
+def test_missing_root_is_bad_input_with_a_hint(
+    setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], args: list[str]
 ) -> None:
-    assert main(["env", "list"]) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert "error: no environment root given" in err
     assert "hint: pass --root DIR or set ENVSHIP_ROOT" in err
 
-    assert main(["env", "gc", "--json"]) == 1
+    assert main([*args, "--json"]) == 2
     data = json.loads(capsys.readouterr().out)
-    assert data["error"] == "env" and "ENVSHIP_ROOT" in data["hint"]
+    assert data["error"] == "env-input" and "ENVSHIP_ROOT" in data["hint"]
 
 
 def test_bad_input(
@@ -136,8 +152,18 @@ def test_bad_input(
     assert capsys.readouterr().out == f"no environments under {root}\n"
 
     args = ["env", "create", "../up", "--root", str(root), "--lock", str(lock)]
-    assert main([*args, "--store", str(store)]) == 1
+    assert main([*args, "--store", str(store)]) == 2
     assert "invalid environment name '../up'" in capsys.readouterr().err
+    assert main(["env", "list", "--root", str(tmp_path / "not-mounted")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+    # timedelta stops at 999999999 days: longer is refused as a usage error, not a crash.
+    assert main(["env", "gc", "--root", str(root), "--older-than", "100000000000d"]) == 2
+    err = capsys.readouterr().err
+    assert "'100000000000d' is too long; the longest is 999999999d" in err
+    assert "Traceback" not in err
+    assert main(["env", "gc", "--root", str(root), "--older-than", "999999999d"]) == 0
+    assert capsys.readouterr().out == "removed 0 version(s), 0 B; kept 0\n"
 
     assert main(["env", "check", "nope", "--root", str(root), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
@@ -158,3 +184,48 @@ def test_check_refusal_exits_2(
     assert main(["env", "check", "ds", "--root", str(root)]) == 2
     err = capsys.readouterr().err
     assert "cannot run on this machine" in err and "glibc 2.99 needed" in err
+
+
+def test_gc_names_the_process_that_keeps_a_version(
+    setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock, store, root = setup
+    base = ["env", "create", "ds", "--root", str(root), "--lock", str(lock), "--store", str(store)]
+    assert main([*base, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*base, "--python", "/usr/bin/python3.11", "--json"]) == 0
+    capsys.readouterr()
+    path = Path(first["path"])
+    stamp = time.time() - 30 * 24 * 3600
+    os.utime(path / USED_NAME, (stamp, stamp))
+    code = "import sys; print('ready', flush=True); sys.stdin.read()"
+    proc = subprocess.Popen(
+        [str(path / "bin" / "python"), "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert main(["env", "gc", "--root", str(root), "--older-than", "1s"]) == 0
+    finally:
+        proc.communicate("")
+    lines = capsys.readouterr().out.splitlines()
+    comm = "python"  # the name the process was started by: VERSION/bin/python
+    assert lines == [
+        f"kept ds/{first['key']}: in use by process {proc.pid} ({comm})",
+        "removed 0 version(s), 0 B; kept 1",
+    ]
+    assert path.is_dir()
+
+
+def test_gc_help_states_what_it_can_and_cannot_see(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["env", "gc", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a process on THIS machine runs from it" in text
+    assert "every start of a kernel envship registered refresh its use stamp" in text
+    assert (
+        "Processes on other machines sharing the root (and in other containers) cannot be seen"
+        in text
+    )
+    assert "Give --older-than longer than such jobs run." in text

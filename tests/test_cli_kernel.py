@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from envship.cli.kernel import command
 from envship.cli.main import cli, main
-from envship.kernels import KERNEL_JSON
+from envship.install import MARKER_NAME
+from envship.kernels import KERNEL_JSON, LAUNCHER_NAME
 from test_install import HOST
-from test_kernels import isolate_jupyter, make_env
+from test_kernels import GLIBC, isolate_jupyter, make_env
 
 
 @pytest.fixture(autouse=True)
@@ -70,9 +73,9 @@ def test_text_output_and_placement_options(
 
     assert main(["kernel", "list"]) == 0
     text = capsys.readouterr().out
-    assert text.splitlines()[0].split()[:3] == ["team", "ok", str(env)]
+    assert text.splitlines()[0].split()[:3] == ["team", "fits", str(env)]
     assert main(["kernel", "list", "--kernel-dir", str(kd)]) == 0
-    assert capsys.readouterr().out.split()[:2] == ["ds-env", "ok"]
+    assert capsys.readouterr().out.split()[:2] == ["ds-env", "fits"]
     assert main(["kernel", "remove", "ds-env", "--kernel-dir", str(kd)]) == 0
     assert capsys.readouterr().out == f"removed kernel 'ds-env' ({kd / 'ds-env'})\n"
 
@@ -100,3 +103,70 @@ def test_errors_are_rendered_with_kind_and_exit_code(
 
     assert main(["kernel", "list"]) == 0
     assert capsys.readouterr().out == "no envship kernels found\n"
+
+
+def test_list_shows_the_launchers_verdict(
+    env: Path, user_kernels: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["kernel", "install", str(env)]) == 0
+    capsys.readouterr()
+    marker = json.loads((env / MARKER_NAME).read_text())
+    marker["target"]["glibc"] = "2.99"  # the environment, re-made on a newer image
+    (env / MARKER_NAME).write_text(json.dumps(marker))
+
+    assert main(["kernel", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["ds-env", "refuses", str(env)]
+    assert lines[2].strip() == f"refuses: glibc >= 2.99 needed, this machine has {GLIBC}"
+    assert main(["kernel", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)["kernels"]
+    assert listed["fits"] is False and listed["env_exists"] is True
+    assert listed["reasons"] == [f"glibc >= 2.99 needed, this machine has {GLIBC}"]
+
+    # A kernelspec an older envship wrote: listed with the command that renews it.
+    marker["target"]["glibc"] = "2.28"
+    (env / MARKER_NAME).write_text(json.dumps(marker))
+    launcher = user_kernels / "ds-env" / LAUNCHER_NAME
+    launcher.write_text(launcher.read_text() + "\n# an older launcher\n")
+    assert main(["kernel", "list"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1].strip()
+    renew = f"envship kernel install {env} --name ds-env --kernel-dir {user_kernels}"
+    assert last == f"its launcher is an older envship's; renew it: {renew}"
+    assert main(renew.split()[1:]) == 0
+    capsys.readouterr()
+    assert main(["kernel", "list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+@pytest.mark.parametrize("name", ["my kernel/..", "../up", ".hidden", "???"])
+def test_an_invalid_kernel_name_is_bad_input(
+    env: Path, user_kernels: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    assert main(["kernel", "install", str(env), "--name", name]) == 2
+    assert f"error: invalid kernel name {name!r}" in capsys.readouterr().err
+    assert main(["kernel", "install", str(env), "--name", name, "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"] == "kernel-input"
+    assert not user_kernels.exists()
+
+
+def test_the_hint_for_a_plain_venv_works(
+    tmp_path: Path, env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = tmp_path / "plain"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(plain)], check=True)
+    assert main(["kernel", "install", str(plain)]) == 1
+    hint = capsys.readouterr().err.split("hint: ", 1)[1]
+    assert f"envship install {plain}" not in hint  # it would refuse a folder it did not make
+
+    # Following it: a new folder from the lock, then its kernel.
+    lock = json.loads((env / MARKER_NAME).read_text())["lock"]["path"]
+    store = tmp_path / "work" / "store"
+    new = tmp_path / "new-env"
+    assert "`envship install NEW_DIR --lock pylock.toml`" in hint
+    assert main(["install", str(new), "--lock", lock, "--store", str(store)]) == 0
+    assert "`envship kernel install NEW_DIR`" in hint
+    assert main(["kernel", "install", str(new)]) == 0
+    capsys.readouterr()
+    assert main(["kernel", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)["kernels"]
+    assert listed["env"] == str(new) and listed["fits"] is True

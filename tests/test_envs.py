@@ -23,6 +23,7 @@ import envship.install as install_mod
 from envship.envs import (
     USED_NAME,
     EnvError,
+    EnvInputError,
     check_env,
     create_env,
     gc,
@@ -268,7 +269,7 @@ def test_a_killed_creator_leaves_nothing_visible(setup: Setup, then: str) -> Non
     assert run_py(s.root / "ds" / "current", "import beta; print(beta.__version__)") == "1.0"
     listed = {v.key: v.complete for v in list_envs(s.root)[0].versions}
     assert listed == {old.key: True, new_key: False}
-    with pytest.raises(EnvError):
+    with pytest.raises(EnvInputError):
         create_env(s.newer, s.store, s.root, name="bad/name")
 
     if then == "create":
@@ -453,15 +454,72 @@ def test_check_refuses_a_cuda_env_without_a_gpu(
     assert [p.message for p in err.value.problems] == ["cuda variant but no GPU found"]
 
 
-def test_root_and_name_errors(tmp_path: Path, setup: Setup) -> None:
-    with pytest.raises(EnvError, match="does not exist"):
+def test_root_and_name_errors_are_bad_input(tmp_path: Path, setup: Setup) -> None:
+    with pytest.raises(EnvInputError, match="does not exist") as err:
         list_envs(tmp_path / "nowhere")
-    with pytest.raises(EnvError, match="does not exist"):
+    assert (err.value.exit_code, err.value.kind) == (2, "env-input")
+    with pytest.raises(EnvInputError, match="does not exist"):
         gc(tmp_path / "nowhere", older_than=timedelta(days=1))
+    with pytest.raises(EnvInputError, match="does not exist"):
+        check_env(tmp_path / "nowhere", "ds")
     for bad in ("", "../x", ".hidden", "a/b"):
-        with pytest.raises(EnvError, match="invalid environment name"):
+        with pytest.raises(EnvInputError, match="invalid environment name") as err:
             create_env(setup.lock, setup.store, setup.root, name=bad)
+        assert err.value.exit_code == 2 and isinstance(err.value, EnvError)
     setup.root.mkdir()
     assert list_envs(setup.root) == []
     (setup.root / "stray-file").write_text("not an env")
     assert list_envs(setup.root) == [] and gc(setup.root, older_than=timedelta(0)).kept == 0
+
+
+WAIT_THEN_IMPORT = (
+    "import sys; print('ready', flush=True); sys.stdin.read(); "
+    "import beta; print(beta.__version__, sys.prefix)"
+)
+
+
+def test_gc_keeps_a_version_a_process_here_runs_from(setup: Setup) -> None:
+    """A process started from a version that is neither current nor recent imports
+    lazily from it; gc must leave it while the process lives, and take it after."""
+    s = setup
+    old = create_env(s.lock, s.store, s.root, name="ds")
+    create_env(s.newer, s.store, s.root, name="ds")  # current moves on
+    age(old.path / USED_NAME, 30)
+    proc = subprocess.Popen(
+        [str(old.path / "bin" / "python"), "-c", WAIT_THEN_IMPORT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        dry = gc(s.root, older_than=timedelta(days=1), dry_run=True)
+        result = gc(s.root, older_than=timedelta(days=1))
+        out = proc.communicate("", timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    for r in (dry, result):
+        assert r.removed == () and r.kept == 1
+        (kept,) = r.in_use
+        assert (kept.name, kept.key, kept.path) == ("ds", old.key, old.path)
+        assert [(u.pid, u.how) for u in kept.processes] == [(proc.pid, "cmdline")]
+    assert json.loads(json.dumps(result.to_json()))["in_use"][0]["processes"][0]["pid"] == proc.pid
+    assert proc.returncode == 0 and out.split() == ["1.0", str(old.path)]  # imported after gc
+    assert old.path.is_dir()
+
+    # The process is gone: nothing uses the old version now.
+    assert [v.key for v in gc(s.root, older_than=timedelta(days=1)).removed] == [old.key]
+    assert not old.path.exists()
+
+
+@pytest.mark.parametrize("older_than", [timedelta.max, timedelta(days=800_000)])
+def test_gc_older_than_anything_removes_nothing(setup: Setup, older_than: timedelta) -> None:
+    s = setup
+    one = create_env(s.lock, s.store, s.root, name="ds")
+    create_env(s.newer, s.store, s.root, name="ds")
+    age(one.path / USED_NAME, 10 * 365)
+    result = gc(s.root, older_than=older_than)
+    assert result.removed == () and result.kept == 2 and one.path.is_dir()

@@ -13,8 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +27,25 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 import envship.kernels as kernels_mod
-from envship._launcher import MAGIC_FILE, host_glibc
+from envship._launcher import INCOMPLETE_MARKER, INSTALL_MARKER, MAGIC_FILE, USED_FILE, host_glibc
 from envship._toml import load_toml
+from envship.envs import USED_NAME, create_env
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.kernels import (
     KERNEL_JSON,
     LAUNCHER_NAME,
     MAGIC_NAME,
     KernelError,
+    KernelInputError,
     install_kernel,
     kernel_name_for,
     list_kernels,
     remove_kernel,
 )
 from envship.lockfile import LockFile
+from envship.store import Store
 from indexlib import build_wheel
-from test_install import HOST, stocked_store, target, write_lock
+from test_install import HOST, OTHER_PY, PY, stocked_store, target, write_lock
 
 GLIBC = host_glibc() or "2.28"
 OTHER_MACHINE = "aarch64" if HOST != "linux-aarch64" else "x86_64"
@@ -128,14 +133,12 @@ def kernel_json(resource_dir: Path) -> dict[str, Any]:
     return data
 
 
-def edit_facts(resource_dir: Path, **target_fields: str) -> None:
-    """Rewrite the recorded target, as if the environment had been built elsewhere."""
-    spec = kernel_json(resource_dir)
-    facts = spec["metadata"]["envship"]
-    facts["target"].update(target_fields)
-    if "platform" in target_fields:
-        facts["machine"] = target_fields["platform"].split("-", 1)[1]
-    (resource_dir / KERNEL_JSON).write_text(json.dumps(spec))
+def edit_marker(env: Path, **target_fields: str) -> None:
+    """Rewrite the environment's recorded target, as if it had been built elsewhere (the
+    launcher reads the environment's own marker at every start)."""
+    marker = json.loads((env / MARKER_NAME).read_text())
+    marker["target"].update(target_fields)
+    (env / MARKER_NAME).write_text(json.dumps(marker))
 
 
 def run_launcher(
@@ -177,6 +180,12 @@ def test_install_writes_a_kernelspec_jupyter_sees_at_once(env: Path, user_kernel
     magic = (result.resource_dir / MAGIC_NAME).read_bytes()
     assert magic == (Path(kernels_mod.__file__).parent / "_magic.py").read_bytes()
     assert MAGIC_NAME == MAGIC_FILE  # the name the launcher looks for
+    # The launcher is stdlib-only and copied alone: it spells these names itself.
+    assert (INSTALL_MARKER, INCOMPLETE_MARKER, USED_FILE) == (
+        MARKER_NAME,
+        INCOMPLETE_NAME,
+        USED_NAME,
+    )
     assert facts["envship_command"] == [sys.executable, "-m", "envship"]
 
 
@@ -196,10 +205,13 @@ def test_names_are_normalized_and_validated(tmp_path: Path) -> None:
     assert kernel_name_for("ds_2.1") == "ds_2.1"
     env = make_env(tmp_path / "w", name="My Env")
     assert install_kernel(env).name == "my-env"
-    with pytest.raises(KernelError) as err:
+    with pytest.raises(KernelInputError) as err:
         install_kernel(env, name="bad name!")
-    assert err.value.kind == "kernel" and err.value.hint == "for example 'bad-name'"
-    with pytest.raises(KernelError):
+    assert err.value.kind == "kernel-input" and err.value.hint == "for example 'bad-name'"
+    assert err.value.exit_code == 2 and isinstance(err.value, KernelError)
+    with pytest.raises(KernelInputError):
+        install_kernel(env, name="my kernel/..")
+    with pytest.raises(KernelInputError):
         kernel_name_for("???")
 
 
@@ -221,10 +233,20 @@ def test_reinstall_replaces_only_its_own_kernelspec(env: Path, user_kernels: Pat
 def test_refuses_what_envship_install_did_not_finish(tmp_path: Path, user_kernels: Path) -> None:
     plain = tmp_path / "plain"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(plain)], check=True)
-    with pytest.raises(KernelError, match=r"not an environment made by `envship install`"):
+    with pytest.raises(KernelError, match=r"not an environment made by `envship install`") as err:
         install_kernel(plain)
-    with pytest.raises(KernelError, match="there is no environment"):
+    # `envship install PLAIN` would refuse a folder envship did not make: never hinted.
+    assert f"envship install {plain}" not in (err.value.hint or "")
+    assert "`envship install NEW_DIR --lock pylock.toml` (a new or empty folder)" in (
+        err.value.hint or ""
+    )
+    assert f"`{plain / 'bin' / 'python'} -m ipykernel install --user`" in (err.value.hint or "")
+    with pytest.raises(KernelError, match="there is no environment") as err:
         install_kernel(tmp_path / "nowhere")
+    assert err.value.hint == (
+        f"`envship install {tmp_path / 'nowhere'} --lock pylock.toml`, "
+        f"then `envship kernel install {tmp_path / 'nowhere'}`"
+    )
 
     env = make_env(tmp_path / "w")
     marker = json.loads((env / MARKER_NAME).read_text())
@@ -307,12 +329,55 @@ def test_list_shows_envship_kernels_their_env_and_shadowing(
     monkeypatch.setenv("JUPYTER_PATH", str(early))
     install_kernel(one, kernel_dir=early / "kernels", name="two")  # hides user's "two"
 
-    found = [(k.name, k.env, k.env_exists, k.shadowed) for k in list_kernels()]
-    assert found == [("two", one, True, False), ("one", one, True, False), ("two", two, True, True)]
+    found = [(k.name, k.env, k.env_exists, k.shadowed, k.fits) for k in list_kernels()]
+    assert found == [
+        ("two", one, True, False, True),
+        ("one", one, True, False, True),
+        ("two", two, True, True, True),
+    ]
     shutil.rmtree(two)
     gone = [k for k in list_kernels() if k.env == two]
-    assert [(k.name, k.env_exists, k.target) for k in gone] == [("two", False, HOST)]
+    assert [(k.name, k.env_exists, k.target, k.fits) for k in gone] == [("two", False, HOST, False)]
+    assert gone[0].reasons == (
+        f"the environment's interpreter {two / 'bin' / 'python'} is missing or cannot run here.",
+    )
+    assert [k.fits for k in list_kernels(check=False)] == [None, None, None]
     assert "foreign" in KernelSpecManager().find_kernel_specs()
+
+
+def test_list_says_what_the_launcher_would_say(
+    env: Path, tmp_path: Path, user_kernels: Path
+) -> None:
+    """ "ok because the folder exists" is not enough: each kernelspec's own launcher is asked."""
+    made = install_kernel(env)
+    (fits,) = list_kernels()
+    assert (fits.fits, fits.reasons, fits.launcher_outdated) == (True, (), False)
+
+    edit_marker(env, glibc="2.99", python="3.99")
+    (refused,) = list_kernels()
+    start = run_launcher(made.resource_dir, tmp_path / "c.json")
+    said = [line[4:] for line in start.stderr.splitlines() if line.startswith("  - ")]
+    assert refused.fits is False and list(refused.reasons) == said
+    assert refused.reasons == (
+        f"Python 3.99 needed, the interpreter is {PY}",
+        f"glibc >= 2.99 needed, this machine has {GLIBC}",
+    )
+
+    # A kernelspec written by an older envship answers with the launcher it holds.
+    launcher = made.resource_dir / LAUNCHER_NAME
+    launcher.write_text(launcher.read_text().replace("glibc >= {target", "glibc at least {target"))
+    (old,) = list_kernels()
+    assert old.launcher_outdated and f"glibc at least 2.99 needed, this machine has {GLIBC}" in (
+        old.reasons
+    )
+    # A kernel.json that does not start the launcher is never run to ask it.
+    spec = kernel_json(made.resource_dir)
+    spec["argv"] = [sys.executable, "-c", "import sys; sys.exit(0)"]
+    (made.resource_dir / KERNEL_JSON).write_text(json.dumps(spec))
+    (other,) = list_kernels()
+    assert other.fits is False and other.reasons == (
+        "kernel.json does not start envship's launcher",
+    )
 
 
 def _foreign_source(tmp_path: Path) -> Path:
@@ -391,7 +456,7 @@ def test_launcher_refuses_a_machine_the_env_was_not_built_for(
     env: Path, tmp_path: Path, fields: dict[str, str], reason: str
 ) -> None:
     made = install_kernel(env, name="elsewhere")
-    edit_facts(made.resource_dir, **fields)
+    edit_marker(env, **fields)
     proc = run_launcher(made.resource_dir, tmp_path / "conn.json")
 
     assert proc.returncode == 1 and proc.stdout == ""  # the stand-in never ran
@@ -399,12 +464,15 @@ def test_launcher_refuses_a_machine_the_env_was_not_built_for(
     assert first.startswith(f"envship: kernel 'elsewhere' cannot start: the environment {env}")
     assert f"this machine is {MACHINE} with glibc {GLIBC}" in first
     assert f"  - {reason}" in rest
-    assert rest[-1].startswith("envship: recreate it with `envship install` for this machine")
+    lock = json.loads((env / MARKER_NAME).read_text())["lock"]["path"]
+    assert (
+        rest[-1] == f"envship: make it again on this machine: envship install {env} --lock {lock}"
+    )
 
 
 def test_launcher_cuda_variant_needs_a_gpu(env: Path, tmp_path: Path) -> None:
     made = install_kernel(env)
-    edit_facts(made.resource_dir, variant="cuda")
+    edit_marker(env, variant="cuda")
     no_smi = tmp_path / "bin-empty"
     no_smi.mkdir()
     with_smi = tmp_path / "bin-smi"
@@ -433,6 +501,123 @@ def test_launcher_reports_a_missing_interpreter_and_a_half_installed_env(
     gone = run_launcher(made.resource_dir, tmp_path / "c.json")
     assert gone.returncode == 1 and gone.stdout == ""
     assert f"interpreter {env / 'bin' / 'python'} is missing or cannot run here" in gone.stderr
+
+
+# --- kernels for a shared environment root (`envship env create`) ------------------------
+
+
+@dataclass
+class Shared:
+    root: Path
+    store: Store
+    first: LockFile  # alpha 1.0, beta 1.0 and a kernel
+    second: LockFile  # alpha 1.0, beta 1.1 and the same kernel
+
+
+def make_shared(work: Path, kernel: list[Path]) -> Shared:
+    """Two locks for one environment root; ``kernel`` are the wheels that start it."""
+    dist = work / "dist"
+    alpha = build_wheel(dist, "alpha", "1.0", requires=["beta>=1.0"])
+    beta10, beta11 = build_wheel(dist, "beta", "1.0"), build_wheel(dist, "beta", "1.1")
+    targets = [target(glibc=GLIBC)]
+    first = write_lock(work / "first.toml", [alpha, beta10, *kernel], targets=targets)
+    second = write_lock(work / "second.toml", [alpha, beta11, *kernel], targets=targets)
+    store = stocked_store(work / "store", [alpha, beta10, beta11, *kernel])
+    return Shared(work / "envs", store, first, second)
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Shared:
+    stand_in = build_wheel(
+        tmp_path / "dist",
+        "ipykernel_launcher",
+        "0.1",
+        files={"ipykernel_launcher/__main__.py": STAND_IN},
+    )
+    return make_shared(tmp_path / "work", [stand_in])
+
+
+def age(path: Path, days: float) -> float:
+    stamp = time.time() - days * 24 * 3600
+    os.utime(path, (stamp, stamp))
+    return stamp
+
+
+def test_a_kernel_on_current_runs_the_version_current_names_at_each_start(
+    shared: Shared, tmp_path: Path
+) -> None:
+    s = shared
+    with pytest.raises(KernelError, match="there is no environment") as err:
+        install_kernel(s.root / "ds" / "current")
+    assert err.value.hint == (
+        f"`envship env create ds --root {s.root} --lock pylock.toml`, "
+        f"then `envship kernel install {s.root / 'ds' / 'current'}`"
+    )
+    one = create_env(s.first, s.store, s.root, name="ds")
+    # As if `one` were built for another interpreter (the audit's lock with a 3.11 and
+    # a 3.12 target): a kernel registered now records facts that stop being true.
+    edit_marker(one.path, python=OTHER_PY)
+    made = install_kernel(s.root / "ds" / "current")
+    assert made.follows and made.env == s.root / "ds" / "current" and made.name == "ds"
+    assert kernel_json(made.resource_dir)["metadata"]["envship"]["target"]["python"] == OTHER_PY
+
+    two = create_env(s.second, s.store, s.root, name="ds")  # current moves to a fitting one
+    age(two.path / USED_NAME, 30)
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    # The version's own interpreter by its own path: sys.prefix is the immutable version.
+    assert seen["executable"] == str(two.path / "bin" / "python")
+    assert seen["prefix"] == seen["virtual_env"] == str(two.path)
+    assert seen["path0"] == str(two.path / "bin")
+    assert time.time() - (two.path / USED_NAME).stat().st_mtime < 3600  # a start is a use
+
+    stamp = age(two.path / USED_NAME, 30)
+    check = subprocess.run(
+        [*kernel_json(made.resource_dir)["argv"][:3], "--envship-check"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0 and check.stdout.strip().endswith(str(two.path))
+    assert (two.path / USED_NAME).stat().st_mtime == stamp  # asking is not using
+
+    # Back to `one`: refused by what `one` is, with the command that makes a version.
+    create_env(s.first, s.store, s.root, name="ds")
+    refused = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert refused.returncode == 1 and refused.stdout == ""
+    first, *rest = refused.stderr.splitlines()
+    assert first.startswith(f"envship: kernel 'ds' cannot start: the environment {one.path} ")
+    assert f"  - Python {OTHER_PY} needed, the interpreter is {PY}" in rest
+    assert rest[-1] == (
+        f"envship: make a version for this machine: envship env create ds --root {s.root} "
+        f"--lock {s.first.path} (with a lock that has a target for it)"
+    )
+    assert "envship install" not in refused.stderr
+
+    # A kernel pinned to one version also needs registering again on `current`.
+    pinned = install_kernel(one.path, name="pinned")
+    assert not pinned.follows
+    last = run_launcher(pinned.resource_dir, tmp_path / "c.json").stderr.splitlines()[-1]
+    assert last.endswith(f", then envship kernel install {s.root / 'ds' / 'current'}")
+
+
+def test_a_read_only_root_still_starts_the_kernel(shared: Shared, tmp_path: Path) -> None:
+    s = shared
+    made_env = create_env(s.first, s.store, s.root, name="ds")
+    made = install_kernel(s.root / "ds" / "current")
+    stamp = age(made_env.path / USED_NAME, 30)
+    argv = [
+        a.replace("{connection_file}", str(tmp_path / "c.json"))
+        for a in kernel_json(made.resource_dir)["argv"]
+    ]
+    # A read-only bind mount of the root in a private mount namespace: a real EROFS.
+    mount_ro = f'mount --bind -o ro "{s.root}" "{s.root}" && exec "$@"'
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", mount_ro, "sh", *argv], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prefix"] == str(made_env.path)
+    assert (made_env.path / USED_NAME).stat().st_mtime == stamp
 
 
 # --- a real kernel (ipykernel and its dependencies from PyPI, installed offline) -----------
@@ -511,7 +696,7 @@ def test_a_kernel_for_another_machine_dies_with_the_reason(
     kernel_env: Path, tmp_path: Path, started: list[KernelManager]
 ) -> None:
     made = install_kernel(kernel_env)
-    edit_facts(made.resource_dir, platform=f"linux-{OTHER_MACHINE}")
+    edit_marker(kernel_env, platform=f"linux-{OTHER_MACHINE}")
     km = KernelManager(kernel_name=made.name)
     started.append(km)
     err_path = tmp_path / "kernel-stderr.txt"
@@ -528,6 +713,50 @@ def test_a_kernel_for_another_machine_dies_with_the_reason(
     text = err_path.read_text()
     assert f"was built for linux-{OTHER_MACHINE}" in text
     assert f"  - {OTHER_MACHINE} needed, this machine is {MACHINE}" in text
+
+
+def execute(km: KernelManager, code: str) -> str:
+    """Run ``code`` in the kernel; what it printed."""
+    kc = km.client()
+    kc.start_channels()
+    out: list[str] = []
+    try:
+        kc.wait_for_ready(timeout=120)
+
+        def collect(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+
+        reply = kc.execute_interactive(code, output_hook=collect, timeout=120)
+    finally:
+        kc.stop_channels()
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return "".join(out)
+
+
+@pytest.mark.pypi
+def test_a_real_kernel_on_current_never_mixes_two_versions(
+    tmp_path: Path, ipykernel_wheels: list[Path], started: list[KernelManager]
+) -> None:
+    s = make_shared(tmp_path / "work", ipykernel_wheels)
+    one = create_env(s.first, s.store, s.root, name="ds")
+    made = install_kernel(s.root / "ds" / "current")
+    running = KernelManager(kernel_name=made.name)
+    started.append(running)
+    running.start_kernel()
+    code = "import beta, os, sys; print(beta.__version__, sys.prefix, os.environ['VIRTUAL_ENV'])"
+    assert execute(running, "import alpha; print(alpha.__version__)").split() == ["1.0"]
+
+    two = create_env(s.second, s.store, s.root, name="ds")  # current moves while it runs
+    age(two.path / USED_NAME, 30)
+    # The running kernel imports beta for the first time now: from its own version.
+    assert execute(running, code).split() == ["1.0", str(one.path), str(one.path)]
+
+    fresh = KernelManager(kernel_name=made.name)
+    started.append(fresh)
+    fresh.start_kernel()
+    assert execute(fresh, code).split() == ["1.1", str(two.path), str(two.path)]
+    assert time.time() - (two.path / USED_NAME).stat().st_mtime < 3600  # the start stamped it
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,12 @@
 """The environment a kernel is made for, as ``install_kernel`` must know it first.
 
-A kernelspec records facts about its environment (the lock digest, the target and so
-the platform, Python and glibc the launcher checks) and is named after it. All of that
-comes from the environment's install marker, which must be complete and consistent,
-or the kernel would start (or refuse to) for the wrong reasons. Reading and checking
-it, reporting every problem at once, and deriving the kernel's name are kept apart
-from :mod:`envship.kernels`, which only places and writes kernelspecs.
+A kernelspec records which environment it is for (and, for listing, its lock digest
+and target when it was registered) and is named after it. The environment's install
+marker must be complete and consistent before a kernel is registered for it, because
+the launcher judges the environment by that marker at every start. Reading and
+checking it, reporting every problem at once, the commands that make an environment
+when there is none, and deriving the kernel's name are kept apart from
+:mod:`envship.kernels`, which only places and writes kernelspecs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import KernelError, Problem, TargetError
+from .errors import KernelError, KernelInputError, Problem, TargetError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .targets import Target
 
@@ -35,11 +36,15 @@ def env_label(env: Path) -> str:
     return env.name
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+
+
 def kernel_name_for(env_name: str) -> str:
     """A valid kernel name from an environment's folder name: ``My Env`` -> ``my-env``."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", env_name.lower()).strip("-.")
+    name = _slug(env_name)
     if not name:
-        raise KernelError(
+        raise KernelInputError(
             f"cannot make a kernel name from {env_name!r}",
             hint="pass --name with letters, digits, '-', '.' or '_'",
         )
@@ -49,31 +54,64 @@ def kernel_name_for(env_name: str) -> str:
 def checked_name(name: str) -> str:
     lowered = name.lower()
     if not _VALID_NAME.match(lowered) or lowered.startswith("."):
-        raise KernelError(
+        suggestion = _slug(name)
+        raise KernelInputError(
             f"invalid kernel name {name!r}",
             problems=[Problem("--name", "only ASCII letters, digits, '-', '.' and '_'")],
-            hint=f"for example {kernel_name_for(name)!r}" if name.strip("-. ") else None,
+            hint=f"for example {suggestion!r}" if suggestion else None,
         )
     return lowered
 
 
+def _shared(env: Path) -> tuple[str, Path] | None:
+    """``(name, root)`` when ``env`` is ``ROOT/NAME/current`` or ``ROOT/NAME/versions/KEY``."""
+    if env.name == "current":
+        return env.parent.name, env.parent.parent
+    if env.parent.name == "versions":
+        return env.parent.parent.name, env.parent.parent.parent
+    return None
+
+
+def _make_hint(env: Path) -> str:
+    """The command that makes (or finishes) the environment at ``env``."""
+    shared = _shared(env)
+    if shared is not None:
+        name, root = shared
+        return (
+            f"`envship env create {name} --root {root} --lock pylock.toml`, "
+            f"then `envship kernel install {root / name / 'current'}`"
+        )
+    return f"`envship install {env} --lock pylock.toml`, then `envship kernel install {env}`"
+
+
+def _foreign_hint(env: Path) -> str:
+    # `envship install` refuses a non-empty folder it did not make (it never deletes
+    # what it did not create), so the plain venv itself cannot be the destination.
+    return (
+        "envship makes kernels for environments it installed: "
+        "`envship install NEW_DIR --lock pylock.toml` (a new or empty folder), then "
+        "`envship kernel install NEW_DIR`; or register this venv as it is with "
+        f"`{env / 'bin' / 'python'} -m ipykernel install --user`"
+    )
+
+
 def read_env(env: Path) -> tuple[dict[str, Any], Target]:
     """The install marker of the environment at ``env`` and its target; or a KernelError."""
-    hint = f"make it with `envship install {env}` first"
     if not env.is_dir():
-        raise KernelError(f"there is no environment at {env}", hint=hint)
+        raise KernelError(f"there is no environment at {env}", hint=_make_hint(env))
     if (env / INCOMPLETE_NAME).exists():
         raise KernelError(
             f"the environment at {env} is half installed ({INCOMPLETE_NAME} is present)",
-            hint="re-run `envship install` to finish it",
+            hint=f"finish it: {_make_hint(env)}",
         )
     where = str(env / MARKER_NAME)
     try:
         marker = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
     except FileNotFoundError:
+        empty = not any(env.iterdir())
         raise KernelError(
             f"{env} is not an environment made by `envship install` (no {MARKER_NAME})",
-            hint=hint,
+            hint=_make_hint(env) if empty else _foreign_hint(env),
         ) from None
     except (OSError, ValueError) as exc:
         marker, problems = {}, [Problem(where, str(exc))]
@@ -95,6 +133,6 @@ def read_env(env: Path) -> tuple[dict[str, Any], Target]:
         raise KernelError(
             f"the install record of {env} is incomplete",
             problems=problems,
-            hint="re-run `envship install` to rebuild the environment",
+            hint=f"make it again: {_make_hint(env)}",
         )
     return marker, target

@@ -4,30 +4,59 @@
 #
 # kernel.json runs it as `/bin/sh LAUNCHER ENV/bin/python -f {connection_file}`. For sh
 # the first line is the no-op `:`, and the lines below run up to `exec`, which never
-# returns; for Python all of this is the module docstring. The sh part answers the one
-# question Python cannot answer about itself: does the environment's interpreter still
-# exist here (a venv's bin/python links to the base interpreter of the image it was made
-# in)? Then Python, in isolated mode, checks the rest.
+# returns; for Python all of this is the module docstring.
+#
+# When ENV is a symlink (ROOT/NAME/current, which `envship env create` points at
+# versions/KEY), it is resolved here, once per start, and the version's own interpreter
+# runs: its sys.prefix is then the immutable version, so a kernel started before
+# `current` moves keeps importing from the version it started with instead of mixing
+# two locks. The sh part also answers the one question Python cannot answer about
+# itself: does the interpreter still exist here (a venv's bin/python links to the base
+# interpreter of the image it was made in)? Then Python, in isolated mode, checks the
+# rest, given the resolved ENV as its first argument.
 py="$1"
 shift
+env=${py%/bin/python}
+if [ -L "$env" ]; then
+    link=$(readlink "$env" 2>/dev/null) || link=
+    case $link in
+        "") env=$(cd -P "$env" 2>/dev/null && pwd -P) || env=${py%/bin/python} ;;
+        /*) env=$link ;;
+        *) env=${env%/*}/$link ;;
+    esac
+    py=$env/bin/python
+fi
 if [ ! -x "$py" ]; then
     echo "envship: the environment's interpreter $py is missing or cannot run here." >&2
-    echo "envship: recreate the environment with 'envship install' on this machine." >&2
+    case $env in
+        */versions/*)
+            n=${env%/versions/*}
+            fix="make a version for this machine: envship env create ${n##*/} --root ${n%/*}" ;;
+        *)
+            fix="make the environment again on this machine: envship install $env" ;;
+    esac
+    echo "envship: $fix" >&2
     exit 1
 fi
-exec "$py" -I "$0" "$@"
+exec "$py" -I "$0" "$env" "$@"
 """
 
 # The Python part runs in isolated mode (-I) with nothing but the standard library,
 # because envship itself is not installed in the environment. It checks that this
-# machine can run the bits the environment holds, using the facts ``envship kernel
-# install`` recorded in the kernelspec's ``metadata`` (the Jupyter kernelspec docs
-# reserve that field for such data:
-# https://jupyter-client.readthedocs.io/en/stable/kernels.html#kernel-specs), then
-# execs ipykernel the way ipykernel's own kernelspec does (``python -m
-# ipykernel_launcher -f {connection_file}``). It stays compatible with Python 3.7 so
-# that an environment whose base interpreter was swapped for an older one is rejected
-# with a reason rather than a syntax error.
+# machine can run the bits the environment holds, using the environment's own install
+# marker (read at every start, so a version `current` now names, or an environment
+# installed again from another lock, is judged by what it is, not by what it was when
+# the kernel was registered), then execs ipykernel the way ipykernel's own kernelspec
+# does (``python -m ipykernel_launcher -f {connection_file}``). The kernelspec's
+# ``metadata.envship`` (the Jupyter kernelspec docs reserve that field for such data:
+# https://jupyter-client.readthedocs.io/en/stable/kernels.html#kernel-specs) gives the
+# kernel's name for messages. It stays compatible with Python 3.7 so that an
+# environment whose base interpreter was swapped for an older one is rejected with a
+# reason rather than a syntax error.
+#
+# A version under an environment root gets its use stamp (``.envship-used``) touched at
+# every start, so `envship env gc` sees kernels as use; a root mounted read-only only
+# loses the stamp, never the start.
 #
 # When the kernelspec holds envship's notebook magic (``envship_magic.py``, a copy of
 # ``envship._magic``, standard library only), the launcher does not exec ``-m
@@ -41,24 +70,34 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import shutil
 import sys
-from typing import Any
+
+# Every kernel start pays for what this module imports: typing, shutil, platform and
+# contextlib cost about 20 ms together here, so they are left out or imported lazily.
+MYPY = False
+if MYPY:  # true for type checkers only (mypy reads MYPY like TYPE_CHECKING)
+    from typing import Any
 
 __all__ = [
+    "CHECK_FLAG",
     "FACTS_FILE",
     "MAGIC_FILE",
+    "USED_FILE",
     "check",
+    "examine",
     "host_glibc",
     "host_machine",
     "load_facts",
     "main",
+    "remedy",
     "report",
+    "stamp_use",
 ]
 
 FACTS_FILE = "kernel.json"
 MAGIC_FILE = "envship_magic.py"
+USED_FILE = ".envship-used"  # _envroot.USED_NAME: its mtime is a version's last use
+CHECK_FLAG = "--envship-check"  # check, say the verdict, start nothing, stamp nothing
 # The command line after `python -c`: BOOT, the magic's path, then ipykernel's arguments.
 _BOOT = r"""
 import importlib.util, runpy, sys
@@ -91,12 +130,14 @@ def host_glibc() -> str | None:
         text = ""
     if text.startswith("glibc "):
         return text.split(" ", 1)[1]
+    import platform
+
     lib, ver = platform.libc_ver()
     return ver if lib == "glibc" and ver else None
 
 
 def host_machine() -> str:
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() returns on POSIX
     return _MACHINES.get(machine.lower(), machine)
 
 
@@ -105,7 +146,11 @@ def _interpreter() -> str:
 
 
 def has_gpu() -> bool:
-    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
+    if os.path.exists("/dev/nvidia0"):
+        return True
+    import shutil
+
+    return shutil.which("nvidia-smi") is not None
 
 
 def load_facts(folder: str) -> dict[str, Any]:
@@ -118,15 +163,40 @@ def load_facts(folder: str) -> dict[str, Any]:
     return facts
 
 
-def check(facts: dict[str, Any]) -> list[str]:
-    """Every reason this machine (and this interpreter) cannot run the environment."""
-    target = facts["target"]
+def _version_dir(env: str) -> tuple[str, str] | None:
+    """``(name, root)`` when ``env`` is ``ROOT/NAME/versions/KEY`` (``envship env``)."""
+    parent = os.path.dirname(env)
+    if os.path.basename(parent) != "versions":
+        return None
+    env_dir = os.path.dirname(parent)
+    return os.path.basename(env_dir), os.path.dirname(env_dir)
+
+
+def stamp_use(env: str) -> None:
+    """Record a use of a version under an environment root: ``env gc`` keeps it."""
+    if _version_dir(env) is None:
+        return  # a venv of its own: nothing collects it, and no stray file goes into it
+    path = os.path.join(env, USED_FILE)
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        try:  # noqa: SIM105 - contextlib would be one more import at every start
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o664))
+        except OSError:
+            pass
+    except OSError:
+        pass  # a read-only root (or another user's stamp): the kernel starts all the same
+
+
+def check(target: dict[str, Any]) -> list[str]:
+    """Every reason this machine (and this interpreter) cannot run ``target``."""
     reasons = []
+    sys_platform, _, needed_machine = str(target["platform"]).partition("-")
     machine, glibc = host_machine(), host_glibc()
-    if sys.platform != facts["sys_platform"]:
-        reasons.append(f"{facts['sys_platform']} needed, this machine runs {sys.platform}")
-    elif machine != facts["machine"]:
-        reasons.append(f"{facts['machine']} needed, this machine is {machine}")
+    if sys.platform != sys_platform:
+        reasons.append(f"{sys_platform} needed, this machine runs {sys.platform}")
+    elif machine != needed_machine:
+        reasons.append(f"{needed_machine} needed, this machine is {machine}")
     if sys.implementation.name != "cpython":
         reasons.append(f"CPython needed, the interpreter is {sys.implementation.name}")
     here = _interpreter()
@@ -139,57 +209,101 @@ def check(facts: dict[str, Any]) -> list[str]:
         reasons.append(f"glibc >= {target['glibc']} needed, this machine has {glibc}")
     if target["variant"] == "cuda" and not has_gpu():
         reasons.append("the cuda variant needs an NVIDIA GPU; none found")
-    env = facts["env"]
-    if os.path.exists(os.path.join(env, INCOMPLETE_MARKER)):
-        reasons.append(f"the environment {env} is half installed ({INCOMPLETE_MARKER} present)")
-    elif not os.path.isfile(os.path.join(env, INSTALL_MARKER)):
-        reasons.append(f"the environment {env} has no {INSTALL_MARKER}")
     return reasons
 
 
-def report(facts: dict[str, Any], reasons: list[str]) -> str:
+def examine(env: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The environment's install marker (None when unusable) and every reason this
+    machine cannot run it; no reason means it can."""
+    if os.path.exists(os.path.join(env, INCOMPLETE_MARKER)):
+        return None, [f"the environment {env} is half installed ({INCOMPLETE_MARKER} present)"]
+    path = os.path.join(env, INSTALL_MARKER)
+    try:
+        with open(path, encoding="utf-8") as f:
+            marker = json.load(f)
+    except FileNotFoundError:
+        return None, [f"the environment {env} has no {INSTALL_MARKER}"]
+    except (OSError, ValueError) as exc:
+        return None, [f"cannot read {path}: {exc}"]
+    try:
+        return marker, check(marker["target"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        return None, [f"{path} records no usable target ({exc!r})"]
+
+
+def remedy(facts: dict[str, Any], env: str, marker: dict[str, Any] | None) -> str:
+    """The command that makes an environment this machine can run, for how ``env`` was made."""
+    lock = (marker or {}).get("lock") if isinstance(marker, dict) else None
+    lock_path = lock.get("path") if isinstance(lock, dict) else None
+    with_lock = f" --lock {lock_path}" if isinstance(lock_path, str) and lock_path else ""
+    version = _version_dir(env)
+    if version is None:
+        return f"make it again on this machine: envship install {env}{with_lock}"
+    name, root = version
+    current = os.path.join(root, name, "current")
+    then = "" if facts.get("env") == current else f", then envship kernel install {current}"
+    return (
+        f"make a version for this machine: envship env create {name} --root {root}{with_lock} "
+        f"(with a lock that has a target for it){then}"
+    )
+
+
+def report(
+    facts: dict[str, Any], env: str, marker: dict[str, Any] | None, reasons: list[str]
+) -> str:
     """The readable refusal printed on stderr (Jupyter shows it in the server log)."""
-    target = facts["target"]
-    cuda = ", cuda" if target["variant"] == "cuda" else ""
-    built = f"{target['platform']} (glibc >= {target['glibc']}, CPython {target['python']}{cuda})"
     here = _interpreter()
     machine = f"{host_machine()} with glibc {host_glibc() or '(none)'} and CPython {here}"
-    name, env = facts.get("kernel_name", "?"), facts["env"]
+    head = f"envship: kernel {facts.get('kernel_name', '?')!r} cannot start: the environment {env}"
+    target = marker.get("target") if isinstance(marker, dict) else None
+    if isinstance(target, dict):
+        cuda = ", cuda" if target.get("variant") == "cuda" else ""
+        built = (
+            f"{target.get('platform')} (glibc >= {target.get('glibc')}, "
+            f"CPython {target.get('python')}{cuda})"
+        )
+        head += f" was built for {built}; this machine is {machine}"
+    else:
+        head += f" cannot be used; this machine is {machine}"
     lines = [
-        f"envship: kernel {name!r} cannot start: the environment {env} was built for "
-        f"{built}; this machine is {machine}",
+        head,
         *(f"  - {reason}" for reason in reasons),
-        "envship: recreate it with `envship install` for this machine "
-        f"(lock {facts.get('lock_digest', '?')}), then `envship kernel install`",
+        "envship: " + remedy(facts, env, marker),
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = args.pop(0) if args else ""  # resolved by the sh part
     folder = os.path.dirname(os.path.abspath(__file__))
+    checking = args[:1] == [CHECK_FLAG]
     try:
         facts = load_facts(folder)
-        reasons = check(facts)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         where = os.path.join(folder, FACTS_FILE)
         sys.stderr.write(f"envship: cannot read the facts recorded in {where}: {exc!r}\n")
         sys.stderr.write("envship: re-run `envship kernel install`\n")
         return 2
+    if not checking:
+        stamp_use(env)  # first: a gc deciding now sees the use
+    marker, reasons = examine(env)
     if reasons:
-        sys.stderr.write(report(facts, reasons) + "\n")
+        sys.stderr.write(report(facts, env, marker, reasons) + "\n")
         return 1
-    if args[:1] == ["--envship-check"]:
-        sys.stdout.write(f"envship: this machine can run the environment {facts['env']}\n")
+    if checking:
+        sys.stdout.write(f"envship: this machine can run the environment {env}\n")
         return 0
     # Like activating the environment: shell escapes (``!pip``) find its tools first.
-    env_bin = os.path.join(facts["env"], "bin")
+    env_bin = os.path.join(env, "bin")
     path = os.environ.get("PATH", "")
     if path.split(os.pathsep)[:1] != [env_bin]:
         os.environ["PATH"] = env_bin + (os.pathsep + path if path else "")
-    os.environ["VIRTUAL_ENV"] = facts["env"]
+    os.environ["VIRTUAL_ENV"] = env
     os.environ.pop("PYTHONHOME", None)
-    python = sys.executable
+    # The version's own interpreter by its path under the resolved ENV (never through
+    # `current`), which makes it the process's sys.prefix.
+    python = os.path.join(env, "bin", "python")
     magic = os.path.join(folder, MAGIC_FILE)
     if os.path.isfile(magic):
         os.execv(python, [python, "-c", _BOOT, magic, *args])

@@ -15,6 +15,12 @@ Creators of a key hold its lock exclusively while installing and shared while th
 point ``current`` at an existing version; ``gc`` takes it exclusively without waiting and
 skips a version whose lock is busy. So ``gc`` never removes a version that is being
 built or is being made current at that moment.
+
+Using a version is recorded in its ``.envship-used`` stamp by ``create_env``,
+``check_env`` and every kernel start through envship's launcher. ``gc`` also never
+removes a version a process on this machine runs from (:mod:`envship._inuse` reads
+``/proc``); processes on other machines sharing the root cannot be seen, and only the
+stamp and the ``older_than`` grace protect what they use.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from typing import Any
 from . import _envroot
 from ._envroot import USED_NAME, version_key
 from ._flock import acquire, locked
-from .errors import EnvError, EnvshipError, Problem, TargetError
+from ._inuse import ProcessUse, users_of
+from .errors import EnvError, EnvInputError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
 from .install import MARKER_NAME, InstallError, ProgressFn, install
 from .lockfile import LockFile
@@ -47,8 +54,10 @@ __all__ = [
     "USED_NAME",
     "EnvError",
     "EnvInfo",
+    "EnvInputError",
     "EnvVersion",
     "GcResult",
+    "VersionInUse",
     "VersionInfo",
     "check_env",
     "create_env",
@@ -67,7 +76,7 @@ def _plain(value: Any) -> Any:
         return round(value, 3)
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
-    if isinstance(value, _Json):
+    if isinstance(value, _Json | ProcessUse):
         return value.to_json()
     return str(value) if isinstance(value, Path) else value
 
@@ -121,9 +130,20 @@ class EnvInfo(_Json):
 
 
 @dataclass(frozen=True, slots=True)
+class VersionInUse(_Json):
+    """A version ``gc`` kept because a process on this machine runs from it."""
+
+    name: str
+    key: str
+    path: Path
+    processes: tuple[ProcessUse, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GcResult(_Json):
     removed: tuple[VersionInfo, ...]  # with ``dry_run``: what would be removed
     busy: tuple[VersionInfo, ...]  # old enough, but its lock was held: left alone
+    in_use: tuple[VersionInUse, ...]  # old enough, but a process here runs from it
     kept: int  # current or recently used versions
     freed: int  # bytes (would be) freed
     dry_run: bool
@@ -158,6 +178,24 @@ def _version(
         current=True,
         seconds=time.monotonic() - started,
     )
+
+
+# An invalid name and a root that does not exist (mistyped, not mounted) are bad input
+# (exit 2), not a step that failed; _envroot reports both as EnvError.
+
+
+def _env_folder(root: Path, name: str) -> Path:
+    try:
+        return _envroot.env_folder(root, name)
+    except EnvError as exc:
+        raise EnvInputError(exc.message, problems=exc.problems, hint=exc.hint) from None
+
+
+def _existing_root(root: Path) -> Path:
+    try:
+        return _envroot.require_root(root)
+    except EnvError as exc:
+        raise EnvInputError(exc.message, problems=exc.problems, hint=exc.hint) from None
 
 
 def _base_python(python: str | None) -> str:
@@ -245,7 +283,7 @@ def create_env(
     Concurrent callers (processes, machines sharing ``root``) make one copy.
     """
     started = time.monotonic()
-    env_dir = _envroot.env_folder(root, name)
+    env_dir = _env_folder(root, name)
     base = _base_python(python)
     chosen_groups = lock.chosen_groups(groups)  # unknown ones refused before anything is made
     chosen = _chosen_target(lock, target, base)
@@ -308,52 +346,82 @@ def _info(env_dir: Path, key: str, current: str | None, *, size: bool) -> Versio
 def list_envs(root: Path, *, sizes: bool = False) -> list[EnvInfo]:
     """Every environment under ``root`` with its versions; reads only, takes no lock."""
     found: list[EnvInfo] = []
-    for env_dir in _envroot.env_dirs(_envroot.require_root(root)):
+    for env_dir in _envroot.env_dirs(_existing_root(root)):
         current = _envroot.current_key(env_dir)
         versions = [_info(env_dir, k, current, size=sizes) for k in _envroot.version_keys(env_dir)]
         found.append(EnvInfo(env_dir.name, env_dir, current, tuple(versions)))
     return found
 
 
+def _cutoff(older_than: timedelta) -> datetime:
+    try:
+        return datetime.now(timezone.utc) - older_than
+    except OverflowError:  # longer ago than datetime reaches: nothing is that old
+        return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _stale(env_dir: Path, key: str, cutoff: datetime) -> bool:
+    """Neither current nor used since ``cutoff``: a candidate for removal."""
+    path = env_dir / "versions" / key
+    return key != _envroot.current_key(env_dir) and _envroot.last_used(path) < cutoff
+
+
 def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
     """Remove versions that are not current and were last used before ``older_than`` ago.
 
     Incomplete versions (a killed creator) count by their folder's age. A version whose
-    lock is held (being created, or being made current) is skipped and reported busy.
+    lock is held (being created, or being made current) is skipped and reported busy; one
+    that a process on this machine runs from (:func:`envship._inuse.users_of`) is kept
+    and reported in use. Processes on other machines cannot be seen: for them the use
+    stamp (refreshed by create, check and every kernel start) and ``older_than`` are the
+    only guard.
     """
-    cutoff = datetime.now(timezone.utc) - older_than
+    cutoff = _cutoff(older_than)
+    envs = _envroot.env_dirs(_existing_root(root))
     removed: list[VersionInfo] = []
     busy: list[VersionInfo] = []
+    in_use: list[VersionInUse] = []
+    held: list[tuple[Path, str, int]] = []  # candidates whose lock we hold: (env, key, fd)
     kept = 0
-    for env_dir in _envroot.env_dirs(_envroot.require_root(root)):
-        for key in _envroot.version_keys(env_dir):
-            path = env_dir / "versions" / key
-            if key == _envroot.current_key(env_dir) or _envroot.last_used(path) >= cutoff:
-                kept += 1
-                continue
-            lock_path = _envroot.key_lock(env_dir, key)
-            fd = acquire(lock_path, wait=False)
-            if fd is None:
-                busy.append(_info(env_dir, key, None, size=False))
-                continue
-            try:
-                # Decided again under the lock: it may have become current or been used.
-                current = _envroot.current_key(env_dir)
-                if key == current or _envroot.last_used(path) >= cutoff:
+    try:
+        for env_dir in envs:
+            for key in _envroot.version_keys(env_dir):
+                if not _stale(env_dir, key, cutoff):
                     kept += 1
                     continue
-                removed.append(_info(env_dir, key, current, size=True))
+                fd = acquire(_envroot.key_lock(env_dir, key), wait=False)
+                if fd is None:
+                    busy.append(_info(env_dir, key, None, size=False))
+                else:
+                    held.append((env_dir, key, fd))
+        # Decided again under the locks (it may have become current or been used), then
+        # one pass over /proc for all of them, and the stamps once more: a kernel start
+        # stamps before it runs, so one that began during the pass is seen either way.
+        stale = [(env_dir, key) for env_dir, key, _ in held if _stale(env_dir, key, cutoff)]
+        kept += len(held) - len(stale)
+        users = users_of([env_dir / "versions" / key for env_dir, key in stale])
+        for env_dir, key in stale:
+            path = env_dir / "versions" / key
+            if path in users:
+                in_use.append(VersionInUse(env_dir.name, key, path, users[path]))
+            elif not _stale(env_dir, key, cutoff):
+                kept += 1
+            else:
+                removed.append(_info(env_dir, key, _envroot.current_key(env_dir), size=True))
                 if not dry_run:
                     _envroot.discard(env_dir, key)
-                    lock_path.unlink(missing_ok=True)  # waiters re-check the inode
-            finally:
-                os.close(fd)
-        trash = env_dir / ".trash"
-        if not dry_run and trash.is_dir():
-            for leftover in trash.iterdir():  # a gc or creator killed before its rmtree
-                shutil.rmtree(leftover, ignore_errors=True)
+                    _envroot.key_lock(env_dir, key).unlink(missing_ok=True)  # waiters re-check
+    finally:
+        for _, _, fd in held:
+            os.close(fd)
+    if not dry_run:
+        for env_dir in envs:
+            trash = env_dir / ".trash"
+            if trash.is_dir():
+                for leftover in trash.iterdir():  # a gc or creator killed before its rmtree
+                    shutil.rmtree(leftover, ignore_errors=True)
     freed = sum(v.size or 0 for v in removed)
-    return GcResult(tuple(removed), tuple(busy), kept, freed, dry_run)
+    return GcResult(tuple(removed), tuple(busy), tuple(in_use), kept, freed, dry_run)
 
 
 def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion:
@@ -364,7 +432,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     the one running envship, one interpreter start.
     """
     started = time.monotonic()
-    env_dir = _envroot.env_folder(_envroot.require_root(root), name)
+    env_dir = _env_folder(_existing_root(root), name)
     key = _envroot.current_key(env_dir) or ""
     path = env_dir / "versions" / key
     marker = _envroot.read_marker(path) if key else None

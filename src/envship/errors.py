@@ -16,11 +16,14 @@ __all__ = [
     "AddError",
     "ArtifactError",
     "EnvError",
+    "EnvInputError",
     "EnvshipError",
     "ImageError",
+    "ImageInputError",
     "IndexExportError",
     "InvalidLockError",
     "KernelError",
+    "KernelInputError",
     "LockError",
     "NetworkError",
     "Problem",
@@ -222,6 +225,16 @@ class ImageError(EnvshipError):
     kind = "image"
 
 
+class ImageInputError(ImageError):
+    """The image named is not there or cannot be used as given: a malformed reference or
+    archive name, no such layout, tag or archive, a layout holding several images with
+    none named, a truncated archive, an image envship did not build. Bad input (exit 2),
+    where :class:`ImageError` itself is a failure to do the work (a full disk)."""
+
+    exit_code = 2
+    kind = "image-input"
+
+
 class UnsupportedBaseError(ImageError):
     """A base image cannot carry the environment: no Python, or none of the lock's
     targets (another Python, architecture, too old a glibc). Bad input, like a target
@@ -278,3 +291,20 @@ class RegistryAuthError(RegistryError):
     and how to log in; it never carries the secret."""
 
     kind = "registry-auth"
+
+
+class EnvInputError(EnvError):
+    """A persistent environment was asked for with bad input: no root given, a root that
+    does not exist, an invalid environment name. Bad input (exit 2), where
+    :class:`EnvError` itself is a failure to do the work (a full disk)."""
+
+    exit_code = 2
+    kind = "env-input"
+
+
+class KernelInputError(KernelError):
+    """A kernel was asked for with bad input: an invalid kernel name, placements that
+    exclude each other. Bad input (exit 2)."""
+
+    exit_code = 2
+    kind = "kernel-input"

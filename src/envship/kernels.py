@@ -11,11 +11,15 @@ makes the kernel appear at once; nothing waits for a discovery cache.
 ``argv`` does not start the environment's Python with ipykernel directly. It runs a
 launcher copied into the kernelspec folder (:mod:`envship._launcher`, a sh + Python
 file that needs only the standard library, since envship is not installed in the
-environment). The launcher first checks that this machine can run the environment
-(platform, CPython X.Y, glibc floor, a GPU for cuda), using the facts recorded under
+environment). At every start the launcher resolves the environment (``ROOT/NAME/current``
+to the version it names then), reads that environment's own install marker and checks
+that this machine can run it (platform, CPython X.Y, glibc floor, a GPU for cuda), and
+refuses with a readable reason instead of importing wheels built for another machine.
 ``metadata.envship`` (the docs' "additional attributes", namespaced per tool as they
-ask), and refuses with a readable reason instead of importing wheels built for another
-machine. ``{connection_file}`` in ``argv`` is filled in by Jupyter, as the docs specify.
+ask) records which environment the kernel is for and, for listing, what it was when
+registered. ``{connection_file}`` in ``argv`` is filled in by Jupyter, as the docs
+specify. ``kernel list`` runs each launcher in its check mode, so what it shows is what
+a start would do.
 
 The folder also holds ``envship_magic.py``, a copy of :mod:`envship._magic` (the
 ``%envship add`` notebook magic, standard library only), which the launcher preloads
@@ -34,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -43,7 +48,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._kernelenv import checked_name, env_label, kernel_name_for, read_env
-from .errors import KernelError, Problem
+from ._launcher import CHECK_FLAG
+from .errors import KernelError, KernelInputError, Problem
 from .install import MARKER_NAME
 from .targets import Target
 
@@ -53,6 +59,7 @@ __all__ = [
     "MAGIC_NAME",
     "KernelError",
     "KernelInfo",
+    "KernelInputError",
     "KernelSpecResult",
     "install_kernel",
     "jupyter_kernel_dirs",
@@ -66,6 +73,7 @@ LAUNCHER_NAME = "envship-kernel-launcher"
 MAGIC_NAME = "envship_magic.py"  # the launcher preloads it under this name (_launcher.py)
 _FACTS_FORMAT = 1
 _STAGING_PREFIX = ".envship-staging-"
+_CHECK_SECONDS = 60  # one interpreter start; generous for a cold shared volume
 
 Placement = Literal["user", "system", "prefix", "kernel-dir"]
 
@@ -79,6 +87,7 @@ class KernelSpecResult:
     resource_dir: Path  # the kernelspec folder, holding kernel.json and the launcher
     placement: Placement
     env: Path
+    follows: bool  # env is a link (ROOT/NAME/current): each start runs what it names then
     python: Path  # the environment's interpreter the launcher checks and then runs
     lock_digest: str
     target: Target
@@ -99,9 +108,12 @@ class KernelInfo:
     resource_dir: Path
     env: Path
     env_exists: bool  # the environment's install marker is still there
-    lock_digest: str | None
-    target: str | None  # the target's name
+    lock_digest: str | None  # the environment's now (following `current`), else as registered
+    target: str | None  # the target's name, likewise
     shadowed: bool  # a kernelspec of the same name earlier on the path wins
+    fits: bool | None  # the launcher's verdict on this machine; None when not asked
+    reasons: tuple[str, ...]  # why the launcher would refuse to start
+    launcher_outdated: bool  # its launcher is not this envship's: `kernel install` again
 
     def to_json(self) -> dict[str, Any]:
         return _to_json(self)
@@ -123,7 +135,7 @@ def _placement(user: bool, prefix: Path | None, kernel_dir: Path | None) -> tupl
     from jupyter_core.paths import SYSTEM_JUPYTER_PATH, jupyter_data_dir
 
     if prefix is not None and kernel_dir is not None:
-        raise KernelError("give --prefix or --kernel-dir, not both")
+        raise KernelInputError("give --prefix or --kernel-dir, not both")
     if kernel_dir is not None:
         return Path(os.path.abspath(kernel_dir)), "kernel-dir"
     if prefix is not None:
@@ -250,14 +262,16 @@ def install_kernel(
     prefix: Path | None = None,
     kernel_dir: Path | None = None,
 ) -> KernelSpecResult:
-    """Register the environment at ``env`` (made by ``envship install``) as a kernel.
+    """Register the environment at ``env`` (made by ``envship install`` or ``envship env
+    create``) as a kernel.
 
     Placement, as ``jupyter kernelspec install`` does it: ``kernel_dir`` (a ``kernels``
     folder; the kernelspec goes to ``kernel_dir/name``), else ``prefix`` (to
     ``prefix/share/jupyter/kernels``), else the user data dir when ``user``, else the
     first system dir. An earlier kernelspec of the same name is replaced only if envship
     made it. The environment path is kept as given (not resolved), so a kernel made
-    for a symlink such as ``envs/ds/current`` follows it.
+    for a symlink such as ``envs/ds/current`` follows it: each start resolves it and
+    runs the version it names then, by that version's own interpreter.
     """
     env = Path(os.path.abspath(env))
     marker, target = read_env(env)
@@ -282,6 +296,7 @@ def install_kernel(
         resource_dir=resource_dir,
         placement=placement,
         env=env,
+        follows=env.is_symlink(),
         python=env / "bin" / "python",
         lock_digest=marker["lock"]["digest"],
         target=target,
@@ -302,27 +317,94 @@ def _specs_in(kernels_dir: Path) -> list[Path]:
     return [c for c in children if c.is_dir() and (c / KERNEL_JSON).is_file()]
 
 
-def _info(resource_dir: Path, facts: dict[str, Any], *, shadowed: bool) -> KernelInfo:
-    env = Path(facts["env"])
+def _verdict(resource_dir: Path) -> tuple[bool, tuple[str, ...]]:
+    """What the kernelspec's own launcher says of this machine, run as Jupyter would run
+    it but in its check mode (it starts nothing and stamps no use).
+
+    Its own copy, not this envship's: a kernelspec written by an older envship starts
+    with the launcher it holds, so that is the one whose answer counts.
+    """
+    try:
+        spec = json.loads((resource_dir / KERNEL_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return False, (f"cannot read its {KERNEL_JSON}: {exc}",)
+    argv = spec.get("argv") if isinstance(spec, dict) else None
+    if not (
+        isinstance(argv, list)
+        and len(argv) >= 3
+        and all(isinstance(a, str) for a in argv)
+        and os.path.basename(argv[1]) == LAUNCHER_NAME
+    ):
+        # Anything else might start a kernel when asked to check: never run it.
+        return False, ("kernel.json does not start envship's launcher",)
+    try:
+        proc = subprocess.run(
+            [*argv[:3], CHECK_FLAG],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_CHECK_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, (f"its launcher could not be run: {exc}",)
+    if proc.returncode == 0:
+        return True, ()
+    lines = proc.stderr.splitlines()
+    reasons = [line[4:] for line in lines if line.startswith("  - ")]
+    reasons = reasons or [line.removeprefix("envship: ") for line in lines[:1]]
+    return False, tuple(reasons or [f"its launcher exited with code {proc.returncode}"])
+
+
+def _recorded(env: Path, facts: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(lock digest, target name)`` of the environment as it is now (``current``
+    followed), else as the kernelspec recorded them."""
+    try:
+        marker = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
+        return str(marker["lock"]["digest"]), str(marker["target"]["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     target = facts.get("target")
     digest = facts.get("lock_digest")
+    return (
+        digest if isinstance(digest, str) else None,
+        str(target["name"]) if isinstance(target, dict) and "name" in target else None,
+    )
+
+
+def _info(resource_dir: Path, facts: dict[str, Any], *, shadowed: bool, check: bool) -> KernelInfo:
+    env = Path(facts["env"])
+    digest, target = _recorded(env, facts)
+    fits, reasons = _verdict(resource_dir) if check else (None, ())
+    ours = resources.files("envship").joinpath("_launcher.py").read_bytes()
+    try:
+        outdated = (resource_dir / LAUNCHER_NAME).read_bytes() != ours
+    except OSError:
+        outdated = True
     return KernelInfo(
         name=resource_dir.name.lower(),
         display_name=facts["_display_name"],
         resource_dir=resource_dir,
         env=env,
         env_exists=(env / MARKER_NAME).is_file(),
-        lock_digest=digest if isinstance(digest, str) else None,
-        target=str(target["name"]) if isinstance(target, dict) and "name" in target else None,
+        lock_digest=digest,
+        target=target,
         shadowed=shadowed,
+        fits=fits,
+        reasons=reasons,
+        launcher_outdated=outdated,
     )
 
 
-def list_kernels(kernel_dirs: Sequence[Path] | None = None) -> list[KernelInfo]:
+def list_kernels(
+    kernel_dirs: Sequence[Path] | None = None, *, check: bool = True
+) -> list[KernelInfo]:
     """The kernelspecs envship made in ``kernel_dirs`` (default: Jupyter's search path).
 
     Each is listed where it is found, in search order; one hidden by an earlier
-    kernelspec of the same name (envship's or not) is marked ``shadowed``.
+    kernelspec of the same name (envship's or not) is marked ``shadowed``. With
+    ``check``, each kernelspec's launcher is asked (one interpreter start each) whether
+    this machine can run its environment, exactly as it decides at a kernel start.
     """
     dirs = list(kernel_dirs) if kernel_dirs is not None else jupyter_kernel_dirs()
     seen: set[str] = set()
@@ -332,7 +414,7 @@ def list_kernels(kernel_dirs: Sequence[Path] | None = None) -> list[KernelInfo]:
             key = resource_dir.name.lower()
             facts = _facts(resource_dir)
             if facts is not None:
-                found.append(_info(resource_dir, facts, shadowed=key in seen))
+                found.append(_info(resource_dir, facts, shadowed=key in seen, check=check))
             seen.add(key)
     return found
 
@@ -357,7 +439,7 @@ def remove_kernel(name: str, *, kernel_dirs: Sequence[Path] | None = None) -> Ke
             f"the kernelspec {name!r} at {match} was not made by envship; refusing to remove it",
             hint=f"remove it with `jupyter kernelspec remove {key}` if you mean to",
         )
-    info = _info(match, facts, shadowed=False)
+    info = _info(match, facts, shadowed=False, check=False)
     # Out of Jupyter's sight in one rename, then deleted at leisure.
     staging: Path | None = None
     try:

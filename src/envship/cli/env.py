@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..envs import EnvError, check_env, create_env, gc, list_envs
+from ..envs import EnvInputError, check_env, create_env, gc, list_envs
 from ..lockfile import LockFile
 from ..store import Store
 from ._common import (
@@ -43,7 +43,7 @@ def _root_option(func: F) -> F:
 
 def _root(root: Path | None) -> Path:
     if root is None:
-        raise EnvError(
+        raise EnvInputError(
             "no environment root given",
             hint="pass --root DIR or set ENVSHIP_ROOT to a folder on the shared volume "
             "(for example an EFS mount seen by every instance)",
@@ -56,7 +56,12 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedel
     found = _DURATION.match(value.strip())
     if found is None:
         raise click.BadParameter(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
-    return timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+    try:
+        return timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+    except OverflowError:  # timedelta stops at 999999999 days
+        raise click.BadParameter(
+            f"{value!r} is too long; the longest is {timedelta.max.days}d"
+        ) from None
 
 
 def _size(n: int | None) -> str:
@@ -109,10 +114,11 @@ def create(
       envship env create ds --root /mnt/efs/envs --lock pylock.toml
       ENVSHIP_ROOT=/mnt/efs/envs envship env create ds --group dev --json
     """
+    env_root = _root(root)  # first: with no root, nothing else matters
     version = create_env(
         LockFile.load(lock_path),
         Store.at(store_dir),
-        _root(root),
+        env_root,
         name=name,
         python=python,
         target=target,
@@ -168,7 +174,23 @@ def list_(root: Path | None, sizes: bool, as_json: bool) -> None:
 def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json: bool) -> None:
     """Remove versions that are not current and have not been used for a while.
 
-    A version being created or switched to (its lock is held) is never removed.
+    \b
+    A version is never removed while:
+      - it is current;
+      - it was used within --older-than: `env create`, `env check` and every
+        start of a kernel envship registered refresh its use stamp
+        (VERSION/.envship-used);
+      - it is being created or made current (its lock is held);
+      - a process on THIS machine runs from it: its command line, VIRTUAL_ENV
+        or PATH, executable, working directory, or a mapped or open file names
+        a path inside it (for other users' processes only the command line,
+        unless gc runs as root).
+
+    Processes on other machines sharing the root (and in other containers)
+    cannot be seen. For them only the use stamp and the --older-than grace
+    count: a job started there straight from a version's bin/ (not as a kernel)
+    and still running after --older-than without a new create, check or kernel
+    start may lose its version. Give --older-than longer than such jobs run.
     """
     result = gc(_root(root), older_than=older_than, dry_run=dry_run)
     if as_json:
@@ -179,7 +201,10 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
         state = "" if v.complete else " (incomplete)"
         click.echo(f"{verb} {v.name}/{v.key}{state} {_size(v.size)}")
     for v in result.busy:
-        click.echo(f"skipped {v.name}/{v.key}: in use by another process")
+        click.echo(f"skipped {v.name}/{v.key}: being created or made current (its lock is held)")
+    for u in result.in_use:
+        who = ", ".join(f"{p.pid} ({p.command})" for p in u.processes)
+        click.echo(f"kept {u.name}/{u.key}: in use by process {who}")
     click.echo(
         f"{verb} {len(result.removed)} version(s), {_size(result.freed)}; kept {result.kept}"
     )

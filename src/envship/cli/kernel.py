@@ -19,11 +19,13 @@ _KERNEL_DIR_HELP = (
 
 @click.group("kernel")
 def command() -> None:
-    """Jupyter kernels for environments made by `envship install`.
+    """Jupyter kernels for environments made by `envship install` or `envship env create`.
 
     The kernelspec is written straight into a Jupyter data dir, so it shows at once.
-    Its launcher checks that the machine fits the environment (platform, CPython,
-    glibc, GPU for cuda) before it starts ipykernel, and says why when it does not.
+    At every start its launcher checks that the machine fits the environment
+    (platform, CPython, glibc, GPU for cuda) before it starts ipykernel, and says why
+    when it does not. A kernel for ROOT/NAME/current runs, at each start, the version
+    `current` names then.
     """
 
 
@@ -81,10 +83,17 @@ def install_cmd(
     verb = "replaced" if result.replaced else "installed"
     click.echo(f"{verb} kernel {result.name!r} ({result.display_name}) in {result.resource_dir}")
     t = result.target
-    click.echo(
-        f"  starts {result.python} after checking the machine fits {t.platform.id} "
-        f"(glibc >= {t.glibc}, CPython {t.python}, {t.variant})"
-    )
+    if result.follows:
+        click.echo(
+            f"  each start runs the version {result.env} names then, after checking the "
+            f"machine fits it (now {t.platform.id}, glibc >= {t.glibc}, CPython {t.python}, "
+            f"{t.variant})"
+        )
+    else:
+        click.echo(
+            f"  starts {result.python} after checking the machine fits {t.platform.id} "
+            f"(glibc >= {t.glibc}, CPython {t.python}, {t.variant})"
+        )
     if not result.on_jupyter_path:
         parent = result.resource_dir.parent
         hint = parent.parent if parent.name == "kernels" else parent
@@ -95,9 +104,8 @@ def install_cmd(
 
 
 def _status(k: KernelInfo) -> str:
-    if not k.env_exists:
-        return "environment missing"
-    return "shadowed" if k.shadowed else "ok"
+    verdict = "fits" if k.fits else "refuses"
+    return f"{verdict}, shadowed" if k.shadowed else verdict
 
 
 def _search_dirs_option(func: F) -> F:
@@ -114,7 +122,9 @@ def _search_dirs_option(func: F) -> F:
 @_search_dirs_option
 @json_option
 def list_cmd(kernel_dirs: tuple[Path, ...], as_json: bool) -> None:
-    """List the kernels envship made, where Jupyter finds them."""
+    """List the kernels envship made, where Jupyter finds them, and whether each would
+    start on this machine: its own launcher is asked, in the check mode that starts
+    nothing ("fits", or "refuses" and its reasons)."""
     kernels = list_kernels(list(kernel_dirs) if kernel_dirs else None)
     if as_json:
         echo_json({"kernels": [k.to_json() for k in kernels]})
@@ -123,9 +133,16 @@ def list_cmd(kernel_dirs: tuple[Path, ...], as_json: bool) -> None:
         click.echo("no envship kernels found")
         return
     width = max(len(k.name) for k in kernels)
+    pad = " " * width
     for k in kernels:
-        click.echo(f"{k.name:<{width}}  {_status(k):<19}  {k.env}  ({k.display_name})")
-        click.echo(f"{'':<{width}}  {'':<19}  {k.resource_dir}")
+        click.echo(f"{k.name:<{width}}  {_status(k):<17}  {k.env}  ({k.display_name})")
+        click.echo(f"{pad}  {'':<17}  {k.resource_dir}")
+        for reason in k.reasons:
+            click.echo(f"{pad}  refuses: {reason}")
+        if k.launcher_outdated:
+            where = k.resource_dir.parent
+            again = f"envship kernel install {k.env} --name {k.name} --kernel-dir {where}"
+            click.echo(f"{pad}  its launcher is an older envship's; renew it: {again}")
 
 
 @command.command("remove")
