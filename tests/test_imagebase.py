@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from envship.errors import ImageError
-from envship.imagebase import BaseFacts, match_base, probe_base, probe_image
+from envship.errors import ImageError, UnsupportedBaseError
+from envship.imagebase import BaseFacts, check_image_target, match_base, probe_base, probe_image
 from envship.layer import LayerWriter
 from envship.layerview import LayerView
 from envship.lockfile import LockFile
+from envship.targets import Target
 from imagelib import BaseImage, make_image
 from serviceslib import DockerEngine
 from test_image import (
@@ -223,8 +224,9 @@ def test_python_removed_by_an_upper_layer_is_not_found(tmp_path: Path) -> None:
 )
 def test_other_systems_are_refused(tmp_path: Path, config: dict[str, str], match: str) -> None:
     view = LayerView([layer(tmp_path, python_org)])
-    with pytest.raises(ImageError, match=match):
+    with pytest.raises(UnsupportedBaseError, match=match) as caught:
         probe_base(view, config, where="test-base")
+    assert caught.value.exit_code == 2  # a base that cannot carry it: bad input
 
 
 def test_unversioned_python_is_no_python(tmp_path: Path) -> None:
@@ -284,29 +286,33 @@ def test_base_fits_the_target_of_its_architecture(
     assert match_base(lock, bookworm_facts, where="bookworm").name == PLATFORM
 
 
+MISFITS = [
+    (
+        [image_target(python="3.12")],
+        [(PLATFORM, "Python 3.12 needed, interpreter is 3.11")],
+    ),
+    (
+        [image_target(glibc="2.38"), image_target("gpu", variant="cuda")],
+        [
+            (PLATFORM, "glibc 2.38 needed, host has 2.36"),
+            ("gpu", "cuda variant but no GPU found"),
+        ],
+    ),
+    (
+        [image_target(f"linux-{OTHER}", platform=f"linux-{OTHER}", python="3.12")],
+        [
+            (f"linux-{OTHER}", f"{OTHER} needed, machine is {MACHINE}"),
+            (f"linux-{OTHER}", "Python 3.12 needed, interpreter is 3.11"),
+        ],
+    ),
+]
+MISFIT_IDS = ["python", "glibc-and-gpu", "architecture"]
+
+
 @pytest.mark.parametrize(
     ("targets", "reasons"),
-    [
-        (
-            [image_target(python="3.12")],
-            [(PLATFORM, "Python 3.12 needed, interpreter is 3.11")],
-        ),
-        (
-            [image_target(glibc="2.38"), image_target("gpu", variant="cuda")],
-            [
-                (PLATFORM, "glibc 2.38 needed, host has 2.36"),
-                ("gpu", "cuda variant but no GPU found"),
-            ],
-        ),
-        (
-            [image_target(f"linux-{OTHER}", platform=f"linux-{OTHER}", python="3.12")],
-            [
-                (f"linux-{OTHER}", f"{OTHER} needed, machine is {MACHINE}"),
-                (f"linux-{OTHER}", "Python 3.12 needed, interpreter is 3.11"),
-            ],
-        ),
-    ],
-    ids=["python", "glibc-and-gpu", "architecture"],
+    MISFITS,
+    ids=MISFIT_IDS,
 )
 def test_base_that_is_no_target_is_refused_with_every_reason(
     tmp_path: Path,
@@ -343,3 +349,34 @@ def test_cuda_base_prefers_the_cuda_target(tmp_path: Path, sample: tuple[Setup, 
         image_target("gpu", python="3.12", variant="cuda"),
     )
     assert match_base(lock, facts, where="cuda").name == "gpu"
+
+
+def as_target(raw: dict[str, str]) -> Target:
+    """A lock's ``[[tool.envship.targets]]`` table as the lock reads it."""
+    fields = {k: v for k, v in raw.items() if k not in ("name", "platform")}
+    return Target.create(raw["name"], platform_id=raw["platform"], **fields)
+
+
+@pytest.mark.parametrize(("targets", "reasons"), MISFITS, ids=MISFIT_IDS)
+def test_an_image_whose_own_facts_do_not_fit_its_target_is_refused(
+    bookworm_facts: BaseFacts, targets: list[dict[str, str]], reasons: list[tuple[str, str]]
+) -> None:
+    """What ``verify --image`` checks: the target the image's environment names must run
+    on the interpreter, architecture and C library the image really has."""
+    for raw in targets:
+        target = as_target(raw)
+        with pytest.raises(UnsupportedBaseError) as caught:
+            check_image_target(target, bookworm_facts, where="img")
+        error = caught.value
+        assert error.exit_code == 2
+        assert error.message == (
+            f"the image img ({bookworm_facts.describe()}) cannot run the lock's target "
+            f"{target.name}, which its environment was built for"
+        )
+        assert [(p.where, p.message) for p in error.problems] == [
+            r for r in reasons if r[0] == target.name
+        ]
+
+
+def test_an_image_whose_own_facts_fit_its_target_passes(bookworm_facts: BaseFacts) -> None:
+    check_image_target(as_target(image_target()), bookworm_facts, where="img")

@@ -3,20 +3,29 @@ inside an image equals the lock, read from the layers without running anything."
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
+import marshal
+import struct
+import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from envship.errors import ImageError
+from envship.dockerarchive import write_docker_archive
+from envship.errors import ImageInputError, TargetError, UnsupportedBaseError
 from envship.image import BuiltImage
+from envship.imagebase import probe_image
 from envship.imageinspect import inspect_image, verify_image
 from envship.imageio import ImageSource, open_image, write_image
 from envship.install import MARKER_NAME
 from envship.layer import LayerWriter
-from envship.oci import OCI_CONFIG, OCI_MANIFEST, ImageManifest
+from envship.layerfs import iter_layer
+from envship.oci import OCI_CONFIG, OCI_MANIFEST, ImageManifest, sha256_digest
 from envship.ocilayout import LayoutImage, OciLayout
 from envship.store import Store
 from imagelib import BaseImage, make_image
@@ -26,6 +35,7 @@ from test_image import (
     Setup,
     _no_source_date_epoch,
     bookworm_facts,
+    build,
     image_target,
     sample,
     sample_layout,
@@ -131,14 +141,43 @@ def test_inspect_lists_layers_and_their_distributions(
 def test_layers_without_annotations_are_scanned(
     tmp_path: Path, sample: tuple[Setup, BuiltImage], sample_source: tuple[ImageSource, Store]
 ) -> None:
-    """A docker-archive drops layer annotations: the same answer comes from the tars."""
+    """An image whose manifest lost the layer annotations (pushed and pulled by a tool
+    that rewrites manifests): the same answer comes from the tars."""
     built = sample[1]
     _, store = sample_source  # its cache already knows the base layer
-    archive = write_image(built, f"docker-archive:{tmp_path / 'img.tar'}")
-    info = inspect_image(open_image(archive, store), store)
+    archive = tmp_path / "img.tar"
+    write_docker_archive(archive, config=built.config_bytes, layers=built.layer_paths, repo_tags=[])
+    source = open_image(f"docker-archive:{archive}", store)
+    assert all(not layer.annotations for layer in source.image.manifest.layers)
+    info = inspect_image(source, store)
     assert [layer.distributions for layer in info.layers] == [
         layer.distributions for layer in built.layers
     ]
+
+
+def test_docker_save_layers_are_not_called_compressed(tmp_path: Path) -> None:
+    """``docker save`` writes plain tars: their sizes are not compressed sizes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        entry = tarfile.TarInfo("etc/hello")
+        entry.size = 6
+        tar.addfile(entry, io.BytesIO(b"hello\n"))
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(raw.getvalue())
+    base = make_image(tmp_path / "base", lambda w: w.add_file("etc/x", b"x"), tag="t")
+    config = replace(base.config, diff_ids=(*base.config.diff_ids, sha256_digest(raw.getvalue())))
+    archive = tmp_path / "saved.tar"
+    write_docker_archive(
+        archive, config=config.to_bytes(), layers=[*base.layers, plain], repo_tags=["s:1"]
+    )
+    store = Store(tmp_path / "store")
+    info = inspect_image(open_image(f"docker-archive:{archive}", store), store)
+    assert [layer.compressed for layer in info.layers] == [True, False]
+    assert info.compression == "partly compressed"
+    assert info.to_json()["layers"][1]["compressed"] is False
+    only_plain = replace(info, layers=info.layers[1:])
+    assert only_plain.compression == "uncompressed"
+    assert replace(info, layers=info.layers[:1]).compression == "compressed"
 
 
 def test_scan_finds_dist_packages_and_site_packages(tmp_path: Path) -> None:
@@ -219,9 +258,57 @@ def test_image_not_built_by_envship_is_refused(
     tmp_path: Path, sample: tuple[Setup, BuiltImage], bookworm_layout: BaseImage
 ) -> None:
     store = Store(tmp_path / "store")
-    with pytest.raises(ImageError, match="has no environment made by envship") as caught:
+    with pytest.raises(ImageInputError, match="has no environment made by envship") as caught:
         verify_image(sample[0].lock, open_image(bookworm_layout.ref, store))
     assert caught.value.hint and "envship image build" in caught.value.hint
+    assert caught.value.exit_code == 2
+
+
+def test_image_whose_python_is_not_the_target_s_is_refused(
+    tmp_path: Path,
+    slim_sample: tuple[Setup, BuiltImage, str],
+    slim_source: tuple[ImageSource, Store],
+) -> None:
+    """Built for 3.11, checked against a lock whose target of the same name needs 3.12:
+    the same files, but the image's interpreter cannot load that target's wheels."""
+    setup = slim_sample[0]
+    source, store = slim_source
+    py312 = write_lock(
+        tmp_path / "pylock.toml",
+        [setup.wheels[k] for k in ("alpha", "beta", "tool")],
+        targets=[image_target(python="3.12")],
+    )
+    with pytest.raises(UnsupportedBaseError) as caught:
+        verify_image(py312, source, store=store)
+    error = caught.value
+    assert error.exit_code == 2
+    assert error.message.startswith(f"the image {source.name} (linux-")
+    assert f"cannot run the lock's target {PLATFORM}" in error.message
+    assert [str(p) for p in error.problems] == [
+        f"{PLATFORM}: Python 3.12 needed, interpreter is 3.11"
+    ]
+    # The facts were read from the layers once, and kept by the image's digest.
+    probes = store.root / "images" / "probes"
+    assert (probes / f"{source.image.descriptor.digest.removeprefix('sha256:')}.json").is_file()
+    assert verify_image(setup.lock, source, store=store).identical
+
+
+def test_image_of_a_target_the_lock_lacks_is_refused(
+    tmp_path: Path,
+    slim_sample: tuple[Setup, BuiltImage, str],
+    slim_source: tuple[ImageSource, Store],
+) -> None:
+    setup = slim_sample[0]
+    source, _ = slim_source
+    other = write_lock(
+        tmp_path / "pylock.toml",
+        [setup.wheels[k] for k in ("alpha", "beta", "tool")],
+        targets=[image_target("elsewhere")],
+    )
+    with pytest.raises(TargetError, match=f"environment for target '{PLATFORM}'") as caught:
+        verify_image(other, source)
+    assert caught.value.exit_code == 2
+    assert [str(p) for p in caught.value.problems] == [f"{other.path}: its targets: elsewhere"]
 
 
 def test_image_without_its_marker_is_refused(
@@ -235,5 +322,37 @@ def test_image_without_its_marker_is_refused(
         tmp_path / "no-marker",
         lambda w: w.add_whiteout(f"opt/envship/venv/{MARKER_NAME}"),
     )
-    with pytest.raises(ImageError, match="cannot read the environment's marker"):
+    with pytest.raises(ImageInputError, match="cannot read the environment's marker") as caught:
         verify_image(slim_sample[0].lock, open_image(ref, store))
+    assert caught.value.exit_code == 2
+
+
+def test_bytecode_differences_name_paths_in_the_image(
+    tmp_path: Path, slim_layout: BaseImage, slim_sample: tuple[Setup, BuiltImage, str]
+) -> None:
+    """The byte-code check compiles sources unpacked in a temporary folder; what it
+    reports names them where they are in the image."""
+    setup = slim_sample[0]
+    facts = probe_image(slim_layout.layout.image(slim_layout.tag), where="slim")
+    built, _ = build(setup, slim_layout, facts, mtime=0, compile_bytecode=True)
+    source = f"{VENV_SITE}/alpha/__init__.py"
+    pyc = f"{VENV_SITE}/alpha/__pycache__/__init__.cpython-311.pyc"
+    holding = next(
+        path
+        for layer, path in zip(built.layers, built.layer_paths, strict=True)
+        if "alpha==1.0" in layer.distributions
+    )
+    size = next(info.size for info, _ in iter_layer(holding, layer="alpha") if info.name == source)
+    # Other code under a header that still matches the source: the image would run it.
+    code = compile('__version__ = "pwned"\n', "/x.py", "exec", dont_inherit=True)
+    forged = importlib.util.MAGIC_NUMBER + struct.pack("<III", 0, 0, size) + marshal.dumps(code)
+    ref = write_image(built, f"oci:{tmp_path / 'out'}:compiled")
+    image = OciLayout.open(tmp_path / "out").image("compiled")
+    changed = append_layer(image, tmp_path / "changed", lambda w: w.add_file(pyc, forged))
+    report = verify_image(setup.lock, open_image(changed, setup.store), bytecode=True)
+    assert verify_image(setup.lock, open_image(ref, setup.store), bytecode=True).identical
+    [difference] = report.differences
+    assert (difference.kind, difference.path) == ("changed", f"/{pyc}")
+    assert difference.expected == f"the code of /{source}"
+    shown = json.dumps([d.to_json() for d in report.differences])
+    assert "envship-verify-image" not in shown and tempfile.gettempdir() + "/" not in shown

@@ -8,25 +8,39 @@ import base64
 import gzip
 import io
 import json
+import os
+import re
 import tarfile
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
 from envship._http import RetryPolicy
+from envship.cli.main import main
 from envship.errors import (
     ArtifactError,
     ImageError,
+    ImageInputError,
     RegistryAuthError,
     RegistryError,
     UnsafeLayerError,
 )
 from envship.image import BuiltImage
 from envship.imagebase import BaseFacts, probe_image
-from envship.imageio import ImageSource, PushResult, open_image, push_image, write_image
+from envship.imageio import (
+    ImageSource,
+    PushResult,
+    check_output,
+    open_image,
+    parse_push_ref,
+    push_image,
+    verified_cache,
+    write_image,
+)
 from envship.layer import LayerWriter
 from envship.oci import (
     OCI_CONFIG,
@@ -53,10 +67,13 @@ from test_image import (
     image_target,
     make_setup,
     sample,
+    slim_layout,
+    slim_sample,
 )
 from test_install import build_wheels, write_lock
 
-__all__ = ["_no_source_date_epoch", "bookworm_facts", "sample"]  # fixtures, shared with test_image
+# Fixtures, shared with test_image.
+__all__ = ["_no_source_date_epoch", "bookworm_facts", "sample", "slim_layout", "slim_sample"]
 
 FAST = RetryPolicy(attempts=2, base_delay=0.001, max_delay=0.01)
 
@@ -107,13 +124,43 @@ def test_open_oci_layout_by_tag(tmp_path: Path, bookworm_layout: BaseImage) -> N
     assert source.image.descriptor.digest == bookworm_layout.descriptor.digest
     assert source.image.layer_paths == bookworm_layout.layers
     assert source.reference is None
-    with pytest.raises(ImageError, match="no image tagged 'nope'") as caught:
+    with pytest.raises(ImageInputError, match="no image tagged 'nope'") as caught:
         open_image(f"oci:{bookworm_layout.layout.root}:nope", store)
     assert caught.value.hint == "tags there: bookworm"
-    with pytest.raises(ImageError, match="is not an OCI image layout"):
-        open_image(f"oci:{tmp_path}", store)
-    with pytest.raises(ImageError, match="no docker-archive at"):
-        open_image(f"docker-archive:{tmp_path / 'none.tar'}", store)
+
+
+def two_images(folder: Path) -> str:
+    """A layout holding two tagged images: its ``oci:DIR`` reference, with no tag."""
+    make_image(folder, lambda w: w.add_file("etc/one", b"1"), tag="one")
+    make_image(folder, lambda w: w.add_file("etc/two", b"2"), tag="two")
+    return f"oci:{folder}"
+
+
+BAD_INPUT: list[tuple[str, Callable[[Path], str], str]] = [
+    ("no layout", lambda tmp: f"oci:{tmp / 'nonexistent'}:foo", "is not an OCI image layout"),
+    ("no tag", lambda tmp: f"{two_images(tmp / 'l')}:nosuchtag", "no image tagged 'nosuchtag'"),
+    ("no archive", lambda tmp: f"docker-archive:{tmp / 'none.tar'}", "no docker-archive at"),
+    ("uppercase", lambda tmp: "Foo/Bar:1", "invalid repository 'Foo/Bar'"),
+    ("bad tag", lambda tmp: "foo/bar:-1", "invalid tag '-1'"),
+    ("several images", lambda tmp: two_images(tmp / "l"), "holds 2 images; say which one"),
+    ("archive name", lambda tmp: f"docker-archive:{tmp}/x.tar:BadName:1", "'BadName'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"), [b[1:] for b in BAD_INPUT], ids=[b[0] for b in BAD_INPUT]
+)
+def test_bad_input_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Callable[[Path], str], message: str
+) -> None:
+    text = make(tmp_path)
+    with pytest.raises(ImageInputError, match=re.escape(message)) as caught:
+        open_image(text, Store(tmp_path / "store"))
+    assert caught.value.exit_code == 2
+    # The command line says the same, with no traceback.
+    code = main(["image", "inspect", text, "--store", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: {caught.value.message}" in err and "Traceback" not in err
 
 
 def test_docker_archive_round_trip(tmp_path: Path, sample: tuple[Setup, BuiltImage]) -> None:
@@ -122,9 +169,14 @@ def test_docker_archive_round_trip(tmp_path: Path, sample: tuple[Setup, BuiltIma
     assert written == f"docker-archive:{tmp_path / 'img.tar'}:team/ds:1"
     with tarfile.open(tmp_path / "img.tar") as tar:
         docker_manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
     assert docker_manifest[0]["RepoTags"] == ["team/ds:1"]
+    # One image, one digest: the archive holds the manifest the build reports.
+    assert [m["digest"] for m in index["manifests"]] == [built.digest]
     store = Store(tmp_path / "store")
     source = open_image(written.rsplit(":", 2)[0], store)
+    assert source.image.descriptor.digest == built.digest
+    assert source.image.manifest == built.manifest
     assert source.image.config.to_bytes() == built.config_bytes
     assert [d.digest for d in source.image.manifest.layers] == [
         layer.descriptor.digest for layer in built.layers
@@ -136,9 +188,56 @@ def test_docker_archive_round_trip(tmp_path: Path, sample: tuple[Setup, BuiltIma
 
 
 def test_unknown_output_is_refused(sample: tuple[Setup, BuiltImage], tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match="unknown output 'docker://x'") as caught:
+    with pytest.raises(ImageInputError, match="unknown output 'docker://x'") as caught:
         write_image(sample[1], "docker://x")
     assert caught.value.hint and "--push REF" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("docker://x", "unknown output"),
+        ("oci:", "invalid OCI layout reference"),
+        ("docker-archive:y.tar:BadName:1", "invalid docker-archive name 'BadName:1'"),
+        ("docker-archive:y.tar:ds@sha256:" + "a" * 64, "not by digest"),
+        ("docker-archive:", "invalid docker-archive reference"),
+    ],
+)
+def test_outputs_are_checked_before_anything_is_built(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ImageInputError, match=re.escape(message)) as caught:
+        check_output(text)
+    assert caught.value.exit_code == 2
+
+
+def test_archive_names_are_checked_and_default_to_latest(
+    tmp_path: Path, sample: tuple[Setup, BuiltImage]
+) -> None:
+    built = sample[1]
+    with pytest.raises(ImageInputError, match="'BadName'"):
+        write_image(built, f"docker-archive:{tmp_path / 'bad.tar'}:BadName:1")
+    assert not (tmp_path / "bad.tar").exists()
+    written = write_image(built, f"docker-archive:{tmp_path / 'x.tar'}:ds")
+    assert written == f"docker-archive:{tmp_path / 'x.tar'}:ds:latest"
+    with tarfile.open(tmp_path / "x.tar") as tar:
+        docker_manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert docker_manifest[0]["RepoTags"] == ["ds:latest"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("registry.example/team/ds@sha256:" + "a" * 64, "names a tag, not a digest"),
+        ("registry.example/team/ds:1@sha256:" + "a" * 64, "names a tag, not a digest"),
+        ("registry.example/Team/ds:1", "invalid repository 'Team/ds'"),
+    ],
+)
+def test_push_references_name_a_tag(text: str, message: str) -> None:
+    with pytest.raises(ImageInputError, match=re.escape(message)) as caught:
+        parse_push_ref(text)
+    assert caught.value.exit_code == 2
+    assert parse_push_ref("registry.example/team/ds:1").tag == "1"
 
 
 # -- a real registry -----------------------------------------------------------------------------
@@ -437,3 +536,136 @@ def test_malicious_base_layer_is_refused(
         probe_image(source.image, where=ref)
     assert caught.value.entry == entry and caught.value.exit_code == 4
     assert not (tmp_path / "escaped").exists()
+
+
+# -- every blob is checked against its digest, on the way in and on the way out ---------------
+
+
+def flip_os_byte(path: Path) -> None:
+    """Change a gzip layer's header OS byte (RFC 1952) in place: same size, same content,
+    other bytes, so only a digest check can tell."""
+    raw = bytearray(path.read_bytes())
+    raw[9] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_base_layout_with_a_changed_blob_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = unique_image(tmp_path / "base")
+    layer = base.manifest.layers[0]
+    blob = base.layout.blob_path(layer.digest)
+    ref = f"oci:{base.layout.root}:unique"
+    store = Store(tmp_path / "store")
+    assert open_image(ref, store).image.layer_paths == (blob,)
+    flip_os_byte(blob)
+    with pytest.raises(ArtifactError) as caught:
+        open_image(ref, store)
+    error = caught.value
+    assert error.exit_code == 4 and error.artifact == str(blob)
+    assert error.expected == f"{layer.digest} ({layer.size} bytes)"
+    code = main(["image", "inspect", ref, "--store", str(store.root)])
+    err = capsys.readouterr().err
+    assert code == 4 and f"error: {blob} does not match blob {layer.digest}" in err
+
+
+def test_an_unchanged_base_is_hashed_once_per_store(tmp_path: Path) -> None:
+    base = unique_image(tmp_path / "base")
+    blob = base.layout.blob_path(base.manifest.layers[0].digest)
+    old = blob.stat().st_mtime_ns - 60 * 10**9  # a base pulled a while ago
+    os.utime(blob, ns=(old, old))
+    store = Store(tmp_path / "store")
+    open_image(f"oci:{base.layout.root}:unique", store)
+    remembered = verified_cache(store) / base.manifest.layers[0].digest.removeprefix("sha256:")
+    identity = json.loads(remembered.read_text())
+    assert [entry[1] for entry in identity] == [blob.stat().st_ino]
+
+
+def damaged_copy(built: BuiltImage, folder: Path) -> tuple[BuiltImage, Path]:
+    """``built`` with its top layer's file replaced by a same-size changed copy, as a
+    damaged store would hand it over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    top = folder / "top-layer"
+    top.write_bytes(built.layer_paths[-1].read_bytes())
+    flip_os_byte(top)
+    return replace(built, layer_paths=(*built.layer_paths[:-1], top)), top
+
+
+def test_a_damaged_layer_is_not_written_out(
+    tmp_path: Path, sample: tuple[Setup, BuiltImage]
+) -> None:
+    damaged, top = damaged_copy(sample[1], tmp_path / "damaged")
+    digest = sample[1].layers[-1].descriptor.digest
+    with pytest.raises(ArtifactError, match=f"{top} does not match blob {digest}"):
+        write_image(damaged, f"oci:{tmp_path / 'out'}:x")
+    assert not OciLayout.open(tmp_path / "out").has_blob(digest)
+    assert top.stat().st_nlink == 1  # never linked
+    with pytest.raises(ArtifactError, match=f"{top} does not match blob {digest}: it holds"):
+        write_image(damaged, f"docker-archive:{tmp_path / 'out.tar'}:x:1")
+    assert not (tmp_path / "out.tar").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "out"]
+
+
+def test_a_damaged_layer_is_not_pushed(
+    tmp_path: Path, registry: Registry, sample: tuple[Setup, BuiltImage]
+) -> None:
+    damaged, top = damaged_copy(sample[1], tmp_path)
+    repository = repo()
+    c = client(registry.host)
+    with pytest.raises(ArtifactError, match=f"{top} does not match blob") as caught:
+        push_image(damaged, Reference.parse(f"{registry.host}/{repository}:1"), c)
+    assert caught.value.exit_code == 4
+    assert c.stats().blobs_uploaded == 0 and c.stats().bytes_uploaded == 0
+
+
+def test_a_push_to_a_digest_is_refused(
+    registry: Registry, sample: tuple[Setup, BuiltImage]
+) -> None:
+    c = client(registry.host)
+    ref = Reference.parse(f"{registry.host}/{repo()}@{sample[1].digest}")
+    with pytest.raises(ImageInputError, match="names a tag, not a digest") as caught:
+        push_image(sample[1], ref, c)
+    assert caught.value.exit_code == 2 and c.stats().blobs_uploaded == 0
+
+
+def test_a_rewritten_output_replaces_a_damaged_blob(
+    tmp_path: Path, slim_sample: tuple[Setup, BuiltImage, str]
+) -> None:
+    """An output layout that got a damaged blob (linked from a base damaged at the time)
+    is repaired by writing the image into it again, not left as it is."""
+    built = slim_sample[1]
+    ref = write_image(built, f"oci:{tmp_path / 'out'}:x")
+    out = OciLayout.open(tmp_path / "out")
+    base_layer = built.layers[0].descriptor
+    blob = out.blob_path(base_layer.digest)
+    blob.unlink()  # its own file now, not the base's
+    blob.write_bytes(built.layer_paths[0].read_bytes())
+    flip_os_byte(blob)
+    with pytest.raises(ArtifactError):
+        open_image(ref, Store(tmp_path / "store"))
+    write_image(built, ref)
+    assert out.verify_blob(base_layer) == blob
+    assert open_image(ref, Store(tmp_path / "store")).image.descriptor.digest == built.digest
+
+
+def test_registry_image_that_is_not_there_is_bad_input(
+    tmp_path: Path, small_pushed: tuple[str, BaseImage]
+) -> None:
+    ref, _ = small_pushed
+    for missing in (ref.rsplit(":", 1)[0] + ":nosuchtag", ref.rsplit("/", 1)[0] + "/nosuch:1"):
+        with pytest.raises(ImageInputError, match=r"no image .* in the registry") as caught:
+            open_image(missing, Store(tmp_path / "store"), client=factory([]))
+        assert caught.value.exit_code == 2
+
+
+def test_a_damaged_blob_in_the_store_is_fetched_again(
+    tmp_path: Path, small_pushed: tuple[str, BaseImage]
+) -> None:
+    ref, base = small_pushed
+    store = Store(tmp_path / "store")
+    made: list[RegistryClient] = []
+    first = open_image(ref, store, client=factory(made))
+    flip_os_byte(first.image.layer_paths[0])
+    again = open_image(ref, store, client=factory(made))
+    assert made[1].stats().blobs_fetched == 1  # the damaged layer, not the config
+    assert again.image.layer_paths[0].read_bytes() == base.layers[0].read_bytes()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import multiprocessing
 import multiprocessing.synchronize
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from envship.errors import ArtifactError, ImageError
+from envship.errors import ArtifactError, ImageError, ImageInputError
 from envship.layer import LayerWriter
 from envship.layerview import LayerView
 from envship.oci import (
@@ -25,7 +28,7 @@ from envship.oci import (
     ImageManifest,
     canonical_json,
 )
-from envship.ocilayout import INDEX_LOCK, OciLayout, parse_layout_ref
+from envship.ocilayout import INDEX_LOCK, SETTLE_NS, OciLayout, check_file, parse_layout_ref
 from imagelib import BaseImage
 
 
@@ -43,8 +46,9 @@ def test_parse_layout_ref(text: str, expected: tuple[Path, str | None]) -> None:
 
 @pytest.mark.parametrize("text", ["docker://x", "oci:", "oci:/tmp/x:", "/tmp/x"])
 def test_parse_layout_ref_refuses(text: str) -> None:
-    with pytest.raises(ImageError, match="layout reference"):
+    with pytest.raises(ImageInputError, match="layout reference") as caught:
         parse_layout_ref(text)
+    assert caught.value.exit_code == 2
 
 
 def test_create_and_open(tmp_path: Path) -> None:
@@ -52,7 +56,7 @@ def test_create_and_open(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "l/oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     assert json.loads((tmp_path / "l/index.json").read_text())["manifests"] == []
     assert OciLayout.open(tmp_path / "l") == layout
-    with pytest.raises(ImageError, match="not an OCI image layout"):
+    with pytest.raises(ImageInputError, match="not an OCI image layout"):
         OciLayout.open(tmp_path / "missing")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy/file").write_text("x")
@@ -69,14 +73,19 @@ def test_blobs_are_verified(tmp_path: Path) -> None:
     descriptor = layout.add_blob(b"hello", "text/plain")
     assert layout.add_blob(b"hello", "text/plain") == descriptor
     assert layout.get_blob(descriptor) == b"hello"
-    layout.blob_path(descriptor.digest).write_bytes(b"jello")
-    with pytest.raises(ArtifactError, match="corrupt") as caught:
+    path = layout.blob_path(descriptor.digest)
+    path.write_bytes(b"jello")
+    with pytest.raises(ArtifactError, match=f"{path} does not match blob") as caught:
         layout.get_blob(descriptor)
     assert caught.value.exit_code == 4
-    with pytest.raises(ArtifactError, match="corrupt"):
+    with pytest.raises(ArtifactError, match="does not match blob"):
         layout.verify_blob(descriptor)
-    with pytest.raises(ImageError, match="missing"):
+    # Adding the same bytes again replaces the damaged copy rather than trusting it.
+    assert layout.add_blob(b"hello", "text/plain") == descriptor
+    assert layout.get_blob(descriptor) == b"hello"
+    with pytest.raises(ImageInputError, match="missing") as missing:
         layout.get_blob(Descriptor("text/plain", "sha256:" + "0" * 64, 1))
+    assert missing.value.exit_code == 2
 
 
 @pytest.mark.parametrize("link", [False, True])
@@ -85,7 +94,7 @@ def test_add_blob_file(tmp_path: Path, link: bool) -> None:
     with LayerWriter(tmp_path / "work", mtime=0) as writer:
         writer.add_file("a", b"a")
         blob = writer.close()
-    with pytest.raises(ArtifactError, match="does not match"):
+    with pytest.raises(ArtifactError, match=f"{blob.path} does not match blob {blob.diff_id}"):
         layout.add_blob_file(blob.path, blob.diff_id, blob.size, blob.media_type)
     descriptor = layout.add_blob_file(blob.path, blob.digest, blob.size, blob.media_type, link=link)
     assert descriptor == Descriptor(OCI_LAYER_GZIP, blob.digest, blob.size)
@@ -113,11 +122,12 @@ def test_tag_and_resolve(tmp_path: Path) -> None:
     assert [m["annotations"][REF_NAME] for m in index["manifests"]] == ["v2", "v1"]
     descriptor, manifest = layout.resolve("v1")
     assert descriptor.digest == two.digest and manifest["layers"][0]["size"] == 3
-    with pytest.raises(ImageError, match="say which one"):
+    with pytest.raises(ImageInputError, match="say which one") as several:
         layout.resolve()
-    with pytest.raises(ImageError, match="no image tagged 'v3'") as caught:
+    assert several.value.exit_code == 2
+    with pytest.raises(ImageInputError, match="no image tagged 'v3'") as caught:
         layout.resolve("v3")
-    assert caught.value.hint == "tags there: v2, v1"
+    assert caught.value.hint == "tags there: v2, v1" and caught.value.exit_code == 2
     assert sorted(p.name for p in (tmp_path / "l").iterdir()) == [
         "blobs",
         "index.json",
@@ -216,3 +226,148 @@ def test_no_python_layout_has_no_python(no_python_layout: BaseImage) -> None:
     with pytest.raises(ImageError, match="does not exist"):
         view.resolve("/usr/bin/python3")
     assert b"GLIBC_2.36" in view.read(next(p for p in view.files if p.endswith("libc.so.6")))
+
+
+# -- every blob taken from a layout is checked ------------------------------------------------
+
+
+def settled(path: Path) -> Path:
+    """Give ``path`` an mtime well before now, as a base layer pulled last week has: only
+    such a file is remembered as verified (ocilayout's module docstring)."""
+    old = path.stat().st_mtime_ns - 10 * SETTLE_NS
+    os.utime(path, ns=(old, old))
+    return path
+
+
+def one_layer_image(folder: Path, payload: bytes) -> tuple[OciLayout, Descriptor, Path]:
+    """A layout with one image whose one gzip layer holds ``payload``: (layout, the layer's
+    descriptor, its blob file)."""
+    layout = OciLayout.open(folder, create=True)
+    with LayerWriter(folder / "blobs", mtime=0) as writer:
+        writer.add_file("data.bin", payload)
+        blob = writer.close()
+    layer = layout.add_blob_file(blob.path, blob.digest, blob.size, blob.media_type)
+    config = ImageConfig("amd64", "linux", (blob.diff_id,))
+    config_desc = layout.add_blob(config.to_bytes(), OCI_CONFIG)
+    layout.tag("t", layout.add_blob(ImageManifest(config_desc, (layer,)).to_bytes(), OCI_MANIFEST))
+    return layout, layer, layout.blob_path(layer.digest)
+
+
+def flip_gzip_os_byte(path: Path) -> None:
+    """Change the gzip header's OS byte (RFC 1952): same size, still a valid gzip stream
+    with the same content, another digest. Written in place, as an editor would."""
+    with path.open("r+b") as f:
+        f.seek(9)
+        value = f.read(1)[0]
+        f.seek(9)
+        f.write(bytes([value ^ 0x01]))
+
+
+def test_image_checks_every_layer_against_its_digest(tmp_path: Path) -> None:
+    layout, layer, path = one_layer_image(tmp_path / "l", os.urandom(4096))
+    assert layout.image("t").layer_paths == (path,)
+    flip_gzip_os_byte(path)
+    with pytest.raises(ArtifactError) as caught:
+        layout.image("t")
+    error = caught.value
+    assert error.exit_code == 4 and error.artifact == str(path)
+    assert error.message.startswith(f"{path} does not match blob {layer.digest}: ")
+    assert error.expected == f"{layer.digest} ({layer.size} bytes)"
+    # Sizes only, when asked: the bytes are the caller's to check.
+    assert layout.image("t", verify=False).layer_paths == (path,)
+
+
+def io_read(pid: str = "self") -> int:
+    """Bytes the process has read through read(2) so far (/proc/PID/io ``rchar``)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+REMEMBERED = """
+import sys
+from pathlib import Path
+from envship.ocilayout import check_file
+path, digest, size, cache = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+def rchar():
+    text = Path("/proc/self/io").read_text()
+    return int(next(l for l in text.splitlines() if l.startswith("rchar:")).split()[1])
+before = rchar()
+check_file(path, digest, size, cache=cache)
+print(rchar() - before)
+"""
+
+
+def read_to_check(path: Path, digest: str, size: int, cache: Path) -> int:
+    """Bytes a fresh process reads to check ``path`` (so nothing it remembers is in
+    memory: only the on-disk cache can spare it the hashing)."""
+    result = subprocess.run(
+        [sys.executable, "-c", REMEMBERED, str(path), digest, str(size), str(cache)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
+def test_a_verified_settled_file_is_not_hashed_again(tmp_path: Path) -> None:
+    size = 8 << 20
+    _, layer, path = one_layer_image(tmp_path / "l", os.urandom(size))
+    settled(path)
+    cache = tmp_path / "verified"
+    assert read_to_check(path, layer.digest, layer.size, cache) >= layer.size  # hashed
+    assert read_to_check(path, layer.digest, layer.size, cache) < layer.size // 8  # remembered
+    # Another digest asked of the same file is not taken from the cache.
+    with pytest.raises(ArtifactError):
+        check_file(path, "sha256:" + "0" * 64, layer.size, cache=cache)
+
+
+def test_a_changed_file_is_hashed_again_even_with_its_mtime_restored(tmp_path: Path) -> None:
+    _, layer, path = one_layer_image(tmp_path / "l", os.urandom(1 << 16))
+    settled(path)
+    cache = tmp_path / "verified"
+    check_file(path, layer.digest, layer.size, cache=cache)
+    when = path.stat().st_mtime_ns
+    flip_gzip_os_byte(path)
+    os.utime(path, ns=(when, when))  # as `touch -r` or `tar x` would leave it
+    assert path.stat().st_mtime_ns == when and path.stat().st_size == layer.size
+    with pytest.raises(ArtifactError, match="does not match blob"):
+        check_file(path, layer.digest, layer.size, cache=cache)
+
+
+def test_a_fresh_file_is_verified_but_not_remembered(tmp_path: Path) -> None:
+    _, layer, path = one_layer_image(tmp_path / "l", b"just written")
+    cache = tmp_path / "verified"
+    check_file(path, layer.digest, layer.size, cache=cache)  # mtime: now
+    assert not cache.exists()
+    before = io_read()
+    check_file(path, layer.digest, layer.size, cache=cache)
+    assert io_read() - before >= layer.size  # hashed again
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_a_damaged_blob_in_the_layout_is_replaced_not_kept(tmp_path: Path, link: bool) -> None:
+    """A layout that holds a damaged copy (hard-linked from a base that was damaged, say)
+    gets the good one when the blob is added again."""
+    _, layer, good = one_layer_image(tmp_path / "src", os.urandom(4096))
+    out = OciLayout.open(tmp_path / "out", create=True)
+    damaged = out.blob_path(layer.digest)
+    damaged.write_bytes(good.read_bytes())
+    flip_gzip_os_byte(damaged)
+    copy = tmp_path / "copy"
+    copy.write_bytes(good.read_bytes())
+    out.add_blob_file(copy, layer.digest, layer.size, layer.media_type, link=link)
+    assert out.verify_blob(layer) == damaged
+    assert damaged.read_bytes() == good.read_bytes()
+    assert copy.exists() == link
+
+
+def test_a_damaged_source_is_never_linked(tmp_path: Path) -> None:
+    _, layer, path = one_layer_image(tmp_path / "src", os.urandom(4096))
+    flip_gzip_os_byte(path)
+    out = OciLayout.open(tmp_path / "out", create=True)
+    with pytest.raises(ArtifactError, match=f"{path} does not match blob {layer.digest}"):
+        out.add_blob_file(path, layer.digest, layer.size, layer.media_type, link=True)
+    assert not out.has_blob(layer.digest)
+    assert path.stat().st_nlink == 1

@@ -19,13 +19,13 @@ from typing import Any
 
 from ._atomic import write_atomic
 from .errors import ImageError, Problem, TargetError, UnsupportedBaseError
-from .host import HostInfo, match_target
+from .host import HostInfo, match_target, mismatches
 from .layerview import LayerView
 from .lockfile import LockFile
 from .ocilayout import LayoutImage
 from .targets import Target
 
-__all__ = ["BaseFacts", "match_base", "probe_base", "probe_image"]
+__all__ = ["BaseFacts", "check_image_target", "match_base", "probe_base", "probe_image"]
 
 # Where images keep their Python, most specific first: python.org-style builds
 # (the official python images) in /usr/local, distributions in /usr, conda in /opt.
@@ -125,7 +125,7 @@ def probe_base(view: LayerView, config: Mapping[str, Any], *, where: str) -> Bas
     arch = str(config.get("architecture", ""))
     machine = _GOARCH.get(arch, arch)
     if str(config.get("os", "linux")) != "linux" or machine not in _TRIPLETS:
-        raise ImageError(
+        raise UnsupportedBaseError(
             f"the base image {where} is {config.get('os')}/{arch}, not linux/amd64 or linux/arm64",
             hint="envship builds Linux x86_64 and aarch64 images",
         )
@@ -189,3 +189,18 @@ def match_base(lock: LockFile | Iterable[Target], facts: BaseFacts, *, where: st
             hint="pick a base image whose Python, architecture and glibc match a target, "
             "or add a target for this base to the spec and re-lock",
         ) from None
+
+
+def check_image_target(target: Target, facts: BaseFacts, *, where: str) -> None:
+    """Refuse (:class:`UnsupportedBaseError`, exit 2, as ``envship verify`` refuses a venv
+    no lock target fits) an image whose own Python, architecture or glibc, read from its
+    layers, cannot run ``target``: the one its environment says it was built for. Its
+    files could match the lock's and still not load on that interpreter."""
+    reasons = mismatches(target, facts.host_info())
+    if reasons:
+        raise UnsupportedBaseError(
+            f"the image {where} ({facts.describe()}) cannot run the lock's target "
+            f"{target.name}, which its environment was built for",
+            problems=[Problem(target.name, r) for r in reasons],
+            hint="verify the image against the lock it was built from",
+        )

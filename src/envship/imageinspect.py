@@ -4,8 +4,11 @@ its environment equals a lock.
 Both read the layer tars only. ``inspect`` lists every layer with its sizes and the Python
 distributions it adds (envship's layers say so in an annotation; any other layer is
 scanned for ``*.dist-info`` folders, and the answer is cached in the store by layer
-digest). ``verify_image`` unpacks just the environment's folder (safely, whiteouts
-applied) into a temporary directory and runs the same checks as ``envship verify``.
+digest). ``verify_image`` first checks that the image's own Python, architecture and glibc (read
+from its layers, :mod:`envship.imagebase`) can run the lock target its environment names,
+then unpacks just the environment's folder (safely, whiteouts applied) into a temporary
+directory and runs the same checks as ``envship verify``, reporting paths as they are in
+the image.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import Any
 
 from ._atomic import write_atomic
 from ._bytecode import BytecodeCompiler, find_compiler
-from .errors import ImageError, LockError
+from .errors import ImageInputError, TargetError
 from .image import DISTRIBUTIONS, LABEL_PREFIX
+from .imagebase import check_image_target, probe_image
 from .imageio import ImageSource
 from .install import MARKER_NAME
 from .layerfs import extract_layer, iter_layer
@@ -38,15 +42,17 @@ _DIST_INFO = re.compile(r"(?:site|dist)-packages/([^/]+)-([^/-]+)\.dist-info/MET
 @dataclass(frozen=True, slots=True)
 class LayerInfo:
     digest: str
-    size: int
+    size: int  # of the blob: compressed or not, as ``compressed`` says
     media_type: str
     created_by: str
     distributions: tuple[str, ...]
+    compressed: bool = True  # gzip or zstd, sniffed from the blob (docker save's are not)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "digest": self.digest,
             "size": self.size,
+            "compressed": self.compressed,
             "media_type": self.media_type,
             "created_by": self.created_by,
             "distributions": list(self.distributions),
@@ -65,12 +71,22 @@ class ImageInfo:
     def size(self) -> int:
         return sum(layer.size for layer in self.layers)
 
+    @property
+    def compression(self) -> str:
+        """What :attr:`size` measures: "compressed", "uncompressed" (``docker save``
+        writes plain tars) or "partly compressed" layers."""
+        packed = {layer.compressed for layer in self.layers}
+        if packed == {False}:
+            return "uncompressed"
+        return "partly compressed" if len(packed) > 1 else "compressed"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "digest": self.digest,
             "platform": self.platform,
             "size": self.size,
+            "compression": self.compression,
             "labels": self.labels,
             "layers": [layer.to_json() for layer in self.layers],
         }
@@ -94,6 +110,12 @@ def _scan(path: Path, digest: str, cache: Path) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _compressed(path: Path) -> bool:
+    with path.open("rb") as f:
+        magic = f.read(4)
+    return magic.startswith(b"\x1f\x8b") or magic == b"\x28\xb5\x2f\xfd"  # gzip, zstd
+
+
 def inspect_image(source: ImageSource, store: Store) -> ImageInfo:
     """The layers of ``source`` with their sizes and the distributions each adds."""
     image = source.image
@@ -109,7 +131,14 @@ def inspect_image(source: ImageSource, store: Store) -> ImageInfo:
         h = i - (len(image.manifest.layers) - len(history))
         created_by = str(history[h].get("created_by", "")) if 0 <= h < len(history) else ""
         layers.append(
-            LayerInfo(descriptor.digest, descriptor.size, descriptor.media_type, created_by, dists)
+            LayerInfo(
+                descriptor.digest,
+                descriptor.size,
+                descriptor.media_type,
+                created_by,
+                dists,
+                _compressed(path),
+            )
         )
     labels = {str(k): str(v) for k, v in (image.config.config.get("Labels") or {}).items()}
     return ImageInfo(
@@ -125,9 +154,13 @@ def verify_image(
     full: bool = True,
     ignore: Collection[str] = (),
     bytecode: bool = False,
+    store: Store | None = None,
 ) -> VerifyReport:
     """Check the environment inside ``source`` against ``lock`` by reading its layers.
 
+    The image's own Python, architecture and glibc must fit the lock target its marker
+    names (:class:`UnsupportedBaseError` otherwise, exit 2 as for a venv no target fits);
+    with ``store``, those facts are cached there by manifest digest as builds cache them.
     ``bytecode`` also compares each cached ``.pyc`` with its source, compiled by a CPython
     of the image's minor version on this machine (:func:`envship._bytecode.find_compiler`).
     """
@@ -135,7 +168,7 @@ def verify_image(
     labels = image.config.config.get("Labels") or {}
     prefix = str(labels.get(f"{LABEL_PREFIX}.prefix", "")).strip("/")
     if not prefix:
-        raise ImageError(
+        raise ImageInputError(
             f"{source.name} has no environment made by envship "
             f"(no {LABEL_PREFIX}.prefix label in its config)",
             hint="verify images built with `envship image build`",
@@ -152,21 +185,32 @@ def verify_image(
             extract_layer(path, root, layer=f"{source.name} layer {i}", only=inside)
         try:
             marker = json.loads((root / prefix / MARKER_NAME).read_text(encoding="utf-8"))
-            target = lock.target(str(marker["target"]["name"]))
-        except (OSError, LockError, ValueError, KeyError, TypeError) as exc:
-            raise ImageError(
+            name = str(marker["target"]["name"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ImageInputError(
                 f"{source.name}: cannot read the environment's marker /{prefix}/{MARKER_NAME}",
                 hint=str(exc),
             ) from None
+        try:
+            target = lock.target(name)
+        except TargetError as exc:
+            raise TargetError(
+                f"{source.name} holds an environment for target {name!r}, which "
+                f"{lock.path} does not have",
+                problems=exc.problems,
+                hint="verify the image against the lock it was built from",
+            ) from None
+        cache = store.root / "images" / "probes" if store is not None else None
+        facts = probe_image(image, where=source.name, cache=cache)
+        check_image_target(target, facts, where=source.name)
         chosen_groups = groups if groups is not None else marker.get("groups")
         compiler: BytecodeCompiler | bool = False
         if bytecode:
             # The image's bin/python names the image's interpreter; one of its version on
             # this machine compiles the sources instead.
-            full_version = str((marker.get("python") or {}).get("version") or target.python)
             compiler = find_compiler(
                 target.python,
-                full_version,
+                facts.version_full,
                 where=source.name,
                 otherwise="verify without --bytecode",
             )
@@ -179,18 +223,32 @@ def verify_image(
             ignore=ignore,
             bytecode=compiler,
         )
-    # Report paths as they are in the image, not in the temporary folder (gone by now).
+    # Report paths as they are in the image, not in the temporary folder (gone by now):
+    # in a difference's path and in its texts (the byte-code check names the source).
     tmp_root = str(root)
 
     def image_path(path: Path | str) -> str:
         text = str(path)
         return text[len(tmp_root) :] if text.startswith(tmp_root) else text
 
+    def in_text(text: str | None) -> str | None:
+        return text.replace(tmp_root, "") if text is not None else None
+
     env = report.environment
     in_image = replace(
         env,
         root=Path(f"{source.name}:{image_path(env.root)}"),
         site_packages=tuple(Path(image_path(p)) for p in env.site_packages),
+        interpreter=None,
     )
-    differences = tuple(replace(d, path=image_path(d.path)) for d in report.differences)
+    differences = tuple(
+        replace(
+            d,
+            path=image_path(d.path),
+            expected=in_text(d.expected),
+            actual=in_text(d.actual),
+            note=in_text(d.note),
+        )
+        for d in report.differences
+    )
     return replace(report, environment=in_image, differences=differences)

@@ -3,8 +3,15 @@
 Image names on the command line follow containers/image's transports: ``oci:DIR[:TAG]``,
 ``docker-archive:FILE[:NAME[:TAG]]``, and anything else is a registry reference
 (``[host[:port]/]repo[:tag][@digest]``). Every blob read in is verified against its digest
-and kept in the store's OCI layout (``<store>/oci``), which doubles as the cache of base
-images and built layers.
+(pulled and archived blobs as they are copied in, the blobs of a layout in place) and
+every blob written out or pushed is verified before it leaves, so a blob changed on disk
+fails with exit 4 naming it instead of reaching an output or a registry. Registry and
+archive images are kept in the store's OCI layout (``<store>/oci``), which doubles as the
+cache of base images and built layers; which files were verified is remembered under
+``<store>/images/verified`` (:func:`envship.ocilayout.check_file`).
+
+A name that does not parse, an image that is not there (no layout, tag, archive or
+registry manifest) is bad input: :class:`ImageInputError`, exit 2.
 """
 
 from __future__ import annotations
@@ -17,8 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .dockerarchive import read_docker_archive, write_docker_archive
-from .errors import ImageError
+from .dockerarchive import parse_archive_ref, read_docker_archive, write_docker_archive
+from .errors import ArtifactError, ImageError, ImageInputError, Problem, RegistryError
 from .image import BuiltImage
 from .oci import (
     DOCKER_HUB,
@@ -30,16 +37,26 @@ from .oci import (
     Reference,
     load_json,
 )
-from .ocilayout import LayoutImage, OciLayout, default_platform, parse_layout_ref
+from .ocilayout import (
+    LayoutImage,
+    OciLayout,
+    as_input_error,
+    check_file,
+    default_platform,
+    parse_layout_ref,
+)
 from .registry import BlobProgress, RegistryClient, TransferStats
 from .store import Store
 
 __all__ = [
     "ImageSource",
     "PushResult",
+    "check_output",
     "open_image",
+    "parse_push_ref",
     "push_image",
     "store_layout",
+    "verified_cache",
     "write_image",
 ]
 
@@ -77,21 +94,43 @@ def store_layout(store: Store) -> OciLayout:
     return OciLayout.open(store.root / "oci", create=True)
 
 
+def verified_cache(store: Store) -> Path:
+    """Where the store remembers which blob files were hashed and matched."""
+    return store.root / "images" / "verified"
+
+
 def default_client(
     *, insecure: bool = False, progress: Callable[[BlobProgress], None] | None = None
 ) -> ClientFactory:
     return lambda registry: RegistryClient(registry, insecure=insecure, progress=progress)
 
 
-def _archive_ref(text: str) -> tuple[Path, str | None]:
-    rest = text.removeprefix("docker-archive:")
-    path, _, name = rest.partition(":")
-    if not path:
-        raise ImageError(
-            f"invalid docker-archive reference {text!r}",
-            hint="write it as docker-archive:FILE or docker-archive:FILE:NAME:TAG",
+def check_output(text: str) -> None:
+    """Refuse (exit 2) an output ``--output`` cannot write, before anything is built:
+    ``oci:DIR[:TAG]`` and ``docker-archive:FILE[:NAME[:TAG]]`` with a valid name."""
+    if text.startswith("oci:"):
+        parse_layout_ref(text)
+    elif text.startswith("docker-archive:"):
+        parse_archive_ref(text)
+    else:
+        raise ImageInputError(
+            f"unknown output {text!r}",
+            hint="write oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG]; push with --push REF",
         )
-    return Path(path).expanduser(), name or None
+
+
+def parse_push_ref(text: str) -> Reference:
+    """The registry reference an image is pushed to: ``[host[:port]/]repo[:tag]``. A
+    digest is refused (exit 2): the pushed manifest's digest is what it is, so a pinned
+    one is either redundant or a silent lie."""
+    with as_input_error():
+        ref = Reference.parse(text)
+    if ref.digest is not None:
+        raise ImageInputError(
+            f"cannot push to {text!r}: a push reference names a tag, not a digest",
+            hint="push to REPO:TAG; the registry answers with the manifest's digest",
+        )
+    return ref
 
 
 def open_image(
@@ -101,22 +140,28 @@ def open_image(
     platform: str | None = None,
     client: ClientFactory | None = None,
 ) -> ImageSource:
-    """Read the image ``text`` names; registry images are pulled into the store."""
+    """Read the image ``text`` names, every blob checked against its digest; registry and
+    archive images are copied into the store's layout."""
     platform = platform or default_platform()
-    layout = store_layout(store)
     if text.startswith("oci:"):
         directory, tag = parse_layout_ref(text)
         if not (directory / "oci-layout").is_file():
-            raise ImageError(f"{directory} is not an OCI image layout (no oci-layout file)")
-        return ImageSource(text, OciLayout.open(directory).image(tag, platform=platform))
+            raise ImageInputError(f"{directory} is not an OCI image layout (no oci-layout file)")
+        layout = OciLayout.open(directory)
+        image = layout.image(tag, platform=platform, cache=verified_cache(store))
+        return ImageSource(text, image)
     if text.startswith("docker-archive:"):
-        path, _ = _archive_ref(text)
+        path, name = parse_archive_ref(text)
         if not path.is_file():
-            raise ImageError(f"no docker-archive at {path}")
-        return ImageSource(text, read_docker_archive(path, layout))
-    ref = mirrored(Reference.parse(text))
+            raise ImageInputError(f"no docker-archive at {path}")
+        return ImageSource(text, read_docker_archive(path, store_layout(store), name=name))
+    with as_input_error():
+        ref = mirrored(Reference.parse(text))
     factory = client or default_client()
-    return ImageSource(text, pull_image(factory(ref.registry), ref, layout, platform), ref)
+    image = pull_image(
+        factory(ref.registry), ref, store_layout(store), platform, cache=verified_cache(store)
+    )
+    return ImageSource(text, image, ref)
 
 
 def mirrored(ref: Reference) -> Reference:
@@ -130,24 +175,46 @@ def mirrored(ref: Reference) -> Reference:
 
 
 def pull_image(
-    client: RegistryClient, ref: Reference, layout: OciLayout, platform: str
+    client: RegistryClient,
+    ref: Reference,
+    layout: OciLayout,
+    platform: str,
+    *,
+    cache: Path | None = None,
 ) -> LayoutImage:
     """Manifest, config and layers of ``ref`` for ``platform``, each verified, into
-    ``layout``; blobs already there are not fetched again."""
-    descriptor, data = client.get_manifest(ref.repository, ref.identifier)
+    ``layout``; blobs already there are checked (``cache`` remembers what matched) and
+    fetched again only if damaged."""
+    try:
+        descriptor, data = client.get_manifest(ref.repository, ref.identifier)
+    except RegistryError as exc:
+        if exc.status != 404:
+            raise
+        # The registry answered: there is no such repository or tag (MANIFEST_UNKNOWN,
+        # NAME_UNKNOWN). That is a wrong name, not network trouble.
+        raise ImageInputError(
+            f"no image {ref} in the registry {ref.registry}",
+            problems=[Problem(str(ref), exc.message)],
+            hint="check the repository name and the tag or digest",
+        ) from None
     for _ in range(2):
         if descriptor.media_type not in INDEX_TYPES:
             break
-        descriptor = _pick(load_json(data, f"index {ref}"), platform, str(ref))
+        with as_input_error():
+            descriptor = _pick(load_json(data, f"index {ref}"), platform, str(ref))
         descriptor, data = client.get_manifest(ref.repository, descriptor.digest)
-    manifest = ImageManifest.from_json(data, where=f"manifest of {ref}")
+    with as_input_error():
+        manifest = ImageManifest.from_json(data, where=f"manifest of {ref}")
     layout.add_blob(data, descriptor.media_type)
     for blob in (manifest.config, *manifest.layers):
-        if not layout.has_blob(blob.digest):
+        try:
+            layout.verify_blob(blob, cache=cache)
+        except (ImageInputError, ArtifactError):  # absent, or the store's copy is damaged
             client.fetch_blob(ref.repository, blob, layout.blob_path(blob.digest))
-    config = ImageConfig.from_json(layout.get_blob(manifest.config), f"config of {ref}")
+    with as_input_error():
+        config = ImageConfig.from_json(layout.get_blob(manifest.config), f"config of {ref}")
     if len(config.diff_ids) != len(manifest.layers):
-        raise ImageError(
+        raise ImageInputError(
             f"{ref}: {len(manifest.layers)} layers but {len(config.diff_ids)} diff_ids"
         )
     paths = tuple(layout.blob_path(layer.digest) for layer in manifest.layers)
@@ -165,22 +232,25 @@ def _pick(index: dict[str, Any], platform: str, where: str) -> Descriptor:
         found.append("/".join(have))
         if have == want[:2] and (len(want) < 3 or p.get("variant") == want[2]):
             return Descriptor.from_json(item, f"{where}.manifests[{i}]")
-    raise ImageError(
+    raise ImageInputError(
         f"{where} has no image for {platform}",
         hint=f"platforms it has: {', '.join(found) or 'none'}",
     )
 
 
-def write_image(built: BuiltImage, text: str) -> str:
-    """Write ``built`` to ``oci:DIR[:TAG]`` or ``docker-archive:FILE[:NAME:TAG]``;
-    returns what was written, as a reference."""
+def write_image(built: BuiltImage, text: str, *, store: Store | None = None) -> str:
+    """Write ``built`` to ``oci:DIR[:TAG]`` or ``docker-archive:FILE[:NAME[:TAG]]``;
+    returns what was written, as a reference. Every layer is checked against its digest
+    before it is linked or copied (with ``store``, through what it remembers)."""
+    check_output(text)
+    cache = verified_cache(store) if store is not None else None
     if text.startswith("oci:"):
         directory, tag = parse_layout_ref(text)
         try:
             out = OciLayout.open(directory, create=True)
             for layer, path in zip(built.layers, built.layer_paths, strict=True):
                 d = layer.descriptor
-                out.add_blob_file(path, d.digest, d.size, d.media_type, link=True, verify=False)
+                out.add_blob_file(path, d.digest, d.size, d.media_type, link=True, cache=cache)
             out.add_blob(built.config_bytes, built.manifest.config.media_type)
             manifest = out.add_blob(built.manifest_bytes, OCI_MANIFEST)
             # Tagged last: until index.json names it, no reader sees a half-written image.
@@ -188,23 +258,18 @@ def write_image(built: BuiltImage, text: str) -> str:
         except OSError as exc:
             raise _write_error(directory, exc) from exc
         return f"oci:{directory}:{tag or 'latest'}"
-    if text.startswith("docker-archive:"):
-        path, name = _archive_ref(text)
-        try:
-            write_docker_archive(
-                path,
-                config=built.config_bytes,
-                layers=list(built.layer_paths),
-                repo_tags=[name] if name else [],
-                layer_types=[layer.descriptor.media_type for layer in built.layers],
-            )
-        except OSError as exc:  # the archive is written under a temporary name: none is left
-            raise _write_error(path, exc) from exc
-        return f"docker-archive:{path}" + (f":{name}" if name else "")
-    raise ImageError(
-        f"unknown output {text!r}",
-        hint="write oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG]; push with --push REF",
-    )
+    path, name = parse_archive_ref(text)
+    try:
+        write_docker_archive(
+            path,
+            config=built.config_bytes,
+            layers=list(built.layer_paths),
+            repo_tags=[name] if name else [],
+            manifest=built.manifest_bytes,  # one image, one digest: the one the build reports
+        )
+    except OSError as exc:  # the archive is written under a temporary name: none is left
+        raise _write_error(path, exc) from exc
+    return f"docker-archive:{path}" + (f":{name}" if name else "")
 
 
 def _write_error(where: Path, exc: OSError) -> ImageError:
@@ -221,9 +286,26 @@ def push_image(
     *,
     mount_from: str | None = None,
     workers: int = 4,
+    store: Store | None = None,
 ) -> PushResult:
     """Push every blob ``built`` needs (skipping those there, mounting from
-    ``mount_from``, uploading the rest, a few at a time), then the manifest."""
+    ``mount_from``, uploading the rest, a few at a time), then the manifest. Each layer
+    file is checked against its digest first (with ``store``, through what it remembers),
+    so a damaged one fails here, named, rather than as the registry's DIGEST_INVALID."""
+    if ref.digest is not None:
+        raise ImageInputError(
+            f"cannot push to {ref}: a push reference names a tag, not a digest",
+            hint="push to REPO:TAG; the registry answers with the manifest's digest",
+        )
+    cache = verified_cache(store) if store is not None else None
+    for layer, path in zip(built.layers, built.layer_paths, strict=True):
+        try:
+            check_file(path, layer.descriptor.digest, layer.descriptor.size, cache=cache)
+        except FileNotFoundError:
+            raise ImageError(
+                f"layer {layer.descriptor.digest} is gone from {path.parent}",
+                hint="build the image again",
+            ) from None
 
     def opener(path: Path) -> Callable[[], BinaryIO]:
         return lambda: path.open("rb")

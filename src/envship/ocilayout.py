@@ -15,6 +15,17 @@ The image-layout spec lists the entries a layout must have and forbids none besi
 file when done (waiters re-check its inode, :mod:`envship._flock`), so a layout at rest
 holds only what the spec names.
 
+Every blob taken from a layout is checked against its digest before it is used, linked
+or copied (:func:`check_file`). Hashing a 137 MB base layer at every build would be the
+slowest step of a rebuild, so a match is remembered by the file's identity (device, inode,
+size, mtime and ctime in ns), in this process and, given a folder, on disk. Writing a file
+moves its mtime and ctime, and nothing but the kernel sets a ctime, so neither a restored
+mtime (``touch -r``, ``tar x``) nor a recycled inode can pass for a remembered file. The
+one gap, a second write within the clock tick of the mtime just read (git's "racy clean"
+problem, Documentation/technical/racy-git.txt), is closed as git closes it: a file whose
+mtime is less than :data:`SETTLE_NS` before the hash began is not remembered. A new hard
+link moves the ctime too: the first use after it hashes again.
+
 Docker's ``docker save`` archive, itself a layout in a tar, is :mod:`envship.dockerarchive`.
 """
 
@@ -22,10 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import platform
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +46,7 @@ from typing import Any
 
 from ._atomic import write_atomic
 from ._flock import locked
-from .errors import ArtifactError, ImageError, Problem
+from .errors import ArtifactError, ImageError, ImageInputError, Problem
 from .oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -51,8 +64,11 @@ from .oci import (
 __all__ = [
     "INDEX_LOCK",
     "LAYOUT_FILE",
+    "SETTLE_NS",
     "LayoutImage",
     "OciLayout",
+    "as_input_error",
+    "check_file",
     "default_platform",
     "empty_index",
     "file_digest",
@@ -63,6 +79,13 @@ LAYOUT_FILE = {"imageLayoutVersion": "1.0.0"}  # the `oci-layout` file's content
 INDEX_LOCK = ".envship-index.lock"  # flock serializing index.json edits (module docstring)
 _CHUNK = 1 << 20
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+#: A file whose mtime is less than this before a hash began may still change within the
+#: same mtime tick (coarse kernel clocks; 1 s or 2 s on some file systems): not remembered.
+SETTLE_NS = 2_000_000_000
+_REMEMBERED = 8  # identities kept per digest in the on-disk cache (copies, hard links)
+# This process's verified files: (device, inode, size, mtime_ns, ctime_ns) -> digest.
+_Identity = tuple[int, int, int, int, int]
+_VERIFIED: dict[_Identity, str] = {}
 
 
 def default_platform() -> str:
@@ -75,13 +98,13 @@ def parse_layout_ref(text: str) -> tuple[Path, str | None]:
     """``oci:DIR[:TAG]`` -> (DIR, TAG or None). As in containers/image, DIR ends at the
     first ``:`` after the prefix, so it cannot itself hold one."""
     if not text.startswith("oci:"):
-        raise ImageError(
+        raise ImageInputError(
             f"not an OCI layout reference: {text!r}", hint="write it as oci:DIR or oci:DIR:TAG"
         )
     rest = text[len("oci:") :]
     directory, sep, tag = rest.partition(":")
     if not directory or (sep and not tag):
-        raise ImageError(
+        raise ImageInputError(
             f"invalid OCI layout reference {text!r}", hint="write it as oci:DIR or oci:DIR:TAG"
         )
     return Path(directory).expanduser(), tag or None
@@ -101,6 +124,82 @@ def file_digest(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return "sha256:" + h.hexdigest(), size
+
+
+@contextlib.contextmanager
+def as_input_error() -> Iterator[None]:
+    """Around parsing what an image source holds: :mod:`envship.oci`'s parsers raise a
+    plain :class:`ImageError` for malformed JSON, descriptors or digests, which is bad
+    input here (exit 2), not a failure of envship's work."""
+    try:
+        yield
+    except ImageError as exc:
+        if type(exc) is not ImageError:
+            raise
+        raise ImageInputError(exc.message, problems=exc.problems, hint=exc.hint) from exc
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _known(cache: Path | None, digest: str, identity: _Identity) -> bool:
+    if _VERIFIED.get(identity) == digest:
+        return True
+    if cache is None:
+        return False
+    try:
+        entries = json.loads((cache / digest.removeprefix("sha256:")).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(entries, list) and list(identity) in entries
+
+
+def _remember(cache: Path | None, digest: str, identity: _Identity) -> None:
+    _VERIFIED[identity] = digest
+    if cache is None:
+        return
+    path = cache / digest.removeprefix("sha256:")
+    try:
+        entries = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        entries = []
+    if not isinstance(entries, list):
+        entries = []
+    entries = [e for e in entries if e != list(identity)][-(_REMEMBERED - 1) :]
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps([*entries, list(identity)]).encode())
+    except OSError:
+        pass  # a read-only store: hash again next time
+
+
+def check_file(path: Path, digest: str, size: int, *, cache: Path | None = None) -> None:
+    """Raise :class:`ArtifactError` (exit 4), naming the blob and the file, unless the
+    file at ``path`` holds ``size`` bytes with sha256 ``digest``.
+
+    A match is remembered by the file's identity (module docstring), in this process and
+    in the folder ``cache`` if given, so an unchanged file is hashed once. A missing file
+    raises :class:`FileNotFoundError`.
+    """
+    check_digest(digest)
+    before = _identity(os.stat(path))
+    if before[2] == size and _known(cache, digest, before):
+        return
+    started = time.time_ns()
+    actual, actual_size = file_digest(path)
+    if (actual, actual_size) != (digest, size):
+        raise ArtifactError(
+            f"{path} does not match blob {digest}: it holds {actual_size} bytes with "
+            f"digest {actual}",
+            artifact=str(path),
+            expected=f"{digest} ({size} bytes)",
+            actual=f"{actual} ({actual_size} bytes)",
+            hint="the file was changed or damaged after it was written; restore it (pull, "
+            "save or build the image again) rather than use it",
+        )
+    if _identity(os.stat(path)) == before and before[3] < started - SETTLE_NS:
+        _remember(cache, digest, before)
 
 
 @contextlib.contextmanager
@@ -139,17 +238,18 @@ class OciLayout:
         root = Path(path).expanduser()
         marker = root / "oci-layout"
         if marker.is_file():
-            version = load_json(marker.read_bytes(), str(marker)).get("imageLayoutVersion")
+            with as_input_error():
+                version = load_json(marker.read_bytes(), str(marker)).get("imageLayoutVersion")
             if not isinstance(version, str) or not version.startswith("1."):
-                raise ImageError(f"{marker}: unsupported imageLayoutVersion {version!r}")
+                raise ImageInputError(f"{marker}: unsupported imageLayoutVersion {version!r}")
             return cls(root)
         if not create:
-            raise ImageError(
+            raise ImageInputError(
                 f"{root} is not an OCI image layout (no oci-layout file)",
                 hint="pass an existing layout written by envship, skopeo or docker save",
             )
         if root.exists() and not root.is_dir():
-            raise ImageError(f"{root} exists and is not a folder")
+            raise ImageInputError(f"{root} exists and is not a folder")
         try:
             # Checked and made under the index lock: two builds creating one new layout (a
             # fresh store's) would otherwise see each other's half-made folder as foreign.
@@ -157,7 +257,9 @@ class OciLayout:
                 if marker.is_file():
                     return cls.open(root)
                 if any(p.name != INDEX_LOCK for p in root.iterdir()):
-                    raise ImageError(f"{root} exists and is not an empty folder or an OCI layout")
+                    raise ImageInputError(
+                        f"{root} exists and is not an empty folder or an OCI layout"
+                    )
                 (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
                 write_atomic(root / "index.json", canonical_json(empty_index()))
                 write_atomic(marker, canonical_json(LAYOUT_FILE))
@@ -175,11 +277,16 @@ class OciLayout:
         return self.blob_path(digest).is_file()
 
     def add_blob(self, data: bytes, media_type: str) -> Descriptor:
-        """Store ``data``; a blob already present is left as it is."""
+        """Store ``data``; a blob already present is kept if it holds these bytes, and
+        replaced if it does not (a damaged copy must not outlive a good one)."""
         digest = sha256_digest(data)
         path = self.blob_path(digest)
-        if not path.is_file():
-            write_atomic(path, data)
+        try:
+            if path.read_bytes() == data:
+                return Descriptor(media_type, digest, len(data))
+        except OSError:
+            pass
+        write_atomic(path, data)
         return Descriptor(media_type, digest, len(data))
 
     def add_blob_file(
@@ -191,21 +298,20 @@ class OciLayout:
         *,
         link: bool = False,
         verify: bool = True,
+        cache: Path | None = None,
     ) -> Descriptor:
         """Bring a finished blob file in: moved (or hard-linked/copied with ``link``, e.g.
-        from the layer cache), after its size and digest are checked."""
+        from the layer cache), after its size and digest are checked (:func:`check_file`;
+        ``verify=False`` only for a file its writer hashed as it wrote it). A blob already
+        in the layout is kept if it checks out, and replaced if it does not."""
         check_digest(digest)
         if verify:
-            actual, actual_size = file_digest(path)
-            if (actual, actual_size) != (digest, size):
-                raise ArtifactError(
-                    f"blob {path} does not match its descriptor",
-                    artifact=str(path),
-                    expected=f"{digest} ({size} bytes)",
-                    actual=f"{actual} ({actual_size} bytes)",
-                )
+            try:
+                check_file(path, digest, size, cache=cache)
+            except FileNotFoundError as exc:
+                raise ImageInputError(f"blob {digest} is missing: no file {path}") from exc
         dest = self.blob_path(digest)
-        if dest.is_file():
+        if self._intact(dest, digest, size, cache):
             if not link:
                 path.unlink()
             return Descriptor(media_type, digest, size)
@@ -230,42 +336,61 @@ class OciLayout:
             raise ImageError(f"cannot write blob {digest} into {self.root}: {exc}") from exc
         return Descriptor(media_type, digest, size)
 
+    @staticmethod
+    def _intact(dest: Path, digest: str, size: int, cache: Path | None) -> bool:
+        try:
+            check_file(dest, digest, size, cache=cache)
+        except (FileNotFoundError, ArtifactError):
+            return False
+        return True
+
     def get_blob(self, descriptor: Descriptor) -> bytes:
         """The bytes of a (small) blob, checked against the descriptor."""
         path = self.blob_path(descriptor.digest)
         try:
             data = path.read_bytes()
         except FileNotFoundError as exc:
-            raise ImageError(
-                f"blob {descriptor.digest} is missing from {self.root}",
-                problems=[Problem(str(path), "no such file")],
-            ) from exc
-        self._check(descriptor, path, sha256_digest(data), len(data))
-        return data
-
-    def verify_blob(self, descriptor: Descriptor) -> Path:
-        """Check a (large) blob file by streaming it; returns its path."""
-        path = self.blob_path(descriptor.digest)
-        if not path.is_file():
-            raise ImageError(f"blob {descriptor.digest} is missing from {self.root}")
-        self._check(descriptor, path, *file_digest(path))
-        return path
-
-    def _check(self, descriptor: Descriptor, path: Path, actual: str, size: int) -> None:
+            raise self._missing(descriptor, path) from exc
+        actual, size = sha256_digest(data), len(data)
         if (actual, size) != (descriptor.digest, descriptor.size):
             raise ArtifactError(
-                f"blob {descriptor.digest} in {self.root} is corrupt",
+                f"{path} does not match blob {descriptor.digest}: it holds {size} bytes "
+                f"with digest {actual}",
                 artifact=str(path),
                 expected=f"{descriptor.digest} ({descriptor.size} bytes)",
                 actual=f"{actual} ({size} bytes)",
             )
+        return data
+
+    def verify_blob(self, descriptor: Descriptor, *, cache: Path | None = None) -> Path:
+        """Check a (large) blob file by streaming it (or by what :func:`check_file`
+        remembers of it); returns its path."""
+        path = self.blob_path(descriptor.digest)
+        try:
+            check_file(path, descriptor.digest, descriptor.size, cache=cache)
+        except FileNotFoundError as exc:
+            raise self._missing(descriptor, path) from exc
+        return path
+
+    def _missing(self, descriptor: Descriptor, path: Path) -> ImageInputError:
+        return ImageInputError(
+            f"blob {descriptor.digest} is missing from {self.root}",
+            problems=[Problem(str(path), "no such file")],
+            hint="the layout is incomplete; copy or save the image again",
+        )
 
     # -- index and tags --------------------------------------------------------------------
 
     def index(self) -> dict[str, Any]:
-        data = load_json((self.root / "index.json").read_bytes(), f"{self.root}/index.json")
+        where = f"{self.root}/index.json"
+        try:
+            raw = (self.root / "index.json").read_bytes()
+        except OSError as exc:
+            raise ImageInputError(f"cannot read {where}: {exc.strerror or exc}") from exc
+        with as_input_error():
+            data = load_json(raw, where)
         if not isinstance(data.get("manifests"), list):
-            raise ImageError(
+            raise ImageInputError(
                 f"{self.root}/index.json has no manifests list",
                 problems=[Problem("index.json.manifests", "missing or not a list")],
             )
@@ -281,7 +406,7 @@ class OciLayout:
     def tag(self, name: str, manifest: Descriptor) -> None:
         """Point ``name`` at ``manifest`` in index.json (replacing what it named before)."""
         if not name or any(c.isspace() for c in name):
-            raise ImageError(f"invalid tag {name!r} for an OCI layout")
+            raise ImageInputError(f"invalid tag {name!r} for an OCI layout")
         annotations = dict(manifest.annotations or {})
         annotations[REF_NAME] = name
         entry = Descriptor(
@@ -312,7 +437,7 @@ class OciLayout:
         if tag is not None:
             chosen = [m for m in entries if _names(m, tag)]
             if not chosen:
-                raise ImageError(
+                raise ImageInputError(
                     f"no image tagged {tag!r} in {self.root}",
                     hint=f"tags there: {', '.join(self.tags()) or 'none'}",
                 )
@@ -320,12 +445,13 @@ class OciLayout:
         elif len(entries) == 1:
             raw = entries[0]
         else:
-            raise ImageError(
+            raise ImageInputError(
                 f"{self.root} holds {len(entries)} images; say which one",
                 hint=f"write oci:{self.root}:TAG; tags there: {', '.join(self.tags()) or 'none'}",
             )
-        descriptor = Descriptor.from_json(raw, where=f"{where}.manifests")
-        return self._follow(descriptor, platform, depth=0)
+        with as_input_error():
+            descriptor = Descriptor.from_json(raw, where=f"{where}.manifests")
+            return self._follow(descriptor, platform, depth=0)
 
     def _follow(
         self, descriptor: Descriptor, platform: str, *, depth: int
@@ -334,7 +460,7 @@ class OciLayout:
         media_type = data.get("mediaType", descriptor.media_type)
         if media_type in INDEX_TYPES or ("manifests" in data and media_type not in MANIFEST_TYPES):
             if depth > 2:
-                raise ImageError(f"image indexes nested too deep at {descriptor.digest}")
+                raise ImageInputError(f"image indexes nested too deep at {descriptor.digest}")
             for i, item in enumerate(data.get("manifests") or []):
                 if isinstance(item, dict) and _matches(item.get("platform"), platform):
                     child = Descriptor.from_json(item, f"index {descriptor.digest}.manifests[{i}]")
@@ -344,32 +470,50 @@ class OciLayout:
                 for p in (m.get("platform") for m in data.get("manifests") or [])
                 if isinstance(p, dict)
             ]
-            raise ImageError(
+            raise ImageInputError(
                 f"the image has no manifest for {platform}",
                 hint=f"platforms it has: {', '.join(found) or 'none'}",
             )
         ImageManifest.from_json(data, where=f"manifest {descriptor.digest}")
         return descriptor, data
 
-    def image(self, tag: str | None = None, *, platform: str = "linux/amd64") -> LayoutImage:
+    def image(
+        self,
+        tag: str | None = None,
+        *,
+        platform: str = "linux/amd64",
+        verify: bool = True,
+        cache: Path | None = None,
+    ) -> LayoutImage:
         """The manifest, config and layer files of an image in the layout, all checked
-        (the layer files by size only; stream them through :meth:`verify_blob` to hash)."""
+        against their digests (the layers through :func:`check_file`, remembering
+        matches in ``cache``; with ``verify=False``, the layers by size only)."""
         descriptor, data = self.resolve(tag, platform=platform)
-        manifest = ImageManifest.from_json(data, where=f"manifest {descriptor.digest}")
-        config = ImageConfig.from_json(
-            self.get_blob(manifest.config), f"config {descriptor.digest}"
-        )
+        with as_input_error():
+            manifest = ImageManifest.from_json(data, where=f"manifest {descriptor.digest}")
+            config = ImageConfig.from_json(
+                self.get_blob(manifest.config), f"config {descriptor.digest}"
+            )
         if len(config.diff_ids) != len(manifest.layers):
-            raise ImageError(
+            raise ImageInputError(
                 f"image {descriptor.digest}: {len(manifest.layers)} layers but "
                 f"{len(config.diff_ids)} diff_ids in its config"
             )
         paths = []
         for layer in manifest.layers:
+            if verify:
+                paths.append(self.verify_blob(layer, cache=cache))
+                continue
             path = self.blob_path(layer.digest)
-            if not path.is_file() or path.stat().st_size != layer.size:
-                raise ImageError(
-                    f"layer blob {layer.digest} is missing or truncated in {self.root}"
+            if not path.is_file():
+                raise self._missing(layer, path)
+            if path.stat().st_size != layer.size:
+                raise ArtifactError(
+                    f"blob {layer.digest} in {self.root} is truncated or too long: {path} "
+                    f"holds {path.stat().st_size} bytes, not {layer.size}",
+                    artifact=str(path),
+                    expected=f"{layer.digest} ({layer.size} bytes)",
+                    actual=f"{path.stat().st_size} bytes",
                 )
             paths.append(path)
         return LayoutImage(descriptor, manifest, config, tuple(paths))
