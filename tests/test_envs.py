@@ -32,7 +32,7 @@ from envship.envs import (
 )
 from envship.errors import LockError, Problem, TargetError
 from envship.host import probe
-from envship.install import INCOMPLETE_NAME, MARKER_NAME, InstallError
+from envship.install import INCOMPLETE_NAME, MARKER_NAME, InstallError, install
 from envship.lockfile import LockFile
 from envship.store import Store
 from test_install import OTHER_PY, build_wheels, run_py, stocked_store, target, versions, write_lock
@@ -155,6 +155,21 @@ def test_create_then_reuse_without_installing(
     assert not again.created and again.path == first.path and again.key == first.key
     assert again.to_json()["python"] == str(first.path / "bin" / "python")
     assert time.time() - (first.path / USED_NAME).stat().st_mtime < DAY  # use recorded
+
+
+def test_a_version_shares_no_file_with_anything(setup: Setup, tmp_path: Path) -> None:
+    """uv hard-links from its cache by default; a shared version must be its own copy,
+    so an edit in a private env (or the cache) can never reach every instance."""
+    s = setup
+    private = tmp_path / "private"
+    install(s.lock, s.store, private)  # warms uv's cache, hard-linked from it
+    version = create_env(s.lock, s.store, s.root, name="ds")
+    files = [p for p in version.path.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert files and all(p.stat().st_nlink == 1 for p in files)
+    beta = next(private.glob("lib/python*/site-packages/beta/__init__.py"))
+    assert beta.stat().st_nlink > 1  # the private env is linked: the test can tell
+    beta.write_text("raise SystemExit('edited')\n")  # an edit there stays there
+    assert run_py(version.path, "import beta; print(beta.__version__)") == "1.0"
 
 
 def test_byte_code_is_another_version_never_compiled_in_place(setup: Setup) -> None:

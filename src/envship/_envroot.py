@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ._installmarker import INCOMPLETE_NAME, MARKER_NAME
-from .errors import EnvError
+from .errors import EnvInputError
 
 __all__ = [
     "USED_NAME",
@@ -97,7 +97,7 @@ def shared_version(env: Path, marker: dict[str, Any]) -> tuple[str, Path] | None
 def env_folder(root: Path, name: str) -> Path:
     """``ROOT/<name>``, after checking ``name`` is a plain folder name."""
     if not _NAME.match(name):
-        raise EnvError(
+        raise EnvInputError(
             f"invalid environment name {name!r}",
             hint="use letters, digits, '.', '_' and '-', starting with a letter or digit",
         )
@@ -186,7 +186,7 @@ def disk_size(path: Path) -> int:
 
 def require_root(root: Path) -> Path:
     if not root.is_dir():
-        raise EnvError(
+        raise EnvInputError(
             f"the environment root {root} does not exist",
             hint="pass --root DIR (or set ENVSHIP_ROOT) naming the shared folder",
         )

@@ -180,24 +180,6 @@ def _version(
     )
 
 
-# An invalid name and a root that does not exist (mistyped, not mounted) are bad input
-# (exit 2), not a step that failed; _envroot reports both as EnvError.
-
-
-def _env_folder(root: Path, name: str) -> Path:
-    try:
-        return _envroot.env_folder(root, name)
-    except EnvError as exc:
-        raise EnvInputError(exc.message, problems=exc.problems, hint=exc.hint) from None
-
-
-def _existing_root(root: Path) -> Path:
-    try:
-        return _envroot.require_root(root)
-    except EnvError as exc:
-        raise EnvInputError(exc.message, problems=exc.problems, hint=exc.hint) from None
-
-
 def _base_python(python: str | None) -> str:
     exe = python or sys.executable
     found = shutil.which(exe)
@@ -283,7 +265,7 @@ def create_env(
     Concurrent callers (processes, machines sharing ``root``) make one copy.
     """
     started = time.monotonic()
-    env_dir = _env_folder(root, name)
+    env_dir = _envroot.env_folder(root, name)
     base = _base_python(python)
     chosen_groups = lock.chosen_groups(groups)  # unknown ones refused before anything is made
     chosen = _chosen_target(lock, target, base)
@@ -315,6 +297,10 @@ def create_env(
                     target=chosen.name,
                     groups=chosen_groups,
                     compile_bytecode=compile_bytecode,
+                    # A shared version must not share inodes with this machine's uv
+                    # cache: a hard link would let an edit anywhere change every
+                    # instance's copy. (On a network root uv would copy anyway.)
+                    link_mode="copy",
                     progress=progress,
                 )
             except BaseException:
@@ -346,7 +332,7 @@ def _info(env_dir: Path, key: str, current: str | None, *, size: bool) -> Versio
 def list_envs(root: Path, *, sizes: bool = False) -> list[EnvInfo]:
     """Every environment under ``root`` with its versions; reads only, takes no lock."""
     found: list[EnvInfo] = []
-    for env_dir in _envroot.env_dirs(_existing_root(root)):
+    for env_dir in _envroot.env_dirs(_envroot.require_root(root)):
         current = _envroot.current_key(env_dir)
         versions = [_info(env_dir, k, current, size=sizes) for k in _envroot.version_keys(env_dir)]
         found.append(EnvInfo(env_dir.name, env_dir, current, tuple(versions)))
@@ -377,7 +363,7 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
     only guard.
     """
     cutoff = _cutoff(older_than)
-    envs = _envroot.env_dirs(_existing_root(root))
+    envs = _envroot.env_dirs(_envroot.require_root(root))
     removed: list[VersionInfo] = []
     busy: list[VersionInfo] = []
     in_use: list[VersionInUse] = []
@@ -432,7 +418,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     the one running envship, one interpreter start.
     """
     started = time.monotonic()
-    env_dir = _env_folder(_existing_root(root), name)
+    env_dir = _envroot.env_folder(_envroot.require_root(root), name)
     key = _envroot.current_key(env_dir) or ""
     path = env_dir / "versions" / key
     marker = _envroot.read_marker(path) if key else None
