@@ -25,11 +25,13 @@ REPORT_KEYS = {
     "site_packages",
     "search_path",
     "python",
+    "interpreter",
     "mode",
     "distributions",
     "checked_files",
     "checked_bytecode",
     "differences",
+    "notes",
 }
 
 
@@ -59,7 +61,8 @@ def test_identical_env_exits_0(
     assert set(data) == REPORT_KEYS
     assert data["identical"] is True and data["differences"] == []
     assert data["site_packages"] == str(venv.site)
-    assert data["env"] == str(venv.python)
+    assert data["env"] == data["interpreter"] == str(venv.python)
+    assert data["notes"] == []
     assert (data["target"], data["mode"], data["distributions"]) == ("linux-x86_64", "quick", 3)
     assert data["checked_files"] > 3
 
@@ -73,13 +76,19 @@ def _break(venv: Venv, wheels: Wheels) -> dict[str, str]:  # noqa: F811
     init = venv.site / "alpha" / "__init__.py"
     init.write_text(init.read_text().upper())  # same size: only --full sees it
     (venv.site / "alpha" / "data.bin").unlink()
+    pth = venv.site / "zz.pth"
+    pth.write_text('import sys; sys.stderr.write("pth code ran\\n")\n')
+    cfg = venv.root / "pyvenv.cfg"
+    cfg.write_text(cfg.read_text().replace("site-packages = false", "site-packages = true"))
     return {
         "missing": str(venv.site),
+        "config": str(cfg),
         "extra": str(venv.site / "omega-1.0.dist-info"),
         "version": str(venv.site / "beta-1.1.dist-info"),
         "changed": str(init),
         "removed": str(venv.site / "alpha" / "data.bin"),
         "added": str(stray),
+        "unowned": str(pth),  # and tool/, whose dist-info is gone
     }
 
 
@@ -91,14 +100,18 @@ def test_differences_exit_1_grouped_with_paths(
     paths = _break(venv, wheels)
     code, out, err = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--full")
     assert code == 1
-    assert "differs from" in err and "6 differences" in err
+    # 9: the tool package left without its dist-info is unowned too
+    assert "differs from" in err and "9 differences" in err
     headings = [line for line in out.splitlines() if not line.startswith(" ")][1:]
     assert [h.split(" ")[0] for h in headings] == [
-        "missing", "extra", "wrong", "changed", "removed", "added",
+        "missing", "extra", "wrong", "settings", "changed", "removed", "added", "unowned",
     ]  # fmt: skip
     for path in paths.values():
         assert path in out
     assert "locked 1.0, installed 1.1" in out
+    assert f"{paths['config']}: include-system-site-packages = true, expected false" in out
+    assert f"  {paths['unowned']}  (a file)\n      a .pth file: at every start" in out
+    assert "pth code ran" not in err  # checking the env ran none of its .pth files
 
     code, out, err = run(capsys, "--lock", wheels.lock_no_omega, venv.root)
     assert code == 1
@@ -118,10 +131,12 @@ def test_json_lists_every_difference(
     assert set(data) >= REPORT_KEYS and data["error"] == "mismatch"
     assert data["identical"] is False and data["mode"] == "full"
     found = {d["kind"]: d for d in data["differences"]}
-    assert len(data["differences"]) == 6
+    assert len(data["differences"]) == 9  # with tool/, unowned without its dist-info
     assert {k: d["path"] for k, d in found.items()} == paths
-    for d in data["differences"]:
-        assert set(d) == {"kind", "name", "path", "expected", "actual"}
+    keys = {"kind", "name", "path", "expected", "actual"}
+    for d in data["differences"]:  # a note says why outside code runs: pyvenv.cfg, a .pth
+        noted = d["kind"] == "config" or d["path"].endswith(".pth")
+        assert set(d) == (keys | {"note"} if noted else keys)
     assert (found["version"]["expected"], found["version"]["actual"]) == ("1.0", "1.1")
     assert (found["missing"]["name"], found["missing"]["expected"]) == ("tool", "1.0")
     assert found["extra"]["actual"] == "1.0"
@@ -196,3 +211,37 @@ def test_bytecode_option_finds_a_pyc_that_holds_other_code(
     assert [(d["kind"], d["path"]) for d in data["differences"]] == [("changed", str(pyc))]
     code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--full")
     assert code == 0  # without --bytecode, RECORD's view: identical
+
+
+def test_a_venv_without_its_interpreter_exits_2_in_both_forms(
+    venv: Venv,
+    wheels: Wheels,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    venv.python.unlink()
+    code, out, err = run(capsys, "--lock", wheels.lock_no_omega, venv.root)
+    assert (code, out) == (2, "")
+    assert f"the interpreter of {venv.root} is missing" in err and str(venv.python) in err
+    code, _, err = run(capsys, "--lock", wheels.lock_no_omega, venv.python)
+    assert code == 2 and f"{venv.python} does not exist" in err
+    code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--json")
+    data = json.loads(out)
+    assert code == 2 and data["error"] == "spec"
+    assert data["problems"] == [{"where": str(venv.python), "message": "no such file"}]
+    code, _, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.site)
+    assert code == 0  # a site-packages folder is its files alone
+
+
+def test_notes_say_what_could_not_be_checked(
+    venv: Venv,
+    wheels: Wheels,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (venv.site / "_virtualenv.pth").write_text("import _virtualenv")  # as uv writes it
+    (venv.site / "_virtualenv.py").write_text('"""Patches."""\n')
+    code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root)
+    assert code == 0 and out.startswith("ok: ")
+    assert f"\nnote: {venv.site / '_virtualenv.py'} (imported at every start" in out
+    code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--json")
+    (note,) = json.loads(out)["notes"]
+    assert code == 0 and "could not be checked" in note

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -155,20 +156,21 @@ def kinds(diffs: Iterable[Difference]) -> list[tuple[str, str, str]]:
     return [(d.kind, d.name, d.path) for d in diffs]
 
 
-# -- corruptions: each returns the (kind, name, path) the report must hold --------------
+# -- corruptions: each returns the (kind, name, path)s the report must hold -------------
 
-Expect = tuple[str, str, str]
+Expect = list[tuple[str, str, str]]
 
 
 def _delete_dist_info(v: Venv, w: Wheels) -> Expect:
     shutil.rmtree(v.site / "beta-1.0.dist-info")
-    return ("missing", "beta", str(v.site))
+    # its package stays behind, importable, and no RECORD vouches for it any more
+    return [("missing", "beta", str(v.site)), ("unowned", "beta", str(v.site / "beta"))]
 
 
 def _append_to_file(v: Venv, w: Wheels) -> Expect:
     path = v.site / "alpha" / "__init__.py"
     path.write_text(path.read_text() + "import os\n")
-    return ("changed", "alpha", str(path))
+    return [("changed", "alpha", str(path))]
 
 
 def _same_size_edit(v: Venv, w: Wheels) -> Expect:
@@ -176,46 +178,47 @@ def _same_size_edit(v: Venv, w: Wheels) -> Expect:
     data = bytearray(path.read_bytes())
     data[len(data) // 2 + 7] ^= 0x01  # one bit, in the middle of the third 1 MiB chunk
     path.write_bytes(bytes(data))
-    return ("changed", "alpha", str(path))
+    return [("changed", "alpha", str(path))]
 
 
 def _stray_module(v: Venv, w: Wheels) -> Expect:
     path = v.site / "alpha" / "sub" / "evil.py"
     path.parent.mkdir()
     path.write_text("print('hello')\n")
-    return ("added", "alpha", str(path))
+    return [("added", "alpha", str(path))]
 
 
 def _metadata_file(v: Venv, w: Wheels) -> Expect:
     path = v.site / "beta-1.0.dist-info" / "entry_points.txt"
     path.write_text("[console_scripts]\nbeta = os:system\n")
-    return ("added", "beta", str(path))
+    return [("added", "beta", str(path))]
 
 
 def _delete_file(v: Venv, w: Wheels) -> Expect:
     (v.site / "beta" / "__init__.py").unlink()
-    return ("removed", "beta", str(v.site / "beta" / "__init__.py"))
+    return [("removed", "beta", str(v.site / "beta" / "__init__.py"))]
 
 
 def _delete_script(v: Venv, w: Wheels) -> Expect:
     (v.root / "bin" / "tool").unlink()
-    return ("removed", "tool", str(v.root / "bin" / "tool"))
+    return [("removed", "tool", str(v.root / "bin" / "tool"))]
 
 
 def _delete_record(v: Venv, w: Wheels) -> Expect:
     record = v.site / "tool-1.0.dist-info" / "RECORD"
     record.unlink()
-    return ("removed", "tool", str(record))
+    # without its RECORD nothing vouches for the distribution's package either
+    return [("removed", "tool", str(record)), ("unowned", "tool", str(v.site / "tool"))]
 
 
 def _install_extra(v: Venv, w: Wheels) -> Expect:
     v.install(w.omega)
-    return ("extra", "omega", str(v.site / "omega-1.0.dist-info"))
+    return [("extra", "omega", str(v.site / "omega-1.0.dist-info"))]
 
 
 def _install_other_version(v: Venv, w: Wheels) -> Expect:
     v.install(w.beta_11)
-    return ("version", "beta", str(v.site / "beta-1.1.dist-info"))
+    return [("version", "beta", str(v.site / "beta-1.1.dist-info"))]
 
 
 CORRUPTIONS: list[tuple[Callable[[Venv, Wheels], Expect], bool]] = [
@@ -260,7 +263,7 @@ def test_each_corruption_is_reported_with_its_path(
     expected = corrupt(venv, wheels)
     report = verify(LockFile.load(wheels.lock_no_omega), venv.root, full=full)
     if full or quick_sees:
-        assert kinds(report.differences) == [expected]
+        assert kinds(report.differences) == expected
         assert not report.identical
     else:
         assert report.identical, report.differences
@@ -362,8 +365,10 @@ def test_target_choice_refuses_to_guess_between_variants(tmp_path: Path, wheels:
     with pytest.raises(TargetError, match="several lock targets fit") as info:
         choose_target(lock, PYTHON, glibc=(2, 36))
     assert info.value.hint is not None and "--target" in info.value.hint
-    report = verify(lock, tmp_path, target=lock.target("gpu"))  # an empty "site-packages"
-    assert kinds(report.differences) == [("missing", "beta", str(tmp_path))]
+    empty = tmp_path / "site-packages"
+    empty.mkdir()
+    report = verify(lock, empty, target=lock.target("gpu"))
+    assert kinds(report.differences) == [("missing", "beta", str(empty))]
 
 
 # -- the RECORD hash format (PEP 376 / PEP 427) -----------------------------------------
@@ -434,3 +439,98 @@ def test_a_second_dist_info_of_a_locked_name_is_extra(venv: Venv, wheels: Wheels
     (diff,) = report.differences  # one of the two is checked, the other is extra
     assert (diff.kind, diff.name, diff.actual) == ("extra", "beta", "1.0")
     assert diff.path in (str(copy), str(venv.site / "beta-1.0.dist-info"))
+
+
+# -- the venv's interpreter: it must exist and be the target's Python ---------------------
+
+
+def _next_python() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1] + 1}"
+
+
+def _remove_interpreter(v: Venv, tmp_path: Path) -> tuple[type[SpecError], str, str]:
+    v.python.unlink()
+    return SpecError, "interpreter of .* is missing", "no such file"
+
+
+def _dangling_interpreter(v: Venv, tmp_path: Path) -> tuple[type[SpecError], str, str]:
+    v.python.unlink()
+    v.python.symlink_to(tmp_path / "gone" / "python3")
+    return SpecError, "interpreter of .* is missing", "which does not exist"
+
+
+def _not_a_python(v: Venv, tmp_path: Path) -> tuple[type[SpecError], str, str]:
+    script = tmp_path / "fake-python"
+    script.write_text("#!/bin/sh\necho 'not python' >&2\nexit 3\n")
+    script.chmod(0o755)
+    v.python.unlink()
+    v.python.symlink_to(script)
+    return SpecError, "not a working Python interpreter", "not python"
+
+
+def _other_python(v: Venv, tmp_path: Path) -> tuple[type[SpecError], str, str]:
+    """bin/python runs this Python; the venv's packages are for the next one (as when
+    bin/python is re-pointed at another version: the packages it would import are not
+    the ones checked)."""
+    other = _next_python()
+    v.site.parent.rename(v.root / "lib" / f"python{other}")
+    cfg = v.root / "pyvenv.cfg"  # uv's venv: "version_info = X.Y.Z"
+    cfg.write_text(cfg.read_text().replace(f"= {platform.python_version()}", f"= {other}.0"))
+    assert f"{other}.0" in cfg.read_text()
+    return TargetError, "does not run the environment", f"it is Python {PYTHON}"
+
+
+INTERPRETER_BREAKS = [_remove_interpreter, _dangling_interpreter, _not_a_python, _other_python]
+
+
+@pytest.mark.parametrize(
+    "damage", INTERPRETER_BREAKS, ids=[d.__name__.strip("_") for d in INTERPRETER_BREAKS]
+)
+def test_a_venv_folder_whose_interpreter_cannot_run_it_is_refused(
+    venv: Venv,
+    wheels: Wheels,
+    tmp_path: Path,
+    damage: Callable[[Venv, Path], tuple[type[SpecError], str, str]],
+) -> None:
+    error, message, problem = damage(venv, tmp_path)
+    other = target_table("next", glibc="2.17").replace(f'"{PYTHON}"', f'"{_next_python()}"')
+    lock = LockFile.load(
+        write_lock(
+            tmp_path / "l.toml",
+            [wheels.alpha, wheels.beta, wheels.tool],
+            targets=[target_table(), other],
+        )
+    )
+    with pytest.raises(error, match=message) as caught:
+        verify(lock, venv.root, full=True)
+    assert caught.value.exit_code == 2  # as `envship verify VENV/bin/python` exits
+    (found,) = caught.value.problems
+    assert found.where == str(venv.python) and problem in found.message
+    # An environment not meant to run here (read out of an image) skips the interpreter.
+    report = verify(lock, venv.root, interpreter=False, target=lock.targets[0])
+    assert all(d.kind != "unowned" for d in report.differences)
+
+
+@pytest.mark.parametrize("how", ["venv", "interpreter"])
+def test_an_interpreter_that_does_not_fit_the_named_target_is_refused(
+    venv: Venv, wheels: Wheels, tmp_path: Path, how: str
+) -> None:
+    other = target_table("next").replace(f'"{PYTHON}"', f'"{_next_python()}"')
+    lock = LockFile.load(
+        write_lock(tmp_path / "l.toml", [wheels.beta], targets=[target_table(), other])
+    )
+    path = venv.root if how == "venv" else venv.python
+    with pytest.raises(TargetError, match="cannot run the lock target next") as caught:
+        verify(lock, path, target=lock.target("next"))
+    assert [p.message for p in caught.value.problems] == [
+        f"Python {_next_python()} needed, interpreter is {PYTHON}"
+    ]
+    assert verify(lock, path, target=lock.target("linux-x86_64"), groups=[]).environment.runs
+
+
+def test_the_venv_folder_form_runs_its_interpreter(venv: Venv, wheels: Wheels) -> None:
+    report = verify(LockFile.load(wheels.lock_no_omega), venv.root)
+    assert report.environment.interpreter == venv.python
+    runs = report.environment.runs
+    assert runs is not None and runs.python == PYTHON and runs.site_packages == (venv.site,)
+    assert runs.config == venv.root / "pyvenv.cfg" and runs.platform == PLATFORM

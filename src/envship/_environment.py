@@ -1,11 +1,19 @@
-"""Finding an installed environment, and the lock target it is for.
+"""Finding an installed environment, the interpreter that runs it, and its lock target.
 
 An environment is named as a venv folder (its ``pyvenv.cfg`` says which Python, and so
-which ``lib/pythonX.Y/site-packages``), as an interpreter (run in isolated mode to print
-its ``sysconfig`` paths: the only code run), or as a bare site-packages folder (the
-Python version read from a ``pythonX.Y`` part of its path, if any). Its target is the
-lock's for this platform and that Python; among several, the one with the highest glibc
-level not above this machine's. :mod:`envship.verify` re-exports the public names.
+which ``lib/pythonX.Y/site-packages``), as an interpreter, or as a bare site-packages
+folder (the Python version read from a ``pythonX.Y`` part of its path, if any). Its
+target is the lock's for this platform and that Python; among several, the one with the
+highest glibc level not above this machine's. :mod:`envship.verify` re-exports the
+public names.
+
+An interpreter is run once, as ``python -I -S``: ``-S`` because ``site`` would execute
+every ``.pth`` file in the environment's site-packages (site.addpackage), which is the
+code being verified. What ``site.venv()`` would do is done by the probe instead: a
+``pyvenv.cfg`` beside the executable or one folder up makes that folder the prefix, and
+sysconfig's paths for that prefix are the site-packages. A venv named as a folder gets
+the same run of its ``bin/python`` (:func:`run_interpreter`), so a venv whose interpreter
+is gone, or runs another Python than its packages are for, is not vouched for.
 """
 
 from __future__ import annotations
@@ -15,16 +23,40 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from ._installmarker import read_marker
 from .errors import InvalidLockError, Problem, SpecError, TargetError
 from .lockfile import LockFile
 from .targets import Target, host_platform
 
-__all__ = ["InstalledEnvironment", "choose_target", "find_environment"]
+__all__ = [
+    "InstalledEnvironment",
+    "Interpreter",
+    "choose_target",
+    "find_environment",
+    "interpreter_mismatches",
+    "read_venv_config",
+    "run_interpreter",
+]
 
 _PYTHON_DIR = re.compile(r"^python(\d+\.\d+)t?$")
+_MACHINES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True, slots=True)
+class Interpreter:
+    """What running an environment's interpreter (``-I -S``) said about itself."""
+
+    path: Path  # as named: a venv's bin/python is a link, and its place makes it the venv's
+    python: str  # "3.11"
+    implementation: str  # "cpython"
+    platform: str  # "linux-x86_64", as a target's platform id spells it
+    site_packages: tuple[Path, ...]  # purelib first; platlib too when it differs
+    venv: Path | None  # the prefix site.venv() would make it, if any
+    config: Path | None  # the pyvenv.cfg that site would read (venv/ or venv/bin/)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +67,53 @@ class InstalledEnvironment:
     site_packages: tuple[Path, ...]  # purelib first; platlib too when it differs
     python: str | None  # "3.11"; None when a bare folder does not say
     interpreter: Path | None = None
+    venv: Path | None = None  # the venv folder (pyvenv.cfg) the environment is, if it is one
+    runs: Interpreter | None = None  # set once the interpreter has been run
+
+    @property
+    def record_root(self) -> Path | None:
+        """Where the install marker (``.envship-install.json``) of this environment is:
+        the venv, or the prefix two levels above a ``lib/pythonX.Y/site-packages``."""
+        if self.venv is not None:
+            return self.venv
+        site = self.site_packages[0]
+        return site.parents[2] if len(site.parents) >= 3 else None
+
+    def marker(self) -> dict[str, Any] | None:
+        """The install marker envship wrote for this environment, if there is one."""
+        root = self.record_root
+        return read_marker(root) if root is not None else None
 
 
-_PROBE = (
-    "import json, sys, sysconfig; p = sysconfig.get_paths(); "
-    "print(json.dumps({'purelib': p['purelib'], 'platlib': p['platlib'], "
-    "'python': '%d.%d' % sys.version_info[:2]}))"
-)
+# Kept compatible with old Pythons (no f-strings): the interpreter may be an old one we
+# only want to refuse with a clear reason. The venv search is site.venv()'s (the config
+# beside the executable wins, and the prefix is always the executable's parent's parent).
+_PROBE = r"""
+import json, os, platform, sys, sysconfig
+exe_dir = os.path.dirname(os.path.abspath(sys.executable))
+config = prefix = None
+for folder in (exe_dir, os.path.dirname(exe_dir)):
+    if os.path.isfile(os.path.join(folder, "pyvenv.cfg")):
+        config = os.path.join(folder, "pyvenv.cfg")
+        prefix = os.path.dirname(exe_dir)
+        break
+if prefix is None:
+    paths = sysconfig.get_paths()
+else:
+    scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"
+    paths = sysconfig.get_paths(scheme, vars={"base": prefix, "platbase": prefix})
+impl = getattr(sys, "implementation", None)
+print(json.dumps({
+    "purelib": paths["purelib"],
+    "platlib": paths["platlib"],
+    "python": "%d.%d" % sys.version_info[:2],
+    "implementation": impl.name if impl else platform.python_implementation().lower(),
+    "sys_platform": sys.platform,
+    "machine": platform.machine(),
+    "venv": prefix,
+    "config": config,
+}))
+"""
 
 
 def _python_from_path(site: Path) -> str | None:
@@ -52,12 +124,19 @@ def _python_from_path(site: Path) -> str | None:
     return None
 
 
-def _venv(root: Path) -> InstalledEnvironment:
+def read_venv_config(path: Path) -> dict[str, str]:
+    """A ``pyvenv.cfg`` as ``site.venv()`` reads it: ``key = value`` lines, keys
+    lower-cased, the last of a key winning."""
     cfg: dict[str, str] = {}
-    for line in (root / "pyvenv.cfg").read_text(errors="replace").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         key, sep, value = line.partition("=")
         if sep:
-            cfg[key.strip()] = value.strip()
+            cfg[key.strip().lower()] = value.strip()
+    return cfg
+
+
+def _venv(root: Path) -> InstalledEnvironment:
+    cfg = read_venv_config(root / "pyvenv.cfg")
     version = cfg.get("version_info") or cfg.get("version") or ""  # uv | stdlib venv
     wanted = ".".join(version.split(".")[:2])
     sites = sorted(p for p in (root / "lib").glob("python*/site-packages") if p.is_dir())
@@ -69,13 +148,14 @@ def _venv(root: Path) -> InstalledEnvironment:
             problems=[Problem(str(root / "lib"), f"site-packages found: {found}")],
             hint="pass the venv's bin/python or the site-packages folder instead",
         )
-    return InstalledEnvironment(root, (chosen[0],), _python_from_path(chosen[0]) or wanted)
+    python = _python_from_path(chosen[0]) or wanted
+    return InstalledEnvironment(root, (chosen[0],), python, venv=root)
 
 
-def _interpreter(path: Path) -> InstalledEnvironment:
+def _probe(path: Path) -> Interpreter:
     try:
         out = subprocess.run(
-            [str(path), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60
+            [str(path), "-I", "-S", "-c", _PROBE], capture_output=True, text=True, timeout=60
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SpecError(f"cannot run {path}", problems=[Problem(str(path), str(exc))]) from None
@@ -91,13 +171,33 @@ def _interpreter(path: Path) -> InstalledEnvironment:
     sites = [Path(data["purelib"])]
     if Path(data["platlib"]) != sites[0]:
         sites.append(Path(data["platlib"]))
-    return InstalledEnvironment(path, tuple(sites), str(data["python"]), interpreter=path)
+    machine = str(data["machine"])
+    machine = _MACHINES.get(machine.lower(), machine)
+    return Interpreter(
+        path=path,
+        python=str(data["python"]),
+        implementation=str(data["implementation"]),
+        platform=f"{data['sys_platform']}-{machine}",
+        site_packages=tuple(sites),
+        venv=Path(data["venv"]) if data.get("venv") else None,
+        config=Path(data["config"]) if data.get("config") else None,
+    )
+
+
+def _interpreter(path: Path) -> InstalledEnvironment:
+    runs = _probe(path)
+    return InstalledEnvironment(
+        path, runs.site_packages, runs.python, interpreter=path, venv=runs.venv, runs=runs
+    )
 
 
 def find_environment(
     env: Path | None = None, *, environ: Mapping[str, str] | None = None
 ) -> InstalledEnvironment:
-    """Resolve a venv folder, an interpreter or a site-packages folder (default: $VIRTUAL_ENV)."""
+    """Resolve a venv folder, an interpreter or a site-packages folder (default: $VIRTUAL_ENV).
+
+    Only an interpreter is run here; a venv folder's is run by :func:`run_interpreter`.
+    """
     if env is None:
         active = (os.environ if environ is None else environ).get("VIRTUAL_ENV")
         if not active:
@@ -115,6 +215,66 @@ def find_environment(
             return _venv(env)
         return InstalledEnvironment(env, (env,), _python_from_path(env))
     return _interpreter(env)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def run_interpreter(environment: InstalledEnvironment) -> InstalledEnvironment:
+    """``environment`` with its interpreter run (``runs`` set), for a venv named as a folder.
+
+    The folder's ``bin/python`` must exist and use the very site-packages being checked:
+    the files of a venv whose interpreter is gone, or runs a Python that never imports
+    them, are no proof of what the environment runs. Either is a :class:`SpecError` (exit
+    2) naming ``bin/python``, as ``envship verify VENV/bin/python`` is for the same venv
+    (a missing path, or a Python no lock target fits). Anything else is returned as it is.
+    """
+    if environment.runs is not None or environment.venv is None:
+        return environment
+    path = environment.venv / "bin" / "python"
+    if not path.exists():
+        link = os.readlink(path) if path.is_symlink() else None
+        raise SpecError(
+            f"the interpreter of {environment.venv} is missing",
+            problems=[
+                Problem(
+                    str(path),
+                    f"a link to {link}, which does not exist" if link else "no such file",
+                )
+            ],
+            hint="re-create the environment (`envship install`), or name its site-packages "
+            "folder to check its files alone",
+        )
+    runs = _probe(path)
+    if not any(_same_folder(s, runs.site_packages[0]) for s in environment.site_packages):
+        raise TargetError(
+            f"{path} does not run the environment {environment.venv}",
+            problems=[
+                Problem(
+                    str(path),
+                    f"it is Python {runs.python}, importing from {runs.site_packages[0]}; "
+                    f"the environment's packages are in {environment.site_packages[0]}",
+                )
+            ],
+            hint=f"point it back at a Python {environment.python or ''}".rstrip()
+            + ", or re-create the environment (`envship install`)",
+        )
+    return replace(environment, python=runs.python, interpreter=path, runs=runs)
+
+
+def interpreter_mismatches(runs: Interpreter, target: Target) -> list[str]:
+    """Why ``runs`` cannot import ``target``'s wheels; empty when it can. Only the
+    interpreter counts here (CPython, version, OS and architecture): glibc and a GPU are
+    the machine's, and the same bits can be verified on a machine that cannot run them."""
+    reasons = []
+    if runs.implementation != "cpython":  # targets are CPython ABIs (cpXY tags)
+        reasons.append(f"CPython needed, interpreter is {runs.implementation}")
+    if runs.python != target.python:
+        reasons.append(f"Python {target.python} needed, interpreter is {runs.python}")
+    if runs.platform != target.platform.id:
+        reasons.append(f"{target.platform.id} needed, interpreter is {runs.platform}")
+    return reasons
 
 
 def _machine_glibc() -> tuple[int, int] | None:

@@ -1,6 +1,6 @@
 """Verify an installed environment against a PEP 751 lock, down to the RECORD hashes.
 
-Two questions, answered without running any installed code:
+Three questions, answered without running any installed code:
 
 1. Are exactly the locked distributions installed, at the locked versions? The expected
    set is what :meth:`LockFile.select` picks for the target (PEP 751); the installed set
@@ -8,6 +8,10 @@ Two questions, answered without running any installed code:
 2. Are their files the files the installer wrote? Each distribution's ``RECORD``
    (PEP 376, with the PEP 427 hash format: ``sha256=`` + urlsafe base64, no padding)
    lists every file with its hash and size.
+3. Does anything else get in? Every top-level entry of a site-packages folder that no
+   installed distribution claims is ``unowned`` (a ``.pth`` file runs code at every
+   start), and a venv whose ``pyvenv.cfg`` includes the system site-packages is a
+   ``config`` difference (:mod:`envship._strays`); both in every mode.
 
 Quick mode (the default) stats every RECORD-listed file (missing -> ``removed``, size
 differs -> ``changed``) and walks the distributions' top-level package folders and
@@ -22,15 +26,16 @@ of the comparison entirely (uv-created venvs have no pip, the normal case). A
 distribution at the wrong version is reported once, as ``version``, and its files are
 not checked.
 
-Finding the environment and its lock target (:func:`find_environment`,
-:func:`choose_target`) is :mod:`envship._environment`'s.
+Finding the environment, running its interpreter (for a venv, once, as ``-I -S``, so no
+``.pth`` file runs) and choosing its lock target (:func:`find_environment`,
+:func:`choose_target`) is :mod:`envship._environment`'s. The interpreter must exist and
+be the target's Python, or nothing is compared (exit 2, as for a lock no target fits).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import sys
 import threading
@@ -44,9 +49,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ._environment import InstalledEnvironment, choose_target, find_environment
-from .errors import EnvshipError, Problem, SpecError
-from .install import MARKER_NAME
+from ._environment import (
+    InstalledEnvironment,
+    choose_target,
+    find_environment,
+    interpreter_mismatches,
+    run_interpreter,
+)
+from ._strays import VENV_CREATION, site_differences
+from .errors import EnvshipError, Problem, SpecError, TargetError
 from .lockfile import LockFile
 from .targets import Target
 
@@ -55,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "VENV_CREATION",
     "Difference",
     "DifferenceKind",
     "InstalledEnvironment",
@@ -67,9 +79,13 @@ __all__ = [
     "verify",
 ]
 
-DifferenceKind = Literal["missing", "extra", "version", "changed", "removed", "added"]
-#: Report order: distribution-level differences first, then file-level ones.
-KINDS: tuple[DifferenceKind, ...] = ("missing", "extra", "version", "changed", "removed", "added")
+DifferenceKind = Literal[
+    "missing", "extra", "version", "config", "changed", "removed", "added", "unowned"
+]
+#: Report order: distribution-level differences, the environment's settings, then files.
+KINDS: tuple[DifferenceKind, ...] = (
+    "missing", "extra", "version", "config", "changed", "removed", "added", "unowned",
+)  # fmt: skip
 CHUNK = 1 << 20  # read files in 1 MiB chunks: hashlib releases the GIL on large updates
 _BUFFERS = threading.local()
 
@@ -111,11 +127,13 @@ class Difference:
     """One way the environment differs from the lock, and where."""
 
     kind: DifferenceKind
-    name: str  # the distribution concerned
-    path: str  # a dist-info folder, an installed file, or (missing) the site-packages
+    # The distribution concerned; for ``unowned`` the entry's name, for ``config`` the
+    # setting, for a file the venv's creation wrote :data:`VENV_CREATION`.
+    name: str
+    path: str  # a dist-info folder, a file or folder, pyvenv.cfg, or (missing) site-packages
     expected: str | None = None
     actual: str | None = None
-    note: str | None = None  # why it is there, when known (an `envship add` extra)
+    note: str | None = None  # why it is there or why it matters, when known
 
     def to_json(self) -> dict[str, str | None]:
         data = {f: getattr(self, f) for f in ("kind", "name", "path", "expected", "actual")}
@@ -136,6 +154,7 @@ class VerifyReport:
     checked_files: int  # RECORD entries stat-ed (quick) or hashed (full)
     differences: tuple[Difference, ...]
     checked_bytecode: int | None = None  # cached .pyc files compared; None: not asked
+    notes: tuple[str, ...] = ()  # what could not be checked, and why
 
     @property
     def identical(self) -> bool:
@@ -156,11 +175,15 @@ class VerifyReport:
             "site_packages": str(self.environment.site_packages[0]),
             "search_path": [str(p) for p in self.environment.site_packages],
             "python": self.environment.python,
+            "interpreter": (
+                str(self.environment.interpreter) if self.environment.interpreter else None
+            ),
             "mode": "full" if self.full else "quick",
             "distributions": self.distributions,
             "checked_files": self.checked_files,
             "checked_bytecode": self.checked_bytecode,
             "differences": [d.to_json() for d in self.differences],
+            "notes": list(self.notes),
         }
 
 
@@ -170,6 +193,14 @@ def _hint(report: VerifyReport) -> str | None:
     if added:
         it = "them" if len(added) > 1 else "it"
         hints.append(f"{', '.join(added)} came from `envship add`: `envship lock` takes {it} in")
+    kinds = {d.kind for d in report.differences}
+    if "unowned" in kinds:
+        hint = "no installed distribution claims the unowned paths: remove them"
+        if "missing" in kinds:
+            hint += " (or reinstall the missing distributions they may belong to)"
+        hints.append(hint)
+    if "config" in kinds:
+        hints.append("set include-system-site-packages = false in pyvenv.cfg")
     if not report.full:
         hints.append("--full also compares every file's sha256")
     return "; ".join(hints) or None
@@ -326,19 +357,13 @@ def _added_by_envship_add(environment: InstalledEnvironment) -> dict[tuple[str, 
     """(name, version) -> note for what ``envship add`` installed, from the install marker
     (``ENV/.envship-install.json``, ``added``) of the venv holding the site-packages."""
     notes: dict[tuple[str, str], str] = {}
-    for site in environment.site_packages:
-        if len(site.parents) < 3:
-            continue
-        try:
-            marker = json.loads((site.parents[2] / MARKER_NAME).read_text(encoding="utf-8"))
-            entries = list(marker.get("added") or [])
-        except (OSError, ValueError, AttributeError, TypeError):
-            continue
-        for e in entries:
-            if isinstance(e, dict) and isinstance(e.get("name"), str):
-                why = f" ({e['requested']})" if e.get("requested") else " as a dependency"
-                note = f"added by envship add{why}: run envship lock to take it in"
-                notes[(canonicalize_name(e["name"]), str(e.get("version")))] = note
+    marker = environment.marker()
+    entries = marker.get("added") if marker is not None else None
+    for e in entries if isinstance(entries, list) else ():
+        if isinstance(e, dict) and isinstance(e.get("name"), str):
+            why = f" ({e['requested']})" if e.get("requested") else " as a dependency"
+            note = f"added by envship add{why}: run envship lock to take it in"
+            notes[(canonicalize_name(e["name"]), str(e.get("version")))] = note
     return notes
 
 
@@ -352,6 +377,7 @@ def verify(
     ignore: Collection[str] = (),
     workers: int | None = None,
     bytecode: bool | BytecodeCompiler = False,
+    interpreter: bool = True,
 ) -> VerifyReport:
     """Compare the distributions (and their RECORD files) in ``env`` with the lock.
 
@@ -359,11 +385,24 @@ def verify(
     ``target`` defaults to :func:`choose_target` for the environment's Python; ``groups``
     as in :meth:`LockFile.select` (``None``: every group the lock has). ``bytecode``
     also compares each cached ``.pyc`` with its source (:mod:`envship._pycheck`), with
-    the environment's interpreter (``True``) or the given one. Never prints.
+    the environment's interpreter (``True``) or the given one. ``interpreter``: run a
+    venv's ``bin/python`` (:func:`envship._environment.run_interpreter`) and refuse one
+    that is missing or is not the target's Python; False for an environment that is not
+    meant to run on this machine (one read out of an image). Never prints.
     """
     environment = env if isinstance(env, InstalledEnvironment) else find_environment(env)
+    if interpreter:
+        environment = run_interpreter(environment)
     if target is None:
         target = choose_target(lock, environment.python)
+    runs = environment.runs
+    if runs is not None and (reasons := interpreter_mismatches(runs, target)):
+        # The same exit code (2) as a lock no target fits: nothing was compared.
+        raise TargetError(
+            f"{runs.path} cannot run the lock target {target.name}",
+            problems=[Problem(str(runs.path), r) for r in reasons],
+            hint="name the target the environment was made for with --target",
+        )
     skip = {canonicalize_name(n) for n in ignore}
     expected: dict[str, tuple[str, str]] = {
         canonicalize_name(str(p.name)): (str(p.name), str(p.version))
@@ -405,6 +444,10 @@ def verify(
             entries.extend(e for e in inst.record if not _is_bytecode(e.rel))
     diffs.extend(_check_all(entries, full, workers))
     diffs.extend(_added(verified, installed))
+    claimed = [str(inst.dist_info) for inst in installed]
+    claimed += [e.path for inst in installed for e in inst.record or ()]
+    found, notes = site_differences(environment, claimed)
+    diffs.extend(found)
     checked_bytecode = None
     if bytecode is not False:
         # Imported here: only a byte-code check needs them.
@@ -427,6 +470,7 @@ def verify(
         checked_files=len(entries),
         differences=tuple(diffs),
         checked_bytecode=checked_bytecode,
+        notes=tuple(notes),
     )
 
 

@@ -16,9 +16,11 @@ _TITLES: dict[DifferenceKind, str] = {
     "missing": "missing distributions (locked, not installed)",
     "extra": "extra distributions (installed, not locked)",
     "version": "wrong versions",
+    "config": "settings that let in packages from outside the environment",
     "changed": "changed files",
     "removed": "removed files",
     "added": "added files (in a package folder, in no RECORD)",
+    "unowned": "unowned paths (in site-packages, from no installed distribution)",
 }
 
 
@@ -29,9 +31,16 @@ def _line(d: Difference) -> str:
         return f"{d.name} {d.actual}  {d.path}" + (f"  ({d.note})" if d.note else "")
     if d.kind == "version":
         return f"{d.name}: locked {d.expected}, installed {d.actual}  {d.path}"
-    if d.kind == "changed":
-        return f"{d.name}  {d.path}\n      expected {d.expected}\n      found    {d.actual}"
-    return f"{d.name}  {d.path}"
+    if d.kind == "config":
+        line = f"{d.path}: {d.name} = {d.actual}, expected {d.expected}"
+    elif d.kind == "unowned":
+        line = f"{d.path}  ({d.actual})"
+    elif d.kind == "changed":
+        line = f"{d.name}  {d.path}\n      expected {d.expected}\n      found    {d.actual}"
+    else:
+        line = f"{d.name}  {d.path}"
+    # The note says why it matters (a .pth file runs code at every start): never dropped.
+    return line + (f"\n      {d.note}" if d.note else "")
 
 
 def render_report(report: VerifyReport) -> str:
@@ -43,8 +52,9 @@ def render_report(report: VerifyReport) -> str:
     )
     if report.checked_bytecode is not None:
         summary += f", {report.checked_bytecode} cached .pyc compared with their sources"
+    notes = [f"note: {n}" for n in report.notes]
     if report.identical:
-        return f"ok: {summary}; identical"
+        return "\n".join([f"ok: {summary}; identical", *notes])
     lines = [summary]
     groups = report.by_kind()
     for kind in KINDS:
@@ -52,7 +62,7 @@ def render_report(report: VerifyReport) -> str:
         if found:
             lines.append(f"{_TITLES[kind]} ({len(found)}):")
             lines.extend(f"  {_line(d)}" for d in found)
-    return "\n".join(lines)
+    return "\n".join([*lines, *notes])
 
 
 @click.command("verify")
@@ -113,7 +123,11 @@ def command(
     ENV is a venv folder, an interpreter (e.g. a venv's bin/python), or a site-packages
     folder [default: $VIRTUAL_ENV]. Exit 0 only when identical, 1 with every
     difference otherwise: missing, extra and wrong-version distributions (by dist-info),
-    then changed, removed and added files.
+    a pyvenv.cfg that includes the system site-packages, changed, removed and added
+    files, and unowned paths: anything at the top of site-packages that no installed
+    distribution's RECORD lists (a stray module, package or .pth file). A venv's
+    interpreter is run once (with -I -S, so no .pth file runs) and must exist and be
+    the target's Python (exit 2 otherwise, as for an interpreter no target fits).
 
     The quick check stats every file each RECORD lists (existence and size) and looks
     for files in package and .dist-info folders that no RECORD lists; --full also
