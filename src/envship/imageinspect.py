@@ -222,6 +222,9 @@ def verify_image(
             full=full,
             ignore=ignore,
             bytecode=compiler,
+            # The venv's bin/python names the image's interpreter path: running it here
+            # would run a host binary (or none); the image's Python was checked above.
+            interpreter=False,
         )
     # Report paths as they are in the image, not in the temporary folder (gone by now):
     # in a difference's path and in its texts (the byte-code check names the source).
@@ -251,4 +254,5 @@ def verify_image(
         )
         for d in report.differences
     )
-    return replace(report, environment=in_image, differences=differences)
+    notes = tuple(in_text(n) or n for n in report.notes)
+    return replace(report, environment=in_image, differences=differences, notes=notes)
