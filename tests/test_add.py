@@ -1,9 +1,10 @@
 """``envship.add``: real environments made by lock, fetch and install from a local index.
 
 The index is the test universe plus packages made for additions: ``kappa`` 1.0 (any
-beta) and 2.0 (beta>=1.1), ``omega`` (beta>=1.1), and ``clobber``, which ships a file
-inside the locked ``beta`` package. The spec locks ``alpha`` and ``beta<1.1``, so beta
-is held at 1.0 and anything needing a newer beta must be refused.
+beta) and 2.0 (beta>=1.1), ``omega`` (beta>=1.1), ``clobber``, which ships a file
+inside the locked ``beta`` package, and ``rho``, whose extra ``socks`` brings
+``socksy``. The spec locks ``alpha`` and ``beta<1.1``, so beta is held at 1.0 and
+anything needing a newer beta must be refused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from envship import _uvpip
 from envship.add import ADDED_KEY, AddConflictError, AddError, add
 from envship.envs import create_env
 from envship.errors import NetworkError, SpecError, StaleLockError
@@ -80,6 +82,11 @@ def build_add_index(root: Path) -> Path:
         build_wheel(dist, "kappa", "2.0", requires=["beta>=1.1"]),
         build_wheel(dist, "omega", "1.0", requires=["beta>=1.1"]),
         build_wheel(dist, "clobber", "1.0", files={"beta/__init__.py": "clobbered = True\n"}),
+        # metadata_text writes no Provides-Extra; the line break in the requirement does.
+        build_wheel(
+            dist, "rho", "1.0", requires=['socksy; extra == "socks"\nProvides-Extra: socks']
+        ),
+        build_wheel(dist, "socksy", "1.0"),
     ]
     write_simple_index(root / "index", files, yanked={"beta-1.2-py3-none-any.whl": "bad"})
     return root / "index"
@@ -219,7 +226,10 @@ def test_a_request_needing_another_locked_version_is_refused_and_explained(
     check_lock(load_spec(project.spec))
 
 
-@pytest.mark.parametrize("requests", [["beta==1.0"], ["alpha", "beta"], ["BETA<1.1"]])
+@pytest.mark.parametrize(
+    "requests",
+    [["beta==1.0"], ["alpha", "beta"], ["BETA<1.1"], ['beta<1.1; python_version >= "3"']],
+)
 def test_an_already_locked_request_is_nothing_to_do(project: Project, requests: list[str]) -> None:
     before = snapshot(project)
     result = add(requests, env=project.env)
@@ -235,13 +245,15 @@ def test_adding_a_present_name_replaces_its_requirement(project: Project) -> Non
     again = add(["kappa<2"], env=project.env)
 
     assert again.recorded == ("kappa<2",) and again.installed == ()
+    assert again.replaced == (("kappa", "kappa<2"),)
     text = project.spec.read_text()
     assert text.count("kappa") == 1 and '    "kappa<2",\n' in text
     marker = json.loads((project.env / MARKER_NAME).read_text())
     assert marker[ADDED_KEY] == [{"name": "kappa", "version": "1.0", "requested": "kappa<2"}]
     # The same request a third time changes nothing at all.
     spec_bytes = project.spec.read_bytes()
-    assert not add(["kappa<2"], env=project.env).changed
+    third = add(["kappa<2"], env=project.env)
+    assert not third.changed and third.replaced == ()
     assert project.spec.read_bytes() == spec_bytes
 
 
@@ -301,6 +313,203 @@ def test_a_package_that_overwrites_a_locked_file_is_caught_loudly(project: Proje
     check_lock(load_spec(project.spec))  # nothing recorded
     assert install(project.lockfile(), project.store, project.env).action == "rebuilt"
     assert verify(project.lockfile(), project.env, full=True).identical
+
+
+def test_re_adding_a_recorded_name_says_what_it_replaces_and_keeps_its_extras(
+    project: Project,
+) -> None:
+    recorded = 'rho[socks]>=1; python_version >= "3.8"'
+    first = add([recorded], env=project.env)
+    assert first.installed == ("rho==1.0", "socksy==1.0") and first.recorded == (recorded,)
+    assert first.replaced == ()
+    spec_bytes = project.spec.read_bytes()
+
+    # A bare name would drop [socks]: socksy would stay installed, but the spec would no
+    # longer ask for it, and the next lock would leave it out.
+    for dry_run in (True, False):
+        with pytest.raises(AddError, match=r"refusing to drop what .* asks for") as err:
+            add(["Rho"], env=project.env, dry_run=dry_run)
+        assert [(p.where, p.message) for p in err.value.problems] == [
+            ("Rho", f"would replace {recorded!r}, dropping [socks]")
+        ]
+        assert err.value.hint is not None and "envship add 'Rho[socks]'" in err.value.hint
+    assert project.spec.read_bytes() == spec_bytes
+
+    # Keeping the extra, the entry is replaced (constraint and marker go) and said so.
+    preview = add(["Rho[socks]"], env=project.env, dry_run=True)
+    again = add(["Rho[socks]"], env=project.env)
+    for result in (preview, again):
+        assert result.replaced == ((recorded, "Rho[socks]"),)
+        assert result.recorded == ("Rho[socks]",) and result.installed == ()
+    assert load_spec(project.spec).dependencies == ("alpha", "beta<1.1", "Rho[socks]")
+    assert versions(project.env)["socksy"] == "1.0"
+
+
+@pytest.mark.parametrize("name", ["alpha", "kappa"])  # locked, and added before
+def test_a_replacement_that_no_longer_applies_here_is_refused(project: Project, name: str) -> None:
+    """The entry would stop covering this environment, which still holds the package:
+    the next lock would take it away here."""
+    if name == "kappa":
+        add(["kappa"], env=project.env)
+    before = snapshot(project)
+    with pytest.raises(AddError, match="refusing to drop what") as err:
+        add([f'{name}; sys_platform == "win32"'], env=project.env)
+    assert [(p.where, p.message) for p in err.value.problems] == [
+        (
+            f'{name}; sys_platform == "win32"',
+            f"would replace {name!r}, which applies to this environment, with a requirement "
+            "that does not",
+        )
+    ]
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize(
+    ("marker", "nowhere"), [('sys_platform == "win32"', True), ("other", False)]
+)
+def test_a_requirement_whose_marker_is_false_here_is_recorded_not_installed(
+    project: Project, add_server: IndexServer, marker: str, nowhere: bool
+) -> None:
+    """Recorded for the machines it applies to; the result says so, and whether the
+    spec targets any of them. uv does not even run."""
+    other = "3.12" if PY != "3.12" else "3.11"
+    spec_text = project.spec.read_text().replace(
+        f'python = "{PY}"', f'python = ["{PY}", "{other}"]'
+    )
+    project.spec.write_text(spec_text)  # a second target, where `python_version == other`
+    if marker == "other":
+        marker = f'python_version == "{other}"'
+    requested = f"kappa; {marker}"
+    before = versions(project.env)
+
+    for dry_run in (True, False):
+        result = add([requested], env=project.env, dry_run=dry_run)
+        assert result.not_applicable == (requested,) and result.already_locked == ()
+        assert result.applies_nowhere == ((requested,) if nowhere else ())
+        assert result.installed == result.removed == ()
+        assert result.recorded == (requested,) and result.lock_stale
+    assert load_spec(project.spec).dependencies == ("alpha", "beta<1.1", requested)
+    assert versions(project.env) == before
+    assert not any("kappa" in path for path in add_server.knobs.requests)
+    assert ADDED_KEY not in json.loads((project.env / MARKER_NAME).read_text())
+
+
+def test_of_one_request_only_what_applies_here_is_installed(project: Project) -> None:
+    """Markers are evaluated by the environment's own interpreter (here, the one the
+    tests run on); a true one is installed, a false one only recorded."""
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}"
+    result = add(
+        [f'kappa; python_full_version == "{here}"', 'omega; sys_platform == "win32"'],
+        env=project.env,
+    )
+    assert result.installed == ("kappa==1.0",)
+    assert result.not_applicable == ('omega; sys_platform == "win32"',)
+
+
+# --- the user's environment must not change what add reads or does ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("FORCE_COLOR", "1"), ("CLICOLOR_FORCE", "1"), ("COLUMNS", "30"), ("RUST_LOG", "debug")],
+)
+def test_uvs_output_is_read_whatever_the_terminal_settings(
+    project: Project, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """Every Jupyter kernel sets FORCE_COLOR: coloured, uv's plan was read as empty."""
+    monkeypatch.setenv(name, value)
+    logged: list[str] = []
+    result = add(["kappa"], env=project.env, dry_run=True, log=logged.append)
+    assert result.installed == ("kappa==1.0",) and result.recorded == ("kappa",)
+
+    with pytest.raises(AddConflictError) as err:
+        add(["omega"], env=project.env, log=logged.append)
+    first = err.value.problems[0]
+    assert (first.where, first.message) == (
+        "omega",
+        "omega requires beta>=1.1; the lock pins beta==1.0",
+    )
+    assert any("Would install 1 package" in line for line in logged)
+    assert not [ln for ln in logged if "\x1b[" in ln or ln.startswith("DEBUG")]
+
+
+@pytest.mark.parametrize(
+    "case", ["UV_EXCLUDE", "UV_OVERRIDE", "UV_REQUIRE_HASHES", "uv.toml above the env"]
+)
+def test_uv_settings_cannot_undo_the_held_pins(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """An excluded (or overridden) beta let uv take kappa 2.0, which needs beta>=1.1,
+    beside the held beta 1.0; required hashes made every add fail."""
+    listed = tmp_path / "beta.txt"
+    if case == "UV_EXCLUDE":
+        listed.write_text("beta\n")
+        monkeypatch.setenv(case, str(listed))
+    elif case == "UV_OVERRIDE":
+        listed.write_text("beta>=1.1\n")
+        monkeypatch.setenv(case, str(listed))
+    elif case == "UV_REQUIRE_HASHES":
+        monkeypatch.setenv(case, "1")
+    else:  # a project's uv configuration around the environment: not the spec's
+        (tmp_path / "uv.toml").write_text('exclude-dependencies = ["beta"]\n')
+
+    for dry_run in (True, False):
+        result = add(["kappa"], env=project.env, dry_run=dry_run)
+        assert result.installed == ("kappa==1.0",)
+    assert versions(project.env) == {"alpha": "1.0", "beta": "1.0", "kappa": "1.0"}
+
+
+def test_a_uv_setting_that_installs_elsewhere_is_an_error_not_success(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's own uv.toml is read, as by `envship lock`; if it sends the packages
+    somewhere else, the addition did not happen and must not be reported or recorded."""
+    elsewhere = tmp_path / "elsewhere"
+    config = tmp_path / "xdg" / "uv" / "uv.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[pip]\ntarget = "{elsewhere}"\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    before = snapshot(project)
+
+    with pytest.raises(AddError, match="uv reported success, but kappa is not installed") as err:
+        add(["kappa"], env=project.env)
+    assert err.value.hint is not None and "`target`" in err.value.hint
+    assert list(elsewhere.glob("kappa*"))  # where uv put it
+    assert snapshot(project) == before
+    assert not (project.env / INCOMPLETE_NAME).exists()
+
+
+def test_a_plan_envship_cannot_read_is_an_error_not_an_empty_plan(
+    project: Project, add_server: IndexServer
+) -> None:
+    """uv's real dry-run output, its plan lines in a form envship does not know (here:
+    left out): the counts uv prints do not match, so it is never "nothing to do"."""
+    from envship.lock import uv_bin
+
+    proc = subprocess.run(
+        [
+            *(uv_bin(), "--color", "never", "pip", "install", "--dry-run", "kappa"),
+            *("--python", str(project.env / "bin" / "python")),
+            *("--default-index", add_server.simple_url),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    plan = _uvpip.planned(proc.stderr)
+    assert plan == (("beta==1.1", "kappa==2.0"), ("beta==1.0",))  # no pins held here
+    unknown = "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith(" + "))
+    with pytest.raises(AddError, match="cannot read uv's plan: it would install 2 packages, 0"):
+        _uvpip.planned(unknown)
+
+
+def test_relative_paths_are_the_callers_not_uvs_working_folder(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_wheel(tmp_path / "caller" / "wheels", "localonly", "1.0")
+    monkeypatch.chdir(tmp_path / "caller")
+    result = add(["localonly"], env=project.env, find_links=["wheels"])
+    assert result.installed == ("localonly==1.0",)
 
 
 # --- refusals ------------------------------------------------------------------------------

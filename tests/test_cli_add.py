@@ -122,3 +122,61 @@ def test_error_text_goes_to_stderr(project: Project, capsys: pytest.CaptureFixtu
     assert "error: cannot add omega: it needs a locked package at another version" in err
     assert "  - omega: omega requires beta>=1.1; the lock pins beta==1.0" in err
     assert "hint: envship add never moves a locked package." in err
+
+
+def test_a_kernels_colour_settings_do_not_hide_the_plan(
+    project: Project, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ipykernel sets FORCE_COLOR=1 in every kernel: uv's plan came out coloured, and
+    `--dry-run` said the environment already had what it lacked."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    code, out, err = run(capsys, "add", "kappa", "--env", project.env, "--dry-run", "--json")
+    assert code == 0 and err == ""
+    assert json.loads(out)["installed"] == ["kappa==1.0"]
+
+    code, out, err = run(capsys, "add", "kappa", "--env", project.env, "--dry-run")
+    assert code == 0 and "\x1b[" not in out + err
+    assert out.splitlines()[:2] == [
+        f"would change {project.env} (2 locked packages held at their versions):",
+        "  + kappa==1.0",
+    ]
+
+
+def test_a_replaced_entry_is_named_in_text_and_json(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = 'rho[socks]>=1; python_version >= "3.8"'
+    assert run(capsys, "add", first, "--env", project.env)[0] == 0
+
+    code, out, _ = run(capsys, "add", "Rho[socks]", "--env", project.env, "--dry-run")
+    assert code == 0
+    assert out.splitlines()[:3] == [
+        f"{project.env} already has Rho[socks]",
+        f"would record in {project.spec}: Rho[socks]",
+        f"  would replace {first!r} with 'Rho[socks]'",
+    ]
+    code, out, _ = run(capsys, "add", "Rho[socks]", "--env", project.env, "--json")
+    assert code == 0
+    assert json.loads(out)["replaced"] == [{"old": first, "new": "Rho[socks]"}]
+
+    code, out, err = run(capsys, "add", "rho", "--env", project.env)
+    assert code == 1 and out == ""
+    assert f"error: refusing to drop what {project.spec} asks for" in err
+    assert "  - rho: would replace 'Rho[socks]', dropping [socks]" in err
+
+
+def test_a_requirement_for_other_machines_is_said_so(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    req = 'kappa; sys_platform == "win32"'
+    code, out, _ = run(capsys, "add", req, "--env", project.env)
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        f"{req!r} does not apply to this environment (its marker is false), nor to any "
+        "target of the spec: not installed",
+        f"record in {project.spec}: {req}",
+    ]
+    code, out, _ = run(capsys, "add", req, "--env", project.env, "--json", "--dry-run")
+    data = json.loads(out)
+    assert data["not_applicable"] == data["applies_nowhere"] == [req]
+    assert data["installed"] == data["recorded"] == []

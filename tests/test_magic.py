@@ -175,6 +175,14 @@ def test_envship_add_in_a_real_kernel_then_import_in_the_same_kernel(
     )
     assert (status, out.split("\n")[:2]) == ("ok", ["True None", "no kappa yet"])
 
+    # ipykernel sets FORCE_COLOR for its children: uv's coloured plan once read as empty.
+    status, out = execute(kernel, "import os; print(os.environ.get('FORCE_COLOR'))")
+    assert (status, out.strip()) == ("ok", "1")
+    status, out = execute(kernel, "%envship add kappa --dry-run")
+    assert status == "ok", out
+    assert "  + kappa==1.0" in out and "would record in" in out
+    assert "already has" not in out and "\x1b[" not in out
+
     status, out = execute(kernel, "%envship add kappa")
     assert status == "ok", out
     assert " + kappa==1.0" in out and "record in" in out

@@ -1,15 +1,33 @@
 """``uv pip install`` for ``envship add``: the command line, running it, and its failures.
 
 uv is run with the spec's indexes (named, so it finds their credentials as ``envship
-lock`` does), ``--no-build`` unless the spec allows sdists, and without ``UV_OVERRIDE``,
-which would beat the locked constraints. Its progress lines are passed on as they come.
-When it fails, its output is read for what the user can act on: an index that cannot be
-reached, a name the index does not have, a package without a wheel, or a locked pin that
-blocks the request (named from uv's resolver explanation).
+lock`` does) and ``--no-build`` unless the spec allows sdists. What the user's
+environment would change is taken out, because ``envship add`` reads uv's output and
+promises the lock's pins (each was seen to matter; issue 3, item 5):
+
+* colour (``--color never``, ``NO_COLOR``; ``FORCE_COLOR`` and ``CLICOLOR_FORCE``, which
+  every Jupyter kernel sets, made the dry-run plan unreadable) and ``COLUMNS`` (wraps
+  the resolver's explanation mid-sentence) and ``RUST_LOG`` (tracing in the output);
+* ``UV_OVERRIDE`` and ``UV_EXCLUDE``, which rewrite or remove what packages require
+  of locked ones (with ``beta`` excluded, uv put ``kappa`` 2.0, which needs
+  ``beta>=1.1``, beside the held ``beta`` 1.0), and ``UV_REQUIRE_HASHES``, which no
+  request by name can satisfy (the next ``envship lock`` hashes what is added);
+* the configuration of a project around the environment: uv runs in a folder holding an
+  empty ``uv.toml``, so a ``[tool.uv]`` or ``uv.toml`` above the environment is not
+  read, as ``envship lock`` runs uv in a project of its own (``UV_WORKING_DIR`` and
+  ``UV_PROJECT``, which would move that search, are dropped). The user's and the
+  system's uv configuration, and the variables naming indexes, apply as they do to
+  ``envship lock``.
+
+Its progress lines are passed on as they come. When it fails, its output is read for
+what the user can act on: an index that cannot be reached, a name the index does not
+have, a package without a wheel, or a locked pin that blocks the request (named from
+uv's resolver explanation).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +41,7 @@ from .errors import AddConflictError, AddError, EnvshipError, NetworkError, Prob
 from .lock import uv_environment
 from .spec import Spec
 
-__all__ = ["AddConflictError", "AddError", "command", "failure", "planned", "run"]
+__all__ = ["AddConflictError", "AddError", "command", "failure", "planned", "run", "uv_lines"]
 
 Log = Callable[[str], None]
 
@@ -45,6 +63,27 @@ _NETWORK = re.compile(
 )
 _URL = re.compile(r"((?:https?|file)://[^\s`'\"()]+)")
 _PLAN = re.compile(rf"^ (?P<op>[+-]) (?P<name>{_NAME})==(?P<ver>\S+)")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # should uv colour its output after all
+_PLAN_COUNT = re.compile(r"^Would (?P<what>install|uninstall) (?P<n>\d+) packages?\b")
+
+# Taken out of uv's environment (see the module's docstring for why each one).
+_DROPPED = (
+    "FORCE_COLOR",
+    "CLICOLOR_FORCE",
+    "COLUMNS",
+    "RUST_LOG",
+    "UV_OVERRIDE",
+    "UV_EXCLUDE",
+    "UV_REQUIRE_HASHES",
+    "UV_WORKING_DIR",
+    "UV_PROJECT",
+)
+
+
+def _local(where: str) -> str:
+    """A path given on the command line, made absolute: uv runs in a folder of its own.
+    URLs stay as they are."""
+    return where if "://" in where else os.path.abspath(where)
 
 
 def _index_args(
@@ -58,11 +97,11 @@ def _index_args(
             continue
         args += ["--default-index" if idx.default else "--index", f"{idx.name}={idx.url}"]
     if index_url:
-        args += ["--default-index", index_url]
+        args += ["--default-index", _local(index_url)]
     for url in extra_index_urls:
-        args += ["--index", url]
+        args += ["--index", _local(url)]
     for link in find_links:
-        args += ["--find-links", link]
+        args += ["--find-links", _local(link)]
     return args
 
 
@@ -76,18 +115,20 @@ def command(
 ) -> tuple[list[str], dict[str, str]]:
     """``uv pip install`` into the environment of ``python`` (constraints and requirements
     still to be appended), and the process environment to run it in."""
-    args = [uv_bin(), "pip", "install", "--python", str(python)]
+    args = [uv_bin(), "--color", "never", "pip", "install", "--python", str(python)]
     args += _index_args(spec, index_url, extra_index_urls, find_links)
     if not spec.allow_sdist:
         args.append("--no-build")  # as in `envship lock`: resolving must not run code
-    # Overrides would beat our constraints; the post-install check would catch it, late.
-    env = {k: v for k, v in uv_environment(spec).items() if k != "UV_OVERRIDE"}
+    env = {k: v for k, v in uv_environment(spec).items() if k not in _DROPPED}
+    env["NO_COLOR"] = "1"
     return args, env
 
 
 def run(args: Sequence[str], cwd: Path, env: Mapping[str, str], say: Log) -> tuple[int, str]:
-    """Run uv, passing its progress lines on as they come (up to its error, which the
-    raised exception carries), and return its exit code and full output."""
+    """Run uv in ``cwd``, passing its progress lines on as they come (up to its error,
+    which the raised exception carries), and return its exit code and full output."""
+    # An empty uv.toml ends uv's search for project configuration here.
+    (cwd / "uv.toml").write_text("", encoding="utf-8")
     proc = subprocess.Popen(
         list(args),
         cwd=cwd,
@@ -101,7 +142,7 @@ def run(args: Sequence[str], cwd: Path, env: Mapping[str, str], say: Log) -> tup
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            line = raw.rstrip("\n")
+            line = _ANSI.sub("", raw.rstrip("\n"))
             lines.append(line)
             failing = failing or line.startswith("error:")
             if not failing and line.strip() and not line.startswith("Using Python"):
@@ -115,14 +156,28 @@ def run(args: Sequence[str], cwd: Path, env: Mapping[str, str], say: Log) -> tup
 
 
 def planned(out: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """What a ``--dry-run`` would install and remove, each as ``name==version``."""
-    found = [m for ln in out.splitlines() if (m := _PLAN.match(ln))]
+    """What a ``--dry-run`` would install and remove, each as ``name==version``.
+
+    uv's own counts are checked against the lines read: a plan that cannot be read is
+    an error, never an empty plan (which the result would report as "already has").
+    """
+    lines = out.splitlines()
+    found = [m for ln in lines if (m := _PLAN.match(ln))]
     installed = tuple(f"{m['name']}=={m['ver']}" for m in found if m["op"] == "+")
     removed = tuple(f"{m['name']}=={m['ver']}" for m in found if m["op"] == "-")
+    read = {"install": len(installed), "uninstall": len(removed)}
+    for m in filter(None, map(_PLAN_COUNT.match, lines)):
+        if int(m["n"]) != read[m["what"]]:
+            raise AddError(
+                f"cannot read uv's plan: it would {m['what']} {m['n']} packages, "
+                f"{read[m['what']]} of them named in a form envship knows",
+                problems=uv_lines(out),
+                hint="nothing was changed; please report this with `uv --version`",
+            )
     return installed, removed
 
 
-def _uv_lines(text: str) -> list[Problem]:
+def uv_lines(text: str) -> list[Problem]:
     keep = [ln.strip() for ln in text.splitlines() if ln.strip()]
     keep = [ln for ln in keep if not ln.startswith("Using Python")]
     return [Problem("uv", ln) for ln in keep[-12:]]
@@ -136,13 +191,14 @@ def _conflict(
     text: str, reqs: Sequence[Requirement], pins: Mapping[str, str], env: Path
 ) -> AddError | None:
     """Which locked pin blocks which requested requirement, from uv's explanation."""
-    asked = [m["req"] for m in _YOU_REQUIRE.finditer(text)]
+    flat = " ".join(text.split())  # uv wraps its explanation at the terminal's width
+    asked = [m["req"] for m in _YOU_REQUIRE.finditer(flat)]
     blocked = [str(r) for r in reqs if any(_same(r.name, a) for a in asked)] or [
         str(r) for r in reqs
     ]
     problems: list[Problem] = []
     blocking: list[str] = []
-    for m in _PIN_CONFLICT.finditer(text):
+    for m in _PIN_CONFLICT.finditer(flat):
         pin = canonicalize_name(m["pin"])
         if pin not in pins or pin in blocking:
             continue
@@ -152,7 +208,7 @@ def _conflict(
         problems.append(Problem(where, f"{through}; the lock pins {m['pin']}=={pins[pin]}"))
         blocking.append(pin)
     if not problems:  # another phrasing: name the locked pins uv mentions
-        for m in _PINNED.finditer(text):
+        for m in _PINNED.finditer(flat):
             pin = canonicalize_name(m["pin"])
             if pin in pins and pin not in blocking and not any(_same(r.name, pin) for r in reqs):
                 problems.append(
@@ -164,7 +220,7 @@ def _conflict(
     flags = " ".join(f"-P {p}" for p in blocking)
     return AddConflictError(
         f"cannot add {', '.join(blocked)}: it needs a locked package at another version",
-        problems=[*problems, *_uv_lines(text)],
+        problems=[*problems, *uv_lines(text)],
         hint=f"envship add never moves a locked package. To let {', '.join(blocking)} move, "
         f"add the requirement to the spec's dependencies, then `envship lock {flags}` and "
         f"`envship install {env}`",
@@ -176,8 +232,9 @@ def failure(
 ) -> EnvshipError:
     """The error for uv's failed attempt to add ``reqs`` to ``env`` holding ``pins``
     (canonical name -> locked version), from uv's output ``text``."""
-    if _NETWORK.search(text):
-        found = _URL.search(text)
+    flat = " ".join(text.split())  # uv wraps its messages at the terminal's width
+    if _NETWORK.search(flat):
+        found = _URL.search(flat)
         url = found.group(1) if found else "(the configured index)"
         return NetworkError(
             f"cannot reach the package index: {url}",
@@ -185,22 +242,22 @@ def failure(
             hint="check the spec's [[indexes]] (or --index-url), your network or proxy, "
             "and the index credentials' environment variables",
         )
-    missing = _NOT_FOUND.search(text)
+    missing = _NOT_FOUND.search(flat)
     if missing:
         return AddError(
             f"{missing['name']} was not found on the package index",
-            problems=_uv_lines(text),
+            problems=uv_lines(text),
             hint="check the name, and the spec's [[indexes]] (or pass --index-url)",
         )
-    if "has no usable wheels" in text and not spec.allow_sdist:
+    if "has no usable wheels" in flat and not spec.allow_sdist:
         return AddError(
             "a requested package has no wheel for this environment",
-            problems=_uv_lines(text),
+            problems=uv_lines(text),
             hint="allow-sdist = true in the spec permits building it (that runs its code)",
         )
     conflict = _conflict(text, reqs, pins, env)
     if conflict is not None:
         return conflict
     return AddError(
-        f"uv could not add {', '.join(map(str, reqs))} to {env}", problems=_uv_lines(text)
+        f"uv could not add {', '.join(map(str, reqs))} to {env}", problems=uv_lines(text)
     )

@@ -12,10 +12,17 @@ Safety, in the order things happen:
 
 * the environment must be one ``envship install`` made and finished; a version under an
   ``envship env`` root is refused (versions are immutable and shared by every instance);
-* the edit to the spec is prepared (and validated) before anything is installed;
+* the edit to the spec is prepared (and validated) before anything is installed; a
+  request for a name the spec already lists replaces that entry, and the result says
+  so, but one that would drop extras the entry asks for is refused (what they brought
+  stays installed while the next lock would leave it out);
+* a request whose marker is false for the environment's interpreter is recorded (it
+  applies elsewhere, and the result says whether any of the spec's targets is such a
+  place) but not installed, and uv does not run for it;
 * ``.envship-incomplete`` is written before uv runs and removed, even when uv failed,
   only if no file of a locked distribution changed (:mod:`envship._snapshot`); if one
-  did, it stays and the error says so;
+  did, it stays and the error says so; and every package asked for must then be in
+  the environment (a uv setting such as ``[pip] target`` sends it elsewhere);
 * the install marker records what was added (``added``), so ``envship verify`` can say
   why those extras are there; then the spec is rewritten atomically with tomlkit,
   keeping the user's comments and layout. Its digest changes, which is what makes
@@ -32,13 +39,15 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
@@ -69,6 +78,9 @@ class AddResult:
     installed: tuple[str, ...]  # "name==version" new or changed in the environment
     removed: tuple[str, ...]  # "name==version" replaced or removed (never a locked one)
     recorded: tuple[str, ...]  # requirements written into the spec
+    replaced: tuple[tuple[str, str], ...]  # (entry the spec had, requirement put in its place)
+    not_applicable: tuple[str, ...]  # marker false here: recorded, not installed
+    applies_nowhere: tuple[str, ...]  # of those, the ones no target of the spec has either
     held: int  # locked distributions held at their versions
     lock_stale: bool  # the lock no longer matches the spec: `envship lock` takes it in
     dry_run: bool
@@ -88,6 +100,9 @@ class AddResult:
             "installed": list(self.installed),
             "removed": list(self.removed),
             "recorded": list(self.recorded),
+            "replaced": [{"old": old, "new": new} for old, new in self.replaced],
+            "not_applicable": list(self.not_applicable),
+            "applies_nowhere": list(self.applies_nowhere),
             "held": self.held,
             "lock_stale": self.lock_stale,
             "dry_run": self.dry_run,
@@ -199,6 +214,119 @@ def _spec_path(spec: Path | None, marker: dict[str, Any]) -> Path:
     )
 
 
+# -- what applies where ----------------------------------------------------------------
+
+# PEP 508's marker environment as the environment's own interpreter sees it (it may be
+# another Python than the one envship runs on); the PEP's reference code.
+_MARKER_ENV = """\
+import json, os, platform, sys
+v = sys.implementation.version
+iv = "%d.%d.%d" % (v.major, v.minor, v.micro)
+if v.releaselevel != "final":
+    iv += v.releaselevel[0] + str(v.serial)
+print(json.dumps({
+    "implementation_name": sys.implementation.name,
+    "implementation_version": iv,
+    "os_name": os.name,
+    "platform_machine": platform.machine(),
+    "platform_release": platform.release(),
+    "platform_system": platform.system(),
+    "platform_version": platform.version(),
+    "python_full_version": platform.python_version(),
+    "platform_python_implementation": platform.python_implementation(),
+    "python_version": ".".join(platform.python_version_tuple()[:2]),
+    "sys_platform": sys.platform,
+}))
+"""
+
+
+def _marker_environment(env: Path) -> dict[str, Any]:
+    python = env / "bin" / "python"
+    try:
+        proc = subprocess.run(
+            [str(python), "-I", "-c", _MARKER_ENV],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        data = json.loads(proc.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise AddError(
+            f"cannot ask {python} which requirement markers apply to it: {exc}",
+            hint=f"`envship verify {env}` checks the environment; `envship install {env}` "
+            "rebuilds it",
+        ) from None
+    if not isinstance(data, dict):
+        raise AddError(f"{python} gave no marker environment")
+    return data
+
+
+def _applies(req: Requirement, environment: Mapping[str, Any]) -> bool:
+    if req.marker is None:
+        return True
+    try:
+        return req.marker.evaluate(dict(environment))
+    except (UndefinedComparison, UndefinedEnvironmentName) as exc:
+        raise SpecError(
+            "a requirement's marker cannot be evaluated",
+            problems=[Problem(str(req), str(exc))],
+            hint="markers compare names of PEP 508's environment with quoted values",
+        ) from None
+
+
+def _replacements(
+    spec: Spec, record: Sequence[Requirement], here: Mapping[str, Any]
+) -> tuple[tuple[str, str], ...]:
+    """(entry, requirement) for each requirement that takes the place of another entry
+    of the spec's dependencies for the same package. One that would drop extras the
+    entry asks for, or no longer apply here where the entry does, is refused: what the
+    entry brought stays installed, but the next lock would leave it out."""
+    listed: dict[str, str] = {}
+    for text in spec.dependencies:
+        listed.setdefault(canonicalize_name(Requirement(text).name), text)
+    replaced: list[tuple[str, str]] = []
+    problems: list[Problem] = []
+    better: list[str] = []
+    for req in record:
+        old = listed.get(canonicalize_name(req.name))
+        if old is None or old == str(req):
+            continue
+        replaced.append((old, str(req)))
+        was = Requirement(old)
+        had = {canonicalize_name(e): e for e in was.extras}
+        lost = sorted(set(had) - {canonicalize_name(e) for e in req.extras})
+        if lost:
+            extras = ",".join(had[e] for e in lost)
+            problems.append(Problem(str(req), f"would replace {old!r}, dropping [{extras}]"))
+            both = Requirement(str(req))
+            both.extras = set(req.extras) | {had[e] for e in lost}
+            better.append(repr(str(both)))
+        if not _applies(req, here) and _applies(was, here):
+            problems.append(
+                Problem(
+                    str(req),
+                    f"would replace {old!r}, which applies to this environment, with a "
+                    "requirement that does not",
+                )
+            )
+    if problems:
+        asks = f"ask for them too (envship add {' '.join(better)}), or " if better else ""
+        raise AddError(
+            f"refusing to drop what {spec.path} asks for",
+            problems=problems,
+            hint=f"{asks}edit the spec's dependencies by hand to drop it",
+        )
+    return tuple(replaced)
+
+
+def _nowhere(spec: Spec, reqs: Sequence[Requirement]) -> tuple[str, ...]:
+    """Those of ``reqs`` whose marker no target of the spec satisfies."""
+    return tuple(
+        str(r) for r in reqs if not any(_applies(r, t.marker_environment()) for t in spec.targets)
+    )
+
+
 # -- the addition ----------------------------------------------------------------------
 
 
@@ -209,9 +337,13 @@ class _Plan:
     installed: _snapshot.Installed
     todo: tuple[Requirement, ...]  # for uv
     already: tuple[str, ...]  # "name==version": locked, and satisfying the request
+    elsewhere: tuple[Requirement, ...]  # a marker false here: recorded, not installed
+    record: tuple[Requirement, ...]  # todo and elsewhere, in the order asked for
 
 
-def _plan(env: Path, sites: Sequence[Path], reqs: Sequence[Requirement]) -> _Plan:
+def _plan(
+    env: Path, sites: Sequence[Path], reqs: Sequence[Requirement], here: Mapping[str, Any]
+) -> _Plan:
     marker = _marker(env)
     pins = {str(canonicalize_name(str(p["name"]))): str(p["version"]) for p in marker["packages"]}
     installed = _snapshot.installed(sites)
@@ -224,17 +356,24 @@ def _plan(env: Path, sites: Sequence[Path], reqs: Sequence[Requirement]) -> _Pla
         )
     todo: list[Requirement] = []
     already: list[str] = []
+    elsewhere: list[Requirement] = []
+    record: list[Requirement] = []
     conflicts: list[Problem] = []
     for req in reqs:
         locked = pins.get(canonicalize_name(req.name))
-        if locked is None or req.marker is not None:
-            todo.append(req)  # uv decides (a marker may not even apply here)
+        if not _applies(req, here):
+            elsewhere.append(req)  # uv would skip it; the spec keeps it for where it applies
+        elif locked is None:
+            todo.append(req)
         elif not req.specifier.contains(locked, prereleases=True):
             conflicts.append(Problem(str(req), f"the lock pins {req.name}=={locked}"))
+            continue
         elif req.extras:
             todo.append(req)  # the extras may bring new dependencies
         else:
             already.append(f"{installed[canonicalize_name(req.name)][0]}=={locked}")
+            continue
+        record.append(req)
     if conflicts:
         names = " ".join(f"-P {canonicalize_name(Requirement(p.where).name)}" for p in conflicts)
         raise AddConflictError(
@@ -243,7 +382,9 @@ def _plan(env: Path, sites: Sequence[Path], reqs: Sequence[Requirement]) -> _Pla
             hint="envship add never moves a locked package. Change the requirement in the "
             f"spec, then `envship lock {names}` and `envship install {env}`",
         )
-    return _Plan(marker, pins, installed, tuple(todo), tuple(already))
+    return _Plan(
+        marker, pins, installed, tuple(todo), tuple(already), tuple(elsewhere), tuple(record)
+    )
 
 
 def _constraints(work: Path, plan: _Plan) -> list[str]:
@@ -274,10 +415,24 @@ def _record_added(env: Path, plan: _Plan, after: _snapshot.Installed) -> None:
     write_marker(env, data)
 
 
+def _check_installed(env: Path, plan: _Plan, after: _snapshot.Installed, out: str) -> None:
+    """uv said it succeeded: every requested package must now be in the environment."""
+    absent = [str(r) for r in plan.todo if canonicalize_name(r.name) not in after]
+    if absent:
+        raise AddError(
+            f"uv reported success, but {', '.join(absent)} is not installed in {env}",
+            problems=_uvpip.uv_lines(out),
+            hint="a uv setting sent it elsewhere, such as `target` or `prefix` under [pip] "
+            "in your uv.toml (or in the file UV_CONFIG_FILE names): envship add reads "
+            "your uv configuration as envship lock does",
+        )
+
+
 def _add_locked(
     env: Path,
     sites: Sequence[Path],
     reqs: Sequence[Requirement],
+    here: Mapping[str, Any],
     spec: Spec,
     run_uv: Callable[[Path, _Plan], tuple[int, str]],
     say: Log,
@@ -288,29 +443,30 @@ def _add_locked(
     work = env.parent / f"{env.name}.envship-tmp"
     with locked(work / "lock"):
         try:
-            plan = _plan(env, sites, reqs)  # again: another process may have changed it
-            if not plan.todo:
-                return plan, (), (), []
-            say(
-                f"adding {', '.join(map(str, plan.todo))} to {env}, holding "
-                f"{len(plan.pins)} locked packages at their versions"
-            )
-            code, out, after = _snapshot.guarded(
-                env, sites, plan.pins, plan.installed, lambda: run_uv(work, plan)
-            )
-            if code != 0:
-                raise _uvpip.failure(out, plan.todo, plan.pins, env, spec)
-            _record_added(env, plan, after)
+            plan = _plan(env, sites, reqs, here)  # again: another process may have changed it
+            after = plan.installed
+            if plan.todo:
+                say(
+                    f"adding {', '.join(map(str, plan.todo))} to {env}, holding "
+                    f"{len(plan.pins)} locked packages at their versions"
+                )
+                code, out, after = _snapshot.guarded(
+                    env, sites, plan.pins, plan.installed, lambda: run_uv(work, plan)
+                )
+                if code != 0:
+                    raise _uvpip.failure(out, plan.todo, plan.pins, env, spec)
+                _check_installed(env, plan, after, out)
+                _record_added(env, plan, after)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     installed, removed = _snapshot.changes(plan.installed, after)
     try:
-        recorded = list(add_requirements(spec.path, plan.todo))
+        recorded = list(add_requirements(spec.path, plan.record))
     except OSError as exc:
         raise AddError(
             f"installed {', '.join(installed) or 'nothing new'}, but cannot record it in "
             f"{spec.path}: {exc}",
-            hint=f"add {', '.join(map(str, plan.todo))} to its dependencies by hand",
+            hint=f"add {', '.join(map(str, plan.record))} to its dependencies by hand",
         ) from None
     return plan, installed, removed, recorded
 
@@ -340,8 +496,11 @@ def add(
     the spec to record in (default: the one beside the environment's lock, else in the
     current folder). Packages come from the spec's indexes unless ``index_url`` replaces
     its default index; ``extra_index_urls`` and ``find_links`` add sources. Requirements
-    the lock already satisfies are left alone and not recorded. Raises
-    :class:`AddConflictError` when a request needs a locked package at another version.
+    the lock already satisfies are left alone and not recorded; those whose marker is
+    false for the environment are recorded, not installed. A requirement for a package
+    the spec already lists replaces that entry (:attr:`AddResult.replaced`). Raises
+    :class:`AddConflictError` when a request needs a locked package at another version,
+    and :class:`AddError` when a replacement would drop extras the spec asks for.
     """
     started = time.monotonic()
     say = log or (lambda _msg: None)
@@ -353,13 +512,16 @@ def add(
     spec_file = the_spec.path
     assert spec_file is not None
     sites = find_environment(env).site_packages
-    plan = _plan(env, sites, reqs)
+    here = _marker_environment(env) if any(r.marker for r in reqs) else {}
+    plan = _plan(env, sites, reqs, here)
     installed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     recorded: list[str] = []
-    if plan.todo:
+    replaced: tuple[tuple[str, str], ...] = ()
+    if plan.record:
         # A bad edit fails before uv runs.
-        recorded = list(add_requirements(spec_file, plan.todo, write=False))
+        replaced = _replacements(the_spec, plan.record, here)
+        recorded = list(add_requirements(spec_file, plan.record, write=False))
         if recorded and not dry_run and not os.access(spec_file.parent, os.W_OK):
             raise AddError(
                 f"cannot record the addition: {spec_file.parent} is not writable",
@@ -380,15 +542,15 @@ def add(
             command = [*args, *extra, *_constraints(work, plan), *map(str, plan.todo)]
             return _uvpip.run(command, work, uv_env, say)
 
-        if dry_run:
+        if dry_run and plan.todo:
             with tempfile.TemporaryDirectory(prefix="envship-add-") as tmp:
                 code, out = run_uv(Path(tmp), plan, "--dry-run")
             if code != 0:
                 raise _uvpip.failure(out, plan.todo, plan.pins, env, the_spec)
             installed, removed = _uvpip.planned(out)
-        else:
+        elif not dry_run:
             plan, installed, removed, recorded = _add_locked(
-                env, sites, reqs, the_spec, run_uv, say
+                env, sites, reqs, here, the_spec, run_uv, say
             )
     now = load_spec(spec_file) if recorded and not dry_run else the_spec
     stale = (dry_run and bool(recorded)) or _lock_stale(now)
@@ -401,6 +563,9 @@ def add(
         installed=installed,
         removed=removed,
         recorded=tuple(recorded),
+        replaced=replaced,
+        not_applicable=tuple(str(r) for r in plan.elsewhere),
+        applies_nowhere=_nowhere(the_spec, plan.elsewhere),
         held=len(plan.pins),
         lock_stale=stale,
         dry_run=dry_run,

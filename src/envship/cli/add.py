@@ -74,6 +74,9 @@ def command(
     blocks it named. What is added is recorded in the spec's dependencies (comments
     and layout kept), so the lock is stale until `envship lock` takes it in, and in the
     environment's install record, so `envship verify` says where those extras came from.
+    A name the spec already lists has its entry replaced (and the output says so), unless
+    that would drop extras the entry asks for. A requirement whose marker is false here
+    is recorded for where it applies, and not installed.
     Environments under an `envship env` root are shared and immutable: refused.
 
     \b
@@ -100,6 +103,12 @@ def command(
 def _summary(result: AddResult) -> str:
     would = "would " if result.dry_run else ""
     lines = [f"{p} is already locked; nothing to do" for p in result.already_locked]
+    for req in result.not_applicable:
+        nowhere = ", nor to any target of the spec" if req in result.applies_nowhere else ""
+        lines.append(
+            f"{req!r} does not apply to this environment (its marker is false){nowhere}: "
+            f"{'would not be' if result.dry_run else 'not'} installed"
+        )
     if result.installed or result.removed:
         lines.append(
             f"{would}change {result.env} ({result.held} locked packages held at their versions):"
@@ -107,12 +116,19 @@ def _summary(result: AddResult) -> str:
         lines += [f"  + {p}" for p in result.installed]
         lines += [f"  - {p}" for p in result.removed]
     else:
-        locked = {canonicalize_name(p.split("==")[0]) for p in result.already_locked}
-        rest = [r for r in result.requested if canonicalize_name(Requirement(r).name) not in locked]
+        done = {canonicalize_name(p.split("==")[0]) for p in result.already_locked}
+        skip = set(result.not_applicable)
+        rest = [
+            r
+            for r in result.requested
+            if canonicalize_name(Requirement(r).name) not in done and r not in skip
+        ]
         if rest:
             lines.append(f"{result.env} already has {', '.join(rest)}")
     if result.recorded:
         lines.append(f"{would}record in {result.spec}: {', '.join(result.recorded)}")
+        verb = "would replace" if result.dry_run else "replaced"
+        lines += [f"  {verb} {old!r} with {new!r}" for old, new in result.replaced]
     if result.lock_stale:
         state = "would be" if result.dry_run else "is"
         why = "to take the addition into" if result.recorded else "to bring up to date"
