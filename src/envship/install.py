@@ -12,7 +12,11 @@ temporary path and renaming would leave a broken env. Instead completeness is a 
 A folder holding the incomplete marker (a killed run, a failed update) is ours and half
 made: the next run clears it and rebuilds. A folder with neither marker that is not
 empty is someone else's and is never touched. A failed *new* install is removed at once.
-One ``flock`` per destination serializes concurrent installs of the same path.
+One ``flock`` per destination serializes concurrent installs of the same path; uv is
+given that lock's fd and is killed with us (:func:`envship._uv.run_uv`), so a run that
+follows a SIGKILLed one never meets its uv still writing. A re-run on a complete
+environment compares its installed metadata with the marker (``verify``'s quick check, a
+directory listing) and syncs again when a distribution was removed, added or replaced.
 
 uv needs the artifact's real file name to read its tags, while the store names files
 by sha256, so each artifact is taken from the store's stable ``named/<sha256>/<filename>``
