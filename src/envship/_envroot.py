@@ -9,8 +9,9 @@ Layout::
 
 Naming a version, reading whether it is complete, pointing ``current``, stamping a use
 and discarding a version are shared by creating, checking, listing and collecting
-garbage; :mod:`envship.envs` decides when each happens and under which lock. Keeping
-the layout here means the paths and names above are spelled out in one place.
+garbage; :mod:`envship.envs` and :mod:`envship._envgc` decide when each happens and
+under which lock. Keeping the layout here means the paths and names above are spelled
+out in one place.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ version only after that. A creator killed half way leaves a folder no one points
 next creator (or ``gc``) holding the key's lock removes it.
 
 Creators of a key hold its lock exclusively while installing and shared while they only
-point ``current`` at an existing version; ``gc`` takes it exclusively without waiting and
-skips a version whose lock is busy. So ``gc`` never removes a version that is being
-built or is being made current at that moment.
+point ``current`` at an existing version; ``gc`` (:mod:`envship._envgc`) takes it
+exclusively without waiting and skips a version whose lock is busy. So ``gc`` never
+removes a version that is being built or is being made current at that moment.
 
 Using a version is recorded in its ``.envship-used`` stamp by ``create_env``,
 ``check_env`` and every kernel start through envship's launcher. ``gc`` also never
@@ -34,15 +34,15 @@ import sys
 import sysconfig
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, fields, replace
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import _envroot
+from ._envgc import GcResult, VersionInUse, gc
+from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
-from ._flock import acquire, locked
-from ._inuse import ProcessUse, users_of
+from ._flock import locked
 from .errors import EnvError, EnvInputError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
 from .install import MARKER_NAME, InstallError, ProgressFn, install
@@ -67,31 +67,8 @@ __all__ = [
 ]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Target):
-        return value.to_json()
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="seconds")
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, _Json | ProcessUse):
-        return value.to_json()
-    return str(value) if isinstance(value, Path) else value
-
-
-class _Json:
-    """``to_json`` for the result dataclasses below: their fields, made JSON-friendly."""
-
-    __slots__ = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True, slots=True)
-class EnvVersion(_Json):
+class EnvVersion(JsonResult):
     """One version of a persistent environment, as created or resolved."""
 
     name: str
@@ -105,48 +82,6 @@ class EnvVersion(_Json):
     created: bool  # True when this call installed it
     current: bool  # True when ``current`` points at it
     seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class VersionInfo(_Json):
-    name: str
-    key: str
-    path: Path
-    complete: bool
-    current: bool
-    last_used: datetime
-    lock_digest: str | None  # None while incomplete: only the marker records it
-    target: str | None
-    groups: tuple[str, ...]
-    size: int | None  # bytes on disk; None unless asked for (it walks every file)
-
-
-@dataclass(frozen=True, slots=True)
-class EnvInfo(_Json):
-    name: str
-    path: Path
-    current: str | None  # the key ``current`` points at
-    versions: tuple[VersionInfo, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class VersionInUse(_Json):
-    """A version ``gc`` kept because a process on this machine runs from it."""
-
-    name: str
-    key: str
-    path: Path
-    processes: tuple[ProcessUse, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class GcResult(_Json):
-    removed: tuple[VersionInfo, ...]  # with ``dry_run``: what would be removed
-    busy: tuple[VersionInfo, ...]  # old enough, but its lock was held: left alone
-    in_use: tuple[VersionInUse, ...]  # old enough, but a process here runs from it
-    kept: int  # current or recently used versions
-    freed: int  # bytes (would be) freed
-    dry_run: bool
 
 
 def _complete(
@@ -310,104 +245,6 @@ def create_env(
             return done(_envroot.read_marker(path), created=True)
     except (OSError, InstallError) as exc:
         raise _failure(env_dir.parent, name, exc) from None
-
-
-def _info(env_dir: Path, key: str, current: str | None, *, size: bool) -> VersionInfo:
-    path = env_dir / "versions" / key
-    marker = _envroot.read_marker(path)
-    return VersionInfo(
-        name=env_dir.name,
-        key=key,
-        path=path,
-        complete=marker is not None,
-        current=key == current,
-        last_used=_envroot.last_used(path),
-        lock_digest=marker["lock"]["digest"] if marker else None,
-        target=marker["target"]["name"] if marker else None,
-        groups=tuple(marker["groups"]) if marker else (),
-        size=_envroot.disk_size(path) if size else None,
-    )
-
-
-def list_envs(root: Path, *, sizes: bool = False) -> list[EnvInfo]:
-    """Every environment under ``root`` with its versions; reads only, takes no lock."""
-    found: list[EnvInfo] = []
-    for env_dir in _envroot.env_dirs(_envroot.require_root(root)):
-        current = _envroot.current_key(env_dir)
-        versions = [_info(env_dir, k, current, size=sizes) for k in _envroot.version_keys(env_dir)]
-        found.append(EnvInfo(env_dir.name, env_dir, current, tuple(versions)))
-    return found
-
-
-def _cutoff(older_than: timedelta) -> datetime:
-    try:
-        return datetime.now(timezone.utc) - older_than
-    except OverflowError:  # longer ago than datetime reaches: nothing is that old
-        return datetime.min.replace(tzinfo=timezone.utc)
-
-
-def _stale(env_dir: Path, key: str, cutoff: datetime) -> bool:
-    """Neither current nor used since ``cutoff``: a candidate for removal."""
-    path = env_dir / "versions" / key
-    return key != _envroot.current_key(env_dir) and _envroot.last_used(path) < cutoff
-
-
-def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
-    """Remove versions that are not current and were last used before ``older_than`` ago.
-
-    Incomplete versions (a killed creator) count by their folder's age. A version whose
-    lock is held (being created, or being made current) is skipped and reported busy; one
-    that a process on this machine runs from (:func:`envship._inuse.users_of`) is kept
-    and reported in use. Processes on other machines cannot be seen: for them the use
-    stamp (refreshed by create, check and every kernel start) and ``older_than`` are the
-    only guard.
-    """
-    cutoff = _cutoff(older_than)
-    envs = _envroot.env_dirs(_envroot.require_root(root))
-    removed: list[VersionInfo] = []
-    busy: list[VersionInfo] = []
-    in_use: list[VersionInUse] = []
-    held: list[tuple[Path, str, int]] = []  # candidates whose lock we hold: (env, key, fd)
-    kept = 0
-    try:
-        for env_dir in envs:
-            for key in _envroot.version_keys(env_dir):
-                if not _stale(env_dir, key, cutoff):
-                    kept += 1
-                    continue
-                fd = acquire(_envroot.key_lock(env_dir, key), wait=False)
-                if fd is None:
-                    busy.append(_info(env_dir, key, None, size=False))
-                else:
-                    held.append((env_dir, key, fd))
-        # Decided again under the locks (it may have become current or been used), then
-        # one pass over /proc for all of them, and the stamps once more: a kernel start
-        # stamps before it runs, so one that began during the pass is seen either way.
-        stale = [(env_dir, key) for env_dir, key, _ in held if _stale(env_dir, key, cutoff)]
-        kept += len(held) - len(stale)
-        users = users_of([env_dir / "versions" / key for env_dir, key in stale])
-        for env_dir, key in stale:
-            path = env_dir / "versions" / key
-            if path in users:
-                in_use.append(VersionInUse(env_dir.name, key, path, users[path]))
-            elif not _stale(env_dir, key, cutoff):
-                kept += 1
-            else:
-                removed.append(_info(env_dir, key, _envroot.current_key(env_dir), size=True))
-                if not dry_run:
-                    _envroot.discard(env_dir, key)
-                    _envroot.key_lock(env_dir, key).unlink(missing_ok=True)  # waiters re-check
-    finally:
-        for _, _, fd in held:
-            os.close(fd)
-    if not dry_run:
-        for env_dir in envs:
-            trash = env_dir / ".trash"
-            if trash.is_dir():
-                for leftover in trash.iterdir():  # a gc or creator killed before its rmtree
-                    shutil.rmtree(leftover, ignore_errors=True)
-    freed = sum(v.size or 0 for v in removed)
-    return GcResult(tuple(removed), tuple(busy), tuple(in_use), kept, freed, dry_run)
 
 
 def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion:

@@ -30,7 +30,9 @@ itself has no envship to run.
 Every kernelspec is written in a staging folder nested inside the ``kernels`` folder
 (Jupyter only looks one level down, so it never sees it half made) and renamed into
 place: a reader sees no kernelspec, the old one, or the new one, whole. What must hold
-of the environment first, and the kernel's name, are :mod:`envship._kernelenv`'s.
+of the environment first, and the kernel's name, are :mod:`envship._kernelenv`'s; the
+kernelspec's file names and its ``kernel.json`` are :mod:`envship._kernelspec`'s, and
+listing, with each launcher's verdict, is :mod:`envship._kernellist`'s.
 """
 
 from __future__ import annotations
@@ -38,19 +40,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from ._kernelenv import checked_name, env_label, kernel_name_for, read_env
-from ._launcher import CHECK_FLAG
+from ._kernellist import KernelInfo, kernel_info, list_kernels
+from ._kernelspec import (
+    KERNEL_JSON,
+    LAUNCHER_NAME,
+    MAGIC_NAME,
+    jupyter_kernel_dirs,
+    kernel_json,
+    read_facts,
+    result_json,
+    specs_in,
+)
 from .errors import KernelError, KernelInputError, Problem
-from .install import MARKER_NAME
 from .targets import Target
 
 __all__ = [
@@ -68,12 +77,7 @@ __all__ = [
     "remove_kernel",
 ]
 
-KERNEL_JSON = "kernel.json"
-LAUNCHER_NAME = "envship-kernel-launcher"
-MAGIC_NAME = "envship_magic.py"  # the launcher preloads it under this name (_launcher.py)
-_FACTS_FORMAT = 1
 _STAGING_PREFIX = ".envship-staging-"
-_CHECK_SECONDS = 60  # one interpreter start; generous for a cold shared volume
 
 Placement = Literal["user", "system", "prefix", "kernel-dir"]
 
@@ -96,38 +100,7 @@ class KernelSpecResult:
     on_jupyter_path: bool  # False: Jupyter will not find it without JUPYTER_PATH
 
     def to_json(self) -> dict[str, Any]:
-        return _to_json(self)
-
-
-@dataclass(frozen=True, slots=True)
-class KernelInfo:
-    """One kernelspec envship made, as found in a ``kernels`` folder."""
-
-    name: str
-    display_name: str
-    resource_dir: Path
-    env: Path
-    env_exists: bool  # the environment's install marker is still there
-    lock_digest: str | None  # the environment's now (following `current`), else as registered
-    target: str | None  # the target's name, likewise
-    shadowed: bool  # a kernelspec of the same name earlier on the path wins
-    fits: bool | None  # the launcher's verdict on this machine; None when not asked
-    reasons: tuple[str, ...]  # why the launcher would refuse to start
-    launcher_outdated: bool  # its launcher is not this envship's: `kernel install` again
-
-    def to_json(self) -> dict[str, Any]:
-        return _to_json(self)
-
-
-def _to_json(result: KernelSpecResult | KernelInfo) -> dict[str, Any]:
-    def plain(value: object) -> object:
-        if isinstance(value, Target):
-            return value.to_json()
-        if isinstance(value, Path):
-            return str(value)
-        return list(value) if isinstance(value, tuple) else value
-
-    return {f.name: plain(getattr(result, f.name)) for f in fields(result)}
+        return result_json(self)
 
 
 def _placement(user: bool, prefix: Path | None, kernel_dir: Path | None) -> tuple[Path, Placement]:
@@ -143,63 +116,6 @@ def _placement(user: bool, prefix: Path | None, kernel_dir: Path | None) -> tupl
     if user:
         return Path(jupyter_data_dir()) / "kernels", "user"
     return Path(SYSTEM_JUPYTER_PATH[0]) / "kernels", "system"
-
-
-def jupyter_kernel_dirs() -> list[Path]:
-    """The ``kernels`` folders Jupyter searches now, first match wins (env vars included)."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    return [Path(d) for d in KernelSpecManager().kernel_dirs]
-
-
-def _facts(resource_dir: Path) -> dict[str, Any] | None:
-    """``metadata.envship`` of a kernelspec, or None when envship did not make it."""
-    try:
-        spec = json.loads((resource_dir / KERNEL_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    metadata = spec.get("metadata") if isinstance(spec, dict) else None
-    facts = metadata.get("envship") if isinstance(metadata, dict) else None
-    if not isinstance(facts, dict) or not isinstance(facts.get("env"), str):
-        return None
-    facts = dict(facts)
-    facts["_display_name"] = str(spec.get("display_name", ""))
-    return facts
-
-
-def _kernel_json(
-    name: str, display_name: str, resource_dir: Path, env: Path, marker: dict[str, Any], t: Target
-) -> dict[str, Any]:
-    python = env / "bin" / "python"
-    return {
-        # /bin/sh runs the launcher so that a missing interpreter (the env was made in
-        # another image) is reported in words rather than as a failed exec.
-        "argv": [
-            "/bin/sh",
-            str(resource_dir / LAUNCHER_NAME),
-            str(python),
-            "-f",
-            "{connection_file}",
-        ],
-        "display_name": display_name,
-        "language": "python",
-        # ipykernel handles SIGINT as an interrupt; the launcher execs, keeping the pid.
-        "interrupt_mode": "signal",
-        "metadata": {
-            "envship": {
-                "format": _FACTS_FORMAT,
-                "kernel_name": name,
-                "env": str(env),
-                "python": str(python),
-                "lock_digest": marker["lock"]["digest"],
-                "target": t.to_json(),
-                "sys_platform": t.platform.sys_platform,
-                "machine": t.platform.machine,
-                # %envship add runs this: the environment does not contain envship.
-                "envship_command": [sys.executable, "-m", "envship"],
-            }
-        },
-    }
 
 
 def _populate(folder: Path, spec: dict[str, Any], env: Path) -> None:
@@ -283,12 +199,12 @@ def install_kernel(
     display_name = display_name or f"Python ({label})"
     kernels_dir, placement = _placement(user, prefix, kernel_dir)
     resource_dir = kernels_dir / name
-    if resource_dir.exists() and _facts(resource_dir) is None:
+    if resource_dir.exists() and read_facts(resource_dir) is None:
         raise KernelError(
             f"a kernelspec named {name!r} that envship did not make is at {resource_dir}",
             hint="pick another --name, or remove it with `jupyter kernelspec remove`",
         )
-    spec = _kernel_json(name, display_name, resource_dir, env, marker, target)
+    spec = kernel_json(name, display_name, resource_dir, env, marker, target)
     replaced = _write(kernels_dir, name, spec, env)
     return KernelSpecResult(
         name=name,
@@ -308,123 +224,12 @@ def install_kernel(
     )
 
 
-def _specs_in(kernels_dir: Path) -> list[Path]:
-    """Kernelspec folders directly in ``kernels_dir``, as Jupyter lists them."""
-    try:
-        children = sorted(kernels_dir.iterdir())
-    except OSError:
-        return []
-    return [c for c in children if c.is_dir() and (c / KERNEL_JSON).is_file()]
-
-
-def _verdict(resource_dir: Path) -> tuple[bool, tuple[str, ...]]:
-    """What the kernelspec's own launcher says of this machine, run as Jupyter would run
-    it but in its check mode (it starts nothing and stamps no use).
-
-    Its own copy, not this envship's: a kernelspec written by an older envship starts
-    with the launcher it holds, so that is the one whose answer counts.
-    """
-    try:
-        spec = json.loads((resource_dir / KERNEL_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return False, (f"cannot read its {KERNEL_JSON}: {exc}",)
-    argv = spec.get("argv") if isinstance(spec, dict) else None
-    if not (
-        isinstance(argv, list)
-        and len(argv) >= 3
-        and all(isinstance(a, str) for a in argv)
-        and os.path.basename(argv[1]) == LAUNCHER_NAME
-    ):
-        # Anything else might start a kernel when asked to check: never run it.
-        return False, ("kernel.json does not start envship's launcher",)
-    try:
-        proc = subprocess.run(
-            [*argv[:3], CHECK_FLAG],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_CHECK_SECONDS,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, (f"its launcher could not be run: {exc}",)
-    if proc.returncode == 0:
-        return True, ()
-    lines = proc.stderr.splitlines()
-    reasons = [line[4:] for line in lines if line.startswith("  - ")]
-    reasons = reasons or [line.removeprefix("envship: ") for line in lines[:1]]
-    return False, tuple(reasons or [f"its launcher exited with code {proc.returncode}"])
-
-
-def _recorded(env: Path, facts: dict[str, Any]) -> tuple[str | None, str | None]:
-    """``(lock digest, target name)`` of the environment as it is now (``current``
-    followed), else as the kernelspec recorded them."""
-    try:
-        marker = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
-        return str(marker["lock"]["digest"]), str(marker["target"]["name"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    target = facts.get("target")
-    digest = facts.get("lock_digest")
-    return (
-        digest if isinstance(digest, str) else None,
-        str(target["name"]) if isinstance(target, dict) and "name" in target else None,
-    )
-
-
-def _info(resource_dir: Path, facts: dict[str, Any], *, shadowed: bool, check: bool) -> KernelInfo:
-    env = Path(facts["env"])
-    digest, target = _recorded(env, facts)
-    fits, reasons = _verdict(resource_dir) if check else (None, ())
-    ours = resources.files("envship").joinpath("_launcher.py").read_bytes()
-    try:
-        outdated = (resource_dir / LAUNCHER_NAME).read_bytes() != ours
-    except OSError:
-        outdated = True
-    return KernelInfo(
-        name=resource_dir.name.lower(),
-        display_name=facts["_display_name"],
-        resource_dir=resource_dir,
-        env=env,
-        env_exists=(env / MARKER_NAME).is_file(),
-        lock_digest=digest,
-        target=target,
-        shadowed=shadowed,
-        fits=fits,
-        reasons=reasons,
-        launcher_outdated=outdated,
-    )
-
-
-def list_kernels(
-    kernel_dirs: Sequence[Path] | None = None, *, check: bool = True
-) -> list[KernelInfo]:
-    """The kernelspecs envship made in ``kernel_dirs`` (default: Jupyter's search path).
-
-    Each is listed where it is found, in search order; one hidden by an earlier
-    kernelspec of the same name (envship's or not) is marked ``shadowed``. With
-    ``check``, each kernelspec's launcher is asked (one interpreter start each) whether
-    this machine can run its environment, exactly as it decides at a kernel start.
-    """
-    dirs = list(kernel_dirs) if kernel_dirs is not None else jupyter_kernel_dirs()
-    seen: set[str] = set()
-    found: list[KernelInfo] = []
-    for kernels_dir in dirs:
-        for resource_dir in _specs_in(kernels_dir):
-            key = resource_dir.name.lower()
-            facts = _facts(resource_dir)
-            if facts is not None:
-                found.append(_info(resource_dir, facts, shadowed=key in seen, check=check))
-            seen.add(key)
-    return found
-
-
 def remove_kernel(name: str, *, kernel_dirs: Sequence[Path] | None = None) -> KernelInfo:
     """Remove the kernelspec Jupyter would use for ``name``, if envship made it."""
     dirs = list(kernel_dirs) if kernel_dirs is not None else jupyter_kernel_dirs()
     key = name.lower()
     match = next(
-        (s for d in dirs for s in _specs_in(d) if s.name.lower() == key),
+        (s for d in dirs for s in specs_in(d) if s.name.lower() == key),
         None,
     )
     if match is None:
@@ -433,13 +238,13 @@ def remove_kernel(name: str, *, kernel_dirs: Sequence[Path] | None = None) -> Ke
             problems=[Problem(str(d), "searched") for d in dirs],
             hint="`envship kernel list` shows the kernels envship made",
         )
-    facts = _facts(match)
+    facts = read_facts(match)
     if facts is None:
         raise KernelError(
             f"the kernelspec {name!r} at {match} was not made by envship; refusing to remove it",
             hint=f"remove it with `jupyter kernelspec remove {key}` if you mean to",
         )
-    info = _info(match, facts, shadowed=False, check=False)
+    info = kernel_info(match, facts, shadowed=False, check=False)
     # Out of Jupyter's sight in one rename, then deleted at leisure.
     staging: Path | None = None
     try:

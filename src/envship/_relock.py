@@ -1,0 +1,140 @@
+"""Re-locking over a previous lock: its versions as uv's preferences, and what moved.
+
+A re-lock must not move pins the spec change does not touch. ``uv lock`` keeps the
+versions of an existing ``uv.lock`` where the project still allows them, so the lock
+being replaced is handed to uv as a minimal ``uv.lock`` (name, version, registry),
+without the packages ``upgrade`` / ``upgrade_packages`` let move; afterwards every
+version that differs is a :class:`VersionChange`, so nothing moves silently. This is
+all a lock needs of the one it replaces, kept apart from :mod:`envship.lock`, which
+resolves and writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from packaging.pylock import Pylock
+from packaging.utils import InvalidName, canonicalize_name
+
+from ._uvproject import requires_python
+from .errors import LockError, Problem
+from .lockfile import LockFile
+from .spec import Spec
+
+__all__ = [
+    "VersionChange",
+    "locked_versions",
+    "preferences_lock",
+    "read_previous",
+    "upgrade_names",
+    "version_changes",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionChange:
+    """A package whose locked versions differ from the previous lock's."""
+
+    name: str
+    old: tuple[str, ...]  # () when the package is newly locked
+    new: tuple[str, ...]  # () when the package is no longer locked
+    requested: bool  # ``upgrade`` or ``upgrade_packages`` let it move
+
+    def __str__(self) -> str:
+        if not self.old:
+            return f"+ {self.name} {', '.join(self.new)}"
+        if not self.new:
+            return f"- {self.name} {', '.join(self.old)}"
+        return f"{self.name} {', '.join(self.old)} -> {', '.join(self.new)}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "old": list(self.old),
+            "new": list(self.new),
+            "requested": self.requested,
+        }
+
+
+def read_previous(path: Path) -> tuple[Pylock | None, str | None]:
+    """The lock being replaced (None if absent or unreadable), and a note if it is odd."""
+    if not path.exists():
+        return None, None
+    try:
+        previous = LockFile.load(path).pylock
+    except LockError as exc:
+        why = str(exc.problems[0]) if exc.problems else exc.message
+        return None, (
+            f"the existing {path} could not be read ({why}); it was replaced and none of "
+            "its versions were kept"
+        )
+    if previous.created_by != "envship":
+        return previous, (
+            f"{path} was written by {previous.created_by!r}, not envship; its versions "
+            "were preferred and it was replaced"
+        )
+    return previous, None
+
+
+def locked_versions(pylock: Pylock | None) -> dict[str, tuple[str, ...]]:
+    found: dict[str, set[str]] = {}
+    for package in pylock.packages if pylock else ():
+        if package.version is not None:
+            found.setdefault(canonicalize_name(package.name), set()).add(str(package.version))
+    return {name: tuple(sorted(v)) for name, v in found.items()}
+
+
+def preferences_lock(
+    spec: Spec, previous: Pylock | None, skip: Callable[[str], bool]
+) -> str | None:
+    """A ``uv.lock`` that hands uv the previous versions as preferences.
+
+    ``uv lock`` keeps the versions of an existing ``uv.lock`` where the project still
+    allows them (uv-requirements ``read_lock_requirements``) and moves only the rest;
+    name, version and registry are all it reads for that. Constraints would be all or
+    nothing: one pin the new spec rules out would fail them all.
+    """
+    # Keyed by Version: uv refuses a uv.lock with "1.0" and "1.0.0" of one package.
+    pins = {
+        (canonicalize_name(p.name), p.version, p.index): str(p.version)
+        for p in (previous.packages if previous else ())
+        if p.version is not None and p.index and not skip(canonicalize_name(p.name))
+    }
+    if not pins:
+        return None
+    packages = [
+        {"name": name, "version": text, "source": {"registry": index}}
+        for (name, _, index), text in sorted(pins.items(), key=lambda kv: str(kv[0]))
+    ]
+    data = {"version": 1, "requires-python": requires_python(spec), "package": packages}
+    return tomli_w.dumps(data)
+
+
+def upgrade_names(names: Sequence[str]) -> frozenset[str]:
+    bad = []
+    out = set()
+    for name in names:
+        try:
+            out.add(canonicalize_name(name, validate=True))
+        except InvalidName:
+            bad.append(Problem(repr(name), "not a valid package name"))
+    if bad:
+        raise LockError("invalid package names to upgrade", problems=bad)
+    return frozenset(out)
+
+
+def version_changes(
+    old: Mapping[str, tuple[str, ...]],
+    new: Mapping[str, tuple[str, ...]],
+    upgrade: bool,
+    names: frozenset[str],
+) -> tuple[VersionChange, ...]:
+    return tuple(
+        VersionChange(n, old.get(n, ()), new.get(n, ()), upgrade or n in names)
+        for n in sorted(old.keys() | new.keys())
+        if old.get(n, ()) != new.get(n, ())
+    )
