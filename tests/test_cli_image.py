@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from envship.cli.main import main
+from envship.cli.main import cli, main
 from envship.dockerarchive import write_docker_archive
 from envship.image import BuiltImage
 from envship.imagebase import BaseFacts
@@ -25,6 +27,7 @@ from test_image import (
     Setup,
     _no_source_date_epoch,
     bookworm_facts,
+    build,
     image_target,
     make_setup,
     sample,
@@ -226,6 +229,38 @@ def test_base_from_docker_save(
         str(setup.store.root),
     )
     assert code == 0 and out.startswith("ok: "), out + err
+
+
+def test_the_time_reported_is_the_whole_commands(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    bookworm_layout: BaseImage,
+    bookworm_facts: BaseFacts,
+) -> None:
+    """Every layer cached, the base not probed yet: nearly all the command's time goes to
+    reading the base and writing the image, which the reported time must include."""
+    setup = make_setup(tmp_path)
+    build(setup, bookworm_layout, bookworm_facts)  # fills the store's layer cache
+    started = time.monotonic()
+    code, out, err = run(
+        capsys, *build_args(setup, bookworm_layout.ref, "-o", f"oci:{tmp_path / 'out'}", "--json")
+    )
+    wall = time.monotonic() - started
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["built"] == 0
+    assert wall / 2 < data["seconds"] <= wall
+
+
+def test_build_help_says_what_the_defaults_are() -> None:
+    result = CliRunner().invoke(cli, ["image", "build", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "[default: the one the base image fits;" in text
+    assert "the one this machine matches" not in text
+    assert "Symbolic links in the base are followed, and the environment is built at the" in text
+    assert "/opt/ml, /opt/.sagemakerinternal, /var/log/studio and /home/sagemaker-user" in text
+    assert "the time reported covers the whole command" in text
 
 
 # -- inspect -------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ built once per module.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ import pytest
 import tomli_w
 
 from envship._toml import load_toml
-from envship.errors import ArtifactError, ImageError, StoreError
+from envship.errors import ArtifactError, ImageError, ImageInputError, StoreError
 from envship.image import DEFAULT_PREFIX, BuiltImage, LayerEvent, build_image
 from envship.imagebase import BaseFacts, probe_image
 from envship.imageio import write_image
@@ -345,18 +347,32 @@ def test_layers_labels_and_marker(sample: tuple[Setup, BuiltImage], sample_layou
     assert sorted(p["name"] for p in marker["packages"]) == ["alpha", "beta", "tool"]
 
 
-def test_progress_reports_every_layer(
+def test_progress_reports_every_layer_in_layer_order(
     tmp_path: Path, bookworm_layout: BaseImage, bookworm_facts: BaseFacts
 ) -> None:
-    setup = make_setup(tmp_path)
-    built, events = build(setup, bookworm_layout, bookworm_facts)
+    wheels = build_wheels(tmp_path / "dist")
+    wheels["big"] = big_wheel(tmp_path / "dist", "big", "1.0", 2 << 20)
+    setup = make_setup(tmp_path, ["alpha", "beta", "tool", "big"], wheels=wheels)
+    built, events = build(setup, bookworm_layout, bookworm_facts, jobs=2)
     ours = env_layers(built)
-    assert [e.index for e in events] == list(range(1, len(ours) + 1))
+    assert ours[0].label == "virtual environment" and ours[-1].label == "marker and kernelspec"
+    # Numbered as the layers are stacked, and told in that order, whatever finished first.
+    assert [(e.index, e.label) for e in events] == [(i + 1, x.label) for i, x in enumerate(ours)]
     assert {e.total for e in events} == {len(ours)}
     assert {e.state for e in events} == {"built"}
-    assert sorted(e.label for e in events) == sorted(layer.label for layer in ours)
-    sizes = {layer.label: layer.descriptor.size for layer in ours}
-    assert all(sizes[e.label] == e.size for e in events)
+    assert [e.size for e in events] == [layer.descriptor.size for layer in ours]
+
+    # Cached and built layers mixed: still in layer order.
+    bumped = write_lock(
+        tmp_path / "pylock.toml",
+        [wheels[k] for k in ("alpha", "beta11", "tool", "big")],
+        targets=[image_target()],
+    )
+    again, events = build(Setup(bumped, setup.store, wheels), bookworm_layout, bookworm_facts)
+    ours = env_layers(again)
+    assert [(e.index, e.label) for e in events] == [(i + 1, x.label) for i, x in enumerate(ours)]
+    assert [e.state for e in events] == ["built" if not x.cached else "cached" for x in ours]
+    assert {e.state for e in events} == {"built", "cached"}
 
 
 # -- reproducible --------------------------------------------------------------------------
@@ -620,13 +636,18 @@ def test_kernelspec_and_custom_prefix(
     )
 
 
-@pytest.mark.parametrize("prefix", ["relative/env", "/", "/usr", "/opt/", "/opt/my env", ""])
+@pytest.mark.parametrize(
+    "prefix",
+    ["relative/env", "/", "/usr", "/opt/", "/opt/my env", "", "/opt//env", "/opt/./env", "/a:b"],
+)
 def test_invalid_prefix_is_refused(
     tmp_path: Path, bookworm_layout: BaseImage, bookworm_facts: BaseFacts, prefix: str
 ) -> None:
     setup = make_setup(tmp_path)
-    with pytest.raises(ImageError, match="invalid environment path"):
+    with pytest.raises(ImageInputError, match="invalid environment path") as caught:
         build(setup, bookworm_layout, bookworm_facts, prefix=prefix)
+    assert caught.value.exit_code == 2
+    assert caught.value.hint == "give a folder of its own, e.g. --prefix /opt/envship/venv"
     assert not (setup.store.root / "oci").exists()
 
 
@@ -731,7 +752,7 @@ def test_wheel_whose_record_lies_is_refused_with_or_without_workers(
         with pytest.raises(ArtifactError, match="does not match the wheel's RECORD") as caught:
             build(setup, bookworm_layout, bookworm_facts, jobs=jobs)
         assert caught.value.exit_code == 4 and caught.value.artifact == liar.name
-        assert not list((setup.store.root / "tmp").glob(".layer-*"))
+        assert leftovers(setup.store) == []
 
 
 FULL_DISK = """
@@ -782,7 +803,129 @@ def test_a_full_disk_leaves_no_output(
     assert "hint: free disk space" in result.stderr
     # Nothing half-written: no archive, no layout, no partial file beside them.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist", "pylock.toml", "store"]
-    assert not list((setup.store.root / "tmp").glob(".layer-*"))
+    assert leftovers(setup.store) == []
+
+
+def leftovers(store: Store) -> list[str]:
+    """What image builds have in the store's tmp/: work folders, their locks, partials."""
+    tmp = store.root / "tmp"
+    return sorted(
+        str(p.relative_to(tmp))
+        for p in tmp.rglob("*")
+        if p.name.startswith(("build-", ".build-", ".layer-"))
+    )
+
+
+def wait_for(proc: subprocess.Popen[str], ready: Callable[[], bool]) -> None:
+    """Poll until ``ready()``; fail if ``proc`` ends first."""
+    while not ready():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the build ended (exit {proc.returncode}) first:\n{out}\n{err}")
+        time.sleep(0.01)
+
+
+def writing_a_big_layer(tmp: Path) -> bool:
+    for path in tmp.glob("build-*/.layer-*.partial"):
+        try:
+            if path.stat().st_size > 1 << 20:
+                return True
+        except FileNotFoundError:  # moved into the layout meanwhile
+            pass
+    return False
+
+
+@pytest.mark.parametrize("jobs", [1, 2], ids=["inline", "process-pool"])
+def test_ctrl_c_mid_build_leaves_no_partial_file_and_no_process(
+    tmp_path: Path, slim_layout: BaseImage, jobs: int
+) -> None:
+    """A real SIGINT to the build's process group (what Ctrl-C sends), caught while a
+    layer of several MB is being written: the process group stopped at that moment."""
+    wheels = build_wheels(tmp_path / "dist")
+    big = ["big1", "big2", "big3", "big4"]
+    for name in big:
+        wheels[name] = big_wheel(tmp_path / "dist", name, "1.0", 16 << 20)
+    setup = make_setup(tmp_path, ["alpha", "beta", "tool", *big], wheels=wheels)
+    command = [
+        *(sys.executable, "-m", "envship", "image", "build", "--jobs", str(jobs)),
+        *("--lock", str(setup.lock.path), "--store", str(setup.store.root)),
+        *("--base", slim_layout.ref, "-o", f"oci:{tmp_path / 'out'}:x"),
+    ]
+    proc = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(proc, lambda: writing_a_big_layer(setup.store.root / "tmp"))
+        os.killpg(proc.pid, signal.SIGSTOP)
+        assert leftovers(setup.store)  # frozen in the middle: there is something to remove
+        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted; re-run the same command to resume" in err
+    assert "Traceback" not in err
+    assert leftovers(setup.store) == []
+    with pytest.raises(ProcessLookupError):  # no worker outlived the build
+        os.killpg(proc.pid, 0)
+    assert not (tmp_path / "out").exists()
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert leftovers(setup.store) == []
+
+
+HOUR = 3600
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "age", "removed"),
+    [
+        ("build-1-dead", "work", 0, True),  # its lock file is free: the build is gone
+        ("build-2-live", "work held", 0, False),  # another build holds the lock
+        ("build-3-orphan", "folder", 7 * HOUR, True),  # no lock file, quiet for 7 hours
+        ("build-4-young", "folder", 1 * HOUR, False),  # no lock file, written an hour ago
+        (".layer-old.partial", "file", 7 * HOUR, True),  # an older envship's partial
+        (".layer-new.partial", "file", 1 * HOUR, False),  # perhaps an older envship's build
+        (".build-x.new", "file", 7 * HOUR, True),  # a lock file never named
+        ("add-stranger", "file", 7 * HOUR, False),  # not an image build's
+    ],
+)
+def test_a_build_removes_what_dead_builds_left_and_nothing_else(
+    tmp_path: Path, slim_layout: BaseImage, name: str, shape: str, age: int, removed: bool
+) -> None:
+    setup = make_setup(tmp_path)
+    tmp = setup.store.root / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / name
+    held = None
+    if shape == "file":
+        path.write_bytes(b"partial")
+    else:
+        (path / "wheels").mkdir(parents=True)
+        (path / ".layer-abc.partial").write_bytes(b"partial")
+    if shape.startswith("work"):
+        lock = tmp / f"{name}.lock"
+        held = os.open(lock, os.O_RDWR | os.O_CREAT)
+        if shape == "work held":
+            fcntl.flock(held, fcntl.LOCK_EX)
+    then = time.time() - age
+    for item in [path, *path.rglob("*")]:
+        os.utime(item, (then, then))
+    try:
+        facts = probe_image(layout_image(slim_layout), where="slim")
+        build(setup, slim_layout, facts)
+    finally:
+        if held is not None:
+            os.close(held)
+    assert path.exists() is not removed
+    if shape.startswith("work"):
+        assert (tmp / f"{name}.lock").exists() is not removed
+    if not removed and shape != "file":
+        assert (path / ".layer-abc.partial").read_bytes() == b"partial"
+    assert [n for n in os.listdir(tmp) if n != name and n != f"{name}.lock"] == []
 
 
 # -- the real data-science set from PyPI ---------------------------------------------------

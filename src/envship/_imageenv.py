@@ -6,27 +6,58 @@ decide how the image's Python sees the environment: a PEP 405 venv written as fi
 (``pyvenv.cfg`` and links to the base's interpreter; nothing runs to create it), and a
 kernelspec in a folder every Jupyter searches. Both are rebuilt on every build (they
 are tiny); the marker layer is the only one that changes with every lock, so it is last.
+Directories of the base on the way keep the base's owner and mode
+(:mod:`envship._imageprefix`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._imageprefix import KERNELS_DIR, BaseDir, Placement, placed_writer
+from ._kernelenv import kernel_name_for
+from .errors import ImageInputError, Problem, UnsupportedBaseError
 from .imagebase import BaseFacts
 from .install import MARKER_NAME
 from .layer import LayerBlob, LayerWriter
 from .lockfile import Artifact, LockFile
 
-__all__ = ["KERNELS_DIR", "kernel_for", "skeleton_layer", "top_layer"]
+__all__ = ["check_kernel_name", "kernel_for", "skeleton_layer", "top_layer"]
 
-KERNELS_DIR = "usr/local/share/jupyter/kernels"  # on every Jupyter's system search path
+# jupyter_client's rule (kernelspec._kernel_name_pat), lower case only: Jupyter lowercases
+# the folder name it finds, and SageMaker's AppImageConfig must name the kernel exactly.
+_KERNEL_NAME = re.compile(r"^[a-z0-9._-]+$")
 
 
-def _small_layer(tmp_dir: Path, epoch: int, fill: Callable[[LayerWriter], None]) -> LayerBlob:
-    writer = LayerWriter(tmp_dir, mtime=epoch)
+def check_kernel_name(name: str) -> str:
+    """``name`` if Jupyter lists a kernelspec folder of that name under that very name."""
+    if not _KERNEL_NAME.match(name) or name.startswith("."):
+        suggestion = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.")
+        raise ImageInputError(
+            f"invalid kernelspec name {name!r}",
+            problems=[
+                Problem(
+                    "--kernel-name",
+                    "only lower-case ASCII letters, digits, '-', '.' and '_', "
+                    "not starting with '.'",
+                )
+            ],
+            hint=f"for example {suggestion!r}, and the same name in SageMaker's "
+            "AppImageConfig KernelSpecs"
+            if suggestion
+            else "use lower-case letters, digits, '-', '.' and '_'",
+        )
+    return name
+
+
+def _small_layer(
+    tmp_dir: Path, epoch: int, kept: tuple[BaseDir, ...], fill: Callable[[LayerWriter], None]
+) -> LayerBlob:
+    writer = placed_writer(tmp_dir, mtime=epoch, kept=kept)
     try:
         fill(writer)
         return writer.close()
@@ -35,11 +66,11 @@ def _small_layer(tmp_dir: Path, epoch: int, fill: Callable[[LayerWriter], None])
         raise
 
 
-def skeleton_layer(tmp_dir: Path, epoch: int, prefix: str, facts: BaseFacts) -> LayerBlob:
+def skeleton_layer(tmp_dir: Path, epoch: int, place: Placement, facts: BaseFacts) -> LayerBlob:
     """The venv itself (PEP 405): pyvenv.cfg and interpreter links to the base's Python."""
 
     def fill(writer: LayerWriter) -> None:
-        rel = prefix.strip("/")
+        rel = place.prefix.strip("/")
         writer.add_dir(f"{rel}/bin")
         writer.add_dir(f"{rel}/include")
         writer.add_dir(f"{rel}/lib/python{facts.version}/site-packages")
@@ -55,18 +86,29 @@ def skeleton_layer(tmp_dir: Path, epoch: int, prefix: str, facts: BaseFacts) -> 
         )
         writer.add_file(f"{rel}/pyvenv.cfg", cfg.encode())
 
-    return _small_layer(tmp_dir, epoch, fill)
+    return _small_layer(tmp_dir, epoch, place.above_prefix, fill)
 
 
 def kernel_for(
-    lock: LockFile, artifacts: Sequence[Artifact], kernel_name: str | None
+    lock: LockFile, artifacts: Sequence[Artifact], kernel_name: str | None, place: Placement
 ) -> tuple[str | None, list[str]]:
-    """The kernelspec's name (None without ipykernel) and notes to the user."""
+    """The kernelspec's name (None without ipykernel) and notes to the user. A name
+    given is used as it is or refused; one made from the lock's name is cleaned."""
+    if kernel_name is not None:
+        check_kernel_name(kernel_name)
     if not any(a.name == "ipykernel" for a in artifacts):
         return None, ["no kernelspec: ipykernel is not in the locked environment"]
-    name = kernel_name or lock.name or "envship"
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower())
-    return cleaned, []
+    name = kernel_name or kernel_name_for(lock.name or "envship")
+    if place.kernels_blocked is not None:
+        raise UnsupportedBaseError(
+            f"the base image has no folder for the kernelspec at /{KERNELS_DIR}",
+            problems=[Problem(place.kernels_blocked, "is a file or device, not a folder")],
+            hint="use a base whose Jupyter data folder is a folder",
+        )
+    notes = []
+    if name in place.base_kernels:
+        notes.append(f"the base's kernelspec {name!r} in /{place.kernels} is replaced by this one")
+    return name, notes
 
 
 def _kernelspec(display_name: str, prefix: str) -> bytes:
@@ -82,20 +124,24 @@ def _kernelspec(display_name: str, prefix: str) -> bytes:
 def top_layer(
     tmp_dir: Path,
     epoch: int,
-    prefix: str,
+    place: Placement,
     marker: dict[str, Any],
     kernel: str | None,
     display_name: str,
 ) -> LayerBlob:
-    """The install marker, and the kernelspec named ``kernel`` when there is one."""
+    """The install marker, and the kernelspec named ``kernel`` when there is one; a
+    kernelspec of that name in the base is hidden whole (an opaque whiteout), so none
+    of its other files (logos, kernel.js) is left beside ours."""
 
     def fill(writer: LayerWriter) -> None:
-        rel = prefix.strip("/")
+        rel = place.prefix.strip("/")
         data = (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode()
         writer.add_file(f"{rel}/{MARKER_NAME}", data)
         if kernel is not None:
-            writer.add_file(
-                f"{KERNELS_DIR}/{kernel}/kernel.json", _kernelspec(display_name, prefix)
-            )
+            folder = f"{place.kernels}/{kernel}"
+            writer.add_file(f"{folder}/kernel.json", _kernelspec(display_name, place.prefix))
+            if kernel in place.base_kernels:
+                writer.add_opaque(folder)
 
-    return _small_layer(tmp_dir, epoch, fill)
+    kept = place.above_prefix + (place.above_kernels if kernel is not None else ())
+    return _small_layer(tmp_dir, epoch, kept, fill)

@@ -10,26 +10,39 @@ store keeps one blob per key, so a rebuild writes only what changed.
 
 Layers are built on a process pool (gzip and installer are CPU-bound and hold the GIL);
 :func:`build_layer` is the worker, at module level so the pool can pickle it. Errors come
-back as themselves (``EnvshipError`` pickles with its fields).
+back as themselves (``EnvshipError`` pickles with its fields). Every partial file of a
+build is written in a folder of its own under the store's ``tmp/`` (:class:`WorkDir`),
+removed when the build ends however it ends; one left by a build that was killed is
+removed by the next build once its lock shows that nobody holds it any more.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import secrets
+import shutil
+import signal
+import tempfile
+import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from . import _flock
 from ._atomic import write_atomic
 from ._bytecode import BytecodeCompiler, Compiler
+from ._imageprefix import BaseDir, placed_writer
 from ._wheeltar import VenvScheme, write_wheel
 from .errors import EnvshipError, ImageError
-from .layer import LayerBlob, LayerWriter
+from .layer import LayerBlob
 from .lockfile import Artifact
 from .oci import Descriptor
 from .ocilayout import OciLayout
@@ -42,8 +55,10 @@ __all__ = [
     "LayerCache",
     "LayerJob",
     "LayerPlan",
+    "WorkDir",
     "build_layers",
     "plan_layers",
+    "sweep",
 ]
 
 # Bumped whenever the bytes a layer gets from the same inputs change, so no stale cached
@@ -51,6 +66,9 @@ __all__ = [
 LAYER_FORMAT = 1
 _OWN_LAYER = 1 << 20
 _BUCKETS = 8
+# A leftover no lock covers is removed once nothing in it was written for this long: a
+# build writes its layer files continuously, so one this quiet is dead.
+STALE_AFTER = 6 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +92,7 @@ class LayerJob:
     mtime: int
     level: int
     compiler: BytecodeCompiler | None
+    kept: tuple[BaseDir, ...] = ()  # the base's directories on the way, with their headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +144,38 @@ def plan_layers(
     return plans
 
 
+# A pool worker's state as its SIGINT handler sees it: whether it is building a layer
+# (then the interrupt stops the build, whose writer removes its file), and whether an
+# interrupt came (then the jobs already queued to it end at once).
+_WORKER = {"busy": False, "interrupted": False}
+
+
+def _worker_interrupted(signum: int, frame: FrameType | None) -> None:
+    _WORKER["interrupted"] = True
+    if _WORKER["busy"]:
+        raise KeyboardInterrupt
+    # Idle in the pool's queue: raising there would kill the worker with a traceback;
+    # the pool is being shut down by the interrupted parent anyway.
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, _worker_interrupted)
+
+
 def build_layer(job: LayerJob) -> BuiltLayer:
     """Worker: one layer from its wheels."""
+    if _WORKER["interrupted"]:  # queued before Ctrl-C reached this worker
+        raise KeyboardInterrupt
+    _WORKER["busy"] = True
+    try:
+        return _build_layer(job)
+    finally:
+        _WORKER["busy"] = False
+
+
+def _build_layer(job: LayerJob) -> BuiltLayer:
     scheme = VenvScheme.for_python(job.prefix, job.python)
-    writer = LayerWriter(job.tmp_dir, mtime=job.mtime, level=job.level)
+    writer = placed_writer(job.tmp_dir, mtime=job.mtime, level=job.level, kept=job.kept)
     # One fresh compiler per layer: its output depends on what it compiled before.
     compiler = Compiler(job.compiler) if job.compiler is not None else None
     try:
@@ -197,14 +244,22 @@ def build_layers(
 ) -> None:
     """Build every plan of ``todo`` on ``jobs`` processes (default: CPUs) into ``cache``;
     ``built`` hears of each, in plan order. The first error is raised after the others
-    finished, so the layers that did finish go into the cache rather than being left as
-    stray files in the store's tmp/."""
+    finished, so the layers that did finish go into the cache. On an interrupt the jobs
+    not started are dropped and the running ones stopped (Ctrl-C reaches the workers,
+    whose writers remove their files); what they leave is in the caller's work folder."""
     if not todo:
         return
     workers = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
     failed: EnvshipError | None = None
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
-        futures = {plan.key: pool.submit(build_layer, job(plan)) for plan in todo}
+    pool: ProcessPoolExecutor | _Inline = (
+        ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+        if workers > 1
+        else _Inline()
+    )
+    try:
+        futures: dict[str, Future[BuiltLayer] | _Done] = {
+            plan.key: pool.submit(build_layer, job(plan)) for plan in todo
+        }
         for plan in todo:
             try:
                 layer = futures[plan.key].result()
@@ -212,6 +267,10 @@ def build_layers(
                 failed = failed or exc
                 continue
             built(plan, cache.put(plan.key, layer, annotations(plan)))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     if failed is not None:
         raise failed
 
@@ -219,13 +278,10 @@ def build_layers(
 class _Inline:
     """A stand-in for a one-worker pool: runs each job at submit time, in this process."""
 
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         return None
 
-    def submit(self, fn: Callable[[LayerJob], BuiltLayer], arg: LayerJob) -> _Done:
+    def submit(self, fn: Callable[[LayerJob], BuiltLayer], arg: LayerJob, /) -> _Done:
         try:
             return _Done(fn(arg), None)
         except EnvshipError as exc:
@@ -242,3 +298,105 @@ class _Done:
             raise self.error
         assert self.value is not None
         return self.value
+
+
+class WorkDir:
+    """A folder of one build's own under the store's ``tmp/`` for every partial file it
+    writes (layer blobs before they join the layout, private wheel copies); removed
+    when the build ends, however it ends.
+
+    Its lock file, ``build-<id>.lock`` beside it, is held (flock) while the build runs
+    and appears under that name already locked (locked under a temporary name, then
+    renamed), so a lock file that can be taken proves its build gone, even one killed
+    with SIGKILL; forked pool workers inherit the lock and hold it while they live.
+    Entering sweeps what dead builds left (:func:`sweep`).
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self._held: tuple[int, Path, Path] | None = None  # lock fd, lock file, folder
+
+    def __enter__(self) -> Path:
+        sweep(self.tmp)
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=self.tmp, prefix=".build-", suffix=".new")
+        except OSError as exc:
+            raise ImageError(
+                f"cannot create a work folder in {self.tmp}: {exc.strerror}",
+                hint="check that the store is writable and the disk has room",
+            ) from exc
+        token = f"build-{os.getpid()}-{secrets.token_hex(4)}"
+        lock, folder = self.tmp / f"{token}.lock", self.tmp / token
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a file only this process knows of yet
+            os.rename(name, lock)
+            folder.mkdir()
+        except BaseException:
+            os.close(fd)
+            Path(name).unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)
+            raise
+        self._held = (fd, lock, folder)
+        return folder
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held is not None:
+            fd, lock, folder = self._held
+            self._held = None
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            os.close(fd)
+
+
+def sweep(tmp: Path, *, now: float | None = None) -> list[str]:
+    """Remove from ``tmp`` what image builds that are gone left there; the names removed.
+
+    A ``build-<id>`` folder goes when its lock file can be locked (its build is gone);
+    without a lock file, and for an older envship's ``.layer-*.partial`` files, when
+    nothing in it was written for :data:`STALE_AFTER` seconds. Nothing another running
+    build holds is touched.
+    """
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(tmp))
+    except OSError:
+        return []
+    names = {e.name for e in entries}
+    removed = []
+    for entry in entries:
+        name = entry.name
+        if name.startswith("build-") and name.endswith(".lock"):
+            fd = _flock.acquire(Path(entry.path), wait=False)
+            if fd is None:
+                continue  # its build is running
+            try:
+                shutil.rmtree(tmp / name.removesuffix(".lock"), ignore_errors=True)
+                Path(entry.path).unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+            removed.append(name)
+        elif (
+            (name.startswith("build-") and f"{name}.lock" not in names)
+            or (name.startswith(".layer-") and name.endswith(".partial"))
+            or (name.startswith(".build-") and name.endswith(".new"))
+        ) and now - _last_write(Path(entry.path)) > STALE_AFTER:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
+            removed.append(name)
+    return removed
+
+
+def _last_write(path: Path) -> float:
+    """The newest mtime of ``path`` and, for a folder, of everything in it."""
+    newest = 0.0
+    with contextlib.suppress(OSError):
+        newest = path.lstat().st_mtime
+        if path.is_dir() and not path.is_symlink():
+            for folder, dirs, files in os.walk(path):
+                for item in (*dirs, *files):
+                    with contextlib.suppress(OSError):
+                        newest = max(newest, os.lstat(os.path.join(folder, item)).st_mtime)
+    return newest

@@ -10,7 +10,10 @@ one of a few buckets chosen by a hash of their name (so adding or bumping a smal
 changes one bucket, not every layer after it). Each layer is cached in the store under
 a key made of everything that goes into it, so a rebuild writes only what changed; the
 cut, the keys, the workers and the cache are :mod:`envship._imagelayers`', and the venv
-skeleton and the marker and kernelspec layer :mod:`envship._imageenv`'s.
+skeleton and the marker and kernelspec layer :mod:`envship._imageenv`'s. Where the
+environment goes in the base (symbolic links followed, the base's folders on the way
+kept as they are, a base already holding the prefix refused) is
+:mod:`envship._imageprefix`'s.
 
 Reproducible: entries, modes, owners and times inside the layers are fixed
 (SOURCE_DATE_EPOCH, else 0), JSON is canonical, and nothing depends on the build folder
@@ -31,19 +34,22 @@ from typing import Any
 
 from . import __version__
 from ._bytecode import BytecodeCompiler, find_compiler
-from ._imageenv import kernel_for, skeleton_layer, top_layer
+from ._imageenv import check_kernel_name, kernel_for, skeleton_layer, top_layer
 from ._imagelayers import (
     CachedLayer,
     LayerCache,
     LayerJob,
     LayerPlan,
+    WorkDir,
     build_layers,
     plan_layers,
 )
+from ._imageprefix import check_prefix, sagemaker_notes
+from ._imageprefix import place as place_env
 from .errors import ImageError, StoreError
 from .imagebase import BaseFacts, match_base
 from .install import marker_data
-from .layer import DEFAULT_LEVEL
+from .layer import DEFAULT_LEVEL, LayerBlob
 from .lockfile import LockFile
 from .oci import (
     DOCKER_LAYER_GZIP,
@@ -64,6 +70,8 @@ __all__ = [
     "ImageLayer",
     "LayerEvent",
     "build_image",
+    "check_kernel_name",
+    "check_prefix",
     "source_date_epoch",
 ]
 
@@ -207,14 +215,17 @@ def build_image(
     """Assemble the image for ``lock`` on ``base``; its blobs end up in the store's layout.
 
     ``facts`` come from :func:`envship.imagebase.probe_base`; the target is the one they
-    fit (or ``target``, checked against them). ``compile_bytecode`` adds the ``.pyc``
-    files, compiled by a CPython of the base's minor version found on this machine
+    fit (or ``target``, checked against them). ``prefix`` is resolved in the base
+    (symbolic links followed: the environment is built at the real path, and a note
+    says so); a base that already has something there is refused
+    (:mod:`envship._imageprefix`). ``compile_bytecode`` adds the ``.pyc`` files,
+    compiled by a CPython of the base's minor version found on this machine
     (:mod:`envship._bytecode`). Write the result out with :mod:`envship.imageio`.
     """
     start = time.monotonic()
-    if not prefix.startswith("/") or prefix.rstrip("/") in ("", "/usr", "/opt") or " " in prefix:
-        raise ImageError(f"invalid environment path {prefix!r}", hint="e.g. /opt/envship/venv")
-    prefix = prefix.rstrip("/")
+    prefix = check_prefix(prefix)
+    if kernel_name is not None:
+        check_kernel_name(kernel_name)  # before the base is read
     chosen = match_base([lock.target(target)] if target else lock, facts, where=base_name)
     chosen_groups = lock.chosen_groups(groups)
     artifacts = lock.artifacts([chosen.name], groups=chosen_groups)
@@ -233,6 +244,8 @@ def build_image(
             hint="building an sdist runs its code; build wheels and lock them instead",
         )
     epoch = source_date_epoch() if mtime is None else mtime
+    place = place_env(base, prefix, where=base_name, cache=store.root / "images" / "places")
+    prefix = place.prefix
     interpreter = f"{prefix}/bin/python"
     compiler = (
         find_compiler(facts.version, facts.version_full, where=base_name)
@@ -247,99 +260,92 @@ def build_image(
         "python": facts.version,
         "mtime": epoch,
         "level": level,
+        # The base's directories on the way, written with the base's owner and mode.
+        "kept": [d.to_json() for d in place.above_prefix],
     }
     if compiler is not None:  # absent otherwise, so uncompiled layers keep their keys
         inputs["bytecode"] = compiler.key()
     plans = plan_layers(artifacts, store, inputs=inputs)
-    total = len(plans) + 2
-    results: dict[str, CachedLayer] = {}
-    todo = []
-    for plan in plans:
-        hit = cache.get(plan.key)
-        if hit is not None:
+    # Layer order: the venv skeleton, the distributions, then the marker and kernelspec,
+    # the only layer that changes with every lock, so it is small and last.
+    position = {plan.key: i + 2 for i, plan in enumerate(plans)}
+    report = _InOrder(progress, len(plans) + 2)
+    kernel, kernel_notes = kernel_for(lock, artifacts, kernel_name, place)
+    notes = [*place.notes, *sagemaker_notes(place), *kernel_notes]
+    with WorkDir(store.tmp_dir) as work:
+        # The two small layers are cheap and always written; a blob the store's layout
+        # already holds counts as cached, so a rebuild with nothing changed reports no
+        # layer built.
+        skeleton = _small(layout, skeleton_layer(work, epoch, place, facts), "virtual environment")
+        report(1, skeleton)
+        results: dict[str, CachedLayer] = {}
+        todo = []
+        for plan in plans:
+            hit = cache.get(plan.key)
+            if hit is None:
+                todo.append(plan)
+                continue
             results[plan.key] = hit
-        else:
-            todo.append(plan)
-    tmp_dir = store.root / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+            report(position[plan.key], _env_layer(plan, hit))
 
-    def annotations(plan: LayerPlan) -> dict[str, str]:
-        return {DISTRIBUTIONS: " ".join(f"{a.name}=={a.version}" for a in plan.artifacts)}
+        def annotations(plan: LayerPlan) -> dict[str, str]:
+            return {DISTRIBUTIONS: " ".join(f"{a.name}=={a.version}" for a in plan.artifacts)}
 
-    def job(plan: LayerPlan) -> LayerJob:
-        wheels = tuple(
-            store.named_or_private(a.sha256, a.filename, tmp_dir / "wheels") for a in plan.artifacts
+        def job(plan: LayerPlan) -> LayerJob:
+            wheels = tuple(
+                store.named_or_private(a.sha256, a.filename, work / "wheels")
+                for a in plan.artifacts
+            )
+            return LayerJob(
+                wheels,
+                work,
+                prefix,
+                facts.version,
+                interpreter,
+                epoch,
+                level,
+                compiler,
+                place.above_prefix,
+            )
+
+        def built(plan: LayerPlan, layer: CachedLayer) -> None:
+            results[plan.key] = layer
+            report(position[plan.key], _env_layer(plan, layer))
+
+        build_layers(todo, job, cache, annotations, jobs=jobs, built=built)
+
+        marker = marker_data(
+            lock,
+            chosen,
+            chosen_groups,
+            facts.python,
+            facts.version_full,
+            artifacts,
+            compiled=compiler is not None,
         )
-        return LayerJob(wheels, tmp_dir, prefix, facts.version, interpreter, epoch, level, compiler)
+        # The build folder must not reach the image: it would change the digest per machine.
+        marker["lock"]["path"] = lock.path.name
+        display = lock.display_name or f"Python ({lock.name or kernel})"
+        top_blob = top_layer(work, epoch, place, marker, kernel, display)
+        top = _small(layout, top_blob, "marker and kernelspec")
+        report(len(plans) + 2, top)
 
-    done = 0
-
-    def report(label: str, state: str, size: int) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(LayerEvent(done, total, label, state, size))
-
-    for plan in plans:
-        if plan.key in results:
-            report(plan.label, "cached", results[plan.key].descriptor.size)
-
-    def built(plan: LayerPlan, layer: CachedLayer) -> None:
-        results[plan.key] = layer
-        report(plan.label, "built", layer.descriptor.size)
-
-    build_layers(todo, job, cache, annotations, jobs=jobs, built=built)
-
-    # The venv skeleton, then the marker and kernelspec: the only layer that changes with
-    # every lock, so it is small and last. Both are cheap and always written; a blob the
-    # store's layout already holds counts as cached, so a rebuild with nothing changed
-    # reports no layer built.
-    env_layers: list[ImageLayer] = []
-    skeleton_blob = skeleton_layer(tmp_dir, epoch, prefix, facts)
-    known = layout.has_blob(skeleton_blob.digest)
-    skeleton = layout.add_blob_file(
-        skeleton_blob.path, skeleton_blob.digest, skeleton_blob.size, skeleton_blob.media_type
-    )
-    env_layers.append(ImageLayer(skeleton, skeleton_blob.diff_id, "virtual environment", (), known))
-    report("virtual environment", "cached" if known else "built", skeleton.size)
-    kernel, notes = kernel_for(lock, artifacts, kernel_name)
     if "ng" in zlib.ZLIB_RUNTIME_VERSION.lower():
         notes.append(
             f"compressed with {zlib.ZLIB_RUNTIME_VERSION}: layer digests differ from builds "
             "on machines with zlib itself (the uncompressed diff_ids do not)"
         )
-    marker = marker_data(
-        lock,
-        chosen,
-        chosen_groups,
-        facts.python,
-        facts.version_full,
-        artifacts,
-        compiled=compiler is not None,
-    )
-    # The build folder must not reach the image: it would change the digest per machine.
-    marker["lock"]["path"] = lock.path.name
-
-    display = lock.display_name or f"Python ({lock.name or kernel})"
-    top_blob = top_layer(tmp_dir, epoch, prefix, marker, kernel, display)
+    env_layers = [skeleton]
     uncompiled: list[str] = []
     for plan in plans:
         hit = results[plan.key]
-        names = tuple(f"{a.name}=={a.version}" for a in plan.artifacts)
-        env_layers.append(ImageLayer(hit.descriptor, hit.diff_id, plan.label, names, hit.cached))
+        env_layers.append(_env_layer(plan, hit))
         uncompiled += hit.uncompiled
         notes += [w for w in hit.warnings if w not in notes]
+    env_layers.append(top)
     if uncompiled:
         shown = ", ".join(sorted(uncompiled)[:3]) + (", ..." if len(uncompiled) > 3 else "")
         notes.append(f"{len(uncompiled)} source file(s) do not compile; left as source: {shown}")
-    known = layout.has_blob(top_blob.digest)
-    top_descriptor = layout.add_blob_file(
-        top_blob.path, top_blob.digest, top_blob.size, top_blob.media_type
-    )
-    env_layers.append(
-        ImageLayer(top_descriptor, top_blob.diff_id, "marker and kernelspec", (), known)
-    )
-    report("marker and kernelspec", "cached" if known else "built", top_descriptor.size)
     env_paths = [layout.blob_path(layer.descriptor.digest) for layer in env_layers]
 
     base_layers = [
@@ -390,6 +396,40 @@ def build_image(
         seconds=time.monotonic() - start,
         bytecode=compiler,
     )
+
+
+def _env_layer(plan: LayerPlan, layer: CachedLayer) -> ImageLayer:
+    names = tuple(f"{a.name}=={a.version}" for a in plan.artifacts)
+    return ImageLayer(layer.descriptor, layer.diff_id, plan.label, names, layer.cached)
+
+
+def _small(layout: OciLayout, blob: LayerBlob, label: str) -> ImageLayer:
+    """A layer written in this process, moved into the layout (cached if it was there)."""
+    known = layout.has_blob(blob.digest)
+    descriptor = layout.add_blob_file(blob.path, blob.digest, blob.size, blob.media_type)
+    return ImageLayer(descriptor, blob.diff_id, label, (), known)
+
+
+class _InOrder:
+    """Progress in layer order: a layer done early is reported after those before it."""
+
+    def __init__(self, progress: LayerProgress | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.waiting: dict[int, ImageLayer] = {}
+        self.next = 1
+
+    def __call__(self, index: int, layer: ImageLayer) -> None:
+        if self.progress is None:
+            return
+        self.waiting[index] = layer
+        while self.next in self.waiting:
+            done = self.waiting.pop(self.next)
+            state = "cached" if done.cached else "built"
+            self.progress(
+                LayerEvent(self.next, self.total, done.label, state, done.descriptor.size)
+            )
+            self.next += 1
 
 
 def _oci_type(descriptor: Descriptor) -> Descriptor:

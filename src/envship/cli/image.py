@@ -3,11 +3,19 @@ inside images."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
-from ..image import DEFAULT_PREFIX, BuiltImage, LayerEvent, build_image
+from ..image import (
+    DEFAULT_PREFIX,
+    BuiltImage,
+    LayerEvent,
+    build_image,
+    check_kernel_name,
+    check_prefix,
+)
 from ..imagebase import probe_image
 from ..imageinspect import ImageInfo, inspect_image
 from ..imageio import PushResult, default_client, open_image, push_image, write_image
@@ -23,7 +31,6 @@ from ._common import (
     json_option,
     lock_option,
     store_option,
-    target_option,
 )
 
 __all__ = ["command", "insecure_option"]
@@ -82,18 +89,28 @@ def _blob_line(event: BlobProgress) -> None:
 @click.option(
     "--push", "push_ref", metavar="REF", help="Push the image to this registry reference."
 )
-@target_option
+@click.option(
+    "--target",
+    metavar="NAME",
+    help="Build for this lock target, which the base must fit [default: the one the base "
+    "image fits; of several, a cuda one on a CUDA base, then the highest glibc level].",
+)
 @groups_option("Install")
 @click.option(
     "--prefix",
     default=DEFAULT_PREFIX,
     show_default=True,
-    help="Where the virtual environment lives inside the image.",
+    metavar="PATH",
+    help="Where the virtual environment lives inside the image: a folder the base does "
+    "not have yet (an empty one will do). Symbolic links in the base are followed, and "
+    "the environment is built at the real path (a note says so). On SageMaker, avoid "
+    "/opt/ml, /opt/.sagemakerinternal, /var/log/studio and /home/sagemaker-user.",
 )
 @click.option(
     "--kernel-name",
-    help="Name of the image's Jupyter kernelspec [default: the spec's name]. SageMaker "
-    "needs it to match the AppImageConfig's KernelSpecs name.",
+    help="Name of the image's Jupyter kernelspec: lower-case letters, digits, '-', '.' "
+    "and '_' [default: the spec's name, cleaned]. SageMaker needs it to match the "
+    "AppImageConfig's KernelSpecs name exactly.",
 )
 @click.option("--jobs", type=click.IntRange(min=1), help="Layers built at once [default: CPUs].")
 @click.option(
@@ -125,7 +142,9 @@ def build_cmd(
     The base's Python, architecture and glibc are read from its layers and must fit one
     of the lock's targets. The artifacts must be in the store (`envship fetch`).
     SOURCE_DATE_EPOCH sets every timestamp (default 0): the same lock on the same base
-    gives the same image digest on any machine.
+    gives the same image digest on any machine. The base's folders above --prefix keep
+    their owners and modes; the time reported covers the whole command (reading or
+    pulling the base, building, writing and pushing).
 
     \b
     Examples:
@@ -134,6 +153,7 @@ def build_cmd(
       envship image build --base docker-archive:base.tar -o docker-archive:ds.tar:ds:1
       envship image build --base python:3.11-slim --compile -o oci:out:ds
     """
+    started = time.monotonic()
     if not outputs and not push_ref:
         raise click.UsageError("say where the image goes: --output DEST and/or --push REF")
     push_target = Reference.parse(push_ref) if push_ref else None
@@ -143,7 +163,14 @@ def build_cmd(
                 f"--output {out!r}: write oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG] "
                 "(use --push for a registry)"
             )
+    # What can be checked without the base is, before it is read or pulled.
+    check_prefix(prefix)
+    if kernel_name is not None:
+        check_kernel_name(kernel_name)
     lock = LockFile.load(lock_path)
+    if target is not None:
+        lock.target(target)
+    lock.chosen_groups(groups or None)
     store = Store.at(store_dir)
     clients: dict[str, RegistryClient] = {}
     # Blob progress arrives on the client's upload threads, which do not see the --json
@@ -184,23 +211,28 @@ def build_cmd(
             else None
         )
         pushed = push_image(built, push_target, push_client, mount_from=mount)
-    _report(built, written, pushed, as_json)
+    _report(built, written, pushed, as_json, time.monotonic() - started)
 
 
 def _report(
-    built: BuiltImage, written: list[str], pushed: PushResult | None, as_json: bool
+    built: BuiltImage,
+    written: list[str],
+    pushed: PushResult | None,
+    as_json: bool,
+    seconds: float,
 ) -> None:
     if as_json:
         data = built.to_json()
         data["outputs"] = written
         data["push"] = pushed.to_json() if pushed else None
+        data["seconds"] = round(seconds, 3)  # the whole command, as the text says
         echo_json(data)
         return
     ours = [layer for layer in built.layers if layer.label != "base"]
     fresh = sum(1 for layer in ours if not layer.cached)
     click.echo(
         f"built {built.digest} for {built.target.name}: {len(built.layers)} layers "
-        f"({len(ours)} for the environment, {fresh} built now) in {built.seconds:.1f}s"
+        f"({len(ours)} for the environment, {fresh} built now) in {seconds:.1f}s"
     )
     for out in written:
         click.echo(f"  wrote {out}")
