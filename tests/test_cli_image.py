@@ -162,6 +162,31 @@ def test_output_is_required_and_must_be_a_file_destination(
     assert code == 2 and "(use --push for a registry)" in err
 
 
+@pytest.mark.parametrize(
+    ("more", "needle"),
+    [
+        (["--push", f"127.0.0.1:5000/team/ds@sha256:{'0' * 64}"], "not a digest"),
+        (["--push", "127.0.0.1:5000/Team/DS:1"], "Team/DS"),
+        (["-o", "docker-archive:x.tar:BadName:1"], "BadName"),
+    ],
+    ids=["push-digest", "push-uppercase", "archive-name"],
+)
+def test_bad_destinations_are_refused_before_the_base_is_read(
+    capsys: pytest.CaptureFixture[str],
+    cli_setup: Setup,
+    tmp_path: Path,
+    more: list[str],
+    needle: str,
+) -> None:
+    # The base does not exist: an error about the destination proves it was checked first.
+    base = f"oci:{tmp_path / 'no-such-layout'}:x"
+    code, out, _ = run(capsys, *build_args(cli_setup, base, *more, "--json"))
+    doc = json.loads(out)
+    assert code == 2 and doc["error"] == "image-input", doc
+    assert needle in doc["message"] + " ".join(p["message"] for p in doc["problems"])
+    assert not (tmp_path / "x.tar").exists()
+
+
 def test_target_option_picks_among_fitting_targets(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_setup: Setup, slim_layout: BaseImage
 ) -> None:

@@ -18,9 +18,16 @@ from ..image import (
 )
 from ..imagebase import probe_image
 from ..imageinspect import ImageInfo, inspect_image
-from ..imageio import PushResult, default_client, open_image, push_image, write_image
+from ..imageio import (
+    PushResult,
+    check_output,
+    default_client,
+    open_image,
+    parse_push_ref,
+    push_image,
+    write_image,
+)
 from ..lockfile import LockFile
-from ..oci import Reference
 from ..registry import BlobProgress, RegistryClient
 from ..store import Store
 from ._common import (
@@ -156,13 +163,16 @@ def build_cmd(
     started = time.monotonic()
     if not outputs and not push_ref:
         raise click.UsageError("say where the image goes: --output DEST and/or --push REF")
-    push_target = Reference.parse(push_ref) if push_ref else None
+    # A push reference or output that cannot be written is refused (exit 2) before the
+    # base is read or pulled and anything is built.
+    push_target = parse_push_ref(push_ref) if push_ref else None
     for out in outputs:
         if not out.startswith(("oci:", "docker-archive:")):
             raise click.UsageError(
                 f"--output {out!r}: write oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG] "
                 "(use --push for a registry)"
             )
+        check_output(out)
     # What can be checked without the base is, before it is read or pulled.
     check_prefix(prefix)
     if kernel_name is not None:
@@ -200,7 +210,7 @@ def build_cmd(
         compile_bytecode=compile_bytecode,
         progress=_layer_line,
     )
-    written = [write_image(built, out) for out in outputs]
+    written = [write_image(built, out, store=store) for out in outputs]
     pushed: PushResult | None = None
     if push_target is not None:
         # A fresh client, so its counters are this push's alone.
@@ -210,7 +220,7 @@ def build_cmd(
             if source.reference and source.reference.registry == push_target.registry
             else None
         )
-        pushed = push_image(built, push_target, push_client, mount_from=mount)
+        pushed = push_image(built, push_target, push_client, mount_from=mount, store=store)
     _report(built, written, pushed, as_json, time.monotonic() - started)
 
 
@@ -274,7 +284,7 @@ def inspect_cmd(image: str, store_dir: Path | None, insecure: bool, as_json: boo
 
 
 def _render(info: ImageInfo) -> str:
-    lines = [f"{info.name}  {info.digest}  {info.platform}  {_size(info.size)} compressed"]
+    lines = [f"{info.name}  {info.digest}  {info.platform}  {_size(info.size)} {info.compression}"]
     for key in sorted(info.labels):
         if key.startswith("org.envship."):
             lines.append(f"  {key}={info.labels[key]}")

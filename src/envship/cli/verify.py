@@ -188,4 +188,6 @@ def _verify_image(
 
     store = Store.at(store_dir)
     source = open_image(image, store, client=default_client(insecure=insecure))
-    return verify_image(lock, source, groups=groups or None, ignore=ignore, bytecode=bytecode)
+    return verify_image(
+        lock, source, groups=groups or None, ignore=ignore, bytecode=bytecode, store=store
+    )
