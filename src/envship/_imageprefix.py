@@ -35,8 +35,7 @@ from typing import Any
 from ._atomic import write_atomic
 from .errors import ImageError, ImageInputError, Problem, UnsupportedBaseError
 from .layer import DEFAULT_LEVEL, LayerWriter
-from .layerfs import MAX_SYMLINK_HOPS
-from .layerview import FileInfo, LayerView
+from .layerview import LayerView
 from .ocilayout import LayoutImage
 
 __all__ = [
@@ -129,7 +128,12 @@ class BasePaths:
 
     @classmethod
     def read(cls, view: LayerView, path: str) -> BasePaths:
-        real = _resolve(view.files, path)
+        try:
+            real = view.real_path(path)
+        except ImageError as exc:  # a loop of links: this base cannot take the prefix
+            raise UnsupportedBaseError(
+                f"{exc.message} in the base image", hint="choose another --prefix"
+            ) from None
         present: list[BaseDir] = []
         blocked = None
         parts = real.split("/")
@@ -182,34 +186,6 @@ class BasePaths:
         dirs = tuple(BaseDir.from_json(d) for d in present)
         itself = None if data["itself"] is None else BaseDir.from_json(data["itself"])
         return cls(real, dirs, blocked, found, tuple(children), itself)
-
-
-def _resolve(files: dict[str, FileInfo], path: str) -> str:
-    """``path`` with every symbolic link on it followed, whether or not it ends anywhere;
-    ``files`` are a :class:`LayerView`'s, keyed by real path."""
-    todo = list(reversed([p for p in path.split("/") if p not in ("", ".")]))
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop()
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        info = files.get("/".join([*done, part]))
-        if info is not None and info.kind == "symlink" and info.target:
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                raise UnsupportedBaseError(
-                    f"too many levels of symbolic links resolving /{path} in the base image",
-                    hint="choose another --prefix",
-                )
-            if info.target.startswith("/"):
-                done = []
-            todo.extend(reversed([p for p in info.target.split("/") if p not in ("", ".")]))
-            continue
-        done.append(part)
-    return "/".join(done)
 
 
 @dataclass(frozen=True, slots=True)

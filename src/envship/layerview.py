@@ -92,7 +92,7 @@ class LayerView:
         contents: dict[str, int] = {}  # entry name -> position of its bytes, this layer
         for position, (info, _reader) in enumerate(iter_layer(blob, layer=self.names[index])):
             parent, _, base = info.name.rpartition("/")
-            where = self._real_path(parent)
+            where = self.real_path(parent)
             if base == OPAQUE_WHITEOUT:
                 self._drop_below(where, ours)
                 continue
@@ -134,8 +134,9 @@ class LayerView:
                 self._content.pop(path, None)
             ours.add(path)
 
-    def _real_path(self, path: str) -> str:
-        """``path`` with every symbolic link on it followed, the last one too."""
+    def real_path(self, path: str) -> str:
+        """``path`` with every symbolic link on it followed, the last one too, whether or
+        not anything is there in the end (:meth:`resolve` insists that something is)."""
         hit = self._real.get(path)
         if hit is not None:
             return hit
@@ -190,7 +191,7 @@ class LayerView:
     def resolve(self, path: str) -> str:
         """The path that ``path`` (``/usr/bin/python3``) names once every symlink is
         followed inside the image; raises :class:`ImageError` if nothing is there."""
-        real = self._real_path(path)
+        real = self.real_path(path)
         if real and real not in self.files:
             raise ImageError(
                 f"/{path.lstrip('/')} does not exist in the image",
@@ -201,7 +202,7 @@ class LayerView:
     def get(self, path: str) -> FileInfo | None:
         """What is at ``path`` itself (a final symlink is not followed), or None."""
         parent, _, base = path.strip("/").rpartition("/")
-        where = self._real_path(parent)
+        where = self.real_path(parent)
         return self.files.get(f"{where}/{base}" if where else base)
 
     def _contents(
