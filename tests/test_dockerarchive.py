@@ -263,6 +263,34 @@ def test_the_given_manifest_is_the_archive_s_and_reads_back_unchanged(tmp_path: 
         )
 
 
+@pytest.mark.parametrize(
+    ("config", "manifest", "message"),
+    [
+        (b"not json", None, "config: not valid JSON"),
+        (b'{"os": "linux"}', None, "invalid image config at config"),
+        (None, b"[]", "manifest: not a JSON object"),
+        (None, b'{"schemaVersion": 2}', "invalid image manifest at manifest"),
+    ],
+)
+def test_a_malformed_config_or_manifest_is_bad_input_and_not_written(
+    tmp_path: Path, config: bytes | None, manifest: bytes | None, message: str
+) -> None:
+    """What the caller hands write_docker_archive is its input: a document that does
+    not parse exits 2, like the layer count that does not match its config."""
+    image = layered_image(tmp_path)
+    archive = tmp_path / "out" / "a.tar"
+    with pytest.raises(ImageInputError, match=re.escape(message)) as caught:
+        write_docker_archive(
+            archive,
+            config=config if config is not None else image.config_bytes,
+            layers=image.layers,
+            repo_tags=[],
+            manifest=manifest,
+        )
+    assert caught.value.exit_code == 2
+    assert not archive.parent.exists() or list(archive.parent.iterdir()) == []
+
+
 def test_a_layer_changed_on_disk_does_not_reach_the_archive(tmp_path: Path) -> None:
     image = layered_image(tmp_path)
     copy = tmp_path / "layer"
@@ -296,11 +324,11 @@ def archive_of(tmp_path: Path) -> tuple[BaseImage, Path]:
     return image, archive
 
 
-def old_form(tmp_path: Path, layer: bytes | None = None) -> Path:
+def old_form(tmp_path: Path, layer: bytes | None = None, config: bytes | None = None) -> Path:
     """What ``docker save`` wrote before Docker 25: ``<config hex>.json``,
     ``<id>/layer.tar`` (not named by digest) and ``manifest.json``, no ``index.json``."""
     image = layered_image(tmp_path)
-    config = image.config_bytes
+    config = config if config is not None else image.config_bytes
     files = {
         f"{sha256_digest(config)[7:]}.json": config,
         "0123abcd/layer.tar": layer if layer is not None else image.layers[0].read_bytes(),
@@ -381,6 +409,25 @@ def old_form_zstd(tmp_path: Path) -> Path:
     return old_form(tmp_path, b"\x28\xb5\x2f\xfd" + bytes(100))  # zstd's magic number
 
 
+def config_not_a_config(tmp_path: Path) -> Path:
+    """A config named by its own digest (so it passes that check) that is no config."""
+    return old_form(tmp_path, config=json.dumps({"os": "linux"}).encode())
+
+
+def index_not_json(tmp_path: Path) -> Path:
+    """Docker 25's form whose ``index.json`` (named by no digest) is not JSON."""
+    _, archive = archive_of(tmp_path)
+    with tarfile.open(archive) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    members["index.json"] = b'{"manifests": ['
+    with tarfile.open(archive, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return archive
+
+
 def gzipped(tmp_path: Path) -> bytes:
     """The archive as `docker save | gzip` leaves it."""
     _, archive = archive_of(tmp_path)
@@ -411,6 +458,8 @@ BROKEN: list[tuple[Callable[[Path], Path], type[EnvshipError], int, str]] = [
     (old_form_zstd, ImageInputError, 2, "is zstd-compressed, which envship does not read"),
     (gzipped_truncated, ImageInputError, 2, "is not a readable docker-archive"),
     (gzipped_damaged, ArtifactError, 4, "is corrupt: "),
+    (config_not_a_config, ImageInputError, 2, ".json.architecture: missing or not a string"),
+    (index_not_json, ImageInputError, 2, ":index.json: not valid JSON"),
 ]
 
 

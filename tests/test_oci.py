@@ -1,13 +1,17 @@
-"""The OCI models: manifests and configs to and from JSON, with key-path errors (envship.oci)."""
+"""The OCI models: manifests and configs to and from JSON, with key-path errors; references,
+digests and tags, whose malformed forms are bad input (exit 2) (envship.oci)."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from envship.errors import ImageError
+from envship.cli.main import main
+from envship.errors import ImageInputError
 from envship.oci import (
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -16,7 +20,9 @@ from envship.oci import (
     Descriptor,
     ImageConfig,
     ImageManifest,
+    Reference,
     canonical_json,
+    check_digest,
     check_repository,
     check_tag,
     sha256_digest,
@@ -81,12 +87,17 @@ def test_docker_manifest_reads_the_same() -> None:
             "manifest.layers[0].size",
         ),
         (manifest_json(layers={}), "manifest.layers"),
+        (
+            manifest_json(config={"mediaType": OCI_CONFIG, "digest": D1 + "\n", "size": 1}),
+            "manifest.config.digest",
+        ),
     ],
 )
 def test_manifest_errors_name_the_key(data: dict[str, Any], where: str) -> None:
-    with pytest.raises(ImageError) as caught:
+    with pytest.raises(ImageInputError) as caught:
         ImageManifest.from_json(data)
     assert where in [p.where for p in caught.value.problems]
+    assert caught.value.exit_code == 2
 
 
 def test_config_round_trip_keeps_unknown_keys() -> None:
@@ -109,20 +120,26 @@ def test_config_round_trip_keeps_unknown_keys() -> None:
             config_json(rootfs={"type": "layers", "diff_ids": [D1, "x"]}),
             "config.rootfs.diff_ids[1]",
         ),
+        (
+            config_json(rootfs={"type": "layers", "diff_ids": [D1 + "\n"]}),
+            "config.rootfs.diff_ids[0]",
+        ),
         (config_json(config={"Env": "PATH=/bin"}), "config.config.Env"),
         (config_json(history=["x"]), "config.history"),
     ],
 )
 def test_config_errors_name_the_key(data: dict[str, Any], where: str) -> None:
-    with pytest.raises(ImageError) as caught:
+    with pytest.raises(ImageInputError) as caught:
         ImageConfig.from_json(data)
     assert where in [p.where for p in caught.value.problems]
+    assert caught.value.exit_code == 2
 
 
 @pytest.mark.parametrize("text", [b"not json", b"[1, 2]", b"\xff"])
 def test_not_an_object(text: bytes) -> None:
-    with pytest.raises(ImageError, match="manifest"):
+    with pytest.raises(ImageInputError, match="manifest") as caught:
         ImageManifest.from_json(text)
+    assert caught.value.exit_code == 2
 
 
 @pytest.mark.parametrize(
@@ -153,6 +170,95 @@ def test_repository_and_tag_checks(check: Any, value: str, valid: bool) -> None:
     if valid:
         assert check(value) == value
     else:
-        with pytest.raises(ImageError, match=r"invalid (repository name|tag)") as caught:
+        with pytest.raises(ImageInputError, match=r"invalid (repository name|tag)") as caught:
             check(value)
-        assert caught.value.hint
+        assert caught.value.hint and caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("debian", Reference("registry-1.docker.io", "library/debian", "latest")),
+        ("team/ds:1", Reference("registry-1.docker.io", "team/ds", "1")),
+        ("localhost:5000/ds", Reference("localhost:5000", "ds", "latest")),
+        ("r.example/a/b:v1@" + D1, Reference("r.example", "a/b", "v1", D1)),
+        ("ds@" + D2, Reference("registry-1.docker.io", "library/ds", None, D2)),
+    ],
+)
+def test_reference_parse(text: str, expected: Reference) -> None:
+    assert Reference.parse(text) == expected
+
+
+# Malformed names a user may type, and what the error must say. None of them parses, so
+# none reaches a registry: the CLI answers before any connection is made.
+BAD_REFERENCES = [
+    ("Library/debian", "invalid repository 'Library/debian'"),
+    ("team//ds:1", "invalid repository 'team//ds'"),
+    ("team/ds/", "invalid repository 'team/ds/'"),
+    ("localhost:5000/", "invalid repository 'localhost:5000/'"),
+    ("debian:", "invalid tag ''"),
+    ("debian:-rc", "invalid tag '-rc'"),
+    ("debian:.hidden", "invalid tag '.hidden'"),
+    ("debian:" + "a" * 129, "invalid tag 'aaaa"),
+    ("debian:v1!", "invalid tag 'v1!'"),
+    ("debian@", "not a sha256 digest: ''"),
+    ("debian@sha256:abc", "not a sha256 digest: 'sha256:abc'"),
+    ("debian@md5:" + "0" * 32, "not a sha256 digest: 'md5:"),
+    ("debian@sha256:" + "A" * 64, "not a sha256 digest: 'sha256:AAAA"),
+    ("debian:1@sha256:" + "0" * 63, "not a sha256 digest"),
+    ("debian:v1\n@" + D1, "invalid tag 'v1\\n'"),  # `$` would match before the newline
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), BAD_REFERENCES, ids=[b[0][:40] for b in BAD_REFERENCES]
+)
+def test_a_malformed_reference_is_bad_input(text: str, message: str) -> None:
+    with pytest.raises(ImageInputError, match=re.escape(message)) as caught:
+        Reference.parse(text)
+    assert caught.value.exit_code == 2 and caught.value.kind == "image-input"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *(b[0] for b in BAD_REFERENCES),
+        "oci:",  # no folder
+        "oci:/tmp/x:",  # an empty tag
+        "docker-archive:x.tar:Team/ds:1",  # docker load refuses uppercase
+        "docker-archive:x.tar:ds@sha256:" + "0" * 64,  # archives name by tag
+    ],
+)
+def test_image_inspect_of_a_malformed_reference_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    store = str(tmp_path / "store")
+    assert main(["image", "inspect", text, "--store", store]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ")
+    assert main(["image", "inspect", text, "--store", store, "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"] == "image-input" and err == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        (D1, True),
+        ("sha256:" + "0" * 63, False),
+        ("sha256:" + "0" * 65, False),
+        ("sha256:" + "G" * 64, False),
+        ("sha512:" + "0" * 128, False),
+        (D1 + "\n", False),
+        (None, False),
+        (64, False),
+    ],
+)
+def test_digest_check(value: object, valid: bool) -> None:
+    if valid:
+        assert check_digest(value) == value
+    else:
+        with pytest.raises(ImageInputError, match="not a sha256 digest") as caught:
+            check_digest(value, where="layers[3]")
+        assert caught.value.exit_code == 2
+        assert [p.where for p in caught.value.problems] == ["layers[3]"]

@@ -6,14 +6,14 @@ import json
 import multiprocessing
 import multiprocessing.synchronize
 import os
-import subprocess
-import sys
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from envship.cli.main import main
 from envship.errors import ArtifactError, ImageError, ImageInputError
 from envship.layer import LayerWriter
 from envship.layerview import LayerView
@@ -28,7 +28,7 @@ from envship.oci import (
     ImageManifest,
     canonical_json,
 )
-from envship.ocilayout import INDEX_LOCK, SETTLE_NS, OciLayout, check_file, parse_layout_ref
+from envship.ocilayout import INDEX_LOCK, OciLayout, parse_layout_ref
 from imagelib import BaseImage
 
 
@@ -228,15 +228,7 @@ def test_no_python_layout_has_no_python(no_python_layout: BaseImage) -> None:
     assert b"GLIBC_2.36" in view.read(next(p for p in view.files if p.endswith("libc.so.6")))
 
 
-# -- every blob taken from a layout is checked ------------------------------------------------
-
-
-def settled(path: Path) -> Path:
-    """Give ``path`` an mtime well before now, as a base layer pulled last week has: only
-    such a file is remembered as verified (ocilayout's module docstring)."""
-    old = path.stat().st_mtime_ns - 10 * SETTLE_NS
-    os.utime(path, ns=(old, old))
-    return path
+# -- every blob taken from a layout is checked (the checked-files cache: test_blobcheck) -----------
 
 
 def one_layer_image(folder: Path, payload: bytes) -> tuple[OciLayout, Descriptor, Path]:
@@ -277,75 +269,6 @@ def test_image_checks_every_layer_against_its_digest(tmp_path: Path) -> None:
     assert layout.image("t", verify=False).layer_paths == (path,)
 
 
-def io_read(pid: str = "self") -> int:
-    """Bytes the process has read through read(2) so far (/proc/PID/io ``rchar``)."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise AssertionError("no rchar in /proc/self/io")
-
-
-REMEMBERED = """
-import sys
-from pathlib import Path
-from envship.ocilayout import check_file
-path, digest, size, cache = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
-def rchar():
-    text = Path("/proc/self/io").read_text()
-    return int(next(l for l in text.splitlines() if l.startswith("rchar:")).split()[1])
-before = rchar()
-check_file(path, digest, size, cache=cache)
-print(rchar() - before)
-"""
-
-
-def read_to_check(path: Path, digest: str, size: int, cache: Path) -> int:
-    """Bytes a fresh process reads to check ``path`` (so nothing it remembers is in
-    memory: only the on-disk cache can spare it the hashing)."""
-    result = subprocess.run(
-        [sys.executable, "-c", REMEMBERED, str(path), digest, str(size), str(cache)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout)
-
-
-def test_a_verified_settled_file_is_not_hashed_again(tmp_path: Path) -> None:
-    size = 8 << 20
-    _, layer, path = one_layer_image(tmp_path / "l", os.urandom(size))
-    settled(path)
-    cache = tmp_path / "verified"
-    assert read_to_check(path, layer.digest, layer.size, cache) >= layer.size  # hashed
-    assert read_to_check(path, layer.digest, layer.size, cache) < layer.size // 8  # remembered
-    # Another digest asked of the same file is not taken from the cache.
-    with pytest.raises(ArtifactError):
-        check_file(path, "sha256:" + "0" * 64, layer.size, cache=cache)
-
-
-def test_a_changed_file_is_hashed_again_even_with_its_mtime_restored(tmp_path: Path) -> None:
-    _, layer, path = one_layer_image(tmp_path / "l", os.urandom(1 << 16))
-    settled(path)
-    cache = tmp_path / "verified"
-    check_file(path, layer.digest, layer.size, cache=cache)
-    when = path.stat().st_mtime_ns
-    flip_gzip_os_byte(path)
-    os.utime(path, ns=(when, when))  # as `touch -r` or `tar x` would leave it
-    assert path.stat().st_mtime_ns == when and path.stat().st_size == layer.size
-    with pytest.raises(ArtifactError, match="does not match blob"):
-        check_file(path, layer.digest, layer.size, cache=cache)
-
-
-def test_a_fresh_file_is_verified_but_not_remembered(tmp_path: Path) -> None:
-    _, layer, path = one_layer_image(tmp_path / "l", b"just written")
-    cache = tmp_path / "verified"
-    check_file(path, layer.digest, layer.size, cache=cache)  # mtime: now
-    assert not cache.exists()
-    before = io_read()
-    check_file(path, layer.digest, layer.size, cache=cache)
-    assert io_read() - before >= layer.size  # hashed again
-
-
 @pytest.mark.parametrize("link", [False, True])
 def test_a_damaged_blob_in_the_layout_is_replaced_not_kept(tmp_path: Path, link: bool) -> None:
     """A layout that holds a damaged copy (hard-linked from a base that was damaged, say)
@@ -371,3 +294,73 @@ def test_a_damaged_source_is_never_linked(tmp_path: Path) -> None:
         out.add_blob_file(path, layer.digest, layer.size, layer.media_type, link=True)
     assert not out.has_blob(layer.digest)
     assert path.stat().st_nlink == 1
+
+
+# -- a malformed document in a layout is bad input (exit 2), not a failure -------------------------
+
+
+def marker_not_json(layout: OciLayout) -> str:
+    (layout.root / "oci-layout").write_bytes(b'{"imageLayoutVersion": ')
+    return "oci-layout: not valid JSON"
+
+
+def index_not_json(layout: OciLayout) -> str:
+    (layout.root / "index.json").write_bytes(b"\xff not json")
+    return "index.json: not valid JSON"
+
+
+def index_entry_not_a_descriptor(layout: OciLayout) -> str:
+    entry = {"mediaType": OCI_MANIFEST, "digest": "sha256:1234", "size": 1}
+    index = {"schemaVersion": 2, "manifests": [{**entry, "annotations": {REF_NAME: "t"}}]}
+    (layout.root / "index.json").write_bytes(canonical_json(index))
+    return "invalid descriptor at"
+
+
+def index_blob_not_json(layout: OciLayout) -> str:
+    layout.tag("t", layout.add_blob(b"[not json", OCI_INDEX))
+    return ": not valid JSON"
+
+
+def manifest_not_a_manifest(layout: OciLayout) -> str:
+    layout.tag("t", layout.add_blob(canonical_json({"schemaVersion": 1}), OCI_MANIFEST))
+    return "invalid image manifest at manifest sha256:"
+
+
+def config_not_a_config(layout: OciLayout) -> str:
+    config = layout.add_blob(canonical_json({"os": "linux"}), OCI_CONFIG)
+    layer = layout.add_blob(b"layer", OCI_LAYER_GZIP)
+    layout.tag("t", layout.add_blob(ImageManifest(config, (layer,)).to_bytes(), OCI_MANIFEST))
+    return "invalid image config at config sha256:"
+
+
+MALFORMED = [
+    marker_not_json,
+    index_not_json,
+    index_entry_not_a_descriptor,
+    index_blob_not_json,
+    manifest_not_a_manifest,
+    config_not_a_config,
+]
+
+
+@pytest.mark.parametrize("damage", MALFORMED, ids=[m.__name__ for m in MALFORMED])
+def test_a_malformed_document_in_a_layout_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Callable[[OciLayout], str]
+) -> None:
+    """envship.oci's parsers raise ImageInputError themselves: the layout the user names
+    holds what they gave us, so a malformed document there exits 2, through the library
+    and the CLI alike."""
+    layout = OciLayout.open(tmp_path / "l", create=True)
+    small_image(layout, b"unrelated")  # the damaged image is not the only thing there
+    message = damage(layout)
+    with pytest.raises(ImageInputError, match=re.escape(message)) as caught:
+        OciLayout.open(layout.root).image("t")
+    assert caught.value.exit_code == 2
+    code = main(["image", "inspect", f"oci:{layout.root}:t", "--store", str(tmp_path / "s")])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    code = main(
+        ["image", "inspect", f"oci:{layout.root}:t", "--store", str(tmp_path / "s"), "--json"]
+    )
+    assert code == 2
+    assert json.loads(capsys.readouterr().out)["error"] == "image-input"

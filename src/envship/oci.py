@@ -4,6 +4,11 @@ Everything that reads or writes images (:mod:`envship.layer`, :mod:`envship.ocil
 :mod:`envship.registry`, :mod:`envship.image`) speaks in these types, so a descriptor read
 from a registry can be written into a layout unchanged. See the OCI image spec
 (descriptor.md, image-layout.md) and the distribution spec (reference grammar).
+
+A malformed reference, digest, tag or document raises :class:`ImageInputError` (exit 2):
+the name was typed by the user, or the document came from the layout, archive or
+registry image the user named. A caller reading what envship itself stored (a cache
+record) catches it and treats the record as absent.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ImageError, Problem
+from .errors import ImageInputError, Problem
 
 __all__ = [
     "DOCKER_CONFIG",
@@ -52,6 +57,8 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
+# Matched with fullmatch throughout: a pattern's `$` also matches before a trailing
+# newline, so `match` would take "sha256:<hex>\n" (or a tag "v1\n") for a valid one.
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -61,9 +68,10 @@ def sha256_digest(data: bytes) -> str:
 
 
 def check_digest(value: object, where: str = "digest") -> str:
-    """Return ``value`` if it is a sha256 digest; only sha256 is produced or accepted."""
-    if not isinstance(value, str) or not _DIGEST.match(value):
-        raise ImageError(
+    """Return ``value`` if it is a sha256 digest, else raise :class:`ImageInputError`;
+    only sha256 is produced or accepted."""
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise ImageInputError(
             f"{where}: not a sha256 digest: {value!r}",
             problems=[Problem(where, f"expected 'sha256:' and 64 hex digits, got {value!r}")],
         )
@@ -97,12 +105,14 @@ class Descriptor:
         """Parse a descriptor object, naming the key path of any problem."""
         problems: list[Problem] = []
         if not isinstance(data, dict):
-            raise ImageError(f"{where}: not an object", problems=[Problem(where, "not an object")])
+            raise ImageInputError(
+                f"{where}: not an object", problems=[Problem(where, "not an object")]
+            )
         media_type = data.get("mediaType")
         if not isinstance(media_type, str):
             problems.append(Problem(f"{where}.mediaType", "missing or not a string"))
         digest = data.get("digest")
-        if not isinstance(digest, str) or not _DIGEST.match(digest):
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
             problems.append(Problem(f"{where}.digest", f"not a sha256 digest: {digest!r}"))
         size = data.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -117,7 +127,7 @@ class Descriptor:
         if platform is not None and not isinstance(platform, dict):
             problems.append(Problem(f"{where}.platform", "not an object"))
         if problems:
-            raise ImageError(f"invalid descriptor at {where}", problems=problems)
+            raise ImageInputError(f"invalid descriptor at {where}", problems=problems)
         assert isinstance(media_type, str) and isinstance(digest, str) and isinstance(size, int)
         return cls(
             media_type,
@@ -141,17 +151,17 @@ DOCKER_HUB = "registry-1.docker.io"
 def check_repository(name: str) -> str:
     """Return ``name`` if it is a repository name of the distribution spec (``/``-joined
     components of lowercase letters and digits, separated inside by ``.``, ``_``, ``__``
-    or dashes), else raise :class:`ImageError`."""
+    or dashes), else raise :class:`ImageInputError`."""
     if not _REPOSITORY.fullmatch(name):
-        raise ImageError(f"invalid repository name {name!r}", hint=_REPOSITORY_HINT)
+        raise ImageInputError(f"invalid repository name {name!r}", hint=_REPOSITORY_HINT)
     return name
 
 
 def check_tag(tag: str) -> str:
     """Return ``tag`` if it is a tag of the distribution spec (``[a-zA-Z0-9_]`` then up to
-    127 of ``[a-zA-Z0-9._-]``), else raise :class:`ImageError`."""
+    127 of ``[a-zA-Z0-9._-]``), else raise :class:`ImageInputError`."""
     if not _TAG.fullmatch(tag):
-        raise ImageError(
+        raise ImageInputError(
             f"invalid tag {tag!r}",
             hint="a tag is up to 128 letters, digits, '_', '.' and '-', and starts with "
             "a letter, a digit or '_'",
@@ -170,6 +180,8 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
+        """Parse ``text``; :class:`ImageInputError` for a malformed tag, repository or
+        digest."""
         rest = text.strip()
         digest: str | None = None
         if "@" in rest:
@@ -180,8 +192,8 @@ class Reference:
         colon = rest.rfind(":")
         if colon > slash:
             rest, tag = rest[:colon], rest[colon + 1 :]
-            if not _TAG.match(tag):
-                raise ImageError(f"invalid tag {tag!r} in image reference {text!r}")
+            if not _TAG.fullmatch(tag):
+                raise ImageInputError(f"invalid tag {tag!r} in image reference {text!r}")
         first, _, remainder = rest.partition("/")
         if remainder and ("." in first or ":" in first or first == "localhost"):
             registry, repository = first, remainder
@@ -189,8 +201,8 @@ class Reference:
             registry, repository = DOCKER_HUB, rest
             if "/" not in repository:
                 repository = f"library/{repository}"
-        if not _REPOSITORY.match(repository):
-            raise ImageError(
+        if not _REPOSITORY.fullmatch(repository):
+            raise ImageInputError(
                 f"invalid repository {repository!r} in image reference {text!r}",
                 hint=_REPOSITORY_HINT,
             )
@@ -226,13 +238,15 @@ def canonical_json(data: object) -> bytes:
 
 
 def load_json(data: bytes, where: str) -> dict[str, Any]:
-    """Parse a JSON object, or raise :class:`ImageError` naming ``where``."""
+    """Parse a JSON object, or raise :class:`ImageInputError` naming ``where``."""
     try:
         value = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ImageError(f"{where}: not valid JSON ({exc})") from exc
+        raise ImageInputError(f"{where}: not valid JSON ({exc})") from exc
     if not isinstance(value, dict):
-        raise ImageError(f"{where}: not a JSON object", problems=[Problem(where, "not an object")])
+        raise ImageInputError(
+            f"{where}: not a JSON object", problems=[Problem(where, "not an object")]
+        )
     return value
 
 
@@ -264,7 +278,9 @@ class ImageManifest:
         if isinstance(data, bytes):
             data = load_json(data, where)
         if not isinstance(data, dict):
-            raise ImageError(f"{where}: not an object", problems=[Problem(where, "not an object")])
+            raise ImageInputError(
+                f"{where}: not an object", problems=[Problem(where, "not an object")]
+            )
         problems: list[Problem] = []
         if data.get("schemaVersion") != 2:
             problems.append(Problem(f"{where}.schemaVersion", "must be 2"))
@@ -274,7 +290,7 @@ class ImageManifest:
         config: Descriptor | None = None
         try:
             config = Descriptor.from_json(data.get("config"), f"{where}.config")
-        except ImageError as exc:
+        except ImageInputError as exc:
             problems.extend(exc.problems or [Problem(f"{where}.config", exc.message)])
         layers: list[Descriptor] = []
         raw_layers = data.get("layers")
@@ -284,13 +300,13 @@ class ImageManifest:
             for i, item in enumerate(raw_layers):
                 try:
                     layers.append(Descriptor.from_json(item, f"{where}.layers[{i}]"))
-                except ImageError as exc:
+                except ImageInputError as exc:
                     problems.extend(exc.problems or [Problem(f"{where}.layers[{i}]", exc.message)])
         annotations = data.get("annotations")
         if annotations is not None and not isinstance(annotations, dict):
             problems.append(Problem(f"{where}.annotations", "not an object"))
         if problems or config is None:
-            raise ImageError(f"invalid image manifest at {where}", problems=problems)
+            raise ImageInputError(f"invalid image manifest at {where}", problems=problems)
         return cls(config, tuple(layers), str(media_type), annotations or None)
 
 
@@ -346,7 +362,9 @@ class ImageConfig:
         if isinstance(data, bytes):
             data = load_json(data, where)
         if not isinstance(data, dict):
-            raise ImageError(f"{where}: not an object", problems=[Problem(where, "not an object")])
+            raise ImageInputError(
+                f"{where}: not an object", problems=[Problem(where, "not an object")]
+            )
         problems: list[Problem] = []
         for key in ("architecture", "os"):
             if not isinstance(data.get(key), str) or not data[key]:
@@ -359,7 +377,7 @@ class ImageConfig:
             problems.append(Problem(f"{where}.rootfs.diff_ids", "missing or not a list"))
         else:
             for i, value in enumerate(rootfs["diff_ids"]):
-                if isinstance(value, str) and _DIGEST.match(value):
+                if isinstance(value, str) and _DIGEST.fullmatch(value):
                     diff_ids.append(value)
                 else:
                     problems.append(
@@ -374,7 +392,7 @@ class ImageConfig:
         if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
             problems.append(Problem(f"{where}.history", "not a list of objects"))
         if problems:
-            raise ImageError(f"invalid image config at {where}", problems=problems)
+            raise ImageInputError(f"invalid image config at {where}", problems=problems)
         known = {"architecture", "os", "variant", "created", "config", "rootfs", "history"}
         return cls(
             architecture=data["architecture"],

@@ -16,15 +16,8 @@ file when done (waiters re-check its inode, :mod:`envship._flock`), so a layout 
 holds only what the spec names.
 
 Every blob taken from a layout is checked against its digest before it is used, linked
-or copied (:func:`check_file`). Hashing a 137 MB base layer at every build would be the
-slowest step of a rebuild, so a match is remembered by the file's identity (device, inode,
-size, mtime and ctime in ns), in this process and, given a folder, on disk. Writing a file
-moves its mtime and ctime, and nothing but the kernel sets a ctime, so neither a restored
-mtime (``touch -r``, ``tar x``) nor a recycled inode can pass for a remembered file. The
-one gap, a second write within the clock tick of the mtime just read (git's "racy clean"
-problem, Documentation/technical/racy-git.txt), is closed as git closes it: a file whose
-mtime is less than :data:`SETTLE_NS` before the hash began is not remembered. A new hard
-link moves the ctime too: the first use after it hashes again.
+or copied (:func:`~envship._blobcheck.check_file`, which remembers the files that matched,
+so an unchanged base layer is hashed once).
 
 Docker's ``docker save`` archive, itself a layout in a tar, is :mod:`envship.dockerarchive`.
 """
@@ -32,19 +25,17 @@ Docker's ``docker save`` archive, itself a layout in a tar, is :mod:`envship.doc
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import platform
 import secrets
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ._atomic import write_atomic
+from ._blobcheck import SETTLE_NS, check_file, file_digest
 from ._flock import locked
 from .errors import ArtifactError, ImageError, ImageInputError, Problem
 from .oci import (
@@ -77,15 +68,7 @@ __all__ = [
 
 LAYOUT_FILE = {"imageLayoutVersion": "1.0.0"}  # the `oci-layout` file's content
 INDEX_LOCK = ".envship-index.lock"  # flock serializing index.json edits (module docstring)
-_CHUNK = 1 << 20
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-#: A file whose mtime is less than this before a hash began may still change within the
-#: same mtime tick (coarse kernel clocks; 1 s or 2 s on some file systems): not remembered.
-SETTLE_NS = 2_000_000_000
-_REMEMBERED = 8  # identities kept per digest in the on-disk cache (copies, hard links)
-# This process's verified files: (device, inode, size, mtime_ns, ctime_ns) -> digest.
-_Identity = tuple[int, int, int, int, int]
-_VERIFIED: dict[_Identity, str] = {}
 
 
 def default_platform() -> str:
@@ -115,91 +98,18 @@ def empty_index() -> dict[str, Any]:
     return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
 
 
-def file_digest(path: Path) -> tuple[str, int]:
-    """``sha256:<hex>`` and size of the file at ``path``, read in pieces."""
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return "sha256:" + h.hexdigest(), size
-
-
 @contextlib.contextmanager
 def as_input_error() -> Iterator[None]:
-    """Around parsing what an image source holds: :mod:`envship.oci`'s parsers raise a
-    plain :class:`ImageError` for malformed JSON, descriptors or digests, which is bad
-    input here (exit 2), not a failure of envship's work."""
+    """Around reading an image source the user named: a plain :class:`ImageError` raised
+    there (layerfs's refusal of a zstd layer, say) is bad input here (exit 2), not a
+    failure of envship's work. :mod:`envship.oci`'s parsers need no wrapping: they raise
+    :class:`ImageInputError` themselves."""
     try:
         yield
     except ImageError as exc:
         if type(exc) is not ImageError:
             raise
         raise ImageInputError(exc.message, problems=exc.problems, hint=exc.hint) from exc
-
-
-def _identity(st: os.stat_result) -> _Identity:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _known(cache: Path | None, digest: str, identity: _Identity) -> bool:
-    if _VERIFIED.get(identity) == digest:
-        return True
-    if cache is None:
-        return False
-    try:
-        entries = json.loads((cache / digest.removeprefix("sha256:")).read_bytes())
-    except (OSError, ValueError):
-        return False
-    return isinstance(entries, list) and list(identity) in entries
-
-
-def _remember(cache: Path | None, digest: str, identity: _Identity) -> None:
-    _VERIFIED[identity] = digest
-    if cache is None:
-        return
-    path = cache / digest.removeprefix("sha256:")
-    try:
-        entries = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        entries = []
-    if not isinstance(entries, list):
-        entries = []
-    entries = [e for e in entries if e != list(identity)][-(_REMEMBERED - 1) :]
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps([*entries, list(identity)]).encode())
-    except OSError:
-        pass  # a read-only store: hash again next time
-
-
-def check_file(path: Path, digest: str, size: int, *, cache: Path | None = None) -> None:
-    """Raise :class:`ArtifactError` (exit 4), naming the blob and the file, unless the
-    file at ``path`` holds ``size`` bytes with sha256 ``digest``.
-
-    A match is remembered by the file's identity (module docstring), in this process and
-    in the folder ``cache`` if given, so an unchanged file is hashed once. A missing file
-    raises :class:`FileNotFoundError`.
-    """
-    check_digest(digest)
-    before = _identity(os.stat(path))
-    if before[2] == size and _known(cache, digest, before):
-        return
-    started = time.time_ns()
-    actual, actual_size = file_digest(path)
-    if (actual, actual_size) != (digest, size):
-        raise ArtifactError(
-            f"{path} does not match blob {digest}: it holds {actual_size} bytes with "
-            f"digest {actual}",
-            artifact=str(path),
-            expected=f"{digest} ({size} bytes)",
-            actual=f"{actual} ({actual_size} bytes)",
-            hint="the file was changed or damaged after it was written; restore it (pull, "
-            "save or build the image again) rather than use it",
-        )
-    if _identity(os.stat(path)) == before and before[3] < started - SETTLE_NS:
-        _remember(cache, digest, before)
 
 
 @contextlib.contextmanager
@@ -238,8 +148,7 @@ class OciLayout:
         root = Path(path).expanduser()
         marker = root / "oci-layout"
         if marker.is_file():
-            with as_input_error():
-                version = load_json(marker.read_bytes(), str(marker)).get("imageLayoutVersion")
+            version = load_json(marker.read_bytes(), str(marker)).get("imageLayoutVersion")
             if not isinstance(version, str) or not version.startswith("1."):
                 raise ImageInputError(f"{marker}: unsupported imageLayoutVersion {version!r}")
             return cls(root)
@@ -387,8 +296,7 @@ class OciLayout:
             raw = (self.root / "index.json").read_bytes()
         except OSError as exc:
             raise ImageInputError(f"cannot read {where}: {exc.strerror or exc}") from exc
-        with as_input_error():
-            data = load_json(raw, where)
+        data = load_json(raw, where)
         if not isinstance(data.get("manifests"), list):
             raise ImageInputError(
                 f"{self.root}/index.json has no manifests list",
@@ -449,9 +357,8 @@ class OciLayout:
                 f"{self.root} holds {len(entries)} images; say which one",
                 hint=f"write oci:{self.root}:TAG; tags there: {', '.join(self.tags()) or 'none'}",
             )
-        with as_input_error():
-            descriptor = Descriptor.from_json(raw, where=f"{where}.manifests")
-            return self._follow(descriptor, platform, depth=0)
+        descriptor = Descriptor.from_json(raw, where=f"{where}.manifests")
+        return self._follow(descriptor, platform, depth=0)
 
     def _follow(
         self, descriptor: Descriptor, platform: str, *, depth: int
@@ -489,11 +396,10 @@ class OciLayout:
         against their digests (the layers through :func:`check_file`, remembering
         matches in ``cache``; with ``verify=False``, the layers by size only)."""
         descriptor, data = self.resolve(tag, platform=platform)
-        with as_input_error():
-            manifest = ImageManifest.from_json(data, where=f"manifest {descriptor.digest}")
-            config = ImageConfig.from_json(
-                self.get_blob(manifest.config), f"config {descriptor.digest}"
-            )
+        manifest = ImageManifest.from_json(data, where=f"manifest {descriptor.digest}")
+        config = ImageConfig.from_json(
+            self.get_blob(manifest.config), f"config {descriptor.digest}"
+        )
         if len(config.diff_ids) != len(manifest.layers):
             raise ImageInputError(
                 f"image {descriptor.digest}: {len(manifest.layers)} layers but "
