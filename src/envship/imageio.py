@@ -123,8 +123,7 @@ def parse_push_ref(text: str) -> Reference:
     """The registry reference an image is pushed to: ``[host[:port]/]repo[:tag]``. A
     digest is refused (exit 2): the pushed manifest's digest is what it is, so a pinned
     one is either redundant or a silent lie."""
-    with as_input_error():
-        ref = Reference.parse(text)
+    ref = Reference.parse(text)  # a malformed one is ImageInputError (exit 2) already
     if ref.digest is not None:
         raise ImageInputError(
             f"cannot push to {text!r}: a push reference names a tag, not a digest",
