@@ -32,12 +32,10 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._difference import Difference
 from ._environment import InstalledEnvironment, read_venv_config
-
-if TYPE_CHECKING:
-    from .verify import Difference, DifferenceKind
 
 __all__ = ["VENV_CREATION", "site_differences"]
 
@@ -53,19 +51,6 @@ _PTH_NOTE = (
     "to the import path"
 )
 _SYSTEM_SITE = "include-system-site-packages"
-
-
-def _d(
-    kind: DifferenceKind,
-    name: str,
-    path: str,
-    expected: str | None = None,
-    actual: str | None = None,
-    note: str | None = None,
-) -> Difference:
-    from .verify import Difference  # verify imports this module: no cycle at import time
-
-    return Difference(kind, name, path, expected, actual, note)
 
 
 def _note(name: str) -> str | None:
@@ -108,14 +93,16 @@ def _venv_files(
             try:
                 data = Path(path).read_bytes()
             except FileNotFoundError:
-                diffs.append(_d("removed", VENV_CREATION, path, expected))
+                diffs.append(Difference("removed", VENV_CREATION, path, expected))
                 continue
             except OSError as exc:  # a folder where the file was, unreadable
-                diffs.append(_d("changed", VENV_CREATION, path, expected, str(exc)))
+                diffs.append(Difference("changed", VENV_CREATION, path, expected, str(exc)))
                 continue
             if hashlib.sha256(data).hexdigest() != digest:
                 note = _note(os.path.basename(path))
-                diffs.append(_d("changed", VENV_CREATION, path, expected, _found(data), note))
+                diffs.append(
+                    Difference("changed", VENV_CREATION, path, expected, _found(data), note)
+                )
         return set(recorded), diffs, []
     accepted: set[str] = set()
     notes: list[str] = []
@@ -128,11 +115,15 @@ def _venv_files(
             try:
                 data = Path(pth).read_bytes()
             except OSError as exc:  # unreadable to us, maybe not to Python
-                diffs.append(_d("changed", VENV_CREATION, pth, expected, str(exc), _PTH_NOTE))
+                diffs.append(
+                    Difference("changed", VENV_CREATION, pth, expected, str(exc), _PTH_NOTE)
+                )
             else:
                 if data.strip() != _VIRTUALENV_LINE:
                     found = _found(data)
-                    diffs.append(_d("changed", VENV_CREATION, pth, expected, found, _PTH_NOTE))
+                    diffs.append(
+                        Difference("changed", VENV_CREATION, pth, expected, found, _PTH_NOTE)
+                    )
         if os.path.isfile(module) and not os.path.islink(module):
             accepted.add(module)
             notes.append(
@@ -164,7 +155,7 @@ def _system_site(environment: InstalledEnvironment) -> Difference | None:
     # and a pyvenv.cfg that does not say at all means "true".
     if value is not None and value.lower() != "true":
         return None
-    return _d(
+    return Difference(
         "config",
         _SYSTEM_SITE,
         str(cfg),
@@ -208,6 +199,6 @@ def site_differences(
             if entry.name == "__pycache__" or entry.path in tops or entry.path in accepted:
                 continue
             diffs.append(
-                _d("unowned", entry.name, entry.path, None, _what(entry), _note(entry.name))
+                Difference("unowned", entry.name, entry.path, None, _what(entry), _note(entry.name))
             )
     return diffs, notes

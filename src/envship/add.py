@@ -29,17 +29,16 @@ Safety, in the order things happen:
   ``envship lock --check`` report the lock stale until ``envship lock`` takes the
   addition in.
 
-Running uv and reading its failures is :mod:`envship._uvpip`'s; the spec edit is
-:func:`envship.spec.add_requirements`.
+Finding the environment and the spec is :mod:`envship._addenv`'s; where a request
+applies and which spec entry it replaces, :mod:`envship._addspec`'s; the ``added``
+record, :mod:`envship._addedrecord`'s; running uv and reading its failures,
+:mod:`envship._uvpip`'s; the spec edit is :func:`envship.spec.add_requirements`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,22 +46,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from . import _snapshot, _uvpip
+from . import _addenv, _addspec, _snapshot, _uvpip
+from ._addedrecord import ADDED_KEY, write_added
 from ._environment import find_environment
-from ._envroot import shared_version
 from ._flock import locked
 from .errors import AddConflictError, AddError, LockError, Problem, SpecError
-from .install import INCOMPLETE_NAME, MARKER_NAME, write_marker
 from .lock import check_lock, lock_path_for
-from .spec import Spec, add_requirements, find_spec, load_spec
+from .spec import Spec, add_requirements, load_spec
 
 __all__ = ["ADDED_KEY", "AddConflictError", "AddError", "AddResult", "add", "parse_requirements"]
 
-ADDED_KEY = "added"  # the install marker's list of distributions `envship add` installed
 Log = Callable[[str], None]
 
 
@@ -138,195 +134,6 @@ def parse_requirements(texts: Iterable[str]) -> list[Requirement]:
     return out
 
 
-# -- the environment ------------------------------------------------------------------
-
-
-def _environment(env: Path | None) -> Path:
-    if env is None:
-        active = os.environ.get("VIRTUAL_ENV")
-        if not active:
-            raise AddError(
-                "no environment to add to",
-                hint="pass --env PATH (a venv made by `envship install`) or activate it",
-            )
-        env = Path(active)
-    env = Path(os.path.abspath(env))
-    if env.name.startswith("python") and env.parent.name == "bin" and not env.is_dir():
-        env = env.parent.parent  # ENV/bin/python names its environment
-    if not env.is_dir():
-        raise AddError(f"there is no environment at {env}", hint="make one: envship install PATH")
-    return env
-
-
-def _marker(env: Path) -> dict[str, Any]:
-    if (env / INCOMPLETE_NAME).exists():
-        raise AddError(
-            f"the environment at {env} is half installed ({INCOMPLETE_NAME} is present)",
-            hint=f"re-run `envship install {env}` to finish it",
-        )
-    try:
-        data = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AddError(
-            f"{env} is not an environment made by `envship install` (no {MARKER_NAME})",
-            hint="envship add extends environments made from a lock: envship install PATH",
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise AddError(f"cannot read {env / MARKER_NAME}: {exc}") from None
-    ok = isinstance(data, dict) and isinstance(data.get("packages"), list)
-    if not ok or not (env / "bin" / "python").exists():
-        raise AddError(
-            f"the install record of {env} is incomplete",
-            hint=f"re-run `envship install {env}` to rebuild it",
-        )
-    assert isinstance(data, dict)
-    return data
-
-
-def _refuse_shared(env: Path, marker: dict[str, Any]) -> None:
-    """A version under an `envship env` root is immutable and shared: never add to it."""
-    shared = shared_version(env, marker)
-    if shared is None:
-        return
-    name, root = shared
-    raise AddError(
-        f"{env} is a version of the shared environment {name!r} under {root}; "
-        "versions are immutable and every instance uses them",
-        hint=f"add the requirement to the spec, then `envship lock`, `envship fetch` and "
-        f"`envship env create {name} --root {root}`; or `envship install .venv` for a "
-        "private environment you can add to",
-    )
-
-
-def _spec_path(spec: Path | None, marker: dict[str, Any]) -> Path:
-    if spec is not None:
-        return find_spec(spec)
-    lock = marker.get("lock") or {}
-    folders = [Path(str(lock["path"])).parent] if isinstance(lock.get("path"), str) else []
-    for folder in [*folders, Path.cwd()]:
-        with contextlib.suppress(SpecError):
-            return find_spec(folder)
-    raise SpecError(
-        "no spec to record the addition in",
-        problems=[Problem(str(f), "no envship.toml or [tool.envship]") for f in folders],
-        hint="pass --spec with the envship.toml (or pyproject.toml) the environment's lock "
-        "was made from",
-    )
-
-
-# -- what applies where ----------------------------------------------------------------
-
-# PEP 508's marker environment as the environment's own interpreter sees it (it may be
-# another Python than the one envship runs on); the PEP's reference code.
-_MARKER_ENV = """\
-import json, os, platform, sys
-v = sys.implementation.version
-iv = "%d.%d.%d" % (v.major, v.minor, v.micro)
-if v.releaselevel != "final":
-    iv += v.releaselevel[0] + str(v.serial)
-print(json.dumps({
-    "implementation_name": sys.implementation.name,
-    "implementation_version": iv,
-    "os_name": os.name,
-    "platform_machine": platform.machine(),
-    "platform_release": platform.release(),
-    "platform_system": platform.system(),
-    "platform_version": platform.version(),
-    "python_full_version": platform.python_version(),
-    "platform_python_implementation": platform.python_implementation(),
-    "python_version": ".".join(platform.python_version_tuple()[:2]),
-    "sys_platform": sys.platform,
-}))
-"""
-
-
-def _marker_environment(env: Path) -> dict[str, Any]:
-    python = env / "bin" / "python"
-    try:
-        proc = subprocess.run(
-            [str(python), "-I", "-c", _MARKER_ENV],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        data = json.loads(proc.stdout)
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise AddError(
-            f"cannot ask {python} which requirement markers apply to it: {exc}",
-            hint=f"`envship verify {env}` checks the environment; `envship install {env}` "
-            "rebuilds it",
-        ) from None
-    if not isinstance(data, dict):
-        raise AddError(f"{python} gave no marker environment")
-    return data
-
-
-def _applies(req: Requirement, environment: Mapping[str, Any]) -> bool:
-    if req.marker is None:
-        return True
-    try:
-        return req.marker.evaluate(dict(environment))
-    except (UndefinedComparison, UndefinedEnvironmentName) as exc:
-        raise SpecError(
-            "a requirement's marker cannot be evaluated",
-            problems=[Problem(str(req), str(exc))],
-            hint="markers compare names of PEP 508's environment with quoted values",
-        ) from None
-
-
-def _replacements(
-    spec: Spec, record: Sequence[Requirement], here: Mapping[str, Any]
-) -> tuple[tuple[str, str], ...]:
-    """(entry, requirement) for each requirement that takes the place of another entry
-    of the spec's dependencies for the same package. One that would drop extras the
-    entry asks for, or no longer apply here where the entry does, is refused: what the
-    entry brought stays installed, but the next lock would leave it out."""
-    listed: dict[str, str] = {}
-    for text in spec.dependencies:
-        listed.setdefault(canonicalize_name(Requirement(text).name), text)
-    replaced: list[tuple[str, str]] = []
-    problems: list[Problem] = []
-    better: list[str] = []
-    for req in record:
-        old = listed.get(canonicalize_name(req.name))
-        if old is None or old == str(req):
-            continue
-        replaced.append((old, str(req)))
-        was = Requirement(old)
-        had = {canonicalize_name(e): e for e in was.extras}
-        lost = sorted(set(had) - {canonicalize_name(e) for e in req.extras})
-        if lost:
-            extras = ",".join(had[e] for e in lost)
-            problems.append(Problem(str(req), f"would replace {old!r}, dropping [{extras}]"))
-            both = Requirement(str(req))
-            both.extras = set(req.extras) | {had[e] for e in lost}
-            better.append(repr(str(both)))
-        if not _applies(req, here) and _applies(was, here):
-            problems.append(
-                Problem(
-                    str(req),
-                    f"would replace {old!r}, which applies to this environment, with a "
-                    "requirement that does not",
-                )
-            )
-    if problems:
-        asks = f"ask for them too (envship add {' '.join(better)}), or " if better else ""
-        raise AddError(
-            f"refusing to drop what {spec.path} asks for",
-            problems=problems,
-            hint=f"{asks}edit the spec's dependencies by hand to drop it",
-        )
-    return tuple(replaced)
-
-
-def _nowhere(spec: Spec, reqs: Sequence[Requirement]) -> tuple[str, ...]:
-    """Those of ``reqs`` whose marker no target of the spec satisfies."""
-    return tuple(
-        str(r) for r in reqs if not any(_applies(r, t.marker_environment()) for t in spec.targets)
-    )
-
-
 # -- the addition ----------------------------------------------------------------------
 
 
@@ -344,7 +151,7 @@ class _Plan:
 def _plan(
     env: Path, sites: Sequence[Path], reqs: Sequence[Requirement], here: Mapping[str, Any]
 ) -> _Plan:
-    marker = _marker(env)
+    marker = _addenv.checked_marker(env)
     pins = {str(canonicalize_name(str(p["name"]))): str(p["version"]) for p in marker["packages"]}
     installed = _snapshot.installed(sites)
     if drift := _snapshot.drift(pins, installed):
@@ -361,7 +168,7 @@ def _plan(
     conflicts: list[Problem] = []
     for req in reqs:
         locked = pins.get(canonicalize_name(req.name))
-        if not _applies(req, here):
+        if not _addspec.applies(req, here):
             elsewhere.append(req)  # uv would skip it; the spec keeps it for where it applies
         elif locked is None:
             todo.append(req)
@@ -394,25 +201,6 @@ def _constraints(work: Path, plan: _Plan) -> list[str]:
     pins = sorted((plan.installed[k][0], v) for k, v in plan.pins.items())
     path.write_text("".join(f"{name}=={version}\n" for name, version in pins), encoding="utf-8")
     return ["--constraints", str(path)]
-
-
-def _record_added(env: Path, plan: _Plan, after: _snapshot.Installed) -> None:
-    """Keep the marker's list of what `envship add` put there (for `envship verify`)."""
-    entries: dict[str, dict[str, Any]] = {}
-    for entry in plan.marker.get(ADDED_KEY) or []:
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            entries[canonicalize_name(entry["name"])] = entry
-    requested: dict[str, Any] = {canonicalize_name(r.name): str(r) for r in plan.todo}
-    for key, (name, version, _) in after.items():
-        before = plan.installed.get(key)
-        if key in plan.pins:
-            continue
-        if key in requested or key in entries or before is None or before[1] != version:
-            asked = requested.get(key, entries.get(key, {}).get("requested"))
-            entries[key] = {"name": name, "version": version, "requested": asked}
-    data = dict(plan.marker)
-    data[ADDED_KEY] = [entries[k] for k in sorted(entries) if k in after]
-    write_marker(env, data)
 
 
 def _check_installed(env: Path, plan: _Plan, after: _snapshot.Installed, out: str) -> None:
@@ -456,7 +244,7 @@ def _add_locked(
                 if code != 0:
                     raise _uvpip.failure(out, plan.todo, plan.pins, env, spec)
                 _check_installed(env, plan, after, out)
-                _record_added(env, plan, after)
+                write_added(env, plan, after)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     installed, removed = _snapshot.changes(plan.installed, after)
@@ -505,14 +293,14 @@ def add(
     started = time.monotonic()
     say = log or (lambda _msg: None)
     reqs = parse_requirements(requirements)
-    env = _environment(env)
-    marker = _marker(env)
-    _refuse_shared(env, marker)
-    the_spec = load_spec(_spec_path(spec, marker))
+    env = _addenv.environment(env)
+    marker = _addenv.checked_marker(env)
+    _addenv.refuse_shared(env, marker)
+    the_spec = load_spec(_addenv.spec_path(spec, marker))
     spec_file = the_spec.path
     assert spec_file is not None
     sites = find_environment(env).site_packages
-    here = _marker_environment(env) if any(r.marker for r in reqs) else {}
+    here = _addspec.marker_environment(env) if any(r.marker for r in reqs) else {}
     plan = _plan(env, sites, reqs, here)
     installed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -520,7 +308,7 @@ def add(
     replaced: tuple[tuple[str, str], ...] = ()
     if plan.record:
         # A bad edit fails before uv runs.
-        replaced = _replacements(the_spec, plan.record, here)
+        replaced = _addspec.replacements(the_spec, plan.record, here)
         recorded = list(add_requirements(spec_file, plan.record, write=False))
         if recorded and not dry_run and not os.access(spec_file.parent, os.W_OK):
             raise AddError(
@@ -565,7 +353,7 @@ def add(
         recorded=tuple(recorded),
         replaced=replaced,
         not_applicable=tuple(str(r) for r in plan.elsewhere),
-        applies_nowhere=_nowhere(the_spec, plan.elsewhere),
+        applies_nowhere=_addspec.nowhere(the_spec, plan.elsewhere),
         held=len(plan.pins),
         lock_stale=stale,
         dry_run=dry_run,

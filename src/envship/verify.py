@@ -30,25 +30,25 @@ Finding the environment, running its interpreter (for a venv, once, as ``-I -S``
 ``.pth`` file runs) and choosing its lock target (:func:`find_environment`,
 :func:`choose_target`) is :mod:`envship._environment`'s. The interpreter must exist and
 be the target's Python, or nothing is compared (exit 2, as for a lock no target fits).
+Reading RECORD and checking files against it is :mod:`envship._records`'s, the
+:class:`Difference` type :mod:`envship._difference`'s, and the notes on what
+``envship add`` installed :mod:`envship._addedrecord`'s.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
 import sys
-import threading
-from collections.abc import Collection, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection
 from dataclasses import dataclass
-from importlib.metadata import Distribution, FileHash
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from . import _records
+from ._addedrecord import added_notes
+from ._difference import KINDS, Difference, DifferenceKind
 from ._environment import (
     InstalledEnvironment,
     choose_target,
@@ -56,6 +56,8 @@ from ._environment import (
     interpreter_mismatches,
     run_interpreter,
 )
+from ._records import CHUNK as CHUNK  # kept importable from here, where it was
+from ._records import decode_record_hash, encode_record_hash, hash_file
 from ._strays import VENV_CREATION, site_differences
 from .errors import EnvshipError, Problem, SpecError, TargetError
 from .lockfile import LockFile
@@ -79,67 +81,7 @@ __all__ = [
     "verify",
 ]
 
-DifferenceKind = Literal[
-    "missing", "extra", "version", "config", "changed", "removed", "added", "unowned"
-]
-#: Report order: distribution-level differences, the environment's settings, then files.
-KINDS: tuple[DifferenceKind, ...] = (
-    "missing", "extra", "version", "config", "changed", "removed", "added", "unowned",
-)  # fmt: skip
-CHUNK = 1 << 20  # read files in 1 MiB chunks: hashlib releases the GIL on large updates
-_BUFFERS = threading.local()
-
-
-# -- RECORD hash format (PEP 376 / PEP 427) ---------------------------------------------
-
-
-def encode_record_hash(digest: bytes) -> str:
-    """A raw digest as RECORD writes it: urlsafe base64 without ``=`` padding (PEP 427)."""
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def decode_record_hash(value: str) -> bytes:
-    """The raw digest of a RECORD hash value; tolerates padding some tools leave in."""
-    value = value.rstrip("=")
-    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-
-
-def hash_file(path: Path, algorithm: str = "sha256") -> tuple[int, bytes]:
-    """``(size, digest)`` of a file, read in :data:`CHUNK` pieces."""
-    h = hashlib.new(algorithm)
-    size = 0
-    buf: bytearray | None = getattr(_BUFFERS, "buf", None)
-    if buf is None:  # one buffer per thread, reused: most RECORD files are small
-        buf = _BUFFERS.buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return size, h.digest()
-
-
 # -- results ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Difference:
-    """One way the environment differs from the lock, and where."""
-
-    kind: DifferenceKind
-    # The distribution concerned; for ``unowned`` the entry's name, for ``config`` the
-    # setting, for a file the venv's creation wrote :data:`VENV_CREATION`.
-    name: str
-    path: str  # a dist-info folder, a file or folder, pyvenv.cfg, or (missing) site-packages
-    expected: str | None = None
-    actual: str | None = None
-    note: str | None = None  # why it is there or why it matters, when known
-
-    def to_json(self) -> dict[str, str | None]:
-        data = {f: getattr(self, f) for f in ("kind", "name", "path", "expected", "actual")}
-        if self.note is not None:
-            data["note"] = self.note
-        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,47 +170,6 @@ class VerifyMismatchError(EnvshipError):
 # -- the comparison ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """One RECORD line: ``path`` absolute and normalized, as :func:`os.walk` spells it."""
-
-    name: str
-    rel: str
-    path: str
-    hash: FileHash | None
-    size: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Installed:
-    key: str  # canonical name
-    name: str
-    version: str
-    dist_info: Path
-    record: tuple[_Entry, ...] | None  # None: no RECORD
-
-
-def _installed(sites: Iterable[Path]) -> list[_Installed]:
-    found: list[_Installed] = []
-    for site in sites:
-        for info in sorted([*site.glob("*.dist-info"), *site.glob("*.egg-info")]):
-            if not info.is_dir():
-                continue
-            dist = Distribution.at(info)
-            name = dist.metadata["Name"] or info.name.split("-")[0]
-            version = dist.metadata["Version"] or "(unknown)"
-            files = dist.files  # parsed once: it re-reads RECORD on every access
-            record = None
-            if files is not None:
-                record = tuple(
-                    _Entry(name, rel, os.path.normpath(os.path.join(site, rel)), f.hash, f.size)
-                    for f in files
-                    for rel in (str(f),)
-                )
-            found.append(_Installed(canonicalize_name(name), name, version, info, record))
-    return found
-
-
 def _same_version(a: str, b: str) -> bool:
     try:
         return Version(a) == Version(b)
@@ -278,93 +179,6 @@ def _same_version(a: str, b: str) -> bool:
 
 def _is_bytecode(rel: str) -> bool:
     return rel.endswith(".pyc") and "__pycache__/" in rel
-
-
-def _expected(entry: _Entry) -> str:
-    parts = [f"{entry.hash.mode}={entry.hash.value}"] if entry.hash else []
-    if entry.size is not None:
-        parts.append(f"size {entry.size}")
-    return ", ".join(parts) or "listed in RECORD"
-
-
-def _check(entry: _Entry, full: bool) -> Difference | None:
-    digest = None
-    try:
-        if full and entry.hash is not None:
-            size, digest = hash_file(Path(entry.path), entry.hash.mode)
-        else:
-            size = os.stat(entry.path).st_size
-    except FileNotFoundError:
-        return Difference("removed", entry.name, entry.path, _expected(entry))
-    except (OSError, ValueError) as exc:  # a folder where a file was, unreadable, bad algorithm
-        return Difference("changed", entry.name, entry.path, _expected(entry), str(exc))
-    if (entry.size is not None and size != entry.size) or (
-        digest is not None and entry.hash is not None
-        and digest != decode_record_hash(entry.hash.value)
-    ):  # fmt: skip
-        actual = f"size {size}"
-        if digest is not None and entry.hash is not None:
-            actual = f"{entry.hash.mode}={encode_record_hash(digest)}, {actual}"
-        return Difference("changed", entry.name, entry.path, _expected(entry), actual)
-    return None
-
-
-def _check_all(entries: list[_Entry], full: bool, workers: int | None) -> list[Difference]:
-    """Stat or hash every entry on a thread pool (hashlib and os.stat release the GIL).
-
-    Files of a chunk or more are one task each and go first; small ones go in batches,
-    so a pool task costs far less than the work in it.
-    """
-    big = [[e] for e in entries if (e.size or 0) >= CHUNK]
-    small = [e for e in entries if (e.size or 0) < CHUNK]
-    batches = sorted(big, key=lambda b: -(b[0].size or 0))
-    batches += [small[i : i + 256] for i in range(0, len(small), 256)]
-
-    def run(batch: list[_Entry]) -> list[Difference]:
-        return [d for e in batch if (d := _check(e, full)) is not None]
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # None: the stdlib's default
-        return [d for found in pool.map(run, batches) for d in found]
-
-
-def _added(checked: list[_Installed], everyone: list[_Installed]) -> list[Difference]:
-    """Files inside the checked distributions' top-level folders that no RECORD lists.
-
-    The ``.dist-info`` folder counts too: installers record every file they write there.
-    """
-    known = {e.path for inst in everyone for e in inst.record or ()}
-    owners: dict[str, list[str]] = {}
-    for inst in checked:
-        for e in inst.record or ():
-            top, sep, _ = e.rel.partition("/")
-            if not sep or top in ("", "..", "__pycache__") or top.endswith(".egg-info"):
-                continue  # a top-level module, outside site-packages, byte-code, legacy
-            top = os.path.join(str(inst.dist_info.parent), top)
-            if inst.name not in owners.setdefault(top, []):
-                owners[top].append(inst.name)
-    diffs = []
-    for top, names in sorted(owners.items()):
-        for dirpath, _dirs, filenames in os.walk(top):
-            in_cache = os.path.basename(dirpath) == "__pycache__"
-            for fn in filenames:
-                path = os.path.join(dirpath, fn)
-                if path not in known and not (in_cache and fn.endswith(".pyc")):
-                    diffs.append(Difference("added", ", ".join(names), path, None, "not in RECORD"))
-    return diffs
-
-
-def _added_by_envship_add(environment: InstalledEnvironment) -> dict[tuple[str, str], str]:
-    """(name, version) -> note for what ``envship add`` installed, from the install marker
-    (``ENV/.envship-install.json``, ``added``) of the venv holding the site-packages."""
-    notes: dict[tuple[str, str], str] = {}
-    marker = environment.marker()
-    entries = marker.get("added") if marker is not None else None
-    for e in entries if isinstance(entries, list) else ():
-        if isinstance(e, dict) and isinstance(e.get("name"), str):
-            why = f" ({e['requested']})" if e.get("requested") else " as a dependency"
-            note = f"added by envship add{why}: run envship lock to take it in"
-            notes[(canonicalize_name(e["name"]), str(e.get("version")))] = note
-    return notes
 
 
 def verify(
@@ -409,10 +223,10 @@ def verify(
         for p, _artifact in lock.select(target, groups=groups)
     }
     expected = {k: v for k, v in expected.items() if k not in skip}
-    installed = _installed(environment.site_packages)
-    added = _added_by_envship_add(environment)
+    installed = _records.installed(environment.site_packages)
+    added = added_notes(environment)
     diffs: list[Difference] = []
-    verified: list[_Installed] = []
+    verified: list[_records.Installed] = []
     accounted: set[str] = set()  # locked names found installed, at any version
     for inst in installed:
         if inst.key in skip:
@@ -435,15 +249,15 @@ def verify(
     for key, (name, version) in expected.items():
         if key not in accounted:
             diffs.append(Difference("missing", name, where, version, None))
-    entries: list[_Entry] = []
+    entries: list[_records.Entry] = []
     for inst in verified:
         if inst.record is None:  # PEP 376: RECORD is mandatory; without it nothing is known
             path = str(inst.dist_info / "RECORD")
             diffs.append(Difference("removed", inst.name, path, "RECORD"))
         else:
             entries.extend(e for e in inst.record if not _is_bytecode(e.rel))
-    diffs.extend(_check_all(entries, full, workers))
-    diffs.extend(_added(verified, installed))
+    diffs.extend(_records.check_all(entries, full, workers))
+    diffs.extend(_records.added_files(verified, installed))
     claimed = [str(inst.dist_info) for inst in installed]
     claimed += [e.path for inst in installed for e in inst.record or ()]
     found, notes = site_differences(environment, claimed)

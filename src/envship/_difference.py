@@ -1,0 +1,43 @@
+"""One way an environment differs from its lock, and the kinds in their report order.
+
+Every check of ``envship verify`` reports in these terms: the distributions against
+the lock (:mod:`envship.verify`), each RECORD against the files on disk
+(:mod:`envship._records`), and what else lets code in (:mod:`envship._strays`). The
+type lives apart from all of them so each imports it without an import cycle;
+:mod:`envship.verify` re-exports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["KINDS", "Difference", "DifferenceKind"]
+
+DifferenceKind = Literal[
+    "missing", "extra", "version", "config", "changed", "removed", "added", "unowned"
+]
+#: Report order: distribution-level differences, the environment's settings, then files.
+KINDS: tuple[DifferenceKind, ...] = (
+    "missing", "extra", "version", "config", "changed", "removed", "added", "unowned",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One way the environment differs from the lock, and where."""
+
+    kind: DifferenceKind
+    # The distribution concerned; for ``unowned`` the entry's name, for ``config`` the
+    # setting, for a file the venv's creation wrote :data:`envship._strays.VENV_CREATION`.
+    name: str
+    path: str  # a dist-info folder, a file or folder, pyvenv.cfg, or (missing) site-packages
+    expected: str | None = None
+    actual: str | None = None
+    note: str | None = None  # why it is there or why it matters, when known
+
+    def to_json(self) -> dict[str, str | None]:
+        data = {f: getattr(self, f) for f in ("kind", "name", "path", "expected", "actual")}
+        if self.note is not None:
+            data["note"] = self.note
+        return data
