@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ._addedrecord import ADDED_KEY
 from ._envroot import shared_version
 from ._flock import locked
 from ._installmarker import (
@@ -353,7 +354,7 @@ def _install_locked(
         and tuple(marker["groups"]) == groups
         and target in (None, marker["target"]["name"])
         # `envship add` extras make the env differ from the lock: sync them away.
-        and not marker.get("added")
+        and not marker.get(ADDED_KEY)
         # Asked for byte-code the env does not have: the sync below compiles it.
         and (marker.get("compiled", False) or not compile_bytecode)
     ):
