@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from envship.cli._common import Progress, render_error
+from envship.cli._common import Progress, render_error, reset_json
 from envship.errors import StoreError
 
 
@@ -12,6 +12,7 @@ from envship.errors import StoreError
 def test_an_error_after_a_progress_line_starts_on_its_own_line(
     done: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    reset_json()  # an earlier test's `--json` call may have left JSON mode on
     progress = Progress("fetch")
     progress.tty = True  # a terminal: the line is redrawn in place, no newline until done
     progress(done, 100, "big.whl")
