@@ -9,7 +9,7 @@ import pytest
 
 from envship.errors import ImageError
 from envship.layerfs import extract_layer
-from envship.layerview import LayerView, read_file
+from envship.layerview import LayerView, read_file, view_of
 from test_layerfs import EXPECTED, tar_of, three_layer_blobs
 
 
@@ -80,3 +80,11 @@ def test_a_hard_link_to_nothing_in_its_layer_has_no_content(tmp_path: Path) -> N
     with pytest.raises(ImageError, match="layer upper has no file content for 'target'"):
         view.read("link")
     assert set(view.hash_files()) == {"target"}
+
+
+def test_one_view_per_list_of_layers(three_layers: list[Path]) -> None:
+    """A base probed and then placed into is read once per process."""
+    first = view_of(three_layers)
+    assert view_of(list(three_layers)) is first  # any sequence of the same blobs
+    assert first.files == LayerView(three_layers).files
+    assert view_of(three_layers[:2]) is not first

@@ -35,7 +35,7 @@ from typing import Any
 from ._atomic import write_atomic
 from .errors import ImageError, ImageInputError, Problem, UnsupportedBaseError
 from .layer import DEFAULT_LEVEL, LayerWriter
-from .layerview import LayerView
+from .layerview import LayerView, view_of
 from .ocilayout import LayoutImage
 
 __all__ = [
@@ -222,7 +222,7 @@ def _read_paths(
             pass
     missing = [p for p in paths if p not in found]
     if missing:
-        view = LayerView(list(base.layer_paths))
+        view = view_of(base.layer_paths)
         for path in missing:
             found[path] = BasePaths.read(view, path)
             if cache is not None:

@@ -20,7 +20,7 @@ from typing import Any
 from ._atomic import write_atomic
 from .errors import ImageError, Problem, TargetError, UnsupportedBaseError
 from .host import HostInfo, match_target, mismatches
-from .layerview import LayerView
+from .layerview import LayerView, view_of
 from .lockfile import LockFile
 from .ocilayout import LayoutImage
 from .targets import Target
@@ -168,7 +168,7 @@ def probe_image(image: LayoutImage, *, where: str, cache: Path | None = None) ->
             return BaseFacts(**{k: data[k] for k in BaseFacts.__slots__})
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    facts = probe_base(LayerView(list(image.layer_paths)), image.config.to_json(), where=where)
+    facts = probe_base(view_of(image.layer_paths), image.config.to_json(), where=where)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
