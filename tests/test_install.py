@@ -21,7 +21,7 @@ from packaging.utils import parse_wheel_filename
 
 import envship.install as install_mod
 from envship._uv import uv_bin
-from envship.errors import LockError, StoreError, TargetError
+from envship.errors import ArtifactError, LockError, StoreError, TargetError
 from envship.host import probe
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, InstallError, install
 from envship.lockfile import LockFile
@@ -395,16 +395,20 @@ def test_failed_update_marks_the_environment_incomplete(
     dest = tmp_path / "env"
     install(lock, store, dest)
     newer = write_lock(tmp_path / "newer.toml", [wheels["alpha"], wheels["beta11"]])
-    # Damage the stored beta 1.1 after the fact: uv's own hash check must catch it.
+    # Damage the stored beta 1.1 after the fact: uv's own hash check must catch it, and
+    # the error then names the store file to fetch again (uv only names the package).
     stored = store.path(hashlib.sha256(wheels["beta11"].read_bytes()).hexdigest())
     stored.chmod(0o644)
     stored.write_bytes(stored.read_bytes() + b"\0")
 
-    with pytest.raises(InstallError) as err:
+    with pytest.raises(ArtifactError) as err:
         install(newer, store, dest)
 
-    assert "uv exit code" in err.value.message
-    assert any("hash" in p.message.lower() for p in err.value.problems)
+    assert err.value.exit_code == 4
+    assert err.value.artifact == str(stored)
+    assert err.value.actual == "sha256:" + hashlib.sha256(stored.read_bytes()).hexdigest()
+    assert wheels["beta11"].name in err.value.message
+    assert "envship fetch --verify" in (err.value.hint or "")
     assert (dest / INCOMPLETE_NAME).exists()  # not complete, so the next run rebuilds
 
 
@@ -607,20 +611,107 @@ def test_copy_mode_shares_no_file_with_uvs_cache(
     assert any(p.stat().st_nlink > 1 for p in (_site(other) / "beta").rglob("*.py"))
 
 
+@pytest.mark.parametrize(
+    "damage", ["none", "half made", "unreadable marker", "dangling python", "dangling current"]
+)
 def test_a_shared_version_is_never_installed_into(
-    tmp_path: Path, lock: LockFile, store: Store, wheels: dict[str, Path]
+    tmp_path: Path, lock: LockFile, store: Store, wheels: dict[str, Path], damage: str
 ) -> None:
+    """Complete or not, a version is immutable: a damaged one is for `env create` (which
+    discards and remakes it under the root's lock), never rebuilt in place."""
     from envship.envs import create_env
 
     root = tmp_path / "root"
     version = create_env(lock, store, root, name="ds")
+    if damage == "half made":
+        (version.path / INCOMPLETE_NAME).write_text("x")
+    elif damage == "unreadable marker":
+        (version.path / MARKER_NAME).write_text("{")
+    elif damage == "dangling python":  # as a version made on another machine looks here
+        (version.path / "bin" / "python").unlink()
+        (version.path / "bin" / "python").symlink_to("/opt/elsewhere/python3")
+    elif damage == "dangling current":
+        (root / "ds" / "current").unlink()
+        (root / "ds" / "current").symlink_to("versions/deadbeefdeadbeefdead")
+    before = sorted(str(p) for p in version.path.rglob("*"))
     (tmp_path / "other").mkdir()
     other = write_lock(tmp_path / "other" / "pylock.toml", [wheels["beta11"]])
     for dest in (root / "ds" / "current", version.path):
         with pytest.raises(InstallError, match="immutable") as caught:
             install(other, store, dest)
         assert "envship env create ds" in (caught.value.hint or "")
-    assert versions(version.path) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+    assert sorted(str(p) for p in version.path.rglob("*")) == before
+
+
+def test_a_link_to_nothing_is_refused_not_followed(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    dest.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InstallError, match="symbolic link to nothing"):
+        install(lock, store, dest)
+    assert not (tmp_path / "nowhere").exists() and dest.is_symlink()
+
+
+def test_another_link_mode_puts_every_file_in_place_again(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)  # uv's default: hard links into its cache
+    assert any(p.stat().st_nlink > 1 for p in (_site(dest) / "beta").rglob("*.py"))
+    assert install(lock, store, dest, link_mode="copy").action == "updated"
+    files = [p for p in _site(dest).rglob("*") if p.is_file() and not p.is_symlink()]
+    assert all(p.stat().st_nlink == 1 for p in files)
+    assert json.loads((dest / MARKER_NAME).read_text())["link_mode"] == "copy"
+    assert install(lock, store, dest, link_mode="copy").action == "unchanged"
+    # A repair asked without the flag keeps what the environment was made with.
+    _remove_dist(dest, "beta")
+    assert install(lock, store, dest).action == "repaired"
+    assert all(p.stat().st_nlink == 1 for p in (_site(dest) / "beta").rglob("*.py"))
+
+
+def test_a_repair_keeps_the_byte_code(tmp_path: Path, lock: LockFile, store: Store) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest, compile_bytecode=True)
+    _remove_dist(dest, "alpha")
+    assert install(lock, store, dest).action == "repaired"
+    assert json.loads((dest / MARKER_NAME).read_text())["compiled"] is True
+    assert compiled_alpha(dest)
+
+
+def test_two_metadata_folders_for_one_name_make_the_env_again(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    site = _site(dest)
+    shutil.copytree(site / "beta-1.0.dist-info", site / "beta-0.9.dist-info")
+    assert install(lock, store, dest).action == "rebuilt"
+    assert not (site / "beta-0.9.dist-info").exists()
+    assert install(lock, store, dest).action == "unchanged"
+
+
+@pytest.mark.parametrize(
+    ("extra", "action"),
+    [
+        ("lib/python3.99/site-packages/", "unchanged"),  # another Python's folder: not ours
+        # Installed the old way: uv's sync cannot remove it, so the env is made again.
+        ("{site}/stray-1.0-py3.11.egg-info/PKG-INFO", "rebuilt"),
+    ],
+)
+def test_the_quick_look_reads_this_pythons_metadata_folders(
+    tmp_path: Path, lock: LockFile, store: Store, extra: str, action: str
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    path = dest / extra.format(site=_site(dest).relative_to(dest))
+    if extra.endswith("/"):
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True)
+        path.write_text("Metadata-Version: 1.0\nName: stray\nVersion: 1.0\n")
+    assert install(lock, store, dest).action == action
+    assert install(lock, store, dest).action == "unchanged"
 
 
 _SLOW_UV = """#!/bin/sh

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INCOMPLETE_NAME",
     "MARKER_NAME",
+    "Drift",
     "artifact_entry",
     "drift",
     "marker_data",
@@ -67,12 +69,14 @@ def marker_data(
     artifacts: Sequence[Artifact],
     compiled: bool = False,
     venv: Mapping[str, str] | None = None,
+    link_mode: str | None = None,
 ) -> dict[str, Any]:
     """What an environment made from ``lock`` records about itself (the install marker);
     image builds write the same record into the image. ``compiled``: every installed
     module's byte-code was written at install time. ``venv``: the files the venv's
     creation wrote into site-packages (env-relative POSIX path -> hex sha256); None when
-    unknown (an environment made before envship recorded them)."""
+    unknown (an environment made before envship recorded them). ``link_mode``: how uv
+    was asked to put files in place, when it was asked (repairs keep it)."""
     data: dict[str, Any] = {
         "format": MARKER_FORMAT,
         "lock": {"path": str(lock.path.absolute()), "digest": lock.digest},
@@ -86,6 +90,8 @@ def marker_data(
     }
     if venv is not None:
         data["venv_files"] = dict(sorted(venv.items()))
+    if link_mode is not None:
+        data["link_mode"] = link_mode
     return data
 
 
@@ -94,16 +100,20 @@ def write_marker(dest: Path, data: dict[str, Any]) -> None:
     write_atomic(dest / MARKER_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def site_packages(dest: Path) -> Path | None:
-    """``dest/lib/pythonX.Y/site-packages`` of a POSIX venv, when there is exactly one."""
-    found = sorted((dest / "lib").glob("python*/site-packages"))
-    return found[0] if len(found) == 1 else None
+def site_packages(dest: Path, python: str | None = None) -> Path | None:
+    """``dest/lib/pythonX.Y/site-packages`` of a POSIX venv: the one of ``python``
+    ("3.11") when given, else the only one there is."""
+    if python is not None:
+        found = dest / "lib" / f"python{python}" / "site-packages"
+        return found if found.is_dir() else None
+    candidates = sorted((dest / "lib").glob("python*/site-packages"))
+    return candidates[0] if len(candidates) == 1 else None
 
 
-def venv_files(dest: Path) -> dict[str, str]:
+def venv_files(dest: Path, python: str | None = None) -> dict[str, str]:
     """Every file in a freshly made venv's site-packages, with its sha256: what the venv's
     creation put there (uv writes ``_virtualenv.py`` and a ``.pth`` that imports it)."""
-    site = site_packages(dest)
+    site = site_packages(dest, python)
     if site is None:
         return {}
     out: dict[str, str] = {}
@@ -113,31 +123,58 @@ def venv_files(dest: Path) -> dict[str, str]:
     return out
 
 
-def _dist_info(site: Path) -> dict[str, str]:
-    """Installed distributions by canonical name -> version, from ``*.dist-info`` names."""
-    found: dict[str, str] = {}
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """How an environment's installed metadata differs from what it should hold."""
+
+    present: tuple[str, ...] = ()  # "name==version" installed, not expected
+    missing: tuple[str, ...] = ()  # "name==version" expected, not installed
+    duplicated: tuple[str, ...] = ()  # names with more than one metadata folder
+
+    def __bool__(self) -> bool:
+        return bool(self.present or self.missing or self.duplicated)
+
+
+# Metadata folders: ``name-version.dist-info`` (wheels) and ``name-version[-pyX.Y]
+# .egg-info`` (anything installed the old way, e.g. ``setup.py install``).
+_METADATA = (".dist-info", ".egg-info")
+
+
+def _installed(site: Path) -> dict[str, list[str]]:
+    """Installed distributions by canonical name -> versions, from metadata folder names."""
+    found: dict[str, list[str]] = {}
     with os.scandir(site) as entries:
         for entry in entries:
-            if entry.name.endswith(".dist-info") and entry.is_dir():
-                name, _, version = entry.name[: -len(".dist-info")].rpartition("-")
-                # A second folder for one name is drift too: keep both visible.
-                key = canonicalize_name(name)
-                found[key] = f"{found[key]}+{version}" if key in found else version
+            suffix = next((s for s in _METADATA if entry.name.endswith(s)), None)
+            if suffix is None:
+                continue
+            parts = entry.name[: -len(suffix)].split("-")
+            if len(parts) < 2:
+                continue
+            found.setdefault(canonicalize_name(parts[0]), []).append(parts[1])
     return found
 
 
-def drift(dest: Path, marker: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """``(present, missing)``: ``name==version`` installed but not in the marker, and in
-    the marker but not installed (a wrong version is in both). Metadata only, no hashing,
-    like ``envship verify`` without ``--full``."""
-    site = site_packages(dest)
-    installed = _dist_info(site) if site is not None else {}
-    expected: dict[str, str] = {
-        canonicalize_name(p["name"]): p["version"] for p in marker["packages"]
-    }
-    present = [f"{n}=={v}" for n, v in sorted(installed.items()) if not _same(expected.get(n), v)]
-    missing = [f"{n}=={v}" for n, v in sorted(expected.items()) if not _same(installed.get(n), v)]
-    return present, missing
+def drift(dest: Path, packages: Sequence[Mapping[str, str]], python: str | None) -> Drift:
+    """Where the metadata folders in ``dest``'s site-packages (of ``python``) differ from
+    ``packages`` (marker entries): a listing, no hashing, like ``envship verify`` without
+    ``--full``. A wrong version is both present and missing."""
+    site = site_packages(dest, python)
+    installed = _installed(site) if site is not None else {}
+    expected: dict[str, str] = {canonicalize_name(p["name"]): p["version"] for p in packages}
+    present = [
+        f"{n}=={v}"
+        for n, versions in sorted(installed.items())
+        for v in versions
+        if not _same(expected.get(n), v)
+    ]
+    missing = [
+        f"{n}=={v}"
+        for n, v in sorted(expected.items())
+        if not any(_same(v, got) for got in installed.get(n, []))
+    ]
+    duplicated = [n for n, versions in sorted(installed.items()) if len(versions) > 1]
+    return Drift(tuple(present), tuple(missing), tuple(duplicated))
 
 
 def _same(a: str | None, b: str) -> bool:

@@ -237,6 +237,7 @@ def create_env(
                     # instance's copy. (On a network root uv would copy anyway.)
                     link_mode="copy",
                     progress=progress,
+                    as_version=True,  # the one caller allowed to make a shared version
                 )
             except BaseException:
                 with contextlib.suppress(OSError):

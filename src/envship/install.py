@@ -56,10 +56,10 @@ from ._installmarker import (
     write_marker,
 )
 from ._uv import run_uv, uv_bin
-from .errors import EnvshipError, InvalidLockError, Problem, StoreError
+from .errors import ArtifactError, EnvshipError, InvalidLockError, Problem, StoreError
 from .host import match_target, probe
 from .lockfile import Artifact, LockFile
-from .store import Store
+from .store import Store, sha256_file
 from .targets import Target
 
 __all__ = [
@@ -140,7 +140,7 @@ def _run(args: Sequence[str], *, what: str, keep_fds: Sequence[int] = ()) -> Non
 
 def _state(dest: Path) -> _State:
     if not dest.exists():
-        return "missing"
+        return "foreign" if dest.is_symlink() else "missing"  # a link to nothing
     if not dest.is_dir():
         return "foreign"
     if (dest / INCOMPLETE_NAME).exists():
@@ -155,7 +155,10 @@ def _state(dest: Path) -> _State:
 
 
 def _refuse(dest: Path) -> InstallError:
-    what = "a file" if dest.exists() and not dest.is_dir() else "a non-empty folder"
+    if dest.is_symlink() and not dest.exists():
+        what = f"a symbolic link to nothing ({os.readlink(dest)})"
+    else:
+        what = "a file" if dest.exists() and not dest.is_dir() else "a non-empty folder"
     return InstallError(
         f"{dest} is {what} that is not an envship environment; refusing to touch it",
         problems=[Problem(str(dest), f"no {MARKER_NAME} and not empty")],
@@ -201,6 +204,29 @@ def _check_store(
         if "/" in a.filename or a.filename in ("", ".", ".."):
             raise InvalidLockError(f"unsafe artifact file name {a.filename!r} for {a.name}")
     return sizes
+
+
+def _name_damaged(lock: LockFile, store: Store, target: Target, artifacts: list[Artifact]) -> None:
+    """After uv failed: an ArtifactError naming the store files whose bytes are not the
+    lock's (uv only says a wheel is unreadable, not which file to fetch again). Hashing
+    every artifact is paid only here, on the way out of a failed install."""
+    damaged: list[tuple[Artifact, str]] = []
+    for a in artifacts:
+        with contextlib.suppress(OSError):  # unreadable: uv's own error says enough
+            actual = sha256_file(store.path(a.sha256))
+            if actual != a.sha256:
+                damaged.append((a, actual))
+    if damaged:
+        first, actual = damaged[0]
+        names = ", ".join(a.filename for a, _ in damaged)
+        raise ArtifactError(
+            f"the store {store.root} holds damaged copies of {len(damaged)} artifact(s): {names}",
+            artifact=str(store.path(first.sha256)),
+            expected=f"sha256:{first.sha256}",
+            actual=f"sha256:{actual}",
+            hint=f"envship fetch --verify --lock {lock.path} --target {target.name} "
+            f"--store {store.root}",
+        )
 
 
 def _stage(
@@ -250,6 +276,7 @@ def install(
     compile_bytecode: bool = False,
     link_mode: LinkMode | None = None,
     progress: ProgressFn | None = None,
+    as_version: bool = False,
 ) -> InstallResult:
     """Make ``dest`` a virtual environment holding exactly what ``lock`` selects.
 
@@ -260,11 +287,18 @@ def install(
     matches is left alone unless its installed metadata drifted from its marker (a
     deleted, added or replaced distribution), which is then repaired. ``link_mode`` is
     uv's (default: hard links into uv's cache where it can, which makes editing an
-    installed file edit the cache too; ``copy`` gives an independent environment).
+    installed file edit the cache too; ``copy`` gives an independent environment). It is
+    recorded, and a later run that asks for another one puts every file in place again.
+
+    A version under an ``envship env`` root is refused in any state (complete, half
+    made, damaged): versions are immutable and shared. ``as_version`` is for
+    :func:`envship.envs.create_env` alone, which makes them.
     """
     started = time.monotonic()
     dest = Path(os.path.abspath(dest))
     chosen_groups = lock.chosen_groups(groups)
+    if not as_version:
+        _refuse_shared(dest, read_marker(dest) or {})
     if _state(dest) == "foreign":  # before the lock: refusing must create nothing at all
         raise _refuse(dest)
     work = dest.parent / f"{dest.name}.envship-tmp"
@@ -290,7 +324,7 @@ def install(
 
 
 def _refuse_shared(dest: Path, marker: dict[str, Any]) -> None:
-    shared = shared_version(dest, marker)
+    shared = shared_version(dest, marker)  # by its place (and, if readable, its marker)
     if shared is not None:
         name, root = shared
         raise InstallError(
@@ -320,8 +354,6 @@ def _install_locked(
     if state == "foreign":
         raise _refuse(dest)
     marker = read_marker(dest) if state == "complete" else None
-    if marker is not None:
-        _refuse_shared(dest, marker)
     base = _resolve_python(python) if python else None
     env_python = dest / "bin" / "python"
     # What the environment holds now, for the report: its marker, or (drifted) what its
@@ -347,29 +379,41 @@ def _install_locked(
     # Same lock, target and groups: nothing to do, and no interpreter to start.
     reuse = marker is not None and (base is None or _same_python(base, marker["python"]["base"]))
     repair = False
-    if (
-        marker is not None
-        and reuse
-        and marker["lock"]["digest"] == lock.digest
-        and tuple(marker["groups"]) == groups
-        and target in (None, marker["target"]["name"])
-        # `envship add` extras make the env differ from the lock: sync them away.
-        and not marker.get(ADDED_KEY)
-        # Asked for byte-code the env does not have: the sync below compiles it.
-        and (marker.get("compiled", False) or not compile_bytecode)
-    ):
-        chosen = lock.target(marker["target"]["name"])
-        artifacts = lock.artifacts([chosen.name], groups=groups)
-        present, missing = drift(dest, marker)
-        if not present and not missing:
-            return result(chosen, artifacts, "unchanged")
-        # Someone removed, added or replaced a distribution: the sync below puts the
-        # locked set back (the same as an update, from what is there now).
-        repair = True
-        before = {
-            **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in missing},
-            **{p.split("==")[0]: (p.split("==")[1], "") for p in present},
-        }
+    if marker is not None and reuse:
+        # What the environment was made with stays unless asked otherwise: a repair or an
+        # update of a compiled or copied environment compiles and copies too.
+        compile_bytecode = compile_bytecode or bool(marker.get("compiled"))
+        relink = link_mode is not None and marker.get("link_mode") != link_mode
+        link_mode = link_mode or marker.get("link_mode")
+        python_xy = str(marker["target"]["python"])
+        found = drift(dest, marker["packages"], python_xy)
+        if found.duplicated:
+            # Two metadata folders for one name: a sync cannot tell which to remove.
+            # The folder is ours (it has our marker): make it again.
+            reuse, state, base = False, "incomplete", base or marker["python"]["base"]
+        elif (
+            marker["lock"]["digest"] == lock.digest
+            and tuple(marker["groups"]) == groups
+            and target in (None, marker["target"]["name"])
+            # `envship add` extras make the env differ from the lock: sync them away.
+            and not marker.get(ADDED_KEY)
+            # Asked for byte-code the env does not have: the sync below compiles it.
+            and marker.get("compiled", False) == compile_bytecode
+            and not relink
+        ):
+            chosen = lock.target(marker["target"]["name"])
+            artifacts = lock.artifacts([chosen.name], groups=groups)
+            if not found:
+                return result(chosen, artifacts, "unchanged")
+            # Someone removed, added or replaced a distribution: the sync below puts the
+            # locked set back (the same as an update, from what is there now).
+            repair = True
+            before = {
+                **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in found.missing},
+                **{p.split("==")[0]: (p.split("==")[1], "") for p in found.present},
+            }
+    else:
+        relink = False
 
     # An update keeps the env's interpreter; a new env uses the requested (or our) one.
     base_python = marker["python"]["base"] if marker and reuse else base or _resolve_python(None)
@@ -386,41 +430,72 @@ def _install_locked(
     )
     existed = dest.exists()
     shutil.rmtree(work / "wheels", ignore_errors=True)  # leftovers of a killed run
+    reqs = work / "requirements.txt"
+
+    def make_venv() -> dict[str, str]:
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / INCOMPLETE_NAME).write_text("install in progress\n", encoding="utf-8")
+        make = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
+        _run(
+            [*make, "--allow-existing", "--python", base_python, str(dest)],
+            what=f"creating the virtual environment {dest}",
+            keep_fds=[lock_fd],
+        )
+        return venv_files(dest, chosen.python)
+
+    def sync() -> None:
+        if not reqs.exists():
+            reqs.write_text(
+                _stage(store, artifacts, sizes, work / "wheels", progress), encoding="utf-8"
+            )
+        args = [uv, "pip", "sync", "--quiet", "--python", str(env_python)]
+        args += ["--offline", "--no-index", "--require-hashes", "--allow-empty-requirements"]
+        if all(a.kind == "wheel" for a in artifacts):
+            args.append("--no-build")
+        if compile_bytecode:
+            args.append("--compile-bytecode")
+        if link_mode is not None:
+            args += ["--link-mode", link_mode]
+        if relink:
+            args.append("--reinstall")  # every file put in place again, the new way
+        try:
+            _run(
+                [*args, str(reqs)],
+                what=f"installing {len(artifacts)} packages into {dest}",
+                keep_fds=[lock_fd],
+            )
+        except InstallError:
+            _name_damaged(lock, store, chosen, artifacts)  # a clearer error, if it is that
+            raise
+
     try:
         if reuse:
             (dest / INCOMPLETE_NAME).write_text("update in progress\n", encoding="utf-8")
             venv = marker.get("venv_files") if marker else None
+            sync()
+            if drift(dest, [artifact_entry(a) for a in artifacts], chosen.python):
+                # What uv does not manage (metadata of an old-style install, say) is still
+                # there: the folder is ours, so make it again rather than report a repair
+                # at every run.
+                _clear(dest)
+                venv = make_venv()
+                sync()
+                action = "rebuilt"
         else:
             if state in ("complete", "incomplete"):
                 _clear(dest)  # ours: it carries our marker
-            dest.mkdir(parents=True, exist_ok=True)
-            (dest / INCOMPLETE_NAME).write_text("install in progress\n", encoding="utf-8")
-            make = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
-            _run(
-                [*make, "--allow-existing", "--python", base_python, str(dest)],
-                what=f"creating the virtual environment {dest}",
-                keep_fds=[lock_fd],
-            )
-            venv = venv_files(dest)
-        reqs = work / "requirements.txt"
-        reqs.write_text(
-            _stage(store, artifacts, sizes, work / "wheels", progress), encoding="utf-8"
-        )
-        sync = [uv, "pip", "sync", "--quiet", "--python", str(env_python)]
-        sync += ["--offline", "--no-index", "--require-hashes", "--allow-empty-requirements"]
-        if all(a.kind == "wheel" for a in artifacts):
-            sync.append("--no-build")
-        if compile_bytecode:
-            sync.append("--compile-bytecode")
-        if link_mode is not None:
-            sync += ["--link-mode", link_mode]
-        _run(
-            [*sync, str(reqs)],
-            what=f"installing {len(artifacts)} packages into {dest}",
-            keep_fds=[lock_fd],
-        )
+            venv = make_venv()
+            sync()
         marker_now = marker_data(
-            lock, chosen, groups, base_python, host.python_full, artifacts, compile_bytecode, venv
+            lock,
+            chosen,
+            groups,
+            base_python,
+            host.python_full,
+            artifacts,
+            compile_bytecode,
+            venv,
+            link_mode,
         )
         write_marker(dest, marker_now)
         (dest / INCOMPLETE_NAME).unlink()

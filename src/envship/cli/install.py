@@ -38,7 +38,7 @@ __all__ = ["command"]
     default=None,
     help="How uv puts files in place [default: uv's, hard links into its cache where it "
     "can: fast, but editing an installed file then edits the cache]. `copy` makes an "
-    "independent environment.",
+    "independent environment; the mode is recorded and kept by later repairs.",
 )
 @json_option
 def command(
