@@ -34,10 +34,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import stat
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,11 +54,12 @@ from ._installmarker import (
     venv_files,
     write_marker,
 )
+from ._installstage import ProgressFn, check_store, name_damaged, stage
 from ._uv import run_uv, uv_bin
-from .errors import ArtifactError, EnvshipError, InvalidLockError, Problem, StoreError
+from .errors import EnvshipError, Problem
 from .host import match_target, probe
 from .lockfile import Artifact, LockFile
-from .store import Store, sha256_file
+from .store import Store
 from .targets import Target
 
 __all__ = [
@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 
-ProgressFn = Callable[[int, int, str], None]
 Action = Literal["created", "updated", "repaired", "rebuilt", "unchanged"]
 LinkMode = Literal["hardlink", "copy", "clone", "symlink"]
 _State = Literal["missing", "empty", "complete", "incomplete", "foreign"]
@@ -173,81 +172,6 @@ def _clear(dest: Path) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
-
-
-def _check_store(
-    lock: LockFile, store: Store, target: Target, artifacts: list[Artifact]
-) -> list[int]:
-    """Every artifact's size in the store; a StoreError naming all that are missing."""
-    sizes: list[int] = []
-    missing: list[Artifact] = []
-    for a in artifacts:
-        try:
-            st = store.path(a.sha256).stat()
-        except OSError:  # as Path.is_file: unreadable counts as absent
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode):
-            missing.append(a)
-        else:
-            sizes.append(st.st_size)
-    if missing:
-        raise StoreError(
-            f"{len(missing)} of {len(artifacts)} artifacts are not in the store {store.root}",
-            problems=[
-                Problem(f"{a.name} {a.version}", f"{a.filename} (sha256 {a.sha256})")
-                for a in missing
-            ],
-            hint=f"envship fetch --lock {lock.path} --target {target.name} --store {store.root}",
-        )
-    for a in artifacts:
-        # The file name comes from the lock; it must not climb out of the staging folder.
-        if "/" in a.filename or a.filename in ("", ".", ".."):
-            raise InvalidLockError(f"unsafe artifact file name {a.filename!r} for {a.name}")
-    return sizes
-
-
-def _name_damaged(lock: LockFile, store: Store, target: Target, artifacts: list[Artifact]) -> None:
-    """After uv failed: an ArtifactError naming the store files whose bytes are not the
-    lock's (uv only says a wheel is unreadable, not which file to fetch again). Hashing
-    every artifact is paid only here, on the way out of a failed install."""
-    damaged: list[tuple[Artifact, str]] = []
-    for a in artifacts:
-        with contextlib.suppress(OSError):  # unreadable: uv's own error says enough
-            actual = sha256_file(store.path(a.sha256))
-            if actual != a.sha256:
-                damaged.append((a, actual))
-    if damaged:
-        first, actual = damaged[0]
-        names = ", ".join(a.filename for a, _ in damaged)
-        raise ArtifactError(
-            f"the store {store.root} holds damaged copies of {len(damaged)} artifact(s): {names}",
-            artifact=str(store.path(first.sha256)),
-            expected=f"sha256:{first.sha256}",
-            actual=f"sha256:{actual}",
-            hint=f"envship fetch --verify --lock {lock.path} --target {target.name} "
-            f"--store {store.root}",
-        )
-
-
-def _stage(
-    store: Store,
-    artifacts: list[Artifact],
-    sizes: list[int],
-    wheels: Path,
-    progress: ProgressFn | None,
-) -> str:
-    """Give each artifact its real file name next to ``dest``; return the requirements text."""
-    total = sum(sizes)
-    done = 0
-    lines: list[str] = []
-    for artifact, size in zip(artifacts, sizes, strict=True):
-        staged = store.named_or_private(artifact.sha256, artifact.filename, wheels)
-        done += size
-        if progress is not None:
-            progress(done, total, artifact.filename)
-        # ``name @ URL`` percent-encodes odd paths and lets uv check the name matches.
-        lines.append(f"{artifact.name} @ {staged.as_uri()} --hash=sha256:{artifact.sha256}")
-    return "\n".join(lines) + "\n"
 
 
 def _same_python(a: str, b: str) -> bool:
@@ -420,7 +344,7 @@ def _install_locked(
     host = probe(env_python if reuse else base_python)
     chosen = match_target([lock.target(target)] if target else lock, host)
     artifacts = lock.artifacts([chosen.name], groups=groups)
-    sizes = _check_store(lock, store, chosen, artifacts)
+    sizes = check_store(lock, store, chosen, artifacts)
 
     uv = uv_bin()
     action: Action = (
@@ -446,7 +370,7 @@ def _install_locked(
     def sync() -> None:
         if not reqs.exists():
             reqs.write_text(
-                _stage(store, artifacts, sizes, work / "wheels", progress), encoding="utf-8"
+                stage(store, artifacts, sizes, work / "wheels", progress), encoding="utf-8"
             )
         args = [uv, "pip", "sync", "--quiet", "--python", str(env_python)]
         args += ["--offline", "--no-index", "--require-hashes", "--allow-empty-requirements"]
@@ -465,7 +389,7 @@ def _install_locked(
                 keep_fds=[lock_fd],
             )
         except InstallError:
-            _name_damaged(lock, store, chosen, artifacts)  # a clearer error, if it is that
+            name_damaged(lock, store, chosen, artifacts)  # a clearer error, if it is that
             raise
 
     try:
