@@ -534,3 +534,22 @@ def test_the_venv_folder_form_runs_its_interpreter(venv: Venv, wheels: Wheels) -
     runs = report.environment.runs
     assert runs is not None and runs.python == PYTHON and runs.site_packages == (venv.site,)
     assert runs.config == venv.root / "pyvenv.cfg" and runs.platform == PLATFORM
+
+
+@pytest.mark.parametrize("how", ["venv", "site-packages"])
+def test_a_site_packages_folder_in_a_venv_says_the_venv_was_not_checked(
+    venv: Venv, wheels: Wheels, how: str
+) -> None:
+    cfg = venv.root / "pyvenv.cfg"
+    cfg.write_text(
+        cfg.read_text().replace(
+            "include-system-site-packages = false", "include-system-site-packages = true"
+        )
+    )
+    path = venv.root if how == "venv" else venv.site
+    report = verify(LockFile.load(wheels.lock_no_omega), path)
+    if how == "venv":  # the setting is a difference
+        assert [d.kind for d in report.differences] == ["config"]
+    else:  # these files alone are identical, and the report says what was not looked at
+        assert report.identical
+        assert any("was not checked" in n and str(venv.root) in n for n in report.notes)

@@ -262,6 +262,17 @@ def verify(
     claimed += [e.path for inst in installed for e in inst.record or ()]
     found, notes = site_differences(environment, claimed)
     diffs.extend(found)
+    venv_above = environment.record_root
+    if (
+        environment.venv is None
+        and environment.interpreter is None
+        and venv_above is not None
+        and (venv_above / "pyvenv.cfg").is_file()
+    ):
+        notes.append(
+            f"named by its site-packages folder: the venv {venv_above} around it (its "
+            "interpreter and pyvenv.cfg) was not checked; name the venv to check them"
+        )
     checked_bytecode = None
     if bytecode is not False:
         # Imported here: only a byte-code check needs them.
