@@ -30,7 +30,7 @@ from ._atomic import write_atomic
 from .errors import ArtifactError
 from .oci import check_digest
 
-__all__ = ["SETTLE_NS", "check_file", "file_digest"]
+__all__ = ["SETTLE_NS", "check_file", "file_digest", "mismatch"]
 
 _CHUNK = 1 << 20
 #: A file whose mtime is less than this before a hash began may still change within the
@@ -88,6 +88,18 @@ def _remember(cache: Path | None, digest: str, identity: _Identity) -> None:
         pass  # a read-only store: hash again next time
 
 
+def mismatch(path: Path, digest: str, size: int, actual: str, actual_size: int) -> ArtifactError:
+    """The error for a blob file whose bytes are not the ones its digest names."""
+    return ArtifactError(
+        f"{path} does not match blob {digest}: it holds {actual_size} bytes with digest {actual}",
+        artifact=str(path),
+        expected=f"{digest} ({size} bytes)",
+        actual=f"{actual} ({actual_size} bytes)",
+        hint="the file was changed or damaged after it was written; restore it (pull, "
+        "save or build the image again) rather than use it",
+    )
+
+
 def check_file(path: Path, digest: str, size: int, *, cache: Path | None = None) -> None:
     """Raise :class:`ArtifactError` (exit 4), naming the blob and the file, unless the
     file at ``path`` holds ``size`` bytes with sha256 ``digest``.
@@ -103,14 +115,6 @@ def check_file(path: Path, digest: str, size: int, *, cache: Path | None = None)
     started = time.time_ns()
     actual, actual_size = file_digest(path)
     if (actual, actual_size) != (digest, size):
-        raise ArtifactError(
-            f"{path} does not match blob {digest}: it holds {actual_size} bytes with "
-            f"digest {actual}",
-            artifact=str(path),
-            expected=f"{digest} ({size} bytes)",
-            actual=f"{actual} ({actual_size} bytes)",
-            hint="the file was changed or damaged after it was written; restore it (pull, "
-            "save or build the image again) rather than use it",
-        )
+        raise mismatch(path, digest, size, actual, actual_size)
     if _identity(os.stat(path)) == before and before[3] < started - SETTLE_NS:
         _remember(cache, digest, before)

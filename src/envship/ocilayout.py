@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import write_atomic
-from ._blobcheck import SETTLE_NS, check_file, file_digest
+from ._blobcheck import SETTLE_NS, check_file, file_digest, mismatch
 from ._flock import locked
 from .errors import ArtifactError, ImageError, ImageInputError, Problem
 from .oci import (
@@ -262,13 +262,7 @@ class OciLayout:
             raise self._missing(descriptor, path) from exc
         actual, size = sha256_digest(data), len(data)
         if (actual, size) != (descriptor.digest, descriptor.size):
-            raise ArtifactError(
-                f"{path} does not match blob {descriptor.digest}: it holds {size} bytes "
-                f"with digest {actual}",
-                artifact=str(path),
-                expected=f"{descriptor.digest} ({descriptor.size} bytes)",
-                actual=f"{actual} ({size} bytes)",
-            )
+            raise mismatch(path, descriptor.digest, descriptor.size, actual, size)
         return data
 
     def verify_blob(self, descriptor: Descriptor, *, cache: Path | None = None) -> Path:
