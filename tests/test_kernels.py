@@ -338,9 +338,7 @@ def test_list_shows_envship_kernels_their_env_and_shadowing(
     shutil.rmtree(two)
     gone = [k for k in list_kernels() if k.env == two]
     assert [(k.name, k.env_exists, k.target, k.fits) for k in gone] == [("two", False, HOST, False)]
-    assert gone[0].reasons == (
-        f"the environment's interpreter {two / 'bin' / 'python'} is missing or cannot run here.",
-    )
+    assert gone[0].reasons == (f"the environment {two} is gone.",)
     assert [k.fits for k in list_kernels(check=False)] == [None, None, None]
     assert "foreign" in KernelSpecManager().find_kernel_specs()
 
@@ -620,6 +618,107 @@ def test_a_read_only_root_still_starts_the_kernel(shared: Shared, tmp_path: Path
     assert (made_env.path / USED_NAME).stat().st_mtime == stamp
 
 
+def link_chain(shape: str, root: Path, elsewhere: Path) -> Path:
+    """A path to register that reaches ``root/ds/current`` through ``shape``'s links."""
+    current = root / "ds" / "current"
+    elsewhere.mkdir(exist_ok=True)
+    if shape == "current":
+        return current
+    if shape == "absolute link to current":  # the audit's `ln -sfn ROOT/ds/current /tmp/myds`
+        (elsewhere / "myds").symlink_to(current)
+        return elsewhere / "myds"
+    if shape == "relative link to an absolute link to current":
+        (elsewhere / "first").symlink_to(current)
+        (elsewhere / "myds").symlink_to("first")
+        return elsewhere / "myds"
+    # current itself, reached through a link to the folder holding it
+    (elsewhere / "envdir").symlink_to(os.path.relpath(root / "ds", elsewhere))
+    return elsewhere / "envdir" / "current"
+
+
+CHAINS = [
+    "current",
+    "absolute link to current",
+    "relative link to an absolute link to current",
+    "current through a linked folder",
+]
+
+
+@pytest.mark.parametrize("shape", CHAINS)
+def test_a_kernel_on_links_to_current_runs_the_version_current_names_then(
+    shared: Shared, tmp_path: Path, shape: str
+) -> None:
+    s = shared
+    create_env(s.first, s.store, s.root, name="ds")
+    made = install_kernel(link_chain(shape, s.root, tmp_path / "elsewhere"), name="ds")
+    assert made.follows or shape == "current through a linked folder"
+
+    two = create_env(s.second, s.store, s.root, name="ds")  # current moves
+    age(two.path / USED_NAME, 30)
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    # Every link level resolved: the version's own interpreter, never a path via `current`.
+    assert seen["executable"] == str(two.path / "bin" / "python")
+    assert seen["prefix"] == seen["virtual_env"] == str(two.path)
+    assert seen["path0"] == str(two.path / "bin")
+    assert time.time() - (two.path / USED_NAME).stat().st_mtime < 3600  # a start is a use
+
+    check = subprocess.run(
+        [*kernel_json(made.resource_dir)["argv"][:3], "--envship-check"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0 and check.stdout.strip().endswith(str(two.path))
+
+    # Refused by what the version named now is; no registering again is needed.
+    edit_marker(two.path, python=OTHER_PY)
+    refused = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert refused.returncode == 1
+    assert f"cannot start: the environment {two.path} " in refused.stderr
+    assert refused.stderr.splitlines()[-1].endswith("(with a lock that has a target for it)")
+
+
+GONE_LINK = "envship: the environment {env} is a link to {gone}, which is gone."
+
+
+@pytest.mark.parametrize(
+    ("shape", "first_line"),
+    [
+        ("current", GONE_LINK),
+        ("absolute link to current", GONE_LINK),
+        ("relative link to an absolute link to current", GONE_LINK),
+        ("pinned", "envship: the environment {gone} is gone."),
+    ],
+)
+def test_a_kernel_whose_version_was_removed_says_so_and_how_to_make_it_again(
+    shared: Shared, tmp_path: Path, shape: str, first_line: str
+) -> None:
+    s = shared
+    one = create_env(s.first, s.store, s.root, name="ds")
+    env = one.path if shape == "pinned" else link_chain(shape, s.root, tmp_path / "elsewhere")
+    made = install_kernel(env, name="ds")
+    shutil.rmtree(one.path)  # what `envship env gc` does to a version no one used lately
+
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 1 and proc.stdout == ""
+    first, last = proc.stderr.splitlines()
+    assert first == first_line.format(env=env, gone=one.path)
+    assert last.startswith("envship: make ")
+    assert f"envship env create ds --root {s.root}" in last
+
+
+def test_a_private_venv_in_a_folder_named_versions_gets_no_stamp(tmp_path: Path) -> None:
+    env = make_env(tmp_path / "versions", name="mine")  # tmp_path has no .locks folder
+    made = install_kernel(env)
+    assert run_launcher(made.resource_dir, tmp_path / "c.json").returncode == 0
+    assert not (env / USED_FILE).exists()
+    edit_marker(env, python=OTHER_PY)
+    refused = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert refused.stderr.splitlines()[-1].startswith("envship: make it again on this machine: ")
+    assert f"envship install {env}" in refused.stderr and "env create" not in refused.stderr
+
+
 # --- a real kernel (ipykernel and its dependencies from PyPI, installed offline) -----------
 
 
@@ -735,17 +834,20 @@ def execute(km: KernelManager, code: str) -> str:
 
 
 @pytest.mark.pypi
+@pytest.mark.parametrize("shape", ["current", "relative link to an absolute link to current"])
 def test_a_real_kernel_on_current_never_mixes_two_versions(
-    tmp_path: Path, ipykernel_wheels: list[Path], started: list[KernelManager]
+    tmp_path: Path, ipykernel_wheels: list[Path], started: list[KernelManager], shape: str
 ) -> None:
     s = make_shared(tmp_path / "work", ipykernel_wheels)
     one = create_env(s.first, s.store, s.root, name="ds")
-    made = install_kernel(s.root / "ds" / "current")
+    made = install_kernel(link_chain(shape, s.root, tmp_path / "elsewhere"), name="ds")
+    age(one.path / USED_NAME, 30)
     running = KernelManager(kernel_name=made.name)
     started.append(running)
     running.start_kernel()
     code = "import beta, os, sys; print(beta.__version__, sys.prefix, os.environ['VIRTUAL_ENV'])"
     assert execute(running, "import alpha; print(alpha.__version__)").split() == ["1.0"]
+    assert time.time() - (one.path / USED_NAME).stat().st_mtime < 3600  # the start stamped it
 
     two = create_env(s.second, s.store, s.root, name="ds")  # current moves while it runs
     age(two.path / USED_NAME, 30)
@@ -757,6 +859,7 @@ def test_a_real_kernel_on_current_never_mixes_two_versions(
     fresh.start_kernel()
     assert execute(fresh, code).split() == ["1.1", str(two.path), str(two.path)]
     assert time.time() - (two.path / USED_NAME).stat().st_mtime < 3600  # the start stamped it
+    assert execute(running, code).split() == ["1.0", str(one.path), str(one.path)]
 
 
 @pytest.mark.parametrize(

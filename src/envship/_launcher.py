@@ -7,31 +7,63 @@
 # returns; for Python all of this is the module docstring.
 #
 # When ENV is a symlink (ROOT/NAME/current, which `envship env create` points at
-# versions/KEY), it is resolved here, once per start, and the version's own interpreter
+# versions/KEY, or any chain of links ending there, relative or absolute), it is
+# resolved here, through every level, once per start, and the version's own interpreter
 # runs: its sys.prefix is then the immutable version, so a kernel started before
 # `current` moves keeps importing from the version it started with instead of mixing
-# two locks. The sh part also answers the one question Python cannot answer about
-# itself: does the interpreter still exist here (a venv's bin/python links to the base
-# interpreter of the image it was made in)? Then Python, in isolated mode, checks the
-# rest, given the resolved ENV as its first argument.
+# two locks. `cd -P` and `pwd -P` are POSIX and give the physical folder (`readlink -f`
+# is not POSIX; `readlink` serves only the message for a link to a removed version).
+# The sh part also answers the one question Python cannot answer about itself: does
+# the interpreter still exist here (a venv's bin/python links to the base interpreter
+# of the image it was made in)? Then Python, in isolated mode, checks the rest, given
+# the resolved ENV as its first argument.
 py="$1"
 shift
 env=${py%/bin/python}
 if [ -L "$env" ]; then
-    link=$(readlink "$env" 2>/dev/null) || link=
-    case $link in
-        "") env=$(cd -P "$env" 2>/dev/null && pwd -P) || env=${py%/bin/python} ;;
-        /*) env=$link ;;
-        *) env=${env%/*}/$link ;;
-    esac
-    py=$env/bin/python
+    if real=$(cd -P "$env" 2>/dev/null && pwd -P); then
+        env=$real
+        py=$env/bin/python
+    else
+        # Follow the chain by hand to name what is gone (env gc removed the version).
+        gone=$env
+        i=0
+        while [ -L "$gone" ] && [ $i -lt 40 ] && link=$(readlink "$gone" 2>/dev/null); do
+            case $link in
+                /*) gone=$link ;;
+                *) gone=${gone%/*}/$link ;;
+            esac
+            i=$((i + 1))
+        done
+        if [ -e "$gone" ]; then
+            echo "envship: the environment $env (a link to $gone) cannot be entered here." >&2
+            exit 1
+        fi
+        echo "envship: the environment $env is a link to $gone, which is gone." >&2
+        case $gone in
+            */versions/*)
+                n=${gone%/versions/*}
+                fix="make it again (the same lock makes the same version and points current at it):"
+                fix="$fix envship env create ${n##*/} --root ${n%/*} --lock LOCK" ;;
+            *)
+                fix="make the environment again: envship install $gone --lock LOCK" ;;
+        esac
+        echo "envship: $fix" >&2
+        exit 1
+    fi
 fi
 if [ ! -x "$py" ]; then
-    echo "envship: the environment's interpreter $py is missing or cannot run here." >&2
+    make="make a version for this machine:"
+    if [ -d "$env" ]; then
+        echo "envship: the environment's interpreter $py is missing or cannot run here." >&2
+    else
+        echo "envship: the environment $env is gone." >&2
+        make="make it again (the same lock makes the same version):"
+    fi
     case $env in
         */versions/*)
             n=${env%/versions/*}
-            fix="make a version for this machine: envship env create ${n##*/} --root ${n%/*}" ;;
+            fix="$make envship env create ${n##*/} --root ${n%/*}" ;;
         *)
             fix="make the environment again on this machine: envship install $env" ;;
     esac
@@ -164,12 +196,38 @@ def load_facts(folder: str) -> dict[str, Any]:
 
 
 def _version_dir(env: str) -> tuple[str, str] | None:
-    """``(name, root)`` when ``env`` is ``ROOT/NAME/versions/KEY`` (``envship env``)."""
+    """``(name, root)`` when ``env`` is ``ROOT/NAME/versions/KEY`` of an environment root
+    (``envship env``): as in ``_envroot.shared_version``, ``ROOT/NAME`` holds the root's
+    ``.locks`` folder, so a private venv that merely sits in a folder named ``versions``
+    is not taken for one (and gets no stray stamp)."""
     parent = os.path.dirname(env)
     if os.path.basename(parent) != "versions":
         return None
     env_dir = os.path.dirname(parent)
+    if not os.path.isdir(os.path.join(env_dir, ".locks")):
+        return None
     return os.path.basename(env_dir), os.path.dirname(env_dir)
+
+
+def _follows(registered: object, current: str) -> bool:
+    """Whether the registered path is ``current`` or a chain of links through it (any
+    depth, relative or absolute): such a kernel needs no registering again."""
+    if not isinstance(registered, str) or not registered:
+        return False
+
+    def where(path: str) -> str:  # the link itself, its folder resolved
+        return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+    want, path = where(current), registered
+    for _ in range(40):  # as the kernel's own limit on a chain of links (ELOOP)
+        if where(path) == want:
+            return True
+        try:
+            link = os.readlink(path)
+        except OSError:
+            return False
+        path = os.path.join(os.path.dirname(path), link)  # an absolute link replaces all
+    return False
 
 
 def stamp_use(env: str) -> None:
@@ -241,7 +299,7 @@ def remedy(facts: dict[str, Any], env: str, marker: dict[str, Any] | None) -> st
         return f"make it again on this machine: envship install {env}{with_lock}"
     name, root = version
     current = os.path.join(root, name, "current")
-    then = "" if facts.get("env") == current else f", then envship kernel install {current}"
+    then = "" if _follows(facts.get("env"), current) else f", then envship kernel install {current}"
     return (
         f"make a version for this machine: envship env create {name} --root {root}{with_lock} "
         f"(with a lock that has a target for it){then}"

@@ -11,10 +11,11 @@ makes the kernel appear at once; nothing waits for a discovery cache.
 ``argv`` does not start the environment's Python with ipykernel directly. It runs a
 launcher copied into the kernelspec folder (:mod:`envship._launcher`, a sh + Python
 file that needs only the standard library, since envship is not installed in the
-environment). At every start the launcher resolves the environment (``ROOT/NAME/current``
-to the version it names then), reads that environment's own install marker and checks
-that this machine can run it (platform, CPython X.Y, glibc floor, a GPU for cuda), and
-refuses with a readable reason instead of importing wheels built for another machine.
+environment). At every start the launcher resolves the environment through every link
+(``ROOT/NAME/current``, or a link to it, to the version folder it names then), reads
+that environment's own install marker and checks that this machine can run it
+(platform, CPython X.Y, glibc floor, a GPU for cuda), and refuses with a readable
+reason instead of importing wheels built for another machine.
 ``metadata.envship`` (the docs' "additional attributes", namespaced per tool as they
 ask) records which environment the kernel is for and, for listing, what it was when
 registered. ``{connection_file}`` in ``argv`` is filled in by Jupyter, as the docs
@@ -186,8 +187,9 @@ def install_kernel(
     ``prefix/share/jupyter/kernels``), else the user data dir when ``user``, else the
     first system dir. An earlier kernelspec of the same name is replaced only if envship
     made it. The environment path is kept as given (not resolved), so a kernel made
-    for a symlink such as ``envs/ds/current`` follows it: each start resolves it and
-    runs the version it names then, by that version's own interpreter.
+    for a symlink such as ``envs/ds/current`` (or a chain of links to it) follows it: each
+    start resolves every link and runs the version it names then, by that version's own
+    interpreter.
     """
     env = Path(os.path.abspath(env))
     marker, target = read_env(env)
