@@ -137,7 +137,7 @@ def test_refuses_foreign_directory_without_force(
     (out / "keep.txt").write_text("mine")
     args = ("index", "export", str(out), "--lock", str(universe.lock.path), "--json")
     assert run_cli(*args) == 2  # bad input: OUT is someone else's folder
-    assert json.loads(capsys.readouterr().out)["error"] == "index"
+    assert json.loads(capsys.readouterr().out)["error"] == "index-input"
     assert (out / "keep.txt").read_text() == "mine"
     assert run_cli(*args, "--force") == 0
     assert json.loads(capsys.readouterr().out)["files"] == 5

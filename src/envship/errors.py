@@ -21,6 +21,7 @@ __all__ = [
     "ImageError",
     "ImageInputError",
     "IndexExportError",
+    "IndexExportInputError",
     "InvalidLockError",
     "KernelError",
     "KernelInputError",
@@ -192,6 +193,14 @@ class IndexExportError(EnvshipError):
     """The static index could not be written."""
 
     kind = "index"
+
+
+class IndexExportInputError(IndexExportError):
+    """The export was asked for with bad input: an output folder that is not an export
+    and not empty (bad input, exit 2, where :class:`IndexExportError` is a failure)."""
+
+    exit_code = 2
+    kind = "index-input"
 
 
 class AddError(EnvshipError):

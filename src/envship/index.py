@@ -61,7 +61,7 @@ from ._simplepages import (
     render_root_html,
     render_root_json,
 )
-from .errors import ArtifactError, IndexExportError, Problem, StoreError
+from .errors import ArtifactError, IndexExportError, IndexExportInputError, Problem, StoreError
 from .lockfile import LOCK_FILENAME, Artifact, LockFile
 from .store import Store, sha256_file
 from .targets import Target
@@ -171,14 +171,10 @@ def _check_out(out: Path, force: bool) -> None:
     previous = out.is_dir() and (out / MARKER_FILENAME).is_file()
     empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
     if not (previous or empty or force):
-        error = IndexExportError(
+        raise IndexExportInputError(
             f"{out} exists and is not an envship index export; refusing to replace it",
             hint="choose another directory, or pass --force to replace it",
         )
-        # Bad input (exit 2), not a failed export. errors.py has no exit-2 index error
-        # yet; the instance attribute is what the CLI reads and what pickling keeps.
-        error.exit_code = 2
-        raise error
 
 
 def _normalized(out: Path) -> Path:
