@@ -11,15 +11,23 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from .errors import LockError
 
-__all__ = ["run_uv", "uv_bin"]
+__all__ = ["plain_environment", "run_uv", "uv_bin"]
 
-# Colour codes would end up in the error lines we pass on (and FORCE_COLOR, set in every
-# Jupyter kernel, beats NO_COLOR in uv), so uv always runs plain.
-_COLOUR_VARIABLES = ("FORCE_COLOR", "CLICOLOR_FORCE")
+# Colour codes would end up in the lines we read and pass on (FORCE_COLOR, set in every
+# Jupyter kernel, beats NO_COLOR in uv), and COLUMNS makes uv wrap them mid-sentence.
+_LAYOUT_VARIABLES = ("FORCE_COLOR", "CLICOLOR_FORCE", "COLUMNS")
+
+
+def plain_environment(base: Mapping[str, str], drop: Collection[str] = ()) -> dict[str, str]:
+    """``base`` (an environment for uv) without ``drop`` and without what colours or
+    wraps uv's output: uv's lines are read by envship, not a terminal."""
+    env = {k: v for k, v in base.items() if k not in _LAYOUT_VARIABLES and k not in drop}
+    env["NO_COLOR"] = "1"
+    return env
 
 
 def uv_bin() -> str:
@@ -63,14 +71,12 @@ def run_uv(
     lock held for as long as uv runs, even if this process is killed before the child
     (on Linux it is then killed too, but the signal is not instantaneous).
     """
-    env = {k: v for k, v in os.environ.items() if k not in _COLOUR_VARIABLES}
-    env["NO_COLOR"] = "1"
     return subprocess.run(
         list(args),
         capture_output=True,
         text=True,
         check=False,
-        env=env,
+        env=plain_environment(os.environ),
         pass_fds=tuple(keep_fds),
         preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
     )

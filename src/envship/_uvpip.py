@@ -36,7 +36,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from ._uv import uv_bin
+from ._uv import plain_environment, uv_bin
 from .errors import AddConflictError, AddError, EnvshipError, NetworkError, Problem
 from .lock import uv_environment
 from .spec import Spec
@@ -66,11 +66,9 @@ _PLAN = re.compile(rf"^ (?P<op>[+-]) (?P<name>{_NAME})==(?P<ver>\S+)")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # should uv colour its output after all
 _PLAN_COUNT = re.compile(r"^Would (?P<what>install|uninstall) (?P<n>\d+) packages?\b")
 
-# Taken out of uv's environment (see the module's docstring for why each one).
+# Taken out of uv's environment (see the module's docstring for why each one), besides
+# what colours or wraps its output (`_uv.plain_environment`).
 _DROPPED = (
-    "FORCE_COLOR",
-    "CLICOLOR_FORCE",
-    "COLUMNS",
     "RUST_LOG",
     "UV_OVERRIDE",
     "UV_EXCLUDE",
@@ -119,9 +117,7 @@ def command(
     args += _index_args(spec, index_url, extra_index_urls, find_links)
     if not spec.allow_sdist:
         args.append("--no-build")  # as in `envship lock`: resolving must not run code
-    env = {k: v for k, v in uv_environment(spec).items() if k not in _DROPPED}
-    env["NO_COLOR"] = "1"
-    return args, env
+    return args, plain_environment(uv_environment(spec), _DROPPED)
 
 
 def run(args: Sequence[str], cwd: Path, env: Mapping[str, str], say: Log) -> tuple[int, str]:
