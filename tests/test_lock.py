@@ -301,6 +301,81 @@ def test_relock_moves_only_the_pin_that_conflicts(
     assert moved.changes == (VersionChange("alpha", ("1.0",), ("1.1",), requested=True),)
 
 
+@pytest.fixture(scope="module")
+def fork_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index with iota 1.1 to 1.4, for a lock that takes one iota per Python."""
+    root = tmp_path_factory.mktemp("fork")
+    files = [build_wheel(root / "dist", "iota", f"1.{v}") for v in range(1, 5)]
+    write_simple_index(root / "index", files)
+    return root / "index"
+
+
+def per_target(path: Path, name: str) -> dict[str, str]:
+    """The version of ``name`` each target of the lock at ``path`` installs."""
+    lockfile = LockFile.load(path)
+    return {
+        t.name: str(p.version)
+        for t in lockfile.targets
+        for p, _ in lockfile.select(t)
+        if p.name == name
+    }
+
+
+KEPT = {"linux-x86_64-py3.11": "1.1", "linux-x86_64-py3.12": "1.2"}
+
+
+@pytest.mark.parametrize(
+    ("in_group", "upgrade", "expected", "changes"),
+    [
+        (False, (), KEPT, []),
+        # Pins a dependency group pulls in carry its marker in the lock; they stay too.
+        (True, (), KEPT, []),
+        (
+            False,
+            ("iota",),
+            {"linux-x86_64-py3.11": "1.3", "linux-x86_64-py3.12": "1.4"},
+            ["iota 1.1, 1.2 -> 1.3, 1.4"],
+        ),
+    ],
+)
+def test_relock_keeps_a_pin_per_fork(
+    tmp_path: Path,
+    fork_root: Path,
+    in_group: bool,
+    upgrade: tuple[str, ...],
+    expected: dict[str, str],
+    changes: list[str],
+) -> None:
+    """A package locked at a different version per Python keeps both when the spec still
+    allows them (the audit saw the older move to the newer: uv was not told which pin
+    belongs to which fork)."""
+
+    def spec(old: str, new: str) -> Spec:
+        deps = [f"iota<{old}; python_version < '3.12'", f"iota<{new}; python_version >= '3.12'"]
+        where: dict[str, Any] = {"groups": {"dev": deps}} if in_group else {"dependencies": deps}
+        return write_spec(tmp_path, url, **where, **BOTH_PYTHONS)
+
+    with serve(fork_root) as server:
+        url = server.simple_url
+        first = lock(spec("1.2", "1.3"))
+        assert per_target(first.path, "iota") == KEPT
+        result = lock(spec("1.4", "1.5"), upgrade_packages=upgrade)
+    assert per_target(result.path, "iota") == expected
+    assert [str(c) for c in result.changes] == changes
+
+
+def test_relock_drops_the_pin_of_a_target_no_longer_locked(tmp_path: Path, fork_root: Path) -> None:
+    """A forked pin no target installs any more must not pull the others: 1.2 was only
+    Python 3.12's, and a plain preference for it would beat 3.11's 1.1."""
+    with serve(fork_root) as server:
+        deps = ["iota<1.2; python_version < '3.12'", "iota<1.3; python_version >= '3.12'"]
+        lock(write_spec(tmp_path, server.simple_url, dependencies=deps, **BOTH_PYTHONS))
+        only = {"python": "3.11", "targets": {"linux-x86_64": {}}}
+        result = lock(write_spec(tmp_path, server.simple_url, dependencies=["iota"], **only))
+    assert versions(result.path) == {"iota": "1.1"}
+    assert [str(c) for c in result.changes] == ["iota 1.1, 1.2 -> 1.1"]
+
+
 def test_relock_reports_added_and_removed(tmp_path: Path, relock_server: IndexServer) -> None:
     url = relock_server.simple_url
     lock(write_spec(tmp_path, url, dependencies=["beta<1.1"]))

@@ -2,7 +2,8 @@
 
 A re-lock must not move pins the spec change does not touch. ``uv lock`` keeps the
 versions of an existing ``uv.lock`` where the project still allows them, so the lock
-being replaced is handed to uv as a minimal ``uv.lock`` (name, version, registry),
+being replaced is handed to uv as a minimal ``uv.lock`` (name, version, registry, and
+the targets each version of a package locked at several versions was chosen for),
 without the packages ``upgrade`` / ``upgrade_packages`` let move; afterwards every
 version that differs is a :class:`VersionChange`, so nothing moves silently. This is
 all a lock needs of the one it replaces, kept apart from :mod:`envship.lock`, which
@@ -11,14 +12,17 @@ resolves and writes.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-from packaging.pylock import Pylock
+from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
+from packaging.pylock import Package, Pylock
 from packaging.utils import InvalidName, canonicalize_name
+from packaging.version import Version
 
 from ._uvproject import requires_python
 from .errors import LockError, Problem
@@ -95,23 +99,63 @@ def preferences_lock(
 
     ``uv lock`` keeps the versions of an existing ``uv.lock`` where the project still
     allows them (uv-requirements ``read_lock_requirements``) and moves only the rest;
-    name, version and registry are all it reads for that. Constraints would be all or
+    name, version, registry and, for a package locked at several versions, the forks
+    each version was resolved in are all it reads for that. Constraints would be all or
     nothing: one pin the new spec rules out would fail them all.
     """
     # Keyed by Version: uv refuses a uv.lock with "1.0" and "1.0.0" of one package.
-    pins = {
-        (canonicalize_name(p.name), p.version, p.index): str(p.version)
-        for p in (previous.packages if previous else ())
-        if p.version is not None and p.index and not skip(canonicalize_name(p.name))
-    }
+    pins: dict[tuple[str, Version, str], tuple[str, list[str]]] = {}
+    groups = frozenset(previous.dependency_groups or ()) if previous else frozenset()
+    for p in previous.packages if previous else ():
+        key = canonicalize_name(p.name)
+        if p.version is None or not p.index or skip(key):
+            continue
+        _, markers = pins.setdefault((key, p.version, p.index), (str(p.version), []))
+        markers.extend(m for m in _target_markers(spec, groups, p) if m not in markers)
     if not pins:
         return None
-    packages = [
-        {"name": name, "version": text, "source": {"registry": index}}
-        for (name, _, index), text in sorted(pins.items(), key=lambda kv: str(kv[0]))
-    ]
+    counts = Counter(name for name, _, _ in pins)
+    packages = []
+    for (name, _, index), (text, markers) in sorted(pins.items(), key=lambda kv: str(kv[0])):
+        package: dict[str, Any] = {"name": name, "version": text, "source": {"registry": index}}
+        if counts[name] > 1:
+            # uv ranks a package's preferences by whether their ``resolution-markers``
+            # meet the fork being resolved, else by version (uv-resolver
+            # ``CandidateSelector::get_preferred``): without them every fork takes the
+            # newest pin it allows and an older forked pin moves. uv writes them only for
+            # packages with several versions (``Lock::from_resolution``), and so do we.
+            if not markers:
+                continue  # no target of the spec installs it: it would only mislead
+            package["resolution-markers"] = markers
+        packages.append(package)
     data = {"version": 1, "requires-python": requires_python(spec), "package": packages}
     return tomli_w.dumps(data)
+
+
+def _target_markers(spec: Spec, groups: frozenset[str], package: Package) -> list[str]:
+    """The markers of the spec's targets that install ``package`` of the previous lock.
+
+    Each target is one of uv's starting forks (``tool.uv.environments``), so its marker
+    names the fork a version was chosen in; the package's own marker may also hold
+    ``dependency_groups``, which a uv.lock marker cannot. Every group counts: a version
+    any group installs on a target is that target's pin.
+    """
+    if package.marker is None:
+        return list(dict.fromkeys(t.marker for t in spec.targets))
+    found = []
+    for target in spec.targets:
+        env: dict[str, str | frozenset[str]] = {
+            k: str(v) for k, v in target.marker_environment().items()
+        }
+        env |= {"extras": frozenset(), "dependency_groups": groups}
+        try:
+            if package.marker.evaluate(env, context="lock_file"):
+                found.append(target.marker)
+        except (UndefinedComparison, UndefinedEnvironmentName):
+            # A hand-edited marker that cannot be answered: a pin for every fork, as
+            # before resolution-markers were written.
+            return list(dict.fromkeys(t.marker for t in spec.targets))
+    return list(dict.fromkeys(found))
 
 
 def upgrade_names(names: Sequence[str]) -> frozenset[str]:
