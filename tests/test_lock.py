@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.pylock import Pylock
 
+from envship._uv import uv_bin
 from envship.cli.main import main
 from envship.errors import LockError, NetworkError, StaleLockError, UnsupportedTargetError
 from envship.lock import VersionChange, check_lock, lock
@@ -585,3 +586,22 @@ def test_lock_loader_only_raises_lock_errors(parts: list[str] | str) -> None:
             LockFile.load(path)
         except LockError as exc:
             assert str(path) in str(exc)
+
+
+def test_a_python_this_machine_lacks_is_named_when_uv_cannot_fetch_one(
+    tmp_path: Path, index_server: IndexServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uv locks with an interpreter of the spec's Python and downloads one when none is
+    found: where that fails, the error says so instead of blaming the package index."""
+    # No interpreter of that Python where uv looks, and downloads go to a closed port.
+    monkeypatch.setenv("PATH", f"{Path(uv_bin()).parent}:/usr/bin:/bin")
+    monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(tmp_path / "pythons"))
+    monkeypatch.setenv("UV_PYTHON_INSTALL_MIRROR", "http://127.0.0.1:1")
+    spec = write_spec(
+        tmp_path / "s", index_server.simple_url, dependencies=["alpha"], python="3.14"
+    )
+    with pytest.raises(NetworkError) as caught:
+        lock(spec)
+    assert caught.value.message.startswith("uv needs a Python 3.14 interpreter")
+    assert "/cpython-" in caught.value.url and caught.value.url.startswith("http://127.0.0.1:1/")
+    assert index_server.file_requests() == 0

@@ -336,6 +336,9 @@ def list_missing(
 
 
 _URL = re.compile(r"((?:https?|file)://[^\s`'\"]+)")
+# uv locks with an interpreter of the spec's Python; with none on the machine it fetches
+# a python-build-standalone CPython (file names ``cpython-<version>+<date>-<triple>``).
+_PYTHON_DOWNLOAD = re.compile(r"Failed to download `?((?:https?|file)://\S*?/cpython-[^`\s/]+)")
 
 
 def uv_lines(stderr: str) -> list[str]:
@@ -359,6 +362,15 @@ def uv_failure(
     the first fork that fails. The other targets and packages are found by
     :func:`list_missing`, so the report holds every (package, version, target).
     """
+    if download := _PYTHON_DOWNLOAD.search(stderr):
+        wanted = " or ".join(sorted({t.python for t in targets}))
+        return NetworkError(
+            f"uv needs a Python {wanted} interpreter to lock this spec; none was found on "
+            "this machine, and downloading one failed",
+            url=download.group(1),
+            hint="install that Python where uv finds it (on PATH) and lock again, or lock "
+            "on a machine that has it",
+        )
     if any(s in stderr for s in ("Failed to fetch", "Could not connect", "dns error")):
         match = _URL.search(stderr)
         url = match.group(1) if match else "(the configured index)"
