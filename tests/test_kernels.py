@@ -563,12 +563,7 @@ def test_a_kernel_on_current_runs_the_version_current_names_at_each_start(
     age(two.path / USED_NAME, 30)
     proc = run_launcher(made.resource_dir, tmp_path / "c.json")
     assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout)
-    # The version's own interpreter by its own path: sys.prefix is the immutable version.
-    assert seen["executable"] == str(two.path / "bin" / "python")
-    assert seen["prefix"] == seen["virtual_env"] == str(two.path)
-    assert seen["path0"] == str(two.path / "bin")
-    assert time.time() - (two.path / USED_NAME).stat().st_mtime < 3600  # a start is a use
+    assert_ran(json.loads(proc.stdout), two.path)
 
     stamp = age(two.path / USED_NAME, 30)
     check = subprocess.run(
@@ -618,6 +613,15 @@ def test_a_read_only_root_still_starts_the_kernel(shared: Shared, tmp_path: Path
     assert (made_env.path / USED_NAME).stat().st_mtime == stamp
 
 
+def assert_ran(seen: dict[str, str], version: Path) -> None:
+    """The launcher ran ``version``'s own interpreter by its own path, never a path via
+    ``current`` (so sys.prefix is the immutable version), and stamped the start as a use."""
+    assert seen["executable"] == str(version / "bin" / "python")
+    assert seen["prefix"] == seen["virtual_env"] == str(version)
+    assert seen["path0"] == str(version / "bin")
+    assert time.time() - (version / USED_NAME).stat().st_mtime < 3600
+
+
 def link_chain(shape: str, root: Path, elsewhere: Path) -> Path:
     """A path to register that reaches ``root/ds/current`` through ``shape``'s links."""
     current = root / "ds" / "current"
@@ -657,12 +661,7 @@ def test_a_kernel_on_links_to_current_runs_the_version_current_names_then(
     age(two.path / USED_NAME, 30)
     proc = run_launcher(made.resource_dir, tmp_path / "c.json")
     assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout)
-    # Every link level resolved: the version's own interpreter, never a path via `current`.
-    assert seen["executable"] == str(two.path / "bin" / "python")
-    assert seen["prefix"] == seen["virtual_env"] == str(two.path)
-    assert seen["path0"] == str(two.path / "bin")
-    assert time.time() - (two.path / USED_NAME).stat().st_mtime < 3600  # a start is a use
+    assert_ran(json.loads(proc.stdout), two.path)  # every link level resolved
 
     check = subprocess.run(
         [*kernel_json(made.resource_dir)["argv"][:3], "--envship-check"],

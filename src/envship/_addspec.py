@@ -56,7 +56,8 @@ def marker_environment(env: Path) -> dict[str, Any]:
     python = env / "bin" / "python"
     try:
         proc = subprocess.run(
-            [str(python), "-I", "-c", _MARKER_ENV],
+            # -S: the answer needs no site, and site would run the env's .pth files.
+            [str(python), "-I", "-S", "-c", _MARKER_ENV],
             capture_output=True,
             text=True,
             check=True,

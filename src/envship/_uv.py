@@ -6,14 +6,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import LockError
+
+if TYPE_CHECKING:
+    import ctypes
 
 __all__ = ["plain_environment", "run_uv", "uv_bin"]
 
@@ -43,15 +48,21 @@ def uv_bin() -> str:
         return found
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """This process's C library, loaded once (prctl has no wrapper in the stdlib)."""
+    import ctypes  # only here: the import costs every other command's start-up
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _die_with(parent: int) -> Callable[[], None]:
     """A ``preexec_fn`` making the child die when ``parent`` does (Linux).
 
     A SIGKILLed envship (the OOM killer, ``docker stop`` after its grace period) must not
     leave uv writing into an environment the next run is about to clear or rebuild.
     """
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     pr_set_pdeathsig = 1  # <linux/prctl.h>
 
     def preexec() -> None:
