@@ -9,7 +9,7 @@ from indexlib import IndexServer, make_index, serve
 
 # Fixtures for the real services (Docker engine, OCI registry, base images) live in their
 # own modules; pytest loads them as plugins so every test can ask for them by name.
-pytest_plugins = ["serviceslib", "registrylib", "imagelib"]
+pytest_plugins = ["serviceslib", "registrylib", "imagelib", "disklib"]
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,12 @@ and real concurrent processes (creators, a killed creator, gc beside a creator).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 
 import envship.envs as envs_mod
 import envship.install as install_mod
+from disklib import MIB, SmallDisk
 from envship.envs import (
     USED_NAME,
     EnvError,
@@ -30,12 +29,21 @@ from envship.envs import (
     list_envs,
     version_key,
 )
-from envship.errors import LockError, Problem, TargetError
+from envship.errors import LockError, TargetError
 from envship.host import probe
-from envship.install import INCOMPLETE_NAME, MARKER_NAME, InstallError, install
+from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.lockfile import LockFile
 from envship.store import Store
-from test_install import OTHER_PY, build_wheels, run_py, stocked_store, target, versions, write_lock
+from test_install import (
+    OTHER_PY,
+    build_huge,
+    build_wheels,
+    run_py,
+    stocked_store,
+    target,
+    versions,
+    write_lock,
+)
 
 DAY = 24 * 3600
 
@@ -354,56 +362,59 @@ def test_gc_beside_a_running_creator_skips_its_version(setup: Setup) -> None:
 
 
 @pytest.fixture
-def full_disk(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[None]:
-    """install() writes part of the version, then the disk is full."""
-
-    def install(lock: LockFile, store: Store, dest: Path, **kwargs: Any) -> Any:
-        (dest / "bin").mkdir(parents=True)
-        (dest / "bin" / "python").symlink_to(sys.executable)
-        (dest / INCOMPLETE_NAME).write_text("install in progress\n")
-        (dest / "lib.so").write_bytes(b"\0" * 4096)
-        if request.param == "oserror":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        raise InstallError(
-            "installing 2 packages failed (uv exit code 2)",
-            problems=[Problem("uv", "error: No space left on device (os error 28)")],
-        )
-
-    monkeypatch.setattr(envs_mod, "install", install)
-    yield
+def huge(setup: Setup) -> LockFile:
+    """alpha, beta and a package that takes 6 MiB installed: more than the small disk."""
+    wheel = build_huge(setup.root.parent / "dist")
+    setup.store.add_file(wheel)
+    wheels = [setup.wheels["alpha"], setup.wheels["beta"], wheel]
+    return write_lock(setup.root.parent / "huge.toml", wheels)
 
 
-@pytest.mark.parametrize("full_disk", ["oserror", "uv"], indirect=True)
-def test_a_full_disk_leaves_the_version_invisible(setup: Setup, full_disk: None) -> None:
-    s = setup
+@pytest.mark.parametrize("when", ["while uv installs", "before anything is written"])
+def test_a_full_disk_leaves_no_version_visible(
+    setup: Setup, small_disk: SmallDisk, huge: LockFile, when: str
+) -> None:
+    root = small_disk.path / "envs"
+    lock = huge
+    if when == "before anything is written":  # our own first write fails, not uv's
+        (root / "ds").mkdir(parents=True)
+        small_disk.fill()
+        lock = setup.lock
+    before = small_disk.used()
     with pytest.raises(EnvError) as err:
-        create_env(s.lock, s.store, s.root, name="ds")
+        create_env(lock, setup.store, root, name="ds")
 
-    assert err.value.kind == "env"
-    assert "is full" in err.value.message and str(s.root) in err.value.message
-    assert err.value.hint and "gc" in err.value.hint
-    assert not (s.root / "ds" / "current").is_symlink()
-    assert list((s.root / "ds" / "versions").iterdir()) == []  # space handed back
-    assert list_envs(s.root)[0].versions == ()
+    assert "is full" in err.value.message and str(root) in err.value.message
+    assert err.value.hint and "gc" in err.value.hint and "not visible" in err.value.hint
+    assert not (root / "ds" / "current").is_symlink()
+    assert list_envs(root)[0].versions == ()
+    assert [p for p in (root / "ds" / "versions").iterdir()] == []
+    assert small_disk.used() <= before  # the half-made version's space is handed back
+
+    small_disk.resize(32 * MIB)  # space freed: the same call works, with nothing to clean
+    made = create_env(lock, setup.store, root, name="ds")
+    assert made.created and current(root) == f"versions/{made.key}"
 
 
-def test_a_full_disk_keeps_the_old_current(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = setup
-    old = create_env(s.lock, s.store, s.root, name="ds")
+def test_a_full_disk_keeps_the_old_current(
+    setup: Setup, small_disk: SmallDisk, huge: LockFile
+) -> None:
+    root = small_disk.path / "envs"
+    old = create_env(setup.lock, setup.store, root, name="ds")
+    with pytest.raises(EnvError, match="is full") as err:
+        create_env(huge, setup.store, root, name="ds")
+    # uv's own words say which file did not fit.
+    assert any("No space left on device" in p.message for p in err.value.problems)
 
-    def install(lock: LockFile, store: Store, dest: Path, **kwargs: Any) -> Any:
-        dest.mkdir(parents=True)
-        (dest / "partial").write_bytes(b"x")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    assert current(root) == f"versions/{old.key}"
+    assert [v.key for v in list_envs(root)[0].versions] == [old.key]
+    assert check_env(root, "ds").key == old.key
+    assert versions(old.path) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
 
-    monkeypatch.setattr(envs_mod, "install", install)
-    with pytest.raises(EnvError, match="is full"):
-        create_env(s.newer, s.store, s.root, name="ds")
-    assert current(s.root) == f"versions/{old.key}"
-    assert [v.key for v in list_envs(s.root)[0].versions] == [old.key]
-
-    monkeypatch.setattr(envs_mod, "install", install_mod.install)
-    assert create_env(s.newer, s.store, s.root, name="ds").created  # space back: it works
+    small_disk.resize(32 * MIB)
+    made = create_env(huge, setup.store, root, name="ds")
+    assert made.created and current(root) == f"versions/{made.key}"
+    assert versions(made.path) == {"alpha": "1.0", "beta": "1.0", "huge": "1.0"}
 
 
 def test_check_accepts_this_machine_and_records_use(setup: Setup) -> None:

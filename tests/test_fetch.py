@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -14,13 +13,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import tomli_w
 from packaging.utils import parse_sdist_filename, parse_wheel_filename
 
 import envship._http
+from disklib import MIB, SmallDisk
 from envship._http import HttpClient, RetryPolicy
 from envship.errors import (
     ArtifactError,
@@ -33,7 +33,8 @@ from envship.fetch import FetchResult, fetch
 from envship.index import export_index
 from envship.lockfile import Artifact, LockFile
 from envship.store import Store, sha256_file
-from indexlib import IndexServer
+from indexlib import IndexServer, serve, write_simple_index
+from test_install import build_huge
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -268,24 +269,27 @@ def test_targets_selection(
     assert not store.has(arm.sha256)
 
 
-def test_disk_full_reports_store_error_and_rerun_completes(
-    lock: LockFile, store: Store, client: HttpClient, monkeypatch: pytest.MonkeyPatch
+def test_a_full_disk_is_reported_and_a_rerun_completes(
+    tmp_path: Path, index_root: Path, client: HttpClient, small_disk: SmallDisk
 ) -> None:
-    def full(out: IO[bytes], data: bytes) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    # A real disk too small for one of the artifacts: the store's own writes run out.
+    files = [index_root / "files" / n for n in WHEELS] + [build_huge(tmp_path / "dist")]
+    write_simple_index(tmp_path / "served", files)
+    store = Store(small_disk.path / "store")
+    small_disk.resize(1 * MIB)
+    with serve(tmp_path / "served") as server:
+        lock = LockFile.load(write_lock(tmp_path / "pylock.toml", files, base_url=server.url))
+        with pytest.raises(StoreError) as info:
+            fetch(lock, store, client=client)
+        assert not isinstance(info.value, ArtifactError)
+        assert info.value.message == f"the disk holding the store {store.root} is full"
+        assert info.value.hint is not None and "re-run" in info.value.hint
+        assert not any(p.is_file() for p in (store.root / "sha256").rglob("*.*"))
+        assert list(store.tmp_dir.iterdir()) == []
 
-    monkeypatch.setattr(envship._http, "_write_all", full)
-    with pytest.raises(StoreError) as info:
+        small_disk.resize(32 * MIB)
         fetch(lock, store, client=client)
-    assert not isinstance(info.value, ArtifactError)
-    assert "full" in info.value.message and str(store.root) in info.value.message
-    assert info.value.hint is not None and "re-run" in info.value.hint
-    assert list((store.root / "sha256").rglob("*.*")) == []
-    assert not any(p.is_file() for p in (store.root / "sha256").rglob("*"))
-    assert list(store.tmp_dir.iterdir()) == []
-    monkeypatch.undo()
-    fetch(lock, store, client=client)
-    assert_store_complete(store, lock)
+        assert_store_complete(store, lock)
 
 
 def test_progress_reports_bytes_until_total(

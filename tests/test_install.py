@@ -20,6 +20,7 @@ import tomli_w
 from packaging.utils import parse_wheel_filename
 
 import envship.install as install_mod
+from disklib import MIB, SmallDisk
 from envship._uv import uv_bin
 from envship.errors import ArtifactError, LockError, StoreError, TargetError
 from envship.host import probe
@@ -51,6 +52,12 @@ def build_wheels(out: Path) -> dict[str, Path]:
             out, "tool", "1.0", scripts={"tool": "tool:main"}, files={"tool/__init__.py": tool_code}
         ),
     }
+
+
+def build_huge(out: Path) -> Path:
+    """huge 1.0: 6 MiB once installed, more than the 4 MiB ``small_disk`` holds."""
+    blob = {"huge/blob.txt": os.urandom(3 * MIB).hex()}  # hex: deflate cannot shrink it away
+    return build_wheel(out, "huge", "1.0", files=blob)
 
 
 def write_lock(
@@ -765,3 +772,46 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+@pytest.fixture
+def huge(tmp_path: Path, wheels: dict[str, Path], store: Store) -> LockFile:
+    wheel = build_huge(tmp_path / "dist")
+    store.add_file(wheel)
+    return write_lock(tmp_path / "huge.toml", [wheels["alpha"], wheels["beta"], wheel])
+
+
+def test_a_new_environment_on_a_full_disk_leaves_nothing(
+    huge: LockFile, store: Store, small_disk: SmallDisk
+) -> None:
+    dest = small_disk.path / "env"
+    before = small_disk.used()
+    with pytest.raises(InstallError) as err:
+        install(huge, store, dest)
+
+    assert err.value.message == f"the disk holding {dest} is full"
+    assert any("No space left on device" in p.message for p in err.value.problems)
+    assert "nothing of this run was left behind" in (err.value.hint or "")
+    assert not dest.exists() and not (small_disk.path / "env.envship-tmp").exists()
+    assert small_disk.used() <= before
+
+    small_disk.resize(32 * MIB)
+    assert install(huge, store, dest).action == "created"
+
+
+def test_an_update_on_a_full_disk_is_made_again_by_the_next_run(
+    lock: LockFile, huge: LockFile, store: Store, small_disk: SmallDisk
+) -> None:
+    dest = small_disk.path / "env"
+    install(lock, store, dest)
+    with pytest.raises(InstallError) as err:
+        install(huge, store, dest)
+
+    assert err.value.message == f"the disk holding {dest} is full"
+    assert "marked incomplete" in (err.value.hint or "")
+    assert (dest / INCOMPLETE_NAME).exists()
+
+    small_disk.resize(32 * MIB)
+    result = install(huge, store, dest)
+    assert result.action == "rebuilt" and not (dest / INCOMPLETE_NAME).exists()
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "huge": "1.0"}

@@ -26,7 +26,6 @@ stamp and the ``older_than`` grace protect what they use.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import platform
 import shutil
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _envroot
+from ._diskfull import is_disk_full
 from ._envgc import GcResult, VersionInUse, gc
 from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
@@ -164,12 +164,11 @@ def _chosen_target(lock: LockFile, target: str | None, base: str) -> Target:
 
 
 def _failure(root: Path, name: str, exc: OSError | InstallError) -> EnvshipError:
-    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (
-        "no space left on device" in str(exc).lower()
-    ):
+    if is_disk_full(exc):
+        said = exc.problems if isinstance(exc, InstallError) else ()
         return EnvError(
             f"the disk holding the environment root {root} is full",
-            problems=[Problem(str(root), str(exc).splitlines()[0])],
+            problems=said or [Problem(str(root), str(exc).splitlines()[0])],
             hint="free space on the shared volume (`envship env gc` removes unused versions) "
             "and re-run; the half-made version was discarded and is not visible",
         )

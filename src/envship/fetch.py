@@ -21,7 +21,6 @@ reported with its place.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 import uuid
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._diskfull import is_disk_full
 from ._flock import acquire
 from ._sourcecheck import check_sources
 from .errors import ArtifactError, EnvshipError, NetworkError, Problem, StoreError
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["FetchResult", "FetchedArtifact", "fetch"]
 
 Progress = Callable[[int, int, str], None]
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +189,7 @@ class _Worker:
                     fetched = FetchedArtifact(artifact, fetched.path, True, repaired=True)
                 return fetched, received
         except OSError as exc:
-            if exc.errno in _DISK_FULL:
+            if is_disk_full(exc):
                 raise _disk_full(self.store) from None
             raise StoreError(
                 f"cannot write to the store {self.store.root}: {exc.strerror}",

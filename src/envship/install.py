@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._addedrecord import ADDED_KEY
+from ._diskfull import is_disk_full
 from ._envroot import shared_version
 from ._flock import locked
 from ._installmarker import (
@@ -424,7 +425,7 @@ def _install_locked(
         )
         write_marker(dest, marker_now)
         (dest / INCOMPLETE_NAME).unlink()
-    except BaseException:
+    except BaseException as exc:
         if not reuse:
             # A new env that failed is removed (or emptied, if the folder was given to us
             # empty); an update that failed keeps its incomplete marker and is rebuilt.
@@ -433,5 +434,21 @@ def _install_locked(
                     _clear(dest)
             else:
                 shutil.rmtree(dest, ignore_errors=True)
+        if is_disk_full(exc):
+            raise _disk_full(dest, exc, kept=reuse) from exc
         raise
     return result(chosen, artifacts, action)
+
+
+def _disk_full(dest: Path, exc: BaseException, *, kept: bool) -> InstallError:
+    problems = exc.problems if isinstance(exc, EnvshipError) else (Problem(str(dest), str(exc)),)
+    left = (
+        f"{dest} is marked incomplete until then, and that run makes it again"
+        if kept
+        else "nothing of this run was left behind"
+    )
+    return InstallError(
+        f"the disk holding {dest} is full",
+        problems=problems,
+        hint=f"free space (or install somewhere else) and re-run; {left}",
+    )
