@@ -184,6 +184,23 @@ def test_probe_of_a_venv_reports_its_prefix(tmp_path: Path) -> None:
     )
 
 
+def test_probing_an_environment_runs_none_of_its_pth_files(tmp_path: Path) -> None:
+    import venv
+
+    venv.create(tmp_path / "v", with_pip=False)
+    site = next((tmp_path / "v" / "lib").glob("python*/site-packages"))
+    ran = tmp_path / "pth-ran"
+    # site.addpackage executes a .pth line that starts with "import".
+    (site / "evil.pth").write_text(f"import pathlib; pathlib.Path({str(ran)!r}).touch()\n")
+    subprocess.run([str(tmp_path / "v" / "bin" / "python"), "-c", "pass"], check=True)
+    assert ran.exists()  # the line does run when site is imported
+    ran.unlink()
+
+    info = probe(tmp_path / "v" / "bin" / "python", gpu=lambda: False)
+    assert not ran.exists()
+    assert Path(info.prefix) == tmp_path / "v" and Path(info.purelib) == site
+
+
 # Run inside the venv under test: probe a path from there and say whether the probe was
 # answered in-process (the path is the running interpreter) or by running the path.
 _PROBE_FROM_INSIDE = """

@@ -13,8 +13,6 @@ records the addition.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,56 +21,28 @@ from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from ._pyprobe import ProbeFailure, facts_of
 from .errors import AddError, Problem, SpecError
 from .spec import Spec
 
 __all__ = ["applies", "marker_environment", "nowhere", "replacements"]
 
-# PEP 508's marker environment as the environment's own interpreter sees it (it may be
-# another Python than the one envship runs on); the PEP's reference code.
-_MARKER_ENV = """\
-import json, os, platform, sys
-v = sys.implementation.version
-iv = "%d.%d.%d" % (v.major, v.minor, v.micro)
-if v.releaselevel != "final":
-    iv += v.releaselevel[0] + str(v.serial)
-print(json.dumps({
-    "implementation_name": sys.implementation.name,
-    "implementation_version": iv,
-    "os_name": os.name,
-    "platform_machine": platform.machine(),
-    "platform_release": platform.release(),
-    "platform_system": platform.system(),
-    "platform_version": platform.version(),
-    "python_full_version": platform.python_version(),
-    "platform_python_implementation": platform.python_implementation(),
-    "python_version": ".".join(platform.python_version_tuple()[:2]),
-    "sys_platform": sys.platform,
-}))
-"""
-
 
 def marker_environment(env: Path) -> dict[str, Any]:
+    """PEP 508's marker environment as the environment's own interpreter sees it (it may
+    be another Python than the one envship runs on)."""
     python = env / "bin" / "python"
     try:
-        proc = subprocess.run(
-            # -S: the answer needs no site, and site would run the env's .pth files.
-            [str(python), "-I", "-S", "-c", _MARKER_ENV],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        data = json.loads(proc.stdout)
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        # Run without site (_pyprobe): site would run the environment's .pth files.
+        data = facts_of(str(python), timeout=120)
+    except ProbeFailure as exc:
         raise AddError(
-            f"cannot ask {python} which requirement markers apply to it: {exc}",
+            f"cannot ask {python} which requirement markers apply to it: {exc.detail}",
             hint=f"`envship verify {env}` checks the environment; `envship install {env}` "
             "rebuilds it",
         ) from None
-    if not isinstance(data, dict):
-        raise AddError(f"{python} gave no marker environment")
-    return data
+    markers: dict[str, Any] = data["markers"]
+    return markers
 
 
 def applies(req: Requirement, environment: Mapping[str, Any]) -> bool:

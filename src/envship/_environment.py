@@ -18,16 +18,15 @@ is gone, or runs another Python than its packages are for, is not vouched for.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ._installmarker import read_marker
+from ._pyprobe import ProbeFailure, facts_of
 from .errors import InvalidLockError, Problem, SpecError, TargetError
 from .lockfile import LockFile
 from .targets import Target, host_platform
@@ -85,37 +84,6 @@ class InstalledEnvironment:
         return read_marker(root) if root is not None else None
 
 
-# Kept compatible with old Pythons (no f-strings): the interpreter may be an old one we
-# only want to refuse with a clear reason. The venv search is site.venv()'s (the config
-# beside the executable wins, and the prefix is always the executable's parent's parent).
-_PROBE = r"""
-import json, os, platform, sys, sysconfig
-exe_dir = os.path.dirname(os.path.abspath(sys.executable))
-config = prefix = None
-for folder in (exe_dir, os.path.dirname(exe_dir)):
-    if os.path.isfile(os.path.join(folder, "pyvenv.cfg")):
-        config = os.path.join(folder, "pyvenv.cfg")
-        prefix = os.path.dirname(exe_dir)
-        break
-if prefix is None:
-    paths = sysconfig.get_paths()
-else:
-    scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"
-    paths = sysconfig.get_paths(scheme, vars={"base": prefix, "platbase": prefix})
-impl = getattr(sys, "implementation", None)
-print(json.dumps({
-    "purelib": paths["purelib"],
-    "platlib": paths["platlib"],
-    "python": "%d.%d" % sys.version_info[:2],
-    "implementation": impl.name if impl else platform.python_implementation().lower(),
-    "sys_platform": sys.platform,
-    "machine": platform.machine(),
-    "venv": prefix,
-    "config": config,
-}))
-"""
-
-
 def _python_from_path(site: Path) -> str | None:
     for part in reversed(site.parts):
         m = _PYTHON_DIR.match(part)
@@ -154,20 +122,10 @@ def _venv(root: Path) -> InstalledEnvironment:
 
 def _probe(path: Path) -> Interpreter:
     try:
-        out = subprocess.run(
-            [str(path), "-I", "-S", "-c", _PROBE], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SpecError(f"cannot run {path}", problems=[Problem(str(path), str(exc))]) from None
-    try:
-        data = json.loads(out.stdout)
-    except ValueError:
-        data = None
-    if out.returncode != 0 or not isinstance(data, dict):
-        raise SpecError(
-            f"{path} is not a working Python interpreter",
-            problems=[Problem(str(path), (out.stderr or out.stdout).strip()[-500:])],
-        )
+        data = facts_of(str(path))
+    except ProbeFailure as exc:
+        what = f"{path} is not a working Python interpreter" if exc.ran else f"cannot run {path}"
+        raise SpecError(what, problems=[Problem(str(path), exc.detail[-500:])]) from None
     sites = [Path(data["purelib"])]
     if Path(data["platlib"]) != sites[0]:
         sites.append(Path(data["platlib"]))
@@ -175,7 +133,7 @@ def _probe(path: Path) -> Interpreter:
     machine = _MACHINES.get(machine.lower(), machine)
     return Interpreter(
         path=path,
-        python=str(data["python"]),
+        python="{}.{}".format(*data["version"][:2]),
         implementation=str(data["implementation"]),
         platform=f"{data['sys_platform']}-{machine}",
         site_packages=tuple(sites),

@@ -2,7 +2,8 @@
 
 A lock serves declared targets; before installing, launching a kernel or building an
 image we must know which of them a given interpreter is. The facts come from running
-that interpreter once (``-c`` script printing JSON) rather than from ``sys`` here,
+that interpreter once (:mod:`envship._pyprobe`, ``-I -S``, so no ``.pth`` file of an
+environment runs) rather than from ``sys`` here,
 because the interpreter envship runs under is often not the one being installed for.
 When it is the same one (same path, so the same ``pyvenv.cfg`` and prefix), the same
 script runs in this process instead: starting an interpreter costs about 25 ms, a
@@ -11,52 +12,20 @@ noticeable part of an install that otherwise takes a few hundred.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._pyprobe import ProbeFailure, facts_here, facts_of
 from .errors import Problem, TargetError
 from .lockfile import LockFile
 from .targets import Target
 
 __all__ = ["HostInfo", "has_gpu", "match_target", "mismatches", "probe"]
-
-# Kept compatible with old Pythons (no f-strings, no walrus): the probed interpreter may
-# be a system 3.6 that we only want to reject with a clear reason. One function, so the
-# in-process path (_facts_here) runs exactly the code the subprocess runs.
-_FACTS = r"""
-import os, platform, sys, sysconfig
-def facts():
-    glibc = None
-    try:
-        text = os.confstr("CS_GNU_LIBC_VERSION") or ""
-        if text.startswith("glibc "):
-            glibc = text.split(" ", 1)[1]
-    except (AttributeError, ValueError, OSError):
-        pass
-    if glibc is None:
-        lib, ver = platform.libc_ver()
-        if lib == "glibc" and ver:
-            glibc = ver
-    return {
-        "executable": sys.executable,
-        "version": list(sys.version_info[:3]),
-        "implementation": sys.implementation.name,
-        "sys_platform": sys.platform,
-        "machine": platform.machine(),
-        "glibc": glibc,
-        "prefix": sys.prefix,
-        "base_prefix": getattr(sys, "base_prefix", sys.prefix),
-        "purelib": sysconfig.get_paths()["purelib"],
-    }
-"""
-_PROBE = _FACTS + "import json\nprint(json.dumps(facts()))\n"
 
 _MACHINES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
@@ -128,7 +97,7 @@ def probe(
             f"no Python interpreter at {exe!r}",
             hint="pass --python with the path (or name on PATH) of an interpreter",
         )
-    data = _facts_here(found) if _is_running(found) else _facts_of(found)
+    data = facts_here(found) if _is_running(found) else _facts_of(found)
     major, minor, micro = (int(v) for v in data["version"])
     return HostInfo(
         executable=str(data["executable"] or found),
@@ -146,7 +115,7 @@ def probe(
 
 
 def _is_running(found: str) -> bool:
-    """Would ``found -I`` see exactly the facts this process sees?
+    """Would ``found -I -S`` see exactly the facts this process sees?
 
     The binary is not enough: ``sys.prefix`` comes from the path the interpreter was
     started as (a venv's ``bin/python`` links to the base binary, and only the
@@ -166,41 +135,19 @@ def _is_running(found: str) -> bool:
     )
 
 
-def _facts_here(found: str) -> dict[str, Any]:
-    """The probe's facts computed in this process, by the probe's own code."""
-    namespace: dict[str, Any] = {}
-    exec(compile(_FACTS, "<envship host probe>", "exec"), namespace)
-    data: dict[str, Any] = namespace["facts"]()
-    data["executable"] = found  # what the child would report as its sys.executable
-    return data
-
-
 def _facts_of(found: str) -> dict[str, Any]:
-    """The probe's facts from running ``found``."""
     try:
-        proc = subprocess.run(
-            [found, "-I", "-c", _PROBE],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TargetError(
-            f"cannot run the Python interpreter {found}",
-            problems=[Problem(found, str(exc))],
-        ) from None
-    try:
-        data = json.loads(proc.stdout) if proc.returncode == 0 else None
-    except json.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return facts_of(found)
+    except ProbeFailure as exc:
+        if not exc.ran:
+            raise TargetError(
+                f"cannot run the Python interpreter {found}",
+                problems=[Problem(found, exc.detail)],
+            ) from None
         raise TargetError(
             f"{found} did not answer as a Python interpreter",
-            problems=[Problem(found, detail[0])],
-        )
-    return data
+            problems=[Problem(found, exc.detail)],
+        ) from None
 
 
 def mismatches(target: Target, host: HostInfo) -> list[str]:
