@@ -39,6 +39,23 @@ def test_a_usage_error_with_json_is_one_json_document(
     assert err == ""
 
 
+@pytest.mark.parametrize(
+    ("argv", "as_json"),
+    [(["--version"], False), (["--version", "--json"], True), (["--json", "--version"], True)],
+)
+def test_the_version_follows_json(
+    argv: list[str], as_json: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envship import __version__
+
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    if as_json:
+        assert json.loads(out) == {"name": "envship", "version": __version__}
+    else:
+        assert out == f"envship, version {__version__}\n"
+
+
 def test_a_usage_error_without_json_is_click_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main.main(["fetch", "-j", "0"]) == 2
     out, err = capsys.readouterr()

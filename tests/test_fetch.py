@@ -319,14 +319,24 @@ def test_progress_reports_bytes_until_total(
 def test_progress_total_learned_from_content_length(
     tmp_path: Path, index_root: Path, index_server: IndexServer, client: HttpClient, store: Store
 ) -> None:
-    files = [index_root / "files" / BETA]
+    files = [index_root / "files" / n for n in (BETA, "alpha-1.0-py3-none-any.whl")]
     lock = LockFile.load(
         write_lock(tmp_path / "pylock.toml", files, base_url=index_server.url, sizes=False)
     )
-    calls: list[tuple[int, int]] = []
-    fetch(lock, store, client=client, progress=lambda d, t, _: calls.append((d, t)))
-    size = files[0].stat().st_size
-    assert calls[0] == (0, 0) and calls[-1] == (size, size)
+    calls: list[tuple[int, int, str]] = []
+    fetch(lock, store, client=client, jobs=1, progress=lambda *call: calls.append(call))
+    sizes = sorted(f.stat().st_size for f in files)
+    total = sum(sizes)
+    # Until a download starts its size is unknown: the total is a lower bound, and says so.
+    assert calls[0] == (0, 0, "2 of 2 artifacts to download (sizes of 2 not known yet)")
+    assert "(sizes of 1 not known yet)" in calls[1][2] and calls[1][1] in sizes
+    assert calls[-1][:2] == (total, total) and "not known" not in calls[-1][2]
+    assert all(0 <= d <= t <= total for d, t, _ in calls)
+
+    # A warm store counts what it holds by the stored files' sizes.
+    calls.clear()
+    fetch(lock, store, client=client, progress=lambda *call: calls.append(call))
+    assert calls == [(total, total, "all 2 in the store")]
 
 
 def test_local_paths_relative_to_the_lock(

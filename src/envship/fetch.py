@@ -85,29 +85,53 @@ class FetchResult:
 
 class _Tally:
     """Thread-safe byte counts for the progress callback (which is called under the lock,
-    so a callback that is not thread-safe, like a terminal line, needs no lock of its own)."""
+    so a callback that is not thread-safe, like a terminal line, needs no lock of its own).
 
-    def __init__(self, done: int, total: int, callback: Progress | None) -> None:
+    A lock need not give sizes (PEP 751 makes ``size`` optional, and an index without
+    PEP 700 sizes gives none): the total then grows as each download's length becomes
+    known, and the detail says how many are not known yet, so a total that is still a
+    lower bound never reads as the whole.
+    """
+
+    def __init__(self, done: int, total: int, unknown: int, callback: Progress | None) -> None:
         self._lock = threading.Lock()
         self._base = done
         self._total = total
+        self._unknown = unknown
         self._files: dict[str, int] = {}
         self._callback = callback
 
     def learned_size(self, size: int) -> None:
         with self._lock:
             self._total += size
+            self._unknown = max(self._unknown - 1, 0)
 
     def update(self, key: str, done: int, detail: str) -> None:
         with self._lock:
             self._files[key] = done
-            if self._callback is not None:
-                self._callback(self._base + sum(self._files.values()), self._total, detail)
+            self._emit(detail)
 
     def report(self, detail: str = "") -> None:
         with self._lock:
-            if self._callback is not None:
-                self._callback(self._base + sum(self._files.values()), self._total, detail)
+            self._emit(detail)
+
+    def _emit(self, detail: str) -> None:
+        if self._callback is None:
+            return
+        if self._unknown:
+            detail += f" (sizes of {self._unknown} not known yet)"
+        done = self._base + sum(self._files.values())
+        self._callback(done, max(self._total, done), detail.strip())
+
+
+def _stored_size(store: Store, artifact: Artifact) -> int:
+    """The artifact's size: the lock's, else the stored file's (for progress only)."""
+    if artifact.size is not None:
+        return artifact.size
+    try:
+        return store.path(artifact.sha256).stat().st_size
+    except OSError:
+        return 0
 
 
 @contextlib.contextmanager
@@ -182,7 +206,10 @@ class _Worker:
                 # while we waited.
                 state = self.store.check(sha, artifact.size, full=self.verify)
                 if state == "ok":
-                    self.tally.update(sha, artifact.size or 0, artifact.filename)
+                    size = _stored_size(self.store, artifact)
+                    if artifact.size is None:  # counted as not known yet
+                        self.tally.learned_size(size)
+                    self.tally.update(sha, size, artifact.filename)
                     return FetchedArtifact(artifact, final, downloaded=False), 0
                 fetched, received = self._download(artifact, partial / f"{sha}.part")
                 if state == "damaged":
@@ -274,9 +301,11 @@ def fetch(
     states = _states(store, artifacts, verify, jobs)
     todo = [a for a in artifacts if states[a.sha256] != "ok"]
     check_sources(lock, todo)
+    present = sum(_stored_size(store, a) for a in artifacts if states[a.sha256] == "ok")
     tally = _Tally(
-        sum(a.size or 0 for a in artifacts if states[a.sha256] == "ok"),
-        sum(a.size or 0 for a in artifacts),
+        present,
+        present + sum(a.size or 0 for a in todo),
+        sum(1 for a in todo if a.size is None),
         progress,
     )
     # Every progress line names what it is about (this one: the plan).

@@ -42,8 +42,9 @@ def json_mode() -> bool:
     return _JSON.get()
 
 
-def reset_json() -> None:
-    _JSON.set(False)
+def reset_json(on: bool = False) -> None:
+    """Start a call with JSON output off, or on when ``--json`` is among its options."""
+    _JSON.set(on)
 
 
 def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

@@ -12,7 +12,14 @@ import click
 
 from .. import __version__
 from ..errors import EnvshipError
-from ._common import echo_json, end_progress_line, json_option, render_error, reset_json
+from ._common import (
+    echo_json,
+    end_progress_line,
+    json_mode,
+    json_option,
+    render_error,
+    reset_json,
+)
 
 # Command name -> module under envship.cli. Modules are imported when their command is
 # looked up, so `envship fetch` does not pay for importing the importers, the verifier
@@ -45,8 +52,27 @@ class _LazyGroup(click.Group):
         return found
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    # click's own version_option prints before any other option is read, so it could
+    # not honour `--json`; main() has already looked for it in the arguments.
+    if not value or ctx.resilient_parsing:
+        return
+    if json_mode():
+        echo_json({"name": "envship", "version": __version__})
+    else:
+        click.echo(f"envship, version {__version__}")
+    ctx.exit()
+
+
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="envship")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit (with --json, as a JSON document).",
+)
 @json_option
 def cli(as_json: bool) -> None:
     """Lock, fetch, ship and verify one declared Python environment.
@@ -99,10 +125,10 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # --json sets a context variable; start each call clean (tests call main repeatedly).
-    reset_json()
     args = list(argv) if argv is not None else sys.argv[1:]
     as_json = _json_asked(args)
+    # --json sets a context variable; start each call afresh (tests call main repeatedly).
+    reset_json(as_json)
     # Only the main thread may set handlers; the previous one comes back afterwards,
     # since main() also runs inside other programs (the IPython magic, tests).
     on_main = threading.current_thread() is threading.main_thread()
