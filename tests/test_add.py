@@ -228,7 +228,7 @@ def test_a_request_needing_another_locked_version_is_refused_and_explained(
 
 @pytest.mark.parametrize(
     "requests",
-    [["beta==1.0"], ["alpha", "beta"], ["BETA<1.1"], ['beta<1.1; python_version >= "3"']],
+    [["beta<1.1"], ["Alpha", "BETA <1.1"], ["beta<1.1.0"], ["alpha[]"]],
 )
 def test_an_already_locked_request_is_nothing_to_do(project: Project, requests: list[str]) -> None:
     before = snapshot(project)
@@ -290,7 +290,7 @@ def test_the_spec_is_replaced_in_one_rename(project: Project) -> None:
 
 def test_dry_run_says_what_would_happen_and_changes_nothing(project: Project) -> None:
     before = snapshot(project)
-    result = add(["kappa", "beta"], env=project.env, dry_run=True)
+    result = add(["kappa", "beta<1.1"], env=project.env, dry_run=True)
 
     assert result.dry_run and not result.changed
     assert result.installed == ("kappa==1.0",) and result.recorded == ("kappa",)
@@ -589,6 +589,8 @@ def test_environments_envship_did_not_finish_are_refused(
     with pytest.raises(AddError, match=match) as err:
         add(["kappa"], env=env)
     assert err.value.hint
+    # A path with nothing there is bad input; the others are states `install` changes.
+    assert err.value.exit_code == (2 if case == "missing" else 1)
     assert "kappa" not in versions(project.env)
 
 
@@ -692,3 +694,73 @@ def test_ctrl_c_while_uv_works_leaves_the_environment_as_it_was(
     assert not (project.env / INCOMPLETE_NAME).exists()
     assert not (project.env.parent / "env.envship-tmp").exists()
     assert verify(project.lockfile(), project.env, full=True).identical
+
+
+# --- a locked request that replaces the spec's entry -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "entry"),
+    [
+        ("beta>=1.0,<1.1", "beta<1.1,>=1.0"),  # a tighter floor (the audit's requests>=2.32)
+        ("beta==1.0", "beta==1.0"),
+        ('beta<1.1; python_version >= "3"', 'beta<1.1; python_version >= "3"'),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_locked_request_unlike_the_spec_entry_replaces_it_and_installs_nothing(
+    project: Project, request_: str, entry: str, dry_run: bool
+) -> None:
+    before = snapshot(project)
+    result = add([request_], env=project.env, dry_run=dry_run)
+
+    assert result.installed == result.removed == result.already_locked == ()
+    assert result.recorded == (entry,) and result.replaced == (("beta<1.1", entry),)
+    assert result.lock_stale and result.changed is not dry_run
+    spec_bytes, marker_bytes, installed = snapshot(project)
+    assert (marker_bytes, installed) == before[1:]  # nothing installed, no added record
+    assert verify(project.lockfile(), project.env, full=True).identical
+    if dry_run:
+        assert spec_bytes == before[0]
+        check_lock(load_spec(project.spec))
+    else:
+        # The entry is replaced in place; its comment stays.
+        assert project.spec.read_text() == before[0].decode().replace(
+            '"beta<1.1",  # 1.1', f"{json.dumps(entry)},  # 1.1"
+        )
+        with pytest.raises(StaleLockError):
+            check_lock(load_spec(project.spec))
+        # Asked again, it is the entry now: nothing to do.
+        again = add([request_], env=project.env)
+        assert again.already_locked == ("beta==1.0",) and not again.changed
+        assert project.spec.read_bytes() == spec_bytes
+
+
+@pytest.mark.parametrize("request_", ["beta", "BETA", "beta[]"])
+def test_a_bare_name_the_spec_constrains_asks_only_that_it_be_there(
+    project: Project, request_: str
+) -> None:
+    """`envship add beta` must not loosen the team's `beta<1.1` to `beta`."""
+    before = snapshot(project)
+    result = add([request_], env=project.env)
+    assert result.already_locked == ("beta==1.0",) and result.recorded == ()
+    assert not result.changed and snapshot(project) == before
+    check_lock(load_spec(project.spec))  # still current
+
+
+def test_the_cli_reports_the_replaced_entry_and_the_stale_lock(project: Project) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "envship", "add", "beta>=1.0,<1.1", "--env", str(project.env)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to do" not in proc.stdout
+    assert "replaced 'beta<1.1' with 'beta<1.1,>=1.0'" in proc.stdout
+    assert "the lock is stale" in proc.stdout
+    check = subprocess.run(
+        [sys.executable, "-m", "envship", "lock", "--check", "--spec", str(project.spec)],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 1, check.stdout + check.stderr

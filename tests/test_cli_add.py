@@ -89,7 +89,7 @@ def test_text_output(
         (["beta>=1.1"], 1, "add-conflict"),
         (["kappa>="], 2, "spec"),
         (["kappa", "--index-url", "http://127.0.0.1:9/simple"], 3, "network"),
-        (["kappa", "--env", "{tmp}/nowhere"], 1, "add"),
+        (["kappa", "--env", "{tmp}/nowhere"], 2, "add-input"),
     ],
 )
 def test_errors_have_exit_codes_and_json(

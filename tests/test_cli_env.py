@@ -59,7 +59,7 @@ def test_create_list_check_gc(
     listed = json.loads(capsys.readouterr().out)
     assert [e["name"] for e in listed] == ["ds"] and listed[0]["current"] == made["key"]
     (version,) = listed[0]["versions"]
-    assert version["complete"] is True and version["target"] == HOST
+    assert version["complete"] is True and version["target"] == made["target"]  # one form
     assert set(version) >= {"key", "path", "lock_digest", "last_used", "size", "groups"}
 
     assert main(["env", "list", "--root", str(root), "--sizes"]) == 0
@@ -88,6 +88,8 @@ def test_create_list_check_gc(
         "kept": 1,
         "freed": 0,
         "dry_run": False,
+        "stale_locks": [],
+        "empty_envs": [],
     }
     assert path.is_dir()
 
@@ -165,9 +167,9 @@ def test_bad_input(
     assert main(["env", "gc", "--root", str(root), "--older-than", "999999999d"]) == 0
     assert capsys.readouterr().out == "removed 0 version(s), 0 B; kept 0\n"
 
-    assert main(["env", "check", "nope", "--root", str(root), "--json"]) == 1
+    assert main(["env", "check", "nope", "--root", str(root), "--json"]) == 2
     data = json.loads(capsys.readouterr().out)
-    assert data["error"] == "env" and "no environment 'nope'" in data["message"]
+    assert data["error"] == "env-input" and "no environment 'nope'" in data["message"]
 
 
 def test_check_refusal_exits_2(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,9 +89,9 @@ def test_text_output_and_placement_options(
 def test_errors_are_rendered_with_kind_and_exit_code(
     env: Path, tmp_path: Path, user_kernels: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["kernel", "install", str(tmp_path / "nowhere"), "--json"]) == 1
+    assert main(["kernel", "install", str(tmp_path / "nowhere"), "--json"]) == 2
     err = json.loads(capsys.readouterr().out)
-    assert err["error"] == "kernel" and err["message"].startswith("there is no environment")
+    assert err["error"] == "kernel-input" and err["message"].startswith("there is no environment")
 
     foreign = user_kernels / "python-other"
     foreign.mkdir(parents=True)
@@ -154,7 +155,7 @@ def test_the_hint_for_a_plain_venv_works(
 ) -> None:
     plain = tmp_path / "plain"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(plain)], check=True)
-    assert main(["kernel", "install", str(plain)]) == 1
+    assert main(["kernel", "install", str(plain)]) == 2  # a folder envship cannot use
     hint = capsys.readouterr().err.split("hint: ", 1)[1]
     assert f"envship install {plain}" not in hint  # it would refuse a folder it did not make
 
@@ -170,3 +171,50 @@ def test_the_hint_for_a_plain_venv_works(
     assert main(["kernel", "list", "--json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)["kernels"]
     assert listed["env"] == str(new) and listed["fits"] is True
+
+
+@pytest.mark.parametrize("folder", ["kd", "kd/kernels"])
+def test_the_jupyter_path_note_is_true(
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    folder: str,
+) -> None:
+    """Following the note makes real `jupyter kernelspec list` find the kernel."""
+    kd = tmp_path / folder
+    assert main(["kernel", "install", str(env), "--kernel-dir", str(kd), "--name", "k"]) == 0
+    note = capsys.readouterr().err
+    entry = note.split("add ", 1)[1].split(" to JUPYTER_PATH", 1)[0]
+    if "--kernel-dir " in note:  # not a `kernels` folder: install where the note says
+        again = note.split("--kernel-dir ", 1)[1].split()[0]
+        assert main(["kernel", "install", str(env), "--kernel-dir", again, "--name", "k"]) == 0
+        assert "note: " in capsys.readouterr().err
+    jupyter = Path(sys.executable).parent / "jupyter"
+    listed = subprocess.run(
+        [str(jupyter), "kernelspec", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "JUPYTER_PATH": entry},
+    )
+    found = json.loads(listed.stdout)["kernelspecs"]
+    assert found["k"]["spec"]["metadata"]["envship"]["env"] == str(env)
+    monkeypatch.setenv("JUPYTER_PATH", entry)
+    assert "k" in KernelSpecManager().find_kernel_specs()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["kernel", "install", "{missing}", "--kernel-dir", "{tmp}/kd"],
+        ["kernel", "list", "--kernel-dir", "{missing}"],
+        ["kernel", "remove", "k", "--kernel-dir", "{missing}"],
+    ],
+)
+def test_a_path_that_does_not_exist_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    filled = [a.format(missing=tmp_path / "nonexist", tmp=tmp_path) for a in args]
+    assert main(filled) == 2
+    assert str(tmp_path / "nonexist") in capsys.readouterr().err

@@ -13,6 +13,8 @@ import pytest
 
 from envship.cli.main import cli, main
 from envship.cli.verify import command
+from indexlib import _record_hash
+from test_install import stocked_store
 from test_verify import Venv, Wheels, make_venv, wheels  # noqa: F401  (wheels: a fixture)
 
 cli.add_command(command)
@@ -62,7 +64,9 @@ def test_identical_env_exits_0(
     assert data["identical"] is True and data["differences"] == []
     assert data["site_packages"] == str(venv.site)
     assert data["env"] == data["interpreter"] == str(venv.python)
-    assert data["notes"] == []
+    # the (empty) store vouches for no wheel: the installed RECORDs were all there was
+    (note,) = [n for n in data["notes"] if "installed RECORD only" in n]
+    assert "not in the store" in note
     assert (data["target"], data["mode"], data["distributions"]) == ("linux-x86_64", "quick", 3)
     assert data["checked_files"] > 3
 
@@ -101,8 +105,9 @@ def test_differences_exit_1_grouped_with_paths(
     code, out, err = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--full")
     assert code == 1
     # 9: the tool package left without its dist-info is unowned too
-    assert "differs from" in err and "9 differences" in err
-    headings = [line for line in out.splitlines() if not line.startswith(" ")][1:]
+    # The tool package and its bin/tool script, left without their dist-info, are unowned.
+    assert "differs from" in err and "10 differences" in err
+    headings = [ln for ln in out.splitlines() if not ln.startswith((" ", "note:"))][1:]
     assert [h.split(" ")[0] for h in headings] == [
         "missing", "extra", "wrong", "settings", "changed", "removed", "added", "unowned",
     ]  # fmt: skip
@@ -131,11 +136,11 @@ def test_json_lists_every_difference(
     assert set(data) >= REPORT_KEYS and data["error"] == "mismatch"
     assert data["identical"] is False and data["mode"] == "full"
     found = {d["kind"]: d for d in data["differences"]}
-    assert len(data["differences"]) == 9  # with tool/, unowned without its dist-info
+    assert len(data["differences"]) == 10  # tool/ and bin/tool, unowned without their dist-info
     assert {k: d["path"] for k, d in found.items()} == paths
     keys = {"kind", "name", "path", "expected", "actual"}
     for d in data["differences"]:  # a note says why outside code runs: pyvenv.cfg, a .pth
-        noted = d["kind"] == "config" or d["path"].endswith(".pth")
+        noted = d["kind"] == "config" or d["path"].endswith(".pth") or d["name"].startswith("bin/")
         assert set(d) == (keys | {"note"} if noted else keys)
     assert (found["version"]["expected"], found["version"]["actual"]) == ("1.0", "1.1")
     assert (found["missing"]["name"], found["missing"]["expected"]) == ("tool", "1.0")
@@ -243,5 +248,54 @@ def test_notes_say_what_could_not_be_checked(
     assert code == 0 and out.startswith("ok: ")
     assert f"\nnote: {venv.site / '_virtualenv.py'} (imported at every start" in out
     code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--json")
-    (note,) = json.loads(out)["notes"]
+    (note,) = [n for n in json.loads(out)["notes"] if "_virtualenv" in n]
     assert code == 0 and "could not be checked" in note
+
+
+def test_store_ties_the_files_to_the_locked_wheels(
+    venv: Venv,
+    wheels: Wheels,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    store = stocked_store(tmp_path / "wheels-store", [wheels.alpha, wheels.beta, wheels.tool])
+    path = venv.site / "beta" / "__init__.py"
+    path.write_text(path.read_text() + "import os\n")
+    data = path.read_bytes()
+    record = venv.site / "beta-1.0.dist-info" / "RECORD"
+    lines = [
+        f"beta/__init__.py,{_record_hash(data)},{len(data)}"
+        if ln.startswith("beta/__init__")
+        else ln
+        for ln in record.read_text().splitlines()
+    ]
+    record.write_text("\n".join(lines) + "\n")  # the installed RECORD agrees with the edit
+    code, _, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--full")
+    assert code == 0  # the store given (ENVSHIP_STORE) holds none of the wheels
+    code, out, err = run(capsys, "--lock", wheels.lock_no_omega, venv.root, "--store", store.root)
+    assert code == 1 and "1 difference" in err
+    assert f"beta  {path}" in out and "installed RECORD only" not in out
+
+
+def test_a_folder_that_is_no_environment_exits_2(
+    wheels: Wheels,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "e").mkdir()
+    code, out, err = run(capsys, "--lock", wheels.lock_no_omega, tmp_path / "e")
+    assert (code, out) == (2, "")
+    assert "is not an environment" in err and "hint: name a venv" in err
+
+
+def test_a_duplicate_is_its_own_heading(
+    venv: Venv,
+    wheels: Wheels,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    copy = venv.site / "Beta-1.0.dist-info"
+    shutil.copytree(venv.site / "beta-1.0.dist-info", copy)
+    code, out, _ = run(capsys, "--lock", wheels.lock_no_omega, venv.root)
+    assert code == 1
+    assert "duplicate distributions (a second metadata folder of a locked name) (1):" in out
+    assert f"  beta 1.0  {copy}  (locked: 1.0 only, in beta-1.0.dist-info)" in out

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -459,6 +461,60 @@ def test_check_refuses_an_env_built_for_another_python_or_glibc(setup: Setup) ->
     with pytest.raises(TargetError, match="cannot run") as err:
         check_env(s.root, "ds")
     assert any("does not exist" in p.message for p in err.value.problems)
+
+
+def _remove_beta_metadata(path: Path) -> None:
+    shutil.rmtree(next(path.glob("lib/python*/site-packages/beta-1.0.dist-info")))
+
+
+def _other_interpreter(path: Path) -> None:
+    (path / "bin" / "python").unlink()
+    (path / "bin" / "python").symlink_to(shutil.which(f"python{OTHER_PY}") or "/bin/sh")
+
+
+def _reinstalled_elsewhere(path: Path) -> None:
+    """Another tool wrote beta 1.0 again: same name and version, another RECORD."""
+    record = next(path.glob("lib/python*/site-packages/beta-1.0.dist-info/RECORD"))
+    record.chmod(0o644)
+    record.write_text(record.read_text() + "beta/extra.py,,\n")
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_remove_beta_metadata, "beta==1.0: missing"),
+        (_other_interpreter, "bin/python runs"),
+        (_reinstalled_elsewhere, "beta==1.0: replaced"),
+    ],
+)
+def test_a_changed_version_is_reported_and_made_again_in_place(
+    setup: Setup, damage: Callable[[Path], None], reason: str
+) -> None:
+    s = setup
+    made = create_env(s.lock, s.store, s.root, name="ds")
+    damage(made.path)
+
+    with pytest.raises(EnvError) as err:
+        check_env(s.root, "ds")
+    assert "was changed since it was made" in err.value.message
+    assert any(reason in p.message for p in err.value.problems), err.value.problems
+    assert err.value.hint and f"--lock {s.lock.path.absolute()}" in err.value.hint
+
+    again = create_env(s.lock, s.store, s.root, name="ds")  # the hint's command
+    assert (again.key, again.path) == (made.key, made.path)
+    assert again.created and again.repaired and current(s.root) == f"versions/{made.key}"
+    assert versions(again.path) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+    assert check_env(s.root, "ds").key == made.key
+    reused = create_env(s.lock, s.store, s.root, name="ds")
+    assert not reused.created and not reused.repaired
+
+
+def test_an_unknown_name_is_bad_input(setup: Setup) -> None:
+    s = setup
+    create_env(s.lock, s.store, s.root, name="ds")
+    with pytest.raises(EnvInputError, match="no environment 'nope'") as err:
+        check_env(s.root, "nope")
+    assert err.value.exit_code == 2
 
 
 def test_check_refuses_a_cuda_env_without_a_gpu(

@@ -691,3 +691,60 @@ def test_interrupt_leaves_partials_and_rerun_completes(
     assert result.downloaded == 1 and result.reused == len(WHEELS) - 1
     assert result.bytes_downloaded == (beta.size or 0) - 300  # resumed, not restarted
     assert_store_complete(store, lock)
+
+
+# --- named copies (what uv reads) damaged on their own -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("links", "how", "install_fails"),
+    [
+        (True, _flip, False),  # links work: install puts the link back by itself
+        (False, _flip, True),  # a copy of the right size: only a hash tells
+        (False, _truncate, False),  # a copy of the wrong size is copied again
+        (False, _grow, False),
+    ],
+    ids=["links-same-size", "copies-same-size", "copies-truncated", "copies-grown"],
+)
+def test_a_damaged_named_copy_is_named_by_install_and_replaced_by_fetch_verify(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    links: bool,
+    how: Callable[[bytes], bytes],
+    install_fails: bool,
+) -> None:
+    """The audit's case: ``named/<sha256>/<file>`` a separate file (the copy made where
+    hard links fail) with other bytes than the content file, which is whole."""
+    from envship.install import install
+    from test_install import build_wheels, stocked_store
+    from test_install import write_lock as write_host_lock
+
+    wheels = build_wheels(tmp_path / "dist")
+    lock = write_host_lock(tmp_path / "pylock.toml", [wheels[k] for k in ("alpha", "beta")])
+    store = stocked_store(tmp_path / "store", list(wheels.values()))
+    if not links:  # named/ on another file system: hard links fail (EXDEV), copies are made
+        (store.root / "named").symlink_to(request.getfixturevalue("small_disk").path)
+    install(lock, store, tmp_path / "first")
+    beta = next(a for a in lock.artifacts() if a.name == "beta")
+    named = store.root / "named" / beta.sha256 / beta.filename
+    stray = named.with_name("stray")
+    stray.write_bytes(how(named.read_bytes()))
+    os.replace(stray, named)  # `mv -f`, as the audit did
+
+    if install_fails:
+        with pytest.raises(ArtifactError) as err:
+            install(lock, store, tmp_path / "second")
+        assert err.value.exit_code == 4 and err.value.artifact == str(named)
+        assert err.value.actual == f"sha256:{sha256_file(named)}"
+        assert beta.filename in err.value.message
+        assert [p.where for p in err.value.problems] == [str(named)]
+        hint = err.value.hint or ""
+        assert hint.startswith("envship fetch --verify --lock ")
+        # The hint works: nothing to download (the content file is whole), the copy is
+        # hashed and replaced, and the install then succeeds.
+        result = fetch(lock, store, verify=True)
+        assert result.downloaded == 0 and sha256_file(named) == beta.sha256
+        assert sorted(p.name for p in named.parent.iterdir()) == [beta.filename]
+    install(lock, store, tmp_path / "second")
+    assert sha256_file(named) == beta.sha256
+    assert (named.stat().st_ino == store.path(beta.sha256).stat().st_ino) is links

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from envship.install import INCOMPLETE_NAME, MARKER_NAME, InstallError, install
 from envship.lockfile import LockFile
 from envship.store import Store
 from envship.targets import host_platform
-from indexlib import build_wheel
+from indexlib import build_wheel, serve
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 HOST = host_platform() or "linux-x86_64"
@@ -585,23 +586,28 @@ def test_a_rerun_repairs_distributions_that_drifted(
     assert install(lock, store, dest).action == "unchanged"
 
 
-def test_the_marker_records_what_the_venv_itself_put_in_site_packages(
+def test_the_marker_records_what_the_venv_itself_wrote(
     tmp_path: Path, lock: LockFile, store: Store
 ) -> None:
     dest = tmp_path / "env"
     install(lock, store, dest)
-    recorded = json.loads((dest / MARKER_NAME).read_text())["venv_files"]
-    # What `uv venv` alone writes there (older uv: _virtualenv.py and .pth; 0.13: none).
+    marker = json.loads((dest / MARKER_NAME).read_text())
+    files, links = marker["venv_files"], marker["venv_links"]
+    # What `uv venv` alone writes, anywhere in the venv (older uv: _virtualenv.py and
+    # .pth in site-packages too; 0.13: none there).
     bare = tmp_path / "bare"
     subprocess.run([uv_bin(), "venv", "-q", "--python", sys.executable, str(bare)], check=True)
-    made = {
-        p.relative_to(bare).as_posix()
-        for p in _site(bare).rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
+    made = [p for p in bare.rglob("*") if "__pycache__" not in p.parts]
+    assert set(files) == {
+        p.relative_to(bare).as_posix() for p in made if p.is_file() and not p.is_symlink()
     }
-    assert set(recorded) == made
-    for rel, digest in recorded.items():
+    assert {"bin/activate", "pyvenv.cfg"} <= set(files)
+    assert links == {p.relative_to(bare).as_posix(): os.readlink(p) for p in made if p.is_symlink()}
+    assert {"bin/python", "bin/python3", f"bin/python{PY}"} <= set(links)
+    for rel, digest in files.items():
         assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == digest
+    for rel, target in links.items():
+        assert os.readlink(dest / rel) == target
 
 
 def test_copy_mode_shares_no_file_with_uvs_cache(
@@ -815,3 +821,123 @@ def test_an_update_on_a_full_disk_is_made_again_by_the_next_run(
     result = install(huge, store, dest)
     assert result.action == "rebuilt" and not (dest / INCOMPLETE_NAME).exists()
     assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "huge": "1.0"}
+
+
+# -- a distribution re-installed at the same version: seen by its RECORD ------------------
+
+
+def _uv_install(dest: Path, wheel: Path) -> None:
+    subprocess.run(
+        [
+            *(uv_bin(), "pip", "install", "-q", "--offline", "--no-deps", "--reinstall"),
+            *("--python", str(dest / "bin" / "python"), str(wheel)),
+        ],
+        check=True,
+    )
+
+
+def _rebuilt_by_uv(dest: Path, tmp: Path, wheels: dict[str, Path]) -> None:
+    """Another wheel of beta 1.0 (rebuilt, other content), installed by uv."""
+    _uv_install(dest, build_wheel(tmp / "rebuilt", "beta", "1.0", files={"beta/x.py": "x = 1\n"}))
+
+
+def _rebuilt_by_pip(dest: Path, tmp: Path, wheels: dict[str, Path]) -> None:
+    """The same, installed by pip (isolated: this machine's pip config adds sources)."""
+    wheel = build_wheel(tmp / "rebuilt", "beta", "1.0", files={"beta/x.py": "x = 1\n"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "--isolated", "--python", str(dest / "bin" / "python")),
+            *("install", "-q", "--no-index", "--no-deps", "--force-reinstall", str(wheel)),
+        ],
+        check=True,
+        env=env,
+    )
+
+
+def _same_wheel_from_elsewhere(dest: Path, tmp: Path, wheels: dict[str, Path]) -> None:
+    """The locked wheel itself, installed again by another tool from another place."""
+    (tmp / "elsewhere").mkdir()
+    _uv_install(dest, Path(shutil.copy(wheels["beta"], tmp / "elsewhere")))
+
+
+def _record_rewritten(dest: Path, tmp: Path, wheels: dict[str, Path]) -> None:
+    """A file edited and its RECORD line rewritten to match: verify --full passes it.
+    (Replaced, not written in place: the default link mode hard-links uv's cache, and an
+    edit in place edits the cache the repair would restore from.)"""
+    site = _site(dest)
+    module = site / "beta" / "__init__.py"
+    data = module.read_bytes() + b"import os\n"
+    (tmp / "edited.py").write_bytes(data)
+    os.replace(tmp / "edited.py", module)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record = site / "beta-1.0.dist-info" / "RECORD"
+    lines = [
+        f"beta/__init__.py,sha256={digest},{len(data)}"
+        if ln.startswith("beta/__init__.py,")
+        else ln
+        for ln in record.read_text().splitlines()
+    ]
+    record.write_text("\n".join(lines) + "\n")
+
+
+REPLACEMENTS = [_rebuilt_by_uv, _rebuilt_by_pip, _same_wheel_from_elsewhere, _record_rewritten]
+
+
+@pytest.mark.parametrize("replace", REPLACEMENTS, ids=[r.__name__.strip("_") for r in REPLACEMENTS])
+def test_a_rerun_repairs_a_distribution_replaced_at_the_same_version(
+    tmp_path: Path,
+    lock: LockFile,
+    store: Store,
+    wheels: dict[str, Path],
+    replace: Callable[[Path, Path, dict[str, Path]], None],
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    beta = _site(dest) / "beta-1.0.dist-info"
+    files = {p: p.read_bytes() for p in (_site(dest) / "beta").rglob("*.py")}
+    record = (beta / "RECORD").read_bytes()
+    replace(dest, tmp_path, wheels)
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}  # same names
+    assert (beta / "RECORD").read_bytes() != record
+
+    result = install(lock, store, dest)
+    assert result.action == "repaired" and result.changed
+    assert (result.installed, result.removed) == (("beta==1.0",), ())
+    assert {p: p.read_bytes() for p in (_site(dest) / "beta").rglob("*.py")} == files
+    assert (beta / "RECORD").read_bytes() == record
+    assert install(lock, store, dest).action == "unchanged"
+
+
+def test_the_marker_keeps_each_record_digest_and_an_older_marker_still_works(
+    tmp_path: Path, lock: LockFile, store: Store, wheels: dict[str, Path]
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    marker = json.loads((dest / MARKER_NAME).read_text())
+    site = _site(dest)
+    assert marker["records"] == {
+        name: hashlib.sha256(next(site.glob(f"{name}-*.dist-info/RECORD")).read_bytes()).hexdigest()
+        for name in ("alpha", "beta", "tool")
+    }
+    # A marker from before the digests: the quick look is by metadata folder names alone.
+    del marker["records"]
+    (dest / MARKER_NAME).write_text(json.dumps(marker))
+    _rebuilt_by_uv(dest, tmp_path, wheels)
+    assert install(lock, store, dest).action == "unchanged"
+
+
+def test_envship_add_leaves_the_locked_records_as_recorded(tmp_path: Path) -> None:
+    from envship._installmarker import drift
+    from envship.add import add
+    from test_add import build_add_index, make_project  # it imports this module
+
+    with serve(build_add_index(tmp_path / "universe")) as server:
+        project = make_project(tmp_path, server.simple_url)
+        add(["kappa==1.0"], env=project.env, spec=project.spec)
+    marker = json.loads((project.env / MARKER_NAME).read_text())
+    found = drift(project.env, marker["packages"], PY, marker["records"])
+    assert (found.replaced, found.missing, found.present) == ((), (), ("kappa==1.0",))
+    result = install(project.lockfile(), project.store, project.env)
+    assert result.action == "updated" and "kappa" not in versions(project.env)
+    assert install(project.lockfile(), project.store, project.env).action == "unchanged"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 import envship.kernels as kernels_mod
+from envship._envroot import point_current
 from envship._launcher import INCOMPLETE_MARKER, INSTALL_MARKER, MAGIC_FILE, USED_FILE, host_glibc
 from envship._toml import load_toml
+from envship.cli.main import main
 from envship.envs import USED_NAME, create_env
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.kernels import (
@@ -323,7 +326,7 @@ def test_list_shows_envship_kernels_their_env_and_shadowing(
     one = make_env(tmp_path / "one", name="one")
     two = make_env(tmp_path / "two", name="two")
     install_kernel(one)
-    install_kernel(two)
+    two_spec = install_kernel(two).resource_dir
     KernelSpecManager().install_kernel_spec(str(_foreign_source(tmp_path)), "foreign", user=True)
     early = tmp_path / "early"
     monkeypatch.setenv("JUPYTER_PATH", str(early))
@@ -337,7 +340,10 @@ def test_list_shows_envship_kernels_their_env_and_shadowing(
     ]
     shutil.rmtree(two)
     gone = [k for k in list_kernels() if k.env == two]
-    assert [(k.name, k.env_exists, k.target, k.fits) for k in gone] == [("two", False, HOST, False)]
+    assert [(k.name, k.env_exists, k.fits) for k in gone] == [("two", False, False)]
+    # The target as the kernelspec recorded it, in the object form `env create --json` has.
+    assert gone[0].to_json()["target"] == kernel_json(two_spec)["metadata"]["envship"]["target"]
+    assert gone[0].to_json()["target"]["name"] == HOST
     assert gone[0].reasons == (f"the environment {two} is gone.",)
     assert [k.fits for k in list_kernels(check=False)] == [None, None, None]
     assert "foreign" in KernelSpecManager().find_kernel_specs()
@@ -463,8 +469,9 @@ def test_launcher_refuses_a_machine_the_env_was_not_built_for(
     assert f"this machine is {MACHINE} with glibc {GLIBC}" in first
     assert f"  - {reason}" in rest
     lock = json.loads((env / MARKER_NAME).read_text())["lock"]["path"]
-    assert (
-        rest[-1] == f"envship: make it again on this machine: envship install {env} --lock {lock}"
+    assert rest[-1] == (
+        f"envship: make it again on this machine: envship install {env} --lock {lock} "
+        f"--target {HOST}"
     )
 
 
@@ -574,16 +581,18 @@ def test_a_kernel_on_current_runs_the_version_current_names_at_each_start(
     assert check.returncode == 0 and check.stdout.strip().endswith(str(two.path))
     assert (two.path / USED_NAME).stat().st_mtime == stamp  # asking is not using
 
-    # Back to `one`: refused by what `one` is, with the command that makes a version.
-    create_env(s.first, s.store, s.root, name="ds")
+    # Back to `one` (as `env create` with the first lock does, without repairing it):
+    # refused by what `one` is, with the command that makes a version.
+    point_current(s.root / "ds", one.key)
     refused = run_launcher(made.resource_dir, tmp_path / "c.json")
     assert refused.returncode == 1 and refused.stdout == ""
     first, *rest = refused.stderr.splitlines()
     assert first.startswith(f"envship: kernel 'ds' cannot start: the environment {one.path} ")
     assert f"  - Python {OTHER_PY} needed, the interpreter is {PY}" in rest
+    base = json.loads((one.path / MARKER_NAME).read_text())["python"]["base"]
     assert rest[-1] == (
         f"envship: make a version for this machine: envship env create ds --root {s.root} "
-        f"--lock {s.first.path} (with a lock that has a target for it)"
+        f"--lock {s.first.path} --target {HOST} --python {base}"
     )
     assert "envship install" not in refused.stderr
 
@@ -675,7 +684,10 @@ def test_a_kernel_on_links_to_current_runs_the_version_current_names_then(
     refused = run_launcher(made.resource_dir, tmp_path / "c.json")
     assert refused.returncode == 1
     assert f"cannot start: the environment {two.path} " in refused.stderr
-    assert refused.stderr.splitlines()[-1].endswith("(with a lock that has a target for it)")
+    assert refused.stderr.splitlines()[-1].endswith(
+        f"--lock {s.second.path} --target {HOST} "
+        f"--python {json.loads((two.path / MARKER_NAME).read_text())['python']['base']}"
+    )
 
 
 GONE_LINK = "envship: the environment {env} is a link to {gone}, which is gone."
@@ -873,3 +885,100 @@ def test_env_label_follows_envship_env_layout(path: str, label: str) -> None:
     from envship._kernelenv import env_label
 
     assert env_label(Path(path)) == label
+
+
+# --- every remedy the launcher prints is a command that works: each one is run -----------
+
+
+def copied_python(folder: Path) -> str:
+    """A copy of this interpreter to build an environment on, deleted later to stand for
+    the base image it came from (it finds its standard library by its build prefix)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / f"python{PY}"
+    shutil.copy2(os.path.realpath(sys.executable), copy)
+    return str(copy)
+
+
+def remedy_of(resource_dir: Path, tmp_path: Path) -> list[str]:
+    """The launcher's refusal, and the command its last line prints, split into argv."""
+    proc = run_launcher(resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    # The command that makes the environment (after `envship lock` when the lock has to
+    # be made again first).
+    start = max(last.rfind("envship install "), last.rfind("envship env create "))
+    command = last[start:]
+    assert command.split()[0] == "envship" and "LOCK" not in command.split()
+    return shlex.split(command)[1:]
+
+
+REMEDIES = ["interpreter gone", "lock has a target that fits", "lock has none that fits"]
+
+
+@pytest.mark.parametrize("case", REMEDIES)
+def test_a_private_envs_remedy_works_when_run_from_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    work = tmp_path / "work"
+    wheels = [
+        build_wheel(work / "dist", "beta", "1.0"),
+        build_wheel(
+            work / "dist",
+            "ipykernel_launcher",
+            "0.1",
+            files={"ipykernel_launcher/__main__.py": STAND_IN},
+        ),
+    ]
+    lock = write_lock(work / "pylock.toml", wheels, targets=[target(glibc=GLIBC)])
+    store = stocked_store(work / "store", wheels)
+    python = copied_python(tmp_path / "image") if case == "interpreter gone" else None
+    env = work / "ds-env"
+    install(lock, store, env, python=python)
+    made = install_kernel(env)
+    if case == "interpreter gone":  # the image it was made in is not this one
+        shutil.rmtree(tmp_path / "image")
+    else:  # made on a newer machine, for a target needing glibc 2.99
+        edit_marker(env, name="future", glibc="2.99")
+    if case == "lock has none that fits":
+        write_lock(lock.path, wheels, targets=[target("future", glibc="2.99")])
+
+    monkeypatch.setenv("ENVSHIP_STORE", str(store.root))
+    monkeypatch.chdir(tmp_path)  # not where the lock is
+    args = remedy_of(made.resource_dir, tmp_path)
+    if case == "lock has none that fits":
+        said = run_launcher(made.resource_dir, tmp_path / "c.json").stderr.splitlines()[-1]
+        assert f"its lock {lock.path} has no target this machine can run (it has: future)" in said
+        assert "set glibc = " in said and "target that future comes from" in said
+        assert "run `envship lock` and `envship fetch`" in said
+        # Following it: the lock made again with a target for this machine (what
+        # `envship lock` writes for the spec with that target added), then the command.
+        write_lock(lock.path, wheels, targets=[target("future", glibc=GLIBC)])
+    assert args[:4] == ["install", str(env), "--lock", str(lock.path)]
+    assert main(args) == 0
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prefix"] == str(env)
+
+
+@pytest.mark.parametrize("case", ["interpreter gone", "lock has a target that fits"])
+def test_a_shared_versions_remedy_works_when_run_from_elsewhere(
+    shared: Shared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    s = shared
+    python = copied_python(tmp_path / "image") if case == "interpreter gone" else None
+    one = create_env(s.first, s.store, s.root, name="ds", python=python)
+    made = install_kernel(s.root / "ds" / "current")
+    if case == "interpreter gone":
+        shutil.rmtree(tmp_path / "image")
+    else:
+        edit_marker(one.path, name="future", glibc="2.99")
+
+    monkeypatch.setenv("ENVSHIP_STORE", str(s.store.root))
+    monkeypatch.chdir(tmp_path)
+    args = remedy_of(made.resource_dir, tmp_path)
+    assert args[:6] == ["env", "create", "ds", "--root", str(s.root), "--lock"]
+    assert args[6] == str(s.first.path)
+    assert main(args) == 0
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prefix"] != str(one.path) or case != "interpreter gone"

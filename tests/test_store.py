@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from disklib import SmallDisk
 from envship.errors import ArtifactError, StoreError
 from envship.store import Store, sha256_file
 
@@ -217,3 +220,112 @@ def test_size_mismatch_says_both_sizes(tmp_path: Path) -> None:
         info.value.message
         == f"x.whl: size mismatch ({len(DATA)} bytes, the lock says 10), refusing it"
     )
+
+
+# --- named copies: what installers read -------------------------------------------------------
+
+NAME = "x-1.0-py3-none-any.whl"
+FLIPPED = DATA[:-1] + b"?"  # same size, other bytes: a stat cannot tell
+
+
+def _store_with_named(tmp_path: Path, elsewhere: Path | None) -> Store:
+    """A store holding DATA; with ``elsewhere`` (a small tmpfs) its ``named/`` folder is
+    on another file system, so hard links fail there (EXDEV) and named copies are made."""
+    store = Store(tmp_path / "store")
+    store.commit(staged(store), SHA, name="x.whl")
+    if elsewhere is not None:
+        (store.root / "named").symlink_to(elsewhere)
+    return store
+
+
+def _remount(point: Path, how: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{how}", str(point)], check=True)
+
+
+def _put_over(path: Path, data: bytes) -> os.stat_result:
+    """Replace ``path`` by a separate file (``mv -f``), as a stray writer or copy would."""
+    tmp = path.with_name("stray")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path.stat()
+
+
+@pytest.mark.parametrize(
+    ("links", "copy", "handed_out", "damaged"),
+    [
+        # Links work: any separate file is replaced by a link, the content for certain.
+        (True, DATA, "link", False),  # e.g. a store copied without keeping hard links
+        (True, FLIPPED, "link", False),
+        (True, DATA[:-1], "link", False),
+        # Links fail: a copy of the right size is kept (uv's cache keys on its path and
+        # stamp); one of the wrong size is copied again; same-size damage takes a hash.
+        (False, DATA, "kept", False),
+        (False, FLIPPED, "kept", True),
+        (False, DATA[:-1], "copied", False),
+        (False, DATA + b"!", "copied", False),
+        (False, b"", "copied", False),
+    ],
+    ids=[
+        "links-whole",
+        "links-same-size",
+        "links-short",
+        "copies-whole",
+        "copies-same-size",
+        "copies-short",
+        "copies-long",
+        "copies-empty",
+    ],
+)
+def test_named_never_hands_out_a_copy_known_to_be_damaged(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    links: bool,
+    copy: bytes,
+    handed_out: str,
+    damaged: bool,
+) -> None:
+    elsewhere = None if links else request.getfixturevalue("small_disk").path
+    store = _store_with_named(tmp_path, elsewhere)
+    named = store.named(SHA, NAME)
+    content = store.path(SHA).stat()
+    assert (named.stat().st_ino == content.st_ino) is links
+    before = _put_over(named, copy)
+
+    assert store.named(SHA, NAME) == named
+    now = named.stat()
+    if handed_out == "link":
+        assert (now.st_ino, now.st_dev) == (content.st_ino, content.st_dev)
+    elif handed_out == "kept":
+        assert (now.st_ino, now.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        assert named.read_bytes() == copy
+    else:
+        assert now.st_ino != before.st_ino and named.read_bytes() == DATA
+        assert now.st_mode & 0o777 == 0o444
+    # What a hash finds, fetch --verify replaces, atomically and once.
+    bad = [(named, hashlib.sha256(copy).hexdigest())] if damaged else []
+    assert store.damaged_named(SHA) == bad
+    assert store.repair_named(SHA) == tuple(p for p, _ in bad)
+    assert named.read_bytes() == DATA and store.damaged_named(SHA) == []
+    assert sorted(p.name for p in named.parent.iterdir()) == [NAME]  # no temporary left
+
+
+def test_a_read_only_named_folder_is_trusted_only_by_size(
+    tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    """A shared store nobody may write: a right-size copy is used, a wrong-size one is
+    not (a private copy is made from the content file), and a repair names the file."""
+    store = _store_with_named(tmp_path, small_disk.path)
+    good = store.named(SHA, NAME)
+    short = store.named(SHA, "short-1.0-py3-none-any.whl")
+    flipped = store.named(SHA, "flipped-1.0-py3-none-any.whl")
+    _put_over(short, DATA[:-1])
+    _put_over(flipped, FLIPPED)
+    _remount(small_disk.path, "ro")
+
+    private = tmp_path / "private"
+    assert store.named_or_private(SHA, NAME, private) == good
+    mine = store.named_or_private(SHA, short.name, private)
+    assert mine == private / SHA / short.name and mine.read_bytes() == DATA
+    assert short.read_bytes() == DATA[:-1]  # untouched: it cannot be replaced
+    with pytest.raises(StoreError, match=re.escape(f"cannot replace the damaged copy {flipped}")):
+        store.repair_named(SHA)

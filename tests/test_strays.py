@@ -10,6 +10,7 @@ marker's ``venv_files``); ``include-system-site-packages`` must be off.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import py_compile
@@ -20,12 +21,20 @@ from pathlib import Path
 
 import pytest
 
-from envship.install import install, marker_data, write_marker
+from envship.install import MARKER_NAME, install, marker_data, write_marker
 from envship.lockfile import LockFile
 from envship.store import Store
-from envship.verify import VENV_CREATION, verify
+from envship.verify import VENV_CREATION, VerifyReport, verify
 from indexlib import build_wheel
-from test_verify import Venv, Wheels, kinds, make_venv, wheels, write_lock  # noqa: F401
+from test_verify import (  # noqa: F401
+    PYTHON,
+    Venv,
+    Wheels,
+    kinds,
+    make_venv,
+    wheels,
+    write_lock,
+)
 
 PTH_NOTE = "a .pth file: at every start Python runs its import lines"
 VIRTUALENV_PTH = "import _virtualenv"  # the one line uv and virtualenv write
@@ -35,6 +44,11 @@ VIRTUALENV_PY = '"""Patches that are applied at runtime to the virtual environme
 @pytest.fixture
 def venv(tmp_path: Path, wheels: Wheels) -> Venv:  # noqa: F811
     return make_venv(tmp_path, wheels)
+
+
+def unchecked(report: VerifyReport) -> list[str]:
+    """The report's notes on what could not be checked for want of a record."""
+    return [n for n in report.notes if "could not be checked" in n]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -245,8 +259,8 @@ def test_virtualenv_files_without_a_record_are_accepted_with_a_note(
         _virtualenv_files(venv.site)
         report = verify(lock, venv.root)
         assert report.identical, report.differences
-        (note,) = report.notes
-        assert str(venv.site / "_virtualenv.py") in note and "could not be checked" in note
+        (note,) = [n for n in unchecked(report) if "_virtualenv.py" in n]
+        assert str(venv.site / "_virtualenv.py") in note
 
 
 def test_a_virtualenv_pth_without_a_record_must_be_the_one_line(
@@ -303,7 +317,9 @@ def test_recorded_venv_files_are_hashed_in_quick_mode(
     expected = change(venv)
     report = verify(lock, venv.root)
     assert kinds(report.differences) == expected
-    assert report.notes == ()  # recorded: checked, nothing to say
+    # recorded: checked, nothing to say about site-packages (this marker is an older
+    # one, without venv_links: the rest of the venv is accepted by name)
+    assert [n for n in unchecked(report) if "site-packages" in n] == []
 
 
 def test_a_record_without_them_makes_virtualenv_files_unowned(
@@ -329,7 +345,7 @@ def test_an_env_made_by_envship_install(
     dest = tmp_path / "env"
     install(lock, store, dest)
     report = verify(lock, dest, full=True)
-    assert report.identical and report.notes == (), report.differences
+    assert report.identical and unchecked(report) == [], report.differences
     site = report.environment.site_packages[0]
     _virtualenv_files(site)  # not what this venv's creation wrote (it recorded that)
     assert [d.kind for d in verify(lock, dest).differences] == ["unowned", "unowned"]
@@ -372,3 +388,223 @@ def test_system_site_packages_is_a_config_difference(
         if actual is not None:
             (diff,) = report.differences
             assert (diff.expected, diff.actual) == ("false", actual)
+
+
+# -- the rest of the venv: bin/, share/, etc/, include/, pyvenv.cfg ----------------------
+
+
+@pytest.fixture
+def made(tmp_path: Path, wheels: Wheels) -> tuple[LockFile, Path]:  # noqa: F811
+    """A venv made by ``envship install`` (its marker records the whole venv)."""
+    store = Store(tmp_path / "store")
+    for wheel in (wheels.alpha, wheels.beta, wheels.tool):
+        store.add_file(wheel)
+    lock = LockFile.load(wheels.lock_no_omega)
+    install(lock, store, tmp_path / "env")
+    return lock, tmp_path / "env"
+
+
+Tamper = Callable[[Path], tuple[str, str, str, str]]  # -> kind, name, rel path, in note
+
+
+def _script_in_bin(env: Path) -> tuple[str, str, str, str]:
+    _write(env / "bin" / "pip", "#!/bin/sh\necho not pip\n").chmod(0o755)
+    return "unowned", "bin/pip", "bin/pip", "first on PATH while the environment is activated"
+
+
+def _link_in_bin(env: Path) -> tuple[str, str, str, str]:
+    (env / "bin" / "ls").symlink_to("/bin/sh")
+    return "unowned", "bin/ls", "bin/ls", "first on PATH"
+
+
+def _edited_activate(env: Path) -> tuple[str, str, str, str]:
+    with (env / "bin" / "activate").open("a") as f:
+        f.write("export PYTHONPATH=/tmp/evil\n")
+    return "changed", VENV_CREATION, "bin/activate", "the shell that activates"
+
+
+def _python3_wrapper(env: Path) -> tuple[str, str, str, str]:
+    (env / "bin" / "python3").unlink()
+    _write(env / "bin" / "python3", '#!/bin/sh\nexec /usr/bin/env python3 "$@"\n').chmod(0o755)
+    return "changed", VENV_CREATION, "bin/python3", "the environment's interpreter"
+
+
+def _python_relinked(env: Path) -> tuple[str, str, str, str]:
+    (env / "bin" / "python3.99").symlink_to("/opt/other/python3")
+    os.replace(env / "bin" / "python3.99", env / "bin" / f"python{PYTHON}")
+    return "changed", VENV_CREATION, f"bin/python{PYTHON}", "interpreter"
+
+
+def _removed_activate(env: Path) -> tuple[str, str, str, str]:
+    (env / "bin" / "activate.fish").unlink()
+    return "removed", VENV_CREATION, "bin/activate.fish", ""
+
+
+def _kernelspec(env: Path) -> tuple[str, str, str, str]:
+    rel = "share/jupyter/kernels/evil/kernel.json"
+    _write(env / rel, '{"argv": ["/bin/sh", "-c", "id"], "display_name": "Python 3"}\n')
+    return "unowned", rel, rel, "argv is the command it runs"
+
+
+def _jupyter_config(env: Path) -> tuple[str, str, str, str]:
+    rel = "etc/jupyter/jupyter_server_config.py"
+    _write(env / rel, "import os\n")
+    return "unowned", rel, rel, "configuration"
+
+
+def _header(env: Path) -> tuple[str, str, str, str]:
+    _write(env / "include" / "site" / "evil.h", "#define X 1\n")
+    return "unowned", "include/site/evil.h", "include/site/evil.h", ""
+
+
+def _beside_site_packages(env: Path) -> tuple[str, str, str, str]:
+    rel = f"lib/python{PYTHON}/evil.py"
+    _write(env / rel, "print('evil')\n")
+    return "unowned", rel, rel, ""
+
+
+def _pyvenv_cfg(env: Path) -> tuple[str, str, str, str]:
+    with (env / "pyvenv.cfg").open("a") as f:
+        f.write("prompt = other\n")
+    return "changed", VENV_CREATION, "pyvenv.cfg", "every start"
+
+
+def _lib64_relinked(env: Path) -> tuple[str, str, str, str]:
+    (env / "lib64").unlink()
+    (env / "lib64").symlink_to("/usr/lib")
+    return "changed", VENV_CREATION, "lib64", ""
+
+
+def _bookkeeping_misplaced(env: Path) -> tuple[str, str, str, str]:
+    # envship's names are accepted at the venv's top only, and only as files
+    _write(env / "bin" / ".envship-used", "")
+    return "unowned", "bin/.envship-used", "bin/.envship-used", ""
+
+
+TAMPERS: list[Tamper] = [
+    _script_in_bin, _link_in_bin, _edited_activate, _python3_wrapper, _python_relinked,
+    _removed_activate, _kernelspec, _jupyter_config, _header, _beside_site_packages,
+    _pyvenv_cfg, _lib64_relinked, _bookkeeping_misplaced,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("tamper", TAMPERS, ids=[t.__name__.strip("_") for t in TAMPERS])
+@pytest.mark.parametrize("full", [False, True], ids=["quick", "full"])
+def test_each_change_outside_site_packages_is_reported(
+    made: tuple[LockFile, Path], tamper: Tamper, full: bool
+) -> None:
+    lock, env = made
+    kind, name, rel, note = tamper(env)
+    report = verify(lock, env, full=full)
+    assert kinds(report.differences) == [(kind, name, str(env / rel))]
+    assert note in (report.differences[0].note or "")
+    assert unchecked(report) == []
+
+
+def test_a_python3_wrapper_is_a_change_that_runs(made: tuple[LockFile, Path]) -> None:
+    lock, env = made
+    _python3_wrapper(env)
+    (diff,) = verify(lock, env).differences
+    assert diff.expected == "a link to python"
+    assert (diff.actual or "").startswith("a file, sha256=")
+    # The audit's point: the script is what `python3` in the activated venv now runs.
+    out = subprocess.run(
+        [str(env / "bin" / "python3"), "-c", "import sys; print(sys.prefix)"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.strip() != str(env)
+
+
+@pytest.mark.parametrize(
+    "name", [".envship-used", ".envship-incomplete", ".lock"], ids=["used", "incomplete", "uv"]
+)
+def test_bookkeeping_at_the_top_is_not_a_difference(made: tuple[LockFile, Path], name: str) -> None:
+    lock, env = made
+    _write(env / name, "")
+    _write(env / "bin" / name, "")  # the same name anywhere else is nobody's
+    path = env / "bin" / name
+    assert kinds(verify(lock, env).differences) == [("unowned", f"bin/{name}", str(path))]
+
+
+def test_files_a_record_lists_outside_site_packages_are_claimed(
+    tmp_path: Path,
+    wheels: Wheels,  # noqa: F811
+) -> None:
+    """Console scripts and data files (share/jupyter/kernels/...) are the distribution's:
+    checked against its RECORD, never unowned; without it they are unowned."""
+    kernel = build_wheel(
+        tmp_path / "dist", "kern", "1.0",
+        files={
+            "kern/__init__.py": "",
+            "kern-1.0.data/data/share/jupyter/kernels/kern/kernel.json": '{"argv": ["python"]}\n',
+        },
+    )  # fmt: skip
+    store = Store(tmp_path / "store")
+    for wheel in (wheels.alpha, wheels.beta, wheels.tool, kernel):
+        store.add_file(wheel)
+    lock = LockFile.load(
+        write_lock(tmp_path / "l.toml", [wheels.alpha, wheels.beta, wheels.tool, kernel])
+    )
+    env = tmp_path / "env"
+    install(lock, store, env)
+    spec = env / "share" / "jupyter" / "kernels" / "kern" / "kernel.json"
+    assert spec.is_file() and (env / "bin" / "tool").is_file()
+    assert verify(lock, env, full=True).identical
+    spec.write_text('{"argv": ["/bin/sh"]}\n')
+    assert kinds(verify(lock, env, full=True).differences) == [("changed", "kern", str(spec))]
+    site = verify(lock, env).environment.site_packages[0]
+    (site / "kern-1.0.dist-info" / "RECORD").unlink()
+    found = kinds(verify(lock, env).differences)
+    assert ("unowned", "share/jupyter/kernels/kern/kernel.json", str(spec)) in found
+
+
+def by_name(report: VerifyReport) -> set[str]:
+    """The paths the note on files accepted by name lists."""
+    (note,) = [n for n in unchecked(report) if "accepted by name" in n]
+    return set(note.split(": ", 1)[1].split(" (what venv creators write)")[0].split(", "))
+
+
+def _older_marker(env: Path) -> None:
+    """The marker as envship wrote it before it recorded the venv outside site-packages."""
+    data = json.loads((env / MARKER_NAME).read_text())
+    data["venv_files"] = {k: v for k, v in data["venv_files"].items() if "site-packages" in k}
+    del data["venv_links"]
+    (env / MARKER_NAME).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "seen"),
+    [
+        (_script_in_bin, True),  # no record lists it: unowned whatever made the venv
+        (_kernelspec, True),
+        (_python3_wrapper, True),  # no creator writes a #! script as the interpreter
+        (_edited_activate, False),  # its content is what could not be checked
+        (_pyvenv_cfg, False),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else str(v),
+)
+@pytest.mark.parametrize("made_by", ["older-envship", "uv-venv", "python-m-venv"])
+def test_without_a_record_the_creators_files_are_known_by_name(
+    tmp_path: Path,
+    made: tuple[LockFile, Path],
+    wheels: Wheels,  # noqa: F811
+    made_by: str,
+    tamper: Tamper,
+    seen: bool,
+) -> None:
+    lock, env = made
+    if made_by == "older-envship":
+        _older_marker(env)
+    elif made_by == "uv-venv":
+        env = make_venv(tmp_path / "uv", wheels).root
+    else:
+        env = tmp_path / "stdvenv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+        Venv(env, tmp_path / "uv-cache").install(wheels.alpha, wheels.beta, wheels.tool)
+    report = verify(lock, env)
+    assert report.differences == ()
+    assert {"bin/activate", "pyvenv.cfg", "bin/python", "bin/python3"} <= by_name(report)
+    kind, name, rel, _ = tamper(env)
+    report = verify(lock, env)
+    assert kinds(report.differences) == ([(kind, name, str(env / rel))] if seen else [])
+    assert (rel in by_name(report)) == (not seen)

@@ -208,7 +208,40 @@ def _delete_record(v: Venv, w: Wheels) -> Expect:
     record = v.site / "tool-1.0.dist-info" / "RECORD"
     record.unlink()
     # without its RECORD nothing vouches for the distribution's package either
-    return [("removed", "tool", str(record)), ("unowned", "tool", str(v.site / "tool"))]
+    return [
+        ("removed", "tool", str(record)),
+        ("unowned", "bin/tool", str(v.root / "bin" / "tool")),  # its script, now nobody's
+        ("unowned", "tool", str(v.site / "tool")),
+    ]
+
+
+def _script_not_executable(v: Venv, w: Wheels) -> Expect:
+    (v.root / "bin" / "tool").chmod(0o644)  # what a RECORD put in bin/ must run
+    return [("changed", "tool", str(v.root / "bin" / "tool"))]
+
+
+def _world_writable_module(v: Venv, w: Wheels) -> Expect:
+    path = v.site / "beta" / "__init__.py"
+    path.chmod(0o666)  # anyone on the machine could change the code
+    return [("changed", "beta", str(path))]
+
+
+def _file_replaced_by_a_link(v: Venv, w: Wheels) -> Expect:
+    path = v.site / "beta" / "__init__.py"
+    outside = v.root.parent / "elsewhere.py"
+    outside.write_bytes(path.read_bytes())  # the same bytes, living outside the env
+    path.unlink()
+    path.symlink_to(outside)
+    return [("changed", "beta", str(path))]
+
+
+def _package_replaced_by_a_link(v: Venv, w: Wheels) -> Expect:
+    folder = v.site / "beta"
+    outside = v.root.parent / "elsewhere"
+    shutil.copytree(folder, outside)
+    shutil.rmtree(folder)
+    folder.symlink_to(outside)
+    return [("changed", "beta", str(folder))]
 
 
 def _install_extra(v: Venv, w: Wheels) -> Expect:
@@ -233,6 +266,10 @@ CORRUPTIONS: list[tuple[Callable[[Venv, Wheels], Expect], bool]] = [
     (_delete_record, True),
     (_install_extra, True),
     (_install_other_version, True),
+    (_script_not_executable, True),  # modes and links: the same lstat, in both modes
+    (_world_writable_module, True),
+    (_file_replaced_by_a_link, True),
+    (_package_replaced_by_a_link, True),
 ]
 
 
@@ -428,17 +465,56 @@ def test_pip_installed_env_with_bytecode_in_record(tmp_path: Path, wheels: Wheel
 def test_lock_without_targets_is_a_clear_error(tmp_path: Path, wheels: Wheels) -> None:
     text = write_lock(tmp_path / "l.toml", [wheels.beta]).read_text()
     (tmp_path / "l.toml").write_text(text.split("[tool.envship]")[0])
+    (tmp_path / "site-packages").mkdir()
     with pytest.raises(LockError, match="records no targets"):
-        verify(LockFile.load(tmp_path / "l.toml"), tmp_path)
+        verify(LockFile.load(tmp_path / "l.toml"), tmp_path / "site-packages")
 
 
-def test_a_second_dist_info_of_a_locked_name_is_extra(venv: Venv, wheels: Wheels) -> None:
-    copy = venv.site / "Beta-1.0.dist-info"  # e.g. left behind by a case-insensitive copy
+@pytest.mark.parametrize(
+    ("folder", "version"),
+    [("Beta-1.0.dist-info", "1.0"), ("beta-0.9.dist-info", "0.9")],
+    ids=["same-version-other-spelling", "other-version-sorting-first"],
+)
+def test_a_second_dist_info_of_a_locked_name_is_a_duplicate(
+    venv: Venv, wheels: Wheels, folder: str, version: str
+) -> None:
+    copy = venv.site / folder  # sorts before the locked beta-1.0.dist-info
     shutil.copytree(venv.site / "beta-1.0.dist-info", copy)
-    report = verify(LockFile.load(wheels.lock_no_omega), venv.root, full=True)
-    (diff,) = report.differences  # one of the two is checked, the other is extra
-    assert (diff.kind, diff.name, diff.actual) == ("extra", "beta", "1.0")
-    assert diff.path in (str(copy), str(venv.site / "beta-1.0.dist-info"))
+    meta = copy / "METADATA"
+    meta.write_text(meta.read_text().replace("Version: 1.0", f"Version: {version}"))
+    init = venv.site / "beta" / "__init__.py"
+    init.write_text(init.read_text() + "#\n")  # the locked copy's files are still checked
+    report = verify(LockFile.load(wheels.lock_no_omega), venv.root)
+    assert kinds(report.differences) == [
+        ("duplicate", "beta", str(copy)),
+        ("changed", "beta", str(init)),
+    ]
+    assert report.differences[0].actual == version
+
+
+@pytest.mark.parametrize(
+    ("where", "accepted"),
+    [
+        ("plain", False),
+        ("site-packages", True),
+        ("lib/python3.11/anything", True),
+        ("with-dist-info", True),
+    ],
+)
+def test_a_folder_that_is_no_environment_is_refused(
+    tmp_path: Path, where: str, accepted: bool
+) -> None:
+    folder = tmp_path / where
+    folder.mkdir(parents=True)
+    if where == "with-dist-info":  # as `uv pip install --target` leaves it
+        (folder / "beta-1.0.dist-info").mkdir()
+    if accepted:
+        assert find_environment(folder).site_packages == (folder,)
+        return
+    with pytest.raises(SpecError, match="is not an environment") as info:
+        find_environment(folder)
+    assert info.value.exit_code == 2
+    assert info.value.hint is not None and "site-packages" in info.value.hint
 
 
 # -- the venv's interpreter: it must exist and be the target's Python ---------------------

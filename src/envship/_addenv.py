@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._envroot import shared_version
-from .errors import AddError, Problem, SpecError
+from .errors import AddError, AddInputError, Problem, SpecError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .spec import find_spec
 
@@ -38,7 +38,9 @@ def environment(env: Path | None) -> Path:
     if env.name.startswith("python") and env.parent.name == "bin" and not env.is_dir():
         env = env.parent.parent  # ENV/bin/python names its environment
     if not env.is_dir():
-        raise AddError(f"there is no environment at {env}", hint="make one: envship install PATH")
+        raise AddInputError(
+            f"there is no environment at {env}", hint="make one: envship install PATH"
+        )
     return env
 
 

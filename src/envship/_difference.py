@@ -15,11 +15,14 @@ from typing import Literal
 __all__ = ["KINDS", "Difference", "DifferenceKind"]
 
 DifferenceKind = Literal[
-    "missing", "extra", "version", "config", "changed", "removed", "added", "unowned"
-]
+    "missing", "extra", "version", "duplicate", "config", "changed", "removed", "added",
+    "unowned",
+]  # fmt: skip
 #: Report order: distribution-level differences, the environment's settings, then files.
+#: ``duplicate``: a second metadata folder of a locked name (the locked one is checked).
 KINDS: tuple[DifferenceKind, ...] = (
-    "missing", "extra", "version", "config", "changed", "removed", "added", "unowned",
+    "missing", "extra", "version", "duplicate", "config", "changed", "removed", "added",
+    "unowned",
 )  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 
 An environment is named as a venv folder (its ``pyvenv.cfg`` says which Python, and so
 which ``lib/pythonX.Y/site-packages``), as an interpreter, or as a bare site-packages
-folder (the Python version read from a ``pythonX.Y`` part of its path, if any). Its
+folder (the Python version read from a ``pythonX.Y`` part of its path, if any; a folder
+that is none of these, with no installed distribution in it, is refused). Its
 target is the lock's for this platform and that Python; among several, the one with the
 highest glibc level not above this machine's. :mod:`envship.verify` re-exports the
 public names.
@@ -171,8 +172,30 @@ def find_environment(
     if env.is_dir():
         if (env / "pyvenv.cfg").is_file():
             return _venv(env)
+        if not _site_like(env):
+            raise SpecError(
+                f"{env} is not an environment",
+                problems=[
+                    Problem(
+                        str(env),
+                        "no pyvenv.cfg, no installed distribution (*.dist-info), and no "
+                        "pythonX.Y or site-packages in its path",
+                    )
+                ],
+                hint="name a venv, its bin/python, or a site-packages folder",
+            )
         return InstalledEnvironment(env, (env,), _python_from_path(env))
     return _interpreter(env)
+
+
+def _site_like(folder: Path) -> bool:
+    """Whether a folder named as an environment can be one: a site-packages folder (by
+    name or place) or one holding installed distributions (``uv pip install --target``).
+    Any other folder would be verified as an empty site-packages: all "missing"."""
+    if folder.name in ("site-packages", "dist-packages") or _python_from_path(folder):
+        return True
+    with os.scandir(folder) as entries:
+        return any(e.name.endswith((".dist-info", ".egg-info")) for e in entries)
 
 
 def _same_folder(a: Path, b: Path) -> bool:

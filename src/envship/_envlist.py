@@ -16,6 +16,7 @@ from typing import Any
 
 from . import _envroot
 from ._inuse import ProcessUse
+from .errors import TargetError
 from .targets import Target
 
 __all__ = ["EnvInfo", "JsonResult", "VersionInfo", "list_envs", "version_info"]
@@ -53,7 +54,7 @@ class VersionInfo(JsonResult):
     current: bool
     last_used: datetime
     lock_digest: str | None  # None while incomplete: only the marker records it
-    target: str | None
+    target: Target | None  # as ``env create --json`` gives it; None while incomplete
     groups: tuple[str, ...]
     size: int | None  # bytes on disk; None unless asked for (it walks every file)
 
@@ -64,6 +65,15 @@ class EnvInfo(JsonResult):
     path: Path
     current: str | None  # the key ``current`` points at
     versions: tuple[VersionInfo, ...]
+
+
+def _target(marker: dict[str, Any] | None) -> Target | None:
+    if marker is None:
+        return None
+    try:
+        return Target.from_json(marker.get("target"))
+    except TargetError:  # a marker from elsewhere we cannot read: listed, not fatal
+        return None
 
 
 def version_info(env_dir: Path, key: str, current: str | None, *, size: bool) -> VersionInfo:
@@ -77,7 +87,7 @@ def version_info(env_dir: Path, key: str, current: str | None, *, size: bool) ->
         current=key == current,
         last_used=_envroot.last_used(path),
         lock_digest=marker["lock"]["digest"] if marker else None,
-        target=marker["target"]["name"] if marker else None,
+        target=_target(marker),
         groups=tuple(marker["groups"]) if marker else (),
         size=_envroot.disk_size(path) if size else None,
     )

@@ -1,11 +1,20 @@
 """The record an environment keeps of how envship made it, and the quick look at its state.
 
 ``.envship-install.json`` (the marker) says which lock, target, groups and interpreter
-an environment was made from, and what the venv's creation itself put into
-site-packages (uv's ``_virtualenv.py``/``.pth``) with their hashes, so ``verify`` can
-tell them from stray files. ``.envship-incomplete`` says it is being made. The quick
-look (:func:`drift`) compares the installed distributions' metadata folders with the
-marker, as ``envship verify`` does without ``--full``: a listing, no hashing.
+an environment was made from; what the venv's creation itself wrote, anywhere in the
+venv (``venv_files``: the activate scripts, ``pyvenv.cfg``, uv's ``_virtualenv.py``,
+... with their sha256; ``venv_links``: ``bin/python*`` and ``lib64`` with their
+targets), so ``verify`` can tell them from stray files and see them changed; and the
+sha256 of each installed distribution's ``RECORD`` as the installer wrote it
+(``records``). ``.envship-incomplete`` says it is being made. The quick look
+(:func:`drift`) compares the installed distributions' metadata folders with the marker,
+and their RECORD files with those digests: a listing and one small file per
+distribution read, so a re-install of the same name and version (another wheel,
+another tool) is seen too.
+
+Markers written before ``venv_links`` recorded only site-packages in ``venv_files``,
+and those before ``records`` kept no RECORD digests; both are still read, and what they
+cannot tell is said where it matters (``verify``'s notes) or not checked (drift).
 """
 
 from __future__ import annotations
@@ -13,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
@@ -28,21 +38,40 @@ if TYPE_CHECKING:
     from .targets import Target
 
 __all__ = [
+    "FILES_KEY",
     "INCOMPLETE_NAME",
+    "LINKS_KEY",
     "MARKER_NAME",
+    "RECORDS_KEY",
     "Drift",
+    "State",
     "artifact_entry",
+    "clear",
     "drift",
+    "env_state",
     "marker_data",
     "read_marker",
+    "record_digests",
     "site_packages",
-    "venv_files",
+    "venv_record",
     "write_marker",
 ]
 
 MARKER_NAME = ".envship-install.json"
 INCOMPLETE_NAME = ".envship-incomplete"
 MARKER_FORMAT = 1
+# The marker's keys (module docstring): env-relative POSIX path -> hex sha256 of a file
+# the venv's creation wrote; -> target of a link it made; canonical name -> hex sha256
+# of the installed dist-info/RECORD.
+FILES_KEY = "venv_files"
+LINKS_KEY = "venv_links"
+RECORDS_KEY = "records"
+
+# Metadata folders: ``name-version.dist-info`` (wheels) and ``name-version[-pyX.Y]
+# .egg-info`` (anything installed the old way, e.g. ``setup.py install``).
+_METADATA = (".dist-info", ".egg-info")
+
+State = Literal["missing", "empty", "complete", "incomplete", "foreign"]
 
 
 def artifact_entry(a: Artifact) -> dict[str, str]:
@@ -70,13 +99,17 @@ def marker_data(
     compiled: bool = False,
     venv: Mapping[str, str] | None = None,
     link_mode: str | None = None,
+    links: Mapping[str, str] | None = None,
+    records: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """What an environment made from ``lock`` records about itself (the install marker);
     image builds write the same record into the image. ``compiled``: every installed
-    module's byte-code was written at install time. ``venv``: the files the venv's
-    creation wrote into site-packages (env-relative POSIX path -> hex sha256); None when
-    unknown (an environment made before envship recorded them). ``link_mode``: how uv
-    was asked to put files in place, when it was asked (repairs keep it)."""
+    module's byte-code was written at install time. ``venv`` and ``links``: the files and
+    links the venv's creation wrote (:func:`venv_record`); None when unknown (an image,
+    or an environment made before envship recorded them; ``links`` None with ``venv``
+    given: a record of site-packages alone, as envship kept before). ``link_mode``: how
+    uv was asked to put files in place, when it was asked (repairs keep it).
+    ``records``: :func:`record_digests` of the environment as installed."""
     data: dict[str, Any] = {
         "format": MARKER_FORMAT,
         "lock": {"path": str(lock.path.absolute()), "digest": lock.digest},
@@ -89,7 +122,11 @@ def marker_data(
         "compiled": compiled,
     }
     if venv is not None:
-        data["venv_files"] = dict(sorted(venv.items()))
+        data[FILES_KEY] = dict(sorted(venv.items()))
+    if links is not None:
+        data[LINKS_KEY] = dict(sorted(links.items()))
+    if records is not None:
+        data[RECORDS_KEY] = dict(sorted(records.items()))
     if link_mode is not None:
         data["link_mode"] = link_mode
     return data
@@ -110,17 +147,97 @@ def site_packages(dest: Path, python: str | None = None) -> Path | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def venv_files(dest: Path, python: str | None = None) -> dict[str, str]:
-    """Every file in a freshly made venv's site-packages, with its sha256: what the venv's
-    creation put there (uv writes ``_virtualenv.py`` and a ``.pth`` that imports it)."""
+def _sha256(path: str | Path) -> str:
+    # Small files (activate scripts, RECORD): one read; hashlib.file_digest is 3.11+.
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def venv_record(dest: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """What a freshly made venv holds, as the venv's creation wrote it: ``(files, links)``,
+    env-relative POSIX paths -> hex sha256 and -> link target. uv writes the activate
+    scripts, ``pyvenv.cfg``, ``.gitignore``, ``CACHEDIR.TAG``, the ``bin/python*`` links
+    and ``lib64``, and for Python < 3.10 ``_virtualenv.py`` and a ``.pth`` importing it.
+    A link is recorded, never followed (``bin/python`` names the base interpreter)."""
+    files: dict[str, str] = {}
+    links: dict[str, str] = {}
+    folders = [str(dest)]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                rel = Path(entry.path).relative_to(dest).as_posix()
+                if entry.is_symlink():
+                    links[rel] = os.readlink(entry.path)
+                elif entry.is_dir():
+                    if entry.name != "__pycache__":
+                        folders.append(entry.path)
+                elif entry.is_file() and rel not in (INCOMPLETE_NAME, MARKER_NAME):
+                    files[rel] = _sha256(entry.path)
+    return files, links
+
+
+def _dist_infos(site: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Installed distributions by canonical name -> (version, metadata folder), from the
+    metadata folder names."""
+    found: dict[str, list[tuple[str, Path]]] = {}
+    with os.scandir(site) as entries:
+        for entry in entries:
+            suffix = next((s for s in _METADATA if entry.name.endswith(s)), None)
+            if suffix is None:
+                continue
+            parts = entry.name[: -len(suffix)].split("-")
+            if len(parts) < 2:
+                continue
+            found.setdefault(canonicalize_name(parts[0]), []).append((parts[1], Path(entry.path)))
+    return found
+
+
+def _record_digest(info: Path) -> str:
+    try:
+        return _sha256(info / "RECORD")
+    except OSError:
+        return ""  # none, or unreadable: matches no digest
+
+
+def record_digests(dest: Path, python: str | None = None) -> dict[str, str]:
+    """Canonical name -> sha256 of its ``RECORD``, for each distribution installed in
+    ``dest``'s site-packages (of ``python``). An installer writes RECORD last, listing
+    every file with its hash (PEP 376/427), so a re-install of the same name and version
+    from another wheel, or by another tool, writes another RECORD."""
     site = site_packages(dest, python)
-    if site is None:
-        return {}
-    out: dict[str, str] = {}
-    for path in sorted(site.rglob("*")):
-        if path.is_file() and not path.is_symlink() and "__pycache__" not in path.parts:
-            out[path.relative_to(dest).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+    found = _dist_infos(site) if site is not None else {}
+    return {
+        name: _record_digest(info)
+        for name, infos in sorted(found.items())
+        for _version, info in infos[:1]
+    }
+
+
+def env_state(dest: Path) -> State:
+    """What ``dest`` is to ``envship install``: nothing yet, an empty folder, a complete or
+    half-made environment of ours, or something else (never touched)."""
+    if not dest.exists():
+        return "foreign" if dest.is_symlink() else "missing"  # a link to nothing
+    if not dest.is_dir():
+        return "foreign"
+    if (dest / INCOMPLETE_NAME).exists():
+        return "incomplete"
+    if (dest / MARKER_NAME).is_file():
+        # The marker is written atomically, so one we cannot read (or an env without its
+        # interpreter) was damaged after the fact; the folder is still ours, and
+        # rebuilding it is the safe answer.
+        usable = read_marker(dest) is not None and (dest / "bin" / "python").exists()
+        return "complete" if usable else "incomplete"
+    return "foreign" if any(dest.iterdir()) else "empty"
+
+
+def clear(dest: Path) -> None:
+    """Empty ``dest`` but keep the folder itself (it may be a mount point or a symlink)."""
+    for child in dest.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,37 +247,26 @@ class Drift:
     present: tuple[str, ...] = ()  # "name==version" installed, not expected
     missing: tuple[str, ...] = ()  # "name==version" expected, not installed
     duplicated: tuple[str, ...] = ()  # names with more than one metadata folder
+    replaced: tuple[str, ...] = ()  # "name==version" as expected, but its RECORD is not
 
     def __bool__(self) -> bool:
-        return bool(self.present or self.missing or self.duplicated)
+        return bool(self.present or self.missing or self.duplicated or self.replaced)
 
 
-# Metadata folders: ``name-version.dist-info`` (wheels) and ``name-version[-pyX.Y]
-# .egg-info`` (anything installed the old way, e.g. ``setup.py install``).
-_METADATA = (".dist-info", ".egg-info")
-
-
-def _installed(site: Path) -> dict[str, list[str]]:
-    """Installed distributions by canonical name -> versions, from metadata folder names."""
-    found: dict[str, list[str]] = {}
-    with os.scandir(site) as entries:
-        for entry in entries:
-            suffix = next((s for s in _METADATA if entry.name.endswith(s)), None)
-            if suffix is None:
-                continue
-            parts = entry.name[: -len(suffix)].split("-")
-            if len(parts) < 2:
-                continue
-            found.setdefault(canonicalize_name(parts[0]), []).append(parts[1])
-    return found
-
-
-def drift(dest: Path, packages: Sequence[Mapping[str, str]], python: str | None) -> Drift:
+def drift(
+    dest: Path,
+    packages: Sequence[Mapping[str, str]],
+    python: str | None,
+    records: Mapping[str, str] | None = None,
+) -> Drift:
     """Where the metadata folders in ``dest``'s site-packages (of ``python``) differ from
-    ``packages`` (marker entries): a listing, no hashing, like ``envship verify`` without
-    ``--full``. A wrong version is both present and missing."""
+    ``packages`` (marker entries): a listing, like ``envship verify`` without ``--full``.
+    A wrong version is both present and missing. With ``records`` (the marker's), each
+    expected distribution's RECORD is hashed too: one that is not the one installed is
+    ``replaced``. Names ``records`` lacks are not compared (a marker from before them)."""
     site = site_packages(dest, python)
-    installed = _installed(site) if site is not None else {}
+    found = _dist_infos(site) if site is not None else {}
+    installed = {n: [v for v, _ in infos] for n, infos in found.items()}
     expected: dict[str, str] = {canonicalize_name(p["name"]): p["version"] for p in packages}
     present = [
         f"{n}=={v}"
@@ -174,7 +280,16 @@ def drift(dest: Path, packages: Sequence[Mapping[str, str]], python: str | None)
         if not any(_same(v, got) for got in installed.get(n, []))
     ]
     duplicated = [n for n, versions in sorted(installed.items()) if len(versions) > 1]
-    return Drift(tuple(present), tuple(missing), tuple(duplicated))
+    replaced = [
+        f"{n}=={v}"
+        for n, v in sorted(expected.items())
+        if records is not None
+        and isinstance(digest := records.get(n), str)
+        and len(infos := found.get(n, [])) == 1
+        and _same(v, infos[0][0])
+        and _record_digest(infos[0][1]) != digest
+    ]
+    return Drift(tuple(present), tuple(missing), tuple(duplicated), tuple(replaced))
 
 
 def _same(a: str | None, b: str) -> bool:

@@ -58,24 +58,40 @@ def check_store(
 def name_damaged(lock: LockFile, store: Store, target: Target, artifacts: list[Artifact]) -> None:
     """After uv failed: an ArtifactError naming the store files whose bytes are not the
     lock's (uv only says a wheel is unreadable, not which file to fetch again). Hashing
-    every artifact is paid only here, on the way out of a failed install."""
-    damaged: list[tuple[Artifact, str]] = []
+    every artifact is paid only here, on the way out of a failed install. Besides each
+    content file, the named copy uv read is hashed when it is a separate file (made
+    where hard links fail): it can be damaged while the content file is whole."""
+    damaged: list[tuple[Artifact, Path, str]] = []
     for a in artifacts:
+        content = store.path(a.sha256)
         with contextlib.suppress(OSError):  # unreadable: uv's own error says enough
-            actual = sha256_file(store.path(a.sha256))
+            actual = sha256_file(content)
             if actual != a.sha256:
-                damaged.append((a, actual))
+                # Its named links share the damage; fetch replaces them with the file.
+                damaged.append((a, content, actual))
+                continue
+        damaged += [
+            (a, path, actual)
+            for path, actual in store.damaged_named(a.sha256)
+            if path.name == a.filename
+        ]
     if damaged:
-        first, actual = damaged[0]
-        names = ", ".join(a.filename for a, _ in damaged)
-        raise ArtifactError(
+        first, path, actual = damaged[0]
+        names = ", ".join(a.filename for a, _, _ in damaged)
+        error = ArtifactError(
             f"the store {store.root} holds damaged copies of {len(damaged)} artifact(s): {names}",
-            artifact=str(store.path(first.sha256)),
+            artifact=str(path),
             expected=f"sha256:{first.sha256}",
             actual=f"sha256:{actual}",
+            # fetch --verify hashes content files and named copies, replacing bad ones.
             hint=f"envship fetch --verify --lock {lock.path} --target {target.name} "
             f"--store {store.root}",
         )
+        # ArtifactError takes no problems= argument (as in fetch); one per file.
+        error.problems = tuple(
+            Problem(str(p), f"sha256 {got}, the lock says {a.sha256}") for a, p, got in damaged
+        )
+        raise error
 
 
 def stage(

@@ -98,7 +98,7 @@ def _foreign_hint(env: Path) -> str:
 def read_env(env: Path) -> tuple[dict[str, Any], Target]:
     """The install marker of the environment at ``env`` and its target; or a KernelError."""
     if not env.is_dir():
-        raise KernelError(f"there is no environment at {env}", hint=_make_hint(env))
+        raise KernelInputError(f"there is no environment at {env}", hint=_make_hint(env))
     if (env / INCOMPLETE_NAME).exists():
         raise KernelError(
             f"the environment at {env} is half installed ({INCOMPLETE_NAME} is present)",
@@ -109,7 +109,8 @@ def read_env(env: Path) -> tuple[dict[str, Any], Target]:
         marker = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
     except FileNotFoundError:
         empty = not any(env.iterdir())
-        raise KernelError(
+        # A folder envship cannot use, like one that does not exist, is bad input (exit 2).
+        raise KernelInputError(
             f"{env} is not an environment made by `envship install` (no {MARKER_NAME})",
             hint=_make_hint(env) if empty else _foreign_hint(env),
         ) from None

@@ -29,7 +29,9 @@ from ._kernelspec import (
     specs_in,
 )
 from ._launcher import CHECK_FLAG
+from .errors import TargetError
 from .install import MARKER_NAME
+from .targets import Target
 
 __all__ = ["KernelInfo", "kernel_info", "list_kernels"]
 
@@ -46,7 +48,7 @@ class KernelInfo:
     env: Path
     env_exists: bool  # the environment's install marker is still there
     lock_digest: str | None  # the environment's now (following `current`), else as registered
-    target: str | None  # the target's name, likewise
+    target: Target | None  # likewise; the same object form as `env create --json`
     shadowed: bool  # a kernelspec of the same name earlier on the path wins
     fits: bool | None  # the launcher's verdict on this machine; None when not asked
     reasons: tuple[str, ...]  # why the launcher would refuse to start
@@ -95,20 +97,20 @@ def _verdict(resource_dir: Path) -> tuple[bool, tuple[str, ...]]:
     return False, tuple(reasons or [f"its launcher exited with code {proc.returncode}"])
 
 
-def _recorded(env: Path, facts: dict[str, Any]) -> tuple[str | None, str | None]:
-    """``(lock digest, target name)`` of the environment as it is now (``current``
+def _recorded(env: Path, facts: dict[str, Any]) -> tuple[str | None, Target | None]:
+    """``(lock digest, target)`` of the environment as it is now (``current``
     followed), else as the kernelspec recorded them."""
     try:
         marker = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
-        return str(marker["lock"]["digest"]), str(marker["target"]["name"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str(marker["lock"]["digest"]), Target.from_json(marker["target"])
+    except (OSError, ValueError, KeyError, TypeError, TargetError):
         pass
-    target = facts.get("target")
     digest = facts.get("lock_digest")
-    return (
-        digest if isinstance(digest, str) else None,
-        str(target["name"]) if isinstance(target, dict) and "name" in target else None,
-    )
+    try:
+        target: Target | None = Target.from_json(facts.get("target"))
+    except TargetError:
+        target = None
+    return digest if isinstance(digest, str) else None, target
 
 
 def kernel_info(

@@ -60,12 +60,31 @@ if [ ! -x "$py" ]; then
         echo "envship: the environment $env is gone." >&2
         make="make it again (the same lock makes the same version):"
     fi
+    # The lock it was made from, as its install marker records it (envship writes the
+    # marker indented, one key a line); a path JSON had to escape is left to the user.
+    lock=
+    inlock=
+    marker=$env/.envship-install.json
+    [ -r "$marker" ] && while IFS= read -r line; do
+        case $line in
+            '  "lock": {') inlock=1 ;;
+            '  }'*) inlock= ;;
+            '    "path": "'*)
+                if [ -n "$inlock" ]; then
+                    lock=${line#*\": \"}
+                    lock=${lock%,}
+                    lock=${lock%\"}
+                    break
+                fi ;;
+        esac
+    done < "$marker"
+    case $lock in ''|*\\*|*\"*) lock=LOCK ;; esac
     case $env in
         */versions/*)
             n=${env%/versions/*}
-            fix="$make envship env create ${n##*/} --root ${n%/*}" ;;
+            fix="$make envship env create ${n##*/} --root ${n%/*} --lock $lock" ;;
         *)
-            fix="make the environment again on this machine: envship install $env" ;;
+            fix="make the environment again on this machine: envship install $env --lock $lock" ;;
     esac
     echo "envship: $fix" >&2
     exit 1
@@ -120,6 +139,7 @@ __all__ = [
     "host_glibc",
     "host_machine",
     "load_facts",
+    "lock_targets",
     "main",
     "remedy",
     "report",
@@ -246,8 +266,9 @@ def stamp_use(env: str) -> None:
         pass  # a read-only root (or another user's stamp): the kernel starts all the same
 
 
-def check(target: dict[str, Any]) -> list[str]:
-    """Every reason this machine (and this interpreter) cannot run ``target``."""
+def check(target: dict[str, Any], *, interpreter: bool = True) -> list[str]:
+    """Every reason this machine (and, with ``interpreter``, this interpreter) cannot run
+    ``target``; without it, whether some interpreter of this machine could."""
     reasons = []
     sys_platform, _, needed_machine = str(target["platform"]).partition("-")
     machine, glibc = host_machine(), host_glibc()
@@ -255,10 +276,10 @@ def check(target: dict[str, Any]) -> list[str]:
         reasons.append(f"{sys_platform} needed, this machine runs {sys.platform}")
     elif machine != needed_machine:
         reasons.append(f"{needed_machine} needed, this machine is {machine}")
-    if sys.implementation.name != "cpython":
+    if interpreter and sys.implementation.name != "cpython":
         reasons.append(f"CPython needed, the interpreter is {sys.implementation.name}")
     here = _interpreter()
-    if here != target["python"]:
+    if interpreter and here != target["python"]:
         reasons.append(f"Python {target['python']} needed, the interpreter is {here}")
     # A manylinux_2_X wheel runs on glibc >= 2.X (PEP 600), so the target's level is a floor.
     if glibc is None:
@@ -289,20 +310,130 @@ def examine(env: str) -> tuple[dict[str, Any] | None, list[str]]:
         return None, [f"{path} records no usable target ({exc!r})"]
 
 
+def lock_targets(path: str) -> list[dict[str, Any]] | None:
+    """The targets the lock at ``path`` declares (``[[tool.envship.targets]]``), or None
+    when it cannot be read. tomllib where the interpreter has it (3.11+); before that,
+    those tables read line by line as envship writes them (``key = "text"``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, ValueError):
+        return None
+    try:
+        import tomllib  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        import re
+
+        found: list[dict[str, Any]] = []
+        table: dict[str, Any] | None = None
+        for line in text.splitlines():
+            line = line.strip()
+            if line == "[[tool.envship.targets]]":
+                table = {}
+                found.append(table)
+            elif line.startswith("["):
+                table = None
+            elif table is not None:
+                pair = re.match(r'^([A-Za-z0-9_-]+)\s*=\s*"([^"\\]*)"$', line)
+                if pair:
+                    table[pair.group(1)] = pair.group(2)
+        return found
+    try:
+        targets = tomllib.loads(text)["tool"]["envship"]["targets"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return [t for t in targets if isinstance(t, dict)] if isinstance(targets, list) else None
+
+
+def _fitting(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The targets some interpreter of this machine can run, this one's Python first."""
+    fits = []
+    for t in targets:
+        try:
+            if not check(t, interpreter=False):
+                fits.append(t)
+        except (KeyError, TypeError, AttributeError):
+            continue
+    return sorted(fits, key=lambda t: t.get("python") != _interpreter())
+
+
 def remedy(facts: dict[str, Any], env: str, marker: dict[str, Any] | None) -> str:
-    """The command that makes an environment this machine can run, for how ``env`` was made."""
-    lock = (marker or {}).get("lock") if isinstance(marker, dict) else None
+    """A command that makes an environment this machine can run, for how ``env`` was
+    made: from the lock its marker records, with a target of that lock that fits here;
+    or, when the lock has none, the lock made again with one."""
+    mark = marker if isinstance(marker, dict) else {}
+    lock = mark.get("lock")
     lock_path = lock.get("path") if isinstance(lock, dict) else None
-    with_lock = f" --lock {lock_path}" if isinstance(lock_path, str) and lock_path else ""
+    if not (isinstance(lock_path, str) and lock_path):
+        lock_path = None
     version = _version_dir(env)
+    then = ""
+    if version is not None:
+        name, root = version
+        current = os.path.join(root, name, "current")
+        if not _follows(facts.get("env"), current):
+            then = f", then envship kernel install {current}"
+    targets = lock_targets(lock_path) if lock_path else None
+    options = ""
+    if targets is not None:
+        fitting = _fitting(targets)
+        if not fitting and lock_path is not None:
+            return _relock(env, lock_path, version, targets, mark) + then
+        chosen = fitting[0]
+        options = f" --target {chosen.get('name')}"
+        base = (
+            (mark.get("python") or {}).get("base") if isinstance(mark.get("python"), dict) else None
+        )
+        if chosen.get("python") != _interpreter():
+            options += f" --python python{chosen.get('python')}"  # any interpreter of it
+        elif version is not None and isinstance(base, str) and os.path.exists(base):
+            options += f" --python {base}"  # the one this version runs, not envship's own
+    with_lock = f" --lock {lock_path}{options}" if lock_path else " --lock LOCK"
+    unread = (
+        ""
+        if lock_path is None or targets is not None
+        else (f" (its lock {lock_path} cannot be read: name the lock it was made from)")
+    )
     if version is None:
-        return f"make it again on this machine: envship install {env}{with_lock}"
+        return f"make it again on this machine: envship install {env}{with_lock}{unread}"
     name, root = version
-    current = os.path.join(root, name, "current")
-    then = "" if _follows(facts.get("env"), current) else f", then envship kernel install {current}"
     return (
-        f"make a version for this machine: envship env create {name} --root {root}{with_lock} "
-        f"(with a lock that has a target for it){then}"
+        f"make a version for this machine: envship env create {name} --root {root}"
+        f"{with_lock}{unread}{then}"
+    )
+
+
+def _relock(
+    env: str,
+    lock_path: str,
+    version: tuple[str, str] | None,
+    targets: list[dict[str, Any]],
+    marker: dict[str, Any],
+) -> str:
+    """The lock has no target for this machine: it must be made again with one."""
+    platform = f"{sys.platform}-{host_machine()}"
+    glibc = host_glibc()
+    floor = f'"{".".join(glibc.split(".")[:2])}" or lower' if glibc else "a level it has"
+    names = [str(t.get("name")) for t in targets]
+    target = marker.get("target")
+    was = target.get("name") if isinstance(target, dict) else None
+    ours = next((t for t in targets if t.get("name") == was), None)
+    if ours is not None and ours.get("platform") == platform:
+        # Lowering the glibc of the target the environment was made for keeps its name,
+        # which the install marker records and a re-install uses.
+        change = f"set glibc = {floor} in the spec's target that {was} comes from"
+        pick = ""
+    else:
+        change = f"add a target [targets.NAME] for {platform} with glibc = {floor} to the spec"
+        pick = " --target NAME"
+    if version is None:
+        make = f"envship install {env} --lock {lock_path}{pick}"
+    else:
+        make = f"envship env create {version[0]} --root {version[1]} --lock {lock_path}{pick}"
+    return (
+        f"its lock {lock_path} has no target this machine can run (it has: "
+        f"{', '.join(names) or 'none'}); make the lock again with one: {change}, run "
+        f"`envship lock` and `envship fetch`, then {make}"
     )
 
 

@@ -5,7 +5,12 @@ urlsafe base64, no padding) lists every file its installer wrote, with hash and 
 Quick mode stats every listed file (missing -> ``removed``, size differs ->
 ``changed``); ``full`` also hashes it, which is what catches a same-size edit. Both
 walk the distributions' top-level package folders and ``.dist-info`` folders for files
-no RECORD lists (``added``). Reading and checking RECORD is kept apart from
+no RECORD lists (``added``). The same ``lstat`` checks what installers make: a regular
+file (a symbolic link only where uv was asked for them, ``--link-mode symlink``; a folder
+on the way that is a link is found by :func:`linked_folders`), executable where the wheel
+or the installer made it so, and not writable by others (anyone on the machine could
+change the code; group-writable files are common under a umask of 002, so they are only
+counted, for a note). Reading and checking RECORD is kept apart from
 :mod:`envship.verify`, which decides which distributions are checked against the lock
 and reports the outcome; :mod:`envship.verify` re-exports the hash helpers.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +34,7 @@ from ._difference import Difference
 
 __all__ = [
     "CHUNK",
+    "Checked",
     "Entry",
     "Installed",
     "added_files",
@@ -36,6 +43,7 @@ __all__ = [
     "encode_record_hash",
     "hash_file",
     "installed",
+    "linked_folders",
 ]
 
 CHUNK = 1 << 20  # read files in 1 MiB chunks: hashlib releases the GIL on large updates
@@ -83,6 +91,7 @@ class Entry:
     path: str
     hash: FileHash | None
     size: int | None
+    executable: bool = False  # the wheel (zip mode) or the installer made it so
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,17 +131,31 @@ def _expected(entry: Entry) -> str:
     return ", ".join(parts) or "listed in RECORD"
 
 
-def _check(entry: Entry, full: bool) -> Difference | None:
+def _check(entry: Entry, full: bool, links: bool) -> tuple[Difference | None, bool]:
+    """The difference found in one file, if any, and whether it is group-writable."""
     digest = None
     try:
+        st = os.lstat(entry.path)
+        if stat.S_ISLNK(st.st_mode) and not links:
+            to = os.readlink(entry.path)
+            return Difference(
+                "changed", entry.name, entry.path, "a regular file", f"a symbolic link to {to}"
+            ), False
+        if stat.S_ISLNK(st.st_mode):
+            st = os.stat(entry.path)  # uv's --link-mode symlink: what it points at counts
+        if not stat.S_ISREG(st.st_mode):
+            return Difference(
+                "changed", entry.name, entry.path, "a regular file", _kind(st.st_mode)
+            ), False
         if full and entry.hash is not None:
             size, digest = hash_file(Path(entry.path), entry.hash.mode)
         else:
-            size = os.stat(entry.path).st_size
+            size = st.st_size
     except FileNotFoundError:
-        return Difference("removed", entry.name, entry.path, _expected(entry))
-    except (OSError, ValueError) as exc:  # a folder where a file was, unreadable, bad algorithm
-        return Difference("changed", entry.name, entry.path, _expected(entry), str(exc))
+        return Difference("removed", entry.name, entry.path, _expected(entry)), False
+    except (OSError, ValueError) as exc:  # unreadable, a bad algorithm
+        return Difference("changed", entry.name, entry.path, _expected(entry), str(exc)), False
+    mode = st.st_mode
     if (entry.size is not None and size != entry.size) or (
         digest is not None and entry.hash is not None
         and digest != decode_record_hash(entry.hash.value)
@@ -140,26 +163,80 @@ def _check(entry: Entry, full: bool) -> Difference | None:
         actual = f"size {size}"
         if digest is not None and entry.hash is not None:
             actual = f"{entry.hash.mode}={encode_record_hash(digest)}, {actual}"
-        return Difference("changed", entry.name, entry.path, _expected(entry), actual)
-    return None
+        return Difference("changed", entry.name, entry.path, _expected(entry), actual), False
+    if entry.executable and not mode & stat.S_IXUSR:
+        return Difference(
+            "changed", entry.name, entry.path, "executable", f"mode {stat.filemode(mode)}"
+        ), False
+    if mode & stat.S_IWOTH:
+        return Difference(
+            "changed", entry.name, entry.path, "not writable by others",
+            f"mode {stat.filemode(mode)}", "anyone on this machine can change it",
+        ), False  # fmt: skip
+    return None, bool(mode & stat.S_IWGRP)
 
 
-def check_all(entries: list[Entry], full: bool, workers: int | None) -> list[Difference]:
+def _kind(mode: int) -> str:
+    return "a folder" if stat.S_ISDIR(mode) else f"not a regular file ({stat.filemode(mode)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    differences: list[Difference]
+    group_writable: list[str]  # paths, for a note
+
+
+def check_all(
+    entries: list[Entry], full: bool, workers: int | None, *, links: bool = False
+) -> Checked:
     """Stat or hash every entry on a thread pool (hashlib and os.stat release the GIL).
 
     Files of a chunk or more are one task each and go first; small ones go in batches,
-    so a pool task costs far less than the work in it.
+    so a pool task costs far less than the work in it. ``links``: a symbolic link where
+    a file was is followed (uv's ``--link-mode symlink``), not a difference.
     """
     big = [[e] for e in entries if (e.size or 0) >= CHUNK]
     small = [e for e in entries if (e.size or 0) < CHUNK]
     batches = sorted(big, key=lambda b: -(b[0].size or 0))
     batches += [small[i : i + 256] for i in range(0, len(small), 256)]
 
-    def run(batch: list[Entry]) -> list[Difference]:
-        return [d for e in batch if (d := _check(e, full)) is not None]
+    def run(batch: list[Entry]) -> list[tuple[Entry, Difference | None, bool]]:
+        return [(e, *_check(e, full, links)) for e in batch]
 
+    diffs: list[Difference] = []
+    writable: list[str] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:  # None: the stdlib's default
-        return [d for found in pool.map(run, batches) for d in found]
+        for found in pool.map(run, batches):
+            for e, diff, group in found:
+                if diff is not None:
+                    diffs.append(diff)
+                elif group:
+                    writable.append(e.path)
+    return Checked(diffs, writable)
+
+
+def linked_folders(entries: list[Entry], root: Path) -> list[Difference]:
+    """Folders under ``root`` on the way to an entry that are symbolic links (a package
+    folder swapped for a link to elsewhere): installers make real folders, in every link
+    mode. One ``lstat`` per distinct folder."""
+    top = os.path.normpath(root)
+    seen: dict[str, str] = {}
+    diffs = []
+    for e in entries:
+        folder = os.path.dirname(e.path)
+        while folder.startswith(top + os.sep) and folder not in seen:
+            seen[folder] = e.name
+            try:
+                linked = stat.S_ISLNK(os.lstat(folder).st_mode)
+            except OSError:
+                linked = False  # gone: the file check names what is missing
+            if linked:
+                to = os.readlink(folder)
+                diffs.append(
+                    Difference("changed", e.name, folder, "a folder", f"a symbolic link to {to}")
+                )
+            folder = os.path.dirname(folder)
+    return diffs
 
 
 def added_files(checked: list[Installed], everyone: list[Installed]) -> list[Difference]:

@@ -19,6 +19,24 @@ no lock vouches for. Each top-level entry of each checked site-packages folder m
   astral-sh/uv#20222, pypa/virtualenv#3184) are accepted: the ``.pth`` only when it is
   the one line both write, the module unchecked, which the report's notes say.
 
+The rest of a venv is code too: ``bin/`` is first on ``PATH`` once the venv is
+activated (a ``bin/pip`` nobody installed runs instead of the real one), the shell
+sources ``bin/activate``, every run starts ``bin/python``, Python reads ``pyvenv.cfg``
+at every start, and Jupyter run from the venv reads ``share/jupyter`` (kernelspecs,
+whose ``argv`` it runs) and ``etc/jupyter``. So every file and link in the venv outside
+the checked site-packages folders must be listed in some installed distribution's
+RECORD (console scripts, data files), be one the venv's creation wrote as the marker
+records it (``venv_files`` hashed, ``venv_links`` by target: a ``bin/python3`` turned
+into a script is a change), or be a bookkeeping file at the venv's top (envship's
+marker, incomplete marker and use stamp; the ``.lock`` uv flocks while installing);
+anything else is ``unowned``. A marker
+without ``venv_links`` (made before envship recorded the whole venv) or none at all (a
+venv envship did not make) cannot say what the creation wrote outside site-packages:
+the files venv creators write are accepted by name (``bin/activate*``, ``bin/python*``,
+``pyvenv.cfg``, ...) and the notes name them as unchecked, except that an interpreter
+that is a ``#!`` script is never what a creator wrote. Folders are not reported (an
+empty one runs nothing); links are never followed.
+
 Everything else is an ``unowned`` difference. The check is one ``scandir`` per folder,
 so quick mode runs it too. ``include-system-site-packages`` in the venv's ``pyvenv.cfg``
 lets in the base interpreter's (and the user's) site-packages, so it is a ``config``
@@ -30,12 +48,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ._difference import Difference
 from ._environment import InstalledEnvironment, read_venv_config
+from ._envroot import USED_NAME
+from ._installmarker import FILES_KEY, INCOMPLETE_NAME, LINKS_KEY, MARKER_NAME
 
 __all__ = ["VENV_CREATION", "site_differences"]
 
@@ -51,6 +71,20 @@ _PTH_NOTE = (
     "to the import path"
 )
 _SYSTEM_SITE = "include-system-site-packages"
+# At the venv's top: envship's marker, incomplete marker and use stamp, and the file uv
+# flocks while it installs into the venv (``.lock``); none is read as code or config.
+_BOOKKEEPING = frozenset({MARKER_NAME, INCOMPLETE_NAME, USED_NAME, ".lock"})
+# What venv creators write outside site-packages, by name: uv, the stdlib's venv and
+# virtualenv (activation scripts for each shell, Windows helpers, cache and VCS markers).
+_CREATED_TOP = frozenset({"pyvenv.cfg", ".gitignore", "CACHEDIR.TAG", "lib64"})
+_CREATED_BIN = frozenset(
+    {
+        "activate", "activate.bat", "activate.csh", "activate.fish", "activate.nu",
+        "activate.ps1", "Activate.ps1", "activate.xsh", "activate_this.py",
+        "deactivate.bat", "deactivate.nu", "pydoc.bat",
+    }
+)  # fmt: skip
+_INTERPRETER = re.compile(r"^python(3(\.\d+t?)?)?$")  # bin/python, python3, python3.11(t)
 
 
 def _note(name: str) -> str | None:
@@ -61,49 +95,106 @@ def _note(name: str) -> str | None:
     return None
 
 
+def _venv_note(rel: str, executable: bool = False) -> str | None:
+    """Why a file outside site-packages matters, by where it is in the venv."""
+    folder, _, name = rel.rpartition("/")
+    if folder == "bin" and _INTERPRETER.match(name):
+        return "the environment's interpreter: every run of the environment starts it"
+    if folder == "bin" and name.startswith("activate"):
+        return "the shell that activates the environment runs it"
+    if folder == "bin":
+        first = "an executable" if executable else "a file"
+        return (
+            f"{first} in bin/, which is first on PATH while the environment is activated: "
+            f"`{name}` there runs it"
+        )
+    if rel == "pyvenv.cfg":
+        return "Python reads it at every start of the environment"
+    if rel.startswith("share/jupyter/"):
+        return (
+            "Jupyter run from the environment reads its data files here: a kernelspec's "
+            "argv is the command it runs"
+        )
+    if rel.startswith("etc/jupyter/"):
+        return "Jupyter run from the environment reads its configuration here"
+    return None
+
+
 def _found(data: bytes) -> str:
     return f"sha256={hashlib.sha256(data).hexdigest()}, size {len(data)}"
 
 
-def _recorded_venv_files(root: Path, listed: Mapping[Any, Any]) -> dict[str, str]:
-    """Absolute path -> hex sha256 of the marker's entries that name a file in ``root``."""
-    out: dict[str, str] = {}
-    for rel, digest in listed.items():
-        if not isinstance(rel, str) or not isinstance(digest, str):
+def _entries(root: Path, listed: Mapping[Any, Any]) -> dict[str, tuple[str, str]]:
+    """Absolute path -> (env-relative path, value) of the marker's entries that name a
+    path in ``root``."""
+    out: dict[str, tuple[str, str]] = {}
+    for rel, value in listed.items():
+        if not isinstance(rel, str) or not isinstance(value, str):
             continue  # claims nothing: the file, if any, is then unowned
         parts = rel.split("/")
         if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
             continue
-        out[os.path.normpath(os.path.join(root, *parts))] = digest.lower()
+        out[os.path.normpath(os.path.join(root, *parts))] = (rel, value)
     return out
+
+
+def _is_now(path: str) -> str:
+    """What is at ``path`` now, for a difference's ``actual``."""
+    if os.path.islink(path):
+        return f"a link to {os.readlink(path)}"
+    if os.path.isdir(path):
+        return "a folder"
+    try:
+        return f"a file, {_found(Path(path).read_bytes())}"
+    except OSError as exc:
+        return str(exc)
+
+
+def _check_file(path: str, rel: str, digest: str) -> Difference | None:
+    expected = f"sha256={digest}" if _SHA256.match(digest) else f"sha256 {digest!r}"
+    note = _note(os.path.basename(path)) or _venv_note(rel)
+    if os.path.islink(path):  # a link where the file was: not what the creation wrote
+        return Difference("changed", VENV_CREATION, path, expected, _is_now(path), note)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return Difference("removed", VENV_CREATION, path, expected)
+    except OSError as exc:  # a folder where the file was, unreadable
+        return Difference("changed", VENV_CREATION, path, expected, str(exc), note)
+    if hashlib.sha256(data).hexdigest() != digest:
+        return Difference("changed", VENV_CREATION, path, expected, _found(data), note)
+    return None
+
+
+def _check_link(path: str, rel: str, target: str) -> Difference | None:
+    expected = f"a link to {target}"
+    if not os.path.lexists(path):
+        return Difference("removed", VENV_CREATION, path, expected)
+    if os.path.islink(path) and os.readlink(path) == target:
+        return None
+    return Difference("changed", VENV_CREATION, path, expected, _is_now(path), _venv_note(rel))
 
 
 def _venv_files(
     environment: InstalledEnvironment, sites: list[str]
-) -> tuple[set[str], list[Difference], list[str]]:
-    """The files the venv's creation wrote: (accepted paths, differences, notes)."""
+) -> tuple[set[str], bool, list[Difference], list[str]]:
+    """The files the venv's creation wrote: (accepted paths, whether the record covers
+    the whole venv, differences, notes)."""
     root = environment.record_root
     marker = environment.marker()
-    listed = marker.get("venv_files") if marker is not None else None
+    listed = marker.get(FILES_KEY) if marker is not None else None
+    links = marker.get(LINKS_KEY) if marker is not None else None
     diffs: list[Difference] = []
     if root is not None and isinstance(listed, Mapping):
-        recorded = _recorded_venv_files(root, listed)
-        for path, digest in sorted(recorded.items()):
-            expected = f"sha256={digest}" if _SHA256.match(digest) else f"sha256 {digest!r}"
-            try:
-                data = Path(path).read_bytes()
-            except FileNotFoundError:
-                diffs.append(Difference("removed", VENV_CREATION, path, expected))
-                continue
-            except OSError as exc:  # a folder where the file was, unreadable
-                diffs.append(Difference("changed", VENV_CREATION, path, expected, str(exc)))
-                continue
-            if hashlib.sha256(data).hexdigest() != digest:
-                note = _note(os.path.basename(path))
-                diffs.append(
-                    Difference("changed", VENV_CREATION, path, expected, _found(data), note)
-                )
-        return set(recorded), diffs, []
+        files = _entries(root, listed)
+        linked = _entries(root, links) if isinstance(links, Mapping) else {}
+        for path, (rel, digest) in sorted(files.items()):
+            if (diff := _check_file(path, rel, digest.lower())) is not None:
+                diffs.append(diff)
+        for path, (rel, target) in sorted(linked.items()):
+            if (diff := _check_link(path, rel, target)) is not None:
+                diffs.append(diff)
+        return set(files) | set(linked), isinstance(links, Mapping), diffs, []
     accepted: set[str] = set()
     notes: list[str] = []
     for site in sites:
@@ -131,13 +222,88 @@ def _venv_files(
                 "venv's creator (uv or virtualenv, for Python < 3.10); with no envship record "
                 "of the venv's own files, its content could not be checked"
             )
-    return accepted, diffs, notes
+    return accepted, False, diffs, notes
 
 
 def _what(entry: os.DirEntry[str]) -> str:
     if entry.is_symlink():
         return f"a link to {os.readlink(entry.path)}"
     return "a folder" if entry.is_dir() else "a file"
+
+
+def _walk(root: str, skip: set[str]) -> Iterator[os.DirEntry[str]]:
+    """Every file and link under ``root`` (links not followed), but none in ``skip``'s
+    folders (site-packages, checked entry by entry) or in a ``__pycache__``: a cached
+    ``.pyc`` there runs only in place of a source beside its folder, which is checked."""
+    folders = [root]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as it:
+                entries = list(it)
+        except OSError:
+            continue  # unreadable to us: nothing to say about what is in it
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.path not in skip and entry.name != "__pycache__":
+                    folders.append(entry.path)
+            else:
+                yield entry
+
+
+def _by_name(rel: str) -> bool:
+    folder, _, name = rel.rpartition("/")
+    if not folder:
+        return name in _CREATED_TOP
+    return folder == "bin" and (name in _CREATED_BIN or bool(_INTERPRETER.match(name)))
+
+
+def _is_script(entry: os.DirEntry[str]) -> bool:
+    """A regular file that starts as a ``#!`` script (the kernel runs its interpreter)."""
+    if entry.is_symlink():
+        return False
+    try:
+        with open(entry.path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def _outside(
+    venv: Path, sites: list[str], claimed: set[str], accepted: set[str], whole: bool
+) -> tuple[list[Difference], list[str]]:
+    """Files and links in the venv outside its site-packages that nobody accounts for."""
+    root = os.path.normpath(venv)
+    diffs: list[Difference] = []
+    unchecked: list[str] = []
+    for entry in _walk(root, set(sites)):
+        path = entry.path
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        if path in claimed or path in accepted:
+            continue
+        if rel in _BOOKKEEPING and entry.is_file(follow_symlinks=False):
+            continue
+        if not whole and _by_name(rel):
+            if rel.startswith("bin/python") and _is_script(entry):
+                expected = "the interpreter: a link to it, or its binary"
+                actual = "a #! script, " + _is_now(path).removeprefix("a file, ")
+                diffs.append(
+                    Difference("changed", VENV_CREATION, path, expected, actual, _venv_note(rel))
+                )
+            else:
+                unchecked.append(rel)
+            continue
+        executable = entry.is_file(follow_symlinks=False) and os.access(path, os.X_OK)
+        diffs.append(
+            Difference("unowned", rel, path, None, _what(entry), _venv_note(rel, executable))
+        )
+    notes = []
+    if unchecked:
+        notes.append(
+            f"{root}: {', '.join(sorted(unchecked))} (what venv creators write) accepted by "
+            "name: with no envship record of the venv's own files (a venv envship did not "
+            "make, or made before it recorded them), their content could not be checked"
+        )
+    return diffs, notes
 
 
 def _system_site(environment: InstalledEnvironment) -> Difference | None:
@@ -174,7 +340,8 @@ def site_differences(
 
     ``claimed``: absolute, normalized paths that installed distributions account for
     (their ``.dist-info`` folders and every RECORD-listed path); an entry of a
-    site-packages folder is theirs when one of them is, or lies under, that entry.
+    site-packages folder is theirs when one of them is, or lies under, that entry, and
+    a file or link elsewhere in the venv when it is one of them.
     """
     sites = [os.path.normpath(s) for s in environment.site_packages]
     paths = list(claimed)
@@ -185,7 +352,7 @@ def site_differences(
         tops |= {
             p if (j := p.find(os.sep, n)) == -1 else p[:j] for p in paths if p.startswith(prefix)
         }
-    accepted, diffs, notes = _venv_files(environment, sites)
+    accepted, whole, diffs, notes = _venv_files(environment, sites)
     system = _system_site(environment)
     if system is not None:
         diffs.append(system)
@@ -201,4 +368,8 @@ def site_differences(
             diffs.append(
                 Difference("unowned", entry.name, entry.path, None, _what(entry), _note(entry.name))
             )
+    if environment.venv is not None:  # a bare site-packages folder: verify's note says so
+        found, more = _outside(environment.venv, sites, set(paths), accepted, whole)
+        diffs += found
+        notes += more
     return diffs, notes

@@ -14,7 +14,9 @@ Safety, in the order things happen:
   ``envship env`` root is refused (versions are immutable and shared by every instance);
 * the edit to the spec is prepared (and validated) before anything is installed; a
   request for a name the spec already lists replaces that entry, and the result says
-  so, but one that would drop extras the entry asks for is refused (what they brought
+  so, even when the lock already satisfies it and nothing is installed (the user's
+  tighter floor is what the next lock must honour); one equal to the entry changes
+  nothing; one that would drop extras the entry asks for is refused (what they brought
   stays installed while the next lock would leave it out);
 * a request whose marker is false for the environment's interpreter is recorded (it
   applies elsewhere, and the result says whether any of the spec's targets is such a
@@ -70,7 +72,9 @@ class AddResult:
     spec: Path
     lock: Path
     requested: tuple[str, ...]  # normalized requirements asked for
-    already_locked: tuple[str, ...]  # "beta==1.0": the lock already satisfies these
+    # "beta==1.0": the lock already satisfies these and the spec asks for nothing else,
+    # so they are left alone (a request that replaces a spec entry is in ``recorded``)
+    already_locked: tuple[str, ...]
     installed: tuple[str, ...]  # "name==version" new or changed in the environment
     removed: tuple[str, ...]  # "name==version" replaced or removed (never a locked one)
     recorded: tuple[str, ...]  # requirements written into the spec
@@ -143,13 +147,29 @@ class _Plan:
     pins: dict[str, str]  # canonical name -> locked version, as installed from the lock
     installed: _snapshot.Installed
     todo: tuple[Requirement, ...]  # for uv
-    already: tuple[str, ...]  # "name==version": locked, and satisfying the request
+    already: tuple[str, ...]  # "name==version": locked, satisfying, and nothing to record
     elsewhere: tuple[Requirement, ...]  # a marker false here: recorded, not installed
-    record: tuple[Requirement, ...]  # todo and elsewhere, in the order asked for
+    # todo, elsewhere, and locked requests that replace another spec entry, in the order
+    # asked for
+    record: tuple[Requirement, ...]
+
+
+def _listed(spec: Spec) -> dict[str, list[Requirement]]:
+    """The spec's dependencies by canonical name (a name may be listed under several
+    markers)."""
+    listed: dict[str, list[Requirement]] = {}
+    for text in spec.dependencies:
+        req = Requirement(text)
+        listed.setdefault(canonicalize_name(req.name), []).append(req)
+    return listed
 
 
 def _plan(
-    env: Path, sites: Sequence[Path], reqs: Sequence[Requirement], here: Mapping[str, Any]
+    env: Path,
+    sites: Sequence[Path],
+    reqs: Sequence[Requirement],
+    here: Mapping[str, Any],
+    listed: Mapping[str, Sequence[Requirement]],
 ) -> _Plan:
     marker = _addenv.checked_marker(env)
     pins = {str(canonicalize_name(str(p["name"]))): str(p["version"]) for p in marker["packages"]}
@@ -177,9 +197,18 @@ def _plan(
             continue
         elif req.extras:
             todo.append(req)  # the extras may bring new dependencies
-        else:
+        elif req in listed.get(canonicalize_name(req.name), [req]) or not (
+            req.specifier or req.marker or req.url
+        ):
+            # The spec asks for exactly this (Requirement equality normalizes names,
+            # extras and specifier order), or does not list the name (a dependency of
+            # something it lists), or the request is a bare name, which asks only that
+            # the package be there (it must not loosen the spec's constraint on it):
+            # nothing to install, nothing to record.
             already.append(f"{installed[canonicalize_name(req.name)][0]}=={locked}")
             continue
+        # Else the spec lists the name otherwise: nothing to install, but the request
+        # replaces that entry (README, "Add a package"), so the next lock honours it.
         record.append(req)
     if conflicts:
         names = " ".join(f"-P {canonicalize_name(Requirement(p.where).name)}" for p in conflicts)
@@ -231,7 +260,8 @@ def _add_locked(
     work = env.parent / f"{env.name}.envship-tmp"
     with locked(work / "lock"):
         try:
-            plan = _plan(env, sites, reqs, here)  # again: another process may have changed it
+            # Again: another process may have changed it.
+            plan = _plan(env, sites, reqs, here, _listed(spec))
             after = plan.installed
             if plan.todo:
                 say(
@@ -284,9 +314,10 @@ def add(
     the spec to record in (default: the one beside the environment's lock, else in the
     current folder). Packages come from the spec's indexes unless ``index_url`` replaces
     its default index; ``extra_index_urls`` and ``find_links`` add sources. Requirements
-    the lock already satisfies are left alone and not recorded; those whose marker is
-    false for the environment are recorded, not installed. A requirement for a package
-    the spec already lists replaces that entry (:attr:`AddResult.replaced`). Raises
+    the lock already satisfies are not installed, and not recorded unless they replace
+    an entry; those whose marker is false for the environment are recorded, not
+    installed. A requirement for a package the spec already lists replaces that entry
+    (:attr:`AddResult.replaced`), unless it equals it. Raises
     :class:`AddConflictError` when a request needs a locked package at another version,
     and :class:`AddError` when a replacement would drop extras the spec asks for.
     """
@@ -301,7 +332,7 @@ def add(
     assert spec_file is not None
     sites = find_environment(env).site_packages
     here = _addspec.marker_environment(env) if any(r.marker for r in reqs) else {}
-    plan = _plan(env, sites, reqs, here)
+    plan = _plan(env, sites, reqs, here, _listed(the_spec))
     installed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     recorded: list[str] = []

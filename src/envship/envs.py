@@ -43,6 +43,7 @@ from ._envgc import GcResult, VersionInUse, gc
 from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
 from ._flock import locked
+from ._installmarker import RECORDS_KEY, drift
 from .errors import EnvError, EnvInputError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
 from .install import MARKER_NAME, InstallError, ProgressFn, install
@@ -82,6 +83,7 @@ class EnvVersion(JsonResult):
     created: bool  # True when this call installed it
     current: bool  # True when ``current`` points at it
     seconds: float
+    repaired: bool = False  # made again: the version found had been changed since
 
 
 def _complete(
@@ -95,6 +97,44 @@ def _complete(
     ):
         return None
     return marker if tuple(marker["groups"]) == groups else None
+
+
+def _damage(path: Path, marker: dict[str, Any], *, packages: bool = True) -> list[str]:
+    """What visibly broke in a complete version since it was made: its interpreter link
+    and (``packages``) its installed distributions, by the quick look ``install`` takes
+    (a listing, and a hash of each RECORD). Versions are immutable, so anything found
+    here was done to the version after it was made."""
+    reasons: list[str] = []
+    python = path / "bin" / "python"
+    base = str(marker["python"]["base"])
+    # A base missing here is this machine's lack (check_env says so), not damage.
+    if os.path.exists(base):
+        if not python.exists():
+            reasons.append(f"{python} is missing or a link to nothing")
+        elif os.path.realpath(python) != os.path.realpath(base):
+            reasons.append(f"{python} runs {os.path.realpath(python)}, not {base}")
+    if not packages:
+        return reasons
+    found = drift(path, marker["packages"], marker["target"]["python"], marker.get(RECORDS_KEY))
+    for what, names in (
+        ("missing", found.missing),
+        ("not locked", found.present),
+        ("twice", found.duplicated),
+        ("replaced", found.replaced),
+    ):
+        reasons += [f"{n}: {what}" for n in names]
+    return reasons
+
+
+def _changed(
+    name: str, root: Path, path: Path, marker: dict[str, Any], reasons: list[str]
+) -> EnvError:
+    return EnvError(
+        f"the current version of {name!r} ({path.name}) was changed since it was made",
+        problems=[Problem(str(path), r) for r in reasons],
+        hint=f"envship env create {name} --root {root} --lock {marker['lock']['path']} "
+        "makes it again in place (run it where that lock and the store are)",
+    )
 
 
 def _version(
@@ -215,13 +255,18 @@ def create_env(
     lock_path = _envroot.key_lock(env_dir, key)
     try:
         with locked(lock_path, shared=True):
-            if found := _complete(path, lock, chosen.name, chosen_groups):
+            found = _complete(path, lock, chosen.name, chosen_groups)
+            if found and not _damage(path, found):
                 return done(found, created=False)
         with locked(lock_path):
-            # Again: another creator may have finished while we waited for the lock.
-            if found := _complete(path, lock, chosen.name, chosen_groups):
+            # Again: another creator may have finished (or repaired it) while we waited.
+            found = _complete(path, lock, chosen.name, chosen_groups)
+            damage = _damage(path, found) if found else []
+            if found and not damage:
                 return done(found, created=False)
-            _envroot.discard(env_dir, key)  # a killed creator's leftovers are never trusted
+            # A killed creator's leftovers are never trusted, and a damaged version is
+            # made again in place: its path is what kernels and `current` name.
+            _envroot.discard(env_dir, key)
             try:
                 install(
                     lock,
@@ -242,7 +287,7 @@ def create_env(
                 with contextlib.suppress(OSError):
                     _envroot.discard(env_dir, key)  # a full disk needs the space back
                 raise
-            return done(_envroot.read_marker(path), created=True)
+            return replace(done(_envroot.read_marker(path), created=True), repaired=bool(damage))
     except (OSError, InstallError) as exc:
         raise _failure(env_dir.parent, name, exc) from None
 
@@ -260,15 +305,27 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     path = env_dir / "versions" / key
     marker = _envroot.read_marker(path) if key else None
     if marker is None:
-        raise EnvError(
+        # A name that is not there is bad input (exit 2); one without a usable version
+        # is a state the hint's command changes.
+        error = EnvError if env_dir.exists() else EnvInputError
+        raise error(
             f"the environment {name!r} has no complete current version"
             if env_dir.exists()
             else f"no environment {name!r} under {env_dir.parent}",
             hint=f"envship env create {name} --root {env_dir.parent}",
         )
     version = _version(name, path, marker, False, started)
-    exe = python or version.base_python
-    if shutil.which(exe) is None:
+    # In the order a user can act on: a replaced interpreter link first (the check
+    # below would blame the machine for it), then whether this machine can run the
+    # version at all, then what happened to its packages.
+    if damage := _damage(path, marker, packages=False):
+        raise _changed(name, env_dir.parent, path, marker, damage)
+    # What kernels and jobs run is the version's own interpreter, not the base it was
+    # made from: a version whose bin/python now runs another Python must not pass.
+    exe = python or str(version.python)
+    if python is None and not os.path.exists(version.base_python):
+        reasons = [f"its interpreter {version.base_python} does not exist on this machine"]
+    elif shutil.which(exe) is None:
         reasons = [f"its interpreter {exe} does not exist on this machine"]
     else:
         reasons = mismatches(version.target, _facts(exe))
@@ -280,5 +337,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
             hint=f"create a version for this machine: envship env create {name} "
             f"--root {env_dir.parent}, with a lock that has a target for it",
         )
+    if damage := _damage(path, marker):
+        raise _changed(name, env_dir.parent, path, marker, damage)
     _envroot.touch_used(path)
     return replace(version, seconds=time.monotonic() - started)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 __all__ = [
     "AddConflictError",
     "AddError",
+    "AddInputError",
     "ArtifactError",
     "EnvError",
     "EnvInputError",
@@ -208,6 +209,14 @@ class AddError(EnvshipError):
 
     exit_code = 1
     kind = "add"
+
+
+class AddInputError(AddError):
+    """``envship add`` was pointed at something that is not an environment it can extend
+    (a path that does not exist). Bad input (exit 2)."""
+
+    exit_code = 2
+    kind = "add-input"
 
 
 class AddConflictError(AddError):

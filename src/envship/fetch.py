@@ -370,13 +370,21 @@ def fetch(
 def _states(
     store: Store, artifacts: Sequence[Artifact], verify: bool, jobs: int
 ) -> dict[str, State]:
-    """What the store holds of each artifact: a stat each, or a hash each with ``verify``."""
+    """What the store holds of each artifact: a stat each, or a hash each with ``verify``,
+    which also replaces damaged separate copies under ``named/`` (Store.repair_named)."""
+
+    def state(a: Artifact) -> State:
+        found = store.check(a.sha256, a.size, full=verify)
+        if verify and found == "ok":
+            store.repair_named(a.sha256)  # uv reads those, not the content file
+        return found
+
     if not verify or len(artifacts) < 2:
-        return {a.sha256: store.check(a.sha256, a.size, full=verify) for a in artifacts}
+        return {a.sha256: state(a) for a in artifacts}
     # hashlib releases the GIL on large buffers, so threads hash on several cores.
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(artifacts)))) as pool:
-        found = pool.map(lambda a: store.check(a.sha256, a.size, full=True), artifacts)
-        return {a.sha256: state for a, state in zip(artifacts, found, strict=True)}
+        found = pool.map(state, artifacts)
+        return {a.sha256: s for a, s in zip(artifacts, found, strict=True)}
 
 
 def _combine(failures: list[tuple[Artifact, EnvshipError]], total: int) -> EnvshipError:

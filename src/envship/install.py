@@ -15,8 +15,10 @@ empty is someone else's and is never touched. A failed *new* install is removed 
 One ``flock`` per destination serializes concurrent installs of the same path; uv is
 given that lock's fd and is killed with us (:func:`envship._uv.run_uv`), so a run that
 follows a SIGKILLed one never meets its uv still writing. A re-run on a complete
-environment compares its installed metadata with the marker (``verify``'s quick check, a
-directory listing) and syncs again when a distribution was removed, added or replaced.
+environment compares its installed metadata with the marker (a directory listing, and
+the sha256 of each distribution's RECORD against the one the marker keeps) and syncs
+again when a distribution was removed, added or replaced, even by the same version
+from another wheel.
 
 uv needs the artifact's real file name to read its tags, while the store names files
 by sha256, so each artifact is taken from the store's stable ``named/<sha256>/<filename>``
@@ -46,13 +48,19 @@ from ._diskfull import is_disk_full
 from ._envroot import shared_version
 from ._flock import locked
 from ._installmarker import (
+    FILES_KEY,
     INCOMPLETE_NAME,
+    LINKS_KEY,
     MARKER_NAME,
+    RECORDS_KEY,
     artifact_entry,
+    clear,
     drift,
+    env_state,
     marker_data,
     read_marker,
-    venv_files,
+    record_digests,
+    venv_record,
     write_marker,
 )
 from ._installstage import ProgressFn, check_store, name_damaged, stage
@@ -78,7 +86,6 @@ __all__ = [
 
 Action = Literal["created", "updated", "repaired", "rebuilt", "unchanged"]
 LinkMode = Literal["hardlink", "copy", "clone", "symlink"]
-_State = Literal["missing", "empty", "complete", "incomplete", "foreign"]
 
 
 class InstallError(EnvshipError):
@@ -139,22 +146,6 @@ def _run(args: Sequence[str], *, what: str, keep_fds: Sequence[int] = ()) -> Non
         )
 
 
-def _state(dest: Path) -> _State:
-    if not dest.exists():
-        return "foreign" if dest.is_symlink() else "missing"  # a link to nothing
-    if not dest.is_dir():
-        return "foreign"
-    if (dest / INCOMPLETE_NAME).exists():
-        return "incomplete"
-    if (dest / MARKER_NAME).is_file():
-        # The marker is written atomically, so one we cannot read (or an env without its
-        # interpreter) was damaged after the fact; the folder is still ours, and
-        # rebuilding it is the safe answer.
-        usable = read_marker(dest) is not None and (dest / "bin" / "python").exists()
-        return "complete" if usable else "incomplete"
-    return "foreign" if any(dest.iterdir()) else "empty"
-
-
 def _refuse(dest: Path) -> InstallError:
     if dest.is_symlink() and not dest.exists():
         what = f"a symbolic link to nothing ({os.readlink(dest)})"
@@ -165,15 +156,6 @@ def _refuse(dest: Path) -> InstallError:
         problems=[Problem(str(dest), f"no {MARKER_NAME} and not empty")],
         hint="pick a new or empty folder; envship never deletes what it did not create",
     )
-
-
-def _clear(dest: Path) -> None:
-    """Empty ``dest`` but keep the folder itself (it may be a mount point or a symlink)."""
-    for child in dest.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def _same_python(a: str, b: str) -> bool:
@@ -211,7 +193,8 @@ def install(
     (or checked against ``target``); nothing is touched when it fits none. Nothing goes
     to the network: every artifact comes from ``store``. An environment that already
     matches is left alone unless its installed metadata drifted from its marker (a
-    deleted, added or replaced distribution), which is then repaired. ``link_mode`` is
+    deleted, added or replaced distribution, a replacement of the same version seen by
+    its RECORD), which is then repaired. ``link_mode`` is
     uv's (default: hard links into uv's cache where it can, which makes editing an
     installed file edit the cache too; ``copy`` gives an independent environment). It is
     recorded, and a later run that asks for another one puts every file in place again.
@@ -225,7 +208,7 @@ def install(
     chosen_groups = lock.chosen_groups(groups)
     if not as_version:
         _refuse_shared(dest, read_marker(dest) or {})
-    if _state(dest) == "foreign":  # before the lock: refusing must create nothing at all
+    if env_state(dest) == "foreign":  # before the lock: refusing must create nothing at all
         raise _refuse(dest)
     work = dest.parent / f"{dest.name}.envship-tmp"
     with locked(work / "lock") as lock_fd:
@@ -276,7 +259,7 @@ def _install_locked(
     progress: ProgressFn | None,
     started: float,
 ) -> InstallResult:
-    state = _state(dest)  # again: another process may have changed it while we waited
+    state = env_state(dest)  # again: another process may have changed it while we waited
     if state == "foreign":
         raise _refuse(dest)
     marker = read_marker(dest) if state == "complete" else None
@@ -305,6 +288,7 @@ def _install_locked(
     # Same lock, target and groups: nothing to do, and no interpreter to start.
     reuse = marker is not None and (base is None or _same_python(base, marker["python"]["base"]))
     repair = False
+    reinstall: list[str] = []
     if marker is not None and reuse:
         # What the environment was made with stays unless asked otherwise: a repair or an
         # update of a compiled or copied environment compiles and copies too.
@@ -312,7 +296,7 @@ def _install_locked(
         relink = link_mode is not None and marker.get("link_mode") != link_mode
         link_mode = link_mode or marker.get("link_mode")
         python_xy = str(marker["target"]["python"])
-        found = drift(dest, marker["packages"], python_xy)
+        found = drift(dest, marker["packages"], python_xy, marker.get(RECORDS_KEY))
         if found.duplicated:
             # Two metadata folders for one name: a sync cannot tell which to remove.
             # The folder is ours (it has our marker): make it again.
@@ -332,10 +316,14 @@ def _install_locked(
             if not found:
                 return result(chosen, artifacts, "unchanged")
             # Someone removed, added or replaced a distribution: the sync below puts the
-            # locked set back (the same as an update, from what is there now).
+            # locked set back (the same as an update, from what is there now). One
+            # re-installed at the same version (another wheel, another tool: its RECORD
+            # is not the one installed) is installed again whatever uv makes of it.
             repair = True
+            gone = {*found.missing, *found.replaced}
+            reinstall = [p.split("==")[0] for p in found.replaced]
             before = {
-                **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in found.missing},
+                **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in gone},
                 **{p.split("==")[0]: (p.split("==")[1], "") for p in found.present},
             }
     else:
@@ -358,7 +346,7 @@ def _install_locked(
     shutil.rmtree(work / "wheels", ignore_errors=True)  # leftovers of a killed run
     reqs = work / "requirements.txt"
 
-    def make_venv() -> dict[str, str]:
+    def make_venv() -> tuple[dict[str, str], dict[str, str]]:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / INCOMPLETE_NAME).write_text("install in progress\n", encoding="utf-8")
         make = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
@@ -367,7 +355,7 @@ def _install_locked(
             what=f"creating the virtual environment {dest}",
             keep_fds=[lock_fd],
         )
-        return venv_files(dest, chosen.python)
+        return venv_record(dest)
 
     def sync() -> None:
         if not reqs.exists():
@@ -384,6 +372,8 @@ def _install_locked(
             args += ["--link-mode", link_mode]
         if relink:
             args.append("--reinstall")  # every file put in place again, the new way
+        for name in reinstall:
+            args += ["--reinstall-package", name]
         try:
             _run(
                 [*args, str(reqs)],
@@ -397,20 +387,21 @@ def _install_locked(
     try:
         if reuse:
             (dest / INCOMPLETE_NAME).write_text("update in progress\n", encoding="utf-8")
-            venv = marker.get("venv_files") if marker else None
+            venv = marker.get(FILES_KEY) if marker else None
+            links = marker.get(LINKS_KEY) if marker else None
             sync()
             if drift(dest, [artifact_entry(a) for a in artifacts], chosen.python):
                 # What uv does not manage (metadata of an old-style install, say) is still
                 # there: the folder is ours, so make it again rather than report a repair
                 # at every run.
-                _clear(dest)
-                venv = make_venv()
+                clear(dest)
+                venv, links = make_venv()
                 sync()
                 action = "rebuilt"
         else:
             if state in ("complete", "incomplete"):
-                _clear(dest)  # ours: it carries our marker
-            venv = make_venv()
+                clear(dest)  # ours: it carries our marker
+            venv, links = make_venv()
             sync()
         marker_now = marker_data(
             lock,
@@ -422,6 +413,8 @@ def _install_locked(
             compile_bytecode,
             venv,
             link_mode,
+            links,
+            record_digests(dest, chosen.python),
         )
         write_marker(dest, marker_now)
         (dest / INCOMPLETE_NAME).unlink()
@@ -431,7 +424,7 @@ def _install_locked(
             # empty); an update that failed keeps its incomplete marker and is rebuilt.
             if existed:
                 with contextlib.suppress(OSError):
-                    _clear(dest)
+                    clear(dest)
             else:
                 shutil.rmtree(dest, ignore_errors=True)
         if is_disk_full(exc):

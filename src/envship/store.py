@@ -5,6 +5,11 @@ Layout: ``ROOT/sha256/ab/abcdef...`` holds the bytes of the artifact whose sha25
 atomic ``rename`` from ``ROOT/tmp/`` after its size and hash were checked, so a reader
 (another process, another machine on a shared volume) sees a whole, verified artifact
 or nothing. Partial downloads live in ``ROOT/partial/`` so an interrupted fetch resumes.
+
+``ROOT/named/<sha256>/<filename>`` gives an artifact its real file name for installers:
+a hard link of the content file, or, where hard links fail (another file system, or one
+without them), a separate copy, which can be damaged on its own (:meth:`Store.named`,
+:meth:`Store.repair_named`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -160,8 +166,9 @@ class Store:
     def _relink_named(self, sha256: str, final: Path) -> None:
         """Point ``named/<sha256>/*`` at the file just committed.
 
-        Those are hard links: after a damaged file was replaced they still hold the
-        damaged inode, and :meth:`named` would keep handing it out.
+        Those are hard links (or copies where links fail): after a damaged file was
+        replaced they still hold the damaged inode, and :meth:`named` would keep handing
+        it out.
         """
         folder = self.root / "named" / sha256
         try:
@@ -170,21 +177,10 @@ class Store:
         except OSError:
             return  # nothing named yet (the usual case)
         for entry in entries:
-            tmp = folder / f".{entry.name}.{os.getpid()}.tmp"
-            try:
-                st = entry.stat()
-                if (st.st_ino, st.st_dev) == (current.st_ino, current.st_dev):
-                    continue
-                try:
-                    os.link(final, tmp)
-                except OSError:
-                    shutil.copyfile(final, tmp)
-                os.replace(tmp, entry)  # atomic: the name never goes missing
-            except OSError:
-                continue  # a read-only share: install's private copy is made from final
-            finally:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+            with contextlib.suppress(OSError):
+                # A read-only share fails here: install's private copy is made from final.
+                if not _same_file(entry.stat(), current):
+                    _put(final, entry, copy=True)
 
     def named(self, sha256: str, filename: str) -> Path:
         """The artifact under its real file name, at a path that never changes.
@@ -194,25 +190,78 @@ class Store:
         wheels by path and modification stamp, so a second install of the same artifact
         reuses uv's unpacked copy instead of unzipping it again (measured: 1.75 s vs
         0.2 s for the data-science set when every install staged fresh links).
+
+        Only a hard link of the content file is the content for certain. A separate file
+        there (the copy made where links fail, or a file someone put over the link) is
+        replaced by a link when one can be made now, else by a fresh copy unless its
+        size is right: finding same-size damage takes a hash, which ``envship fetch
+        --verify`` pays (:meth:`repair_named`) and a failed install pays to name the
+        file. The content file must be in the store (an ``OSError`` if not).
         """
         if "/" in filename or filename in ("", ".", ".."):
             raise StoreError(f"unsafe artifact file name {filename!r}")
         final = self.root / "named" / sha256 / filename
-        if final.is_file():
-            return final
         source = self.path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{filename}.{os.getpid()}.tmp"
+        content = source.stat()
         try:
-            try:
-                os.link(source, tmp)  # free, and content files are read-only
-            except OSError:
-                shutil.copyfile(source, tmp)
-            os.replace(tmp, final)  # concurrent callers both succeed with equal bytes
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            have: os.stat_result | None = final.stat()
+        except OSError:
+            have = None
+        if have is not None and stat.S_ISREG(have.st_mode):
+            if _same_file(have, content):
+                return final
+            if _put(source, final, copy=False):
+                return final  # a separate copy became a link: the content again
+            if have.st_size == content.st_size:
+                return final  # links fail here; the copy is as good as a stat can tell
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _put(source, final, copy=True)  # concurrent callers both succeed with equal bytes
         return final
+
+    def damaged_named(self, sha256: str) -> list[tuple[Path, str]]:
+        """The artifact's named copies whose bytes are not it, each with its sha256.
+
+        A hard link of the content file is not hashed: it is the content file, whose
+        own check is :meth:`check`. Unreadable copies are left out (whoever reads them
+        gets the system's error)."""
+        folder = self.root / "named" / sha256
+        try:
+            content: os.stat_result | None = self.path(sha256).stat()
+        except OSError:
+            content = None
+        try:
+            entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        except OSError:
+            return []  # nothing named yet
+        damaged: list[tuple[Path, str]] = []
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                st = entry.stat()
+                linked = content is not None and _same_file(st, content)
+                if linked or not stat.S_ISREG(st.st_mode):
+                    continue
+                actual = sha256_file(entry)
+                if actual != sha256:
+                    damaged.append((entry, actual))
+        return damaged
+
+    def repair_named(self, sha256: str) -> tuple[Path, ...]:
+        """Hash the artifact's separate named copies and replace each damaged one from
+        the content file (verified by the caller), atomically: a link or copy under a
+        temporary name, then a rename over it. Returns the copies replaced; a
+        :class:`StoreError` names one that cannot be replaced."""
+        repaired: list[Path] = []
+        for entry, _actual in self.damaged_named(sha256):
+            try:
+                _put(self.path(sha256), entry, copy=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot replace the damaged copy {entry}: {exc.strerror}",
+                    hint="delete it (envship makes it again from the store's content file), "
+                    "or run `envship fetch --verify` as a user who can write the store",
+                ) from None
+            repaired.append(entry)
+        return tuple(repaired)
 
     def named_or_private(self, sha256: str, filename: str, private: Path) -> Path:
         """:meth:`named`, or, when the store is read-only (shared), a hard link or copy
@@ -244,3 +293,29 @@ class Store:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 Path(tmp).unlink()
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def _put(source: Path, dest: Path, *, copy: bool) -> bool:
+    """Make ``dest`` a hard link of ``source`` (free, and content files are read-only)
+    or, with ``copy`` where linking fails, a read-only copy of it; either is written
+    under a unique temporary name beside ``dest`` and renamed over it, so ``dest`` never
+    goes missing or holds part of a file. False when no link could be made and ``copy``
+    is not allowed."""
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            if not copy:
+                return False
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()

@@ -13,8 +13,15 @@ Three questions, answered without running any installed code:
    start), and a venv whose ``pyvenv.cfg`` includes the system site-packages is a
    ``config`` difference (:mod:`envship._strays`); both in every mode.
 
+With a ``store`` holding the locked wheels, each verified distribution's installed RECORD
+is first held against the locked wheel's own RECORD (:mod:`envship._wheelrecord`): every
+file must carry the wheel's hash, and a line the wheel does not have is ``added``; the
+files are then checked against the wheel's hashes. Without it (or for a wheel the store
+lacks) the installed RECORD is all there is, and the report's notes say so.
+
 Quick mode (the default) stats every RECORD-listed file (missing -> ``removed``, size
-differs -> ``changed``) and walks the distributions' top-level package folders and
+differs -> ``changed``; a symbolic link, a lost executable bit or a file others can
+write -> ``changed``) and walks the distributions' top-level package folders and
 ``.dist-info`` folders for files no RECORD lists (``added``). ``full`` also hashes every
 listed file, which is what catches a same-size edit. Byte-code under ``__pycache__`` is
 not in that comparison: installers (pip lists it in RECORD without a hash) or Python
@@ -24,7 +31,8 @@ itself) are checked for existence and size only. Anything installed but not lock
 ``extra`` -- pip, setuptools and wheel too; ``ignore`` names distributions to leave out
 of the comparison entirely (uv-created venvs have no pip, the normal case). A
 distribution at the wrong version is reported once, as ``version``, and its files are
-not checked.
+not checked. A second metadata folder of a locked name is a ``duplicate``; the one at
+the locked version (spelled as the locked wheel spells it, if several) is checked.
 
 Finding the environment, running its interpreter (for a venv, once, as ``-I -S``, so no
 ``.pth`` file runs) and choosing its lock target (:func:`find_environment`,
@@ -46,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from . import _records
+from . import _records, _wheelrecord
 from ._addedrecord import added_notes
 from ._difference import KINDS, Difference, DifferenceKind
 from ._environment import (
@@ -65,6 +73,7 @@ from .targets import Target
 
 if TYPE_CHECKING:
     from ._bytecode import BytecodeCompiler
+    from .store import Store
 
 __all__ = [
     "KINDS",
@@ -177,8 +186,63 @@ def _same_version(a: str, b: str) -> bool:
         return a == b
 
 
-def _is_bytecode(rel: str) -> bool:
-    return rel.endswith(".pyc") and "__pycache__/" in rel
+def _distributions(
+    installed: list[_records.Installed],
+    expected: dict[str, tuple[str, str]],
+    skip: Collection[str],
+    locked: dict[str, _wheelrecord.Locked],
+    added: dict[tuple[str, str], str],
+    where: str,
+) -> tuple[list[Difference], list[_records.Installed]]:
+    """Differences in the set of distributions, and the ones whose files are checked.
+
+    Every metadata folder of a name is looked at, whatever order they sort in: one at the
+    locked version is checked (the one spelled as the locked wheel's, if several), the
+    others are ``duplicate``; with none at that version the first is ``version``.
+    """
+    diffs: list[Difference] = []
+    verified: list[_records.Installed] = []
+    by_key: dict[str, list[_records.Installed]] = {}
+    for inst in installed:
+        if inst.key not in skip:
+            by_key.setdefault(inst.key, []).append(inst)
+    for key, group in by_key.items():
+        want = expected.get(key)
+        if want is None:  # not locked
+            for inst in group:
+                note = added.get((inst.key, inst.version))
+                diffs.append(
+                    Difference("extra", inst.name, str(inst.dist_info), None, inst.version, note)
+                )
+            continue
+        same = [inst for inst in group if _same_version(inst.version, want[1])]
+        if same:
+            pin = locked.get(key)
+            wheel_info = "-".join(pin.filename.split("-")[:2]) + ".dist-info" if pin else ""
+            spelled = f"{key.replace('-', '_')}-{want[1]}.dist-info"
+            chosen = min(
+                same, key=lambda i: (i.dist_info.name != wheel_info, i.dist_info.name != spelled)
+            )
+            verified.append(chosen)
+        else:
+            chosen = group[0]
+            diffs.append(
+                Difference("version", chosen.name, str(chosen.dist_info), want[1], chosen.version)
+            )
+        for other in group:
+            if other is not chosen:
+                diffs.append(
+                    Difference(
+                        "duplicate", other.name, str(other.dist_info),
+                        f"{want[1]} only, in {chosen.dist_info.name}", other.version,
+                        "a second metadata folder of a locked distribution: importlib.metadata "
+                        "may read either",
+                    )
+                )  # fmt: skip
+    for key, (name, version) in expected.items():
+        if key not in by_key:
+            diffs.append(Difference("missing", name, where, version, None))
+    return diffs, verified
 
 
 def verify(
@@ -192,6 +256,7 @@ def verify(
     workers: int | None = None,
     bytecode: bool | BytecodeCompiler = False,
     interpreter: bool = True,
+    store: Store | None = None,
 ) -> VerifyReport:
     """Compare the distributions (and their RECORD files) in ``env`` with the lock.
 
@@ -202,7 +267,9 @@ def verify(
     the environment's interpreter (``True``) or the given one. ``interpreter``: run a
     venv's ``bin/python`` (:func:`envship._environment.run_interpreter`) and refuse one
     that is missing or is not the target's Python; False for an environment that is not
-    meant to run on this machine (one read out of an image). Never prints.
+    meant to run on this machine (one read out of an image). ``store``: where the locked
+    wheels are, to check each installed RECORD against its wheel's (None: the installed
+    RECORDs alone, which the report's notes say). Never prints.
     """
     environment = env if isinstance(env, InstalledEnvironment) else find_environment(env)
     if interpreter:
@@ -218,50 +285,59 @@ def verify(
             hint="name the target the environment was made for with --target",
         )
     skip = {canonicalize_name(n) for n in ignore}
-    expected: dict[str, tuple[str, str]] = {
-        canonicalize_name(str(p.name)): (str(p.name), str(p.version))
-        for p, _artifact in lock.select(target, groups=groups)
-    }
-    expected = {k: v for k, v in expected.items() if k not in skip}
+    expected: dict[str, tuple[str, str]] = {}
+    locked: dict[str, _wheelrecord.Locked] = {}
+    for p, artifact in lock.select(target, groups=groups):
+        key = canonicalize_name(str(p.name))
+        if key not in skip:
+            expected[key] = (str(p.name), str(p.version))
+            if (pin := _wheelrecord.locked_of(artifact)) is not None:
+                locked[key] = pin
     installed = _records.installed(environment.site_packages)
-    added = added_notes(environment)
-    diffs: list[Difference] = []
-    verified: list[_records.Installed] = []
-    accounted: set[str] = set()  # locked names found installed, at any version
-    for inst in installed:
-        if inst.key in skip:
-            continue
-        want = expected.get(inst.key)
-        if want is None or (inst.key in accounted and _same_version(inst.version, want[1])):
-            # not locked, or a second dist-info of a name already installed as locked
-            note = added.get((inst.key, inst.version))
-            diffs.append(
-                Difference("extra", inst.name, str(inst.dist_info), None, inst.version, note)
-            )
-        elif _same_version(inst.version, want[1]):
-            verified.append(inst)
-        else:
-            diffs.append(
-                Difference("version", inst.name, str(inst.dist_info), want[1], inst.version)
-            )
-        accounted.add(inst.key)
-    where = str(environment.site_packages[0])
-    for key, (name, version) in expected.items():
-        if key not in accounted:
-            diffs.append(Difference("missing", name, where, version, None))
-    entries: list[_records.Entry] = []
+    diffs, verified = _distributions(
+        installed,
+        expected,
+        skip,
+        locked,
+        added_notes(environment),
+        str(environment.site_packages[0]),
+    )
     for inst in verified:
         if inst.record is None:  # PEP 376: RECORD is mandatory; without it nothing is known
             path = str(inst.dist_info / "RECORD")
             diffs.append(Difference("removed", inst.name, path, "RECORD"))
-        else:
-            entries.extend(e for e in inst.record if not _is_bytecode(e.rel))
-    diffs.extend(_records.check_all(entries, full, workers))
+    layout = _wheelrecord.layout_of(environment.site_packages, environment.python)
+    trusted = _wheelrecord.trust(verified, locked, store, layout, full=full, workers=workers)
+    entries = list(trusted.entries)
+    marker = environment.marker() or {}
+    links = marker.get("link_mode") == "symlink"  # uv links each file into its cache
+    checked = _records.check_all(entries, full, workers, links=links)
+    named = {d.path for d in checked.differences}
+    # One difference per file: what the file is beats what its RECORD line says.
+    diffs.extend(d for d in trusted.differences if d.path not in named)
+    diffs.extend(checked.differences)
+    if full:
+        diffs.extend(_wheelrecord.check_scripts(s for s in trusted.scripts if s.path not in named))
+    diffs.extend(_records.linked_folders(entries, environment.record_root or Path(layout.purelib)))
     diffs.extend(_records.added_files(verified, installed))
+    own_notes = list(trusted.notes)
+    if links:
+        own_notes.append(
+            "installed with --link-mode symlink: files are links into uv's cache, checked "
+            "where they point; whoever can write that cache can change them"
+        )
+    if checked.group_writable:
+        n = len(checked.group_writable)
+        own_notes.append(
+            f"{n} file{'s are' if n > 1 else ' is'} group-writable (e.g. "
+            f"{checked.group_writable[0]}): whoever is in the group can change "
+            f"{'them' if n > 1 else 'it'}"
+        )
     claimed = [str(inst.dist_info) for inst in installed]
     claimed += [e.path for inst in installed for e in inst.record or ()]
     found, notes = site_differences(environment, claimed)
     diffs.extend(found)
+    notes = [*own_notes, *notes]
     venv_above = environment.record_root
     if (
         environment.venv is None

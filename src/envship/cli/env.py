@@ -153,7 +153,7 @@ def list_(root: Path | None, sizes: bool, as_json: bool) -> None:
         click.echo(f"{env.name}  current: {env.current or '(none)'}")
         for v in env.versions:
             mark = "*" if v.current else " "
-            state = v.target if v.complete else "incomplete"
+            state = (v.target.name if v.target else "?") if v.complete else "incomplete"
             used = v.last_used.astimezone().strftime("%Y-%m-%d %H:%M")
             size = f"  {_size(v.size)}" if sizes else ""
             click.echo(f"  {mark} {v.key}  {state}  used {used}{size}")
@@ -186,6 +186,10 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
         a path inside it (for other users' processes only the command line,
         unless gc runs as root).
 
+    What a failed create leaves is removed at any age, each only while no creator
+    holds it: the lock files of keys with no version, and an environment with no
+    version and no `current`.
+
     Processes on other machines sharing the root (and in other containers)
     cannot be seen. For them only the use stamp and the --older-than grace
     count: a job started there straight from a version's bin/ (not as a kernel)
@@ -205,6 +209,10 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
     for u in result.in_use:
         who = ", ".join(f"{p.pid} ({p.command})" for p in u.processes)
         click.echo(f"kept {u.name}/{u.key}: in use by process {who}")
+    for lock in result.stale_locks:
+        click.echo(f"{verb} the lock file {lock} (its key has no version)")
+    for env_dir in result.empty_envs:
+        click.echo(f"{verb} {env_dir.name} ({env_dir}): no version, no current")
     click.echo(
         f"{verb} {len(result.removed)} version(s), {_size(result.freed)}; kept {result.kept}"
     )

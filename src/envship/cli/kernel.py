@@ -95,12 +95,24 @@ def install_cmd(
             f"(glibc >= {t.glibc}, CPython {t.python}, {t.variant})"
         )
     if not result.on_jupyter_path:
-        parent = result.resource_dir.parent
-        hint = parent.parent if parent.name == "kernels" else parent
-        click.echo(
-            f"note: {parent} is not on Jupyter's search path; add {hint} to JUPYTER_PATH",
-            err=True,
+        click.echo(_path_note(result.resource_dir.parent, result.name), err=True)
+
+
+def _path_note(kernels_dir: Path, name: str) -> str:
+    """How to make Jupyter find a kernelspec written off its search path. Jupyter looks
+    for kernelspecs in ``ENTRY/kernels/NAME`` of each JUPYTER_PATH entry (jupyter_client's
+    KernelSpecManager.kernel_dirs), so only a folder named ``kernels`` can be reached."""
+    if kernels_dir.name == "kernels":
+        return (
+            f"note: {kernels_dir} is not on Jupyter's search path; "
+            f"add {kernels_dir.parent} to JUPYTER_PATH"
         )
+    return (
+        f"note: {kernels_dir} is not on Jupyter's search path, and cannot be put on it: "
+        "Jupyter only finds kernelspecs in a folder named `kernels` under a JUPYTER_PATH "
+        f"entry; use --kernel-dir {kernels_dir / 'kernels'} and add {kernels_dir} to "
+        f"JUPYTER_PATH (the kernelspec then goes to {kernels_dir / 'kernels' / name})"
+    )
 
 
 def _status(k: KernelInfo) -> str:
@@ -113,7 +125,8 @@ def _search_dirs_option(func: F) -> F:
         "--kernel-dir",
         "kernel_dirs",
         multiple=True,
-        type=click.Path(file_okay=False, path_type=Path),
+        # A folder to search that does not exist is a typo, not an empty folder (exit 2).
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
         help=_KERNEL_DIR_HELP.format(verb="search") + " Repeatable.",
     )(func)
 

@@ -16,6 +16,7 @@ _TITLES: dict[DifferenceKind, str] = {
     "missing": "missing distributions (locked, not installed)",
     "extra": "extra distributions (installed, not locked)",
     "version": "wrong versions",
+    "duplicate": "duplicate distributions (a second metadata folder of a locked name)",
     "config": "settings that let in packages from outside the environment",
     "changed": "changed files",
     "removed": "removed files",
@@ -31,6 +32,8 @@ def _line(d: Difference) -> str:
         return f"{d.name} {d.actual}  {d.path}" + (f"  ({d.note})" if d.note else "")
     if d.kind == "version":
         return f"{d.name}: locked {d.expected}, installed {d.actual}  {d.path}"
+    if d.kind == "duplicate":
+        return f"{d.name} {d.actual}  {d.path}  (locked: {d.expected})"
     if d.kind == "config":
         line = f"{d.path}: {d.name} = {d.actual}, expected {d.expected}"
     elif d.kind == "unowned":
@@ -135,7 +138,10 @@ def command(
     RECORD does not cover byte-code in __pycache__, yet Python runs a cached .pyc in
     place of its source; --bytecode compiles each source (with the environment's
     interpreter, run with no site; for --image, a CPython of the image's version here)
-    and compares the code objects. Everything installed but not locked (pip and
+    and compares the code objects. With the locked wheels in the store (--store, or
+    $ENVSHIP_STORE), each installed RECORD must match its wheel's own RECORD, and the
+    files are checked against the wheel's hashes; without them the installed RECORD is
+    all there is, and a note says so. Everything installed but not locked (pip and
     setuptools too) counts as extra unless --ignore names it.
 
     \b
@@ -151,6 +157,9 @@ def command(
             raise click.UsageError("--image takes no ENV or --target (the image says which)")
         report = _verify_image(lock, image, store_dir, insecure, groups, ignore, bytecode)
     else:
+        # Imported here, as for --image: the store module is only needed now.
+        from ..store import Store
+
         target = lock.target(target_name) if target_name else None
         report = verify(
             lock,
@@ -160,6 +169,7 @@ def command(
             full=full,
             ignore=ignore,
             bytecode=bytecode,
+            store=Store.at(store_dir),
         )
     if not report.identical:
         if not as_json:
