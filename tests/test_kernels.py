@@ -29,7 +29,14 @@ from jupyter_client.manager import KernelManager
 
 import envship.kernels as kernels_mod
 from envship._envroot import point_current
-from envship._launcher import INCOMPLETE_MARKER, INSTALL_MARKER, MAGIC_FILE, USED_FILE, host_glibc
+from envship._launcher import (
+    INCOMPLETE_MARKER,
+    INSTALL_MARKER,
+    MAGIC_FILE,
+    USED_FILE,
+    host_glibc,
+    lock_targets,
+)
 from envship._toml import load_toml
 from envship.cli.main import main
 from envship.envs import USED_NAME, create_env
@@ -982,3 +989,20 @@ def test_a_shared_versions_remedy_works_when_run_from_elsewhere(
     proc = run_launcher(made.resource_dir, tmp_path / "c.json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["prefix"] != str(one.path) or case != "interpreter gone"
+
+
+EXAMPLE_LOCK = Path(__file__).parents[1] / "examples" / "quickstart" / "pylock.toml"
+
+
+@pytest.mark.parametrize("lock_file", [EXAMPLE_LOCK, None], ids=["example", "written"])
+def test_the_launchers_line_reader_reads_targets_as_tomllib_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lock_file: Path | None
+) -> None:
+    """Before 3.11 there is no tomllib: the launcher reads envship's own target tables
+    line by line. Both readers must agree on the locks envship writes."""
+    if lock_file is None:
+        lock_file = write_lock(tmp_path / "pylock.toml", [], targets=[target(), target("b")]).path
+    with_tomllib = lock_targets(str(lock_file))
+    assert with_tomllib  # the example lock declares targets
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails
+    assert lock_targets(str(lock_file)) == with_tomllib

@@ -19,11 +19,7 @@ __all__ = ["DISK_FULL_ERRNOS", "is_disk_full"]
 # (NFS, and so EFS) report it where a local disk would say ENOSPC.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # uv reports an io::Error as "<strerror> (os error N)" (Rust's Display for io::Error).
-_UV_WORDS = tuple(
-    f"{os_error} (os error {number})".lower()
-    for number in sorted(DISK_FULL_ERRNOS)
-    for os_error in [os.strerror(number)]
-)
+_UV_WORDS = tuple(f"{os.strerror(n)} (os error {n})".lower() for n in sorted(DISK_FULL_ERRNOS))
 
 
 def is_disk_full(exc: BaseException) -> bool:

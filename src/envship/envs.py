@@ -99,31 +99,39 @@ def _complete(
     return marker if tuple(marker["groups"]) == groups else None
 
 
-def _damage(path: Path, marker: dict[str, Any], *, packages: bool = True) -> list[str]:
-    """What visibly broke in a complete version since it was made: its interpreter link
-    and (``packages``) its installed distributions, by the quick look ``install`` takes
-    (a listing, and a hash of each RECORD). Versions are immutable, so anything found
-    here was done to the version after it was made."""
-    reasons: list[str] = []
+def _interpreter_damage(path: Path, marker: dict[str, Any]) -> list[str]:
+    """Whether a complete version's ``bin/python`` still links to the base it was made
+    with. Versions are immutable, so anything found here was done to it afterwards."""
     python = path / "bin" / "python"
     base = str(marker["python"]["base"])
     # A base missing here is this machine's lack (check_env says so), not damage.
-    if os.path.exists(base):
-        if not python.exists():
-            reasons.append(f"{python} is missing or a link to nothing")
-        elif os.path.realpath(python) != os.path.realpath(base):
-            reasons.append(f"{python} runs {os.path.realpath(python)}, not {base}")
-    if not packages:
-        return reasons
+    if not os.path.exists(base):
+        return []
+    if not python.exists():
+        return [f"{python} is missing or a link to nothing"]
+    if os.path.realpath(python) != os.path.realpath(base):
+        return [f"{python} runs {os.path.realpath(python)}, not {base}"]
+    return []
+
+
+def _package_damage(path: Path, marker: dict[str, Any]) -> list[str]:
+    """What changed among a version's installed distributions since it was made, by the
+    quick look ``install`` takes (a listing, and a hash of each RECORD)."""
     found = drift(path, marker["packages"], marker["target"]["python"], marker.get(RECORDS_KEY))
-    for what, names in (
-        ("missing", found.missing),
-        ("not locked", found.present),
-        ("twice", found.duplicated),
-        ("replaced", found.replaced),
-    ):
-        reasons += [f"{n}: {what}" for n in names]
-    return reasons
+    return [
+        f"{n}: {what}"
+        for what, names in (
+            ("missing", found.missing),
+            ("not locked", found.present),
+            ("twice", found.duplicated),
+            ("replaced", found.replaced),
+        )
+        for n in names
+    ]
+
+
+def _damage(path: Path, marker: dict[str, Any]) -> list[str]:
+    return _interpreter_damage(path, marker) + _package_damage(path, marker)
 
 
 def _changed(
@@ -318,7 +326,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     # In the order a user can act on: a replaced interpreter link first (the check
     # below would blame the machine for it), then whether this machine can run the
     # version at all, then what happened to its packages.
-    if damage := _damage(path, marker, packages=False):
+    if damage := _interpreter_damage(path, marker):
         raise _changed(name, env_dir.parent, path, marker, damage)
     # What kernels and jobs run is the version's own interpreter, not the base it was
     # made from: a version whose bin/python now runs another Python must not pass.
@@ -337,7 +345,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
             hint=f"create a version for this machine: envship env create {name} "
             f"--root {env_dir.parent}, with a lock that has a target for it",
         )
-    if damage := _damage(path, marker):
+    if damage := _package_damage(path, marker):
         raise _changed(name, env_dir.parent, path, marker, damage)
     _envroot.touch_used(path)
     return replace(version, seconds=time.monotonic() - started)

@@ -124,16 +124,6 @@ class _Tally:
         self._callback(done, max(self._total, done), detail.strip())
 
 
-def _stored_size(store: Store, artifact: Artifact) -> int:
-    """The artifact's size: the lock's, else the stored file's (for progress only)."""
-    if artifact.size is not None:
-        return artifact.size
-    try:
-        return store.path(artifact.sha256).stat().st_size
-    except OSError:
-        return 0
-
-
 @contextlib.contextmanager
 def _artifact_lock(path: Path, cancel: threading.Event) -> Iterator[None]:
     """An exclusive lock on ``path``, whose file is removed on release (see ``_flock``)."""
@@ -206,7 +196,7 @@ class _Worker:
                 # while we waited.
                 state = self.store.check(sha, artifact.size, full=self.verify)
                 if state == "ok":
-                    size = _stored_size(self.store, artifact)
+                    size = self.store.size(sha, artifact.size)
                     if artifact.size is None:  # counted as not known yet
                         self.tally.learned_size(size)
                     self.tally.update(sha, size, artifact.filename)
@@ -301,7 +291,7 @@ def fetch(
     states = _states(store, artifacts, verify, jobs)
     todo = [a for a in artifacts if states[a.sha256] != "ok"]
     check_sources(lock, todo)
-    present = sum(_stored_size(store, a) for a in artifacts if states[a.sha256] == "ok")
+    present = sum(store.size(a.sha256, a.size) for a in artifacts if states[a.sha256] == "ok")
     tally = _Tally(
         present,
         present + sum(a.size or 0 for a in todo),

@@ -264,16 +264,6 @@ def export_index(
     )
 
 
-def _size_of(store: Store, artifact: Artifact) -> int:
-    # Locks made from simple HTML indexes often carry no size; the store knows it.
-    if artifact.size is not None:
-        return artifact.size
-    try:
-        return store.path(artifact.sha256).stat().st_size
-    except OSError:
-        return 0
-
-
 def _write_tree(
     tmp: Path,
     lock: LockFile,
@@ -290,7 +280,7 @@ def _write_tree(
     files_dir = tmp / "files"
     files_dir.mkdir()
     projects: dict[str, tuple[str, list[IndexFile]]] = {}
-    sizes = [_size_of(store, a) for a in artifacts]
+    sizes = [store.size(a.sha256, a.size) for a in artifacts]
     total, done = sum(sizes), 0
     for artifact, size in zip(artifacts, sizes, strict=True):
         dest = files_dir / artifact.filename

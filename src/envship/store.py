@@ -79,6 +79,18 @@ class Store:
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
+    def size(self, sha256: str, declared: int | None = None) -> int:
+        """``declared`` (the lock's size), else the stored file's; 0 when neither is known.
+
+        For totals shown to people: locks made from indexes without PEP 700 sizes carry
+        none, and the store knows what it holds."""
+        if declared is not None:
+            return declared
+        try:
+            return self.path(sha256).stat().st_size
+        except OSError:
+            return 0
+
     def check(self, sha256: str, size: int | None = None, *, full: bool = False) -> State:
         """Whether the artifact is here and whole, at the cost of one ``stat``.
 
