@@ -182,6 +182,30 @@ def test_a_version_shares_no_file_with_anything(setup: Setup, tmp_path: Path) ->
     assert run_py(version.path, "import beta; print(beta.__version__)") == "1.0"
 
 
+def test_a_version_is_made_from_the_store_not_an_edited_uv_cache(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """A private env hard-linked from uv's cache shares its inodes: an edit in place there
+    edits the cache. A version unpacks the store's (hash-checked) wheels afresh instead."""
+    s = setup
+    private = tmp_path / "private"
+    install(s.lock, s.store, private)
+    beta = next(private.glob("lib/python*/site-packages/beta/__init__.py"))
+    assert beta.stat().st_nlink > 1  # linked into the cache: the edit below reaches it
+    with beta.open("r+") as f:  # in place, as an editor or `sed -i`-less patch would
+        f.seek(0)
+        f.write("raise SystemExit('poisoned')  #")
+    edited = subprocess.run([str(private / "bin" / "python"), "-c", "import beta"], check=False)
+    assert edited.returncode != 0
+
+    version = create_env(s.lock, s.store, s.root, name="ds")
+
+    assert run_py(version.path, "import beta; print(beta.__version__)") == "1.0"
+    files = [p for p in version.path.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert files and all(p.stat().st_nlink == 1 for p in files)
+    assert not list(version.path.parent.glob("*.envship-tmp"))  # the unpacked wheels too
+
+
 def test_byte_code_is_another_version_never_compiled_in_place(setup: Setup) -> None:
     s = setup
     plain = create_env(s.lock, s.store, s.root, name="ds")

@@ -284,10 +284,13 @@ def create_env(
                     target=chosen.name,
                     groups=chosen_groups,
                     compile_bytecode=compile_bytecode,
-                    # A shared version must not share inodes with this machine's uv
-                    # cache: a hard link would let an edit anywhere change every
-                    # instance's copy. (On a network root uv would copy anyway.)
-                    link_mode="copy",
+                    # Made from the store's bytes alone: this machine's uv cache may
+                    # hold a file edited through a private env's hard link, and uv does
+                    # not check unpacked files again. The throw-away cache sits beside
+                    # the version on the same volume, so hard links from it cost no
+                    # copy and, once it is removed, leave every file the version's own.
+                    link_mode="hardlink",
+                    private_cache=True,
                     progress=progress,
                     as_version=True,  # the one caller allowed to make a shared version
                 )

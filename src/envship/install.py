@@ -185,6 +185,7 @@ def install(
     link_mode: LinkMode | None = None,
     progress: ProgressFn | None = None,
     as_version: bool = False,
+    private_cache: bool = False,
 ) -> InstallResult:
     """Make ``dest`` a virtual environment holding exactly what ``lock`` selects.
 
@@ -202,6 +203,11 @@ def install(
     A version under an ``envship env`` root is refused in any state (complete, half
     made, damaged): versions are immutable and shared. ``as_version`` is for
     :func:`envship.envs.create_env` alone, which makes them.
+
+    ``private_cache`` has uv unpack the store's wheels into a cache of its own inside the
+    work folder beside ``dest``, removed with it: nothing installed then comes from, or
+    stays linked to, a cache anything else can write (uv trusts its unpacked files once
+    their wheel's hash matched; an edit through a hard link elsewhere is not seen).
     """
     started = time.monotonic()
     dest = Path(os.path.abspath(dest))
@@ -226,6 +232,7 @@ def install(
                 link_mode=link_mode,
                 progress=progress,
                 started=started,
+                private_cache=private_cache,
             )
         finally:
             # Removed while still locked; _exclusive makes waiters notice and start over.
@@ -258,6 +265,7 @@ def _install_locked(
     link_mode: LinkMode | None,
     progress: ProgressFn | None,
     started: float,
+    private_cache: bool,
 ) -> InstallResult:
     state = env_state(dest)  # again: another process may have changed it while we waited
     if state == "foreign":
@@ -344,12 +352,16 @@ def _install_locked(
     )
     existed = dest.exists()
     shutil.rmtree(work / "wheels", ignore_errors=True)  # leftovers of a killed run
+    cache = work / "uv-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cache_args = ["--cache-dir", str(cache)] if private_cache else []
     reqs = work / "requirements.txt"
 
     def make_venv() -> tuple[dict[str, str], dict[str, str]]:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / INCOMPLETE_NAME).write_text("install in progress\n", encoding="utf-8")
         make = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
+        make += cache_args
         _run(
             [*make, "--allow-existing", "--python", base_python, str(dest)],
             what=f"creating the virtual environment {dest}",
@@ -364,6 +376,7 @@ def _install_locked(
             )
         args = [uv, "pip", "sync", "--quiet", "--python", str(env_python)]
         args += ["--offline", "--no-index", "--require-hashes", "--allow-empty-requirements"]
+        args += cache_args
         if all(a.kind == "wheel" for a in artifacts):
             args.append("--no-build")
         if compile_bytecode:
