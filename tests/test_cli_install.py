@@ -130,3 +130,21 @@ def test_error_text_goes_to_stderr(
     assert "error: 3 of 3 artifacts are not in the store" in captured.err
     hint = f"hint: envship fetch --lock {lock} --target {HOST} --store {tmp_path / 'x'}"
     assert hint in captured.err
+
+
+def test_reinstall_puts_a_deleted_file_back(
+    tmp_path: Path, setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock, store = setup
+    dest = tmp_path / "env"
+    args = ["install", str(dest), "--lock", str(lock), "--store", str(store)]
+    assert main(args) == 0
+    module = next(dest.glob("lib/python*/site-packages/beta/__init__.py"))
+    module.unlink()
+    assert main(args) == 0
+    assert "up to date" in capsys.readouterr().out  # metadata alone: not seen
+
+    assert main([*args, "--reinstall"]) == 0
+
+    assert capsys.readouterr().out.startswith(f"rebuilt {dest} (3 packages")
+    assert module.is_file()

@@ -941,3 +941,58 @@ def test_envship_add_leaves_the_locked_records_as_recorded(tmp_path: Path) -> No
     result = install(project.lockfile(), project.store, project.env)
     assert result.action == "updated" and "kappa" not in versions(project.env)
     assert install(project.lockfile(), project.store, project.env).action == "unchanged"
+
+
+def _edit_in_place(env: Path) -> None:
+    """Through the file's hard link into uv's cache: the cached copy changes too."""
+    beta = _site(env) / "beta" / "__init__.py"
+    assert beta.stat().st_nlink > 1
+    with beta.open("r+") as f:
+        f.write("raise SystemExit('edited')  #")
+
+
+def _delete_a_module(env: Path) -> None:
+    (_site(env) / "beta" / "__init__.py").unlink()
+
+
+@pytest.mark.parametrize("damage", [_edit_in_place, _delete_a_module])
+def test_reinstall_makes_files_the_quick_look_misses_again_from_the_store(
+    tmp_path: Path, lock: LockFile, store: Store, damage: Callable[[Path], None]
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    damage(dest)
+    code = "from beta import __version__"  # without __init__.py: a namespace package
+    broken = subprocess.run([str(dest / "bin" / "python"), "-c", code], check=False)
+    assert broken.returncode != 0
+    # The quick look reads metadata only: a plain re-run does not see it.
+    assert install(lock, store, dest).action == "unchanged"
+    # Another env from the now edited cache gets the edit too (uv's own behaviour)...
+    if damage is _edit_in_place:
+        other = install(lock, store, tmp_path / "other").dest
+        assert subprocess.run([str(other / "bin" / "python"), "-c", code]).returncode
+
+    result = install(lock, store, dest, reinstall=True)
+
+    # ...but a reinstall unpacks the store's wheel afresh.
+    assert result.action == "rebuilt" and result.changed
+    assert run_py(dest, "import beta; print(beta.__version__)") == "1.0"
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+    assert (_site(dest) / "beta" / "__init__.py").stat().st_nlink == 1
+    assert not (tmp_path / "env.envship-tmp").exists()
+    assert install(lock, store, dest).action == "unchanged"
+
+
+def test_reinstall_keeps_the_interpreter_byte_code_and_link_mode(
+    tmp_path: Path, lock: LockFile, store: Store
+) -> None:
+    dest = tmp_path / "env"
+    install(lock, store, dest, compile_bytecode=True, link_mode="copy")
+    before = json.loads((dest / MARKER_NAME).read_text())
+
+    assert install(lock, store, dest, reinstall=True).action == "rebuilt"
+
+    after = json.loads((dest / MARKER_NAME).read_text())
+    assert after["python"] == before["python"] and after["target"] == before["target"]
+    assert after["compiled"] is True and after["link_mode"] == "copy"
+    assert compiled_alpha(dest)

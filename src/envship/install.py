@@ -186,6 +186,7 @@ def install(
     progress: ProgressFn | None = None,
     as_version: bool = False,
     private_cache: bool = False,
+    reinstall: bool = False,
 ) -> InstallResult:
     """Make ``dest`` a virtual environment holding exactly what ``lock`` selects.
 
@@ -208,6 +209,9 @@ def install(
     work folder beside ``dest``, removed with it: nothing installed then comes from, or
     stays linked to, a cache anything else can write (uv trusts its unpacked files once
     their wheel's hash matched; an edit through a hard link elsewhere is not seen).
+    ``reinstall`` makes an existing environment again that way (its interpreter, byte-code
+    and link mode kept): for files edited or deleted inside packages, which the quick look
+    at the installed metadata does not see, even when the edit reached uv's cache.
     """
     started = time.monotonic()
     dest = Path(os.path.abspath(dest))
@@ -232,7 +236,8 @@ def install(
                 link_mode=link_mode,
                 progress=progress,
                 started=started,
-                private_cache=private_cache,
+                private_cache=private_cache or reinstall,
+                reinstall=reinstall,
             )
         finally:
             # Removed while still locked; _exclusive makes waiters notice and start over.
@@ -266,6 +271,7 @@ def _install_locked(
     progress: ProgressFn | None,
     started: float,
     private_cache: bool,
+    reinstall: bool,
 ) -> InstallResult:
     state = env_state(dest)  # again: another process may have changed it while we waited
     if state == "foreign":
@@ -296,7 +302,7 @@ def _install_locked(
     # Same lock, target and groups: nothing to do, and no interpreter to start.
     reuse = marker is not None and (base is None or _same_python(base, marker["python"]["base"]))
     repair = False
-    reinstall: list[str] = []
+    replaced: list[str] = []  # reinstalled by name: same version, another RECORD
     if marker is not None and reuse:
         # What the environment was made with stays unless asked otherwise: a repair or an
         # update of a compiled or copied environment compiles and copies too.
@@ -305,9 +311,9 @@ def _install_locked(
         link_mode = link_mode or marker.get("link_mode")
         python_xy = str(marker["target"]["python"])
         found = drift(dest, marker["packages"], python_xy, marker.get(RECORDS_KEY))
-        if found.duplicated:
+        if found.duplicated or reinstall:
             # Two metadata folders for one name: a sync cannot tell which to remove.
-            # The folder is ours (it has our marker): make it again.
+            # The folder is ours (it has our marker): make it again (as asked to).
             reuse, state, base = False, "incomplete", base or marker["python"]["base"]
         elif (
             marker["lock"]["digest"] == lock.digest
@@ -329,7 +335,7 @@ def _install_locked(
             # is not the one installed) is installed again whatever uv makes of it.
             repair = True
             gone = {*found.missing, *found.replaced}
-            reinstall = [p.split("==")[0] for p in found.replaced]
+            replaced = [p.split("==")[0] for p in found.replaced]
             before = {
                 **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in gone},
                 **{p.split("==")[0]: (p.split("==")[1], "") for p in found.present},
@@ -385,7 +391,7 @@ def _install_locked(
             args += ["--link-mode", link_mode]
         if relink:
             args.append("--reinstall")  # every file put in place again, the new way
-        for name in reinstall:
+        for name in replaced:
             args += ["--reinstall-package", name]
         try:
             _run(

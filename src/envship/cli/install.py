@@ -40,6 +40,13 @@ __all__ = ["command"]
     "can: fast, but editing an installed file then edits the cache]. `copy` makes an "
     "independent environment; the mode is recorded and kept by later repairs.",
 )
+@click.option(
+    "--reinstall",
+    is_flag=True,
+    help="Make PATH again from the store's wheels, unpacked afresh (its interpreter, "
+    "byte-code and link mode kept): for files edited or deleted inside packages, which "
+    "`envship verify` reports and a plain re-run does not look for.",
+)
 @json_option
 def command(
     dest: Path,
@@ -50,6 +57,7 @@ def command(
     groups: tuple[str, ...],
     compile_bytecode: bool,
     link_mode: LinkMode | None,
+    reinstall: bool,
     as_json: bool,
 ) -> None:
     """Create or update the virtual environment PATH from the lock, offline.
@@ -64,6 +72,7 @@ def command(
     Examples:
       envship install .venv
       envship install /opt/envs/ds --python /usr/bin/python3.11 --compile --json
+      envship install .venv --reinstall   # after `envship verify` found edited files
     """
     lock = LockFile.load(lock_path)
     result = install(
@@ -75,6 +84,7 @@ def command(
         groups=list(groups) if groups else None,
         compile_bytecode=compile_bytecode,
         link_mode=link_mode,
+        reinstall=reinstall,
         progress=Progress("stage"),
     )
     if as_json:
