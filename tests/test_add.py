@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from envship.spec import load_spec
 from envship.store import Store
 from envship.verify import verify
 from indexlib import IndexServer, build_universe, build_wheel, serve, write_simple_index
-from test_install import run_py, versions
+from test_install import REPLACEMENTS, _site, run_py, versions
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -631,6 +632,94 @@ def test_a_drifted_environment_is_refused(project: Project, add_server: IndexSer
     assert [(p.where, p.message) for p in err.value.problems] == [
         ("beta", "locked 1.0, installed 1.1")
     ]
+    assert err.value.hint == (
+        f"`envship install {project.env}` repairs it from its lock; "
+        f"`envship verify {project.env}` lists every difference"
+    )
+    assert install(project.lockfile(), project.store, project.env).action == "repaired"
+    assert add(["kappa"], env=project.env).installed == ("kappa==1.0",)
+
+
+def _locked_wheel(p: Project, tmp_path: Path) -> dict[str, Path]:
+    """The locked beta wheel under its own name, somewhere else than the store."""
+    beta = next(a for a in p.lockfile().artifacts() if a.name == "beta")
+    (tmp_path / "locked").mkdir()
+    return {
+        "beta": Path(shutil.copy(p.store.path(beta.sha256), tmp_path / "locked" / beta.filename))
+    }
+
+
+@pytest.mark.parametrize("replace", REPLACEMENTS, ids=[r.__name__.strip("_") for r in REPLACEMENTS])
+def test_a_locked_distribution_replaced_at_its_version_is_refused_until_install_repairs_it(
+    project: Project, tmp_path: Path, replace: Callable[[Path, Path, dict[str, Path]], None]
+) -> None:
+    """Names and versions alike, only the RECORD (its digest in the install marker) shows
+    that beta 1.0 is not the wheel the lock installed."""
+    info = _site(project.env) / "beta-1.0.dist-info"
+    record = (info / "RECORD").read_bytes()
+    replace(project.env, tmp_path, _locked_wheel(project, tmp_path))
+    assert versions(project.env) == {"alpha": "1.0", "beta": "1.0"}
+    before = snapshot(project)
+
+    with pytest.raises(AddError, match="already differs from its lock") as err:
+        add(["kappa"], env=project.env)
+    assert [(p.where, p.message) for p in err.value.problems] == [
+        (
+            str(info),
+            "beta 1.0 was re-installed at its locked version from another wheel or by "
+            "another tool: its RECORD is not the one `envship install` wrote",
+        )
+    ]
+    assert err.value.hint == (
+        f"`envship install {project.env}` repairs it from its lock; "
+        f"`envship verify {project.env}` lists every difference"
+    )
+    assert err.value.exit_code == 1
+    assert snapshot(project) == before  # nothing installed, nothing recorded
+    with pytest.raises(AddError, match="already differs from its lock"):
+        add(["kappa"], env=project.env, dry_run=True)
+
+    assert install(project.lockfile(), project.store, project.env).action == "repaired"
+    assert (info / "RECORD").read_bytes() == record
+    result = add(["kappa"], env=project.env)
+    assert result.installed == ("kappa==1.0",) and result.recorded == ("kappa",)
+
+
+@pytest.mark.parametrize("replace", REPLACEMENTS, ids=[r.__name__.strip("_") for r in REPLACEMENTS])
+def test_a_replacement_after_an_earlier_addition_is_refused_and_repaired_too(
+    project: Project, tmp_path: Path, replace: Callable[[Path, Path, dict[str, Path]], None]
+) -> None:
+    """The hint says that the repair also takes the earlier addition away; the repair
+    (an update: the marker records the addition) installs the replaced one again."""
+    add(["kappa"], env=project.env)
+    info = _site(project.env) / "beta-1.0.dist-info"
+    record = (info / "RECORD").read_bytes()
+    replace(project.env, tmp_path, _locked_wheel(project, tmp_path))
+
+    with pytest.raises(AddError, match="already differs from its lock") as err:
+        add(["socksy"], env=project.env)
+    assert [p.where for p in err.value.problems] == [str(info)]
+    assert err.value.hint == (
+        f"`envship install {project.env}` repairs it from its lock (it also removes what "
+        f"`envship add` added); `envship verify {project.env}` lists every difference"
+    )
+    assert "socksy" not in versions(project.env)
+
+    repaired = install(project.lockfile(), project.store, project.env)
+    assert "beta==1.0" in repaired.installed and repaired.removed == ("kappa==1.0",)
+    assert (info / "RECORD").read_bytes() == record
+    assert versions(project.env) == {"alpha": "1.0", "beta": "1.0"}
+    assert add(["socksy"], env=project.env).installed == ("socksy==1.0",)
+
+
+def test_an_older_marker_without_record_digests_is_checked_by_versions_as_before(
+    project: Project, tmp_path: Path
+) -> None:
+    marker = json.loads((project.env / MARKER_NAME).read_text())
+    del marker["records"]
+    (project.env / MARKER_NAME).write_text(json.dumps(marker))
+    REPLACEMENTS[0](project.env, tmp_path, {})
+    assert add(["kappa"], env=project.env).installed == ("kappa==1.0",)
 
 
 @pytest.mark.parametrize("case", ["unknown-name", "no-wheel", "dead-index"])

@@ -12,6 +12,7 @@ from envship.cli.add import command
 from envship.cli.main import cli, main
 from indexlib import IndexServer
 from test_add import Project, add_index_root, add_server, make_project  # noqa: F401  (fixtures)
+from test_install import REPLACEMENTS, _site
 
 
 @pytest.fixture(autouse=True)
@@ -180,3 +181,24 @@ def test_a_requirement_for_other_machines_is_said_so(
     data = json.loads(out)
     assert data["not_applicable"] == data["applies_nowhere"] == [req]
     assert data["installed"] == data["recorded"] == []
+
+
+def test_a_replaced_locked_distribution_is_named_with_its_path(
+    project: Project, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    REPLACEMENTS[0](project.env, tmp_path, {})  # another wheel of beta 1.0, by uv
+    info = _site(project.env) / "beta-1.0.dist-info"
+    spec_before = project.spec.read_bytes()
+
+    code, out, err = run(capsys, "add", "kappa", "--env", project.env, "--json")
+    assert code == 1 and err == ""
+    data = json.loads(out)
+    assert data["error"] == "add" and "already differs from its lock" in data["message"]
+    assert [p["where"] for p in data["problems"]] == [str(info)]
+    assert data["hint"].startswith(f"`envship install {project.env}` repairs it")
+
+    code, out, err = run(capsys, "add", "kappa", "--env", project.env)
+    assert code == 1 and out == ""
+    assert f"  - {info}: beta 1.0 was re-installed at its locked version" in err
+    assert f"hint: `envship install {project.env}` repairs it from its lock;" in err
+    assert project.spec.read_bytes() == spec_before

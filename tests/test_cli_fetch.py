@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import envship._http
+from disklib import SmallDisk
 from envship._http import Credential, HttpClient, RetryPolicy
 from envship.cli import fetch as fetch_cli
 from envship.cli import main as cli_main
@@ -85,14 +86,16 @@ def test_json_shape(capsys: pytest.CaptureFixture[str], lock_path: Path, tmp_pat
         "downloaded",
         "reused",
         "repaired",
+        "named_repaired",
         "bytes_downloaded",
         "artifacts",
     }
     assert data["store"] == str(tmp_path / "s")
-    assert data["downloaded"] == len(WHEELS) and data["reused"] == data["repaired"] == 0
+    assert data["downloaded"] == len(WHEELS)
+    assert data["reused"] == data["repaired"] == data["named_repaired"] == 0
     entry = data["artifacts"][0]
     keys = {"name", "version", "filename", "sha256", "size", "path", "downloaded", "repaired"}
-    assert keys <= set(entry)
+    assert keys | {"named_repaired"} <= set(entry) and entry["named_repaired"] == []
     assert Path(entry["path"]).is_file() and entry["downloaded"] is True
 
 
@@ -274,3 +277,45 @@ def test_credentials_from_spec_beside_the_lock(
     assert code == 0, err
     assert seen[0].credentials_for(f"{index_server.url}/files/{BETA}") == ("alice", "s3cret")
     assert "s3cret" not in err
+
+
+def test_replaced_named_copies_are_counted_in_text_and_json(
+    capsys: pytest.CaptureFixture[str], lock_path: Path, tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    """Separate copies under named/ (hard links fail across file systems), damaged on
+    their own: --verify replaces them, and the summary counts them apart from downloads."""
+    store = Store(tmp_path / "s")
+    store.ensure()
+    (store.root / "named").symlink_to(small_disk.path)
+    assert run(capsys, "--lock", str(lock_path), "--store", str(store.root))[0] == 0
+    lock = LockFile.load(lock_path)
+    copies = {a.filename: store.named(a.sha256, a.filename) for a in lock.artifacts()}
+
+    def damage(*names: str) -> None:
+        for name in names:
+            stray = copies[name].with_name("stray")
+            stray.write_bytes(copies[name].read_bytes()[:-1] + b"!")  # same size
+            os.replace(stray, copies[name])
+
+    verify = ("--lock", str(lock_path), "--store", str(store.root), "--verify")
+    damage(BETA)
+    code, out, err = run(capsys, *verify)
+    assert code == 0, err
+    assert out.strip().endswith(
+        f"0 downloaded (0 B), {len(WHEELS)} already in the store; "
+        "1 damaged copy under named/ (what installers read) replaced"
+    )
+    damage(BETA, X86)
+    code, out, err = run(capsys, *verify, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["named_repaired"], data["downloaded"], data["repaired"]) == (2, 0, 0)
+    assert {
+        a["filename"]: a["named_repaired"] for a in data["artifacts"] if a["named_repaired"]
+    } == {
+        BETA: [str(copies[BETA])],
+        X86: [str(copies[X86])],
+    }
+    code, out, _ = run(capsys, *verify)
+    assert code == 0 and out.strip().endswith(f"{len(WHEELS)} already in the store")
+    assert_store_complete(store, lock)

@@ -748,3 +748,65 @@ def test_a_damaged_named_copy_is_named_by_install_and_replaced_by_fetch_verify(
     install(lock, store, tmp_path / "second")
     assert sha256_file(named) == beta.sha256
     assert (named.stat().st_ino == store.path(beta.sha256).stat().st_ino) is links
+
+
+def _named_copies(
+    tmp_path: Path, request: pytest.FixtureRequest, links: bool
+) -> tuple[LockFile, Store, dict[str, Path]]:
+    """A host lock of alpha and beta, a store holding them, and each one's named copy
+    (hard links, or separate copies when ``named/`` is on another file system)."""
+    from test_install import build_wheels, stocked_store
+    from test_install import write_lock as write_host_lock
+
+    wheels = build_wheels(tmp_path / "dist")
+    lock = write_host_lock(tmp_path / "pylock.toml", [wheels[k] for k in ("alpha", "beta")])
+    store = stocked_store(tmp_path / "store", list(wheels.values()))
+    if not links:  # hard links fail across file systems (EXDEV): copies are made
+        (store.root / "named").symlink_to(request.getfixturevalue("small_disk").path)
+    named = {a.name: store.named(a.sha256, a.filename) for a in lock.artifacts()}
+    return lock, store, named
+
+
+@pytest.mark.parametrize(
+    ("links", "damages", "verify"),
+    [
+        (True, {"beta": _flip}, True),  # another file put over the link
+        (False, {"beta": _flip}, True),  # a copy of the right size: only a hash tells
+        (False, {"alpha": _grow, "beta": _truncate}, True),  # one per artifact, counted apart
+        (False, {}, True),  # whole copies are hashed and kept
+        (False, {"beta": _flip}, False),  # without --verify nothing hashes them
+    ],
+    ids=["links-flipped", "copies-flipped", "two-copies", "whole-copies", "no-verify"],
+)
+def test_the_result_counts_the_named_copies_fetch_verify_replaced(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    links: bool,
+    damages: dict[str, Callable[[bytes], bytes]],
+    verify: bool,
+) -> None:
+    lock, store, named = _named_copies(tmp_path, request, links)
+    for name, how in damages.items():
+        stray = named[name].with_name("stray")
+        stray.write_bytes(how(named[name].read_bytes()))
+        os.replace(stray, named[name])  # `mv -f`: a separate file where the link was
+
+    result = fetch(lock, store, verify=verify)
+
+    replaced = {name: (named[name],) for name in damages} if verify else {}
+    assert {f.artifact.name: f.named_repaired for f in result.artifacts} == {
+        name: replaced.get(name, ()) for name in named
+    }
+    assert result.named_repaired == len(replaced)
+    assert (result.downloaded, result.repaired) == (0, 0)  # the content files are whole
+    data = result.to_json()
+    assert data["named_repaired"] == len(replaced)
+    assert {a["name"]: a["named_repaired"] for a in data["artifacts"]} == {
+        name: [str(p) for p in replaced.get(name, ())] for name in named
+    }
+    by_name = {a.name: a for a in lock.artifacts()}
+    for name, path in named.items():
+        whole = name not in damages or verify
+        assert (sha256_file(path) == by_name[name].sha256) is whole
+    if verify:  # replaced once: a second run finds every copy whole
+        assert fetch(lock, store, verify=True).named_repaired == 0

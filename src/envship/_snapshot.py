@@ -5,7 +5,11 @@ lets one package silently overwrite another's files (two wheels shipping one mod
 path), so uv's own report of what it changed is not enough. Before uv runs, every file a
 locked distribution owns (its RECORD entries and its dist-info folder) is recorded by
 size, mtime and inode; afterwards the same files and the locked versions are compared.
-(Before anything runs, :func:`drift` refuses an environment that already left its lock.)
+(Before anything runs, :func:`drift` refuses an environment that already left its lock:
+a locked distribution missing or at another version, installed twice, or re-installed at
+its version from another wheel or by another tool, which only its RECORD shows; the
+install marker keeps each RECORD's sha256, and :func:`envship._installmarker.drift`, the
+quick look ``envship install`` takes, compares them.)
 The environment carries ``.envship-incomplete`` from before uv runs until that comparison
 comes out clean; if it never does, the marker stays, its kernel refuses to start it and
 ``envship install`` rebuilds it.
@@ -27,8 +31,9 @@ from typing import Any
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from ._installmarker import INCOMPLETE_NAME, RECORDS_KEY
+from ._installmarker import drift as marker_drift
 from .errors import AddError, Problem
-from .install import INCOMPLETE_NAME
 
 __all__ = [
     "Installed",
@@ -56,13 +61,40 @@ def installed(sites: Sequence[Path]) -> Installed:
     return found
 
 
-def drift(pins: Mapping[str, str], found: Installed) -> list[Problem]:
-    """Locked distributions missing, or installed at another version than the lock's."""
-    return [
+def drift(
+    env: Path, marker: Mapping[str, Any], pins: Mapping[str, str], found: Installed
+) -> list[Problem]:
+    """Locked distributions missing, installed at another version than the lock's, with
+    more than one metadata folder, or replaced at their version (their RECORD is not the
+    one ``envship install`` wrote; a marker from before those digests cannot tell)."""
+    problems = [
         Problem(key, f"locked {version}, installed {have[1] if have else 'nothing'}")
         for key, version in sorted(pins.items())
         if (have := found.get(key)) is None or not _same_version(have[1], version)
     ]
+    python = (marker.get("target") or {}).get("python")
+    look = marker_drift(
+        env,
+        marker["packages"],
+        python if isinstance(python, str) else None,
+        marker.get(RECORDS_KEY) if isinstance(marker.get(RECORDS_KEY), dict) else None,
+    )
+    problems += [
+        Problem(name, f"locked {pins[name]}, and more than one metadata folder names it")
+        for name in look.duplicated
+        if name in pins
+    ]
+    for entry in look.replaced:
+        name, version = entry.split("==", 1)
+        where = str(found[name][2]) if name in found else name
+        problems.append(
+            Problem(
+                where,
+                f"{name} {version} was re-installed at its locked version from another "
+                "wheel or by another tool: its RECORD is not the one `envship install` wrote",
+            )
+        )
+    return problems
 
 
 def _same_version(a: str, b: str) -> bool:

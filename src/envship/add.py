@@ -10,8 +10,11 @@ constraints as they are.
 
 Safety, in the order things happen:
 
-* the environment must be one ``envship install`` made and finished; a version under an
-  ``envship env`` root is refused (versions are immutable and shared by every instance);
+* the environment must be one ``envship install`` made and finished, and still hold its
+  locked set as installed: no locked distribution missing, moved, installed twice or
+  re-installed at its version from another wheel or by another tool (seen by the RECORD
+  digests the install marker keeps); a version under an ``envship env`` root is refused
+  (versions are immutable and shared by every instance);
 * the edit to the spec is prepared (and validated) before anything is installed; a
   request for a name the spec already lists replaces that entry, and the result says
   so, even when the lock already satisfies it and nothing is installed (the user's
@@ -174,12 +177,15 @@ def _plan(
     marker = _addenv.checked_marker(env)
     pins = {str(canonicalize_name(str(p["name"]))): str(p["version"]) for p in marker["packages"]}
     installed = _snapshot.installed(sites)
-    if drift := _snapshot.drift(pins, installed):
+    if drift := _snapshot.drift(env, marker, pins, installed):
+        # install repairs in place what its own quick look finds (the same look, RECORD
+        # digests included), and syncs away what earlier additions brought.
+        again = " (it also removes what `envship add` added)" if marker.get(ADDED_KEY) else ""
         raise AddError(
             f"{env} already differs from its lock; refusing to add on top of that",
             problems=drift,
-            hint=f"`envship verify {env}` lists every difference; remove {env} and run "
-            "`envship install` to restore it",
+            hint=f"`envship install {env}` repairs it from its lock{again}; "
+            f"`envship verify {env}` lists every difference",
         )
     todo: list[Requirement] = []
     already: list[str] = []

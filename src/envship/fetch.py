@@ -12,6 +12,9 @@ An artifact already in the store costs one ``stat``: its size is checked against
 lock (:meth:`Store.check`), and one that is damaged is downloaded again and replaces the
 damaged file atomically (a *repair*). ``verify=True`` re-hashes every present artifact,
 which reads every byte; a warm fetch stays as cheap as a directory listing without it.
+It also hashes the separate copies under ``named/`` that installers read (made where hard
+links fail) and replaces each damaged one from the verified content file; the result
+counts those apart from the artifacts downloaded again.
 
 Sources are checked before any download starts (:mod:`envship._sourcecheck`): a URL
 scheme no downloader speaks, or a local ``path`` with no file, is bad input in the lock,
@@ -53,6 +56,8 @@ class FetchedArtifact:
     path: Path  # the verified file in the store
     downloaded: bool  # False: it was already in the store (no request was made)
     repaired: bool = False  # downloaded to replace a damaged file in the store
+    # Damaged separate copies under named/ replaced from the content file (verify only).
+    named_repaired: tuple[Path, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +65,7 @@ class FetchedArtifact:
             "path": str(self.path),
             "downloaded": self.downloaded,
             "repaired": self.repaired,
+            "named_repaired": [str(p) for p in self.named_repaired],
         }
 
 
@@ -71,6 +77,10 @@ class FetchResult:
     reused: int
     bytes_downloaded: int  # bytes read from sources in this run (resumed ones excluded)
     repaired: int = 0  # of ``downloaded``: replacing a damaged file found in the store
+    # Separate copies under named/ damaged on their own (the content file whole) and
+    # replaced from it: verify only, no download, any number per artifact, so apart from
+    # ``repaired`` (a repaired content file takes its named copies along, uncounted).
+    named_repaired: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +88,7 @@ class FetchResult:
             "downloaded": self.downloaded,
             "reused": self.reused,
             "repaired": self.repaired,
+            "named_repaired": self.named_repaired,
             "bytes_downloaded": self.bytes_downloaded,
             "artifacts": [a.to_json() for a in self.artifacts],
         }
@@ -288,7 +299,7 @@ def fetch(
     """
     artifacts = lock.artifacts(targets, groups=groups)
     store.ensure()
-    states = _states(store, artifacts, verify, jobs)
+    states, named = _states(store, artifacts, verify, jobs)
     todo = [a for a in artifacts if states[a.sha256] != "ok"]
     check_sources(lock, todo)
     present = sum(store.size(a.sha256, a.size) for a in artifacts if states[a.sha256] == "ok")
@@ -345,7 +356,9 @@ def fetch(
         if a.sha256 in results:
             fetched.append(results[a.sha256][0])
         else:
-            fetched.append(FetchedArtifact(a, store.path(a.sha256), downloaded=False))
+            path = store.path(a.sha256)
+            fixed = named.get(a.sha256, ())
+            fetched.append(FetchedArtifact(a, path, downloaded=False, named_repaired=fixed))
     downloaded = sum(1 for f in fetched if f.downloaded)
     return FetchResult(
         store=store,
@@ -354,27 +367,37 @@ def fetch(
         reused=len(fetched) - downloaded,
         bytes_downloaded=sum(r[1] for r in results.values()),
         repaired=sum(1 for f in fetched if f.repaired),
+        # An artifact the lock lists twice is checked twice: each copy counts once.
+        named_repaired=len({p for paths in named.values() for p in paths}),
     )
 
 
 def _states(
     store: Store, artifacts: Sequence[Artifact], verify: bool, jobs: int
-) -> dict[str, State]:
+) -> tuple[dict[str, State], dict[str, tuple[Path, ...]]]:
     """What the store holds of each artifact: a stat each, or a hash each with ``verify``,
-    which also replaces damaged separate copies under ``named/`` (Store.repair_named)."""
+    which also replaces damaged separate copies under ``named/`` (Store.repair_named);
+    and, by sha256, the copies it replaced."""
 
-    def state(a: Artifact) -> State:
+    def state(a: Artifact) -> tuple[State, tuple[Path, ...]]:
         found = store.check(a.sha256, a.size, full=verify)
         if verify and found == "ok":
-            store.repair_named(a.sha256)  # uv reads those, not the content file
-        return found
+            return found, store.repair_named(a.sha256)  # uv reads those, not the content
+        return found, ()
 
     if not verify or len(artifacts) < 2:
-        return {a.sha256: state(a) for a in artifacts}
-    # hashlib releases the GIL on large buffers, so threads hash on several cores.
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(artifacts)))) as pool:
-        found = pool.map(state, artifacts)
-        return {a.sha256: s for a, s in zip(artifacts, found, strict=True)}
+        found = [state(a) for a in artifacts]
+    else:
+        # hashlib releases the GIL on large buffers, so threads hash on several cores.
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(artifacts)))) as pool:
+            found = list(pool.map(state, artifacts))
+    states: dict[str, State] = {}
+    named: dict[str, tuple[Path, ...]] = {}
+    for a, (s, fixed) in zip(artifacts, found, strict=True):
+        states[a.sha256] = s
+        if fixed:
+            named[a.sha256] = tuple(sorted({*named.get(a.sha256, ()), *fixed}))
+    return states, named
 
 
 def _combine(failures: list[tuple[Artifact, EnvshipError]], total: int) -> EnvshipError:

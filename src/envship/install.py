@@ -311,6 +311,16 @@ def _install_locked(
         link_mode = link_mode or marker.get("link_mode")
         python_xy = str(marker["target"]["python"])
         found = drift(dest, marker["packages"], python_xy, marker.get(RECORDS_KEY))
+        # Whatever the run below is (repair or update), the report starts from what is
+        # there now, and one re-installed at the same version (another wheel, another
+        # tool: its RECORD is not the one installed) is installed again whatever uv
+        # makes of it: uv keeps a same-version distribution, RECORD and all.
+        gone = {*found.missing, *found.replaced}
+        replaced = [p.split("==")[0] for p in found.replaced]
+        before = {
+            **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in gone},
+            **{p.split("==")[0]: (p.split("==")[1], "") for p in found.present},
+        }
         if found.duplicated or reinstall:
             # Two metadata folders for one name: a sync cannot tell which to remove.
             # The folder is ours (it has our marker): make it again (as asked to).
@@ -330,16 +340,8 @@ def _install_locked(
             if not found:
                 return result(chosen, artifacts, "unchanged")
             # Someone removed, added or replaced a distribution: the sync below puts the
-            # locked set back (the same as an update, from what is there now). One
-            # re-installed at the same version (another wheel, another tool: its RECORD
-            # is not the one installed) is installed again whatever uv makes of it.
+            # locked set back (the same as an update, from what is there now).
             repair = True
-            gone = {*found.missing, *found.replaced}
-            replaced = [p.split("==")[0] for p in found.replaced]
-            before = {
-                **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in gone},
-                **{p.split("==")[0]: (p.split("==")[1], "") for p in found.present},
-            }
     else:
         relink = False
 

@@ -63,8 +63,10 @@ def _credentials(lock_path: Path) -> list[Credential]:
     "--verify",
     is_flag=True,
     help="Re-hash every artifact already in the store (reads every byte) and download "
-    "again any that does not match. Without it, a present artifact is checked by its size "
-    "only, which finds truncated or emptied files but not same-size damage.",
+    "again any that does not match; separate copies under the store's named/ folder (what "
+    "installers read, made where hard links fail) are hashed too and a damaged one is "
+    "replaced. Without it, a present artifact is checked by its size only, which finds "
+    "truncated or emptied files but not same-size damage.",
 )
 @json_option
 def command(
@@ -108,8 +110,14 @@ def _summary(result: FetchResult) -> str:
         if result.repaired
         else ""
     )
+    n = result.named_repaired
+    named = (
+        f"; {n} damaged cop{'ies' if n != 1 else 'y'} under named/ (what installers read) replaced"
+        if n
+        else ""
+    )
     return (
         f"{total} artifact{'s' if total != 1 else ''} in {result.store.root}: "
         f"{result.downloaded} downloaded ({_size(result.bytes_downloaded)}{repaired}), "
-        f"{result.reused} already in the store"
+        f"{result.reused} already in the store{named}"
     )
