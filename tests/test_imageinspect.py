@@ -16,19 +16,23 @@ from pathlib import Path
 
 import pytest
 
+from envship._imageenv import skeleton_record
+from envship._installmarker import FILES_KEY, LINKS_KEY
 from envship.dockerarchive import write_docker_archive
 from envship.errors import ImageInputError, TargetError, UnsupportedBaseError
 from envship.image import BuiltImage
 from envship.imagebase import probe_image
 from envship.imageinspect import inspect_image, verify_image
 from envship.imageio import ImageSource, open_image, write_image
-from envship.install import MARKER_NAME
+from envship.install import INCOMPLETE_NAME, MARKER_NAME
 from envship.layer import LayerWriter
 from envship.layerfs import iter_layer
 from envship.oci import OCI_CONFIG, OCI_MANIFEST, ImageManifest, sha256_digest
 from envship.ocilayout import LayoutImage, OciLayout
 from envship.store import Store
+from envship.verify import VENV_CREATION
 from imagelib import BaseImage, make_image
+from indexlib import _record_hash
 from test_image import (
     PLATFORM,
     VENV_SITE,
@@ -37,6 +41,7 @@ from test_image import (
     bookworm_facts,
     build,
     image_target,
+    layer_files,
     sample,
     sample_layout,
     slim_layout,
@@ -327,6 +332,30 @@ def test_image_without_its_marker_is_refused(
     assert caught.value.exit_code == 2
 
 
+def test_an_image_whose_environment_is_marked_incomplete_is_not_identical(
+    tmp_path: Path,
+    slim_sample: tuple[Setup, BuiltImage, str],
+    slim_source: tuple[ImageSource, Store],
+) -> None:
+    """envship never builds such an image; a layer someone added can carry the mark, and
+    the launcher in a container refuses the environment then: the image is built again."""
+    setup = slim_sample[0]
+    source, store = slim_source
+    ref = append_layer(
+        source.image,
+        tmp_path / "marked",
+        lambda w: w.add_file(f"{VENV[1:]}/{INCOMPLETE_NAME}", b"install in progress\n"),
+    )
+    report = verify_image(setup.lock, open_image(ref, store))
+    [difference] = report.differences
+    assert (difference.kind, difference.path, difference.actual) == (
+        "incomplete", f"{VENV}/{INCOMPLETE_NAME}", "install in progress"
+    )  # fmt: skip
+    assert report.remedy == (
+        f"build the image again with `envship image build --lock {setup.lock.path}`"
+    )
+
+
 def test_bytecode_differences_name_paths_in_the_image(
     tmp_path: Path, slim_layout: BaseImage, slim_sample: tuple[Setup, BuiltImage, str]
 ) -> None:
@@ -356,3 +385,141 @@ def test_bytecode_differences_name_paths_in_the_image(
     assert difference.expected == f"the code of /{source}"
     shown = json.dumps([d.to_json() for d in report.differences])
     assert "envship-verify-image" not in shown and tempfile.gettempdir() + "/" not in shown
+
+
+# -- the installed RECORDs against the store's wheels ------------------------------------------
+
+ALPHA_INFO = f"{VENV_SITE}/alpha-1.0.dist-info"
+ORIGINAL = b'__version__ = "1.0"\n'  # alpha/__init__.py as the wheel has it
+EVIL = b'__version__ = "1.0"; import os\n'
+
+
+def swap_with_its_record(built: BuiltImage) -> Callable[[LayerWriter], None]:
+    """alpha/__init__.py replaced, and alpha's RECORD rewritten to match: every file agrees
+    with the installed RECORD, so only the locked wheel's own RECORD tells them apart."""
+    record = next(
+        reader.read()
+        for path in built.layer_paths
+        for info, reader in iter_layer(path, layer=path.name)
+        if info.name == f"{ALPHA_INFO}/RECORD" and reader is not None
+    ).decode()
+    lines = [
+        f"alpha/__init__.py,{_record_hash(EVIL)},{len(EVIL)}"
+        if line.startswith("alpha/__init__.py,")
+        else line
+        for line in record.splitlines()
+    ]
+    assert lines != record.splitlines()
+
+    def fill(w: LayerWriter) -> None:
+        w.add_file(f"{VENV_SITE}/alpha/__init__.py", EVIL)
+        w.add_file(f"{ALPHA_INFO}/RECORD", ("\n".join(lines) + "\n").encode())
+
+    return fill
+
+
+def test_the_store_ties_the_image_to_the_locked_wheels(
+    tmp_path: Path,
+    slim_sample: tuple[Setup, BuiltImage, str],
+    slim_source: tuple[ImageSource, Store],
+) -> None:
+    setup, built, _ = slim_sample
+    source, _ = slim_source
+    # As built, with every wheel in the store: identical, console script (pypa/installer's
+    # launcher) included, and no note that the installed RECORDs were all there was.
+    pristine = verify_image(setup.lock, source, store=setup.store)
+    assert pristine.identical, pristine.differences
+    assert not any("installed RECORD only" in n for n in pristine.notes)
+
+    ref = append_layer(source.image, tmp_path / "swapped", swap_with_its_record(built))
+    swapped = open_image(ref, setup.store)
+    alone = verify_image(setup.lock, swapped)  # no store: the rewritten RECORD agrees
+    assert alone.identical, alone.differences
+    assert any("installed RECORD only" in n and "--store" in n for n in alone.notes)
+
+    report = verify_image(setup.lock, swapped, store=setup.store)
+    [difference] = report.differences
+    assert (difference.kind, difference.name, difference.path) == (
+        "changed", "alpha", f"/{VENV_SITE}/alpha/__init__.py"
+    )  # fmt: skip
+    # The file is held against the wheel's hash, not against the RECORD line beside it.
+    assert difference.expected == f"{_record_hash(ORIGINAL)}, size {len(ORIGINAL)}"
+    assert difference.actual == f"{_record_hash(EVIL)}, size {len(EVIL)}"
+
+
+def test_an_image_store_without_the_wheels_says_so(
+    tmp_path: Path,
+    slim_sample: tuple[Setup, BuiltImage, str],
+    slim_source: tuple[ImageSource, Store],
+) -> None:
+    """A store that lacks the locked wheels vouches for nothing, and the notes name them."""
+    setup = slim_sample[0]
+    source, _ = slim_source
+    report = verify_image(setup.lock, source, store=Store(tmp_path / "empty-store"))
+    assert report.identical, report.differences
+    [note] = [n for n in report.notes if "installed RECORD only" in n]
+    assert all(f"{name} (" in note for name in ("alpha", "beta", "tool"))
+    assert "not in the store" in note
+
+
+# -- the venv skeleton, held against what the marker records ------------------------------------
+
+
+def test_the_marker_records_the_skeleton_and_verify_checks_it(
+    slim_sample: tuple[Setup, BuiltImage, str], slim_source: tuple[ImageSource, Store]
+) -> None:
+    setup, built, _ = slim_sample
+    source, store = slim_source
+    marker = json.loads(layer_files(built.layer_paths[-1])[f"{VENV[1:]}/{MARKER_NAME}"])
+    facts = probe_image(source.image, where="slim")
+    files, links = skeleton_record(facts)
+    assert (marker[FILES_KEY], marker[LINKS_KEY]) == (files, links)
+    assert set(files) == {"pyvenv.cfg"}
+    assert links == {
+        "bin/python": facts.python, "bin/python3": "python",
+        f"bin/python{facts.version}": "python", "lib64": "lib",
+    }  # fmt: skip
+    report = verify_image(setup.lock, source, store=store)
+    assert report.identical, report.differences
+    assert not any("accepted by name" in n for n in report.notes), report.notes
+
+
+def _home_elsewhere(w: LayerWriter) -> str:
+    cfg = "home = /tmp/evil\ninclude-system-site-packages = false\nversion = 3.11\n"
+    w.add_file(f"{VENV[1:]}/pyvenv.cfg", cfg.encode())
+    return "changed pyvenv.cfg"
+
+
+def _python3_repointed(w: LayerWriter) -> str:
+    w.add_symlink(f"{VENV[1:]}/bin/python3", "/tmp/evil/python3")
+    return "changed bin/python3"
+
+
+def _python_a_script(w: LayerWriter) -> str:
+    w.add_file(f"{VENV[1:]}/bin/python3", b'#!/bin/sh\nexec /tmp/evil "$@"\n', mode=0o755)
+    return "changed bin/python3"
+
+
+def _lib64_removed(w: LayerWriter) -> str:
+    w.add_whiteout(f"{VENV[1:]}/lib64")
+    return "removed lib64"
+
+
+@pytest.mark.parametrize(
+    "damage", [_home_elsewhere, _python3_repointed, _python_a_script, _lib64_removed]
+)
+def test_a_changed_skeleton_is_reported(
+    tmp_path: Path,
+    damage: Callable[[LayerWriter], str],
+    slim_sample: tuple[Setup, BuiltImage, str],
+    slim_source: tuple[ImageSource, Store],
+) -> None:
+    setup = slim_sample[0]
+    source, store = slim_source
+    expected: list[str] = []
+    ref = append_layer(source.image, tmp_path / "skeleton", lambda w: expected.append(damage(w)))
+    report = verify_image(setup.lock, open_image(ref, store), store=store)
+    kind, rel = expected[0].split(" ")
+    assert [(d.kind, d.name, d.path) for d in report.differences] == [
+        (kind, VENV_CREATION, f"{VENV}/{rel}")
+    ]

@@ -996,3 +996,27 @@ def test_reinstall_keeps_the_interpreter_byte_code_and_link_mode(
     assert after["python"] == before["python"] and after["target"] == before["target"]
     assert after["compiled"] is True and after["link_mode"] == "copy"
     assert compiled_alpha(dest)
+
+
+@pytest.mark.parametrize("relink", ["another interpreter", "a link to nothing"])
+def test_a_relinked_interpreter_is_seen_and_the_env_made_again(
+    tmp_path: Path, lock: LockFile, store: Store, relink: str
+) -> None:
+    """The launcher's remedy for a bin/python pointed elsewhere is `envship install`: the
+    quick look must see the link, not only the metadata."""
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    python = dest / "bin" / "python"
+    base = os.path.realpath(python)
+    elsewhere = tmp_path / "elsewhere-python"
+    if relink == "another interpreter":  # a copy of the binary: it runs, from another path
+        shutil.copy2(os.path.realpath(sys.executable), elsewhere)
+    python.unlink()
+    python.symlink_to(elsewhere)
+
+    result = install(lock, store, dest)
+
+    assert result.action == "rebuilt"
+    assert os.path.realpath(python) == base
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+    assert install(lock, store, dest).action == "unchanged"

@@ -15,14 +15,16 @@ from typing import Literal
 __all__ = ["KINDS", "Difference", "DifferenceKind"]
 
 DifferenceKind = Literal[
-    "missing", "extra", "version", "duplicate", "config", "changed", "removed", "added",
-    "unowned",
+    "incomplete", "missing", "extra", "version", "duplicate", "config", "changed", "removed",
+    "added", "unowned",
 ]  # fmt: skip
-#: Report order: distribution-level differences, the environment's settings, then files.
-#: ``duplicate``: a second metadata folder of a locked name (the locked one is checked).
+#: Report order: a run that did not finish (``incomplete``: the environment still carries
+#: ``.envship-incomplete``), distribution-level differences, the environment's settings,
+#: then files. ``duplicate``: a second metadata folder of a locked name (the locked one is
+#: checked).
 KINDS: tuple[DifferenceKind, ...] = (
-    "missing", "extra", "version", "duplicate", "config", "changed", "removed", "added",
-    "unowned",
+    "incomplete", "missing", "extra", "version", "duplicate", "config", "changed", "removed",
+    "added", "unowned",
 )  # fmt: skip
 
 
@@ -32,7 +34,8 @@ class Difference:
 
     kind: DifferenceKind
     # The distribution concerned; for ``unowned`` the entry's name, for ``config`` the
-    # setting, for a file the venv's creation wrote :data:`envship._strays.VENV_CREATION`.
+    # setting, for a file the venv's creation wrote :data:`envship._strays.VENV_CREATION`,
+    # for ``incomplete`` the marker's file name.
     name: str
     path: str  # a dist-info folder, a file or folder, pyvenv.cfg, or (missing) site-packages
     expected: str | None = None

@@ -12,6 +12,7 @@ Directories of the base on the way keep the base's owner and mode
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from .install import MARKER_NAME
 from .layer import LayerBlob, LayerWriter
 from .lockfile import Artifact, LockFile
 
-__all__ = ["check_kernel_name", "kernel_for", "skeleton_layer", "top_layer"]
+__all__ = ["check_kernel_name", "kernel_for", "skeleton_layer", "skeleton_record", "top_layer"]
 
 # jupyter_client's rule (kernelspec._kernel_name_pat), lower case only: Jupyter lowercases
 # the folder name it finds, and SageMaker's AppImageConfig must name the kernel exactly.
@@ -66,25 +67,47 @@ def _small_layer(
         raise
 
 
+def _skeleton(facts: BaseFacts) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The venv's own files and links, prefix-relative: ``(path -> content, path -> link
+    target)``; the folders are ``bin``, ``include`` and the site-packages."""
+    cfg = (
+        f"home = {facts.python_home}\n"
+        "include-system-site-packages = false\n"
+        f"version = {facts.version_full}\n"
+        f"executable = {facts.python}\n"
+    )
+    links = {
+        "lib64": "lib",
+        "bin/python": facts.python,
+        "bin/python3": "python",
+        f"bin/python{facts.version}": "python",
+    }
+    return {"pyvenv.cfg": cfg.encode()}, links
+
+
+def skeleton_record(facts: BaseFacts) -> tuple[dict[str, str], dict[str, str]]:
+    """What :func:`skeleton_layer` writes, as an install marker records a venv's creation
+    (:func:`envship._installmarker.venv_record`: path -> hex sha256, path -> link target),
+    for :func:`envship._installmarker.marker_data`'s ``venv`` and ``links``: with them,
+    ``verify --image`` holds the skeleton against the record instead of accepting
+    ``pyvenv.cfg`` and ``bin/python*`` by name."""
+    files, links = _skeleton(facts)
+    return {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}, links
+
+
 def skeleton_layer(tmp_dir: Path, epoch: int, place: Placement, facts: BaseFacts) -> LayerBlob:
     """The venv itself (PEP 405): pyvenv.cfg and interpreter links to the base's Python."""
+    files, links = _skeleton(facts)
 
     def fill(writer: LayerWriter) -> None:
         rel = place.prefix.strip("/")
         writer.add_dir(f"{rel}/bin")
         writer.add_dir(f"{rel}/include")
         writer.add_dir(f"{rel}/lib/python{facts.version}/site-packages")
-        writer.add_symlink(f"{rel}/lib64", "lib")
-        writer.add_symlink(f"{rel}/bin/python", facts.python)
-        writer.add_symlink(f"{rel}/bin/python3", "python")
-        writer.add_symlink(f"{rel}/bin/python{facts.version}", "python")
-        cfg = (
-            f"home = {facts.python_home}\n"
-            "include-system-site-packages = false\n"
-            f"version = {facts.version_full}\n"
-            f"executable = {facts.python}\n"
-        )
-        writer.add_file(f"{rel}/pyvenv.cfg", cfg.encode())
+        for path, target in links.items():
+            writer.add_symlink(f"{rel}/{path}", target)
+        for path, data in files.items():
+            writer.add_file(f"{rel}/{path}", data)
 
     return _small_layer(tmp_dir, epoch, place.above_prefix, fill)
 

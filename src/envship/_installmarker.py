@@ -49,6 +49,7 @@ __all__ = [
     "clear",
     "drift",
     "env_state",
+    "interpreter_damage",
     "marker_data",
     "read_marker",
     "record_digests",
@@ -105,8 +106,9 @@ def marker_data(
     """What an environment made from ``lock`` records about itself (the install marker);
     image builds write the same record into the image. ``compiled``: every installed
     module's byte-code was written at install time. ``venv`` and ``links``: the files and
-    links the venv's creation wrote (:func:`venv_record`); None when unknown (an image,
-    or an environment made before envship recorded them; ``links`` None with ``venv``
+    links the venv's creation wrote (:func:`venv_record`, or for an image the skeleton
+    layer's :func:`envship._imageenv.skeleton_record`); None when unknown (an environment
+    made before envship recorded them; ``links`` None with ``venv``
     given: a record of site-packages alone, as envship kept before). ``link_mode``: how
     uv was asked to put files in place, when it was asked (repairs keep it).
     ``records``: :func:`record_digests` of the environment as installed."""
@@ -174,6 +176,21 @@ def venv_record(dest: Path) -> tuple[dict[str, str], dict[str, str]]:
                 elif entry.is_file() and rel not in (INCOMPLETE_NAME, MARKER_NAME):
                     files[rel] = _sha256(entry.path)
     return files, links
+
+
+def interpreter_damage(path: Path, marker: Mapping[str, Any]) -> list[str]:
+    """Whether a complete environment's ``bin/python`` still links to the base it was made
+    with (the quick look at its metadata cannot see a relinked interpreter)."""
+    python = path / "bin" / "python"
+    base = str(marker["python"]["base"])
+    # A base missing here is this machine's lack (check_env says so), not damage.
+    if not os.path.exists(base):
+        return []
+    if not python.exists():
+        return [f"{python} is missing or a link to nothing"]
+    if os.path.realpath(python) != os.path.realpath(base):
+        return [f"{python} runs {os.path.realpath(python)}, not {base}"]
+    return []
 
 
 def _dist_infos(site: Path) -> dict[str, list[tuple[str, Path]]]:

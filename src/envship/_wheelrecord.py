@@ -18,8 +18,9 @@ shows in quick mode too, with no hashing), and the file is then checked against 
 hash, not the installed line. Two kinds of file are rewritten by the installer and so are
 compared otherwise: ``.data/scripts`` members starting with ``#!python`` (their first line
 becomes the interpreter; the rest must be the wheel's) and the console/gui launchers
-generated from ``entry_points.txt`` (they must be exactly uv's or pip's launcher for that
-entry point, under any shebang). The installer's own files (``INSTALLER``, ``REQUESTED``,
+generated from ``entry_points.txt`` (they must be exactly uv's, pip's or pypa/installer's
+launcher for that entry point, under any shebang: envship's image builds install with
+pypa/installer). The installer's own files (``INSTALLER``, ``REQUESTED``,
 ``direct_url.json``, uv's ``uv_cache.json``, ``RECORD``) are checked against the installed
 RECORD as before. Any other installed RECORD line is ``added``: it is not the wheel's.
 """
@@ -78,6 +79,14 @@ _PIP_LAUNCHER = (
     "# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom {module} import {name}\n"
     "if __name__ == '__main__':\n"
     "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+    "    sys.exit({function}())\n"
+)
+# pypa/installer's (installer.scripts._SCRIPT_TEMPLATE, the same from 0.7 to 1.1), which
+# envship's image builds write (_wheeltar): pip's, with double quotes.
+_INSTALLER_LAUNCHER = (
+    "# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom {module} import {name}\n"
+    'if __name__ == "__main__":\n'
+    '    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])\n'
     "    sys.exit({function}())\n"
 )
 NO_STORE = (
@@ -307,7 +316,7 @@ def _compare(inst: Installed, wheel: _Wheel, layout: Layout) -> Trusted:
         entries.append(Entry(inst.name, name, where, None, None, executable=True))
         bodies = tuple(
             t.format(module=module, name=function.split(".")[0], function=function).encode()
-            for t in (_UV_LAUNCHER, _PIP_LAUNCHER)
+            for t in (_UV_LAUNCHER, _PIP_LAUNCHER, _INSTALLER_LAUNCHER)
         )
         scripts.append(ScriptCheck(inst.name, where, bodies))
     info = os.path.normpath(os.path.join(str(inst.dist_info.parent), wheel.dist_info))

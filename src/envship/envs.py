@@ -43,7 +43,7 @@ from ._envgc import GcResult, VersionInUse, gc
 from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
 from ._flock import locked
-from ._installmarker import RECORDS_KEY, drift
+from ._installmarker import RECORDS_KEY, drift, interpreter_damage
 from .errors import EnvError, EnvInputError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
 from .install import MARKER_NAME, InstallError, ProgressFn, install
@@ -99,21 +99,6 @@ def _complete(
     return marker if tuple(marker["groups"]) == groups else None
 
 
-def _interpreter_damage(path: Path, marker: dict[str, Any]) -> list[str]:
-    """Whether a complete version's ``bin/python`` still links to the base it was made
-    with. Versions are immutable, so anything found here was done to it afterwards."""
-    python = path / "bin" / "python"
-    base = str(marker["python"]["base"])
-    # A base missing here is this machine's lack (check_env says so), not damage.
-    if not os.path.exists(base):
-        return []
-    if not python.exists():
-        return [f"{python} is missing or a link to nothing"]
-    if os.path.realpath(python) != os.path.realpath(base):
-        return [f"{python} runs {os.path.realpath(python)}, not {base}"]
-    return []
-
-
 def _package_damage(path: Path, marker: dict[str, Any]) -> list[str]:
     """What changed among a version's installed distributions since it was made, by the
     quick look ``install`` takes (a listing, and a hash of each RECORD)."""
@@ -131,7 +116,7 @@ def _package_damage(path: Path, marker: dict[str, Any]) -> list[str]:
 
 
 def _damage(path: Path, marker: dict[str, Any]) -> list[str]:
-    return _interpreter_damage(path, marker) + _package_damage(path, marker)
+    return interpreter_damage(path, marker) + _package_damage(path, marker)
 
 
 def _changed(
@@ -329,7 +314,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     # In the order a user can act on: a replaced interpreter link first (the check
     # below would blame the machine for it), then whether this machine can run the
     # version at all, then what happened to its packages.
-    if damage := _interpreter_damage(path, marker):
+    if damage := interpreter_damage(path, marker):
         raise _changed(name, env_dir.parent, path, marker, damage)
     # What kernels and jobs run is the version's own interpreter, not the base it was
     # made from: a version whose bin/python now runs another Python must not pass.

@@ -34,7 +34,7 @@ from typing import Any
 
 from . import __version__
 from ._bytecode import BytecodeCompiler, find_compiler
-from ._imageenv import check_kernel_name, kernel_for, skeleton_layer, top_layer
+from ._imageenv import check_kernel_name, kernel_for, skeleton_layer, skeleton_record, top_layer
 from ._imagelayers import (
     CachedLayer,
     LayerCache,
@@ -314,6 +314,8 @@ def build_image(
 
         build_layers(todo, job, cache, annotations, jobs=jobs, built=built)
 
+        # What the skeleton layer wrote, so verify holds pyvenv.cfg and bin/python* to it.
+        venv_files, venv_links = skeleton_record(facts)
         marker = marker_data(
             lock,
             chosen,
@@ -322,6 +324,8 @@ def build_image(
             facts.version_full,
             artifacts,
             compiled=compiler is not None,
+            venv=venv_files,
+            links=venv_links,
         )
         # The build folder must not reach the image: it would change the digest per machine.
         marker["lock"]["path"] = lock.path.name

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass, replace
@@ -163,6 +164,9 @@ def verify_image(
     with ``store``, those facts are cached there by manifest digest as builds cache them.
     ``bytecode`` also compares each cached ``.pyc`` with its source, compiled by a CPython
     of the image's minor version on this machine (:func:`envship._bytecode.find_compiler`).
+    ``store`` is also where the locked wheels are: each installed RECORD is held against
+    its wheel's own, as for a venv (None: against the installed RECORDs alone, which the
+    report's notes say).
     """
     image = source.image
     labels = image.config.config.get("Labels") or {}
@@ -225,6 +229,7 @@ def verify_image(
             # The venv's bin/python names the image's interpreter path: running it here
             # would run a host binary (or none); the image's Python was checked above.
             interpreter=False,
+            store=store,
         )
     # Report paths as they are in the image, not in the temporary folder (gone by now):
     # in a difference's path and in its texts (the byte-code check names the source).
@@ -255,4 +260,13 @@ def verify_image(
         for d in report.differences
     )
     notes = tuple(in_text(n) or n for n in report.notes)
-    return replace(report, environment=in_image, differences=differences, notes=notes)
+    # A layer cannot be finished in place: the image is built again (and never marked
+    # incomplete by envship, so someone else's layer put the mark there).
+    remedy = (
+        f"build the image again with `envship image build --lock {shlex.quote(str(lock.path))}`"
+        if report.remedy is not None
+        else None
+    )
+    return replace(
+        report, environment=in_image, differences=differences, notes=notes, remedy=remedy
+    )

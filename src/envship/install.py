@@ -57,6 +57,7 @@ from ._installmarker import (
     clear,
     drift,
     env_state,
+    interpreter_damage,
     marker_data,
     read_marker,
     record_digests,
@@ -321,9 +322,10 @@ def _install_locked(
             **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in gone},
             **{p.split("==")[0]: (p.split("==")[1], "") for p in found.present},
         }
-        if found.duplicated or reinstall:
-            # Two metadata folders for one name: a sync cannot tell which to remove.
-            # The folder is ours (it has our marker): make it again (as asked to).
+        if found.duplicated or reinstall or interpreter_damage(dest, marker):
+            # Two metadata folders for one name (a sync cannot tell which to remove), or
+            # bin/python relinked to another interpreter: the folder is ours (it has our
+            # marker), so make it again (as asked to, for a reinstall).
             reuse, state, base = False, "incomplete", base or marker["python"]["base"]
         elif (
             marker["lock"]["digest"] == lock.digest

@@ -13,6 +13,7 @@ from ._common import echo_json, groups_option, json_option, lock_option, store_o
 __all__ = ["command", "render_report"]
 
 _TITLES: dict[DifferenceKind, str] = {
+    "incomplete": "half made: a run of envship install or add did not finish",
     "missing": "missing distributions (locked, not installed)",
     "extra": "extra distributions (installed, not locked)",
     "version": "wrong versions",
@@ -26,6 +27,8 @@ _TITLES: dict[DifferenceKind, str] = {
 
 
 def _line(d: Difference) -> str:
+    if d.kind == "incomplete":
+        return f"{d.path}: {d.actual}" + (f"\n      {d.note}" if d.note else "")
     if d.kind == "missing":
         return f"{d.name} {d.expected}  (not in {d.path})"
     if d.kind == "extra":
@@ -125,7 +128,10 @@ def command(
 
     ENV is a venv folder, an interpreter (e.g. a venv's bin/python), or a site-packages
     folder [default: $VIRTUAL_ENV]. Exit 0 only when identical, 1 with every
-    difference otherwise: missing, extra and wrong-version distributions (by dist-info),
+    difference otherwise: first an environment still marked .envship-incomplete (a run
+    of envship install or add that was killed or failed; kind "incomplete" in --json,
+    with the text the mark holds, and the command that finishes it in the hint), then
+    missing, extra and wrong-version distributions (by dist-info),
     a pyvenv.cfg that includes the system site-packages, changed, removed and added
     files, and unowned paths: anything at the top of site-packages that no installed
     distribution's RECORD lists (a stray module, package or .pth file). A venv's

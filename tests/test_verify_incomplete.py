@@ -1,0 +1,277 @@
+"""``envship verify`` on environments a run did not finish: a real ``envship install`` or
+``envship env create`` SIGKILLed while uv works, and an update uv refused. The incomplete
+marker comes first in the report, with its text, and the hint's command finishes the
+environment (run here for real, after which verify finds it identical)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from envship._uv import uv_bin
+from envship.cli.main import main
+from envship.errors import ArtifactError, SpecError
+from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
+from envship.lockfile import LockFile
+from envship.store import Store
+from envship.verify import VerifyMismatchError, verify
+from test_install import build_wheels, stocked_store, target, write_lock
+
+# A uv that stops before the step named by $STEP ("venv", or "sync" of `uv pip sync`) until
+# told to go on: the run is then killed at a known point, with no timing involved.
+_PAUSING_UV = """#!/bin/sh
+step="$1"; [ "$1" = pip ] && step="$2"
+if [ "$step" = "{step}" ]; then
+  echo $$ > "{flag}"
+  while [ ! -e "{flag}.go" ]; do sleep 0.05; done
+fi
+exec "{uv}" "$@"
+"""
+# The real CLI in a process of its own, with uv replaced by the pausing one (the only way
+# in: envship runs the uv binary its `uv` package ships).
+_CLI = textwrap.dedent(
+    """
+    import sys
+    import envship.install
+    from envship.cli.main import main
+    envship.install.uv_bin = lambda: sys.argv[1]
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+@dataclass(frozen=True)
+class Made:
+    lock: LockFile
+    store: Store
+    wheels: dict[str, Path]
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Made:
+    wheels = build_wheels(tmp_path / "dist")
+    lock = write_lock(tmp_path / "pylock.toml", [wheels[k] for k in ("alpha", "beta", "tool")])
+    # ENVSHIP_STORE names tmp_path/store (conftest): the hint's command finds it there.
+    store = stocked_store(Path(os.environ["ENVSHIP_STORE"]), list(wheels.values()))
+    return Made(lock, store, wheels)
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def killed(tmp_path: Path, step: str, *args: str) -> None:
+    """Run ``envship ARGS`` until its uv reaches ``step``, then SIGKILL envship (and, with
+    it, uv: envship's children die with it)."""
+    flag = tmp_path / f"uv-{step}"
+    pausing = tmp_path / "pausing-uv"
+    pausing.write_text(_PAUSING_UV.format(step=step, flag=flag, uv=uv_bin()))
+    pausing.chmod(0o755)
+    proc = subprocess.Popen([sys.executable, "-c", _CLI, str(pausing), *args])
+    deadline = time.monotonic() + 60
+    while not (flag.exists() and flag.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    uv_pid = int(flag.read_text())
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    while not _gone_or_zombie(uv_pid):
+        assert time.monotonic() < deadline, "uv outlived the envship that started it"
+        time.sleep(0.02)
+    (tmp_path / f"uv-{step}.go").touch()  # nobody is left to read it
+
+
+def finish(hint: str | None) -> None:
+    """Run the command the hint names, as a user would paste it."""
+    found = re.search(r"`(envship [^`]+)`", hint or "")
+    assert found, hint
+    argv = shlex.split(found.group(1))[1:]
+    proc = subprocess.run(
+        [sys.executable, "-m", "envship", *argv], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture
+def killed_mid_sync(tmp_path: Path, made: Made) -> Iterator[Path]:
+    """A new environment whose `envship install` was killed while uv installed into it."""
+    dest = tmp_path / "env"
+    killed(tmp_path, "sync", "install", str(dest), "--lock", str(made.lock.path))
+    assert (dest / "pyvenv.cfg").is_file() and not (dest / MARKER_NAME).exists()
+    yield dest
+
+
+@pytest.fixture
+def failed_update(tmp_path: Path, made: Made) -> tuple[Path, LockFile]:
+    """A complete environment whose update to a newer lock uv refused (a stored wheel
+    that no longer matches its hash): it still holds the old lock's distributions, and
+    the launcher refuses it. Returns the env and the newer lock."""
+    dest = tmp_path / "env"
+    install(made.lock, made.store, dest)
+    newer = write_lock(tmp_path / "newer.toml", [made.wheels[k] for k in ("alpha", "beta11")])
+    stored = made.store.path(hashlib.sha256(made.wheels["beta11"].read_bytes()).hexdigest())
+    good = stored.read_bytes()
+    stored.chmod(0o644)
+    stored.write_bytes(good + b"\0")
+    with pytest.raises(ArtifactError):
+        install(newer, made.store, dest)
+    stored.write_bytes(good)  # fetched again: the next install can finish
+    return dest, newer
+
+
+def test_a_killed_install_is_reported_half_made_first(killed_mid_sync: Path, made: Made) -> None:
+    dest = killed_mid_sync
+    report = verify(made.lock, dest)
+    error = VerifyMismatchError(report)  # what the CLI raises for it
+    first, *rest = report.differences
+    assert (first.kind, first.name, first.path, first.actual) == (
+        "incomplete", INCOMPLETE_NAME, str(dest / INCOMPLETE_NAME), "install in progress"
+    )  # fmt: skip
+    assert first.note and "did not finish" in first.note
+    # What else is wrong is still listed: nothing was installed yet.
+    assert sorted((d.kind, d.name) for d in rest) == [
+        ("missing", "alpha"), ("missing", "beta"), ("missing", "tool"),
+    ]  # fmt: skip
+    assert error.exit_code == 1 and not report.identical
+    assert error.message.startswith(f"{dest} is half made (install in progress) and differs")
+    assert report.remedy == f"finish it with `envship install {dest} --lock {made.lock.path}`"
+    assert error.hint and error.hint.startswith(f"the environment is half made: {report.remedy}")
+
+    finish(error.hint)
+    assert verify(made.lock, dest).identical
+
+
+def test_an_install_killed_before_its_venv_exists_is_refused_naming_the_mark(
+    tmp_path: Path, made: Made
+) -> None:
+    """Killed before `uv venv` ran: the folder holds the mark alone, no environment."""
+    dest = tmp_path / "env"
+    killed(tmp_path, "venv", "install", str(dest), "--lock", str(made.lock.path))
+    assert [p.name for p in dest.iterdir()] == [INCOMPLETE_NAME]
+    with pytest.raises(SpecError) as caught:
+        verify(made.lock, dest)
+    error = caught.value
+    assert error.exit_code == 2  # nothing to compare
+    assert error.message.startswith(f"{dest} is half made (install in progress): ")
+    assert str(error.problems[0]) == f"{dest / INCOMPLETE_NAME}: install in progress"
+    assert error.hint == f"finish it with `envship install {dest} --lock {made.lock.path}`"
+
+    finish(error.hint)
+    assert verify(made.lock, dest).identical
+
+
+def test_the_command_keeps_the_interpreter_and_names_the_target(tmp_path: Path, made: Made) -> None:
+    """Made with another interpreter than envship's, from a lock of two targets: the
+    command names both, or install would make it with envship's own Python and guess."""
+    system = Path(f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}")
+    # The machine image ships Debian's CPython beside the one running the tests.
+    assert system.exists(), f"this test needs a second CPython at {system}"
+    assert os.path.realpath(system) != os.path.realpath(sys.executable)
+    two = write_lock(
+        tmp_path / "two.toml",
+        [made.wheels[k] for k in ("alpha", "beta", "tool")],
+        targets=[target("old", glibc="2.17"), target("new", glibc="2.28")],
+    )
+    dest = tmp_path / "env"
+    killed(tmp_path, "sync", "install", str(dest), "--lock", str(two.path), "--python", str(system))
+    report = verify(two, dest)
+    assert report.target.name == "new" and report.differences[0].kind == "incomplete"
+    assert report.remedy == (
+        f"finish it with `envship install {dest} --lock {two.path} --target new --python {system}`"
+    )
+    finish(VerifyMismatchError(report).hint)
+    assert verify(two, dest).identical
+    assert "home = /usr/bin" in (dest / "pyvenv.cfg").read_text()
+
+
+def test_a_failed_update_is_not_identical_to_either_lock(
+    failed_update: tuple[Path, LockFile], made: Made
+) -> None:
+    dest, newer = failed_update
+    # The old lock's distributions are all there, byte for byte: only the mark differs
+    # (before, this was "identical", while the launcher refused the environment).
+    [only] = verify(made.lock, dest, full=True, store=made.store).differences
+    assert (only.kind, only.path, only.actual) == (
+        "incomplete", str(dest / INCOMPLETE_NAME), "update in progress"
+    )  # fmt: skip
+
+    report = verify(newer, dest)
+    found = [(d.kind, d.name) for d in report.differences]
+    assert found == [
+        ("incomplete", INCOMPLETE_NAME), ("extra", "tool"), ("version", "beta"),
+    ]  # fmt: skip
+    hint = VerifyMismatchError(report).hint
+    assert f"`envship install {dest} --lock {newer.path}`" in (hint or "")
+
+    finish(hint)
+    assert verify(newer, dest).identical
+
+
+def test_a_killed_env_create_names_env_create(tmp_path: Path, made: Made) -> None:
+    """A version under an env root is made by `env create`, never by install."""
+    root = tmp_path / "root"
+    killed(
+        tmp_path, "sync", "env", "create", "ds", "--root", str(root), "--lock", str(made.lock.path)
+    )
+    # Beside the version, install's work folder (its lock, uv's throw-away cache).
+    [version] = [p for p in (root / "ds" / "versions").iterdir() if "." not in p.name]
+    assert not (root / "ds" / "current").exists()
+    report = verify(made.lock, version)
+    assert report.differences[0].kind == "incomplete"
+    remedy = f"`envship env create ds --root {root} --lock {made.lock.path}`"
+    assert report.remedy == f"finish it with {remedy}"
+
+    finish(VerifyMismatchError(report).hint)
+    assert verify(made.lock, root / "ds" / "current").identical
+    assert os.path.realpath(root / "ds" / "current") == str(version)
+
+
+def test_the_cli_shows_the_mark_first_in_text_and_json(
+    failed_update: tuple[Path, LockFile], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest, newer = failed_update
+    code = main(["verify", str(dest), "--lock", str(newer.path)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[1:4] == [
+        "half made: a run of envship install or add did not finish (1):",
+        f"  {dest / INCOMPLETE_NAME}: update in progress",
+        "      a run of `envship install` or `envship add` did not finish here (killed, or "
+        "failed): the kernel launcher and `envship add` refuse the environment until it is "
+        "made again",
+    ]
+    assert f"is half made (update in progress) and differs from {newer.path}" in err
+    assert f"hint: the environment is half made: finish it with `envship install {dest}" in err
+
+    code = main(["verify", str(dest), "--lock", str(newer.path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1 and err == ""
+    data = json.loads(out)  # one document: the report and the error together
+    assert data["identical"] is False and data["error"] == "mismatch"
+    assert data["differences"][0] == {
+        "kind": "incomplete",
+        "name": INCOMPLETE_NAME,
+        "path": str(dest / INCOMPLETE_NAME),
+        "expected": None,
+        "actual": "update in progress",
+        "note": data["differences"][0]["note"],
+    }
+    assert [d["kind"] for d in data["differences"][1:]] == ["extra", "version"]
+    assert f"`envship install {dest} --lock {newer.path}`" in data["hint"]
