@@ -524,6 +524,7 @@ def test_a_version_under_an_env_root_is_refused(project: Project, tmp_path: Path
         with pytest.raises(AddError, match="a version of the shared environment 'ds'") as err:
             add(["kappa"], env=env)
         assert err.value.hint is not None and "envship env create ds" in err.value.hint
+        assert err.value.exit_code == 2  # never a place add works: bad input
     assert versions(made.path) == before
     check_lock(load_spec(project.spec))
 
@@ -590,8 +591,9 @@ def test_environments_envship_did_not_finish_are_refused(
     with pytest.raises(AddError, match=match) as err:
         add(["kappa"], env=env)
     assert err.value.hint
-    # A path with nothing there is bad input; the others are states `install` changes.
-    assert err.value.exit_code == (2 if case == "missing" else 1)
+    # Nothing to add to, or a venv envship did not make, is bad input (as for `kernel
+    # install`); a half-installed env is a state `install` changes.
+    assert err.value.exit_code == (1 if case == "half-installed" else 2)
     assert "kappa" not in versions(project.env)
 
 

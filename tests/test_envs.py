@@ -578,6 +578,27 @@ def test_root_and_name_errors_are_bad_input(tmp_path: Path, setup: Setup) -> Non
     assert list_envs(setup.root) == [] and gc(setup.root, older_than=timedelta(0)).kept == 0
 
 
+def test_a_private_env_in_currents_place_is_refused_both_ways(setup: Setup) -> None:
+    """install will not put a venv where `current` belongs, and env create will not
+    replace one that is there anyway (made before, or by hand)."""
+    s = setup
+    create_env(s.lock, s.store, s.root, name="ds")
+    current = s.root / "ds" / "current"
+    with pytest.raises(install_mod.InstallError, match="keeps the link") as err:
+        install(s.lock, s.store, current)
+    assert f"envship env create ds --root {s.root}" in (err.value.hint or "")
+    current.unlink()
+    install(s.lock, s.store, s.root / "ds" / "elsewhere")
+    (s.root / "ds" / "elsewhere").rename(current)  # a venv where the link belongs
+
+    with pytest.raises(EnvError, match="not the link") as env_err:
+        create_env(s.lock, s.store, s.root, name="ds", compile_bytecode=True)
+
+    assert env_err.value.exit_code == 1 and "current.old" in (env_err.value.hint or "")
+    assert (current / MARKER_NAME).is_file()  # untouched
+    assert len(list((s.root / "ds" / "versions").iterdir())) == 1  # nothing built
+
+
 WAIT_THEN_IMPORT = (
     "import sys; print('ready', flush=True); sys.stdin.read(); "
     "import beta; print(beta.__version__, sys.prefix)"

@@ -29,7 +29,7 @@ def environment(env: Path | None) -> Path:
     if env is None:
         active = os.environ.get("VIRTUAL_ENV")
         if not active:
-            raise AddError(
+            raise AddInputError(
                 "no environment to add to",
                 hint="pass --env PATH (a venv made by `envship install`) or activate it",
             )
@@ -53,7 +53,7 @@ def checked_marker(env: Path) -> dict[str, Any]:
     try:
         data = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise AddError(
+        raise AddInputError(
             f"{env} is not an environment made by `envship install` (no {MARKER_NAME})",
             hint="envship add extends environments made from a lock: envship install PATH",
         ) from None
@@ -75,7 +75,7 @@ def refuse_shared(env: Path, marker: dict[str, Any]) -> None:
     if shared is None:
         return
     name, root = shared
-    raise AddError(
+    raise AddInputError(
         f"{env} is a version of the shared environment {name!r} under {root}; "
         "versions are immutable and every instance uses them",
         hint=f"add the requirement to the spec, then `envship lock`, `envship fetch` and "

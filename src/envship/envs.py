@@ -213,6 +213,18 @@ def _failure(root: Path, name: str, exc: OSError | InstallError) -> EnvshipError
     return exc
 
 
+def _refuse_foreign_current(env_dir: Path) -> None:
+    """``current`` must be the link envship keeps, or absent: a folder there (a private
+    environment installed at that path, say) is not ours to replace."""
+    current = env_dir / "current"
+    if os.path.lexists(current) and not os.path.islink(current):
+        raise EnvError(
+            f"{current} is not the link `envship env create` keeps there; refusing to replace it",
+            problems=[Problem(str(current), "a folder or file made by something else")],
+            hint=f"move it away (for instance to {current}.old) and re-run",
+        )
+
+
 def create_env(
     lock: LockFile,
     store: Store,
@@ -233,6 +245,7 @@ def create_env(
     """
     started = time.monotonic()
     env_dir = _envroot.env_folder(root, name)
+    _refuse_foreign_current(env_dir)
     base = _base_python(python)
     chosen_groups = lock.chosen_groups(groups)  # unknown ones refused before anything is made
     chosen = _chosen_target(lock, target, base)

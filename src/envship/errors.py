@@ -213,7 +213,9 @@ class AddError(EnvshipError):
 
 class AddInputError(AddError):
     """``envship add`` was pointed at something that is not an environment it can extend
-    (a path that does not exist). Bad input (exit 2)."""
+    (no environment given, a path that does not exist, a venv envship did not make, a
+    shared version, which is immutable), as ``kernel install`` refuses them. Bad input
+    (exit 2)."""
 
     exit_code = 2
     kind = "add-input"

@@ -246,6 +246,16 @@ def install(
 
 
 def _refuse_shared(dest: Path, marker: dict[str, Any]) -> None:
+    if dest.name == "current" and (dest.parent / "versions").is_dir():
+        # Where `env create` keeps its link (ROOT/NAME/current): an environment made
+        # here would take the link's place.
+        raise InstallError(
+            f"{dest} is where `envship env create` keeps the link to the current version "
+            f"of the shared environment {dest.parent.name!r}; refusing to install there",
+            hint=f"`envship env create {dest.parent.name} --root {dest.parent.parent} "
+            "--lock ...` makes a new version; `envship install PATH` makes a private "
+            "environment elsewhere",
+        )
     shared = shared_version(dest, marker)  # by its place (and, if readable, its marker)
     if shared is not None:
         name, root = shared

@@ -65,8 +65,9 @@ def _credentials(lock_path: Path) -> list[Credential]:
     help="Re-hash every artifact already in the store (reads every byte) and download "
     "again any that does not match; separate copies under the store's named/ folder (what "
     "installers read, made where hard links fail) are hashed too and a damaged one is "
-    "replaced. Without it, a present artifact is checked by its size only, which finds "
-    "truncated or emptied files but not same-size damage.",
+    "replaced. Without it, a present artifact is checked by the size the lock records, "
+    "which finds truncated or emptied files but not same-size damage; an entry without "
+    "a size (indexes without PEP 700 sizes) is trusted by its content address.",
 )
 @json_option
 def command(
