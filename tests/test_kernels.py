@@ -3,7 +3,8 @@
 Every test points Jupyter's data, config, runtime and path variables (and HOME) into
 ``tmp_path``, so nothing is written outside it. Tests that start a real ipykernel need
 its wheels from PyPI (marked ``pypi``); the rest use tiny wheels built here plus a
-stand-in ``ipykernel_launcher`` module that reports how the launcher started it.
+stand-in ``ipykernel`` distribution whose ``ipykernel_launcher`` module reports how the
+launcher started it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ print(json.dumps({
 """
 
 
+def stand_in(dist: Path) -> Path:
+    """A wheel of a distribution named ipykernel (what the launcher looks for) whose
+    ``ipykernel_launcher`` module (what it runs) is ``STAND_IN``."""
+    return build_wheel(dist, "ipykernel", "0.1", files={"ipykernel_launcher.py": STAND_IN})
+
+
 def isolate_jupyter(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point every Jupyter location into ``root``; return the user ``kernels`` folder."""
     for var, sub in (
@@ -104,12 +111,10 @@ def make_env(root: Path, name: str = "ds-env", extra: list[Path] | None = None) 
     wheels = [
         build_wheel(dist, "alpha", "1.0", requires=["beta>=1.0"]),
         build_wheel(dist, "beta", "1.0"),
-        build_wheel(
-            dist, "ipykernel_launcher", "0.1", files={"ipykernel_launcher/__main__.py": STAND_IN}
-        ),
+        stand_in(dist),
     ]
     if extra:
-        wheels = [w for w in wheels if not w.name.startswith("ipykernel_launcher")] + extra
+        wheels = wheels[:2] + extra
     lock = write_lock(root / "pylock.toml", wheels, targets=[target(glibc=GLIBC)])
     store = stocked_store(root / "store", wheels)
     install(lock, store, root / name)
@@ -126,7 +131,7 @@ def test_display_name_comes_from_the_spec_by_way_of_the_lock(
 ) -> None:
     root = tmp_path / "work"
     dist = root / "dist"
-    wheels = [build_wheel(dist, "beta", "1.0")]
+    wheels = [build_wheel(dist, "beta", "1.0"), stand_in(dist)]
     lock = write_lock(root / "pylock.toml", wheels, targets=[target(glibc=GLIBC)])
     # What `envship lock` writes for a spec with [kernel] display-name.
     data = load_toml(lock.path)
@@ -540,13 +545,7 @@ def make_shared(work: Path, kernel: list[Path]) -> Shared:
 
 @pytest.fixture
 def shared(tmp_path: Path) -> Shared:
-    stand_in = build_wheel(
-        tmp_path / "dist",
-        "ipykernel_launcher",
-        "0.1",
-        files={"ipykernel_launcher/__main__.py": STAND_IN},
-    )
-    return make_shared(tmp_path / "work", [stand_in])
+    return make_shared(tmp_path / "work", [stand_in(tmp_path / "dist")])
 
 
 def age(path: Path, days: float) -> float:
@@ -929,12 +928,7 @@ def test_a_private_envs_remedy_works_when_run_from_elsewhere(
     work = tmp_path / "work"
     wheels = [
         build_wheel(work / "dist", "beta", "1.0"),
-        build_wheel(
-            work / "dist",
-            "ipykernel_launcher",
-            "0.1",
-            files={"ipykernel_launcher/__main__.py": STAND_IN},
-        ),
+        stand_in(work / "dist"),
     ]
     lock = write_lock(work / "pylock.toml", wheels, targets=[target(glibc=GLIBC)])
     store = stocked_store(work / "store", wheels)

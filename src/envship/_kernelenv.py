@@ -12,15 +12,17 @@ when there is none, and deriving the kernel's name are kept apart from
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
+from ._launcher import kernel_remedy, missing_kernel
 from .errors import KernelError, KernelInputError, Problem, TargetError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .targets import Target
 
-__all__ = ["checked_name", "env_label", "kernel_name_for", "read_env"]
+__all__ = ["checked_name", "env_label", "env_root", "kernel_name_for", "read_env"]
 
 # Kernel names: ASCII letters, digits and ``-._`` (the kernelspec docs); Jupyter lowercases.
 _VALID_NAME = re.compile(r"^[a-z0-9._-]+$")
@@ -70,6 +72,23 @@ def _shared(env: Path) -> tuple[str, Path] | None:
     if env.parent.name == "versions":
         return env.parent.parent.name, env.parent.parent.parent
     return None
+
+
+def env_root(env: Path) -> Path | None:
+    """``ROOT/NAME`` when ``env`` is a link (``ROOT/NAME/current``, or any chain of links
+    to it) to a version of an environment root, else None. The kernelspec records it:
+    when the root is gone or moved, the launcher (which cannot ask Python then) must say
+    `envship env create`, never `envship install`, which would put a plain venv where the
+    root's `current` link belongs."""
+    if not env.is_symlink():
+        return None  # a venv of its own, or a version pinned by its own path
+    real = Path(os.path.realpath(env))
+    env_dir = real.parent.parent
+    if real.parent.name != "versions" or not (env_dir / ".locks").is_dir():
+        return None
+    if env.name == "current" and env.parent.name == env_dir.name:
+        return env.parent  # ROOT/NAME as the user named it (a linked /efs stays /efs)
+    return env_dir
 
 
 def _make_hint(env: Path) -> str:
@@ -135,5 +154,13 @@ def read_env(env: Path) -> tuple[dict[str, Any], Target]:
             f"the install record of {env} is incomplete",
             problems=problems,
             hint=f"make it again: {_make_hint(env)}",
+        )
+    # The launcher refuses such an environment at every start, in the same words.
+    real = os.path.realpath(env)  # a version of a root, for `current`: its lock is made again
+    missing = missing_kernel(real, None)  # any lib/pythonX.Y: no interpreter to ask
+    if missing is not None:
+        raise KernelError(
+            f"cannot make a kernel of {env}: {missing}",
+            hint=f"{kernel_remedy(real, marker)}, then `envship kernel install {env}`",
         )
     return marker, target

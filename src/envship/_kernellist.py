@@ -52,15 +52,17 @@ class KernelInfo:
     shadowed: bool  # a kernelspec of the same name earlier on the path wins
     fits: bool | None  # the launcher's verdict on this machine; None when not asked
     reasons: tuple[str, ...]  # why the launcher would refuse to start
+    remedies: tuple[str, ...]  # the commands the launcher says would make it start
     launcher_outdated: bool  # its launcher is not this envship's: `kernel install` again
 
     def to_json(self) -> dict[str, Any]:
         return result_json(self)
 
 
-def _verdict(resource_dir: Path) -> tuple[bool, tuple[str, ...]]:
+def _verdict(resource_dir: Path) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
     """What the kernelspec's own launcher says of this machine, run as Jupyter would run
-    it but in its check mode (it starts nothing and stamps no use).
+    it but in its check mode (it starts nothing and stamps no use): ``(fits, reasons,
+    remedies)``.
 
     Its own copy, not this envship's: a kernelspec written by an older envship starts
     with the launcher it holds, so that is the one whose answer counts.
@@ -68,7 +70,7 @@ def _verdict(resource_dir: Path) -> tuple[bool, tuple[str, ...]]:
     try:
         spec = json.loads((resource_dir / KERNEL_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        return False, (f"cannot read its {KERNEL_JSON}: {exc}",)
+        return False, (f"cannot read its {KERNEL_JSON}: {exc}",), ()
     argv = spec.get("argv") if isinstance(spec, dict) else None
     if not (
         isinstance(argv, list)
@@ -77,7 +79,7 @@ def _verdict(resource_dir: Path) -> tuple[bool, tuple[str, ...]]:
         and os.path.basename(argv[1]) == LAUNCHER_NAME
     ):
         # Anything else might start a kernel when asked to check: never run it.
-        return False, ("kernel.json does not start envship's launcher",)
+        return False, ("kernel.json does not start envship's launcher",), ()
     try:
         proc = subprocess.run(
             [*argv[:3], CHECK_FLAG],
@@ -88,13 +90,20 @@ def _verdict(resource_dir: Path) -> tuple[bool, tuple[str, ...]]:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, (f"its launcher could not be run: {exc}",)
+        return False, (f"its launcher could not be run: {exc}",), ()
     if proc.returncode == 0:
-        return True, ()
+        return True, (), ()
+    # The launcher's refusal: a head line, "  - " reasons, then "envship: " remedies (or,
+    # from its sh part, one line saying what is gone and one remedy).
     lines = proc.stderr.splitlines()
     reasons = [line[4:] for line in lines if line.startswith("  - ")]
     reasons = reasons or [line.removeprefix("envship: ") for line in lines[:1]]
-    return False, tuple(reasons or [f"its launcher exited with code {proc.returncode}"])
+    remedies = [line[9:] for line in lines[1:] if line.startswith("envship: ")]
+    return (
+        False,
+        tuple(reasons or [f"its launcher exited with code {proc.returncode}"]),
+        tuple(remedies),
+    )
 
 
 def _recorded(env: Path, facts: dict[str, Any]) -> tuple[str | None, Target | None]:
@@ -118,7 +127,7 @@ def kernel_info(
 ) -> KernelInfo:
     env = Path(facts["env"])
     digest, target = _recorded(env, facts)
-    fits, reasons = _verdict(resource_dir) if check else (None, ())
+    fits, reasons, remedies = _verdict(resource_dir) if check else (None, (), ())
     ours = resources.files("envship").joinpath("_launcher.py").read_bytes()
     try:
         outdated = (resource_dir / LAUNCHER_NAME).read_bytes() != ours
@@ -135,6 +144,7 @@ def kernel_info(
         shadowed=shadowed,
         fits=fits,
         reasons=reasons,
+        remedies=remedies,
         launcher_outdated=outdated,
     )
 

@@ -72,9 +72,31 @@ def read_facts(resource_dir: Path) -> dict[str, Any] | None:
 
 
 def kernel_json(
-    name: str, display_name: str, resource_dir: Path, env: Path, marker: dict[str, Any], t: Target
+    name: str,
+    display_name: str,
+    resource_dir: Path,
+    env: Path,
+    marker: dict[str, Any],
+    t: Target,
+    env_root: Path | None = None,
 ) -> dict[str, Any]:
     python = env / "bin" / "python"
+    facts: dict[str, Any] = {
+        "format": _FACTS_FORMAT,
+        "kernel_name": name,
+        "env": str(env),
+        "python": str(python),
+        "lock_digest": marker["lock"]["digest"],
+        "target": t.to_json(),
+        "sys_platform": t.platform.sys_platform,
+        "machine": t.platform.machine,
+        # %envship add runs this: the environment does not contain envship.
+        "envship_command": [sys.executable, "-m", "envship"],
+    }
+    if env_root is not None:
+        # ROOT/NAME of a kernel on `current`: the launcher's sh part reads it (one key a
+        # line, as json.dumps(indent=2) writes it) to advise `env create` when it is gone.
+        facts["env_root"] = str(env_root)
     return {
         # /bin/sh runs the launcher so that a missing interpreter (the env was made in
         # another image) is reported in words rather than as a failed exec.
@@ -89,20 +111,7 @@ def kernel_json(
         "language": "python",
         # ipykernel handles SIGINT as an interrupt; the launcher execs, keeping the pid.
         "interrupt_mode": "signal",
-        "metadata": {
-            "envship": {
-                "format": _FACTS_FORMAT,
-                "kernel_name": name,
-                "env": str(env),
-                "python": str(python),
-                "lock_digest": marker["lock"]["digest"],
-                "target": t.to_json(),
-                "sys_platform": t.platform.sys_platform,
-                "machine": t.platform.machine,
-                # %envship add runs this: the environment does not contain envship.
-                "envship_command": [sys.executable, "-m", "envship"],
-            }
-        },
+        "metadata": {"envship": facts},
     }
 
 

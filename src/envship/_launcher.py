@@ -20,6 +20,34 @@
 py="$1"
 shift
 env=${py%/bin/python}
+# A kernel for ROOT/NAME/current (or a link to it) has ROOT/NAME in its kernel.json
+# (metadata.envship.env_root; envship writes it indented, one key a line). When that is
+# gone or moved, the fix is `envship env create`, never `envship install`, which would
+# put a plain venv where the root's `current` link belongs. Read only on a refusal.
+root_fix() {
+    [ -r "${0%/*}/kernel.json" ] || return 1
+    while IFS= read -r line; do
+        case $line in
+            '      "env_root": "'*)
+                r=${line#*\": \"}
+                r=${r%,}
+                r=${r%\"}
+                case $r in
+                    *\\*|*\"*)  # a path JSON had to escape: named, not spelled, here
+                        echo "envship env create NAME --root ROOT --lock LOCK (ROOT/NAME as" \
+                            "metadata.envship.env_root in ${0%/*}/kernel.json names it)"
+                        return 0 ;;
+                    /?*) ;;
+                    *) return 1 ;;
+                esac
+                echo "envship env create ${r##*/} --root ${r%/*} --lock LOCK (or, if the" \
+                    "root now lives elsewhere, register the kernel there: envship kernel" \
+                    "install NEW_ROOT/${r##*/}/current)"
+                return 0 ;;
+        esac
+    done < "${0%/*}/kernel.json"
+    return 1
+}
 if [ -L "$env" ]; then
     if real=$(cd -P "$env" 2>/dev/null && pwd -P); then
         env=$real
@@ -46,7 +74,11 @@ if [ -L "$env" ]; then
                 fix="make it again (the same lock makes the same version and points current at it):"
                 fix="$fix envship env create ${n##*/} --root ${n%/*} --lock LOCK" ;;
             *)
-                fix="make the environment again: envship install $gone --lock LOCK" ;;
+                if shared=$(root_fix); then
+                    fix="make it again (the same lock makes the same version): $shared"
+                else
+                    fix="make the environment again: envship install $gone --lock LOCK"
+                fi ;;
         esac
         echo "envship: $fix" >&2
         exit 1
@@ -84,7 +116,11 @@ if [ ! -x "$py" ]; then
             n=${env%/versions/*}
             fix="$make envship env create ${n##*/} --root ${n%/*} --lock $lock" ;;
         *)
-            fix="make the environment again on this machine: envship install $env --lock $lock" ;;
+            if [ ! -d "$env" ] && shared=$(root_fix); then
+                fix="$make $shared"
+            else
+                fix="make the environment again on this machine: envship install $env --lock $lock"
+            fi ;;
     esac
     echo "envship: $fix" >&2
     exit 1
@@ -133,14 +169,17 @@ __all__ = [
     "CHECK_FLAG",
     "FACTS_FILE",
     "MAGIC_FILE",
+    "NO_KERNEL",
     "USED_FILE",
     "check",
     "examine",
     "host_glibc",
     "host_machine",
+    "kernel_remedy",
     "load_facts",
     "lock_targets",
     "main",
+    "missing_kernel",
     "remedy",
     "report",
     "stamp_use",
@@ -166,6 +205,7 @@ else:
 runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
 """
 INSTALL_MARKER = ".envship-install.json"
+NO_KERNEL = "ipykernel is not installed in it"  # how missing_kernel's reason starts
 INCOMPLETE_MARKER = ".envship-incomplete"
 _MACHINES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
@@ -291,12 +331,80 @@ def check(target: dict[str, Any], *, interpreter: bool = True) -> list[str]:
     return reasons
 
 
+def missing_kernel(env: str, python: str | None) -> str | None:
+    """Why ``env`` cannot start ipykernel, or None: ipykernel must be installed in it, as
+    its ``.dist-info`` folder in the site-packages of Python ``python`` (None: of any
+    ``lib/python*``) says. A look at a folder, no interpreter started; a kernel without
+    it dies on an ImportError."""
+    lib = os.path.join(env, "lib")
+    try:
+        versions = [f"python{python}"] if python else sorted(os.listdir(lib))
+    except OSError:
+        versions = []
+    sites = [os.path.join(lib, v, "site-packages") for v in versions if v.startswith("python")]
+    for site in sites:
+        try:
+            names = os.listdir(site)
+        except OSError:
+            continue
+        for entry in names:
+            name, _, rest = entry.partition("-")
+            # Wheel and installer folder names (PEP 427, PEP 376) spell it ipykernel-VER.
+            if name.lower() == "ipykernel" and rest.endswith(".dist-info"):
+                return None
+    where = sites[0] if len(sites) == 1 else os.path.join(lib, "python*", "site-packages")
+    return f"{NO_KERNEL} (no ipykernel-*.dist-info in {where})"
+
+
+def kernel_remedy(env: str, marker: dict[str, Any] | None, then: str = "") -> str:
+    """The command that gives ``env`` ipykernel. Locked but gone (uninstalled, deleted):
+    made again from its lock (``envship install`` repairs a venv, ``env create`` a
+    version). Not locked: ``envship add`` for a venv of its own; a version under an
+    environment root is shared and immutable, so its lock is made again with it."""
+    mark = marker if isinstance(marker, dict) else {}
+    lock = mark.get("lock")
+    lock_path = lock.get("path") if isinstance(lock, dict) else None
+    if not (isinstance(lock_path, str) and lock_path):
+        lock_path = "LOCK"
+    packages = mark.get("packages")
+    locked = isinstance(packages, list) and any(
+        isinstance(p, dict) and str(p.get("name")).lower() == "ipykernel" for p in packages
+    )
+    relock = "put ipykernel in the spec's dependencies, run `envship lock` and `envship fetch`"
+    version = _version_dir(env)
+    if version is None:
+        if locked:
+            return f"its lock has it: repair it: envship install {env} --lock {lock_path}"
+        return (
+            f"add it: envship add ipykernel --env {env} (or {relock}, then "
+            f"envship install {env} --lock {lock_path})"
+        )
+    name, root = version
+    make = f"envship env create {name} --root {root} --lock {lock_path}{then}"
+    if locked:
+        return f"its lock has it: make the version again (env create repairs it): {make}"
+    return f"{relock} for its lock {lock_path}, then {make}"
+
+
+def _read_marker(path: str) -> dict[str, Any] | None:
+    """The install marker at ``path`` when it reads as a JSON object, else None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
 def examine(env: str) -> tuple[dict[str, Any] | None, list[str]]:
-    """The environment's install marker (None when unusable) and every reason this
-    machine cannot run it; no reason means it can."""
-    if os.path.exists(os.path.join(env, INCOMPLETE_MARKER)):
-        return None, [f"the environment {env} is half installed ({INCOMPLETE_MARKER} present)"]
+    """The environment's install marker (None when unreadable) and every reason this
+    machine cannot run it; no reason means it can. A half-installed environment's
+    marker is returned too (the last install's, or the one before it): it names the
+    lock that finishes it."""
     path = os.path.join(env, INSTALL_MARKER)
+    if os.path.exists(os.path.join(env, INCOMPLETE_MARKER)):
+        half = f"the environment {env} is half installed ({INCOMPLETE_MARKER} present)"
+        return _read_marker(path), [half]
     try:
         with open(path, encoding="utf-8") as f:
             marker = json.load(f)
@@ -305,9 +413,12 @@ def examine(env: str) -> tuple[dict[str, Any] | None, list[str]]:
     except (OSError, ValueError) as exc:
         return None, [f"cannot read {path}: {exc}"]
     try:
-        return marker, check(marker["target"])
+        reasons = check(marker["target"])
+        # This interpreter is the environment's own: where its imports would come from.
+        missing = missing_kernel(env, _interpreter())
     except (KeyError, TypeError, AttributeError) as exc:
         return None, [f"{path} records no usable target ({exc!r})"]
+    return marker, reasons + ([missing] if missing else [])
 
 
 def lock_targets(path: str) -> list[dict[str, Any]] | None:
@@ -357,6 +468,16 @@ def _fitting(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(fits, key=lambda t: t.get("python") != _interpreter())
 
 
+def _then(facts: dict[str, Any], env: str) -> str:
+    """What follows making a version when the kernel is pinned to one: registering it
+    on ``current``, which a new version moves."""
+    version = _version_dir(env)
+    if version is None:
+        return ""
+    current = os.path.join(version[1], version[0], "current")
+    return "" if _follows(facts.get("env"), current) else f", then envship kernel install {current}"
+
+
 def remedy(facts: dict[str, Any], env: str, marker: dict[str, Any] | None) -> str:
     """A command that makes an environment this machine can run, for how ``env`` was
     made: from the lock its marker records, with a target of that lock that fits here;
@@ -367,12 +488,7 @@ def remedy(facts: dict[str, Any], env: str, marker: dict[str, Any] | None) -> st
     if not (isinstance(lock_path, str) and lock_path):
         lock_path = None
     version = _version_dir(env)
-    then = ""
-    if version is not None:
-        name, root = version
-        current = os.path.join(root, name, "current")
-        if not _follows(facts.get("env"), current):
-            then = f", then envship kernel install {current}"
+    then = _then(facts, env)
     targets = lock_targets(lock_path) if lock_path else None
     options = ""
     if targets is not None:
@@ -454,11 +570,12 @@ def report(
         head += f" was built for {built}; this machine is {machine}"
     else:
         head += f" cannot be used; this machine is {machine}"
-    lines = [
-        head,
-        *(f"  - {reason}" for reason in reasons),
-        "envship: " + remedy(facts, env, marker),
-    ]
+    lines = [head, *(f"  - {reason}" for reason in reasons)]
+    no_kernel = [r for r in reasons if r.startswith(NO_KERNEL)]
+    if len(no_kernel) < len(reasons):  # the machine (or the install) needs a remedy
+        lines.append("envship: " + remedy(facts, env, marker))
+    if no_kernel:
+        lines.append("envship: " + kernel_remedy(env, marker, _then(facts, env)))
     return "\n".join(lines)
 
 

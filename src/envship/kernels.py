@@ -48,7 +48,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from ._kernelenv import checked_name, env_label, kernel_name_for, read_env
+from ._kernelenv import checked_name, env_label, env_root, kernel_name_for, read_env
 from ._kernellist import KernelInfo, kernel_info, list_kernels
 from ._kernelspec import (
     KERNEL_JSON,
@@ -206,7 +206,7 @@ def install_kernel(
             f"a kernelspec named {name!r} that envship did not make is at {resource_dir}",
             hint="pick another --name, or remove it with `jupyter kernelspec remove`",
         )
-    spec = kernel_json(name, display_name, resource_dir, env, marker, target)
+    spec = kernel_json(name, display_name, resource_dir, env, marker, target, env_root(env))
     replaced = _write(kernels_dir, name, spec, env)
     return KernelSpecResult(
         name=name,

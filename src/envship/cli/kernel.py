@@ -31,8 +31,19 @@ def command() -> None:
 
 @command.command("install")
 @click.argument("env", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--name", help="Kernel name [default: the environment folder's name].")
-@click.option("--display-name", help="Name shown in Jupyter [default: 'Python (ENV)'].")
+@click.option(
+    "--name",
+    help="Kernel name [default: the environment's name: NAME for ROOT/NAME/current, "
+    "else its folder's].",
+)
+@click.option(
+    "--display-name",
+    help=(
+        "Name shown in Jupyter [default: the one the environment's lock records, from the "
+        "spec's [kernel] display-name, else 'Python (SPEC_NAME)'; for a lock that records "
+        "none, 'Python (ENV_NAME)']."
+    ),
+)
 @click.option(
     "--user",
     "user_flag",
@@ -137,7 +148,9 @@ def _search_dirs_option(func: F) -> F:
 def list_cmd(kernel_dirs: tuple[Path, ...], as_json: bool) -> None:
     """List the kernels envship made, where Jupyter finds them, and whether each would
     start on this machine: its own launcher is asked, in the check mode that starts
-    nothing ("fits", or "refuses" and its reasons)."""
+    nothing ("fits", or "refuses", its reasons and the commands that fix them). It
+    refuses a machine the environment was not built for, an environment that is gone
+    or half installed, and one without ipykernel."""
     kernels = list_kernels(list(kernel_dirs) if kernel_dirs else None)
     if as_json:
         echo_json({"kernels": [k.to_json() for k in kernels]})
@@ -152,6 +165,8 @@ def list_cmd(kernel_dirs: tuple[Path, ...], as_json: bool) -> None:
         click.echo(f"{pad}  {'':<17}  {k.resource_dir}")
         for reason in k.reasons:
             click.echo(f"{pad}  refuses: {reason}")
+        for fix in k.remedies:
+            click.echo(f"{pad}  fix: {fix}")
         if k.launcher_outdated:
             where = k.resource_dir.parent
             again = f"envship kernel install {k.env} --name {k.name} --kernel-dir {where}"

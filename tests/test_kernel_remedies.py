@@ -1,0 +1,332 @@
+"""What a kernel's launcher (and ``kernel list``, ``kernel install``) says, and that what it
+advises works: a root that moved, a half-installed environment, an environment without
+ipykernel. Kernels are started through jupyter_client where the behaviour is at start;
+each remedy printed is run, then the kernel is started again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+from click.testing import CliRunner
+from jupyter_client.manager import KernelManager
+
+from envship._toml import load_toml
+from envship.cli.kernel import command
+from envship.cli.main import cli, main
+from envship.envs import create_env
+from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
+from envship.kernels import KernelError, install_kernel, list_kernels
+from envship.lockfile import LockFile
+from indexlib import build_wheel, serve, write_simple_index
+from test_install import stocked_store, target, write_lock
+from test_kernels import (
+    GLIBC,
+    Shared,
+    isolate_jupyter,
+    kernel_json,
+    link_chain,
+    make_env,
+    make_shared,
+    run_launcher,
+    stand_in,
+)
+
+
+@pytest.fixture(autouse=True)
+def user_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cli.add_command(command)
+    return isolate_jupyter(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Shared:
+    return make_shared(tmp_path / "work", [stand_in(tmp_path / "dist")])
+
+
+def start_dies(kernel_name: str, tmp_path: Path) -> str:
+    """Start the kernel through jupyter_client as a notebook server would; it must die
+    before it is ready. What it printed on stderr (the server log)."""
+    km = KernelManager(kernel_name=kernel_name)
+    err_path = tmp_path / f"{kernel_name}-stderr.txt"
+    try:
+        with err_path.open("w") as err:
+            km.start_kernel(stderr=err)
+            kc = km.client()
+            kc.start_channels()
+            try:
+                with pytest.raises(RuntimeError, match="died"):
+                    kc.wait_for_ready(timeout=120)
+            finally:
+                kc.stop_channels()
+        assert not km.is_alive()
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+    return err_path.read_text()
+
+
+def check_mode(resource_dir: Path) -> subprocess.CompletedProcess[str]:
+    argv = kernel_json(resource_dir)["argv"][:3]
+    return subprocess.run([*argv, "--envship-check"], capture_output=True, text=True)
+
+
+def command_in(line: str, start: str) -> list[str]:
+    """The envship command in ``line`` that begins with ``start``, up to a ``(`` or a
+    ``,`` (the launcher's prose around it), split into argv without ``envship``."""
+    text = line[line.index(start) :]
+    for stop in (" (", ", "):
+        text = text.split(stop, 1)[0]
+    return shlex.split(text.rstrip(")"))[1:]
+
+
+def starts(resource_dir: Path, tmp_path: Path) -> dict[str, str]:
+    proc = run_launcher(resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    seen: dict[str, str] = json.loads(proc.stdout)
+    return seen
+
+
+# --- 1. a kernel on ROOT/NAME/current whose root has moved --------------------------------
+
+
+@pytest.mark.parametrize("shape", ["current", "absolute link to current"])
+@pytest.mark.parametrize("follow", ["make it again where it was", "register it where it went"])
+def test_a_moved_roots_kernel_is_told_env_create_never_install(
+    shared: Shared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: str, follow: str
+) -> None:
+    s = shared
+    create_env(s.first, s.store, s.root, name="ds")
+    made = install_kernel(link_chain(shape, s.root, tmp_path / "elsewhere"), name="ds")
+    facts = kernel_json(made.resource_dir)["metadata"]["envship"]
+    assert facts["env_root"] == str(s.root / "ds")
+    moved = tmp_path / "moved-envs"
+    os.rename(s.root, moved)  # the root now lives elsewhere (a copy, a new mount point)
+
+    said = start_dies("ds", tmp_path)
+    last = said.splitlines()[-1]
+    assert "envship install" not in said
+    assert last.startswith("envship: make it again (the same lock makes the same version): ")
+    assert f"envship env create ds --root {s.root} --lock LOCK" in last
+    assert "envship kernel install NEW_ROOT/ds/current" in last
+    assert check_mode(made.resource_dir).stderr == said  # `kernel list` asks the same
+    (listed,) = list_kernels()
+    assert listed.fits is False and listed.remedies == (last.removeprefix("envship: "),)
+
+    monkeypatch.setenv("ENVSHIP_STORE", str(s.store.root))
+    if follow == "make it again where it was":
+        args = command_in(last, "envship env create")
+        args[args.index("LOCK")] = str(s.first.path)
+        assert main(args) == 0
+        assert starts(made.resource_dir, tmp_path)["prefix"].startswith(str(s.root / "ds"))
+    else:
+        args = command_in(last, "envship kernel install").copy()
+        args[-1] = args[-1].replace("NEW_ROOT", str(moved))
+        assert main([*args, "--name", "ds"]) == 0
+        assert starts(made.resource_dir, tmp_path)["prefix"].startswith(str(moved / "ds"))
+
+
+def test_a_private_env_named_current_is_still_told_install(tmp_path: Path) -> None:
+    """Only a kernel envship recorded as a root's is told `env create`."""
+    env = make_env(tmp_path / "work", name="current")
+    made = install_kernel(env)
+    assert "env_root" not in kernel_json(made.resource_dir)["metadata"]["envship"]
+    shutil.rmtree(env)
+    last = run_launcher(made.resource_dir, tmp_path / "c.json").stderr.splitlines()[-1]
+    assert f"envship install {env} --lock " in last and "env create" not in last
+
+
+# --- 2. a half-installed environment: the lock its marker records ---------------------------
+
+
+def test_a_half_installed_env_is_told_the_lock_its_marker_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = make_env(tmp_path / "work")
+    lock = json.loads((env / MARKER_NAME).read_text())["lock"]["path"]
+    made = install_kernel(env)
+    (env / INCOMPLETE_NAME).write_text("update in progress\n")  # a killed update
+    shutil.rmtree(next(env.glob("lib/python*/site-packages/beta")))
+
+    said = start_dies("ds-env", tmp_path)
+    assert f"  - the environment {env} is half installed ({INCOMPLETE_NAME} present)" in said
+    last = said.splitlines()[-1]
+    assert "--lock LOCK" not in last and f"envship install {env} --lock {lock}" in last
+
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "work" / "store"))
+    monkeypatch.chdir(tmp_path)
+    args = shlex.split(last[last.index("envship install") :])[1:]
+    assert main(args) == 0  # what it says finishes the environment
+    assert not (env / INCOMPLETE_NAME).exists()
+    assert starts(made.resource_dir, tmp_path)["prefix"] == str(env)
+
+
+# --- 3. an environment without ipykernel ----------------------------------------------------
+
+
+def lock_of(env: Path) -> str:
+    lock: str = json.loads((env / MARKER_NAME).read_text())["lock"]["path"]
+    return lock
+
+
+def uninstall_ipykernel(env: Path) -> None:
+    """What `uv pip uninstall ipykernel` (or pip's) does to the environment."""
+    uv = str(Path(sys.executable).parent / "uv")
+    subprocess.run(
+        [uv, "pip", "uninstall", "--python", str(env / "bin" / "python"), "ipykernel"],
+        check=True,
+        capture_output=True,
+    )
+    assert not list(env.glob("lib/python*/site-packages/ipykernel-*.dist-info"))
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["locked then uninstalled", "never locked"])
+def test_a_private_env_without_ipykernel_refuses_and_says_how_to_get_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    locked: bool,
+) -> None:
+    work = tmp_path / "work"
+    env = make_env(work)
+    lock = json.loads((env / MARKER_NAME).read_text())["lock"]["path"]
+    made = install_kernel(env)
+    (work / "envship.toml").write_text('name = "ds"\npython = "3.11"\ndependencies = ["alpha"]\n')
+    if not locked:  # the lock made again without it (the spec dropped it), installed
+        alpha_beta = sorted((work / "dist").glob("[ab]*.whl"))
+        write_lock(Path(lock), alpha_beta, targets=[target(glibc=GLIBC)])
+        assert main(["install", str(env), "--lock", lock, "--store", str(work / "store")]) == 0
+        capsys.readouterr()
+    else:
+        uninstall_ipykernel(env)
+    assert not list(env.glob("lib/python*/site-packages/ipykernel-*.dist-info"))
+
+    said = start_dies("ds-env", tmp_path)  # refused, not an ImportError in the log
+    assert "ModuleNotFoundError" not in said and "ImportError" not in said
+    assert "  - ipykernel is not installed in it (no ipykernel-*.dist-info in " in said
+    last = said.splitlines()[-1]
+    if locked:
+        assert last == f"envship: its lock has it: repair it: envship install {env} --lock {lock}"
+    else:
+        assert last.startswith(f"envship: add it: envship add ipykernel --env {env} (or put ")
+        assert f"then envship install {env} --lock {lock})" in last
+    check = check_mode(made.resource_dir)
+    assert check.returncode == 1 and check.stderr == said
+
+    assert main(["kernel", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["ds-env", "refuses"]
+    assert lines[2].split("refuses: ", 1)[1].startswith("ipykernel is not installed in it")
+    assert lines[3].split("fix: ", 1)[1] == last.removeprefix("envship: ")
+
+    # Following it.
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("ENVSHIP_STORE", str(work / "store"))
+    if locked:
+        assert main(command_in(last, "envship install")) == 0
+    else:
+        args = command_in(last, "envship add")
+        write_simple_index(work / "index", [stand_in(work / "dist")])
+        with serve(work / "index") as server:  # the team's index, here on 127.0.0.1
+            assert main([*args, "--index-url", server.simple_url]) == 0
+    capsys.readouterr()
+    assert starts(made.resource_dir, tmp_path)["prefix"] == str(env)
+    assert main(["kernel", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)["kernels"]
+    assert (listed["fits"], listed["reasons"], listed["remedies"]) == (True, [], [])
+
+
+def test_a_root_version_without_ipykernel_is_told_to_lock_again(
+    shared: Shared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = shared
+    create_env(s.first, s.store, s.root, name="ds")
+    made = install_kernel(s.root / "ds" / "current", name="ds")
+    beta = build_wheel(tmp_path / "dist2", "beta", "1.0")
+    bare = write_lock(tmp_path / "work" / "bare.toml", [beta], targets=[target(glibc=GLIBC)])
+    two = create_env(bare, stocked_store(tmp_path / "work" / "store", [beta]), s.root, name="ds")
+
+    said = start_dies("ds", tmp_path)
+    assert f"the environment {two.path}" in said and "ipykernel is not installed in it" in said
+    last = said.splitlines()[-1]
+    assert "envship add" not in said  # a version is shared and immutable: add refuses it
+    assert last.startswith("envship: put ipykernel in the spec's dependencies, run `envship lock`")
+    assert f"for its lock {bare.path}, then envship env create ds --root {s.root} " in last
+
+    # Following it: the lock made again with ipykernel, then the command it names.
+    relocked = [beta, stand_in(tmp_path / "dist")]
+    write_lock(bare.path, relocked, targets=[target(glibc=GLIBC)])
+    stocked_store(tmp_path / "work" / "store", relocked)
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "work" / "store"))
+    assert main(command_in(last, "envship env create")) == 0
+    assert starts(made.resource_dir, tmp_path)["prefix"] != str(two.path)
+
+
+@pytest.mark.parametrize("where", ["private", "current"])
+def test_kernel_install_refuses_an_env_without_ipykernel_in_the_launchers_words(
+    shared: Shared, tmp_path: Path, user_kernels: Path, where: str
+) -> None:
+    if where == "private":
+        env = make_env(tmp_path / "w")
+        uninstall_ipykernel(env)
+    else:
+        beta = build_wheel(tmp_path / "dist2", "beta", "1.0")
+        bare = write_lock(tmp_path / "bare.toml", [beta], targets=[target(glibc=GLIBC)])
+        create_env(bare, stocked_store(tmp_path / "store2", [beta]), shared.root, name="ds")
+        env = shared.root / "ds" / "current"
+    with pytest.raises(KernelError, match="ipykernel is not installed in it") as err:
+        install_kernel(env)
+    assert str(err.value).startswith(f"cannot make a kernel of {env}: ")
+    hint = err.value.hint or ""
+    assert hint.endswith(f", then `envship kernel install {env}`")
+    if where == "private":
+        assert hint == (
+            f"its lock has it: repair it: envship install {env} --lock {lock_of(env)}, "
+            f"then `envship kernel install {env}`"
+        )
+    else:
+        assert (
+            hint.startswith("put ipykernel in the spec's dependencies") and "env create ds" in hint
+        )
+    assert not user_kernels.exists()
+
+
+# --- 4. --display-name's default, as the help says and the code does ----------------------
+
+
+@pytest.mark.parametrize(
+    ("recorded", "shown"),
+    [
+        ({"name": "ds", "display-name": "Python (ds)"}, "Python (ds)"),  # a spec named ds
+        ({"name": "ds", "display-name": "Team DS"}, "Team DS"),  # its [kernel] display-name
+        ({}, "Python (ds-env)"),  # a lock that records none: the environment's name
+    ],
+)
+def test_the_display_name_default_is_what_the_help_says(
+    tmp_path: Path, recorded: dict[str, str], shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    help_text = " ".join(CliRunner().invoke(cli, ["kernel", "install", "--help"]).output.split())
+    assert "[default: 'Python (ENV)']" not in help_text
+    assert (
+        "[default: the one the environment's lock records, from the spec's [kernel] "
+        "display-name, else 'Python (SPEC_NAME)'; for a lock that records none, "
+        "'Python (ENV_NAME)']"
+    ) in help_text
+
+    root = tmp_path / "work"
+    wheels = [build_wheel(root / "dist", "beta", "1.0"), stand_in(root / "dist")]
+    lock = write_lock(root / "pylock.toml", wheels, targets=[target(glibc=GLIBC)])
+    data = load_toml(lock.path)
+    data["tool"]["envship"].update(recorded)  # what `envship lock` writes for the spec
+    lock.path.write_text(tomli_w.dumps(data))
+    install(LockFile.load(lock.path), stocked_store(root / "store", wheels), root / "ds-env")
+    assert main(["kernel", "install", str(root / "ds-env"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["display_name"] == shown
