@@ -227,7 +227,8 @@ def test_gc_help_states_what_it_can_and_cannot_see(capsys: pytest.CaptureFixture
     assert "a process on THIS machine runs from it" in text
     assert "every start of a kernel envship registered refresh its use stamp" in text
     assert (
-        "Processes on other machines sharing the root (and in other containers) cannot be seen"
-        in text
+        "Processes on other machines sharing the root (and in containers with a process "
+        "namespace of their own) cannot be seen" in text
     )
+    assert "matched by device and inode: a symlinked or bind-mounted root too" in text
     assert "Give --older-than longer than such jobs run." in text

@@ -1,13 +1,18 @@
 """``env gc`` and what a failed ``env create`` leaves: the key's lock file and, for a first
 version, an environment folder with nothing in it. Real creates (a store missing the
-artifacts), a real creator process paused while it holds its key's lock, the real CLI."""
+artifacts), a real creator process paused while it holds its key's lock, the real CLI;
+and a real process using a version through a bind mount of the root while gc runs
+through the root itself (or the other way round)."""
 
 from __future__ import annotations
 
+import _decimal
 import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,11 +20,14 @@ import pytest
 
 from envship.cli.env import command
 from envship.cli.main import cli, main
-from envship.envs import EnvError, create_env, gc, list_envs
+from envship.envs import USED_NAME, EnvError, create_env, gc, list_envs
 from envship.errors import StoreError
 from envship.lockfile import LockFile
 from envship.store import Store
 from test_install import build_wheels, stocked_store, write_lock
+from test_inuse import Bind, bind
+
+__all__ = ["bind"]  # the bind-mount fixture, used here too
 
 
 @pytest.fixture(autouse=True)
@@ -137,3 +145,107 @@ def test_gc_never_takes_the_lock_or_folder_of_a_creator_at_work(
     key = out.strip()
     assert held.name == f"{key}.lock" and (root / "ds" / "current").resolve().name == key
     assert json.loads((root / "ds" / "versions" / key / ".envship-install.json").read_text())
+
+
+DECIMAL = Path(_decimal.__file__)  # this interpreter's, built as an extension module
+WAIT = "import sys; print('ready', flush=True); sys.stdin.read(); "
+# An extension module (what pandas' .so files are) loaded from the version's site-packages
+# by an interpreter outside it, from a cwd outside it, its path passed in the environment
+# (an argument would show in its command line): only its mapping names the version.
+LOAD = (
+    "import importlib.util as u, os; p = os.environ['EXTENSION']; "
+    "s = u.spec_from_file_location(p.rsplit('/', 1)[1].split('.')[0], p); "
+    "m = u.module_from_spec(s); s.loader.exec_module(m); "
+)
+
+Use = Callable[[Path, Path], tuple[list[str], Path, dict[str, str]]]
+USES: dict[str, tuple[Use, str]] = {
+    "started-from-its-bin": (
+        lambda v, tmp: ([str(v / "bin" / "python"), "-c", WAIT + "import beta"], tmp, {}),
+        "cmdline",
+    ),
+    "extension-module-mapped": (
+        lambda v, tmp: ([sys.executable, "-c", LOAD + WAIT], tmp, {"EXTENSION": str(extension(v))}),
+        "maps",
+    ),
+    "working-directory": (lambda v, tmp: ([sys.executable, "-c", WAIT], v, {}), "cwd"),
+}
+
+
+def extension(version: Path) -> Path:
+    (site,) = version.glob("lib/python*/site-packages")
+    return site / DECIMAL.name
+
+
+@pytest.fixture
+def old_version(lock: LockFile, tmp_path: Path) -> tuple[Path, str]:
+    """An environment ``ds`` at ``tmp_path/envs`` whose first version is neither current
+    nor used for 30 days, with a real extension module in its site-packages."""
+    root = tmp_path / "envs"
+    wheels = build_wheels(tmp_path / "dist2")
+    store = stocked_store(tmp_path / "store", list(wheels.values()))
+    old = create_env(lock, store, root, name="ds")
+    newer = write_lock(tmp_path / "newer.toml", [wheels["alpha"], wheels["beta11"]])
+    create_env(newer, store, root, name="ds")  # current moves on
+    extension(old.path).write_bytes(DECIMAL.read_bytes())
+    stamp = time.time() - 30 * 24 * 3600
+    os.utime(old.path / USED_NAME, (stamp, stamp))
+    return root, old.key
+
+
+@pytest.fixture
+def user() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+@pytest.mark.parametrize("gc_via", ["the-root", "a-bind-mount-of-it"])
+@pytest.mark.parametrize("use", sorted(USES))
+def test_gc_keeps_a_version_used_through_another_mount_of_the_root(
+    use: str,
+    gc_via: str,
+    old_version: tuple[Path, str],
+    tmp_path: Path,
+    bind: Bind,
+    user: list[subprocess.Popen[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The auditor's case: the root R bind-mounted at M, a process using a version
+    through one of them, ``env gc --older-than 1d`` run through the other: the version
+    is the same folder (same device and inode) and is kept while the process lives."""
+    root, key = old_version
+    mounted = bind(root, tmp_path / "mnt")
+    used_root, gc_root = (mounted, root) if gc_via == "the-root" else (root, mounted)
+    used = used_root / "ds" / "versions" / key
+    argv, cwd, env = USES[use][0](used, tmp_path)
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    user.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+
+    args = ["env", "gc", "--root", str(gc_root), "--older-than", "1d", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    assert result["removed"] == []
+    (kept,) = result["in_use"]
+    assert (kept["key"], kept["path"]) == (key, str(gc_root / "ds" / "versions" / key))
+    assert [(p["pid"], p["how"]) for p in kept["processes"]] == [(proc.pid, USES[use][1])]
+    assert (root / "ds" / "versions" / key / "bin" / "python").exists()
+    proc.communicate("", timeout=60)  # imports what it still needs from the version
+    assert proc.returncode == 0
+
+    # The process is gone: gc through either path removes the version now.
+    assert main(args) == 0
+    assert [v["key"] for v in json.loads(capsys.readouterr().out)["removed"]] == [key]
+    assert not (root / "ds" / "versions" / key).exists()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,52 +43,74 @@ def started() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 Start = Callable[[Path, Path], tuple[list[str], Path | None, dict[str, str]]]
+Where = Callable[[Path, Path], Path]
 
-# How each process uses the folder F (argv, cwd, environment); each leaves one trace.
-WAYS: dict[str, Start] = {
-    "argv0": lambda f, tmp: ([str(f / "bin" / "python"), "-c", WAIT], None, {}),
-    "argv0-relative": lambda f, tmp: (
-        [f"{f.name}/bin/python", "-c", WAIT],
-        f.parent,
-        {},
+
+@dataclass(frozen=True)
+class Way:
+    """How a process uses the folder F (argv, cwd, environment), the one trace that shows
+    it, and the path that trace names."""
+
+    start: Start
+    how: str
+    path: Where
+
+
+MMAP = (
+    "import mmap; fh = open({!r}, 'rb'); "
+    "m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ); fh.close(); "
+)
+WAYS: dict[str, Way] = {
+    "argv0": Way(
+        lambda f, tmp: ([str(f / "bin" / "python"), "-c", WAIT], None, {}),
+        "cmdline",
+        lambda f, tmp: f / "bin" / "python",
     ),
-    "argv0-through-a-link": lambda f, tmp: (
-        [str(tmp / "alias" / "bin" / "python"), "-c", WAIT],
-        None,
-        {},
+    "argv0-relative": Way(
+        lambda f, tmp: ([f"{f.name}/bin/python", "-c", WAIT], f.parent, {}),
+        "cmdline",
+        lambda f, tmp: f / "bin" / "python",
     ),
-    "script-argument": lambda f, tmp: ([sys.executable, str(f / "run.py")], None, {}),
-    "cwd": lambda f, tmp: ([sys.executable, "-c", WAIT], f, {}),
-    "exe": lambda f, tmp: ([str(tmp / "outside" / "sleeper"), "300"], None, {}),
-    "virtual-env": lambda f, tmp: ([sys.executable, "-c", WAIT], None, {"VIRTUAL_ENV": str(f)}),
-    "path": lambda f, tmp: ([sys.executable, "-c", WAIT], None, {"PATH": f"{f}/bin:/usr/bin"}),
-    "mapped-file": lambda f, tmp: (
-        [
-            sys.executable,
-            "-c",
-            f"import mmap; fh = open({str(f / 'data.bin')!r}, 'rb'); "
-            "m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ); fh.close(); " + WAIT,
-        ],
-        None,
-        {},
+    "argv0-through-a-link": Way(
+        lambda f, tmp: ([str(tmp / "alias" / "bin" / "python"), "-c", WAIT], None, {}),
+        "cmdline",
+        lambda f, tmp: tmp / "alias" / "bin" / "python",
     ),
-    "open-file": lambda f, tmp: (
-        [sys.executable, "-c", f"fh = open({str(f / 'data.bin')!r}, 'rb'); " + WAIT],
-        None,
-        {},
+    "script-argument": Way(
+        lambda f, tmp: ([sys.executable, str(f / "run.py")], None, {}),
+        "cmdline",
+        lambda f, tmp: f / "run.py",
     ),
-}
-EXPECTED_HOW = {
-    "argv0": "cmdline",
-    "argv0-relative": "cmdline",
-    "argv0-through-a-link": "cmdline",
-    "script-argument": "cmdline",
-    "cwd": "cwd",
-    "exe": "exe",
-    "virtual-env": "environ",
-    "path": "environ",
-    "mapped-file": "maps",
-    "open-file": "fd",
+    "cwd": Way(lambda f, tmp: ([sys.executable, "-c", WAIT], f, {}), "cwd", lambda f, tmp: f),
+    "exe": Way(
+        lambda f, tmp: ([str(tmp / "outside" / "sleeper"), "300"], None, {}),
+        "exe",
+        lambda f, tmp: f / "bin" / "sleep",
+    ),
+    "virtual-env": Way(
+        lambda f, tmp: ([sys.executable, "-c", WAIT], None, {"VIRTUAL_ENV": str(f)}),
+        "environ",
+        lambda f, tmp: f,
+    ),
+    "path": Way(
+        lambda f, tmp: ([sys.executable, "-c", WAIT], None, {"PATH": f"{f}/bin:/usr/bin"}),
+        "environ",
+        lambda f, tmp: f / "bin",
+    ),
+    "mapped-file": Way(
+        lambda f, tmp: ([sys.executable, "-c", MMAP.format(str(f / "data.bin")) + WAIT], None, {}),
+        "maps",
+        lambda f, tmp: f / "data.bin",
+    ),
+    "open-file": Way(
+        lambda f, tmp: (
+            [sys.executable, "-c", f"fh = open({str(f / 'data.bin')!r}, 'rb'); " + WAIT],
+            None,
+            {},
+        ),
+        "fd",
+        lambda f, tmp: f / "data.bin",
+    ),
 }
 
 
@@ -118,31 +141,103 @@ def prepare(f: Path, tmp: Path) -> None:
     (tmp / "outside" / "sleeper").symlink_to(f / "bin" / "sleep")
 
 
+def _mount(*args: str) -> None:
+    proc = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"mount {' '.join(args)} failed: {proc.stderr.strip()}; the in-use tests reach a "
+            "folder through a real bind mount and need root (CAP_SYS_ADMIN), as scripts/test "
+            "runs them",
+            pytrace=False,
+        )
+
+
+Bind = Callable[[Path, Path], Path]
+
+
+@pytest.fixture
+def bind() -> Iterator[Bind]:
+    """``bind(source, point)`` bind-mounts ``source`` at ``point`` (the same files, by
+    another path, as a second mount of the root's volume would be); unmounted after."""
+    points: list[Path] = []
+
+    def mount(source: Path, point: Path) -> Path:
+        point.mkdir(parents=True, exist_ok=True)
+        _mount("--bind", str(source), str(point))
+        points.append(point)
+        return point
+
+    try:
+        yield mount
+    finally:
+        for point in reversed(points):
+            # Lazy: a process the test started may still hold a file there.
+            subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+# Which path the process uses the folder by, and which path the scan is asked about:
+# the same one, or the folder's parent bind-mounted elsewhere on either side.
+VIA = ["same-path", "used-through-a-bind-mount", "asked-through-a-bind-mount"]
+
+
+@pytest.mark.parametrize("via", VIA)
 @pytest.mark.parametrize("way", sorted(WAYS))
 def test_each_trace_of_a_use_is_found(
-    way: str, folder: Path, tmp_path: Path, started: list[subprocess.Popen[str]]
+    way: str,
+    via: str,
+    folder: Path,
+    tmp_path: Path,
+    bind: Bind,
+    started: list[subprocess.Popen[str]],
 ) -> None:
-    prepare(folder, tmp_path)
-    other = tmp_path / "versions" / "key2"  # beside it, with a name sharing its prefix
+    used = asked = folder
+    if via != "same-path":
+        other_path = bind(folder.parent, tmp_path / "mnt") / folder.name
+        used, asked = (other_path, folder) if via.startswith("used") else (folder, other_path)
+        assert str(other_path) != os.path.realpath(folder)  # no link leads from one to other
+    prepare(used, tmp_path)
+    other = asked.parent / "key2"  # beside it, with a name sharing its prefix
     other.mkdir()
-    sibling = tmp_path / "versions" / "key1x"
+    sibling = asked.parent / "key1x"
     sibling.mkdir()
-    assert users_of([folder, other, sibling]) == {}
+    assert users_of([asked, other, sibling]) == {}
 
-    proc = start(*WAYS[way](folder, tmp_path))
+    proc = start(*WAYS[way].start(used, tmp_path))
     started.append(proc)
-    found = users_of([folder, other, sibling])
+    found = users_of([asked, other, sibling])
 
-    assert list(found) == [folder]
-    (use,) = [u for u in found[folder] if u.pid == proc.pid]
-    assert use.how == EXPECTED_HOW[way]
-    assert (use.path + "/").startswith(str(folder) + "/")
+    assert list(found) == [asked]
+    (use,) = [u for u in found[asked] if u.pid == proc.pid]
+    assert (use.how, use.path) == (WAYS[way].how, str(WAYS[way].path(used, tmp_path)))
     assert use.command == Path(f"/proc/{proc.pid}/comm").read_text().strip()
     assert json.loads(json.dumps(use.to_json()))["pid"] == proc.pid
 
     proc.kill()
     proc.communicate()  # it is gone: no longer a user
-    assert users_of([folder]) == {}
+    assert users_of([asked]) == {}
+
+
+def test_a_process_in_another_mount_namespace_is_seen_through_its_root(
+    folder: Path, tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    """A process whose own mount namespace reaches the folder by a path that does not
+    exist here (as a container with the volume mounted would): its cwd names
+    ``hidden/key1``, which is looked up under ``/proc/PID/root``."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    inner = (
+        f"mount --bind {folder.parent} {hidden} && cd {hidden / folder.name} && "
+        f'exec {sys.executable} -c "{WAIT}"'
+    )
+    proc = start(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner], None, {})
+    started.append(proc)  # start() waited for its "ready": it runs in hidden/key1
+    assert not (hidden / folder.name).exists()  # here, that path names nothing
+
+    found = users_of([folder])
+
+    assert [(u.pid, u.how, u.path) for u in found[folder]] == [
+        (proc.pid, "cwd", str(hidden / folder.name))
+    ]
 
 
 def test_a_process_that_only_looks_near_is_not_a_user(

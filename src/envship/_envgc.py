@@ -4,8 +4,10 @@ A version goes when it is not current and was last used before a cutoff, and onl
 while ``gc`` holds its key's lock, which creators hold while they install it or point
 ``current`` at it; ``gc`` does not wait for a busy lock, it skips the version. Before
 removing, it asks :mod:`envship._inuse` which of the candidates a process on this
-machine runs from, and keeps those. Kept apart from :mod:`envship.envs`, which creates
-and checks versions under the same locks.
+machine runs from, and keeps those: by the folder's device and inode, so a process that
+reached the version through another path to the same files (a symlinked or bind-mounted
+root, a second mount of its volume) counts as well. Kept apart from :mod:`envship.envs`,
+which creates and checks versions under the same locks.
 
 A failed ``env create`` (a missing artifact, a full disk) discards its half-made version
 but leaves its key's lock file, and for a first version an environment folder with
@@ -130,10 +132,10 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
 
     Incomplete versions (a killed creator) count by their folder's age. A version whose
     lock is held (being created, or being made current) is skipped and reported busy; one
-    that a process on this machine runs from (:func:`envship._inuse.users_of`) is kept
-    and reported in use. Processes on other machines cannot be seen: for them the use
-    stamp (refreshed by create, check and every kernel start) and ``older_than`` are the
-    only guard.
+    that a process on this machine runs from (:func:`envship._inuse.users_of`), by
+    whichever path to the same files, is kept and reported in use. Processes on other
+    machines cannot be seen: for them the use stamp (refreshed by create, check and every
+    kernel start) and ``older_than`` are the only guard.
 
     Lock files of keys without a version and environments with no version and no
     ``current`` (what a failed create leaves) are removed too, whatever their age:

@@ -9,12 +9,23 @@ name the version is how the process was started: CPython finds its venv from
 version in ``/proc/PID/cmdline``. A process counts as a user of a folder when any of
 these names a path inside it:
 
-- ``cmdline``: any argument that is a path (relative ones against the process's cwd),
-  its folders resolved, its last part not (``bin/python`` would resolve to the base);
+- ``cmdline``: any argument that is a path (relative ones against the process's cwd);
 - ``environ``: ``VIRTUAL_ENV`` and the ``PATH`` entries (an activated venv);
 - ``exe`` and ``cwd``;
 - ``maps``: mapped files (extension modules, shared libraries);
 - ``fd``: open files.
+
+"Inside" is decided by identity, not by the text of the path: a path lies in a folder
+when it, or one of its parents, has the folder's ``(st_dev, st_ino)``. The same version
+is reached by many paths (a symlinked root, a bind mount of the root, a second mount of
+the same volume), and a process started through one of them names that one only; each
+parent is stat'ed once per scan (:class:`_Within`). The device and inode printed in a
+``maps`` line are not used: on kernels before 6.8 a file mapped through overlayfs shows
+the underlying layer's device there, not the one ``stat`` reports for the folder.
+
+Paths the kernel writes (``exe``, ``cwd``, ``maps``, ``fd``) and those a process names
+are in the process's own mount namespace; for a process in another one (a container
+sharing this machine's PID namespace) they are looked up under ``/proc/PID/root``.
 
 ``cmdline`` is readable for every process; the others need the right to trace the
 process (ptrace access mode, proc(5)), so for another user's processes only the command
@@ -44,7 +55,7 @@ class ProcessUse:
     pid: int
     command: str  # /proc/PID/comm: the program's name, at most 15 characters
     how: str  # "cmdline", "environ", "exe", "cwd", "maps" or "fd"
-    path: str  # the path that lies inside the folder
+    path: str  # the path inside the folder, as the process names it
 
     def to_json(self) -> dict[str, object]:
         return {"pid": self.pid, "command": self.command, "how": self.how, "path": self.path}
@@ -57,7 +68,7 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def _link(path: Path) -> str | None:
+def _link(path: Path | str) -> str | None:
     try:
         target = os.readlink(path)
     except OSError:
@@ -66,46 +77,101 @@ def _link(path: Path) -> str | None:
 
 
 def _named(text: str, cwd: str | None) -> str | None:
-    """A path a process named, as it resolves here: its folders followed, its last part
-    kept (a venv's ``bin/python`` is a link to the base interpreter)."""
+    """A path a process named, made absolute against its cwd; ``None`` for an argument
+    that is not a path."""
     if "/" not in text or "\n" in text or text.startswith("-") or len(text) > 4096:
         return None
     if not os.path.isabs(text):
         if cwd is None:
             return None
         text = os.path.join(cwd, text)
-    text = os.path.normpath(text)
-    head, tail = os.path.split(text)
-    return os.path.join(os.path.realpath(head), tail)
+    return os.path.normpath(text)
 
 
-def _traces(pid_dir: Path) -> Iterator[tuple[str, str]]:
-    """``(how, path)`` for every path the process at ``pid_dir`` names; cheap ones first."""
+# A trace: how it was found, the path, and whether that path is a file (a mapped file or
+# an executable: only its parents can be a folder, so the file itself is not stat'ed).
+_Trace = tuple[str, str, bool]
+
+
+def _traces(pid_dir: Path) -> Iterator[_Trace]:
+    """Every path the process at ``pid_dir`` names; cheap ones first."""
     cwd = _link(pid_dir / "cwd")
     cmdline = _read(pid_dir / "cmdline") or b""
     for arg in cmdline.split(b"\0"):
         if found := _named(os.fsdecode(arg), cwd):
-            yield "cmdline", found
-    for how in ("exe", "cwd"):
-        if (target := _link(pid_dir / how)) is not None:
-            yield how, target
+            yield "cmdline", found, False
+    if (exe := _link(pid_dir / "exe")) is not None:
+        yield "exe", exe, True
+    if cwd is not None:
+        yield "cwd", cwd, False
     environ = _read(pid_dir / "environ") or b""
     for item in environ.split(b"\0"):
         key, _, value = os.fsdecode(item).partition("=")
         if key == "VIRTUAL_ENV" and (found := _named(value, cwd)):
-            yield "environ", found
+            yield "environ", found, False
         elif key == "PATH":
             for entry in value.split(os.pathsep):
                 if os.path.isabs(entry):
-                    yield "environ", os.path.realpath(entry)
+                    yield "environ", os.path.normpath(entry), False
     for line in (_read(pid_dir / "maps") or b"").splitlines():
         parts = line.split(maxsplit=5)
         if len(parts) == 6 and parts[5].startswith(b"/"):
-            yield "maps", os.fsdecode(parts[5]).removesuffix(_DELETED)
+            yield "maps", os.fsdecode(parts[5]).removesuffix(_DELETED), True
     with contextlib.suppress(OSError):
         for fd in os.listdir(pid_dir / "fd"):
             if (target := _link(pid_dir / "fd" / fd)) is not None and target.startswith("/"):
-                yield "fd", target
+                yield "fd", target, False
+
+
+class _Within:
+    """Which of the wanted folders a path lies in: the folders whose ``(st_dev, st_ino)``
+    the path or one of its parents has. Each parent's answer is kept, so a scan stats
+    every folder processes name once (``/usr/lib``, a version's ``site-packages``)."""
+
+    def __init__(self, folders: Sequence[Path]) -> None:
+        self._wanted: dict[tuple[int, int], set[int]] = {}
+        for i, folder in enumerate(folders):
+            with contextlib.suppress(OSError):  # gone already: no one can use it
+                st = os.stat(folder)
+                self._wanted.setdefault((st.st_dev, st.st_ino), set()).add(i)
+        self._known: dict[str, frozenset[int]] = {}
+
+    def wanted(self) -> set[int]:
+        """The indexes of the folders that exist (only those can be used)."""
+        return set().union(*self._wanted.values())
+
+    def folders(self, path: str, *, view: str = "", is_file: bool = False) -> frozenset[int]:
+        """The indexes of the folders ``path`` lies in. ``view`` is where the process's
+        root is reached from here (``/proc/PID/root``), or ``""`` for this one."""
+        start = os.path.dirname(path) if is_file else path
+        chain: list[str] = []  # from start up to the first parent already known
+        at = start
+        while (view + at) not in self._known:
+            chain.append(at)
+            up = os.path.dirname(at)
+            if up == at:
+                break
+            at = up
+        inside = self._known.get(view + at, frozenset())
+        for at in reversed(chain):
+            try:
+                st = os.stat(view + at)  # follows links: a symlinked root is its target
+            except OSError:
+                own: Iterable[int] = ()
+            else:
+                own = self._wanted.get((st.st_dev, st.st_ino), ())
+            inside = inside.union(own)
+            self._known[view + at] = inside
+        return inside
+
+
+def _view(pid_dir: Path, ours: str | None) -> str:
+    """Where paths of the process at ``pid_dir`` are looked up from here: ``""`` when it
+    shares our mount namespace (or that cannot be read), else its root through /proc."""
+    theirs = _link(pid_dir / "ns" / "mnt")
+    if theirs is None or theirs == ours:
+        return ""
+    return str(pid_dir / "root")
 
 
 def _pids(proc: Path) -> Iterable[Path]:
@@ -118,17 +184,22 @@ def _pids(proc: Path) -> Iterable[Path]:
 def users_of(folders: Sequence[Path], *, proc: Path = _PROC) -> dict[Path, tuple[ProcessUse, ...]]:
     """The processes using each of ``folders`` (keys as given; folders no one uses are
     left out). One pass over ``proc``; a process that exits meanwhile is skipped."""
-    wanted = [(os.path.realpath(f).rstrip("/") + "/", f) for f in folders]
+    within = _Within(folders)
+    wanted = within.wanted()
     found: dict[Path, list[ProcessUse]] = {}
+    if not wanted:
+        return {}
+    ours = _link(proc / "self" / "ns" / "mnt")
     for pid_dir in _pids(proc):
-        left = list(wanted)
-        for how, path in _traces(pid_dir):
-            inside = path + "/"
-            hits = [(prefix, f) for prefix, f in left if inside.startswith(prefix)]
-            for hit in hits:
-                left.remove(hit)
+        view = _view(pid_dir, ours)
+        left = set(wanted)
+        for how, path, is_file in _traces(pid_dir):
+            hits = within.folders(path, view=view, is_file=is_file) & left
+            for i in sorted(hits):
                 comm = (_read(pid_dir / "comm") or b"?").decode(errors="replace").strip()
-                found.setdefault(hit[1], []).append(ProcessUse(int(pid_dir.name), comm, how, path))
+                use = ProcessUse(int(pid_dir.name), comm, how, path)
+                found.setdefault(folders[i], []).append(use)
+            left -= hits
             if not left:
                 break
     return {f: tuple(uses) for f, uses in found.items()}

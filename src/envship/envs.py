@@ -19,7 +19,8 @@ removes a version that is being built or is being made current at that moment.
 Using a version is recorded in its ``.envship-used`` stamp by ``create_env``,
 ``check_env`` and every kernel start through envship's launcher. ``gc`` also never
 removes a version a process on this machine runs from (:mod:`envship._inuse` reads
-``/proc``); processes on other machines sharing the root cannot be seen, and only the
+``/proc`` and matches folders by device and inode, whatever path a process used);
+processes on other machines sharing the root cannot be seen, and only the
 stamp and the ``older_than`` grace protect what they use.
 """
 

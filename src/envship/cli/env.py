@@ -183,18 +183,19 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
       - it is being created or made current (its lock is held);
       - a process on THIS machine runs from it: its command line, VIRTUAL_ENV
         or PATH, executable, working directory, or a mapped or open file names
-        a path inside it (for other users' processes only the command line,
-        unless gc runs as root).
+        a path inside it, by whichever path reaches the same folder (matched
+        by device and inode: a symlinked or bind-mounted root too; for other
+        users' processes only the command line, unless gc runs as root).
 
     What a failed create leaves is removed at any age, each only while no creator
     holds it: the lock files of keys with no version, and an environment with no
     version and no `current`.
 
-    Processes on other machines sharing the root (and in other containers)
-    cannot be seen. For them only the use stamp and the --older-than grace
-    count: a job started there straight from a version's bin/ (not as a kernel)
-    and still running after --older-than without a new create, check or kernel
-    start may lose its version. Give --older-than longer than such jobs run.
+    Processes on other machines sharing the root (and in containers with a
+    process namespace of their own) cannot be seen. For them only the use
+    stamp and the --older-than grace count: a job started there straight from
+    a version's bin/ (not as a kernel) and still running after --older-than
+    without a new create, check or kernel start may lose its version. Give --older-than longer than such jobs run.
     """
     result = gc(_root(root), older_than=older_than, dry_run=dry_run)
     if as_json:
