@@ -195,7 +195,8 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
     process namespace of their own) cannot be seen. For them only the use
     stamp and the --older-than grace count: a job started there straight from
     a version's bin/ (not as a kernel) and still running after --older-than
-    without a new create, check or kernel start may lose its version. Give --older-than longer than such jobs run.
+    without a new create, check or kernel start may lose its version. Give
+    --older-than longer than such jobs run.
     """
     result = gc(_root(root), older_than=older_than, dry_run=dry_run)
     if as_json:
