@@ -36,6 +36,7 @@ from envship.host import probe
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.lockfile import LockFile
 from envship.store import Store
+from envship.verify import verify
 from test_install import (
     OTHER_PY,
     build_huge,
@@ -204,6 +205,20 @@ def test_a_version_is_made_from_the_store_not_an_edited_uv_cache(
     files = [p for p in version.path.rglob("*") if p.is_file() and not p.is_symlink()]
     assert files and all(p.stat().st_nlink == 1 for p in files)
     assert not list(version.path.parent.glob("*.envship-tmp"))  # the unpacked wheels too
+
+
+def test_a_root_mounted_elsewhere_still_runs_its_scripts(setup: Setup, tmp_path: Path) -> None:
+    """Each instance may mount the shared volume at its own path: versions are made
+    relocatable, so a console script finds the interpreter beside it."""
+    s = setup
+    create_env(s.lock, s.store, s.root, name="ds")
+    moved = tmp_path / "mounted-elsewhere"
+    s.root.rename(moved)
+
+    ran = subprocess.run([str(moved / "ds" / "current" / "bin" / "tool")], capture_output=True)
+    assert ran.stdout == b"tool ran\n"
+    assert check_env(moved, "ds").path.parent.parent == moved / "ds"
+    assert verify(s.lock, moved / "ds" / "current", full=True, store=s.store).identical
 
 
 def test_byte_code_is_another_version_never_compiled_in_place(setup: Setup) -> None:

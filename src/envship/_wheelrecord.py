@@ -45,6 +45,7 @@ from packaging.utils import canonicalize_name
 
 from ._difference import Difference
 from ._records import Entry, Installed
+from ._shebang import read_head
 from .store import Store
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "ScriptCheck",
     "Trusted",
     "check_scripts",
+    "launchers_of",
     "layout_of",
     "locked_of",
     "trust",
@@ -206,13 +208,7 @@ def _read_wheel(path: Path, full: bool) -> _Wheel:
         )
         launchers: dict[str, tuple[str, str]] = {}
         if f"{dist_info}/entry_points.txt" in infos:
-            ini = configparser.ConfigParser(delimiters=("=",), interpolation=None)
-            ini.optionxform = str  # type: ignore[assignment,method-assign]  # case-sensitive
-            ini.read_string(zf.read(f"{dist_info}/entry_points.txt").decode("utf-8"))
-            for section in ("console_scripts", "gui_scripts"):
-                for name, value in ini.items(section) if ini.has_section(section) else ():
-                    if m := _ENTRY_POINT.match(value):
-                        launchers[name] = (m.group(1), m.group(2))
+            launchers = _entry_points(zf.read(f"{dist_info}/entry_points.txt").decode("utf-8"))
         rewritten: dict[str, bytes] = {}
         scripts = dist_info.removesuffix(".dist-info") + ".data/scripts/"
         for f in files:
@@ -223,6 +219,33 @@ def _read_wheel(path: Path, full: bool) -> _Wheel:
                         rest = member.read() if full else b""
                         rewritten[f.rel] = rest.partition(b"\n")[2]
     return _Wheel(dist_info, purelib, tuple(files), launchers, rewritten)
+
+
+def _entry_points(text: str) -> dict[str, tuple[str, str]]:
+    """The console and gui scripts of an ``entry_points.txt``: name -> (module, function)."""
+    ini = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+    ini.optionxform = str  # type: ignore[assignment,method-assign]  # case-sensitive
+    ini.read_string(text)
+    return {
+        name: (m.group(1), m.group(2))
+        for section in ("console_scripts", "gui_scripts")
+        for name, value in (ini.items(section) if ini.has_section(section) else ())
+        if (m := _ENTRY_POINT.match(value))
+    }
+
+
+def launchers_of(verified: Iterable[Installed], layout: Layout) -> list[tuple[str, str]]:
+    """``(distribution, path)`` of each console/gui launcher the installed metadata names:
+    the scripts an installer wrote whatever the store holds."""
+    found = []
+    for inst in verified:
+        try:
+            text = (inst.dist_info / "entry_points.txt").read_text(encoding="utf-8")
+            names = _entry_points(text)
+        except (OSError, UnicodeDecodeError, configparser.Error):
+            continue
+        found += [(inst.name, os.path.normpath(os.path.join(layout.scripts, n))) for n in names]
+    return found
 
 
 def _load(store: Store, locked: Locked, full: bool) -> _Wheel | str:
@@ -408,17 +431,6 @@ def trust(
     return Trusted(tuple(entries), tuple(scripts), tuple(diffs), tuple(notes))
 
 
-def _shebang_end(data: bytes) -> int:
-    """Where a launcher's shebang ends: after line 1, or after the 3-line ``/bin/sh``
-    trampoline uv and pip write for a long or spaced interpreter path."""
-    first, _, rest = data.partition(b"\n")
-    if first == b"#!/bin/sh" and rest.startswith(b"'''exec' "):
-        second, _, third = rest.partition(b"\n")
-        if third.startswith(b"' '''\n"):
-            return len(first) + len(second) + len(b"' '''\n") + 2
-    return len(first) + 1 if first.startswith(b"#!") else -1
-
-
 def check_scripts(scripts: Iterable[ScriptCheck]) -> list[Difference]:
     """Each rewritten script: a shebang, then exactly one of its expected bodies."""
     diffs = []
@@ -430,7 +442,7 @@ def check_scripts(scripts: Iterable[ScriptCheck]) -> list[Difference]:
                 data = f.read()
         except OSError:
             continue  # the stat check names it
-        end = _shebang_end(data)
+        end = read_head(data).end
         if end < 0 or data[end:] not in s.bodies:
             diffs.append(
                 Difference(

@@ -290,6 +290,9 @@ def create_env(
                     # copy and, once it is removed, leave every file the version's own.
                     link_mode="hardlink",
                     private_cache=True,
+                    # A shared volume may be mounted at another path on each instance:
+                    # scripts find the interpreter beside them, not at this path.
+                    relocatable=True,
                     progress=progress,
                     as_version=True,  # the one caller allowed to make a shared version
                 )

@@ -230,6 +230,7 @@ def verify_image(
             # would run a host binary (or none); the image's Python was checked above.
             interpreter=False,
             store=store,
+            prefix=Path("/", prefix),  # where it runs: what its scripts' first lines name
         )
     # Report paths as they are in the image, not in the temporary folder (gone by now):
     # in a difference's path and in its texts (the byte-code check names the source).

@@ -188,6 +188,7 @@ def install(
     as_version: bool = False,
     private_cache: bool = False,
     reinstall: bool = False,
+    relocatable: bool = False,
 ) -> InstallResult:
     """Make ``dest`` a virtual environment holding exactly what ``lock`` selects.
 
@@ -213,6 +214,8 @@ def install(
     ``reinstall`` makes an existing environment again that way (its interpreter, byte-code
     and link mode kept): for files edited or deleted inside packages, which the quick look
     at the installed metadata does not see, even when the edit reached uv's cache.
+    ``relocatable``: a new venv is made with ``uv venv --relocatable``, so its scripts find
+    the interpreter beside them and keep working wherever the folder is mounted.
     """
     started = time.monotonic()
     dest = Path(os.path.abspath(dest))
@@ -239,6 +242,7 @@ def install(
                 started=started,
                 private_cache=private_cache or reinstall,
                 reinstall=reinstall,
+                relocatable=relocatable,
             )
         finally:
             # Removed while still locked; _exclusive makes waiters notice and start over.
@@ -283,6 +287,7 @@ def _install_locked(
     started: float,
     private_cache: bool,
     reinstall: bool,
+    relocatable: bool,
 ) -> InstallResult:
     state = env_state(dest)  # again: another process may have changed it while we waited
     if state == "foreign":
@@ -381,7 +386,7 @@ def _install_locked(
         dest.mkdir(parents=True, exist_ok=True)
         (dest / INCOMPLETE_NAME).write_text("install in progress\n", encoding="utf-8")
         make = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
-        make += cache_args
+        make += [*cache_args, *(["--relocatable"] if relocatable else [])]
         _run(
             [*make, "--allow-existing", "--python", base_python, str(dest)],
             what=f"creating the virtual environment {dest}",

@@ -53,6 +53,7 @@ Reading RECORD and checking files against it is :mod:`envship._records`'s, the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -72,12 +73,14 @@ from ._environment import (
     choose_target,
     find_environment,
     interpreter_mismatches,
+    read_venv_config,
     run_interpreter,
 )
 from ._envroot import shared_version
 from ._installmarker import INCOMPLETE_NAME, read_marker
 from ._records import CHUNK as CHUNK  # kept importable from here, where it was
 from ._records import decode_record_hash, encode_record_hash, hash_file
+from ._shebang import Interpreter, check_heads
 from ._strays import VENV_CREATION, site_differences
 from .errors import EnvshipError, Problem, SpecError, TargetError
 from .lockfile import LockFile
@@ -264,6 +267,21 @@ def _distributions(
     return diffs, verified
 
 
+def _script_interpreter(
+    environment: InstalledEnvironment, prefix: Path | None, layout: _wheelrecord.Layout
+) -> Interpreter | None:
+    """What the environment's scripts must run; None for a folder that is no prefix."""
+    if environment.record_root is None:
+        return None
+    relocatable = False
+    if environment.venv is not None:
+        with contextlib.suppress(OSError):
+            cfg = read_venv_config(environment.venv / "pyvenv.cfg")
+            relocatable = cfg.get("relocatable", "").lower() == "true"
+    where = prefix if prefix is not None else Path(layout.data)  # the prefix: .data/data
+    return Interpreter(str(where), environment.python, relocatable, resolve=prefix is None)
+
+
 def verify(
     lock: LockFile,
     env: Path | InstalledEnvironment | None,
@@ -276,6 +294,7 @@ def verify(
     bytecode: bool | BytecodeCompiler = False,
     interpreter: bool = True,
     store: Store | None = None,
+    prefix: Path | None = None,
 ) -> VerifyReport:
     """Compare the distributions (and their RECORD files) in ``env`` with the lock.
 
@@ -288,7 +307,9 @@ def verify(
     that is missing or is not the target's Python; False for an environment that is not
     meant to run on this machine (one read out of an image). ``store``: where the locked
     wheels are, to check each installed RECORD against its wheel's (None: the installed
-    RECORDs alone, which the report's notes say). Never prints.
+    RECORDs alone, which the report's notes say). ``prefix``: where the environment runs,
+    which its scripts' interpreter lines must name (default: where it is; an image's
+    environment runs at its prefix inside the image). Never prints.
     """
     try:
         environment = env if isinstance(env, InstalledEnvironment) else find_environment(env)
@@ -339,6 +360,15 @@ def verify(
     # One difference per file: what the file is beats what its RECORD line says.
     diffs.extend(d for d in trusted.differences if d.path not in named)
     diffs.extend(checked.differences)
+    # Every script an installer wrote must run this environment's interpreter (a moved
+    # or copied venv's still name the old place); in full mode their bodies too.
+    heads = {(s.name, s.path) for s in trusted.scripts}
+    heads.update(_wheelrecord.launchers_of(verified, layout))
+    runs_here = _script_interpreter(environment, prefix, layout)
+    if runs_here is not None:
+        wrong = check_heads(sorted(h for h in heads if h[1] not in named), runs_here)
+        diffs.extend(wrong)
+        named.update(d.path for d in wrong)
     if full:
         diffs.extend(_wheelrecord.check_scripts(s for s in trusted.scripts if s.path not in named))
     diffs.extend(_records.linked_folders(entries, environment.record_root or Path(layout.purelib)))
