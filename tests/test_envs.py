@@ -599,10 +599,13 @@ def test_a_private_env_in_currents_place_is_refused_both_ways(setup: Setup) -> N
     s = setup
     create_env(s.lock, s.store, s.root, name="ds")
     current = s.root / "ds" / "current"
-    with pytest.raises(install_mod.InstallError, match="keeps the link") as err:
-        install(s.lock, s.store, current)
-    assert f"envship env create ds --root {s.root}" in (err.value.hint or "")
+    with pytest.raises(install_mod.InstallError, match="immutable"):
+        install(s.lock, s.store, current)  # through the link: the version
     current.unlink()
+    with pytest.raises(install_mod.InstallError, match="keeps the link") as err:
+        install(s.lock, s.store, current)  # no link: still the link's place
+    assert f"envship env create ds --root {s.root}" in (err.value.hint or "")
+    assert not os.path.lexists(current)
     install(s.lock, s.store, s.root / "ds" / "elsewhere")
     (s.root / "ds" / "elsewhere").rename(current)  # a venv where the link belongs
 

@@ -250,16 +250,6 @@ def install(
 
 
 def _refuse_shared(dest: Path, marker: dict[str, Any]) -> None:
-    if dest.name == "current" and (dest.parent / "versions").is_dir():
-        # Where `env create` keeps its link (ROOT/NAME/current): an environment made
-        # here would take the link's place.
-        raise InstallError(
-            f"{dest} is where `envship env create` keeps the link to the current version "
-            f"of the shared environment {dest.parent.name!r}; refusing to install there",
-            hint=f"`envship env create {dest.parent.name} --root {dest.parent.parent} "
-            "--lock ...` makes a new version; `envship install PATH` makes a private "
-            "environment elsewhere",
-        )
     shared = shared_version(dest, marker)  # by its place (and, if readable, its marker)
     if shared is not None:
         name, root = shared
@@ -268,6 +258,16 @@ def _refuse_shared(dest: Path, marker: dict[str, Any]) -> None:
             "versions are immutable and every instance uses them",
             hint=f"`envship env create {name} --root {root} --lock ...` makes a new version "
             "from another lock; `envship install PATH` makes a private environment",
+        )
+    if dest.name == "current" and (dest.parent / "versions").is_dir():
+        # Where `env create` keeps its link (ROOT/NAME/current), with no version behind
+        # it: an environment made here would take the link's place.
+        raise InstallError(
+            f"{dest} is where `envship env create` keeps the link to the current version "
+            f"of the shared environment {dest.parent.name!r}; refusing to install there",
+            hint=f"`envship env create {dest.parent.name} --root {dest.parent.parent} "
+            "--lock ...` makes a new version; `envship install PATH` makes a private "
+            "environment elsewhere",
         )
 
 
