@@ -54,8 +54,6 @@ Reading RECORD and checking files against it is :mod:`envship._records`'s, the
 from __future__ import annotations
 
 import contextlib
-import os
-import shlex
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -76,8 +74,7 @@ from ._environment import (
     read_venv_config,
     run_interpreter,
 )
-from ._envroot import shared_version
-from ._installmarker import INCOMPLETE_NAME, read_marker
+from ._halfmade import finish, half_made, incomplete
 from ._records import CHUNK as CHUNK  # kept importable from here, where it was
 from ._records import decode_record_hash, encode_record_hash, hash_file
 from ._shebang import Interpreter, check_heads
@@ -317,7 +314,7 @@ def verify(
             environment = run_interpreter(environment)
     except SpecError as exc:
         # Killed before its venv was made: no environment to compare, but a half-made one.
-        raise _half_made(exc, env, lock) from None
+        raise half_made(exc, env, lock) from None
     if target is None:
         target = choose_target(lock, environment.python)
     runs = environment.runs
@@ -415,9 +412,9 @@ def verify(
             Difference("changed", b.name, b.pyc, f"the code of {b.source}", b.reason) for b in bad
         )
     remedy = None
-    if (half := _incomplete(environment.record_root)) is not None:
+    if (half := incomplete(environment.record_root)) is not None:
         diffs.append(half)
-        remedy = _finish(environment.record_root, lock, target)
+        remedy = finish(environment.record_root, lock, target)
     diffs.sort(key=lambda d: (KINDS.index(d.kind), canonicalize_name(d.name), d.path))
     return VerifyReport(
         lock=lock.path,
@@ -430,79 +427,6 @@ def verify(
         checked_bytecode=checked_bytecode,
         notes=tuple(notes),
         remedy=remedy,
-    )
-
-
-# -- a run that did not finish ----------------------------------------------------------
-
-_HALF_MADE = (
-    "a run of `envship install` or `envship add` did not finish here (killed, or failed): "
-    "the kernel launcher and `envship add` refuse the environment until it is made again"
-)
-
-
-def _marked(root: Path | None) -> str | None:
-    """The first line of ``root``'s incomplete marker (what the run was doing), or None
-    without one. Present is what counts, as for install and the launcher."""
-    if root is None or not (root / INCOMPLETE_NAME).exists():
-        return None
-    try:
-        text = (root / INCOMPLETE_NAME).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        return f"(unreadable: {exc.strerror or exc})"
-    line = text.strip().splitlines()[0].strip() if text.strip() else ""
-    return line[:200] or "(empty)"
-
-
-def _incomplete(root: Path | None) -> Difference | None:
-    text = _marked(root)
-    if root is None or text is None:
-        return None
-    path = str(root / INCOMPLETE_NAME)
-    return Difference("incomplete", INCOMPLETE_NAME, path, actual=text, note=_HALF_MADE)
-
-
-def _finish(root: Path | None, lock: LockFile, target: Target | None) -> str | None:
-    """What to run to make the half-made environment at ``root`` from ``lock``: ``env
-    create`` for a version under an env root (install refuses those), else ``install``
-    (which clears a folder marked incomplete and makes it again)."""
-    if root is None:
-        return None
-    marker = read_marker(root) or {}  # a failed update keeps the one it had
-    q = shlex.quote  # pasted into a shell as it is
-    pick = f" --target {q(target.name)}" if target is not None and len(lock.targets) > 1 else ""
-    python = marker.get("python")
-    base = python.get("base") if isinstance(python, dict) else None
-    if not isinstance(base, str) and os.path.islink(root / "bin" / "python"):
-        base = os.path.realpath(root / "bin" / "python")  # uv links the venv to its base
-    if isinstance(base, str) and os.path.realpath(base) != os.path.realpath(sys.executable):
-        pick += f" --python {q(base)}"  # install's default would be envship's own
-    shared = shared_version(root, marker)
-    make = (
-        f"env create {q(shared[0])} --root {q(str(shared[1]))}"
-        if shared
-        else f"install {q(str(root))}"
-    )
-    return f"finish it with `envship {make} --lock {q(str(lock.path))}{pick}`"
-
-
-def _half_made(
-    exc: SpecError, env: Path | InstalledEnvironment | None, lock: LockFile
-) -> SpecError:
-    """``exc`` (no environment to verify) saying so when the folder is a half-made one."""
-    if isinstance(env, InstalledEnvironment):
-        root = env.record_root
-    else:
-        named = env if env is not None else os.environ.get("VIRTUAL_ENV")
-        path = Path(os.path.abspath(named)) if named else None
-        root = path if path is None or path.is_dir() else path.parent.parent  # bin/python
-    text = _marked(root)
-    if root is None or text is None:
-        return exc
-    return type(exc)(
-        f"{root} is half made ({text}): {exc.message}",
-        problems=[Problem(str(root / INCOMPLETE_NAME), text), *exc.problems],
-        hint=_finish(root, lock, None),
     )
 
 

@@ -1,0 +1,93 @@
+"""An environment a run of ``envship install`` or ``envship add`` did not finish.
+
+Both write ``.envship-incomplete`` before uv runs and remove it only once the
+environment is whole; the kernel launcher and ``envship add`` refuse an environment that
+carries it. :mod:`envship.verify` reports it first (a killed install otherwise lists
+thousands of differences without saying why, and a failed update can look identical to
+its old lock), with the command that finishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from ._difference import Difference
+from ._environment import InstalledEnvironment
+from ._envroot import shared_version
+from ._installmarker import INCOMPLETE_NAME, read_marker
+from .errors import Problem, SpecError
+from .lockfile import LockFile
+from .targets import Target
+
+__all__ = ["finish", "half_made", "incomplete"]
+
+_HALF_MADE = (
+    "a run of `envship install` or `envship add` did not finish here (killed, or failed): "
+    "the kernel launcher and `envship add` refuse the environment until it is made again"
+)
+
+
+def _marked(root: Path | None) -> str | None:
+    """The first line of ``root``'s incomplete marker (what the run was doing), or None
+    without one. Present is what counts, as for install and the launcher."""
+    if root is None or not (root / INCOMPLETE_NAME).exists():
+        return None
+    try:
+        text = (root / INCOMPLETE_NAME).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(unreadable: {exc.strerror or exc})"
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    return line[:200] or "(empty)"
+
+
+def incomplete(root: Path | None) -> Difference | None:
+    text = _marked(root)
+    if root is None or text is None:
+        return None
+    path = str(root / INCOMPLETE_NAME)
+    return Difference("incomplete", INCOMPLETE_NAME, path, actual=text, note=_HALF_MADE)
+
+
+def finish(root: Path | None, lock: LockFile, target: Target | None) -> str | None:
+    """What to run to make the half-made environment at ``root`` from ``lock``: ``env
+    create`` for a version under an env root (install refuses those), else ``install``
+    (which clears a folder marked incomplete and makes it again)."""
+    if root is None:
+        return None
+    marker = read_marker(root) or {}  # a failed update keeps the one it had
+    q = shlex.quote  # pasted into a shell as it is
+    pick = f" --target {q(target.name)}" if target is not None and len(lock.targets) > 1 else ""
+    python = marker.get("python")
+    base = python.get("base") if isinstance(python, dict) else None
+    if not isinstance(base, str) and os.path.islink(root / "bin" / "python"):
+        base = os.path.realpath(root / "bin" / "python")  # uv links the venv to its base
+    if isinstance(base, str) and os.path.realpath(base) != os.path.realpath(sys.executable):
+        pick += f" --python {q(base)}"  # install's default would be envship's own
+    shared = shared_version(root, marker)
+    make = (
+        f"env create {q(shared[0])} --root {q(str(shared[1]))}"
+        if shared
+        else f"install {q(str(root))}"
+    )
+    return f"finish it with `envship {make} --lock {q(str(lock.path))}{pick}`"
+
+
+def half_made(exc: SpecError, env: Path | InstalledEnvironment | None, lock: LockFile) -> SpecError:
+    """``exc`` (no environment to verify) saying so when the folder is a half-made one."""
+    if isinstance(env, InstalledEnvironment):
+        root = env.record_root
+    else:
+        named = env if env is not None else os.environ.get("VIRTUAL_ENV")
+        path = Path(os.path.abspath(named)) if named else None
+        root = path if path is None or path.is_dir() else path.parent.parent  # bin/python
+    text = _marked(root)
+    if root is None or text is None:
+        return exc
+    return type(exc)(
+        f"{root} is half made ({text}): {exc.message}",
+        problems=[Problem(str(root / INCOMPLETE_NAME), text), *exc.problems],
+        hint=finish(root, lock, None),
+    )
