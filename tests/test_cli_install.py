@@ -84,7 +84,7 @@ def test_relative_paths_everywhere(
 
 @pytest.mark.parametrize(
     ("case", "code", "kind"),
-    [("foreign", 1, "install"), ("no-store", 1, "store"), ("other-target", 2, "target")],
+    [("foreign", 2, "install-input"), ("no-store", 1, "store"), ("other-target", 2, "target")],
 )
 def test_errors_have_exit_codes_and_json(
     tmp_path: Path,

@@ -548,6 +548,31 @@ def test_a_changed_version_is_reported_and_made_again_in_place(
     assert not reused.created and not reused.repaired
 
 
+def test_a_version_made_before_versions_were_relocatable_is_made_again(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """As an older envship left it: scripts naming the path it was made at, which a
+    root mounted elsewhere cannot run. env create remakes it in place, once."""
+    s = setup
+    made = create_env(s.lock, s.store, s.root, name="ds")
+    cfg = made.path / "pyvenv.cfg"
+    cfg.write_text(cfg.read_text().replace("relocatable = true\n", ""))
+    tool = made.path / "bin" / "tool"
+    body = tool.read_bytes().split(b"\n' '''\n", 1)[1]  # after uv's relocatable lines
+    tool.write_bytes(f"#!{made.path}/bin/python\n".encode() + body)
+    assert check_env(s.root, "ds").key == made.key  # runs where it is
+
+    again = create_env(s.lock, s.store, s.root, name="ds")
+
+    assert again.repaired and again.path == made.path
+    assert "relocatable = true" in cfg.read_text()
+    moved = tmp_path / "moved"
+    s.root.rename(moved)
+    ran = subprocess.run([str(moved / "ds" / "current" / "bin" / "tool")], capture_output=True)
+    assert ran.stdout == b"tool ran\n"
+    assert not create_env(s.lock, s.store, moved, name="ds").repaired
+
+
 def test_an_unknown_name_is_bad_input(setup: Setup) -> None:
     s = setup
     create_env(s.lock, s.store, s.root, name="ds")

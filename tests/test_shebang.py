@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from envship._shebang import Interpreter, ScriptHead, read_head
+from envship._shebang import Interpreter, ScriptHead, check_heads, read_head
 
 BODY = b"import sys\nfrom tool import main\nsys.exit(main())\n"
 RELOCATABLE = b"""#!/bin/sh
@@ -78,3 +80,25 @@ def test_read_head_never_fails_and_stays_inside(data: bytes) -> None:
     head = read_head(data)
     assert -1 <= head.end <= len(data) + 1
     assert (head.end < 0) == (not data.startswith(b"#!"))
+
+
+@pytest.mark.parametrize(
+    ("head", "actual"),
+    [
+        (b"#!/usr/bin/python3\n", "runs /usr/bin/python3"),
+        (RELOCATABLE, "runs the python beside it (a relocatable script)"),
+        (RELOCATABLE.replace(b"'python'", b"'py thon' 'x'"), "runs an unreadable relocatable line"),
+        (b"#!\n", "runs no interpreter"),
+    ],
+)
+def test_check_heads_says_what_a_script_runs(tmp_path: Path, head: bytes, actual: str) -> None:
+    script = tmp_path / "tool"
+    script.write_bytes(head + BODY)
+    ours = tmp_path / "ours.py"
+    ours.write_bytes(b"#!/env/bin/python\n" + BODY)
+    runs_here = Interpreter("/env", "3.11", resolve=False)
+
+    [diff] = check_heads([("tool", str(script)), ("tool", str(ours))], runs_here)
+
+    assert (diff.kind, diff.path, diff.actual) == ("changed", str(script), actual)
+    assert diff.expected == "runs /env/bin/python"

@@ -67,8 +67,10 @@ def finish(root: Path | None, lock: LockFile, target: Target | None) -> str | No
     if isinstance(base, str) and os.path.realpath(base) != os.path.realpath(sys.executable):
         pick += f" --python {q(base)}"  # install's default would be envship's own
     shared = shared_version(root, marker)
+    # A version's key includes byte-code: without --compile env create makes another one.
+    compiled = " --compile" if shared and marker.get("compiled") else ""
     make = (
-        f"env create {q(shared[0])} --root {q(str(shared[1]))}"
+        f"env create {q(shared[0])} --root {q(str(shared[1]))}{compiled}"
         if shared
         else f"install {q(str(root))}"
     )

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -248,9 +248,12 @@ def env_state(dest: Path) -> State:
     return "foreign" if any(dest.iterdir()) else "empty"
 
 
-def clear(dest: Path) -> None:
-    """Empty ``dest`` but keep the folder itself (it may be a mount point or a symlink)."""
+def clear(dest: Path, keep: Collection[str] = ()) -> None:
+    """Empty ``dest`` but keep the folder itself (it may be a mount point or a symlink)
+    and the entries named in ``keep``."""
     for child in dest.iterdir():
+        if child.name in keep:
+            continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:

@@ -118,7 +118,11 @@ def check_heads(scripts: Iterable[tuple[str, str]], interpreter: Interpreter) ->
             continue
         found = head.interpreter or "no interpreter"
         if head.beside:
-            found = f"the {found} beside it (a relocatable script)"
+            found = (
+                f"the {head.interpreter} beside it (a relocatable script)"
+                if head.interpreter
+                else "an unreadable relocatable line"
+            )
         diffs.append(
             Difference(
                 "changed", name, path, f"runs {expected}", f"runs {found}",

@@ -41,6 +41,7 @@ from typing import Any
 from . import _envroot
 from ._diskfull import is_disk_full
 from ._envgc import GcResult, VersionInUse, gc
+from ._environment import read_venv_config
 from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
 from ._flock import locked
@@ -117,7 +118,20 @@ def _package_damage(path: Path, marker: dict[str, Any]) -> list[str]:
 
 
 def _damage(path: Path, marker: dict[str, Any]) -> list[str]:
-    return interpreter_damage(path, marker) + _package_damage(path, marker)
+    """Why ``env create`` must make a complete version again in place."""
+    return interpreter_damage(path, marker) + _package_damage(path, marker) + _fixed_place(path)
+
+
+def _fixed_place(path: Path) -> list[str]:
+    """A version made before versions were relocatable: its scripts name the path it was
+    made at, and stop working where the root is mounted elsewhere."""
+    try:
+        relocatable = read_venv_config(path / "pyvenv.cfg").get("relocatable", "")
+    except OSError:
+        return []  # what cannot be read here is the interpreter check's to report
+    if relocatable.lower() == "true":
+        return []
+    return [f"{path} is not relocatable: its scripts name the path it was made at"]
 
 
 def _changed(

@@ -76,6 +76,7 @@ __all__ = [
     "INCOMPLETE_NAME",
     "MARKER_NAME",
     "InstallError",
+    "InstallInputError",
     "InstallResult",
     "LinkMode",
     "ProgressFn",
@@ -86,14 +87,26 @@ __all__ = [
 
 
 Action = Literal["created", "updated", "repaired", "rebuilt", "unchanged"]
+# In the marker of an environment being made again, while it is: made through a private
+# uv cache (a reinstall), so a run after an interrupted one finishes it that way too.
+_REINSTALLING = "reinstalling"
 LinkMode = Literal["hardlink", "copy", "clone", "symlink"]
 
 
 class InstallError(EnvshipError):
-    """The environment could not be made (uv failed, or the destination is not ours)."""
+    """The environment could not be made (uv failed, say)."""
 
     exit_code = 1
     kind = "install"
+
+
+class InstallInputError(InstallError):
+    """A destination install never changes: a folder envship did not make, a shared
+    version, the place of a root's ``current`` link. Bad input (exit 2), as ``add`` and
+    ``kernel install`` refuse the same places."""
+
+    exit_code = 2
+    kind = "install-input"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +160,12 @@ def _run(args: Sequence[str], *, what: str, keep_fds: Sequence[int] = ()) -> Non
         )
 
 
-def _refuse(dest: Path) -> InstallError:
+def _refuse(dest: Path) -> InstallInputError:
     if dest.is_symlink() and not dest.exists():
         what = f"a symbolic link to nothing ({os.readlink(dest)})"
     else:
         what = "a file" if dest.exists() and not dest.is_dir() else "a non-empty folder"
-    return InstallError(
+    return InstallInputError(
         f"{dest} is {what} that is not an envship environment; refusing to touch it",
         problems=[Problem(str(dest), f"no {MARKER_NAME} and not empty")],
         hint="pick a new or empty folder; envship never deletes what it did not create",
@@ -253,7 +266,7 @@ def _refuse_shared(dest: Path, marker: dict[str, Any]) -> None:
     shared = shared_version(dest, marker)  # by its place (and, if readable, its marker)
     if shared is not None:
         name, root = shared
-        raise InstallError(
+        raise InstallInputError(
             f"{dest} is a version of the shared environment {name!r} under {root}; "
             "versions are immutable and every instance uses them",
             hint=f"`envship env create {name} --root {root} --lock ...` makes a new version "
@@ -262,7 +275,7 @@ def _refuse_shared(dest: Path, marker: dict[str, Any]) -> None:
     if dest.name == "current" and (dest.parent / "versions").is_dir():
         # Where `env create` keeps its link (ROOT/NAME/current), with no version behind
         # it: an environment made here would take the link's place.
-        raise InstallError(
+        raise InstallInputError(
             f"{dest} is where `envship env create` keeps the link to the current version "
             f"of the shared environment {dest.parent.name!r}; refusing to install there",
             hint=f"`envship env create {dest.parent.name} --root {dest.parent.parent} "
@@ -294,6 +307,18 @@ def _install_locked(
         raise _refuse(dest)
     marker = read_marker(dest) if state == "complete" else None
     base = _resolve_python(python) if python else None
+    # A half-made environment keeps the marker it had (an update or a rebuild that did
+    # not finish): not its package list, which is not there, but what it was made with,
+    # so the next run makes it again the same way unless asked otherwise.
+    prior = read_marker(dest) if state == "incomplete" else None
+    if prior is not None:
+        made_with = prior.get("python")
+        was = made_with.get("base") if isinstance(made_with, dict) else None
+        if base is None and isinstance(was, str) and os.path.exists(was):
+            base = was  # (one gone from this machine: ours, as for a new environment)
+        compile_bytecode = compile_bytecode or bool(prior.get("compiled"))
+        link_mode = link_mode or prior.get("link_mode")
+        private_cache = private_cache or bool(prior.get(_REINSTALLING))
     env_python = dest / "bin" / "python"
     # What the environment holds now, for the report: its marker, or (drifted) what its
     # metadata shows.
@@ -368,6 +393,10 @@ def _install_locked(
     chosen = match_target([lock.target(target)] if target else lock, host)
     artifacts = lock.artifacts([chosen.name], groups=groups)
     sizes = check_store(lock, store, chosen, artifacts)
+    if reinstall:
+        # The environment is about to be emptied: wheels damaged in the store are named
+        # now, while it is still whole, not by uv afterwards.
+        name_damaged(lock, store, chosen, artifacts)
 
     uv = uv_bin()
     action: Action = (
@@ -376,7 +405,9 @@ def _install_locked(
         else ("created" if state in ("missing", "empty") else "rebuilt")
     )
     existed = dest.exists()
-    shutil.rmtree(work / "wheels", ignore_errors=True)  # leftovers of a killed run
+    # Leftovers of a killed run (another lock's requirements, perhaps): never reused.
+    shutil.rmtree(work / "wheels", ignore_errors=True)
+    (work / "requirements.txt").unlink(missing_ok=True)
     cache = work / "uv-cache"
     shutil.rmtree(cache, ignore_errors=True)
     cache_args = ["--cache-dir", str(cache)] if private_cache else []
@@ -437,8 +468,14 @@ def _install_locked(
                 sync()
                 action = "rebuilt"
         else:
-            if state in ("complete", "incomplete"):
-                clear(dest)  # ours: it carries our marker
+            if state in ("complete", "incomplete"):  # ours: it carries our marker
+                # Marked first, so it is never an empty "complete" folder; the marker
+                # stays for what the environment was made with (see ``prior``).
+                (dest / INCOMPLETE_NAME).write_text("rebuild in progress\n", encoding="utf-8")
+                clear(dest, keep=(INCOMPLETE_NAME, MARKER_NAME))
+                kept = marker or prior
+                if kept is not None:
+                    write_marker(dest, {**kept, _REINSTALLING: private_cache})
             venv, links = make_venv()
             sync()
         marker_now = marker_data(
@@ -457,16 +494,18 @@ def _install_locked(
         write_marker(dest, marker_now)
         (dest / INCOMPLETE_NAME).unlink()
     except BaseException as exc:
-        if not reuse:
+        new = state in ("missing", "empty")
+        if new:
             # A new env that failed is removed (or emptied, if the folder was given to us
-            # empty); an update that failed keeps its incomplete marker and is rebuilt.
+            # empty); an update or a rebuild that failed keeps its incomplete marker, and
+            # its marker, and the next run makes it again the same way.
             if existed:
                 with contextlib.suppress(OSError):
                     clear(dest)
             else:
                 shutil.rmtree(dest, ignore_errors=True)
         if is_disk_full(exc):
-            raise _disk_full(dest, exc, kept=reuse) from exc
+            raise _disk_full(dest, exc, kept=not new) from exc
         raise
     return result(chosen, artifacts, action)
 

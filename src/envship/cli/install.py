@@ -44,8 +44,9 @@ __all__ = ["command"]
     "--reinstall",
     is_flag=True,
     help="Make PATH again from the store's wheels, unpacked afresh (its interpreter, "
-    "byte-code and link mode kept): for files edited or deleted inside packages, which "
-    "`envship verify` reports and a plain re-run does not look for.",
+    "byte-code and link mode kept; the wheels are hashed first): for files edited or "
+    "deleted inside packages, which `envship verify` reports and a plain re-run does not "
+    "look for.",
 )
 @json_option
 def command(
