@@ -1020,3 +1020,19 @@ def test_a_relinked_interpreter_is_seen_and_the_env_made_again(
     assert os.path.realpath(python) == base
     assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
     assert install(lock, store, dest).action == "unchanged"
+
+
+@pytest.mark.parametrize("key", ["target", "lock", "python", "packages", "groups"])
+def test_a_marker_missing_what_readers_need_is_no_marker(
+    tmp_path: Path, lock: LockFile, store: Store, key: str
+) -> None:
+    """Damaged after the fact (markers are written in one rename): the env is ours and is
+    made again, rather than a KeyError."""
+    dest = tmp_path / "env"
+    install(lock, store, dest)
+    marker = json.loads((dest / MARKER_NAME).read_text())
+    del marker[key]
+    (dest / MARKER_NAME).write_text(json.dumps(marker))
+
+    assert install(lock, store, dest).action == "rebuilt"
+    assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,13 @@ from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.kernels import KernelError, install_kernel, list_kernels
 from envship.lockfile import LockFile
 from indexlib import build_wheel, serve, write_simple_index
-from test_install import stocked_store, target, write_lock
+from test_install import HOST, PY, stocked_store, target, write_lock
 from test_kernels import (
     GLIBC,
+    MACHINE,
+    OTHER_MACHINE,
     Shared,
+    edit_marker,
     isolate_jupyter,
     kernel_json,
     link_chain,
@@ -95,6 +99,89 @@ def starts(resource_dir: Path, tmp_path: Path) -> dict[str, str]:
     return seen
 
 
+# --- 0. the first line of a refusal fits its kind -----------------------------------------
+
+
+def other_machine(env: Path) -> None:
+    edit_marker(env, platform=f"linux-{OTHER_MACHINE}")
+
+
+def other_python(env: Path) -> None:
+    edit_marker(env, python="3.99")
+
+
+def half_installed(env: Path) -> None:
+    (env / INCOMPLETE_NAME).write_text("update in progress\n")  # a killed update
+
+
+def marker_deleted(env: Path) -> None:
+    (env / MARKER_NAME).unlink()
+
+
+def marker_truncated(env: Path) -> None:
+    (env / MARKER_NAME).write_text('{"format": 1, "lock": {')
+
+
+def marker_without_target(env: Path) -> None:
+    marker = json.loads((env / MARKER_NAME).read_text())
+    del marker["target"]
+    (env / MARKER_NAME).write_text(json.dumps(marker))
+
+
+def no_ipykernel(env: Path) -> None:
+    uninstall_ipykernel(env)
+
+
+def no_ipykernel_on_another_machine(env: Path) -> None:
+    uninstall_ipykernel(env)
+    other_machine(env)
+
+
+THIS_MACHINE = f"this machine is {MACHINE} with glibc {GLIBC} and CPython {PY}"
+HEAD = "envship: kernel 'ds-env' cannot start: the environment {env} "
+DAMAGED = HEAD + "is damaged: its install record (.envship-install.json) is missing or unusable"
+HEADLINES = [
+    (
+        other_machine,
+        HEAD + f"was built for linux-{OTHER_MACHINE} (glibc >= {GLIBC}, CPython {PY}); "
+        f"{THIS_MACHINE}",
+    ),
+    (
+        other_python,
+        HEAD + f"was built for {HOST} (glibc >= {GLIBC}, CPython 3.99); {THIS_MACHINE}",
+    ),
+    (half_installed, HEAD + "is half installed: an install or update of it did not finish"),
+    (marker_deleted, DAMAGED),
+    (marker_truncated, DAMAGED),
+    (marker_without_target, DAMAGED),
+    (no_ipykernel, HEAD + "has no ipykernel to start a kernel with"),
+    (
+        no_ipykernel_on_another_machine,
+        HEAD + f"was built for linux-{OTHER_MACHINE} (glibc >= {GLIBC}, CPython {PY}); "
+        f"{THIS_MACHINE}",
+    ),
+]
+
+
+@pytest.mark.parametrize(("damage", "headline"), HEADLINES, ids=[h[0].__name__ for h in HEADLINES])
+def test_the_first_line_of_a_refusal_fits_its_kind(
+    tmp_path: Path, damage: Callable[[Path], None], headline: str
+) -> None:
+    """Only a refusal for the machine compares the environment with the machine; one for
+    the environment itself (half made, damaged, without ipykernel) says what it is."""
+    env = make_env(tmp_path / "work")
+    made = install_kernel(env)
+    damage(env)
+
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 1 and proc.stdout == ""  # the stand-in never ran
+    first, *rest = proc.stderr.splitlines()
+    assert first == headline.format(env=env)
+    assert rest and all(line.startswith(("  - ", "envship: ")) for line in rest)
+    if "was built for" not in headline:  # nothing blames the machine
+        assert "this machine" not in proc.stderr
+
+
 # --- 1. a kernel on ROOT/NAME/current whose root has moved --------------------------------
 
 
@@ -115,7 +202,10 @@ def test_a_moved_roots_kernel_is_told_env_create_never_install(
     last = said.splitlines()[-1]
     assert "envship install" not in said
     assert last.startswith("envship: make it again (the same lock makes the same version): ")
-    assert f"envship env create ds --root {s.root} --lock LOCK" in last
+    # The lock the version was made from, as kernel.json recorded it: no placeholder.
+    assert facts["lock_path"] == str(s.first.path)
+    assert f"envship env create ds --root {s.root} --lock {s.first.path} (or, " in last
+    assert "LOCK" not in last
     assert "envship kernel install NEW_ROOT/ds/current" in last
     assert check_mode(made.resource_dir).stderr == said  # `kernel list` asks the same
     (listed,) = list_kernels()
@@ -123,15 +213,54 @@ def test_a_moved_roots_kernel_is_told_env_create_never_install(
 
     monkeypatch.setenv("ENVSHIP_STORE", str(s.store.root))
     if follow == "make it again where it was":
-        args = command_in(last, "envship env create")
-        args[args.index("LOCK")] = str(s.first.path)
-        assert main(args) == 0
+        # Run as printed, by a shell in another folder, with the store in ENVSHIP_STORE.
+        printed = last[last.index("envship env create") :].split(" (", 1)[0]
+        run_printed(printed, tmp_path)
         assert starts(made.resource_dir, tmp_path)["prefix"].startswith(str(s.root / "ds"))
     else:
         args = command_in(last, "envship kernel install").copy()
         args[-1] = args[-1].replace("NEW_ROOT", str(moved))
         assert main([*args, "--name", "ds"]) == 0
         assert starts(made.resource_dir, tmp_path)["prefix"].startswith(str(moved / "ds"))
+
+
+def run_printed(command: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``command``, as a launcher printed it, run by a shell in a folder of its own with
+    this envship first on PATH (ENVSHIP_STORE and the rest of the environment as set)."""
+    cwd = tmp_path / "somewhere-else"
+    cwd.mkdir(exist_ok=True)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    proc = subprocess.run(
+        ["sh", "-c", command],
+        cwd=cwd,
+        env={**os.environ, "PATH": path},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_an_old_kernelspec_without_a_recorded_lock_keeps_the_placeholder(
+    shared: Shared, tmp_path: Path
+) -> None:
+    """A kernelspec written before kernel.json recorded ``lock_path``: the launcher cannot
+    know the lock, and says LOCK rather than guess."""
+    s = shared
+    create_env(s.first, s.store, s.root, name="ds")
+    made = install_kernel(s.root / "ds" / "current", name="ds")
+    spec = kernel_json(made.resource_dir)
+    del spec["metadata"]["envship"]["lock_path"]
+    data = json.dumps(spec, indent=2, sort_keys=True) + "\n"  # as envship wrote it then
+    (made.resource_dir / "kernel.json").write_text(data)
+    os.rename(s.root, tmp_path / "moved-envs")
+
+    last = check_mode(made.resource_dir).stderr.splitlines()[-1]
+    assert last == (
+        "envship: make it again (the same lock makes the same version): envship env create "
+        f"ds --root {s.root} --lock LOCK (or, if the root now lives elsewhere, register the "
+        "kernel there: envship kernel install NEW_ROOT/ds/current)"
+    )
 
 
 def test_a_private_env_named_current_is_still_told_install(tmp_path: Path) -> None:

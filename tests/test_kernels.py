@@ -709,7 +709,7 @@ GONE_LINK = "envship: the environment {env} is a link to {gone}, which is gone."
     ],
 )
 def test_a_kernel_whose_version_was_removed_says_so_and_how_to_make_it_again(
-    shared: Shared, tmp_path: Path, shape: str, first_line: str
+    shared: Shared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: str, first_line: str
 ) -> None:
     s = shared
     one = create_env(s.first, s.store, s.root, name="ds")
@@ -722,7 +722,14 @@ def test_a_kernel_whose_version_was_removed_says_so_and_how_to_make_it_again(
     first, last = proc.stderr.splitlines()
     assert first == first_line.format(env=env, gone=one.path)
     assert last.startswith("envship: make ")
-    assert f"envship env create ds --root {s.root}" in last
+    # The lock kernel.json recorded, since the version that knew it is gone.
+    assert last.endswith(f": envship env create ds --root {s.root} --lock {s.first.path}")
+
+    monkeypatch.setenv("ENVSHIP_STORE", str(s.store.root))
+    assert main(shlex.split(last.rsplit(": ", 1)[1])[1:]) == 0  # as it says
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prefix"] == str(one.path)  # the same lock, the same version
 
 
 def test_a_private_venv_in_a_folder_named_versions_gets_no_stamp(tmp_path: Path) -> None:

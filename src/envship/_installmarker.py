@@ -87,6 +87,15 @@ def read_marker(dest: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict) or data.get("format") != MARKER_FORMAT:
         return None
+    # What every reader indexes without looking: a marker missing one of them was damaged
+    # after the fact (markers are written whole, in one rename) and is no marker.
+    shape = {"lock": ("path", "digest"), "target": ("name", "python"), "python": ("base",)}
+    for key, inner in shape.items():
+        value = data.get(key)
+        if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in inner):
+            return None
+    if not isinstance(data.get("packages"), list) or not isinstance(data.get("groups"), list):
+        return None
     return data
 
 

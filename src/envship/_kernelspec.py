@@ -93,9 +93,15 @@ def kernel_json(
         # %envship add runs this: the environment does not contain envship.
         "envship_command": [sys.executable, "-m", "envship"],
     }
+    lock_path = marker["lock"].get("path")
+    if isinstance(lock_path, str) and lock_path:
+        # The lock the environment was made from, for the launcher's remedy when the
+        # environment cannot tell it any more (gone, its root moved, its marker lost).
+        facts["lock_path"] = lock_path
     if env_root is not None:
-        # ROOT/NAME of a kernel on `current`: the launcher's sh part reads it (one key a
-        # line, as json.dumps(indent=2) writes it) to advise `env create` when it is gone.
+        # ROOT/NAME of a kernel on `current`: the launcher's sh part reads it (like
+        # lock_path, one key a line, as json.dumps(indent=2) writes it) to advise
+        # `env create` when it is gone.
         facts["env_root"] = str(env_root)
     return {
         # /bin/sh runs the launcher so that a missing interpreter (the env was made in

@@ -20,33 +20,48 @@
 py="$1"
 shift
 env=${py%/bin/python}
-# A kernel for ROOT/NAME/current (or a link to it) has ROOT/NAME in its kernel.json
-# (metadata.envship.env_root; envship writes it indented, one key a line). When that is
-# gone or moved, the fix is `envship env create`, never `envship install`, which would
-# put a plain venv where the root's `current` link belongs. Read only on a refusal.
-root_fix() {
+# What the kernel's kernel.json records in metadata.envship (envship writes it indented,
+# one key a line): "lock_path", the lock the environment was made from when the kernel
+# was registered, and, for a kernel on ROOT/NAME/current (or a link to it), "env_root",
+# ROOT/NAME. Read only on a refusal. Status 2: a path JSON had to escape (named, not
+# spelled, here).
+recorded() {
     [ -r "${0%/*}/kernel.json" ] || return 1
     while IFS= read -r line; do
         case $line in
-            '      "env_root": "'*)
-                r=${line#*\": \"}
-                r=${r%,}
-                r=${r%\"}
-                case $r in
-                    *\\*|*\"*)  # a path JSON had to escape: named, not spelled, here
-                        echo "envship env create NAME --root ROOT --lock LOCK (ROOT/NAME as" \
-                            "metadata.envship.env_root in ${0%/*}/kernel.json names it)"
-                        return 0 ;;
-                    /?*) ;;
-                    *) return 1 ;;
-                esac
-                echo "envship env create ${r##*/} --root ${r%/*} --lock LOCK (or, if the" \
-                    "root now lives elsewhere, register the kernel there: envship kernel" \
-                    "install NEW_ROOT/${r##*/}/current)"
+            "      \"$1\": \""*)
+                v=${line#*\": \"}
+                v=${v%,}
+                v=${v%\"}
+                case $v in *\\*|*\"*) return 2 ;; esac
+                echo "$v"
                 return 0 ;;
         esac
     done < "${0%/*}/kernel.json"
     return 1
+}
+# The lock to make the environment again from when it cannot tell itself (it is gone, or
+# its marker is unreadable): the one recorded at registration, else a placeholder.
+recorded_lock() {
+    l=$(recorded lock_path) && [ -n "$l" ] || l=LOCK
+    echo "$l"
+}
+# When a kernel's ROOT/NAME is gone or moved, the fix is `envship env create`, never
+# `envship install`, which would put a plain venv where the root's `current` link belongs.
+root_fix() {
+    r=$(recorded env_root)
+    case $? in
+        0) ;;
+        2)
+            echo "envship env create NAME --root ROOT --lock $(recorded_lock) (ROOT/NAME as" \
+                "metadata.envship.env_root in ${0%/*}/kernel.json names it)"
+            return 0 ;;
+        *) return 1 ;;
+    esac
+    case $r in /?*) ;; *) return 1 ;; esac
+    echo "envship env create ${r##*/} --root ${r%/*} --lock $(recorded_lock) (or, if the" \
+        "root now lives elsewhere, register the kernel there: envship kernel" \
+        "install NEW_ROOT/${r##*/}/current)"
 }
 if [ -L "$env" ]; then
     if real=$(cd -P "$env" 2>/dev/null && pwd -P); then
@@ -72,12 +87,12 @@ if [ -L "$env" ]; then
             */versions/*)
                 n=${gone%/versions/*}
                 fix="make it again (the same lock makes the same version and points current at it):"
-                fix="$fix envship env create ${n##*/} --root ${n%/*} --lock LOCK" ;;
+                fix="$fix envship env create ${n##*/} --root ${n%/*} --lock $(recorded_lock)" ;;
             *)
                 if shared=$(root_fix); then
                     fix="make it again (the same lock makes the same version): $shared"
                 else
-                    fix="make the environment again: envship install $gone --lock LOCK"
+                    fix="make the environment again: envship install $gone --lock $(recorded_lock)"
                 fi ;;
         esac
         echo "envship: $fix" >&2
@@ -93,7 +108,7 @@ if [ ! -x "$py" ]; then
         make="make it again (the same lock makes the same version):"
     fi
     # The lock it was made from, as its install marker records it (envship writes the
-    # marker indented, one key a line); a path JSON had to escape is left to the user.
+    # marker indented, one key a line), else as the kernelspec does.
     lock=
     inlock=
     marker=$env/.envship-install.json
@@ -110,7 +125,7 @@ if [ ! -x "$py" ]; then
                 fi ;;
         esac
     done < "$marker"
-    case $lock in ''|*\\*|*\"*) lock=LOCK ;; esac
+    case $lock in ''|*\\*|*\"*) lock=$(recorded_lock) ;; esac
     case $env in
         */versions/*)
             n=${env%/versions/*}
@@ -396,29 +411,35 @@ def _read_marker(path: str) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) else None
 
 
-def examine(env: str) -> tuple[dict[str, Any] | None, list[str]]:
-    """The environment's install marker (None when unreadable) and every reason this
-    machine cannot run it; no reason means it can. A half-installed environment's
-    marker is returned too (the last install's, or the one before it): it names the
-    lock that finishes it."""
+def examine(env: str) -> tuple[dict[str, Any] | None, str, list[str]]:
+    """The environment's install marker (None when unreadable), what kind of refusal it
+    gets and every reason for it; no reason (kind ``""``) means this machine can run it.
+
+    The kinds: ``"machine"``, the environment was built for another machine or
+    interpreter (ipykernel may be missing too); ``"half"``, an install or update did not
+    finish; ``"damaged"``, its install record is missing or unusable; ``"kernel"``, it
+    fits this machine but has no ipykernel. A half-installed environment's marker is
+    returned too (the last install's, or the one before it): it names the lock that
+    finishes it."""
     path = os.path.join(env, INSTALL_MARKER)
     if os.path.exists(os.path.join(env, INCOMPLETE_MARKER)):
         half = f"the environment {env} is half installed ({INCOMPLETE_MARKER} present)"
-        return _read_marker(path), [half]
+        return _read_marker(path), "half", [half]
     try:
         with open(path, encoding="utf-8") as f:
             marker = json.load(f)
     except FileNotFoundError:
-        return None, [f"the environment {env} has no {INSTALL_MARKER}"]
+        return None, "damaged", [f"the environment {env} has no {INSTALL_MARKER}"]
     except (OSError, ValueError) as exc:
-        return None, [f"cannot read {path}: {exc}"]
+        return None, "damaged", [f"cannot read {path}: {exc}"]
     try:
         reasons = check(marker["target"])
         # This interpreter is the environment's own: where its imports would come from.
         missing = missing_kernel(env, _interpreter())
     except (KeyError, TypeError, AttributeError) as exc:
-        return None, [f"{path} records no usable target ({exc!r})"]
-    return marker, reasons + ([missing] if missing else [])
+        return None, "damaged", [f"{path} records no usable target ({exc!r})"]
+    kind = "machine" if reasons else ("kernel" if missing else "")
+    return marker, kind, reasons + ([missing] if missing else [])
 
 
 def lock_targets(path: str) -> list[dict[str, Any]] | None:
@@ -478,13 +499,19 @@ def _then(facts: dict[str, Any], env: str) -> str:
     return "" if _follows(facts.get("env"), current) else f", then envship kernel install {current}"
 
 
-def remedy(facts: dict[str, Any], env: str, marker: dict[str, Any] | None) -> str:
+def remedy(
+    facts: dict[str, Any], env: str, marker: dict[str, Any] | None, *, machine: bool = True
+) -> str:
     """A command that makes an environment this machine can run, for how ``env`` was
-    made: from the lock its marker records, with a target of that lock that fits here;
-    or, when the lock has none, the lock made again with one."""
+    made: from the lock its marker records (else the one the kernelspec recorded when it
+    was registered), with a target of that lock that fits here; or, when the lock has
+    none, the lock made again with one. ``machine``: the refusal is this machine's (the
+    words say so), not a half-made or damaged environment's."""
     mark = marker if isinstance(marker, dict) else {}
     lock = mark.get("lock")
     lock_path = lock.get("path") if isinstance(lock, dict) else None
+    if not (isinstance(lock_path, str) and lock_path):
+        lock_path = facts.get("lock_path")
     if not (isinstance(lock_path, str) and lock_path):
         lock_path = None
     version = _version_dir(env)
@@ -511,12 +538,11 @@ def remedy(facts: dict[str, Any], env: str, marker: dict[str, Any] | None) -> st
         else (f" (its lock {lock_path} cannot be read: name the lock it was made from)")
     )
     if version is None:
-        return f"make it again on this machine: envship install {env}{with_lock}{unread}"
+        make = "make it again on this machine" if machine else "make it again"
+        return f"{make}: envship install {env}{with_lock}{unread}"
     name, root = version
-    return (
-        f"make a version for this machine: envship env create {name} --root {root}"
-        f"{with_lock}{unread}{then}"
-    )
+    make = "make a version for this machine" if machine else "make the version again"
+    return f"{make}: envship env create {name} --root {root}{with_lock}{unread}{then}"
 
 
 def _relock(
@@ -553,15 +579,25 @@ def _relock(
     )
 
 
+# The refusal's first line after "the environment ENV", for a kind of refusal other than
+# "machine" (whose line compares what the environment was built for with this machine).
+_HEADS = {
+    "half": "is half installed: an install or update of it did not finish",
+    "damaged": f"is damaged: its install record ({INSTALL_MARKER}) is missing or unusable",
+    "kernel": "has no ipykernel to start a kernel with",
+}
+
+
 def report(
-    facts: dict[str, Any], env: str, marker: dict[str, Any] | None, reasons: list[str]
+    facts: dict[str, Any], env: str, marker: dict[str, Any] | None, kind: str, reasons: list[str]
 ) -> str:
-    """The readable refusal printed on stderr (Jupyter shows it in the server log)."""
-    here = _interpreter()
-    machine = f"{host_machine()} with glibc {host_glibc() or '(none)'} and CPython {here}"
+    """The readable refusal printed on stderr (Jupyter shows it in the server log): a
+    first line that fits ``kind`` (see ``examine``), the reasons, then the remedies."""
     head = f"envship: kernel {facts.get('kernel_name', '?')!r} cannot start: the environment {env}"
     target = marker.get("target") if isinstance(marker, dict) else None
-    if isinstance(target, dict):
+    if kind == "machine" and isinstance(target, dict):
+        here = _interpreter()
+        machine = f"{host_machine()} with glibc {host_glibc() or '(none)'} and CPython {here}"
         cuda = ", cuda" if target.get("variant") == "cuda" else ""
         built = (
             f"{target.get('platform')} (glibc >= {target.get('glibc')}, "
@@ -569,11 +605,11 @@ def report(
         )
         head += f" was built for {built}; this machine is {machine}"
     else:
-        head += f" cannot be used; this machine is {machine}"
+        head += " " + _HEADS.get(kind, "cannot be used")
     lines = [head, *(f"  - {reason}" for reason in reasons)]
     no_kernel = [r for r in reasons if r.startswith(NO_KERNEL)]
     if len(no_kernel) < len(reasons):  # the machine (or the install) needs a remedy
-        lines.append("envship: " + remedy(facts, env, marker))
+        lines.append("envship: " + remedy(facts, env, marker, machine=kind == "machine"))
     if no_kernel:
         lines.append("envship: " + kernel_remedy(env, marker, _then(facts, env)))
     return "\n".join(lines)
@@ -593,9 +629,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not checking:
         stamp_use(env)  # first: a gc deciding now sees the use
-    marker, reasons = examine(env)
+    marker, kind, reasons = examine(env)
     if reasons:
-        sys.stderr.write(report(facts, env, marker, reasons) + "\n")
+        sys.stderr.write(report(facts, env, marker, kind, reasons) + "\n")
         return 1
     if checking:
         sys.stdout.write(f"envship: this machine can run the environment {env}\n")
