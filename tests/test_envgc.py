@@ -2,7 +2,8 @@
 version, an environment folder with nothing in it. Real creates (a store missing the
 artifacts), a real creator process paused while it holds its key's lock, the real CLI;
 and a real process using a version through a bind mount of the root while gc runs
-through the root itself (or the other way round)."""
+through the root itself (or the other way round), or through a bind mount of only the
+version's site-packages, here or in its own mount namespace."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from envship.errors import StoreError
 from envship.lockfile import LockFile
 from envship.store import Store
 from test_install import build_wheels, stocked_store, write_lock
-from test_inuse import Bind, bind
+from test_inuse import Bind, bind, in_own_namespace
 
 __all__ = ["bind"]  # the bind-mount fixture, used here too
 
@@ -249,3 +250,73 @@ def test_gc_keeps_a_version_used_through_another_mount_of_the_root(
     assert main(args) == 0
     assert [v["key"] for v in json.loads(capsys.readouterr().out)["removed"]] == [key]
     assert not (root / "ds" / "versions" / key).exists()
+
+
+# A process that has a version's site-packages only through a bind mount of that folder:
+# an interpreter outside the version with the mount on sys.path (PYTHONPATH: not in its
+# command line) imports the extension module from it, or works in it.
+IMPORT = (
+    "import os, _decimal; "
+    "assert _decimal.__file__.startswith(os.environ['PYTHONPATH'] + '/'), _decimal.__file__; "
+)
+SUB_USES: dict[str, tuple[Use, str]] = {
+    "extension-module-imported": (
+        lambda s, tmp: ([sys.executable, "-c", IMPORT + WAIT], tmp, {"PYTHONPATH": str(s)}),
+        "maps",
+    ),
+    "working-directory": (lambda s, tmp: ([sys.executable, "-c", WAIT], s, {}), "cwd"),
+}
+
+
+@pytest.mark.parametrize("space", ["this-mount-namespace", "its-own-mount-namespace"])
+@pytest.mark.parametrize("use", sorted(SUB_USES))
+def test_gc_keeps_a_version_used_through_a_bind_mount_of_its_site_packages(
+    use: str,
+    space: str,
+    old_version: tuple[Path, str],
+    tmp_path: Path,
+    bind: Bind,
+    user: list[subprocess.Popen[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``mount --bind ROOT/ds/versions/K/lib/python3.11/site-packages SUB`` (here, or in
+    the process's own namespace as a container given that folder): the process's paths
+    are under SUB, none has the version as a parent; gc keeps the version all the same."""
+    root, key = old_version
+    version = root / "ds" / "versions" / key
+    site = extension(version).parent
+    point = tmp_path / "sub"
+    argv, where, env = SUB_USES[use][0](point, tmp_path)
+    cwd: Path | None = where
+    if space == "this-mount-namespace":
+        bind(site, point)
+    else:
+        point.mkdir()
+        argv, cwd = in_own_namespace([(site, point)], argv, cwd), None
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    user.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+
+    args = ["env", "gc", "--root", str(root), "--older-than", "1d", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    assert result["removed"] == []
+    (kept,) = result["in_use"]
+    assert (kept["key"], kept["path"]) == (key, str(version))
+    assert [(p["pid"], p["how"]) for p in kept["processes"]] == [(proc.pid, SUB_USES[use][1])]
+    assert (site / DECIMAL.name).exists()
+    proc.communicate("", timeout=60)
+    assert proc.returncode == 0
+
+    # The process is gone: gc removes the version now.
+    assert main(args) == 0
+    assert [v["key"] for v in json.loads(capsys.readouterr().out)["removed"]] == [key]
+    assert not version.exists()

@@ -3,8 +3,10 @@ found by a real scan of this machine's ``/proc`` (also as another user)."""
 
 from __future__ import annotations
 
+import _decimal
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -294,3 +296,114 @@ def test_another_users_processes_are_seen_by_their_command_line(
     assert by_cwd.pid not in seen  # its cwd is not ours to read: the documented limit
     # Root sees both.
     assert {u.pid for u in users_of([f])[f]} >= {by_argv.pid, by_cwd.pid}
+
+
+def in_own_namespace(
+    binds: list[tuple[Path, Path]], argv: list[str], cwd: Path | None
+) -> list[str]:
+    """``argv`` run in a mount namespace of its own where each ``(source, point)`` is
+    bind-mounted (as a container given those folders would be): nothing of it is seen
+    here, where each point stays an empty folder."""
+    steps = [shlex.join(["mount", "--bind", str(s), str(p)]) for s, p in binds]
+    if cwd is not None:
+        steps.append(shlex.join(["cd", str(cwd)]))
+    steps.append("exec " + shlex.join(argv))
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps)]
+
+
+DECIMAL = Path(_decimal.__file__)  # this interpreter's, built as an extension module
+# The subfolder S (a version's site-packages) reached as a process sees it: it imports a
+# real extension module found on sys.path (PYTHONPATH, not named in its command line).
+IMPORT = (
+    "import os, _decimal; "
+    "assert _decimal.__file__.startswith(os.environ['PYTHONPATH'] + '/'), _decimal.__file__; "
+)
+SUB_WAYS: dict[str, Way] = {
+    "extension-module-imported": Way(
+        lambda s, tmp: ([sys.executable, "-c", IMPORT + WAIT], None, {"PYTHONPATH": str(s)}),
+        "maps",
+        lambda s, tmp: s / DECIMAL.name,
+    ),
+    "cwd": Way(lambda s, tmp: ([sys.executable, "-c", WAIT], s, {}), "cwd", lambda s, tmp: s),
+    "script-argument": Way(
+        lambda s, tmp: ([sys.executable, str(s / "run.py")], None, {}),
+        "cmdline",
+        lambda s, tmp: s / "run.py",
+    ),
+    "open-file": Way(
+        lambda s, tmp: (
+            [sys.executable, "-c", f"fh = open({str(s / 'data.bin')!r}, 'rb'); " + WAIT],
+            None,
+            {},
+        ),
+        "fd",
+        lambda s, tmp: s / "data.bin",
+    ),
+    "path": Way(
+        lambda s, tmp: ([sys.executable, "-c", WAIT], None, {"PATH": f"{s}:/usr/bin"}),
+        "environ",
+        lambda s, tmp: s,
+    ),
+}
+# How the subfolder is mounted where the process sees it: a bind mount of it here; a bind
+# mount of one of its parents made from a bind mount of the folder's parent (the root
+# field names the filesystem's folder, whatever path the mount was made from); a bind
+# mount made in the process's own mount namespace only; a bind mount whose folder and
+# place have names mountinfo escapes (space, tab, backslash as \ooo).
+SUBS = [
+    "bind-mount",
+    "bind-mount-from-a-bind-mount",
+    "in-another-mount-namespace",
+    "bind-mount-of-odd-names",
+]
+
+
+@pytest.mark.parametrize("sub", SUBS)
+@pytest.mark.parametrize("way", sorted(SUB_WAYS))
+def test_a_use_through_a_bind_mount_of_a_subfolder_is_found(
+    way: str,
+    sub: str,
+    folder: Path,
+    tmp_path: Path,
+    bind: Bind,
+    started: list[subprocess.Popen[str]],
+) -> None:
+    """``mount --bind F/lib/python3.11/site-packages /sub``: the paths the process holds
+    (``/sub/...``) have no parent in F; the mount's root in ``mountinfo`` leads back."""
+    site = folder / "lib" / "python3.11" / "site-packages"
+    if sub == "bind-mount-of-odd-names":
+        site = folder / "odd name\\1\tx"
+    site.mkdir(parents=True)
+    shutil.copyfile(DECIMAL, site / DECIMAL.name)
+    (site / "run.py").write_text(WAIT + "\n")
+    (site / "data.bin").write_bytes(b"x" * 8192)
+    other = folder.parent / "key2"  # beside it, with a name sharing its prefix
+    other.mkdir()
+    sibling = folder.parent / "key1x"
+    sibling.mkdir()
+    asked = [folder, other, sibling]
+    point = tmp_path / ("sub \\134 x" if sub == "bind-mount-of-odd-names" else "sub")
+    argv, cwd, env = SUB_WAYS[way].start(point, tmp_path)
+    if sub in ("bind-mount", "bind-mount-of-odd-names"):
+        bind(site, point)
+    elif sub == "bind-mount-from-a-bind-mount":
+        lib = bind(folder.parent, tmp_path / "mnt") / folder.name / "lib"
+        point = bind(lib, tmp_path / "lib") / "python3.11" / "site-packages"
+        argv, cwd, env = SUB_WAYS[way].start(point, tmp_path)
+    else:
+        point.mkdir()
+        argv, cwd = in_own_namespace([(site, point)], argv, cwd), None
+    assert users_of(asked) == {}
+
+    proc = start(argv, cwd, env)
+    started.append(proc)
+    found = users_of(asked)
+
+    assert list(found) == [folder]
+    (use,) = [u for u in found[folder] if u.pid == proc.pid]
+    assert (use.how, use.path) == (SUB_WAYS[way].how, str(SUB_WAYS[way].path(point, tmp_path)))
+    assert users_of([site]) == {site: found[folder]}  # the subfolder itself is used too
+
+    proc.kill()
+    proc.communicate()  # it is gone: no longer a user
+    assert users_of(asked) == {}

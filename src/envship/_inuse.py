@@ -23,6 +23,17 @@ parent is stat'ed once per scan (:class:`_Within`). The device and inode printed
 ``maps`` line are not used: on kernels before 6.8 a file mapped through overlayfs shows
 the underlying layer's device there, not the one ``stat`` reports for the folder.
 
+A bind mount of a folder *inside* a version (``mount --bind V/lib/python3.11/site-packages
+/sub``, or a container given only that folder) defeats the walk: the parents of
+``/sub/numpy/x.so`` are ``/sub`` and ``/``, never ``V``. Each mount's line in ``mountinfo``
+(proc(5)) names the folder of its filesystem the mount shows (the 4th field, "root"). Where
+that is not the filesystem's root, the folder is found by its path in this namespace and
+walked up from there; if it lies in a version, its ``(st_dev, st_ino)``, which the mount
+point has too, counts as part of that version (:meth:`_Within.learn`). Every namespace's
+mounts are learnt, each ``mountinfo`` read once, before any process's paths are walked. A
+single *file* mounted out of a version is not followed: a file's identity may be shared by
+hard links in other versions, a folder's never is.
+
 Paths the kernel writes (``exe``, ``cwd``, ``maps``, ``fd``) and those a process names
 are in the process's own mount namespace; for a process in another one (a container
 sharing this machine's PID namespace) they are looked up under ``/proc/PID/root``.
@@ -38,6 +49,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +148,53 @@ class _Within:
                 st = os.stat(folder)
                 self._wanted.setdefault((st.st_dev, st.st_ino), set()).add(i)
         self._known: dict[str, frozenset[int]] = {}
+        self._looked: set[tuple[str, str]] = set()  # mounts' (device, root) learnt from
+
+    def learn(self, mounts: Iterable[_Mount], ours: _Places, *, view: str = "") -> None:
+        """Count as part of a wanted folder every mount (of a process's namespace, whose
+        root is reached by ``view``) that shows a folder inside it, by that folder's
+        identity. The folder is found by its path here (under ``ours``, this namespace's
+        mounts), where the version folders were stat'ed, and walked up from there. A
+        folder is looked at once per scan: the same filesystem's folder is the same in
+        every namespace (``unshare`` and containers copy most of ours)."""
+        learnt = False
+        for mount in mounts:
+            looked = (mount.device, mount.root)
+            if mount.root == "/" or looked in self._looked:
+                continue  # a whole filesystem (its paths have their own parents), or known
+            # Not through the mount itself (when it is one of ours): its parents are
+            # the mount's, not the folder's.
+            heres = [
+                (h, inside)
+                for h in _here(mount, ours)
+                if h != view + mount.point and (inside := self.folders(h))
+            ]
+            if not heres:  # in no wanted folder, whichever namespace shows it
+                self._looked.add(looked)
+                continue
+            try:
+                at = os.stat(view + mount.point)
+            except OSError:
+                continue
+            for here, inside in heres:
+                try:
+                    same = os.stat(here)
+                except OSError:
+                    continue
+                # A file may be a hard link of one in another version (a store's link
+                # mode): only a folder's identity names one place.
+                if not stat.S_ISDIR(same.st_mode):
+                    self._looked.add(looked)
+                    break
+                if (at.st_dev, at.st_ino) != (same.st_dev, same.st_ino):
+                    continue  # another mount covers one of the two paths
+                known = self._wanted.setdefault((at.st_dev, at.st_ino), set())
+                learnt |= not inside <= known
+                known.update(inside)
+                self._looked.add(looked)
+                break
+        if learnt:  # a path walked before may have passed through that folder
+            self._known.clear()
 
     def wanted(self) -> set[int]:
         """The indexes of the folders that exist (only those can be used)."""
@@ -165,13 +225,65 @@ class _Within:
         return inside
 
 
-def _view(pid_dir: Path, ours: str | None) -> str:
-    """Where paths of the process at ``pid_dir`` are looked up from here: ``""`` when it
-    shares our mount namespace (or that cannot be read), else its root through /proc."""
+@dataclass(frozen=True, slots=True)
+class _Mount:
+    """One line of ``/proc/PID/mountinfo`` (proc(5)), the fields used here."""
+
+    device: str  # "major:minor": mounts of the same filesystem share it
+    root: str  # the folder of that filesystem the mount shows, from its root
+    point: str  # where the mount is, in its namespace
+
+
+_ESCAPED = re.compile(rb"\\([0-7]{3})")  # the kernel writes space, tab, newline, \ as \ooo
+
+
+def _mounts(path: Path) -> list[_Mount]:
+    """The mounts ``path`` (a ``mountinfo``) lists; ``[]`` when it cannot be read."""
+    mounts = []
+    for line in (_read(path) or b"").splitlines():
+        fields = line.split(b" ")
+        if len(fields) < 5 or fields[3].endswith(b"//deleted"):  # its folder is gone
+            continue
+        root, point = (
+            os.fsdecode(_ESCAPED.sub(lambda m: bytes([int(m[1], 8)]), f)) for f in fields[3:5]
+        )
+        mounts.append(_Mount(os.fsdecode(fields[2]), root, point))
+    return mounts
+
+
+# This namespace's mounts: the places each folder of a filesystem is mounted at, by
+# ("major:minor", that folder's path from the filesystem's root).
+_Places = dict[tuple[str, str], list[str]]
+
+
+def _places(mounts: Iterable[_Mount]) -> _Places:
+    places: _Places = {}
+    for mount in mounts:
+        places.setdefault((mount.device, mount.root), []).append(mount.point)
+    return places
+
+
+def _here(mount: _Mount, ours: _Places) -> Iterator[str]:
+    """The paths in this namespace of the folder ``mount`` shows: under each of our mounts
+    of the same filesystem whose folder holds it, the nearest first."""
+    holder = mount.root
+    while True:
+        rest = mount.root if holder == "/" else mount.root[len(holder) :]
+        for point in ours.get((mount.device, holder), ()):
+            yield point.rstrip("/") + rest or "/"
+        if holder == "/":
+            return
+        holder = os.path.dirname(holder)
+
+
+def _space(pid_dir: Path, ours: str | None) -> tuple[str, str | None]:
+    """Where paths of the process at ``pid_dir`` are looked up from here (``""`` when it
+    shares our mount namespace, or that cannot be read; else its root through /proc), and
+    its mount namespace when that is another one."""
     theirs = _link(pid_dir / "ns" / "mnt")
     if theirs is None or theirs == ours:
-        return ""
-    return str(pid_dir / "root")
+        return "", None
+    return str(pid_dir / "root"), theirs
 
 
 def _pids(proc: Path) -> Iterable[Path]:
@@ -183,15 +295,28 @@ def _pids(proc: Path) -> Iterable[Path]:
 
 def users_of(folders: Sequence[Path], *, proc: Path = _PROC) -> dict[Path, tuple[ProcessUse, ...]]:
     """The processes using each of ``folders`` (keys as given; folders no one uses are
-    left out). One pass over ``proc``; a process that exits meanwhile is skipped."""
+    left out). Two passes over ``proc``: every mount namespace's mounts first (each
+    ``mountinfo`` read once), then each process's paths; one that exits meanwhile is
+    skipped."""
     within = _Within(folders)
     wanted = within.wanted()
     found: dict[Path, list[ProcessUse]] = {}
     if not wanted:
         return {}
     ours = _link(proc / "self" / "ns" / "mnt")
+    our_mounts = _mounts(proc / "self" / "mountinfo")
+    places = _places(our_mounts)
+    within.learn(our_mounts, places)
+    spaces: set[str] = set()  # other mount namespaces whose mounts are learnt
+    views: list[tuple[Path, str]] = []
     for pid_dir in _pids(proc):
-        view = _view(pid_dir, ours)
+        view, space = _space(pid_dir, ours)
+        if space is not None and space not in spaces:
+            spaces.add(space)
+            within.learn(_mounts(pid_dir / "mountinfo"), places, view=view)
+        views.append((pid_dir, view))
+    # Only now, with every mount learnt, is a path's answer final (:meth:`_Within.learn`).
+    for pid_dir, view in views:
         left = set(wanted)
         for how, path, is_file in _traces(pid_dir):
             hits = within.folders(path, view=view, is_file=is_file) & left
