@@ -23,6 +23,8 @@ __all__ = [
     "ImageInputError",
     "IndexExportError",
     "IndexExportInputError",
+    "InstallError",
+    "InstallInputError",
     "InvalidLockError",
     "KernelError",
     "KernelInputError",
@@ -202,6 +204,22 @@ class IndexExportInputError(IndexExportError):
 
     exit_code = 2
     kind = "index-input"
+
+
+class InstallError(EnvshipError):
+    """``envship install`` could not make the environment (uv failed, say)."""
+
+    exit_code = 1
+    kind = "install"
+
+
+class InstallInputError(InstallError):
+    """A destination install never changes: a folder envship did not make, a shared
+    version, the place of a root's ``current`` link. Bad input (exit 2), as ``add`` and
+    ``kernel install`` refuse the same places."""
+
+    exit_code = 2
+    kind = "install-input"
 
 
 class AddError(EnvshipError):

@@ -45,8 +45,8 @@ from typing import Any, Literal
 
 from ._addedrecord import ADDED_KEY
 from ._diskfull import is_disk_full
-from ._envroot import shared_version
 from ._flock import locked
+from ._installguard import disk_full, refuse_foreign, refuse_shared
 from ._installmarker import (
     FILES_KEY,
     INCOMPLETE_NAME,
@@ -66,7 +66,7 @@ from ._installmarker import (
 )
 from ._installstage import ProgressFn, check_store, name_damaged, stage
 from ._uv import run_uv, uv_bin
-from .errors import EnvshipError, Problem
+from .errors import InstallError, InstallInputError, Problem
 from .host import match_target, probe
 from .lockfile import Artifact, LockFile
 from .store import Store
@@ -91,22 +91,6 @@ Action = Literal["created", "updated", "repaired", "rebuilt", "unchanged"]
 # uv cache (a reinstall), so a run after an interrupted one finishes it that way too.
 _REINSTALLING = "reinstalling"
 LinkMode = Literal["hardlink", "copy", "clone", "symlink"]
-
-
-class InstallError(EnvshipError):
-    """The environment could not be made (uv failed, say)."""
-
-    exit_code = 1
-    kind = "install"
-
-
-class InstallInputError(InstallError):
-    """A destination install never changes: a folder envship did not make, a shared
-    version, the place of a root's ``current`` link. Bad input (exit 2), as ``add`` and
-    ``kernel install`` refuse the same places."""
-
-    exit_code = 2
-    kind = "install-input"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,18 +142,6 @@ def _run(args: Sequence[str], *, what: str, keep_fds: Sequence[int] = ()) -> Non
             f"{what} failed (uv exit code {proc.returncode})",
             problems=[Problem("uv", ln.strip()) for ln in lines[-12:]],
         )
-
-
-def _refuse(dest: Path) -> InstallInputError:
-    if dest.is_symlink() and not dest.exists():
-        what = f"a symbolic link to nothing ({os.readlink(dest)})"
-    else:
-        what = "a file" if dest.exists() and not dest.is_dir() else "a non-empty folder"
-    return InstallInputError(
-        f"{dest} is {what} that is not an envship environment; refusing to touch it",
-        problems=[Problem(str(dest), f"no {MARKER_NAME} and not empty")],
-        hint="pick a new or empty folder; envship never deletes what it did not create",
-    )
 
 
 def _same_python(a: str, b: str) -> bool:
@@ -234,9 +206,9 @@ def install(
     dest = Path(os.path.abspath(dest))
     chosen_groups = lock.chosen_groups(groups)
     if not as_version:
-        _refuse_shared(dest, read_marker(dest) or {})
+        refuse_shared(dest, read_marker(dest) or {})
     if env_state(dest) == "foreign":  # before the lock: refusing must create nothing at all
-        raise _refuse(dest)
+        raise refuse_foreign(dest)
     work = dest.parent / f"{dest.name}.envship-tmp"
     with locked(work / "lock") as lock_fd:
         try:
@@ -262,28 +234,6 @@ def install(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _refuse_shared(dest: Path, marker: dict[str, Any]) -> None:
-    shared = shared_version(dest, marker)  # by its place (and, if readable, its marker)
-    if shared is not None:
-        name, root = shared
-        raise InstallInputError(
-            f"{dest} is a version of the shared environment {name!r} under {root}; "
-            "versions are immutable and every instance uses them",
-            hint=f"`envship env create {name} --root {root} --lock ...` makes a new version "
-            "from another lock; `envship install PATH` makes a private environment",
-        )
-    if dest.name == "current" and (dest.parent / "versions").is_dir():
-        # Where `env create` keeps its link (ROOT/NAME/current), with no version behind
-        # it: an environment made here would take the link's place.
-        raise InstallInputError(
-            f"{dest} is where `envship env create` keeps the link to the current version "
-            f"of the shared environment {dest.parent.name!r}; refusing to install there",
-            hint=f"`envship env create {dest.parent.name} --root {dest.parent.parent} "
-            "--lock ...` makes a new version; `envship install PATH` makes a private "
-            "environment elsewhere",
-        )
-
-
 def _install_locked(
     lock: LockFile,
     store: Store,
@@ -304,7 +254,7 @@ def _install_locked(
 ) -> InstallResult:
     state = env_state(dest)  # again: another process may have changed it while we waited
     if state == "foreign":
-        raise _refuse(dest)
+        raise refuse_foreign(dest)
     marker = read_marker(dest) if state == "complete" else None
     base = _resolve_python(python) if python else None
     # A half-made environment keeps the marker it had (an update or a rebuild that did
@@ -505,20 +455,6 @@ def _install_locked(
             else:
                 shutil.rmtree(dest, ignore_errors=True)
         if is_disk_full(exc):
-            raise _disk_full(dest, exc, kept=not new) from exc
+            raise disk_full(dest, exc, kept=not new) from exc
         raise
     return result(chosen, artifacts, action)
-
-
-def _disk_full(dest: Path, exc: BaseException, *, kept: bool) -> InstallError:
-    problems = exc.problems if isinstance(exc, EnvshipError) else (Problem(str(dest), str(exc)),)
-    left = (
-        f"{dest} is marked incomplete until then, and that run makes it again"
-        if kept
-        else "nothing of this run was left behind"
-    )
-    return InstallError(
-        f"the disk holding {dest} is full",
-        problems=problems,
-        hint=f"free space (or install somewhere else) and re-run; {left}",
-    )
