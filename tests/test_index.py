@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -196,6 +197,21 @@ def test_export_lays_out_files_metadata_and_pages(universe: Universe) -> None:
         stored = universe.store.path(hashlib.sha256(exported.read_bytes()).hexdigest())
         assert exported.stat().st_ino == stored.stat().st_ino
     assert not list(universe.root.glob(".out.*")), "temporary directories left behind"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_out_gets_the_mode_the_umask_gives_like_its_folders(universe: Universe, umask: int) -> None:
+    """A static web server runs as another user: OUT must be as readable as its
+    subfolders (a temporary folder's 0700 once kept everyone else out)."""
+    out = universe.root / "out"
+    old = os.umask(umask)
+    try:
+        export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
+    finally:
+        os.umask(old)
+    expected = 0o777 & ~umask
+    assert stat.S_IMODE(out.stat().st_mode) == expected
+    assert stat.S_IMODE((out / "simple").stat().st_mode) == expected
 
 
 def test_target_selection_drops_other_targets_files(universe: Universe) -> None:

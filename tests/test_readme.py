@@ -62,6 +62,8 @@ def test_readme_main_job_runs_on_a_fresh_copy(
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "identical" in run.stdout
+    # Held against the wheels in the example's store, not the installed RECORDs alone.
+    assert "installed RECORD only" not in run.stdout + run.stderr
     kernels = list(home.glob(".local/share/jupyter/kernels/*/kernel.json"))
     assert len(kernels) == 1, kernels
     spec = json.loads(kernels[0].read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ import pytest
 
 from envship._uv import uv_bin
 from envship.cli.main import main
-from envship.errors import ArtifactError, SpecError
+from envship.errors import ArtifactError, HalfMadeError
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.lockfile import LockFile
 from envship.store import Store
@@ -164,10 +164,10 @@ def test_an_install_killed_before_its_venv_exists_is_refused_naming_the_mark(
     dest = tmp_path / "env"
     killed(tmp_path, "venv", "install", str(dest), "--lock", str(made.lock.path))
     assert [p.name for p in dest.iterdir()] == [INCOMPLETE_NAME]
-    with pytest.raises(SpecError) as caught:
+    with pytest.raises(HalfMadeError) as caught:
         verify(made.lock, dest)
     error = caught.value
-    assert error.exit_code == 2  # nothing to compare
+    assert (error.exit_code, error.kind) == (1, "incomplete")  # a state, not bad input
     assert error.message.startswith(f"{dest} is half made (install in progress): ")
     assert str(error.problems[0]) == f"{dest / INCOMPLETE_NAME}: install in progress"
     assert error.hint == f"finish it with `envship install {dest} --lock {made.lock.path}`"

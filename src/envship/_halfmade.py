@@ -18,7 +18,7 @@ from ._difference import Difference
 from ._environment import InstalledEnvironment
 from ._envroot import shared_version
 from ._installmarker import INCOMPLETE_NAME, read_marker
-from .errors import Problem, SpecError
+from .errors import HalfMadeError, Problem, SpecError
 from .lockfile import LockFile
 from .targets import Target
 
@@ -77,8 +77,11 @@ def finish(root: Path | None, lock: LockFile, target: Target | None) -> str | No
     return f"finish it with `envship {make} --lock {q(str(lock.path))}{pick}`"
 
 
-def half_made(exc: SpecError, env: Path | InstalledEnvironment | None, lock: LockFile) -> SpecError:
-    """``exc`` (no environment to verify) saying so when the folder is a half-made one."""
+def half_made(
+    exc: SpecError, env: Path | InstalledEnvironment | None, lock: LockFile
+) -> SpecError | HalfMadeError:
+    """``exc`` (no environment to verify), or a HalfMadeError when the folder is a
+    half-made one."""
     if isinstance(env, InstalledEnvironment):
         root = env.record_root
     else:
@@ -88,7 +91,7 @@ def half_made(exc: SpecError, env: Path | InstalledEnvironment | None, lock: Loc
     text = _marked(root)
     if root is None or text is None:
         return exc
-    return type(exc)(
+    return HalfMadeError(
         f"{root} is half made ({text}): {exc.message}",
         problems=[Problem(str(root / INCOMPLETE_NAME), text), *exc.problems],
         hint=finish(root, lock, None),

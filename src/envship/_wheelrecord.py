@@ -425,8 +425,8 @@ def trust(
     elif reasons:
         notes.append(
             "checked against the installed RECORD only, as no locked wheel could vouch for "
-            f"them: {'; '.join(reasons)}; `envship fetch` into the store given "
-            "to tie them to the locked wheels"
+            f"them: {'; '.join(reasons)}; `envship fetch --store {store.root if store else ''}` "
+            "(or --store naming the store that holds them) ties them to the locked wheels"
         )
     return Trusted(tuple(entries), tuple(scripts), tuple(diffs), tuple(notes))
 

@@ -19,6 +19,7 @@ __all__ = [
     "EnvError",
     "EnvInputError",
     "EnvshipError",
+    "HalfMadeError",
     "ImageError",
     "ImageInputError",
     "IndexExportError",
@@ -204,6 +205,15 @@ class IndexExportInputError(IndexExportError):
 
     exit_code = 2
     kind = "index-input"
+
+
+class HalfMadeError(EnvshipError):
+    """The folder is an environment a run of ``install`` or ``add`` did not finish, with
+    nothing yet to compare (killed before its venv was made). Exit 1, as verify's
+    ``incomplete`` difference: a state the command in the hint changes, not bad input."""
+
+    exit_code = 1
+    kind = "incomplete"
 
 
 class InstallError(EnvshipError):

@@ -34,6 +34,7 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import zipfile
@@ -189,6 +190,18 @@ def _normalized(out: Path) -> Path:
     return absolute.parent.resolve() / absolute.name
 
 
+def _new_folder(parent: Path, prefix: str) -> Path:
+    """A fresh folder under ``parent`` with the mode the umask gives, as OUT's subfolders
+    get: mkdtemp's 0700 would keep a static web server (another user) out of OUT."""
+    while True:
+        folder = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+
+
 def _swap(tmp: Path, out: Path) -> None:
     """Put ``tmp`` at ``out``; an existing ``out`` goes only after ``tmp`` is in place."""
     old: Path | None = None
@@ -245,7 +258,7 @@ def export_index(
     tmp: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        tmp = _new_folder(out.parent, f".{out.name}.tmp-")
         projects = _write_tree(tmp, lock, store, artifacts, chosen, chosen_groups, progress)
         _check_out(out, force)  # again: something may have appeared at OUT meanwhile
         _swap(tmp, out)

@@ -421,11 +421,13 @@ def _install_locked(
             if state in ("complete", "incomplete"):  # ours: it carries our marker
                 # Marked first, so it is never an empty "complete" folder; the marker
                 # stays for what the environment was made with (see ``prior``).
+                # The settings before anything is removed: a run killed in between
+                # finishes the same way (a reinstall through a private cache too).
                 (dest / INCOMPLETE_NAME).write_text("rebuild in progress\n", encoding="utf-8")
-                clear(dest, keep=(INCOMPLETE_NAME, MARKER_NAME))
                 kept = marker or prior
                 if kept is not None:
                     write_marker(dest, {**kept, _REINSTALLING: private_cache})
+                clear(dest, keep=(INCOMPLETE_NAME, MARKER_NAME))
             venv, links = make_venv()
             sync()
         marker_now = marker_data(

@@ -54,6 +54,7 @@ Reading RECORD and checking files against it is :mod:`envship._records`'s, the
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ from ._environment import (
     read_venv_config,
     run_interpreter,
 )
+from ._envroot import shared_version
 from ._halfmade import finish, half_made, incomplete
 from ._records import CHUNK as CHUNK  # kept importable from here, where it was
 from ._records import decode_record_hash, encode_record_hash, hash_file
@@ -169,6 +171,13 @@ def _hint(report: VerifyReport) -> str | None:
         hints.append(hint)
     if "config" in kinds:
         hints.append("set include-system-site-packages = false in pyvenv.cfg")
+    if kinds & {"changed", "removed", "added"} and report.remedy is None:
+        root, marker = report.environment.record_root, report.environment.marker()
+        if root is not None and marker is not None and shared_version(root, marker) is None:
+            hints.append(
+                f"`envship install {shlex.quote(str(root))} --reinstall --lock "
+                f"{shlex.quote(str(report.lock))}` makes it again from the store's wheels"
+            )
     if not report.full:
         hints.append("--full also compares every file's sha256")
     return "; ".join(hints) or None

@@ -22,7 +22,7 @@ _TITLES: dict[DifferenceKind, str] = {
     "changed": "changed files",
     "removed": "removed files",
     "added": "added files (in a package folder, in no RECORD)",
-    "unowned": "unowned paths (in site-packages, from no installed distribution)",
+    "unowned": "unowned paths (in the venv, from no installed distribution)",
 }
 
 
@@ -130,7 +130,8 @@ def command(
     folder [default: $VIRTUAL_ENV]. Exit 0 only when identical, 1 with every
     difference otherwise: first an environment still marked .envship-incomplete (a run
     of envship install or add that was killed or failed; kind "incomplete" in --json,
-    with the text the mark holds, and the command that finishes it in the hint), then
+    with the text the mark holds, and the command that finishes it in the hint; one
+    killed before its venv existed is the error "incomplete", exit 1), then
     missing, extra and wrong-version distributions (by dist-info),
     a pyvenv.cfg that includes the system site-packages, changed, removed and added
     files, and unowned paths: anything at the top of site-packages that no installed

@@ -1,0 +1,51 @@
+"""The command ``envship verify``'s hint gives for changed files of an environment
+``envship install`` made: run as printed, it makes the environment identical again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from envship.install import install
+from envship.verify import VerifyMismatchError, verify
+from test_verify_incomplete import Made, finish, made  # noqa: F401  (a fixture)
+
+
+def _edit(env: Path) -> None:
+    module = next(env.glob("lib/python*/site-packages/beta/__init__.py"))
+    with module.open("a") as f:
+        f.write("# edited\n")
+
+
+def _delete(env: Path) -> None:
+    next(env.glob("lib/python*/site-packages/beta/__init__.py")).unlink()
+
+
+@pytest.mark.parametrize("damage", [_edit, _delete])
+def test_changed_files_of_a_private_env_get_the_reinstall_command(
+    tmp_path: Path,
+    made: Made,  # noqa: F811
+    damage: Callable[[Path], None],
+) -> None:
+    dest = tmp_path / "env"
+    install(made.lock, made.store, dest)
+    damage(dest)
+
+    report = verify(made.lock, dest, full=True, store=made.store)
+    assert not report.identical
+    hint = VerifyMismatchError(report).hint
+    assert f"`envship install {dest} --reinstall --lock {made.lock.path}`" in (hint or "")
+
+    finish(hint)
+    assert verify(made.lock, dest, full=True, store=made.store).identical
+
+
+def test_a_shared_version_is_not_told_to_reinstall(tmp_path: Path, made: Made) -> None:  # noqa: F811
+    from envship.envs import create_env
+
+    version = create_env(made.lock, made.store, tmp_path / "root", name="ds")
+    _edit(version.path)
+    report = verify(made.lock, version.path, full=True, store=made.store)
+    assert "--reinstall" not in (VerifyMismatchError(report).hint or "")
