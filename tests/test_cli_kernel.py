@@ -96,7 +96,7 @@ def test_errors_are_rendered_with_kind_and_exit_code(
     foreign = user_kernels / "python-other"
     foreign.mkdir(parents=True)
     (foreign / KERNEL_JSON).write_text(json.dumps({"argv": ["x"], "display_name": "x"}))
-    assert main(["kernel", "remove", "python-other"]) == 1
+    assert main(["kernel", "remove", "python-other"]) == 2  # never ours to remove
     text = capsys.readouterr().err
     assert "was not made by envship; refusing to remove it" in text
     assert "hint: remove it with `jupyter kernelspec remove python-other`" in text

@@ -419,9 +419,11 @@ def test_remove_deletes_only_envship_kernelspecs(
     with pytest.raises(KernelError, match="not made by envship") as err:
         remove_kernel("foreign")
     assert err.value.hint == "remove it with `jupyter kernelspec remove foreign` if you mean to"
+    assert err.value.exit_code == 2  # never a kernelspec remove works on: bad input
     assert (user_kernels / "foreign" / KERNEL_JSON).is_file()
-    with pytest.raises(KernelError, match="no kernelspec named 'ds-env'"):
+    with pytest.raises(KernelError, match="no kernelspec named 'ds-env'") as gone:
         remove_kernel("ds-env")
+    assert gone.value.exit_code == 2  # as `env check` of an unknown name
 
 
 # --- the launcher (no network: a stand-in ipykernel_launcher reports how it was started) ---

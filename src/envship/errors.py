@@ -352,7 +352,8 @@ class EnvInputError(EnvError):
 
 class KernelInputError(KernelError):
     """A kernel was asked for with bad input: an invalid kernel name, placements that
-    exclude each other. Bad input (exit 2)."""
+    exclude each other, a name with no kernelspec to remove or one envship did not make.
+    Bad input (exit 2)."""
 
     exit_code = 2
     kind = "kernel-input"

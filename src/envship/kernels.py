@@ -234,15 +234,15 @@ def remove_kernel(name: str, *, kernel_dirs: Sequence[Path] | None = None) -> Ke
         (s for d in dirs for s in specs_in(d) if s.name.lower() == key),
         None,
     )
-    if match is None:
-        raise KernelError(
+    if match is None:  # bad input, as `env check` of an unknown name
+        raise KernelInputError(
             f"no kernelspec named {name!r}",
             problems=[Problem(str(d), "searched") for d in dirs],
             hint="`envship kernel list` shows the kernels envship made",
         )
     facts = read_facts(match)
     if facts is None:
-        raise KernelError(
+        raise KernelInputError(
             f"the kernelspec {name!r} at {match} was not made by envship; refusing to remove it",
             hint=f"remove it with `jupyter kernelspec remove {key}` if you mean to",
         )
