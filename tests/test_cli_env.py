@@ -54,6 +54,9 @@ def test_create_list_check_gc(
     assert capsys.readouterr().out == (
         f"ds is current at existing version {made['key']}: {path / 'bin' / 'python'}\n"
     )
+    assert main([*create, "--reinstall", "--json"]) == 0  # made again, in place
+    remade = json.loads(capsys.readouterr().out)
+    assert (remade["key"], remade["repaired"], remade["created"]) == (made["key"], True, True)
 
     assert main(["env", "list", "--root", str(root), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)

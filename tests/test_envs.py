@@ -31,7 +31,7 @@ from envship.envs import (
     list_envs,
     version_key,
 )
-from envship.errors import LockError, TargetError
+from envship.errors import ArtifactError, LockError, TargetError
 from envship.host import probe
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.lockfile import LockFile
@@ -571,6 +571,35 @@ def test_a_version_made_before_versions_were_relocatable_is_made_again(
     ran = subprocess.run([str(moved / "ds" / "current" / "bin" / "tool")], capture_output=True)
     assert ran.stdout == b"tool ran\n"
     assert not create_env(s.lock, s.store, moved, name="ds").repaired
+
+
+def test_reinstall_makes_a_version_with_edited_files_again_from_the_store(
+    setup: Setup,
+) -> None:
+    """The quick look sees metadata only: an edited module is for --reinstall, which
+    first hashes the store's wheels, so damaged ones leave the version as it was."""
+    s = setup
+    made = create_env(s.lock, s.store, s.root, name="ds")
+    beta = next(made.path.glob("lib/python*/site-packages/beta/__init__.py"))
+    beta.write_text("raise SystemExit('edited')\n")
+    assert not create_env(s.lock, s.store, s.root, name="ds").repaired  # not seen
+
+    beta_sha = next(a.sha256 for a in s.lock.artifacts() if a.name == "beta")
+    content = s.store.path(beta_sha)
+    good = content.read_bytes()
+    content.chmod(0o644)
+    content.write_bytes(good[:-30] + bytes(b ^ 0xFF for b in good[-30:]))
+    with pytest.raises(ArtifactError):
+        create_env(s.lock, s.store, s.root, name="ds", reinstall=True)
+    assert beta.read_text() == "raise SystemExit('edited')\n"  # untouched, still current
+    assert current(s.root) == f"versions/{made.key}"
+
+    content.write_bytes(good)
+    again = create_env(s.lock, s.store, s.root, name="ds", reinstall=True)
+
+    assert again.repaired and (again.key, again.path) == (made.key, made.path)
+    assert run_py(s.root / "ds" / "current", "import beta; print(beta.__version__)") == "1.0"
+    assert verify(s.lock, s.root / "ds" / "current", full=True, store=s.store).identical
 
 
 def test_an_unknown_name_is_bad_input(setup: Setup) -> None:

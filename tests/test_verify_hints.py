@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,10 +43,22 @@ def test_changed_files_of_a_private_env_get_the_reinstall_command(
     assert verify(made.lock, dest, full=True, store=made.store).identical
 
 
-def test_a_shared_version_is_not_told_to_reinstall(tmp_path: Path, made: Made) -> None:  # noqa: F811
+def test_a_shared_versions_changed_files_get_env_create_reinstall(
+    tmp_path: Path,
+    made: Made,  # noqa: F811
+) -> None:
     from envship.envs import create_env
 
-    version = create_env(made.lock, made.store, tmp_path / "root", name="ds")
+    root = tmp_path / "root"
+    version = create_env(made.lock, made.store, root, name="ds", compile_bytecode=True)
     _edit(version.path)
-    report = verify(made.lock, version.path, full=True, store=made.store)
-    assert "--reinstall" not in (VerifyMismatchError(report).hint or "")
+    report = verify(made.lock, root / "ds" / "current", full=True, store=made.store)
+    hint = VerifyMismatchError(report).hint or ""
+    assert (
+        f"`envship env create ds --root {root} --compile --reinstall --lock {made.lock.path}`"
+        in hint
+    )
+
+    finish(hint)
+    assert verify(made.lock, root / "ds" / "current", full=True, store=made.store).identical
+    assert os.readlink(root / "ds" / "current") == f"versions/{version.key}"  # the same one

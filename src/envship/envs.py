@@ -46,6 +46,7 @@ from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
 from ._flock import locked
 from ._installmarker import RECORDS_KEY, drift, interpreter_damage
+from ._installstage import name_damaged
 from .errors import EnvError, EnvInputError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
 from .install import MARKER_NAME, InstallError, ProgressFn, install
@@ -251,12 +252,16 @@ def create_env(
     groups: Collection[str] | None = None,
     compile_bytecode: bool = False,
     progress: ProgressFn | None = None,
+    reinstall: bool = False,
 ) -> EnvVersion:
     """Make ``ROOT/<name>/current`` an environment holding exactly what ``lock`` selects.
 
     An existing complete version is reused without starting any process; otherwise it is
     installed offline from ``store`` at its final path and only then made current.
     Concurrent callers (processes, machines sharing ``root``) make one copy.
+    ``reinstall`` makes an existing version again in place from the store's wheels, for
+    files edited or deleted inside its packages, which the quick look does not see
+    (``envship verify`` does).
     """
     started = time.monotonic()
     env_dir = _envroot.env_folder(root, name)
@@ -277,14 +282,19 @@ def create_env(
     try:
         with locked(lock_path, shared=True):
             found = _complete(path, lock, chosen.name, chosen_groups)
-            if found and not _damage(path, found):
+            if found and not reinstall and not _damage(path, found):
                 return done(found, created=False)
         with locked(lock_path):
             # Again: another creator may have finished (or repaired it) while we waited.
             found = _complete(path, lock, chosen.name, chosen_groups)
             damage = _damage(path, found) if found else []
-            if found and not damage:
+            if found and not damage and not reinstall:
                 return done(found, created=False)
+            if found and reinstall:
+                # The store's wheels must be whole before the version is taken away.
+                name_damaged(
+                    lock, store, chosen, lock.artifacts([chosen.name], groups=chosen_groups)
+                )
             # A killed creator's leftovers are never trusted, and a damaged version is
             # made again in place: its path is what kernels and `current` name.
             _envroot.discard(env_dir, key)
@@ -314,7 +324,8 @@ def create_env(
                 with contextlib.suppress(OSError):
                     _envroot.discard(env_dir, key)  # a full disk needs the space back
                 raise
-            return replace(done(_envroot.read_marker(path), created=True), repaired=bool(damage))
+            remade = bool(damage) or (reinstall and found is not None)
+            return replace(done(_envroot.read_marker(path), created=True), repaired=remade)
     except (OSError, InstallError) as exc:
         raise _failure(env_dir.parent, name, exc) from None
 

@@ -173,10 +173,17 @@ def _hint(report: VerifyReport) -> str | None:
         hints.append("set include-system-site-packages = false in pyvenv.cfg")
     if kinds & {"changed", "removed", "added"} and report.remedy is None:
         root, marker = report.environment.record_root, report.environment.marker()
-        if root is not None and marker is not None and shared_version(root, marker) is None:
+        if root is not None and marker is not None:
+            q, shared = shlex.quote, shared_version(root, marker)
+            make = (
+                f"env create {q(shared[0])} --root {q(str(shared[1]))}"
+                + (" --compile" if marker.get("compiled") else "")
+                if shared
+                else f"install {q(str(root))}"
+            )
             hints.append(
-                f"`envship install {shlex.quote(str(root))} --reinstall --lock "
-                f"{shlex.quote(str(report.lock))}` makes it again from the store's wheels"
+                f"`envship {make} --reinstall --lock {q(str(report.lock))}` makes it again "
+                "from the store's wheels"
             )
     if not report.full:
         hints.append("--full also compares every file's sha256")

@@ -95,6 +95,13 @@ def command() -> None:
 @target_option
 @groups_option("Include")
 @compile_option
+@click.option(
+    "--reinstall",
+    is_flag=True,
+    help="Make an existing version again, in place, from the store's wheels (hashed "
+    "first): for files edited or deleted inside its packages, which `envship verify` "
+    "reports and a plain create does not look for.",
+)
 @json_option
 def create(
     name: str,
@@ -105,6 +112,7 @@ def create(
     target: str | None,
     groups: tuple[str, ...],
     compile_bytecode: bool,
+    reinstall: bool,
     as_json: bool,
 ) -> None:
     """Create (or reuse) the version of NAME for the lock and make it current.
@@ -125,6 +133,7 @@ def create(
         groups=list(groups) if groups else None,
         compile_bytecode=compile_bytecode,
         progress=Progress("stage"),
+        reinstall=reinstall,
     )
     if as_json:
         echo_json(version.to_json())
