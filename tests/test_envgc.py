@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,9 +26,9 @@ from envship.errors import StoreError
 from envship.lockfile import LockFile
 from envship.store import Store
 from test_install import build_wheels, stocked_store, write_lock
-from test_inuse import Bind, bind, in_own_namespace
+from test_inuse import Bind, bind, in_own_namespace, start, started
 
-__all__ = ["bind"]  # the bind-mount fixture, used here too
+__all__ = ["bind", "started"]  # fixtures of test_inuse, used here too
 
 
 @pytest.fixture(autouse=True)
@@ -194,14 +194,23 @@ def old_version(lock: LockFile, tmp_path: Path) -> tuple[Path, str]:
     return root, old.key
 
 
-@pytest.fixture
-def user() -> Iterator[list[subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
+def _gc_keeps(
+    root: Path,
+    key: str,
+    proc: subprocess.Popen[str],
+    how: str,
+    capsys: pytest.CaptureFixture[str],
+) -> list[str]:
+    """``env gc --older-than 1d`` through ``root`` keeps ``key``, naming ``proc`` and the
+    trace that showed its use; the command line it ran, to run again."""
+    args = ["env", "gc", "--root", str(root), "--older-than", "1d", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["removed"] == []
+    (kept,) = result["in_use"]
+    assert (kept["key"], kept["path"]) == (key, str(root / "ds" / "versions" / key))
+    assert [(p["pid"], p["how"]) for p in kept["processes"]] == [(proc.pid, how)]
+    return args
 
 
 @pytest.mark.parametrize("gc_via", ["the-root", "a-bind-mount-of-it"])
@@ -212,7 +221,7 @@ def test_gc_keeps_a_version_used_through_another_mount_of_the_root(
     old_version: tuple[Path, str],
     tmp_path: Path,
     bind: Bind,
-    user: list[subprocess.Popen[str]],
+    started: list[subprocess.Popen[str]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The auditor's case: the root R bind-mounted at M, a process using a version
@@ -223,25 +232,10 @@ def test_gc_keeps_a_version_used_through_another_mount_of_the_root(
     used_root, gc_root = (mounted, root) if gc_via == "the-root" else (root, mounted)
     used = used_root / "ds" / "versions" / key
     argv, cwd, env = USES[use][0](used, tmp_path)
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env={**os.environ, **env},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    user.append(proc)
-    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc = start(argv, cwd, env)
+    started.append(proc)
 
-    args = ["env", "gc", "--root", str(gc_root), "--older-than", "1d", "--json"]
-    assert main(args) == 0
-    result = json.loads(capsys.readouterr().out)
-
-    assert result["removed"] == []
-    (kept,) = result["in_use"]
-    assert (kept["key"], kept["path"]) == (key, str(gc_root / "ds" / "versions" / key))
-    assert [(p["pid"], p["how"]) for p in kept["processes"]] == [(proc.pid, USES[use][1])]
+    args = _gc_keeps(gc_root, key, proc, USES[use][1], capsys)
     assert (root / "ds" / "versions" / key / "bin" / "python").exists()
     proc.communicate("", timeout=60)  # imports what it still needs from the version
     assert proc.returncode == 0
@@ -276,7 +270,7 @@ def test_gc_keeps_a_version_used_through_a_bind_mount_of_its_site_packages(
     old_version: tuple[Path, str],
     tmp_path: Path,
     bind: Bind,
-    user: list[subprocess.Popen[str]],
+    started: list[subprocess.Popen[str]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``mount --bind ROOT/ds/versions/K/lib/python3.11/site-packages SUB`` (here, or in
@@ -293,25 +287,10 @@ def test_gc_keeps_a_version_used_through_a_bind_mount_of_its_site_packages(
     else:
         point.mkdir()
         argv, cwd = in_own_namespace([(site, point)], argv, cwd), None
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    user.append(proc)
-    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc = start(argv, cwd, env)
+    started.append(proc)
 
-    args = ["env", "gc", "--root", str(root), "--older-than", "1d", "--json"]
-    assert main(args) == 0
-    result = json.loads(capsys.readouterr().out)
-
-    assert result["removed"] == []
-    (kept,) = result["in_use"]
-    assert (kept["key"], kept["path"]) == (key, str(version))
-    assert [(p["pid"], p["how"]) for p in kept["processes"]] == [(proc.pid, SUB_USES[use][1])]
+    args = _gc_keeps(root, key, proc, SUB_USES[use][1], capsys)
     assert (site / DECIMAL.name).exists()
     proc.communicate("", timeout=60)
     assert proc.returncode == 0

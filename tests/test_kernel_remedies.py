@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import tomli_w
 from click.testing import CliRunner
-from jupyter_client.manager import KernelManager
 
 from envship._toml import load_toml
 from envship.cli.kernel import command
@@ -42,6 +41,7 @@ from test_kernels import (
     make_shared,
     run_launcher,
     stand_in,
+    start_dies,
 )
 
 
@@ -54,28 +54,6 @@ def user_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def shared(tmp_path: Path) -> Shared:
     return make_shared(tmp_path / "work", [stand_in(tmp_path / "dist")])
-
-
-def start_dies(kernel_name: str, tmp_path: Path) -> str:
-    """Start the kernel through jupyter_client as a notebook server would; it must die
-    before it is ready. What it printed on stderr (the server log)."""
-    km = KernelManager(kernel_name=kernel_name)
-    err_path = tmp_path / f"{kernel_name}-stderr.txt"
-    try:
-        with err_path.open("w") as err:
-            km.start_kernel(stderr=err)
-            kc = km.client()
-            kc.start_channels()
-            try:
-                with pytest.raises(RuntimeError, match="died"):
-                    kc.wait_for_ready(timeout=120)
-            finally:
-                kc.stop_channels()
-        assert not km.is_alive()
-    finally:
-        if km.has_kernel:
-            km.shutdown_kernel(now=True)
-    return err_path.read_text()
 
 
 def check_mode(resource_dir: Path) -> subprocess.CompletedProcess[str]:

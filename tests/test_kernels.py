@@ -817,25 +817,34 @@ def test_a_real_kernel_runs_code_from_the_environment(
 
 
 @pytest.mark.pypi
+def start_dies(kernel_name: str, tmp_path: Path) -> str:
+    """Start the kernel through jupyter_client as a notebook server would; it must die
+    before it is ready. What it printed on stderr (the server log)."""
+    km = KernelManager(kernel_name=kernel_name)
+    err_path = tmp_path / f"{kernel_name}-stderr.txt"
+    try:
+        with err_path.open("w") as err:
+            km.start_kernel(stderr=err)
+            kc = km.client()
+            kc.start_channels()
+            try:
+                with pytest.raises(RuntimeError, match="died"):
+                    kc.wait_for_ready(timeout=120)
+            finally:
+                kc.stop_channels()
+        assert not km.is_alive()
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+    return err_path.read_text()
+
+
 def test_a_kernel_for_another_machine_dies_with_the_reason(
-    kernel_env: Path, tmp_path: Path, started: list[KernelManager]
+    kernel_env: Path, tmp_path: Path
 ) -> None:
     made = install_kernel(kernel_env)
     edit_marker(kernel_env, platform=f"linux-{OTHER_MACHINE}")
-    km = KernelManager(kernel_name=made.name)
-    started.append(km)
-    err_path = tmp_path / "kernel-stderr.txt"
-    with err_path.open("w") as err:
-        km.start_kernel(stderr=err)
-        kc = km.client()
-        kc.start_channels()
-        try:
-            with pytest.raises(RuntimeError, match="died"):
-                kc.wait_for_ready(timeout=120)
-        finally:
-            kc.stop_channels()
-    assert not km.is_alive()
-    text = err_path.read_text()
+    text = start_dies(made.name, tmp_path)
     assert f"was built for linux-{OTHER_MACHINE}" in text
     assert f"  - {OTHER_MACHINE} needed, this machine is {MACHINE}" in text
 

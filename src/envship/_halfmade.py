@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ._difference import Difference
 from ._environment import InstalledEnvironment
@@ -22,7 +24,7 @@ from .errors import HalfMadeError, Problem, SpecError
 from .lockfile import LockFile
 from .targets import Target
 
-__all__ = ["finish", "half_made", "incomplete"]
+__all__ = ["finish", "half_made", "incomplete", "remake"]
 
 _HALF_MADE = (
     "a run of `envship install` or `envship add` did not finish here (killed, or failed): "
@@ -66,15 +68,20 @@ def finish(root: Path | None, lock: LockFile, target: Target | None) -> str | No
         base = os.path.realpath(root / "bin" / "python")  # uv links the venv to its base
     if isinstance(base, str) and os.path.realpath(base) != os.path.realpath(sys.executable):
         pick += f" --python {q(base)}"  # install's default would be envship's own
-    shared = shared_version(root, marker)
+    return f"finish it with `envship {remake(root, marker)} --lock {q(str(lock.path))}{pick}`"
+
+
+def remake(root: Path, marker: Mapping[str, Any]) -> str:
+    """The envship subcommand that makes the environment at ``root`` again, shell-quoted:
+    ``env create`` for a version under an env root (install refuses those), else
+    ``install``; the caller adds ``--lock`` and what else it needs."""
+    q = shlex.quote  # pasted into a shell as it is
+    shared = shared_version(root, dict(marker))
+    if shared is None:
+        return f"install {q(str(root))}"
     # A version's key includes byte-code: without --compile env create makes another one.
-    compiled = " --compile" if shared and marker.get("compiled") else ""
-    make = (
-        f"env create {q(shared[0])} --root {q(str(shared[1]))}{compiled}"
-        if shared
-        else f"install {q(str(root))}"
-    )
-    return f"finish it with `envship {make} --lock {q(str(lock.path))}{pick}`"
+    compiled = " --compile" if marker.get("compiled") else ""
+    return f"env create {q(shared[0])} --root {q(str(shared[1]))}{compiled}"
 
 
 def half_made(

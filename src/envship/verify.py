@@ -75,8 +75,7 @@ from ._environment import (
     read_venv_config,
     run_interpreter,
 )
-from ._envroot import shared_version
-from ._halfmade import finish, half_made, incomplete
+from ._halfmade import finish, half_made, incomplete, remake
 from ._records import CHUNK as CHUNK  # kept importable from here, where it was
 from ._records import decode_record_hash, encode_record_hash, hash_file
 from ._shebang import Interpreter, check_heads
@@ -174,16 +173,9 @@ def _hint(report: VerifyReport) -> str | None:
     if kinds & {"changed", "removed", "added"} and report.remedy is None:
         root, marker = report.environment.record_root, report.environment.marker()
         if root is not None and marker is not None:
-            q, shared = shlex.quote, shared_version(root, marker)
-            make = (
-                f"env create {q(shared[0])} --root {q(str(shared[1]))}"
-                + (" --compile" if marker.get("compiled") else "")
-                if shared
-                else f"install {q(str(root))}"
-            )
             hints.append(
-                f"`envship {make} --reinstall --lock {q(str(report.lock))}` makes it again "
-                "from the store's wheels"
+                f"`envship {remake(root, marker)} --reinstall --lock "
+                f"{shlex.quote(str(report.lock))}` makes it again from the store's wheels"
             )
     if not report.full:
         hints.append("--full also compares every file's sha256")
