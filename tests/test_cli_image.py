@@ -560,10 +560,9 @@ def test_store_missing_an_artifact_says_how_to_fetch(
         *build_args(cli_setup, slim_layout.ref, "-o", f"oci:{tmp_path / 'out'}", store=store),
     )
     assert code == 1
-    assert f"error: 3 locked artifact(s) for {PLATFORM} are not in the store {store}" in err
-    assert (
-        f"hint: run `envship fetch --lock {cli_setup.lock.path} --target {PLATFORM}` first" in err
-    )
+    assert f"error: 3 of 3 locked artifacts are not in the store {store}" in err
+    fetch = f"envship fetch --lock {cli_setup.lock.path} --target {PLATFORM} --store {store}"
+    assert f"fetch them: {fetch}" in err
     assert not (tmp_path / "out").exists()
 
 

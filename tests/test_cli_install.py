@@ -113,7 +113,9 @@ def test_errors_have_exit_codes_and_json(
     assert out["problems"], out
     assert not (dest / MARKER_NAME).exists()
     if case == "no-store":
-        assert out["hint"] == f"envship fetch --lock {lock} --target {HOST} --store {store}"
+        fetch = f"envship fetch --lock {lock} --target {HOST} --store {store}"
+        assert out["hint"].endswith(f"; else fetch them: {fetch}")
+        assert out["hint"].startswith(f"{store} holds none of them")
         assert len(out["problems"]) == 3
     if case == "foreign":
         assert [p.name for p in dest.iterdir()] == ["mine.txt"]
@@ -127,9 +129,9 @@ def test_error_text_goes_to_stderr(
     assert main(args) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "error: 3 of 3 artifacts are not in the store" in captured.err
-    hint = f"hint: envship fetch --lock {lock} --target {HOST} --store {tmp_path / 'x'}"
-    assert hint in captured.err
+    assert "error: 3 of 3 locked artifacts are not in the store" in captured.err
+    fetch = f"envship fetch --lock {lock} --target {HOST} --store {tmp_path / 'x'}"
+    assert f"fetch them: {fetch}" in captured.err
 
 
 def test_reinstall_puts_a_deleted_file_back(

@@ -66,7 +66,7 @@ def test_identical_env_exits_0(
     assert data["env"] == data["interpreter"] == str(venv.python)
     # the (empty) store vouches for no wheel: the installed RECORDs were all there was
     (note,) = [n for n in data["notes"] if "installed RECORD only" in n]
-    assert "not in the store" in note
+    assert "holds none of the 3 locked wheels" in note
     assert (data["target"], data["mode"], data["distributions"]) == ("linux-x86_64", "quick", 3)
     assert data["checked_files"] > 3
 

@@ -722,9 +722,11 @@ def test_store_missing_an_artifact_says_how_to_fetch(
         tmp_path / "pylock.toml", [wheels[k] for k in ("alpha", "beta")], targets=[image_target()]
     )
     store = stocked_store(tmp_path / "store", [wheels["alpha"]])
-    with pytest.raises(StoreError, match="1 locked artifact") as caught:
+    with pytest.raises(StoreError, match="1 of 2 locked artifacts") as caught:
         build(Setup(lock, store, wheels), bookworm_layout, bookworm_facts)
-    assert caught.value.hint == f"run `envship fetch --lock {lock.path} --target {PLATFORM}` first"
+    assert [p.where for p in caught.value.problems] == ["beta 1.0"]
+    fetch = f"envship fetch --lock {lock.path} --target {PLATFORM} --store {store.root}"
+    assert caught.value.hint == f"fetch them: {fetch}"
     assert not (store.root / "oci").exists()
 
 

@@ -452,14 +452,14 @@ def test_an_image_store_without_the_wheels_says_so(
     slim_sample: tuple[Setup, BuiltImage, str],
     slim_source: tuple[ImageSource, Store],
 ) -> None:
-    """A store that lacks the locked wheels vouches for nothing, and the notes name them."""
+    """A store that lacks the locked wheels vouches for nothing, and the notes say so."""
     setup = slim_sample[0]
     source, _ = slim_source
-    report = verify_image(setup.lock, source, store=Store(tmp_path / "empty-store"))
+    empty = Store(tmp_path / "empty-store")
+    report = verify_image(setup.lock, source, store=empty)
     assert report.identical, report.differences
     [note] = [n for n in report.notes if "installed RECORD only" in n]
-    assert all(f"{name} (" in note for name in ("alpha", "beta", "tool"))
-    assert "not in the store" in note
+    assert f"the store {empty.root} holds none of the 3 locked wheels" in note
 
 
 # -- the venv skeleton, held against what the marker records ------------------------------------

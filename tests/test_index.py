@@ -362,7 +362,7 @@ def test_missing_artifacts_are_all_named(universe: Universe) -> None:
     empty = Store(universe.root / "empty-store")
     with pytest.raises(StoreError) as info:
         export_index(universe.lock, empty, universe.root / "out", targets=["linux-x86_64"])
-    named = {p.where for p in info.value.problems}
+    named = {p.message.split(" (sha256")[0] for p in info.value.problems}
     assert named == {"alpha-1.0-py3-none-any.whl", "beta_lib-1.1-py3-none-any.whl"} | {
         f"gamma-1.0-{X86}.whl"
     }

@@ -198,7 +198,7 @@ def test_missing_artifact_is_named_and_nothing_is_left(
     assert [p.message.split(" ")[0] for p in err.value.problems] == [wheels["beta"].name]
     assert err.value.problems[0].where == "beta 1.0"
     hint = f"envship fetch --lock {lock.path} --target {HOST} --store {store.root}"
-    assert err.value.hint == hint
+    assert err.value.hint == f"fetch them: {hint}"
     assert not dest.exists()
 
 

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +18,14 @@ from hypothesis import strategies as st
 from disklib import SmallDisk
 from envship.errors import ArtifactError, StoreError
 from envship.store import Store, sha256_file
+
+
+class Wanted(NamedTuple):
+    name: str
+    version: str
+    filename: str
+    sha256: str
+
 
 DATA = b"wheel bytes\n" * 1000
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -329,3 +338,32 @@ def test_a_read_only_named_folder_is_trusted_only_by_size(
     assert short.read_bytes() == DATA[:-1]  # untouched: it cannot be replaced
     with pytest.raises(StoreError, match=re.escape(f"cannot replace the damaged copy {flipped}")):
         store.repair_named(SHA)
+
+
+@pytest.mark.parametrize(
+    ("held", "hint_start"),
+    [
+        # One missing: fetching is the fix.
+        (1, "fetch them: envship fetch --lock L"),
+        # None held: most likely another store was meant, which the hint says first.
+        (0, "{root} holds none of them: if they were fetched into another store"),
+    ],
+)
+def test_missing_error_names_each_artifact(tmp_path: Path, held: int, hint_start: str) -> None:
+    store = Store(tmp_path / "store")
+    wanted = []
+    for i, data in enumerate([b"first", b"second"]):
+        source = tmp_path / f"w{i}.whl"
+        source.write_bytes(data)
+        sha = hashlib.sha256(data).hexdigest()
+        if i < held:
+            store.add_file(source, sha)
+        wanted.append(Wanted(f"pkg{i}", "1.0", source.name, sha))
+    missing = [w for w in wanted if not store.has(w.sha256)]
+    err = store.missing_error(missing, len(wanted), "envship fetch --lock L")
+    assert err.message == f"{2 - held} of 2 locked artifacts are not in the store {store.root}"
+    assert [(p.where, p.message) for p in err.problems] == [
+        (f"{w.name} 1.0", f"{w.filename} (sha256 {w.sha256})") for w in missing
+    ]
+    assert err.hint is not None and err.hint.startswith(hint_start.format(root=store.root))
+    assert err.hint.endswith("fetch them: envship fetch --lock L")

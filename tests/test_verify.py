@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from uv import find_uv_bin
 
-from envship.errors import LockError, SpecError, TargetError
+from envship.errors import InvalidLockError, LockError, SpecError, TargetError
 from envship.lockfile import LockFile
 from envship.targets import host_platform
 from envship.verify import (
@@ -468,6 +468,27 @@ def test_lock_without_targets_is_a_clear_error(tmp_path: Path, wheels: Wheels) -
     (tmp_path / "site-packages").mkdir()
     with pytest.raises(LockError, match="records no targets"):
         verify(LockFile.load(tmp_path / "l.toml"), tmp_path / "site-packages")
+
+
+@pytest.mark.parametrize(
+    ("hashes", "problem"),
+    [
+        ('{sha256 = "zz"}', "sha256 'zz' is not 64 lowercase hex digits"),
+        ('{sha512 = "00"}', "no sha256 hash; envship requires one for every artifact"),
+    ],
+)
+def test_an_artifact_without_a_usable_sha256_is_refused(
+    tmp_path: Path, venv: Venv, wheels: Wheels, hashes: str, problem: str
+) -> None:
+    lock = wheels.lock_no_omega.read_text()
+    sha = hashlib.sha256(wheels.beta.read_bytes()).hexdigest()
+    assert f'{{sha256 = "{sha}"}}' in lock
+    bad = tmp_path / "bad.toml"
+    bad.write_text(lock.replace(f'{{sha256 = "{sha}"}}', hashes))
+    with pytest.raises(InvalidLockError) as info:
+        verify(LockFile.load(bad), venv.root)
+    assert [p.message for p in info.value.problems] == [problem]
+    assert info.value.problems[0].where.startswith(f"{bad}: packages[")
 
 
 @pytest.mark.parametrize(

@@ -341,7 +341,15 @@ def test_without_the_store_the_notes_say_what_vouched(env: Env, tmp_path: Path) 
     empty = Store(tmp_path / "empty-store")
     report = verify(env.lock, env.root, full=True, store=empty)
     (note,) = [n for n in report.notes if "installed RECORD only" in n]
-    assert "rich-1.0-py3-none-any.whl not in the store" in note and "plain" in note
+    # No wheel there at all: most likely another store was meant; one sentence says so.
+    assert f"the store {empty.root} holds none of the 2 locked wheels" in note
+    partial = Store(tmp_path / "partial-store")
+    plain = next(a for a in env.lock.artifacts() if a.name == "plain")
+    partial.add_file(env.store.path(plain.sha256), plain.sha256)
+    report = verify(env.lock, env.root, full=True, store=partial)
+    (note,) = [n for n in report.notes if "installed RECORD only" in n]
+    assert "rich (rich-1.0-py3-none-any.whl not in the store)" in note
+    assert "plain" not in note and "holds none" not in note
 
 
 def test_a_damaged_wheel_in_the_store_vouches_for_nothing(env: Env) -> None:

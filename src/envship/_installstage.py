@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ArtifactError, InvalidLockError, Problem, StoreError
+from .errors import ArtifactError, InvalidLockError, Problem
 from .lockfile import Artifact, LockFile
 from .store import Store, sha256_file
 from .targets import Target
@@ -40,14 +40,8 @@ def check_store(
         else:
             sizes.append(st.st_size)
     if missing:
-        raise StoreError(
-            f"{len(missing)} of {len(artifacts)} artifacts are not in the store {store.root}",
-            problems=[
-                Problem(f"{a.name} {a.version}", f"{a.filename} (sha256 {a.sha256})")
-                for a in missing
-            ],
-            hint=f"envship fetch --lock {lock.path} --target {target.name} --store {store.root}",
-        )
+        fetch = f"envship fetch --lock {lock.path} --target {target.name} --store {store.root}"
+        raise store.missing_error(missing, len(artifacts), fetch)
     for a in artifacts:
         # The file name comes from the lock; it must not climb out of the staging folder.
         if "/" in a.filename or a.filename in ("", ".", ".."):

@@ -420,13 +420,22 @@ def trust(
                 inside = e.path.startswith(layout.scripts + os.sep)
                 entries.append(replace(e, executable=True) if inside else e)
     notes: list[str] = []
-    if store is None and plain:
-        notes.append(NO_STORE)
+    tie = "(or --store naming the store that holds them) ties them to the locked wheels"
+    absent = sum(w == "not in the store" for w in loaded)
+    if store is None:
+        if plain:
+            notes.append(NO_STORE)
+    elif absent > 1 and absent == len(jobs) == len(reasons):
+        # A store that holds none of them is most likely not the one they were fetched
+        # into: one sentence, not one per distribution.
+        notes.append(
+            f"checked against the installed RECORD only: the store {store.root} holds none "
+            f"of the {absent} locked wheels; `envship fetch --store {store.root}` {tie}"
+        )
     elif reasons:
         notes.append(
             "checked against the installed RECORD only, as no locked wheel could vouch for "
-            f"them: {'; '.join(reasons)}; `envship fetch --store {store.root if store else ''}` "
-            "(or --store naming the store that holds them) ties them to the locked wheels"
+            f"them: {'; '.join(reasons)}; `envship fetch --store {store.root}` {tie}"
         )
     return Trusted(tuple(entries), tuple(scripts), tuple(diffs), tuple(notes))
 

@@ -46,7 +46,7 @@ from ._imagelayers import (
 )
 from ._imageprefix import check_prefix, sagemaker_notes
 from ._imageprefix import place as place_env
-from .errors import ImageError, StoreError
+from .errors import ImageError
 from .imagebase import BaseFacts, match_base
 from .install import marker_data
 from .layer import DEFAULT_LEVEL, LayerBlob
@@ -231,11 +231,8 @@ def build_image(
     artifacts = lock.artifacts([chosen.name], groups=chosen_groups)
     missing = [a for a in artifacts if not store.has(a.sha256)]
     if missing:
-        raise StoreError(
-            f"{len(missing)} locked artifact(s) for {chosen.name} are not in the store "
-            f"{store.root}",
-            hint=f"run `envship fetch --lock {lock.path} --target {chosen.name}` first",
-        )
+        fetch = f"envship fetch --lock {lock.path} --target {chosen.name} --store {store.root}"
+        raise store.missing_error(missing, len(artifacts), fetch)
     sdists = [a.filename for a in artifacts if a.kind != "wheel"]
     if sdists:
         raise ImageError(

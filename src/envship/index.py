@@ -62,7 +62,7 @@ from ._simplepages import (
     render_root_html,
     render_root_json,
 )
-from .errors import ArtifactError, IndexExportError, IndexExportInputError, Problem, StoreError
+from .errors import ArtifactError, IndexExportError, IndexExportInputError, Problem
 from .lockfile import LOCK_FILENAME, Artifact, LockFile
 from .store import Store, sha256_file
 from .targets import Target
@@ -242,11 +242,8 @@ def export_index(
     chosen_groups = sorted(set(lock.groups) if groups is None else set(groups))
     missing = [a for a in artifacts if not store.has(a.sha256)]
     if missing:
-        raise StoreError(
-            f"{len(missing)} locked artifact(s) are not in the store {store.root}",
-            problems=[Problem(a.filename, f"sha256 {a.sha256}") for a in missing],
-            hint=f"run `envship fetch --lock {lock.path}` first (with the same --store)",
-        )
+        fetch = f"envship fetch --lock {lock.path} --store {store.root}"
+        raise store.missing_error(missing, len(artifacts), fetch)
     seen: dict[str, Artifact] = {}
     clashes = [a for a in artifacts if seen.setdefault(a.filename, a) is not a]
     if clashes:  # one directory of files: a file name must mean one set of bytes

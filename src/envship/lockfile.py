@@ -246,6 +246,8 @@ class LockFile:
             raise InvalidLockError(
                 f"{self.path} has {len(problems)} artifact(s) without a usable sha256",
                 problems=list(problems.values()),
+                hint="the store keeps files by sha256: make the lock again with `envship lock` "
+                "(an edited lock, or one made by a tool that records other hashes)",
             )
         return sorted(found.values(), key=lambda a: (a.name, a.filename))
 

@@ -22,13 +22,14 @@ import secrets
 import shutil
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import platformdirs
 
-from .errors import ArtifactError, StoreError
+from .errors import ArtifactError, Problem, StoreError
 
 __all__ = ["Store", "sha256_file"]
 
@@ -38,6 +39,19 @@ _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 #: What :meth:`Store.check` finds at an artifact's path.
 State = Literal["missing", "damaged", "ok"]
+
+
+class Wanted(Protocol):
+    """A locked artifact as the store's errors name it (:class:`envship.lockfile.Artifact`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def filename(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
 
 
 def sha256_file(path: Path) -> str:
@@ -78,6 +92,25 @@ class Store:
 
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
+
+    def missing_error(self, missing: Sequence[Wanted], total: int, fetch: str) -> StoreError:
+        """The one error for locked artifacts this store lacks: each named, and how to get
+        them (``fetch``: the command). When it holds none of them, the likelier cause is a
+        store other than the one they were fetched into, and the hint says so first."""
+        hint = f"fetch them: {fetch}"
+        if len(missing) == total:
+            hint = (
+                f"{self.root} holds none of them: if they were fetched into another store, "
+                f"name it with --store or ENVSHIP_STORE; else {hint}"
+            )
+        return StoreError(
+            f"{len(missing)} of {total} locked artifacts are not in the store {self.root}",
+            problems=[
+                Problem(f"{a.name} {a.version}", f"{a.filename} (sha256 {a.sha256})")
+                for a in missing
+            ],
+            hint=hint,
+        )
 
     def size(self, sha256: str, declared: int | None = None) -> int:
         """``declared`` (the lock's size), else the stored file's; 0 when neither is known.

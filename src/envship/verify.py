@@ -333,6 +333,9 @@ def verify(
             problems=[Problem(str(runs.path), r) for r in reasons],
             hint="name the target the environment was made for with --target",
         )
+    # A lock install would refuse (an artifact without a usable sha256) is refused here
+    # too, naming each entry: without it no wheel can vouch for what is installed.
+    lock.artifacts([target.name], groups=groups)
     skip = {canonicalize_name(n) for n in ignore}
     expected: dict[str, tuple[str, str]] = {}
     locked: dict[str, _wheelrecord.Locked] = {}
