@@ -108,7 +108,7 @@ def test_missing_artifact_exit_1_names_files(
     assert code == 1
     data = json.loads(capsys.readouterr().out)
     assert data["error"] == "store"
-    assert {p["where"] for p in data["problems"]} >= {
+    assert {p["message"].split(" (sha256")[0] for p in data["problems"]} >= {
         "alpha-1.0-py3-none-any.whl",
         "beta_lib-1.1-py3-none-any.whl",
     }
