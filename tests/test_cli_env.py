@@ -57,6 +57,9 @@ def test_create_list_check_gc(
     assert main([*create, "--reinstall", "--json"]) == 0  # made again, in place
     remade = json.loads(capsys.readouterr().out)
     assert (remade["key"], remade["repaired"], remade["created"]) == (made["key"], True, True)
+    assert main([*create, "--reinstall"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"made ds version {made['key']} again, in place (target {HOST})")
 
     assert main(["env", "list", "--root", str(root), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -81,7 +84,7 @@ def test_create_list_check_gc(
 
     gc = ["env", "gc", "--root", str(root), "--older-than", "0s"]
     assert main([*gc, "--dry-run"]) == 0
-    assert capsys.readouterr().out == "would remove 0 version(s), 0 B; kept 1\n"
+    assert capsys.readouterr().out == "would remove 0 version(s), 0 B; kept 1 current or recently used\n"
     assert main([*gc, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result == {
@@ -115,11 +118,11 @@ def test_gc_text_names_what_it_removes(
     stamp = time.time() - 2 * 3600
     os.utime(Path(first["path"]) / USED_NAME, (stamp, stamp))
     assert main(["env", "gc", "--older-than", "3h"]) == 0
-    assert capsys.readouterr().out == "removed 0 version(s), 0 B; kept 2\n"
+    assert capsys.readouterr().out == "removed 0 version(s), 0 B; kept 2 current or recently used\n"
     assert main(["env", "gc", "--older-than", "90m"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"removed ds/{first['key']} ") and out[0].endswith("iB")
-    assert out[1].startswith("removed 1 version(s), ") and out[1].endswith("; kept 1")
+    assert out[1].startswith("removed 1 version(s), ") and out[1].endswith("; kept 1 current or recently used")
     assert not Path(first["path"]).exists()
 
 
@@ -168,7 +171,7 @@ def test_bad_input(
     assert "'100000000000d' is too long; the longest is 999999999d" in err
     assert "Traceback" not in err
     assert main(["env", "gc", "--root", str(root), "--older-than", "999999999d"]) == 0
-    assert capsys.readouterr().out == "removed 0 version(s), 0 B; kept 0\n"
+    assert capsys.readouterr().out == "removed 0 version(s), 0 B; kept 0 current or recently used\n"
 
     assert main(["env", "check", "nope", "--root", str(root), "--json"]) == 2
     data = json.loads(capsys.readouterr().out)
@@ -219,7 +222,7 @@ def test_gc_names_the_process_that_keeps_a_version(
     comm = "python"  # the name the process was started by: VERSION/bin/python
     assert lines == [
         f"kept ds/{first['key']}: in use by process {proc.pid} ({comm})",
-        "removed 0 version(s), 0 B; kept 1",
+        "removed 0 version(s), 0 B; kept 1 current or recently used, 1 in use",
     ]
     assert path.is_dir()
 

@@ -83,7 +83,7 @@ class EnvVersion(JsonResult):
     lock_digest: str
     groups: tuple[str, ...]
     base_python: str
-    created: bool  # True when this call installed it
+    created: bool  # True when this call installed it (made again too: see ``repaired``)
     current: bool  # True when ``current`` points at it
     seconds: float
     repaired: bool = False  # made again: the version found had been changed since

@@ -137,6 +137,11 @@ def create(
     )
     if as_json:
         echo_json(version.to_json())
+    elif version.repaired:
+        click.echo(
+            f"made {name} version {version.key} again, in place (target "
+            f"{version.target.name}), in {version.seconds:.1f}s\n  python: {version.python}"
+        )
     elif version.created:
         click.echo(
             f"created {name} version {version.key} (target {version.target.name}) "
@@ -224,8 +229,11 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
         click.echo(f"{verb} the lock file {lock} (its key has no version)")
     for env_dir in result.empty_envs:
         click.echo(f"{verb} {env_dir.name} ({env_dir}): no version, no current")
+    # In-use versions are listed above and counted apart: "kept" alone read as all kept.
+    in_use = f", {len(result.in_use)} in use" if result.in_use else ""
     click.echo(
-        f"{verb} {len(result.removed)} version(s), {_size(result.freed)}; kept {result.kept}"
+        f"{verb} {len(result.removed)} version(s), {_size(result.freed)}; "
+        f"kept {result.kept} current or recently used{in_use}"
     )
 
 
