@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ._addedrecord import ADDED_KEY
 from ._diskfull import is_disk_full
 from ._flock import locked
 from ._installguard import disk_full, refuse_foreign, refuse_shared
@@ -52,18 +51,17 @@ from ._installmarker import (
     INCOMPLETE_NAME,
     LINKS_KEY,
     MARKER_NAME,
-    RECORDS_KEY,
     artifact_entry,
     clear,
     drift,
     env_state,
-    interpreter_damage,
     marker_data,
     read_marker,
     record_digests,
     venv_record,
     write_marker,
 )
+from ._installplan import REINSTALLING, LinkMode, pins, plan
 from ._installstage import ProgressFn, check_store, name_damaged, stage
 from ._uv import run_uv, uv_bin
 from .errors import InstallError, InstallInputError, Problem
@@ -87,10 +85,6 @@ __all__ = [
 
 
 Action = Literal["created", "updated", "repaired", "rebuilt", "unchanged"]
-# In the marker of an environment being made again, while it is: made through a private
-# uv cache (a reinstall), so a run after an interrupted one finishes it that way too.
-_REINSTALLING = "reinstalling"
-LinkMode = Literal["hardlink", "copy", "clone", "symlink"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,19 +138,11 @@ def _run(args: Sequence[str], *, what: str, keep_fds: Sequence[int] = ()) -> Non
         )
 
 
-def _same_python(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
 def _resolve_python(python: str | None) -> str:
     exe = python or sys.executable
     found = shutil.which(exe)
     # probe() reports a missing interpreter with a proper error; keep the name for it.
     return os.path.abspath(found) if found else exe
-
-
-def _pins(packages: Sequence[dict[str, str]]) -> dict[str, tuple[str, str]]:
-    return {p["name"]: (p["version"], p["sha256"]) for p in packages}
 
 
 def install(
@@ -255,28 +241,28 @@ def _install_locked(
     state = env_state(dest)  # again: another process may have changed it while we waited
     if state == "foreign":
         raise refuse_foreign(dest)
-    marker = read_marker(dest) if state == "complete" else None
-    base = _resolve_python(python) if python else None
-    # A half-made environment keeps the marker it had (an update or a rebuild that did
-    # not finish): not its package list, which is not there, but what it was made with,
-    # so the next run makes it again the same way unless asked otherwise.
-    prior = read_marker(dest) if state == "incomplete" else None
-    if prior is not None:
-        made_with = prior.get("python")
-        was = made_with.get("base") if isinstance(made_with, dict) else None
-        if base is None and isinstance(was, str) and os.path.exists(was):
-            base = was  # (one gone from this machine: ours, as for a new environment)
-        compile_bytecode = compile_bytecode or bool(prior.get("compiled"))
-        link_mode = link_mode or prior.get("link_mode")
-        private_cache = private_cache or bool(prior.get(_REINSTALLING))
+    decided = plan(
+        dest,
+        state,
+        lock,
+        base=_resolve_python(python) if python else None,
+        target=target,
+        groups=groups,
+        compile_bytecode=compile_bytecode,
+        link_mode=link_mode,
+        private_cache=private_cache,
+        reinstall=reinstall,
+    )
+    marker, prior, state, base = decided.marker, decided.prior, decided.state, decided.base
+    reuse, repair, relink = decided.reuse, decided.repair, decided.relink
+    compile_bytecode, link_mode = decided.compile_bytecode, decided.link_mode
+    private_cache, replaced = decided.private_cache, decided.replaced
     env_python = dest / "bin" / "python"
-    # What the environment holds now, for the report: its marker, or (drifted) what its
-    # metadata shows.
-    before = _pins(marker["packages"]) if marker else {}
 
     def result(chosen: Target, artifacts: list[Artifact], action: Action) -> InstallResult:
-        after = _pins([artifact_entry(a) for a in artifacts])
-        was = {} if action == "rebuilt" else before
+        after = pins([artifact_entry(a) for a in artifacts])
+        # What the environment held: its marker, or (drifted) what its metadata showed.
+        was = {} if action == "rebuilt" else decided.before
         return InstallResult(
             dest=dest,
             python=env_python,
@@ -290,52 +276,10 @@ def _install_locked(
             seconds=time.monotonic() - started,
         )
 
-    # Same lock, target and groups: nothing to do, and no interpreter to start.
-    reuse = marker is not None and (base is None or _same_python(base, marker["python"]["base"]))
-    repair = False
-    replaced: list[str] = []  # reinstalled by name: same version, another RECORD
-    if marker is not None and reuse:
-        # What the environment was made with stays unless asked otherwise: a repair or an
-        # update of a compiled or copied environment compiles and copies too.
-        compile_bytecode = compile_bytecode or bool(marker.get("compiled"))
-        relink = link_mode is not None and marker.get("link_mode") != link_mode
-        link_mode = link_mode or marker.get("link_mode")
-        python_xy = str(marker["target"]["python"])
-        found = drift(dest, marker["packages"], python_xy, marker.get(RECORDS_KEY))
-        # Whatever the run below is (repair or update), the report starts from what is
-        # there now, and one re-installed at the same version (another wheel, another
-        # tool: its RECORD is not the one installed) is installed again whatever uv
-        # makes of it: uv keeps a same-version distribution, RECORD and all.
-        gone = {*found.missing, *found.replaced}
-        replaced = [p.split("==")[0] for p in found.replaced]
-        before = {
-            **{k: v for k, v in before.items() if f"{k}=={v[0]}" not in gone},
-            **{p.split("==")[0]: (p.split("==")[1], "") for p in found.present},
-        }
-        if found.duplicated or reinstall or interpreter_damage(dest, marker):
-            # Two metadata folders for one name (a sync cannot tell which to remove), or
-            # bin/python relinked to another interpreter: the folder is ours (it has our
-            # marker), so make it again (as asked to, for a reinstall).
-            reuse, state, base = False, "incomplete", base or marker["python"]["base"]
-        elif (
-            marker["lock"]["digest"] == lock.digest
-            and tuple(marker["groups"]) == groups
-            and target in (None, marker["target"]["name"])
-            # `envship add` extras make the env differ from the lock: sync them away.
-            and not marker.get(ADDED_KEY)
-            # Asked for byte-code the env does not have: the sync below compiles it.
-            and marker.get("compiled", False) == compile_bytecode
-            and not relink
-        ):
-            chosen = lock.target(marker["target"]["name"])
-            artifacts = lock.artifacts([chosen.name], groups=groups)
-            if not found:
-                return result(chosen, artifacts, "unchanged")
-            # Someone removed, added or replaced a distribution: the sync below puts the
-            # locked set back (the same as an update, from what is there now).
-            repair = True
-    else:
-        relink = False
+    if decided.unchanged:  # no interpreter to start
+        assert marker is not None
+        chosen = lock.target(marker["target"]["name"])
+        return result(chosen, lock.artifacts([chosen.name], groups=groups), "unchanged")
 
     # An update keeps the env's interpreter; a new env uses the requested (or our) one.
     base_python = marker["python"]["base"] if marker and reuse else base or _resolve_python(None)
@@ -426,7 +370,7 @@ def _install_locked(
                 (dest / INCOMPLETE_NAME).write_text("rebuild in progress\n", encoding="utf-8")
                 kept = marker or prior
                 if kept is not None:
-                    write_marker(dest, {**kept, _REINSTALLING: private_cache})
+                    write_marker(dest, {**kept, REINSTALLING: private_cache})
                 clear(dest, keep=(INCOMPLETE_NAME, MARKER_NAME))
             venv, links = make_venv()
             sync()
