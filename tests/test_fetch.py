@@ -284,6 +284,12 @@ def test_a_full_disk_is_reported_and_a_rerun_completes(
         assert not isinstance(info.value, ArtifactError)
         assert info.value.message == f"the disk holding the store {store.root} is full"
         assert info.value.hint is not None and "re-run" in info.value.hint
+        # What the huge download got before the disk filled stays, to resume; the hint
+        # says where and how much, since that space is the user's to reclaim.
+        held = sum(p.stat().st_size for p in store.partial_dir.iterdir())
+        assert held > 0
+        size = f"{held / MIB:.1f} MiB"
+        assert f"partial downloads ({size} in {store.partial_dir}) resume" in info.value.hint
         assert not any(p.is_file() for p in (store.root / "sha256").rglob("*.*"))
         assert list(store.tmp_dir.iterdir()) == []
 

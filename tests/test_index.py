@@ -41,7 +41,7 @@ from envship.index import (
     wheel_metadata,
 )
 from envship.lockfile import LockFile
-from envship.store import Store
+from envship.store import Store, sha256_file
 from indexlib import X86, build_sdist, build_wheel
 
 ARM = X86.replace("x86_64", "aarch64")
@@ -386,10 +386,12 @@ def test_corrupt_store_file_is_refused_and_previous_export_kept(universe: Univer
     out = universe.root / "out"
     export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
     before = tree(out)
-    _corrupt(universe.store, universe.wheels[f"gamma-1.0-{X86}.whl"])
+    stored = _corrupt(universe.store, universe.wheels[f"gamma-1.0-{X86}.whl"])
     with pytest.raises(ArtifactError) as info:
         export_index(universe.lock, universe.store, out, targets=["linux-x86_64"])
     assert info.value.artifact == f"gamma-1.0-{X86}.whl" and info.value.exit_code == 4
+    # the same fields as fetch's integrity errors: the two hashes
+    assert (info.value.expected, info.value.actual) == (stored.name, sha256_file(stored))
     assert tree(out) == before
     assert sorted(p.name for p in universe.root.iterdir() if p.name.startswith(".")) == []
 
@@ -413,6 +415,42 @@ def test_refuses_a_directory_that_is_not_an_export(universe: Universe) -> None:
     assert (out / "thesis.txt").read_text() == "do not delete"
     result = export_index(universe.lock, universe.store, out, force=True)
     assert not (out / "thesis.txt").exists() and result.files == 5
+
+
+@pytest.mark.parametrize(
+    ("out", "problem"),
+    [
+        ("u/store", "is the store"),
+        ("u/store/sha256", "is inside the store"),
+        ("u/store/new", "is inside the store"),
+        ("u/store-link/sha256", "is inside the store"),  # through a symlink to the store
+        ("u", "holds the store"),  # which holds the lock too
+        (".", "holds the store"),
+    ],
+)
+def test_out_that_would_take_the_store_or_lock_with_it_is_refused_even_with_force(
+    universe: Universe, out: str, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (universe.root / "store-link").symlink_to(universe.store.root)
+    before = tree(universe.store.root)
+    lock_text = universe.lock.path.read_text()
+    monkeypatch.chdir(universe.root.parent)
+    with pytest.raises(IndexExportError, match="replacing it would remove") as info:
+        export_index(universe.lock, universe.store, Path(out), force=True)
+    assert info.value.exit_code == 2
+    assert any(p.message.startswith(problem) for p in info.value.problems), info.value.problems
+    assert tree(universe.store.root) == before and universe.lock.path.read_text() == lock_text
+
+
+def test_out_holding_the_lock_is_refused(universe: Universe) -> None:
+    lock_dir = universe.root / "project"
+    lock_dir.mkdir()
+    moved = lock_dir / "pylock.toml"
+    moved.write_text(universe.lock.path.read_text())
+    with pytest.raises(IndexExportError) as info:
+        export_index(LockFile.load(moved), universe.store, lock_dir, force=True)
+    assert [p.message for p in info.value.problems] == [f"holds the lock {moved}"]
+    assert moved.is_file()
 
 
 def test_reexport_replaces_previous_and_accepts_empty_dir(universe: Universe) -> None:

@@ -22,6 +22,7 @@ from packaging.utils import parse_wheel_filename
 
 import envship.install as install_mod
 from disklib import MIB, SmallDisk
+from envship._toml import read_toml
 from envship._uv import uv_bin
 from envship.errors import ArtifactError, LockError, StoreError, TargetError
 from envship.host import probe
@@ -29,7 +30,7 @@ from envship.install import INCOMPLETE_NAME, MARKER_NAME, InstallError, install
 from envship.lockfile import LockFile
 from envship.store import Store
 from envship.targets import host_platform
-from indexlib import build_wheel, serve
+from indexlib import build_sdist, build_wheel, serve
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 HOST = host_platform() or "linux-x86_64"
@@ -1036,3 +1037,32 @@ def test_a_marker_missing_what_readers_need_is_no_marker(
 
     assert install(lock, store, dest).action == "rebuilt"
     assert versions(dest) == {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
+
+
+def test_an_sdist_that_cannot_be_built_offline_is_explained(
+    tmp_path: Path, wheels: dict[str, Path], lock: LockFile
+) -> None:
+    """PEP 751 locks no build requirements: an sdist's backend is not in the store, and the
+    offline install says so instead of leaving uv's resolver error alone."""
+    sdist = build_sdist(tmp_path / "dist", "gamma", "1.0")
+    data, _ = read_toml(lock.path)
+    data["packages"].append(
+        {
+            "name": "gamma",
+            "version": "1.0",
+            "sdist": {
+                "url": f"https://example.invalid/files/{sdist.name}",
+                "hashes": {"sha256": hashlib.sha256(sdist.read_bytes()).hexdigest()},
+            },
+        }
+    )
+    data["tool"]["envship"]["allow-sdist"] = True
+    path = tmp_path / "sdist-lock.toml"
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    store = stocked_store(tmp_path / "store", [*wheels.values(), sdist])
+    dest = tmp_path / "env"
+    with pytest.raises(InstallError) as err:
+        install(LockFile.load(path), store, dest)
+    assert err.value.hint is not None
+    assert err.value.hint.startswith("the lock installs gamma from source: building needs")
+    assert not dest.exists()

@@ -148,3 +148,56 @@ def test_an_unreadable_lock_names_the_file(tmp_path: Path) -> None:
         path.chmod(0)
         with pytest.raises(InvalidLockError, match=f"cannot read {path}"):
             LockFile.load(path)
+
+
+@pytest.mark.parametrize(
+    ("packages", "needle"),
+    [
+        ((_package("alpha", GOOD_SHA), _package("alpha", GOOD_SHA)), "Multiple packages"),
+        (
+            (_package("alpha", GOOD_SHA).replace("py3-none-any", "cp312-cp312-win_amd64"),),
+            "No wheel found matching",
+        ),
+        (
+            (
+                _package("alpha", GOOD_SHA).replace(
+                    'version = "1.0"\n', 'version = "1.0"\nrequires-python = ">=3.12"\n'
+                ),
+            ),
+            "does not satisfy the Python version",
+        ),
+    ],
+    ids=["duplicate-name", "no-wheel-for-its-target", "requires-python-excludes-its-target"],
+)
+def test_a_lock_its_own_target_cannot_select_from_is_bad_input(
+    tmp_path: Path, packages: tuple[str, ...], needle: str
+) -> None:
+    path = _write(tmp_path, *packages)
+    with pytest.raises(InvalidLockError, match="cannot be installed on its own target") as caught:
+        LockFile.load(path).artifacts()
+    assert caught.value.exit_code == 2
+    assert needle in caught.value.problems[0].message
+    assert caught.value.hint and "envship lock" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("created_by", "says"),
+    [
+        (
+            "uv",
+            "records no targets (tool.envship.targets): it was made by 'uv', not `envship lock`",
+        ),
+        ("envship", "records no targets (tool.envship.targets)"),
+    ],
+)
+def test_a_lock_without_targets_says_who_made_it(
+    tmp_path: Path, created_by: str, says: str
+) -> None:
+    path = tmp_path / "pylock.toml"
+    path.write_text(
+        f'lock-version = "1.0"\ncreated-by = "{created_by}"\n' + _package("alpha", GOOD_SHA)
+    )
+    with pytest.raises(InvalidLockError) as caught:
+        LockFile.load(path).artifacts()
+    assert caught.value.message == f"{path} {says}"
+    assert caught.value.exit_code == 2 and "`envship lock`" in (caught.value.hint or "")

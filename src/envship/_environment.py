@@ -28,7 +28,7 @@ from typing import Any
 
 from ._installmarker import read_marker
 from ._pyprobe import ProbeFailure, facts_of
-from .errors import InvalidLockError, Problem, SpecError, TargetError
+from .errors import Problem, SpecError, TargetError
 from .lockfile import LockFile
 from .targets import Target, host_platform
 
@@ -276,9 +276,7 @@ def choose_target(
 ) -> Target:
     """The lock target for this machine and Python: several -> the highest glibc <= ours."""
     if not lock.targets:
-        raise InvalidLockError(
-            f"{lock.path} records no targets", hint="re-create it with `envship lock`"
-        )
+        raise lock.no_targets()
     platform_id = platform_id or host_platform()
     glibc = glibc or _machine_glibc()
     known = ", ".join(t.name for t in lock.targets) or "(none recorded)"

@@ -153,10 +153,21 @@ def _artifact_lock(path: Path, cancel: threading.Event) -> Iterator[None]:
 
 
 def _disk_full(store: Store) -> StoreError:
+    # Parallel downloads each keep what they had: partial files can hold the space one
+    # download at a time would have needed, so the hint says how much and where.
+    held = 0
+    with contextlib.suppress(OSError):
+        held = sum(p.stat().st_size for p in store.partial_dir.iterdir() if p.is_file())
+    partial = (
+        f"; partial downloads ({held / (1 << 20):.1f} MiB in {store.partial_dir}) resume, "
+        "or free their space if removed (`-j 1` then downloads one at a time)"
+        if held
+        else ""
+    )
     return StoreError(
         f"the disk holding the store {store.root} is full",
         hint="free some space (or pass --store DIR on a larger disk) and re-run: "
-        "finished artifacts are kept and partial downloads resume",
+        f"finished artifacts are kept{partial}",
     )
 
 

@@ -180,6 +180,8 @@ def match_target(lock_or_targets: LockFile | Iterable[Target], host: HostInfo) -
     (its wheels may be newer builds); declaration order breaks ties.
     """
     if isinstance(lock_or_targets, LockFile):
+        if not lock_or_targets.targets:
+            raise lock_or_targets.no_targets()
         targets = list(lock_or_targets.targets)
         source = str(lock_or_targets.path)
     else:

@@ -155,13 +155,21 @@ def _place(src: Path, dest: Path, artifact: Artifact) -> None:
         shutil.copyfile(src, dest)  # a new file: nothing written here reaches the store
     # Hash what the index will serve, not what we meant to copy.
     actual, size = sha256_file(dest), dest.stat().st_size
-    if actual != artifact.sha256 or (artifact.size is not None and size != artifact.size):
+    # The fields fetch's and the store's integrity errors have: the hash, or else the size.
+    wrong = (
+        (artifact.sha256, actual)
+        if actual != artifact.sha256
+        else (str(artifact.size), str(size))
+        if artifact.size is not None and size != artifact.size
+        else None
+    )
+    if wrong is not None:
         raise ArtifactError(
             f"{artifact.filename}: the store's copy does not match the lock, refusing it",
             artifact=artifact.filename,
-            expected=f"sha256={artifact.sha256} size={artifact.size}",
-            actual=f"sha256={actual} size={size}",
-            hint=f"delete {src} and run `envship fetch` again; a corrupt store must not "
+            expected=wrong[0],
+            actual=wrong[1],
+            hint=f"`envship fetch --verify` replaces it ({src}); a corrupt store must not "
             "become an index",
         )
 
@@ -175,6 +183,36 @@ def _check_out(out: Path, force: bool) -> None:
         raise IndexExportInputError(
             f"{out} exists and is not an envship index export; refusing to replace it",
             hint="choose another directory, or pass --force to replace it",
+        )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_inputs(out: Path, store: Store, lock: Path) -> None:
+    """Refuse an OUT whose replacement would take the export's own inputs with it: the
+    store (OUT is it, inside it, or holds it) or the lock being read. ``--force`` only
+    says that OUT may be a folder that is no earlier export; it never covers these."""
+    real_out = Path(os.path.realpath(out.parent)) / out.name  # as _swap replaces it
+    stores = {store.root, Path(os.path.realpath(store.root))}
+    problems = [
+        Problem(str(out), f"{what} the store {store.root}")
+        for what, hit in (
+            ("is", any(real_out == s for s in stores)),
+            ("is inside", any(real_out != s and _inside(real_out, s) for s in stores)),
+            ("holds", any(real_out != s and _inside(s, real_out) for s in stores)),
+        )
+        if hit
+    ]
+    locks = {lock.absolute(), Path(os.path.realpath(lock))}
+    if any(_inside(p, real_out) for p in locks):
+        problems.append(Problem(str(out), f"holds the lock {lock}"))
+    if problems:
+        raise IndexExportInputError(
+            f"refusing to export to {out}: replacing it would remove what the export reads",
+            problems=problems,
+            hint="export to a folder of its own, outside the store and the lock's folder",
         )
 
 
@@ -234,9 +272,11 @@ def export_index(
     Raises :class:`StoreError` naming every artifact missing from ``store``,
     :class:`ArtifactError` for one whose bytes do not match the lock, and
     :class:`IndexExportError` when ``out`` exists but is no earlier export (unless
-    ``force``). Nothing at ``out`` changes unless the whole export succeeds.
+    ``force``), or when it is, holds or lies inside the store, or holds the lock (even
+    with ``force``). Nothing at ``out`` changes unless the whole export succeeds.
     """
     out = _normalized(Path(out))
+    _check_inputs(out, store, lock.path)
     artifacts = lock.artifacts(targets, groups=groups)  # refuses unknown targets, groups
     chosen = [lock.target(n) for n in targets] if targets else list(lock.targets)
     chosen_groups = sorted(set(lock.groups) if groups is None else set(groups))

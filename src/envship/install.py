@@ -343,8 +343,19 @@ def _install_locked(
                 what=f"installing {len(artifacts)} packages into {dest}",
                 keep_fds=[lock_fd],
             )
-        except InstallError:
+        except InstallError as exc:
             name_damaged(lock, store, chosen, artifacts)  # a clearer error, if it is that
+            sdists = [a.name for a in artifacts if a.kind == "sdist"]
+            if sdists and exc.hint is None:
+                # uv builds an sdist in an isolated environment whose build backend comes
+                # from an index; the store holds only what the lock names (PEP 751 locks
+                # no build requirements), so offline it can only fail.
+                exc.hint = (
+                    f"the lock installs {', '.join(sdists)} from source: building needs a "
+                    "build backend (e.g. setuptools) from an index, which an offline "
+                    "install from the store does not have; lock wheels (build them and "
+                    "serve them from an index of your own) rather than allow-sdist"
+                )
             raise
 
     try:

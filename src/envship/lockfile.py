@@ -131,6 +131,18 @@ class LockFile:
             display_name=_optional_str(tool.get("display-name")),
         )
 
+    def no_targets(self) -> InvalidLockError:
+        """The error for a lock without ``[tool.envship] targets``: most often one another
+        tool wrote (PEP 751 records environments as markers, not the platform, glibc and
+        Python a target needs), which the message says."""
+        by = self.pylock.created_by
+        made = "" if by == "envship" else f": it was made by {by!r}, not `envship lock`"
+        return InvalidLockError(
+            f"{self.path} records no targets (tool.envship.targets){made}",
+            hint="envship installs a lock for the targets `envship lock` checked it against: "
+            "lock the spec (or the requirements the lock came from) with `envship lock`",
+        )
+
     @property
     def groups(self) -> tuple[str, ...]:
         return tuple(self.pylock.dependency_groups or ())
@@ -172,9 +184,13 @@ class LockFile:
                 )
             )
         except PylockSelectError as exc:
-            raise LockError(
-                f"{self.path} cannot be installed on target {target.name!r}",
+            # The target is the lock's own (tool.envship.targets): a lock whose packages
+            # cannot be selected for it (two entries of one name, a requires-python or a
+            # wheel set that excludes it) contradicts itself, as only an edit makes it.
+            raise InvalidLockError(
+                f"{self.path} cannot be installed on its own target {target.name!r}",
                 problems=[Problem(str(self.path), str(exc))],
+                hint="make the lock again with `envship lock` rather than editing it",
             ) from None
         out: list[tuple[Package, PackageWheel | PackageSdist]] = []
         for package, artifact in selected:
@@ -209,10 +225,7 @@ class LockFile:
         """
         chosen = [self.target(n) for n in targets] if targets else list(self.targets)
         if not chosen:
-            raise InvalidLockError(
-                f"{self.path} records no targets",
-                hint="re-create it with `envship lock`",
-            )
+            raise self.no_targets()
         found: dict[str, Artifact] = {}
         problems: dict[str, Problem] = {}
         for target in chosen:

@@ -145,7 +145,8 @@ def lock_option(help_text: str) -> Callable[[F], F]:
         type=click.Path(dir_okay=False, path_type=Path),
         default=Path(LOCK_FILENAME),
         show_default=True,
-        help=help_text,
+        # Other tools' PEP 751 locks carry no targets (tool.envship.targets): say whose.
+        help=f"{help_text} A pylock.toml written by `envship lock`.",
     )
 
 
