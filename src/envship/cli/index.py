@@ -29,7 +29,12 @@ def command() -> None:
     help="Export only what this target (repeatable) installs; default: every target.",
 )
 @groups_option("Include")
-@click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier export (never the store, a folder holding it or the lock).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace OUT even if it is not an earlier export (never the store, a folder "
+    "holding it, or the lock).",
+)
 @json_option
 def export(
     out: Path,
