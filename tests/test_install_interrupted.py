@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import envship.install as install_mod
 from envship.errors import ArtifactError
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from test_install import run_py, versions, write_lock
@@ -43,6 +44,35 @@ def test_a_killed_reinstall_is_finished_with_the_same_settings(
     assert after["python"] == before["python"] and "reinstalling" not in after
     assert versions(dest) == LOCKED
     assert not (dest / INCOMPLETE_NAME).exists()
+
+
+def test_a_reinstall_interrupted_while_emptying_the_env_has_its_settings_kept(
+    tmp_path: Path,
+    made: Made,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The settings are written before the environment is emptied: an interrupt in
+    between (Ctrl-C, SIGTERM) leaves a marker that says how to finish it."""
+    dest = tmp_path / "env"
+    install(made.lock, made.store, dest, link_mode="copy")
+    real_clear = install_mod.clear
+
+    def interrupted(path: Path, keep: tuple[str, ...] = ()) -> None:
+        raise KeyboardInterrupt  # the first thing emptying does
+
+    monkeypatch.setattr(install_mod, "clear", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        install(made.lock, made.store, dest, reinstall=True)
+    monkeypatch.setattr(install_mod, "clear", real_clear)
+
+    assert (dest / INCOMPLETE_NAME).is_file()
+    kept = json.loads((dest / MARKER_NAME).read_text())
+    assert kept["reinstalling"] is True and kept["link_mode"] == "copy"
+    result = install(made.lock, made.store, dest)
+    assert result.action == "rebuilt"
+    after = json.loads((dest / MARKER_NAME).read_text())
+    assert after["link_mode"] == "copy" and "reinstalling" not in after
+    assert versions(dest) == LOCKED
 
 
 def test_a_killed_reinstall_still_takes_the_stores_bytes(
