@@ -12,6 +12,7 @@ import pytest
 
 from envship.cli.main import main
 from envship.errors import ImageInputError
+from envship.imageio import mirrored
 from envship.oci import (
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -183,6 +184,14 @@ def test_repository_and_tag_checks(check: Any, value: str, valid: bool) -> None:
         ("localhost:5000/ds", Reference("localhost:5000", "ds", "latest")),
         ("r.example/a/b:v1@" + D1, Reference("r.example", "a/b", "v1", D1)),
         ("ds@" + D2, Reference("registry-1.docker.io", "library/ds", None, D2)),
+        # Docker Hub's other names are Docker Hub, one-part names in library/ there too
+        ("docker.io/python:3.11", Reference("registry-1.docker.io", "library/python", "3.11")),
+        ("index.docker.io/team/ds", Reference("registry-1.docker.io", "team/ds", "latest")),
+        ("Docker.IO/library/debian", Reference("registry-1.docker.io", "library/debian", "latest")),
+        (
+            "registry-1.docker.io/debian",
+            Reference("registry-1.docker.io", "library/debian", "latest"),
+        ),
     ],
 )
 def test_reference_parse(text: str, expected: Reference) -> None:
@@ -262,3 +271,20 @@ def test_digest_check(value: object, valid: bool) -> None:
             check_digest(value, where="layers[3]")
         assert caught.value.exit_code == 2
         assert [p.where for p in caught.value.problems] == ["layers[3]"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["python:3.11", "docker.io/python:3.11", "index.docker.io/library/python:3.11"],
+)
+def test_every_name_of_docker_hub_goes_to_the_mirror(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENVSHIP_REGISTRY_MIRROR", "127.0.0.1:5999")
+    assert mirrored(Reference.parse(text)) == Reference("127.0.0.1:5999", "library/python", "3.11")
+
+
+def test_other_registries_are_not_mirrored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVSHIP_REGISTRY_MIRROR", "127.0.0.1:5999")
+    ref = Reference.parse("r.example/python:3.11")
+    assert mirrored(ref) == ref

@@ -146,6 +146,7 @@ _REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _REPOSITORY_HINT = "repository names are lowercase letters, digits and . _ - separated by /"
 DOCKER_HUB = "registry-1.docker.io"
+_HUB_NAMES = frozenset({"docker.io", "index.docker.io", DOCKER_HUB})
 
 
 def check_repository(name: str) -> str:
@@ -199,6 +200,10 @@ class Reference:
             registry, repository = first, remainder
         else:
             registry, repository = DOCKER_HUB, rest
+        # Docker Hub under any of its names is one registry (docker's own normalization):
+        # `docker.io/python` is `library/python` there, and a mirror of Hub serves it too.
+        if registry.lower() in _HUB_NAMES:
+            registry = DOCKER_HUB
             if "/" not in repository:
                 repository = f"library/{repository}"
         if not _REPOSITORY.fullmatch(repository):
