@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from envship.errors import InvalidLockError, LockError
+from envship.errors import InvalidLockError, LockError, TargetError
 from envship.lockfile import LockFile
 
 TARGETS = (
@@ -201,3 +201,14 @@ def test_a_lock_without_targets_says_who_made_it(
         LockFile.load(path).artifacts()
     assert caught.value.message == f"{path} {says}"
     assert caught.value.exit_code == 2 and "`envship lock`" in (caught.value.hint or "")
+
+
+def test_an_unknown_target_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    lock = LockFile.load(_write(tmp_path, _package("alpha", GOOD_SHA)))
+    with pytest.raises(TargetError, match="the lock has no target 'arm'") as caught:
+        lock.target("arm")
+    assert [p.message for p in caught.value.problems] == ["its targets: x86"]
+    assert (
+        caught.value.hint == "name one of them (x86), or add the target to the spec and lock again"
+    )
+    assert caught.value.exit_code == 2

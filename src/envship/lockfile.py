@@ -155,6 +155,9 @@ class LockFile:
         raise TargetError(
             f"the lock has no target {name!r}",
             problems=[Problem(str(self.path), f"its targets: {known}")],
+            hint=f"name one of them ({known}), or add the target to the spec and lock again"
+            if self.targets
+            else None,
         )
 
     def chosen_groups(self, groups: Collection[str] | None = None) -> tuple[str, ...]:
