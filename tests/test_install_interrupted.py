@@ -55,7 +55,6 @@ def test_a_reinstall_interrupted_while_emptying_the_env_has_its_settings_kept(
     between (Ctrl-C, SIGTERM) leaves a marker that says how to finish it."""
     dest = tmp_path / "env"
     install(made.lock, made.store, dest, link_mode="copy")
-    real_clear = install_mod.clear
 
     def interrupted(path: Path, keep: tuple[str, ...] = ()) -> None:
         raise KeyboardInterrupt  # the first thing emptying does
@@ -63,7 +62,7 @@ def test_a_reinstall_interrupted_while_emptying_the_env_has_its_settings_kept(
     monkeypatch.setattr(install_mod, "clear", interrupted)
     with pytest.raises(KeyboardInterrupt):
         install(made.lock, made.store, dest, reinstall=True)
-    monkeypatch.setattr(install_mod, "clear", real_clear)
+    monkeypatch.undo()
 
     assert (dest / INCOMPLETE_NAME).is_file()
     kept = json.loads((dest / MARKER_NAME).read_text())

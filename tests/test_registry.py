@@ -425,6 +425,7 @@ def test_unreachable_registry_fails_after_retries() -> None:
     error = caught.value
     assert error.registry == host and error.status is None
     assert "after 3 attempts" in str(error) and "refused" in str(error).lower()
+    assert f"at {host}: " in error.message  # the message alone names the registry
     assert error.exit_code == 3
 
 

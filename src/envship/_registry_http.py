@@ -324,8 +324,10 @@ class Channel:
             if i + 1 < self.retry.attempts:
                 self.pause(i, last.after)
         assert last is not None
+        # Which registry: a push or pull talks to one, but a message may reach a log alone.
+        at = "" if self.registry in what else f" at {self.registry}"
         raise RegistryError(
-            f"cannot {what}: {last} (after {self.retry.attempts} attempts)",
+            f"cannot {what}{at}: {last} (after {self.retry.attempts} attempts)",
             url=redact(url),
             registry=self.registry,
             status=last.status,

@@ -237,7 +237,7 @@ def _put_chunks(
                 raise SessionLost(str(exc)) from None
             http.pause(failures, exc.after)
             failures += 1
-            offset, location = _upload_status(http, location, scopes)
+            offset, location = _upload_status(http, location, scopes, digest)
     url = _with_digest(location, digest)
 
     def commit() -> None:
@@ -252,15 +252,18 @@ def _put_chunks(
     http.retrying(f"complete upload of blob {digest}", url, commit)
 
 
-def _upload_status(http: Channel, location: str, scopes: Sequence[str]) -> tuple[int, str]:
-    """Where an upload stands (spec: GET on the upload URL -> 204 with Range)."""
+def _upload_status(
+    http: Channel, location: str, scopes: Sequence[str], digest: str
+) -> tuple[int, str]:
+    """Where the upload of blob ``digest`` stands (spec: GET on the upload URL -> 204
+    with Range)."""
 
     def attempt() -> tuple[int, str]:
         with http.exchange("GET", location, scopes) as resp:
             if resp.status == 404:
                 raise SessionLost("the registry forgot the upload session")
-            http.expect(resp, (202, 204), "check an upload")
+            http.expect(resp, (202, 204), f"check the upload of blob {digest}")
             new = urljoin(resp.url, resp.headers.get("Location") or location)
             return _range_end(resp.headers.get("Range")) or 0, new
 
-    return http.retrying("check an upload", location, attempt)
+    return http.retrying(f"check the upload of blob {digest}", location, attempt)
