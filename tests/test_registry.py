@@ -418,6 +418,20 @@ def test_registry_failing_every_time_gives_up_with_the_status(
     assert len(registry_proxy.injected) == 3
 
 
+def test_a_blob_check_failing_every_time_names_the_registry(
+    registry_proxy: FaultProxy, repo: str
+) -> None:
+    c = client(f"http://{registry_proxy.host}")
+    c.blob_exists(repo, digest_of(b"x"))  # connect first: the ping is not what fails
+    registry_proxy.fail("HEAD", "/blobs/sha256:", times=100, status=503)
+    with pytest.raises(RegistryError) as caught:
+        c.blob_exists(repo, digest_of(b"y"))
+    assert caught.value.message == (
+        f"cannot check blob {repo}@{digest_of(b'y')} at {registry_proxy.host}: HTTP 503 "
+        "(after 3 attempts)"
+    )
+
+
 def test_unreachable_registry_fails_after_retries() -> None:
     host = f"127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(RegistryError) as caught:
@@ -425,7 +439,7 @@ def test_unreachable_registry_fails_after_retries() -> None:
     error = caught.value
     assert error.registry == host and error.status is None
     assert "after 3 attempts" in str(error) and "refused" in str(error).lower()
-    assert f"at {host}: " in error.message  # the message alone names the registry
+    assert f"reach {host}: " in error.message  # the message alone names the registry
     assert error.exit_code == 3
 
 
