@@ -80,9 +80,54 @@ def test_bad_input_json_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     data = json.loads(capsys.readouterr().out)
     assert data["error"] == "spec"
     assert data["problems"] == [
-        {"where": "environment.yml: dependencies[1]", "message": "conda package 'numpy'"}
+        {
+            "where": "environment.yml: dependencies[1]",
+            "message": "conda package 'numpy' is not under 'pip:'; envship installs from "
+            "Python package indexes only",
+        }
     ]
     assert "pip:" in data["hint"]
+
+
+def test_self_referencing_extra_becomes_its_requirements(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Written as "my-pkg[extra1]", the lock asked the index for a package named my-pkg.
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "My_Pkg"\ndependencies = ["requests", "my-pkg[extra1]"]\n'
+        '[project.optional-dependencies]\nextra1 = ["attrs"]\n',
+        encoding="utf-8",
+    )
+    assert run("init", str(tmp_path), "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["dependencies"], data["groups"]) == (["requests", "attrs"], {"extra1": ["attrs"]})
+    assert load_spec(tmp_path).dependencies == ("requests", "attrs")
+
+
+@pytest.mark.parametrize(
+    ("files", "where", "message"),
+    [
+        (
+            {"pyproject.toml": '[project]\nname = "p"\ndependencies = ["p[gone]"]\n'},
+            "pyproject.toml: project.dependencies[0]",
+            "no extra 'gone'",
+        ),
+        ({"requirements.txt": "six\nfoo===\n"}, "requirements.txt:2", "'===' has no version"),
+    ],
+)
+def test_what_the_lock_could_not_use_is_refused_with_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    files: dict[str, str],
+    where: str,
+    message: str,
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    assert run("init", str(tmp_path), "--json") == 2
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert [(p["where"], message in p["message"]) for p in problems] == [(where, True)]
+    assert not (tmp_path / "envship.toml").exists()
 
 
 def test_nothing_to_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

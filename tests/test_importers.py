@@ -324,6 +324,10 @@ def test_requirements_option_lines(
         ("six -C x=1", "--config-settings is unsupported"),
         ("--hash=sha256:abc", "--hash belongs after a requirement"),
         ("-e .", "editable installs are not supported"),
+        # packaging accepts these; uv does not, and failed the whole lock on them.
+        ("foo===", "'foo===': '===' has no version after it"),
+        ("foo (===) ; python_version > '3'", "'===' has no version after it"),
+        ("foo===abc", "'===abc' is not a PEP 440 version"),
     ],
 )
 def test_requirements_bad_option_lines(tmp_path: Path, line: str, message: str) -> None:
@@ -427,7 +431,15 @@ def test_environment_yml_conda_only_packages(tmp_path: Path) -> None:
         "environment.yml: dependencies[2]",
         "environment.yml: dependencies[3].pip[0]",
     ]
-    assert exc.hint is not None and "pip:" in exc.hint
+    # Every conda package is refused, numpy too: conda names and builds are not PyPI's,
+    # and each message says why, not only the hint.
+    assert exc.message == "cannot import environment.yml: 2 conda package(s) outside 'pip:'"
+    assert [p.message for p in exc.problems[:2]] == [
+        f"conda package {dep!r} is not under 'pip:'; envship installs from Python package "
+        "indexes only"
+        for dep in ("numpy", "conda-forge::gdal=3.8")
+    ]
+    assert exc.hint is not None and "under 'pip:' by its PyPI name" in exc.hint
 
 
 @pytest.mark.parametrize(
@@ -497,7 +509,6 @@ def test_pep621_and_pep735(tmp_path: Path) -> None:
         ),
         ('[dependency-groups]\na = [{include-group = "nope"}]', "dependency-groups.a[0]"),
         ('[dependency-groups]\na = ["ok", "bad req!"]', "dependency-groups.a[1]"),
-        ('[project]\nname = "p"\n[project.optional-dependencies]\nall = ["p[all]"]', "all"),
         ('[project]\nname = "p"\n[project.optional-dependencies]\nall = ["p[x]"]', "all[0]"),
     ],
 )
@@ -506,6 +517,201 @@ def test_dependency_group_errors(tmp_path: Path, toml: str, where: str) -> None:
     if not where.startswith("dependency-groups"):
         where = f"project.optional-dependencies.{where}"
     assert wheres(exc) == [f"pyproject.toml: {where}"]
+
+
+# A requirement on the project itself ("my-pkg[extra1]") stands for the requirements of
+# those extras (pip and uv read it so); kept as it is, the lock looked "my-pkg" up on the
+# index: whatever anyone published under that name would have been installed.
+SELF_REFERENCES = [
+    pytest.param(
+        """
+        [project]
+        name = "My_Pkg"
+        dependencies = ["requests", "my-pkg[extra1]"]
+        [project.optional-dependencies]
+        extra1 = ["attrs"]
+        """,
+        ("requests", "attrs"), {"extra1": ("attrs",)}, id="the-audit-case",
+    ),
+    pytest.param(
+        """
+        [project]
+        name = "my.pkg"
+        dependencies = ["My-Pkg[GPU] ; sys_platform == 'linux'"]
+        [project.optional-dependencies]
+        gpu = ["cupy ; platform_machine == 'x86_64' or platform_machine == 'aarch64'"]
+        """,
+        ('cupy; (platform_machine == "x86_64" or platform_machine == "aarch64") and '
+         'sys_platform == "linux"',),
+        {"gpu": ('cupy; platform_machine == "x86_64" or platform_machine == "aarch64"',)},
+        id="markers-combined",
+    ),
+    pytest.param(
+        """
+        [project]
+        name = "p"
+        dependencies = ["p[all]>=1"]
+        [project.optional-dependencies]
+        all = ["p[a,b]"]
+        a = ["x"]
+        b = ["p[c] ; python_version >= '3.11'"]
+        c = ["y"]
+        """,
+        ("x", 'y; python_version >= "3.11"'),
+        {"all": ("x", 'y; python_version >= "3.11"'), "a": ("x",),
+         "b": ('y; python_version >= "3.11"',), "c": ("y",)},
+        id="nested-extras",
+    ),
+    pytest.param(
+        """
+        [project]
+        name = "p"
+        dependencies = ["p[a]"]
+        [project.optional-dependencies]
+        a = ["p[b]", "x"]
+        b = ["p[a]", "y"]
+        all = ["p[all]", "z"]
+        """,
+        ("x", "y"), {"a": ("x", "y"), "b": ("y", "x"), "all": ("z",)},
+        id="extras-in-a-cycle",
+    ),
+    pytest.param(
+        """
+        [project]
+        name = "p"
+        dependencies = ["p[a]"]
+        [project.optional-dependencies]
+        a = ["p[a] ; os_name == 'nt'", "p[b] ; os_name == 'nt'", "x"]
+        b = ["p[a]", "y"]
+        """,
+        ("x", 'y; os_name == "nt"'),
+        {"a": ("x", 'y; os_name == "nt"'), "b": ("y", "x")},
+        id="a-cycle-under-a-marker",
+    ),
+    pytest.param(
+        """
+        [project]
+        name = "p"
+        dependencies = ["p", "six"]
+        [dependency-groups]
+        dev = ["p[test] ; python_version >= '3.10'", "ruff", {include-group = "docs"}]
+        docs = ["P[Docs]"]
+        [project.optional-dependencies]
+        test = ["pytest"]
+        docs = ["sphinx"]
+        """,
+        ("six",),
+        {"test": ("pytest",), "docs": ("sphinx",),
+         "dev": ('pytest; python_version >= "3.10"', "ruff", "sphinx")},
+        id="dependency-groups",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("toml", "dependencies", "groups"), SELF_REFERENCES)
+def test_requirements_on_the_project_itself_expand_to_its_extras(
+    tmp_path: Path, toml: str, dependencies: tuple[str, ...], groups: dict[str, tuple[str, ...]]
+) -> None:
+    spec = imported(tmp_path, {"pyproject.toml": toml}).spec
+    assert spec.dependencies == dependencies
+    assert dict(spec.groups) == groups
+
+
+def test_the_project_itself_without_extras_is_dropped_with_a_note(tmp_path: Path) -> None:
+    toml = '[project]\nname = "p"\ndependencies = ["P", "six"]\n'
+    result = imported(tmp_path, {"pyproject.toml": toml})
+    assert result.spec.dependencies == ("six",)
+    assert "pyproject.toml: project.dependencies: the project itself is not part of the spec" in (
+        result.notes
+    )
+
+
+SELF_REFERENCE_ERRORS = [
+    pytest.param(
+        '[project]\nname = "p"\ndependencies = ["p[nope]"]',
+        "project.dependencies[0]", "no extra 'nope' in project.optional-dependencies",
+        id="no-such-extra",
+    ),
+    pytest.param(
+        '[project]\nname = "p"\ndependencies = ["p[cli]"]\ndynamic = ["optional-dependencies"]',
+        "project.dependencies[0]", "they are dynamic: the build backend computes them",
+        id="dynamic-extras",
+    ),
+    pytest.param(
+        '[project]\nname = "p"\ndependencies = ["p[a]"]\n'
+        '[project.optional-dependencies]\na = ["x", "p[zz]"]',
+        "project.optional-dependencies.a[1]", "no extra 'zz'", id="missing-further-down",
+    ),
+    pytest.param(
+        '[project]\nname = "p"\n[dependency-groups]\ndev = ["p[nope]"]',
+        "dependency-groups.dev[0]", "no extra 'nope'", id="group-no-such-extra",
+    ),
+    pytest.param(
+        '[tool.poetry]\nname = "Svc"\n[tool.poetry.dependencies]\n'
+        'svc = {version = "*", extras = ["x"]}',
+        "tool.poetry.dependencies.svc", "the project cannot depend on itself", id="poetry",
+    ),
+    pytest.param(
+        '[tool.poetry]\nname = "svc"\n[tool.poetry.group.dev.dependencies]\nSVC = "*"',
+        "tool.poetry.group.dev.dependencies.SVC", "cannot depend on itself", id="poetry-group",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("toml", "where", "message"), SELF_REFERENCE_ERRORS)
+def test_self_references_that_cannot_be_expanded_are_refused(
+    tmp_path: Path, toml: str, where: str, message: str
+) -> None:
+    exc = failure(tmp_path, {"pyproject.toml": toml})
+    assert [(p.where, message in p.message) for p in exc.problems] == [
+        (f"pyproject.toml: {where}", True)
+    ], exc.problems
+
+
+def test_extras_naming_each_other_under_many_markers_are_refused_not_expanded(
+    tmp_path: Path,
+) -> None:
+    # Every path through extras that name each other under a marker is a marker of its
+    # own: 8 such extras took 2.5 minutes and wrote a 25 MB spec before the limit.
+    def entry(i: int, j: int) -> str:
+        return f"\"p[e{j}] ; platform_release == '{i}.{j}'\""
+
+    extras = [f"e{i} = [{', '.join(entry(i, j) for j in range(8))}]" for i in range(8)]
+    toml = '[project]\nname = "p"\ndependencies = ["p[e0]"]\n[project.optional-dependencies]\n'
+    toml += "\n".join(extras)
+    exc = failure(tmp_path, {"pyproject.toml": toml})
+    assert wheres(exc) == ["pyproject.toml: project.dependencies[0]"] + [
+        f"pyproject.toml: project.optional-dependencies.e{i}" for i in range(8)
+    ]
+    assert all("over 1000 different combinations of markers" in p.message for p in exc.problems)
+
+
+PYPROJECT_NAME_ERRORS = [
+    pytest.param('[dependency-groups]\n"Bad Name" = ["x"]', "dependency-groups.Bad Name",
+                 "invalid group name 'Bad Name'", "'bad-name'", id="group-name"),
+    pytest.param('[project]\nname = "p"\n[project.optional-dependencies]\n"a b" = ["x"]',
+                 "project.optional-dependencies.a b", "invalid group name 'a b'", "'a-b'",
+                 id="extra-name"),
+    pytest.param('[dependency-groups]\nDev = ["x"]\ndev = ["y"]', "dependency-groups.dev",
+                 "the same name as dependency-groups.Dev", "", id="names-equal-normalized"),
+    pytest.param('[tool.poetry.group."my group".dependencies]\nx = "*"',
+                 "tool.poetry.group.my group", "invalid group name 'my group'", "'my-group'",
+                 id="poetry-group-name"),
+    pytest.param('[project]\nname = "p"\ndependencies = ["foo==="]', "project.dependencies[0]",
+                 "'===' has no version after it", "'foo==1.0'", id="arbitrary-equality-empty"),
+    pytest.param('[dependency-groups]\ndev = ["foo===*"]', "dependency-groups.dev[0]",
+                 "'===*' is not a PEP 440 version", "", id="arbitrary-equality-not-pep440"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("toml", "where", "message", "suggestion"), PYPROJECT_NAME_ERRORS)
+def test_pyproject_entries_a_spec_cannot_hold_name_the_key(
+    tmp_path: Path, toml: str, where: str, message: str, suggestion: str
+) -> None:
+    exc = failure(tmp_path, {"pyproject.toml": toml})
+    assert [p.where for p in exc.problems] == [f"pyproject.toml: {where}"]
+    assert message in exc.problems[0].message
+    assert suggestion in exc.problems[0].message
 
 
 def test_requires_python_unsatisfiable(tmp_path: Path) -> None:

@@ -173,6 +173,16 @@ UNSAFE_SPECS = [
         "groups.dev[1]", "direct reference", id="direct-reference-in-group",
     ),
     pytest.param({"name": "bad name!"}, "name", "invalid name 'bad name!'", id="bad-name"),
+    # packaging accepts "===" with no version (or one that is not PEP 440); uv failed the
+    # lock on it with only "Failed to build envship-lock" and exit 1.
+    pytest.param({"dependencies": ["foo==="]}, "dependencies[0]",
+                 "'foo===': '===' has no version after it; write one (e.g. 'foo==1.0')",
+                 id="arbitrary-equality-empty"),
+    pytest.param({"dependencies": ["six", "foo===,>=1"]}, "dependencies[1]",
+                 "'===' has no version after it", id="arbitrary-equality-empty-and-more"),
+    pytest.param({"groups": {"dev": ["foo===*"]}}, "groups.dev[0]",
+                 "'===*' is not a PEP 440 version, which uv (envship's resolver) requires",
+                 id="arbitrary-equality-not-pep440"),
 ]  # fmt: skip
 
 
@@ -188,6 +198,85 @@ def test_specs_uv_would_refuse_are_refused_naming_the_key(
     found = [(p.where, p.message) for p in info.value.problems]
     assert [w for w, _ in found] == [f"{path}: {where}"], found
     assert message in found[0][1]
+
+
+@pytest.mark.parametrize("operator", ["===", "==", "!=", "<=", ">=", "<", ">", "~="])
+@pytest.mark.parametrize("form", ["foo{}", "foo ({})", "foo{} ; python_version > '3'"])
+def test_no_operator_without_a_version_passes(operator: str, form: str) -> None:
+    text = form.format(operator)
+    with pytest.raises(SpecError) as info:
+        parse_spec({"name": "x", "dependencies": [text]}, source="envship.toml")
+    assert [p.where for p in info.value.problems] == ["envship.toml: dependencies[0]"]
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("requirement", ["foo===1.0", "foo===1.0+local", "foo===2!1.0"])
+def test_arbitrary_equality_with_a_version_is_kept(requirement: str) -> None:
+    spec = parse_spec({"name": "x", "dependencies": [requirement]}, source="s")
+    assert spec.dependencies == (requirement,)
+
+
+# Every problem of a spec is reported at once, each with its key (packaging's rule):
+# a type error in one key of a target does not hide what is wrong with the others.
+ALL_PROBLEMS = [
+    pytest.param(
+        {"targets": {"linux-x86_64": {"glibc": 2.28, "variant": "rocm"}}},
+        [("targets.linux-x86_64.glibc",
+          'expected a string in quotes (glibc = "..."), not the number 2.28'),
+         ("targets.linux-x86_64.variant", "unknown variant 'rocm'; known: cpu, cuda")],
+        id="glibc-float-and-variant",
+    ),
+    pytest.param(
+        {"targets": {"x": {"python": 3.12, "platform": "linux-sparc", "glibc": "2.x"}}},
+        [("targets.x.python", "expected a string"),
+         ("targets.x", "unknown platform 'linux-sparc'"),
+         ("targets.x.glibc", "expected 2 dot-separated numbers, got '2.x'")],
+        id="python-float-platform-and-glibc",
+    ),
+    pytest.param(
+        {"targets": {"linux-aarch64": {"glibc": "2.12", "variant": "rocm"}}},
+        [("targets.linux-aarch64.glibc", "glibc 2.12 is below the oldest manylinux level "
+          "for aarch64 (2.17)"),
+         ("targets.linux-aarch64.variant", "unknown variant 'rocm'")],
+        id="glibc-too-old-and-variant",
+    ),
+    pytest.param(
+        {"targets": {"linux-x86_64": {"glibc": "99.99"}}},
+        [("targets.linux-x86_64.glibc", "glibc 99.99 is not a glibc 2.x version: manylinux "
+          "levels are 2.X (PEP 600), e.g. 2.28")],
+        id="glibc-not-2.x",
+    ),
+    pytest.param(
+        {"python": ["3.11", "3.12"], "targets": {"x": {"platform": "beos", "variant": "tpu"}}},
+        [("targets.x", "unknown platform 'beos'"), ("targets.x.variant", "unknown variant")],
+        id="each-problem-once-for-several-pythons",
+    ),
+    pytest.param(
+        {"targets": {"linux-x86_64": {}, "x": {"platform": "linux-x86_64", "glibc": 2}}},
+        [("targets.x.glibc", "expected a string")],
+        id="a-target-with-a-bad-key-clashes-with-no-other",
+    ),
+    pytest.param(
+        {"groups": {"Bad Name": ["six"], "Dev_Tools": ["six"], "!!": ["six"]}},
+        [("groups.Bad Name", "invalid group name 'Bad Name': expected a normalized PEP 735 "
+          "name (lowercase letters, digits and '-'): 'bad-name'"),
+         ("groups.Dev_Tools", "group names must be normalized (PEP 503): 'dev-tools'"),
+         ("groups.!!", "invalid group name '!!'")],
+        id="group-names-with-their-normalized-form",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "expected"), ALL_PROBLEMS)
+def test_every_problem_is_reported_with_its_key(
+    data: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"name": "x", **data}, source="envship.toml")
+    found = [(p.where, p.message) for p in info.value.problems]
+    assert [w for w, _ in found] == [f"envship.toml: {w}" for w, _ in expected], found
+    for (_, message), (_, want) in zip(found, expected, strict=True):
+        assert want in message
 
 
 def test_targets_that_differ_in_variant_are_distinct(tmp_path: Path) -> None:

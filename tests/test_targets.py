@@ -86,6 +86,46 @@ def test_invalid_targets(kwargs: dict[str, str], where: str) -> None:
     assert where in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "problems"),
+    [
+        # glibc has been 2.x since 1997; "99.99" was reported as below the oldest level.
+        ({"glibc": "99.99"}, [("t.glibc", "glibc 99.99 is not a glibc 2.x version")]),
+        ({"glibc": "3.1"}, [("t.glibc", "glibc 3.1 is not a glibc 2.x version")]),
+        ({"glibc": "1.30"}, [("t.glibc", "glibc 1.30 is not a glibc 2.x version")]),
+        ({"glibc": "2.4"}, [("t.glibc", "glibc 2.4 is below the oldest manylinux level for "
+                             "x86_64 (2.5)")]),
+        (
+            {"glibc": "2.12", "platform_id": "linux-aarch64", "variant": "rocm"},
+            [("t.glibc", "below the oldest manylinux level for aarch64 (2.17)"),
+             ("t.variant", "unknown variant 'rocm'")],
+        ),
+        (
+            {"glibc": "9.1", "platform_id": "windows-x86", "python": "3.x"},
+            [("t", "unknown platform"), ("t.python", "expected 2 dot-separated numbers"),
+             ("t.glibc", "not a glibc 2.x version")],
+        ),
+    ],
+)  # fmt: skip
+def test_every_problem_of_a_target_says_what_is_wrong(
+    kwargs: dict[str, str], problems: list[tuple[str, str]]
+) -> None:
+    args: dict[str, str] = {"python": "3.11", "platform_id": "linux-x86_64", **kwargs}
+    with pytest.raises(TargetError) as info:
+        Target.create("t", where="t", **args)
+    found = [(p.where, p.message) for p in info.value.problems]
+    assert [w for w, _ in found] == [w for w, _ in problems], found
+    for (_, message), (_, want) in zip(found, problems, strict=True):
+        assert want in message
+
+
+@pytest.mark.parametrize(("glibc", "first"), [("2.5", "manylinux_2_5_x86_64"),
+                                              ("2.99", "manylinux_2_99_x86_64")])  # fmt: skip
+def test_glibc_2x_levels_are_accepted(glibc: str, first: str) -> None:
+    target = Target.create("linux-x86_64", python="3.11", glibc=glibc)
+    assert next(target.platform_tags()) == first
+
+
 def test_from_json_reads_what_to_json_wrote() -> None:
     target = Target.create("gpu", platform_id="linux-x86_64", python="3.11", variant="cuda")
     assert Target.from_json(target.to_json()) == target

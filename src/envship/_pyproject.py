@@ -2,7 +2,8 @@
 
 Only what a spec can hold is imported: the dependencies, extras and dependency groups
 (as spec groups), a Python version, and Poetry's package sources (as indexes). The
-project itself is not part of a spec; envship locks what it needs, not what it is.
+project itself is not part of a spec; envship locks what it needs, not what it is, so a
+requirement on it with extras (``my-pkg[test]``) becomes the requirements of those extras.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 
 from ._requirements import index_entry
 from .errors import Problem, SpecError
-from .spec import read_spec_toml
+from .spec import group_name_problem, read_spec_toml, specifier_problem
 
 __all__ = [
     "PYTHONS",
@@ -143,11 +144,13 @@ def _python_marker(constraint: str) -> str:
     return " or ".join(f"({a})" for a in alternatives) if len(alternatives) > 1 else alternatives[0]
 
 
-def _with_marker(req: Requirement, marker: str | None) -> str:
-    if not marker:
+def _with_markers(req: Requirement, markers: frozenset[str]) -> str:
+    """``req`` under its own marker and every one of ``markers`` (all must hold)."""
+    parts = ([str(req.marker)] if req.marker else []) + sorted(markers)
+    if not parts:
         return str(req)
     req = Requirement(str(req))
-    req.marker = Marker(f"({req.marker}) and ({marker})" if req.marker else marker)
+    req.marker = Marker(" and ".join(f"({p})" for p in parts))
     return str(req)
 
 
@@ -162,81 +165,147 @@ def _req(item: object, where: str, problems: list[Problem]) -> Requirement | Non
     elif req.url:
         problems.append(Problem(where, "direct URL references are not supported"))
         return None
+    elif (unusable := specifier_problem(req)) is not None:
+        problems.append(Problem(where, unusable))
+        return None
     return req
 
 
-def _req_list(value: object, where: str, problems: list[Problem]) -> list[Requirement]:
-    if not isinstance(value, list):
-        problems.append(Problem(where, "expected a list of requirements"))
-        return []
-    reqs = [_req(item, f"{where}[{i}]", problems) for i, item in enumerate(value)]
-    return [r for r in reqs if r is not None]
+_Key = tuple[str, str]  # ("extra" or "group", normalized name)
+_MAX_EXTRA_PATHS = 1000  # (extra, markers) pairs one self-reference may expand to
+_Entry = tuple[str, "Requirement | _Key"]  # (where, a requirement or an included group)
 
 
 class _Groups:
-    """PEP 621 extras and PEP 735 dependency groups, flattened into plain lists.
+    """PEP 621 dependencies and extras and PEP 735 dependency groups, as plain lists.
 
     PEP 735: ``{include-group = "x"}`` includes another group; names compare normalized
     and an include cycle is an error. A requirement on the project itself with extras
-    (``proj[test]``) is the common way to reuse extras, so it expands to those extras.
+    (``proj[test]``) is the common way to reuse extras, and pip and uv read it as those
+    extras' requirements: so it expands to them, each under the self-reference's marker
+    too. It is never kept as it is: the lock would look the project up on an index by
+    its name, and install whatever someone published there (dependency confusion).
+    Extras may name each other in a cycle (pip and uv accept it); that adds nothing.
     """
 
-    def __init__(self, project: str | None, where: str, problems: list[Problem]) -> None:
+    def __init__(
+        self, project: str | None, where: str, problems: list[Problem], *, dynamic: bool
+    ) -> None:
         self.project = canonicalize_name(project) if project else None
-        self.tables: dict[tuple[str, str], tuple[str, list[Any]]] = {}
-        self.done: dict[tuple[str, str], list[str]] = {}
+        self.tables: dict[_Key, tuple[str, list[_Entry]]] = {}
+        self.done: dict[_Key, list[str]] = {}
         self.where, self.problems, self.notes = where, problems, list[str]()
+        self.dynamic = dynamic  # project.optional-dependencies is left to the build backend
 
     def add(self, kind: str, table: object, prefix: str) -> None:
         if not isinstance(table, dict):
             self.problems.append(Problem(f"{self.where}: {prefix}", "expected a table"))
             return
         for name, items in table.items():
-            where = f"{self.where}: {prefix}.{name}"
+            where, key = f"{self.where}: {prefix}.{name}", (kind, canonicalize_name(name))
             if not isinstance(items, list):
                 self.problems.append(Problem(where, "expected a list"))
-                continue
-            self.tables[(kind, canonicalize_name(name))] = (where, items)
+            elif (bad := group_name_problem(key[1])) is not None:  # not a PEP 508 name
+                self.problems.append(Problem(where, group_name_problem(name) or bad))
+            elif key in self.tables:  # PEP 735: names equal once normalized are an error
+                other = self.tables[key][0].removeprefix(f"{self.where}: ")
+                self.problems.append(Problem(where, f"the same name as {other}"))
+            else:
+                self.tables[key] = (where, self.entries(kind, where, items))
 
-    def expand(self, key: tuple[str, str], stack: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    def entries(self, kind: str, where: str, items: list[Any]) -> list[_Entry]:
+        """The requirements and includes of one list, each checked once, with its key."""
+        out: list[_Entry] = []
+        for i, item in enumerate(items):
+            if kind == "group" and isinstance(item, dict) and list(item) == ["include-group"]:
+                out.append(
+                    (f"{where}[{i}]", ("group", canonicalize_name(str(item["include-group"]))))
+                )
+            elif (req := _req(item, f"{where}[{i}]", self.problems)) is not None:
+                out.append((f"{where}[{i}]", req))
+        return out
+
+    def expand(self, key: _Key, stack: tuple[_Key, ...] = ()) -> list[str]:
+        """The requirements of the extra or group ``key``, includes and extras expanded."""
         if key in stack:
             chain = " -> ".join(k[1] for k in (*stack, key))
             self.problems.append(Problem(self.tables[key][0], f"include cycle: {chain}"))
             return []
-        if key in self.done:
-            return self.done[key]
-        where, items = self.tables[key]
+        if key not in self.done and key[0] == "extra":
+            extras = self._extras([(key[1], frozenset(), self.tables[key][0])])
+            self.done[key] = list(dict.fromkeys(extras))
+        elif key not in self.done:
+            self.done[key] = self.requirements(self.tables[key][1], (*stack, key))
+        return self.done[key]
+
+    def requirements(self, entries: list[_Entry], stack: tuple[_Key, ...] = ()) -> list[str]:
         out: list[str] = []
-        for i, item in enumerate(items):
-            if key[0] == "group" and isinstance(item, dict) and list(item) == ["include-group"]:
-                target = ("group", canonicalize_name(str(item["include-group"])))
-                if target not in self.tables:
-                    self.problems.append(Problem(f"{where}[{i}]", f"no group {target[1]!r}"))
+        for where, entry in entries:
+            if isinstance(entry, tuple):
+                if entry in self.tables:
+                    out += self.expand(entry, stack)
                 else:
-                    out += self.expand(target, (*stack, key))
+                    self.problems.append(Problem(where, f"no group {entry[1]!r}"))
+            elif not self._is_project(entry):
+                out.append(str(entry))
+            elif not entry.extras:
+                note = f"{where.rsplit('[', 1)[0]}: the project itself is not part of the spec"
+                self.notes += [] if note in self.notes else [note]
+            else:
+                start = frozenset([str(entry.marker)] if entry.marker else [])
+                out += self._extras([(canonicalize_name(e), start, where) for e in entry.extras])
+        return list(dict.fromkeys(out))
+
+    def _is_project(self, req: Requirement) -> bool:
+        return canonicalize_name(req.name) == self.project
+
+    def _extras(self, todo: list[tuple[str, frozenset[str], str]]) -> list[str]:
+        """The requirements of the project's extras in ``todo`` (name, the markers on the
+        way there, the key naming it), through every extra they name in turn, each
+        requirement under the markers on the way to it."""
+        todo = sorted(todo)
+        origin = todo[0][2] if todo else self.where  # the self-reference (or extra) expanded
+        seen: list[tuple[str, frozenset[str]]] = []
+        out: list[str] = []
+        while todo:
+            extra, markers, named_at = todo.pop(0)
+            if any(e == extra and m <= markers for e, m in seen):
+                continue  # expanded already, under these markers or fewer
+            if len(seen) == _MAX_EXTRA_PATHS:
+                # Each path through extras that name each other under markers is its own
+                # marker; their number can grow exponentially (8 extras: minutes, 25 MB).
+                message = (
+                    f"the extras named here reach over {_MAX_EXTRA_PATHS} different "
+                    "combinations of markers; list the requirements instead"
+                )
+                self.problems.append(Problem(origin, message))
+                return []
+            seen.append((extra, markers))
+            if ("extra", extra) not in self.tables:
+                self._no_extra(extra, named_at)
                 continue
-            req = _req(item, f"{where}[{i}]", self.problems)
-            if req is None:
-                continue
-            if self.project is None or canonicalize_name(req.name) != self.project:
-                out.append(str(req))
-                continue
-            if not req.extras:
-                self.notes.append(f"{where}: the project itself is not part of the spec")
-            for extra in sorted(req.extras):
-                target = ("extra", canonicalize_name(extra))
-                if target not in self.tables:
-                    self.problems.append(Problem(f"{where}[{i}]", f"no extra {extra!r}"))
+            for at, entry in self.tables[("extra", extra)][1]:
+                assert not isinstance(entry, tuple)  # extras include no groups
+                if not self._is_project(entry):
+                    out.append(_with_markers(entry, markers))
                     continue
-                marker = str(req.marker) if req.marker else None
-                expanded = self.expand(target, (*stack, key))
-                out += [_with_marker(Requirement(r), marker) for r in expanded]
-        self.done[key] = out
+                more = markers | {str(entry.marker)} if entry.marker else markers
+                todo += [(canonicalize_name(e), more, at) for e in sorted(entry.extras)]
         return out
+
+    def _no_extra(self, extra: str, where: str) -> None:
+        message = f"no extra {extra!r} in project.optional-dependencies"
+        if self.dynamic:
+            message += (
+                " (they are dynamic: the build backend computes them, and envship cannot "
+                "read them; list the requirements here instead)"
+            )
+        if Problem(where, message) not in self.problems:
+            self.problems.append(Problem(where, message))
 
 
 def _poetry_deps(
-    table: object, where: str, problems: list[Problem], found: Found
+    table: object, where: str, problems: list[Problem], found: Found, project: str | None
 ) -> list[tuple[str, str, bool]]:
     """(name, requirement, optional) for each entry of a Poetry dependencies table."""
     if not isinstance(table, dict):
@@ -252,6 +321,11 @@ def _poetry_deps(
                 problems.append(Problem(key, str(exc)))
             else:
                 found.python = found.python or python
+            continue
+        if canonicalize_name(name) == project:
+            # Poetry has no self-referencing extras; kept, the lock would fetch whatever
+            # an index serves under the project's name (dependency confusion).
+            problems.append(Problem(key, "the project cannot depend on itself"))
             continue
         for entry in value if isinstance(value, list) else [value]:
             spec = {"version": entry} if isinstance(entry, str) else entry
@@ -315,7 +389,9 @@ def _prereleases_expressed(
     return True
 
 
-def _from_poetry(poetry: dict[str, Any], shown: str, problems: list[Problem], found: Found) -> None:
+def _from_poetry(
+    poetry: dict[str, Any], shown: str, problems: list[Problem], found: Found, project: str | None
+) -> None:
     where = f"{shown}: tool.poetry"
     if "dependencies" in poetry:
         extras = poetry.get("extras", {})
@@ -325,7 +401,7 @@ def _from_poetry(poetry: dict[str, Any], shown: str, problems: list[Problem], fo
             for pkg in pkgs
         }
         for name, req, optional in _poetry_deps(
-            poetry["dependencies"], f"{where}.dependencies", problems, found
+            poetry["dependencies"], f"{where}.dependencies", problems, found, project
         ):
             extra = in_extra.get(canonicalize_name(name))
             if not optional:
@@ -340,7 +416,10 @@ def _from_poetry(poetry: dict[str, Any], shown: str, problems: list[Problem], fo
     for gname, group in groups.items():
         gwhere = f"{where}.group.{gname}.dependencies"
         deps = group.get("dependencies", {}) if isinstance(group, dict) else None
-        reqs = [req for _, req, _ in _poetry_deps(deps, gwhere, problems, found)]
+        reqs = [req for _, req, _ in _poetry_deps(deps, gwhere, problems, found, project)]
+        if group_name_problem(canonicalize_name(gname)) is not None:
+            problems.append(Problem(f"{where}.group.{gname}", group_name_problem(gname) or ""))
+            continue
         found.groups.setdefault(canonicalize_name(gname), []).extend(reqs)
     sources = poetry.get("source", [])
     for i, src in enumerate(sources if isinstance(sources, list) else []):
@@ -383,9 +462,19 @@ def from_pyproject(path: Path, root: Path) -> Found | None:
         {"dependencies", "group", "dev-dependencies"} & set(poetry)
     ):
         return None
+    name = project.get("name") or poetry.get("name")
+    dynamic = project.get("dynamic")
+    groups = _Groups(
+        name if isinstance(name, str) else None, shown, problems,
+        dynamic=isinstance(dynamic, list) and "optional-dependencies" in dynamic,
+    )  # fmt: skip
+    dependencies: list[_Entry] = []
     if "dependencies" in project:
-        reqs = _req_list(project["dependencies"], f"{shown}: project.dependencies", problems)
-        found.dependencies = [str(r) for r in reqs]
+        where = f"{shown}: project.dependencies"
+        if isinstance(project["dependencies"], list):
+            dependencies = groups.entries("dependencies", where, project["dependencies"])
+        else:
+            problems.append(Problem(where, "expected a list of requirements"))
         found.notes.append(f"{shown}: only the dependencies are imported, not the project")
     if isinstance(project.get("requires-python"), str):
         try:
@@ -396,19 +485,21 @@ def from_pyproject(path: Path, root: Path) -> Found | None:
             if found.python is None:
                 msg = f"no Python from {PYTHONS[0]} to {PYTHONS[-1]} satisfies it"
                 problems.append(Problem(f"{shown}: project.requires-python", msg))
-    name = project.get("name") or poetry.get("name")
-    groups = _Groups(name if isinstance(name, str) else None, shown, problems)
     groups.add("extra", project.get("optional-dependencies", {}), "project.optional-dependencies")
     groups.add("group", data.get("dependency-groups", {}), "dependency-groups")
+    found.dependencies = groups.requirements(dependencies)
     for key in list(groups.tables):
-        found.groups.setdefault(key[1], []).extend(groups.expand(key))
+        if key[1] in found.groups:  # an extra and a dependency group of one name
+            found.notes.append(f"{shown}: extra and dependency group {key[1]!r} are one group")
+        merged = found.groups.get(key[1], []) + groups.expand(key)
+        found.groups[key[1]] = list(dict.fromkeys(merged))
     found.notes += groups.notes
     # Poetry 2 may declare both; [project] then wins for the main dependencies.
     poetry = {
         k: v for k, v in poetry.items() if k != "dependencies" or "dependencies" not in project
     }
     python = found.python
-    _from_poetry(poetry, shown, problems, found)
+    _from_poetry(poetry, shown, problems, found, groups.project)
     found.python = python or found.python
     if problems:
         raise SpecError(f"cannot import {shown}", problems=problems)

@@ -27,7 +27,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from .errors import Problem, SpecError
-from .spec import index_key
+from .spec import index_key, specifier_problem
 
 __all__ = ["ParsedRequirements", "decode_text", "index_entry", "parse_requirements"]
 
@@ -286,6 +286,11 @@ def _requirement(
     if req.url:
         msg = f"direct reference {req.url!r} is not supported; envship locks from indexes only"
         state.problems.append(Problem(where, msg))
+        state.pep508 = True
+        return
+    unusable = specifier_problem(req)
+    if unusable is not None:
+        state.problems.append(Problem(where, f"{text!r}: {unusable}"))
         state.pep508 = True
         return
     (state.constraints if constraint else state.requirements).append((where, req))

@@ -41,27 +41,35 @@ def parse_targets(
             continue
         for key in sorted(set(settings) - _TARGET_KEYS):
             problems.append(Problem(f"{where}.{key}", "unknown key"))
-        typed = {k: settings.get(k) for k in _TARGET_KEYS}
-        bad = [k for k, v in typed.items() if v is not None and not isinstance(v, str)]
+        bad = sorted(k for k in _TARGET_KEYS if k in settings and not isinstance(settings[k], str))
         for key in bad:
-            problems.append(Problem(f"{where}.{key}", "expected a string"))
-        if bad:
-            continue
-        versions = [typed["python"]] if typed["python"] else list(pythons)
-        for version in versions:
-            assert isinstance(version, str)
+            number = isinstance(settings[key], int | float) and not isinstance(settings[key], bool)
+            # TOML reads an unquoted 2.28 as a float; the text is what names the level.
+            quote = f' in quotes ({key} = "..."), not the number {settings[key]!r}'
+            problems.append(
+                Problem(f"{where}.{key}", "expected a string" + (quote if number else ""))
+            )
+        # A key of the wrong type is left out (its default stands in) so that the others
+        # are still checked: every problem of a target is reported at once. Such a target
+        # is only checked, never kept, so it cannot clash with the others.
+        typed = {k: v for k in _TARGET_KEYS if isinstance(v := settings.get(k), str)}
+        versions = [typed["python"]] if "python" in typed else list(pythons)
+        for version in versions[:1] if bad else versions:
             tname = name if len(versions) == 1 else f"{name}-py{version}"
             try:
                 target = Target.create(
                     tname,
-                    platform_id=typed["platform"] or name,
+                    platform_id=typed.get("platform", name),
                     python=version,
-                    glibc=typed["glibc"] or DEFAULT_GLIBC,
-                    variant=typed["variant"] or "cpu",
+                    glibc=typed.get("glibc", DEFAULT_GLIBC),
+                    variant=typed.get("variant", "cpu"),
                     where=where,
                 )
             except TargetError as exc:
-                problems.extend(exc.problems)
+                # With several Pythons, a bad platform or glibc is the same problem for each.
+                problems.extend(p for p in exc.problems if p not in problems)
+                continue
+            if bad:
                 continue
             if tname in by_name:
                 problems.append(

@@ -134,7 +134,7 @@ def _from_environment_yml(path: Path, root: Path) -> Found:
         msg = f"expected a list, one '- item' per line, got {_yaml_kind(deps)}"
         raise SpecError(f"invalid {shown}", problems=[Problem(f"{shown}: dependencies", msg)])
     problems: list[Problem] = []
-    conda_only: list[Problem] = []
+    conda_deps: list[Problem] = []
     pip_lines: list[tuple[str, str]] = []
     for i, dep in enumerate(deps):
         where = f"{shown}: dependencies[{i}]"
@@ -154,7 +154,16 @@ def _from_environment_yml(path: Path, root: Path) -> Found:
             except ValueError as exc:
                 problems.append(Problem(where, f"unsupported Python version: {exc}"))
         elif match.group(1).lower() != "pip":
-            conda_only.append(Problem(where, f"conda package {dep!r}"))
+            # Every conda package is refused, even one PyPI has too: conda's names and
+            # builds are not PyPI's (conda's pytorch is torch on PyPI, and some have no
+            # wheel at all), so only the user can say which PyPI package stands in for it.
+            conda_deps.append(
+                Problem(
+                    where,
+                    f"conda package {dep!r} is not under 'pip:'; envship installs from "
+                    "Python package indexes only",
+                )
+            )
     try:
         parsed = parse_requirements(pip_lines, root=root, base=path.parent)
     except SpecError as exc:
@@ -164,14 +173,20 @@ def _from_environment_yml(path: Path, root: Path) -> Found:
         found.indexes = list(parsed.indexes)
         found.sources += [f for f in parsed.files if f not in found.sources]
         found.notes += parsed.notes
-    if conda_only or problems:
+    if conda_deps or problems:
         raise SpecError(
             f"cannot import {shown}: "
-            + (f"{len(conda_only)} conda-only package(s)" if conda_only else "invalid entries"),
-            problems=conda_only + problems,
-            hint="envship installs wheels from PyPI-style indexes only; move conda packages "
-            "under 'pip:' with their PyPI names"
-            if conda_only
+            + (
+                f"{len(conda_deps)} conda package(s) outside 'pip:'"
+                if conda_deps
+                else "invalid entries"
+            ),
+            problems=conda_deps + problems,
+            hint="envship installs wheels from Python package indexes (such as PyPI) only, "
+            "not from conda channels: list each package that is on PyPI under 'pip:' by its "
+            "PyPI name (e.g. conda's pytorch is torch), and get the others (system libraries, "
+            "compilers) from the base image"
+            if conda_deps
             else None,
         )
     if isinstance(data, dict) and data.get("channels"):

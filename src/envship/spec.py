@@ -40,6 +40,7 @@ from typing import Any
 import tomli_w
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from ._atomic import write_atomic
 
@@ -58,10 +59,12 @@ __all__ = [
     "Spec",
     "add_requirements",
     "find_spec",
+    "group_name_problem",
     "index_key",
     "load_spec",
     "parse_spec",
     "read_spec_toml",
+    "specifier_problem",
 ]
 
 SPEC_FILENAME = "envship.toml"
@@ -166,6 +169,51 @@ def _as_str_list(value: object, where: str, problems: list[Problem]) -> list[str
     return list(value)
 
 
+def specifier_problem(req: Requirement) -> str | None:
+    """Why the version specifiers of ``req`` cannot be locked, or None.
+
+    packaging accepts ``===`` (PEP 440 arbitrary equality, a string comparison) with any
+    string after it, even none (``foo===``); uv, the resolver, parses that string as a
+    PEP 440 version and fails on it, so the whole lock failed with only "Failed to build
+    envship-lock". Every other operator with no version is a syntax error in packaging.
+    """
+    for spec in req.specifier:
+        if spec.operator != "===":
+            continue
+        if not spec.version:
+            return (
+                f"'===' has no version after it; write one (e.g. '{req.name}==1.0') or "
+                "leave the operator out for any version"
+            )
+        try:
+            Version(spec.version)
+        except InvalidVersion:
+            return (
+                f"'==={spec.version}' is not a PEP 440 version, which uv (envship's "
+                "resolver) requires after '==='"
+            )
+    return None
+
+
+def group_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a spec group, or None.
+
+    PEP 735 group names are PEP 508 names, compared normalized (PEP 503); a spec keeps
+    them normalized, as the lock (PEP 751) and ``--group`` name them. The suggestion is
+    the normalized form of the name with every run of other characters made a "-".
+    """
+    if _NAME.match(name) and canonicalize_name(name) == name:
+        return None
+    suggestion = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if _NAME.match(name):
+        return f"group names must be normalized (PEP 503): {suggestion!r}"
+    return f"invalid group name {name!r}: expected a normalized PEP 735 name" + (
+        f" (lowercase letters, digits and '-'): {suggestion!r}"
+        if suggestion
+        else ": lowercase letters, digits and '-', starting and ending with a letter or digit"
+    )
+
+
 def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[str, ...]:
     out: list[str] = []
     for i, text in enumerate(_as_str_list(value, where, problems)):
@@ -185,6 +233,10 @@ def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[s
                     "with a version specifier",
                 )
             )
+            continue
+        unusable = specifier_problem(req)
+        if unusable is not None:
+            problems.append(Problem(f"{where}[{i}]", f"{text!r}: {unusable}"))
             continue
         out.append(str(req))
     return tuple(out)
@@ -230,13 +282,9 @@ def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None
         problems.append(Problem("groups", "expected a table of name = [requirements]"))
     else:
         for gname, reqs in raw_groups.items():
-            if canonicalize_name(gname) != gname:
-                problems.append(
-                    Problem(
-                        f"groups.{gname}",
-                        f"group names must be normalized: {canonicalize_name(gname)!r}",
-                    )
-                )
+            bad_name = group_name_problem(gname)
+            if bad_name is not None:
+                problems.append(Problem(f"groups.{gname}", bad_name))
             groups[gname] = _requirements(reqs, f"groups.{gname}", problems)
     indexes = parse_indexes(data.get("indexes", []), problems)
     targets = parse_targets(data.get("targets"), tuple(pythons), problems)

@@ -56,6 +56,26 @@ def _parse_version(text: str, where: str, parts: int) -> tuple[int, ...]:
     return tuple(int(p) for p in pieces)
 
 
+def _glibc_problem(text: str, major: int, minor: int, plat: Platform | None) -> str | None:
+    """What is wrong with glibc level ``text`` for ``plat``, or None.
+
+    A manylinux level is a glibc 2.X version (PEP 600 tags are ``manylinux_2_X``);
+    glibc has had major version 2 since 1997, so "3.1" or "99.99" is no level at all,
+    not one that is too old.
+    """
+    if major != 2:
+        return (
+            f"glibc {text} is not a glibc 2.x version: manylinux levels are 2.X "
+            f"(PEP 600), e.g. {DEFAULT_GLIBC}"
+        )
+    if plat is not None and minor < plat.min_glibc_minor:
+        return (
+            f"glibc {text} is below the oldest manylinux level for "
+            f"{plat.machine} (2.{plat.min_glibc_minor})"
+        )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One declared target, e.g. ``linux-x86_64`` with glibc 2.28 and CPython 3.11."""
@@ -88,11 +108,20 @@ class Target:
                     f"unknown platform {pid!r}; known: {', '.join(sorted(PLATFORMS))}",
                 )
             )
-        for text, parts, key in ((python, 2, "python"), (glibc, 2, "glibc")):
-            try:
-                _parse_version(text, f"{where}.{key}" if where else key, parts)
-            except TargetError as exc:
-                problems.extend(exc.problems)
+        try:
+            _parse_version(python, f"{where}.python" if where else "python", 2)
+        except TargetError as exc:
+            problems.extend(exc.problems)
+        glibc_where = f"{where}.glibc" if where else "glibc"
+        try:
+            major, minor = _parse_version(glibc, glibc_where, 2)
+        except TargetError as exc:
+            problems.extend(exc.problems)
+        else:
+            # Checked whatever else is wrong: every problem of a target is reported at once.
+            level = _glibc_problem(glibc, major, minor, plat)
+            if level is not None:
+                problems.append(Problem(glibc_where, level))
         if variant not in VARIANTS:
             problems.append(
                 Problem(
@@ -100,16 +129,6 @@ class Target:
                     f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}",
                 )
             )
-        if plat is not None and not problems:
-            minor = int(glibc.split(".")[1])
-            if glibc.split(".")[0] != "2" or minor < plat.min_glibc_minor:
-                problems.append(
-                    Problem(
-                        f"{where}.glibc" if where else "glibc",
-                        f"glibc {glibc} is below the oldest manylinux level for "
-                        f"{plat.machine} (2.{plat.min_glibc_minor})",
-                    )
-                )
         if problems:
             raise TargetError(f"invalid target {name!r}", problems=problems)
         assert plat is not None

@@ -58,8 +58,9 @@ def command(
     Reads the first of environment.yml, pyproject.toml (PEP 621, PEP 735 groups,
     Poetry) and requirements.txt, plus runtime.txt for the Python version. A binder/
     or .binder/ folder, when present, is the only place read (as repo2docker does).
-    Anything envship cannot lock from a package index (conda-only packages, editable
-    installs, URLs, local paths) is reported with its file and line.
+    Anything envship cannot lock from a package index (conda packages outside
+    environment.yml's pip: list, editable installs, URLs, local paths) is reported
+    with its file and line.
 
     \b
     Examples:
