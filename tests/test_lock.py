@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,7 @@ from envship.errors import LockError, NetworkError, StaleLockError, UnsupportedT
 from envship.lock import VersionChange, check_lock, lock
 from envship.lockfile import LockFile
 from envship.spec import Spec, load_spec
-from indexlib import IndexServer, build_wheel, serve, write_simple_index
+from indexlib import IndexServer, build_sdist, build_wheel, serve, write_simple_index
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -605,3 +611,203 @@ def test_a_python_this_machine_lacks_is_named_when_uv_cannot_fetch_one(
     assert caught.value.message.startswith("uv needs a Python 3.14 interpreter")
     assert "/cpython-" in caught.value.url and caught.value.url.startswith("http://127.0.0.1:1/")
     assert index_server.file_requests() == 0
+
+
+@pytest.mark.parametrize("python", ["3.10", "3.12"])
+def test_a_target_may_run_another_python_than_the_spec(
+    tmp_path: Path, index_server: IndexServer, python: str
+) -> None:
+    """A target's own Python, lower than the spec's, failed inside uv ("don't overlap
+    with Python requirement '>=3.11'"): requires-python counts every target's Python."""
+    targets = {"linux-x86_64": {"glibc": "2.28"}, "linux-aarch64": {"python": python}}
+    spec = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"], targets=targets)
+    first = lock(spec)
+    data = tomllib.loads(first.path.read_text())
+    assert data["requires-python"] == f">={min('3.11', python)}"
+    lockfile = LockFile.load(first.path)
+    assert {t.name: t.python for t in lockfile.targets} == {
+        "linux-x86_64": "3.11",
+        "linux-aarch64": python,
+    }
+    assert per_target(first.path, "alpha") == {"linux-x86_64": "1.0", "linux-aarch64": "1.0"}
+    # A re-lock hands uv the locked versions in a uv.lock with the same requires-python.
+    again = lock(spec)
+    assert not again.changed and again.notes == ()
+
+
+@pytest.mark.parametrize(
+    ("fields", "changed", "problems"),
+    [
+        # The default display name follows the name, so both changed.
+        (
+            {"name": "renamed"},
+            "name and kernel.display-name",
+            [
+                ("name", "the spec says 'renamed', the lock records 'demo'"),
+                (
+                    "kernel.display-name",
+                    "the spec says 'Python (renamed)', the lock records 'Python (demo)'",
+                ),
+            ],
+        ),
+        (
+            {"kernel": {"display-name": "Py Demo"}},
+            "kernel.display-name",
+            [("kernel.display-name", "the spec says 'Py Demo', the lock records 'Python (demo)'")],
+        ),
+    ],
+)
+def test_check_names_a_changed_name_or_display_name(
+    tmp_path: Path,
+    index_server: IndexServer,
+    capsys: pytest.CaptureFixture[str],
+    fields: dict[str, Any],
+    changed: str,
+    problems: list[tuple[str, str]],
+) -> None:
+    """Kernels and images take their names from the lock, yet Spec.lock_inputs leaves
+    them out: ``lock --check`` said "current" after either changed."""
+    url = index_server.simple_url
+    lock(write_spec(tmp_path, url, dependencies=["alpha"]))
+    spec = write_spec(tmp_path, url, dependencies=["alpha"], **fields)
+    with pytest.raises(StaleLockError) as info:
+        check_lock(spec)
+    assert f"is stale: the spec's {changed} changed since it was locked" in info.value.message
+    assert [(p.where, p.message) for p in info.value.problems] == problems
+    assert main(["lock", "--check", "--spec", str(tmp_path)]) == 1
+    assert problems[-1][1] in capsys.readouterr().err
+    # Re-locking records the new names; nothing else moved.
+    result = lock(spec)
+    assert result.changed and result.changes == ()
+    assert (check_lock(spec).name, check_lock(spec).display_name) == (
+        spec.name,
+        spec.display_name,
+    )
+
+
+@dataclass
+class JsonIndex:
+    """A PEP 691 JSON index on 127.0.0.1 that gives PEP 700 sizes, save for ``hidden``."""
+
+    url: str
+    hidden: set[str]
+
+
+@pytest.fixture(scope="module")
+def json_dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dist = tmp_path_factory.mktemp("json") / "dist"
+    build_wheel(dist, "alpha", "1.0", requires=["beta>=1.0"])
+    build_wheel(dist, "beta", "1.0")
+    build_sdist(dist, "beta", "1.0")
+    return dist
+
+
+@pytest.fixture
+def json_index(json_dist: Path) -> Iterator[JsonIndex]:
+    hidden: set[str] = set()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.do_GET(head=True)
+
+        def do_GET(self, head: bool = False) -> None:
+            parts = self.path.strip("/").split("/")
+            if parts[0] == "files" and (json_dist / parts[-1]).is_file():
+                body, ctype = (json_dist / parts[-1]).read_bytes(), "application/octet-stream"
+            elif parts[0] == "simple" and len(parts) == 2:
+                files = [
+                    {
+                        "filename": f.name,
+                        "url": f"../../files/{f.name}",
+                        "hashes": {"sha256": hashlib.sha256(f.read_bytes()).hexdigest()},
+                        **({} if f.name in hidden else {"size": f.stat().st_size}),
+                    }
+                    for f in sorted(json_dist.iterdir())
+                    if f.name.startswith(f"{parts[1]}-")
+                ]
+                page = {"meta": {"api-version": "1.1"}, "name": parts[1], "files": files}
+                body, ctype = json.dumps(page).encode(), "application/vnd.pypi.simple.v1+json"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield JsonIndex(f"http://127.0.0.1:{server.server_address[1]}/simple", hidden)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def sizes(path: Path) -> dict[str, int | None]:
+    data = tomllib.loads(path.read_text())
+    found: dict[str, int | None] = {}
+    for package in data["packages"]:
+        for artifact in [*package.get("wheels", []), *filter(None, [package.get("sdist")])]:
+            found[artifact["url"].rsplit("/", 1)[-1]] = artifact.get("size")
+    return found
+
+
+@pytest.mark.parametrize("previous", [True, False])
+def test_a_size_uv_leaves_out_is_kept_from_the_previous_lock(
+    tmp_path: Path, json_index: JsonIndex, monkeypatch: pytest.MonkeyPatch, previous: bool
+) -> None:
+    """uv drops some artifacts' ``size`` at random between runs (with parallel
+    downloads); an unchanged re-lock must not rewrite the lock without them. The race
+    cannot be forced, so the index stops giving two sizes, which uv's output then lacks
+    just the same; a fresh uv cache makes uv ask the index again."""
+    spec = write_spec(tmp_path, json_index.url, dependencies=["alpha"], **{"allow-sdist": True})
+    first = lock(spec)
+    before = first.path.read_bytes()
+    full = sizes(first.path)
+    assert set(full) == {
+        "alpha-1.0-py3-none-any.whl",
+        "beta-1.0-py3-none-any.whl",
+        "beta-1.0.tar.gz",
+    }
+    assert all(isinstance(size, int) and size > 0 for size in full.values()), full
+    json_index.hidden |= {"beta-1.0-py3-none-any.whl", "beta-1.0.tar.gz"}
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache-2"))
+    if not previous:
+        first.path.unlink()
+    again = lock(spec)
+    if previous:
+        assert not again.changed and again.changes == ()
+        assert again.path.read_bytes() == before
+    else:  # what uv gave: the sizes are really gone from its output
+        assert again.changed
+        assert sizes(again.path) == full | dict.fromkeys(json_index.hidden)
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_linked_lock_is_written_through_the_link(
+    tmp_path: Path, index_server: IndexServer, existing: bool
+) -> None:
+    """A symlinked pylock.toml was replaced by a regular file, its target left stale."""
+    spec = write_spec(tmp_path / "spec", index_server.simple_url, dependencies=["beta<1.1"])
+    shared = tmp_path / "shared" / "pylock.toml"
+    shared.parent.mkdir()
+    if existing:
+        lock(spec, output=shared)
+    link = tmp_path / "spec" / "pylock.toml"
+    link.symlink_to(Path("..") / "shared" / "pylock.toml")
+    spec = write_spec(tmp_path / "spec", index_server.simple_url, dependencies=["beta"])
+    result = lock(spec, upgrade=True)
+    assert result.path == link and result.changed
+    assert link.is_symlink() and os.readlink(link) == os.path.join("..", "shared", "pylock.toml")
+    assert versions(shared)["beta"] == "1.1"
+    assert sorted(p.name for p in shared.parent.iterdir()) == ["pylock.toml"]
+    assert sorted(p.name for p in link.parent.iterdir()) == ["envship.toml", "pylock.toml"]
+    check_lock(spec)

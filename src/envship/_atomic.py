@@ -14,12 +14,19 @@ from pathlib import Path
 __all__ = ["write_atomic"]
 
 
-def write_atomic(path: Path, data: bytes | str, *, mode: int | None = None) -> None:
+def write_atomic(
+    path: Path, data: bytes | str, *, mode: int | None = None, through_links: bool = False
+) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` through a temporary file in its folder.
 
     ``mode`` defaults to the replaced file's permissions, or 0644 for a new file (a
     temporary file starts 0600, which would hide a lock or marker on a shared volume).
+    With ``through_links``, a symlink at ``path`` stays and the file it points to (at the
+    end of any chain) is replaced, in that file's folder: a rename onto the link would
+    turn it into a regular file and leave its target stale.
     """
+    if through_links and path.is_symlink():
+        path = Path(os.path.realpath(path))  # never raises, even for a loop
     if mode is None:
         try:
             mode = path.stat().st_mode & 0o7777

@@ -23,21 +23,27 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from packaging.pylock import PackageWheel, Pylock
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.tags import Tag
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import Version
 
 from .errors import EnvshipError, LockError, NetworkError, Problem, UnsupportedTargetError
 from .targets import Target
 
 __all__ = [
     "UNSUPPORTED_HINT",
+    "NeedsPython",
     "NoWheel",
+    "PythonConflict",
     "Resolve",
     "check_resolution",
     "describe_target",
     "list_missing",
+    "parse_needs_python",
     "parse_no_wheel",
     "prune_wheels",
+    "python_hint",
     "uv_failure",
     "uv_lines",
     "wheel_misfit",
@@ -269,7 +275,7 @@ class NoWheel:
     def where(self) -> str:
         return f"{self.name} {self.version}" if self.version else f"{self.name} (every version)"
 
-    def problem(self, target: Target) -> Problem:
+    def reason(self, target: Target) -> str:
         if self.why == "usable wheels":
             reason = "uv found only an sdist, and allow-sdist is off"
         elif self.why.endswith("-compatible wheels") or self.why == "compatible wheels":
@@ -278,8 +284,13 @@ class NoWheel:
             reason = f"uv found no {self.why}"
         if self.uv_hint:
             reason += f" ({self.uv_hint.rstrip('.')})"
+        return reason
+
+    def problem(self, target: Target) -> Problem:
         return Problem(
-            self.where, f"no wheel for target {target.name!r} ({describe_target(target)}); {reason}"
+            self.where,
+            f"no wheel for target {target.name!r} ({describe_target(target)}); "
+            + self.reason(target),
         )
 
 
@@ -296,17 +307,114 @@ def parse_no_wheel(stderr: str) -> NoWheel | None:
     return NoWheel(name=name, version=match.group("version"), why=match.group("why"), uv_hint=hint)
 
 
+# uv's words for releases whose requires-python leaves out a fork's Python: "foo==1.0
+# requires Python >=3.11" (a wheel's metadata), "foo>=2.5 depends on Python>=3.12" and
+# "all of:" + one range a line + "depend on Python>=3.11" (the index's requires-python).
+_DIST = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_NEEDS_PYTHON = re.compile(
+    rf"(?:all versions of (?P<every>{_DIST})|all of:\n(?P<many>(?:[ \t]+\S+\n)+?)[ \t]*"
+    rf"|(?P<one>{_DIST}\S*)) (?:requires?|depends? on) Python ?(?P<spec>[<>=!~][^\s,]*)"
+)
+_DIST_NAME = re.compile(rf"^{_DIST}?(?=[<>=!~(]|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsPython:
+    """Releases of a package uv set aside for their ``requires-python``."""
+
+    name: str  # normalized
+    releases: str  # uv's words: "numpy>=2.3.0,<=2.4.0rc1", "rho==1.0", "every version"
+    python: SpecifierSet
+
+
+def parse_needs_python(stderr: str) -> list[NeedsPython]:
+    """Every requires-python uv's error cites, in the order of its derivation."""
+    found = []
+    for match in _NEEDS_PYTHON.finditer(stderr):
+        try:
+            python = SpecifierSet(match.group("spec").rstrip("."))
+        except InvalidSpecifier:
+            continue
+        if match.group("every"):
+            subjects = [(match.group("every"), "every version")]
+        else:
+            words = (match.group("many") or match.group("one")).split()
+            subjects = [(w, w) for w in words]
+        for subject, releases in subjects:
+            name = _DIST_NAME.match(subject)
+            if name and name.group(0):
+                found.append(NeedsPython(canonicalize_name(name.group(0)), releases, python))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class PythonConflict:
+    """A package none of whose releases the spec allows installs on a target's Python."""
+
+    name: str
+    python: str  # the target's
+
+
+def _stop(stderr: str, target: Target) -> tuple[str, Problem, PythonConflict | None] | None:
+    """The package a target's failed resolution stopped at (to drop), why, and whether
+    the cause is requires-python.
+
+    The release uv names as wheel-less may be the one the spec's Python cannot run at
+    all (numpy 2.4.0 for CPython 3.9, whose other releases need 3.11): when uv's
+    derivation shows the package's other releases need a Python the target lacks, that
+    is the cause to name, not allow-sdist.
+    """
+    python = Version(f"{target.python}.0")
+    needs = [n for n in parse_needs_python(stderr) if not n.python.contains(python, True)]
+    missing = parse_no_wheel(stderr)
+    if missing is not None:
+        name = missing.name
+    elif needs:
+        name = needs[-1].name  # the derivation's last step: the package it ends with
+    else:
+        return None
+    mine = [n for n in needs if n.name == canonicalize_name(name)]
+    if not mine:
+        assert missing is not None
+        return name, missing.problem(target), None
+    by_python: dict[SpecifierSet, list[str]] = {}
+    for need in mine:
+        by_python.setdefault(need.python, []).append(need.releases)
+    facts = [
+        f"{', '.join(r)} {'require' if len(r) > 1 else 'requires'} Python {spec}"
+        for spec, r in by_python.items()
+    ]
+    if missing is not None:
+        facts.append(f"{missing.where} has no wheel for it ({missing.reason(target)})")
+    message = (
+        f"no release the spec allows installs on target {target.name!r} (CPython "
+        f"{target.python}): {'; '.join(facts)}"
+    )
+    return name, Problem(name, message), PythonConflict(name, target.python)
+
+
+def python_hint(conflicts: Collection[PythonConflict]) -> str:
+    pythons = ", ".join(sorted({c.python for c in conflicts}, key=lambda v: Version(v)))
+    names = ", ".join(sorted({c.name for c in conflicts}))
+    return (
+        f"drop Python {pythons} from the spec's `python` (or the targets that set it), or "
+        f"lower the requirement on {names} to releases that support it"
+    )
+
+
 def list_missing(
     targets: Iterable[Target],
     resolve: Resolve,
     *,
     allow_sdist: bool,
     groups: Collection[str] = (),
-) -> list[Problem]:
-    """Every (package, version, target) without a usable wheel, found by resolving each
-    target alone and dropping every package uv names until the target resolves; that
-    resolution then gets :func:`check_resolution`. Only the dependencies of a dropped
-    package go unchecked: uv cannot read them without a wheel."""
+) -> tuple[list[Problem], list[PythonConflict]]:
+    """Every (package, version, target) without a usable wheel or a release for the
+    target's Python, found by resolving each target alone and dropping every package uv
+    names until the target resolves; that resolution then gets :func:`check_resolution`.
+    Only the dependencies of a dropped package go unchecked: uv cannot read them without
+    a wheel. The requires-python conflicts come back apart too, for the hint."""
+    conflicts: list[PythonConflict] = []  # list.append is atomic: shared by the threads
 
     def one(target: Target) -> list[Problem]:
         found: list[Problem] = []
@@ -317,13 +425,16 @@ def list_missing(
                 return found + check_resolution(
                     result, [target], allow_sdist=allow_sdist, groups=groups
                 )
-            missing = parse_no_wheel(result)
-            if missing is None or missing.name in dropped:
+            stop = _stop(result, target)
+            if stop is None or stop[0] in dropped:
                 cause = " ".join(uv_lines(result))[:400]
                 without = f" without {', '.join(dropped)}" if dropped else ""
                 return [*found, Problem("uv", f"target {target.name!r}{without}: {cause}")]
-            found.append(missing.problem(target))
-            dropped.append(missing.name)
+            name, problem, conflict = stop
+            found.append(problem)
+            dropped.append(name)
+            if conflict is not None:
+                conflicts.append(conflict)
         return [*found, Problem("uv", f"target {target.name!r}: stopped after {_MAX_MISSING}")]
 
     # Targets are independent: resolve them side by side (uv locks its own cache).
@@ -332,7 +443,7 @@ def list_missing(
         found = [p for problems in pool.map(one, chosen) for p in problems]
     # Grouped by package, each package's targets in the spec's order (the sort is
     # stable); what stopped uv comes last.
-    return sorted(found, key=lambda p: (p.where == "uv", p.where))
+    return sorted(found, key=lambda p: (p.where == "uv", p.where)), conflicts
 
 
 _URL = re.compile(r"((?:https?|file)://[^\s`'\"]+)")
@@ -380,19 +491,29 @@ def uv_failure(
             hint="check the index URL in the spec, your network or proxy, and credentials",
         )
     problems: list[Problem] = []
-    if parse_no_wheel(stderr) is not None:
+    conflicts: list[PythonConflict] = []
+    if parse_no_wheel(stderr) is not None or parse_needs_python(stderr):
         if log is not None:
             log("uv stops at the first package without a usable wheel; resolving each target")
-        problems = list_missing(targets, resolve, allow_sdist=allow_sdist, groups=groups)
+        problems, conflicts = list_missing(targets, resolve, allow_sdist=allow_sdist, groups=groups)
     if not any(p.where != "uv" for p in problems):
         return LockError(
             "uv could not resolve the spec",
             problems=[Problem("uv", ln) for ln in uv_lines(stderr)[-12:]],
         )
+    if not conflicts:
+        return UnsupportedTargetError(
+            "some packages have no installable wheel for some targets",
+            problems=problems,
+            hint=UNSUPPORTED_HINT,
+        )
+    # Only the wheel advice where some problem is about wheels: allow-sdist cannot help
+    # a release that does not support the target's Python.
+    others = {p.where for p in problems} - {c.name for c in conflicts} - {"uv"}
     return UnsupportedTargetError(
-        "some packages have no installable wheel for some targets",
+        "some packages have no release that installs on some targets",
         problems=problems,
-        hint=UNSUPPORTED_HINT,
+        hint=python_hint(conflicts) + (f"; for the others: {UNSUPPORTED_HINT}" if others else ""),
     )
 
 

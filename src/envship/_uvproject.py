@@ -59,7 +59,14 @@ def uv_environment(spec: Spec) -> dict[str, str]:
 
 
 def requires_python(spec: Spec) -> str:
-    return f">={min(spec.python, key=lambda v: tuple(int(p) for p in v.split('.')))}"
+    """The project's ``requires-python``: the lowest Python of the spec or any target.
+
+    A target may name its own Python, lower than the spec's (README, "a target may set
+    ``python``"); uv refuses an environment marker outside ``requires-python`` ("don't
+    overlap with Python requirement"), so every target's Python counts.
+    """
+    versions = {*spec.python, *(t.python for t in spec.targets)}
+    return f">={min(versions, key=lambda v: tuple(int(p) for p in v.split('.')))}"
 
 
 def _project(spec: Spec, targets: Sequence[Target], exclude: Sequence[str]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from ._lockcheck import (
 )
 from ._relock import (
     VersionChange,
+    keep_sizes,
     locked_versions,
     preferences_lock,
     read_previous,
@@ -210,6 +211,7 @@ def lock(
             hint=UNSUPPORTED_HINT,
         )
     data = _finish(full, spec)
+    keep_sizes(data, previous)
     pylock = as_pylock(data)
     old_versions, versions = locked_versions(previous), locked_versions(pylock)
     notes.extend(
@@ -220,7 +222,7 @@ def lock(
     try:
         old = path.read_bytes() if path.is_file() else None
         if old != text:
-            write_atomic(path, text)
+            write_atomic(path, text, through_links=True)  # a linked lock stays linked
     except OSError as exc:
         raise LockError(f"cannot write {path}: {exc.strerror or exc}") from None
     return LockResult(
@@ -298,6 +300,24 @@ def check_lock(spec: Spec, path: Path | None = None) -> LockFile:
                 Problem("spec digest", spec.digest),
                 Problem("lock's spec-digest", lockfile.spec_digest),
             ],
+            hint="run `envship lock`",
+        )
+    # The digest covers what resolution reads (Spec.lock_inputs), not the names the lock
+    # carries for kernels and images; comparing them here keeps every existing lock's
+    # digest valid.
+    renamed = [
+        Problem(key, f"the spec says {ours!r}, the lock records {theirs!r}")
+        for key, ours, theirs in (
+            ("name", spec.name, lockfile.name),
+            ("kernel.display-name", spec.display_name, lockfile.display_name),
+        )
+        if ours != theirs
+    ]
+    if renamed:
+        raise StaleLockError(
+            f"{path} is stale: the spec's {' and '.join(p.where for p in renamed)} changed "
+            "since it was locked (kernels and images take their names from the lock)",
+            problems=renamed,
             hint="run `envship lock`",
         )
     return lockfile
