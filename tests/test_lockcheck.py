@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from envship._lockcheck import parse_needs_python, wheel_misfit
+from envship._lockcheck import wheel_misfit
+from envship._uvrefusal import parse_needs_python
 from envship.errors import UnsupportedTargetError
 from envship.lock import lock
 from envship.targets import Target
