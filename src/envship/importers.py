@@ -20,7 +20,8 @@ import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from ._pyproject import PYTHONS, Found, from_pyproject, lowest_python, poetry_constraint, show
+from ._poetry import poetry_constraint
+from ._pyproject import PYTHONS, Found, from_pyproject, lowest_python, show
 from ._requirements import decode_text, parse_requirements
 from .errors import Problem, SpecError
 from .spec import SPEC_FILENAME, Spec, parse_spec
