@@ -511,6 +511,19 @@ def test_add_requirements_replaces_the_file_in_one_rename(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["before.toml", "envship.toml"]
 
 
+def test_add_requirements_through_a_symlinked_spec_keeps_the_link(tmp_path: Path) -> None:
+    real = tmp_path / "shared" / "envship.toml"
+    real.parent.mkdir()
+    real.write_text(COMMENTED)
+    path = tmp_path / "envship.toml"
+    path.symlink_to(Path("shared") / "envship.toml")
+
+    add_requirements(path, [Requirement("gamma")])
+
+    assert path.is_symlink() and os.readlink(path) == str(Path("shared") / "envship.toml")
+    assert '"gamma"' in real.read_text()
+
+
 @pytest.mark.parametrize(
     ("before", "message"),
     [

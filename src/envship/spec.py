@@ -397,7 +397,7 @@ def add_requirements(
     """
     text, changed = _edited(path, requirements)
     if changed and write:
-        write_atomic(path, text)
+        write_atomic(path, text, through_links=True)  # a symlinked spec stays a link
     return tuple(changed)
 
 
