@@ -183,6 +183,13 @@ UNSAFE_SPECS = [
     pytest.param({"groups": {"dev": ["foo===*"]}}, "groups.dev[0]",
                  "'===*' is not a PEP 440 version, which uv (envship's resolver) requires",
                  id="arbitrary-equality-not-pep440"),
+    # PEP 508's `extra` is set only for a package's own dependencies: never in a spec, so
+    # uv skipped the requirement without a word.
+    pytest.param({"dependencies": ["six", 'gpu-lib; extra == "gpu"']}, "dependencies[1]",
+                 "its marker tests 'extra', which only a package's own metadata sets",
+                 id="extra-marker"),
+    pytest.param({"groups": {"dev": ['a; python_version > "3" and "x" == extra']}},
+                 "groups.dev[0]", "its marker tests 'extra'", id="extra-marker-reversed"),
 ]  # fmt: skip
 
 
@@ -208,6 +215,14 @@ def test_no_operator_without_a_version_passes(operator: str, form: str) -> None:
         parse_spec({"name": "x", "dependencies": [text]}, source="envship.toml")
     assert [p.where for p in info.value.problems] == ["envship.toml: dependencies[0]"]
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "requirement", ['a; sys_platform == "extra"', 'a; platform_release != "extras"']
+)
+def test_the_word_extra_as_a_marker_value_is_kept(requirement: str) -> None:
+    spec = parse_spec({"name": "x", "dependencies": [requirement]}, source="s")
+    assert len(spec.dependencies) == 1
 
 
 @pytest.mark.parametrize("requirement", ["foo===1.0", "foo===1.0+local", "foo===2!1.0"])

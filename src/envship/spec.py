@@ -214,6 +214,10 @@ def group_name_problem(name: str) -> str | None:
     )
 
 
+# The marker variable `extra` (str(Marker) quotes every string, so a bare word is one).
+_EXTRA_VARIABLE = re.compile(r'(?<!["\w])extra(?!["\w])')
+
+
 def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[str, ...]:
     out: list[str] = []
     for i, text in enumerate(_as_str_list(value, where, problems)):
@@ -237,6 +241,18 @@ def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[s
         unusable = specifier_problem(req)
         if unusable is not None:
             problems.append(Problem(f"{where}[{i}]", f"{text!r}: {unusable}"))
+            continue
+        if req.marker is not None and _EXTRA_VARIABLE.search(str(req.marker)):
+            # PEP 508: `extra` is set only while reading a package's own dependencies; in
+            # a spec it is never set, so uv would silently never install the requirement.
+            problems.append(
+                Problem(
+                    f"{where}[{i}]",
+                    f"{text!r}: its marker tests 'extra', which only a package's own "
+                    "metadata sets; a spec has no extras: put the requirement in a "
+                    "[groups] group instead",
+                )
+            )
             continue
         out.append(str(req))
     return tuple(out)
