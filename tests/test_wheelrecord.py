@@ -378,3 +378,67 @@ def test_group_writable_files_are_a_note(env: Env) -> None:
     assert report.identical
     (note,) = [n for n in report.notes if "group-writable" in n]
     assert str(env.site / "plain.py") in note
+
+
+# -- byte-code a wheel lists in its own RECORD ---------------------------------------------
+
+TMPL = b"def render():\n    return 'template'\n"
+# What numpy 2.1.0 does (numpy/distutils/__pycache__/conv_template.cpython-311.pyc): byte-code
+# in the wheel and in its RECORD. These bytes are no valid .pyc: uv's --compile-bytecode
+# writes its own over them, as Python itself would.
+WHEEL_PYC = b"\x00 byte-code the wheel ships\n"
+
+
+def cached_files(tag: str = sys.implementation.cache_tag) -> dict[str, tuple[bytes, int]]:
+    """A package whose wheel ships byte-code, and another file, under ``__pycache__``."""
+    return {
+        "cached/__init__.py": (b"", 0o644),
+        "cached/tmpl.py": (TMPL, 0o644),
+        f"cached/__pycache__/tmpl.{tag}.pyc": (WHEEL_PYC, 0o644),
+        "cached/__pycache__/notes.txt": (b"not byte-code\n", 0o644),
+    }
+
+
+def make_cached_env(tmp_path: Path, compile_bytecode: bool) -> Env:
+    dist = tmp_path / "dist"
+    wheels = [build(dist, "cached", "1.0", cached_files())]
+    lock = write_lock(tmp_path / "pylock.toml", wheels)
+    store = stocked_store(tmp_path / "store", wheels)
+    install(lock, store, tmp_path / "env", compile_bytecode=compile_bytecode)
+    return Env(tmp_path / "env", lock, store, dist)
+
+
+def rehash_cached(e: Env, rel: str) -> None:
+    data = (e.site / rel).read_bytes()
+
+    def change(rows: list[list[str]]) -> None:
+        for row in rows:
+            if row[0] == rel:
+                row[1:] = [record_hash(data), str(len(data))]
+
+    rewrite_record(e.site / "cached-1.0.dist-info", change)
+
+
+@pytest.mark.parametrize("compile_bytecode", [False, True], ids=["as-is", "compiled"])
+@pytest.mark.parametrize("full", [False, True], ids=["quick", "full"])
+def test_byte_code_the_wheel_lists_is_not_compared_by_record(
+    tmp_path: Path, compile_bytecode: bool, full: bool
+) -> None:
+    """uv installs the wheel's .pyc (and, compiling, writes its own over it): the
+    environment is identical either way, and what is next to it is still checked."""
+    e = make_cached_env(tmp_path, compile_bytecode)
+    pyc = e.site / "cached" / "__pycache__" / f"tmpl.{sys.implementation.cache_tag}.pyc"
+    assert pyc.is_file() and (pyc.read_bytes() == WHEEL_PYC) is not compile_bytecode
+    report = verify(e.lock, e.root, full=full, store=e.store)
+    assert report.identical, report.differences
+
+    source = e.site / "cached" / "tmpl.py"
+    source.write_bytes(TMPL.replace(b"template", b"evil!!!!"))  # same size
+    notes = e.site / "cached" / "__pycache__" / "notes.txt"
+    notes.write_bytes(b"import os\n")
+    rehash_cached(e, "cached/tmpl.py")
+    rehash_cached(e, "cached/__pycache__/notes.txt")
+    report = verify(e.lock, e.root, full=full, store=e.store)
+    assert relevant(report.differences) == [
+        ("changed", "cached", str(notes)), ("changed", "cached", str(source))
+    ]  # fmt: skip

@@ -46,6 +46,7 @@ from packaging.utils import canonicalize_name
 from ._difference import Difference
 from ._records import Entry, Installed
 from ._shebang import read_head
+from ._wheeltar import INSTALLER as PYPA_INSTALLER
 from .store import Store
 
 __all__ = [
@@ -300,6 +301,7 @@ def _compare(inst: Installed, wheel: _Wheel, layout: Layout) -> Trusted:
             headers = os.path.join(layout.include, spelling)
             break
     launchers = _pip_names(wheel.launchers, layout.python_minor)
+    skips_pycache = _installer(inst) == PYPA_INSTALLER
     entries: list[Entry] = []
     scripts: list[ScriptCheck] = []
     diffs: list[Difference] = []
@@ -311,6 +313,13 @@ def _compare(inst: Installed, wheel: _Wheel, layout: Layout) -> Trusted:
             continue  # installers generate these from entry_points.txt instead
         if f.rel == f"{wheel.dist_info}/RECORD":
             continue  # the installer rewrites it: checked below, as its own file
+        if _in_pycache(f.rel) and (_is_bytecode(f.rel) or skips_pycache):
+            # Byte-code is never held to RECORD, the wheel's no more than the installed
+            # one's (numpy 2.1.0 lists a .pyc): Python or a --compile build rewrites it,
+            # and --bytecode compares it with its source. pypa/installer (envship's image
+            # builds) skips every member under __pycache__ (installer._core.install);
+            # uv installs them, so there the other ones are expected.
+            continue
         where = _destination(f.rel, wheel, layout, headers)
         if where is None:
             continue  # a .data key no installer knows: uv refuses such a wheel
@@ -368,7 +377,20 @@ def _spelled(e: Entry) -> str | None:
 
 
 def _is_bytecode(rel: str) -> bool:
-    return rel.endswith(".pyc") and "__pycache__/" in rel
+    return rel.endswith(".pyc") and _in_pycache(rel)
+
+
+def _in_pycache(rel: str) -> bool:
+    """Under a ``__pycache__`` folder, as pypa/installer tells the members it skips."""
+    return "__pycache__" in rel.split("/")[:-1]
+
+
+def _installer(inst: Installed) -> bytes | None:
+    """The installed ``INSTALLER`` file (PEP 376), which names the installer."""
+    try:
+        return (inst.dist_info / "INSTALLER").read_bytes()
+    except OSError:
+        return None
 
 
 def trust(
