@@ -244,6 +244,18 @@ def _package_replaced_by_a_link(v: Venv, w: Wheels) -> Expect:
     return [("changed", "beta", str(folder))]
 
 
+def _package_replaced_by_a_link_to_a_bigger_folder(v: Venv, w: Wheels) -> Expect:
+    """What the link points at is not the environment's: its other files are not listed
+    as added to it (an image's link may point at the host's /etc once unpacked)."""
+    folder = v.site / "beta"
+    outside = v.root.parent / "elsewhere"
+    shutil.copytree(folder, outside)
+    (outside / "passwd").write_text("not the environment's\n")
+    shutil.rmtree(folder)
+    folder.symlink_to(outside)
+    return [("changed", "beta", str(folder))]
+
+
 def _install_extra(v: Venv, w: Wheels) -> Expect:
     v.install(w.omega)
     return [("extra", "omega", str(v.site / "omega-1.0.dist-info"))]
@@ -270,6 +282,7 @@ CORRUPTIONS: list[tuple[Callable[[Venv, Wheels], Expect], bool]] = [
     (_world_writable_module, True),
     (_file_replaced_by_a_link, True),
     (_package_replaced_by_a_link, True),
+    (_package_replaced_by_a_link_to_a_bigger_folder, True),
 ]
 
 

@@ -256,6 +256,10 @@ def added_files(checked: list[Installed], everyone: list[Installed]) -> list[Dif
                 owners[top].append(inst.name)
     diffs = []
     for top, names in sorted(owners.items()):
+        if os.path.islink(top):
+            # linked_folders reports the link; what it points at is not the environment's
+            # (in an unpacked image it may be this machine's /etc), so it is not walked.
+            continue
         for dirpath, _dirs, filenames in os.walk(top):
             in_cache = os.path.basename(dirpath) == "__pycache__"
             for fn in filenames:
