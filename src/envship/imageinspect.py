@@ -17,15 +17,11 @@ The base image's own files are not compared.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import posixpath
 import re
 import shlex
-import stat
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,26 +30,27 @@ from packaging.utils import canonicalize_name
 
 from ._atomic import write_atomic
 from ._bytecode import BytecodeCompiler, find_compiler
-from ._difference import KINDS, Difference
-from ._records import encode_record_hash
+from ._difference import KINDS
+from ._imageoutside import (
+    CONFIG_ENV,
+    KERNELSPEC,
+    ancestors,
+    built_kernelspec,
+    config_differences,
+    kernels_folder,
+    kernelspec_differences,
+)
 from .errors import ImageInputError, TargetError
 from .image import DISTRIBUTIONS, LABEL_PREFIX
 from .imagebase import check_image_target, probe_image
 from .imageio import ImageSource
 from .install import MARKER_NAME
-from .layer import WHITEOUT_PREFIX
 from .layerfs import extract_layer, iter_layer
 from .lockfile import LockFile
-from .oci import ImageConfig
 from .store import Store
 from .verify import VerifyReport, verify
 
 __all__ = ["CONFIG_ENV", "KERNELSPEC", "ImageInfo", "LayerInfo", "inspect_image", "verify_image"]
-
-#: The ``name`` of differences in the kernelspec files envship wrote beside the environment.
-KERNELSPEC = "(kernelspec)"
-#: The ``path`` of ``config`` differences in the image config's environment variables.
-CONFIG_ENV = "config.Env"
 
 # <name>-<version>.dist-info/METADATA anywhere in a site-packages or dist-packages folder.
 _DIST_INFO = re.compile(r"(?:site|dist)-packages/([^/]+)-([^/-]+)\.dist-info/METADATA$")
@@ -207,7 +204,7 @@ def verify_image(
         holders: list[int] = []  # the layers with an entry for the marker, bottom first
         # The folders on the way to the environment and to the kernelspec folders met so
         # far: a later layer that removes or replaces one of them removes what is below.
-        above = _ancestors(prefix)
+        above = ancestors(prefix)
 
         # One pass over each layer: the environment's folder and the kernelspec folders
         # only, whiteouts applied; which layers touch the marker is noted on the way.
@@ -216,8 +213,8 @@ def verify_image(
             def wanted(name: str, i: int = i) -> bool:
                 if name == marker_path and i not in holders:
                     holders.append(i)
-                if (kernels := _kernels_folder(name)) is not None:
-                    above.update(_ancestors(kernels))
+                if (kernels := kernels_folder(name)) is not None:
+                    above.update(ancestors(kernels))
                 return inside(name) or kernels is not None or name in above
 
             extract_layer(path, root, layer=f"{source.name} layer {i}", only=wanted)
@@ -238,10 +235,10 @@ def verify_image(
                 problems=exc.problems,
                 hint="verify the image against the lock it was built from",
             ) from None
-        built = _built_kernelspec(source, holders, marker_path)
+        built = built_kernelspec(source, holders, marker_path)
         outside = [
-            *_kernelspec_differences(root, built),
-            *_config_differences(image.config, "/" + prefix),
+            *kernelspec_differences(root, built),
+            *config_differences(image.config, "/" + prefix),
         ]
         cache = store.root / "images" / "probes" if store is not None else None
         facts = probe_image(image, where=source.name, cache=cache)
@@ -317,140 +314,3 @@ def verify_image(
         notes=notes,
         remedy=remedy,
     )
-
-
-# -- what envship wrote outside the environment ------------------------------------------
-
-
-_KERNELS = "/share/jupyter/kernels/"
-
-
-def _kernels_folder(name: str) -> str | None:
-    """The Jupyter kernelspec folder (``.../share/jupyter/kernels``: every such place on
-    Jupyter's search path, where image builds write theirs) a layer path is in, if any."""
-    text = f"/{name}/"
-    at = text.find(_KERNELS)
-    return text[1 : at + len(_KERNELS) - 1] if at >= 0 else None
-
-
-def _ancestors(path: str) -> set[str]:
-    """The folders ``a``, ``a/b`` above ``a/b/c``."""
-    parts = path.split("/")
-    return {"/".join(parts[:i]) for i in range(1, len(parts))}
-
-
-def _built_kernelspec(source: ImageSource, holders: list[int], marker: str) -> dict[str, bytes]:
-    """The kernelspec files envship wrote (layer path -> content), read from the first
-    layer that holds the environment's marker: image builds write both in that layer,
-    last of theirs; a later layer can only change what the image shows there."""
-    for i in holders:
-        path = source.image.layer_paths[i]
-        files: dict[str, bytes] = {}
-        has_marker = False
-        for info, reader in iter_layer(path, layer=f"{source.name} layer {i}"):
-            if reader is not None and info.name == marker:
-                has_marker = True
-            elif (
-                reader is not None
-                and _kernels_folder(info.name) is not None
-                and not info.name.rpartition("/")[2].startswith(WHITEOUT_PREFIX)
-            ):  # a whiteout (the base's kernelspec hidden) is no file of the image
-                files[info.name] = reader.read()
-        if has_marker:
-            return files
-    return {}
-
-
-def _described(data: bytes) -> str:
-    # As a RECORD line spells a file, like every other file difference.
-    return f"sha256={encode_record_hash(hashlib.sha256(data).digest())}, size {len(data)}"
-
-
-def _linked(root: Path, rel: str) -> str | None:
-    """The first folder on the way to ``rel`` that is a symbolic link now (it may point
-    anywhere, on this machine too: nothing below it is read), if any."""
-    parts = rel.split("/")[:-1]
-    for i in range(1, len(parts) + 1):
-        folder = "/".join(parts[:i])
-        try:
-            if stat.S_ISLNK(os.lstat(root / folder).st_mode):
-                return folder
-        except OSError:
-            return None  # gone: what is missing below it says so
-    return None
-
-
-def _kernelspec_differences(root: Path, built: Mapping[str, bytes]) -> list[Difference]:
-    """Each kernelspec file envship wrote against what the image holds there now, and
-    any file a later layer put beside them (``kernel.js`` runs in every browser that
-    opens the notebook)."""
-    diffs = []
-    links: set[str] = set()
-    for rel, data in sorted(built.items()):
-        where = root / rel
-        expected = f"{_described(data)} (as built)"
-        if (link := _linked(root, rel)) is not None:
-            if link not in links:
-                links.add(link)
-                to = f"a symbolic link to {os.readlink(root / link)}"
-                diffs.append(Difference("changed", KERNELSPEC, f"/{link}", "a folder", to))
-            continue
-        try:
-            mode = os.lstat(where).st_mode
-            now = where.read_bytes() if stat.S_ISREG(mode) else None
-        except FileNotFoundError:
-            diffs.append(Difference("removed", KERNELSPEC, f"/{rel}", expected))
-            continue
-        except OSError as exc:  # unreadable
-            diffs.append(Difference("changed", KERNELSPEC, f"/{rel}", expected, str(exc)))
-            continue
-        if now is None:
-            actual = f"not a regular file ({stat.filemode(mode)})"
-            diffs.append(Difference("changed", KERNELSPEC, f"/{rel}", expected, actual))
-        elif now != data:
-            diffs.append(Difference("changed", KERNELSPEC, f"/{rel}", expected, _described(now)))
-        elif mode & stat.S_IWOTH:
-            diffs.append(
-                Difference(
-                    "changed", KERNELSPEC, f"/{rel}", "not writable by others",
-                    f"mode {stat.filemode(mode)}", "anyone in the container can change it",
-                )
-            )  # fmt: skip
-    for folder in sorted({posixpath.dirname(rel) for rel in built}):
-        if _linked(root, f"{folder}/-") is not None:
-            continue  # named above
-        for dirpath, dirnames, filenames in os.walk(root / folder):
-            # os.walk does not enter links to folders: they are entries of their own.
-            links_here = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
-            for name in sorted([*filenames, *links_here]):
-                rel = os.path.relpath(os.path.join(dirpath, name), root)
-                if rel not in built:
-                    diffs.append(Difference("added", KERNELSPEC, f"/{rel}", None, "not built"))
-    return diffs
-
-
-def _config_differences(config: ImageConfig, prefix: str) -> list[Difference]:
-    """The config envship wrote: ``PATH`` runs the environment's ``python``, ``pip`` and
-    scripts first, and ``VIRTUAL_ENV`` names it (:func:`envship.image._config`)."""
-    env = config.env
-    diffs = []
-    path = env.get("PATH")
-    first = path.split(":")[0] if path else ""
-    if not first or posixpath.normpath(first) != f"{prefix}/bin":
-        diffs.append(
-            Difference(
-                "config", "PATH", CONFIG_ENV, f"{prefix}/bin first",
-                path if path is not None else "(not set)",
-                "python, pip and scripts run from elsewhere, not from the environment",
-            )
-        )  # fmt: skip
-    venv = env.get("VIRTUAL_ENV")
-    if venv is None or posixpath.normpath(venv) != prefix:
-        diffs.append(
-            Difference(
-                "config", "VIRTUAL_ENV", CONFIG_ENV, prefix,
-                venv if venv is not None else "(not set)",
-                "tools that look for the active environment find another one",
-            )
-        )  # fmt: skip
-    return diffs
