@@ -160,6 +160,25 @@ def test_the_first_line_of_a_refusal_fits_its_kind(
         assert "this machine" not in proc.stderr
 
 
+def test_a_private_env_without_its_record_is_moved_aside_and_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """install refuses a folder without its record (not envship's to replace): the
+    remedy moves it aside first, and the kernel then starts the environment made again."""
+    env = make_env(tmp_path / "work")
+    made = install_kernel(env)
+    marker_deleted(env)
+
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    last = proc.stderr.splitlines()[-1]
+    lead = "envship: move it aside and make it again where it was: "
+    assert last.startswith(f"{lead}mv {env} {env}.damaged && envship install {env} --lock ")
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "work" / "store"))
+    run_printed(last.removeprefix(lead), tmp_path)
+    assert (env / MARKER_NAME).is_file() and (tmp_path / "work" / "ds-env.damaged").is_dir()
+    assert starts(made.resource_dir, tmp_path)["prefix"] == str(env)
+
+
 # --- 1. a kernel on ROOT/NAME/current whose root has moved --------------------------------
 
 

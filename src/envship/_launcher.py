@@ -500,7 +500,12 @@ def _then(facts: dict[str, Any], env: str) -> str:
 
 
 def remedy(
-    facts: dict[str, Any], env: str, marker: dict[str, Any] | None, *, machine: bool = True
+    facts: dict[str, Any],
+    env: str,
+    marker: dict[str, Any] | None,
+    *,
+    machine: bool = True,
+    damaged: bool = False,
 ) -> str:
     """A command that makes an environment this machine can run, for how ``env`` was
     made: from the lock its marker records (else the one the kernelspec recorded when it
@@ -538,6 +543,13 @@ def remedy(
         else (f" (its lock {lock_path} cannot be read: name the lock it was made from)")
     )
     if version is None:
+        if damaged:
+            # Without its record the folder is not envship's to replace (install refuses
+            # it): moved aside, the same path is made again and this kernel starts it.
+            return (
+                f"move it aside and make it again where it was: mv {env} {env}.damaged && "
+                f"envship install {env}{with_lock}{unread}"
+            )
         make = "make it again on this machine" if machine else "make it again"
         return f"{make}: envship install {env}{with_lock}{unread}"
     name, root = version
@@ -609,7 +621,8 @@ def report(
     lines = [head, *(f"  - {reason}" for reason in reasons)]
     no_kernel = [r for r in reasons if r.startswith(NO_KERNEL)]
     if len(no_kernel) < len(reasons):  # the machine (or the install) needs a remedy
-        lines.append("envship: " + remedy(facts, env, marker, machine=kind == "machine"))
+        fix = remedy(facts, env, marker, machine=kind == "machine", damaged=kind == "damaged")
+        lines.append("envship: " + fix)
     if no_kernel:
         lines.append("envship: " + kernel_remedy(env, marker, _then(facts, env)))
     return "\n".join(lines)
