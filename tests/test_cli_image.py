@@ -7,11 +7,13 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from disklib import SmallDisk
 from envship.cli.main import cli, main
 from envship.dockerarchive import write_docker_archive
 from envship.image import BuiltImage
@@ -37,7 +39,7 @@ from test_image import (
     slim_sample,
 )
 from test_imageinspect import append_layer, tamper
-from test_imageio import evil_image, push_base, unique_image
+from test_imageio import a_file, a_folder, a_folder_with_files, evil_image, push_base, unique_image
 from test_install import write_lock
 
 # The fixtures imported from test_image are shared with it (built once per session).
@@ -187,6 +189,78 @@ def test_bad_destinations_are_refused_before_the_base_is_read(
     assert not (tmp_path / "x.tar").exists()
 
 
+@pytest.mark.parametrize(
+    ("kind", "make"),
+    [("docker-archive", a_folder), ("oci", a_file), ("oci", a_folder_with_files)],
+    ids=["archive-at-a-folder", "layout-at-a-file", "layout-in-a-folder-with-files"],
+)
+def test_outputs_whose_place_is_taken_are_refused_before_the_base_is_read(
+    capsys: pytest.CaptureFixture[str],
+    cli_setup: Setup,
+    tmp_path: Path,
+    kind: str,
+    make: Callable[[Path], Path],
+) -> None:
+    where = make(tmp_path)
+    base = f"oci:{tmp_path / 'no-such-layout'}:x"  # an error about it would come later
+    code, out, _ = run(capsys, *build_args(cli_setup, base, "-o", f"{kind}:{where}", "--json"))
+    doc = json.loads(out)
+    assert code == 2 and doc["error"] == "image-input", doc
+    assert doc["message"].startswith(f"cannot write the image to {where}: ")
+
+
+def test_a_failure_after_an_output_was_written_says_what_was_written(
+    capsys: pytest.CaptureFixture[str], cli_setup: Setup, tmp_path: Path, slim_layout: BaseImage
+) -> None:
+    """Outputs are written before the push: when the push fails, the error says which
+    outputs hold the image, and its digest, so a script knows what exists."""
+    host = f"127.0.0.1:{free_port()}"  # nothing listens there
+    first, second = f"oci:{tmp_path / 'a'}:v1", f"docker-archive:{tmp_path / 'b.tar'}"
+    args = build_args(cli_setup, slim_layout.ref, "-o", first, "-o", second)
+    code, out, _ = run(capsys, *args, "--push", f"{host}/out:1", "--json")
+    assert code == 3
+    doc = json.loads(out)
+    assert doc["error"] == "registry" and doc["registry"] == host
+    digest = OciLayout.open(tmp_path / "a").image("v1").descriptor.digest
+    written = [p for p in doc["problems"] if p["where"] == "written"]
+    assert written == [
+        {"where": "written", "message": f"{first} holds the image {digest}"},
+        {
+            "where": "written",
+            "message": f"docker-archive:{tmp_path / 'b.tar'} holds the image {digest}",
+        },
+    ]
+    code, _, err = run(capsys, *args, "--push", f"{host}/out:1")
+    assert code == 3
+    assert f"  - written: {first} holds the image {digest}" in err.splitlines()
+
+
+@pytest.mark.parametrize("full_first", [False, True], ids=["second-fails", "first-fails"])
+def test_two_outputs_one_on_a_full_disk(
+    capsys: pytest.CaptureFixture[str],
+    cli_setup: Setup,
+    tmp_path: Path,
+    slim_layout: BaseImage,
+    small_disk: SmallDisk,
+    full_first: bool,
+) -> None:
+    small_disk.fill(leave=64 * 1024)
+    good, full = f"oci:{tmp_path / 'good'}:v1", f"docker-archive:{small_disk.path / 'x.tar'}"
+    outputs = [full, good] if full_first else [good, full]
+    args = build_args(cli_setup, slim_layout.ref, *(a for o in outputs for a in ("-o", o)))
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["hint"] == "free disk space (or write the image elsewhere) and build again"
+    written = [p["message"] for p in doc["problems"] if p["where"] == "written"]
+    if full_first:
+        assert written == [] and not (tmp_path / "good").exists()
+    else:
+        digest = OciLayout.open(tmp_path / "good").image("v1").descriptor.digest
+        assert written == [f"{good} holds the image {digest}"]
+    assert not (small_disk.path / "x.tar").exists()
+
+
 def test_target_option_picks_among_fitting_targets(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_setup: Setup, slim_layout: BaseImage
 ) -> None:
@@ -205,7 +279,15 @@ def test_target_option_picks_among_fitting_targets(
     assert json.loads(out)["target"] == "old"
     code, out, _ = run(capsys, *args, "--target", "nope")
     assert code == 2
-    assert json.loads(out)["message"] == "the lock has no target 'nope'"
+    error = json.loads(out)
+    assert error["message"] == "the lock has no target 'nope'"
+    assert error["hint"] == (
+        f"build for one of the lock's targets ({PLATFORM}, old), or leave --target out to "
+        "build for the one the base image fits"
+    )
+    code, _, err = run(capsys, *args[:-1], "--target", "nope")
+    assert code == 2
+    assert f"hint: build for one of the lock's targets ({PLATFORM}, old)" in err
 
 
 def test_base_from_docker_save(
@@ -546,8 +628,9 @@ def test_bases_that_do_not_fit_are_refused(
         f"error: the base image {slim_layout.ref} (linux-" in err
         and "is none of the lock's targets" in err
     )
-    assert f"  - {PLATFORM}: Python 3.12 needed, interpreter is 3.11" in err
-    assert "  - arm: Python 3.12 needed, interpreter is 3.11" in err
+    # The facts are the base image's, and the reasons say so (not "interpreter", "host").
+    assert f"  - {PLATFORM}: Python 3.12 needed, the base image has 3.11" in err
+    assert "  - arm: Python 3.12 needed, the base image has 3.11" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -139,6 +139,41 @@ def test_match_target_explains_every_misfit(
     assert "none of the lock's targets" in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("facts", "targets", "reasons"),
+    [
+        pytest.param(
+            {"python": "3.10", "implementation": "pypy"},
+            [t("arm", "linux-aarch64", glibc="2.34", variant="cuda")],
+            [
+                ("arm", "aarch64 needed, the base image is x86_64"),
+                ("arm", "CPython needed, the base image has pypy"),
+                ("arm", "Python 3.11 needed, the base image has 3.10"),
+                ("arm", "glibc 2.34 needed, the base image has 2.31"),
+                ("arm", "cuda variant but the base image has no CUDA"),
+            ],
+            id="every-reason",
+        ),
+        pytest.param(
+            {"glibc": None, "sys_platform": "darwin"},
+            [t("a")],
+            [
+                ("a", "linux needed, the base image is darwin"),
+                ("a", "glibc 2.28 needed, the base image has no glibc (musl or unknown)"),
+            ],
+            id="os-and-musl",
+        ),
+    ],
+)
+def test_reasons_name_the_subject_they_are_about(
+    facts: dict[str, object], targets: list[Target], reasons: list[tuple[str, str]]
+) -> None:
+    """Facts read from a base image are worded as the image's, not this machine's."""
+    with pytest.raises(TargetError) as err:
+        match_target(targets, host(**facts), subject="the base image")
+    assert [(p.where, p.message) for p in err.value.problems] == reasons
+
+
 def test_match_target_reads_a_lock(tmp_path: Path) -> None:
     lock = tmp_path / "pylock.toml"
     lock.write_text(

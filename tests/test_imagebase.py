@@ -286,23 +286,24 @@ def test_base_fits_the_target_of_its_architecture(
     assert match_base(lock, bookworm_facts, where="bookworm").name == PLATFORM
 
 
+# The reasons speak of what the facts are of: "{it}" is the base image or the image.
 MISFITS = [
     (
         [image_target(python="3.12")],
-        [(PLATFORM, "Python 3.12 needed, interpreter is 3.11")],
+        [(PLATFORM, "Python 3.12 needed, {it} has 3.11")],
     ),
     (
         [image_target(glibc="2.38"), image_target("gpu", variant="cuda")],
         [
-            (PLATFORM, "glibc 2.38 needed, host has 2.36"),
-            ("gpu", "cuda variant but no GPU found"),
+            (PLATFORM, "glibc 2.38 needed, {it} has 2.36"),
+            ("gpu", "cuda variant but {it} has no CUDA"),
         ],
     ),
     (
         [image_target(f"linux-{OTHER}", platform=f"linux-{OTHER}", python="3.12")],
         [
-            (f"linux-{OTHER}", f"{OTHER} needed, machine is {MACHINE}"),
-            (f"linux-{OTHER}", "Python 3.12 needed, interpreter is 3.11"),
+            (f"linux-{OTHER}", f"{OTHER} needed, {{it}} is {MACHINE}"),
+            (f"linux-{OTHER}", "Python 3.12 needed, {it} has 3.11"),
         ],
     ),
 ]
@@ -335,7 +336,9 @@ def test_base_that_is_no_target_is_refused_with_every_reason(
         error = caught.value
         assert "is none of the lock's targets" in error.message
         assert bookworm_facts.describe() in error.message
-        assert [(p.where, p.message) for p in error.problems] == reasons
+        assert [(p.where, p.message) for p in error.problems] == [
+            (where, message.format(it="the base image")) for where, message in reasons
+        ]
         assert error.hint and "add a target for this base" in error.hint
     assert not (setup.store.root / "oci").exists()  # refused before any layer was written
 
@@ -374,7 +377,9 @@ def test_an_image_whose_own_facts_do_not_fit_its_target_is_refused(
             f"{target.name}, which its environment was built for"
         )
         assert [(p.where, p.message) for p in error.problems] == [
-            r for r in reasons if r[0] == target.name
+            (where, message.format(it="the image"))
+            for where, message in reasons
+            if where == target.name
         ]
 
 

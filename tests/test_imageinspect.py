@@ -290,7 +290,7 @@ def test_image_whose_python_is_not_the_target_s_is_refused(
     assert error.message.startswith(f"the image {source.name} (linux-")
     assert f"cannot run the lock's target {PLATFORM}" in error.message
     assert [str(p) for p in error.problems] == [
-        f"{PLATFORM}: Python 3.12 needed, interpreter is 3.11"
+        f"{PLATFORM}: Python 3.12 needed, the image has 3.11"
     ]
     # The facts were read from the layers once, and kept by the image's digest.
     probes = store.root / "images" / "probes"

@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 import pytest
 
+from disklib import SmallDisk
 from envship._http import RetryPolicy
 from envship.cli.main import main
 from envship.errors import (
@@ -209,6 +210,106 @@ def test_outputs_are_checked_before_anything_is_built(
     with pytest.raises(ImageInputError, match=re.escape(message)) as caught:
         check_output(text)
     assert caught.value.exit_code == 2
+
+
+def new_place(folder: Path) -> Path:
+    return folder / "new" / "deeper" / "out"
+
+
+def empty_folder(folder: Path) -> Path:
+    (folder / "empty").mkdir()
+    return folder / "empty"
+
+
+def existing_layout(folder: Path) -> Path:
+    out = folder / "layout"
+    OciLayout.open(out, create=True)
+    return out
+
+
+def a_folder(folder: Path) -> Path:
+    (folder / "dir").mkdir()
+    return folder / "dir"
+
+
+def a_file(folder: Path) -> Path:
+    (folder / "file").write_text("x")
+    return folder / "file"
+
+
+def a_folder_with_files(folder: Path) -> Path:
+    (folder / "full").mkdir()
+    (folder / "full" / "notes.txt").write_text("mine")
+    return folder / "full"
+
+
+def below_a_file(folder: Path) -> Path:
+    return a_file(folder) / "x"
+
+
+@pytest.mark.parametrize(
+    ("kind", "make", "problem"),
+    [
+        ("docker-archive", a_folder, "it is a folder; a docker-archive is one file"),
+        ("docker-archive", below_a_file, "is not a folder"),
+        ("oci", a_file, "it exists and is not a folder"),
+        ("oci", a_folder_with_files, "it is a folder that is neither empty nor an OCI layout"),
+        ("oci", below_a_file, "is not a folder"),
+    ],
+    ids=[
+        "archive-at-a-folder",
+        "archive-below-a-file",
+        "layout-at-a-file",
+        "layout-in-a-folder-with-files",
+        "layout-below-a-file",
+    ],
+)
+def test_outputs_whose_place_is_taken_are_bad_input(
+    tmp_path: Path, kind: str, make: Callable[[Path], Path], problem: str
+) -> None:
+    where = make(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(ImageInputError) as caught:
+        check_output(f"{kind}:{where}")
+    assert caught.value.exit_code == 2
+    assert caught.value.message.startswith(f"cannot write the image to {where}: ")
+    assert problem in caught.value.message
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("make", [empty_folder, existing_layout, new_place])
+def test_outputs_that_can_be_written_pass(tmp_path: Path, make: Callable[[Path], Path]) -> None:
+    check_output(f"oci:{make(tmp_path)}:x")
+    check_output(f"docker-archive:{tmp_path / 'new' / 'x.tar'}")
+
+
+def test_a_full_disk_while_writing_a_layout_leaves_none_and_says_so(
+    small_disk: SmallDisk, sample: tuple[Setup, BuiltImage]
+) -> None:
+    """A real 4 MiB disk (the sample's base layer alone is larger): the hint is the
+    full disk's, and the new layout goes away, handing its space back."""
+    before = small_disk.used()
+    out = small_disk.path / "out"
+    with pytest.raises(ImageError) as caught:
+        write_image(sample[1], f"oci:{out}:v1")
+    assert caught.value.message == f"cannot write the image to {out}: No space left on device"
+    assert caught.value.hint == "free disk space (or write the image elsewhere) and build again"
+    assert not out.exists()
+    assert small_disk.used() <= before
+
+    # An existing layout is left as it was: its index names what it named.
+    kept = existing_layout(small_disk.path)
+    index = (kept / "index.json").read_bytes()
+    with pytest.raises(ImageError, match="No space left on device"):
+        write_image(sample[1], f"oci:{kept}:v1")
+    assert (kept / "index.json").read_bytes() == index
+
+    archive = small_disk.path / "x.tar"
+    with pytest.raises(ImageError) as caught:
+        write_image(sample[1], f"docker-archive:{archive}")
+    assert caught.value.message == f"cannot write the image to {archive}: No space left on device"
+    assert caught.value.hint == "free disk space (or write the image elsewhere) and build again"
+    assert sorted(p.name for p in small_disk.path.iterdir()) == ["layout"]
 
 
 def test_archive_names_are_checked_and_default_to_latest(
@@ -591,19 +692,37 @@ def damaged_copy(built: BuiltImage, folder: Path) -> tuple[BuiltImage, Path]:
     return replace(built, layer_paths=(*built.layer_paths[:-1], top)), top
 
 
+@pytest.mark.parametrize(
+    ("place", "after"),
+    [
+        pytest.param(new_place, [], id="new-layout-removed-with-the-folders-it-made"),
+        pytest.param(empty_folder, ["empty"], id="empty-folder-emptied-again"),
+        pytest.param(existing_layout, ["layout"], id="existing-layout-kept-as-it-was"),
+    ],
+)
 def test_a_damaged_layer_is_not_written_out(
-    tmp_path: Path, sample: tuple[Setup, BuiltImage]
+    tmp_path: Path,
+    sample: tuple[Setup, BuiltImage],
+    place: Callable[[Path], Path],
+    after: list[str],
 ) -> None:
     damaged, top = damaged_copy(sample[1], tmp_path / "damaged")
     digest = sample[1].layers[-1].descriptor.digest
+    out = place(tmp_path)
+    index = (out / "index.json").read_bytes() if (out / "index.json").exists() else None
     with pytest.raises(ArtifactError, match=f"{top} does not match blob {digest}"):
-        write_image(damaged, f"oci:{tmp_path / 'out'}:x")
-    assert not OciLayout.open(tmp_path / "out").has_blob(digest)
+        write_image(damaged, f"oci:{out}:x")
     assert top.stat().st_nlink == 1  # never linked
+    # A layout this write made does not stay behind without its image; one that was
+    # there keeps its index (blobs that arrived are in no index: harmless).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["damaged", *after])
+    if index is not None:
+        assert (out / "index.json").read_bytes() == index
+    elif out.exists():
+        assert list(out.iterdir()) == []
     with pytest.raises(ArtifactError, match=f"{top} does not match blob {digest}: it holds"):
         write_image(damaged, f"docker-archive:{tmp_path / 'out.tar'}:x:1")
     assert not (tmp_path / "out.tar").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "out"]
 
 
 def test_a_damaged_layer_is_not_pushed(

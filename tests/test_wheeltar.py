@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from envship._wheeltar import INSTALLER, VenvScheme, WheelInstall, write_wheel
+from envship._wheeltar import INSTALLER, Locked, VenvScheme, WheelInstall, write_wheel
 from envship.errors import ArtifactError, ImageError
 from envship.layer import LayerBlob, LayerWriter
 from envship.lockfile import LockFile
@@ -459,6 +459,73 @@ def test_bad_wheel_is_refused(
     with pytest.raises(error, match=match):
         write_layer(tmp_path / "layers", (wheel,), scheme)
     assert list((tmp_path / "layers").iterdir()) == []  # the aborted layer is gone
+
+
+OTHER_SHA = "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("locked", "fields", "problems"),
+    [
+        pytest.param(
+            lambda sha, size: Locked(OTHER_SHA, size),
+            (OTHER_SHA, "{sha}"),
+            ["sha256 {sha}, the lock says " + OTHER_SHA],
+            id="other-sha256",
+        ),
+        pytest.param(
+            lambda sha, size: Locked(sha, size + 1),
+            ("{more}", "{size}"),  # the hash is right: the size is what differs
+            ["{size} bytes, the lock says {more}"],
+            id="other-size",
+        ),
+        pytest.param(
+            lambda sha, size: Locked(OTHER_SHA, size - 1),
+            (OTHER_SHA, "{sha}"),
+            ["sha256 {sha}, the lock says " + OTHER_SHA, "{size} bytes, the lock says {less}"],
+            id="both",
+        ),
+    ],
+)
+def test_a_wheel_that_is_not_the_locks_writes_nothing(
+    tmp_path: Path,
+    wheels: Wheels,
+    locked: Callable[[str, int], Locked],
+    fields: tuple[str, str],
+    problems: list[str],
+) -> None:
+    """Checked before any of it is read as a zip: the layer gets no entry."""
+    sha = hashlib.sha256(wheels.beta.read_bytes()).hexdigest()
+    size = wheels.beta.stat().st_size
+    said = {"sha": sha, "size": size, "more": size + 1, "less": size - 1}
+    scheme = VenvScheme.for_python("/opt/envship/venv", PYTHON)
+    with LayerWriter(tmp_path, mtime=MTIME) as layer:
+        with pytest.raises(ArtifactError) as caught:
+            write_wheel(
+                wheels.beta, layer, scheme, interpreter="/x/bin/python", locked=locked(sha, size)
+            )
+        assert layer.close().entries == 0
+    error = caught.value
+    assert (error.artifact, error.kind, error.exit_code) == (wheels.beta.name, "integrity", 4)
+    assert (error.expected, error.actual) == tuple(f.format(**said) for f in fields)
+    assert error.hint == "`envship fetch --verify` replaces it"
+    assert [p.message for p in error.problems] == [m.format(**said) for m in problems]
+    assert {p.where for p in error.problems} == {str(wheels.beta)}
+
+
+def test_the_locks_own_bytes_install(tmp_path: Path, wheels: Wheels) -> None:
+    sha = hashlib.sha256(wheels.beta.read_bytes()).hexdigest()
+    scheme = VenvScheme.for_python("/opt/envship/venv", PYTHON)
+    with LayerWriter(tmp_path, mtime=MTIME) as layer:
+        done = write_wheel(
+            wheels.beta,
+            layer,
+            scheme,
+            interpreter="/x/bin/python",
+            locked=Locked(sha, wheels.beta.stat().st_size),
+        )
+        layer.close()
+    assert (done.name, done.version) == ("beta", "1.0")
 
 
 @pytest.mark.parametrize(

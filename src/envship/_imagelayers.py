@@ -40,7 +40,7 @@ from . import _flock
 from ._atomic import write_atomic
 from ._bytecode import BytecodeCompiler, Compiler
 from ._imageprefix import BaseDir, placed_writer
-from ._wheeltar import VenvScheme, write_wheel
+from ._wheeltar import Locked, VenvScheme, write_wheel
 from .errors import EnvshipError, ImageError
 from .layer import LayerBlob
 from .lockfile import Artifact
@@ -61,9 +61,12 @@ __all__ = [
     "sweep",
 ]
 
-# Bumped whenever the bytes a layer gets from the same inputs change, so no stale cached
-# layer is ever reused.
-LAYER_FORMAT = 1
+# Bumped whenever the bytes a layer gets from the same inputs change, or what a cached
+# layer is known to be, so no stale cached layer is ever reused. 2: each wheel is hashed
+# against the lock before its layer is built; a layer cached by an earlier envship may
+# have been built from a changed store file (a wheel edited and its RECORD rehashed)
+# under the lock's hash, so none of those is trusted.
+LAYER_FORMAT = 2
 _OWN_LAYER = 1 << 20
 _BUCKETS = 8
 # A leftover no lock covers is removed once nothing in it was written for this long: a
@@ -82,9 +85,10 @@ class LayerPlan:
 
 @dataclass(frozen=True, slots=True)
 class LayerJob:
-    """What a worker needs to build one layer (picklable)."""
+    """What a worker needs to build one layer (picklable): each wheel with what the
+    lock says its bytes are, checked before any of them is used."""
 
-    wheels: tuple[Path, ...]
+    wheels: tuple[tuple[Path, Locked], ...]
     tmp_dir: Path
     prefix: str
     python: str
@@ -180,9 +184,14 @@ def _build_layer(job: LayerJob) -> BuiltLayer:
     compiler = Compiler(job.compiler) if job.compiler is not None else None
     try:
         warned: list[str] = []
-        for wheel in job.wheels:
+        for wheel, locked in job.wheels:
             done = write_wheel(
-                wheel, writer, scheme, interpreter=job.interpreter, compiler=compiler
+                wheel,
+                writer,
+                scheme,
+                interpreter=job.interpreter,
+                compiler=compiler,
+                locked=locked,
             )
             warned += done.warnings
         uncompiled = tuple(path for path, _ in compiler.failures) if compiler else ()

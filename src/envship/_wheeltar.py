@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from ._bytecode import Compiler
 
-__all__ = ["INSTALLER", "VenvScheme", "WheelInstall", "write_wheel"]
+__all__ = ["INSTALLER", "Locked", "VenvScheme", "WheelInstall", "write_wheel"]
 
 #: Written to each distribution's ``INSTALLER`` file (PEP 376).
 INSTALLER = b"envship\n"
@@ -122,6 +122,53 @@ class WheelInstall:
     scripts: tuple[str, ...] = field(default=())  # image paths of files in the scripts scheme
     compiled: int = 0  # .pyc files written (not counted in ``files``)
     warnings: tuple[str, ...] = ()  # what pypa/installer warned of (e.g. a skipped file)
+
+
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """What the lock promises of a wheel's bytes (its sha256, and its size when the lock
+    records one), and how to get those bytes back (``repair``, the hint)."""
+
+    sha256: str
+    size: int | None = None
+    repair: str | None = None
+
+
+def _checked(f: BinaryIO, where: str, locked: Locked | None) -> BinaryIO:
+    """``f``, rewound, once all of it was hashed against the lock. The store checked
+    these bytes when it took them, but it is a folder on a shared volume: they can have
+    changed since, even into a wheel whose RECORD was rehashed to match, which nothing
+    later notices."""
+    if locked is None:
+        return f
+    h = hashlib.sha256()
+    size = 0
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+        size += len(chunk)
+    actual = h.hexdigest()
+    if actual == locked.sha256 and (locked.size is None or size == locked.size):
+        f.seek(0)
+        return f
+    name = os.path.basename(where)
+    problems = []
+    if actual != locked.sha256:
+        problems.append(Problem(where, f"sha256 {actual}, the lock says {locked.sha256}"))
+    if locked.size is not None and size != locked.size:
+        problems.append(Problem(where, f"{size} bytes, the lock says {locked.size}"))
+    # The fields fetch's and the store's integrity errors have: the hash, or else the size.
+    expected, found = (
+        (locked.sha256, actual) if actual != locked.sha256 else (str(locked.size), str(size))
+    )
+    error = ArtifactError(
+        f"{name}: the store's copy does not match the lock, refusing it",
+        artifact=name,
+        expected=expected,
+        actual=found,
+        hint=locked.repair or "`envship fetch --verify` replaces it",
+    )
+    error.problems = tuple(problems)
+    raise error
 
 
 class _Member:
@@ -328,6 +375,7 @@ def write_wheel(
     *,
     interpreter: str,
     compiler: Compiler | None = None,
+    locked: Locked | None = None,
 ) -> WheelInstall:
     """Install ``wheel`` into ``layer`` as installed into the venv ``scheme`` describes.
 
@@ -337,12 +385,16 @@ def write_wheel(
     :class:`ImageError` for a wheel that cannot be installed (malformed, paths outside
     the venv, two files at one path) and :class:`ArtifactError` when a member does not
     match the wheel's RECORD. A failure leaves the layer half-written: abort it.
-    With ``compiler``, the site-packages sources also get their byte-code.
+    With ``compiler``, the site-packages sources also get their byte-code. With
+    ``locked``, the whole file is first hashed against the lock (an
+    :class:`ArtifactError` before anything reaches the layer), and the zip is then read
+    from the same open file, so what is installed is what was hashed even if the path
+    is replaced meanwhile.
     """
     _check_interpreter(interpreter)
     where = str(wheel)
     try:
-        with zipfile.ZipFile(wheel) as zf:
+        with open(wheel, "rb") as f, zipfile.ZipFile(_checked(f, where, locked)) as zf:
             source = _Source(zf)
             metadata = parse_metadata_file(source.read_dist_info("METADATA"))
             name, version = metadata["Name"], metadata["Version"]

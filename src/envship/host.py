@@ -150,31 +150,45 @@ def _facts_of(found: str) -> dict[str, Any]:
         ) from None
 
 
-def mismatches(target: Target, host: HostInfo) -> list[str]:
-    """Every reason ``host`` cannot run ``target``; empty when it can."""
+def mismatches(target: Target, host: HostInfo, *, subject: str | None = None) -> list[str]:
+    """Every reason ``host`` cannot run ``target``; empty when it can.
+
+    The reasons speak of this machine ("glibc 2.39 needed, host has 2.36"); ``subject``
+    names what the facts are of instead, when it is not the host ("the base image":
+    "glibc 2.39 needed, the base image has 2.36").
+    """
     reasons: list[str] = []
     plat = target.platform
+    system_is, machine_is, runs, has = (
+        ("host is", "machine is", "interpreter is", "host has")
+        if subject is None
+        else (f"{subject} is", f"{subject} is", f"{subject} has", f"{subject} has")
+    )
     if host.sys_platform != plat.sys_platform:
-        reasons.append(f"{plat.sys_platform} needed, host is {host.sys_platform}")
+        reasons.append(f"{plat.sys_platform} needed, {system_is} {host.sys_platform}")
     elif host.machine != plat.machine:
-        reasons.append(f"{plat.machine} needed, machine is {host.machine}")
+        reasons.append(f"{plat.machine} needed, {machine_is} {host.machine}")
     # Targets describe CPython ABIs (cpXY tags); another implementation cannot load them.
     if host.implementation != "cpython":
-        reasons.append(f"CPython needed, interpreter is {host.implementation}")
+        reasons.append(f"CPython needed, {runs} {host.implementation}")
     if host.python != target.python:
-        reasons.append(f"Python {target.python} needed, interpreter is {host.python}")
+        reasons.append(f"Python {target.python} needed, {runs} {host.python}")
     # A manylinux_2_X wheel runs on glibc >= 2.X, so the target's level is a floor.
     if host.glibc is None:
-        reasons.append(f"glibc {target.glibc} needed, host has no glibc (musl or unknown)")
+        reasons.append(f"glibc {target.glibc} needed, {has} no glibc (musl or unknown)")
     elif _version_tuple(host.glibc) < _version_tuple(target.glibc):
-        reasons.append(f"glibc {target.glibc} needed, host has {host.glibc}")
+        reasons.append(f"glibc {target.glibc} needed, {has} {host.glibc}")
     if target.variant == "cuda" and not host.gpu:
-        reasons.append("cuda variant but no GPU found")
+        found = "no GPU found" if subject is None else f"{has} no CUDA"
+        reasons.append(f"cuda variant but {found}")
     return reasons
 
 
-def match_target(lock_or_targets: LockFile | Iterable[Target], host: HostInfo) -> Target:
-    """The lock target ``host`` runs best, or a TargetError saying why each one does not fit.
+def match_target(
+    lock_or_targets: LockFile | Iterable[Target], host: HostInfo, *, subject: str | None = None
+) -> Target:
+    """The lock target ``host`` runs best, or a TargetError saying why each one does not fit
+    (worded for ``subject``, as :func:`mismatches` words them).
 
     Among fitting targets a GPU host prefers ``cuda``, then the highest glibc level
     (its wheels may be newer builds); declaration order breaks ties.
@@ -195,7 +209,7 @@ def match_target(lock_or_targets: LockFile | Iterable[Target], host: HostInfo) -
     fitting: list[Target] = []
     problems: list[Problem] = []
     for target in targets:
-        reasons = mismatches(target, host)
+        reasons = mismatches(target, host, subject=subject)
         if reasons:
             problems.extend(Problem(target.name, r) for r in reasons)
         else:

@@ -46,7 +46,8 @@ from ._imagelayers import (
 )
 from ._imageprefix import check_prefix, sagemaker_notes
 from ._imageprefix import place as place_env
-from .errors import ImageError
+from ._wheeltar import Locked
+from .errors import ImageError, TargetError
 from .imagebase import BaseFacts, match_base
 from .install import marker_data
 from .layer import DEFAULT_LEVEL, LayerBlob
@@ -72,6 +73,7 @@ __all__ = [
     "build_image",
     "check_kernel_name",
     "check_prefix",
+    "lock_target",
     "source_date_epoch",
 ]
 
@@ -166,6 +168,22 @@ def source_date_epoch() -> int:
     return int(raw)
 
 
+def lock_target(lock: LockFile, name: str) -> Target:
+    """The lock's target ``name``; a :class:`TargetError` (exit 2) whose hint lists the
+    lock's targets when it has none of that name."""
+    if not lock.targets:
+        raise lock.no_targets()
+    try:
+        return lock.target(name)
+    except TargetError as exc:
+        known = ", ".join(t.name for t in lock.targets)
+        exc.hint = (
+            f"build for one of the lock's targets ({known}), or leave --target out to "
+            "build for the one the base image fits"
+        )
+        raise
+
+
 def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -226,7 +244,7 @@ def build_image(
     prefix = check_prefix(prefix)
     if kernel_name is not None:
         check_kernel_name(kernel_name)  # before the base is read
-    chosen = match_base([lock.target(target)] if target else lock, facts, where=base_name)
+    chosen = match_base([lock_target(lock, target)] if target else lock, facts, where=base_name)
     chosen_groups = lock.chosen_groups(groups)
     artifacts = lock.artifacts([chosen.name], groups=chosen_groups)
     missing = [a for a in artifacts if not store.has(a.sha256)]
@@ -288,9 +306,16 @@ def build_image(
         def annotations(plan: LayerPlan) -> dict[str, str]:
             return {DISTRIBUTIONS: " ".join(f"{a.name}=={a.version}" for a in plan.artifacts)}
 
+        # A store file that no longer matches the lock fails its layer before the layer
+        # is cached (under the lock's hash, it would be reused after the store's repair).
+        repair = f"`envship fetch --verify --lock {lock.path} --store {store.root}` replaces it"
+
         def job(plan: LayerPlan) -> LayerJob:
             wheels = tuple(
-                store.named_or_private(a.sha256, a.filename, work / "wheels")
+                (
+                    store.named_or_private(a.sha256, a.filename, work / "wheels"),
+                    Locked(a.sha256, a.size, repair),
+                )
                 for a in plan.artifacts
             )
             return LayerJob(

@@ -181,7 +181,7 @@ def probe_image(image: LayoutImage, *, where: str, cache: Path | None = None) ->
 def match_base(lock: LockFile | Iterable[Target], facts: BaseFacts, *, where: str) -> Target:
     """The lock target the base runs, or an ImageError listing why each target does not."""
     try:
-        return match_target(lock, facts.host_info())
+        return match_target(lock, facts.host_info(), subject="the base image")
     except TargetError as exc:
         raise UnsupportedBaseError(
             f"the base image {where} ({facts.describe()}) is none of the lock's targets",
@@ -196,7 +196,7 @@ def check_image_target(target: Target, facts: BaseFacts, *, where: str) -> None:
     no lock target fits) an image whose own Python, architecture or glibc, read from its
     layers, cannot run ``target``: the one its environment says it was built for. Its
     files could match the lock's and still not load on that interpreter."""
-    reasons = mismatches(target, facts.host_info())
+    reasons = mismatches(target, facts.host_info(), subject="the image")
     if reasons:
         raise UnsupportedBaseError(
             f"the image {where} ({facts.describe()}) cannot run the lock's target "

@@ -16,14 +16,17 @@ registry manifest) is bad input: :class:`ImageInputError`, exit 2.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ._diskfull import is_disk_full
 from .dockerarchive import parse_archive_ref, read_docker_archive, write_docker_archive
 from .errors import ArtifactError, ImageError, ImageInputError, Problem, RegistryError
 from .image import BuiltImage
@@ -107,16 +110,43 @@ def default_client(
 
 def check_output(text: str) -> None:
     """Refuse (exit 2) an output ``--output`` cannot write, before anything is built:
-    ``oci:DIR[:TAG]`` and ``docker-archive:FILE[:NAME[:TAG]]`` with a valid name."""
+    ``oci:DIR[:TAG]`` and ``docker-archive:FILE[:NAME[:TAG]]`` with a valid name, whose
+    path is free for it (a layout goes into a new or empty folder or an existing layout,
+    an archive at a path that is not a folder), below a folder rather than a file."""
     if text.startswith("oci:"):
-        parse_layout_ref(text)
+        directory, _ = parse_layout_ref(text)
+        problem = _blocked(directory)
+        if problem is None and directory.exists():
+            if not directory.is_dir():
+                problem = "it exists and is not a folder"
+            elif not (directory / "oci-layout").is_file() and any(directory.iterdir()):
+                problem = "it is a folder that is neither empty nor an OCI layout"
+        where, hint = directory, "name a new or empty folder, or an existing OCI layout"
     elif text.startswith("docker-archive:"):
-        parse_archive_ref(text)
+        path, _ = parse_archive_ref(text)
+        problem = _blocked(path)
+        if problem is None and path.is_dir():
+            problem = "it is a folder; a docker-archive is one file"
+        where, hint = path, f"name a file, e.g. docker-archive:{path / 'image.tar'}"
     else:
         raise ImageInputError(
             f"unknown output {text!r}",
             hint="write oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG]; push with --push REF",
         )
+    if problem is not None:
+        raise ImageInputError(
+            f"cannot write the image to {where}: {problem}",
+            problems=[Problem(text, problem)],
+            hint=hint,
+        )
+
+
+def _blocked(path: Path) -> str | None:
+    """Why ``path`` cannot be made: the nearest of its parents that exists is no folder."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is not a folder"
+    return None
 
 
 def parse_push_ref(text: str) -> Reference:
@@ -245,6 +275,7 @@ def write_image(built: BuiltImage, text: str, *, store: Store | None = None) -> 
     cache = verified_cache(store) if store is not None else None
     if text.startswith("oci:"):
         directory, tag = parse_layout_ref(text)
+        new = _new_parts(directory)
         try:
             out = OciLayout.open(directory, create=True)
             for layer, path in zip(built.layers, built.layer_paths, strict=True):
@@ -254,8 +285,15 @@ def write_image(built: BuiltImage, text: str, *, store: Store | None = None) -> 
             manifest = out.add_blob(built.manifest_bytes, OCI_MANIFEST)
             # Tagged last: until index.json names it, no reader sees a half-written image.
             out.tag(tag or "latest", manifest)
-        except OSError as exc:
-            raise _write_error(directory, exc) from exc
+        except BaseException as exc:
+            # A layout this call made and that did not get its image is removed (it would
+            # pass for an output: an index.json naming nothing); an existing one keeps
+            # whatever blobs arrived, which its index does not name.
+            if new is not None:
+                _remove(*new)
+            if isinstance(exc, OSError) or (isinstance(exc, ImageError) and is_disk_full(exc)):
+                raise _write_error(directory, exc) from exc
+            raise
         return f"oci:{directory}:{tag or 'latest'}"
     path, name = parse_archive_ref(text)
     try:
@@ -271,11 +309,42 @@ def write_image(built: BuiltImage, text: str, *, store: Store | None = None) -> 
     return f"docker-archive:{path}" + (f":{name}" if name else "")
 
 
-def _write_error(where: Path, exc: OSError) -> ImageError:
-    return ImageError(
-        f"cannot write the image to {where}: {exc.strerror or exc}",
-        hint="free disk space (or write the image elsewhere) and build again",
+def _new_parts(directory: Path) -> tuple[Path, bool] | None:
+    """What writing a layout at ``directory`` creates: None when a layout is there, else
+    the folder to remove after a failure (``directory`` or the first missing folder
+    above it) and whether it was there before (then only its contents go)."""
+    if (directory / "oci-layout").is_file():
+        return None
+    made = directory.absolute()
+    if made.is_dir():
+        return made, True
+    while not made.parent.exists():
+        made = made.parent
+    return made, False
+
+
+def _remove(made: Path, existed: bool) -> None:
+    if not existed:
+        shutil.rmtree(made, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for entry in list(made.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _write_error(where: Path, exc: OSError | ImageError) -> ImageError:
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+    # Only a full disk or a spent quota is helped by freeing space (envship._diskfull).
+    hint = (
+        "free disk space (or write the image elsewhere) and build again"
+        if is_disk_full(exc)
+        else "write the image elsewhere, or make that place writable"
     )
+    return ImageError(f"cannot write the image to {where}: {reason}", hint=hint)
 
 
 def push_image(

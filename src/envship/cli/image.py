@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import EnvshipError, Problem
 from ..image import (
     DEFAULT_PREFIX,
     BuiltImage,
@@ -15,6 +16,7 @@ from ..image import (
     build_image,
     check_kernel_name,
     check_prefix,
+    lock_target,
 )
 from ..imagebase import probe_image
 from ..imageinspect import ImageInfo, inspect_image
@@ -179,7 +181,7 @@ def build_cmd(
         check_kernel_name(kernel_name)
     lock = LockFile.load(lock_path)
     if target is not None:
-        lock.target(target)
+        lock_target(lock, target)
     lock.chosen_groups(groups or None)
     store = Store.at(store_dir)
     clients: dict[str, RegistryClient] = {}
@@ -210,17 +212,30 @@ def build_cmd(
         compile_bytecode=compile_bytecode,
         progress=_layer_line,
     )
-    written = [write_image(built, out, store=store) for out in outputs]
+    written: list[str] = []
     pushed: PushResult | None = None
-    if push_target is not None:
-        # A fresh client, so its counters are this push's alone.
-        push_client = default_client(insecure=insecure, progress=blob_line)(push_target.registry)
-        mount = (
-            source.reference.repository
-            if source.reference and source.reference.registry == push_target.registry
-            else None
+    try:
+        for out in outputs:
+            written.append(write_image(built, out, store=store))
+        if push_target is not None:
+            # A fresh client, so its counters are this push's alone.
+            push_client = default_client(insecure=insecure, progress=blob_line)(
+                push_target.registry
+            )
+            mount = (
+                source.reference.repository
+                if source.reference and source.reference.registry == push_target.registry
+                else None
+            )
+            pushed = push_image(built, push_target, push_client, mount_from=mount, store=store)
+    except EnvshipError as exc:
+        # What was written before the failure exists and holds the whole image: say so,
+        # so a script can tell which destinations it may use.
+        exc.problems = (
+            *exc.problems,
+            *(Problem("written", f"{out} holds the image {built.digest}") for out in written),
         )
-        pushed = push_image(built, push_target, push_client, mount_from=mount, store=store)
+        raise
     _report(built, written, pushed, as_json, time.monotonic() - started)
 
 
