@@ -407,3 +407,22 @@ def test_a_use_through_a_bind_mount_of_a_subfolder_is_found(
     proc.kill()
     proc.communicate()  # it is gone: no longer a user
     assert users_of(asked) == {}
+
+
+def test_a_namespace_file_mounted_somewhere_is_passed_over(
+    folder: Path, tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    """`ip netns add`, container runtimes and systemd bind-mount namespace files, whose
+    mountinfo root is no path (``net:[4026532177]``): gc looped forever on one."""
+    ns = tmp_path / "netns"
+    ns.touch()
+    made = subprocess.run(["unshare", f"--net={ns}", "true"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr  # root, as the suite's bind mounts need
+    try:
+        assert any(b"net:[" in ln for ln in Path("/proc/self/mountinfo").read_bytes().splitlines())
+        proc = start([sys.executable, "-c", WAIT], folder, {})
+        started.append(proc)
+        found = users_of([folder])
+        assert [u.pid for u in found[folder]] == [proc.pid]
+    finally:
+        subprocess.run(["umount", str(ns)], check=False)

@@ -244,6 +244,10 @@ def _mounts(path: Path) -> list[_Mount]:
         fields = line.split(b" ")
         if len(fields) < 5 or fields[3].endswith(b"//deleted"):  # its folder is gone
             continue
+        if not fields[3].startswith(b"/"):
+            # No folder of a filesystem: a namespace file bind-mounted by `ip netns`,
+            # container runtimes or systemd (root "net:[4026532177]", nsfs).
+            continue
         root, point = (
             os.fsdecode(_ESCAPED.sub(lambda m: bytes([int(m[1], 8)]), f)) for f in fields[3:5]
         )
@@ -271,7 +275,7 @@ def _here(mount: _Mount, ours: _Places) -> Iterator[str]:
         rest = mount.root if holder == "/" else mount.root[len(holder) :]
         for point in ours.get((mount.device, holder), ()):
             yield point.rstrip("/") + rest or "/"
-        if holder == "/":
+        if holder in ("/", ""):  # "": not a path at all, which _mounts leaves out
             return
         holder = os.path.dirname(holder)
 
