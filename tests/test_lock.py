@@ -236,10 +236,16 @@ def test_allow_sdist_accepts_wheel_less_target(tmp_path: Path, index_server: Ind
     spec = write_spec(
         tmp_path, index_server.simple_url, dependencies=["delta"], **{"allow-sdist": True}
     )
-    lock(spec)
+    result = lock(spec)
     lockfile = LockFile.load(tmp_path / "pylock.toml")
     arm = lockfile.artifacts(["linux-aarch64"])
     assert [a.kind for a in arm] == ["sdist"]
+    # PEP 751 locks no build backend: the note says an offline install cannot build it
+    assert [n for n in result.notes if "from source" in n] == [
+        "delta is installed from source on some target: building needs a build backend "
+        "(e.g. setuptools) from an index, which an offline install from the store does not "
+        "have"
+    ]
 
 
 def test_groups_become_pep751_dependency_groups(tmp_path: Path, index_server: IndexServer) -> None:

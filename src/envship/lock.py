@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from packaging.pylock import PackageSdist, Pylock
 
 from ._atomic import write_atomic
 from ._lockcheck import (
@@ -218,6 +219,15 @@ def lock(
         f"{n!r} was named to upgrade but is not locked"
         for n in sorted(names - old_versions.keys() - versions.keys())
     )
+    built = _built_from_source(pylock, spec) if spec.allow_sdist else []
+    if built:
+        # PEP 751 locks no build requirements: the store will not hold a build backend,
+        # so an offline install cannot build these (install says so too, when it fails).
+        notes.append(
+            f"{', '.join(built)} {'are' if len(built) > 1 else 'is'} installed from source "
+            "on some target: building needs a build backend (e.g. setuptools) from an "
+            "index, which an offline install from the store does not have"
+        )
     text = (_HEADER + tomli_w.dumps(data)).encode("utf-8")
     try:
         old = path.read_bytes() if path.is_file() else None
@@ -238,6 +248,19 @@ def lock(
 
 
 _HEADER = "# Written by `envship lock` (PEP 751). Do not edit: change the spec and re-lock.\n"
+
+
+def _built_from_source(pylock: Pylock, spec: Spec) -> list[str]:
+    """The packages some target installs from their sdist (PEP 751 selection)."""
+    found: set[str] = set()
+    for target in spec.targets:
+        chosen = pylock.select(
+            environment=target.marker_environment(),
+            tags=target.tags(),
+            dependency_groups=pylock.dependency_groups or (),
+        )
+        found.update(str(p.name) for p, artifact in chosen if isinstance(artifact, PackageSdist))
+    return sorted(found)
 
 
 def _finish(data: dict[str, Any], spec: Spec) -> dict[str, Any]:
