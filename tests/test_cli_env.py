@@ -97,6 +97,7 @@ def test_create_list_check_gc(
         "dry_run": False,
         "stale_locks": [],
         "empty_envs": [],
+        "denied": [],
     }
     assert path.is_dir()
 

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -299,3 +299,105 @@ def test_gc_keeps_a_version_used_through_a_bind_mount_of_its_site_packages(
     assert main(args) == 0
     assert [v["key"] for v in json.loads(capsys.readouterr().out)["removed"]] == [key]
     assert not version.exists()
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Marks a file immutable (``chattr +i``: not even root may delete it); everything
+    under tmp_path is unmarked after the test, wherever the file went."""
+
+    def mark(path: Path) -> None:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+
+    yield mark
+    subprocess.run(["chattr", "-R", "-f", "-i", str(tmp_path)], check=False)
+
+
+def test_gc_says_what_stayed_when_a_version_could_not_be_deleted_to_the_end(
+    old_version: tuple[Path, str],
+    immutable: Callable[[Path], None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file inside the version that cannot be deleted (immutable here; a file another
+    client holds open on NFS, a mount point): the version leaves ``versions/`` but its
+    bytes are not all freed, and gc says how much stayed where, instead of the whole
+    size as freed. A later gc finishes the job once the file can go."""
+    root, key = old_version
+    version = root / "ds" / "versions" / key
+    stuck = extension(version)  # the largest file in it
+    immutable(stuck)
+    gc = ["env", "gc", "--root", str(root), "--older-than", "1d"]
+
+    assert main([*gc, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (removed,) = result["removed"]
+    (left,) = result["denied"]
+    trash = Path(left["path"])
+    assert (left["name"], left["key"]) == ("ds", key)
+    assert trash.parent == root / "ds" / ".trash" and trash.name.startswith(f"{key}-")
+    assert left["reason"] == f"{trash}/{stuck.relative_to(version)}: Operation not permitted"
+    moved = trash / stuck.relative_to(version)
+    assert left["size"] >= moved.stat().st_size and left["size"] < removed["size"]
+    assert result["freed"] == removed["size"] - left["size"]
+    assert not version.exists() and moved.is_file()
+
+    # The next run: the leftover again, said as such (no version is removed twice).
+    assert main(gc) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].endswith(
+        f" stayed in {trash}: {moved}: Operation not permitted"
+    )
+    assert out[1] == "removed 0 version(s), 0 B; kept 1 current or recently used"
+
+    subprocess.run(["chattr", "-i", str(moved)], check=True)
+    assert main([*gc, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["denied"] == []
+    assert not trash.exists()
+
+
+def test_gc_text_gives_the_bytes_freed_when_some_stayed(
+    old_version: tuple[Path, str],
+    immutable: Callable[[Path], None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, key = old_version
+    version = root / "ds" / "versions" / key
+    stuck = extension(version)
+    immutable(stuck)
+    assert main(["env", "gc", "--root", str(root), "--older-than", "1d"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (trash,) = (root / "ds" / ".trash").iterdir()
+    assert lines[0].startswith(f"removed ds/{key}, but only ")
+    assert lines[0].endswith(" was freed (see below)")
+    assert lines[1].endswith(
+        f" of ds/{key} stayed in {trash}: {trash / stuck.relative_to(version)}: "
+        "Operation not permitted"
+    )
+
+
+def test_a_half_made_versions_size_counts_its_staging(
+    lock: LockFile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A create killed while uv unpacked (its ``KEY.envship-tmp`` staging beside a version
+    folder with nothing in it yet): gc reports, and frees, both."""
+    root = tmp_path / "envs"
+    wheels = build_wheels(tmp_path / "dist2")
+    store = stocked_store(tmp_path / "store", list(wheels.values()))
+    create_env(lock, store, root, name="ds")
+    versions = root / "ds" / "versions"
+    half = versions / "0123456789abcdef0123"
+    (half / "lib").mkdir(parents=True)
+    (versions / f"{half.name}.envship-tmp").mkdir()
+    (versions / f"{half.name}.envship-tmp" / "unpacked.bin").write_bytes(os.urandom(3 << 20))
+    stamp = time.time() - 2 * 24 * 3600
+    os.utime(half, (stamp, stamp))
+
+    assert main(["env", "gc", "--root", str(root), "--older-than", "1d", "--dry-run"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"would remove ds/{half.name} (incomplete) 3.")
+    assert line.endswith(" MiB")
+    result = gc(root, older_than=timedelta(days=1))
+    (removed,) = result.removed
+    assert removed.size is not None and removed.size >= 3 << 20
+    assert result.freed == removed.size and result.denied == ()
+    assert not half.exists() and not (versions / f"{half.name}.envship-tmp").exists()

@@ -19,8 +19,10 @@ is gone, or runs another Python than its packages are for, is not vouched for.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,19 +30,105 @@ from typing import Any
 
 from ._installmarker import read_marker
 from ._pyprobe import ProbeFailure, facts_of
-from .errors import Problem, SpecError, TargetError
+from .errors import PermissionDeniedError, Problem, SpecError, TargetError
 from .lockfile import LockFile
 from .targets import Target, host_platform
 
 __all__ = [
     "InstalledEnvironment",
     "Interpreter",
+    "PermissionDeniedError",
+    "blocked_at",
+    "denied",
+    "denied_problem",
+    "is_denied",
+    "refused",
+    "this_user",
     "choose_target",
     "find_environment",
+    "interpreter_denied",
     "interpreter_mismatches",
     "read_venv_config",
     "run_interpreter",
 ]
+
+_DENIED = (errno.EACCES, errno.EPERM)
+
+
+def is_denied(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _DENIED
+
+
+def this_user() -> str:
+    """``uid 1000 (sagemaker-user)``: who is refused, as a message names them."""
+    import pwd  # only on a refusal
+
+    uid = os.getuid()
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:  # a container user with no passwd entry (SageMaker's 1000 often)
+        return f"uid {uid}"
+
+
+def refused(program: Path | str) -> bool:
+    """Whether this user may not run ``program`` though it is there: a folder on the way
+    refuses us (EACCES), or the file is not executable for us. A link to nothing is
+    missing, not refused."""
+    try:
+        os.stat(program)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return not os.access(program, os.X_OK)
+
+
+def blocked_at(path: Path | str) -> Path:
+    """The folder nearest the top on the way to ``path`` that this user cannot enter (no
+    search permission), else ``path`` itself (then it is the one that cannot be read).
+    Links are followed as far as they can be: a refusal names the real folder."""
+    real = Path(os.path.realpath(path))
+    for folder in reversed(real.parents):  # "/" first
+        if not os.access(folder, os.X_OK):
+            return folder
+    return real
+
+
+def _owned(path: Path) -> str:
+    import pwd
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    try:
+        owner = f"uid {st.st_uid} ({pwd.getpwuid(st.st_uid).pw_name})"
+    except KeyError:
+        owner = f"uid {st.st_uid}"
+    return f"; owned by {owner}, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def denied_problem(path: Path | str) -> Problem:
+    """The place that refuses this user on the way to ``path``, whose it is and its mode."""
+    where = blocked_at(path)
+    return Problem(str(where), f"permission denied: {this_user()} cannot read it{_owned(where)}")
+
+
+def denied(what: str, path: Path | str, *, hint: str | None = None) -> PermissionDeniedError:
+    """``what`` (``the environment /efs/envs/ds/current``) cannot be read by this user:
+    the error names the folder that refuses, its owner and mode, and what its owner can
+    do (``chmod -R a+rX``, which opens folders and files for reading, never for writing)."""
+    where = blocked_at(path)
+    fix = hint or (
+        f"ask the owner of {where} to make it readable by every user: chmod -R a+rX {where} "
+        "(and create versions with umask 022, so later ones are readable too)"
+    )
+    return PermissionDeniedError(
+        f"permission denied: {what} cannot be read by {this_user()}",
+        problems=[denied_problem(path)],
+        hint=fix,
+    )
+
 
 _PYTHON_DIR = re.compile(r"^python(\d+\.\d+)t?$")
 _MACHINES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
@@ -125,6 +213,8 @@ def _probe(path: Path) -> Interpreter:
     try:
         data = facts_of(str(path))
     except ProbeFailure as exc:
+        if not exc.ran and refused(path):
+            raise interpreter_denied(path) from None
         what = f"{path} is not a working Python interpreter" if exc.ran else f"cannot run {path}"
         raise SpecError(what, problems=[Problem(str(path), exc.detail[-500:])]) from None
     sites = [Path(data["purelib"])]
@@ -156,7 +246,17 @@ def find_environment(
     """Resolve a venv folder, an interpreter or a site-packages folder (default: $VIRTUAL_ENV).
 
     Only an interpreter is run here; a venv folder's is run by :func:`run_interpreter`.
+    A path this user may not read (a version made with a private umask by another user)
+    is a :class:`PermissionDeniedError` naming the folder that refuses and its owner.
     """
+    try:
+        return _find(env, environ)
+    except PermissionError as exc:
+        named = env if env is not None else exc.filename or "$VIRTUAL_ENV"
+        raise denied(f"the environment {named}", exc.filename or named) from None
+
+
+def _find(env: Path | None, environ: Mapping[str, str] | None) -> InstalledEnvironment:
     if env is None:
         active = (os.environ if environ is None else environ).get("VIRTUAL_ENV")
         if not active:
@@ -214,6 +314,10 @@ def run_interpreter(environment: InstalledEnvironment) -> InstalledEnvironment:
     if environment.runs is not None or environment.venv is None:
         return environment
     path = environment.venv / "bin" / "python"
+    if refused(path):
+        # A link into a folder this user cannot enter (the base interpreter under another
+        # user's 0700 home) reads as "no such file" to exists(): say what it is.
+        raise interpreter_denied(path)
     if not path.exists():
         link = os.readlink(path) if path.is_symlink() else None
         raise SpecError(
@@ -242,6 +346,20 @@ def run_interpreter(environment: InstalledEnvironment) -> InstalledEnvironment:
             + ", or re-create the environment (`envship install`)",
         )
     return replace(environment, python=runs.python, interpreter=path, runs=runs)
+
+
+def interpreter_denied(path: Path) -> PermissionDeniedError:
+    """The interpreter at ``path`` (a venv's ``bin/python``, linked to its base) cannot be
+    run by this user: the remedy is a base interpreter every user can run, never opening
+    up the folder it lies in (another user's home)."""
+    target = os.path.realpath(path)
+    return denied(
+        f"the interpreter {path} (which runs {target})",
+        target,
+        hint=f"make the environment with a base interpreter every user can run (for instance "
+        f"--python /usr/bin/python3, or one installed outside a private home); {target} "
+        "lies where this user cannot reach it",
+    )
 
 
 def interpreter_mismatches(runs: Interpreter, target: Target) -> list[str]:

@@ -12,6 +12,11 @@ and discarding a version are shared by creating, checking, listing and collectin
 garbage; :mod:`envship.envs` and :mod:`envship._envgc` decide when each happens and
 under which lock. Keeping the layout here means the paths and names above are spelled
 out in one place.
+
+A root is written by one user (an admin, CI, often root) and used by others (a notebook
+user, uid 1000 on SageMaker), so each step here says whose file stopped it rather than
+failing with a bare errno, and the use stamp is writable by everyone who can run the
+version (:func:`touch_used`).
 """
 
 from __future__ import annotations
@@ -23,16 +28,21 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Collection
+import stat
+import sys
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ._flock import denied, make_folders, owner, whom
 from ._installmarker import INCOMPLETE_NAME, MARKER_NAME
 from .errors import EnvInputError
 
 __all__ = [
     "USED_NAME",
+    "Leftover",
     "current_key",
     "discard",
     "disk_size",
@@ -42,11 +52,15 @@ __all__ = [
     "last_used",
     "point_current",
     "read_marker",
+    "removal_denied",
+    "remove_tree",
     "require_root",
     "shared_version",
+    "stamp_problem",
     "touch_used",
     "version_key",
     "version_keys",
+    "version_size",
 ]
 
 USED_NAME = ".envship-used"  # its mtime is the version's last use
@@ -133,14 +147,19 @@ def current_key(env_dir: Path) -> str | None:
 
 
 def point_current(env_dir: Path, key: str) -> None:
-    """Make ``current`` name ``versions/<key>``; readers see the old link or the new."""
+    """Make ``current`` name ``versions/<key>``; readers see the old link or the new.
+
+    PermissionError, saying whose ``env_dir`` is, when this user may not change it."""
     link = env_dir / "current"
     relative = f"versions/{key}"  # relative: the link stays right wherever ROOT is mounted
     with contextlib.suppress(OSError):
         if os.readlink(link) == relative:
             return
     tmp = env_dir / f"current.tmp-{secrets.token_hex(4)}"
-    os.symlink(relative, tmp)
+    try:
+        os.symlink(relative, tmp)
+    except PermissionError as exc:
+        raise PermissionError(exc.errno, denied(env_dir, "change"), str(link)) from None
     try:
         os.replace(tmp, link)
     except BaseException:
@@ -148,24 +167,167 @@ def point_current(env_dir: Path, key: str) -> None:
         raise
 
 
-def touch_used(path: Path) -> None:
-    with contextlib.suppress(OSError):  # a read-only mount still lets us use the env
-        (path / USED_NAME).touch()
+# The use stamp is everyone's: gc removes a version unused for --older-than, and a use
+# by any user who can run the version must count. Setting a file's times to "now" needs
+# only write permission (utimensat(2): UTIME_NOW with no ownership), so the stamp is
+# made 0666 and anyone can refresh it, never backdate it (explicit times need the
+# owner). Its content is never read, and ``verify`` passes it by name (``_strays``).
+_STAMP_MODE = 0o666
 
 
-def discard(env_dir: Path, key: str) -> None:
+def touch_used(path: Path) -> str | None:
+    """Record a use of the version at ``path``: its stamp's mtime becomes now.
+
+    None when recorded, else why not (a read-only mount, another user's stamp from
+    before stamps were made writable): the version still runs, but ``gc`` cannot see
+    this use. A stamp this user owns is made writable for all on the way (one that
+    older versions of envship made 0644).
+    """
+    stamp = path / USED_NAME
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(stamp, flags)
+        except FileNotFoundError:
+            fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    except FileExistsError:
+        return touch_used(path)  # made by another user of it meanwhile
+    except OSError as exc:
+        return _unrecorded(stamp, exc)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return f"{stamp} is not a regular file; this use is not recorded"
+        # fchmod through the fd: a link put there would never be followed (O_NOFOLLOW).
+        if stat.S_IMODE(st.st_mode) & _STAMP_MODE != _STAMP_MODE and (
+            st.st_uid == os.geteuid() or os.geteuid() == 0
+        ):
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | _STAMP_MODE)
+        try:
+            os.utime(fd)
+        except OSError as exc:
+            return _unrecorded(stamp, exc)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _unrecorded(stamp: Path, exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        where = stamp if os.path.lexists(stamp) else stamp.parent
+        why = denied(where, "write" if where == stamp else "create files in")
+    else:
+        why = f"{stamp}: {exc.strerror or exc}"
+    return f"this use is not recorded: {why}"
+
+
+def stamp_problem(path: Path) -> str | None:
+    """Without writing: why :func:`touch_used` cannot record a use of ``path`` by this
+    user (and what makes it possible), or None when it can."""
+    stamp = path / USED_NAME
+    try:
+        st = os.lstat(stamp)
+    except FileNotFoundError:
+        if os.access(path, os.W_OK | os.X_OK):
+            return None
+        why = denied(path, "create files in")
+    except OSError as exc:
+        why = f"{stamp}: {exc.strerror or exc}"
+    else:
+        me = os.geteuid()
+        if stat.S_ISREG(st.st_mode) and (me in (0, st.st_uid) or os.access(stamp, os.W_OK)):
+            return None
+        why = denied(stamp, "write")
+    return (
+        f"this use is not recorded ({why}), so `envship env gc --older-than` may remove "
+        "the version while it is used here; a use by the stamp's owner (or root) with "
+        "this envship makes it writable for every user"
+    )
+
+
+def discard(env_dir: Path, key: str) -> tuple[Leftover, ...]:
     """Remove a version and its install staging; the caller holds the key's lock.
 
-    The rename comes first so the version path never shows a half-deleted tree.
+    The rename comes first so the version path never shows a half-deleted tree. What
+    could not be deleted afterwards (a file marked immutable, a folder of another
+    user's) is returned, with where it stayed and why; PermissionError, saying whose
+    folder refused it, when the version could not even be moved away.
     """
     version = env_dir / "versions" / key
     staging = env_dir / "versions" / f"{key}.envship-tmp"
+    left: list[Leftover] = []
     if version.exists() or version.is_symlink():
         trash = env_dir / ".trash" / f"{key}-{secrets.token_hex(4)}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(version, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
+        make_folders(trash.parent)
+        try:
+            os.rename(version, trash)
+        except PermissionError as exc:
+            why = removal_denied(version) or denied(version.parent, "remove folders from")
+            raise PermissionError(exc.errno, why, str(version)) from None
+        left.extend(remove_tree(trash))
+    left.extend(remove_tree(staging))
+    return tuple(left)
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """What a removal left on disk: where, how many bytes, and the first error met."""
+
+    path: Path
+    size: int
+    reason: str
+
+
+def remove_tree(path: Path) -> tuple[Leftover, ...]:
+    """``rm -rf path`` going on past errors; what stayed, if anything (nothing for a path
+    that does not exist)."""
+    errors: list[str] = []
+
+    def note(function: Callable[..., Any], failed: str, exc: BaseException) -> None:
+        if not isinstance(exc, FileNotFoundError) and not errors:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            errors.append(f"{failed}: {why}")
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=note)
+    else:
+        shutil.rmtree(path, onerror=lambda f, p, info: note(f, p, info[1]))
+    if not os.path.lexists(path):
+        return ()
+    return (Leftover(path, disk_size(path), errors[0] if errors else "not removed"),)
+
+
+def removal_denied(path: Path) -> str | None:
+    """Without writing: why this user cannot remove the folder ``path`` (move it out of
+    its folder, then delete everything in it), or None when nothing in the way shows.
+
+    Moving a folder to another parent needs write on it (its ``..`` changes) and on its
+    folder, which, when sticky, also wants the mover to own one of the two; deleting
+    needs write, search and read on every folder inside. Root passes all of these.
+    """
+    parent = path.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return denied(parent, "remove folders from")
+    me = os.geteuid()
+    try:
+        top, above = os.lstat(path), os.stat(parent)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    if above.st_mode & stat.S_ISVTX and me not in (0, top.st_uid, above.st_uid):
+        return (
+            f"{parent} is sticky (mode {stat.filemode(above.st_mode)}) and {path.name} "
+            f"is owned by {owner(top)}: {whom()} cannot remove it"
+        )
+    if not stat.S_ISDIR(top.st_mode):
+        return None
+    unreadable: list[str] = []
+    for folder, _dirs, _files in os.walk(path, onerror=lambda e: unreadable.append(e.filename)):
+        if not os.access(folder, os.W_OK | os.X_OK | os.R_OK):
+            return denied(Path(folder), "remove" if folder == str(path) else "delete files in")
+    if unreadable:
+        return denied(Path(unreadable[0]), "list")
+    return None
 
 
 def last_used(path: Path) -> datetime:
@@ -183,6 +345,13 @@ def disk_size(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(folder, entry)).st_blocks * 512
     return total
+
+
+def version_size(env_dir: Path, key: str) -> int:
+    """Bytes a version takes, with its install staging (``<key>.envship-tmp``, where a
+    half-made version's unpacked wheels are until its install ends)."""
+    versions = env_dir / "versions"
+    return disk_size(versions / key) + disk_size(versions / f"{key}.envship-tmp")
 
 
 def require_root(root: Path) -> Path:

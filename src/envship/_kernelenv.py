@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ._environment import denied, interpreter_denied, refused
 from ._launcher import kernel_remedy, missing_kernel
 from .errors import KernelError, KernelInputError, Problem, TargetError
 from .install import INCOMPLETE_NAME, MARKER_NAME
@@ -115,7 +116,16 @@ def _foreign_hint(env: Path) -> str:
 
 
 def read_env(env: Path) -> tuple[dict[str, Any], Target]:
-    """The install marker of the environment at ``env`` and its target; or a KernelError."""
+    """The install marker of the environment at ``env`` and its target; or a KernelError,
+    or a PermissionDeniedError when this user may not read it (or run its interpreter):
+    a kernel of it could never start for them."""
+    try:
+        return _read_env(env)
+    except PermissionError as exc:
+        raise denied(f"the environment {env}", exc.filename or env) from None
+
+
+def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
     if not env.is_dir():
         raise KernelInputError(f"there is no environment at {env}", hint=_make_hint(env))
     if (env / INCOMPLETE_NAME).exists():
@@ -133,6 +143,8 @@ def read_env(env: Path) -> tuple[dict[str, Any], Target]:
             f"{env} is not an environment made by `envship install` (no {MARKER_NAME})",
             hint=_make_hint(env) if empty else _foreign_hint(env),
         ) from None
+    except PermissionError:
+        raise  # said as a refusal, not as a damaged record
     except (OSError, ValueError) as exc:
         marker, problems = {}, [Problem(where, str(exc))]
     else:
@@ -147,7 +159,10 @@ def read_env(env: Path) -> tuple[dict[str, Any], Target]:
         target = Target.from_json(marker.get("target"), where=f"{where}: target")
     except TargetError as exc:
         problems.extend(exc.problems)
-    if not (env / "bin" / "python").exists():
+    python = env / "bin" / "python"
+    if refused(python):
+        raise interpreter_denied(python)  # a base under a private home: not "missing"
+    if not python.exists():
         problems.append(Problem(str(env / "bin" / "python"), "the interpreter is missing"))
     if problems or target is None:
         raise KernelError(

@@ -138,7 +138,9 @@ def kernel_info(
         display_name=facts["_display_name"],
         resource_dir=resource_dir,
         env=env,
-        env_exists=(env / MARKER_NAME).is_file(),
+        # os.path: an environment this user may not read (another user's private
+        # umask) is not there for it; Path.is_file would raise (EACCES) and end the list.
+        env_exists=os.path.isfile(env / MARKER_NAME),
         lock_digest=digest,
         target=target,
         shadowed=shadowed,
@@ -147,6 +149,21 @@ def kernel_info(
         remedies=remedies,
         launcher_outdated=outdated,
     )
+
+
+def _specs_in(kernels_dir: Path) -> list[Path]:
+    """``specs_in``, never refused: a kernelspec folder this user may not read is one
+    Jupyter skips too (jupyter_client's ``_is_kernel_dir`` is ``os.path.isfile``, which
+    takes EACCES for "no"), so it is no kernel of theirs; the others are listed."""
+    try:
+        return specs_in(kernels_dir)
+    except PermissionError:
+        pass
+    try:
+        children = sorted(kernels_dir.iterdir())
+    except OSError:
+        return []
+    return [c for c in children if os.path.isfile(c / KERNEL_JSON)]
 
 
 def list_kernels(
@@ -163,7 +180,7 @@ def list_kernels(
     seen: set[str] = set()
     found: list[KernelInfo] = []
     for kernels_dir in dirs:
-        for resource_dir in specs_in(kernels_dir):
+        for resource_dir in _specs_in(kernels_dir):
             key = resource_dir.name.lower()
             facts = read_facts(resource_dir)
             if facts is not None:

@@ -10,6 +10,7 @@ listing and removing kernels all need these, so they are spelled out once, here.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -127,4 +128,6 @@ def specs_in(kernels_dir: Path) -> list[Path]:
         children = sorted(kernels_dir.iterdir())
     except OSError:
         return []
-    return [c for c in children if c.is_dir() and (c / KERNEL_JSON).is_file()]
+    # os.path: Path.is_dir/is_file raise on a folder this user may not enter (3.11), and
+    # Jupyter skips such a kernelspec too.
+    return [c for c in children if os.path.isdir(c) and os.path.isfile(c / KERNEL_JSON)]

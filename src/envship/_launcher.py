@@ -63,6 +63,26 @@ root_fix() {
         "root now lives elsewhere, register the kernel there: envship kernel" \
         "install NEW_ROOT/${r##*/}/current)"
 }
+# The folder nearest the top on the way to $1 (a path under it) that this user may not
+# enter: a version or root another user made under a private umask (077), a base
+# interpreter under a private home. What lies behind it is there, not gone.
+closed() {
+    c=
+    p=$1
+    while p=${p%/*} && [ -n "$p" ]; do
+        if [ -d "$p" ] && [ ! -x "$p" ]; then c=$p; fi
+    done
+    [ -n "$c" ] && echo "$c"
+}
+# Refuse, naming the closed folder $2, its owner and mode (ls -ld is POSIX), and what its
+# owner can do; $1 is what cannot be used. Exits.
+denied() {
+    set -- "$1" "$2" $(ls -ld "$2" 2>/dev/null)
+    echo "envship: permission denied: $1 cannot be read by uid $(id -u) ($(id -un))" >&2
+    echo "  - $2: permission denied to uid $(id -u); owned by ${5:-?}, mode ${3:-?}" >&2
+    echo "envship: $fix" >&2
+    exit 1
+}
 if [ -L "$env" ]; then
     if real=$(cd -P "$env" 2>/dev/null && pwd -P); then
         env=$real
@@ -78,6 +98,10 @@ if [ -L "$env" ]; then
             esac
             i=$((i + 1))
         done
+        if c=$(closed "$gone/bin/python"); then
+            fix="ask its owner to make it readable by every user: chmod -R a+rX $c"
+            denied "the environment $env (a link to $gone)" "$c"
+        fi
         if [ -e "$gone" ]; then
             echo "envship: the environment $env (a link to $gone) cannot be entered here." >&2
             exit 1
@@ -97,6 +121,25 @@ if [ -L "$env" ]; then
         esac
         echo "envship: $fix" >&2
         exit 1
+    fi
+fi
+if [ ! -x "$py" ] && c=$(closed "$py"); then
+    fix="ask its owner to make it readable by every user: chmod -R a+rX $c"
+    denied "the environment $env" "$c"
+fi
+if [ ! -x "$py" ] && [ -L "$py" ] && base=$(readlink "$py"); then
+    case $base in /*) ;; *) base=$env/bin/$base ;; esac
+    if c=$(closed "$base"); then
+        case $env in
+            */versions/*)
+                n=${env%/versions/*}
+                fix="make it again with a base interpreter every user can run: envship env"
+                fix="$fix create ${n##*/} --root ${n%/*} --lock $(recorded_lock) --python PY" ;;
+            *) fix="make it again with a base interpreter every user can run: envship install"
+                fix="$fix NEW_DIR --lock $(recorded_lock) --python PY" ;;
+        esac
+        fix="$fix (PY outside a private home, such as /usr/bin/python3)"
+        denied "the interpreter $py (a link to $base)" "$c"
     fi
 fi
 if [ ! -x "$py" ]; then
@@ -418,7 +461,8 @@ def examine(env: str) -> tuple[dict[str, Any] | None, str, list[str]]:
     The kinds: ``"machine"``, the environment was built for another machine or
     interpreter (ipykernel may be missing too); ``"half"``, an install or update did not
     finish; ``"damaged"``, its install record is missing or unusable; ``"kernel"``, it
-    fits this machine but has no ipykernel. A half-installed environment's marker is
+    fits this machine but has no ipykernel; ``"denied"``, this user may not read its
+    record (another user's private umask). A half-installed environment's marker is
     returned too (the last install's, or the one before it): it names the lock that
     finishes it."""
     path = os.path.join(env, INSTALL_MARKER)
@@ -430,6 +474,9 @@ def examine(env: str) -> tuple[dict[str, Any] | None, str, list[str]]:
             marker = json.load(f)
     except FileNotFoundError:
         return None, "damaged", [f"the environment {env} has no {INSTALL_MARKER}"]
+    except PermissionError:
+        # Made by another user under a private umask: there, and whole, but not ours.
+        return None, "denied", [f"permission denied: uid {os.getuid()} cannot read {path}"]
     except (OSError, ValueError) as exc:
         return None, "damaged", [f"cannot read {path}: {exc}"]
     try:
@@ -597,6 +644,7 @@ _HEADS = {
     "half": "is half installed: an install or update of it did not finish",
     "damaged": f"is damaged: its install record ({INSTALL_MARKER}) is missing or unusable",
     "kernel": "has no ipykernel to start a kernel with",
+    "denied": "cannot be read by this user",
 }
 
 
@@ -620,6 +668,9 @@ def report(
         head += " " + _HEADS.get(kind, "cannot be used")
     lines = [head, *(f"  - {reason}" for reason in reasons)]
     no_kernel = [r for r in reasons if r.startswith(NO_KERNEL)]
+    if kind == "denied":
+        fix = f"ask its owner to make it readable by every user: chmod -R a+rX {env}"
+        return "\n".join([*lines, "envship: " + fix])
     if len(no_kernel) < len(reasons):  # the machine (or the install) needs a remedy
         fix = remedy(facts, env, marker, machine=kind == "machine", damaged=kind == "damaged")
         lines.append("envship: " + fix)

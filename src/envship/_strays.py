@@ -29,7 +29,10 @@ RECORD (console scripts, data files), be one the venv's creation wrote as the ma
 records it (``venv_files`` hashed, ``venv_links`` by target: a ``bin/python3`` turned
 into a script is a change), or be a bookkeeping file at the venv's top (envship's
 marker, incomplete marker and use stamp; the ``.lock`` uv flocks while installing);
-anything else is ``unowned``. A marker
+anything else is ``unowned``. A file the creation wrote, or a bookkeeping file, that
+anyone may write is ``changed``, as an installed one is, but for the use stamp, which
+every user refreshes, and uv's ``.lock`` in a private venv (0666 on purpose,
+astral-sh/uv#11328), which is a change only when it holds anything. A marker
 without ``venv_links`` (made before envship recorded the whole venv) or none at all (a
 venv envship did not make) cannot say what the creation wrote outside site-packages:
 the files venv creators write are accepted by name (``bin/activate*``, ``bin/python*``,
@@ -48,6 +51,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -163,7 +167,22 @@ def _check_file(path: str, rel: str, digest: str) -> Difference | None:
         return Difference("changed", VENV_CREATION, path, expected, str(exc), note)
     if hashlib.sha256(data).hexdigest() != digest:
         return Difference("changed", VENV_CREATION, path, expected, _found(data), note)
-    return None
+    return _world_writable(path)
+
+
+def _world_writable(path: str) -> Difference | None:
+    """A file of the venv's own that anyone may rewrite, as ``_records`` reports an
+    installed file: what it holds now proves nothing about what it will hold."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if not mode & stat.S_IWOTH:
+        return None
+    return Difference(
+        "changed", VENV_CREATION, path, "not writable by others",
+        f"mode {stat.filemode(mode)}", "anyone on this machine can change it",
+    )  # fmt: skip
 
 
 def _check_link(path: str, rel: str, target: str) -> Difference | None:
@@ -268,11 +287,44 @@ def _is_script(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+def _bookkeeping(path: str, rel: str, shared: bool) -> Difference | None:
+    """A bookkeeping file anyone may write, or a ``.lock`` holding anything.
+
+    The use stamp is meant to be writable: every user who runs a version refreshes it
+    (``_envroot.touch_used``), and only its mtime is read. uv makes its ``.lock`` 0666 on
+    purpose (astral-sh/uv#11328) and never writes into it, so in a private venv only
+    content is a change; ``env create`` removes it from shared versions, where a world-
+    writable one is a file anyone may add to an immutable version."""
+    if rel == USED_NAME:
+        return None
+    if rel == ".lock":
+        try:
+            size = os.lstat(path).st_size
+        except OSError:
+            return None
+        if size:
+            return Difference(
+                "changed", VENV_CREATION, path, "empty (uv's lock file)", f"size {size}",
+                "uv never writes into it: anyone may have",
+            )  # fmt: skip
+        if not shared:
+            return None
+    return _world_writable(path)
+
+
+def _shared(venv: Path) -> bool:
+    """Whether ``venv`` is a version under an environment root (its ``.locks`` beside
+    ``versions``, as ``_envroot.shared_version`` tells them)."""
+    real = Path(os.path.realpath(venv))
+    return real.parent.name == "versions" and (real.parent.parent / ".locks").is_dir()
+
+
 def _outside(
     venv: Path, sites: list[str], claimed: set[str], accepted: set[str], whole: bool
 ) -> tuple[list[Difference], list[str]]:
     """Files and links in the venv outside its site-packages that nobody accounts for."""
     root = os.path.normpath(venv)
+    shared = _shared(venv)
     diffs: list[Difference] = []
     unchecked: list[str] = []
     for entry in _walk(root, set(sites)):
@@ -281,6 +333,8 @@ def _outside(
         if path in claimed or path in accepted:
             continue
         if rel in _BOOKKEEPING and entry.is_file(follow_symlinks=False):
+            if (diff := _bookkeeping(path, rel, shared)) is not None:
+                diffs.append(diff)
             continue
         if not whole and _by_name(rel):
             if rel.startswith("bin/python") and _is_script(entry):

@@ -30,6 +30,7 @@ import contextlib
 import os
 import platform
 import shutil
+import stat
 import sys
 import sysconfig
 import time
@@ -41,10 +42,10 @@ from typing import Any
 from . import _envroot
 from ._diskfull import is_disk_full
 from ._envgc import GcResult, VersionInUse, gc
-from ._environment import read_venv_config
+from ._environment import denied, interpreter_denied, read_venv_config, refused
 from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
-from ._flock import locked
+from ._flock import locked, make_folders
 from ._installmarker import RECORDS_KEY, drift, interpreter_damage
 from ._installstage import name_damaged
 from .errors import EnvError, EnvInputError, EnvshipError, Problem, TargetError
@@ -87,6 +88,9 @@ class EnvVersion(JsonResult):
     current: bool  # True when ``current`` points at it
     seconds: float
     repaired: bool = False  # made again: the version found had been changed since
+    # What keeps other users from it (``env create``): a version or base interpreter
+    # closed to them. The CLI prints each as a note.
+    notes: tuple[str, ...] = ()
 
 
 def _complete(
@@ -221,6 +225,14 @@ def _failure(root: Path, name: str, exc: OSError | InstallError) -> EnvshipError
             hint="free space on the shared volume (`envship env gc` removes unused versions) "
             "and re-run; the half-made version was discarded and is not visible",
         )
+    if isinstance(exc, PermissionError):
+        # The message names whose file or folder refused (_flock, _envroot say so).
+        return EnvError(
+            f"cannot write the environment {name} under {root}: {exc}",
+            hint="ask the owner of what is named to run this, or share the root with a "
+            "group (chgrp GROUP ROOT; chmod 2775 on its folders): envship then makes its "
+            "folders and locks group-writable",
+        )
     if isinstance(exc, OSError):
         return EnvError(
             f"cannot write the environment {name} under {root}: {exc}",
@@ -274,9 +286,17 @@ def create_env(
 
     def done(marker: dict[str, Any] | None, created: bool) -> EnvVersion:
         assert marker is not None
+        # uv leaves the .lock it flocks while installing, 0666 on purpose so that any
+        # user's uv can lock it (astral-sh/uv#11328): in an immutable version, a file
+        # anyone may write. uv needs it only while it runs (a synchronization lock,
+        # astral-sh/uv#11878), and none runs on a finished version (install refuses
+        # versions; the key's lock is held here): removed, also from versions made before.
+        with contextlib.suppress(OSError):  # another user's version: verify names it
+            (path / ".lock").unlink(missing_ok=True)
         _envroot.point_current(env_dir, key)
         _envroot.touch_used(path)
-        return _version(name, path, marker, created, started)
+        version = _version(name, path, marker, created, started)
+        return replace(version, notes=_sharing_notes(version))
 
     lock_path = _envroot.key_lock(env_dir, key)
     try:
@@ -298,6 +318,9 @@ def create_env(
             # A killed creator's leftovers are never trusted, and a damaged version is
             # made again in place: its path is what kernels and `current` name.
             _envroot.discard(env_dir, key)
+            # versions/ made as a group-shared root's folders are (install would make it
+            # with the umask alone), so every member can make and remove versions in it.
+            make_folders(env_dir / "versions")
             try:
                 install(
                     lock,
@@ -330,6 +353,44 @@ def create_env(
         raise _failure(env_dir.parent, name, exc) from None
 
 
+def _closed(path: Path) -> str | None:
+    """Why other users cannot read ``path``: the first folder on the way (from the top)
+    that others may not enter, or ``path`` itself when others may not read (a folder:
+    and enter; a program: and run) it; None when they can. By the "others" bits: who else
+    will use a shared version is not known here."""
+    real = Path(os.path.realpath(path))
+    try:
+        for folder in reversed(real.parents):
+            mode = os.stat(folder).st_mode
+            if not mode & stat.S_IXOTH:
+                return f"{folder} is mode {stat.S_IMODE(mode):04o}"
+        mode = os.stat(real).st_mode
+    except OSError:
+        return None  # cannot tell: nothing to warn of
+    need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0)
+    return None if mode & need == need else f"{real} is mode {stat.S_IMODE(mode):04o}"
+
+
+def _sharing_notes(version: EnvVersion) -> tuple[str, ...]:
+    """What keeps other users from a version this call made or found: the version (made
+    under a private umask, such as 077) or its base interpreter (under a private home,
+    such as /root/.pyenv) closed to them. A shared version is for every user."""
+    notes = []
+    if (why := _closed(version.path)) is not None:
+        notes.append(
+            f"other users cannot read this version ({why}): only its owner can use it; "
+            f"make it readable: chmod -R a+rX {version.path} (and create versions under "
+            "umask 022)"
+        )
+    if (why := _closed(Path(version.base_python))) is not None:
+        notes.append(
+            f"other users cannot run this version's base interpreter {version.base_python} "
+            f"({why}); create it with --python naming an interpreter every user can run "
+            "(for instance /usr/bin/python3)"
+        )
+    return tuple(notes)
+
+
 def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion:
     """Resolve ``current`` and make sure this machine can run it; TargetError if not.
 
@@ -339,9 +400,19 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     """
     started = time.monotonic()
     env_dir = _envroot.env_folder(_envroot.require_root(root), name)
-    key = _envroot.current_key(env_dir) or ""
-    path = env_dir / "versions" / key
-    marker = _envroot.read_marker(path) if key else None
+    try:
+        # current_key and read_marker take a refusal for "none": it must not read as
+        # "no complete version, create one", which another user's umask alone causes.
+        os.readlink(env_dir / "current")
+        key = _envroot.current_key(env_dir) or ""
+        path = env_dir / "versions" / key
+        marker = _envroot.read_marker(path) if key else None
+        if marker is not None:
+            (path / MARKER_NAME).read_bytes()  # read_marker stat-ed the rest; this opens
+    except PermissionError as exc:
+        raise denied(f"the environment {name!r}", exc.filename or env_dir) from None
+    except OSError:
+        key, path, marker = "", env_dir / "versions", None
     if marker is None:
         # A name that is not there is bad input (exit 2); one without a usable version
         # is a state the hint's command changes.
@@ -361,6 +432,8 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     # What kernels and jobs run is the version's own interpreter, not the base it was
     # made from: a version whose bin/python now runs another Python must not pass.
     exe = python or str(version.python)
+    if python is None and refused(version.python):
+        raise interpreter_denied(version.python)  # not "does not exist on this machine"
     if python is None and not os.path.exists(version.base_python):
         reasons = [f"its interpreter {version.base_python} does not exist on this machine"]
     elif shutil.which(exe) is None:

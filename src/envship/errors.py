@@ -31,6 +31,7 @@ __all__ = [
     "KernelInputError",
     "LockError",
     "NetworkError",
+    "PermissionDeniedError",
     "Problem",
     "RegistryAuthError",
     "RegistryError",
@@ -116,6 +117,15 @@ class TargetError(SpecError):
     """A target name or its settings are unknown or invalid."""
 
     kind = "target"
+
+
+class PermissionDeniedError(EnvshipError):
+    """This user may not read (or enter) a path the command needs: a version or root made
+    by another user with a private umask, a base interpreter under a private home. A
+    failure, not bad input (exit 1): the path is right, and its owner can open it."""
+
+    exit_code = 1
+    kind = "permission"
 
 
 class LockError(EnvshipError):

@@ -348,9 +348,10 @@ def fetch(
                     except StoreError as exc:
                         if not isinstance(exc, ArtifactError):
                             # A full disk or unwritable store fails every artifact alike:
-                            # stop now and say it once.
+                            # stop now and say it once, and never let it hide damage
+                            # found in the store (exit 4, each damaged file named).
                             cancel.set()
-                            raise
+                            raise _unreplaced(store, todo, states, exc) or exc from None
                         failures.append((artifact, exc))
                     except EnvshipError as exc:
                         failures.append((artifact, exc))
@@ -393,7 +394,18 @@ def _states(
     def state(a: Artifact) -> tuple[State, tuple[Path, ...]]:
         found = store.check(a.sha256, a.size, full=verify)
         if verify and found == "ok":
-            return found, store.repair_named(a.sha256)  # uv reads those, not the content
+            try:
+                return found, store.repair_named(a.sha256)  # uv reads those, not the content
+            except StoreError as exc:
+                # Damage found and not repaired (a store this user cannot write) is an
+                # integrity failure still: installs read the named copy.
+                raise ArtifactError(
+                    f"{a.filename}: {exc.message}",
+                    artifact=a.filename,
+                    expected=f"sha256:{a.sha256}",
+                    actual="a damaged copy under named/",
+                    hint=exc.hint,
+                ) from None
         return found, ()
 
     if not verify or len(artifacts) < 2:
@@ -409,6 +421,39 @@ def _states(
         if fixed:
             named[a.sha256] = tuple(sorted({*named.get(a.sha256, ()), *fixed}))
     return states, named
+
+
+def _unreplaced(
+    store: Store, todo: Sequence[Artifact], states: dict[str, State], exc: StoreError
+) -> ArtifactError | None:
+    """The damaged artifacts a failure to write the store (no permission, a full disk)
+    leaves in place, as one integrity error (exit 4) naming each, with why they could not
+    be replaced; None when none of ``todo`` was damaged, only missing."""
+    damaged = [
+        a for a in dict((a.sha256, a) for a in todo).values() if states[a.sha256] == "damaged"
+    ]
+    if not damaged:
+        return None
+    names = ", ".join(a.filename for a in damaged)
+    error = ArtifactError(
+        f"{names}: damaged in the store, and not replaced: {exc.message}"
+        if len(damaged) == 1
+        else f"{len(damaged)} artifacts are damaged in the store, and not replaced: {exc.message}",
+        artifact=names,
+        expected=f"sha256:{damaged[0].sha256}" if len(damaged) == 1 else "",
+        actual="damaged in the store",
+        hint="a user who can write the store runs the same `envship fetch --verify` to replace "
+        "them (or fetch into a store you can write: --store DIR); until then installs from this "
+        "store refuse them",
+    )
+    error.problems = tuple(
+        Problem(
+            a.filename,
+            f"{store.path(a.sha256)}: its bytes do not match the lock's sha256 {a.sha256}",
+        )
+        for a in damaged
+    )
+    return error
 
 
 def _combine(failures: list[tuple[Artifact, EnvshipError]], total: int) -> EnvshipError:

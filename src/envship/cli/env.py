@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..envs import EnvInputError, check_env, create_env, gc, list_envs
+from .._envroot import stamp_problem
+from ..envs import EnvInputError, EnvVersion, check_env, create_env, gc, list_envs
 from ..lockfile import LockFile
 from ..store import Store
 from ._common import (
@@ -62,6 +63,18 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedel
         raise click.BadParameter(
             f"{value!r} is too long; the longest is {timedelta.max.days}d"
         ) from None
+
+
+def _with_notes(version: EnvVersion, as_json: bool) -> dict[str, object]:
+    """The version's JSON form, its notes joined by one on its use stamp when this
+    user's use cannot be recorded (``gc`` would not see it), with ``use_recorded``;
+    in text mode each note goes to stderr first: nothing of it passes in silence."""
+    problem = stamp_problem(version.path)
+    notes = [*version.notes, *([problem] if problem else [])]
+    if not as_json:
+        for note in notes:
+            click.secho(f"note: {note}", fg="yellow", err=True)
+    return {**version.to_json(), "notes": notes, "use_recorded": problem is None}
 
 
 def _size(n: int | None) -> str:
@@ -135,8 +148,9 @@ def create(
         progress=Progress("stage"),
         reinstall=reinstall,
     )
+    data = _with_notes(version, as_json)
     if as_json:
-        echo_json(version.to_json())
+        echo_json(data)
     elif version.repaired:
         click.echo(
             f"made {name} version {version.key} again, in place (target "
@@ -165,9 +179,12 @@ def list_(root: Path | None, sizes: bool, as_json: bool) -> None:
         click.echo(f"no environments under {root}")
     for env in envs:
         click.echo(f"{env.name}  current: {env.current or '(none)'}")
+        if env.unreadable:
+            click.echo(f"  unreadable: {env.unreadable}")
         for v in env.versions:
             mark = "*" if v.current else " "
             state = (v.target.name if v.target else "?") if v.complete else "incomplete"
+            state = "unreadable" if v.unreadable else state
             used = v.last_used.astimezone().strftime("%Y-%m-%d %H:%M")
             size = f"  {_size(v.size)}" if sizes else ""
             click.echo(f"  {mark} {v.key}  {state}  used {used}{size}")
@@ -193,7 +210,8 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
       - it is current;
       - it was used within --older-than: `env create`, `env check` and every
         start of a kernel envship registered refresh its use stamp
-        (VERSION/.envship-used);
+        (VERSION/.envship-used, writable by every user, so any user's use
+        counts; a use that cannot be recorded is said by create and check);
       - it is being created or made current (its lock is held);
       - a process on THIS machine runs from it: its command line, VIRTUAL_ENV
         or PATH, executable, working directory, or a mapped or open file names
@@ -204,6 +222,12 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
     What a failed create leaves is removed at any age, each only while no creator
     holds it: the lock files of keys with no version, and an environment with no
     version and no `current`.
+
+    What this user may not remove (another user's version, lock file or folder)
+    is left as it is and listed with whose it is, as is what stayed in .trash
+    when a removal could not finish; gc goes on with the rest and exits 0, as
+    for busy and in-use versions (`denied` in --json). --dry-run writes nothing,
+    needs no write access, and lists what the real run would be denied.
 
     Processes on other machines sharing the root (and in containers with a
     process namespace of their own) cannot be seen. For them only the use
@@ -219,7 +243,14 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
     verb = "would remove" if dry_run else "removed"
     for v in result.removed:
         state = "" if v.complete else " (incomplete)"
-        click.echo(f"{verb} {v.name}/{v.key}{state} {_size(v.size)}")
+        left = sum(d.size or 0 for d in result.denied if d.key == v.key and d.size is not None)
+        if left:
+            click.echo(
+                f"{verb} {v.name}/{v.key}{state}, but only {_size((v.size or 0) - left)} "
+                f"of {_size(v.size)} was freed (see below)"
+            )
+        else:
+            click.echo(f"{verb} {v.name}/{v.key}{state} {_size(v.size)}")
     for v in result.busy:
         click.echo(f"skipped {v.name}/{v.key}: being created or made current (its lock is held)")
     for u in result.in_use:
@@ -229,11 +260,21 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
         click.echo(f"{verb} the lock file {lock} (its key has no version)")
     for env_dir in result.empty_envs:
         click.echo(f"{verb} {env_dir.name} ({env_dir}): no version, no current")
+    for d in result.denied:
+        what = f"{d.name}/{d.key}" if d.key else str(d.path)
+        if d.size is not None:  # moved to .trash, not all of it deleted
+            of = f" of {d.name}/{d.key}" if d.key else ""
+            click.echo(f"{_size(d.size)}{of} stayed in {d.path}: {d.reason}")
+        else:
+            may = "would not be allowed to" if dry_run else "could not"
+            click.echo(f"{may} remove {what}: {d.reason}")
     # In-use versions are listed above and counted apart: "kept" alone read as all kept.
     in_use = f", {len(result.in_use)} in use" if result.in_use else ""
+    refused = sum(1 for d in result.denied if d.key and d.size is None)
+    not_ours = f"; {refused} version(s) not this user's to remove" if refused else ""
     click.echo(
         f"{verb} {len(result.removed)} version(s), {_size(result.freed)}; "
-        f"kept {result.kept} current or recently used{in_use}"
+        f"kept {result.kept} current or recently used{in_use}{not_ours}"
     )
 
 
@@ -250,8 +291,9 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
 def check(name: str, root: Path | None, python: str | None, as_json: bool) -> None:
     """Check that this machine can run NAME's current version (exit 2 if it cannot)."""
     version = check_env(_root(root), name, python=python)
+    data = _with_notes(version, as_json)
     if as_json:
-        echo_json(version.to_json())
+        echo_json(data)
     else:
         click.echo(
             f"{name} version {version.key} (target {version.target.name}) runs here: "

@@ -30,7 +30,11 @@ def command() -> None:
 
 
 @command.command("install")
-@click.argument("env", type=click.Path(file_okay=False, path_type=Path))
+@click.argument(
+    "env",
+    # readable=False: an unreadable environment is envship's to explain (whose, which folder)
+    type=click.Path(file_okay=False, readable=False, path_type=Path),
+)
 @click.option(
     "--name",
     help="Kernel name [default: the environment's name: NAME for ROOT/NAME/current, "

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import click
 
 from .. import __version__
-from ..errors import EnvshipError
+from ..errors import EnvshipError, Problem
 from ._common import (
     echo_json,
     end_progress_line,
@@ -118,6 +118,47 @@ def _fail(kind: str, message: str, code: int, *, as_json: bool, hint: str | None
     return code
 
 
+class _SystemError(EnvshipError):
+    """An OSError no command expected (``"error": "os-error"`` in --json)."""
+
+    kind = "os-error"
+
+
+def _os_error(exc: OSError) -> int:
+    """The last resort for an OSError no command turned into an error of its own: one
+    message naming the path and the system's reason, exit 1, and with ``--json`` one
+    document, never a traceback. A refused path (EACCES, EPERM: a folder another user
+    made private) also names the folder that refuses, its owner and this user. Commands
+    still raise their own errors first; this catches what slipped past them."""
+    # Imported here: only a failure pays for it (it pulls in the lock and target models).
+    from .._environment import denied, is_denied, this_user
+    from ..errors import PermissionDeniedError
+
+    reason = exc.strerror or exc.__class__.__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    error: EnvshipError
+    if is_denied(exc) and paths:
+        user = this_user()
+        error = denied(
+            paths[0],
+            paths[0],
+            hint=f"ask the owner of the folder named to let {user} read it, or run the "
+            "command as a user who can",
+        )
+    elif is_denied(exc):
+        error = PermissionDeniedError(f"permission denied: {reason}")
+    else:
+        where = ": " + " -> ".join(paths) if paths else ""
+        error = _SystemError(
+            f"{reason[:1].lower()}{reason[1:]}{where}",
+            problems=[Problem(p, reason) for p in paths[:1]],
+        )
+    try:
+        return render_error(error)
+    except OSError:  # the output itself is what failed (a closed pipe): nothing to say it on
+        return error.exit_code
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (`docker stop`, systemd, a batch scheduler) runs the same clean-up as Ctrl-C:
     # a half-made environment or store entry is removed and uv is stopped with us.
@@ -147,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = getattr(exc, "ctx", None)
         hint = f"{ctx.command_path} --help" if ctx is not None else "envship --help"
         return _fail("usage", exc.format_message(), exc.exit_code, as_json=True, hint=hint)
+    except OSError as exc:
+        return _os_error(exc)
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, previous)

@@ -72,7 +72,9 @@ def render_report(report: VerifyReport) -> str:
 
 
 @click.command("verify")
-@click.argument("env", required=False, type=click.Path(path_type=Path))
+@click.argument(
+    "env", required=False, type=click.Path(readable=False, path_type=Path)
+)  # an unreadable one is envship's to explain: whose, which folder
 @lock_option("The PEP 751 lock the environment must match.")
 @click.option(
     "--target",
