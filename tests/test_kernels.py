@@ -611,6 +611,23 @@ def test_a_kernel_on_current_runs_the_version_current_names_at_each_start(
     assert last.endswith(f", then envship kernel install {s.root / 'ds' / 'current'}")
 
 
+def test_a_kernel_start_makes_a_missing_use_stamp_writable_by_every_user(
+    shared: Shared, tmp_path: Path
+) -> None:
+    """As env create makes it: another user's kernel start must be able to refresh it."""
+    s = shared
+    made_env = create_env(s.first, s.store, s.root, name="ds")
+    made = install_kernel(s.root / "ds" / "current")
+    (made_env.path / USED_NAME).unlink()
+    old = os.umask(0o022)
+    try:
+        proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    finally:
+        os.umask(old)
+    assert proc.returncode == 0, proc.stderr
+    assert (made_env.path / USED_NAME).stat().st_mode & 0o777 == 0o666
+
+
 def test_a_read_only_root_still_starts_the_kernel(shared: Shared, tmp_path: Path) -> None:
     s = shared
     made_env = create_env(s.first, s.store, s.root, name="ds")
@@ -628,6 +645,7 @@ def test_a_read_only_root_still_starts_the_kernel(shared: Shared, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["prefix"] == str(made_env.path)
     assert (made_env.path / USED_NAME).stat().st_mtime == stamp
+    assert f"envship: this use of {made_env.path} was not recorded for env gc" in proc.stderr
 
 
 def assert_ran(seen: dict[str, str], version: Path) -> None:

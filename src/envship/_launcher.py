@@ -356,12 +356,20 @@ def stamp_use(env: str) -> None:
     try:
         os.utime(path)
     except FileNotFoundError:
-        try:  # noqa: SIM105 - contextlib would be one more import at every start
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o664))
+        try:
+            # Writable by all, as env create makes it: every user's kernel start counts.
+            # O_NOFOLLOW: a link planted there is never followed.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+            try:
+                os.fchmod(fd, 0o666)
+            finally:
+                os.close(fd)
         except OSError:
             pass
-    except OSError:
-        pass  # a read-only root (or another user's stamp): the kernel starts all the same
+    except OSError as exc:
+        # A read-only root, or a stamp an older envship made 0644 for its owner: the kernel
+        # starts all the same, and the server log says why gc may not see this use.
+        sys.stderr.write(f"envship: this use of {env} was not recorded for env gc: {exc}\n")
 
 
 def check(target: dict[str, Any], *, interpreter: bool = True) -> list[str]:
