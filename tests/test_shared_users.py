@@ -368,6 +368,28 @@ def test_gc_by_a_user_removes_what_it_may_and_reports_the_rest(
         }
 
 
+def test_gc_by_a_user_passes_over_an_environment_it_may_not_read(made: Made, user: User) -> None:
+    """One environment made private (umask 077) must not stop gc of the others."""
+    made.create(made.new, name="open")
+    old = made.create(made.old, name="ds")
+    made.create(made.new, name="ds")
+    age(old.path / USED_NAME, 30)
+    give(made.root / "ds")  # the user's own environment: theirs to collect
+    private = made.root / "private"
+    made.create(made.new, name="private")
+    (private / "versions").chmod(0o700)
+    gc = ("env", "gc", "--root", str(made.root), "--older-than", "1d", "--json")
+    for extra in (("--dry-run",), ()):
+        done = user.envship(*gc, *extra)
+        assert done.returncode == 0, done.stdout + done.stderr
+        result = json.loads(done.stdout)
+        assert [v["key"] for v in result["removed"]] == [old.key]
+        (denial,) = result["denied"]
+        assert (denial["name"], denial["key"], denial["path"]) == ("private", None, str(private))
+        assert denial["reason"].startswith(f"{private / 'versions'} is owned by root (uid 0)")
+    assert not old.path.exists()
+
+
 def test_gc_text_by_a_user_names_whose_version_it_could_not_remove(made: Made, user: User) -> None:
     mine = made.create(made.old, name="mine")
     theirs = made.create(made.old)

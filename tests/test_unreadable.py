@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -285,7 +287,14 @@ def test_env_create_notes_a_version_others_cannot_read(shared: Shared) -> None:
     finally:
         os.umask(old)
     assert len(version.notes) == 1
-    assert f"chmod -R a+rX {version.path}" in version.notes[0]
+    # The first folder others may not enter is the environment's own (made under 077):
+    # the fix named opens that one, and then another user can use the version.
+    fix = f"chmod -R a+rX {shared.root / 'ds'}"
+    assert fix in version.notes[0]
+    assert shared.run("env", "check", "ds", "--root", str(shared.root)).returncode == 1
+    subprocess.run(shlex.split(fix), check=True)
+    checked = shared.run("env", "check", "ds", "--root", str(shared.root))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     fine = create_env(shared.lock, shared.store, shared.root, name="ok", python=SYSTEM_PY)
     assert fine.notes == ()
 
@@ -312,6 +321,21 @@ def test_an_unexpected_permission_error_is_one_message_not_a_traceback(shared: S
             assert "uid 1000" in doc["problems"][0]["message"]
         else:
             assert proc.stderr.startswith(f"error: permission denied: {dest}")
+
+
+def test_a_write_refused_in_a_readable_folder_says_so_not_cannot_read(shared: Shared) -> None:
+    closed = shared.top / "readonly-for-others"
+    closed.mkdir()
+    closed.chmod(0o755)  # root's: others may enter and read, not create
+    dest = closed / "env"
+    lock, store = str(shared.lock.path), str(shared.store.root)
+    proc = shared.run("install", str(dest), "--lock", lock, "--store", store, "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["error"] == "permission" and doc["message"].startswith("permission denied: uid 1000")
+    assert "may not create files in" in doc["message"] and "cannot be read" not in doc["message"]
+    (problem,) = doc["problems"]
+    assert problem["message"].startswith(f"{problem['where']} is owned by root (uid 0)")
 
 
 def test_a_kernelspec_folder_this_user_may_not_enter_is_skipped(shared: Shared) -> None:
@@ -388,3 +412,19 @@ def test_an_environment_below_a_private_folder_is_explained_on_the_command_line(
     assert doc["error"] == "permission"
     assert [p["where"] for p in doc["problems"]] == [str(closed)]
     assert doc["hint"].startswith(f"ask the owner of {closed} to make it readable")
+
+
+@pytest.mark.parametrize("command", [("env", "list"), ("env", "gc", "--dry-run")])
+def test_a_private_root_is_a_permission_error_not_a_usage_error(
+    shared: Shared, command: tuple[str, ...]
+) -> None:
+    private = shared.top / "private-root"
+    private.mkdir()
+    private.chmod(0o700)
+    proc = shared.run(*command, "--root", str(private), "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # click said exit 2, "usage"
+    doc = json.loads(proc.stdout)
+    assert doc["error"] == "permission"
+    user = f"uid 1000 ({pwd.getpwuid(1000).pw_name})"
+    assert doc["message"] == f"permission denied: {private} cannot be read by {user}"
+    assert [p["where"] for p in doc["problems"]] == [str(private)]

@@ -101,6 +101,13 @@ def _why(exc: OSError) -> str:
     return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
 
 
+def _unreadable(exc: OSError) -> str:
+    """What a refused read says: whose the folder is, when the error names one."""
+    if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
+        return denied(Path(os.fsdecode(exc.filename)), "read")
+    return _why(exc)
+
+
 def _lock(path: Path, *, dry_run: bool) -> int | bool | None:
     """An fd holding ``path`` exclusively, None when another process holds it, or False
     (``dry_run`` only) when there is no such file, so no holder. Nothing is written
@@ -127,6 +134,12 @@ def _stale_locks(env_dir: Path, *, dry_run: bool, denials: list[Denied]) -> list
         return []
     removed: list[Path] = []
     versions = env_dir / "versions"
+    try:
+        os.listdir(versions)
+    except PermissionError:
+        return []  # which keys have a version cannot be known: the folder is reported
+    except OSError:
+        pass  # none yet: every lock file is a failed create's
 
     def has_version(key: str) -> bool:
         return any(os.path.lexists(versions / n) for n in (key, f"{key}.envship-tmp"))
@@ -263,8 +276,19 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
     freed = 0
     try:
         for env_dir in envs:
-            for key in _envroot.version_keys(env_dir):
-                if not _stale(env_dir, key, cutoff):
+            try:
+                keys = _envroot.version_keys(env_dir)
+            except OSError as exc:  # another user's private environment: left, and said
+                denials.append(Denied(env_dir.name, None, env_dir, _unreadable(exc)))
+                continue
+            for key in keys:
+                try:
+                    old = _stale(env_dir, key, cutoff)
+                except OSError as exc:
+                    path = env_dir / "versions" / key
+                    denials.append(Denied(env_dir.name, key, path, _unreadable(exc)))
+                    continue
+                if not old:
                     kept += 1
                     continue
                 try:

@@ -364,8 +364,8 @@ def stamp_use(env: str) -> None:
                 os.fchmod(fd, 0o666)
             finally:
                 os.close(fd)
-        except OSError:
-            pass
+        except OSError as exc:
+            sys.stderr.write(f"envship: this use of {env} was not recorded for env gc: {exc}\n")
     except OSError as exc:
         # A read-only root, or a stamp an older envship made 0644 for its owner: the kernel
         # starts all the same, and the server log says why gc may not see this use.

@@ -353,22 +353,22 @@ def create_env(
         raise _failure(env_dir.parent, name, exc) from None
 
 
-def _closed(path: Path) -> str | None:
-    """Why other users cannot read ``path``: the first folder on the way (from the top)
-    that others may not enter, or ``path`` itself when others may not read (a folder:
-    and enter; a program: and run) it; None when they can. By the "others" bits: who else
-    will use a shared version is not known here."""
+def _closed(path: Path) -> tuple[Path, str] | None:
+    """The first folder on the way to ``path`` (from the top) that other users may not
+    enter, or ``path`` itself when they may not read (a folder: and enter; a program: and
+    run) it, with its mode; None when they can. By the "others" bits: who else will use a
+    shared version is not known here."""
     real = Path(os.path.realpath(path))
     try:
         for folder in reversed(real.parents):
             mode = os.stat(folder).st_mode
             if not mode & stat.S_IXOTH:
-                return f"{folder} is mode {stat.S_IMODE(mode):04o}"
+                return folder, f"{folder} is mode {stat.S_IMODE(mode):04o}"
         mode = os.stat(real).st_mode
     except OSError:
         return None  # cannot tell: nothing to warn of
     need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0)
-    return None if mode & need == need else f"{real} is mode {stat.S_IMODE(mode):04o}"
+    return None if mode & need == need else (real, f"{real} is mode {stat.S_IMODE(mode):04o}")
 
 
 def _sharing_notes(version: EnvVersion) -> tuple[str, ...]:
@@ -376,17 +376,20 @@ def _sharing_notes(version: EnvVersion) -> tuple[str, ...]:
     under a private umask, such as 077) or its base interpreter (under a private home,
     such as /root/.pyenv) closed to them. A shared version is for every user."""
     notes = []
-    if (why := _closed(version.path)) is not None:
+    if (closed := _closed(version.path)) is not None:
+        folder, why = closed
+        env_dir = Path(os.path.realpath(version.path)).parent.parent
+        # The environment's own folders are opened whole; one above it only to pass.
+        fix = f"chmod -R a+rX {folder}" if folder.is_relative_to(env_dir) else f"chmod a+x {folder}"
         notes.append(
             f"other users cannot read this version ({why}): only its owner can use it; "
-            f"make it readable: chmod -R a+rX {version.path} (and create versions under "
-            "umask 022)"
+            f"make it readable: {fix} (and create versions under umask 022)"
         )
-    if (why := _closed(Path(version.base_python))) is not None:
+    if (closed := _closed(Path(version.base_python))) is not None:
         notes.append(
             f"other users cannot run this version's base interpreter {version.base_python} "
-            f"({why}); create it with --python naming an interpreter every user can run "
-            "(for instance /usr/bin/python3)"
+            f"({closed[1]}); create it with --python naming an interpreter every user can "
+            "run (for instance /usr/bin/python3)"
         )
     return tuple(notes)
 

@@ -155,7 +155,9 @@ def store_option(func: F) -> F:
     return click.option(
         "--store",
         "store_dir",
-        type=click.Path(file_okay=False, path_type=Path),
+        # readable=False: a store another user keeps private is envship's to explain
+        # (whose folder, the fix), not click's "is not readable" usage error.
+        type=click.Path(file_okay=False, readable=False, path_type=Path),
         envvar="ENVSHIP_STORE",
         default=None,
         help="The artifact store [default: $ENVSHIP_STORE, else the user cache].",

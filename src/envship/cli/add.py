@@ -23,7 +23,7 @@ def _log(message: str) -> None:
 @click.argument("requirements", nargs=-1, required=True, metavar="NAME[SPEC]...")
 @click.option(
     "--env",
-    type=click.Path(path_type=Path),
+    type=click.Path(readable=False, path_type=Path),
     default=None,
     help="The environment, a venv made by `envship install` [default: $VIRTUAL_ENV].",
 )

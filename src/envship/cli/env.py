@@ -35,7 +35,7 @@ def _root_option(func: F) -> F:
     return click.option(
         "--root",
         "root",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False, readable=False, path_type=Path),  # see store_option
         envvar="ENVSHIP_ROOT",
         default=None,
         help="The shared folder holding the environments [default: $ENVSHIP_ROOT].",

@@ -25,7 +25,7 @@ __all__ = ["command"]
 
 
 @click.command("install")
-@click.argument("dest", metavar="PATH", type=click.Path(path_type=Path))
+@click.argument("dest", metavar="PATH", type=click.Path(readable=False, path_type=Path))
 @lock_option("The PEP 751 lock file to install.")
 @store_option
 @python_option("the one running envship; for an existing environment, the one it was made with")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
@@ -138,13 +140,31 @@ def _os_error(exc: OSError) -> int:
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
     error: EnvshipError
     if is_denied(exc) and paths:
-        user = this_user()
-        error = denied(
-            paths[0],
-            paths[0],
-            hint=f"ask the owner of the folder named to let {user} read it, or run the "
-            "command as a user who can",
-        )
+        from .._environment import blocked_at
+        from .._flock import denied as refuses
+
+        user, path = this_user(), Path(paths[0])
+        readable = not os.path.lexists(path) or os.access(path, os.R_OK)
+        if blocked_at(path) != Path(os.path.realpath(path)) or not readable:
+            # A folder on the way cannot be entered, or the path cannot be read.
+            error = denied(
+                paths[0],
+                paths[0],
+                hint=f"ask the owner of the folder named to let {user} read it, or run the "
+                "command as a user who can",
+            )
+        else:
+            # Reachable: it is writing it (or, when it does not exist, its folder) that
+            # was refused.
+            place, action = (
+                (path, "change") if os.path.lexists(path) else (path.parent, "create files in")
+            )
+            error = PermissionDeniedError(
+                f"permission denied: {user} may not {action} {place}",
+                problems=[Problem(str(place), refuses(place, action))],
+                hint=f"ask the owner of {place} to let {user} {action} it, or choose a place "
+                f"{user} can write",
+            )
     elif is_denied(exc):
         error = PermissionDeniedError(f"permission denied: {reason}")
     else:
