@@ -133,16 +133,14 @@ def _os_error(exc: OSError) -> int:
     made private) also names the folder that refuses, its owner and this user. Commands
     still raise their own errors first; this catches what slipped past them."""
     # Imported here: only a failure pays for it (it pulls in the lock and target models).
-    from .._environment import denied, is_denied, this_user
+    from .._environment import blocked_at, denied, is_denied, this_user
+    from .._flock import denied as refuses
     from ..errors import PermissionDeniedError
 
     reason = exc.strerror or exc.__class__.__name__
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
     error: EnvshipError
     if is_denied(exc) and paths:
-        from .._environment import blocked_at
-        from .._flock import denied as refuses
-
         user, path = this_user(), Path(paths[0])
         readable = not os.path.lexists(path) or os.access(path, os.R_OK)
         if blocked_at(path) != Path(os.path.realpath(path)) or not readable:
