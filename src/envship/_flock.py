@@ -175,14 +175,8 @@ def acquire(path: Path, *, shared: bool = False, wait: bool = True) -> int | Non
             fd = _open(path)
         except FileNotFoundError:  # the folder or file was removed between our calls
             continue
-        try:
-            fcntl.flock(fd, flags)
-        except BlockingIOError:
-            os.close(fd)
+        if not _flock(fd, flags):
             return None
-        except BaseException:
-            os.close(fd)
-            raise
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
@@ -198,15 +192,21 @@ def peek(path: Path) -> int | bool | None:
         return False
     except PermissionError as exc:
         raise PermissionError(exc.errno, denied(path, "read"), str(path)) from None
+    return fd if _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) else None
+
+
+def _flock(fd: int, flags: int) -> bool:
+    """``flock(fd, flags)``; False (``fd`` closed) when another process holds the lock
+    and ``flags`` say not to wait; ``fd`` is closed on any error too."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, flags)
     except BlockingIOError:
         os.close(fd)
-        return None
+        return False
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return True
 
 
 @contextlib.contextmanager
