@@ -36,6 +36,7 @@ from indexlib import build_wheel
 from test_install import stocked_store, target, write_lock
 from test_kernels import GLIBC, stand_in
 
+USER_1000 = f"{pwd.getpwuid(1000).pw_name} (uid 1000)"  # as messages name users
 USER = ["setpriv", "--reuid", "1000", "--regid", "100", "--clear-groups"]
 SYSTEM_PY = "/usr/bin/python3.11"  # readable by every user, unlike this suite's /root one
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -127,7 +128,7 @@ def _denied(doc: dict[str, Any], closed: Path) -> None:
     assert doc["error"] == "permission", doc
     assert "permission denied" in doc["message"] and "uid 1000" in doc["message"], doc
     assert [p["where"] for p in doc["problems"]] == [str(closed)], doc
-    assert "owned by uid 0 (root), mode 0700" in doc["problems"][0]["message"], doc
+    assert "owned by root (uid 0), mode 0700" in doc["problems"][0]["message"], doc
     assert f"chmod -R a+rX {closed}" in doc["hint"], doc
 
 
@@ -161,7 +162,7 @@ def test_env_check_says_permission_denied_not_no_version(shared: Shared, case: s
     text = shared.run("env", "check", name, "--root", str(shared.root))
     assert text.returncode == 1 and "Traceback" not in text.stderr
     assert "has no complete current version" not in text.stderr
-    assert f"{closed}: permission denied: uid 1000" in text.stderr
+    assert f"{closed}: permission denied: {USER_1000}" in text.stderr
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -227,7 +228,7 @@ def test_env_list_lists_the_rest_and_names_what_it_cannot_read(shared: Shared) -
     assert envs["private"]["unreadable"].startswith(f"{private.parent.parent}: permission denied")
     states = {v["key"]: v for v in envs["mixed"]["versions"]}
     assert states[closed_version.name]["unreadable"].startswith(
-        f"{closed_version}: permission denied: uid 1000"
+        f"{closed_version}: permission denied: {USER_1000}"
     )
     others = [v for k, v in states.items() if k != closed_version.name]
     assert [v["complete"] for v in others] == [True] and others[0]["unreadable"] is None
@@ -332,7 +333,9 @@ def test_a_write_refused_in_a_readable_folder_says_so_not_cannot_read(shared: Sh
     proc = shared.run("install", str(dest), "--lock", lock, "--store", store, "--json")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["error"] == "permission" and doc["message"].startswith("permission denied: uid 1000")
+    assert doc["error"] == "permission" and doc["message"].startswith(
+        f"permission denied: {USER_1000}"
+    )
     assert "may not create files in" in doc["message"] and "cannot be read" not in doc["message"]
     (problem,) = doc["problems"]
     assert problem["message"].startswith(f"{problem['where']} is owned by root (uid 0)")
@@ -425,6 +428,5 @@ def test_a_private_root_is_a_permission_error_not_a_usage_error(
     assert proc.returncode == 1, proc.stdout + proc.stderr  # click said exit 2, "usage"
     doc = json.loads(proc.stdout)
     assert doc["error"] == "permission"
-    user = f"uid 1000 ({pwd.getpwuid(1000).pw_name})"
-    assert doc["message"] == f"permission denied: {private} cannot be read by {user}"
+    assert doc["message"] == f"permission denied: {private} cannot be read by {USER_1000}"
     assert [p["where"] for p in doc["problems"]] == [str(private)]

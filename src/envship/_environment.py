@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ._flock import owner, whom
 from ._installmarker import read_marker
 from ._pyprobe import ProbeFailure, facts_of
 from .errors import PermissionDeniedError, Problem, SpecError, TargetError
@@ -43,7 +44,6 @@ __all__ = [
     "denied_problem",
     "is_denied",
     "refused",
-    "this_user",
     "choose_target",
     "find_environment",
     "interpreter_denied",
@@ -57,17 +57,6 @@ _DENIED = (errno.EACCES, errno.EPERM)
 
 def is_denied(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _DENIED
-
-
-def this_user() -> str:
-    """``uid 1000 (sagemaker-user)``: who is refused, as a message names them."""
-    import pwd  # only on a refusal
-
-    uid = os.getuid()
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:  # a container user with no passwd entry (SageMaker's 1000 often)
-        return f"uid {uid}"
 
 
 def refused(program: Path | str) -> bool:
@@ -95,23 +84,17 @@ def blocked_at(path: Path | str) -> Path:
 
 
 def _owned(path: Path) -> str:
-    import pwd
-
     try:
         st = os.stat(path)
     except OSError:
         return ""
-    try:
-        owner = f"uid {st.st_uid} ({pwd.getpwuid(st.st_uid).pw_name})"
-    except KeyError:
-        owner = f"uid {st.st_uid}"
-    return f"; owned by {owner}, mode {stat.S_IMODE(st.st_mode):04o}"
+    return f"; owned by {owner(st)}, mode {stat.S_IMODE(st.st_mode):04o}"
 
 
 def denied_problem(path: Path | str) -> Problem:
     """The place that refuses this user on the way to ``path``, whose it is and its mode."""
     where = blocked_at(path)
-    return Problem(str(where), f"permission denied: {this_user()} cannot read it{_owned(where)}")
+    return Problem(str(where), f"permission denied: {whom()} cannot read it{_owned(where)}")
 
 
 def denied(what: str, path: Path | str, *, hint: str | None = None) -> PermissionDeniedError:
@@ -124,7 +107,7 @@ def denied(what: str, path: Path | str, *, hint: str | None = None) -> Permissio
         "(and create versions with umask 022, so later ones are readable too)"
     )
     return PermissionDeniedError(
-        f"permission denied: {what} cannot be read by {this_user()}",
+        f"permission denied: {what} cannot be read by {whom()}",
         problems=[denied_problem(path)],
         hint=fix,
     )

@@ -186,10 +186,6 @@ def _check_out(out: Path, force: bool) -> None:
         )
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def _check_inputs(out: Path, store: Store, lock: Path) -> None:
     """Refuse an OUT whose replacement would take the export's own inputs with it: the
     store (OUT is it, inside it, or holds it) or the lock being read. ``--force`` only
@@ -200,13 +196,13 @@ def _check_inputs(out: Path, store: Store, lock: Path) -> None:
         Problem(str(out), f"{what} the store {store.root}")
         for what, hit in (
             ("is", any(real_out == s for s in stores)),
-            ("is inside", any(real_out != s and _inside(real_out, s) for s in stores)),
-            ("holds", any(real_out != s and _inside(s, real_out) for s in stores)),
+            ("is inside", any(real_out != s and real_out.is_relative_to(s) for s in stores)),
+            ("holds", any(real_out != s and s.is_relative_to(real_out) for s in stores)),
         )
         if hit
     ]
     locks = {lock.absolute(), Path(os.path.realpath(lock))}
-    if any(_inside(p, real_out) for p in locks):
+    if any(p.is_relative_to(real_out) for p in locks):
         problems.append(Problem(str(out), f"holds the lock {lock}"))
     if problems:
         raise IndexExportInputError(

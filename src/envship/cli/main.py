@@ -133,15 +133,16 @@ def _os_error(exc: OSError) -> int:
     made private) also names the folder that refuses, its owner and this user. Commands
     still raise their own errors first; this catches what slipped past them."""
     # Imported here: only a failure pays for it (it pulls in the lock and target models).
-    from .._environment import blocked_at, denied, is_denied, this_user
+    from .._environment import blocked_at, denied, is_denied
     from .._flock import denied as refuses
+    from .._flock import whom
     from ..errors import PermissionDeniedError
 
     reason = exc.strerror or exc.__class__.__name__
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
     error: EnvshipError
     if is_denied(exc) and paths:
-        user, path = this_user(), Path(paths[0])
+        user, path = whom(), Path(paths[0])
         readable = not os.path.lexists(path) or os.access(path, os.R_OK)
         if blocked_at(path) != Path(os.path.realpath(path)) or not readable:
             # A folder on the way cannot be entered, or the path cannot be read.
