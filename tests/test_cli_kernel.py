@@ -84,6 +84,9 @@ def test_text_output_and_placement_options(
     assert main(usage) == 2
     assert "choose one of --user, --prefix, --kernel-dir" in capsys.readouterr().err
     assert main(["kernel", "install", str(env), "--user", "--prefix", str(prefix)]) == 2
+    missing = tmp_path / "no-such-kernels"
+    assert main(["kernel", "list", "--kernel-dir", str(missing)]) == 2
+    assert f"{missing} does not exist" in capsys.readouterr().err
 
 
 def test_errors_are_rendered_with_kind_and_exit_code(

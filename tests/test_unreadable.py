@@ -16,6 +16,7 @@ import os
 import pwd
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -353,6 +354,26 @@ def test_a_kernelspec_folder_this_user_may_not_enter_is_skipped(shared: Shared) 
     assert proc.returncode == 2 and json.loads(proc.stdout)["error"] == "kernel-input"
 
 
+@pytest.mark.parametrize("command", ["list", "remove"])
+@pytest.mark.parametrize("closed_at", ["itself", "parent"])
+def test_a_kernel_dir_this_user_may_not_list_is_said_as_such(
+    shared: Shared, command: str, closed_at: str
+) -> None:
+    """Not click's "does not exist": whose folder refuses, exit 1."""
+    kernels = shared.top / "private" / "kernels"
+    kernels.mkdir(parents=True)
+    closed = kernels if closed_at == "itself" else kernels.parent
+    closed.chmod(0o700)
+    name = ["x"] if command == "remove" else []
+    proc = shared.run("kernel", command, *name, "--kernel-dir", str(kernels), "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = _json(proc)
+    assert doc["message"] == (
+        f"permission denied: the kernel folder {kernels} cannot be read by {USER_1000}"
+    )
+    assert [p["where"] for p in doc["problems"]] == [str(closed)]
+
+
 # -- 3. fetch --verify by a user who cannot write the store -----------------------------
 
 
@@ -372,6 +393,28 @@ def test_fetch_verify_names_damage_it_cannot_repair(shared: Shared) -> None:
     assert "not replaced" in doc["message"]
     assert [p["where"] for p in doc["problems"]] == [artifact.filename]
     assert str(stored) in doc["problems"][0]["message"]
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o755])
+def test_fetch_into_a_store_the_user_may_not_write_says_whose_it_is(
+    shared: Shared, mode: int
+) -> None:
+    """Not "cannot create the store": it is there, and another user owns it."""
+    store = shared.top / "their-store"
+    store.mkdir()
+    store.chmod(mode)
+    proc = shared.run("fetch", "--lock", str(shared.lock.path), "--store", str(store), "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = _json(proc)
+    assert doc["error"] == "permission"
+    assert doc["message"] == f"permission denied: {USER_1000} may not write to the store at {store}"
+    assert [p["where"] for p in doc["problems"]] == [str(store)]
+    assert (
+        f"owned by root (uid 0), group root, mode {stat.filemode(stat.S_IFDIR | mode)}"
+        in (doc["problems"][0]["message"])
+    )
+    assert "--store DIR" in doc["hint"]
+    assert not any(store.iterdir())
 
 
 # -- 4. uv's .lock in a shared version -------------------------------------------------------

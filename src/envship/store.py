@@ -15,6 +15,7 @@ without them), a separate copy, which can be damaged on its own (:meth:`Store.na
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -29,7 +30,8 @@ from typing import Literal, Protocol
 
 import platformdirs
 
-from .errors import ArtifactError, Problem, StoreError
+from ._flock import denied, whom
+from .errors import ArtifactError, PermissionDeniedError, Problem, StoreError
 
 __all__ = ["Store", "sha256_file"]
 
@@ -166,6 +168,17 @@ class Store:
             for d in (self.root / "sha256", self.tmp_dir, self.partial_dir):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+                # The store (or a folder above it) exists but this user may not write
+                # there: say whose it is, not that it cannot be created.
+                place = Path(exc.filename).parent
+                raise PermissionDeniedError(
+                    f"permission denied: {whom()} may not write to the store at {self.root}",
+                    problems=[Problem(str(place), denied(place, "create files in"))],
+                    hint="ask the store's owner for write access (a group-shared store: "
+                    "chmod 2775 and the same group), or pass --store DIR or set "
+                    "ENVSHIP_STORE to a folder you can write",
+                ) from None
             raise StoreError(
                 f"cannot create the store at {self.root}: {exc.strerror}",
                 hint="pass --store DIR or set ENVSHIP_STORE to a writable folder",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
+from .._environment import denied
 from ..kernels import KernelInfo, install_kernel, list_kernels, remove_kernel
 from ._common import F, echo_json, json_option
 
@@ -135,13 +137,31 @@ def _status(k: KernelInfo) -> str:
     return f"{verdict}, shadowed" if k.shadowed else verdict
 
 
+def _searchable(
+    ctx: click.Context, param: click.Parameter, dirs: tuple[Path, ...]
+) -> tuple[Path, ...]:
+    """Each ``--kernel-dir`` must be a folder this user can list. One that does not exist
+    is a typo, not an empty folder (exit 2); one another user keeps private is said as
+    such, with whose folder refuses (click's own check calls both "does not exist")."""
+    for folder in dirs:
+        try:
+            os.stat(folder)
+        except PermissionError:
+            raise denied(f"the kernel folder {folder}", folder) from None
+        except OSError:
+            raise click.BadParameter(f"{folder} does not exist", ctx, param) from None
+        if not os.access(folder, os.R_OK | os.X_OK):
+            raise denied(f"the kernel folder {folder}", folder)
+    return dirs
+
+
 def _search_dirs_option(func: F) -> F:
     return click.option(
         "--kernel-dir",
         "kernel_dirs",
         multiple=True,
-        # A folder to search that does not exist is a typo, not an empty folder (exit 2).
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False, readable=False, path_type=Path),
+        callback=_searchable,
         help=_KERNEL_DIR_HELP.format(verb="search") + " Repeatable.",
     )(func)
 
