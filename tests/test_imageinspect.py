@@ -8,6 +8,7 @@ import io
 import json
 import marshal
 import struct
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -48,11 +49,13 @@ from test_image import (
     slim_sample,
 )
 from test_install import write_lock
+from test_inuse import Bind, bind
 
 # The fixtures imported from test_image are shared with it (built once per session).
 __all__ = [
     "_no_source_date_epoch",
     "append_layer",
+    "bind",
     "bookworm_facts",
     "sample",
     "sample_layout",
@@ -158,6 +161,25 @@ def test_layers_without_annotations_are_scanned(
     assert [layer.distributions for layer in info.layers] == [
         layer.distributions for layer in built.layers
     ]
+
+
+def test_a_read_only_store_scans_layers_without_keeping_the_answer(
+    tmp_path: Path, sample_source: tuple[ImageSource, Store], bind: Bind
+) -> None:
+    """A store shared read-only (another team's, a read-only mount of the volume): a layer
+    without annotations is scanned, and its answer is not cached, rather than refused."""
+    ref = append_layer(
+        sample_source[0].image,
+        tmp_path / "changed",
+        lambda w: w.add_file(f"{VENV_SITE}/extra-1.0.dist-info/METADATA", b"Name: extra\n"),
+    )
+    (tmp_path / "store").mkdir()
+    point = bind(tmp_path / "store", tmp_path / "ro")
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], check=True)
+    store = Store(point)
+    info = inspect_image(open_image(ref, store), store)
+    assert info.layers[-1].distributions == ("extra==1.0",)
+    assert not any(point.iterdir())
 
 
 def test_docker_save_layers_are_not_called_compressed(tmp_path: Path) -> None:

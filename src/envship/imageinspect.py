@@ -122,8 +122,11 @@ def _scan(path: Path, digest: str, cache: Path) -> tuple[str, ...]:
             if (m := _DIST_INFO.search(info.name))
         }
     )
-    cache.mkdir(parents=True, exist_ok=True)
-    write_atomic(cached, json.dumps(found))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        write_atomic(cached, json.dumps(found))
+    except OSError:
+        pass  # a read-only (shared) store: scan again next time, as probe_image does
     return tuple(found)
 
 
