@@ -328,6 +328,8 @@ def test_requirements_option_lines(
         ("foo===", "'foo===': '===' has no version after it"),
         ("foo (===) ; python_version > '3'", "'===' has no version after it"),
         ("foo===abc", "'===abc' is not a PEP 440 version"),
+        # uv never installs it (no spec sets `extra`); said at its line, not after import.
+        ("foo; extra == 'gpu'", "its marker tests 'extra'"),
     ],
 )
 def test_requirements_bad_option_lines(tmp_path: Path, line: str, message: str) -> None:
@@ -701,6 +703,9 @@ PYPROJECT_NAME_ERRORS = [
                  "'===' has no version after it", "'foo==1.0'", id="arbitrary-equality-empty"),
     pytest.param('[dependency-groups]\ndev = ["foo===*"]', "dependency-groups.dev[0]",
                  "'===*' is not a PEP 440 version", "", id="arbitrary-equality-not-pep440"),
+    pytest.param('[project]\nname = "p"\ndependencies = ["ok", "foo; extra == \'x\'"]',
+                 "project.dependencies[1]", "its marker tests 'extra'", "[groups]",
+                 id="extra-marker"),
 ]  # fmt: skip
 
 

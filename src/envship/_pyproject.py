@@ -18,7 +18,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
 from .errors import Problem, SpecError
-from .spec import group_name_problem, read_spec_toml, specifier_problem
+from .spec import group_name_problem, read_spec_toml, requirement_problem
 
 __all__ = [
     "PYTHONS",
@@ -78,7 +78,7 @@ def _req(item: object, where: str, problems: list[Problem]) -> Requirement | Non
     elif req.url:
         problems.append(Problem(where, "direct URL references are not supported"))
         return None
-    elif (unusable := specifier_problem(req)) is not None:
+    elif (unusable := requirement_problem(req)) is not None:
         problems.append(Problem(where, unusable))
         return None
     return req

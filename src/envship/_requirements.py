@@ -27,7 +27,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from .errors import Problem, SpecError
-from .spec import index_key, specifier_problem
+from .spec import index_key, requirement_problem
 
 __all__ = ["ParsedRequirements", "decode_text", "index_entry", "parse_requirements"]
 
@@ -288,7 +288,7 @@ def _requirement(
         state.problems.append(Problem(where, msg))
         state.pep508 = True
         return
-    unusable = specifier_problem(req)
+    unusable = requirement_problem(req)
     if unusable is not None:
         state.problems.append(Problem(where, f"{text!r}: {unusable}"))
         state.pep508 = True

@@ -64,7 +64,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "read_spec_toml",
-    "specifier_problem",
+    "requirement_problem",
 ]
 
 SPEC_FILENAME = "envship.toml"
@@ -169,14 +169,30 @@ def _as_str_list(value: object, where: str, problems: list[Problem]) -> list[str
     return list(value)
 
 
-def specifier_problem(req: Requirement) -> str | None:
-    """Why the version specifiers of ``req`` cannot be locked, or None.
+# The marker variable `extra` (str(Marker) quotes every string, so a bare word is one).
+_EXTRA_VARIABLE = re.compile(r'(?<!["\w])extra(?!["\w])')
+
+
+def requirement_problem(req: Requirement) -> str | None:
+    """Why ``req`` (parsed, without a URL) cannot be locked from a spec, or None.
+
+    Every importer asks this at the requirement's own place (``requirements.txt:2``),
+    and the spec again for what it is given directly.
+
+    PEP 508: the marker variable ``extra`` is set only while reading a package's own
+    dependencies; in a spec it is never set, so uv would silently never install a
+    requirement whose marker tests it.
 
     packaging accepts ``===`` (PEP 440 arbitrary equality, a string comparison) with any
     string after it, even none (``foo===``); uv, the resolver, parses that string as a
     PEP 440 version and fails on it, so the whole lock failed with only "Failed to build
     envship-lock". Every other operator with no version is a syntax error in packaging.
     """
+    if req.marker is not None and _EXTRA_VARIABLE.search(str(req.marker)):
+        return (
+            "its marker tests 'extra', which only a package's own metadata sets; a spec "
+            "has no extras: put the requirement in a [groups] group instead"
+        )
     for spec in req.specifier:
         if spec.operator != "===":
             continue
@@ -214,10 +230,6 @@ def group_name_problem(name: str) -> str | None:
     )
 
 
-# The marker variable `extra` (str(Marker) quotes every string, so a bare word is one).
-_EXTRA_VARIABLE = re.compile(r'(?<!["\w])extra(?!["\w])')
-
-
 def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[str, ...]:
     out: list[str] = []
     for i, text in enumerate(_as_str_list(value, where, problems)):
@@ -238,21 +250,9 @@ def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[s
                 )
             )
             continue
-        unusable = specifier_problem(req)
+        unusable = requirement_problem(req)
         if unusable is not None:
             problems.append(Problem(f"{where}[{i}]", f"{text!r}: {unusable}"))
-            continue
-        if req.marker is not None and _EXTRA_VARIABLE.search(str(req.marker)):
-            # PEP 508: `extra` is set only while reading a package's own dependencies; in
-            # a spec it is never set, so uv would silently never install the requirement.
-            problems.append(
-                Problem(
-                    f"{where}[{i}]",
-                    f"{text!r}: its marker tests 'extra', which only a package's own "
-                    "metadata sets; a spec has no extras: put the requirement in a "
-                    "[groups] group instead",
-                )
-            )
             continue
         out.append(str(req))
     return tuple(out)
