@@ -178,6 +178,22 @@ def test_checking_any_cached_bytes_gives_an_answer(
     assert checker.check("/x/b.py", b"y = 2\n", 0, b"") is None  # not a cached file at all
 
 
+@pytest.mark.parametrize("kind", [b"(", b"[", b")"], ids=["tuple", "list", "small-tuple"])
+def test_a_pyc_claiming_billions_of_items_is_refused_not_allocated(
+    checker: Compiler, kind: bytes
+) -> None:
+    """marshal allocates what a count says before it reads the items: 2**31 of them is
+    16 GiB (half a minute of this machine's time, and most of its memory). The worker's
+    capped address space makes it a MemoryError for that file, and the worker goes on."""
+    count = 0xFF if kind == b")" else 0x7FFFFFFF  # ")": a one-byte count, for contrast
+    data = kind + count.to_bytes(1 if kind == b")" else 4, "little") + b"N" * 3
+    pyc = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + bytes(8) + data
+    reason = checker.check("/x/a.py", b"x = 1\n", 0, pyc)
+    expected = "EOF read where object expected" if kind == b")" else "MemoryError"
+    assert reason == f"unreadable byte-code: {expected}"
+    assert checker.check("/x/b.py", b"y = 2\n", 0, b"") is None
+
+
 @pytest.fixture(scope="module")
 def checker(compiler: BytecodeCompiler) -> Iterator[Compiler]:
     with Compiler(compiler) as worker:

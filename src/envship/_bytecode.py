@@ -49,6 +49,21 @@ __all__ = ["BytecodeCompiler", "Compiler", "compiler_for", "find_compiler"]
 # the .pyc bytes (compile) or the reason (failures, and checks that find other code).
 _WORKER = r"""
 import importlib.util, marshal, struct, sys
+try:
+    import resource
+except ImportError:  # not a POSIX system
+    resource = None
+if resource is not None:
+    # marshal trusts the counts in its data: a damaged or hostile .pyc that claims a
+    # tuple of 2**31 items makes it allocate 16 GiB (and free it item by item, for half
+    # a minute) before it finds the data short. Capping this process's address space
+    # turns that into a MemoryError, reported for that one file.
+    cap = 2 << 30
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft == resource.RLIM_INFINITY or soft > cap:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 magic = importlib.util.MAGIC_NUMBER
 errors = (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError)
@@ -88,7 +103,8 @@ while True:
                 try:
                     stored = marshal.loads(pyc[16:])
                 except Exception as exc:
-                    status, body = 1, f"unreadable byte-code: {exc}".encode("utf-8", "replace")
+                    said = str(exc) or type(exc).__name__  # MemoryError() says nothing
+                    status, body = 1, f"unreadable byte-code: {said}".encode("utf-8", "replace")
                 else:
                     # Code objects compare their byte-code, constants, names and line
                     # table, nested ones included, and not the file name.
