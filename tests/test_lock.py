@@ -516,7 +516,10 @@ def test_unchanged_relock_does_not_rewrite(tmp_path: Path, index_server: IndexSe
     assert not lock(spec).changed
 
 
-def test_unreachable_index_names_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_index_names_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")  # uv's three retries took 7 s a lock here
     spec = write_spec(tmp_path, "http://127.0.0.1:9/simple", dependencies=["alpha"])
     with pytest.raises(NetworkError) as info:
         lock(spec)
@@ -609,6 +612,7 @@ def test_a_python_this_machine_lacks_is_named_when_uv_cannot_fetch_one(
     monkeypatch.setenv("PATH", f"{Path(uv_bin()).parent}:/usr/bin:/bin")
     monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(tmp_path / "pythons"))
     monkeypatch.setenv("UV_PYTHON_INSTALL_MIRROR", "http://127.0.0.1:1")
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")  # the same answer, without 10 s of retries
     spec = write_spec(
         tmp_path / "s", index_server.simple_url, dependencies=["alpha"], python="3.14"
     )
