@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envship._http import (
+    Cancelled,
     Credential,
     HttpClient,
     RetryPolicy,
@@ -204,6 +205,43 @@ def test_timeout_is_retried(server: Server, tmp_path: Path) -> None:
     HttpClient(retry=FAST, timeout=0.5).download(f"{server.url}/f", dest)
     assert dest.read_bytes() == CONTENT
     assert len(server.state.log) == 2
+
+
+def test_abort_ends_a_read_that_waits_on_a_stalled_server(server: Server, tmp_path: Path) -> None:
+    """Ctrl-C during a fetch: the worker waiting for a server that sends nothing must
+    stop now, not when its 60 s read timeout ends (the server here holds for 10 s)."""
+    server.state.files["/f"] = CONTENT
+    server.state.stall_once.add("/f")
+    client, cancel = HttpClient(retry=FAST, timeout=60), threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def download() -> None:
+        try:
+            client.download(f"{server.url}/f", tmp_path / "f", cancel=cancel)
+            outcome.append(None)
+        except BaseException as exc:  # what the worker ends with is the point
+            outcome.append(exc)
+
+    worker = threading.Thread(target=download)
+    worker.start()
+    try:
+        while not server.state.log:
+            assert worker.is_alive(), outcome
+            threading.Event().wait(0.01)
+        cancel.set()
+        client.abort()
+        worker.join(5)  # a bound for liveness, far under the server's 10 s hold
+        assert not worker.is_alive(), "the read did not end"
+        assert len(outcome) == 1 and isinstance(outcome[0], Cancelled), outcome
+        assert len(server.state.log) == 1  # and no new request was made
+        with pytest.raises(NetworkError, match="interrupted"):
+            client.download(f"{server.url}/f", tmp_path / "g")
+        client.resume()  # as fetch does once its workers ended: the client serves again
+        client.download(f"{server.url}/f", tmp_path / "f")
+        assert (tmp_path / "f").read_bytes() == CONTENT
+    finally:
+        server.state.release.set()
+        worker.join()
 
 
 def test_unreachable_host_names_url_with_hint(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ._opener import AuthRedirect, make_opener
+from ._opener import AuthRedirect, Resolver, make_opener
 from .errors import NetworkError
 from .spec import IndexConfig
 
@@ -145,6 +145,7 @@ class HttpClient:
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
     _netrc: netrc.netrc | None = field(init=False, repr=False, default=None)
     _opener: urllib.request.OpenerDirector | None = field(init=False, repr=False, default=None)
+    _resolver: Resolver = field(init=False, repr=False, default_factory=Resolver)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -156,10 +157,22 @@ class HttpClient:
         with self._lock:
             if self._opener is None:
                 context = ssl.create_default_context()
-                self._opener = make_opener(context, AuthRedirect(self.authorization))
+                self._opener = make_opener(
+                    context, AuthRedirect(self.authorization), resolver=self._resolver
+                )
             opener = self._opener
         response: http.client.HTTPResponse = opener.open(request, timeout=self.timeout)
         return response
+
+    def abort(self) -> None:
+        """Stop every download of this client in flight now, and refuse new ones until
+        :meth:`resume` (Ctrl-C, a full disk): a read that waits on a stalled server ends
+        at once instead of at the timeout."""
+        self._resolver.abort()
+
+    def resume(self) -> None:
+        """Download again after :meth:`abort`, once the downloads it stopped have ended."""
+        self._resolver.resume()
 
     def _load_netrc(self) -> netrc.netrc | None:
         path = self.netrc_file

@@ -13,11 +13,13 @@ place that decides what a connection is, for both clients.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
 import threading
 import urllib.request
+import weakref
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -63,6 +65,30 @@ class Resolver:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
         self._lock = threading.Lock()
+        self._open: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._aborted = False
+
+    def abort(self) -> None:
+        """End every connection made here, at once, and refuse new ones until
+        :meth:`resume` (Ctrl-C).
+
+        A worker blocked reading a stalled server returns from its read when its socket
+        is shut down; otherwise the interrupted command waits for the read timeout
+        (30 s) before it can stop. Shutdown, not close: the socket still belongs to the
+        thread reading it, which closes it as it unwinds. New connections are refused
+        so that one a worker was about to make is not left to wait in its place.
+        """
+        with self._lock:
+            self._aborted = True
+            sockets = list(self._open)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def resume(self) -> None:
+        """Make connections again, once whatever :meth:`abort` stopped has ended."""
+        with self._lock:
+            self._aborted = False
 
     def _addresses(self, host: str, port: int) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -84,11 +110,18 @@ class Resolver:
         error: OSError | None = None
         for *_rest, sockaddr in self._addresses(host, port):
             try:
-                return socket.create_connection(
+                sock = socket.create_connection(
                     (str(sockaddr[0]), int(sockaddr[1])), timeout, source_address
                 )
             except OSError as exc:
                 error = exc
+                continue
+            with self._lock:
+                if not self._aborted:
+                    self._open.add(sock)
+                    return sock
+            sock.close()
+            raise ConnectionAbortedError(f"connection to {host} not made: interrupted")
         raise error or OSError(f"no address for {host}")
 
 
@@ -115,11 +148,14 @@ def _handlers(context: ssl.SSLContext, resolver: Resolver) -> list[urllib.reques
 
 
 def make_opener(
-    context: ssl.SSLContext | None = None, *extra: urllib.request.BaseHandler
+    context: ssl.SSLContext | None = None,
+    *extra: urllib.request.BaseHandler,
+    resolver: Resolver | None = None,
 ) -> urllib.request.OpenerDirector:
     """An opener like :class:`HttpClient`'s: proxies from the environment, this module's
-    DNS cache, ``context`` for TLS (default: the system store, which honours
+    DNS cache (``resolver``, whose :meth:`Resolver.abort` ends its connections; default:
+    a new one), ``context`` for TLS (default: the system store, which honours
     ``SSL_CERT_FILE``), plus ``extra`` handlers (the registry client brings its own
     redirect policy)."""
     tls = context if context is not None else ssl.create_default_context()
-    return urllib.request.build_opener(*_handlers(tls, Resolver()), *extra)
+    return urllib.request.build_opener(*_handlers(tls, resolver or Resolver()), *extra)

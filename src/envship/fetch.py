@@ -356,11 +356,14 @@ def fetch(
                     except EnvshipError as exc:
                         failures.append((artifact, exc))
         except BaseException:
-            # Ctrl-C (or a store failure): stop workers at their next chunk, keep partials.
+            # Ctrl-C (or a store failure): stop workers at their next chunk, keep partials,
+            # and end the reads that wait on a server, which no chunk would end soon.
             cancel.set()
+            client.abort()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            client.resume()  # every download has ended: the client may serve another fetch
     if failures:
         raise _combine(failures, len(artifacts))
     fetched = []
