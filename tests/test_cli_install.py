@@ -71,6 +71,25 @@ def test_install_text_and_options(
     assert capsys.readouterr().out.strip() == f"{dest} is up to date (3 packages, target {HOST})"
 
 
+@pytest.mark.parametrize(("first", "then"), [("beta11", "beta"), ("beta", "beta11")])
+def test_an_upgrade_or_downgrade_shows_the_old_version_above_the_new(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str, then: str
+) -> None:
+    wheels = build_wheels(tmp_path / "dist")
+    store = stocked_store(tmp_path / "store", list(wheels.values())).root
+    locks = [
+        write_lock(tmp_path / f"{k}.toml", [wheels["alpha"], wheels[k]], targets=[target()]).path
+        for k in (first, then)
+    ]
+    dest = tmp_path / "env"
+    for lock in locks:
+        assert main(["install", str(dest), "--lock", str(lock), "--store", str(store)]) == 0
+    old, new = ("1.1", "1.0") if first == "beta11" else ("1.0", "1.1")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3].startswith(f"updated {dest} (2 packages, ")
+    assert lines[-2:] == [f"  - beta=={old}", f"  + beta=={new}"]
+
+
 def test_relative_paths_everywhere(
     tmp_path: Path, setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -255,7 +255,7 @@ def test_new_lock_updates_the_environment_in_place(
 
     assert result.action == "updated"
     assert result.installed == ("beta==1.1",)
-    assert result.removed == ("tool==1.0",)
+    assert result.removed == ("beta==1.0", "tool==1.0")  # the upgrade's old version too
     assert versions(dest) == {"alpha": "1.0", "beta": "1.1"}
     assert not (dest / "bin" / "tool").exists()
     assert json.loads((dest / MARKER_NAME).read_text())["lock"]["digest"] == newer.digest
@@ -548,7 +548,7 @@ def _remove_dist(env: Path, name: str) -> None:
     [
         ("remove beta", ["beta==1.0"], []),
         ("add a stray distribution", [], ["beta==1.1"]),
-        ("replace beta by 1.1", ["beta==1.0"], []),
+        ("replace beta by 1.1", ["beta==1.0"], ["beta==1.1"]),
     ],
 )
 def test_a_rerun_repairs_distributions_that_drifted(

@@ -272,7 +272,11 @@ def _install_locked(
             packages=tuple(artifacts),
             action=action,
             installed=tuple(f"{n}=={v}" for n, (v, h) in after.items() if was.get(n) != (v, h)),
-            removed=tuple(f"{n}=={v}" for n, (v, _) in was.items() if n not in after),
+            # An upgrade or downgrade removes the old version: listed, as uv lists it, so
+            # that "attrs==22.2.0" installed is not read as a package new to the env.
+            removed=tuple(
+                f"{n}=={v}" for n, (v, _) in was.items() if n not in after or after[n][0] != v
+            ),
             seconds=time.monotonic() - started,
         )
 

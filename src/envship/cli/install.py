@@ -100,6 +100,9 @@ def _summary(result: InstallResult) -> str:
     if not result.changed:
         return f"{result.dest} is up to date ({what})"
     lines = [f"{result.action} {result.dest} ({what}) in {result.seconds:.1f}s"]
-    lines += [f"  + {p}" for p in result.installed]
-    lines += [f"  - {p}" for p in result.removed]
+    # By name, the old version just above the new one (as uv prints them): "- attrs==23.1.0"
+    # then "+ attrs==22.2.0" reads as the downgrade it is.
+    changes = [(p.split("==")[0], 1, f"  + {p}") for p in result.installed]
+    changes += [(p.split("==")[0], 0, f"  - {p}") for p in result.removed]
+    lines += [line for _, _, line in sorted(changes)]
     return "\n".join(lines)
