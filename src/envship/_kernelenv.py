@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._environment import denied, interpreter_denied, refused
+from ._installmarker import LINKS_KEY
 from ._launcher import kernel_remedy, missing_kernel
 from .errors import KernelError, KernelInputError, Problem, TargetError
 from .install import INCOMPLETE_NAME, MARKER_NAME
@@ -172,6 +173,12 @@ def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
         )
     # The launcher refuses such an environment at every start, in the same words.
     real = os.path.realpath(env)  # a version of a root, for `current`: its lock is made again
+    changed = _relinked(python, marker)
+    if changed is not None:
+        raise KernelError(
+            f"cannot make a kernel of {env}: it was changed since it was made: {changed}",
+            hint=f"{_remake(env, Path(real), marker)}, then `envship kernel install {env}`",
+        )
     missing = missing_kernel(real, None)  # any lib/pythonX.Y: no interpreter to ask
     if missing is not None:
         raise KernelError(
@@ -179,3 +186,40 @@ def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
             hint=f"{kernel_remedy(real, marker)}, then `envship kernel install {env}`",
         )
     return marker, target
+
+
+def _relinked(python: Path, marker: dict[str, Any]) -> str | None:
+    """How ``python`` (an environment's ``bin/python``) differs from the link its install
+    marker records, as the launcher's sh part judges it at every start: None when it
+    ends at the same file, when the marker records no link (made before ``venv_links``),
+    or when what it records is not on this machine (this machine's lack, not a change)."""
+    links = marker.get(LINKS_KEY)
+    made = links.get("bin/python") if isinstance(links, dict) else None
+    if not (isinstance(made, str) and made):
+        return None
+    base = python.parent / made  # an absolute link target replaces the folder
+    try:
+        if not base.exists() or python.samefile(base):
+            return None
+        now = f"a link to {os.readlink(python)}" if python.is_symlink() else "a file"
+    except OSError:
+        return None
+    return f"its interpreter bin/python is now {now}; it was made with {made}"
+
+
+def _remake(env: Path, real: Path, marker: dict[str, Any]) -> str:
+    """The launcher's command for a relinked environment (``real``: ``env`` with
+    ``current`` followed): made again from its lock, a version in place on the base it
+    was made with."""
+    lock = marker["lock"].get("path") or "LOCK"
+    shared = _shared(real)
+    if shared is None or not (real.parent.parent / ".locks").is_dir():
+        return f"make it again from its lock: envship install {env} --lock {lock}"
+    name, root = shared
+    made_with = marker.get("python")
+    base = made_with.get("base") if isinstance(made_with, dict) else None
+    was = f" --python {base}" if isinstance(base, str) and os.path.exists(base) else ""
+    return (
+        "make the version again (env create repairs it in place): "
+        f"envship env create {name} --root {root} --lock {lock}{was}"
+    )

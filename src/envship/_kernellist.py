@@ -93,8 +93,9 @@ def _verdict(resource_dir: Path) -> tuple[bool, tuple[str, ...], tuple[str, ...]
         return False, (f"its launcher could not be run: {exc}",), ()
     if proc.returncode == 0:
         return True, (), ()
-    # The launcher's refusal: a head line, "  - " reasons, then "envship: " remedies (or,
-    # from its sh part, one line saying what is gone and one remedy).
+    # The launcher's refusal: a head line, "  - " reasons, then "envship: " remedies (its
+    # sh part says a relinked interpreter so too; what is gone, in one line and one
+    # remedy).
     lines = proc.stderr.splitlines()
     reasons = [line[4:] for line in lines if line.startswith("  - ")]
     reasons = reasons or [line.removeprefix("envship: ") for line in lines[:1]]

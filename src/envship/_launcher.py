@@ -40,6 +40,26 @@ recorded() {
     done < "${0%/*}/kernel.json"
     return 1
 }
+# What the environment's install marker records as "$2" in its table "$1" (envship
+# writes the marker indented, one key a line); statuses as for `recorded`. sed finds the
+# table: a marker lists every package, and sh's `read` may take a system call a byte.
+marked() {
+    [ -r "$env/.envship-install.json" ] || return 1
+    sed -n '/^  "'"$1"'": {$/,/^  }/p' "$env/.envship-install.json" | {
+        while IFS= read -r line; do
+            case $line in
+                "    \"$2\": \""*)
+                    v=${line#*\": \"}
+                    v=${v%,}
+                    v=${v%\"}
+                    case $v in *\\*|*\"*) exit 2 ;; esac
+                    echo "$v"
+                    exit 0 ;;
+            esac
+        done
+        exit 1
+    }
+}
 # The lock to make the environment again from when it cannot tell itself (it is gone, or
 # its marker is unreadable): the one recorded at registration, else a placeholder.
 recorded_lock() {
@@ -150,25 +170,9 @@ if [ ! -x "$py" ]; then
         echo "envship: the environment $env is gone." >&2
         make="make it again (the same lock makes the same version):"
     fi
-    # The lock it was made from, as its install marker records it (envship writes the
-    # marker indented, one key a line), else as the kernelspec does.
-    lock=
-    inlock=
-    marker=$env/.envship-install.json
-    [ -r "$marker" ] && while IFS= read -r line; do
-        case $line in
-            '  "lock": {') inlock=1 ;;
-            '  }'*) inlock= ;;
-            '    "path": "'*)
-                if [ -n "$inlock" ]; then
-                    lock=${line#*\": \"}
-                    lock=${lock%,}
-                    lock=${lock%\"}
-                    break
-                fi ;;
-        esac
-    done < "$marker"
-    case $lock in ''|*\\*|*\"*) lock=$(recorded_lock) ;; esac
+    # The lock it was made from, as its install marker records it, else as the
+    # kernelspec does.
+    lock=$(marked lock path) && [ -n "$lock" ] || lock=$(recorded_lock)
     case $env in
         */versions/*)
             n=${env%/versions/*}
@@ -182,6 +186,39 @@ if [ ! -x "$py" ]; then
     esac
     echo "envship: $fix" >&2
     exit 1
+fi
+# The interpreter the environment was made with, as its marker records the link (a
+# marker from before `venv_links` records none: not compared). bin/python relinked to
+# another build of its X.Y, or to another X.Y, runs the environment's compiled bits on an
+# interpreter they were not made for (a start dies on "No module named
+# '_posixsubprocess'"), and Python's checks would run on it and blame this machine: it is
+# refused here, before it runs. Compared as the files the links end at (`-ef`, POSIX
+# 2024, where the shell has it), as `envship install` and `env create` judge a relinked
+# interpreter, so their command repairs it. One made with an interpreter this machine
+# lacks is judged by what it runs, as before (neither calls that relink a change: the
+# base is this machine's lack); a half-installed one is left to Python's check.
+if [ ! -e "$env/.envship-incomplete" ] && made=$(marked venv_links bin/python); then
+    case $made in /*) base=$made ;; *) base=$env/bin/$made ;; esac
+    if [ -e "$base" ] && [ "$py" -ef "$py" ] 2>/dev/null && ! [ "$py" -ef "$base" ]; then
+        now="a file"
+        [ -L "$py" ] && now="a link to $(readlink "$py")"
+        name=$(recorded kernel_name) || name="?"
+        echo "envship: kernel '$name' cannot start: the environment $env was changed since" \
+            "it was made: its interpreter bin/python is now $now; it was made with $made" >&2
+        echo "  - $py is $now, not the link to $made its install record names" >&2
+        lock=$(marked lock path) && [ -n "$lock" ] || lock=$(recorded_lock)
+        n=${env%/versions/*}
+        if [ "$n" != "$env" ] && [ -d "$n/.locks" ]; then
+            # On the base it was made with: the same version, repaired in place.
+            was=$(marked python base) && [ -e "$was" ] && was=" --python $was" || was=
+            fix="make the version again (env create repairs it in place): envship env"
+            fix="$fix create ${n##*/} --root ${n%/*} --lock $lock$was"
+        else
+            fix="make it again from its lock: envship install $env --lock $lock"
+        fi
+        echo "envship: $fix" >&2
+        exit 1
+    fi
 fi
 exec "$py" -I "$0" "$env" "$@"
 """
@@ -490,7 +527,10 @@ def examine(env: str) -> tuple[dict[str, Any] | None, str, list[str]]:
     try:
         reasons = check(marker["target"])
         # This interpreter is the environment's own: where its imports would come from.
-        missing = missing_kernel(env, _interpreter())
+        # One of another X.Y (a marker that records no link to compare) would look under
+        # a lib/pythonX.Y the environment never had: any of its own is asked instead.
+        here = _interpreter()
+        missing = missing_kernel(env, here if here == marker["target"]["python"] else None)
     except (KeyError, TypeError, AttributeError) as exc:
         return None, "damaged", [f"{path} records no usable target ({exc!r})"]
     kind = "machine" if reasons else ("kernel" if missing else "")
