@@ -137,6 +137,15 @@ def project(tmp_path: Path, add_server: IndexServer) -> Project:
     return make_project(tmp_path, add_server.simple_url)
 
 
+def repair_hint(p: Project, again: str = "") -> str:
+    """The hint of an environment that left its lock: both commands name the lock, so
+    they work from any folder (a bare `envship install ENV` reads ./pylock.toml)."""
+    return (
+        f"`envship install {p.env} --lock {p.lock}` repairs it from its lock{again}; "
+        f"`envship verify {p.env} --lock {p.lock}` lists every difference"
+    )
+
+
 def snapshot(p: Project) -> tuple[bytes, bytes, dict[str, str]]:
     return p.spec.read_bytes(), (p.env / MARKER_NAME).read_bytes(), versions(p.env)
 
@@ -634,10 +643,7 @@ def test_a_drifted_environment_is_refused(project: Project, add_server: IndexSer
     assert [(p.where, p.message) for p in err.value.problems] == [
         ("beta", "locked 1.0, installed 1.1")
     ]
-    assert err.value.hint == (
-        f"`envship install {project.env}` repairs it from its lock; "
-        f"`envship verify {project.env}` lists every difference"
-    )
+    assert err.value.hint == repair_hint(project)
     assert install(project.lockfile(), project.store, project.env).action == "repaired"
     assert add(["kappa"], env=project.env).installed == ("kappa==1.0",)
 
@@ -672,10 +678,7 @@ def test_a_locked_distribution_replaced_at_its_version_is_refused_until_install_
             "another tool: its RECORD is not the one `envship install` wrote",
         )
     ]
-    assert err.value.hint == (
-        f"`envship install {project.env}` repairs it from its lock; "
-        f"`envship verify {project.env}` lists every difference"
-    )
+    assert err.value.hint == repair_hint(project)
     assert err.value.exit_code == 1
     assert snapshot(project) == before  # nothing installed, nothing recorded
     with pytest.raises(AddError, match="already differs from its lock"):
@@ -701,10 +704,7 @@ def test_a_replacement_after_an_earlier_addition_is_refused_and_repaired_too(
     with pytest.raises(AddError, match="already differs from its lock") as err:
         add(["socksy"], env=project.env)
     assert [p.where for p in err.value.problems] == [str(info)]
-    assert err.value.hint == (
-        f"`envship install {project.env}` repairs it from its lock (it also removes what "
-        f"`envship add` added); `envship verify {project.env}` lists every difference"
-    )
+    assert err.value.hint == repair_hint(project, " (it also removes what `envship add` added)")
     assert "socksy" not in versions(project.env)
 
     repaired = install(project.lockfile(), project.store, project.env)

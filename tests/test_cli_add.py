@@ -195,10 +195,15 @@ def test_a_replaced_locked_distribution_is_named_with_its_path(
     data = json.loads(out)
     assert data["error"] == "add" and "already differs from its lock" in data["message"]
     assert [p["where"] for p in data["problems"]] == [str(info)]
-    assert data["hint"].startswith(f"`envship install {project.env}` repairs it")
+    assert data["hint"].startswith(
+        f"`envship install {project.env} --lock {project.lock}` repairs it"
+    )
 
     code, out, err = run(capsys, "add", "kappa", "--env", project.env)
     assert code == 1 and out == ""
     assert f"  - {info}: beta 1.0 was re-installed at its locked version" in err
-    assert f"hint: `envship install {project.env}` repairs it from its lock;" in err
+    assert (
+        f"hint: `envship install {project.env} --lock {project.lock}` repairs it from its lock;"
+        in err
+    )
     assert project.spec.read_bytes() == spec_before

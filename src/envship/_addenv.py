@@ -7,6 +7,18 @@ immutable and shared by every instance. The spec defaults to the one beside the
 environment's lock. Finding and refusing these, each with the command that makes a
 usable one, is kept apart from :mod:`envship.add`, which plans, installs and records
 the addition.
+
+Every command a hint gives names the lock the install marker records, and the groups
+the environment was installed with: a bare ``envship install ENV`` reads
+``pylock.toml`` in the current folder (missing elsewhere, or another project's, which
+it would install into the environment), and installs every group of the lock (so an
+environment installed with ``--group dev`` would be changed, not repaired).
+
+The lock is read again for what it pins beyond the installed distributions: versions
+of packages only groups the environment was installed without need (the marker's
+``packages`` lists what was installed, not what the lock holds). ``envship add`` must
+not move those either: the next ``envship lock`` would take the new version for every
+install of those groups.
 """
 
 from __future__ import annotations
@@ -14,15 +26,34 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from ._envroot import shared_version
-from .errors import AddError, AddInputError, Problem, SpecError
+from .errors import AddError, AddInputError, EnvshipError, Problem, SpecError
 from .install import INCOMPLETE_NAME, MARKER_NAME
+from .lockfile import LockFile
 from .spec import find_spec
 
-__all__ = ["checked_marker", "environment", "refuse_shared", "spec_path"]
+__all__ = [
+    "GroupPins",
+    "checked_marker",
+    "environment",
+    "group_locked",
+    "lock_command",
+    "locked_elsewhere",
+    "not_installed",
+    "refuse_shared",
+    "spec_path",
+]
+
+# canonical name -> (locked version, the groups not installed that need it)
+GroupPins = dict[str, tuple[str, tuple[str, ...]]]
 
 
 def environment(env: Path | None) -> Path:
@@ -44,11 +75,66 @@ def environment(env: Path | None) -> Path:
     return env
 
 
+def _recorded_lock(marker: Mapping[str, Any]) -> str | None:
+    lock = marker.get("lock")
+    path = lock.get("path") if isinstance(lock, dict) else None
+    return path if isinstance(path, str) and path else None
+
+
+def _lock_targets(path: str | Path) -> int:
+    """How many targets the lock at ``path`` has (0 when it cannot be read)."""
+    try:
+        return len(LockFile.load(Path(path)).targets)
+    except EnvshipError:
+        return 0
+
+
+def lock_command(
+    verb: Literal["install", "verify"],
+    env: Path,
+    marker: Mapping[str, Any],
+    lock: Path | None = None,
+) -> str:
+    """```envship install ENV --lock LOCK ...``` (or ``verify``), shell-quoted and in
+    backticks, for ``env`` and ``lock`` (default: the lock its install marker records):
+    with the groups it was installed with, and its target when the lock has several
+    (both commands would otherwise take the first that fits this machine). The
+    interpreter, byte-code and link mode are the environment's own, which install keeps
+    by itself. Without a lock to name, LOCK is said in words."""
+    q = shlex.quote  # pasted into a shell as it is
+    path = str(lock) if lock is not None else _recorded_lock(marker)
+    groups = marker.get("groups")
+    target = marker.get("target")
+    name = target.get("name") if isinstance(target, dict) else None
+    extra = ""
+    if isinstance(name, str) and name and path is not None and _lock_targets(path) > 1:
+        extra += f" --target {q(name)}"
+    # Both commands' default is every group of the lock.
+    for group in groups if isinstance(groups, list) else ():
+        if isinstance(group, str):
+            extra += f" --group {q(group)}"
+    if path is not None:
+        return f"`envship {verb} {q(str(env))} --lock {q(path)}{extra}`"
+    return (
+        f"`envship {verb} {q(str(env))} --lock LOCK{extra}` (LOCK: the lock {env} was "
+        "made from; its install record does not name it)"
+    )
+
+
+def _raw_marker(env: Path) -> dict[str, Any]:
+    """The install marker as it is, however incomplete, for the hints; {} without one."""
+    try:
+        data = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def checked_marker(env: Path) -> dict[str, Any]:
     if (env / INCOMPLETE_NAME).exists():
         raise AddError(
             f"the environment at {env} is half installed ({INCOMPLETE_NAME} is present)",
-            hint=f"re-run `envship install {env}` to finish it",
+            hint=f"re-run {lock_command('install', env, _raw_marker(env))} to finish it",
         )
     try:
         data = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
@@ -61,9 +147,9 @@ def checked_marker(env: Path) -> dict[str, Any]:
         raise AddError(f"cannot read {env / MARKER_NAME}: {exc}") from None
     ok = isinstance(data, dict) and isinstance(data.get("packages"), list)
     if not ok or not (env / "bin" / "python").exists():
+        again = lock_command("install", env, data if isinstance(data, dict) else {})
         raise AddError(
-            f"the install record of {env} is incomplete",
-            hint=f"re-run `envship install {env}` to rebuild it",
+            f"the install record of {env} is incomplete", hint=f"re-run {again} to rebuild it"
         )
     assert isinstance(data, dict)
     return data
@@ -75,11 +161,14 @@ def refuse_shared(env: Path, marker: dict[str, Any]) -> None:
     if shared is None:
         return
     name, root = shared
+    q = shlex.quote
+    lock = _recorded_lock(marker)
+    private = f"envship install .venv --lock {q(lock)}" if lock else "envship install .venv"
     raise AddInputError(
         f"{env} is a version of the shared environment {name!r} under {root}; "
         "versions are immutable and every instance uses them",
         hint=f"add the requirement to the spec, then `envship lock`, `envship fetch` and "
-        f"`envship env create {name} --root {root}`; or `envship install .venv` for a "
+        f"`envship env create {name} --root {root}`; or `{private}` for a "
         "private environment you can add to",
     )
 
@@ -98,3 +187,89 @@ def spec_path(spec: Path | None, marker: dict[str, Any]) -> Path:
         hint="pass --spec with the envship.toml (or pyproject.toml) the environment's lock "
         "was made from",
     )
+
+
+def _env_lock(marker: Mapping[str, Any], spec_lock: Path) -> tuple[LockFile | None, str]:
+    """The lock ``env`` was made from, for what it pins beyond what is installed: the
+    file the install marker names while it has the recorded digest, else the spec's lock
+    when that has it (moved with its spec), else the file the marker names as it is now
+    (made again since the install: its versions are the ones the next ``envship lock``
+    keeps). None, and why, when none can be read."""
+    recorded = _recorded_lock(marker)
+    lock = marker.get("lock")
+    digest = lock.get("digest") if isinstance(lock, dict) else None
+    paths = [Path(recorded)] if recorded else []
+    if spec_lock not in paths:
+        paths.append(spec_lock)
+    found: list[LockFile] = []
+    why = f"its install record names no lock, and {spec_lock} cannot be read"
+    for path in paths:
+        try:
+            lock_file = LockFile.load(path)
+        except EnvshipError as exc:
+            if path == paths[0]:
+                why = f"{path}: {exc.message}"
+            continue
+        if lock_file.digest == digest:
+            return lock_file, ""
+        found.append(lock_file)
+    return (found[0], "") if found else (None, why)
+
+
+def locked_elsewhere(marker: Mapping[str, Any], spec_lock: Path) -> tuple[GroupPins, str]:
+    """What the environment's lock pins for its target beyond the distributions installed
+    from it (the marker's ``packages``): packages only groups it was installed without
+    need, with those groups. Empty, and why, when the lock cannot say (it cannot be read,
+    has no such target, or its selection fails)."""
+    lock, why = _env_lock(marker, spec_lock)
+    if lock is None:
+        return {}, why
+    have = {
+        canonicalize_name(str(p.get("name"))) for p in marker["packages"] if isinstance(p, dict)
+    }
+    target = marker.get("target")
+    name = target.get("name") if isinstance(target, dict) else None
+    installed = marker.get("groups")
+    groups = [g for g in lock.groups if not (isinstance(installed, list) and g in installed)]
+    try:
+        chosen = lock.target(str(name))
+        every = lock.select(chosen)  # every group
+        need = {
+            g: {canonicalize_name(p.name) for p, _ in lock.select(chosen, groups=[g])}
+            for g in groups
+        }
+    except EnvshipError as exc:
+        return {}, f"{lock.path}: {exc.message}"
+    pins: GroupPins = {}
+    for package, _ in every:
+        key = canonicalize_name(package.name)
+        if key not in have and package.version is not None:
+            pins[key] = (str(package.version), tuple(g for g in groups if key in need[g]))
+    return pins, ""
+
+
+def not_installed(env: Path, groups: Sequence[str]) -> str:
+    """What to add to "the lock pins NAME==VERSION" for a package ``env`` does not have."""
+    if not groups:  # the lock was made again since the install
+        return f" (not installed in {env})"
+    return f" (for group {', '.join(groups)}, which {env} was installed without)"
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def group_locked(
+    installed: Sequence[str], grouped: GroupPins
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Of ``installed``, those at the version the lock pins for groups not installed."""
+    out = []
+    for item in installed:
+        name, _, version = item.partition("==")
+        pin = grouped.get(canonicalize_name(name))
+        if pin is not None and _same_version(version, pin[0]):
+            out.append((item, pin[1]))
+    return tuple(out)

@@ -28,9 +28,10 @@ from .spec import Spec
 __all__ = ["applies", "marker_environment", "nowhere", "replacements"]
 
 
-def marker_environment(env: Path) -> dict[str, Any]:
+def marker_environment(env: Path, rebuild: str) -> dict[str, Any]:
     """PEP 508's marker environment as the environment's own interpreter sees it (it may
-    be another Python than the one envship runs on)."""
+    be another Python than the one envship runs on). ``rebuild``: the command that makes
+    the environment again from its lock, for the hint when the interpreter fails."""
     python = env / "bin" / "python"
     try:
         # Run without site (_pyprobe): site would run the environment's .pth files.
@@ -38,8 +39,7 @@ def marker_environment(env: Path) -> dict[str, Any]:
     except ProbeFailure as exc:
         raise AddError(
             f"cannot ask {python} which requirement markers apply to it: {exc.detail}",
-            hint=f"`envship verify {env}` checks the environment; `envship install {env}` "
-            "rebuilds it",
+            hint=f"{rebuild} makes the environment again from its lock",
         ) from None
     markers: dict[str, Any] = data["markers"]
     return markers

@@ -168,9 +168,13 @@ def guarded(
     pins: Mapping[str, str],
     before: Installed,
     run: Callable[[], tuple[int, str]],
+    *,
+    repair: str,
 ) -> tuple[int, str, Installed]:
     """Run uv with the environment marked incomplete; unmark it only if nothing locked
-    changed, whatever uv did. Returns uv's exit code and output, and what is installed."""
+    changed, whatever uv did. Returns uv's exit code and output, and what is installed.
+    ``repair`` is the command that rebuilds it from its lock (``envship install ENV
+    --lock LOCK ...``: a bare one reads the current folder's pylock.toml)."""
     files_before = locked_files(before, pins)
     incomplete = env / INCOMPLETE_NAME
     incomplete.write_text("envship add in progress\n", encoding="utf-8")
@@ -193,8 +197,7 @@ def guarded(
         raise AddError(
             f"the addition changed locked packages: {env} no longer matches its lock",
             problems=found[:20] + more,
-            hint=f"the environment is marked incomplete; `envship install {env}` rebuilds "
-            "it from the lock",
+            hint=f"the environment is marked incomplete; {repair} rebuilds it from its lock",
         )
     return code, out, after
 

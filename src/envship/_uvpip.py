@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -159,8 +160,11 @@ def planned(out: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """
     lines = out.splitlines()
     found = [m for ln in lines if (m := _PLAN.match(ln))]
-    installed = tuple(f"{m['name']}=={m['ver']}" for m in found if m["op"] == "+")
-    removed = tuple(f"{m['name']}=={m['ver']}" for m in found if m["op"] == "-")
+    # Named as PEP 503 normalizes them, as the lock does (and the result of a real run).
+    installed = tuple(
+        f"{canonicalize_name(m['name'])}=={m['ver']}" for m in found if m["op"] == "+"
+    )
+    removed = tuple(f"{canonicalize_name(m['name'])}=={m['ver']}" for m in found if m["op"] == "-")
     read = {"install": len(installed), "uninstall": len(removed)}
     for m in filter(None, map(_PLAN_COUNT.match, lines)):
         if int(m["n"]) != read[m["what"]]:
@@ -184,7 +188,12 @@ def _same(a: str, b: str) -> bool:
 
 
 def _conflict(
-    text: str, reqs: Sequence[Requirement], pins: Mapping[str, str], env: Path
+    text: str,
+    reqs: Sequence[Requirement],
+    pins: Mapping[str, str],
+    spec: Spec,
+    install: str,
+    why: Mapping[str, str],
 ) -> AddError | None:
     """Which locked pin blocks which requested requirement, from uv's explanation."""
     flat = " ".join(text.split())  # uv wraps its explanation at the terminal's width
@@ -201,33 +210,44 @@ def _conflict(
         who = next((str(r) for r in reqs if m["dep"] and _same(r.name, m["dep"])), None)
         where = who or ", ".join(blocked)
         through = f"{m['dep']} requires {m['need']}" if m["dep"] else f"asks for {m['need']}"
-        problems.append(Problem(where, f"{through}; the lock pins {m['pin']}=={pins[pin]}"))
+        locked = f"the lock pins {m['pin']}=={pins[pin]}{why.get(pin, '')}"
+        problems.append(Problem(where, f"{through}; {locked}"))
         blocking.append(pin)
     if not problems:  # another phrasing: name the locked pins uv mentions
         for m in _PINNED.finditer(flat):
             pin = canonicalize_name(m["pin"])
             if pin in pins and pin not in blocking and not any(_same(r.name, pin) for r in reqs):
-                problems.append(
-                    Problem(", ".join(blocked), f"conflicts with the locked {pin}=={pins[pin]}")
-                )
+                locked = f"the locked {pin}=={pins[pin]}{why.get(pin, '')}"
+                problems.append(Problem(", ".join(blocked), f"conflicts with {locked}"))
                 blocking.append(pin)
     if not problems:
         return None
     flags = " ".join(f"-P {p}" for p in blocking)
+    where = f" --spec {shlex.quote(str(spec.path))}" if spec.path is not None else ""
     return AddConflictError(
         f"cannot add {', '.join(blocked)}: it needs a locked package at another version",
         problems=[*problems, *uv_lines(text)],
         hint=f"envship add never moves a locked package. To let {', '.join(blocking)} move, "
-        f"add the requirement to the spec's dependencies, then `envship lock {flags}` and "
-        f"`envship install {env}`",
+        f"add the requirement to the spec's dependencies, then `envship lock {flags}{where}` "
+        f"and {install}",
     )
 
 
 def failure(
-    text: str, reqs: Sequence[Requirement], pins: Mapping[str, str], env: Path, spec: Spec
+    text: str,
+    reqs: Sequence[Requirement],
+    pins: Mapping[str, str],
+    env: Path,
+    spec: Spec,
+    *,
+    install: str,
+    why: Mapping[str, str] | None = None,
 ) -> EnvshipError:
     """The error for uv's failed attempt to add ``reqs`` to ``env`` holding ``pins``
-    (canonical name -> locked version), from uv's output ``text``."""
+    (canonical name -> locked version), from uv's output ``text``. ``install``: the
+    command (in backticks) that installs the lock ``envship lock`` makes again into
+    ``env``; ``why``: what to add to "the lock pins NAME==VERSION" for a pinned package
+    the environment does not have (locked for groups it was installed without)."""
     flat = " ".join(text.split())  # uv wraps its messages at the terminal's width
     if _NETWORK.search(flat):
         found = _URL.search(flat)
@@ -251,7 +271,7 @@ def failure(
             problems=uv_lines(text),
             hint="allow-sdist = true in the spec permits building it (that runs its code)",
         )
-    conflict = _conflict(text, reqs, pins, env)
+    conflict = _conflict(text, reqs, pins, spec, install, why or {})
     if conflict is not None:
         return conflict
     return AddError(

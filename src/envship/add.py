@@ -8,6 +8,13 @@ names a locked package at another version is refused before uv runs. Nothing goe
 the network for the locked set: uv takes installed distributions that satisfy the
 constraints as they are.
 
+So is every version the lock pins for the environment's target in groups it was
+installed without (``--group dev`` leaves ``docs`` out): those packages are not
+installed, but the next ``envship lock`` keeps what the spec then allows, so a
+``six==1.16.0`` added here would move the ``six==1.17.0`` every ``docs`` install gets.
+Asked for (or needed) at its locked version, such a package is installed at that
+version, and the result says so (:attr:`AddResult.group_locked`).
+
 Safety, in the order things happen:
 
 * the environment must be one ``envship install`` made and finished, and still hold its
@@ -24,6 +31,10 @@ Safety, in the order things happen:
 * a request whose marker is false for the environment's interpreter is recorded (it
   applies elsewhere, and the result says whether any of the spec's targets is such a
   place) but not installed, and uv does not run for it;
+* names are reported as PEP 503 normalizes them (``tomli-w``, not ``tomli_w`` as its
+  dist-info may spell it), the form the lock uses;
+* every command a hint gives names the environment's lock and groups
+  (:func:`envship._addenv.lock_command`), so it works from any folder;
 * ``.envship-incomplete`` is written before uv runs and removed, even when uv failed,
   only if no file of a locked distribution changed (:mod:`envship._snapshot`); if one
   did, it stays and the error says so; and every package asked for must then be in
@@ -43,6 +54,7 @@ record, :mod:`envship._addedrecord`'s; running uv and reading its failures,
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -58,7 +70,7 @@ from . import _addenv, _addspec, _snapshot, _uvpip
 from ._addedrecord import ADDED_KEY, write_added
 from ._environment import find_environment
 from ._flock import locked
-from .errors import AddConflictError, AddError, LockError, Problem, SpecError
+from .errors import AddConflictError, AddError, EnvshipError, LockError, Problem, SpecError
 from .lock import check_lock, lock_path_for
 from .spec import Spec, add_requirements, load_spec
 
@@ -84,10 +96,14 @@ class AddResult:
     replaced: tuple[tuple[str, str], ...]  # (entry the spec had, requirement put in its place)
     not_applicable: tuple[str, ...]  # marker false here: recorded, not installed
     applies_nowhere: tuple[str, ...]  # of those, the ones no target of the spec has either
-    held: int  # locked distributions held at their versions
+    # ("sigma==1.1", ("docs",)): of ``installed``, those at the version the lock pins for
+    # groups the environment was installed without
+    group_locked: tuple[tuple[str, tuple[str, ...]], ...]
+    held: int  # locked packages held at their versions (installed, and for other groups)
     lock_stale: bool  # the lock no longer matches the spec: `envship lock` takes it in
     dry_run: bool
     seconds: float
+    notes: tuple[str, ...] = ()  # what could not be held, and why
 
     @property
     def changed(self) -> bool:
@@ -106,11 +122,16 @@ class AddResult:
             "replaced": [{"old": old, "new": new} for old, new in self.replaced],
             "not_applicable": list(self.not_applicable),
             "applies_nowhere": list(self.applies_nowhere),
+            "group_locked": [
+                {"package": package, "groups": list(groups)}
+                for package, groups in self.group_locked
+            ],
             "held": self.held,
             "lock_stale": self.lock_stale,
             "dry_run": self.dry_run,
             "changed": self.changed,
             "seconds": round(self.seconds, 3),
+            "notes": list(self.notes),
         }
 
 
@@ -148,6 +169,7 @@ def parse_requirements(texts: Iterable[str]) -> list[Requirement]:
 class _Plan:
     marker: dict[str, Any]
     pins: dict[str, str]  # canonical name -> locked version, as installed from the lock
+    grouped: _addenv.GroupPins  # locked for groups not installed: held too, never moved
     installed: _snapshot.Installed
     todo: tuple[Requirement, ...]  # for uv
     already: tuple[str, ...]  # "name==version": locked, satisfying, and nothing to record
@@ -155,6 +177,30 @@ class _Plan:
     # todo, elsewhere, and locked requests that replace another spec entry, in the order
     # asked for
     record: tuple[Requirement, ...]
+    env: Path
+    spec_lock: Path  # the lock `envship lock` writes for the spec recorded in
+    note: str  # why the versions of groups not installed cannot be held, if they cannot
+
+    # Hints, made when needed (each reads the lock to see whether it has several targets).
+    @property
+    def repair(self) -> str:
+        """`envship install ENV --lock LOCK ...`: back to the environment's own lock."""
+        return _addenv.lock_command("install", self.env, self.marker)
+
+    @property
+    def relocked(self) -> str:
+        """The same with the spec's lock, which `envship lock -P NAME` makes again."""
+        return _addenv.lock_command("install", self.env, self.marker, self.spec_lock)
+
+    @property
+    def held(self) -> dict[str, str]:
+        """Every locked version uv must keep: installed, and for the other groups."""
+        return {**{k: v for k, (v, _) in self.grouped.items()}, **self.pins}
+
+    @property
+    def why(self) -> dict[str, str]:
+        """What to add to "the lock pins NAME==VERSION" for a package not installed."""
+        return {k: _addenv.not_installed(self.env, g) for k, (_, g) in self.grouped.items()}
 
 
 def _listed(spec: Spec) -> dict[str, list[Requirement]]:
@@ -172,10 +218,12 @@ def _plan(
     sites: Sequence[Path],
     reqs: Sequence[Requirement],
     here: Mapping[str, Any],
-    listed: Mapping[str, Sequence[Requirement]],
+    spec: Spec,
 ) -> _Plan:
     marker = _addenv.checked_marker(env)
     pins = {str(canonicalize_name(str(p["name"]))): str(p["version"]) for p in marker["packages"]}
+    spec_lock = lock_path_for(spec)
+    grouped, note = _addenv.locked_elsewhere(marker, spec_lock)
     installed = _snapshot.installed(sites)
     if drift := _snapshot.drift(env, marker, pins, installed):
         # install repairs in place what its own quick look finds (the same look, RECORD
@@ -184,56 +232,79 @@ def _plan(
         raise AddError(
             f"{env} already differs from its lock; refusing to add on top of that",
             problems=drift,
-            hint=f"`envship install {env}` repairs it from its lock{again}; "
-            f"`envship verify {env}` lists every difference",
+            hint=f"{_addenv.lock_command('install', env, marker)} repairs it from its lock{again}; "
+            f"{_addenv.lock_command('verify', env, marker)} lists every difference",
         )
     todo: list[Requirement] = []
     already: list[str] = []
     elsewhere: list[Requirement] = []
     record: list[Requirement] = []
     conflicts: list[Problem] = []
+    listed = _listed(spec)
     for req in reqs:
-        locked = pins.get(canonicalize_name(req.name))
+        key = canonicalize_name(req.name)
+        locked = pins.get(key)
+        other = grouped.get(key)
         if not _addspec.applies(req, here):
             elsewhere.append(req)  # uv would skip it; the spec keeps it for where it applies
-        elif locked is None:
+        elif locked is None and other is None:
             todo.append(req)
+        elif locked is None:
+            assert other is not None
+            version, groups = other
+            if not req.specifier.contains(version, prereleases=True):
+                why = _addenv.not_installed(env, groups)
+                conflicts.append(Problem(str(req), f"the lock pins {req.name}=={version}{why}"))
+                continue
+            todo.append(req)  # installed at the locked version: the constraints hold it there
         elif not req.specifier.contains(locked, prereleases=True):
             conflicts.append(Problem(str(req), f"the lock pins {req.name}=={locked}"))
             continue
         elif req.extras:
             todo.append(req)  # the extras may bring new dependencies
-        elif req in listed.get(canonicalize_name(req.name), [req]) or not (
-            req.specifier or req.marker or req.url
-        ):
+        elif req in listed.get(key, [req]) or not (req.specifier or req.marker or req.url):
             # The spec asks for exactly this (Requirement equality normalizes names,
             # extras and specifier order), or does not list the name (a dependency of
             # something it lists), or the request is a bare name, which asks only that
             # the package be there (it must not loosen the spec's constraint on it):
             # nothing to install, nothing to record.
-            already.append(f"{installed[canonicalize_name(req.name)][0]}=={locked}")
+            already.append(f"{key}=={locked}")
             continue
         # Else the spec lists the name otherwise: nothing to install, but the request
         # replaces that entry (README, "Add a package"), so the next lock honours it.
         record.append(req)
     if conflicts:
         names = " ".join(f"-P {canonicalize_name(Requirement(p.where).name)}" for p in conflicts)
+        assert spec.path is not None
         raise AddConflictError(
             f"cannot add {', '.join(p.where for p in conflicts)}: the lock pins another version",
             problems=conflicts,
             hint="envship add never moves a locked package. Change the requirement in the "
-            f"spec, then `envship lock {names}` and `envship install {env}`",
+            f"spec, then `envship lock {names} --spec {shlex.quote(str(spec.path))}` and "
+            f"{_addenv.lock_command('install', env, marker, spec_lock)}",
         )
     return _Plan(
-        marker, pins, installed, tuple(todo), tuple(already), tuple(elsewhere), tuple(record)
+        marker,
+        pins,
+        grouped,
+        installed,
+        tuple(todo),
+        tuple(already),
+        tuple(elsewhere),
+        tuple(record),
+        env,
+        spec_lock,
+        note,
     )
 
 
 def _constraints(work: Path, plan: _Plan) -> list[str]:
-    """``--constraints FILE`` holding every locked distribution at its locked version."""
+    """``--constraints FILE`` holding every locked package at its locked version: what
+    the environment has from its lock, and what the lock pins for the groups it was
+    installed without (a constraint installs nothing; it holds what gets installed)."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "locked-constraints.txt"
-    pins = sorted((plan.installed[k][0], v) for k, v in plan.pins.items())
+    pins = sorted(plan.held.items())
     path.write_text("".join(f"{name}=={version}\n" for name, version in pins), encoding="utf-8")
     return ["--constraints", str(path)]
 
@@ -267,23 +338,28 @@ def _add_locked(
     with locked(work / "lock"):
         try:
             # Again: another process may have changed it.
-            plan = _plan(env, sites, reqs, here, _listed(spec))
+            plan = _plan(env, sites, reqs, here, spec)
             after = plan.installed
             if plan.todo:
                 say(
                     f"adding {', '.join(map(str, plan.todo))} to {env}, holding "
-                    f"{len(plan.pins)} locked packages at their versions"
+                    f"{len(plan.held)} locked packages at their versions"
                 )
                 code, out, after = _snapshot.guarded(
-                    env, sites, plan.pins, plan.installed, lambda: run_uv(work, plan)
+                    env,
+                    sites,
+                    plan.pins,
+                    plan.installed,
+                    lambda: run_uv(work, plan),
+                    repair=plan.repair,
                 )
                 if code != 0:
-                    raise _uvpip.failure(out, plan.todo, plan.pins, env, spec)
+                    raise _failure(out, plan, env, spec)
                 _check_installed(env, plan, after, out)
                 write_added(env, plan, after)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    installed, removed = _snapshot.changes(plan.installed, after)
+    installed, removed = map(_normalized, _snapshot.changes(plan.installed, after))
     try:
         recorded = list(add_requirements(spec.path, plan.record))
     except OSError as exc:
@@ -293,6 +369,20 @@ def _add_locked(
             hint=f"add {', '.join(map(str, plan.record))} to its dependencies by hand",
         ) from None
     return plan, installed, removed, recorded
+
+
+def _failure(out: str, plan: _Plan, env: Path, spec: Spec) -> EnvshipError:
+    return _uvpip.failure(out, plan.todo, plan.held, env, spec, install=plan.relocked, why=plan.why)
+
+
+def _normalized(items: Iterable[str]) -> tuple[str, ...]:
+    """``name==version`` with the name as PEP 503 normalizes it (the lock's form), not as
+    a dist-info may spell it (``tomli_w``, ``PySocks``)."""
+    out = []
+    for item in items:
+        name, _, version = item.partition("==")
+        out.append(f"{canonicalize_name(name)}=={version}")
+    return tuple(out)
 
 
 def _lock_stale(spec: Spec) -> bool:
@@ -337,8 +427,11 @@ def add(
     spec_file = the_spec.path
     assert spec_file is not None
     sites = find_environment(env).site_packages
-    here = _addspec.marker_environment(env) if any(r.marker for r in reqs) else {}
-    plan = _plan(env, sites, reqs, here, _listed(the_spec))
+    if any(r.marker for r in reqs):
+        here = _addspec.marker_environment(env, _addenv.lock_command("install", env, marker))
+    else:
+        here = {}
+    plan = _plan(env, sites, reqs, here, the_spec)
     installed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     recorded: list[str] = []
@@ -371,14 +464,20 @@ def add(
             with tempfile.TemporaryDirectory(prefix="envship-add-") as tmp:
                 code, out = run_uv(Path(tmp), plan, "--dry-run")
             if code != 0:
-                raise _uvpip.failure(out, plan.todo, plan.pins, env, the_spec)
-            installed, removed = _uvpip.planned(out)
+                raise _failure(out, plan, env, the_spec)
+            installed, removed = map(_normalized, _uvpip.planned(out))
         elif not dry_run:
             plan, installed, removed, recorded = _add_locked(
                 env, sites, reqs, here, the_spec, run_uv, say
             )
     now = load_spec(spec_file) if recorded and not dry_run else the_spec
     stale = (dry_run and bool(recorded)) or _lock_stale(now)
+    notes: tuple[str, ...] = ()
+    if plan.note and plan.todo:
+        notes = (
+            f"the lock {env} was made from cannot be read ({plan.note}): versions it pins "
+            "only for groups the environment was installed without are not held",
+        )
     return AddResult(
         env=env,
         spec=spec_file,
@@ -391,8 +490,10 @@ def add(
         replaced=replaced,
         not_applicable=tuple(str(r) for r in plan.elsewhere),
         applies_nowhere=_addspec.nowhere(the_spec, plan.elsewhere),
-        held=len(plan.pins),
+        group_locked=_addenv.group_locked(installed, plan.grouped),
+        held=len(plan.held),
         lock_stale=stale,
         dry_run=dry_run,
         seconds=time.monotonic() - started,
+        notes=notes,
     )

@@ -75,7 +75,9 @@ def command(
     and layout kept), so the lock is stale until `envship lock` takes it in, and in the
     environment's install record, so `envship verify` says where those extras came from.
     A name the spec already lists has its entry replaced (and the output says so), unless
-    that would drop extras the entry asks for. A requirement whose marker is false here
+    that would drop extras the entry asks for. Versions the lock pins for groups the
+    environment was installed without are held too: such a package is installed only
+    at its locked version, and the output says so. A requirement whose marker is false here
     is recorded for where it applies, and not installed.
     Environments under an `envship env` root are shared and immutable: refused.
 
@@ -115,6 +117,13 @@ def _summary(result: AddResult) -> str:
         )
         lines += [f"  + {p}" for p in result.installed]
         lines += [f"  - {p}" for p in result.removed]
+        lines += [
+            f"  {package} is the version the lock pins for group {', '.join(groups)}, which "
+            f"{result.env} was installed without"
+            if groups
+            else f"  {package} is the version the lock pins for it"
+            for package, groups in result.group_locked
+        ]
     else:
         done = {canonicalize_name(p.split("==")[0]) for p in result.already_locked}
         skip = set(result.not_applicable)
@@ -133,4 +142,5 @@ def _summary(result: AddResult) -> str:
         state = "would be" if result.dry_run else "is"
         why = "to take the addition into" if result.recorded else "to bring up to date"
         lines.append(f"the lock {state} stale: run `envship lock` {why} {result.lock}")
+    lines += [f"note: {note}" for note in result.notes]
     return "\n".join(lines)
