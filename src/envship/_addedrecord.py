@@ -19,15 +19,15 @@ from ._installmarker import write_marker
 
 if TYPE_CHECKING:
     from . import _snapshot
+    from ._addplan import Plan
     from ._environment import InstalledEnvironment
-    from .add import _Plan
 
 __all__ = ["ADDED_KEY", "added_notes", "write_added"]
 
 ADDED_KEY = "added"  # the install marker's list of distributions `envship add` installed
 
 
-def write_added(env: Path, plan: _Plan, after: _snapshot.Installed) -> None:
+def write_added(env: Path, plan: Plan, after: _snapshot.Installed) -> None:
     """Keep the marker's list of what `envship add` put there (for `envship verify`)."""
     entries: dict[str, dict[str, Any]] = {}
     for entry in plan.marker.get(ADDED_KEY) or []:

@@ -45,7 +45,8 @@ Safety, in the order things happen:
   ``envship lock --check`` report the lock stale until ``envship lock`` takes the
   addition in.
 
-Finding the environment and the spec is :mod:`envship._addenv`'s; where a request
+Finding the environment and the spec is :mod:`envship._addenv`'s; what to install,
+record or refuse, :mod:`envship._addplan`'s; where a request
 applies and which spec entry it replaces, :mod:`envship._addspec`'s; the ``added``
 record, :mod:`envship._addedrecord`'s; running uv and reading its failures,
 :mod:`envship._uvpip`'s; the spec edit is :func:`envship.spec.add_requirements`.
@@ -54,7 +55,6 @@ record, :mod:`envship._addedrecord`'s; running uv and reading its failures,
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import tempfile
 import time
@@ -68,6 +68,7 @@ from packaging.utils import canonicalize_name
 
 from . import _addenv, _addspec, _snapshot, _uvpip
 from ._addedrecord import ADDED_KEY, write_added
+from ._addplan import Plan, constraints, plan_addition
 from ._environment import find_environment
 from ._flock import locked
 from .errors import AddConflictError, AddError, EnvshipError, LockError, Problem, SpecError
@@ -165,151 +166,7 @@ def parse_requirements(texts: Iterable[str]) -> list[Requirement]:
 # -- the addition ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    marker: dict[str, Any]
-    pins: dict[str, str]  # canonical name -> locked version, as installed from the lock
-    grouped: _addenv.GroupPins  # locked for groups not installed: held too, never moved
-    installed: _snapshot.Installed
-    todo: tuple[Requirement, ...]  # for uv
-    already: tuple[str, ...]  # "name==version": locked, satisfying, and nothing to record
-    elsewhere: tuple[Requirement, ...]  # a marker false here: recorded, not installed
-    # todo, elsewhere, and locked requests that replace another spec entry, in the order
-    # asked for
-    record: tuple[Requirement, ...]
-    env: Path
-    spec_lock: Path  # the lock `envship lock` writes for the spec recorded in
-    note: str  # why the versions of groups not installed cannot be held, if they cannot
-
-    # Hints, made when needed (each reads the lock to see whether it has several targets).
-    @property
-    def repair(self) -> str:
-        """`envship install ENV --lock LOCK ...`: back to the environment's own lock."""
-        return _addenv.lock_command("install", self.env, self.marker)
-
-    @property
-    def relocked(self) -> str:
-        """The same with the spec's lock, which `envship lock -P NAME` makes again."""
-        return _addenv.lock_command("install", self.env, self.marker, self.spec_lock)
-
-    @property
-    def held(self) -> dict[str, str]:
-        """Every locked version uv must keep: installed, and for the other groups."""
-        return {**{k: v for k, (v, _) in self.grouped.items()}, **self.pins}
-
-    @property
-    def why(self) -> dict[str, str]:
-        """What to add to "the lock pins NAME==VERSION" for a package not installed."""
-        return {k: _addenv.not_installed(self.env, g) for k, (_, g) in self.grouped.items()}
-
-
-def _listed(spec: Spec) -> dict[str, list[Requirement]]:
-    """The spec's dependencies by canonical name (a name may be listed under several
-    markers)."""
-    listed: dict[str, list[Requirement]] = {}
-    for text in spec.dependencies:
-        req = Requirement(text)
-        listed.setdefault(canonicalize_name(req.name), []).append(req)
-    return listed
-
-
-def _plan(
-    env: Path,
-    sites: Sequence[Path],
-    reqs: Sequence[Requirement],
-    here: Mapping[str, Any],
-    spec: Spec,
-) -> _Plan:
-    marker = _addenv.checked_marker(env)
-    pins = {str(canonicalize_name(str(p["name"]))): str(p["version"]) for p in marker["packages"]}
-    spec_lock = lock_path_for(spec)
-    grouped, note = _addenv.locked_elsewhere(marker, spec_lock)
-    installed = _snapshot.installed(sites)
-    if drift := _snapshot.drift(env, marker, pins, installed):
-        # install repairs in place what its own quick look finds (the same look, RECORD
-        # digests included), and syncs away what earlier additions brought.
-        again = " (it also removes what `envship add` added)" if marker.get(ADDED_KEY) else ""
-        raise AddError(
-            f"{env} already differs from its lock; refusing to add on top of that",
-            problems=drift,
-            hint=f"{_addenv.lock_command('install', env, marker)} repairs it from its lock{again}; "
-            f"{_addenv.lock_command('verify', env, marker)} lists every difference",
-        )
-    todo: list[Requirement] = []
-    already: list[str] = []
-    elsewhere: list[Requirement] = []
-    record: list[Requirement] = []
-    conflicts: list[Problem] = []
-    listed = _listed(spec)
-    for req in reqs:
-        key = canonicalize_name(req.name)
-        locked = pins.get(key)
-        other = grouped.get(key)
-        if not _addspec.applies(req, here):
-            elsewhere.append(req)  # uv would skip it; the spec keeps it for where it applies
-        elif locked is None and other is None:
-            todo.append(req)
-        elif locked is None:
-            assert other is not None
-            version, groups = other
-            if not req.specifier.contains(version, prereleases=True):
-                why = _addenv.not_installed(env, groups)
-                conflicts.append(Problem(str(req), f"the lock pins {req.name}=={version}{why}"))
-                continue
-            todo.append(req)  # installed at the locked version: the constraints hold it there
-        elif not req.specifier.contains(locked, prereleases=True):
-            conflicts.append(Problem(str(req), f"the lock pins {req.name}=={locked}"))
-            continue
-        elif req.extras:
-            todo.append(req)  # the extras may bring new dependencies
-        elif req in listed.get(key, [req]) or not (req.specifier or req.marker or req.url):
-            # The spec asks for exactly this (Requirement equality normalizes names,
-            # extras and specifier order), or does not list the name (a dependency of
-            # something it lists), or the request is a bare name, which asks only that
-            # the package be there (it must not loosen the spec's constraint on it):
-            # nothing to install, nothing to record.
-            already.append(f"{key}=={locked}")
-            continue
-        # Else the spec lists the name otherwise: nothing to install, but the request
-        # replaces that entry (README, "Add a package"), so the next lock honours it.
-        record.append(req)
-    if conflicts:
-        names = " ".join(f"-P {canonicalize_name(Requirement(p.where).name)}" for p in conflicts)
-        assert spec.path is not None
-        raise AddConflictError(
-            f"cannot add {', '.join(p.where for p in conflicts)}: the lock pins another version",
-            problems=conflicts,
-            hint="envship add never moves a locked package. Change the requirement in the "
-            f"spec, then `envship lock {names} --spec {shlex.quote(str(spec.path))}` and "
-            f"{_addenv.lock_command('install', env, marker, spec_lock)}",
-        )
-    return _Plan(
-        marker,
-        pins,
-        grouped,
-        installed,
-        tuple(todo),
-        tuple(already),
-        tuple(elsewhere),
-        tuple(record),
-        env,
-        spec_lock,
-        note,
-    )
-
-
-def _constraints(work: Path, plan: _Plan) -> list[str]:
-    """``--constraints FILE`` holding every locked package at its locked version: what
-    the environment has from its lock, and what the lock pins for the groups it was
-    installed without (a constraint installs nothing; it holds what gets installed)."""
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "locked-constraints.txt"
-    pins = sorted(plan.held.items())
-    path.write_text("".join(f"{name}=={version}\n" for name, version in pins), encoding="utf-8")
-    return ["--constraints", str(path)]
-
-
-def _check_installed(env: Path, plan: _Plan, after: _snapshot.Installed, out: str) -> None:
+def _check_installed(env: Path, plan: Plan, after: _snapshot.Installed, out: str) -> None:
     """uv said it succeeded: every requested package must now be in the environment."""
     absent = [str(r) for r in plan.todo if canonicalize_name(r.name) not in after]
     if absent:
@@ -328,9 +185,9 @@ def _add_locked(
     reqs: Sequence[Requirement],
     here: Mapping[str, Any],
     spec: Spec,
-    run_uv: Callable[[Path, _Plan], tuple[int, str]],
+    run_uv: Callable[[Path, Plan], tuple[int, str]],
     say: Log,
-) -> tuple[_Plan, tuple[str, ...], tuple[str, ...], list[str]]:
+) -> tuple[Plan, tuple[str, ...], tuple[str, ...], list[str]]:
     """Install under the environment's own lock (``envship install`` takes it too), then
     record the addition in the install marker and the spec."""
     assert spec.path is not None
@@ -338,7 +195,7 @@ def _add_locked(
     with locked(work / "lock"):
         try:
             # Again: another process may have changed it.
-            plan = _plan(env, sites, reqs, here, spec)
+            plan = plan_addition(env, sites, reqs, here, spec)
             after = plan.installed
             if plan.todo:
                 say(
@@ -371,7 +228,7 @@ def _add_locked(
     return plan, installed, removed, recorded
 
 
-def _failure(out: str, plan: _Plan, env: Path, spec: Spec) -> EnvshipError:
+def _failure(out: str, plan: Plan, env: Path, spec: Spec) -> EnvshipError:
     return _uvpip.failure(out, plan.todo, plan.held, env, spec, install=plan.relocked, why=plan.why)
 
 
@@ -431,7 +288,7 @@ def add(
         here = _addspec.marker_environment(env, _addenv.lock_command("install", env, marker))
     else:
         here = {}
-    plan = _plan(env, sites, reqs, here, the_spec)
+    plan = plan_addition(env, sites, reqs, here, the_spec)
     installed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     recorded: list[str] = []
@@ -456,8 +313,8 @@ def add(
         if marker.get("compiled"):  # keep the promise the marker makes for the additions too
             args.append("--compile-bytecode")
 
-        def run_uv(work: Path, plan: _Plan, *extra: str) -> tuple[int, str]:
-            command = [*args, *extra, *_constraints(work, plan), *map(str, plan.todo)]
+        def run_uv(work: Path, plan: Plan, *extra: str) -> tuple[int, str]:
+            command = [*args, *extra, *constraints(work, plan), *map(str, plan.todo)]
             return _uvpip.run(command, work, uv_env, say)
 
         if dry_run and plan.todo:
