@@ -527,23 +527,31 @@ def test_a_second_dist_info_of_a_locked_name_is_a_duplicate(
 
 
 @pytest.mark.parametrize(
-    ("where", "accepted"),
+    ("where", "python"),
     [
-        ("plain", False),
-        ("site-packages", True),
-        ("lib/python3.11/anything", True),
-        ("with-dist-info", True),
+        ("plain", "refused"),
+        ("site-packages", None),
+        ("lib/python3.11/site-packages", "3.11"),  # the venv and posix_prefix schemes
+        ("lib/python3.13t/site-packages", "3.13"),  # a free-threaded build's
+        ("usr/lib/python3/dist-packages", None),  # Debian's deb_system scheme
+        ("local/lib/python3.11/dist-packages", "3.11"),  # Debian's posix_local scheme
+        ("home/lib/python", None),  # posix_home (pip install --home)
+        ("python3.12/with-dist-info", None),  # a pythonX.Y above says nothing about it
+        ("lib/python3.11", "refused"),  # the stdlib's folder (or a venv's lib/pythonX.Y)
+        ("lib/python3.11/anything", "refused"),
+        ("lib/python3.11/site-packages/requests", "refused"),  # a package folder
     ],
 )
 def test_a_folder_that_is_no_environment_is_refused(
-    tmp_path: Path, where: str, accepted: bool
+    tmp_path: Path, where: str, python: str | None
 ) -> None:
     folder = tmp_path / where
     folder.mkdir(parents=True)
-    if where == "with-dist-info":  # as `uv pip install --target` leaves it
+    if where.endswith("with-dist-info"):  # as `uv pip install --target` leaves it
         (folder / "beta-1.0.dist-info").mkdir()
-    if accepted:
-        assert find_environment(folder).site_packages == (folder,)
+    if python != "refused":
+        env = find_environment(folder)
+        assert (env.site_packages, env.python) == ((folder,), python)
         return
     with pytest.raises(SpecError, match="is not an environment") as info:
         find_environment(folder)

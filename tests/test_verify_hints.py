@@ -1,9 +1,12 @@
-"""The command ``envship verify``'s hint gives for changed files of an environment
-``envship install`` made: run as printed, it makes the environment identical again."""
+"""The command ``envship verify``'s hint gives for an environment that left its lock:
+changed files of one ``envship install`` made, distributions missing, extra or at another
+version, in a private environment, a shared version, or one envship did not make. Run as
+printed, it makes the environment identical again."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,3 +65,97 @@ def test_a_shared_versions_changed_files_get_env_create_reinstall(
     finish(hint)
     assert verify(made.lock, root / "ds" / "current", full=True, store=made.store).identical
     assert os.readlink(root / "ds" / "current") == f"versions/{version.key}"  # the same one
+
+
+# -- distributions missing, extra or at another version: the install that returns them ----
+
+
+def _uv(env: Path, *args: str | Path) -> None:
+    from test_verify import Venv
+
+    Venv(env, env.parent / "uv-cache").uv(*args)
+
+
+def _uninstall(env: Path, made: Made) -> str:  # noqa: F811
+    _uv(env, "pip", "uninstall", "--no-config", "--python", env / "bin" / "python", "beta")
+    return "missing"
+
+
+def _extra(env: Path, made: Made) -> str:  # noqa: F811
+    from indexlib import build_wheel
+
+    omega = build_wheel(env.parent / "extra", "omega", "1.0")
+    _uv(env, "pip", "install", "--no-config", "--python", env / "bin" / "python",
+        "--no-index", "--offline", omega)  # fmt: skip
+    return "extra"
+
+
+def _other_version(env: Path, made: Made) -> str:  # noqa: F811
+    _uv(env, "pip", "install", "--no-config", "--python", env / "bin" / "python",
+        "--no-index", "--offline", made.wheels["beta11"])  # fmt: skip
+    return "version"
+
+
+SET_CHANGES = [_uninstall, _extra, _other_version]
+
+
+@pytest.mark.parametrize("change", SET_CHANGES, ids=[c.__name__.strip("_") for c in SET_CHANGES])
+def test_a_private_envs_distributions_get_the_install_that_returns_them(
+    tmp_path: Path,
+    made: Made,  # noqa: F811
+    change: Callable[[Path, Made], str],
+) -> None:
+    dest = tmp_path / "env"
+    install(made.lock, made.store, dest)
+    kind = change(dest, made)
+
+    report = verify(made.lock, dest, full=True, store=made.store)
+    assert [d.kind for d in report.differences] == [kind]
+    hint = VerifyMismatchError(report).hint or ""
+    assert f"`envship install {dest} --lock {made.lock.path}` returns it to the lock" in hint
+    assert "--reinstall" not in hint  # its files are the wheels': nothing to unpack again
+
+    finish(hint)
+    assert verify(made.lock, dest, full=True, store=made.store).identical
+
+
+def test_a_shared_versions_missing_distribution_gets_env_create_reinstall(
+    tmp_path: Path,
+    made: Made,  # noqa: F811
+) -> None:
+    """A version is never changed in place: `env create` without --reinstall would find
+    the version of that key there and keep it as it is."""
+    from envship.envs import create_env
+
+    root = tmp_path / "root"
+    version = create_env(made.lock, made.store, root, name="ds")
+    _uninstall(version.path, made)
+    (version.path / ".lock").unlink()  # uv's, 0666: a change of its own in a shared version
+    report = verify(made.lock, root / "ds" / "current", store=made.store)
+    assert [d.kind for d in report.differences] == ["missing"]
+    hint = VerifyMismatchError(report).hint or ""
+    assert f"`envship env create ds --root {root} --reinstall --lock {made.lock.path}`" in hint
+
+    finish(hint)
+    assert verify(made.lock, root / "ds" / "current", full=True, store=made.store).identical
+
+
+def test_an_env_envship_did_not_make_gets_a_new_one(
+    tmp_path: Path,
+    made: Made,  # noqa: F811
+) -> None:
+    from test_verify import Venv
+
+    venv = Venv(tmp_path / "venv", tmp_path / "uv-cache")
+    venv.uv("venv", "--no-config", "--python", sys.executable, venv.root)
+    venv.uv("pip", "install", "--no-config", "--python", venv.python, "--no-index", "--offline",
+            "--no-deps", made.wheels["alpha"], made.wheels["tool"])  # fmt: skip
+    report = verify(made.lock, venv.root, store=made.store)
+    assert [d.kind for d in report.differences] == ["missing"]
+    hint = VerifyMismatchError(report).hint or ""
+    command = f"`envship install NEW_ENV --lock {made.lock.path}`"
+    assert command in hint and f"does not change {venv.root}" in hint
+
+    new = tmp_path / "new"
+    finish(hint.replace("NEW_ENV", str(new)))
+    assert verify(made.lock, new, full=True, store=made.store).identical

@@ -2,8 +2,11 @@
 
 An environment is named as a venv folder (its ``pyvenv.cfg`` says which Python, and so
 which ``lib/pythonX.Y/site-packages``), as an interpreter, or as a bare site-packages
-folder (the Python version read from a ``pythonX.Y`` part of its path, if any; a folder
-that is none of these, with no installed distribution in it, is refused). Its
+folder: one sysconfig's schemes name so (``site-packages``; ``dist-packages`` in Debian's;
+``lib/python`` in ``posix_home``), or one holding installed distributions, as ``pip
+install --target`` leaves it (the Python version read from its ``pythonX.Y`` parent, if
+any). Any other folder is refused (the stdlib's ``lib/pythonX.Y``, a package folder): it
+would be compared as an empty site-packages, every distribution "missing". Its
 target is the lock's for this platform and that Python; among several, the one with the
 highest glibc level not above this machine's. :mod:`envship.verify` re-exports the
 public names.
@@ -49,6 +52,7 @@ __all__ = [
     "interpreter_denied",
     "interpreter_mismatches",
     "read_venv_config",
+    "relock_hint",
     "run_interpreter",
 ]
 
@@ -114,6 +118,10 @@ def denied(what: str, path: Path | str, *, hint: str | None = None) -> Permissio
 
 
 _PYTHON_DIR = re.compile(r"^python(\d+\.\d+)t?$")
+# What sysconfig's schemes call the folder of installed distributions (purelib/platlib):
+# site-packages (posix_prefix, venv, posix_user, nt), dist-packages (Debian's deb_system
+# and posix_local); posix_home's ``{base}/lib/python`` is told by its parent as well.
+_SITE_NAMES = ("site-packages", "dist-packages")
 _MACHINES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
 
@@ -144,11 +152,12 @@ class InstalledEnvironment:
     @property
     def record_root(self) -> Path | None:
         """Where the install marker (``.envship-install.json``) of this environment is:
-        the venv, or the prefix two levels above a ``lib/pythonX.Y/site-packages``."""
+        the venv, or the prefix two levels above a ``lib/pythonX.Y/site-packages``; None
+        for any other folder (``pip install --target``'s: what is above it is not its)."""
         if self.venv is not None:
             return self.venv
         site = self.site_packages[0]
-        return site.parents[2] if len(site.parents) >= 3 else None
+        return site.parents[2] if _python_from_path(site) and len(site.parents) >= 3 else None
 
     def marker(self) -> dict[str, Any] | None:
         """The install marker envship wrote for this environment, if there is one."""
@@ -157,10 +166,10 @@ class InstalledEnvironment:
 
 
 def _python_from_path(site: Path) -> str | None:
-    for part in reversed(site.parts):
-        m = _PYTHON_DIR.match(part)
-        if m:
-            return m.group(1)
+    """The X.Y of a ``lib/pythonX.Y[t]/site-packages`` (or ``dist-packages``) folder; only
+    its parent counts (a ``python3.12`` higher up is some other folder's name)."""
+    if site.name in _SITE_NAMES and (m := _PYTHON_DIR.match(site.parent.name)):
+        return m.group(1)
     return None
 
 
@@ -261,24 +270,43 @@ def _find(env: Path | None, environ: Mapping[str, str] | None) -> InstalledEnvir
                 problems=[
                     Problem(
                         str(env),
-                        "no pyvenv.cfg, no installed distribution (*.dist-info), and no "
-                        "pythonX.Y or site-packages in its path",
+                        "not a venv (no pyvenv.cfg), not a site-packages or dist-packages "
+                        "folder, and no installed distribution (*.dist-info) in it",
                     )
                 ],
-                hint="name a venv, its bin/python, or a site-packages folder",
+                hint="name a venv, its bin/python, or a site-packages folder (or one "
+                "`pip install --target` filled), or none for the active venv ($VIRTUAL_ENV)"
+                + _nearby(env),
             )
         return InstalledEnvironment(env, (env,), _python_from_path(env))
     return _interpreter(env)
 
 
 def _site_like(folder: Path) -> bool:
-    """Whether a folder named as an environment can be one: a site-packages folder (by
-    name or place) or one holding installed distributions (``uv pip install --target``).
+    """Whether a folder named as an environment can be one: a site-packages folder by
+    sysconfig's names, or one holding installed distributions (``pip install --target``).
     Any other folder would be verified as an empty site-packages: all "missing"."""
-    if folder.name in ("site-packages", "dist-packages") or _python_from_path(folder):
+    if folder.name in _SITE_NAMES or (folder.name == "python" and folder.parent.name == "lib"):
         return True
     with os.scandir(folder) as entries:
         return any(e.name.endswith((".dist-info", ".egg-info")) for e in entries)
+
+
+def _nearby(folder: Path) -> str:
+    """A form verify takes near a refused folder, for the hint: the venv or site-packages
+    it lies in (a package folder, a venv's lib/), else a site-packages below it."""
+    for above in folder.parents:
+        if (above / "pyvenv.cfg").is_file():
+            return f"; here: {above}, the venv it lies in"
+        if above.name in _SITE_NAMES:
+            return f"; here: {above}, the site-packages folder it lies in"
+    below = [
+        p
+        for pattern in ("*-packages", "python*/*-packages", "lib/python*/*-packages")
+        for p in sorted(folder.glob(pattern))
+        if p.name in _SITE_NAMES and p.is_dir()
+    ]
+    return f"; here: {below[0]}" if below else ""
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -397,8 +425,46 @@ def choose_target(
     if glibc is not None:
         machine += f", glibc {glibc[0]}.{glibc[1]}"
     message = "several lock targets fit" if matching else "no lock target fits"
+    # Targets for this platform and Python that this machine's glibc ruled out can still
+    # be named (the same bits can be verified where they cannot run); with none, no
+    # --target helps: the lock needs a target for this Python.
+    fits = [
+        t.name
+        for t in lock.targets
+        if t.platform.id == platform_id and (python is None or t.python == python)
+    ]
+    if matching or fits:
+        hint = f"name one with --target: {', '.join(t.name for t in matching) or ', '.join(fits)}"
+    else:
+        hint = relock_hint(lock, "cpython", python, platform_id)
     raise TargetError(
         f"{message} this environment ({machine})",
         problems=[Problem(str(lock.path), f"its targets: {known}")],
-        hint="name one with --target",
+        hint=hint,
+    )
+
+
+def relock_hint(
+    lock: LockFile, implementation: str, python: str | None, platform_id: str | None
+) -> str:
+    """What to do when no target of ``lock`` is for this interpreter: naming one with
+    ``--target`` cannot help, the lock must be made again with a target for it."""
+    if implementation != "cpython":
+        return (
+            f"lock targets are CPython ABIs and this interpreter is {implementation}: verify "
+            "with the CPython the environment was made with"
+        )
+    platform_id = platform_id or "this platform"
+    have = ", ".join(sorted({f"CPython {t.python} on {t.platform.id}" for t in lock.targets}))
+    if python is None:  # a bare folder whose path does not say its Python
+        return (
+            f"the lock has no target for {platform_id} (only for {have}): add one to the "
+            "spec's [targets] and lock again (`envship lock`), or name the environment's "
+            "interpreter"
+        )
+    return (
+        f"the lock has no target for CPython {python} on {platform_id} (only for {have}), "
+        f'so no --target fits: add one to the spec (python = "{python}" in a '
+        f'[targets.NAME] for {platform_id}, or "{python}" in its python list), lock again '
+        "(`envship lock`) and verify against the new lock"
     )

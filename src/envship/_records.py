@@ -13,12 +13,20 @@ change the code; group-writable files are common under a umask of 002, so they a
 counted, for a note). Reading and checking RECORD is kept apart from
 :mod:`envship.verify`, which decides which distributions are checked against the lock
 and reports the outcome; :mod:`envship.verify` re-exports the hash helpers.
+
+RECORD is read here rather than through ``Distribution.files``: that gives None for an
+empty RECORD (as for none at all) and raises on a blank line or a size that is not a
+number. A RECORD that is there but lists nothing, cannot be read, or lacks a line an
+installer always writes (its own, METADATA's and WHEEL's, every file of the locked wheel)
+is itself ``changed`` (:func:`record_differences`).
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
+import io
 import os
 import stat
 import threading
@@ -26,7 +34,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import Distribution, FileHash
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from packaging.utils import canonicalize_name
 
@@ -44,6 +52,7 @@ __all__ = [
     "hash_file",
     "installed",
     "linked_folders",
+    "record_differences",
 ]
 
 CHUNK = 1 << 20  # read files in 1 MiB chunks: hashlib releases the GIL on large updates
@@ -100,7 +109,10 @@ class Installed:
     name: str
     version: str
     dist_info: Path
-    record: tuple[Entry, ...] | None  # None: no RECORD
+    record: tuple[Entry, ...] | None  # None: no RECORD, or none that could be read
+    # Why the RECORD is not one an installer writes, when it is there: "empty",
+    # "unreadable: ...", "line 3: size 'x' is not a number".
+    record_problem: str | None = None
 
 
 def installed(sites: Iterable[Path]) -> list[Installed]:
@@ -112,16 +124,70 @@ def installed(sites: Iterable[Path]) -> list[Installed]:
             dist = Distribution.at(info)
             name = dist.metadata["Name"] or info.name.split("-")[0]
             version = dist.metadata["Version"] or "(unknown)"
-            files = dist.files  # parsed once: it re-reads RECORD on every access
-            record = None
-            if files is not None:
-                record = tuple(
-                    Entry(name, rel, os.path.normpath(os.path.join(site, rel)), f.hash, f.size)
-                    for f in files
-                    for rel in (str(f),)
-                )
-            found.append(Installed(canonicalize_name(name), name, version, info, record))
+            if info.name.endswith(".dist-info"):
+                record, problem = _read_record(info / "RECORD", site, name)
+            else:  # legacy egg-info: installed-files.txt or SOURCES.txt, as importlib reads
+                record, problem = _egg_files(dist, site, name)
+            found.append(Installed(canonicalize_name(name), name, version, info, record, problem))
     return found
+
+
+def _entry(name: str, site: Path, rel: str, hash: str | None, size: int | None) -> Entry:
+    rel = str(PurePosixPath(rel))  # as importlib.metadata's PackagePath spells it
+    path = os.path.normpath(os.path.join(site, rel))
+    return Entry(name, rel, path, FileHash(hash) if hash else None, size)
+
+
+def _read_record(path: Path, site: Path, name: str) -> tuple[tuple[Entry, ...] | None, str | None]:
+    """A RECORD's entries (None: no RECORD) and what is wrong with it, if anything."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"unreadable: {exc}"
+    entries: list[Entry] = []
+    problems: list[str] = []
+    reader = csv.reader(io.StringIO(text))
+    try:
+        for row in reader:
+            if not any(row):
+                continue  # a blank line: nothing listed, nothing claimed
+            where = f"line {reader.line_num}"
+            if len(row) > 3:
+                problems.append(f"{where}: {len(row)} fields, not path,hash,size")
+            rel, hash, size = (*row, "", "")[:3]
+            if not rel:
+                problems.append(f"{where}: no path")
+                continue
+            number = None
+            if size:
+                try:
+                    number = int(size)
+                except ValueError:
+                    problems.append(f"{where}: size {size!r} is not a number")
+            entries.append(_entry(name, site, rel, hash or None, number))
+    except csv.Error as exc:
+        problems.append(f"line {reader.line_num}: {exc}")
+    if not entries and not problems:
+        problems.append("empty")
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return tuple(entries), "; ".join(problems[:3]) + more or None
+
+
+def _egg_files(
+    dist: Distribution, site: Path, name: str
+) -> tuple[tuple[Entry, ...] | None, str | None]:
+    try:
+        files = dist.files  # parsed once: it re-reads the file on every access
+    except (TypeError, ValueError) as exc:  # a blank line, a size that is no number
+        return None, f"unreadable: {exc}"
+    if files is None:
+        return None, None
+    return tuple(
+        _entry(name, site, str(f), f"{f.hash.mode}={f.hash.value}" if f.hash else None, f.size)
+        for f in files
+    ), None
 
 
 def _expected(entry: Entry) -> str:
@@ -239,21 +305,36 @@ def linked_folders(entries: list[Entry], root: Path) -> list[Difference]:
     return diffs
 
 
-def added_files(checked: list[Installed], everyone: list[Installed]) -> list[Difference]:
+def added_files(
+    checked: list[Installed], everyone: list[Installed], vouched: Iterable[Entry] = ()
+) -> list[Difference]:
     """Files inside the checked distributions' top-level folders that no RECORD lists.
 
     The ``.dist-info`` folder counts too: installers record every file they write there.
+    ``vouched``: the files the locked wheels vouch for (:mod:`envship._wheelrecord`),
+    listed or not; their folders are walked as well, and they are not added files.
     """
+    vouched = list(vouched)
     known = {e.path for inst in everyone for e in inst.record or ()}
+    known.update(e.path for e in vouched)
+    by_name: dict[str, list[Entry]] = {}
+    for e in vouched:
+        by_name.setdefault(e.name, []).append(e)
     owners: dict[str, list[str]] = {}
     for inst in checked:
-        for e in inst.record or ():
-            top, sep, _ = e.rel.partition("/")
-            if not sep or top in ("", "..", "__pycache__") or top.endswith(".egg-info"):
-                continue  # a top-level module, outside site-packages, byte-code, legacy
-            top = os.path.join(str(inst.dist_info.parent), top)
-            if inst.name not in owners.setdefault(top, []):
-                owners[top].append(inst.name)
+        prefix = str(inst.dist_info.parent) + os.sep
+        n = len(prefix)
+        tops = set()
+        for e in (*(inst.record or ()), *by_name.get(inst.name, ())):
+            if e.path.startswith(prefix):  # else outside site-packages (bin/, the prefix)
+                top, sep, _ = e.path[n:].partition(os.sep)
+                if sep:  # else a top-level module
+                    tops.add(top)
+        for top in sorted(tops):
+            if top == "__pycache__" or top.endswith(".egg-info"):
+                continue  # byte-code, legacy
+            if inst.name not in owners.setdefault(prefix + top, []):
+                owners[prefix + top].append(inst.name)
     diffs = []
     for top, names in sorted(owners.items()):
         if os.path.islink(top):
@@ -266,4 +347,55 @@ def added_files(checked: list[Installed], everyone: list[Installed]) -> list[Dif
                 path = os.path.join(dirpath, fn)
                 if path not in known and not (in_cache and fn.endswith(".pyc")):
                     diffs.append(Difference("added", ", ".join(names), path, None, "not in RECORD"))
+    return diffs
+
+
+#: What a RECORD must list (PEP 376: every installed file, itself included), beyond the
+#: locked wheel's files: the metadata files every wheel carries (PEP 427).
+_ALWAYS = ("RECORD", "METADATA", "WHEEL")
+
+
+def _files_in(folder: Path) -> set[str]:
+    return {os.path.join(d, f) for d, _dirs, files in os.walk(folder) for f in files}
+
+
+def _named(paths: list[str], site: Path, limit: int = 5) -> str:
+    rels = [os.path.relpath(p, site).replace(os.sep, "/") for p in paths]
+    more = f" and {len(rels) - limit} more" if len(rels) > limit else ""
+    return ", ".join(rels[:limit]) + more
+
+
+def record_differences(checked: list[Installed], vouched: Iterable[Entry]) -> list[Difference]:
+    """The RECORD of each checked distribution, where it is not one an installer wrote:
+    gone (``removed``), or there but empty, unreadable, malformed or short of lines
+    (``changed``). A line is missing when a file there that the locked wheel vouches for
+    (``vouched``), or the RECORD, METADATA or WHEEL file in its own folder, has none: an
+    edit that cut the RECORD short (the files it no longer lists become nobody's). The
+    other files of its folder that it does not list are then named with them."""
+    wheel_files: dict[str, set[str]] = {}
+    for e in vouched:
+        wheel_files.setdefault(e.name, set()).add(e.path)
+    diffs = []
+    expected = "a line for every file installed, itself included (PEP 376)"
+    for inst in checked:
+        path = inst.dist_info / "RECORD"
+        if inst.record is None and inst.record_problem is None:
+            # PEP 376: RECORD is mandatory; without it nothing is known
+            diffs.append(Difference("removed", inst.name, str(path), "RECORD"))
+            continue
+        problems = [inst.record_problem] if inst.record_problem is not None else []
+        # An empty one says so: listing every file it lacks would add nothing.
+        if inst.record and inst.dist_info.name.endswith(".dist-info"):
+            must = {*wheel_files.get(inst.name, ()), *(str(inst.dist_info / n) for n in _ALWAYS)}
+            listed = {e.path for e in inst.record}
+            # A file gone with its line is the file's difference (``removed``), not twice.
+            missing = sorted(p for p in must - listed if os.path.lexists(p))
+            if missing or problems:
+                # Then the files of its own folder it does not list are named here, not
+                # each as an added file: the RECORD lost their lines (verify drops those).
+                missing = sorted({*missing, *(_files_in(inst.dist_info) - listed)})
+            if missing:
+                problems.append(f"no line for {_named(missing, inst.dist_info.parent)}")
+        if problems:
+            diffs.append(Difference("changed", inst.name, str(path), expected, "; ".join(problems)))
     return diffs

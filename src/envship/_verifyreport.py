@@ -2,7 +2,8 @@
 
 The hint is built here from the differences found: each kind that has a remedy names it
 (a half-made environment's command, ``envship lock`` for what ``envship add`` put in,
-the command that makes a changed environment again from the store's wheels).
+the command that makes a changed environment again from the store's wheels, the install
+that returns missing, extra or wrong-version distributions to the lock).
 """
 
 from __future__ import annotations
@@ -82,19 +83,57 @@ def _hint(report: VerifyReport) -> str | None:
         hint = "no installed distribution claims the unowned paths: remove them"
         if "missing" in kinds:
             hint += " (or reinstall the missing distributions they may belong to)"
+        elif any(_is_record(d) for d in report.differences):
+            hint += " (or make it again: a RECORD that lost lines no longer claims them)"
         hints.append(hint)
     if "config" in kinds:
         hints.append("set include-system-site-packages = false in pyvenv.cfg")
-    if kinds & {"changed", "removed", "added"} and report.remedy is None:
-        root, marker = report.environment.record_root, report.environment.marker()
-        if root is not None and marker is not None:
-            hints.append(
-                f"`envship {remake(root, marker)} --reinstall --lock "
-                f"{shlex.quote(str(report.lock))}` makes it again from the store's wheels"
-            )
+    if report.remedy is None and (remedy := _remake(report, kinds)) is not None:
+        hints.append(remedy)
     if not report.full:
         hints.append("--full also compares every file's sha256")
     return "; ".join(hints) or None
+
+
+def _is_record(d: Difference) -> bool:
+    """A difference in a distribution's RECORD itself (gone, emptied, cut short)."""
+    path = Path(d.path)
+    return (
+        d.kind in ("changed", "removed")
+        and path.name == "RECORD"
+        and path.parent.name.endswith(".dist-info")
+    )
+
+
+_FILES = frozenset({"changed", "removed", "added"})
+_DISTRIBUTIONS = frozenset({"missing", "extra", "version", "duplicate"})
+
+
+def _remake(report: VerifyReport, kinds: set[DifferenceKind]) -> str | None:
+    """The command that makes the environment the lock again. Changed files: make it
+    again from the store's wheels (``--reinstall``, which puts the set of distributions
+    right too); the set alone: an install of the lock (``uv pip sync`` adds what is
+    missing and removes extras). A version under an env root: ``env create --reinstall``
+    in either case (without it, env create finds the version of that key and keeps it).
+    An environment envship did not make is not envship's to change: a new one is made."""
+    if not kinds & (_FILES | _DISTRIBUTIONS):
+        return None
+    lock = shlex.quote(str(report.lock))
+    root, marker = report.environment.record_root, report.environment.marker()
+    if root is None or marker is None:
+        if not kinds & _DISTRIBUTIONS:
+            return None  # its files: nothing envship made to make again
+        return (
+            f"`envship install NEW_ENV --lock {lock}` makes an environment of exactly the "
+            f"locked distributions (envship install does not change {report.environment.root}"
+            ", which it did not make)"
+        )
+    command = remake(root, marker)
+    if kinds & _FILES or command.startswith("env create"):
+        return (
+            f"`envship {command} --reinstall --lock {lock}` makes it again from the store's wheels"
+        )
+    return f"`envship {command} --lock {lock}` returns it to the lock"
 
 
 class VerifyMismatchError(EnvshipError):

@@ -27,12 +27,16 @@ listed file, which is what catches a same-size edit. Byte-code under ``__pycache
 not in that comparison: installers (pip lists it in RECORD without a hash) or Python
 itself may (re)compile it at any time. ``bytecode`` compares it with what its source
 compiles to instead (:mod:`envship._pycheck`). Entries without a hash (``RECORD``
-itself) are checked for existence and size only. Anything installed but not locked is
-``extra`` -- pip, setuptools and wheel too; ``ignore`` names distributions to leave out
+itself) are checked for existence and size only; a RECORD that is there but empty,
+unreadable or short of a line its installer writes is itself ``changed`` (the files the
+locked wheel vouches for are still checked, and claimed). Anything installed but not
+locked is ``extra`` -- pip, setuptools and wheel too; ``ignore`` names distributions to leave out
 of the comparison entirely (uv-created venvs have no pip, the normal case). A
 distribution at the wrong version is reported once, as ``version``, and its files are
 not checked. A second metadata folder of a locked name is a ``duplicate``; the one at
-the locked version (spelled as the locked wheel spells it, if several) is checked.
+the locked version (spelled as the locked wheel spells it, if several) is checked. Every
+difference names its distribution by the normalized name (PEP 503), however the lock or
+the metadata folder spells it.
 
 A run of ``envship install`` or ``envship add`` marks the environment with
 ``.envship-incomplete`` before it changes anything and removes the mark only once the
@@ -54,10 +58,12 @@ Reading RECORD and checking files against it is :mod:`envship._records`'s, the
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
@@ -71,9 +77,11 @@ from ._environment import (
     find_environment,
     interpreter_mismatches,
     read_venv_config,
+    relock_hint,
     run_interpreter,
 )
 from ._halfmade import finish, half_made, incomplete
+from ._installmarker import FILES_KEY
 from ._records import CHUNK as CHUNK  # kept importable from here, where it was
 from ._records import decode_record_hash, encode_record_hash, hash_file
 from ._shebang import Interpreter, check_heads
@@ -227,11 +235,15 @@ def verify(
         target = choose_target(lock, environment.python)
     runs = environment.runs
     if runs is not None and (reasons := interpreter_mismatches(runs, target)):
-        # The same exit code (2) as a lock no target fits: nothing was compared.
+        # The same exit code (2) as a lock no target fits: nothing was compared. Only a
+        # target this interpreter can run is worth naming; with none, the lock lacks one.
+        fit = [t.name for t in lock.targets if not interpreter_mismatches(runs, t)]
         raise TargetError(
             f"{runs.path} cannot run the lock target {target.name}",
             problems=[Problem(str(runs.path), r) for r in reasons],
-            hint="name the target the environment was made for with --target",
+            hint=f"name the target the environment was made for with --target: {', '.join(fit)}"
+            if fit
+            else relock_hint(lock, runs.implementation, runs.python, runs.platform),
         )
     # A lock install would refuse (an artifact without a usable sha256) is refused here
     # too, naming each entry: without it no wheel can vouch for what is installed.
@@ -254,17 +266,16 @@ def verify(
         added_notes(environment),
         str(environment.site_packages[0]),
     )
-    for inst in verified:
-        if inst.record is None:  # PEP 376: RECORD is mandatory; without it nothing is known
-            path = str(inst.dist_info / "RECORD")
-            diffs.append(Difference("removed", inst.name, path, "RECORD"))
     layout = _wheelrecord.layout_of(environment.site_packages, environment.python)
     trusted = _wheelrecord.trust(verified, locked, store, layout, full=full, workers=workers)
     entries = list(trusted.entries)
+    # A RECORD gone, emptied, unreadable or cut short: one difference, on the RECORD.
+    records = _records.record_differences(verified, entries)
+    diffs.extend(records)
     marker = environment.marker() or {}
     links = marker.get("link_mode") == "symlink"  # uv links each file into its cache
     checked = _records.check_all(entries, full, workers, links=links)
-    named = {d.path for d in checked.differences}
+    named = {d.path for d in checked.differences} | {d.path for d in records}
     # One difference per file: what the file is beats what its RECORD line says.
     diffs.extend(d for d in trusted.differences if d.path not in named)
     diffs.extend(checked.differences)
@@ -280,7 +291,14 @@ def verify(
     if full:
         diffs.extend(_wheelrecord.check_scripts(s for s in trusted.scripts if s.path not in named))
     diffs.extend(_records.linked_folders(entries, environment.record_root or Path(layout.purelib)))
-    diffs.extend(_records.added_files(verified, installed))
+    # The files of a .dist-info folder whose RECORD lost lines are named by that RECORD's
+    # difference, not each as an added file.
+    short = tuple(os.path.dirname(d.path) + os.sep for d in records if d.kind == "changed")
+    diffs.extend(
+        d
+        for d in _records.added_files(verified, installed, entries)
+        if d.path not in named and not d.path.startswith(short)
+    )
     own_notes = list(trusted.notes)
     if links:
         own_notes.append(
@@ -296,20 +314,12 @@ def verify(
         )
     claimed = [str(inst.dist_info) for inst in installed]
     claimed += [e.path for inst in installed for e in inst.record or ()]
+    claimed += [e.path for e in entries]  # the locked wheel's files, listed or not
     found, notes = site_differences(environment, claimed)
     diffs.extend(found)
     notes = [*own_notes, *notes]
-    venv_above = environment.record_root
-    if (
-        environment.venv is None
-        and environment.interpreter is None
-        and venv_above is not None
-        and (venv_above / "pyvenv.cfg").is_file()
-    ):
-        notes.append(
-            f"named by its site-packages folder: the venv {venv_above} around it (its "
-            "interpreter and pyvenv.cfg) was not checked; name the venv to check them"
-        )
+    if (note := _venv_around(environment, marker)) is not None:
+        notes.append(note)
     checked_bytecode = None
     if bytecode is not False:
         # Imported here: only a byte-code check needs them.
@@ -326,6 +336,7 @@ def verify(
     if (half := incomplete(environment.record_root)) is not None:
         diffs.append(half)
         remedy = finish(environment.record_root, lock, target)
+    diffs = [_normalized(d) for d in diffs]
     diffs.sort(key=lambda d: (KINDS.index(d.kind), canonicalize_name(d.name), d.path))
     return VerifyReport(
         lock=lock.path,
@@ -338,6 +349,47 @@ def verify(
         checked_bytecode=checked_bytecode,
         notes=tuple(notes),
         remedy=remedy,
+    )
+
+
+# Differences whose ``name`` is a distribution's (or, for an added file, several joined by
+# ", "), but for the files the venv's creation wrote.
+_OF_DISTRIBUTIONS = frozenset(
+    {"missing", "extra", "version", "duplicate", "changed", "removed", "added"}
+)
+
+
+def _normalized(d: Difference) -> Difference:
+    """``d`` with its distribution named by its normalized name (PEP 503), however the lock
+    or the metadata folder spells it: ``typing-extensions``, never ``typing_extensions``."""
+    if d.kind not in _OF_DISTRIBUTIONS or d.name == VENV_CREATION:
+        return d
+    name = ", ".join(canonicalize_name(n) for n in d.name.split(", "))
+    return d if name == d.name else replace(d, name=name)
+
+
+def _venv_around(environment: InstalledEnvironment, marker: Mapping[str, Any]) -> str | None:
+    """What was not checked of the venv around a site-packages folder named alone: never
+    its interpreter (not run) nor what else is in it; the files its creation wrote only
+    when envship's record of them is there (:mod:`envship._strays` holds them to it)."""
+    venv = environment.record_root
+    if (
+        environment.venv is not None
+        or environment.interpreter is not None
+        or venv is None
+        or not (venv / "pyvenv.cfg").is_file()
+    ):
+        return None
+    if isinstance(marker.get(FILES_KEY), Mapping):
+        return (
+            f"named by its site-packages folder: of the venv {venv} around it, only the "
+            "files its creation wrote (pyvenv.cfg, bin/python, ...) were checked, against "
+            "envship's record of them; its interpreter was not run and its other files (in "
+            "bin/ and elsewhere) were not looked at; name the venv to check them"
+        )
+    return (
+        f"named by its site-packages folder: the venv {venv} around it (its interpreter, "
+        "pyvenv.cfg and bin/) was not checked; name the venv to check them"
     )
 
 

@@ -129,15 +129,18 @@ def command(
     """Check that ENV holds exactly the locked distributions, byte for byte.
 
     ENV is a venv folder, an interpreter (e.g. a venv's bin/python), or a site-packages
-    folder [default: $VIRTUAL_ENV]. Exit 0 only when identical, 1 with every
+    folder [default: $VIRTUAL_ENV]; any other folder is refused (exit 2). Exit 0 only
+    when identical, 1 with every
     difference otherwise: first an environment still marked .envship-incomplete (a run
     of envship install or add that was killed or failed; kind "incomplete" in --json,
     with the text the mark holds, and the command that finishes it in the hint; one
     killed before its venv existed is the error "incomplete", exit 1), then
-    missing, extra and wrong-version distributions (by dist-info),
-    a pyvenv.cfg that includes the system site-packages, changed, removed and added
-    files, and unowned paths: anything at the top of site-packages that no installed
-    distribution's RECORD lists (a stray module, package or .pth file). A venv's
+    missing, extra and wrong-version distributions (by dist-info; every distribution
+    under its normalized name, e.g. typing-extensions), a pyvenv.cfg that includes the
+    system site-packages, changed, removed and added files (a RECORD emptied or cut
+    short is a changed RECORD), and unowned paths: anything at the top of site-packages
+    that no installed distribution's RECORD lists (a stray module, package or .pth
+    file). A venv's
     interpreter is run once (with -I -S, so no .pth file runs) and must exist and be
     the target's Python (exit 2 otherwise, as for an interpreter no target fits).
 
