@@ -1,0 +1,45 @@
+"""The ``envship`` command's entry point: Ctrl-C and SIGTERM answered from the first moment.
+
+:func:`envship.cli.main.main` turns an interruption into "interrupted" and exit 130 (one
+JSON document with ``--json``), but only once it runs: importing the CLI (click, the
+errors, their dataclasses) takes tens of milliseconds, and a Ctrl-C or a ``docker stop``
+in that window ended in a ``KeyboardInterrupt`` traceback, or, for SIGTERM, in a silent
+exit 143. Nothing has been done then, and the answer says so. Stdlib only, imported
+before anything else of the CLI.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+__all__ = ["main"]
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # As the CLI's own handler does: SIGTERM runs the same path as Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    # Kept while the CLI runs: its main() sets its own handler and puts this one back.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        from .cli.main import main as run
+    except KeyboardInterrupt:
+        return _interrupted()
+    return run()
+
+
+def _interrupted() -> int:
+    message = "interrupted before it started; nothing was done"
+    if "--json" in sys.argv[1:]:
+        import json
+
+        # The shape of every other error of the CLI (envship.cli._common.echo_json).
+        doc: dict[str, object] = {"error": "interrupted", "hint": None, "message": message}
+        doc["problems"] = []
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(message, file=sys.stderr)
+    return 130

@@ -1,0 +1,83 @@
+"""The console entry point: an interruption while the CLI is still being imported.
+
+A real signal is sent to a real ``envship`` process at the moment it imports click (an
+import hook in the child sends it to itself then), which is where a Ctrl-C or a ``docker
+stop`` in the first tens of milliseconds lands.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# In the child: when click is first imported, this process gets SIG; then the entry point
+# runs with the given arguments, as the console script runs it.
+CHILD = """
+import importlib.abc, os, signal, sys
+SIG = getattr(signal, sys.argv[1])
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), SIG)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["envship", *sys.argv[2:]]
+from envship._entry import main
+sys.exit(main())
+"""
+
+
+RUN = "import sys; from envship._entry import main; sys.exit(main())"
+
+
+def _run(sig: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, sig, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interruption_while_importing_is_said_and_exits_130(sig: str) -> None:
+    done = _run(sig, "install", "/nonexistent/env")
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr == "interrupted before it started; nothing was done\n"
+    assert done.stdout == ""
+
+
+def test_with_json_it_is_one_document_of_the_cli_s_shape() -> None:
+    done = _run("SIGINT", "--json", "install", "/nonexistent/env")
+    assert done.returncode == 130, done.stderr
+    assert json.loads(done.stdout) == {
+        "error": "interrupted",
+        "hint": None,
+        "message": "interrupted before it started; nothing was done",
+        "problems": [],
+    }
+
+
+def test_without_an_interruption_the_cli_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, "--version"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("envship, version ")
