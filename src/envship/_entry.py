@@ -37,8 +37,12 @@ def _interrupted() -> int:
         import json
 
         # The shape of every other error of the CLI (envship.cli._common.echo_json).
-        doc: dict[str, object] = {"error": "interrupted", "hint": None, "message": message}
-        doc["problems"] = []
+        doc: dict[str, object] = {
+            "error": "interrupted",
+            "hint": None,
+            "message": message,
+            "problems": [],
+        }
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print(message, file=sys.stderr)
