@@ -98,6 +98,7 @@ def test_create_list_check_gc(
         "stale_locks": [],
         "empty_envs": [],
         "denied": [],
+        "leftovers_freed": 0,
     }
     assert path.is_dir()
 

@@ -351,8 +351,33 @@ def test_gc_says_what_stayed_when_a_version_could_not_be_deleted_to_the_end(
 
     subprocess.run(["chattr", "-i", str(moved)], check=True)
     assert main([*gc, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["denied"] == []
+    done = json.loads(capsys.readouterr().out)
+    assert done["denied"] == [] and done["removed"] == []
+    # What stayed is freed now, and counted (it was "removed 0 version(s), 0 B").
+    assert done["freed"] == done["leftovers_freed"] == left["size"]
     assert not trash.exists()
+
+
+def test_gc_counts_what_it_frees_of_a_killed_run_s_trash(
+    old_version: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gc killed after it moved a version to .trash: the next gc removes it and says how
+    much that freed, apart from the versions it removed itself (it said "0 B")."""
+    root, key = old_version
+    trash = root / "ds" / ".trash"
+    trash.mkdir(exist_ok=True)
+    left = trash / f"{key}-killed"
+    (root / "ds" / "versions" / key).rename(left)  # as the killed gc's own rename left it
+    kib = (sum(p.lstat().st_blocks for p in [left, *left.rglob("*")]) * 512) / 1024
+    assert kib > 1024  # the real extension module in it: MiB, not a rounding matter
+    assert main(["env", "gc", "--root", str(root), "--older-than", "1d"]) == 0
+    *before, last = capsys.readouterr().out.splitlines()
+    assert last == (
+        f"removed 0 version(s), 0 B (and {kib / 1024:.1f} MiB earlier runs left in .trash); "
+        "kept 1 current or recently used"
+    )
+    assert [line.split(" (")[-1] for line in before] == ["its key has no version)"]
+    assert not left.exists()
 
 
 def test_gc_text_gives_the_bytes_freed_when_some_stayed(

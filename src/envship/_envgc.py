@@ -71,13 +71,14 @@ class GcResult(JsonResult):
     busy: tuple[VersionInfo, ...]  # old enough, but its lock was held: left alone
     in_use: tuple[VersionInUse, ...]  # old enough, but a process here runs from it
     kept: int  # current or recently used versions
-    freed: int  # bytes (would be) freed: what stayed in .trash is not counted
+    freed: int  # bytes (would be) freed, ``leftovers_freed`` included
     dry_run: bool
     # Left by failed creates: lock files of keys with no version, and environments
     # with no version and no ``current`` (with ``dry_run``: what would be removed).
     stale_locks: tuple[Path, ...] = ()
     empty_envs: tuple[Path, ...] = ()
     denied: tuple[Denied, ...] = ()  # not this user's to remove, or not removed to the end
+    leftovers_freed: int = 0  # bytes of .trash leftovers of earlier, killed runs removed
 
 
 def _cutoff(older_than: timedelta) -> datetime:
@@ -320,6 +321,7 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
         for _, _, fd in held:
             if fd is not None:
                 os.close(fd)
+    leftovers = 0
     if not dry_run:
         reported = {d.path for d in denials}
         for env_dir in envs:
@@ -328,10 +330,14 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
                 for leftover in sorted(trash.iterdir()):  # a gc or creator killed before
                     if leftover in reported:  # its rmtree, or one that could not finish
                         continue
-                    for rest in _envroot.remove_tree(leftover):
+                    size = _envroot.disk_size(leftover)
+                    left = _envroot.remove_tree(leftover)
+                    for rest in left:
                         denials.append(
                             Denied(env_dir.name, None, rest.path, rest.reason, rest.size)
                         )
+                    # Space an earlier run did not free: freed now, and said so.
+                    leftovers += max(size - sum(rest.size for rest in left), 0)
     stale_locks: list[Path] = []
     empty_envs: list[Path] = []
     for env_dir in envs:
@@ -346,9 +352,10 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
         tuple(busy),
         tuple(in_use),
         kept,
-        freed,
+        freed + leftovers,
         dry_run,
         tuple(stale_locks),
         tuple(empty_envs),
         tuple(denials),
+        leftovers,
     )

@@ -272,8 +272,14 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
     in_use = f", {len(result.in_use)} in use" if result.in_use else ""
     refused = sum(1 for d in result.denied if d.key and d.size is None)
     not_ours = f"; {refused} version(s) not this user's to remove" if refused else ""
+    versions = result.freed - result.leftovers_freed
+    earlier = (
+        f" (and {_size(result.leftovers_freed)} earlier runs left in .trash)"
+        if result.leftovers_freed
+        else ""
+    )
     click.echo(
-        f"{verb} {len(result.removed)} version(s), {_size(result.freed)}; "
+        f"{verb} {len(result.removed)} version(s), {_size(versions)}{earlier}; "
         f"kept {result.kept} current or recently used{in_use}{not_ours}"
     )
 
