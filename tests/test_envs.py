@@ -328,7 +328,7 @@ def test_a_killed_creator_leaves_nothing_visible(setup: Setup, then: str) -> Non
 
     (new_key,) = new_keys(s.root, old.key)
     half = s.root / "ds" / "versions" / new_key
-    assert (half / INCOMPLETE_NAME).is_file() and not (half / MARKER_NAME).exists()
+    assert (half / INCOMPLETE_NAME).is_file()  # its marker, if any, is the start one
     assert current(s.root) == f"versions/{old.key}"  # never pointed at the half-made one
     assert run_py(s.root / "ds" / "current", "import beta; print(beta.__version__)") == "1.0"
     listed = {v.key: v.complete for v in list_envs(s.root)[0].versions}

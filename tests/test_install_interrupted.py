@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
-import envship.install as install_mod
 from envship.errors import ArtifactError
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
+from envship.verify import verify
 from test_install import run_py, versions, write_lock
+from test_install_cleanup import hooked
 from test_verify_incomplete import Made, killed, made  # noqa: F401  (a fixture)
 
 LOCKED = {"alpha": "1.0", "beta": "1.0", "tool": "1.0"}
@@ -34,7 +36,10 @@ def test_a_killed_reinstall_is_finished_with_the_same_settings(
 
     killed(tmp_path, "sync", "install", str(dest), "--lock", str(made.lock.path), "--reinstall")
 
-    assert (dest / INCOMPLETE_NAME).read_text() == "install in progress\n"
+    # Emptied and made again, not installed anew: verify says so, from the mark.
+    assert (dest / INCOMPLETE_NAME).read_text() == "rebuild in progress\n"
+    [half, *_] = verify(made.lock, dest).differences
+    assert (half.kind, half.actual) == ("incomplete", "rebuild in progress")
     kept = json.loads((dest / MARKER_NAME).read_text())
     assert kept["reinstalling"] is True and kept["python"] == before["python"]
     result = install(made.lock, made.store, dest)  # no options: the kept ones apply
@@ -46,25 +51,20 @@ def test_a_killed_reinstall_is_finished_with_the_same_settings(
     assert not (dest / INCOMPLETE_NAME).exists()
 
 
-def test_a_reinstall_interrupted_while_emptying_the_env_has_its_settings_kept(
+def test_a_reinstall_killed_while_emptying_the_env_has_its_settings_kept(
     tmp_path: Path,
     made: Made,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The settings are written before the environment is emptied: an interrupt in
-    between (Ctrl-C, SIGTERM) leaves a marker that says how to finish it."""
+    """The settings are written before the environment is emptied: a SIGKILL at the
+    first file removed leaves a marker that says how to finish it."""
     dest = tmp_path / "env"
     install(made.lock, made.store, dest, link_mode="copy")
 
-    def interrupted(path: Path, keep: tuple[str, ...] = ()) -> None:
-        raise KeyboardInterrupt  # the first thing emptying does
+    args = ["install", str(dest), "--lock", str(made.lock.path), "--reinstall"]
+    run = hooked(tmp_path, dest, args, kill="emptying", term=False)
 
-    monkeypatch.setattr(install_mod, "clear", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        install(made.lock, made.store, dest, reinstall=True)
-    monkeypatch.undo()
-
-    assert (dest / INCOMPLETE_NAME).is_file()
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    assert (dest / INCOMPLETE_NAME).read_text() == "rebuild in progress\n"
     kept = json.loads((dest / MARKER_NAME).read_text())
     assert kept["reinstalling"] is True and kept["link_mode"] == "copy"
     result = install(made.lock, made.store, dest)

@@ -113,7 +113,7 @@ def killed_mid_sync(tmp_path: Path, made: Made) -> Iterator[Path]:
     """A new environment whose `envship install` was killed while uv installed into it."""
     dest = tmp_path / "env"
     killed(tmp_path, "sync", "install", str(dest), "--lock", str(made.lock.path))
-    assert (dest / "pyvenv.cfg").is_file() and not (dest / MARKER_NAME).exists()
+    assert (dest / "pyvenv.cfg").is_file() and (dest / INCOMPLETE_NAME).is_file()
     yield dest
 
 
@@ -160,10 +160,11 @@ def test_a_killed_install_is_reported_half_made_first(killed_mid_sync: Path, mad
 def test_an_install_killed_before_its_venv_exists_is_refused_naming_the_mark(
     tmp_path: Path, made: Made
 ) -> None:
-    """Killed before `uv venv` ran: the folder holds the mark alone, no environment."""
+    """Killed before `uv venv` ran: the folder holds the mark and the marker saying how
+    the run was made, no environment."""
     dest = tmp_path / "env"
     killed(tmp_path, "venv", "install", str(dest), "--lock", str(made.lock.path))
-    assert [p.name for p in dest.iterdir()] == [INCOMPLETE_NAME]
+    assert sorted(p.name for p in dest.iterdir()) == [INCOMPLETE_NAME, MARKER_NAME]
     with pytest.raises(HalfMadeError) as caught:
         verify(made.lock, dest)
     error = caught.value
@@ -275,3 +276,91 @@ def test_the_cli_shows_the_mark_first_in_text_and_json(
     }
     assert [d["kind"] for d in data["differences"][1:]] == ["extra", "version"]
     assert f"`envship install {dest} --lock {newer.path}`" in data["hint"]
+
+
+# -- the command repeats the run: the store it took its wheels from, byte-code ------------
+
+
+def _hint(lock: LockFile, dest: Path) -> str:
+    """What verify tells to run for ``dest``: its report's hint, or, with no environment
+    to compare yet, its half-made error's."""
+    try:
+        report = verify(lock, dest)
+    except HalfMadeError as exc:
+        return exc.hint or ""
+    return VerifyMismatchError(report).hint or ""
+
+
+@pytest.mark.parametrize(
+    ("asked", "default", "step", "rebuild"),
+    [
+        (["--store"], "unset", "sync", False),  # ENVSHIP_STORE unset: the user cache
+        (["--store"], "another", "venv", False),  # killed before its venv existed
+        (["--compile"], "the same", "sync", False),
+        (["--compile", "--store"], "unset", "venv", False),
+        (["--store"], "unset", "sync", True),  # a --reinstall of a complete env
+    ],
+    ids=["store", "store-before-venv", "compile", "both", "reinstall"],
+)
+def test_the_command_repeats_the_store_and_byte_code_of_the_killed_run(
+    tmp_path: Path,
+    made: Made,
+    monkeypatch: pytest.MonkeyPatch,
+    asked: list[str],
+    default: str,
+    step: str,
+    rebuild: bool,
+) -> None:
+    """Run exactly as printed, where envship's default store is not the one the killed
+    run took its wheels from, the command finishes the environment (it said `envship
+    install ENV --lock L`, which then found none of the wheels)."""
+    elsewhere = stocked_store(tmp_path / "elsewhere", list(made.wheels.values()))
+    store = elsewhere if "--store" in asked else made.store
+    dest = tmp_path / "env"
+    if rebuild:
+        install(made.lock, elsewhere, dest)
+    if default == "unset":
+        monkeypatch.delenv("ENVSHIP_STORE")
+    elif default == "another":
+        monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "empty-store"))
+    options = [*(["--store", str(store.root)] if "--store" in asked else [])]
+    options += ["--compile"] if "--compile" in asked else []
+    options += ["--reinstall"] if rebuild else []
+    killed(tmp_path, step, "install", str(dest), "--lock", str(made.lock.path), *options)
+
+    hint = _hint(made.lock, dest)
+    again = " --compile" if "--compile" in asked else ""
+    again += f" --store {store.root}" if "--store" in asked else ""
+    assert f"`envship install {dest}{again} --lock {made.lock.path}`" in hint
+    finish(hint)
+    assert verify(made.lock, dest).identical
+    marker = json.loads((dest / MARKER_NAME).read_text())
+    assert (marker["compiled"], marker["store"]) == ("--compile" in asked, str(store.root))
+
+
+def _delete_a_module(env: Path) -> None:
+    next(env.glob("lib/python*/site-packages/beta/__init__.py")).unlink()
+
+
+@pytest.mark.parametrize("recorded", ["elsewhere", "the default", "absent"])
+def test_the_command_that_makes_a_changed_env_again_names_its_store(
+    tmp_path: Path, made: Made, monkeypatch: pytest.MonkeyPatch, recorded: str
+) -> None:
+    """A complete environment: the store its marker records is named when it is not the
+    default; a marker from before envship kept it (``absent``) gets today's command."""
+    elsewhere = stocked_store(tmp_path / "elsewhere", list(made.wheels.values()))
+    dest = tmp_path / "env"
+    install(made.lock, elsewhere if recorded == "elsewhere" else made.store, dest)
+    if recorded == "elsewhere":
+        monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "empty-store"))
+    if recorded == "absent":
+        data = json.loads((dest / MARKER_NAME).read_text())
+        del data["store"]
+        (dest / MARKER_NAME).write_text(json.dumps(data))
+    _delete_a_module(dest)
+
+    hint = _hint(made.lock, dest)
+    named = f" --store {elsewhere.root}" if recorded == "elsewhere" else ""
+    assert f"`envship install {dest}{named} --reinstall --lock {made.lock.path}`" in hint
+    finish(hint)
+    assert verify(made.lock, dest).identical

@@ -19,9 +19,10 @@ from typing import Any
 from ._difference import Difference
 from ._environment import InstalledEnvironment
 from ._envroot import shared_version
-from ._installmarker import INCOMPLETE_NAME, read_marker
+from ._installmarker import INCOMPLETE_NAME, STORE_KEY, read_marker
 from .errors import HalfMadeError, Problem, SpecError
 from .lockfile import LockFile
+from .store import Store
 from .targets import Target
 
 __all__ = ["finish", "half_made", "incomplete", "remake"]
@@ -74,14 +75,26 @@ def finish(root: Path | None, lock: LockFile, target: Target | None) -> str | No
 def remake(root: Path, marker: Mapping[str, Any]) -> str:
     """The envship subcommand that makes the environment at ``root`` again, shell-quoted:
     ``env create`` for a version under an env root (install refuses those), else
-    ``install``; the caller adds ``--lock`` and what else it needs."""
+    ``install``, with the options that repeat how it was (being) made (:func:`_repeat`);
+    the caller adds ``--lock`` and what else it needs."""
     q = shlex.quote  # pasted into a shell as it is
     shared = shared_version(root, dict(marker))
     if shared is None:
-        return f"install {q(str(root))}"
-    # A version's key includes byte-code: without --compile env create makes another one.
-    compiled = " --compile" if marker.get("compiled") else ""
-    return f"env create {q(shared[0])} --root {q(str(shared[1]))}{compiled}"
+        return f"install {q(str(root))}{_repeat(marker)}"
+    return f"env create {q(shared[0])} --root {q(str(shared[1]))}{_repeat(marker)}"
+
+
+def _repeat(marker: Mapping[str, Any]) -> str:
+    """``--compile`` when byte-code was asked for (a version's key includes it: without
+    it env create makes another version), and ``--store S`` when the wheels came from a
+    store other than the one envship takes without ``--store`` here: run as printed,
+    the command must find them (a marker from before ``store`` was kept: none)."""
+    options = " --compile" if marker.get("compiled") else ""
+    store = marker.get(STORE_KEY)
+    default = Store.default().root
+    if isinstance(store, str) and store and os.path.realpath(store) != os.path.realpath(default):
+        options += f" --store {shlex.quote(store)}"
+    return options
 
 
 def half_made(

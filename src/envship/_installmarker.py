@@ -12,9 +12,15 @@ and their RECORD files with those digests: a listing and one small file per
 distribution read, so a re-install of the same name and version (another wheel,
 another tool) is seen too.
 
+While a run makes an environment (and after one that did not finish) the marker says
+how to make it again: the interpreter, ``compiled``, ``link_mode`` and the store the run
+took its wheels from (``store``, also kept once it is complete), so the next run, and
+the command ``verify`` prints to finish it, repeat the run as it was asked.
+
 Markers written before ``venv_links`` recorded only site-packages in ``venv_files``,
-and those before ``records`` kept no RECORD digests; both are still read, and what they
-cannot tell is said where it matters (``verify``'s notes) or not checked (drift).
+and those before ``records`` kept no RECORD digests, those before ``store`` no store;
+all are still read, and what they cannot tell is said where it matters (``verify``'s
+notes), not checked (drift) or left to the default (the store).
 """
 
 from __future__ import annotations
@@ -43,10 +49,12 @@ __all__ = [
     "LINKS_KEY",
     "MARKER_NAME",
     "RECORDS_KEY",
+    "STORE_KEY",
     "Drift",
     "State",
     "artifact_entry",
     "clear",
+    "discard",
     "drift",
     "env_state",
     "interpreter_damage",
@@ -63,10 +71,11 @@ INCOMPLETE_NAME = ".envship-incomplete"
 MARKER_FORMAT = 1
 # The marker's keys (module docstring): env-relative POSIX path -> hex sha256 of a file
 # the venv's creation wrote; -> target of a link it made; canonical name -> hex sha256
-# of the installed dist-info/RECORD.
+# of the installed dist-info/RECORD; the absolute path of the store the wheels came from.
 FILES_KEY = "venv_files"
 LINKS_KEY = "venv_links"
 RECORDS_KEY = "records"
+STORE_KEY = "store"
 
 # Metadata folders: ``name-version.dist-info`` (wheels) and ``name-version[-pyX.Y]
 # .egg-info`` (anything installed the old way, e.g. ``setup.py install``).
@@ -111,6 +120,7 @@ def marker_data(
     link_mode: str | None = None,
     links: Mapping[str, str] | None = None,
     records: Mapping[str, str] | None = None,
+    store: Path | None = None,
 ) -> dict[str, Any]:
     """What an environment made from ``lock`` records about itself (the install marker);
     image builds write the same record into the image. ``compiled``: every installed
@@ -120,7 +130,8 @@ def marker_data(
     made before envship recorded them; ``links`` None with ``venv``
     given: a record of site-packages alone, as envship kept before). ``link_mode``: how
     uv was asked to put files in place, when it was asked (repairs keep it).
-    ``records``: :func:`record_digests` of the environment as installed."""
+    ``records``: :func:`record_digests` of the environment as installed. ``store``: where
+    its wheels came from (None for an image: the store is the build machine's)."""
     data: dict[str, Any] = {
         "format": MARKER_FORMAT,
         "lock": {"path": str(lock.path.absolute()), "digest": lock.digest},
@@ -140,6 +151,8 @@ def marker_data(
         data[RECORDS_KEY] = dict(sorted(records.items()))
     if link_mode is not None:
         data["link_mode"] = link_mode
+    if store is not None:
+        data[STORE_KEY] = str(store)
     return data
 
 
@@ -258,15 +271,41 @@ def env_state(dest: Path) -> State:
 
 
 def clear(dest: Path, keep: Collection[str] = ()) -> None:
-    """Empty ``dest`` but keep the folder itself (it may be a mount point or a symlink)
-    and the entries named in ``keep``."""
+    """Empty ``dest`` but keep the folder itself (it may be a mount point or a symlink),
+    the entries named in ``keep`` and, always, the incomplete mark: emptying a folder of
+    thousands of files takes long enough to be killed in the middle (``docker stop``'s
+    SIGKILL), and a folder left with files but no mark is foreign to every later run.
+    Removing the mark is the caller's last step."""
     for child in dest.iterdir():
-        if child.name in keep:
+        if child.name in keep or child.name == INCOMPLETE_NAME:
             continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+def discard(dest: Path, aside: Path, *, keep_folder: bool) -> None:
+    """Remove what a run that failed left of a new environment at ``dest`` so that at
+    every instant ``dest`` is gone, empty or still marked incomplete.
+
+    A folder the run made is renamed to ``aside`` (on the same file system: a sibling's
+    folder) in one step, and removed there; whoever stops this midway leaves ``aside``
+    for the next run to remove. One the user gave (``keep_folder``: maybe a mount point,
+    which cannot be renamed) is emptied with its mark removed last."""
+    if not keep_folder:
+        shutil.rmtree(aside, ignore_errors=True)  # a leftover of one stopped midway
+        try:
+            os.rename(dest, aside)
+        except OSError:
+            pass  # emptied in place instead, below
+        else:
+            shutil.rmtree(aside)
+            return
+    clear(dest)
+    (dest / INCOMPLETE_NAME).unlink(missing_ok=True)
+    if not keep_folder:
+        dest.rmdir()
 
 
 @dataclass(frozen=True, slots=True)

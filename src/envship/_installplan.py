@@ -25,10 +25,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._addedrecord import ADDED_KEY
-from ._installmarker import RECORDS_KEY, State, drift, interpreter_damage, read_marker
+from ._installmarker import (
+    RECORDS_KEY,
+    STORE_KEY,
+    State,
+    drift,
+    interpreter_damage,
+    read_marker,
+)
 from .lockfile import LockFile
 
-__all__ = ["REINSTALLING", "LinkMode", "Plan", "pins", "plan"]
+__all__ = ["REINSTALLING", "LinkMode", "Plan", "pins", "plan", "repeat"]
 
 LinkMode = Literal["hardlink", "copy", "clone", "symlink"]
 # In the marker of an environment being made again, while it is: made through a private
@@ -144,3 +151,21 @@ def plan(
         private_cache=private_cache,
         before=before,
     )
+
+
+def repeat(decided: Plan, base: str, version: str, store: Path) -> dict[str, Any]:
+    """What a run writes into the marker at its start, over what the environment was
+    made with (or a new marker): how to make it the same way again. A run after a killed
+    one reads it back (``prior``), and the command ``verify`` prints to finish it names
+    ``--compile`` and ``--store`` from it (:func:`envship._halfmade.remake`): the
+    interpreter (``base``, full ``version``), byte-code, link mode, the private cache
+    and the store's root."""
+    settings: dict[str, Any] = {
+        "python": {"base": base, "version": version},
+        "compiled": decided.compile_bytecode,
+        STORE_KEY: str(store),
+        REINSTALLING: decided.private_cache,
+    }
+    if decided.link_mode is not None:
+        settings["link_mode"] = decided.link_mode
+    return settings

@@ -7,11 +7,17 @@ temporary path and renaming would leave a broken env. Instead completeness is a 
 * ``dest/.envship-incomplete`` is written *before* anything else touches ``dest``
   (before ``uv venv`` on a new env, before ``uv pip sync`` on an update);
 * ``dest/.envship-install.json`` (lock digest, target, groups, file list) is written
-  atomically as the *last* step, and only then is the incomplete marker removed.
+  atomically as the *last* step, and only then is the incomplete marker removed. From
+  the start of a run (just after the incomplete marker) it already says how to repeat
+  the run: interpreter, byte-code, link mode, the store (see :func:`repeat`).
 
 A folder holding the incomplete marker (a killed run, a failed update) is ours and half
 made: the next run clears it and rebuilds. A folder with neither marker that is not
-empty is someone else's and is never touched. A failed *new* install is removed at once.
+empty is someone else's and is never touched. A failed *new* install is removed at once,
+so that at every instant the folder is gone, empty or still marked (``docker stop``'s
+SIGKILL may end the removal midway): one it made is first renamed aside into the work
+folder beside it, which the next run clears; one the user gave empty is emptied in
+place, its incomplete marker last (:func:`envship._installmarker.discard`).
 One ``flock`` per destination serializes concurrent installs of the same path; uv is
 given that lock's fd and is killed with us (:func:`envship._uv.run_uv`), so a run that
 follows a SIGKILLed one never meets its uv still writing. A re-run on a complete
@@ -38,7 +44,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +59,7 @@ from ._installmarker import (
     MARKER_NAME,
     artifact_entry,
     clear,
+    discard,
     drift,
     env_state,
     marker_data,
@@ -61,7 +68,7 @@ from ._installmarker import (
     venv_record,
     write_marker,
 )
-from ._installplan import REINSTALLING, LinkMode, pins, plan
+from ._installplan import LinkMode, pins, plan, repeat
 from ._installstage import ProgressFn, check_store, name_damaged, stage
 from ._uv import run_uv, uv_bin
 from .errors import InstallError, InstallInputError, Problem
@@ -85,6 +92,8 @@ __all__ = [
 
 
 Action = Literal["created", "updated", "repaired", "rebuilt", "unchanged"]
+# In the work folder: a failed new environment, set aside in one rename to be removed.
+_DISCARDED = "discarded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,13 +306,13 @@ def _install_locked(
         name_damaged(lock, store, chosen, artifacts)
 
     uv = uv_bin()
+    new = state in ("missing", "empty")
     action: Action = (
-        ("repaired" if repair else "updated")
-        if reuse
-        else ("created" if state in ("missing", "empty") else "rebuilt")
+        ("repaired" if repair else "updated") if reuse else "created" if new else "rebuilt"
     )
-    existed = dest.exists()
-    # Leftovers of a killed run (another lock's requirements, perhaps): never reused.
+    # Leftovers of a killed run (another lock's requirements, perhaps): never reused; a
+    # failed new environment set aside, whose removal was stopped (see ``discard``).
+    shutil.rmtree(work / _DISCARDED, ignore_errors=True)
     shutil.rmtree(work / "wheels", ignore_errors=True)
     (work / "requirements.txt").unlink(missing_ok=True)
     cache = work / "uv-cache"
@@ -311,9 +320,19 @@ def _install_locked(
     cache_args = ["--cache-dir", str(cache)] if private_cache else []
     reqs = work / "requirements.txt"
 
+    settings = repeat(decided, base_python, host.python_full, store.root)
+
+    def begin(doing: str, kept: Mapping[str, Any] | None) -> None:
+        # The mark first: a marker alone, or a venv without either, is never left.
+        (dest / INCOMPLETE_NAME).write_text(f"{doing} in progress\n", encoding="utf-8")
+        if kept is None:
+            kept = marker_data(lock, chosen, groups, base_python, host.python_full, artifacts)
+        write_marker(dest, {**kept, **settings})
+
     def make_venv() -> tuple[dict[str, str], dict[str, str]]:
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / INCOMPLETE_NAME).write_text("install in progress\n", encoding="utf-8")
+        if new:  # a rebuild's folder is already marked, and says it is a rebuild
+            dest.mkdir(parents=True, exist_ok=True)
+            begin("install", None)
         make = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
         make += [*cache_args, *(["--relocatable"] if relocatable else [])]
         _run(
@@ -364,29 +383,27 @@ def _install_locked(
 
     try:
         if reuse:
-            (dest / INCOMPLETE_NAME).write_text("update in progress\n", encoding="utf-8")
-            venv = marker.get(FILES_KEY) if marker else None
-            links = marker.get(LINKS_KEY) if marker else None
+            assert marker is not None
+            begin("update", marker)  # a failed update keeps what the env was made from
+            venv, links = marker.get(FILES_KEY), marker.get(LINKS_KEY)
             sync()
             if drift(dest, [artifact_entry(a) for a in artifacts], chosen.python):
                 # What uv does not manage (metadata of an old-style install, say) is still
                 # there: the folder is ours, so make it again rather than report a repair
-                # at every run.
-                clear(dest)
+                # at every run (marked as a rebuild before it is emptied).
+                begin("rebuild", marker)
+                clear(dest, keep=(MARKER_NAME,))
                 venv, links = make_venv()
                 sync()
                 action = "rebuilt"
         else:
-            if state in ("complete", "incomplete"):  # ours: it carries our marker
+            if not new:  # ours: it carries our marker
                 # Marked first, so it is never an empty "complete" folder; the marker
                 # stays for what the environment was made with (see ``prior``).
                 # The settings before anything is removed: a run killed in between
                 # finishes the same way (a reinstall through a private cache too).
-                (dest / INCOMPLETE_NAME).write_text("rebuild in progress\n", encoding="utf-8")
-                kept = marker or prior
-                if kept is not None:
-                    write_marker(dest, {**kept, REINSTALLING: private_cache})
-                clear(dest, keep=(INCOMPLETE_NAME, MARKER_NAME))
+                begin("rebuild", marker or prior)
+                clear(dest, keep=(MARKER_NAME,))
             venv, links = make_venv()
             sync()
         marker_now = marker_data(
@@ -401,20 +418,18 @@ def _install_locked(
             link_mode,
             links,
             record_digests(dest, chosen.python),
+            store.root,
         )
         write_marker(dest, marker_now)
         (dest / INCOMPLETE_NAME).unlink()
     except BaseException as exc:
-        new = state in ("missing", "empty")
         if new:
             # A new env that failed is removed (or emptied, if the folder was given to us
-            # empty); an update or a rebuild that failed keeps its incomplete marker, and
-            # its marker, and the next run makes it again the same way.
-            if existed:
-                with contextlib.suppress(OSError):
-                    clear(dest)
-            else:
-                shutil.rmtree(dest, ignore_errors=True)
+            # empty), never leaving files without the mark (SIGKILL after SIGTERM may stop
+            # this midway); an update or a rebuild that failed keeps its incomplete marker,
+            # and its marker, and the next run makes it again the same way.
+            with contextlib.suppress(OSError):
+                discard(dest, work / _DISCARDED, keep_folder=state == "empty")
         if is_disk_full(exc):
             raise disk_full(dest, exc, kept=not new) from exc
         raise
