@@ -19,15 +19,22 @@ of packages only groups the environment was installed without need (the marker's
 ``packages`` lists what was installed, not what the lock holds). ``envship add`` must
 not move those either: the next ``envship lock`` would take the new version for every
 install of those groups.
+
+An addition holds the lock ``envship install`` holds on the environment (:func:`env_locked`)
+from before it reads the install marker until it has recorded the addition: an install
+running meanwhile (``--reinstall``, an update) marks the environment half installed until
+it is done, which an addition that looked before taking the lock took for a failed one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +42,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from ._envroot import shared_version
+from ._flock import acquire
 from .errors import AddError, AddInputError, EnvshipError, Problem, SpecError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .lockfile import LockFile
@@ -42,7 +50,9 @@ from .spec import find_spec
 
 __all__ = [
     "GroupPins",
+    "before_lock",
     "checked_marker",
+    "env_locked",
     "environment",
     "group_locked",
     "lock_command",
@@ -50,6 +60,7 @@ __all__ = [
     "not_installed",
     "refuse_shared",
     "spec_path",
+    "work_folder",
 ]
 
 # canonical name -> (locked version, the groups not installed that need it)
@@ -153,6 +164,53 @@ def checked_marker(env: Path) -> dict[str, Any]:
         )
     assert isinstance(data, dict)
     return data
+
+
+def work_folder(env: Path) -> Path:
+    """``ENV.envship-tmp``: the work folder ``envship install`` makes beside ``env``; the
+    file ``lock`` in it is the lock install holds while it changes ``env`` (install.py)."""
+    return env.parent / f"{env.name}.envship-tmp"
+
+
+def before_lock(env: Path) -> None:
+    """Refuse what can be refused before :func:`env_locked`, which makes the work folder
+    beside ``env``: a version under an environment root (``envship env gc`` takes that
+    folder for an install in progress there) and a folder no install made, neither of
+    which waiting for an install would change. A half-installed environment, or one
+    whose record is incomplete, is what a running install shows: checked again under
+    the lock, once that install is done."""
+    refuse_shared(env, _raw_marker(env))
+    try:
+        checked_marker(env)
+    except AddInputError:
+        raise
+    except AddError:
+        pass
+
+
+@contextlib.contextmanager
+def env_locked(env: Path, say: Callable[[str], None], *, dry_run: bool) -> Iterator[Path]:
+    """Hold the lock ``envship install`` holds on ``env`` (waiting, and saying so, while
+    an install or another addition has it); the block gets the work folder, removed
+    before the lock goes. A dry run where that lock cannot be made (the folder beside
+    ``env`` is not writable) goes on without it: it changes nothing."""
+    work = work_folder(env)
+    try:
+        fd = acquire(work / "lock", wait=False)
+        if fd is None:
+            say(f"waiting for another envship install or add of {env} to finish")
+            fd = acquire(work / "lock")
+    except OSError as exc:
+        if not dry_run or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fd = None
+    try:
+        yield work
+    finally:
+        if fd is not None:
+            # Removed while still locked, as install does: a waiter notices (_flock).
+            shutil.rmtree(work, ignore_errors=True)
+            os.close(fd)
 
 
 def refuse_shared(env: Path, marker: dict[str, Any]) -> None:

@@ -17,6 +17,10 @@ version, and the result says so (:attr:`AddResult.group_locked`).
 
 Safety, in the order things happen:
 
+* an addition holds the lock ``envship install`` holds on the environment from before it
+  reads the install marker until the addition is recorded: one started while an install
+  (or another addition) changes the environment waits for it, and says so, rather than
+  find it half installed;
 * the environment must be one ``envship install`` made and finished, and still hold its
   locked set as installed: no locked distribution missing, moved, installed twice or
   re-installed at its version from another wheel or by another tool (seen by the RECORD
@@ -41,9 +45,10 @@ Safety, in the order things happen:
   the environment (a uv setting such as ``[pip] target`` sends it elsewhere);
 * the install marker records what was added (``added``), so ``envship verify`` can say
   why those extras are there; then the spec is rewritten atomically with tomlkit,
-  keeping the user's comments and layout. Its digest changes, which is what makes
-  ``envship lock --check`` report the lock stale until ``envship lock`` takes the
-  addition in.
+  keeping the user's comments and layout, under a ``flock`` on the spec from read to
+  rename, so additions to other environments of the same spec keep each other's
+  entries. Its digest changes, which is what makes ``envship lock --check`` report the
+  lock stale until ``envship lock`` takes the addition in.
 
 Finding the environment and the spec is :mod:`envship._addenv`'s; what to install,
 record or refuse, :mod:`envship._addplan`'s; where a request
@@ -55,10 +60,9 @@ record, :mod:`envship._addedrecord`'s; running uv and reading its failures,
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +74,6 @@ from . import _addenv, _addspec, _snapshot, _uvpip
 from ._addedrecord import ADDED_KEY, write_added
 from ._addplan import Plan, constraints, plan_addition
 from ._environment import find_environment
-from ._flock import locked
 from .errors import AddConflictError, AddError, EnvshipError, LockError, Problem, SpecError
 from .lock import check_lock, lock_path_for
 from .spec import Spec, add_requirements, load_spec
@@ -181,43 +184,37 @@ def _check_installed(env: Path, plan: Plan, after: _snapshot.Installed, out: str
 
 def _add_locked(
     env: Path,
+    work: Path,
     sites: Sequence[Path],
-    reqs: Sequence[Requirement],
-    here: Mapping[str, Any],
+    plan: Plan,
     spec: Spec,
     run_uv: Callable[[Path, Plan], tuple[int, str]],
     say: Log,
-) -> tuple[Plan, tuple[str, ...], tuple[str, ...], list[str]]:
-    """Install under the environment's own lock (``envship install`` takes it too), then
-    record the addition in the install marker and the spec."""
+) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
+    """Install, then record the addition in the install marker and the spec; the caller
+    holds the environment's lock (:func:`envship._addenv.env_locked`) throughout."""
     assert spec.path is not None
-    work = env.parent / f"{env.name}.envship-tmp"
-    with locked(work / "lock"):
-        try:
-            # Again: another process may have changed it.
-            plan = plan_addition(env, sites, reqs, here, spec)
-            after = plan.installed
-            if plan.todo:
-                say(
-                    f"adding {', '.join(map(str, plan.todo))} to {env}, holding "
-                    f"{len(plan.held)} locked packages at their versions"
-                )
-                code, out, after = _snapshot.guarded(
-                    env,
-                    sites,
-                    plan.pins,
-                    plan.installed,
-                    lambda: run_uv(work, plan),
-                    repair=plan.repair,
-                )
-                if code != 0:
-                    raise _failure(out, plan, env, spec)
-                _check_installed(env, plan, after, out)
-                write_added(env, plan, after)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    after = plan.installed
+    if plan.todo:
+        say(
+            f"adding {', '.join(map(str, plan.todo))} to {env}, holding "
+            f"{len(plan.held)} locked packages at their versions"
+        )
+        code, out, after = _snapshot.guarded(
+            env,
+            sites,
+            plan.pins,
+            plan.installed,
+            lambda: run_uv(work, plan),
+            repair=plan.repair,
+        )
+        if code != 0:
+            raise _failure(out, plan, env, spec)
+        _check_installed(env, plan, after, out)
+        write_added(env, plan, after)
     installed, removed = map(_normalized, _snapshot.changes(plan.installed, after))
     try:
+        # Under the spec's own lock (two adds to environments of one spec edit it at once).
         recorded = list(add_requirements(spec.path, plan.record))
     except OSError as exc:
         raise AddError(
@@ -225,7 +222,7 @@ def _add_locked(
             f"{spec.path}: {exc}",
             hint=f"add {', '.join(map(str, plan.record))} to its dependencies by hand",
         ) from None
-    return plan, installed, removed, recorded
+    return installed, removed, recorded
 
 
 def _failure(out: str, plan: Plan, env: Path, spec: Spec) -> EnvshipError:
@@ -278,55 +275,60 @@ def add(
     say = log or (lambda _msg: None)
     reqs = parse_requirements(requirements)
     env = _addenv.environment(env)
-    marker = _addenv.checked_marker(env)
-    _addenv.refuse_shared(env, marker)
-    the_spec = load_spec(_addenv.spec_path(spec, marker))
-    spec_file = the_spec.path
-    assert spec_file is not None
-    sites = find_environment(env).site_packages
-    if any(r.marker for r in reqs):
-        here = _addspec.marker_environment(env, _addenv.lock_command("install", env, marker))
-    else:
-        here = {}
-    plan = plan_addition(env, sites, reqs, here, the_spec)
-    installed: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    recorded: list[str] = []
-    replaced: tuple[tuple[str, str], ...] = ()
-    if plan.record:
-        # A bad edit fails before uv runs.
-        replaced = _addspec.replacements(the_spec, plan.record, here)
-        recorded = list(add_requirements(spec_file, plan.record, write=False))
-        if recorded and not dry_run and not os.access(spec_file.parent, os.W_OK):
-            raise AddError(
-                f"cannot record the addition: {spec_file.parent} is not writable",
-                hint="pass --spec with a spec you can write, or --dry-run",
+    _addenv.before_lock(env)
+    # Everything from reading the install marker to recording the addition holds the lock
+    # install holds: an install running now marks the environment half installed until it
+    # is done, and a concurrent add on it would plan against what this one changes.
+    with _addenv.env_locked(env, say, dry_run=dry_run) as work:
+        marker = _addenv.checked_marker(env)
+        _addenv.refuse_shared(env, marker)
+        the_spec = load_spec(_addenv.spec_path(spec, marker))
+        spec_file = the_spec.path
+        assert spec_file is not None
+        sites = find_environment(env).site_packages
+        if any(r.marker for r in reqs):
+            here = _addspec.marker_environment(env, _addenv.lock_command("install", env, marker))
+        else:
+            here = {}
+        plan = plan_addition(env, sites, reqs, here, the_spec)
+        installed: tuple[str, ...] = ()
+        removed: tuple[str, ...] = ()
+        recorded: list[str] = []
+        replaced: tuple[tuple[str, str], ...] = ()
+        if plan.record:
+            # A bad edit fails before uv runs.
+            replaced = _addspec.replacements(the_spec, plan.record, here)
+            recorded = list(add_requirements(spec_file, plan.record, write=False))
+            if recorded and not dry_run and not os.access(spec_file.parent, os.W_OK):
+                raise AddError(
+                    f"cannot record the addition: {spec_file.parent} is not writable",
+                    hint="pass --spec with a spec you can write, or --dry-run",
+                )
+            args, uv_env = _uvpip.command(
+                env / "bin" / "python",
+                the_spec,
+                index_url=index_url,
+                extra_index_urls=extra_index_urls,
+                find_links=find_links,
             )
-        args, uv_env = _uvpip.command(
-            env / "bin" / "python",
-            the_spec,
-            index_url=index_url,
-            extra_index_urls=extra_index_urls,
-            find_links=find_links,
-        )
 
-        if marker.get("compiled"):  # keep the promise the marker makes for the additions too
-            args.append("--compile-bytecode")
+            if marker.get("compiled"):  # keep the promise the marker makes for the additions too
+                args.append("--compile-bytecode")
 
-        def run_uv(work: Path, plan: Plan, *extra: str) -> tuple[int, str]:
-            command = [*args, *extra, *constraints(work, plan), *map(str, plan.todo)]
-            return _uvpip.run(command, work, uv_env, say)
+            def run_uv(folder: Path, plan: Plan, *extra: str) -> tuple[int, str]:
+                command = [*args, *extra, *constraints(folder, plan), *map(str, plan.todo)]
+                return _uvpip.run(command, folder, uv_env, say)
 
-        if dry_run and plan.todo:
-            with tempfile.TemporaryDirectory(prefix="envship-add-") as tmp:
-                code, out = run_uv(Path(tmp), plan, "--dry-run")
-            if code != 0:
-                raise _failure(out, plan, env, the_spec)
-            installed, removed = map(_normalized, _uvpip.planned(out))
-        elif not dry_run:
-            plan, installed, removed, recorded = _add_locked(
-                env, sites, reqs, here, the_spec, run_uv, say
-            )
+            if dry_run and plan.todo:
+                with tempfile.TemporaryDirectory(prefix="envship-add-") as tmp:
+                    code, out = run_uv(Path(tmp), plan, "--dry-run")
+                if code != 0:
+                    raise _failure(out, plan, env, the_spec)
+                installed, removed = map(_normalized, _uvpip.planned(out))
+            elif not dry_run:
+                installed, removed, recorded = _add_locked(
+                    env, work, sites, plan, the_spec, run_uv, say
+                )
     now = load_spec(spec_file) if recorded and not dry_run else the_spec
     stale = (dry_run and bool(recorded)) or _lock_stale(now)
     notes: tuple[str, ...] = ()

@@ -29,10 +29,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,11 +414,53 @@ def add_requirements(
     :class:`SpecError` and nothing is written. The file is replaced in one rename,
     keeping its permissions, and only when something changed; with ``write=False`` it
     is only checked. Returns the requirements written, normalized.
+
+    Writing holds an exclusive ``flock`` on the spec from the read to the rename, so
+    concurrent edits (two ``envship add`` runs, on this machine or another one sharing
+    the volume) each see the other's entries instead of the last rename dropping them.
     """
-    text, changed = _edited(path, requirements)
-    if changed and write:
-        write_atomic(path, text, through_links=True)  # a symlinked spec stays a link
+    if not write:
+        return tuple(_edited(path, requirements)[1])
+    with _spec_locked(path):
+        text, changed = _edited(path, requirements)
+        if changed:
+            write_atomic(path, text, through_links=True)  # a symlinked spec stays a link
     return tuple(changed)
+
+
+@contextlib.contextmanager
+def _spec_locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the spec file itself (through a symlink, on the file it
+    names, which is the one ``write_atomic`` replaces).
+
+    The spec is locked rather than a lock file beside it: that would put a file of ours
+    into the user's project (and into their ``git status``), and could not be made where
+    the folder is not theirs. ``envship._flock.acquire`` does not fit: it creates a
+    missing file and its folders and adds group write to what it opens, none of which may
+    happen to a user's spec. Its check after the wait is kept: each edit renames a new file
+    into place, so a waiter that gets the lock on what was the spec starts over on what is.
+    Opened for writing where allowed (nothing is written through it): NFS emulates flock
+    with POSIX locks, whose exclusive lock needs a writable descriptor."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            now, held = os.stat(path), os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _edited(path: Path, reqs: Sequence[Requirement]) -> tuple[str, list[str]]:
