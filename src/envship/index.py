@@ -16,8 +16,11 @@ JSON or HTML from the ``Accept`` header), so installers get the HTML pages; the
 ``index.json`` files are there for clients that ask for them by path and for a server
 configured to map ``application/vnd.pypi.simple.v1+json`` onto them.
 
-The tree is built in a temporary directory next to OUT and renamed into place only when
-complete: a failed export (a missing or corrupt artifact) leaves OUT as it was.
+The tree is built in a staging folder next to OUT (``.OUT.tmp-*``) and put in place
+only when complete, in one step where the file system can exchange two names
+(:mod:`envship._swap`): a failed export (a missing or corrupt artifact) leaves OUT as it
+was, and a reader, or a run killed at any point, finds the previous export or the new
+one, never none. What a killed export left there is removed by the next one.
 
 An export narrowed to some targets or groups holds files for those only, and its lock
 says so: ``environments``, ``dependency-groups``, ``default-groups`` and the
@@ -34,9 +37,7 @@ import errno
 import hashlib
 import json
 import os
-import secrets
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ from ._simplepages import (
     render_root_html,
     render_root_json,
 )
+from ._swap import Staging, sweep
 from .errors import ArtifactError, IndexExportError, IndexExportInputError, Problem
 from .lockfile import LOCK_FILENAME, Artifact, LockFile
 from .store import Store, sha256_file
@@ -190,7 +192,7 @@ def _check_inputs(out: Path, store: Store, lock: Path) -> None:
     """Refuse an OUT whose replacement would take the export's own inputs with it: the
     store (OUT is it, inside it, or holds it) or the lock being read. ``--force`` only
     says that OUT may be a folder that is no earlier export; it never covers these."""
-    real_out = Path(os.path.realpath(out.parent)) / out.name  # as _swap replaces it
+    real_out = Path(os.path.realpath(out.parent)) / out.name  # as Staging replaces it
     stores = {store.root, Path(os.path.realpath(store.root))}
     problems = [
         Problem(str(out), f"{what} the store {store.root}")
@@ -216,7 +218,7 @@ def _normalized(out: Path) -> Path:
     """``out`` absolute and without ``..``: the path the result (and the CLI) shows.
 
     The parent is resolved, not ``out`` itself: a symlink at ``out`` is replaced by the
-    export (see :func:`_swap`), never followed.
+    export (renameat2 and rename(2) act on the link itself), never followed.
     """
     absolute = out.absolute()
     if absolute.name == "..":  # "x/..": no name of its own to keep
@@ -224,33 +226,10 @@ def _normalized(out: Path) -> Path:
     return absolute.parent.resolve() / absolute.name
 
 
-def _new_folder(parent: Path, prefix: str) -> Path:
-    """A fresh folder under ``parent`` with the mode the umask gives, as OUT's subfolders
-    get: mkdtemp's 0700 would keep a static web server (another user) out of OUT."""
-    while True:
-        folder = parent / f"{prefix}{secrets.token_hex(6)}"
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        return folder
-
-
-def _swap(tmp: Path, out: Path) -> None:
-    """Put ``tmp`` at ``out``; an existing ``out`` goes only after ``tmp`` is in place."""
-    old: Path | None = None
-    if out.exists() or out.is_symlink():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / "previous")
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:
-            os.replace(old / "previous", out)
-        raise
-    finally:
-        if old is not None:  # rmtree removes a symlink at ``previous``, not its target
-            shutil.rmtree(old, ignore_errors=True)
+def _staging_names(out: Path) -> tuple[str, list[str]]:
+    """The prefix of OUT's staging folders, and (``.OUT.old-``) the one where an older
+    envship moved the previous export aside."""
+    return f".{out.name}.tmp-", [f".{out.name}.old-"]
 
 
 def export_index(
@@ -269,10 +248,16 @@ def export_index(
     :class:`ArtifactError` for one whose bytes do not match the lock, and
     :class:`IndexExportError` when ``out`` exists but is no earlier export (unless
     ``force``), or when it is, holds or lies inside the store, or holds the lock (even
-    with ``force``). Nothing at ``out`` changes unless the whole export succeeds.
+    with ``force``). Nothing at ``out`` changes unless the whole export succeeds, and
+    then in one step where the file system can exchange two names (never missing in
+    between). What exports to ``out`` that were killed left beside it goes first.
     """
     out = _normalized(Path(out))
     _check_inputs(out, store, lock.path)
+    # First, whatever else fails: a run killed between the two renames of a file system
+    # without RENAME_EXCHANGE left OUT missing, and this puts the previous export back.
+    prefix, legacy = _staging_names(out)
+    sweep(out.parent, prefix, legacy=legacy)
     artifacts = lock.artifacts(targets, groups=groups)  # refuses unknown targets, groups
     chosen = [lock.target(n) for n in targets] if targets else list(lock.targets)
     chosen_groups = sorted(set(lock.groups) if groups is None else set(groups))
@@ -288,18 +273,16 @@ def export_index(
             problems=[Problem(a.filename, f"{a.name} {a.version}") for a in clashes],
         )
     _check_out(out, force)
-    tmp: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_folder(out.parent, f".{out.name}.tmp-")
-        projects = _write_tree(tmp, lock, store, artifacts, chosen, chosen_groups, progress)
-        _check_out(out, force)  # again: something may have appeared at OUT meanwhile
-        _swap(tmp, out)
+        with Staging(out.parent, prefix, legacy=legacy) as staging:
+            tmp = staging.path / "new"
+            tmp.mkdir()  # the mode the umask gives, as OUT's subfolders get (not 0700)
+            projects = _write_tree(tmp, lock, store, artifacts, chosen, chosen_groups, progress)
+            _check_out(out, force)  # again: something may have appeared at OUT meanwhile
+            staging.replace(tmp, out)
     except OSError as exc:
         raise IndexExportError(f"cannot write the index at {out}: {exc}") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return IndexExport(
         out=out,
         projects=projects,

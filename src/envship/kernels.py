@@ -29,19 +29,23 @@ that installed the kernel (this interpreter, ``-m envship``), since the environm
 itself has no envship to run.
 
 Every kernelspec is written in a staging folder nested inside the ``kernels`` folder
-(Jupyter only looks one level down, so it never sees it half made) and renamed into
-place: a reader sees no kernelspec, the old one, or the new one, whole. What must hold
-of the environment first, and the kernel's name, are :mod:`envship._kernelenv`'s; the
-kernelspec's file names and its ``kernel.json`` are :mod:`envship._kernelspec`'s, and
-listing, with each launcher's verdict, is :mod:`envship._kernellist`'s.
+(Jupyter only looks one level down, so it never sees it half made) and put in place in
+one step where the file system can exchange two names (:mod:`envship._swap`): a reader
+sees the old kernelspec or the new one, whole, and never finds a replaced one missing,
+nor does an install killed at any point leave it missing. What killed installs and
+removals left (``.envship-staging-*``) is removed by the next one in the same folder.
+What must hold of the environment first, and the kernel's name, are
+:mod:`envship._kernelenv`'s; the kernelspec's file names and its ``kernel.json`` are
+:mod:`envship._kernelspec`'s, and listing, with each launcher's verdict, is
+:mod:`envship._kernellist`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -60,6 +64,7 @@ from ._kernelspec import (
     result_json,
     specs_in,
 )
+from ._swap import Staging
 from .errors import KernelError, KernelInputError, Problem
 from .targets import Target
 
@@ -136,38 +141,28 @@ def _populate(folder: Path, spec: dict[str, Any], env: Path) -> None:
 def _write(kernels_dir: Path, name: str, spec: dict[str, Any], env: Path) -> bool:
     """Write the kernelspec ``kernels_dir/name`` atomically; True when one was replaced."""
     dest = kernels_dir / name
-    try:
-        kernels_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=kernels_dir))
-    except OSError as exc:
-        raise KernelError(
-            f"cannot write into {kernels_dir}",
-            problems=[Problem(str(kernels_dir), str(exc))],
-            hint="use --user (the default), --prefix DIR or --kernel-dir DIR",
-        ) from None
-    try:
-        new = staging / name
-        new.mkdir()
-        _populate(new, spec, env)
-        if not (dest.exists() or dest.is_symlink()):
-            os.rename(new, dest)
-            return False
-        # rename(2) cannot replace a non-empty folder: move the old one aside, then in.
-        old = staging / "old"
-        os.rename(dest, old)
+    with contextlib.ExitStack() as stack:
         try:
-            os.rename(new, dest)
-        except OSError:
-            os.rename(old, dest)
-            raise
-        return True
-    except OSError as exc:
-        raise KernelError(
-            f"cannot write the kernelspec {dest}",
-            problems=[Problem(str(dest), str(exc))],
-        ) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            kernels_dir.mkdir(parents=True, exist_ok=True)
+            staging = stack.enter_context(Staging(kernels_dir, _STAGING_PREFIX))
+        except OSError as exc:
+            raise KernelError(
+                f"cannot write into {kernels_dir}",
+                problems=[Problem(str(kernels_dir), str(exc))],
+                hint="use --user (the default), --prefix DIR or --kernel-dir DIR",
+            ) from None
+        try:
+            new = staging.path / "new"
+            new.mkdir()
+            _populate(new, spec, env)
+            # One exchange where the file system has it: Jupyter never finds the name
+            # missing, nor does a killed install leave it missing (see envship._swap).
+            return staging.replace(new, dest)
+        except OSError as exc:
+            raise KernelError(
+                f"cannot write the kernelspec {dest}",
+                problems=[Problem(str(dest), str(exc))],
+            ) from None
 
 
 def install_kernel(
@@ -247,17 +242,13 @@ def remove_kernel(name: str, *, kernel_dirs: Sequence[Path] | None = None) -> Ke
             hint=f"remove it with `jupyter kernelspec remove {key}` if you mean to",
         )
     info = kernel_info(match, facts, shadowed=False, check=False)
-    # Out of Jupyter's sight in one rename, then deleted at leisure.
-    staging: Path | None = None
+    # Out of Jupyter's sight in one rename, then deleted at leisure; never put back.
     try:
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=match.parent))
-        os.rename(match, staging / match.name)
+        with Staging(match.parent, _STAGING_PREFIX) as staging:
+            os.rename(match, staging.path / "removed")
     except OSError as exc:
         raise KernelError(
             f"cannot remove the kernelspec {match}",
             problems=[Problem(str(match), str(exc))],
         ) from None
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
     return info
