@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from envship._addenv import lock_command
 from envship.add import ADDED_KEY, AddConflictError, AddError, add
 from envship.errors import EnvshipError
 from envship.fetch import fetch
@@ -401,3 +402,25 @@ def test_names_are_reported_normalized_in_results_text_and_json(grouped: Grouped
             assert json.loads(proc.stdout)["already_locked"] == ["tomli-w==1.0", "iota==1.0"]
         else:
             assert "tomli-w==1.0 is already locked; nothing to do" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("store", "said"),
+    [
+        ("{default}", ""),  # $ENVSHIP_STORE, which install would take without --store
+        ("/srv/other store", " --store '/srv/other store'"),
+        (None, ""),  # a marker from before the store was recorded
+    ],
+)
+def test_the_hint_names_the_store_when_it_is_not_the_default(
+    tmp_path: Path, store: str | None, said: str
+) -> None:
+    """Run as printed, the command must find the wheels: the store the env was made from
+    is named when envship would not take it by itself."""
+    marker: dict[str, object] = {"lock": {"path": "/p/pylock.toml"}, "groups": ["dev"]}
+    if store is not None:
+        marker["store"] = store.format(default=os.environ["ENVSHIP_STORE"])
+    command = lock_command("install", tmp_path / "env", marker)
+    assert (
+        command == f"`envship install {tmp_path / 'env'} --lock /p/pylock.toml{said} --group dev`"
+    )

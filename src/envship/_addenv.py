@@ -43,6 +43,7 @@ from packaging.version import InvalidVersion, Version
 
 from ._envroot import shared_version
 from ._flock import acquire
+from ._installmarker import store_option
 from .errors import AddError, AddInputError, EnvshipError, Problem, SpecError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .lockfile import LockFile
@@ -109,15 +110,16 @@ def lock_command(
     """```envship install ENV --lock LOCK ...``` (or ``verify``), shell-quoted and in
     backticks, for ``env`` and ``lock`` (default: the lock its install marker records):
     with the groups it was installed with, and its target when the lock has several
-    (both commands would otherwise take the first that fits this machine). The
-    interpreter, byte-code and link mode are the environment's own, which install keeps
-    by itself. Without a lock to name, LOCK is said in words."""
+    (both commands would otherwise take the first that fits this machine), and the store
+    its wheels came from when it is not the default one. The interpreter, byte-code and
+    link mode are the environment's own, which install keeps by itself. Without a lock to
+    name, LOCK is said in words."""
     q = shlex.quote  # pasted into a shell as it is
     path = str(lock) if lock is not None else _recorded_lock(marker)
     groups = marker.get("groups")
     target = marker.get("target")
     name = target.get("name") if isinstance(target, dict) else None
-    extra = ""
+    extra = store_option(marker)
     if isinstance(name, str) and name and path is not None and _lock_targets(path) > 1:
         extra += f" --target {q(name)}"
     # Both commands' default is every group of the lock.

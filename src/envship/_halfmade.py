@@ -19,10 +19,9 @@ from typing import Any
 from ._difference import Difference
 from ._environment import InstalledEnvironment
 from ._envroot import shared_version
-from ._installmarker import INCOMPLETE_NAME, STORE_KEY, read_marker
+from ._installmarker import INCOMPLETE_NAME, read_marker, store_option
 from .errors import HalfMadeError, Problem, SpecError
 from .lockfile import LockFile
-from .store import Store
 from .targets import Target
 
 __all__ = ["finish", "half_made", "incomplete", "remake"]
@@ -89,12 +88,7 @@ def _repeat(marker: Mapping[str, Any]) -> str:
     it env create makes another version), and ``--store S`` when the wheels came from a
     store other than the one envship takes without ``--store`` here: run as printed,
     the command must find them (a marker from before ``store`` was kept: none)."""
-    options = " --compile" if marker.get("compiled") else ""
-    store = marker.get(STORE_KEY)
-    default = Store.default().root
-    if isinstance(store, str) and store and os.path.realpath(store) != os.path.realpath(default):
-        options += f" --store {shlex.quote(store)}"
-    return options
+    return (" --compile" if marker.get("compiled") else "") + store_option(marker)
 
 
 def half_made(

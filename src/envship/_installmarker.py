@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ __all__ = [
     "read_marker",
     "record_digests",
     "site_packages",
+    "store_option",
     "venv_record",
     "write_marker",
 ]
@@ -76,6 +78,22 @@ FILES_KEY = "venv_files"
 LINKS_KEY = "venv_links"
 RECORDS_KEY = "records"
 STORE_KEY = "store"
+
+
+def store_option(marker: Mapping[str, Any]) -> str:
+    """`` --store S`` when the marker's wheels came from a store other than the one
+    envship takes without ``--store`` here (``$ENVSHIP_STORE``, else the user cache): a
+    command printed for the user to run must find them. Empty for the default store and
+    for a marker from before ``store`` was kept."""
+    from .store import Store  # not at import: the store pulls in platformdirs
+
+    store = marker.get(STORE_KEY)
+    if not isinstance(store, str) or not store:
+        return ""
+    if os.path.realpath(store) == os.path.realpath(Store.default().root):
+        return ""
+    return f" --store {shlex.quote(store)}"
+
 
 # Metadata folders: ``name-version.dist-info`` (wheels) and ``name-version[-pyX.Y]
 # .egg-info`` (anything installed the old way, e.g. ``setup.py install``).
