@@ -18,7 +18,6 @@ removed by the next build once its lock shows that nobody holds it any more.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -40,6 +39,7 @@ from . import _flock
 from ._atomic import write_atomic
 from ._bytecode import BytecodeCompiler, Compiler
 from ._imageprefix import BaseDir, placed_writer
+from ._swap import STALE_AFTER, last_write
 from ._wheeltar import Locked, VenvScheme, write_wheel
 from .errors import EnvshipError, ImageError
 from .layer import LayerBlob
@@ -69,9 +69,6 @@ __all__ = [
 LAYER_FORMAT = 2
 _OWN_LAYER = 1 << 20
 _BUCKETS = 8
-# A leftover no lock covers is removed once nothing in it was written for this long: a
-# build writes its layer files continuously, so one this quiet is dead.
-STALE_AFTER = 6 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +386,7 @@ def sweep(tmp: Path, *, now: float | None = None) -> list[str]:
             (name.startswith("build-") and f"{name}.lock" not in names)
             or (name.startswith(".layer-") and name.endswith(".partial"))
             or (name.startswith(".build-") and name.endswith(".new"))
-        ) and now - _last_write(Path(entry.path)) > STALE_AFTER:
+        ) and now - last_write(Path(entry.path)) > STALE_AFTER:
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
@@ -397,15 +394,3 @@ def sweep(tmp: Path, *, now: float | None = None) -> list[str]:
             removed.append(name)
     return removed
 
-
-def _last_write(path: Path) -> float:
-    """The newest mtime of ``path`` and, for a folder, of everything in it."""
-    newest = 0.0
-    with contextlib.suppress(OSError):
-        newest = path.lstat().st_mtime
-        if path.is_dir() and not path.is_symlink():
-            for folder, dirs, files in os.walk(path):
-                for item in (*dirs, *files):
-                    with contextlib.suppress(OSError):
-                        newest = max(newest, os.lstat(os.path.join(folder, item)).st_mtime)
-    return newest

@@ -41,10 +41,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["STALE_AFTER", "Staging", "exchange", "sweep"]
+__all__ = ["STALE_AFTER", "Staging", "exchange", "last_write", "sweep"]
 
-#: A leftover that no lock covers is removed once nothing in it changed for this long
-#: (as image builds' :data:`envship._imagelayers.STALE_AFTER`).
+#: A leftover that no lock covers is removed once nothing in it changed for this long:
+#: a live run writes continuously, so one this quiet is dead (image builds' leftovers
+#: too, :func:`envship._imagelayers.sweep`).
 STALE_AFTER = 6 * 3600
 
 _AT_FDCWD = -100  # <fcntl.h>: paths relative to the working directory
@@ -240,7 +241,7 @@ def _clear(parent: Path, token: str, *, folder: bool = True) -> bool:
 
 def _quiet(path: Path, now: float) -> bool:
     """Whether nothing at or under ``path`` was written for :data:`STALE_AFTER`."""
-    return now - _last_write(path) > STALE_AFTER
+    return now - last_write(path) > STALE_AFTER
 
 
 def _restore(parent: Path, folder: Path) -> None:
@@ -268,7 +269,7 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _last_write(path: Path) -> float:
+def last_write(path: Path) -> float:
     """The newest mtime of ``path`` and, for a folder, of everything in it."""
     newest = 0.0
     with contextlib.suppress(OSError):
