@@ -18,26 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from envship.install import install
 from envship.verify import VerifyMismatchError, verify
-from test_install import PY
+from test_environment import env, site_of
 from test_verify_incomplete import Made, finish, made  # noqa: F401  (a fixture)
+
+__all__ = ["env"]  # a fixture of test_environment, used here too
 
 INFO = "beta-1.0.dist-info"
 EXPECTED = "a line for every file installed, itself included (PEP 376)"
 # What uv writes into the .dist-info folder besides the wheel's METADATA and WHEEL.
 INSTALLERS = [f"{INFO}/REQUESTED", f"{INFO}/direct_url.json", f"{INFO}/uv_cache.json"]
-
-
-@pytest.fixture
-def env(tmp_path: Path, made: Made) -> Path:  # noqa: F811
-    dest = tmp_path / "env"
-    install(made.lock, made.store, dest)
-    return dest
-
-
-def site_of(env: Path) -> Path:
-    return env / "lib" / f"python{PY}" / "site-packages"
 
 
 def lines(record: Path) -> list[str]:
