@@ -34,7 +34,9 @@ from test_add import Project, make_project
 from test_install import versions
 
 ADDERS = 6  # processes at once, each adding its own package
-ROUNDS = 8  # every round starts again from the spec as the lock made it
+# Every round starts again from the spec as the lock made it. Four: the old code lost an
+# entry in 13 of 20 gated rounds (see gate), so four miss it 1.5% of the time per case.
+ROUNDS = 4
 EXTRAS = [f"extra{i}" for i in range(ADDERS)]
 OTHER_PLATFORM = '; sys_platform == "win32"'  # recorded, not installed: uv does not run
 BOUND = 300.0  # seconds: a bound on waiting for an event, never a timing
