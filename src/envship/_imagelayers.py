@@ -393,4 +393,3 @@ def sweep(tmp: Path, *, now: float | None = None) -> list[str]:
                 Path(entry.path).unlink(missing_ok=True)
             removed.append(name)
     return removed
-
