@@ -157,6 +157,22 @@ def test_a_killed_install_is_reported_half_made_first(killed_mid_sync: Path, mad
     assert verify(made.lock, dest).identical
 
 
+def test_the_command_names_the_lock_so_it_runs_from_any_folder(
+    killed_mid_sync: Path, made: Made, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`envship verify env --lock pylock.toml` in the lock's folder: the command it prints
+    still finds the lock when pasted elsewhere (it printed `--lock pylock.toml`)."""
+    monkeypatch.chdir(made.lock.path.parent)
+    relative = LockFile.load(Path(made.lock.path.name))
+    report = verify(relative, killed_mid_sync)
+    assert f"--lock {made.lock.path}`" in (report.remedy or "")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    finish(report.remedy)
+    assert verify(made.lock, killed_mid_sync).identical
+
+
 def test_an_install_killed_before_its_venv_exists_is_refused_naming_the_mark(
     tmp_path: Path, made: Made
 ) -> None:

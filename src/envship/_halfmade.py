@@ -68,7 +68,9 @@ def finish(root: Path | None, lock: LockFile, target: Target | None) -> str | No
         base = os.path.realpath(root / "bin" / "python")  # uv links the venv to its base
     if isinstance(base, str) and os.path.realpath(base) != os.path.realpath(sys.executable):
         pick += f" --python {q(base)}"  # install's default would be envship's own
-    return f"finish it with `envship {remake(root, marker)} --lock {q(str(lock.path))}{pick}`"
+    # The lock as an absolute path: the command is pasted from whatever folder.
+    where = q(os.path.abspath(lock.path))
+    return f"finish it with `envship {remake(root, marker)} --lock {where}{pick}`"
 
 
 def remake(root: Path, marker: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ that returns missing, extra or wrong-version distributions to the lock).
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,7 @@ def _remake(report: VerifyReport, kinds: set[DifferenceKind]) -> str | None:
     An environment envship did not make is not envship's to change: a new one is made."""
     if not kinds & (_FILES | _DISTRIBUTIONS):
         return None
-    lock = shlex.quote(str(report.lock))
+    lock = shlex.quote(os.path.abspath(report.lock))  # pasted from any folder
     root, marker = report.environment.record_root, report.environment.marker()
     if root is None or marker is None:
         if not kinds & _DISTRIBUTIONS:
