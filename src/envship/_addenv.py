@@ -43,7 +43,7 @@ from packaging.version import InvalidVersion, Version
 
 from ._envroot import shared_version
 from ._flock import acquire
-from ._installmarker import store_option
+from ._installmarker import store_option, work_folder
 from .errors import AddError, AddInputError, EnvshipError, Problem, SpecError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .lockfile import LockFile
@@ -166,12 +166,6 @@ def checked_marker(env: Path) -> dict[str, Any]:
         )
     assert isinstance(data, dict)
     return data
-
-
-def work_folder(env: Path) -> Path:
-    """``ENV.envship-tmp``: the work folder ``envship install`` makes beside ``env``; the
-    file ``lock`` in it is the lock install holds while it changes ``env`` (install.py)."""
-    return env.parent / f"{env.name}.envship-tmp"
 
 
 def before_lock(env: Path) -> None:

@@ -13,7 +13,7 @@ records the addition.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from .spec import Spec
 __all__ = ["applies", "marker_environment", "nowhere", "replacements"]
 
 
-def marker_environment(env: Path, rebuild: str) -> dict[str, Any]:
+def marker_environment(env: Path, rebuild: Callable[[], str]) -> dict[str, Any]:
     """PEP 508's marker environment as the environment's own interpreter sees it (it may
-    be another Python than the one envship runs on). ``rebuild``: the command that makes
-    the environment again from its lock, for the hint when the interpreter fails."""
+    be another Python than the one envship runs on). ``rebuild`` gives the command that
+    makes the environment again from its lock, for the hint when the interpreter fails
+    (called only then: it reads the lock)."""
     python = env / "bin" / "python"
     try:
         # Run without site (_pyprobe): site would run the environment's .pth files.
@@ -39,7 +40,7 @@ def marker_environment(env: Path, rebuild: str) -> dict[str, Any]:
     except ProbeFailure as exc:
         raise AddError(
             f"cannot ask {python} which requirement markers apply to it: {exc.detail}",
-            hint=f"{rebuild} makes the environment again from its lock",
+            hint=f"{rebuild()} makes the environment again from its lock",
         ) from None
     markers: dict[str, Any] = data["markers"]
     return markers

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ._flock import denied, make_folders, owner, whom
-from ._installmarker import INCOMPLETE_NAME, MARKER_NAME
+from ._installmarker import INCOMPLETE_NAME, MARKER_NAME, work_folder
 from .errors import EnvInputError
 
 __all__ = [
@@ -255,7 +255,7 @@ def discard(env_dir: Path, key: str) -> tuple[Leftover, ...]:
     folder refused it, when the version could not even be moved away.
     """
     version = env_dir / "versions" / key
-    staging = env_dir / "versions" / f"{key}.envship-tmp"
+    staging = work_folder(env_dir / "versions" / key)
     left: list[Leftover] = []
     if version.exists() or version.is_symlink():
         trash = env_dir / ".trash" / f"{key}-{secrets.token_hex(4)}"
@@ -351,7 +351,7 @@ def version_size(env_dir: Path, key: str) -> int:
     """Bytes a version takes, with its install staging (``<key>.envship-tmp``, where a
     half-made version's unpacked wheels are until its install ends)."""
     versions = env_dir / "versions"
-    return disk_size(versions / key) + disk_size(versions / f"{key}.envship-tmp")
+    return disk_size(versions / key) + disk_size(work_folder(versions / key))
 
 
 def require_root(root: Path) -> Path:

@@ -65,6 +65,7 @@ __all__ = [
     "site_packages",
     "store_option",
     "venv_record",
+    "work_folder",
     "write_marker",
 ]
 
@@ -78,6 +79,13 @@ FILES_KEY = "venv_files"
 LINKS_KEY = "venv_links"
 RECORDS_KEY = "records"
 STORE_KEY = "store"
+
+
+def work_folder(dest: Path) -> Path:
+    """``DEST.envship-tmp``: where a run of install stages beside ``dest`` (a private
+    uv cache, requirements, a failed new environment set aside). Its file ``lock`` is
+    the lock install holds while it changes ``dest``, which ``envship add`` takes too."""
+    return dest.parent / f"{dest.name}.envship-tmp"
 
 
 def store_option(marker: Mapping[str, Any]) -> str:

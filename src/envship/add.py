@@ -287,7 +287,9 @@ def add(
         assert spec_file is not None
         sites = find_environment(env).site_packages
         if any(r.marker for r in reqs):
-            here = _addspec.marker_environment(env, _addenv.lock_command("install", env, marker))
+            here = _addspec.marker_environment(
+                env, lambda: _addenv.lock_command("install", env, marker)
+            )
         else:
             here = {}
         plan = plan_addition(env, sites, reqs, here, the_spec)

@@ -66,6 +66,7 @@ from ._installmarker import (
     read_marker,
     record_digests,
     venv_record,
+    work_folder,
     write_marker,
 )
 from ._installplan import LinkMode, pins, plan, repeat
@@ -204,7 +205,7 @@ def install(
         refuse_shared(dest, read_marker(dest) or {})
     if env_state(dest) == "foreign":  # before the lock: refusing must create nothing at all
         raise refuse_foreign(dest)
-    work = dest.parent / f"{dest.name}.envship-tmp"
+    work = work_folder(dest)
     with locked(work / "lock") as lock_fd:
         try:
             return _install_locked(
