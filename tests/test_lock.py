@@ -603,11 +603,23 @@ def test_lock_loader_only_raises_lock_errors(parts: list[str] | str) -> None:
             assert str(path) in str(exc)
 
 
+@pytest.mark.parametrize(
+    "terminal",
+    [{}, {"COLUMNS": "80"}, {"FORCE_COLOR": "1"}],
+    ids=["plain", "80-columns", "forced-colour"],
+)
 def test_a_python_this_machine_lacks_is_named_when_uv_cannot_fetch_one(
-    tmp_path: Path, index_server: IndexServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    index_server: IndexServer,
+    monkeypatch: pytest.MonkeyPatch,
+    terminal: dict[str, str],
 ) -> None:
     """uv locks with an interpreter of the spec's Python and downloads one when none is
-    found: where that fails, the error says so instead of blaming the package index."""
+    found: where that fails, the error says so instead of blaming the package index.
+    In any terminal: uv wraps its error at ``COLUMNS`` (the URL went onto a line of its
+    own) and colours it under ``FORCE_COLOR`` (set in every Jupyter kernel)."""
+    for name, value in terminal.items():
+        monkeypatch.setenv(name, value)
     # No interpreter of that Python where uv looks, and downloads go to a closed port.
     monkeypatch.setenv("PATH", f"{Path(uv_bin()).parent}:/usr/bin:/bin")
     monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(tmp_path / "pythons"))

@@ -292,7 +292,8 @@ def list_missing(
 _URL = re.compile(r"((?:https?|file)://[^\s`'\"]+)")
 # uv locks with an interpreter of the spec's Python; with none on the machine it fetches
 # a python-build-standalone CPython (file names ``cpython-<version>+<date>-<triple>``).
-_PYTHON_DOWNLOAD = re.compile(r"Failed to download `?((?:https?|file)://\S*?/cpython-[^`\s/]+)")
+# uv wraps its error to the terminal's width, so the URL may be on the next line.
+_PYTHON_DOWNLOAD = re.compile(r"Failed to download\s+`?((?:https?|file)://\S*?/cpython-[^`\s/]+)")
 
 
 def uv_lines(stderr: str) -> list[str]:

@@ -24,7 +24,7 @@ from packaging.pylock import Pylock, PylockValidationError
 
 from ._lockcheck import Resolve
 from ._toml import loads_toml
-from ._uv import uv_bin
+from ._uv import plain_environment, uv_bin
 from .errors import LockError, Problem
 from .lockfile import LOCK_FILENAME
 from .spec import Spec
@@ -48,8 +48,10 @@ def _uv_env_name(name: str) -> str:
 
 def uv_environment(spec: Spec) -> dict[str, str]:
     """The process environment for uv: ours, plus the credentials of the spec's indexes
-    under the names uv reads (``UV_INDEX_<NAME>_USERNAME`` / ``_PASSWORD``)."""
-    env = dict(os.environ)
+    under the names uv reads (``UV_INDEX_<NAME>_USERNAME`` / ``_PASSWORD``); without what
+    colours or wraps uv's errors, which envship reads (``COLUMNS=80`` wrapped the URL of
+    a failed Python download onto a line of its own)."""
+    env = plain_environment(os.environ)
     for idx in spec.indexes:
         key = _uv_env_name(idx.name)
         for suffix, var in (("USERNAME", idx.username_env), ("PASSWORD", idx.password_env)):
