@@ -185,6 +185,13 @@ def test_unknown_group_is_bad_input(
     code, out, err = run(capsys, "--lock", str(lock_path), "--store", str(store), "--group", "nope")
     assert code == 2, (out, err)
     assert "no dependency group 'nope'" in err and "its groups: dev" in err
+    code, out, _ = run(capsys, "--lock", str(lock_path), "--group", "nope", "--json")
+    data = json.loads(out)
+    assert (code, data["error"], data["hint"]) == (
+        2,
+        "group",  # the lock is sound: not "invalid-lock", which says to make it again
+        "name one of them (dev), or no --group for all of them",
+    )
     assert sum(index_server.knobs.requests.values()) == 0
     code, out, err = run(capsys, "--lock", str(lock_path), "--store", str(store), "--group", "dev")
     assert code == 0 and f"{len(WHEELS)} downloaded" in out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from envship.errors import InvalidLockError, LockError, TargetError
+from envship.errors import GroupError, InvalidLockError, LockError, TargetError
 from envship.lockfile import LockFile
 
 TARGETS = (
@@ -128,7 +128,7 @@ def test_an_unknown_group_is_refused_naming_the_known_ones(tmp_path: Path, call:
         head='dependency-groups = ["dev"]\ndefault-groups = []\n',
     )
     lock = LockFile.load(path)
-    with pytest.raises(InvalidLockError, match="no dependency group 'docs'") as caught:
+    with pytest.raises(GroupError, match="no dependency group 'docs'") as caught:
         if call == "artifacts":
             lock.artifacts(groups=["docs", "dev"])
         elif call == "select":
@@ -136,6 +136,9 @@ def test_an_unknown_group_is_refused_naming_the_known_ones(tmp_path: Path, call:
         else:
             lock.chosen_groups(["docs"])
     assert caught.value.problems[0].message == "its groups: dev"
+    # The lock is sound (not "invalid-lock"): the ask was wrong, and says what to ask.
+    assert (caught.value.kind, caught.value.exit_code) == ("group", 2)
+    assert caught.value.hint == "name one of them (dev), or no --group for all of them"
     assert isinstance(caught.value, LockError)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     ArtifactError,
     EnvshipError,
+    GroupError,
     ImageError,
     ImageInputError,
     IndexExportError,
@@ -91,6 +92,7 @@ __all__ = [
     "EnvshipError",
     "FetchResult",
     "FetchedArtifact",
+    "GroupError",
     "ImageError",
     "ImageInputError",
     "IndexConfig",

@@ -19,6 +19,7 @@ __all__ = [
     "EnvError",
     "EnvInputError",
     "EnvshipError",
+    "GroupError",
     "HalfMadeError",
     "ImageError",
     "ImageInputError",
@@ -140,6 +141,14 @@ class InvalidLockError(LockError):
 
     exit_code = 2
     kind = "invalid-lock"
+
+
+class GroupError(LockError):
+    """A dependency group was asked for that the lock does not have: bad input, while the
+    lock itself is sound (``invalid-lock`` would send the user to remake it)."""
+
+    exit_code = 2
+    kind = "group"
 
 
 class UnsupportedTargetError(LockError):

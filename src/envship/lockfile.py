@@ -25,7 +25,14 @@ from packaging.pylock import (
 )
 
 from ._toml import read_toml
-from .errors import InvalidLockError, LockError, Problem, TargetError, UnsupportedTargetError
+from .errors import (
+    GroupError,
+    InvalidLockError,
+    LockError,
+    Problem,
+    TargetError,
+    UnsupportedTargetError,
+)
 from .targets import DEFAULT_GLIBC, Target
 
 __all__ = ["LOCK_FILENAME", "Artifact", "LockFile"]
@@ -167,9 +174,12 @@ class LockFile:
         unknown = sorted(set(groups) - set(self.groups))
         if unknown:
             known = ", ".join(self.groups) or "(none)"
-            raise InvalidLockError(
+            raise GroupError(
                 f"the lock has no dependency group {', '.join(map(repr, unknown))}",
                 problems=[Problem(str(self.path), f"its groups: {known}")],
+                hint=f"name one of them ({known}), or no --group for all of them"
+                if self.groups
+                else "the lock has no dependency groups: leave --group out",
             )
         return tuple(sorted(set(groups)))
 
