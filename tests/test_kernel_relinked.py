@@ -151,12 +151,13 @@ def test_a_relinked_interpreter_is_a_changed_environment_and_its_remedy_repairs_
     capsys.readouterr()
     if place == "private":
         assert main(["verify", str(env), "--lock", lock]) != 0
-        fix = f"make it again from its lock: envship install {env} --lock {lock}"
+        fix = f"make it again from its lock: envship install {env} --lock {lock} --store {store}"
     else:
         assert main(["env", "check", "ds", "--root", str(shared.root)]) == 1
         fix = (
             "make the version again (env create repairs it in place): envship env create ds "
-            f"--root {shared.root} --lock {lock} --python {marker['python']['base']}"
+            f"--root {shared.root} --lock {lock} --python {marker['python']['base']} "
+            f"--store {store}"
         )
     head = (
         f"envship: kernel '{made.name}' cannot start: the environment {env} was changed "
@@ -183,8 +184,10 @@ def test_a_relinked_interpreter_is_a_changed_environment_and_its_remedy_repairs_
     )
     assert err.value.hint == f"{fix}, then `envship kernel install {registered}`"
 
-    # Following it, as printed, from another folder.
-    monkeypatch.setenv("ENVSHIP_STORE", str(store))
+    # Following it, as printed, from another folder, where the default store is empty:
+    # the command names the store the wheels are in (a kernel's environment may lack
+    # the user's ENVSHIP_STORE).
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "empty-store"))
     run_printed(fix[fix.index("envship ") :], tmp_path)
     assert os.readlink(env / "bin" / "python") == was  # repaired in place
     assert kernel_list(capsys)["fits"] is True

@@ -287,7 +287,8 @@ def test_a_half_installed_env_is_told_the_lock_its_marker_records(
     last = said.splitlines()[-1]
     assert "--lock LOCK" not in last and f"envship install {env} --lock {lock}" in last
 
-    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "work" / "store"))
+    assert last.endswith(f" --store {tmp_path / 'work' / 'store'}")  # as its marker says
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "empty-store"))  # not the default
     monkeypatch.chdir(tmp_path)
     args = shlex.split(last[last.index("envship install") :])[1:]
     assert main(args) == 0  # what it says finishes the environment
@@ -340,7 +341,10 @@ def test_a_private_env_without_ipykernel_refuses_and_says_how_to_get_it(
     assert "  - ipykernel is not installed in it (no ipykernel-*.dist-info in " in said
     last = said.splitlines()[-1]
     if locked:
-        assert last == f"envship: its lock has it: repair it: envship install {env} --lock {lock}"
+        assert last == (
+            f"envship: its lock has it: repair it: envship install {env} --lock {lock} "
+            f"--store {work / 'store'}"
+        )
     else:
         assert last.startswith(f"envship: add it: envship add ipykernel --env {env} (or put ")
         assert f"then envship install {env} --lock {lock})" in last
@@ -355,10 +359,11 @@ def test_a_private_env_without_ipykernel_refuses_and_says_how_to_get_it(
 
     # Following it.
     monkeypatch.chdir(work)
-    monkeypatch.setenv("ENVSHIP_STORE", str(work / "store"))
-    if locked:
+    if locked:  # the command names its store: the default one is empty
+        monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "empty-store"))
         assert main(command_in(last, "envship install")) == 0
     else:
+        monkeypatch.setenv("ENVSHIP_STORE", str(work / "store"))
         args = command_in(last, "envship add")
         write_simple_index(work / "index", [stand_in(work / "dist")])
         with serve(work / "index") as server:  # the team's index, here on 127.0.0.1
@@ -415,8 +420,8 @@ def test_kernel_install_refuses_an_env_without_ipykernel_in_the_launchers_words(
     assert hint.endswith(f", then `envship kernel install {env}`")
     if where == "private":
         assert hint == (
-            f"its lock has it: repair it: envship install {env} --lock {lock_of(env)}, "
-            f"then `envship kernel install {env}`"
+            f"its lock has it: repair it: envship install {env} --lock {lock_of(env)} "
+            f"--store {tmp_path / 'w' / 'store'}, then `envship kernel install {env}`"
         )
     else:
         assert (

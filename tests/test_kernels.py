@@ -482,10 +482,10 @@ def test_launcher_refuses_a_machine_the_env_was_not_built_for(
     assert first.startswith(f"envship: kernel 'elsewhere' cannot start: the environment {env}")
     assert f"this machine is {MACHINE} with glibc {GLIBC}" in first
     assert f"  - {reason}" in rest
-    lock = json.loads((env / MARKER_NAME).read_text())["lock"]["path"]
+    marker = json.loads((env / MARKER_NAME).read_text())
     assert rest[-1] == (
-        f"envship: make it again on this machine: envship install {env} --lock {lock} "
-        f"--target {HOST}"
+        f"envship: make it again on this machine: envship install {env} --lock "
+        f"{marker['lock']['path']} --target {HOST} --store {marker['store']}"
     )
 
 
@@ -597,10 +597,11 @@ def test_a_kernel_on_current_runs_the_version_current_names_at_each_start(
     first, *rest = refused.stderr.splitlines()
     assert first.startswith(f"envship: kernel 'ds' cannot start: the environment {one.path} ")
     assert f"  - Python {OTHER_PY} needed, the interpreter is {PY}" in rest
-    base = json.loads((one.path / MARKER_NAME).read_text())["python"]["base"]
+    marker = json.loads((one.path / MARKER_NAME).read_text())
     assert rest[-1] == (
         f"envship: make a version for this machine: envship env create ds --root {s.root} "
-        f"--lock {s.first.path} --target {HOST} --python {base}"
+        f"--lock {s.first.path} --target {HOST} --python {marker['python']['base']} "
+        f"--store {marker['store']}"
     )
     assert "envship install" not in refused.stderr
 
@@ -722,9 +723,10 @@ def test_a_kernel_on_links_to_current_runs_the_version_current_names_then(
     refused = run_launcher(made.resource_dir, tmp_path / "c.json")
     assert refused.returncode == 1
     assert f"cannot start: the environment {two.path} " in refused.stderr
+    marker = json.loads((two.path / MARKER_NAME).read_text())
     assert refused.stderr.splitlines()[-1].endswith(
-        f"--lock {s.second.path} --target {HOST} "
-        f"--python {json.loads((two.path / MARKER_NAME).read_text())['python']['base']}"
+        f"--lock {s.second.path} --target {HOST} --python {marker['python']['base']} "
+        f"--store {marker['store']}"
     )
 
 

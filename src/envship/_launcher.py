@@ -60,6 +60,16 @@ marked() {
         exit 1
     }
 }
+# ` --store STORE` when the marker records the store the environment's wheels came from
+# (a key of its own, outside the tables `marked` reads): a command that installs from it
+# must name it, as the kernel's environment may lack the ENVSHIP_STORE the user's has.
+store_opt() {
+    [ -r "$env/.envship-install.json" ] || return 0
+    s=$(sed -n 's/^  "store": "//p' "$env/.envship-install.json")
+    s=${s%,}
+    s=${s%\"}
+    case $s in ""|*\\*|*\"*) ;; *) echo " --store $s" ;; esac
+}
 # The lock to make the environment again from when it cannot tell itself (it is gone, or
 # its marker is unreadable): the one recorded at registration, else a placeholder.
 recorded_lock() {
@@ -176,12 +186,13 @@ if [ ! -x "$py" ]; then
     case $env in
         */versions/*)
             n=${env%/versions/*}
-            fix="$make envship env create ${n##*/} --root ${n%/*} --lock $lock" ;;
+            fix="$make envship env create ${n##*/} --root ${n%/*} --lock $lock$(store_opt)" ;;
         *)
             if [ ! -d "$env" ] && shared=$(root_fix); then
                 fix="$make $shared"
             else
-                fix="make the environment again on this machine: envship install $env --lock $lock"
+                fix="make the environment again on this machine: envship install $env --lock"
+                fix="$fix $lock$(store_opt)"
             fi ;;
     esac
     echo "envship: $fix" >&2
@@ -212,9 +223,9 @@ if [ ! -e "$env/.envship-incomplete" ] && made=$(marked venv_links bin/python); 
             # On the base it was made with: the same version, repaired in place.
             was=$(marked python base) && [ -e "$was" ] && was=" --python $was" || was=
             fix="make the version again (env create repairs it in place): envship env"
-            fix="$fix create ${n##*/} --root ${n%/*} --lock $lock$was"
+            fix="$fix create ${n##*/} --root ${n%/*} --lock $lock$was$(store_opt)"
         else
-            fix="make it again from its lock: envship install $env --lock $lock"
+            fix="make it again from its lock: envship install $env --lock $lock$(store_opt)"
         fi
         echo "envship: $fix" >&2
         exit 1
@@ -271,6 +282,7 @@ __all__ = [
     "host_glibc",
     "host_machine",
     "kernel_remedy",
+    "marker_store",
     "load_facts",
     "lock_targets",
     "main",
@@ -459,6 +471,13 @@ def missing_kernel(env: str, python: str | None) -> str | None:
     return f"{NO_KERNEL} (no ipykernel-*.dist-info in {where})"
 
 
+def marker_store(marker: dict[str, Any] | None) -> str:
+    """`` --store STORE`` when ``marker`` records the store the environment was made from,
+    as the sh part's ``store_opt``: a kernel runs where ENVSHIP_STORE may not be set."""
+    store = marker.get("store") if isinstance(marker, dict) else None
+    return f" --store {store}" if isinstance(store, str) and store else ""
+
+
 def kernel_remedy(env: str, marker: dict[str, Any] | None, then: str = "") -> str:
     """The command that gives ``env`` ipykernel. Locked but gone (uninstalled, deleted):
     made again from its lock (``envship install`` repairs a venv, ``env create`` a
@@ -477,15 +496,18 @@ def kernel_remedy(env: str, marker: dict[str, Any] | None, then: str = "") -> st
     version = _version_dir(env)
     if version is None:
         if locked:
-            return f"its lock has it: repair it: envship install {env} --lock {lock_path}"
+            store = marker_store(mark)
+            return f"its lock has it: repair it: envship install {env} --lock {lock_path}{store}"
         return (
             f"add it: envship add ipykernel --env {env} (or {relock}, then "
             f"envship install {env} --lock {lock_path})"
         )
     name, root = version
-    make = f"envship env create {name} --root {root} --lock {lock_path}{then}"
+    make = f"envship env create {name} --root {root} --lock {lock_path}"
     if locked:
-        return f"its lock has it: make the version again (env create repairs it): {make}"
+        make += marker_store(mark)
+        return f"its lock has it: make the version again (env create repairs it): {make}{then}"
+    make += then
     return f"{relock} for its lock {lock_path}, then {make}"
 
 
@@ -632,6 +654,8 @@ def remedy(
         elif version is not None and isinstance(base, str) and os.path.exists(base):
             options += f" --python {base}"  # the one this version runs, not envship's own
     with_lock = f" --lock {lock_path}{options}" if lock_path else " --lock LOCK"
+    if lock_path == (mark.get("lock") or {}).get("path"):
+        with_lock += marker_store(mark)  # the store this lock's wheels were taken from
     unread = (
         ""
         if lock_path is None or targets is not None
