@@ -375,6 +375,31 @@ def test_every_way_of_naming_the_env_finds_the_same_site(
     assert [d.kind for d in report.differences] == ["added"]
 
 
+@pytest.mark.parametrize("lock_file", ["empty, as uv leaves it", "holding bytes"])
+def test_a_uv_target_folder_keeps_uvs_lock_file(
+    tmp_path: Path, wheels: Wheels, lock_file: str
+) -> None:
+    """``uv pip install --target DIR`` flocks ``DIR/.lock`` (empty, 0666: astral-sh/uv
+    #11328), as it does at a venv's top: uv's bookkeeping, not an unowned file; bytes in
+    it are a change, as in a venv."""
+    folder = tmp_path / "target"
+    venv = Venv(tmp_path / "unused", tmp_path / "uv-cache")
+    venv.uv(
+        "pip", "install", "--no-config", "--python", sys.executable, "--target", folder,
+        "--no-index", "--offline", wheels.alpha, wheels.beta, wheels.tool,
+    )  # fmt: skip
+    uv_lock = folder / ".lock"
+    assert uv_lock.is_file() and uv_lock.stat().st_size == 0  # what uv leaves, today
+    if lock_file == "holding bytes":
+        uv_lock.write_text("import os\n")
+    report = verify(LockFile.load(wheels.lock_no_omega), folder, full=True)
+    if lock_file == "holding bytes":
+        assert kinds(report.differences) == [("changed", "(venv creation)", str(uv_lock))]
+    else:
+        assert report.identical, report.differences
+        assert report.environment.site_packages == (folder,)
+
+
 def test_default_env_is_the_active_venv(venv: Venv, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIRTUAL_ENV", str(venv.root))
     assert find_environment(None).site_packages == (venv.site,)

@@ -28,7 +28,8 @@ the checked site-packages folders must be listed in some installed distribution'
 RECORD (console scripts, data files), be one the venv's creation wrote as the marker
 records it (``venv_files`` hashed, ``venv_links`` by target: a ``bin/python3`` turned
 into a script is a change), or be a bookkeeping file at the venv's top (envship's
-marker, incomplete marker and use stamp; the ``.lock`` uv flocks while installing);
+marker, incomplete marker and use stamp; the ``.lock`` uv flocks while installing,
+also at the top of a ``uv pip install --target`` folder);
 anything else is ``unowned``. A file the creation wrote, or a bookkeeping file, that
 anyone may write is ``changed``, as an installed one is, but for the use stamp, which
 every user refreshes, and uv's ``.lock`` in a private venv (0666 on purpose,
@@ -418,6 +419,15 @@ def site_differences(
             continue  # gone or unreadable: its distributions are reported missing
         for entry in entries:
             if entry.name == "__pycache__" or entry.path in tops or entry.path in accepted:
+                continue
+            if (
+                entry.name == ".lock"
+                and environment.venv is None
+                and entry.is_file(follow_symlinks=False)
+            ):
+                # `uv pip install --target DIR` flocks DIR/.lock as it does a venv's top.
+                if (diff := _bookkeeping(entry.path, ".lock", shared=False)) is not None:
+                    diffs.append(diff)
                 continue
             diffs.append(
                 Difference("unowned", entry.name, entry.path, None, _what(entry), _note(entry.name))
