@@ -32,6 +32,10 @@ class SmallDisk:
     def resize(self, size: int) -> None:
         _mount("-o", f"remount,size={size}", str(self.path))
 
+    def read_only(self) -> None:
+        """Remount it read-only: even root cannot write there (``os.access`` says so)."""
+        _mount("-o", "remount,ro", str(self.path))
+
     def used(self) -> int:
         """Bytes in use now (tmpfs counts file data in whole pages)."""
         st = os.statvfs(self.path)

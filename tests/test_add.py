@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from disklib import SmallDisk
 from envship import _uvpip
 from envship.add import ADDED_KEY, AddConflictError, AddError, add
 from envship.envs import create_env
@@ -296,6 +297,30 @@ def test_the_spec_is_replaced_in_one_rename(project: Project) -> None:
         "pylock.toml",
         "spec-before.toml",
     ]
+
+
+@pytest.mark.parametrize("where", ["a link in a read-only folder", "a read-only folder"])
+def test_the_folder_that_must_be_writable_is_the_spec_files_own(
+    project: Project, small_disk: SmallDisk, where: str
+) -> None:
+    """add writes through a link to the spec into the linked file's folder (the team's
+    spec linked into a read-only place): that folder must be writable, not the link's,
+    which used to be refused."""
+    spec = small_disk.path / "envship.toml"
+    if where == "a link in a read-only folder":
+        spec.symlink_to(project.spec)
+    else:
+        shutil.copy(project.spec, spec)
+    small_disk.read_only()
+    before = spec.read_text()
+    if where == "a read-only folder":
+        with pytest.raises(AddError, match=f"{small_disk.path} is not writable"):
+            add(["kappa"], env=project.env, spec=spec)
+        assert spec.read_text() == before and "kappa" not in versions(project.env)
+        return
+    result = add(["kappa"], env=project.env, spec=spec)
+    assert result.recorded == ("kappa",) and versions(project.env)["kappa"] == "1.0"
+    assert spec.is_symlink() and '    "kappa",\n' in project.spec.read_text()
 
 
 def test_dry_run_says_what_would_happen_and_changes_nothing(project: Project) -> None:
