@@ -28,6 +28,7 @@ from envship.cli.main import cli, main
 from envship.envs import create_env
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.kernels import KernelError, install_kernel
+from indexlib import build_wheel
 from test_install import PY, stocked_store, target, write_lock
 from test_kernel_remedies import run_printed
 from test_kernels import (  # noqa: F401  (ipykernel_wheels, started: fixtures used here)
@@ -194,6 +195,36 @@ def test_a_relinked_interpreter_is_a_changed_environment_and_its_remedy_repairs_
     proc = run_launcher(made.resource_dir, tmp_path / "c.json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["prefix"] == str(env)
+
+
+def test_the_remedy_repeats_the_groups_the_environment_was_installed_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Installed with `--group docs` of a lock with two groups: the command that makes it
+    again says so (install's default is every group, which would add gamma)."""
+    work = tmp_path / "work"
+    gamma = build_wheel(work / "dist", "gamma", "1.0")
+    env = make_env(
+        work,
+        extra=[stand_in(work / "dist"), gamma],
+        groups={"docs": ["beta"], "dev": ["gamma"]},
+        installed=["docs"],
+    )
+    made = install_kernel(env)
+    marker = marker_of(env)
+    assert marker["groups"] == ["docs"]
+    relink(env, other_build())
+    fix = (
+        f"make it again from its lock: envship install {env} --lock {marker['lock']['path']} "
+        f"--group docs --store {marker['store']}"
+    )
+    assert start_dies(made.name, tmp_path).splitlines()[-1] == f"envship: {fix}"
+    assert kernel_list(capsys)["remedies"] == [fix]
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "empty-store"))
+    run_printed(fix[fix.index("envship ") :], tmp_path)
+    assert marker_of(env)["groups"] == ["docs"]
+    assert not list(env.glob("lib/python*/site-packages/gamma*"))
+    assert kernel_list(capsys)["fits"] is True
 
 
 # --- 2. a real kernel: relinked, it dies with the reason; untouched, it runs code ---------

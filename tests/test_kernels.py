@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,9 +104,16 @@ def user_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return isolate_jupyter(tmp_path, monkeypatch)
 
 
-def make_env(root: Path, name: str = "ds-env", extra: list[Path] | None = None) -> Path:
+def make_env(
+    root: Path,
+    name: str = "ds-env",
+    extra: list[Path] | None = None,
+    groups: dict[str, Sequence[str]] | None = None,
+    installed: Sequence[str] | None = None,
+) -> Path:
     """An environment made by ``envship.install`` from alpha (requires beta), beta and the
-    stand-in launcher module, plus ``extra`` wheels; locked for this machine."""
+    stand-in launcher module, plus ``extra`` wheels; locked for this machine, with
+    ``groups`` (group: package names) of which ``installed`` are installed (all)."""
     dist = root / "dist"
     wheels = [
         build_wheel(dist, "alpha", "1.0", requires=["beta>=1.0"]),
@@ -115,9 +122,9 @@ def make_env(root: Path, name: str = "ds-env", extra: list[Path] | None = None) 
     ]
     if extra:
         wheels = wheels[:2] + extra
-    lock = write_lock(root / "pylock.toml", wheels, targets=[target(glibc=GLIBC)])
+    lock = write_lock(root / "pylock.toml", wheels, targets=[target(glibc=GLIBC)], groups=groups)
     store = stocked_store(root / "store", wheels)
-    install(lock, store, root / name)
+    install(lock, store, root / name, groups=installed)
     return root / name
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ._environment import denied, interpreter_denied, refused
 from ._installmarker import LINKS_KEY
-from ._launcher import kernel_remedy, marker_store, missing_kernel
+from ._launcher import kernel_remedy, made_options, missing_kernel
 from .errors import KernelError, KernelInputError, Problem, TargetError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .targets import Target
@@ -212,15 +212,15 @@ def _remake(env: Path, real: Path, marker: dict[str, Any]) -> str:
     ``current`` followed): made again from its lock, a version in place on the base it
     was made with."""
     lock = marker["lock"].get("path") or "LOCK"
-    store = marker_store(marker)
+    again = made_options(marker)
     shared = _shared(real)
     if shared is None or not (real.parent.parent / ".locks").is_dir():
-        return f"make it again from its lock: envship install {env} --lock {lock}{store}"
+        return f"make it again from its lock: envship install {env} --lock {lock}{again}"
     name, root = shared
     made_with = marker.get("python")
     base = made_with.get("base") if isinstance(made_with, dict) else None
     was = f" --python {base}" if isinstance(base, str) and os.path.exists(base) else ""
     return (
         "make the version again (env create repairs it in place): "
-        f"envship env create {name} --root {root} --lock {lock}{was}{store}"
+        f"envship env create {name} --root {root} --lock {lock}{was}{again}"
     )

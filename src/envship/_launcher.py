@@ -70,6 +70,25 @@ store_opt() {
     s=${s%\"}
     case $s in ""|*\\*|*\"*) ;; *) echo " --store $s" ;; esac
 }
+# ` --group G` for each dependency group the marker records (a list, one item a line):
+# without them, install takes every group of the lock.
+groups_opt() {
+    [ -r "$env/.envship-install.json" ] || return 0
+    sed -n '/^  "groups": [[]$/,/^  []]/p' "$env/.envship-install.json" | {
+        while IFS= read -r g; do
+            case $g in '    "'*) ;; *) continue ;; esac
+            g=${g#*\"}
+            g=${g%,}
+            g=${g%\"}
+            case $g in *\\*|*\"*) ;; *) printf ' --group %s' "$g" ;; esac
+        done
+    }
+}
+# What a command that makes the environment again must repeat of how it was made.
+made_opts() {
+    groups_opt
+    store_opt
+}
 # The lock to make the environment again from when it cannot tell itself (it is gone, or
 # its marker is unreadable): the one recorded at registration, else a placeholder.
 recorded_lock() {
@@ -186,13 +205,13 @@ if [ ! -x "$py" ]; then
     case $env in
         */versions/*)
             n=${env%/versions/*}
-            fix="$make envship env create ${n##*/} --root ${n%/*} --lock $lock$(store_opt)" ;;
+            fix="$make envship env create ${n##*/} --root ${n%/*} --lock $lock$(made_opts)" ;;
         *)
             if [ ! -d "$env" ] && shared=$(root_fix); then
                 fix="$make $shared"
             else
                 fix="make the environment again on this machine: envship install $env --lock"
-                fix="$fix $lock$(store_opt)"
+                fix="$fix $lock$(made_opts)"
             fi ;;
     esac
     echo "envship: $fix" >&2
@@ -223,9 +242,9 @@ if [ ! -e "$env/.envship-incomplete" ] && made=$(marked venv_links bin/python); 
             # On the base it was made with: the same version, repaired in place.
             was=$(marked python base) && [ -e "$was" ] && was=" --python $was" || was=
             fix="make the version again (env create repairs it in place): envship env"
-            fix="$fix create ${n##*/} --root ${n%/*} --lock $lock$was$(store_opt)"
+            fix="$fix create ${n##*/} --root ${n%/*} --lock $lock$was$(made_opts)"
         else
-            fix="make it again from its lock: envship install $env --lock $lock$(store_opt)"
+            fix="make it again from its lock: envship install $env --lock $lock$(made_opts)"
         fi
         echo "envship: $fix" >&2
         exit 1
@@ -282,7 +301,7 @@ __all__ = [
     "host_glibc",
     "host_machine",
     "kernel_remedy",
-    "marker_store",
+    "made_options",
     "load_facts",
     "lock_targets",
     "main",
@@ -471,11 +490,18 @@ def missing_kernel(env: str, python: str | None) -> str | None:
     return f"{NO_KERNEL} (no ipykernel-*.dist-info in {where})"
 
 
-def marker_store(marker: dict[str, Any] | None) -> str:
-    """`` --store STORE`` when ``marker`` records the store the environment was made from,
-    as the sh part's ``store_opt``: a kernel runs where ENVSHIP_STORE may not be set."""
-    store = marker.get("store") if isinstance(marker, dict) else None
-    return f" --store {store}" if isinstance(store, str) and store else ""
+def made_options(marker: dict[str, Any] | None) -> str:
+    """`` --group G`` for each dependency group ``marker`` records (install's default is
+    every group of the lock), then `` --store STORE`` when it records the store the
+    environment was made from (a kernel runs where ENVSHIP_STORE may not be set): what
+    the sh part's ``groups_opt`` and ``store_opt`` say."""
+    mark = marker if isinstance(marker, dict) else {}
+    groups = mark.get("groups")
+    said = "".join(
+        f" --group {g}" for g in (groups if isinstance(groups, list) else []) if isinstance(g, str)
+    )
+    store = mark.get("store")
+    return said + (f" --store {store}" if isinstance(store, str) and store else "")
 
 
 def kernel_remedy(env: str, marker: dict[str, Any] | None, then: str = "") -> str:
@@ -496,8 +522,8 @@ def kernel_remedy(env: str, marker: dict[str, Any] | None, then: str = "") -> st
     version = _version_dir(env)
     if version is None:
         if locked:
-            store = marker_store(mark)
-            return f"its lock has it: repair it: envship install {env} --lock {lock_path}{store}"
+            again = made_options(mark)
+            return f"its lock has it: repair it: envship install {env} --lock {lock_path}{again}"
         return (
             f"add it: envship add ipykernel --env {env} (or {relock}, then "
             f"envship install {env} --lock {lock_path})"
@@ -505,7 +531,7 @@ def kernel_remedy(env: str, marker: dict[str, Any] | None, then: str = "") -> st
     name, root = version
     make = f"envship env create {name} --root {root} --lock {lock_path}"
     if locked:
-        make += marker_store(mark)
+        make += made_options(mark)
         return f"its lock has it: make the version again (env create repairs it): {make}{then}"
     make += then
     return f"{relock} for its lock {lock_path}, then {make}"
@@ -654,8 +680,8 @@ def remedy(
         elif version is not None and isinstance(base, str) and os.path.exists(base):
             options += f" --python {base}"  # the one this version runs, not envship's own
     with_lock = f" --lock {lock_path}{options}" if lock_path else " --lock LOCK"
-    if lock_path == (mark.get("lock") or {}).get("path"):
-        with_lock += marker_store(mark)  # the store this lock's wheels were taken from
+    if lock_path is not None and isinstance(lock, dict) and lock_path == lock.get("path"):
+        with_lock += made_options(mark)  # its groups, and the store of this lock's wheels
     unread = (
         ""
         if lock_path is None or targets is not None
