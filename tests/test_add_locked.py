@@ -15,7 +15,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from envship.store import Store
 from envship.verify import verify
 from indexlib import IndexServer, build_wheel, serve, write_simple_index
 from test_add import PY, build_add_index
-from test_install import versions
+from test_install import build_wheels, versions, write_lock
 
 SPEC = """\
 name = "grouped"
@@ -424,3 +424,26 @@ def test_the_hint_names_the_store_when_it_is_not_the_default(
     assert (
         command == f"`envship install {tmp_path / 'env'} --lock /p/pylock.toml{said} --group dev`"
     )
+
+
+@pytest.mark.parametrize(
+    ("lock_groups", "installed", "said"),
+    [
+        ({"dev": ["tool"]}, [], " --no-groups"),  # none of the lock's: said
+        ({"dev": ["tool"]}, ["dev"], " --group dev"),
+        (None, [], ""),  # a lock without groups: nothing to leave out
+    ],
+)
+def test_the_hint_says_no_groups_when_none_of_the_locks_were_installed(
+    tmp_path: Path,
+    lock_groups: dict[str, Sequence[str]] | None,
+    installed: list[str],
+    said: str,
+) -> None:
+    """Without --group or --no-groups, install takes every group of the lock."""
+    wheels = build_wheels(tmp_path / "dist")
+    picked = [wheels[k] for k in ("alpha", "beta", "tool")]
+    lock = write_lock(tmp_path / "pylock.toml", picked, groups=lock_groups).path
+    marker: dict[str, object] = {"lock": {"path": str(lock)}, "groups": installed}
+    command = lock_command("install", tmp_path / "env", marker)
+    assert command == f"`envship install {tmp_path / 'env'} --lock {lock}{said}`"

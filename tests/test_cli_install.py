@@ -71,6 +71,44 @@ def test_install_text_and_options(
     assert capsys.readouterr().out.strip() == f"{dest} is up to date (3 packages, target {HOST})"
 
 
+@pytest.mark.parametrize(
+    ("options", "packages", "groups"),
+    [
+        ([], ["alpha", "beta", "tool"], ["dev"]),  # every group of the lock
+        (["--group", "dev"], ["alpha", "beta", "tool"], ["dev"]),
+        (["--no-groups"], ["alpha", "beta"], []),  # a lock's only group left out
+    ],
+    ids=["default", "group", "no-groups"],
+)
+def test_groups_are_every_one_named_or_none(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    packages: list[str],
+    groups: list[str],
+) -> None:
+    wheels = build_wheels(tmp_path / "dist")
+    picked = [wheels[k] for k in ("alpha", "beta", "tool")]
+    lock = write_lock(tmp_path / "pylock.toml", picked, groups={"dev": ["tool"]})
+    store = stocked_store(tmp_path / "store", picked)
+    dest = tmp_path / "env"
+    args = ["install", str(dest), "--lock", str(lock.path), "--store", str(store.root)]
+    assert main([*args, *options, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (sorted(p["name"] for p in out["packages"]), out["groups"]) == (packages, groups)
+    assert json.loads((dest / MARKER_NAME).read_text())["groups"] == groups
+
+
+def test_group_and_no_groups_exclude_each_other(
+    setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock, store = setup
+    args = ["install", str(tmp_path / "env"), "--lock", str(lock), "--store", str(store)]
+    assert main([*args, "--group", "dev", "--no-groups"]) == 2
+    assert "--group and --no-groups exclude each other" in capsys.readouterr().err
+    assert not (tmp_path / "env").exists()
+
+
 @pytest.mark.parametrize(("first", "then"), [("beta11", "beta"), ("beta", "beta11")])
 def test_an_upgrade_or_downgrade_shows_the_old_version_above_the_new(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str, then: str

@@ -197,32 +197,40 @@ def test_a_relinked_interpreter_is_a_changed_environment_and_its_remedy_repairs_
     assert json.loads(proc.stdout)["prefix"] == str(env)
 
 
+@pytest.mark.parametrize(
+    ("installed", "said"), [(["docs"], "--group docs"), ([], "--no-groups")], ids=["docs", "none"]
+)
 def test_the_remedy_repeats_the_groups_the_environment_was_installed_with(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    installed: list[str],
+    said: str,
 ) -> None:
-    """Installed with `--group docs` of a lock with two groups: the command that makes it
-    again says so (install's default is every group, which would add gamma)."""
+    """Installed with `--group docs`, or with none, of a lock with two groups: the
+    command that makes it again says so (install's default is every group, which would
+    add gamma)."""
     work = tmp_path / "work"
     gamma = build_wheel(work / "dist", "gamma", "1.0")
     env = make_env(
         work,
         extra=[stand_in(work / "dist"), gamma],
-        groups={"docs": ["beta"], "dev": ["gamma"]},
-        installed=["docs"],
+        groups={"docs": [], "dev": ["gamma"]},
+        installed=installed,
     )
     made = install_kernel(env)
     marker = marker_of(env)
-    assert marker["groups"] == ["docs"]
+    assert marker["groups"] == installed
     relink(env, other_build())
     fix = (
         f"make it again from its lock: envship install {env} --lock {marker['lock']['path']} "
-        f"--group docs --store {marker['store']}"
+        f"{said} --store {marker['store']}"
     )
     assert start_dies(made.name, tmp_path).splitlines()[-1] == f"envship: {fix}"
     assert kernel_list(capsys)["remedies"] == [fix]
     monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "empty-store"))
     run_printed(fix[fix.index("envship ") :], tmp_path)
-    assert marker_of(env)["groups"] == ["docs"]
+    assert marker_of(env)["groups"] == installed
     assert not list(env.glob("lib/python*/site-packages/gamma*"))
     assert kernel_list(capsys)["fits"] is True
 

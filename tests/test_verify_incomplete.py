@@ -217,22 +217,26 @@ def test_the_command_keeps_the_interpreter_and_names_the_target(tmp_path: Path, 
     assert "home = /usr/bin" in (dest / "pyvenv.cfg").read_text()
 
 
-def test_the_command_repeats_the_groups_it_was_begun_with(tmp_path: Path, made: Made) -> None:
-    """Begun with `--group docs` of a lock with two groups: without it, install takes
-    every group of the lock, and the finished environment would have `tool` too."""
+@pytest.mark.parametrize(
+    "options", [["--group", "docs"], ["--no-groups"]], ids=["one group", "no groups"]
+)
+def test_the_command_repeats_the_groups_it_was_begun_with(
+    tmp_path: Path, made: Made, options: list[str]
+) -> None:
+    """Begun with `--group docs` (or none) of a lock with two groups: without it, install
+    takes every group of the lock, and the finished environment would have `tool` too."""
     wheels = [made.wheels[k] for k in ("alpha", "beta", "tool")]
-    grouped = write_lock(
-        tmp_path / "grouped.toml", wheels, groups={"docs": ["beta"], "dev": ["tool"]}
-    )
+    grouped = write_lock(tmp_path / "grouped.toml", wheels, groups={"docs": [], "dev": ["tool"]})
     dest = tmp_path / "env"
-    killed(tmp_path, "sync", "install", str(dest), "--lock", str(grouped.path), "--group", "docs")
-    report = verify(grouped, dest, groups=["docs"])
+    killed(tmp_path, "sync", "install", str(dest), "--lock", str(grouped.path), *options)
+    groups = options[1:]
+    report = verify(grouped, dest, groups=groups)
     assert report.remedy == (
-        f"finish it with `envship install {dest} --lock {grouped.path} --group docs`"
+        f"finish it with `envship install {dest} --lock {grouped.path} {' '.join(options)}`"
     )
     finish(report.remedy)
-    assert verify(grouped, dest, groups=["docs"]).identical
-    assert json.loads((dest / MARKER_NAME).read_text())["groups"] == ["docs"]
+    assert verify(grouped, dest, groups=groups).identical
+    assert json.loads((dest / MARKER_NAME).read_text())["groups"] == groups
 
 
 def test_a_failed_update_is_not_identical_to_either_lock(

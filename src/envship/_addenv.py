@@ -93,12 +93,14 @@ def _recorded_lock(marker: Mapping[str, Any]) -> str | None:
     return path if isinstance(path, str) and path else None
 
 
-def _lock_targets(path: str | Path) -> int:
-    """How many targets the lock at ``path`` has (0 when it cannot be read)."""
+def _lock_shape(path: str | Path) -> tuple[int, tuple[str, ...]]:
+    """How many targets the lock at ``path`` has, and its dependency groups (0 and none
+    when it cannot be read)."""
     try:
-        return len(LockFile.load(Path(path)).targets)
+        lock = LockFile.load(Path(path))
     except EnvshipError:
-        return 0
+        return 0, ()
+    return len(lock.targets), lock.groups
 
 
 def lock_command(
@@ -120,12 +122,15 @@ def lock_command(
     target = marker.get("target")
     name = target.get("name") if isinstance(target, dict) else None
     extra = store_option(marker)
-    if isinstance(name, str) and name and path is not None and _lock_targets(path) > 1:
+    targets, lock_groups = _lock_shape(path) if path is not None else (0, ())
+    if isinstance(name, str) and name and targets > 1:
         extra += f" --target {q(name)}"
     # Both commands' default is every group of the lock.
     for group in groups if isinstance(groups, list) else ():
         if isinstance(group, str):
             extra += f" --group {q(group)}"
+    if groups == [] and lock_groups:
+        extra += " --no-groups"
     if path is not None:
         return f"`envship {verb} {q(str(env))} --lock {q(path)}{extra}`"
     return (

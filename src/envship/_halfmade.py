@@ -69,9 +69,10 @@ def finish(root: Path | None, lock: LockFile, target: Target | None) -> str | No
     if isinstance(base, str) and os.path.realpath(base) != os.path.realpath(sys.executable):
         pick += f" --python {q(base)}"  # install's default would be envship's own
     groups = marker.get("groups")
-    if isinstance(groups, list) and groups and set(groups) != set(lock.groups):
-        # Without --group, install takes every group of the lock: not what was begun.
+    if isinstance(groups, list) and set(groups) != set(lock.groups):
+        # Without either, install takes every group of the lock: not what was begun.
         pick += "".join(f" --group {q(g)}" for g in groups if isinstance(g, str))
+        pick += "" if groups else " --no-groups"
     # The lock as an absolute path: the command is pasted from whatever folder.
     where = q(os.path.abspath(lock.path))
     return f"finish it with `envship {remake(root, marker)} --lock {where}{pick}`"

@@ -83,6 +83,11 @@ groups_opt() {
             case $g in *\\*|*\"*) ;; *) printf ' --group %s' "$g" ;; esac
         done
     }
+    # Installed with none of its lock's groups (a line of its own: an empty list).
+    if grep -q '^  "groups": [[]],$' "$env/.envship-install.json" \
+        && grep -Eq '^dependency-groups = [[][[:space:]]*("|$)' "$lock" 2>/dev/null; then
+        printf ' --no-groups'
+    fi
 }
 # What a command that makes the environment again must repeat of how it was made.
 made_opts() {
@@ -490,16 +495,33 @@ def missing_kernel(env: str, python: str | None) -> str | None:
     return f"{NO_KERNEL} (no ipykernel-*.dist-info in {where})"
 
 
+def _lock_has_groups(path: str | None) -> bool:
+    """Whether the lock at ``path`` declares dependency groups (``dependency-groups``,
+    which envship writes as an array starting on its own line)."""
+    import re
+
+    try:
+        with open(path or "", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, ValueError):
+        return False
+    return re.search(r'^dependency-groups = \[\s*"', text, re.MULTILINE) is not None
+
+
 def made_options(marker: dict[str, Any] | None) -> str:
     """`` --group G`` for each dependency group ``marker`` records (install's default is
-    every group of the lock), then `` --store STORE`` when it records the store the
-    environment was made from (a kernel runs where ENVSHIP_STORE may not be set): what
-    the sh part's ``groups_opt`` and ``store_opt`` say."""
+    every group of the lock; `` --no-groups`` when it records none of its lock's), then
+    `` --store STORE`` when it records the store the environment was made from (a kernel
+    runs where ENVSHIP_STORE may not be set): what the sh part's ``groups_opt`` and
+    ``store_opt`` say."""
     mark = marker if isinstance(marker, dict) else {}
     groups = mark.get("groups")
     said = "".join(
         f" --group {g}" for g in (groups if isinstance(groups, list) else []) if isinstance(g, str)
     )
+    lock = mark.get("lock")
+    if groups == [] and isinstance(lock, dict) and _lock_has_groups(lock.get("path")):
+        said = " --no-groups"
     store = mark.get("store")
     return said + (f" --store {store}" if isinstance(store, str) and store else "")
 

@@ -6,13 +6,14 @@ message, a hint and an exit code.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -165,14 +166,35 @@ def store_option(func: F) -> F:
 
 
 def groups_option(verb: str) -> Callable[[F], F]:
-    """``--group NAME`` (repeatable), passed as ``groups``; default: every group."""
-    return click.option(
-        "--group",
-        "groups",
-        multiple=True,
-        metavar="NAME",
-        help=f"{verb} this dependency group (repeatable) [default: every group in the lock].",
-    )
+    """``--group NAME`` (repeatable) and ``--no-groups``, passed as ``groups``: the names
+    given, ``()`` for none of the lock's groups, None (neither option) for all of them.
+    Without ``--no-groups`` a lock's only group could not be left out."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def command(*args: Any, groups: tuple[str, ...], no_groups: bool, **kwargs: Any) -> Any:
+            if no_groups and groups:
+                raise click.UsageError("--group and --no-groups exclude each other")
+            return func(*args, groups=() if no_groups else (groups or None), **kwargs)
+
+        with_flag = click.option(
+            "--no-groups",
+            is_flag=True,
+            help=f"{verb} none of the lock's dependency groups: only the packages outside them.",
+        )(command)
+        return cast(
+            F,
+            click.option(
+                "--group",
+                "groups",
+                multiple=True,
+                metavar="NAME",
+                help=f"{verb} this dependency group (repeatable) [default: every group in "
+                "the lock].",
+            )(with_flag),
+        )
+
+    return decorate
 
 
 def python_option(default_text: str) -> Callable[[F], F]:

@@ -74,7 +74,7 @@ def command(
     lock_path: Path,
     store_dir: Path | None,
     targets: tuple[str, ...],
-    groups: tuple[str, ...],
+    groups: tuple[str, ...] | None,
     jobs: int,
     verify: bool,
     as_json: bool,
@@ -91,7 +91,7 @@ def command(
         lock,
         store,
         targets=list(targets) or None,
-        groups=list(groups) or None,
+        groups=groups,
         jobs=jobs,
         verify=verify,
         # Reading the spec is only worth it when something must be downloaded.

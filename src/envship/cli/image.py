@@ -138,7 +138,7 @@ def build_cmd(
     outputs: tuple[str, ...],
     push_ref: str | None,
     target: str | None,
-    groups: tuple[str, ...],
+    groups: tuple[str, ...] | None,
     prefix: str,
     kernel_name: str | None,
     jobs: int | None,
@@ -182,7 +182,7 @@ def build_cmd(
     lock = LockFile.load(lock_path)
     if target is not None:
         lock_target(lock, target)
-    lock.chosen_groups(groups or None)
+    lock.chosen_groups(groups)
     store = Store.at(store_dir)
     clients: dict[str, RegistryClient] = {}
     # Blob progress arrives on the client's upload threads, which do not see the --json
@@ -205,7 +205,7 @@ def build_cmd(
         facts,
         base_name=source.name,
         target=target,
-        groups=groups or None,
+        groups=groups,
         prefix=prefix,
         kernel_name=kernel_name,
         jobs=jobs,

@@ -41,7 +41,7 @@ def export(
     lock_path: Path,
     store_dir: Path | None,
     targets: tuple[str, ...],
-    groups: tuple[str, ...],
+    groups: tuple[str, ...] | None,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -64,7 +64,7 @@ def export(
         store,
         out,
         targets=list(targets) or None,
-        groups=list(groups) or None,
+        groups=groups,
         force=force,
         progress=Progress("export"),
     )

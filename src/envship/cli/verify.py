@@ -117,7 +117,7 @@ def command(
     env: Path | None,
     lock_path: Path,
     target_name: str | None,
-    groups: tuple[str, ...],
+    groups: tuple[str, ...] | None,
     full: bool,
     bytecode: bool,
     ignore: tuple[str, ...],
@@ -177,7 +177,7 @@ def command(
             lock,
             env,
             target=target,
-            groups=groups or None,
+            groups=groups,
             full=full,
             ignore=ignore,
             bytecode=bytecode,
@@ -199,7 +199,7 @@ def _verify_image(
     image: str,
     store_dir: Path | None,
     insecure: bool,
-    groups: tuple[str, ...],
+    groups: tuple[str, ...] | None,
     ignore: tuple[str, ...],
     bytecode: bool,
 ) -> VerifyReport:
@@ -210,6 +210,4 @@ def _verify_image(
 
     store = Store.at(store_dir)
     source = open_image(image, store, client=default_client(insecure=insecure))
-    return verify_image(
-        lock, source, groups=groups or None, ignore=ignore, bytecode=bytecode, store=store
-    )
+    return verify_image(lock, source, groups=groups, ignore=ignore, bytecode=bytecode, store=store)
