@@ -62,6 +62,12 @@ def test_readme_main_job_runs_on_a_fresh_copy(
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "identical" in run.stdout
+    # The command leaves the checkout as it was: the bundled lock is current, so locking
+    # it again changes nothing (it once lacked the sizes a fresh lock records).
+    lock = "examples/quickstart/pylock.toml"
+    assert (project / lock).read_bytes() == (ROOT / lock).read_bytes()
+    said = [ln for ln in run.stdout.splitlines() if f"{lock} (" in ln]
+    assert said and said[0].startswith("unchanged: "), said
     # Held against the wheels in the example's store, not the installed RECORDs alone.
     assert "installed RECORD only" not in run.stdout + run.stderr
     kernels = list(home.glob(".local/share/jupyter/kernels/*/kernel.json"))
