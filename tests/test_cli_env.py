@@ -14,6 +14,7 @@ from envship.cli.env import command
 from envship.cli.main import cli, main
 from envship.envs import USED_NAME
 from test_install import HOST, build_wheels, stocked_store, target, write_lock
+from test_unreadable import USER_1000, Shared, _json, shared  # noqa: F401  (fixture)
 
 
 @pytest.fixture(autouse=True)
@@ -242,3 +243,29 @@ def test_gc_help_states_what_it_can_and_cannot_see(capsys: pytest.CaptureFixture
     )
     assert "matched by device and inode: a symlinked or bind-mounted root too" in text
     assert "Give --older-than longer than such jobs run." in text
+
+
+def test_list_text_says_what_cannot_be_read_and_by_whom(
+    shared: Shared,  # noqa: F811
+) -> None:
+    """What --json says of a folder another user keeps private, the text says too: the
+    folder, its owner and mode for a version; for an environment folder, that its
+    `current` cannot be read (not that it has none)."""
+    private = shared.create("private", umask=0o077).parent.parent  # ROOT/private is 0700
+    shared.create("mixed")
+    for folder in (shared.root / "mixed" / "versions").iterdir():
+        folder.chmod(0o700)  # as the auditor did: every version hidden, versions/ open
+    doc = _json(shared.run("env", "list", "--root", str(shared.root), "--json"))
+    (hidden,) = next(e for e in doc if e["name"] == "mixed")["versions"]
+    assert hidden["unreadable"] is not None
+    proc = shared.run("env", "list", "--root", str(shared.root))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    mixed = lines.index(f"mixed  current: {hidden['key']}")
+    assert lines[mixed + 1].startswith(f"  * {hidden['key']}  unreadable  used ")
+    assert lines[mixed + 2] == f"      {hidden['unreadable']}"
+    assert "owned by root (uid 0), mode 0700" in lines[mixed + 2]
+    assert f"private  current: cannot be read by {USER_1000}" in lines
+    assert "private  current: (none)" not in lines
+    said = f"  unreadable: {private}: permission denied: {USER_1000} cannot read it"
+    assert said in "\n".join(lines)

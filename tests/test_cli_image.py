@@ -665,3 +665,16 @@ def test_invalid_source_date_epoch(
         and "SOURCE_DATE_EPOCH must be a whole number of seconds, not 'last tuesday'" in err
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_jobs_has_the_short_option_fetch_has(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, slim_layout: BaseImage
+) -> None:
+    """`fetch -j N` and `image build -j N` alike (it was "No such option '-j'")."""
+    setup = make_setup(tmp_path / "setup")
+    out = f"oci:{tmp_path / 'out'}:jobs"
+    code, _, err = run(capsys, *build_args(setup, slim_layout.ref, "-j", "1", "-o", out))
+    assert code == 0, err
+    assert "No such option" not in err and (tmp_path / "out" / "index.json").is_file()
+    result = CliRunner().invoke(cli, ["image", "build", "--help"], terminal_width=200)
+    assert "-j, --jobs INTEGER RANGE" in result.output

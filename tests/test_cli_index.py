@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import errno
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from disklib import SmallDisk
 from envship.cli import main as cli_main
 from envship.cli.index import command as index_group
 from envship.index import MARKER_FILENAME
@@ -170,3 +172,28 @@ def test_unknown_group_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 2
     assert "no dependency group 'nope'" in err and "its groups: dev, docs" in err
     assert not out.exists()
+
+
+def test_a_full_disk_is_named_with_its_remedy(
+    universe: Universe, small_disk: SmallDisk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As install, env create, fetch and image build say it: the disk holding OUT is full
+    (a real tmpfs filled up; the store is on another file system, so files are copied)."""
+    out = small_disk.path / "ix"
+    args = ["index", "export", str(out), "--lock", str(universe.lock.path)]
+    args += ["--store", str(universe.store.root)]
+    filler = small_disk.fill(leave=0)
+    assert run_cli(*args, "--json") == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["error"] == "index" and doc["message"] == f"the disk holding {out} is full"
+    assert doc["problems"][0]["message"] == os.strerror(errno.ENOSPC)
+    assert doc["hint"].startswith("free space there (or export to a larger disk) and re-run")
+    assert "the artifacts are copied there" in doc["hint"]
+    assert doc["problems"][0]["where"].startswith(str(small_disk.path))  # what was written
+    assert sorted(p.name for p in small_disk.path.iterdir()) == ["filler"]  # nothing kept
+    assert run_cli(*args) == 1
+    err = capsys.readouterr().err
+    assert f"error: the disk holding {out} is full" in err and "hint: free space" in err
+    filler.unlink()  # the remedy, and the same command then succeeds
+    assert run_cli(*args) == 0
+    assert (out / MARKER_FILENAME).is_file()

@@ -221,3 +221,41 @@ def test_a_path_that_does_not_exist_is_bad_input(
     filled = [a.format(missing=tmp_path / "nonexist", tmp=tmp_path) for a in args]
     assert main(filled) == 2
     assert str(tmp_path / "nonexist") in capsys.readouterr().err
+
+
+def test_remove_of_an_unknown_name_hints_a_list_that_searches_the_same_folders(
+    env: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kd = tmp_path / "kd"
+    assert main(["kernel", "install", str(env), "--kernel-dir", str(kd)]) == 0
+    capsys.readouterr()
+    assert main(["kernel", "remove", "typo", "--kernel-dir", str(kd), "--json"]) == 2
+    hint = json.loads(capsys.readouterr().out)["hint"]
+    listed = f"envship kernel list --kernel-dir {kd}"
+    assert hint == f"`{listed}` shows the kernels envship made there"
+    # As printed, from another folder: it lists the kernel a bare `kernel list` misses.
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(listed.split()[1:]) == 0
+    assert capsys.readouterr().out.split()[:2] == ["ds-env", "fits"]
+    assert main(["kernel", "list"]) == 0
+    assert capsys.readouterr().out == "no envship kernels found\n"
+
+
+def test_remove_without_folders_says_how_to_reach_a_prefix_kernel(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix = tmp_path / "prefix"
+    assert main(["kernel", "install", str(env), "--prefix", str(prefix)]) == 0
+    capsys.readouterr()
+    assert main(["kernel", "remove", "ds-env"]) == 2  # not on Jupyter's path
+    err = capsys.readouterr().err
+    hint = " ".join(err.split("hint: ", 1)[1].split())
+    assert hint.startswith("`envship kernel list` shows the kernels envship made on Jupyter's")
+    said = "`envship kernel remove NAME --kernel-dir P/share/jupyter/kernels`"
+    assert f"one installed with --prefix P is removed with {said}" in hint
+    follow = said.strip("`").replace("NAME", "ds-env").replace("P/", f"{prefix}/")
+    assert main(follow.split()[1:]) == 0
+    assert not (prefix / "share/jupyter/kernels/ds-env").exists()

@@ -4,6 +4,7 @@ named, moved versions and notes are shown in text and ``--json``."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -143,3 +144,58 @@ def test_check_on_a_lock_envship_did_not_write(
     assert code == 1
     assert "was not written by `envship lock`: it records no spec digest" in err
     assert "spec changed" not in err
+
+
+# -- hints that work as printed, from the folder the check ran in -----------------------
+
+HERE = ["here", "elsewhere", "elsewhere, named output"]
+
+
+@pytest.mark.parametrize("case", HERE)
+def test_a_stale_check_hints_the_lock_command_that_fixes_it_from_here(
+    spec_dir: Path,
+    tmp_path: Path,
+    index_server: IndexServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    """Each hint is run as printed, in the folder where the check ran: a bare `envship
+    lock` there would lock the spec of that folder (or find none), and write the default
+    lock, not the one checked."""
+    spec_file = (spec_dir / "envship.toml").resolve()
+    check = ["lock", "--check"]
+    expected = "envship lock"
+    if case == "here":
+        monkeypatch.chdir(spec_dir)
+    else:
+        monkeypatch.chdir(tmp_path / "folder")
+        check += ["--spec", str(spec_dir)]
+        expected += f" --spec {spec_file}"
+    if case.endswith("named output"):
+        output = spec_dir / "pylock.gpu.toml"
+        check += ["-o", str(output)]
+        expected += f" -o {output}"
+    # No lock yet, then a lock the spec moved away from: the same command fixes both.
+    for step in ("missing", "stale"):
+        if step == "stale":
+            write_spec(spec_dir, index_server.simple_url, dependencies=[])
+        code, out, _ = run(capsys, *check, "--json")
+        assert code == 1
+        doc = json.loads(out)
+        assert doc["error"] == "stale-lock" and doc["hint"] == f"run `{expected}`", doc
+        code, _, err = run(capsys, *shlex.split(expected)[1:])
+        assert code == 0, err
+        code, out, err = run(capsys, *check)
+        assert code == 0 and out.endswith("is current\n"), err
+    assert not (tmp_path / "folder" / "pylock.toml").exists()
+
+
+def test_a_spec_path_with_a_space_is_quoted_in_the_hint(
+    tmp_path: Path, index_server: IndexServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_spec(tmp_path / "my spec", index_server.simple_url, dependencies=[])
+    code, _, err = run(capsys, "lock", "--check", "--spec", tmp_path / "my spec")
+    assert code == 1
+    quoted = shlex.quote(str((tmp_path / "my spec" / "envship.toml").resolve()))
+    assert f"hint: run `envship lock --spec {quoted}`" in err

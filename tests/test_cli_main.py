@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 
 from envship.cli import main
+from envship.cli._common import json_option
 from indexlib import IndexServer
 
 
@@ -131,5 +133,61 @@ def test_an_interrupted_command_says_so_and_exits_130(
     if as_json:
         doc = json.loads(out)
         assert doc["error"] == "interrupted" and "re-run" in doc["message"]
+        assert err == ""  # only the document: click's blank line for "^C" is text's
     else:
         assert out == "" and "interrupted; re-run the same command" in err
+
+
+# -- a bug: an exception no command turned into an error of its own -------------------
+
+
+@pytest.fixture
+def broken(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A throw-away command that fails as a bug would: real code raising on real input
+    (a truncated JSON document), not an error envship raises on purpose."""
+
+    @click.command("broken")
+    @json_option
+    def command(as_json: bool) -> None:
+        json.loads('{"cut": ')
+
+    monkeypatch.setitem(main.cli.commands, "broken", command)
+    return "broken"
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_a_bug_with_json_is_one_document_and_a_traceback_on_stderr(
+    broken: str, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [broken, "--json"] if where == "after" else ["--json", broken]
+    assert main.main(argv) == 70
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert sorted(doc) == ["error", "hint", "message", "problems"]  # every error's shape
+    assert doc["error"] == "internal"
+    assert doc["message"].startswith("internal error (JSONDecodeError): Expecting value")
+    assert "bug in envship" in doc["hint"] and "stderr" in doc["hint"]
+    (problem,) = doc["problems"]
+    assert problem["where"].startswith(json.decoder.__file__)  # where it was raised
+    # The bug stays visible: the whole traceback, down to the command that failed.
+    assert err.startswith("Traceback (most recent call last):")
+    assert "json.loads('{\"cut\": ')" in err and "JSONDecodeError" in err
+
+
+def test_a_bug_without_json_is_the_traceback_and_an_error_line(
+    broken: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main.main([broken]) == 70
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("Traceback (most recent call last):")
+    lines = err.splitlines()
+    assert lines[-3].startswith("error: internal error (JSONDecodeError): Expecting value")
+    assert lines[-2].startswith(f"  - {json.decoder.__file__}:")  # where it was raised
+    assert lines[-1].startswith("hint: this is a bug in envship")
+
+
+def test_the_help_documents_exit_code_70(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main.main(["--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "70 internal error (a bug in envship)" in help_text

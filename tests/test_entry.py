@@ -21,10 +21,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 CHILD = """
 import importlib.abc, os, signal, sys
 SIG = getattr(signal, sys.argv[1])
+MODULE = os.environ.get("INTERRUPT_AT", "click")
 
 class Interrupt(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "click":
+        if name == MODULE:
             sys.meta_path.remove(self)
             os.kill(os.getpid(), SIG)
         return None
@@ -39,8 +40,8 @@ sys.exit(main())
 RUN = "import sys; from envship._entry import main; sys.exit(main())"
 
 
-def _run(sig: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+def _run(sig: str, *args: str, at: str = "click") -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "INTERRUPT_AT": at}
     return subprocess.run(
         [sys.executable, "-c", CHILD, sig, *args],
         capture_output=True,
@@ -69,6 +70,26 @@ def test_with_json_it_is_one_document_of_the_cli_s_shape() -> None:
         "message": "interrupted before it started; nothing was done",
         "problems": [],
     }
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_while_importing_the_command_json_is_alone_and_text_ends_the_line(sig: str) -> None:
+    """The command's module is imported when click looks the command up, inside click's
+    own main, which answered a KeyboardInterrupt with a blank line on stderr, also with
+    --json, where nothing but the document may be written."""
+    done = _run(sig, "--json", "install", "/nonexistent/env", at="envship.cli.install")
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == ""
+    assert json.loads(done.stdout) == {
+        "error": "interrupted",
+        "hint": None,
+        "message": "interrupted; re-run the same command to resume",
+        "problems": [],
+    }
+    text = _run(sig, "install", "/nonexistent/env", at="envship.cli.install")
+    assert text.returncode == 130 and text.stdout == ""
+    # The blank line first: on a terminal it ends the line the "^C" echo is on.
+    assert text.stderr == "\ninterrupted; re-run the same command to resume\n"
 
 
 def test_without_an_interruption_the_cli_runs() -> None:

@@ -23,7 +23,13 @@ from packaging.pylock import Pylock
 
 from envship._uv import uv_bin
 from envship.cli.main import main
-from envship.errors import LockError, NetworkError, StaleLockError, UnsupportedTargetError
+from envship.errors import (
+    InvalidLockError,
+    LockError,
+    NetworkError,
+    StaleLockError,
+    UnsupportedTargetError,
+)
 from envship.lock import VersionChange, check_lock, lock
 from envship.lockfile import LockFile
 from envship.spec import Spec, load_spec
@@ -833,3 +839,38 @@ def test_a_linked_lock_is_written_through_the_link(
     assert sorted(p.name for p in shared.parent.iterdir()) == ["pylock.toml"]
     assert sorted(p.name for p in link.parent.iterdir()) == ["envship.toml", "pylock.toml"]
     check_lock(spec)
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        ("missing-folder/pylock.toml", "missing-folder does not exist"),
+        ("afile/pylock.toml", "afile is not a folder"),
+        ("folder", "is a folder; name the lock file"),
+        ("lock.toml", "'lock.toml' is not a PEP 751 lock file name"),
+    ],
+)
+def test_a_lock_that_cannot_go_where_named_is_bad_input_as_in_the_cli(
+    tmp_path: Path,
+    index_server: IndexServer,
+    capsys: pytest.CaptureFixture[str],
+    output: str,
+    reason: str,
+) -> None:
+    spec = write_spec(tmp_path / "spec", index_server.simple_url, dependencies=["alpha"])
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InvalidLockError) as info:
+        lock(spec, output=tmp_path / output)
+    assert info.value.exit_code == 2  # the CLI's usage error for the same -o is exit 2
+    assert [reason in p.message for p in info.value.problems] == [True]
+    assert main(["lock", "--spec", str(spec.path), "-o", str(tmp_path / output)]) == 2
+    capsys.readouterr()
+    assert not list(tmp_path.rglob("pylock*.toml"))
+
+
+def test_check_of_a_folder_is_bad_input(tmp_path: Path, index_server: IndexServer) -> None:
+    spec = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"])
+    with pytest.raises(InvalidLockError, match="is a folder, not a lock file") as info:
+        check_lock(spec, tmp_path)
+    assert info.value.exit_code == 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -367,3 +369,113 @@ def test_missing_error_names_each_artifact(tmp_path: Path, held: int, hint_start
     ]
     assert err.hint is not None and err.hint.startswith(hint_start.format(root=store.root))
     assert err.hint.endswith("fetch them: envship fetch --lock L")
+
+
+# -- junk where the store keeps a folder or a file: named, with what it should be --------
+
+
+def _partial_is_a_file(store: Store) -> Path:
+    store.root.mkdir()
+    (store.root / "partial").write_text("not a folder")
+    return store.root / "partial"
+
+
+def _tmp_is_a_dangling_link(store: Store) -> Path:
+    store.root.mkdir()
+    (store.root / "tmp").symlink_to(store.root / "gone")
+    return store.root / "tmp"
+
+
+def _shard_is_a_file(store: Store) -> Path:
+    store.ensure()
+    (store.root / "sha256" / SHA[:2]).write_bytes(b"junk")
+    return store.root / "sha256" / SHA[:2]
+
+
+def _content_is_a_folder(store: Store) -> Path:
+    store.ensure()
+    folder = store.path(SHA)
+    folder.mkdir(parents=True)
+    (folder / "inside").write_text("junk")
+    return folder
+
+
+JUNK = [_partial_is_a_file, _tmp_is_a_dangling_link, _shard_is_a_file, _content_is_a_folder]
+
+
+@pytest.mark.parametrize("junk", JUNK, ids=[j.__name__.strip("_") for j in JUNK])
+def test_junk_in_the_store_is_named_with_what_belongs_there(
+    tmp_path: Path, junk: Callable[[Store], Path]
+) -> None:
+    store = Store(tmp_path / "store")
+    blocker = junk(store)
+    source = tmp_path / "a.whl"
+    source.write_bytes(DATA)
+    with pytest.raises(StoreError) as info:
+        store.add_file(source, SHA)  # ensure(), then commit()
+    error = info.value
+    assert type(error) is StoreError and error.exit_code == 1
+    assert [p.where for p in error.problems] == [str(blocker)]
+    # What is there and what the store keeps there, not "File exists" / "Is a directory".
+    assert str(blocker) in error.message and "store" in error.message
+    assert "File exists" not in str(error) and "Is a directory" not in str(error)
+    needs = (
+        "a folder; the store keeps each artifact as a file named by its sha256"
+        if junk is _content_is_a_folder
+        else "the store needs a folder here"
+    )
+    assert needs in error.problems[0].message
+    # The store is writable: the remedy is the junk, not another store.
+    assert error.hint is not None and f"move {blocker} out of the store" in error.hint
+    assert "--store" not in error.hint and "writable" not in error.hint
+    assert not store.tmp_dir.is_dir() or list(store.tmp_dir.iterdir()) == []
+    # Following the hint is enough.
+    moved = tmp_path / "moved-aside"
+    os.rename(blocker, moved)
+    assert store.add_file(source, SHA) == store.path(SHA) and store.has(SHA)
+
+
+def test_a_file_above_the_store_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "shared"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(StoreError) as info:
+        Store(blocker / "store").ensure()
+    error = info.value
+    assert error.message == (
+        f"cannot create the store at {blocker / 'store'}: {blocker} is a file of 20 bytes, "
+        "not a folder"
+    )
+    assert [p.where for p in error.problems] == [str(blocker)]
+    assert error.hint is not None and f"move {blocker} away" in error.hint
+
+
+@pytest.mark.parametrize(
+    "junk", [_partial_is_a_file, _content_is_a_folder], ids=["partial", "content"]
+)
+def test_fetch_names_the_junk_in_the_store(
+    tmp_path: Path,
+    junk: Callable[[Store], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The auditor's two cases through the real CLI: `st/partial` a file ("cannot create
+    the store at ST: File exists" before) and a folder at a content path ("cannot write to
+    the store ST: Is a directory")."""
+    from envship.cli.main import main
+    from test_fetch import write_lock
+
+    wheel = tmp_path / "wheels" / "junk-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(DATA)
+    lock = write_lock(tmp_path / "pylock.toml", [wheel])
+    store = Store(tmp_path / "store")
+    blocker = junk(store)
+    args = ["fetch", "--lock", str(lock), "--store", str(store.root)]
+    assert main([*args, "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["error"] == "store" and [p["where"] for p in doc["problems"]] == [str(blocker)]
+    assert "--store" not in doc["hint"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"error: the store {store.root} has " in err and str(blocker) in err
+    os.rename(blocker, tmp_path / "aside")
+    assert main(args) == 0 and store.has(SHA)

@@ -14,6 +14,8 @@ import csv
 import hashlib
 import io
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,10 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
+from packaging.utils import canonicalize_name
 
 import envship.install as install_mod
+from envship import _records, _wheelrecord
 from envship._uv import uv_bin
 from envship._wheelrecord import NO_STORE
+from envship.cli.main import main
 from envship.host import probe
 from envship.install import install
 from envship.lockfile import LockFile
@@ -35,6 +41,11 @@ from envship.store import Store
 from envship.verify import Difference, verify
 from indexlib import ZIP_DATE
 from test_install import stocked_store, write_lock
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 CORE = b"def main():\n    return 'core'\n"
@@ -442,3 +453,41 @@ def test_byte_code_the_wheel_lists_is_not_compared_by_record(
     assert relevant(report.differences) == [
         ("changed", "cached", str(notes)), ("changed", "cached", str(source))
     ]  # fmt: skip
+
+
+def test_the_fetch_the_note_gives_names_the_lock_and_runs_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store that holds none of the locked wheels: the note's `envship fetch` must name
+    the lock (without --lock, fetch reads ./pylock.toml: in `/`, none). Run as printed,
+    from `/`, it fills that store, and then the wheels vouch for the environment."""
+    e = make_env(tmp_path)
+    # The same wheels, locked by path, so the printed fetch needs no network.
+    data = tomllib.loads(e.lock.path.read_text())
+    for package in data["packages"]:
+        for wheel in package["wheels"]:
+            name = wheel.pop("url").rsplit("/", 1)[1]
+            wheel["path"] = os.path.relpath(e.dist / name, tmp_path / "by path")
+    (tmp_path / "by path").mkdir()
+    lock_path = tmp_path / "by path" / "pylock.toml"
+    lock_path.write_text(tomli_w.dumps(data))
+    lock = LockFile.load(lock_path)
+    locked: dict[str, _wheelrecord.Locked] = {}
+    for p, artifact in lock.select(lock.targets[0]):
+        pin = _wheelrecord.locked_of(artifact)
+        assert pin is not None
+        locked[canonicalize_name(str(p.name))] = pin
+    verified = _records.installed([e.site])
+    layout = _wheelrecord.layout_of((e.site,), PY)
+    empty = Store(tmp_path / "empty store")
+    trusted = _wheelrecord.trust(verified, locked, empty, layout, full=False, lock=lock.path)
+    (note,) = trusted.notes
+    fetch = re.search(r"`(envship fetch [^`]*)`", note)
+    assert fetch is not None, note
+    assert fetch.group(1) == (
+        f"envship fetch --lock {shlex.quote(str(lock_path))} --store {shlex.quote(str(empty.root))}"
+    )
+    monkeypatch.chdir("/")
+    assert main(shlex.split(fetch.group(1))[1:]) == 0, capsys.readouterr().err
+    again = _wheelrecord.trust(verified, locked, empty, layout, full=False, lock=lock.path)
+    assert again.notes == () and len(again.entries) == len(trusted.entries)

@@ -32,6 +32,7 @@ import csv
 import io
 import os
 import re
+import shlex
 import stat
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -401,9 +402,12 @@ def trust(
     *,
     full: bool,
     workers: int | None = None,
+    lock: Path | None = None,
 ) -> Trusted:
     """The entries to check for each verified distribution: from its locked wheel where the
-    store has it, else (with a note) from its installed RECORD, as before."""
+    store has it, else (with a note) from its installed RECORD, as before. ``lock``: the
+    lock file verified against, which the note's ``envship fetch`` names (without it,
+    fetch reads ``./pylock.toml``, which may be another lock or none)."""
     verified = list(verified)
     plain: list[Installed] = []
     jobs: list[tuple[Installed, Locked]] = []
@@ -442,6 +446,10 @@ def trust(
                 inside = e.path.startswith(layout.scripts + os.sep)
                 entries.append(replace(e, executable=True) if inside else e)
     notes: list[str] = []
+    # Pasted from any folder: both paths absolute and quoted.
+    named = shlex.quote(os.path.abspath(lock)) if lock is not None else "LOCK"
+    into = shlex.quote(str(store.root)) if store is not None else ""
+    fetch = f"`envship fetch --lock {named} --store {into}`"
     tie = "(or --store naming the store that holds them) ties them to the locked wheels"
     absent = sum(w == "not in the store" for w in loaded)
     if store is None:
@@ -452,12 +460,12 @@ def trust(
         # into: one sentence, not one per distribution.
         notes.append(
             f"checked against the installed RECORD only: the store {store.root} holds none "
-            f"of the {absent} locked wheels; `envship fetch --store {store.root}` {tie}"
+            f"of the {absent} locked wheels; {fetch} {tie}"
         )
     elif reasons:
         notes.append(
             "checked against the installed RECORD only, as no locked wheel could vouch for "
-            f"them: {'; '.join(reasons)}; `envship fetch --store {store.root}` {tie}"
+            f"them: {'; '.join(reasons)}; {fetch} {tie}"
         )
     return Trusted(tuple(entries), tuple(scripts), tuple(diffs), tuple(notes))
 

@@ -64,7 +64,8 @@ class EnvshipError(Exception):
     """Base of every error envship raises on purpose.
 
     ``exit_code`` follows a small table the CLI documents: 1 for a failed check, 2 for
-    bad input, 3 for network trouble, 4 for an integrity failure.
+    bad input, 3 for network trouble, 4 for an integrity failure. The CLI adds 130 for an
+    interruption and 70 (EX_SOFTWARE) for an exception that is none of these: a bug.
     """
 
     exit_code: int = 1
@@ -137,7 +138,9 @@ class LockError(EnvshipError):
 
 
 class InvalidLockError(LockError):
-    """A lock file is malformed, or lacks what was asked of it (a dependency group)."""
+    """A lock file is malformed, or lacks what was asked of it (a dependency group), or a
+    lock was asked to be written where none can be (a missing folder, a name PEP 751 does
+    not allow): bad input (exit 2), as the CLI's usage error for the same ``-o``."""
 
     exit_code = 2
     kind = "invalid-lock"
@@ -287,7 +290,11 @@ class KernelError(EnvshipError):
 
 
 class ImageError(EnvshipError):
-    """An image cannot be read, assembled or written (bad base, bad reference, full disk)."""
+    """An image cannot be assembled or written (a full disk, an output that cannot be
+    written): a failure, exit 1. What the user named and cannot be used (a malformed
+    reference, no such layout or tag) is :class:`ImageInputError` and a base that cannot
+    carry the environment :class:`UnsupportedBaseError`, both bad input (exit 2); a
+    layer escaping the root is :class:`UnsafeLayerError` (exit 4)."""
 
     kind = "image"
 

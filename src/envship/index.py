@@ -48,6 +48,7 @@ from typing import Any
 import tomli_w
 from packaging.utils import canonicalize_name
 
+from ._diskfull import is_disk_full
 from ._exportlock import localized_lock
 
 # The page renderers are re-exported: they were defined here, and callers import them
@@ -282,7 +283,7 @@ def export_index(
             _check_out(out, force)  # again: something may have appeared at OUT meanwhile
             staging.replace(tmp, out)
     except OSError as exc:
-        raise IndexExportError(f"cannot write the index at {out}: {exc}") from None
+        raise _write_error(out, store, exc) from None
     return IndexExport(
         out=out,
         projects=projects,
@@ -291,6 +292,40 @@ def export_index(
         targets=tuple(t.name for t in chosen),
         groups=tuple(chosen_groups),
     )
+
+
+def _write_error(out: Path, store: Store, exc: OSError) -> IndexExportError:
+    """The export failed writing: OUT is as it was and the staging folder is gone
+    (:class:`Staging` removes it however the block ends). A full disk or a spent quota is
+    said as install, fetch and image build say it (:mod:`envship._diskfull`), with the
+    remedy: freeing space helps, a writable folder does not."""
+    # A copy's error carries the source first and the file being written second.
+    written = exc.filename2 if exc.filename2 is not None else exc.filename
+    where = [Problem(str(written), exc.strerror or str(exc))] if written is not None else []
+    if not is_disk_full(exc):
+        return IndexExportError(f"cannot write the index at {out}: {exc}", problems=where)
+    # The files are hard links of the store's where OUT shares its file system (they take
+    # no space); elsewhere they are copies, which is what filled the disk.
+    copies = (
+        ""
+        if _same_device(out.parent, store.root)
+        else f" It is on another file system than the store {store.root}, so the artifacts "
+        "are copied there (on the store's file system they are hard links, which take no "
+        "space)."
+    )
+    return IndexExportError(
+        f"the disk holding {out} is full",
+        problems=where or [Problem(str(out), os.strerror(exc.errno or errno.ENOSPC))],
+        hint=f"free space there (or export to a larger disk) and re-run; {out} was left as "
+        f"it was and nothing of this export was kept.{copies}",
+    )
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
 
 
 def _write_tree(

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -221,6 +222,21 @@ def install_kernel(
     )
 
 
+def _list_hint(kernel_dirs: Sequence[Path] | None) -> str:
+    """The ``kernel list`` that searches where ``kernel remove`` searched: with the same
+    ``--kernel-dir`` folders (a bare ``kernel list`` searches Jupyter's path only), and,
+    when none were named, how to reach a kernelspec written with ``--prefix`` or
+    ``--kernel-dir``, which Jupyter's path may not include."""
+    if kernel_dirs:
+        where = " ".join(f"--kernel-dir {shlex.quote(os.path.abspath(d))}" for d in kernel_dirs)
+        return f"`envship kernel list {where}` shows the kernels envship made there"
+    return (
+        "`envship kernel list` shows the kernels envship made on Jupyter's path; one "
+        "installed with --prefix P is removed with `envship kernel remove NAME --kernel-dir "
+        "P/share/jupyter/kernels`, one installed with --kernel-dir D with `--kernel-dir D`"
+    )
+
+
 def remove_kernel(name: str, *, kernel_dirs: Sequence[Path] | None = None) -> KernelInfo:
     """Remove the kernelspec Jupyter would use for ``name``, if envship made it."""
     dirs = list(kernel_dirs) if kernel_dirs is not None else jupyter_kernel_dirs()
@@ -233,7 +249,7 @@ def remove_kernel(name: str, *, kernel_dirs: Sequence[Path] | None = None) -> Ke
         raise KernelInputError(
             f"no kernelspec named {name!r}",
             problems=[Problem(str(d), "searched") for d in dirs],
-            hint="`envship kernel list` shows the kernels envship made",
+            hint=_list_hint(kernel_dirs),
         )
     facts = read_facts(match)
     if facts is None:

@@ -23,7 +23,9 @@ moved is reported in :class:`LockResult`, so nothing moves silently
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,13 +56,15 @@ from ._relock import (
 from ._uv import uv_bin  # re-exported: its home was here
 from ._uvproject import as_pylock, resolver, run_export, run_lock, uv_environment
 from .errors import (
+    EnvshipError,
+    InvalidLockError,
     LockError,
     Problem,
     StaleLockError,
     UnsupportedTargetError,
 )
 from .lockfile import LOCK_FILENAME, LockFile
-from .spec import Spec
+from .spec import Spec, find_spec
 
 __all__ = [
     "LockResult",
@@ -69,6 +73,7 @@ __all__ = [
     "lock",
     "lock_path_for",
     "lock_path_problem",
+    "relock_command",
     "uv_bin",
     "uv_environment",
 ]
@@ -108,6 +113,27 @@ class LockResult:
 def lock_path_for(spec: Spec) -> Path:
     base = spec.path.parent if spec.path else Path.cwd()
     return base / LOCK_FILENAME
+
+
+def relock_command(spec: Spec, path: Path | None = None) -> str:
+    """``envship lock`` as typed in the current folder to write ``spec``'s lock to ``path``
+    (default: beside the spec): ``--spec`` unless this folder's own spec is ``spec``, and
+    ``-o`` unless ``path`` is where ``lock`` writes it by default. Hints print it, and a
+    bare ``envship lock`` would lock whatever spec the current folder holds, or none."""
+    words = ["envship", "lock"]
+    if spec.path is not None and not _found_here(spec.path):
+        words += ["--spec", shlex.quote(str(spec.path))]
+    if path is not None and os.path.abspath(path) != os.path.abspath(lock_path_for(spec)):
+        words += ["-o", shlex.quote(os.path.abspath(path))]
+    return " ".join(words)
+
+
+def _found_here(spec_path: Path) -> bool:
+    """Whether ``envship lock`` in the current folder reads the spec at ``spec_path``."""
+    try:
+        return find_spec(Path()).resolve() == spec_path.resolve()
+    except (EnvshipError, OSError):  # no spec here, or one that cannot be read
+        return False
 
 
 def lock_path_problem(path: Path, *, writing: bool = True) -> str | None:
@@ -157,14 +183,17 @@ def lock(
 
     Raises :class:`UnsupportedTargetError` listing every (package, version, target)
     without an installable wheel; nothing is written then. ``output`` must be named
-    ``pylock.toml`` or ``pylock.<name>.toml`` (PEP 751) in an existing folder.
+    ``pylock.toml`` or ``pylock.<name>.toml`` (PEP 751) in an existing folder, else
+    :class:`InvalidLockError` (bad input, exit 2, as the CLI's usage error for ``-o``).
     """
     started = time.monotonic()
     say = log or (lambda _msg: None)
     path = output or lock_path_for(spec)
     problem = lock_path_problem(path)
     if problem is not None:
-        raise LockError(f"cannot write the lock to {path}", problems=[Problem(str(path), problem)])
+        raise InvalidLockError(
+            f"cannot write the lock to {path}", problems=[Problem(str(path), problem)]
+        )
     names = upgrade_names(upgrade_packages)
     previous, note = read_previous(path)
     notes = [note] if note else []
@@ -298,14 +327,19 @@ def _finish(data: dict[str, Any], spec: Spec) -> dict[str, Any]:
 
 
 def check_lock(spec: Spec, path: Path | None = None) -> LockFile:
-    """Raise :class:`StaleLockError` unless the lock at ``path`` was made from ``spec``."""
+    """Raise :class:`StaleLockError` unless the lock at ``path`` was made from ``spec``.
+
+    Its hint is the ``envship lock`` that remakes that very lock from the current folder
+    (:func:`relock_command`); a folder at ``path`` is bad input (:class:`InvalidLockError`).
+    """
     path = path or lock_path_for(spec)
     if path.is_dir():
-        raise LockError(
+        raise InvalidLockError(
             f"{path} is a folder, not a lock file", hint=f"name the file: {path / LOCK_FILENAME}"
         )
+    relock = relock_command(spec, path)
     if not path.is_file():
-        raise StaleLockError(f"{path} does not exist", hint="run `envship lock`")
+        raise StaleLockError(f"{path} does not exist", hint=f"run `{relock}`")
     lockfile = LockFile.load(path)
     if lockfile.spec_digest is None:
         raise StaleLockError(
@@ -314,7 +348,7 @@ def check_lock(spec: Spec, path: Path | None = None) -> LockFile:
                 Problem(f"{path}: created-by", lockfile.pylock.created_by),
                 Problem(f"{path}: tool.envship.spec-digest", "missing"),
             ],
-            hint="run `envship lock` to lock the spec into it",
+            hint=f"run `{relock}` to lock the spec into it",
         )
     if lockfile.spec_digest != spec.digest:
         raise StaleLockError(
@@ -323,7 +357,7 @@ def check_lock(spec: Spec, path: Path | None = None) -> LockFile:
                 Problem("spec digest", spec.digest),
                 Problem("lock's spec-digest", lockfile.spec_digest),
             ],
-            hint="run `envship lock`",
+            hint=f"run `{relock}`",
         )
     # The digest covers what resolution reads (Spec.lock_inputs), not the names the lock
     # carries for kernels and images; comparing them here keeps every existing lock's
@@ -341,6 +375,6 @@ def check_lock(spec: Spec, path: Path | None = None) -> LockFile:
             f"{path} is stale: the spec's {' and '.join(p.where for p in renamed)} changed "
             "since it was locked (kernels and images take their names from the lock)",
             problems=renamed,
-            hint="run `envship lock`",
+            hint=f"run `{relock}`",
         )
     return lockfile

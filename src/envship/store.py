@@ -166,7 +166,7 @@ class Store:
     def ensure(self) -> None:
         try:
             for d in (self.root / "sha256", self.tmp_dir, self.partial_dir):
-                d.mkdir(parents=True, exist_ok=True)
+                self._folder(d)
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
                 # The store (or a folder above it) exists but this user may not write
@@ -183,6 +183,37 @@ class Store:
                 f"cannot create the store at {self.root}: {exc.strerror}",
                 hint="pass --store DIR or set ENVSHIP_STORE to a writable folder",
             ) from None
+
+    def _folder(self, folder: Path) -> None:
+        """Make ``folder`` (and what leads to it) unless it is there. Something else in its
+        place, or on the way, is named with what it is: the system only says "File
+        exists" or "Not a directory", and a writable store is no reason to pick another."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise self._in_the_way(folder) from None
+
+    def _in_the_way(self, folder: Path) -> StoreError:
+        """The error for ``folder``, which the store needs, when a file (or a link to one,
+        or to nothing) holds its place or that of a folder above it."""
+        on_the_way = [*reversed(folder.parents), folder]
+        blocker = next((p for p in on_the_way if os.path.lexists(p) and not p.is_dir()), folder)
+        what = _described(blocker)
+        if blocker == self.root or self.root.is_relative_to(blocker):
+            return StoreError(
+                f"cannot create the store at {self.root}: {blocker} is {what}, not a folder",
+                problems=[Problem(str(blocker), f"{what}; a store is a folder")],
+                hint="pass --store DIR or set ENVSHIP_STORE to a folder (or to a path that "
+                f"does not exist yet), or move {blocker} away",
+            )
+        layout = blocker.relative_to(self.root)
+        return StoreError(
+            f"the store {self.root} has {what} at {blocker}, where the store keeps its "
+            f"folder {layout}/",
+            problems=[Problem(str(blocker), f"{what}; the store needs a folder here")],
+            hint=f"move {blocker} out of the store (or remove it; envship writes no file "
+            "there) and re-run: the folder is made again",
+        )
 
     def commit(self, staged: Path, sha256: str, *, name: str, size: int | None = None) -> Path:
         """Verify ``staged`` (a file inside this store) and move it into place atomically.
@@ -210,13 +241,34 @@ class Store:
                 "right, the index or a proxy is corrupt or tampered with",
             )
         final = self.path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._folder(final.parent)
+        except StoreError:
+            staged.unlink(missing_ok=True)
+            raise
         os.chmod(staged, 0o444)
         replacing = final.exists()
         # rename is atomic on POSIX: concurrent writers of the same content both succeed
         # and readers never see a half-written file. It also replaces a damaged file
         # (see check) in one step, so no reader ever finds the artifact missing.
-        os.replace(staged, final)
+        try:
+            os.replace(staged, final)
+        except IsADirectoryError:
+            # A folder at the content path (nothing envship makes; see check, which
+            # counts it as missing): rename(2) cannot put a file over it.
+            staged.unlink(missing_ok=True)
+            raise StoreError(
+                f"the store {self.root} has a folder at {final}, where it keeps the "
+                f"artifact {name} as a file",
+                problems=[
+                    Problem(
+                        str(final),
+                        "a folder; the store keeps each artifact as a file named by its sha256",
+                    )
+                ],
+                hint=f"move {final} out of the store (or remove it; envship never makes a "
+                "folder there) and re-run: the artifact is put in its place",
+            ) from None
         if replacing:
             self._relink_named(sha256, final)
         return final
@@ -351,6 +403,23 @@ class Store:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 Path(tmp).unlink()
+
+
+def _described(path: Path) -> str:
+    """What is at ``path``, for an error that finds it where a folder belongs."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "something this user cannot look at"
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            to = os.readlink(path)
+        except OSError:
+            return "a symbolic link"
+        return f"a symbolic link to {to}" + ("" if os.path.exists(path) else " (missing)")
+    if stat.S_ISREG(st.st_mode):
+        return f"a file of {st.st_size} bytes"
+    return "a special file"
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:

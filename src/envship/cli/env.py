@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
 
 import click
 
+from .._envlist import EnvInfo
 from .._envroot import stamp_problem
+from .._flock import whom
 from ..envs import EnvInputError, EnvVersion, check_env, create_env, gc, list_envs
 from ..lockfile import LockFile
 from ..store import Store
@@ -178,7 +181,7 @@ def list_(root: Path | None, sizes: bool, as_json: bool) -> None:
     if not envs:
         click.echo(f"no environments under {root}")
     for env in envs:
-        click.echo(f"{env.name}  current: {env.current or '(none)'}")
+        click.echo(f"{env.name}  current: {_current(env)}")
         if env.unreadable:
             click.echo(f"  unreadable: {env.unreadable}")
         for v in env.versions:
@@ -188,6 +191,28 @@ def list_(root: Path | None, sizes: bool, as_json: bool) -> None:
             used = v.last_used.astimezone().strftime("%Y-%m-%d %H:%M")
             size = f"  {_size(v.size)}" if sizes else ""
             click.echo(f"  {mark} {v.key}  {state}  used {used}{size}")
+            if v.unreadable:  # the folder that refuses, its owner and mode, as --json has
+                click.echo(f"      {v.unreadable}")
+
+
+def _current(env: EnvInfo) -> str:
+    """What ``current`` names; "(none)" only when it is known to name nothing. In a folder
+    this user cannot enter, ``current`` cannot be read: that is not the same as none (the
+    line after it names the folder that refuses, whose it is and its mode)."""
+    if env.current is not None:
+        return env.current
+    return "(none)" if _readable(env.path) else f"cannot be read by {whom()}"
+
+
+def _readable(env_dir: Path) -> bool:
+    """Whether ``current`` in ``env_dir`` could be looked up by this user."""
+    try:
+        os.lstat(env_dir / "current")
+    except PermissionError:
+        return False
+    except OSError:
+        return True  # there is no `current` to read: none, truly
+    return True
 
 
 @command.command("gc")

@@ -121,7 +121,9 @@ def _blob_line(event: BlobProgress) -> None:
     "and '_' [default: the spec's name, cleaned]. SageMaker needs it to match the "
     "AppImageConfig's KernelSpecs name exactly.",
 )
-@click.option("--jobs", type=click.IntRange(min=1), help="Layers built at once [default: CPUs].")
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), help="Layers built at once [default: CPUs]."
+)
 @click.option(
     "--compile",
     "compile_bytecode",

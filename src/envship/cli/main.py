@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,7 +43,34 @@ _COMMANDS = (
 )
 
 
+class _Interrupted(BaseException):
+    """A KeyboardInterrupt (Ctrl-C, or SIGTERM through :func:`_terminate`) carried past
+    click's own main, which answers one with a blank line on stderr to close the
+    terminal's ``^C`` echo. With ``--json`` stderr must stay empty, so :func:`main` says
+    it, in text or JSON. A BaseException, as KeyboardInterrupt is: nothing on the way
+    takes it for an error. Every clean-up under the command still sees the
+    KeyboardInterrupt itself; only the group turns it into this on its way out."""
+
+
 class _LazyGroup(click.Group):
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:  # parsing runs eager callbacks (--help loads every command module)
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted from exc
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:  # the command, and the import of its module on first lookup
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted from exc
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*_COMMANDS, *(n for n in self.commands if n not in _COMMANDS)]
 
@@ -92,7 +122,7 @@ def cli(as_json: bool) -> None:
     envship add       install into an environment without moving a locked package
 
     Exit codes: 0 ok, 1 failed check, 2 bad input, 3 network, 4 integrity,
-    130 interrupted (Ctrl-C or SIGTERM).
+    70 internal error (a bug in envship), 130 interrupted (Ctrl-C or SIGTERM).
     """
 
 
@@ -178,6 +208,41 @@ def _os_error(exc: OSError) -> int:
         return error.exit_code
 
 
+# sysexits.h's EX_SOFTWARE, "an internal software error": an exception no command
+# turned into an error of its own is a bug, not bad input or a failed check.
+EX_SOFTWARE = 70
+
+
+class _InternalError(EnvshipError):
+    """A bug (``"error": "internal"`` in --json): rendered as every error is."""
+
+    exit_code = EX_SOFTWARE
+    kind = "internal"
+
+
+def _internal(exc: Exception, *, as_json: bool) -> int:
+    """The last resort for an exception that is a bug: its traceback on stderr (it must
+    stay visible, to be reported), and, with ``--json``, still one document on stdout in
+    the shape of every other error, so a program reading it is not left with nothing.
+    The place it was raised is the one problem."""
+    end_progress_line()
+    traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.flush()
+    frames = traceback.extract_tb(exc.__traceback__)
+    problems = [Problem(f"{f.filename}:{f.lineno} ({f.name})", "raised here") for f in frames[-1:]]
+    said = str(exc).strip().splitlines()
+    message = f"internal error ({type(exc).__name__})" + (f": {said[0]}" if said else "")
+    hint = (
+        f"this is a bug in envship {__version__}: please report it with the traceback "
+        "printed on stderr and the command that was run"
+    )
+    error = _InternalError(message, problems=problems, hint=hint)
+    # The output itself may be what failed (a closed pipe): the traceback is out already.
+    with contextlib.suppress(OSError):
+        render_error(error)
+    return EX_SOFTWARE
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (`docker stop`, systemd, a batch scheduler) runs the same clean-up as Ctrl-C:
     # a half-made environment or store entry is removed and uv is stopped with us.
@@ -197,7 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.main(args=args, prog_name="envship", standalone_mode=False)
     except EnvshipError as exc:
         return render_error(exc)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (_Interrupted, click.exceptions.Abort, KeyboardInterrupt) as exc:
+        if isinstance(exc, _Interrupted) and not as_json:
+            click.echo(err=True)  # what click did: the line ends the terminal's "^C"
         message = "interrupted; re-run the same command to resume"
         return _fail("interrupted", message, 130, as_json=as_json)
     except click.exceptions.ClickException as exc:
@@ -209,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("usage", exc.format_message(), exc.exit_code, as_json=True, hint=hint)
     except OSError as exc:
         return _os_error(exc)
+    except Exception as exc:  # a bug: no command turned it into an error of its own
+        return _internal(exc, as_json=as_json)
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, previous)
