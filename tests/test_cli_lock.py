@@ -4,7 +4,9 @@ named, moved versions and notes are shown in text and ``--json``."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import stat
 import sys
 from pathlib import Path
 
@@ -31,6 +33,10 @@ def spec_dir(tmp_path: Path, index_server: IndexServer) -> Path:
     write_spec(tmp_path / "spec", index_server.simple_url, dependencies=["alpha"])
     (tmp_path / "folder").mkdir()
     (tmp_path / "afile").write_text("")
+    for folder in ("fifo", "linked"):
+        (tmp_path / folder).mkdir()
+    os.mkfifo(tmp_path / "fifo" / "pylock.toml")
+    (tmp_path / "linked" / "pylock.toml").symlink_to(tmp_path / "fifo" / "pylock.toml")
     return tmp_path / "spec"
 
 
@@ -43,6 +49,9 @@ def spec_dir(tmp_path: Path, index_server: IndexServer) -> Path:
         ("../afile/pylock.toml", "afile is not a folder"),
         ("../lock.toml", "'lock.toml' is not a PEP 751 lock file name"),
         ("../pylock.a.b.toml", "use pylock.toml or pylock.<name>.toml"),
+        # The write replaces what a link ends at: never a FIFO or a device.
+        ("../fifo/pylock.toml", "is not a regular file"),
+        ("../linked/pylock.toml", "is not a regular file"),
     ],
 )
 def test_bad_output_is_exit_2_naming_the_option(
@@ -64,7 +73,8 @@ def test_bad_output_is_exit_2_naming_the_option(
         assert "Traceback" not in err
         message = err
     assert "'-o' / '--output'" in message and reason in message, message
-    assert not list(spec_dir.parent.rglob("pylock*.toml"))
+    assert not [p for p in spec_dir.parent.rglob("pylock*.toml") if p.is_file()]
+    assert stat.S_ISFIFO(os.stat(spec_dir.parent / "linked" / "pylock.toml").st_mode)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -142,15 +141,25 @@ def test_an_unknown_group_is_refused_naming_the_known_ones(tmp_path: Path, call:
     assert isinstance(caught.value, LockError)
 
 
-def test_an_unreadable_lock_names_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("prefix", "where", "says"),
+    [
+        (b"\xff\xfe", ":1:1", "the file is UTF-16"),
+        (b"# caf\xe9\n", ":1:6", "byte 0xe9 is not UTF-8"),
+        (b"\xef\xbb\xbf", ":1:1", "byte-order mark"),
+    ],
+    ids=["utf-16", "latin-1", "bom"],
+)
+def test_a_lock_that_is_not_utf8_toml_names_the_line(
+    tmp_path: Path, prefix: bytes, where: str, says: str
+) -> None:
     path = _write(tmp_path, _package("alpha", GOOD_SHA))
-    path.write_bytes(b"\xff\xfe" + path.read_bytes())
-    with pytest.raises(InvalidLockError, match=f"cannot read {path}"):
+    path.write_bytes(prefix + path.read_bytes())
+    with pytest.raises(InvalidLockError) as caught:
         LockFile.load(path)
-    if os.geteuid() != 0:  # root reads anything, whatever the mode says
-        path.chmod(0)
-        with pytest.raises(InvalidLockError, match=f"cannot read {path}"):
-            LockFile.load(path)
+    assert [p.where for p in caught.value.problems] == [f"{path}{where}"]
+    assert says in caught.value.problems[0].message
+    assert caught.value.hint and caught.value.exit_code == 2
 
 
 @pytest.mark.parametrize(

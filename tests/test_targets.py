@@ -100,6 +100,11 @@ def test_invalid_targets(kwargs: dict[str, str], where: str) -> None:
             [("t.glibc", "below the oldest manylinux level for aarch64 (2.17)"),
              ("t.variant", "unknown variant 'rocm'")],
         ),
+        # Not ASCII digits (str.isdigit passes "²", int() then fails), or too big to make
+        # tags for (every manylinux minor below it: "2.99999999" ran out of memory).
+        ({"glibc": "2.\u00b2"}, [("t.glibc", "expected 2 dot-separated numbers")]),
+        ({"glibc": "2.99999999"}, [("t.glibc", "expected 2 dot-separated numbers")]),
+        ({"python": "3.\u0661\u0661"}, [("t.python", "expected 2 dot-separated numbers")]),
         (
             {"glibc": "9.1", "platform_id": "windows-x86", "python": "3.x"},
             [("t", "unknown platform"), ("t.python", "expected 2 dot-separated numbers"),

@@ -147,6 +147,10 @@ def lock_path_problem(path: Path, *, writing: bool = True) -> str | None:
     if writing and not path.parent.is_dir():
         what = "is not a folder" if path.parent.exists() else "does not exist"
         return f"folder {path.parent} {what}"
+    if writing and path.exists() and not path.is_file():
+        # The write replaces the file a link ends at: never a device or a FIFO (a link
+        # to /dev/zero, run as root, would have replaced /dev/zero with the lock).
+        return f"{path} is not a regular file (a device, a FIFO or a socket): name a lock file"
     return None
 
 

@@ -10,6 +10,7 @@ any machine.
 from __future__ import annotations
 
 import platform
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -47,8 +48,11 @@ DEFAULT_GLIBC = "2.28"
 
 
 def _parse_version(text: str, where: str, parts: int) -> tuple[int, ...]:
+    # ASCII digits, three at most ("3.²" passes str.isdigit, then int() fails), and a
+    # bounded number: tags are generated for every minor below it ("2.99999999" ran out
+    # of memory making manylinux tags).
     pieces = text.split(".")
-    if len(pieces) != parts or not all(p.isdigit() for p in pieces):
+    if len(pieces) != parts or not all(re.fullmatch(r"[0-9]{1,3}", p) for p in pieces):
         raise TargetError(
             f"invalid version {text!r}",
             problems=[Problem(where, f"expected {parts} dot-separated numbers, got {text!r}")],

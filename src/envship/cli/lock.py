@@ -29,10 +29,12 @@ def _package_names(
 
 
 @click.command("lock")
+# readable=False on both paths: click's own check ends in a usage error (exit 2) without
+# saying whose folder refuses; the spec and lock readers raise the permission error.
 @click.option(
     "--spec",
     "spec_path",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, readable=False),
     default=Path(),
     show_default="current folder",
     help="envship.toml, a pyproject.toml with [tool.envship], or a folder holding one.",
@@ -40,7 +42,7 @@ def _package_names(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, readable=False),
     help="Where to write (or, with --check, read) the lock: pylock.toml or "
     "pylock.<name>.toml (PEP 751) [default: beside the spec].",
 )
