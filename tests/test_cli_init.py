@@ -177,3 +177,32 @@ def test_several_options_on_one_requirements_line(
         "https://a.org/simple",
         "https://b.org/simple",
     ]
+
+
+@pytest.mark.parametrize(
+    ("cwd", "argv", "expected"),
+    [
+        (".", ["init", "p", "--force"], "next: envship lock --spec p"),
+        (".", ["init", "a folder", "--force"], "next: envship lock --spec 'a folder'"),
+        ("p", ["init", "--force"], "next: envship lock"),
+        ("p", ["init", ".", "--force"], "next: envship lock"),
+        ("p", ["init", "../p", "--force"], "next: envship lock"),
+        ("p/sub", ["init", "..", "--force"], "next: envship lock --spec .."),
+    ],
+)
+def test_the_next_command_works_from_where_the_user_is(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cwd: str,
+    argv: list[str],
+    expected: str,
+) -> None:
+    """`envship lock` finds the spec in the current folder only: from anywhere else the
+    command must name the folder, quoted for the shell."""
+    for folder in ("p", "a folder"):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        (tmp_path / folder / "requirements.txt").write_text("six\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path / cwd)
+    assert run(*argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == expected

@@ -42,7 +42,6 @@ python = "3.11"
 display-name = "Python (ds)"
 
 [image]
-base = "oci:base"
 """
 
 
@@ -58,7 +57,7 @@ def test_full_spec_round_trips(tmp_path: Path) -> None:
     assert spec.target("gpu").variant == "cuda"
     assert spec.indexes[0].password_env == "IDX_TOKEN"
     assert spec.display_name == "Python (ds)"
-    assert spec.image == {"base": "oci:base"}
+    assert spec.image == {}  # reserved: a key in it is an error (nothing reads one yet)
     again = tmp_path / "again"
     again.mkdir()
     (again / "envship.toml").write_text(spec.to_toml())

@@ -18,9 +18,10 @@ from .errors import Problem
 
 __all__ = ["IndexConfig", "index_key", "parse_indexes"]
 
-# uv refuses any other character in an index name (and so the whole lock).
-_INDEX_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# uv refuses any other character in an index name (and so the whole lock). Both are
+# used with fullmatch: "$" also matches before a final newline ("a\n" passed).
+_INDEX_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INDEX_KEYS = {"name", "url", "default", "username-env", "password-env"}
 
 
@@ -56,8 +57,9 @@ def _index(value: object, where: str, problems: list[Problem]) -> IndexConfig | 
     if not isinstance(value, dict):
         problems.append(Problem(where, "expected a table"))
         return None
-    for key in sorted(set(value) - _INDEX_KEYS):
-        problems.append(Problem(f"{where}.{key}", "unknown key"))
+    for key in sorted(set(value) - _INDEX_KEYS, key=str):  # str: a library caller's keys
+        known = ", ".join(sorted(_INDEX_KEYS))
+        problems.append(Problem(f"{where}.{key}", f"unknown key (keys here: {known})"))
     url = value.get("url")
     name = value.get("name", "")
     if not isinstance(url, str) or not url:
@@ -92,7 +94,7 @@ def _index(value: object, where: str, problems: list[Problem]) -> IndexConfig | 
     named = True
     if name == "":
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", host).strip("-") or "index"
-    elif not isinstance(name, str) or not _INDEX_NAME.match(name):
+    elif not isinstance(name, str) or not _INDEX_NAME.fullmatch(name):
         problems.append(
             Problem(f"{where}.name", "expected letters, digits, '-', '_' or '.' (uv's rule)")
         )
@@ -100,7 +102,7 @@ def _index(value: object, where: str, problems: list[Problem]) -> IndexConfig | 
     envs: dict[str, str | None] = {}
     for key in ("username-env", "password-env"):
         val = value.get(key)
-        if val is not None and not (isinstance(val, str) and _ENV_NAME.match(val)):
+        if val is not None and not (isinstance(val, str) and _ENV_NAME.fullmatch(val)):
             problems.append(
                 Problem(f"{where}.{key}", "expected an environment variable name, e.g. IDX_TOKEN")
             )

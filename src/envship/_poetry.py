@@ -19,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 from ._pyproject import PYTHONS, Found, lowest_python
 from ._requirements import index_entry
 from .errors import Problem
-from .spec import group_name_problem
+from .spec import group_name_problem, kind
 
 __all__ = ["from_poetry", "poetry_constraint", "poetry_python"]
 
@@ -118,8 +118,13 @@ def poetry_deps(
     for name, value in table.items():
         key = f"{where}.{name}"
         if name.lower() == "python":  # the project's Python, not a package
+            if not isinstance(value, str):
+                problems.append(
+                    Problem(key, f"expected a version constraint string, got {kind(value)}")
+                )
+                continue
             try:
-                python = poetry_python(str(value))
+                python = poetry_python(value)
             except ValueError as exc:
                 problems.append(Problem(key, str(exc)))
             else:
@@ -142,25 +147,48 @@ def poetry_deps(
                             "locks from package indexes; publish it to an index")
                 )  # fmt: skip
                 continue
+            if not _typed(spec, key, problems):
+                continue
             if "source" in spec:
                 found.notes.append(f"{key}: source {spec['source']!r} ignored; all indexes apply")
             try:
                 extras = ",".join(spec.get("extras", []))
                 markers = [f"({spec['markers']})"] if spec.get("markers") else []
                 if spec.get("python"):
-                    markers.append(f"({_python_marker(str(spec['python']))})")
+                    markers.append(f"({_python_marker(spec['python'])})")
                 if spec.get("platform"):
                     markers.append(f'sys_platform == "{spec["platform"]}"')
                 text = name + (f"[{extras}]" if extras else "")
-                text += poetry_constraint(str(spec.get("version", "*")))
+                text += poetry_constraint(spec.get("version", "*"))
                 req = Requirement(text + (f"; {' and '.join(markers)}" if markers else ""))
-            except (ValueError, TypeError) as exc:  # InvalidRequirement is a ValueError
+            except ValueError as exc:  # InvalidRequirement is a ValueError
                 problems.append(Problem(key, str(exc)))
                 continue
             if not _prereleases_expressed(spec, req, key, problems):
                 continue
             out.append((name, str(req), spec.get("optional") is True))
     return out
+
+
+# The keys of a dependency's table that hold text (Poetry's own schema), and extras.
+_STRING_KEYS = ("version", "markers", "python", "platform", "source")
+
+
+def _typed(spec: dict[str, Any], key: str, problems: list[Problem]) -> bool:
+    """Whether each key of a dependency's table that envship reads has Poetry's type;
+    each one that does not is a problem naming it (``tool.poetry.dependencies.x.version``)."""
+    ok = True
+    for field in _STRING_KEYS:
+        if field in spec and not isinstance(spec[field], str):
+            problems.append(
+                Problem(f"{key}.{field}", f"expected a string, got {kind(spec[field])}")
+            )
+            ok = False
+    extras = spec.get("extras", [])
+    if not isinstance(extras, list) or not all(isinstance(e, str) for e in extras):
+        problems.append(Problem(f"{key}.extras", "expected an array of extra names"))
+        ok = False
+    return ok
 
 
 def _prereleases_expressed(
@@ -192,17 +220,64 @@ def _prereleases_expressed(
     return True
 
 
+def _extras(poetry: dict[str, Any], where: str, problems: list[Problem]) -> dict[str, str]:
+    """Which extra each optional package is in (normalized names), from
+    ``[tool.poetry.extras]``: a table of ``extra = [package names]``."""
+    extras = poetry.get("extras", {})
+    if not isinstance(extras, dict):
+        problems.append(Problem(f"{where}.extras", f"expected a table, got {kind(extras)}"))
+        return {}
+    in_extra: dict[str, str] = {}
+    for extra, pkgs in extras.items():
+        if not isinstance(pkgs, list):
+            problems.append(
+                Problem(
+                    f"{where}.extras.{extra}",
+                    f"expected an array of package names, got {kind(pkgs)}",
+                )
+            )
+            continue
+        for i, pkg in enumerate(pkgs):
+            if isinstance(pkg, str):
+                in_extra[canonicalize_name(pkg)] = canonicalize_name(extra)
+            else:
+                problems.append(
+                    Problem(
+                        f"{where}.extras.{extra}[{i}]", f"expected a package name, got {kind(pkg)}"
+                    )
+                )
+    return in_extra
+
+
+def _groups(
+    poetry: dict[str, Any], where: str, problems: list[Problem]
+) -> list[tuple[str, str, object]]:
+    """(group name, where, dependencies table) of ``[tool.poetry.group.NAME]``, and of
+    Poetry < 1.2's ``dev-dependencies``, which poetry-core adds to the "dev" group."""
+    raw = poetry.get("group", {})
+    if not isinstance(raw, dict):
+        message = f"expected a table of groups ([tool.poetry.group.NAME]), got {kind(raw)}"
+        problems.append(Problem(f"{where}.group", message))
+        raw = {}
+    out: list[tuple[str, str, object]] = []
+    for gname, group in raw.items():
+        if not isinstance(group, dict):
+            message = f"expected a table, got {kind(group)}"
+            problems.append(Problem(f"{where}.group.{gname}", message))
+            continue
+        deps = group.get("dependencies", {})
+        out.append((gname, f"{where}.group.{gname}.dependencies", deps))
+    if "dev-dependencies" in poetry:
+        out.append(("dev", f"{where}.dev-dependencies", poetry["dev-dependencies"]))
+    return out
+
+
 def from_poetry(
     poetry: dict[str, Any], shown: str, problems: list[Problem], found: Found, project: str | None
 ) -> None:
     where = f"{shown}: tool.poetry"
+    in_extra = _extras(poetry, where, problems)
     if "dependencies" in poetry:
-        extras = poetry.get("extras", {})
-        in_extra = {
-            canonicalize_name(pkg): canonicalize_name(extra)
-            for extra, pkgs in (extras.items() if isinstance(extras, dict) else [])
-            for pkg in pkgs
-        }
         for name, req, optional in poetry_deps(
             poetry["dependencies"], f"{where}.dependencies", problems, found, project
         ):
@@ -213,22 +288,24 @@ def from_poetry(
                 found.groups.setdefault(extra, []).append(req)
             else:
                 found.notes.append(f"{where}.dependencies.{name}: optional, in no extra; skipped")
-    groups: dict[str, Any] = dict(poetry.get("group", {}))
-    if "dev-dependencies" in poetry:  # Poetry < 1.2 spelling of the "dev" group
-        groups.setdefault("dev", {}).setdefault("dependencies", poetry["dev-dependencies"])
-    for gname, group in groups.items():
-        gwhere = f"{where}.group.{gname}.dependencies"
-        deps = group.get("dependencies", {}) if isinstance(group, dict) else None
+    for gname, gwhere, deps in _groups(poetry, where, problems):
         reqs = [req for _, req, _ in poetry_deps(deps, gwhere, problems, found, project)]
         if group_name_problem(canonicalize_name(gname)) is not None:
             problems.append(Problem(f"{where}.group.{gname}", group_name_problem(gname) or ""))
             continue
         found.groups.setdefault(canonicalize_name(gname), []).extend(reqs)
     sources = poetry.get("source", [])
-    for i, src in enumerate(sources if isinstance(sources, list) else []):
+    if not isinstance(sources, list):
+        message = f"expected an array of tables ([[tool.poetry.source]]), got {kind(sources)}"
+        problems.append(Problem(f"{where}.source", message))
+        sources = []
+    for i, src in enumerate(sources):
         swhere = f"{where}.source[{i}]"
         if not isinstance(src, dict) or not isinstance(src.get("name"), str):
             problems.append(Problem(swhere, "expected a table with a name"))
+            continue
+        if not isinstance(src.get("url", ""), str):
+            problems.append(Problem(f"{swhere}.url", f"expected a URL, got {kind(src['url'])}"))
             continue
         primary = src.get("priority") in ("primary", "default") or src.get("default") is True
         default = primary and not any(x.get("default") for x in found.indexes)
@@ -237,7 +314,7 @@ def from_poetry(
         if src.get("priority") == "explicit":
             found.notes.append(f"{swhere}: explicit source; envship searches it for every package")
         entry, errs, notes = index_entry(
-            str(src.get("url", "https://pypi.org/simple")), swhere, default=default,
+            src.get("url", "https://pypi.org/simple"), swhere, default=default,
             taken=[x["name"] for x in found.indexes], name=src["name"],
         )  # fmt: skip
         problems += errs

@@ -17,8 +17,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
+from ._sourcefile import read_spec_toml
 from .errors import Problem, SpecError
-from .spec import group_name_problem, read_spec_toml, requirement_problem
+from .spec import group_name_problem, requirement_problem
+from .spec import kind as kind_of
 
 __all__ = [
     "PYTHONS",
@@ -131,9 +133,12 @@ class _Groups:
         out: list[_Entry] = []
         for i, item in enumerate(items):
             if kind == "group" and isinstance(item, dict) and list(item) == ["include-group"]:
-                out.append(
-                    (f"{where}[{i}]", ("group", canonicalize_name(str(item["include-group"]))))
-                )
+                name = item["include-group"]
+                if not isinstance(name, str):
+                    message = f"expected a group name, got {kind_of(name)}"
+                    self.problems.append(Problem(f"{where}[{i}].include-group", message))
+                    continue
+                out.append((f"{where}[{i}]", ("group", canonicalize_name(name))))
             elif (req := _req(item, f"{where}[{i}]", self.problems)) is not None:
                 out.append((f"{where}[{i}]", req))
         return out
@@ -217,20 +222,31 @@ class _Groups:
             self.problems.append(Problem(where, message))
 
 
+def _table(parent: dict[str, Any], key: str, where: str, problems: list[Problem]) -> dict[str, Any]:
+    """``parent[key]``, a table ({} when absent); another type is a problem naming it, as
+    every tool reading the file refuses it (PEP 518, PEP 621)."""
+    value = parent.get(key, {})
+    if isinstance(value, dict):
+        return value
+    problems.append(Problem(where, f"expected a table, got {kind_of(value)}"))
+    return {}
+
+
 def from_pyproject(path: Path, root: Path) -> Found | None:
     shown = show(path, root)
     data = read_spec_toml(path)
-    tool = data.get("tool", {})
-    if isinstance(tool, dict) and "envship" in tool:
+    problems: list[Problem] = []
+    tool = _table(data, "tool", f"{shown}: tool", problems)
+    project = _table(data, "project", f"{shown}: project", problems)
+    poetry = _table(tool, "poetry", f"{shown}: tool.poetry", problems)
+    if problems:
+        raise SpecError(f"cannot import {shown}", problems=problems)
+    if "envship" in tool:
         raise SpecError(
             f"{shown} already has a spec ([tool.envship])",
             hint="edit [tool.envship] directly; `envship lock` reads it as it is",
         )
-    project = data.get("project", {})
-    poetry = tool.get("poetry", {}) if isinstance(tool, dict) else {}
-    poetry = poetry if isinstance(poetry, dict) else {}
-    project = project if isinstance(project, dict) else {}
-    found, problems = Found(sources=[path]), list[Problem]()
+    found = Found(sources=[path])
     keys = ("dependencies", "optional-dependencies")
     if not (any(k in project for k in keys) or "dependency-groups" in data) and not (
         {"dependencies", "group", "dev-dependencies"} & set(poetry)
@@ -259,6 +275,11 @@ def from_pyproject(path: Path, root: Path) -> Found | None:
             if found.python is None:
                 msg = f"no Python from {PYTHONS[0]} to {PYTHONS[-1]} satisfies it"
                 problems.append(Problem(f"{shown}: project.requires-python", msg))
+    elif "requires-python" in project:
+        got = kind_of(project["requires-python"])
+        problems.append(
+            Problem(f"{shown}: project.requires-python", f"expected a string, got {got}")
+        )
     groups.add("extra", project.get("optional-dependencies", {}), "project.optional-dependencies")
     groups.add("group", data.get("dependency-groups", {}), "dependency-groups")
     found.dependencies = groups.requirements(dependencies)

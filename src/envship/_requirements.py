@@ -26,6 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from ._denied import is_denied
+from ._sourcefile import read_source, undecodable, unreadable
 from .errors import Problem, SpecError
 from .spec import index_key, requirement_problem
 
@@ -34,7 +36,7 @@ __all__ = ["ParsedRequirements", "decode_text", "index_entry", "parse_requiremen
 # pip: a comment starts at "#" at the start of a line or after whitespace, so the
 # "#egg=" fragment of a URL is not a comment.
 _COMMENT = re.compile(r"(^|\s+)#.*$")
-_ENV_VAR = re.compile(r"^\$\{([A-Za-z0-9_]+)\}$")
+_ENV_VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")  # fullmatch: "$" allows a final newline
 _URL_OR_PATH = re.compile(r"^([a-z][a-z0-9+.-]*://|\.{1,2}([/\\]|$)|/|~)|\.(whl|zip|tar\.gz|tgz)$")
 _NOTE_ONLY = {
     "--pre": "--pre is ignored: allow pre-releases per package with a specifier such as '>=2.0rc1'",
@@ -89,6 +91,9 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+# Includes nested deeper than this are refused: every level is a Python call, and no
+# real project needs more than a handful (a cycle is caught apart from this).
+_MAX_DEPTH = 64
 _PEP508_HINT = (
     "envship locks wheels from package indexes; declare each package by name with a "
     "version specifier (PEP 508)"
@@ -116,6 +121,8 @@ class _State:
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stack: list[Path] = field(default_factory=list)  # files being read, for cycles
+    done: set[tuple[Path, bool]] = field(default_factory=set)  # (file, as constraints) read
+    hashed: list[str] = field(default_factory=list)  # pinned lines whose --hash was dropped
     pep508: bool = False  # a problem the PEP 508 hint helps with (not, say, a missing file)
 
     def show(self, path: Path) -> str:
@@ -188,10 +195,17 @@ def _parse_options(text: str) -> list[tuple[str, str | None]]:
 
 
 def _read(state: _State, path: Path, where: str, *, constraint: bool) -> None:
+    shown = state.show(path)
     try:
         resolved = path.resolve()
-        text = decode_text(path.read_bytes())
+        raw = read_source(path)
+        text = decode_text(raw)
+    except UnicodeDecodeError as exc:
+        state.problems.append(undecodable(shown, exc))
+        return
     except (OSError, ValueError, RuntimeError) as exc:  # ValueError: NUL in the path
+        if is_denied(exc):  # README: a path you may not read is the permission error
+            raise unreadable(shown, path) from None
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         state.problems.append(Problem(where, f"cannot read {path}: {reason}"))
         return
@@ -199,10 +213,17 @@ def _read(state: _State, path: Path, where: str, *, constraint: bool) -> None:
         chain = " -> ".join(state.show(p) for p in [*state.stack, resolved])
         state.problems.append(Problem(where, f"include cycle: {chain}"))
         return
+    if (resolved, constraint) in state.done:
+        # Read once: the same file again adds nothing, and files that each include the
+        # next several times would otherwise be read exponentially often.
+        return
+    if len(state.stack) >= _MAX_DEPTH:
+        state.problems.append(Problem(where, f"includes nested more than {_MAX_DEPTH} deep"))
+        return
+    state.done.add((resolved, constraint))
     if path not in state.files:
         state.files.append(path)
     state.stack.append(resolved)
-    shown = state.show(path)
     lines = [(f"{shown}:{n}", line) for n, line in logical_lines(text)]
     _feed(state, lines, path.parent, constraint=constraint)
     state.stack.pop()
@@ -265,9 +286,11 @@ def _requirement(
     *,
     constraint: bool,
 ) -> None:
+    hashed = False
     for name, _value in options:
         if name == "--hash":
-            continue  # hashes pin artifacts; the lock records its own, so drop them
+            hashed = True  # reported below, once the requirement is parsed
+            continue
         if name == "--config-settings":
             msg = "--config-settings is unsupported: envship installs wheels, it builds nothing"
         else:  # pip silently ignores a file-wide option on a requirement's line
@@ -293,7 +316,25 @@ def _requirement(
         state.problems.append(Problem(where, f"{text!r}: {unusable}"))
         state.pep508 = True
         return
+    if hashed:
+        _hash_dropped(state, where, req)
     (state.constraints if constraint else state.requirements).append((where, req))
+
+
+def _hash_dropped(state: _State, where: str, req: Requirement) -> None:
+    """Say that ``--hash`` is dropped from ``req``'s line: the lock records the hash of
+    every artifact it locks, and what the hashes pinned, a version, is kept only as far
+    as the line's own specifier says it (pip's hash-checking mode requires ``==``)."""
+    pins = [s for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
+    if pins:
+        state.hashed.append(where)
+        return
+    state.notes.append(
+        f"{where}: --hash dropped; it pinned {req.name} to the artifacts it names, but the "
+        "line has no == version, so no pin is kept (pip would refuse the line in its "
+        "hash-checking mode): write the version those hashes are for, e.g. "
+        f"'{req.name}==X.Y', to keep it"
+    )
 
 
 def index_entry(
@@ -341,7 +382,7 @@ def index_entry(
         ("password-env", parts.password, "PASSWORD"),
     ):
         if secret:
-            var = _ENV_VAR.match(secret)
+            var = _ENV_VAR.fullmatch(secret)
             entry[key] = var.group(1) if var else f"{stem}_{suffix}"
             if not var:
                 exports.append(entry[key])
@@ -403,6 +444,14 @@ def parse_requirements(
     else:
         pairs = [(w, _COMMENT.sub("", line).strip()) for w, line in source]
         _feed(state, [(w, t) for w, t in pairs if t], base or root, constraint=False)
+    if state.hashed:
+        shown = ", ".join(state.hashed[:3]) + (
+            f" and {len(state.hashed) - 3} more" if len(state.hashed) > 3 else ""
+        )
+        state.notes.append(
+            f"--hash dropped from {len(state.hashed)} pinned requirement(s) ({shown}): "
+            "the lock records the hash of every artifact it locks; each == pin is kept"
+        )
     requirements = _merge_constraints(state)
     indexes: list[dict[str, Any]] = []
     urls = [(w, u, False) for w, u in state.extra_urls]

@@ -45,10 +45,11 @@ def parse_targets(
         for key in bad:
             number = isinstance(settings[key], int | float) and not isinstance(settings[key], bool)
             # TOML reads an unquoted 2.28 as a float; the text is what names the level.
-            quote = f' in quotes ({key} = "..."), not the number {settings[key]!r}'
-            problems.append(
-                Problem(f"{where}.{key}", "expected a string" + (quote if number else ""))
+            # Only a number is shown: the repr of a table nested thousands deep recurses.
+            quote = (
+                f' in quotes ({key} = "..."), not the number {settings[key]!r}' if number else ""
             )
+            problems.append(Problem(f"{where}.{key}", "expected a string" + quote))
         # A key of the wrong type is left out (its default stands in) so that the others
         # are still checked: every problem of a target is reported at once. Such a target
         # is only checked, never kept, so it cannot clash with the others.

@@ -10,7 +10,9 @@ place read. The spec is built as a plain table and validated by :func:`parse_spe
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +22,11 @@ import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
+from ._denied import is_denied
 from ._poetry import poetry_constraint
 from ._pyproject import PYTHONS, Found, from_pyproject, lowest_python, show
 from ._requirements import decode_text, parse_requirements
+from ._sourcefile import read_source, stat_or_none, undecodable, unreadable
 from .errors import Problem, SpecError
 from .spec import SPEC_FILENAME, Spec, parse_spec
 
@@ -48,7 +52,7 @@ _SOURCES = (
     "requirements.in",
 )
 _INIT = "envship init"
-_RUNTIME = re.compile(r"^python-(3\.\d+)(\.\d+)?$")
+_RUNTIME = re.compile(r"python-(3\.\d+)(\.\d+)?")  # fullmatch
 _CONDA_NAME = re.compile(r"^(?:[^:\s]+::)?([A-Za-z0-9_.-]+)\s*(.*)$")
 
 
@@ -100,11 +104,8 @@ def conda_python(text: str) -> str | None:
 
 def _runtime_python(path: Path, root: Path) -> str:
     # repo2docker's runtime.txt: "python-3.11" or "python-3.11.4"; only the minor counts.
-    try:
-        text = decode_text(path.read_bytes()).strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read {path}: {exc}") from None
-    match = _RUNTIME.match(text)
+    text = _read_text(path, root).strip()
+    match = _RUNTIME.fullmatch(text)
     if match is None:
         raise SpecError(
             f"invalid {show(path, root)}",
@@ -113,17 +114,40 @@ def _runtime_python(path: Path, root: Path) -> str:
     return match.group(1)
 
 
-def _from_environment_yml(path: Path, root: Path) -> Found:
+def _read_text(path: Path, root: Path) -> str:
+    """A source file's text; what cannot be read is an error naming the file (and, for
+    bytes that are not text, the line), or the permission error."""
     shown = show(path, root)
     try:
-        data = yaml.safe_load(decode_text(path.read_bytes()))
+        return decode_text(read_source(path))
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"cannot read {shown}", problems=[undecodable(shown, exc)]) from None
+    except (OSError, ValueError) as exc:
+        if is_denied(exc):
+            raise unreadable(shown, path) from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise SpecError(f"cannot read {shown}: {reason}") from None
+
+
+def _from_environment_yml(path: Path, root: Path) -> Found:
+    shown = show(path, root)
+    text = _read_text(path, root)
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        # PyYAML composes nested lists and mappings recursively; a few hundred levels
+        # exhaust Python's stack (no environment.yml nests more than three).
+        msg = "nested too deeply (lists or mappings inside hundreds of others)"
+        raise SpecError(
+            f"{shown} is not a usable YAML file", problems=[Problem(shown, msg)]
+        ) from None
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
         msg = exc.problem or str(exc)
         raise SpecError(
             f"{shown} is not valid YAML", problems=[Problem(f"{shown}:{line}", msg)]
         ) from None
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+    except yaml.YAMLError as exc:
         raise SpecError(f"cannot read {shown}: {exc}") from None
     found = Found(sources=[path])
     if not isinstance(data, dict):
@@ -195,6 +219,13 @@ def _from_environment_yml(path: Path, root: Path) -> Found:
     return found
 
 
+def _mode(path: Path, folder: Path) -> int:
+    """``path``'s mode, 0 when nothing is there; the permission error naming the folder
+    that refuses this user (``folder``, the one given to ``init``, or one above it)."""
+    st = stat_or_none(path, f"the folder {folder}")
+    return st.st_mode if st is not None else 0
+
+
 def _yaml_kind(value: object) -> str:
     if value is None:
         return "nothing"
@@ -209,23 +240,29 @@ def _default_name(folder: Path) -> str:
 
 
 def import_spec(
-    folder: Path, *, name: str | None = None, targets: Sequence[str] | None = None
+    folder: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    targets: Sequence[str] | None = None,
 ) -> ImportResult:
     """Build a spec from what ``folder`` has; raise :class:`SpecError` if nothing fits."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not stat.S_ISDIR(_mode(folder, folder)):
         raise SpecError(f"{folder} is not a folder")
     notes: list[str] = []
     base = folder
     for sub in ("binder", ".binder"):  # repo2docker: a binder folder replaces the root
-        if (folder / sub).is_dir():
+        if stat.S_ISDIR(_mode(folder / sub, folder)):
             base = folder / sub
             notes.append(f"reading only {sub}/ (a Binder folder replaces the top level)")
             break
     found: Found | None = None
     for filename in _SOURCES:
         path = base / filename
-        if not path.is_file():
+        mode = _mode(path, folder)
+        if not mode or stat.S_ISDIR(mode):
+            # Anything else is read, and what is no regular file (a FIFO, a link to a
+            # device) refused by name rather than skipped as if it were not there.
             continue
         if filename.startswith("environment"):
             found = _from_environment_yml(path, folder)
@@ -246,7 +283,8 @@ def import_spec(
         )
     runtime = base / "runtime.txt"
     python = found.python
-    if runtime.is_file():
+    runtime_mode = _mode(runtime, folder)
+    if runtime_mode and not stat.S_ISDIR(runtime_mode):  # a FIFO is refused, by name
         python = _runtime_python(runtime, folder)
         found.sources.append(runtime)
         if found.python and found.python != python:
@@ -286,17 +324,19 @@ def _option_where(problem: Problem, name: str | None, targets: Sequence[str] | N
     return problem
 
 
-def spec_destination(folder: Path, *, force: bool = False) -> Path:
+def spec_destination(folder: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Where ``init`` writes; refuses an existing spec unless ``force``."""
     dest = Path(folder) / SPEC_FILENAME
-    if dest.exists() and not force:
+    if _mode(dest, Path(folder)) and not force:
         raise SpecError(
             f"{dest} already exists", hint="pass --force to overwrite it with an imported spec"
         )
     return dest
 
 
-def write_spec(result: ImportResult, folder: Path, *, force: bool = False) -> Path:
+def write_spec(
+    result: ImportResult, folder: str | os.PathLike[str], *, force: bool = False
+) -> Path:
     """Write ``result.spec`` to ``folder/envship.toml`` (atomically) and return the path."""
     dest = spec_destination(folder, force=force)
     shown = ", ".join(show(p, Path(folder)) for p in result.sources)
@@ -308,7 +348,7 @@ def write_spec(result: ImportResult, folder: Path, *, force: bool = False) -> Pa
 
 
 def init_spec(
-    folder: Path,
+    folder: str | os.PathLike[str],
     *,
     name: str | None = None,
     targets: Sequence[str] | None = None,

@@ -29,10 +29,13 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,10 +48,10 @@ from packaging.version import InvalidVersion, Version
 # IndexConfig, index_key and DEFAULT_TARGETS are re-exported: they were defined here, and
 # callers (envship.IndexConfig, _http, _requirements) import them from this module.
 from ._indexconfig import IndexConfig, index_key, parse_indexes
+from ._sourcefile import read_spec_toml, special, stat_or_none
 from ._specedit import add_requirements as add_requirements
 from ._spectargets import DEFAULT_TARGETS as DEFAULT_TARGETS
 from ._spectargets import parse_targets
-from ._toml import load_toml
 from .errors import Problem, SpecError, TargetError
 from .targets import Target
 
@@ -67,10 +70,10 @@ __all__ = [
 ]
 
 SPEC_FILENAME = "envship.toml"
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+# Always fullmatch: "$" also matches before a final newline, which let "dev\n" through.
+_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 # No leading zero: "3.09" would be a second spelling of 3.9 that no marker matches.
-_PYTHON = re.compile(r"^3\.(0|[1-9][0-9]?)$")
-_BOM = b"\xef\xbb\xbf"
+_PYTHON = re.compile(r"3\.(0|[1-9][0-9]?)")
 _TOP_KEYS = {
     "name",
     "python",
@@ -82,6 +85,15 @@ _TOP_KEYS = {
     "allow-sdist",
     "image",
 }
+_KERNEL_KEYS = {"display-name"}
+# [image] is reserved: nothing reads it yet (`envship image build` takes its settings as
+# options), so any key in it would be silently ignored: each one is an error instead.
+_IMAGE_KEYS: set[str] = set()
+_IMAGE_UNREAD = (
+    "unknown key: envship reads no [image] settings yet; `envship image build` takes them "
+    "as options (--base, --prefix, --kernel-name, ...)"
+)
+_TOML_KINDS = {str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +229,12 @@ def group_name_problem(name: str) -> str | None:
     them normalized, as the lock (PEP 751) and ``--group`` name them. The suggestion is
     the normalized form of the name with every run of other characters made a "-".
     """
-    if _NAME.match(name) and canonicalize_name(name) == name:
+    if not isinstance(name, str):  # a table from a library caller; TOML keys are strings
+        return f"expected a string as the group name, got {kind(name)}"
+    if _NAME.fullmatch(name) and canonicalize_name(name) == name:
         return None
     suggestion = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    if _NAME.match(name):
+    if _NAME.fullmatch(name):
         return f"group names must be normalized (PEP 503): {suggestion!r}"
     return f"invalid group name {name!r}: expected a normalized PEP 735 name" + (
         f" (lowercase letters, digits and '-'): {suggestion!r}"
@@ -257,21 +271,101 @@ def _requirements(value: object, where: str, problems: list[Problem]) -> tuple[s
     return tuple(out)
 
 
+def kind(value: object) -> str:
+    """What ``value`` is, in TOML's words, for a message: never its repr, which may be
+    huge or nested deeper than ``repr`` can go."""
+    if value is None:  # only from a library caller: TOML has no null
+        return "nothing"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return _TOML_KINDS.get(type(value), f"a {type(value).__name__}")
+
+
+def key_path(key: str) -> str:
+    """``key`` for a location, quoted as TOML would when it holds a character that does
+    not print (``groups."dev\\n"``, not a line break in the middle of a message)."""
+    return key if key.isprintable() else json.dumps(key)
+
+
+def unknown_key(key: object, known: Iterable[str]) -> str:
+    """The message for ``key`` in a table that takes only ``known``: those keys, and the
+    one meant when ``key`` is close to one (``display_name`` for ``display-name``)."""
+    keys = sorted(known)
+    if not keys:
+        return _IMAGE_UNREAD  # the one table that takes none
+    near = difflib.get_close_matches(str(key), keys, n=1)
+    meant = f"did you mean {near[0]!r}? " if near else ""
+    return f"unknown key ({meant}keys here: {', '.join(keys)})"
+
+
+def _table(value: object, where: str, problems: list[Problem]) -> dict[str, Any]:
+    """``value``'s string keys; any other key is a problem (only a library caller can pass
+    one: TOML keys are strings), so the rules below may sort and format keys freely."""
+    assert isinstance(value, Mapping)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(key, str):
+            out[key] = item
+        else:
+            message = f"expected a string key, got {kind(key)}"
+            problems.append(Problem(f"{where}{'.' if where else ''}{_other_key(key)}", message))
+    return out
+
+
+def _other_key(key: object) -> str:
+    """A key that is no string, for a location: a number or None as written, anything
+    else (a tuple, nested without limit) by its kind."""
+    return repr(key) if key is None or isinstance(key, int | float) else f"<{kind(key)}>"
+
+
+def _strict_table(
+    value: object, where: str, known: Iterable[str], problems: list[Problem]
+) -> dict[str, Any]:
+    """A table whose keys must all be ``known`` (kernel, image): {} when it is no table."""
+    if not isinstance(value, Mapping):
+        problems.append(Problem(where, f"expected a table, got {kind(value)}"))
+        return {}
+    table = _table(value, where, problems)
+    for key in sorted(set(table) - set(known)):
+        problems.append(Problem(f"{where}.{key_path(key)}", unknown_key(key, known)))
+    return table
+
+
+def _targets_table(value: object, problems: list[Problem]) -> object:
+    """The targets table with string keys only, at both levels (see :func:`_table`)."""
+    if not isinstance(value, Mapping):
+        return value  # parse_targets reports it
+    table = _table(value, "targets", problems)
+    return {
+        name: _table(entry, f"targets.{name}", problems) if isinstance(entry, Mapping) else entry
+        for name, entry in table.items()
+    }
+
+
 def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None) -> Spec:
     """Validate a spec table; every problem is reported at once, each with its key."""
     problems: list[Problem] = []
 
     def at(key: str) -> str:
-        return f"{source}: {key}"
+        return f"{source}: {key}" if key else source
 
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            f"invalid spec in {source}",
+            problems=[Problem(source, f"expected a table, got {kind(data)}")],
+        )
+    data = _table(data, "", problems)
     for key in sorted(set(data) - _TOP_KEYS):
-        problems.append(Problem(key, "unknown key"))
+        problems.append(Problem(key_path(key), unknown_key(key, _TOP_KEYS)))
     name = data.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        shown = f"{name!r}" if isinstance(name, str) else kind(name)
         problems.append(
             Problem(
                 "name",
-                ("required: " if name is None else f"invalid name {name!r}: expected ")
+                ("required: " if name is None else f"invalid name {shown}: expected ")
                 + "letters, digits, '.', '_' or '-', starting and ending with a letter "
                 "or digit",
             )
@@ -282,7 +376,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None
     if (
         not isinstance(pythons, list)
         or not pythons
-        or not all(isinstance(p, str) and _PYTHON.match(p) for p in pythons)
+        or not all(isinstance(p, str) and _PYTHON.fullmatch(p) for p in pythons)
     ):
         problems.append(Problem("python", 'expected a version like "3.11" or a list of them'))
         pythons = ["3.11"]
@@ -293,29 +387,28 @@ def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None
     dependencies = _requirements(data.get("dependencies", []), "dependencies", problems)
     groups: dict[str, tuple[str, ...]] = {}
     raw_groups = data.get("groups", {})
-    if not isinstance(raw_groups, dict):
+    if not isinstance(raw_groups, Mapping):
         problems.append(Problem("groups", "expected a table of name = [requirements]"))
     else:
         for gname, reqs in raw_groups.items():
+            gwhere = f"groups.{key_path(gname) if isinstance(gname, str) else _other_key(gname)}"
             bad_name = group_name_problem(gname)
             if bad_name is not None:
-                problems.append(Problem(f"groups.{gname}", bad_name))
-            groups[gname] = _requirements(reqs, f"groups.{gname}", problems)
+                problems.append(Problem(gwhere, bad_name))
+            if isinstance(gname, str):
+                groups[gname] = _requirements(reqs, gwhere, problems)
     indexes = parse_indexes(data.get("indexes", []), problems)
-    targets = parse_targets(data.get("targets"), tuple(pythons), problems)
-    kernel = data.get("kernel", {})
-    display = kernel.get("display-name") if isinstance(kernel, dict) else None
-    if not isinstance(kernel, dict) or (display is not None and not isinstance(display, str)):
-        problems.append(Problem("kernel.display-name", "expected a string"))
+    targets = parse_targets(_targets_table(data.get("targets"), problems), tuple(pythons), problems)
+    kernel = _strict_table(data.get("kernel", {}), "kernel", _KERNEL_KEYS, problems)
+    display = kernel.get("display-name")
+    if display is not None and not isinstance(display, str):
+        problems.append(Problem("kernel.display-name", f"expected a string, got {kind(display)}"))
         display = None
     allow_sdist = data.get("allow-sdist", False)
     if not isinstance(allow_sdist, bool):
         problems.append(Problem("allow-sdist", "expected true or false"))
         allow_sdist = False
-    image = data.get("image", {})
-    if not isinstance(image, dict):
-        problems.append(Problem("image", "expected a table"))
-        image = {}
+    image = _strict_table(data.get("image", {}), "image", _IMAGE_KEYS, problems)
     if problems:
         raise SpecError(
             f"invalid spec in {source}",
@@ -335,48 +428,44 @@ def parse_spec(data: Mapping[str, Any], *, source: str, path: Path | None = None
     )
 
 
-def read_spec_toml(path: Path) -> dict[str, Any]:
-    """The TOML table in ``path``; :class:`SpecError` naming the file and line if not.
-
-    TOML allows no byte-order mark and tomllib (so pip, building the same pyproject)
-    rejects one as an "Invalid statement" at 1:1; envship keeps that rule and says why.
-    """
-    try:
-        return load_toml(path, SpecError)
-    except SpecError:
-        try:
-            with path.open("rb") as f:
-                bom = f.read(len(_BOM)) == _BOM
-        except OSError:
-            bom = False
-        if bom:
-            raise SpecError(
-                f"{path} is not valid TOML",
-                problems=[
-                    Problem(
-                        f"{path}:1:1",
-                        "the file starts with a UTF-8 byte-order mark, which TOML does not "
-                        "allow (tomllib and pip reject it too)",
-                    )
-                ],
-                hint="save the file as UTF-8 without a byte-order mark",
-            ) from None
-        raise
+def _tool_table(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """pyproject.toml's ``tool`` table; a ``tool`` of another type is an error naming it
+    (PEP 518: every tool's table lives under it)."""
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise SpecError(
+            f"invalid {path}",
+            problems=[
+                Problem(
+                    f"{path}: tool",
+                    f"expected a table ([tool.NAME] sections), got {kind(tool)}",
+                )
+            ],
+        )
+    return tool
 
 
-def find_spec(start: Path) -> Path:
+def _is_file(path: Path) -> bool:
+    """Whether a spec is at ``path``: a regular file. A FIFO or a link to a device is
+    refused by name (it could not be read whole), a folder or nothing is no spec."""
+    st = stat_or_none(path, f"the spec {path}")
+    if st is None or stat.S_ISDIR(st.st_mode):
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecError(f"cannot read {path}: not a regular file but {special(st.st_mode)}")
+    return True
+
+
+def find_spec(start: str | os.PathLike[str]) -> Path:
     """The spec file for ``start``: a file itself, or envship.toml / pyproject.toml in a folder."""
-    if start.is_file():
+    start = Path(start)
+    if _is_file(start):
         return start
     candidate = start / SPEC_FILENAME
-    if candidate.is_file():
+    if _is_file(candidate):
         return candidate
     pyproject = start / "pyproject.toml"
-    if (
-        pyproject.is_file()
-        and "tool" in (tbl := read_spec_toml(pyproject))
-        and ("envship" in tbl["tool"])
-    ):
+    if _is_file(pyproject) and "envship" in _tool_table(read_spec_toml(pyproject), pyproject):
         return pyproject
     raise SpecError(
         f"no {SPEC_FILENAME} (or [tool.envship] in pyproject.toml) in {start}",
@@ -385,14 +474,14 @@ def find_spec(start: Path) -> Path:
     )
 
 
-def load_spec(path: Path) -> Spec:
+def load_spec(path: str | os.PathLike[str]) -> Spec:
     """Load and validate the spec at ``path`` (a file or a folder holding one)."""
     path = find_spec(path)
     data = read_spec_toml(path)
     source = str(path)
     if path.name == "pyproject.toml":
-        tool = data.get("tool", {}).get("envship")
-        if not isinstance(tool, dict):
+        tool = _tool_table(data, path).get("envship")
+        if tool is None:
             raise SpecError(f"{path} has no [tool.envship] table")
         data, source = tool, f"{path} [tool.envship]"
     return parse_spec(data, source=source, path=path.resolve())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,16 @@ def _shown(path: Path, folder: Path) -> str:
         return path.relative_to(folder).as_posix()
     except ValueError:
         return str(path)
+
+
+def _next_command(folder: Path) -> str:
+    """``envship lock`` as it works from where the user is: the spec is found in the
+    current folder by default, so another folder must be named."""
+    try:
+        here = folder.resolve() == Path.cwd().resolve()
+    except OSError:  # the current folder was removed
+        here = False
+    return "envship lock" if here else f"envship lock --spec {shlex.quote(str(folder))}"
 
 
 def _to_json(result: ImportResult, written: Path, folder: Path) -> dict[str, Any]:
@@ -36,7 +47,9 @@ def _to_json(result: ImportResult, written: Path, folder: Path) -> dict[str, Any
 @click.command("init")
 @click.argument(
     "folder",
-    type=click.Path(path_type=Path, file_okay=False),
+    # readable=False: click's default check would make a folder this user may not read a
+    # usage error (exit 2); import_spec raises the permission error naming who refuses.
+    type=click.Path(path_type=Path, file_okay=False, readable=False),
     default=Path(),
     required=False,
 )
@@ -82,4 +95,4 @@ def command(
     )
     for note in result.notes:
         click.echo(f"note: {note}")
-    click.echo("next: envship lock")
+    click.echo(f"next: {_next_command(folder)}")
