@@ -142,7 +142,7 @@ def test_list_shows_the_launchers_verdict(
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
-@pytest.mark.parametrize("name", ["my kernel/..", "../up", ".hidden", "???"])
+@pytest.mark.parametrize("name", ["my kernel/..", "../up", ".hidden", "???", "ds\n"])
 def test_an_invalid_kernel_name_is_bad_input(
     env: Path, user_kernels: Path, capsys: pytest.CaptureFixture[str], name: str
 ) -> None:

@@ -49,6 +49,7 @@ def spec_dir(tmp_path: Path, index_server: IndexServer) -> Path:
         ("../afile/pylock.toml", "afile is not a folder"),
         ("../lock.toml", "'lock.toml' is not a PEP 751 lock file name"),
         ("../pylock.a.b.toml", "use pylock.toml or pylock.<name>.toml"),
+        ("../pylock.toml\n", "is not a PEP 751 lock file name"),  # "$" matched before it
         # The write replaces what a link ends at: never a FIFO or a device.
         ("../fifo/pylock.toml", "is not a regular file"),
         ("../linked/pylock.toml", "is not a regular file"),

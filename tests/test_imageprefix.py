@@ -369,6 +369,7 @@ def test_sagemaker_reserved_prefixes_get_a_note(
         (("--kernel-name", "DS"), "invalid kernelspec name 'DS'"),
         (("--kernel-name", ".hidden"), "invalid kernelspec name '.hidden'"),
         (("--kernel-name", "café"), "invalid kernelspec name 'café'"),
+        (("--kernel-name", "ds\n"), "invalid kernelspec name 'ds\\n'"),  # "$" let it by
         (("--prefix", "/opt//env"), "invalid environment path '/opt//env'"),
         (("--prefix", "/opt/x/../env"), "invalid environment path '/opt/x/../env'"),
         (("--prefix", "opt/env"), "invalid environment path 'opt/env'"),

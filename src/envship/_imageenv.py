@@ -31,12 +31,13 @@ __all__ = ["check_kernel_name", "kernel_for", "skeleton_layer", "skeleton_record
 
 # jupyter_client's rule (kernelspec._kernel_name_pat), lower case only: Jupyter lowercases
 # the folder name it finds, and SageMaker's AppImageConfig must name the kernel exactly.
-_KERNEL_NAME = re.compile(r"^[a-z0-9._-]+$")
+# fullmatch: "$" alone also matches before a final newline.
+_KERNEL_NAME = re.compile(r"[a-z0-9._-]+")
 
 
 def check_kernel_name(name: str) -> str:
     """``name`` if Jupyter lists a kernelspec folder of that name under that very name."""
-    if not _KERNEL_NAME.match(name) or name.startswith("."):
+    if not _KERNEL_NAME.fullmatch(name) or name.startswith("."):
         suggestion = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.")
         raise ImageInputError(
             f"invalid kernelspec name {name!r}",

@@ -27,7 +27,8 @@ from .targets import Target
 __all__ = ["checked_name", "env_label", "env_root", "kernel_name_for", "read_env"]
 
 # Kernel names: ASCII letters, digits and ``-._`` (the kernelspec docs); Jupyter lowercases.
-_VALID_NAME = re.compile(r"^[a-z0-9._-]+$")
+# fullmatch: "$" alone also matches before a final newline.
+_VALID_NAME = re.compile(r"[a-z0-9._-]+")
 
 
 def env_label(env: Path) -> str:
@@ -57,7 +58,7 @@ def kernel_name_for(env_name: str) -> str:
 
 def checked_name(name: str) -> str:
     lowered = name.lower()
-    if not _VALID_NAME.match(lowered) or lowered.startswith("."):
+    if not _VALID_NAME.fullmatch(lowered) or lowered.startswith("."):
         suggestion = _slug(name)
         raise KernelInputError(
             f"invalid kernel name {name!r}",

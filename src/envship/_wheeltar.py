@@ -398,7 +398,7 @@ def write_wheel(
             source = _Source(zf)
             metadata = parse_metadata_file(source.read_dist_info("METADATA"))
             name, version = metadata["Name"], metadata["Version"]
-            if not name or not version or not _PROJECT_NAME.match(name):
+            if not name or not version or not _PROJECT_NAME.fullmatch(name):
                 raise ImageError(
                     f"{wheel.name} has no valid Name and Version in its METADATA",
                     problems=[Problem(where, f"Name {name!r}, Version {version!r}")],

@@ -81,7 +81,8 @@ __all__ = [
 Log = Callable[[str], None]
 
 # PEP 751 "File Name": pylock.toml, or pylock.<name>.toml with no dot in <name>.
-_LOCK_NAME = re.compile(r"^pylock\.([^.]+\.)?toml$")
+# fullmatch: "$" alone also matches before a final newline.
+_LOCK_NAME = re.compile(r"pylock\.([^.]+\.)?toml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,7 @@ def lock_path_problem(path: Path, *, writing: bool = True) -> str | None:
     """Why ``path`` cannot name a lock (to write, with ``writing``), or None if it can."""
     if path.is_dir():
         return f"{path} is a folder; name the lock file, e.g. {path / LOCK_FILENAME}"
-    if not _LOCK_NAME.match(path.name):
+    if not _LOCK_NAME.fullmatch(path.name):
         return (
             f"{path.name!r} is not a PEP 751 lock file name: use pylock.toml or pylock.<name>.toml"
         )
