@@ -100,6 +100,7 @@ def test_create_list_check_gc(
         "empty_envs": [],
         "denied": [],
         "leftovers_freed": 0,
+        "strays": [],
     }
     assert path.is_dir()
 
@@ -129,6 +130,14 @@ def test_gc_text_names_what_it_removes(
     assert out[1].startswith("removed 1 version(s), ")
     assert out[1].endswith("; kept 1 current or recently used")
     assert not Path(first["path"]).exists()
+
+    stray = root / "ds" / "versions" / "notes.txt"  # a file someone left: no version
+    stray.write_text("x\n")
+    assert main(["env", "gc", "--older-than", "0s"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"left {stray}: not a version (a file or link in versions/)"
+    assert out[1] == "removed 0 version(s), 0 B; kept 1 current or recently used"
+    assert stray.read_text() == "x\n"
 
 
 @pytest.mark.parametrize(

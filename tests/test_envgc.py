@@ -426,3 +426,63 @@ def test_a_half_made_versions_size_counts_its_staging(
     assert removed.size is not None and removed.size >= 3 << 20
     assert result.freed == removed.size and result.denied == ()
     assert not half.exists() and not (versions / f"{half.name}.envship-tmp").exists()
+
+
+def _note(versions: Path) -> Path:
+    (versions / "notes.txt").write_text("who made what\n")
+    return versions / "notes.txt"
+
+
+def _junk(versions: Path) -> Path:
+    (versions / "junk").write_bytes(b"x" * 10)
+    return versions / "junk"
+
+
+def _link(versions: Path) -> Path:
+    (versions / "elsewhere").symlink_to(versions.parent)
+    return versions / "elsewhere"
+
+
+# What someone left in versions/ that is no version (gc took "notes.txt" for the version
+# "notes", made and removed .locks/notes.lock every run; "junk" went to .trash, where
+# rmtree failed on it with "Not a directory" at every run after).
+STRAYS: dict[str, Callable[[Path], Path]] = {"note": _note, "junk": _junk, "link": _link}
+
+
+@pytest.mark.parametrize("case", STRAYS)
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_what_is_no_version_in_versions_is_named_and_left(
+    lock: LockFile, tmp_path: Path, case: str, dry_run: bool
+) -> None:
+    root = tmp_path / "envs"
+    wheels = build_wheels(tmp_path / "dist2")
+    store = stocked_store(tmp_path / "store", list(wheels.values()))
+    made = create_env(lock, store, root, name="ds")
+    stray = STRAYS[case](root / "ds" / "versions")
+    old = time.time() - 30 * 24 * 3600
+    os.utime(stray, (old, old), follow_symlinks=False)
+
+    result = gc(root, older_than=timedelta(days=1), dry_run=dry_run)
+    assert result.strays == (stray,) and result.to_json()["strays"] == [str(stray)]
+    assert (result.removed, result.denied, result.stale_locks, result.kept) == ((), (), (), 1)
+    assert os.path.lexists(stray) and made.path.is_dir()
+    assert sorted(p.name for p in (root / "ds" / ".locks").iterdir()) == [f"{made.key}.lock"]
+    assert not (root / "ds" / ".trash").exists() or not any((root / "ds" / ".trash").iterdir())
+    assert [v.key for e in list_envs(root) for v in e.versions] == [made.key]
+
+
+@pytest.mark.parametrize("case", ["file", "link"])
+def test_a_file_left_in_trash_is_removed(lock: LockFile, tmp_path: Path, case: str) -> None:
+    """What an earlier gc moved to .trash that is not a folder: removed, not denied."""
+    root = tmp_path / "envs"
+    wheels = build_wheels(tmp_path / "dist2")
+    create_env(lock, stocked_store(tmp_path / "store", list(wheels.values())), root, name="ds")
+    trash = root / "ds" / ".trash"
+    trash.mkdir()
+    left = trash / "junk-0123abcd"
+    if case == "file":
+        left.write_bytes(b"x" * 4096)
+    else:
+        left.symlink_to(root)  # never followed: the root stays
+    result = gc(root, older_than=timedelta(days=1))
+    assert result.denied == () and not os.path.lexists(left) and root.is_dir()

@@ -301,9 +301,9 @@ def test_probe_refuses_what_is_not_a_python(tmp_path: Path) -> None:
     fake = tmp_path / "fake-python"
     fake.write_text("#!/bin/sh\necho not json\n")
     fake.chmod(0o755)
-    with pytest.raises(TargetError, match="did not answer as a Python interpreter") as err:
+    with pytest.raises(TargetError, match="is not a Python interpreter") as err:
         probe(fake)
-    assert err.value.problems[0].message == "not json"
+    assert err.value.problems[0].message == "printed no facts: not json"
 
 
 def test_has_gpu_follows_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

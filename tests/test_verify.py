@@ -407,7 +407,7 @@ def test_not_an_interpreter_is_a_clear_error(tmp_path: Path) -> None:
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
     fake.chmod(0o755)
-    with pytest.raises(SpecError, match="not a working Python") as info:
+    with pytest.raises(SpecError, match="is not a Python interpreter") as info:
         find_environment(fake)
     assert "broken" in str(info.value)
     with pytest.raises(SpecError, match="does not exist"):
@@ -602,7 +602,7 @@ def _not_a_python(v: Venv, tmp_path: Path) -> tuple[type[SpecError], str, str]:
     script.chmod(0o755)
     v.python.unlink()
     v.python.symlink_to(script)
-    return SpecError, "not a working Python interpreter", "not python"
+    return SpecError, "is not a Python interpreter", "not python"
 
 
 def _other_python(v: Venv, tmp_path: Path) -> tuple[type[SpecError], str, str]:
@@ -690,3 +690,36 @@ def test_a_site_packages_folder_in_a_venv_says_the_venv_was_not_checked(
     else:  # these files alone are identical, and the report says what was not looked at
         assert report.identical
         assert any("was not checked" in n and str(venv.root) in n for n in report.notes)
+
+
+# -- arguments as a library caller writes them -------------------------------------------
+
+# A bare str where a collection of names goes is one name, not its letters: ignore="six"
+# silently ignored nothing (nor "s", "i", "x"); target="linux-x86_64" was AttributeError.
+# omega is installed; the "dev" group of lock "with-dev" has it, lock "base" does not.
+ARGUMENTS: dict[str, tuple[dict[str, object], str, bool]] = {
+    "ignore-a-name": ({"ignore": "omega"}, "base", True),
+    "ignore-a-list": ({"ignore": ["omega"]}, "base", True),
+    "groups-a-name": ({"groups": "dev"}, "with-dev", True),
+    "groups-a-list": ({"groups": ["dev"]}, "with-dev", True),
+    "target-a-name": ({"target": "linux-x86_64"}, "base", False),
+    "nothing": ({}, "base", False),
+}
+
+
+@pytest.mark.parametrize("case", ARGUMENTS)
+def test_names_may_be_given_as_one_string(venv: Venv, wheels: Wheels, case: str) -> None:
+    venv.install(wheels.omega)
+    given, which, identical = ARGUMENTS[case]
+    lock = LockFile.load(wheels.lock if which == "with-dev" else wheels.lock_no_omega)
+    report = verify(lock, venv.root, **given)  # type: ignore[arg-type]
+    assert report.identical is identical
+    assert report.target.name == "linux-x86_64"
+
+
+def test_a_target_of_another_type_or_name_is_refused(venv: Venv, wheels: Wheels) -> None:
+    lock = LockFile.load(wheels.lock)
+    with pytest.raises(TargetError, match="the lock has no target 'nope'"):
+        verify(lock, venv.root, target="nope")
+    with pytest.raises(TypeError, match="target must be a Target, a target's name or None"):
+        verify(lock, venv.root, target=3)  # type: ignore[arg-type]

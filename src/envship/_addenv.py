@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shlex
 import shutil
@@ -43,7 +42,7 @@ from packaging.version import InvalidVersion, Version
 
 from ._envroot import shared_version
 from ._flock import acquire
-from ._installmarker import store_option, work_folder
+from ._installmarker import MarkerDamaged, load_marker, read_record, store_option, work_folder
 from .errors import AddError, AddInputError, EnvshipError, Problem, SpecError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .lockfile import LockFile
@@ -90,7 +89,15 @@ def environment(env: Path | None) -> Path:
 def _recorded_lock(marker: Mapping[str, Any]) -> str | None:
     lock = marker.get("lock")
     path = lock.get("path") if isinstance(lock, dict) else None
-    return path if isinstance(path, str) and path else None
+    # A damaged record's path may hold what no path can: NUL, which every file call
+    # refuses, or a lone surrogate, which no file name decodes to.
+    if not isinstance(path, str) or not path or "\0" in path:
+        return None
+    try:
+        path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+    return path
 
 
 def _lock_shape(path: str | Path) -> tuple[int, tuple[str, ...]]:
@@ -140,36 +147,46 @@ def lock_command(
 
 
 def _raw_marker(env: Path) -> dict[str, Any]:
-    """The install marker as it is, however incomplete, for the hints; {} without one."""
+    """The install marker as it is, however incomplete, for the hints; {} without one,
+    or one that cannot be read (never followed through a link, never read past the size
+    of any marker: :func:`envship._installmarker.read_record`)."""
     try:
-        data = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_record(env / MARKER_NAME)
+    except MarkerDamaged:
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def checked_marker(env: Path) -> dict[str, Any]:
+    """The install marker of ``env``, whole (:func:`envship._installmarker.load_marker`):
+    the distributions to hold come from it. A damaged one is refused, naming its key,
+    with the install that makes the environment again (install takes a damaged marker
+    for a half-made environment)."""
     if (env / INCOMPLETE_NAME).exists():
         raise AddError(
             f"the environment at {env} is half installed ({INCOMPLETE_NAME} is present)",
             hint=f"re-run {lock_command('install', env, _raw_marker(env))} to finish it",
         )
     try:
-        data = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        data = load_marker(env)
+    except MarkerDamaged as exc:
+        again = lock_command("install", env, _raw_marker(env))
+        state = "incomplete" if exc.reason == "missing" else "damaged"  # a key, or worse
+        raise AddError(
+            f"the install record of {env} is {state}",
+            problems=[exc.problem()],
+            hint=f"re-run {again} to make the environment again",
+        ) from None
+    if data is None:
         raise AddInputError(
             f"{env} is not an environment made by `envship install` (no {MARKER_NAME})",
             hint="envship add extends environments made from a lock: envship install PATH",
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise AddError(f"cannot read {env / MARKER_NAME}: {exc}") from None
-    ok = isinstance(data, dict) and isinstance(data.get("packages"), list)
-    if not ok or not (env / "bin" / "python").exists():
-        again = lock_command("install", env, data if isinstance(data, dict) else {})
+        )
+    if not (env / "bin" / "python").exists():
+        again = lock_command("install", env, data)
         raise AddError(
             f"the install record of {env} is incomplete", hint=f"re-run {again} to rebuild it"
         )
-    assert isinstance(data, dict)
     return data
 
 

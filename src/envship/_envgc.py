@@ -79,6 +79,8 @@ class GcResult(JsonResult):
     empty_envs: tuple[Path, ...] = ()
     denied: tuple[Denied, ...] = ()  # not this user's to remove, or not removed to the end
     leftovers_freed: int = 0  # bytes of .trash leftovers of earlier, killed runs removed
+    # What ``versions/`` holds that is no version (a file, a link): never removed, named.
+    strays: tuple[Path, ...] = ()
 
 
 def _cutoff(older_than: timedelta) -> datetime:
@@ -262,7 +264,8 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
 
     What this user may not remove (another user's version, lock file or folder) is left
     and reported in ``denied`` with whose it is; the rest goes on. ``dry_run`` writes
-    nothing, and reports what a real run would be denied.
+    nothing, and reports what a real run would be denied. What ``versions/`` holds that
+    is not a folder (a note, a link) is no version: left, and named in ``strays``.
     """
     cutoff = _cutoff(older_than)
     envs = _envroot.env_dirs(_envroot.require_root(root))
@@ -270,6 +273,7 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
     busy: list[VersionInfo] = []
     in_use: list[VersionInUse] = []
     denials: list[Denied] = []
+    strays: list[Path] = []
     # Candidates and the fd holding each one's lock (None in a dry run when the lock
     # file does not exist: no one can hold it).
     held: list[tuple[Path, str, int | None]] = []
@@ -279,6 +283,7 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
         for env_dir in envs:
             try:
                 keys = _envroot.version_keys(env_dir)
+                strays.extend(_envroot.strays(env_dir))
             except OSError as exc:  # another user's private environment: left, and said
                 denials.append(Denied(env_dir.name, None, env_dir, _unreadable(exc)))
                 continue
@@ -358,4 +363,5 @@ def gc(root: Path, *, older_than: timedelta, dry_run: bool = False) -> GcResult:
         tuple(empty_envs),
         tuple(denials),
         leftovers,
+        tuple(strays),
     )

@@ -6,7 +6,9 @@ folder: one sysconfig's schemes name so (``site-packages``; ``dist-packages`` in
 ``lib/python`` in ``posix_home``), or one holding installed distributions, as ``pip
 install --target`` leaves it (the Python version read from its ``pythonX.Y`` parent, if
 any). Any other folder is refused (the stdlib's ``lib/pythonX.Y``, a package folder): it
-would be compared as an empty site-packages, every distribution "missing". Its
+would be compared as an empty site-packages, every distribution "missing"; so is a file
+no one may run (``pyvenv.cfg``, ``bin/activate``), which is no interpreter, not one this
+user may not run (:func:`not_a_program`). Its
 target is the lock's for this platform and that Python; among several, the one with the
 highest glibc level not above this machine's. :mod:`envship.verify` re-exports the
 public names.
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ._denied import blocked_at, denied, denied_problem, is_denied, refused
-from ._installmarker import read_marker
+from ._installmarker import MarkerDamaged, load_marker, read_marker
 from ._pyprobe import ProbeFailure, facts_of
 from .errors import PermissionDeniedError, Problem, SpecError, TargetError
 from .lockfile import LockFile
@@ -49,6 +52,8 @@ __all__ = [
     "find_environment",
     "interpreter_denied",
     "interpreter_mismatches",
+    "may_not_run",
+    "not_a_program",
     "read_venv_config",
     "relock_hint",
     "run_interpreter",
@@ -97,9 +102,22 @@ class InstalledEnvironment:
         return site.parents[2] if _python_from_path(site) and len(site.parents) >= 3 else None
 
     def marker(self) -> dict[str, Any] | None:
-        """The install marker envship wrote for this environment, if there is one."""
+        """The install marker envship wrote for this environment, if there is one (and
+        it is whole: :meth:`marker_damage` says why one that is there is not)."""
         root = self.record_root
         return read_marker(root) if root is not None else None
+
+    def marker_damage(self) -> MarkerDamaged | None:
+        """Why the install marker at :attr:`record_root` cannot be used (unreadable, not
+        a regular file, not the shape envship writes); None when it can, or is not there."""
+        root = self.record_root
+        if root is None:
+            return None
+        try:
+            load_marker(root)
+        except MarkerDamaged as exc:
+            return exc
+        return None
 
 
 def _python_from_path(site: Path) -> str | None:
@@ -138,14 +156,40 @@ def _venv(root: Path) -> InstalledEnvironment:
     return InstalledEnvironment(root, (chosen[0],), python, venv=root)
 
 
+def not_a_program(path: Path | str) -> str | None:
+    """What ``path`` is when no user could run it as an interpreter: a folder, something
+    other than a regular file, or a file without an execute bit for anyone (a
+    ``pyvenv.cfg``, ``bin/activate``); None otherwise, and when it cannot be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    mode = stat.filemode(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file (mode {mode})"
+    if not st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
+        return f"a file no one may run (mode {mode})"
+    return None
+
+
+def may_not_run(path: Path | str) -> bool:
+    """Whether *this user* may not run ``path`` while someone else could: a permission
+    matter (:func:`interpreter_denied`). :func:`refused` alone also says so of a file no
+    one may run, which is no interpreter at all (:func:`not_a_program`)."""
+    return refused(path) and not_a_program(path) is None
+
+
 def _probe(path: Path) -> Interpreter:
     try:
         data = facts_of(str(path))
     except ProbeFailure as exc:
-        if not exc.ran and refused(path):
+        if not exc.ran and may_not_run(path):
             raise interpreter_denied(path) from None
-        what = f"{path} is not a working Python interpreter" if exc.ran else f"cannot run {path}"
-        raise SpecError(what, problems=[Problem(str(path), exc.detail[-500:])]) from None
+        # The detail is the probe's: its exit status and a line of what it printed.
+        what = f"{path} is not a Python interpreter" if exc.ran else f"cannot run {path}"
+        raise SpecError(what, problems=[Problem(str(path), exc.detail)]) from None
     sites = [Path(data["purelib"])]
     if Path(data["platlib"]) != sites[0]:
         sites.append(Path(data["platlib"]))
@@ -216,6 +260,16 @@ def _find(env: Path | None, environ: Mapping[str, str] | None) -> InstalledEnvir
                 + _nearby(env),
             )
         return InstalledEnvironment(env, (env,), _python_from_path(env))
+    if (what := not_a_program(env)) is not None:
+        # An ordinary file (pyvenv.cfg, bin/activate, a module) named as the environment:
+        # bad input, as a folder that is none is, not an interpreter this user may not run.
+        raise SpecError(
+            f"{env} is not an environment",
+            problems=[Problem(str(env), f"{what}: not a venv, an interpreter or a folder")],
+            hint="name a venv, its bin/python, or a site-packages folder (or one "
+            "`pip install --target` filled), or none for the active venv ($VIRTUAL_ENV)"
+            + _nearby(env),
+        )
     return _interpreter(env)
 
 
@@ -262,7 +316,7 @@ def run_interpreter(environment: InstalledEnvironment) -> InstalledEnvironment:
     if environment.runs is not None or environment.venv is None:
         return environment
     path = environment.venv / "bin" / "python"
-    if refused(path):
+    if may_not_run(path):
         # A link into a folder this user cannot enter (the base interpreter under another
         # user's 0700 home) reads as "no such file" to exists(): say what it is.
         raise interpreter_denied(path)

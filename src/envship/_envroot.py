@@ -7,6 +7,9 @@ Layout::
     ROOT/<name>/.locks/<key>.lock  flock taken by whoever creates, uses or removes <key>
     ROOT/<name>/.trash/            versions being deleted (renamed here first)
 
+Only folders in ``versions/`` are versions: a file or link someone left there is named
+(:func:`strays`), never taken for one, locked or removed.
+
 Naming a version, reading whether it is complete, pointing ``current``, stamping a use
 and discarding a version are shared by creating, checking, listing and collecting
 garbage; :mod:`envship.envs` and :mod:`envship._envgc` decide when each happens and
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ._flock import denied, make_folders, owner, whom
-from ._installmarker import INCOMPLETE_NAME, MARKER_NAME, work_folder
+from ._installmarker import INCOMPLETE_NAME, MarkerDamaged, load_marker, work_folder
 from .errors import EnvInputError
 
 __all__ = [
@@ -57,9 +59,11 @@ __all__ = [
     "require_root",
     "shared_version",
     "stamp_problem",
+    "strays",
     "touch_used",
     "version_key",
     "version_keys",
+    "version_marker",
     "version_size",
 ]
 
@@ -102,7 +106,7 @@ def shared_version(env: Path, marker: dict[str, Any]) -> tuple[str, Path] | None
             marker["python"]["base"],
             compiled=bool(marker.get("compiled")),
         )
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):  # a damaged marker (ValueError: encode())
         key = ""
     if real.name != key and not (real.parent.parent / ".locks").is_dir():
         return None
@@ -123,19 +127,26 @@ def key_lock(env_dir: Path, key: str) -> Path:
     return env_dir / ".locks" / f"{key}.lock"
 
 
-def read_marker(path: Path) -> dict[str, Any] | None:
-    """The install marker of a *complete* version, else None."""
+def version_marker(path: Path) -> dict[str, Any] | None:
+    """The install marker of a *complete* version, else None (half made, no marker, no
+    ``bin/python``); :class:`MarkerDamaged` when it has one envship cannot use, which
+    ``env create`` makes again and ``env check`` refuses, naming the key."""
     if (path / INCOMPLETE_NAME).exists():
         return None
-    try:
-        data = json.loads((path / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    data = load_marker(path)
     # lexists: bin/python links to the base interpreter, which another machine sharing
     # the root may lack; that makes the env unusable there, not half made.
-    if not isinstance(data, dict) or not os.path.lexists(path / "bin" / "python"):
+    if data is None or not os.path.lexists(path / "bin" / "python"):
         return None
     return data
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The install marker of a *complete* version, else None (damaged too)."""
+    try:
+        return version_marker(path)
+    except MarkerDamaged:
+        return None
 
 
 def current_key(env_dir: Path) -> str | None:
@@ -289,7 +300,14 @@ def remove_tree(path: Path) -> tuple[Leftover, ...]:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             errors.append(f"{failed}: {why}")
 
-    if sys.version_info >= (3, 12):
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+        # A file or link where a folder is expected (one put in versions/ by hand, moved
+        # to .trash): rmtree refuses both (ENOTDIR; links never followed), forever.
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            note(os.unlink, str(path), exc)
+    elif sys.version_info >= (3, 12):
         shutil.rmtree(path, onexc=note)
     else:
         shutil.rmtree(path, onerror=lambda f, p, info: note(f, p, info[1]))
@@ -370,6 +388,22 @@ def env_dirs(root: Path) -> list[Path]:
 
 
 def version_keys(env_dir: Path) -> list[str]:
-    # "<key>.envship-tmp" is install's staging beside a version: same key, not a version.
-    names = {p.name.split(".", 1)[0] for p in (env_dir / "versions").iterdir()}
+    """The keys of the versions in ``env_dir/versions``: its folders. ``<key>.envship-tmp``
+    is install's staging beside a version: same key, not a version. Anything else there
+    (a file, a link) is no version: :func:`strays` names it, and nothing removes it."""
+    names = {name.split(".", 1)[0] for name, folder in _entries(env_dir) if folder}
     return sorted(n for n in names if n)
+
+
+def strays(env_dir: Path) -> list[Path]:
+    """What ``env_dir/versions`` holds that is not a folder (a note someone left, a link):
+    no version, so neither listed nor collected, only named."""
+    return sorted(env_dir / "versions" / name for name, folder in _entries(env_dir) if not folder)
+
+
+def _entries(env_dir: Path) -> list[tuple[str, bool]]:
+    """Each entry of ``versions/`` and whether it is a folder (a link never is), from the
+    listing's own file types where the file system gives them: no stat that another
+    user's mode could refuse."""
+    with os.scandir(env_dir / "versions") as entries:
+        return [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]

@@ -52,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -60,6 +61,7 @@ from typing import Any
 from ._difference import Difference
 from ._environment import InstalledEnvironment, read_venv_config
 from ._envroot import USED_NAME
+from ._halfmade import remake
 from ._installmarker import FILES_KEY, INCOMPLETE_NAME, LINKS_KEY, MARKER_NAME
 
 __all__ = ["VENV_CREATION", "site_differences"]
@@ -195,6 +197,27 @@ def _check_link(path: str, rel: str, target: str) -> Difference | None:
     return Difference("changed", VENV_CREATION, path, expected, _is_now(path), _venv_note(rel))
 
 
+def _damaged_marker(environment: InstalledEnvironment, lock: Path | None) -> Difference | None:
+    """The install marker, when it is there but cannot be used: ``changed``, never a
+    pass. Without it nothing says what the venv's creation wrote (those files are then
+    accepted by name), and ``envship install`` takes the environment for a half-made one
+    and makes it again."""
+    damage = environment.marker_damage()
+    root = environment.record_root
+    if damage is None or root is None:
+        return None
+    again = f"`envship {remake(root, {})} --lock {shlex.quote(str(lock)) if lock else 'LOCK'}`"
+    return Difference(
+        "changed",
+        VENV_CREATION,
+        str(damage.path),
+        "envship's install record (JSON, as envship install writes it)",
+        f"{damage.key}: {damage.reason}" if damage.key else damage.reason,
+        "the record of how the environment was made and what its creation wrote: without "
+        f"it those files cannot be checked; {again} makes the environment again",
+    )
+
+
 def _venv_files(
     environment: InstalledEnvironment, sites: list[str]
 ) -> tuple[set[str], bool, list[Difference], list[str]]:
@@ -328,7 +351,7 @@ def _outside(
     shared = _shared(venv)
     diffs: list[Difference] = []
     unchecked: list[str] = []
-    for entry in _walk(root, set(sites)):
+    for entry in _walk(root, set(sites) | accepted):  # a folder at the marker's place
         path = entry.path
         rel = os.path.relpath(path, root).replace(os.sep, "/")
         if path in claimed or path in accepted:
@@ -390,13 +413,15 @@ def _system_site(environment: InstalledEnvironment) -> Difference | None:
 def site_differences(
     environment: InstalledEnvironment,
     claimed: Iterable[str],
+    lock: Path | None = None,
 ) -> tuple[list[Difference], list[str]]:
     """Differences from code the installed distributions did not bring, and notes.
 
     ``claimed``: absolute, normalized paths that installed distributions account for
     (their ``.dist-info`` folders and every RECORD-listed path); an entry of a
     site-packages folder is theirs when one of them is, or lies under, that entry, and
-    a file or link elsewhere in the venv when it is one of them.
+    a file or link elsewhere in the venv when it is one of them. An install marker that
+    is there but damaged is a difference itself (``lock``: named in its remedy).
     """
     sites = [os.path.normpath(s) for s in environment.site_packages]
     paths = list(claimed)
@@ -408,6 +433,9 @@ def site_differences(
             p if (j := p.find(os.sep, n)) == -1 else p[:j] for p in paths if p.startswith(prefix)
         }
     accepted, whole, diffs, notes = _venv_files(environment, sites)
+    if (damaged := _damaged_marker(environment, lock)) is not None:
+        diffs.append(damaged)
+        accepted.add(os.path.normpath(damaged.path))  # one difference for it, not two
     system = _system_site(environment)
     if system is not None:
         diffs.append(system)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shlex
 import shutil
 import stat
 import sys
@@ -42,11 +43,24 @@ from typing import Any
 from . import _envroot
 from ._diskfull import is_disk_full
 from ._envgc import GcResult, VersionInUse, gc
-from ._environment import denied, interpreter_denied, read_venv_config, refused
+from ._environment import (
+    denied,
+    interpreter_denied,
+    is_denied,
+    may_not_run,
+    not_a_program,
+    read_venv_config,
+)
 from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
 from ._flock import locked, make_folders
-from ._installmarker import RECORDS_KEY, drift, interpreter_damage
+from ._installmarker import (
+    RECORDS_KEY,
+    MarkerDamaged,
+    drift,
+    interpreter_damage,
+    read_record,
+)
 from ._installstage import name_damaged
 from .errors import EnvError, EnvInputError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
@@ -96,7 +110,8 @@ class EnvVersion(JsonResult):
 def _complete(
     path: Path, lock: LockFile, target: str, groups: tuple[str, ...]
 ) -> dict[str, Any] | None:
-    """The marker when ``path`` is complete and made from exactly these inputs."""
+    """The marker when ``path`` is complete and made from exactly these inputs; None for
+    a damaged one too (the version is made again, in place)."""
     marker = _envroot.read_marker(path)
     if marker is None or (marker["lock"]["digest"], marker["target"]["name"]) != (
         lock.digest,
@@ -104,6 +119,27 @@ def _complete(
     ):
         return None
     return marker if tuple(marker["groups"]) == groups else None
+
+
+def _recorded_lock(marker: Path) -> str:
+    """The lock a damaged install record still names, for a hint; else ``LOCK``."""
+    with contextlib.suppress(MarkerDamaged):
+        data = read_record(marker)
+        lock = data.get("lock") if isinstance(data, dict) else None
+        path = lock.get("path") if isinstance(lock, dict) else None
+        if isinstance(path, str) and path and path.isprintable():  # no NUL, no surrogate
+            return shlex.quote(path)
+    return "LOCK (the lock the version was made from)"
+
+
+def _record_damage(path: Path) -> list[str]:
+    """Why the install record of the complete version at ``path`` cannot be used (it was
+    damaged after the fact: records are written whole), for ``repaired``."""
+    try:
+        _envroot.version_marker(path)
+    except MarkerDamaged as exc:
+        return [str(exc)]
+    return []
 
 
 def _package_damage(path: Path, marker: dict[str, Any]) -> list[str]:
@@ -171,6 +207,12 @@ def _version(
 def _base_python(python: str | None) -> str:
     exe = python or sys.executable
     found = shutil.which(exe)
+    if found is None and os.path.dirname(exe) and (what := not_a_program(exe)) is not None:
+        raise TargetError(
+            f"{exe} is not a Python interpreter",
+            problems=[Problem(exe, what)],
+            hint="pass --python with the path (or name on PATH) of a Python interpreter",
+        )
     if found is None:
         raise TargetError(
             f"no Python interpreter at {exe!r}",
@@ -307,7 +349,7 @@ def create_env(
         with locked(lock_path):
             # Again: another creator may have finished (or repaired it) while we waited.
             found = _complete(path, lock, chosen.name, chosen_groups)
-            damage = _damage(path, found) if found else []
+            damage = _damage(path, found) if found else _record_damage(path)
             if found and not damage and not reinstall:
                 return done(found, created=False)
             if found and reinstall:
@@ -398,20 +440,33 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     """Resolve ``current`` and make sure this machine can run it; TargetError if not.
 
     ``python`` is the interpreter to check [default: the one the version was built on,
-    which its venv runs]. Costs a few small reads and, for an interpreter other than
-    the one running envship, one interpreter start.
+    which its venv runs]; one that is there but is no interpreter (a spec, a folder) is
+    a TargetError saying so. A current version whose install record is damaged is an
+    EnvError naming the record and key (``create_env`` makes it again). Costs a few
+    small reads and, for an interpreter other than the one running envship, one
+    interpreter start.
     """
     started = time.monotonic()
     env_dir = _envroot.env_folder(_envroot.require_root(root), name)
+    key = ""
     try:
-        # current_key and read_marker take a refusal for "none": it must not read as
-        # "no complete version, create one", which another user's umask alone causes.
+        # current_key takes a refusal for "none", and so does a marker that cannot be
+        # opened: it must not read as "no complete version, create one" (or as a
+        # damaged record), which another user's umask alone causes.
         os.readlink(env_dir / "current")
         key = _envroot.current_key(env_dir) or ""
         path = env_dir / "versions" / key
-        marker = _envroot.read_marker(path) if key else None
-        if marker is not None:
-            (path / MARKER_NAME).read_bytes()  # read_marker stat-ed the rest; this opens
+        marker = _envroot.version_marker(path) if key else None
+    except MarkerDamaged as exc:
+        if exc.cause is not None and is_denied(exc.cause):
+            raise denied(f"the environment {name!r}", exc.path) from None
+        raise EnvError(
+            f"the install record of the current version of {name!r} ({key}) is damaged",
+            problems=[exc.problem()],
+            hint=f"envship env create {name} --root {env_dir.parent} --lock "
+            f"{_recorded_lock(exc.path)} makes it again in place (run it where that lock "
+            "and the store are)",
+        ) from None
     except PermissionError as exc:
         raise denied(f"the environment {name!r}", exc.filename or env_dir) from None
     except OSError:
@@ -435,8 +490,17 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     # What kernels and jobs run is the version's own interpreter, not the base it was
     # made from: a version whose bin/python now runs another Python must not pass.
     exe = python or str(version.python)
-    if python is None and refused(version.python):
+    if python is None and may_not_run(version.python):
         raise interpreter_denied(version.python)  # not "does not exist on this machine"
+    if os.path.dirname(exe) and (what := not_a_program(exe)) is not None:
+        # --python naming a path that is there (a spec, a folder; a bare name is looked
+        # up on PATH): no interpreter, and no version made for this machine changes that.
+        raise TargetError(
+            f"{exe} is not a Python interpreter",
+            problems=[Problem(exe, what)],
+            hint="pass --python with the path (or name on PATH) of a Python interpreter, "
+            "or none for the version's own",
+        )
     if python is None and not os.path.exists(version.base_python):
         reasons = [f"its interpreter {version.base_python} does not exist on this machine"]
     elif shutil.which(exe) is None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._environment import not_a_program
 from ._pyprobe import ProbeFailure, facts_here, facts_of
 from .errors import Problem, TargetError
 from .lockfile import LockFile
@@ -92,6 +93,13 @@ def probe(
     """
     exe = str(python) if python is not None else sys.executable
     found = shutil.which(exe)
+    if found is None and os.path.dirname(exe) and (what := not_a_program(exe)) is not None:
+        # A path that is there (a spec, a folder): no interpreter, nor a missing one.
+        raise TargetError(
+            f"{exe} is not a Python interpreter",
+            problems=[Problem(exe, what)],
+            hint="pass --python with the path (or name on PATH) of a Python interpreter",
+        )
     if found is None:
         raise TargetError(
             f"no Python interpreter at {exe!r}",
@@ -145,8 +153,9 @@ def _facts_of(found: str) -> dict[str, Any]:
                 problems=[Problem(found, exc.detail)],
             ) from None
         raise TargetError(
-            f"{found} did not answer as a Python interpreter",
+            f"{found} is not a Python interpreter",
             problems=[Problem(found, exc.detail)],
+            hint="pass --python with the path (or name on PATH) of a Python interpreter",
         ) from None
 
 

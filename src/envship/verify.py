@@ -199,10 +199,10 @@ def verify(
     lock: LockFile,
     env: Path | InstalledEnvironment | None,
     *,
-    target: Target | None = None,
-    groups: Collection[str] | None = None,
+    target: Target | str | None = None,
+    groups: Collection[str] | str | None = None,
     full: bool = False,
-    ignore: Collection[str] = (),
+    ignore: Collection[str] | str = (),
     workers: int | None = None,
     bytecode: bool | BytecodeCompiler = False,
     interpreter: bool = True,
@@ -212,8 +212,9 @@ def verify(
     """Compare the distributions (and their RECORD files) in ``env`` with the lock.
 
     ``env`` is anything :func:`find_environment` accepts (``None``: ``$VIRTUAL_ENV``);
-    ``target`` defaults to :func:`choose_target` for the environment's Python; ``groups``
-    as in :meth:`LockFile.select` (``None``: every group the lock has). ``bytecode``
+    ``target`` (a lock target or its name) defaults to :func:`choose_target` for the
+    environment's Python; ``groups`` as in :meth:`LockFile.select` (``None``: every group
+    the lock has). A bare string for ``groups`` or ``ignore`` is one name. ``bytecode``
     also compares each cached ``.pyc`` with its source (:mod:`envship._pycheck`), with
     the environment's interpreter (``True``) or the given one. ``interpreter``: run a
     venv's ``bin/python`` (:func:`envship._environment.run_interpreter`) and refuse one
@@ -224,6 +225,10 @@ def verify(
     which its scripts' interpreter lines must name (default: where it is; an image's
     environment runs at its prefix inside the image). Never prints.
     """
+    target = _target_of(lock, target)
+    # A str is a Collection[str] of its characters: "six" would ignore "s", "i", "x".
+    groups = (groups,) if isinstance(groups, str) else groups
+    ignore = (ignore,) if isinstance(ignore, str) else ignore
     try:
         environment = env if isinstance(env, InstalledEnvironment) else find_environment(env)
         if interpreter:
@@ -267,7 +272,9 @@ def verify(
         str(environment.site_packages[0]),
     )
     layout = _wheelrecord.layout_of(environment.site_packages, environment.python)
-    trusted = _wheelrecord.trust(verified, locked, store, layout, full=full, workers=workers)
+    trusted = _wheelrecord.trust(
+        verified, locked, store, layout, full=full, workers=workers, lock=lock.path
+    )
     entries = list(trusted.entries)
     # A RECORD gone, emptied, unreadable or cut short: one difference, on the RECORD.
     records = _records.record_differences(verified, entries)
@@ -315,7 +322,7 @@ def verify(
     claimed = [str(inst.dist_info) for inst in installed]
     claimed += [e.path for inst in installed for e in inst.record or ()]
     claimed += [e.path for e in entries]  # the locked wheel's files, listed or not
-    found, notes = site_differences(environment, claimed)
+    found, notes = site_differences(environment, claimed, lock.path.absolute())
     diffs.extend(found)
     notes = [*own_notes, *notes]
     if (note := _venv_around(environment, marker)) is not None:
@@ -349,6 +356,17 @@ def verify(
         checked_bytecode=checked_bytecode,
         notes=tuple(notes),
         remedy=remedy,
+    )
+
+
+def _target_of(lock: LockFile, target: Target | str | None) -> Target | None:
+    """A target named by the caller, as the lock has it (unknown: the lock's TargetError)."""
+    if target is None or isinstance(target, Target):
+        return target
+    if isinstance(target, str):
+        return lock.target(target)
+    raise TypeError(
+        f"target must be a Target, a target's name or None, not {type(target).__name__}"
     )
 
 

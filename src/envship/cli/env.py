@@ -293,6 +293,8 @@ def gc_command(root: Path | None, older_than: timedelta, dry_run: bool, as_json:
         else:
             may = "would not be allowed to" if dry_run else "could not"
             click.echo(f"{may} remove {what}: {d.reason}")
+    for stray in result.strays:
+        click.echo(f"left {stray}: not a version (a file or link in versions/)")
     # In-use versions are listed above and counted apart: "kept" alone read as all kept.
     in_use = f", {len(result.in_use)} in use" if result.in_use else ""
     refused = sum(1 for d in result.denied if d.key and d.size is None)
