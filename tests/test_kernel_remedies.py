@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -461,3 +462,55 @@ def test_the_display_name_default_is_what_the_help_says(
     install(LockFile.load(lock.path), stocked_store(root / "store", wheels), root / "ds-env")
     assert main(["kernel", "install", str(root / "ds-env"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["display_name"] == shown
+
+
+# --- a marker that is no file to read whole ------------------------------------------------
+
+
+def _limited() -> None:
+    """The child's address space: 2 GiB, so reading /dev/zero whole fails at once (a
+    MemoryError), not after eating the machine's memory."""
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.parametrize("shape", ["a link to /dev/zero", "a FIFO", "JSON nested too deep"])
+def test_a_marker_that_is_no_record_is_damaged_and_never_read_whole(
+    tmp_path: Path, user_kernels: Path, shape: str
+) -> None:
+    """The launcher (its sh part reads the marker with sed, its Python part with json),
+    `kernel install` and `kernel list` read the install marker at every start: one linked
+    to /dev/zero was read for ever, a FIFO waited on."""
+    env = make_env(tmp_path / "work")
+    made = install_kernel(env)
+    marker = env / MARKER_NAME
+    marker.unlink()
+    if shape == "a link to /dev/zero":
+        marker.symlink_to("/dev/zero")
+    elif shape == "a FIFO":
+        os.mkfifo(marker)
+    else:
+        marker.write_text("[" * 100_000 + "]" * 100_000)
+    argv = [
+        a.replace("{connection_file}", str(tmp_path / "c.json"))
+        for a in json.loads((made.resource_dir / "kernel.json").read_text())["argv"]
+    ]
+    started = subprocess.run(argv, capture_output=True, text=True, timeout=60, preexec_fn=_limited)
+    assert started.returncode == 1, started.stderr
+    assert started.stderr.splitlines()[0] == DAMAGED.format(env=env)
+    assert "Traceback" not in started.stderr
+    for args in (["kernel", "list", "--json"], ["kernel", "install", str(env), "--json"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "envship", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=_limited,
+        )
+        assert "Traceback" not in proc.stderr, proc.stderr
+        data = json.loads(proc.stdout)
+        if args[1] == "list":
+            (listed,) = data["kernels"]
+            assert listed["fits"] is False and listed["reasons"], listed
+        else:
+            assert proc.returncode == 1 and data["error"] == "kernel", data
+            assert data["problems"][0]["where"].startswith(str(marker)), data

@@ -11,7 +11,6 @@ when there is none, and deriving the kernel's name are kept apart from
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from ._environment import denied, interpreter_denied, refused
 from ._installmarker import LINKS_KEY
 from ._launcher import kernel_remedy, made_options, missing_kernel
+from ._markerread import MarkerDamaged, read_record
 from .errors import KernelError, KernelInputError, Problem, TargetError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .targets import Target
@@ -136,21 +136,21 @@ def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
             hint=f"finish it: {_make_hint(env)}",
         )
     where = str(env / MARKER_NAME)
+    problems: list[Problem] = []
     try:
-        marker = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        # Never trusted: a marker linked to /dev/zero or a FIFO is refused, not read.
+        marker = read_record(env / MARKER_NAME)
+    except MarkerDamaged as exc:
+        if isinstance(exc.cause, PermissionError):
+            raise exc.cause from None  # said as a refusal, not as a damaged record
+        marker, problems = {}, [exc.problem()]
+    if marker is None:
         empty = not any(env.iterdir())
         # A folder envship cannot use, like one that does not exist, is bad input (exit 2).
         raise KernelInputError(
             f"{env} is not an environment made by `envship install` (no {MARKER_NAME})",
             hint=_make_hint(env) if empty else _foreign_hint(env),
-        ) from None
-    except PermissionError:
-        raise  # said as a refusal, not as a damaged record
-    except (OSError, ValueError) as exc:
-        marker, problems = {}, [Problem(where, str(exc))]
-    else:
-        problems = []
+        )
     if not isinstance(marker, dict):
         marker = {}
     lock = marker.get("lock")

@@ -29,6 +29,7 @@ from ._kernelspec import (
     specs_in,
 )
 from ._launcher import CHECK_FLAG
+from ._markerread import MarkerDamaged, read_record
 from .errors import TargetError
 from .install import MARKER_NAME
 from .targets import Target
@@ -111,9 +112,9 @@ def _recorded(env: Path, facts: dict[str, Any]) -> tuple[str | None, Target | No
     """``(lock digest, target)`` of the environment as it is now (``current``
     followed), else as the kernelspec recorded them."""
     try:
-        marker = json.loads((env / MARKER_NAME).read_text(encoding="utf-8"))
+        marker = read_record(env / MARKER_NAME)  # never trusted: no links, FIFOs, devices
         return str(marker["lock"]["digest"]), Target.from_json(marker["target"])
-    except (OSError, ValueError, KeyError, TypeError, TargetError):
+    except (MarkerDamaged, KeyError, TypeError, TargetError):
         pass
     digest = facts.get("lock_digest")
     try:

@@ -40,11 +40,17 @@ recorded() {
     done < "${0%/*}/kernel.json"
     return 1
 }
+# Whether the install marker is a regular file this user can read, not a link: sed
+# would read a marker linked to /dev/zero for ever (`-f` follows links, `-L` sees them).
+marker_file() {
+    [ -f "$env/.envship-install.json" ] && [ ! -L "$env/.envship-install.json" ] \
+        && [ -r "$env/.envship-install.json" ]
+}
 # What the environment's install marker records as "$2" in its table "$1" (envship
 # writes the marker indented, one key a line); statuses as for `recorded`. sed finds the
 # table: a marker lists every package, and sh's `read` may take a system call a byte.
 marked() {
-    [ -r "$env/.envship-install.json" ] || return 1
+    marker_file || return 1
     sed -n '/^  "'"$1"'": {$/,/^  }/p' "$env/.envship-install.json" | {
         while IFS= read -r line; do
             case $line in
@@ -64,7 +70,7 @@ marked() {
 # (a key of its own, outside the tables `marked` reads): a command that installs from it
 # must name it, as the kernel's environment may lack the ENVSHIP_STORE the user's has.
 store_opt() {
-    [ -r "$env/.envship-install.json" ] || return 0
+    marker_file || return 0
     s=$(sed -n 's/^  "store": "//p' "$env/.envship-install.json")
     s=${s%,}
     s=${s%\"}
@@ -73,7 +79,7 @@ store_opt() {
 # ` --group G` for each dependency group the marker records (a list, one item a line):
 # without them, install takes every group of the lock.
 groups_opt() {
-    [ -r "$env/.envship-install.json" ] || return 0
+    marker_file || return 0
     sed -n '/^  "groups": [[]$/,/^  []]/p' "$env/.envship-install.json" | {
         while IFS= read -r g; do
             case $g in '    "'*) ;; *) continue ;; esac
@@ -559,11 +565,41 @@ def kernel_remedy(env: str, marker: dict[str, Any] | None, then: str = "") -> st
     return f"{relock} for its lock {lock_path}, then {make}"
 
 
+# As envship's own reader (envship._markerread): larger than any marker envship writes.
+MAX_MARKER_BYTES = 16 * 1024 * 1024
+
+
+def _load_marker(path: str) -> Any:
+    """The JSON document at ``path``, read without trusting it: never through a link nor
+    from anything but a regular file (one linked to /dev/zero would be read for ever, a
+    FIFO waited on), at most MAX_MARKER_BYTES; ValueError (the reason) when it is none
+    of these or not JSON, OSError as the system says (FileNotFoundError, PermissionError)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = os.read(fd, MAX_MARKER_BYTES + 1)
+        while data and len(data) <= MAX_MARKER_BYTES:
+            more = os.read(fd, MAX_MARKER_BYTES + 1 - len(data))
+            if not more:
+                break
+            data += more
+    finally:
+        os.close(fd)
+    if len(data) > MAX_MARKER_BYTES:
+        raise ValueError("larger than any install record envship writes")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _read_marker(path: str) -> dict[str, Any] | None:
     """The install marker at ``path`` when it reads as a JSON object, else None."""
     try:
-        with open(path, encoding="utf-8") as f:
-            marker = json.load(f)
+        marker = _load_marker(path)
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) else None
@@ -585,8 +621,7 @@ def examine(env: str) -> tuple[dict[str, Any] | None, str, list[str]]:
         half = f"the environment {env} is half installed ({INCOMPLETE_MARKER} present)"
         return _read_marker(path), "half", [half]
     try:
-        with open(path, encoding="utf-8") as f:
-            marker = json.load(f)
+        marker = _load_marker(path)
     except FileNotFoundError:
         return None, "damaged", [f"the environment {env} has no {INSTALL_MARKER}"]
     except PermissionError:

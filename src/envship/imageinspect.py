@@ -40,6 +40,7 @@ from ._imageoutside import (
     kernels_folder,
     kernelspec_differences,
 )
+from ._markerread import MarkerDamaged, read_record
 from .errors import ImageInputError, TargetError
 from .image import DISTRIBUTIONS, LABEL_PREFIX
 from .imagebase import check_image_target, probe_image
@@ -222,9 +223,10 @@ def verify_image(
 
             extract_layer(path, root, layer=f"{source.name} layer {i}", only=wanted)
         try:
-            marker = json.loads((root / prefix / MARKER_NAME).read_text(encoding="utf-8"))
+            # An image is not trusted: its marker may be a link to /dev/zero or a FIFO.
+            marker = read_record(root / prefix / MARKER_NAME)
             name = str(marker["target"]["name"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (MarkerDamaged, KeyError, TypeError) as exc:
             raise ImageInputError(
                 f"{source.name}: cannot read the environment's marker /{prefix}/{MARKER_NAME}",
                 hint=str(exc),
