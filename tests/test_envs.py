@@ -31,7 +31,7 @@ from envship.envs import (
     list_envs,
     version_key,
 )
-from envship.errors import ArtifactError, LockError, TargetError
+from envship.errors import ArtifactError, LockError, StoreError, TargetError
 from envship.host import probe
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.lockfile import LockFile
@@ -600,6 +600,22 @@ def test_reinstall_makes_a_version_with_edited_files_again_from_the_store(
     assert again.repaired and (again.key, again.path) == (made.key, made.path)
     assert run_py(s.root / "ds" / "current", "import beta; print(beta.__version__)") == "1.0"
     assert verify(s.lock, s.root / "ds" / "current", full=True, store=s.store).identical
+
+
+def test_a_store_missing_wheels_is_said_before_anything_is_made(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """A first create whose store lacks wheels made ROOT/NAME (its locks and versions
+    folders) before it failed, and `env list` showed NAME as "current: (none)". An
+    existing version needs no store: it is reused from an empty one."""
+    s = setup
+    empty = Store.at(tmp_path / "empty-store")
+    with pytest.raises(StoreError, match="3 of 3 locked artifacts are not in the store"):
+        create_env(s.lock, empty, s.root, name="ds")
+    assert not (s.root / "ds").exists()
+    made = create_env(s.lock, s.store, s.root, name="ds")
+    again = create_env(s.lock, empty, s.root, name="ds")
+    assert not again.created and again.path == made.path
 
 
 def test_an_unknown_name_is_bad_input(setup: Setup) -> None:

@@ -61,7 +61,7 @@ from ._installmarker import (
     interpreter_damage,
     read_record,
 )
-from ._installstage import name_damaged
+from ._installstage import check_store, name_damaged
 from .errors import EnvError, EnvInputError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
 from .install import MARKER_NAME, InstallError, ProgressFn, install
@@ -325,6 +325,11 @@ def create_env(
     chosen = _chosen_target(lock, target, base)
     key = version_key(lock.digest, chosen.name, chosen_groups, base, compiled=compile_bytecode)
     path = env_dir / "versions" / key
+    if not os.path.lexists(path):
+        # Nothing to reuse: every artifact must be in the store, which is said before
+        # ROOT/NAME is made (a first create that failed so left a NAME that `env list`
+        # showed as "current: (none)"). A version that is there may need no store.
+        check_store(lock, store, chosen, lock.artifacts([chosen.name], groups=chosen_groups))
 
     def done(marker: dict[str, Any] | None, created: bool) -> EnvVersion:
         assert marker is not None
