@@ -154,6 +154,7 @@ def test_a_damaged_marker_is_reported_refused_and_made_again(project: Project, c
     assert found["kind"] == "changed" and word in found["actual"]
     assert found["actual"].startswith(f"{key}: ") if key else True
     assert f"envship install {env} --lock {lock}" in found["note"]
+    assert f"`envship install {env} --lock {lock}` makes it again" in report["hint"]
 
     code, error = cli("add", "beta", "--env", env, "--spec", project.spec, "--dry-run")
     assert (code, error["error"]) == (1, "add")

@@ -121,6 +121,10 @@ def _remake(report: VerifyReport, kinds: set[DifferenceKind]) -> str | None:
         return None
     lock = shlex.quote(os.path.abspath(report.lock))  # pasted from any folder
     root, marker = report.environment.record_root, report.environment.marker()
+    if root is not None and marker is None and report.environment.marker_damage() is not None:
+        # Its record damaged after the fact: install (or env create, for a version) takes
+        # it for a half-made environment and makes it again.
+        return f"`envship {remake(root, {})} --lock {lock}` makes it again"
     if root is None or marker is None:
         if not kinds & _DISTRIBUTIONS:
             return None  # its files: nothing envship made to make again
