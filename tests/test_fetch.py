@@ -527,6 +527,19 @@ def test_unusable_source_is_bad_input_found_before_any_download(
     assert result.downloaded == len(WHEELS) - 1
 
 
+def test_a_library_caller_may_name_the_store_by_its_folder(
+    tmp_path: Path, index_root: Path, index_server: IndexServer, client: HttpClient
+) -> None:
+    files = [index_root / "files" / n for n in WHEELS]
+    lock = LockFile.load(write_lock(tmp_path / "pylock.toml", files, base_url=index_server.url))
+    for jobs in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="jobs must be a whole number of at least 1"):
+            fetch(lock, str(tmp_path / "st"), client=client, jobs=jobs)  # type: ignore[arg-type]
+    result = fetch(lock, str(tmp_path / "st"), client=client)
+    assert result.downloaded == len(WHEELS)
+    assert fetch(lock, tmp_path / "st", client=client).downloaded == 0
+
+
 def test_unknown_group_is_refused_before_any_download(
     tmp_path: Path, index_root: Path, index_server: IndexServer, store: Store, client: HttpClient
 ) -> None:

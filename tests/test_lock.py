@@ -273,6 +273,7 @@ def test_check_detects_stale_lock(tmp_path: Path, index_server: IndexServer) -> 
     spec = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha"])
     lock(spec)
     check_lock(spec)
+    check_lock(spec, str(tmp_path / "pylock.toml"))  # a library caller's str path
     changed = write_spec(tmp_path, index_server.simple_url, dependencies=["alpha", "gamma"])
     with pytest.raises(StaleLockError):
         check_lock(changed)

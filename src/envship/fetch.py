@@ -289,7 +289,7 @@ class _Worker:
 
 def fetch(
     lock: LockFile,
-    store: Store,
+    store: Store | str | os.PathLike[str],
     *,
     targets: Sequence[str] | None = None,
     groups: Collection[str] | None = None,
@@ -306,8 +306,12 @@ def fetch(
     collected and reported in one error; artifacts that did verify stay in the store.
     ``credentials`` may be a callable, called only when something must be downloaded
     (finding them can cost more than a fetch that downloads nothing). ``client``
-    overrides ``credentials`` (and sets retries/timeouts).
+    overrides ``credentials`` (and sets retries/timeouts). ``store`` may be its folder.
     """
+    if not isinstance(store, Store):
+        store = Store.at(Path(store))
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number of at least 1, not {jobs!r}")
     artifacts = lock.artifacts(targets, groups=groups)
     store.ensure()
     states, named = _states(store, artifacts, verify, jobs)

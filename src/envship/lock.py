@@ -331,13 +331,13 @@ def _finish(data: dict[str, Any], spec: Spec) -> dict[str, Any]:
     }
 
 
-def check_lock(spec: Spec, path: Path | None = None) -> LockFile:
+def check_lock(spec: Spec, path: str | os.PathLike[str] | None = None) -> LockFile:
     """Raise :class:`StaleLockError` unless the lock at ``path`` was made from ``spec``.
 
     Its hint is the ``envship lock`` that remakes that very lock from the current folder
     (:func:`relock_command`); a folder at ``path`` is bad input (:class:`InvalidLockError`).
     """
-    path = path or lock_path_for(spec)
+    path = Path(path) if path is not None else lock_path_for(spec)
     if path.is_dir():
         raise InvalidLockError(
             f"{path} is a folder, not a lock file", hint=f"name the file: {path / LOCK_FILENAME}"
