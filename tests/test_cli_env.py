@@ -63,7 +63,9 @@ def test_create_list_check_gc(
     assert said.startswith(f"made ds version {made['key']} again, in place (target {HOST})")
 
     assert main(["env", "list", "--root", str(root), "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["root"] == str(root)
+    listed = doc["envs"]
     assert [e["name"] for e in listed] == ["ds"] and listed[0]["current"] == made["key"]
     (version,) = listed[0]["versions"]
     assert version["complete"] is True and version["target"] == made["target"]  # one form
@@ -265,7 +267,7 @@ def test_list_text_says_what_cannot_be_read_and_by_whom(
     for folder in (shared.root / "mixed" / "versions").iterdir():
         folder.chmod(0o700)  # as the auditor did: every version hidden, versions/ open
     doc = _json(shared.run("env", "list", "--root", str(shared.root), "--json"))
-    (hidden,) = next(e for e in doc if e["name"] == "mixed")["versions"]
+    (hidden,) = next(e for e in doc["envs"] if e["name"] == "mixed")["versions"]
     assert hidden["unreadable"] is not None
     proc = shared.run("env", "list", "--root", str(shared.root))
     assert proc.returncode == 0, proc.stderr

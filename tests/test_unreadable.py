@@ -222,7 +222,7 @@ def test_env_list_lists_the_rest_and_names_what_it_cannot_read(shared: Shared) -
     shared.lock = kept
     proc = shared.run("env", "list", "--root", str(shared.root), "--json")
     assert proc.returncode == 0, proc.stderr
-    envs = {e["name"]: e for e in _json(proc)}
+    envs = {e["name"]: e for e in _json(proc)["envs"]}
     assert sorted(envs) == ["mixed", "open", "private"]
     assert envs["open"]["unreadable"] is None and envs["open"]["versions"][0]["complete"]
     assert envs["private"]["versions"] == []

@@ -174,12 +174,14 @@ def create(
 @json_option
 def list_(root: Path | None, sizes: bool, as_json: bool) -> None:
     """List the environments under the root and their versions."""
-    envs = list_envs(_root(root), sizes=sizes)
+    where = _root(root)
+    envs = list_envs(where, sizes=sizes)
     if as_json:
-        echo_json([e.to_json() for e in envs])
+        # An object, as every other command prints (`kernel list`: {"kernels": [...]}).
+        echo_json({"root": str(where), "envs": [e.to_json() for e in envs]})
         return
     if not envs:
-        click.echo(f"no environments under {root}")
+        click.echo(f"no environments under {where}")
     for env in envs:
         click.echo(f"{env.name}  current: {_current(env)}")
         if env.unreadable:
