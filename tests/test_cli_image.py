@@ -117,7 +117,7 @@ def test_build_writes_both_outputs_and_pushes(
     data = json.loads(out)
     # The same wheels, built elsewhere, give the sample's digest.
     assert data["digest"] == sample[1].digest
-    assert data["target"] == PLATFORM and data["kernel"] is None
+    assert data["target"]["name"] == PLATFORM and data["kernel"] is None
     assert data["base"]["python"] == "/usr/bin/python3.11"
     assert data["outputs"] == [
         f"oci:{tmp_path / 'oci'}:v1",
@@ -273,10 +273,10 @@ def test_target_option_picks_among_fitting_targets(
     args[args.index("--lock") + 1] = str(lock.path)
     code, out, err = run(capsys, *args)
     assert code == 0, err
-    assert json.loads(out)["target"] == PLATFORM  # the higher glibc level wins by default
+    assert json.loads(out)["target"]["name"] == PLATFORM  # the higher glibc level wins by default
     code, out, err = run(capsys, *args, "--target", "old")
     assert code == 0, err
-    assert json.loads(out)["target"] == "old"
+    assert json.loads(out)["target"]["name"] == "old"
     code, out, _ = run(capsys, *args, "--target", "nope")
     assert code == 2
     error = json.loads(out)

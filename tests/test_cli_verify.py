@@ -67,7 +67,11 @@ def test_identical_env_exits_0(
     # the (empty) store vouches for no wheel: the installed RECORDs were all there was
     (note,) = [n for n in data["notes"] if "installed RECORD only" in n]
     assert "holds none of the 3 locked wheels" in note
-    assert (data["target"], data["mode"], data["distributions"]) == ("linux-x86_64", "quick", 3)
+    assert (data["target"]["name"], data["mode"], data["distributions"]) == (
+        "linux-x86_64",
+        "quick",
+        3,
+    )
     assert data["checked_files"] > 3
 
 

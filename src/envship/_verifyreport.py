@@ -54,7 +54,7 @@ class VerifyReport:
         return {
             "identical": self.identical,
             "lock": str(self.lock),
-            "target": self.target.name,
+            "target": self.target.to_json(),
             "env": str(self.environment.root),
             "site_packages": str(self.environment.site_packages[0]),
             "search_path": [str(p) for p in self.environment.site_packages],

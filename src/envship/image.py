@@ -142,7 +142,7 @@ class BuiltImage:
     def to_json(self) -> dict[str, Any]:
         return {
             "digest": self.digest,
-            "target": self.target.name,
+            "target": self.target.to_json(),
             "base": self.base.to_json(),
             "prefix": self.prefix,
             "kernel": self.kernel,
