@@ -42,10 +42,18 @@ def lock(tmp_path: Path) -> LockFile:
     return write_lock(tmp_path / "pylock.toml", [wheels["alpha"], wheels["beta"]])
 
 
-def fail_create(lock: LockFile, root: Path, name: str, empty: Store) -> None:
-    """A real create that fails: the store holds none of the lock's artifacts."""
+def fail_create(lock: LockFile, root: Path, name: str, folder: Path) -> None:
+    """A real create that fails once begun: a store at ``folder`` holding every artifact
+    the lock names, each with bytes uv refuses (not the lock's sha256). A store missing
+    them is refused before ROOT/NAME is made."""
+    store = Store.at(folder)
+    store.ensure()
+    for artifact in lock.artifacts():
+        path = store.path(artifact.sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not the wheel the lock names")
     with pytest.raises((EnvError, StoreError)):
-        create_env(lock, empty, root, name=name)
+        create_env(lock, store, root, name=name)
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
@@ -53,7 +61,7 @@ def test_gc_removes_what_a_failed_first_create_left(
     lock: LockFile, tmp_path: Path, capsys: pytest.CaptureFixture[str], dry_run: bool
 ) -> None:
     root = tmp_path / "envs"
-    fail_create(lock, root, "ds", Store(tmp_path / "empty"))
+    fail_create(lock, root, "ds", tmp_path / "damaged")
     (left,) = (root / "ds" / ".locks").iterdir()
     assert [e.name for e in list_envs(root)] == ["ds"]  # "ds current: (none)" until gc
 
@@ -82,7 +90,7 @@ def test_gc_removes_a_stale_lock_beside_versions_and_keeps_the_env(
     store = stocked_store(tmp_path / "store", [wheels["alpha"], wheels["beta"]])
     good = create_env(lock, store, root, name="ds")
     other = write_lock(tmp_path / "other.toml", [wheels["alpha"], wheels["beta11"]])
-    fail_create(other, root, "ds", store)  # beta 1.1 is not in the store
+    fail_create(other, root, "ds", tmp_path / "damaged")  # its wheels' bytes are wrong
     locks = sorted(p.name for p in (root / "ds" / ".locks").iterdir())
     assert len(locks) == 2
 
@@ -121,7 +129,7 @@ def test_gc_never_takes_the_lock_or_folder_of_a_creator_at_work(
     creator of the same key paused while it holds that lock, before its version exists:
     gc must leave both the lock file and the folder to it."""
     root = tmp_path / "envs"
-    fail_create(lock, root, "ds", Store(tmp_path / "empty"))
+    fail_create(lock, root, "ds", tmp_path / "damaged")
     wheels = build_wheels(tmp_path / "dist2")
     store = stocked_store(tmp_path / "store", [wheels["alpha"], wheels["beta"]])
     flag = tmp_path / "pause"
