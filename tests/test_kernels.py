@@ -271,12 +271,27 @@ def test_refuses_what_envship_install_did_not_finish(tmp_path: Path, user_kernel
     )
 
     env = make_env(tmp_path / "w")
-    marker = json.loads((env / MARKER_NAME).read_text())
+    marker_text = (env / MARKER_NAME).read_text()
+    marker = json.loads(marker_text)
     del marker["target"]["glibc"]
     (env / MARKER_NAME).write_text(json.dumps(marker))
-    with pytest.raises(KernelError, match="incomplete") as err:
+    with pytest.raises(KernelError, match="is damaged") as err:
         install_kernel(env)
     assert "target needs name, platform, python, glibc, variant" in str(err.value)
+    # A record of another shape is damaged too, not a crash in the remedies (a lock.path
+    # that is a list reached open() once bin/python was relinked).
+    marker = json.loads(marker_text)
+    marker["lock"]["path"] = ["x"]
+    (env / MARKER_NAME).write_text(json.dumps(marker))
+    (env / "bin" / "python").unlink()
+    (env / "bin" / "python").symlink_to("/usr/bin/python3.11")
+    with pytest.raises(KernelError, match="is damaged") as err:
+        install_kernel(env)
+    assert [str(p) for p in err.value.problems] == [
+        f"{env / MARKER_NAME}: lock.path: a path needed"
+    ]
+    assert err.value.hint is not None and f"`envship install {env} --lock LOCK`" in err.value.hint
+    (env / MARKER_NAME).write_text(marker_text)
 
     (env / INCOMPLETE_NAME).write_text("install in progress\n")
     with pytest.raises(KernelError, match="half installed"):

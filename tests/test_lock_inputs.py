@@ -415,11 +415,15 @@ def closed_lock(good: Lock) -> Iterator[Path]:
         shutil.rmtree(top)
 
 
+@pytest.mark.parametrize("closed", ["its folder", "the file"])
 @pytest.mark.parametrize("command", ["fetch", "install", "verify", "index"])
 def test_an_unreadable_lock_is_a_permission_error_naming_the_folder(
-    closed_lock: Path, command: str
+    closed_lock: Path, command: str, closed: str
 ) -> None:
     home = closed_lock.parent.parent / "home"
+    if closed == "the file":  # in an open folder: click's "is not readable" (exit 2) said it
+        closed_lock.parent.chmod(0o755)
+        closed_lock.chmod(0o600)
     args = {
         "fetch": ["fetch"],
         "install": ["install", str(home / "env")],
@@ -434,9 +438,11 @@ def test_an_unreadable_lock_is_a_permission_error_naming_the_folder(
     assert doc["error"] == "permission"
     assert doc["message"].startswith(f"permission denied: the lock {closed_lock} cannot be read")
     assert "uid 1000" in doc["message"]
-    assert [p["where"] for p in doc["problems"]] == [str(closed_lock.parent)]
-    assert "owned by root (uid 0), mode 0700" in doc["problems"][0]["message"]
-    assert f"chmod a+rX {closed_lock.parent}" in doc["hint"]
+    refuses = closed_lock.parent if closed == "its folder" else closed_lock
+    assert [p["where"] for p in doc["problems"]] == [str(refuses)]
+    mode = "0700" if closed == "its folder" else "0600"
+    assert f"owned by root (uid 0), mode {mode}" in doc["problems"][0]["message"]
+    assert f"chmod a+rX {refuses}" in doc["hint"]
 
 
 def test_lock_check_of_a_lock_the_user_may_not_read_names_it(closed_lock: Path) -> None:

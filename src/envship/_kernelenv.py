@@ -19,7 +19,7 @@ from typing import Any
 from ._environment import denied, interpreter_denied, refused
 from ._installmarker import LINKS_KEY
 from ._launcher import kernel_remedy, made_options, missing_kernel
-from ._markerread import MarkerDamaged, read_record
+from ._markerread import MarkerDamaged, check_marker, read_record
 from .errors import KernelError, KernelInputError, Problem, TargetError
 from .install import INCOMPLETE_NAME, MARKER_NAME
 from .targets import Target
@@ -138,12 +138,21 @@ def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
     where = str(env / MARKER_NAME)
     problems: list[Problem] = []
     try:
-        # Never trusted: a marker linked to /dev/zero or a FIFO is refused, not read.
+        # Never trusted: a marker linked to /dev/zero or a FIFO is refused, not read, and
+        # one of another shape is damaged (its lock.path a list crashed the remedies).
         marker = read_record(env / MARKER_NAME)
+        if marker is not None:
+            check_marker(marker, env / MARKER_NAME)
     except MarkerDamaged as exc:
         if isinstance(exc.cause, PermissionError):
             raise exc.cause from None  # said as a refusal, not as a damaged record
-        marker, problems = {}, [exc.problem()]
+        # install takes a damaged record for a half-made environment and makes it again.
+        raise KernelError(
+            f"the install record of {env} is damaged",
+            problems=[exc.problem()],
+            hint=f"make it again: {_make_hint(env).replace('pylock.toml', 'LOCK')} "
+            "(LOCK: the lock it was made from)",
+        ) from None
     if marker is None:
         empty = not any(env.iterdir())
         # A folder envship cannot use, like one that does not exist, is bad input (exit 2).

@@ -501,13 +501,15 @@ def missing_kernel(env: str, python: str | None) -> str | None:
     return f"{NO_KERNEL} (no ipykernel-*.dist-info in {where})"
 
 
-def _lock_has_groups(path: str | None) -> bool:
+def _lock_has_groups(path: object) -> bool:
     """Whether the lock at ``path`` declares dependency groups (``dependency-groups``,
     which envship writes as an array starting on its own line)."""
     import re
 
+    if not isinstance(path, str) or not path:  # a damaged record: nothing to read
+        return False
     try:
-        with open(path or "", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, ValueError):
         return False

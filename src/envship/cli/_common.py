@@ -143,7 +143,9 @@ def lock_option(help_text: str) -> Callable[[F], F]:
     return click.option(
         "--lock",
         "lock_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        # readable=False: a lock this user may not read is envship's permission error
+        # (exit 1, naming the folder and owner), not click's usage error.
+        type=click.Path(dir_okay=False, readable=False, path_type=Path),
         default=Path(LOCK_FILENAME),
         show_default=True,
         # Other tools' PEP 751 locks carry no targets (tool.envship.targets): say whose.
