@@ -280,3 +280,51 @@ def test_list_text_says_what_cannot_be_read_and_by_whom(
     assert "private  current: (none)" not in lines
     said = f"  unreadable: {private}: permission denied: {USER_1000} cannot read it"
     assert said in "\n".join(lines)
+
+
+@pytest.mark.parametrize("damage", ["a distribution removed", "its record's target damaged"])
+def test_checks_hint_repairs_the_version_it_names_in_place(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    damage: str,
+) -> None:
+    """Made with --no-groups on another interpreter than envship's: the printed command
+    must repeat both (and the store), or it makes another version current and leaves
+    the damaged one as it is."""
+    wheels = build_wheels(tmp_path / "dist")
+    picked = [wheels[k] for k in ("alpha", "beta", "tool")]
+    lock = write_lock(
+        tmp_path / "pylock.toml", picked, targets=[target()], groups={"dev": ["tool"]}
+    )
+    store = stocked_store(tmp_path / "stock", picked)  # not the default store
+    root = tmp_path / "envs"
+    base = "/usr/bin/python3.11"  # not envship's own interpreter
+    create = ["env", "create", "ds", "--root", str(root), "--lock", str(lock.path)]
+    assert main([*create, "--store", str(store.root), "--no-groups", "--python", base]) == 0
+    made = Path(os.path.realpath(root / "ds" / "current"))
+    if damage == "a distribution removed":
+        next(made.glob("lib/python*/site-packages/beta-1.0.dist-info")).rename(tmp_path / "gone")
+    else:
+        marker = made / ".envship-install.json"
+        record = json.loads(marker.read_text())
+        record["target"] = "x"
+        marker.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["env", "check", "ds", "--root", str(root), "--json"]) == 1
+    hint = json.loads(capsys.readouterr().out)["hint"]
+    printed = hint.split(" makes it again in place")[0]
+    # A damaged target is left out: the one lock target that fits here is the same.
+    pick = f" --target {HOST}" if damage == "a distribution removed" else ""
+    assert printed == (
+        f"envship env create ds --root {root} --store {store.root} --lock {lock.path}"
+        f"{pick} --python {base} --no-groups"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "empty-store"))
+    assert main([*printed.split()[1:], "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["path"] == str(made) and again["repaired"] is True
+    assert main(["env", "check", "ds", "--root", str(root)]) == 0

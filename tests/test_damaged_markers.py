@@ -154,7 +154,8 @@ def test_a_damaged_marker_is_reported_refused_and_made_again(project: Project, c
     assert found["kind"] == "changed" and word in found["actual"]
     assert found["actual"].startswith(f"{key}: ") if key else True
     assert f"envship install {env} --lock {lock}" in found["note"]
-    assert f"`envship install {env} --lock {lock}` makes it again" in report["hint"]
+    again = f"`envship install {env} --lock {lock} --target {report['target']['name']}`"
+    assert f"{again} makes it again" in report["hint"]
 
     code, error = cli("add", "beta", "--env", env, "--spec", project.spec, "--dry-run")
     assert (code, error["error"]) == (1, "add")
@@ -300,3 +301,40 @@ def test_no_marker_mutation_raises_anything_but_an_envship_error(
     if not whole:
         shutil.rmtree(env)
         install(lock, store, env)
+
+
+def test_the_hint_for_a_damaged_record_repeats_what_verify_was_asked(tmp_path: Path) -> None:
+    """The record cannot say how the environment was made: the command takes the store
+    and groups verify was given, so it works pasted where ENVSHIP_STORE is another."""
+    wheels = build_wheels(tmp_path / "dist")
+    picked = [wheels[k] for k in ("alpha", "beta", "tool")]
+    lock = write_lock(tmp_path / "pylock.toml", picked, groups={"dev": ["tool"]})
+    store = stocked_store(tmp_path / "stock", picked)  # not the default store
+    env = tmp_path / "env"
+    install(lock, store, env, groups=())
+    marker = env / MARKER_NAME
+    marker.unlink()
+    marker.symlink_to("/dev/zero")
+    code, report = cli("verify", env, "--lock", lock.path, "--store", store.root, "--no-groups")
+    assert code == 1
+    target = report["target"]["name"]
+    command = (
+        f"envship install {env} --lock {lock.path} --target {target} --no-groups "
+        f"--store {store.root}"
+    )
+    assert f"`{command}` makes it again" in report["hint"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ran = subprocess.run(
+        [sys.executable, "-m", "envship", *command.split()[1:]],
+        cwd=elsewhere,
+        env={**os.environ, "ENVSHIP_STORE": str(tmp_path / "empty-store")},
+        capture_output=True,
+        text=True,
+        preexec_fn=_limited,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert not marker.is_symlink()
+    assert json.loads(marker.read_text())["groups"] == []
+    assert not list(env.glob("lib/python*/site-packages/tool*"))

@@ -20,11 +20,11 @@ from ._difference import Difference
 from ._environment import InstalledEnvironment
 from ._envroot import shared_version
 from ._installmarker import INCOMPLETE_NAME, read_marker, store_option
-from .errors import HalfMadeError, Problem, SpecError
+from .errors import EnvshipError, HalfMadeError, Problem, SpecError
 from .lockfile import LockFile
 from .targets import Target
 
-__all__ = ["finish", "half_made", "incomplete", "remake"]
+__all__ = ["finish", "half_made", "incomplete", "remake", "remake_command"]
 
 _HALF_MADE = (
     "a run of `envship install` or `envship add` did not finish here (killed, or failed): "
@@ -88,6 +88,42 @@ def remake(root: Path, marker: Mapping[str, Any]) -> str:
     if shared is None:
         return f"install {q(str(root))}{_repeat(marker)}"
     return f"env create {q(shared[0])} --root {q(str(shared[1]))}{_repeat(marker)}"
+
+
+def remake_command(root: Path, marker: Mapping[str, Any]) -> str:
+    """``envship install ENV --lock LOCK ...`` (``env create`` for a version) that makes
+    the environment at ``root`` again as its record, damaged or not, says it was made:
+    for a version, every input of its key (target, groups, base interpreter, byte-code),
+    so the command repairs that version in place rather than make another one current;
+    and the store. What the record cannot say is left out; LOCK stands for a lock it
+    does not name."""
+    q = shlex.quote  # pasted into a shell as it is
+
+    def text(value: object) -> str | None:
+        return value if isinstance(value, str) and value and value.isprintable() else None
+
+    lock, target, python = (marker.get(k) for k in ("lock", "target", "python"))
+    path = text(lock.get("path")) if isinstance(lock, dict) else None
+    pick = ""
+    if (name := text(target.get("name")) if isinstance(target, dict) else None) is not None:
+        pick += f" --target {q(name)}"
+    base = text(python.get("base")) if isinstance(python, dict) else None
+    if base is not None and os.path.exists(base):
+        pick += f" --python {q(base)}"
+    groups = marker.get("groups")
+    if isinstance(groups, list):
+        pick += "".join(f" --group {q(g)}" for g in groups if text(g) is not None)
+        if not groups and path is not None and _lock_groups(path):
+            pick += " --no-groups"  # without it, every group of the lock
+    where = q(os.path.abspath(path)) if path is not None else "LOCK"
+    return f"envship {remake(root, marker)} --lock {where}{pick}"
+
+
+def _lock_groups(path: str) -> tuple[str, ...]:
+    try:
+        return LockFile.load(Path(path)).groups
+    except EnvshipError:
+        return ()
 
 
 def _repeat(marker: Mapping[str, Any]) -> str:

@@ -39,6 +39,10 @@ class VerifyReport:
     # What finishes a half-made environment (an ``incomplete`` difference), a command;
     # the error's hint says it.
     remedy: str | None = None
+    # The options that repeat what verify was asked to expect (``--group``/``--no-groups``,
+    # ``--store``): a command that makes the environment again without a usable record
+    # of its own takes them from here.
+    asked: str = ""
 
     @property
     def identical(self) -> bool:
@@ -124,7 +128,8 @@ def _remake(report: VerifyReport, kinds: set[DifferenceKind]) -> str | None:
     if root is not None and marker is None and report.environment.marker_damage() is not None:
         # Its record damaged after the fact: install (or env create, for a version) takes
         # it for a half-made environment and makes it again.
-        return f"`envship {remake(root, {})} --lock {lock}` makes it again"
+        again = f"--lock {lock} --target {shlex.quote(report.target.name)}{report.asked}"
+        return f"`envship {remake(root, {})} {again}` makes it again"
     if root is None or marker is None:
         if not kinds & _DISTRIBUTIONS:
             return None  # its files: nothing envship made to make again

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import shlex
 import shutil
 import stat
 import sys
@@ -54,6 +53,7 @@ from ._environment import (
 from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
 from ._flock import locked, make_folders
+from ._halfmade import remake_command
 from ._installmarker import (
     RECORDS_KEY,
     MarkerDamaged,
@@ -121,15 +121,13 @@ def _complete(
     return marker if tuple(marker["groups"]) == groups else None
 
 
-def _recorded_lock(marker: Path) -> str:
-    """The lock a damaged install record still names, for a hint; else ``LOCK``."""
+def _recorded(marker: Path) -> dict[str, Any]:
+    """What a damaged install record still says (for a hint), else nothing."""
     with contextlib.suppress(MarkerDamaged):
         data = read_record(marker)
-        lock = data.get("lock") if isinstance(data, dict) else None
-        path = lock.get("path") if isinstance(lock, dict) else None
-        if isinstance(path, str) and path and path.isprintable():  # no NUL, no surrogate
-            return shlex.quote(path)
-    return "LOCK (the lock the version was made from)"
+        if isinstance(data, dict):
+            return data
+    return {}
 
 
 def _record_damage(path: Path) -> list[str]:
@@ -181,8 +179,7 @@ def _changed(
     return EnvError(
         f"the current version of {name!r} ({path.name}) was changed since it was made",
         problems=[Problem(str(path), r) for r in reasons],
-        hint=f"envship env create {name} --root {root} --lock {marker['lock']['path']} "
-        "makes it again in place (run it where that lock and the store are)",
+        hint=f"{remake_command(path, marker)} makes it again in place",
     )
 
 
@@ -468,9 +465,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
         raise EnvError(
             f"the install record of the current version of {name!r} ({key}) is damaged",
             problems=[exc.problem()],
-            hint=f"envship env create {name} --root {env_dir.parent} --lock "
-            f"{_recorded_lock(exc.path)} makes it again in place (run it where that lock "
-            "and the store are)",
+            hint=f"{remake_command(path, _recorded(exc.path))} makes it again in place",
         ) from None
     except PermissionError as exc:
         raise denied(f"the environment {name!r}", exc.filename or env_dir) from None

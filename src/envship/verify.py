@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import sys
 from collections.abc import Collection, Mapping
 from dataclasses import replace
@@ -81,7 +82,7 @@ from ._environment import (
     run_interpreter,
 )
 from ._halfmade import finish, half_made, incomplete
-from ._installmarker import FILES_KEY
+from ._installmarker import FILES_KEY, STORE_KEY, store_option
 from ._records import CHUNK as CHUNK  # kept importable from here, where it was
 from ._records import decode_record_hash, encode_record_hash, hash_file
 from ._shebang import Interpreter, check_heads
@@ -356,7 +357,20 @@ def verify(
         checked_bytecode=checked_bytecode,
         notes=tuple(notes),
         remedy=remedy,
+        asked=_asked(lock, groups, store),
     )
+
+
+def _asked(lock: LockFile, groups: Collection[str] | None, store: Store | None) -> str:
+    """``--group G``/``--no-groups`` and ``--store S`` as verify was asked (nothing for
+    every group of the lock, or the default store), shell-quoted."""
+    said = ""
+    chosen = lock.chosen_groups(groups)
+    if set(chosen) != set(lock.groups):
+        said += "".join(f" --group {shlex.quote(g)}" for g in chosen) or " --no-groups"
+    if store is not None:
+        said += store_option({STORE_KEY: str(store.root)})  # none for the default store
+    return said
 
 
 def _target_of(lock: LockFile, target: Target | str | None) -> Target | None:
