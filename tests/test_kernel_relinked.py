@@ -10,6 +10,7 @@ jupyter_client; a real ipykernel (from PyPI) where the kernel must run code.
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 from jupyter_client.manager import KernelManager
 
+from envship import _launcher
 from envship.cli.kernel import command
 from envship.cli.main import cli, main
 from envship.envs import create_env
@@ -348,3 +350,33 @@ def test_a_half_installed_env_is_told_so_even_when_its_interpreter_differs(
     assert os.readlink(env / "bin" / "python") == was
     proc = run_launcher(made.resource_dir, tmp_path / "c.json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["prefix"] == str(env), proc.stderr
+
+
+def test_a_record_not_indented_as_envship_writes_it_still_refuses_a_relinked_interpreter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sh part finds `venv_links` in the marker by envship's indentation; the same
+    record on one line got past it, and the kernel started on the relinked interpreter.
+    The Python part makes the same check."""
+    env = make_env(tmp_path / "work")
+    made = install_kernel(env)
+    marker = marker_of(env)
+    relink(env, other_build())
+    (env / MARKER_NAME).write_text(json.dumps(marker))  # valid JSON, one line
+    said = start_dies(made.name, tmp_path).splitlines()
+    assert said[0] == (
+        f"envship: kernel '{made.name}' cannot start: the environment {env} was changed since "
+        "it was made: its interpreter bin/python was relinked"
+    )
+    assert said[-1] == (
+        f"envship: make it again from its lock: envship install {env} --lock "
+        f"{marker['lock']['path']} --store {marker['store']}"
+    )
+    assert kernel_list(capsys)["fits"] is False
+
+
+def test_the_launcher_parses_as_python_3_7() -> None:
+    """Its Python part runs on the environment's interpreter, which may be an older one
+    swapped in: it must refuse with a reason, never die on a syntax error."""
+    source = Path(_launcher.__file__).read_text(encoding="utf-8")
+    ast.parse(source, feature_version=(3, 7))

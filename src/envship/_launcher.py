@@ -392,6 +392,46 @@ def load_facts(folder: str) -> dict[str, Any]:
     return facts
 
 
+def _relinked(env: str, marker: dict[str, Any]) -> str | None:
+    """How ``bin/python`` differs from the link the marker records, as the sh part judges
+    it (a marker not indented as envship writes it gets past the sh part's sed): None
+    when it ends at the same file, when none is recorded, or when the recorded one is not
+    on this machine (this machine's lack, not a change)."""
+    links = marker.get("venv_links")
+    made = links.get("bin/python") if isinstance(links, dict) else None
+    if not isinstance(made, str) or not made:
+        return None
+    py = os.path.join(env, "bin", "python")
+    base = made if os.path.isabs(made) else os.path.join(env, "bin", made)
+    try:
+        if not os.path.exists(base) or os.path.samefile(py, base):
+            return None
+        now = f"a link to {os.readlink(py)}" if os.path.islink(py) else "a file"
+    except OSError:
+        return None
+    return f"{py} is {now}, not the link to {made} its install record names"
+
+
+def _remade(env: str, marker: dict[str, Any]) -> str:
+    """The sh part's command for a relinked environment: made again from its lock, a
+    version in place on the base it was made with."""
+    lock = marker.get("lock")
+    path = lock.get("path") if isinstance(lock, dict) else None
+    path = path if isinstance(path, str) and path else "LOCK"
+    version = _version_dir(env)
+    if version is None:
+        return f"make it again from its lock: envship install {env} --lock {path}" + made_options(
+            marker
+        )
+    python = marker.get("python")
+    base = python.get("base") if isinstance(python, dict) else None
+    was = f" --python {base}" if isinstance(base, str) and os.path.exists(base) else ""
+    return (
+        "make the version again (env create repairs it in place): envship env create "
+        f"{version[0]} --root {version[1]} --lock {path}{was}{made_options(marker)}"
+    )
+
+
 def _version_dir(env: str) -> tuple[str, str] | None:
     """``(name, root)`` when ``env`` is ``ROOT/NAME/versions/KEY`` of an environment root
     (``envship env``): as in ``_envroot.shared_version``, ``ROOT/NAME`` holds the root's
@@ -631,6 +671,9 @@ def examine(env: str) -> tuple[dict[str, Any] | None, str, list[str]]:
         return None, "denied", [f"permission denied: uid {os.getuid()} cannot read {path}"]
     except (OSError, ValueError) as exc:
         return None, "damaged", [f"cannot read {path}: {exc}"]
+    relinked = _relinked(env, marker) if isinstance(marker, dict) else None
+    if relinked is not None:
+        return marker, "changed", [relinked]
     try:
         reasons = check(marker["target"])
         # This interpreter is the environment's own: where its imports would come from.
@@ -798,6 +841,7 @@ def _relock(
 # The refusal's first line after "the environment ENV", for a kind of refusal other than
 # "machine" (whose line compares what the environment was built for with this machine).
 _HEADS = {
+    "changed": "was changed since it was made: its interpreter bin/python was relinked",
     "half": "is half installed: an install or update of it did not finish",
     "damaged": f"is damaged: its install record ({INSTALL_MARKER}) is missing or unusable",
     "kernel": "has no ipykernel to start a kernel with",
@@ -828,6 +872,8 @@ def report(
     if kind == "denied":
         fix = f"ask its owner to make it readable by every user: chmod -R a+rX {env}"
         return "\n".join([*lines, "envship: " + fix])
+    if kind == "changed":
+        return "\n".join([*lines, "envship: " + _remade(env, marker or {})])
     if len(no_kernel) < len(reasons):  # the machine (or the install) needs a remedy
         fix = remedy(facts, env, marker, machine=kind == "machine", damaged=kind == "damaged")
         lines.append("envship: " + fix)
