@@ -18,7 +18,7 @@ from typing import Any
 
 from ._environment import denied, interpreter_denied, refused
 from ._installmarker import LINKS_KEY
-from ._launcher import kernel_remedy, made_options, missing_kernel
+from ._launcher import kernel_remedy, missing_kernel, remade
 from ._markerread import MarkerDamaged, check_marker, read_record
 from .errors import KernelError, KernelInputError, Problem, TargetError
 from .install import INCOMPLETE_NAME, MARKER_NAME
@@ -187,7 +187,7 @@ def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
     if changed is not None:
         raise KernelError(
             f"cannot make a kernel of {env}: it was changed since it was made: {changed}",
-            hint=f"{_remake(env, Path(real), marker)}, then `envship kernel install {env}`",
+            hint=f"{remade(real, marker)}, then `envship kernel install {env}`",
         )
     missing = missing_kernel(real, None)  # any lib/pythonX.Y: no interpreter to ask
     if missing is not None:
@@ -215,22 +215,3 @@ def _relinked(python: Path, marker: dict[str, Any]) -> str | None:
     except OSError:
         return None
     return f"its interpreter bin/python is now {now}; it was made with {made}"
-
-
-def _remake(env: Path, real: Path, marker: dict[str, Any]) -> str:
-    """The launcher's command for a relinked environment (``real``: ``env`` with
-    ``current`` followed): made again from its lock, a version in place on the base it
-    was made with."""
-    lock = marker["lock"].get("path") or "LOCK"
-    again = made_options(marker)
-    shared = _shared(real)
-    if shared is None or not (real.parent.parent / ".locks").is_dir():
-        return f"make it again from its lock: envship install {env} --lock {lock}{again}"
-    name, root = shared
-    made_with = marker.get("python")
-    base = made_with.get("base") if isinstance(made_with, dict) else None
-    was = f" --python {base}" if isinstance(base, str) and os.path.exists(base) else ""
-    return (
-        "make the version again (env create repairs it in place): "
-        f"envship env create {name} --root {root} --lock {lock}{was}{again}"
-    )

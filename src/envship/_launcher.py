@@ -313,6 +313,7 @@ __all__ = [
     "host_machine",
     "kernel_remedy",
     "made_options",
+    "remade",
     "load_facts",
     "lock_targets",
     "main",
@@ -412,7 +413,7 @@ def _relinked(env: str, marker: dict[str, Any]) -> str | None:
     return f"{py} is {now}, not the link to {made} its install record names"
 
 
-def _remade(env: str, marker: dict[str, Any]) -> str:
+def remade(env: str, marker: dict[str, Any]) -> str:
     """The sh part's command for a relinked environment: made again from its lock, a
     version in place on the base it was made with."""
     lock = marker.get("lock")
@@ -873,7 +874,7 @@ def report(
         fix = f"ask its owner to make it readable by every user: chmod -R a+rX {env}"
         return "\n".join([*lines, "envship: " + fix])
     if kind == "changed":
-        return "\n".join([*lines, "envship: " + _remade(env, marker or {})])
+        return "\n".join([*lines, "envship: " + remade(env, marker or {})])
     if len(no_kernel) < len(reasons):  # the machine (or the install) needs a remedy
         fix = remedy(facts, env, marker, machine=kind == "machine", damaged=kind == "damaged")
         lines.append("envship: " + fix)
