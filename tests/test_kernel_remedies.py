@@ -180,6 +180,26 @@ def test_a_private_env_without_its_record_is_moved_aside_and_made_again(
     assert starts(made.resource_dir, tmp_path)["prefix"] == str(env)
 
 
+def test_a_private_env_with_a_damaged_record_is_made_again_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record there but damaged: install takes the environment for a half-made one of
+    its own and makes it again where it is, so nothing is moved aside."""
+    env = make_env(tmp_path / "work")
+    made = install_kernel(env)
+    marker_truncated(env)
+
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    last = proc.stderr.splitlines()[-1]
+    lead = "envship: make it again: "
+    assert last.startswith(f"{lead}envship install {env} --lock "), last
+    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "work" / "store"))
+    run_printed(last.removeprefix(lead), tmp_path)
+    assert json.loads((env / MARKER_NAME).read_text())["lock"]
+    assert not (tmp_path / "work" / "ds-env.damaged").exists()
+    assert starts(made.resource_dir, tmp_path)["prefix"] == str(env)
+
+
 # --- 1. a kernel on ROOT/NAME/current whose root has moved --------------------------------
 
 

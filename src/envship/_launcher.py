@@ -791,9 +791,10 @@ def remedy(
         else (f" (its lock {lock_path} cannot be read: name the lock it was made from)")
     )
     if version is None:
-        if damaged:
+        if damaged and not os.path.lexists(os.path.join(env, INSTALL_MARKER)):
             # Without its record the folder is not envship's to replace (install refuses
-            # it): moved aside, the same path is made again and this kernel starts it.
+            # it): moved aside, the same path is made again and this kernel starts it. A
+            # record there but damaged, install takes for a half-made one of its own.
             return (
                 f"move it aside and make it again where it was: mv {env} {env}.damaged && "
                 f"envship install {env}{with_lock}{unread}"
