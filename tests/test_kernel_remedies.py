@@ -161,42 +161,38 @@ def test_the_first_line_of_a_refusal_fits_its_kind(
         assert "this machine" not in proc.stderr
 
 
-def test_a_private_env_without_its_record_is_moved_aside_and_made_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("damage", "lead", "command", "aside"),
+    [
+        # install refuses a folder without its record (not envship's to replace): the
+        # remedy moves it aside first, then makes it again where it was.
+        (marker_deleted, "move it aside and make it again where it was",
+         "mv {env} {env}.damaged && envship install {env} --lock ", True),
+        # A record there but damaged: install takes the environment for a half-made one
+        # of its own and makes it again in place, so nothing is moved aside.
+        (marker_truncated, "make it again", "envship install {env} --lock ", False),
+    ],
+    ids=["no record", "damaged record"],
+)  # fmt: skip
+def test_a_private_env_without_a_usable_record_is_made_again_where_it_was(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    damage: Callable[[Path], None],
+    lead: str,
+    command: str,
+    aside: bool,
 ) -> None:
-    """install refuses a folder without its record (not envship's to replace): the
-    remedy moves it aside first, and the kernel then starts the environment made again."""
     env = make_env(tmp_path / "work")
     made = install_kernel(env)
-    marker_deleted(env)
+    damage(env)
 
     proc = run_launcher(made.resource_dir, tmp_path / "c.json")
-    last = proc.stderr.splitlines()[-1]
-    lead = "envship: move it aside and make it again where it was: "
-    assert last.startswith(f"{lead}mv {env} {env}.damaged && envship install {env} --lock ")
+    printed = proc.stderr.splitlines()[-1].removeprefix(f"envship: {lead}: ")
+    assert printed.startswith(command.format(env=env)), printed
     monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "work" / "store"))
-    run_printed(last.removeprefix(lead), tmp_path)
-    assert (env / MARKER_NAME).is_file() and (tmp_path / "work" / "ds-env.damaged").is_dir()
-    assert starts(made.resource_dir, tmp_path)["prefix"] == str(env)
-
-
-def test_a_private_env_with_a_damaged_record_is_made_again_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A record there but damaged: install takes the environment for a half-made one of
-    its own and makes it again where it is, so nothing is moved aside."""
-    env = make_env(tmp_path / "work")
-    made = install_kernel(env)
-    marker_truncated(env)
-
-    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
-    last = proc.stderr.splitlines()[-1]
-    lead = "envship: make it again: "
-    assert last.startswith(f"{lead}envship install {env} --lock "), last
-    monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "work" / "store"))
-    run_printed(last.removeprefix(lead), tmp_path)
+    run_printed(printed, tmp_path)
     assert json.loads((env / MARKER_NAME).read_text())["lock"]
-    assert not (tmp_path / "work" / "ds-env.damaged").exists()
+    assert (tmp_path / "work" / "ds-env.damaged").is_dir() == aside
     assert starts(made.resource_dir, tmp_path)["prefix"] == str(env)
 
 
