@@ -30,7 +30,6 @@ import contextlib
 import os
 import platform
 import shutil
-import stat
 import sys
 import sysconfig
 import time
@@ -42,25 +41,14 @@ from typing import Any
 from . import _envroot
 from ._diskfull import is_disk_full
 from ._envgc import GcResult, VersionInUse, gc
-from ._environment import (
-    denied,
-    interpreter_denied,
-    is_denied,
-    may_not_run,
-    not_a_program,
-    read_venv_config,
-)
+from ._envhealth import changed, complete, package_damage, record_damage, recorded, version_damage
+from ._environment import denied, interpreter_denied, is_denied, may_not_run, not_a_program
 from ._envlist import EnvInfo, JsonResult, VersionInfo, list_envs
 from ._envroot import USED_NAME, version_key
+from ._envsharing import sharing_notes
 from ._flock import locked, make_folders
 from ._halfmade import remake_command
-from ._installmarker import (
-    RECORDS_KEY,
-    MarkerDamaged,
-    drift,
-    interpreter_damage,
-    read_record,
-)
+from ._installmarker import MarkerDamaged, interpreter_damage
 from ._installstage import check_store, name_damaged
 from .errors import EnvError, EnvInputError, EnvshipError, Problem, TargetError
 from .host import HostInfo, has_gpu, match_target, mismatches, probe
@@ -105,82 +93,6 @@ class EnvVersion(JsonResult):
     # What keeps other users from it (``env create``): a version or base interpreter
     # closed to them. The CLI prints each as a note.
     notes: tuple[str, ...] = ()
-
-
-def _complete(
-    path: Path, lock: LockFile, target: str, groups: tuple[str, ...]
-) -> dict[str, Any] | None:
-    """The marker when ``path`` is complete and made from exactly these inputs; None for
-    a damaged one too (the version is made again, in place)."""
-    marker = _envroot.read_marker(path)
-    if marker is None or (marker["lock"]["digest"], marker["target"]["name"]) != (
-        lock.digest,
-        target,
-    ):
-        return None
-    return marker if tuple(marker["groups"]) == groups else None
-
-
-def _recorded(marker: Path) -> dict[str, Any]:
-    """What a damaged install record still says (for a hint), else nothing."""
-    with contextlib.suppress(MarkerDamaged):
-        data = read_record(marker)
-        if isinstance(data, dict):
-            return data
-    return {}
-
-
-def _record_damage(path: Path) -> list[str]:
-    """Why the install record of the complete version at ``path`` cannot be used (it was
-    damaged after the fact: records are written whole), for ``repaired``."""
-    try:
-        _envroot.version_marker(path)
-    except MarkerDamaged as exc:
-        return [str(exc)]
-    return []
-
-
-def _package_damage(path: Path, marker: dict[str, Any]) -> list[str]:
-    """What changed among a version's installed distributions since it was made, by the
-    quick look ``install`` takes (a listing, and a hash of each RECORD)."""
-    found = drift(path, marker["packages"], marker["target"]["python"], marker.get(RECORDS_KEY))
-    return [
-        f"{n}: {what}"
-        for what, names in (
-            ("missing", found.missing),
-            ("not locked", found.present),
-            ("twice", found.duplicated),
-            ("replaced", found.replaced),
-        )
-        for n in names
-    ]
-
-
-def _damage(path: Path, marker: dict[str, Any]) -> list[str]:
-    """Why ``env create`` must make a complete version again in place."""
-    return interpreter_damage(path, marker) + _package_damage(path, marker) + _fixed_place(path)
-
-
-def _fixed_place(path: Path) -> list[str]:
-    """A version made before versions were relocatable: its scripts name the path it was
-    made at, and stop working where the root is mounted elsewhere."""
-    try:
-        relocatable = read_venv_config(path / "pyvenv.cfg").get("relocatable", "")
-    except OSError:
-        return []  # what cannot be read here is the interpreter check's to report
-    if relocatable.lower() == "true":
-        return []
-    return [f"{path} is not relocatable: its scripts name the path it was made at"]
-
-
-def _changed(
-    name: str, root: Path, path: Path, marker: dict[str, Any], reasons: list[str]
-) -> EnvError:
-    return EnvError(
-        f"the current version of {name!r} ({path.name}) was changed since it was made",
-        problems=[Problem(str(path), r) for r in reasons],
-        hint=f"{remake_command(path, marker)} makes it again in place",
-    )
 
 
 def _version(
@@ -340,18 +252,18 @@ def create_env(
         _envroot.point_current(env_dir, key)
         _envroot.touch_used(path)
         version = _version(name, path, marker, created, started)
-        return replace(version, notes=_sharing_notes(version))
+        return replace(version, notes=sharing_notes(version.path, version.base_python))
 
     lock_path = _envroot.key_lock(env_dir, key)
     try:
         with locked(lock_path, shared=True):
-            found = _complete(path, lock, chosen.name, chosen_groups)
-            if found and not reinstall and not _damage(path, found):
+            found = complete(path, lock, chosen.name, chosen_groups)
+            if found and not reinstall and not version_damage(path, found):
                 return done(found, created=False)
         with locked(lock_path):
             # Again: another creator may have finished (or repaired it) while we waited.
-            found = _complete(path, lock, chosen.name, chosen_groups)
-            damage = _damage(path, found) if found else _record_damage(path)
+            found = complete(path, lock, chosen.name, chosen_groups)
+            damage = version_damage(path, found) if found else record_damage(path)
             if found and not damage and not reinstall:
                 return done(found, created=False)
             if found and reinstall:
@@ -397,47 +309,6 @@ def create_env(
         raise _failure(env_dir.parent, name, exc) from None
 
 
-def _closed(path: Path) -> tuple[Path, str] | None:
-    """The first folder on the way to ``path`` (from the top) that other users may not
-    enter, or ``path`` itself when they may not read (a folder: and enter; a program: and
-    run) it, with its mode; None when they can. By the "others" bits: who else will use a
-    shared version is not known here."""
-    real = Path(os.path.realpath(path))
-    try:
-        for folder in reversed(real.parents):
-            mode = os.stat(folder).st_mode
-            if not mode & stat.S_IXOTH:
-                return folder, f"{folder} is mode {stat.S_IMODE(mode):04o}"
-        mode = os.stat(real).st_mode
-    except OSError:
-        return None  # cannot tell: nothing to warn of
-    need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0)
-    return None if mode & need == need else (real, f"{real} is mode {stat.S_IMODE(mode):04o}")
-
-
-def _sharing_notes(version: EnvVersion) -> tuple[str, ...]:
-    """What keeps other users from a version this call made or found: the version (made
-    under a private umask, such as 077) or its base interpreter (under a private home,
-    such as /root/.pyenv) closed to them. A shared version is for every user."""
-    notes = []
-    if (closed := _closed(version.path)) is not None:
-        folder, why = closed
-        env_dir = Path(os.path.realpath(version.path)).parent.parent
-        # The environment's own folders are opened whole; one above it only to pass.
-        fix = f"chmod -R a+rX {folder}" if folder.is_relative_to(env_dir) else f"chmod a+x {folder}"
-        notes.append(
-            f"other users cannot read this version ({why}): only its owner can use it; "
-            f"make it readable: {fix} (and create versions under umask 022)"
-        )
-    if (closed := _closed(Path(version.base_python))) is not None:
-        notes.append(
-            f"other users cannot run this version's base interpreter {version.base_python} "
-            f"({closed[1]}); create it with --python naming an interpreter every user can "
-            "run (for instance /usr/bin/python3)"
-        )
-    return tuple(notes)
-
-
 def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion:
     """Resolve ``current`` and make sure this machine can run it; TargetError if not.
 
@@ -465,7 +336,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
         raise EnvError(
             f"the install record of the current version of {name!r} ({key}) is damaged",
             problems=[exc.problem()],
-            hint=f"{remake_command(path, _recorded(exc.path))} makes it again in place",
+            hint=f"{remake_command(path, recorded(exc.path))} makes it again in place",
         ) from None
     except PermissionError as exc:
         raise denied(f"the environment {name!r}", exc.filename or env_dir) from None
@@ -486,7 +357,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
     # below would blame the machine for it), then whether this machine can run the
     # version at all, then what happened to its packages.
     if damage := interpreter_damage(path, marker):
-        raise _changed(name, env_dir.parent, path, marker, damage)
+        raise changed(name, env_dir.parent, path, marker, damage)
     # What kernels and jobs run is the version's own interpreter, not the base it was
     # made from: a version whose bin/python now runs another Python must not pass.
     exe = python or str(version.python)
@@ -515,7 +386,7 @@ def check_env(root: Path, name: str, *, python: str | None = None) -> EnvVersion
             hint=f"create a version for this machine: envship env create {name} "
             f"--root {env_dir.parent}, with a lock that has a target for it",
         )
-    if damage := _package_damage(path, marker):
-        raise _changed(name, env_dir.parent, path, marker, damage)
+    if damage := package_damage(path, marker):
+        raise changed(name, env_dir.parent, path, marker, damage)
     _envroot.touch_used(path)
     return replace(version, seconds=time.monotonic() - started)
