@@ -161,6 +161,70 @@ def test_the_first_line_of_a_refusal_fits_its_kind(
         assert "this machine" not in proc.stderr
 
 
+def truncated_json(env: Path) -> None:
+    (env / MARKER_NAME).write_text('{"format": 1, "lock": {')
+
+
+def not_utf8(env: Path) -> None:
+    (env / MARKER_NAME).write_bytes(b'{"format": "\xff"}')
+
+
+def a_long_number(env: Path) -> None:
+    (env / MARKER_NAME).write_text('{"format": ' + "9" * 5000 + "}")
+
+
+def target_a_string(env: Path) -> None:
+    marker = json.loads((env / MARKER_NAME).read_text())
+    marker["target"] = marker["target"]["name"]
+    (env / MARKER_NAME).write_text(json.dumps(marker))
+
+
+def glibc_not_a_version(env: Path) -> None:
+    edit_marker(env, glibc="new")
+
+
+def platform_missing(env: Path) -> None:
+    marker = json.loads((env / MARKER_NAME).read_text())
+    del marker["target"]["platform"]
+    (env / MARKER_NAME).write_text(json.dumps(marker))
+
+
+NOT_A_TABLE = "{marker} records no usable target: 'target' is missing or not a table"
+MALFORMED = "{marker} records no usable target: target.{key} is missing or not in the form "
+DAMAGED_RECORDS: list[tuple[Callable[[Path], None], str]] = [
+    (
+        truncated_json,
+        "cannot read {marker}: not JSON (Expecting property name enclosed in double "
+        "quotes at line 1, column 24)",
+    ),
+    (not_utf8, "cannot read {marker}: not UTF-8 (byte 12)"),
+    (a_long_number, "cannot read {marker}: a number longer than any envship writes"),
+    (target_a_string, NOT_A_TABLE),
+    (glibc_not_a_version, MALFORMED.replace("{key}", "glibc") + "envship writes"),
+    (platform_missing, MALFORMED.replace("{key}", "platform") + "envship writes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"), DAMAGED_RECORDS, ids=[c[0].__name__ for c in DAMAGED_RECORDS]
+)
+def test_a_damaged_record_is_refused_with_a_reason_in_words(
+    tmp_path: Path, damage: Callable[[Path], None], reason: str
+) -> None:
+    """The reason names what is wrong with the record, not a Python exception's repr
+    (``TypeError('string indices must be integers')``); a glibc that is no version was
+    compared as the empty one and read as "glibc >= new needed"."""
+    env = make_env(tmp_path / "work")
+    made = install_kernel(env)
+    damage(env)
+
+    proc = run_launcher(made.resource_dir, tmp_path / "c.json")
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    first, second, *_ = proc.stderr.splitlines()
+    assert first == DAMAGED.format(env=env)
+    assert second == "  - " + reason.format(marker=env / MARKER_NAME)
+
+
 @pytest.mark.parametrize(
     ("damage", "lead", "command", "aside"),
     [

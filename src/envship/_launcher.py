@@ -639,6 +639,45 @@ def _load_marker(path: str) -> Any:
         raise ValueError("nested too deeply") from None
 
 
+def _unreadable(exc: Exception) -> str:
+    """Why a marker does not read, in words (a refusal's reason is read by a person)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 (byte {exc.start})"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if "integer string conversion" in str(exc):
+        return "a number longer than any envship writes"  # CPython's digit limit
+    return str(exc)
+
+
+# What ``check`` reads of a recorded target, and the form envship writes each in.
+_TARGET_KEYS = {
+    "platform": r"[a-z0-9]+-[A-Za-z0-9_]+",
+    "python": r"[0-9]+\.[0-9]+",
+    "glibc": r"[0-9]+\.[0-9]+",
+    "variant": r"[a-z0-9]+",
+}
+
+
+def _unusable_target(marker: Any) -> str | None:
+    """Why the marker's ``target`` is not the table envship writes, else None: checked
+    before ``check`` reads it, so a damaged record gets a reason, not an exception."""
+    import re
+
+    if not isinstance(marker, dict):
+        return "the record is not a JSON object"
+    target = marker.get("target")
+    if not isinstance(target, dict):
+        return "'target' is missing or not a table"
+    for key, form in _TARGET_KEYS.items():
+        value = target.get(key)
+        if not isinstance(value, str) or not re.fullmatch(form, value):
+            return f"target.{key} is missing or not in the form envship writes"
+    return None
+
+
 def _read_marker(path: str) -> dict[str, Any] | None:
     """The install marker at ``path`` when it reads as a JSON object, else None."""
     try:
@@ -671,19 +710,19 @@ def examine(env: str) -> tuple[dict[str, Any] | None, str, list[str]]:
         # Made by another user under a private umask: there, and whole, but not ours.
         return None, "denied", [f"permission denied: uid {os.getuid()} cannot read {path}"]
     except (OSError, ValueError) as exc:
-        return None, "damaged", [f"cannot read {path}: {exc}"]
+        return None, "damaged", [f"cannot read {path}: {_unreadable(exc)}"]
     relinked = _relinked(env, marker) if isinstance(marker, dict) else None
     if relinked is not None:
         return marker, "changed", [relinked]
-    try:
-        reasons = check(marker["target"])
-        # This interpreter is the environment's own: where its imports would come from.
-        # One of another X.Y (a marker that records no link to compare) would look under
-        # a lib/pythonX.Y the environment never had: any of its own is asked instead.
-        here = _interpreter()
-        missing = missing_kernel(env, here if here == marker["target"]["python"] else None)
-    except (KeyError, TypeError, AttributeError) as exc:
-        return None, "damaged", [f"{path} records no usable target ({exc!r})"]
+    unusable = _unusable_target(marker)
+    if unusable is not None:
+        return None, "damaged", [f"{path} records no usable target: {unusable}"]
+    reasons = check(marker["target"])
+    # This interpreter is the environment's own: where its imports would come from.
+    # One of another X.Y (a marker that records no link to compare) would look under
+    # a lib/pythonX.Y the environment never had: any of its own is asked instead.
+    here = _interpreter()
+    missing = missing_kernel(env, here if here == marker["target"]["python"] else None)
     kind = "machine" if reasons else ("kernel" if missing else "")
     return marker, kind, reasons + ([missing] if missing else [])
 
