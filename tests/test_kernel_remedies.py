@@ -190,7 +190,9 @@ def platform_missing(env: Path) -> None:
 
 
 NOT_A_TABLE = "{marker} records no usable target: 'target' is missing or not a table"
-MALFORMED = "{marker} records no usable target: target.{key} is missing or not in the form "
+MALFORMED = (
+    "{marker} records no usable target: target.{key} is missing or not in the form envship writes"
+)
 DAMAGED_RECORDS: list[tuple[Callable[[Path], None], str]] = [
     (
         truncated_json,
@@ -200,8 +202,8 @@ DAMAGED_RECORDS: list[tuple[Callable[[Path], None], str]] = [
     (not_utf8, "cannot read {marker}: not UTF-8 (byte 12)"),
     (a_long_number, "cannot read {marker}: a number longer than any envship writes"),
     (target_a_string, NOT_A_TABLE),
-    (glibc_not_a_version, MALFORMED.replace("{key}", "glibc") + "envship writes"),
-    (platform_missing, MALFORMED.replace("{key}", "platform") + "envship writes"),
+    (glibc_not_a_version, MALFORMED.replace("{key}", "glibc")),
+    (platform_missing, MALFORMED.replace("{key}", "platform")),
 ]
 
 
