@@ -166,7 +166,7 @@ def test_the_hint_for_a_plain_venv_works(
     lock = json.loads((env / MARKER_NAME).read_text())["lock"]["path"]
     store = tmp_path / "work" / "store"
     new = tmp_path / "new-env"
-    assert "`envship install NEW_DIR --lock pylock.toml`" in hint
+    assert "`envship install NEW_DIR --lock LOCK`" in hint
     assert main(["install", str(new), "--lock", lock, "--store", str(store)]) == 0
     assert "`envship kernel install NEW_DIR`" in hint
     assert main(["kernel", "install", str(new)]) == 0

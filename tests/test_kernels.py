@@ -259,15 +259,13 @@ def test_refuses_what_envship_install_did_not_finish(tmp_path: Path, user_kernel
         install_kernel(plain)
     # `envship install PLAIN` would refuse a folder envship did not make: never hinted.
     assert f"envship install {plain}" not in (err.value.hint or "")
-    assert "`envship install NEW_DIR --lock pylock.toml` (a new or empty folder)" in (
-        err.value.hint or ""
-    )
+    assert "`envship install NEW_DIR --lock LOCK` (a new or empty folder)" in (err.value.hint or "")
     assert f"`{plain / 'bin' / 'python'} -m ipykernel install --user`" in (err.value.hint or "")
     with pytest.raises(KernelError, match="there is no environment") as err:
         install_kernel(tmp_path / "nowhere")
     assert err.value.hint == (
-        f"`envship install {tmp_path / 'nowhere'} --lock pylock.toml`, "
-        f"then `envship kernel install {tmp_path / 'nowhere'}`"
+        f"`envship install {tmp_path / 'nowhere'} --lock LOCK`, "
+        f"then `envship kernel install {tmp_path / 'nowhere'}` (LOCK: the lock it is made from)"
     )
 
     env = make_env(tmp_path / "w")
@@ -294,9 +292,27 @@ def test_refuses_what_envship_install_did_not_finish(tmp_path: Path, user_kernel
     (env / MARKER_NAME).write_text(marker_text)
 
     (env / INCOMPLETE_NAME).write_text("install in progress\n")
-    with pytest.raises(KernelError, match="half installed"):
+    with pytest.raises(KernelError, match="half installed") as err:
         install_kernel(env)
     assert not user_kernels.exists()
+    # The command that finishes it is the one the record says it was made with: the lock
+    # by its absolute path (it said `--lock pylock.toml`, true in one folder only), the
+    # target and the store; pasted in another folder, it finishes the environment.
+    hint = err.value.hint or ""
+    finish = hint.removeprefix("finish it: `").split("`, then ", 1)[0]
+    assert finish.startswith(f"envship install {env} "), hint
+    assert f"--lock {json.loads(marker_text)['lock']['path']}" in finish, hint
+    assert f"--target {HOST}" in finish and "--store " in finish, hint
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "envship", *shlex.split(finish)[1:]],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert install_kernel(env).name == env.name
 
 
 def test_prefix_and_kernel_dir_placement(
@@ -585,8 +601,9 @@ def test_a_kernel_on_current_runs_the_version_current_names_at_each_start(
     with pytest.raises(KernelError, match="there is no environment") as err:
         install_kernel(s.root / "ds" / "current")
     assert err.value.hint == (
-        f"`envship env create ds --root {s.root} --lock pylock.toml`, "
-        f"then `envship kernel install {s.root / 'ds' / 'current'}`"
+        f"`envship env create ds --root {s.root} --lock LOCK`, "
+        f"then `envship kernel install {s.root / 'ds' / 'current'}` "
+        "(LOCK: the lock it is made from)"
     )
     one = create_env(s.first, s.store, s.root, name="ds")
     # As if `one` were built for another interpreter (the audit's lock with a 3.11 and

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ._envhealth import recorded
 from ._environment import denied, interpreter_denied, refused
+from ._halfmade import remake_command
 from ._installmarker import LINKS_KEY
 from ._launcher import kernel_remedy, missing_kernel, remade
 from ._markerread import MarkerDamaged, check_marker, read_record
@@ -94,16 +97,26 @@ def env_root(env: Path) -> Path | None:
     return env_dir
 
 
-def _make_hint(env: Path) -> str:
-    """The command that makes (or finishes) the environment at ``env``."""
+def _make_hint(env: Path, marker: Mapping[str, Any] | None = None) -> str:
+    """The command that makes (finishes, or makes again) the environment at ``env``: as
+    its install ``marker`` says it was made when there is one (the lock by its absolute
+    path, the target, groups and store), else with LOCK standing for the lock."""
+    if marker:
+        remake = remake_command(Path(os.path.realpath(env)), marker)
+        then = f"`{remake}`, then `envship kernel install {env}`"
+        return then + (_LOCK if "--lock LOCK" in remake else "")
     shared = _shared(env)
     if shared is not None:
         name, root = shared
         return (
-            f"`envship env create {name} --root {root} --lock pylock.toml`, "
-            f"then `envship kernel install {root / name / 'current'}`"
+            f"`envship env create {name} --root {root} --lock LOCK`, "
+            f"then `envship kernel install {root / name / 'current'}`{_LOCK}"
         )
-    return f"`envship install {env} --lock pylock.toml`, then `envship kernel install {env}`"
+    return f"`envship install {env} --lock LOCK`, then `envship kernel install {env}`{_LOCK}"
+
+
+# A lock by its name in the current folder is right only there; the record names none.
+_LOCK = " (LOCK: the lock it is made from)"
 
 
 def _foreign_hint(env: Path) -> str:
@@ -111,7 +124,7 @@ def _foreign_hint(env: Path) -> str:
     # what it did not create), so the plain venv itself cannot be the destination.
     return (
         "envship makes kernels for environments it installed: "
-        "`envship install NEW_DIR --lock pylock.toml` (a new or empty folder), then "
+        "`envship install NEW_DIR --lock LOCK` (a new or empty folder), then "
         "`envship kernel install NEW_DIR`; or register this venv as it is with "
         f"`{env / 'bin' / 'python'} -m ipykernel install --user`"
     )
@@ -133,7 +146,7 @@ def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
     if (env / INCOMPLETE_NAME).exists():
         raise KernelError(
             f"the environment at {env} is half installed ({INCOMPLETE_NAME} is present)",
-            hint=f"finish it: {_make_hint(env)}",
+            hint=f"finish it: {_make_hint(env, recorded(env / MARKER_NAME))}",
         )
     where = str(env / MARKER_NAME)
     problems: list[Problem] = []
@@ -150,8 +163,7 @@ def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
         raise KernelError(
             f"the install record of {env} is damaged",
             problems=[exc.problem()],
-            hint=f"make it again: {_make_hint(env).replace('pylock.toml', 'LOCK')} "
-            "(LOCK: the lock it was made from)",
+            hint=f"make it again: {_make_hint(env)}",
         ) from None
     if marker is None:
         empty = not any(env.iterdir())
@@ -179,7 +191,7 @@ def _read_env(env: Path) -> tuple[dict[str, Any], Target]:
         raise KernelError(
             f"the install record of {env} is incomplete",
             problems=problems,
-            hint=f"make it again: {_make_hint(env)}",
+            hint=f"make it again: {_make_hint(env, marker)}",
         )
     # The launcher refuses such an environment at every start, in the same words.
     real = os.path.realpath(env)  # a version of a root, for `current`: its lock is made again
