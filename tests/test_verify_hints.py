@@ -159,3 +159,36 @@ def test_an_env_envship_did_not_make_gets_a_new_one(
     new = tmp_path / "new"
     finish(hint.replace("NEW_ENV", str(new)))
     assert verify(made.lock, new, full=True, store=made.store).identical
+
+
+@pytest.mark.parametrize(
+    ("groups", "option"), [((), " --no-groups"), (("dev",), " --group dev")], ids=["none", "dev"]
+)
+@pytest.mark.parametrize("damage", [_edit, _delete], ids=["edit", "delete"])
+def test_the_command_keeps_the_groups_verify_was_asked_for(
+    tmp_path: Path,
+    made: Made,  # noqa: F811
+    groups: tuple[str, ...],
+    option: str,
+    damage: Callable[[Path], None],
+) -> None:
+    """An environment installed with some groups of a lock of two: the command verify
+    printed took every group (install's default), so the next verify with the same
+    groups found the other group's distributions extra, and said the same again."""
+    from test_install import write_lock
+
+    lock = write_lock(
+        tmp_path / "groups.toml",
+        [made.wheels[k] for k in ("alpha", "beta", "tool")],
+        groups={"dev": ["alpha"], "docs": ["tool"]},
+    )
+    dest = tmp_path / "env"
+    install(lock, made.store, dest, groups=groups)
+    damage(dest)
+
+    report = verify(lock, dest, full=True, store=made.store, groups=groups)
+    hint = VerifyMismatchError(report).hint or ""
+    assert f"--lock {lock.path}{option}`" in hint, hint
+
+    finish(hint)
+    assert verify(lock, dest, full=True, store=made.store, groups=groups).identical

@@ -24,7 +24,15 @@ from .errors import EnvshipError, HalfMadeError, Problem, SpecError
 from .lockfile import LockFile
 from .targets import Target
 
-__all__ = ["finish", "half_made", "incomplete", "remake", "remake_command"]
+__all__ = [
+    "as_made",
+    "base_option",
+    "finish",
+    "half_made",
+    "incomplete",
+    "remake",
+    "remake_command",
+]
 
 _HALF_MADE = (
     "a run of `envship install` or `envship add` did not finish here (killed, or failed): "
@@ -62,20 +70,35 @@ def finish(root: Path | None, lock: LockFile, target: Target | None) -> str | No
     marker = read_marker(root) or {}  # a failed update keeps the one it had
     q = shlex.quote  # pasted into a shell as it is
     pick = f" --target {q(target.name)}" if target is not None and len(lock.targets) > 1 else ""
+    pick += as_made(root, marker, lock.groups)
+    # The lock as an absolute path: the command is pasted from whatever folder.
+    where = q(os.path.abspath(lock.path))
+    return f"finish it with `envship {remake(root, marker)} --lock {where}{pick}`"
+
+
+def as_made(root: Path, marker: Mapping[str, Any], lock_groups: tuple[str, ...]) -> str:
+    """``--python BASE`` and ``--group G``/``--no-groups`` as the environment at ``root``
+    was made, where install's defaults (envship's own interpreter, every group of the
+    lock, whose groups are ``lock_groups``) would make it otherwise."""
+    pick = base_option(root, marker)
+    groups = marker.get("groups")
+    if isinstance(groups, list) and set(groups) != set(lock_groups):
+        # Without either, install takes every group of the lock: not what was made.
+        pick += "".join(f" --group {shlex.quote(g)}" for g in groups if isinstance(g, str))
+        pick += "" if groups else " --no-groups"
+    return pick
+
+
+def base_option(root: Path, marker: Mapping[str, Any]) -> str:
+    """``--python BASE`` for the interpreter the environment at ``root`` was made on,
+    when it is not envship's own (install's default)."""
     python = marker.get("python")
     base = python.get("base") if isinstance(python, dict) else None
     if not isinstance(base, str) and os.path.islink(root / "bin" / "python"):
         base = os.path.realpath(root / "bin" / "python")  # uv links the venv to its base
     if isinstance(base, str) and os.path.realpath(base) != os.path.realpath(sys.executable):
-        pick += f" --python {q(base)}"  # install's default would be envship's own
-    groups = marker.get("groups")
-    if isinstance(groups, list) and set(groups) != set(lock.groups):
-        # Without either, install takes every group of the lock: not what was begun.
-        pick += "".join(f" --group {q(g)}" for g in groups if isinstance(g, str))
-        pick += "" if groups else " --no-groups"
-    # The lock as an absolute path: the command is pasted from whatever folder.
-    where = q(os.path.abspath(lock.path))
-    return f"finish it with `envship {remake(root, marker)} --lock {where}{pick}`"
+        return f" --python {shlex.quote(base)}"
+    return ""
 
 
 def remake(root: Path, marker: Mapping[str, Any]) -> str:

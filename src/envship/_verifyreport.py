@@ -16,7 +16,7 @@ from typing import Any
 
 from ._difference import Difference, DifferenceKind
 from ._environment import InstalledEnvironment
-from ._halfmade import remake
+from ._halfmade import base_option, remake
 from .errors import EnvshipError
 from .targets import Target
 
@@ -43,6 +43,7 @@ class VerifyReport:
     # ``--store``): a command that makes the environment again without a usable record
     # of its own takes them from here.
     asked: str = ""
+    asked_groups: str = ""  # the ``--group G``/``--no-groups`` part of ``asked``
 
     @property
     def identical(self) -> bool:
@@ -139,11 +140,15 @@ def _remake(report: VerifyReport, kinds: set[DifferenceKind]) -> str | None:
             ", which it did not make)"
         )
     command = remake(root, marker)
+    # The groups verify was asked to expect (install's default, every group of the lock,
+    # is what the next verify reports as extras) and the base it was made on.
+    made = base_option(root, marker) + report.asked_groups
     if kinds & _FILES or command.startswith("env create"):
         return (
-            f"`envship {command} --reinstall --lock {lock}` makes it again from the store's wheels"
+            f"`envship {command} --reinstall --lock {lock}{made}` makes it again from the "
+            "store's wheels"
         )
-    return f"`envship {command} --lock {lock}` returns it to the lock"
+    return f"`envship {command} --lock {lock}{made}` returns it to the lock"
 
 
 class VerifyMismatchError(EnvshipError):

@@ -357,20 +357,23 @@ def verify(
         checked_bytecode=checked_bytecode,
         notes=tuple(notes),
         remedy=remedy,
-        asked=_asked(lock, groups, store),
+        asked=_asked_groups(lock, groups) + _asked_store(store),
+        asked_groups=_asked_groups(lock, groups),
     )
 
 
-def _asked(lock: LockFile, groups: Collection[str] | None, store: Store | None) -> str:
-    """``--group G``/``--no-groups`` and ``--store S`` as verify was asked (nothing for
-    every group of the lock, or the default store), shell-quoted."""
-    said = ""
+def _asked_groups(lock: LockFile, groups: Collection[str] | None) -> str:
+    """``--group G``/``--no-groups`` as verify was asked (nothing for every group of the
+    lock), shell-quoted."""
     chosen = lock.chosen_groups(groups)
-    if set(chosen) != set(lock.groups):
-        said += "".join(f" --group {shlex.quote(g)}" for g in chosen) or " --no-groups"
-    if store is not None:
-        said += store_option({STORE_KEY: str(store.root)})  # none for the default store
-    return said
+    if set(chosen) == set(lock.groups):
+        return ""
+    return "".join(f" --group {shlex.quote(g)}" for g in chosen) or " --no-groups"
+
+
+def _asked_store(store: Store | None) -> str:
+    """``--store S`` as verify was asked (nothing for the default store)."""
+    return store_option({STORE_KEY: str(store.root)}) if store is not None else ""
 
 
 def _target_of(lock: LockFile, target: Target | str | None) -> Target | None:
