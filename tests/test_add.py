@@ -636,19 +636,22 @@ def test_virtual_env_is_the_default(project: Project, monkeypatch: pytest.Monkey
     assert add(["kappa"]).env == project.env
 
 
-def test_spec_is_found_beside_the_lock_else_named(
-    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("cwd", ["elsewhere", "the lock's folder"])
+def test_spec_is_found_beside_the_lock_else_every_folder_searched_is_named(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cwd: str
 ) -> None:
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)  # not the project folder: the marker's lock says where
+    here = tmp_path / "elsewhere" if cwd == "elsewhere" else project.spec.parent
+    here.mkdir(exist_ok=True)
+    monkeypatch.chdir(here)  # elsewhere, the marker's lock says where the spec is
     assert add(["kappa"], env=project.env, dry_run=True).spec == project.spec
 
     moved = tmp_path / "moved.toml"
     project.spec.rename(moved)
     with pytest.raises(SpecError, match="no spec to record the addition in") as err:
         add(["kappa"], env=project.env)
-    assert err.value.problems[0].where == str(project.spec.parent)
+    # Both folders searched are named (the current one was left out), each once.
+    searched = [str(project.spec.parent)] + ([str(here)] if cwd == "elsewhere" else [])
+    assert [p.where for p in err.value.problems] == searched
     assert add(["kappa"], env=project.env, spec=moved).recorded == ("kappa",)
 
 
@@ -773,6 +776,47 @@ def test_uv_failures_are_explained(
     assert err.hint
     assert snapshot(project) == before
     assert not (project.env / INCOMPLETE_NAME).exists()
+
+
+@pytest.mark.parametrize("case", ["UV_OFFLINE", "UV_OFFLINE, page cached", "uv.toml offline"])
+def test_uv_with_its_network_turned_off_is_a_network_error_with_a_way_out(
+    project: Project, add_index_root: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The air-gapped user's case: exit 3 saying the network is off, not "uv could not
+    add" with uv's text, and the hint's local index works offline."""
+    if case == "UV_OFFLINE, page cached":
+        add(["kappa"], env=project.env, dry_run=True)  # uv caches kappa's page, not its wheel
+    if case == "uv.toml offline":
+        config = project.spec.parent.parent / "uv-offline.toml"
+        config.write_text("offline = true\n")
+        monkeypatch.setenv("UV_CONFIG_FILE", str(config))
+        said = "uv's network access is turned off (`offline = true` in its configuration)"
+    else:
+        monkeypatch.setenv("UV_OFFLINE", "1")
+        said = "UV_OFFLINE=1 turns uv's network access off"
+    before = snapshot(project)
+    runs: tuple[bool, ...] = (True, False)
+    if case == "UV_OFFLINE, page cached":  # the plan comes from the cache; the wheel cannot
+        assert add(["kappa"], env=project.env, dry_run=True).installed == ("kappa==1.0",)
+        runs = (False,)
+    for dry_run in runs:
+        with pytest.raises(NetworkError) as err:
+            add(["kappa"], env=project.env, dry_run=dry_run)
+        assert err.value.exit_code == 3
+        assert err.value.message == f"cannot reach the package index: {said}"
+        assert err.value.hint is not None and "--index-url file://OUT/simple" in err.value.hint
+        assert "envship index export OUT" in err.value.hint
+        if case == "UV_OFFLINE, page cached":  # uv names the file it lacks
+            assert err.value.url.endswith("/kappa-1.0-py3-none-any.whl")
+            assert f"which lacks {err.value.url}." in err.value.hint
+        else:
+            assert "which lacks kappa." in err.value.hint
+    assert snapshot(project) == before
+    assert not (project.env / INCOMPLETE_NAME).exists()
+
+    # The way out the hint gives: an index on this machine, read with the network off.
+    local = (add_index_root / "simple").as_uri()
+    assert add(["kappa"], env=project.env, index_url=local).installed == ("kappa==1.0",)
 
 
 def test_ctrl_c_while_uv_works_leaves_the_environment_as_it_was(

@@ -225,6 +225,69 @@ def test_the_cli_says_a_group_locked_version_was_installed(grouped: Grouped) -> 
     ) in proc.stdout.splitlines()
 
 
+# --- 1b. a locked name the spec does not list becomes a direct dependency -------------------
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        "beta",  # locked only as alpha's dependency
+        "Beta>=1.1",  # an explicit constraint the locked 1.1 satisfies
+        "iota==1.0",  # group dev lists a bare iota: the pin is the spec's only then
+    ],
+)
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_locked_name_the_spec_does_not_list_is_recorded_not_installed(
+    grouped: Grouped, request_: str, dry_run: bool
+) -> None:
+    """Asked for, it must stay when what pulls it in drops it: `envship add idna` (locked
+    as a dependency of requests) said "nothing to do" and recorded nothing. A bare name
+    a group lists is the spec's already (the test after this one)."""
+    before = _state(grouped)
+    result = add([request_], env=grouped.env, dry_run=dry_run)
+
+    assert result.installed == result.removed == result.already_locked == ()
+    assert result.recorded == (request_,) and result.replaced == ()
+    assert result.lock_stale and result.changed is not dry_run
+    spec_bytes, marker_bytes, installed = _state(grouped)
+    assert (marker_bytes, installed) == before[1:]  # nothing installed, no added record
+    if dry_run:
+        assert spec_bytes == before[0]
+        return
+    assert load_spec(grouped.spec).dependencies == ("alpha", "Tomli_W", request_)
+    # Asked again, the spec lists it so: nothing to do.
+    again = add([request_], env=grouped.env)
+    assert again.already_locked and again.recorded == () and not again.changed
+    assert grouped.spec.read_bytes() == spec_bytes
+    # The next lock takes it in without moving anything.
+    assert lock(load_spec(grouped.spec)).changes == ()
+    assert verify(grouped.lockfile(), grouped.env, groups=["dev"], full=True).identical
+
+
+def test_a_name_a_group_lists_is_nothing_to_do(grouped: Grouped) -> None:
+    """Recorded in the dependencies, iota would go into every install, with or without
+    the group that lists it."""
+    before = _state(grouped)
+    result = add(["iota"], env=grouped.env)
+    assert result.already_locked == ("iota==1.0",) and result.recorded == ()
+    assert not result.changed and _state(grouped) == before
+
+
+def test_the_cli_says_a_locked_name_is_recorded(grouped: Grouped) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "envship", "add", "beta", "--env", str(grouped.env)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to do" not in proc.stdout
+    assert proc.stdout.splitlines() == [
+        f"{grouped.env} already has beta",
+        f"record in {grouped.spec}: beta",
+        f"the lock is stale: run `envship lock` to take the addition into {grouped.lock}",
+    ]
+
+
 # --- 2. every hint names the lock the environment was made from ------------------------------
 
 

@@ -207,3 +207,23 @@ def test_a_replaced_locked_distribution_is_named_with_its_path(
         in err
     )
     assert project.spec.read_bytes() == spec_before
+
+
+def test_uv_offline_is_exit_3_saying_the_network_is_off(
+    project: Project, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was exit 1, "uv could not add rich", and uv's own text."""
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    spec_before = project.spec.read_bytes()
+
+    code, out, err = run(capsys, "add", "kappa", "--env", project.env)
+    assert code == 3 and out == ""
+    assert "error: cannot reach the package index: UV_OFFLINE=1 turns uv's network access off" in (
+        err.splitlines()
+    )
+    assert "uv could not add" not in err
+    code, out, err = run(capsys, "add", "kappa", "--env", project.env, "--json")
+    data = json.loads(out)
+    assert code == 3 and err == "" and data["error"] == "network"
+    assert "--index-url file://OUT/simple" in data["hint"]
+    assert project.spec.read_bytes() == spec_before

@@ -254,7 +254,12 @@ def spec_path(spec: Path | None, marker: dict[str, Any]) -> Path:
         return find_spec(spec)
     lock = marker.get("lock") or {}
     folders = [Path(str(lock["path"])).parent] if isinstance(lock.get("path"), str) else []
-    for folder in [*folders, Path.cwd()]:
+    # The current folder too, and named when it fails: a spec the user expected to be
+    # found there must not go unmentioned (listed once when it is the lock's folder,
+    # however either is spelled).
+    if not any(os.path.realpath(f) == os.path.realpath(Path.cwd()) for f in folders):
+        folders.append(Path.cwd())
+    for folder in folders:
         with contextlib.suppress(SpecError):
             return find_spec(folder)
     raise SpecError(

@@ -1,16 +1,18 @@
 """What ``envship add`` is about to do, decided before anything is touched.
 
 The environment's marker and its locked set (:mod:`envship._addenv`), each request
-sorted into what uv installs, what the lock already satisfies, what applies elsewhere
-and what only replaces a spec entry; a request that would move a locked version (one
-the environment has, or one its lock pins for groups it was installed without) is
-refused here, before uv runs, with the commands that would let it move.
+sorted into what uv installs, what the lock and the spec already satisfy, what applies
+elsewhere and what the lock satisfies but the spec must record (replacing its entry for
+the name, or as a new direct dependency of one locked only through another package or
+a group); a request that would move a locked version (one the environment has, or one
+its lock pins for groups it was installed without) is refused here, before uv runs,
+with the commands that would let it move.
 """
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,11 @@ class Plan:
     grouped: _addenv.GroupPins  # locked for groups not installed: held too, never moved
     installed: _snapshot.Installed
     todo: tuple[Requirement, ...]  # for uv
-    already: tuple[str, ...]  # "name==version": locked, satisfying, and nothing to record
+    # "name==version": locked, satisfying, and listed so in the spec: nothing to record
+    already: tuple[str, ...]
     elsewhere: tuple[Requirement, ...]  # a marker false here: recorded, not installed
-    # todo, elsewhere, and locked requests that replace another spec entry, in the order
-    # asked for
+    # todo, elsewhere, and locked requests the spec does not list so (another entry for
+    # the name, or none), in the order asked for
     record: tuple[Requirement, ...]
     env: Path
     spec_lock: Path  # the lock `envship lock` writes for the spec recorded in
@@ -65,11 +68,10 @@ class Plan:
         return {k: _addenv.not_installed(self.env, g) for k, (_, g) in self.grouped.items()}
 
 
-def _listed(spec: Spec) -> dict[str, list[Requirement]]:
-    """The spec's dependencies by canonical name (a name may be listed under several
-    markers)."""
+def _listed(entries: Iterable[str]) -> dict[str, list[Requirement]]:
+    """Spec entries by canonical name (a name may be listed under several markers)."""
     listed: dict[str, list[Requirement]] = {}
-    for text in spec.dependencies:
+    for text in entries:
         req = Requirement(text)
         listed.setdefault(canonicalize_name(req.name), []).append(req)
     return listed
@@ -102,7 +104,11 @@ def plan_addition(
     elsewhere: list[Requirement] = []
     record: list[Requirement] = []
     conflicts: list[Problem] = []
-    listed = _listed(spec)
+    # The spec's dependencies, and its groups' entries: a name a group lists is the
+    # spec's as much as a dependency (adding it again to the dependencies would put it
+    # into every install, with or without the group).
+    listed = _listed(spec.dependencies)
+    in_groups = _listed(e for entries in spec.groups.values() for e in entries)
     for req in reqs:
         key = canonicalize_name(req.name)
         locked = pins.get(key)
@@ -124,16 +130,21 @@ def plan_addition(
             continue
         elif req.extras:
             todo.append(req)  # the extras may bring new dependencies
-        elif req in listed.get(key, [req]) or not (req.specifier or req.marker or req.url):
+        elif any(
+            key in names and (req in names[key] or not (req.specifier or req.marker or req.url))
+            for names in (listed, in_groups)
+        ):
             # The spec asks for exactly this (Requirement equality normalizes names,
-            # extras and specifier order), or does not list the name (a dependency of
-            # something it lists), or the request is a bare name, which asks only that
-            # the package be there (it must not loosen the spec's constraint on it):
-            # nothing to install, nothing to record.
+            # extras and specifier order), or the request is a bare name, which asks
+            # only that the package be there (it must not loosen the spec's constraint
+            # on it): nothing to install, nothing to record.
             already.append(f"{key}=={locked}")
             continue
-        # Else the spec lists the name otherwise: nothing to install, but the request
-        # replaces that entry (README, "Add a package"), so the next lock honours it.
+        # Else nothing to install, but the request goes into the spec's dependencies
+        # (README, "Add a package"), so the next lock honours it: it replaces the entry
+        # the spec lists for the name, or makes a direct dependency of one locked only
+        # through another package or a group (were that package to drop it, or the
+        # environment be installed without the group, the request would be gone).
         record.append(req)
     if conflicts:
         names = " ".join(f"-P {canonicalize_name(Requirement(p.where).name)}" for p in conflicts)

@@ -20,9 +20,9 @@ promises the lock's pins (each was seen to matter; issue 3, item 5):
   ``envship lock``.
 
 Its progress lines are passed on as they come. When it fails, its output is read for
-what the user can act on: an index that cannot be reached, a name the index does not
-have, a package without a wheel, or a locked pin that blocks the request (named from
-uv's resolver explanation).
+what the user can act on: uv's network turned off (``UV_OFFLINE``), an index that
+cannot be reached, a name the index does not have, a package without a wheel, or a
+locked pin that blocks the request (named from uv's resolver explanation).
 """
 
 from __future__ import annotations
@@ -61,6 +61,19 @@ _YOU_REQUIRE = re.compile(rf"you require (?P<req>{_NAME})")
 _NOT_FOUND = re.compile(rf"(?P<name>{_NAME}) was not found in the package registry")
 _NETWORK = re.compile(
     r"Failed to fetch|error sending request|Could not connect|dns error|tcp connect error"
+)
+# uv with its network turned off (UV_OFFLINE, or `offline = true` in its configuration)
+# reads only its cache, and says so in one of these (uv 0.13): "hint: Packages were
+# unavailable because the network was disabled" when the resolver lacks an index page,
+# "Network connectivity is disabled, but the requested data wasn't found in the cache:
+# URL" when a file is missing (older uv: "... in the cache for: `URL`"), and "Remote Git
+# fetches are not allowed because network connectivity is disabled".
+_OFFLINE = re.compile(
+    r"because the network was disabled|network connectivity is disabled", re.IGNORECASE
+)
+_NOT_CACHED = re.compile(
+    rf"(?:Because (?P<name>{_NAME}) was not found in the cache"
+    r"|wasn't found in the cache(?: for)?: `?(?P<url>[^\s`]+))"
 )
 _URL = re.compile(r"((?:https?|file)://[^\s`'\"()]+)")
 _PLAN = re.compile(rf"^ (?P<op>[+-]) (?P<name>{_NAME})==(?P<ver>\S+)")
@@ -233,6 +246,28 @@ def _conflict(
     )
 
 
+def _offline(flat: str) -> NetworkError:
+    """uv's network is turned off, and its cache lacks what the addition needs: the
+    air-gapped user's case, whose way out is an index on this machine."""
+    offline = os.environ.get("UV_OFFLINE", "").strip().lower()
+    if offline in ("1", "true", "yes", "on", "y", "t"):
+        why = f"UV_OFFLINE={os.environ['UV_OFFLINE']} turns uv's network access off"
+    else:
+        why = "uv's network access is turned off (`offline = true` in its configuration)"
+    missing = _NOT_CACHED.search(flat)
+    url = missing["url"] if missing and missing["url"] else "(the configured index)"
+    what = missing["url"] or missing["name"] if missing else "what the addition needs"
+    return NetworkError(
+        f"cannot reach the package index: {why}",
+        url=url,
+        hint=f"uv then reads only its cache, which lacks {what}. Turn the network back on "
+        "(unset UV_OFFLINE, or uv's `offline` setting), or add from an index this machine "
+        "can read: `envship add NAME --index-url file://OUT/simple`, OUT being an "
+        "`envship index export OUT` of a lock that holds NAME (or pass --find-links with "
+        "a folder of wheels)",
+    )
+
+
 def failure(
     text: str,
     reqs: Sequence[Requirement],
@@ -249,6 +284,8 @@ def failure(
     ``env``; ``why``: what to add to "the lock pins NAME==VERSION" for a pinned package
     the environment does not have (locked for groups it was installed without)."""
     flat = " ".join(text.split())  # uv wraps its messages at the terminal's width
+    if _OFFLINE.search(flat):
+        return _offline(flat)
     if _NETWORK.search(flat):
         found = _URL.search(flat)
         url = found.group(1) if found else "(the configured index)"

@@ -91,8 +91,8 @@ class AddResult:
     spec: Path
     lock: Path
     requested: tuple[str, ...]  # normalized requirements asked for
-    # "beta==1.0": the lock already satisfies these and the spec asks for nothing else,
-    # so they are left alone (a request that replaces a spec entry is in ``recorded``)
+    # "beta==1.0": the lock already satisfies these and the spec lists them so, so they
+    # are left alone (one the spec lists otherwise, or not at all, is in ``recorded``)
     already_locked: tuple[str, ...]
     installed: tuple[str, ...]  # "name==version" new or changed in the environment
     removed: tuple[str, ...]  # "name==version" replaced or removed (never a locked one)
@@ -264,10 +264,11 @@ def add(
     the spec to record in (default: the one beside the environment's lock, else in the
     current folder). Packages come from the spec's indexes unless ``index_url`` replaces
     its default index; ``extra_index_urls`` and ``find_links`` add sources. Requirements
-    the lock already satisfies are not installed, and not recorded unless they replace
-    an entry; those whose marker is false for the environment are recorded, not
-    installed. A requirement for a package the spec already lists replaces that entry
-    (:attr:`AddResult.replaced`), unless it equals it. Raises
+    the lock already satisfies are not installed, and are recorded unless the spec
+    already lists them so (a bare name asks only that the package be there); those whose
+    marker is false for the environment are recorded, not installed. A requirement for
+    a package the spec already lists replaces that entry (:attr:`AddResult.replaced`),
+    unless it equals it. Raises
     :class:`AddConflictError` when a request needs a locked package at another version,
     and :class:`AddError` when a replacement would drop extras the spec asks for.
     """
