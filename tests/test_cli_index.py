@@ -7,6 +7,8 @@ import errno
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from envship.cli import main as cli_main
 from envship.cli.index import command as index_group
 from envship.index import MARKER_FILENAME
 from envship.lockfile import LockFile
-from test_index import Universe, make_grouped, make_universe
+from indexlib import X86
+from test_index import Universe, make_grouped, make_universe, static_server
 
 
 def run_cli(*args: str) -> int:
@@ -188,7 +191,7 @@ def test_a_full_disk_is_named_with_its_remedy(
     assert doc["error"] == "index" and doc["message"] == f"the disk holding {out} is full"
     assert doc["problems"][0]["message"] == os.strerror(errno.ENOSPC)
     assert doc["hint"].startswith("free space there (or export to a larger disk) and re-run")
-    assert "the artifacts are copied there" in doc["hint"]
+    assert "OUT's files are copies of the store's artifacts, never links" in doc["hint"]
     assert doc["problems"][0]["where"].startswith(str(small_disk.path))  # what was written
     assert sorted(p.name for p in small_disk.path.iterdir()) == ["filler"]  # nothing kept
     assert run_cli(*args) == 1
@@ -197,3 +200,46 @@ def test_a_full_disk_is_named_with_its_remedy(
     filler.unlink()  # the remedy, and the same command then succeeds
     assert run_cli(*args) == 0
     assert (out / MARKER_FILENAME).is_file()
+
+
+@pytest.mark.parametrize("narrowed", [(), ("--target", "linux-x86_64")], ids=["all", "target"])
+def test_the_integrity_hint_repairs_the_store_pasted_from_any_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], narrowed: tuple[str, ...]
+) -> None:
+    """The hint's command, run as printed from another folder (no ./pylock.toml, no
+    ENVSHIP_STORE), replaces the damaged store file; the export then succeeds. Paths with
+    a space: the command quotes them."""
+    universe = make_universe(tmp_path / "my project")
+    name = f"gamma-1.0-{X86}.whl"
+    wheel = universe.wheels[name]
+    (wheel.parent / "files").symlink_to(wheel.parent)  # the lock's URLs end in files/<name>
+    stored = universe.store.path(hashlib.sha256(wheel.read_bytes()).hexdigest())
+    os.chmod(stored, 0o644)
+    with stored.open("r+b") as f:  # same size, other bytes: only a hash finds it
+        f.write(b"\0" * 16)
+    out = universe.root / "out"
+    args = ["index", "export", str(out), "--lock", str(universe.lock.path), *narrowed]
+    args += ["--store", str(universe.store.root)]
+    with static_server(wheel.parent) as (url, _seen):
+        lock = universe.lock.path
+        lock.write_text(lock.read_text().replace("https://example.invalid", url))
+        assert run_cli(*args, "--json") == 4
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["error"] == "integrity" and name in doc["message"]
+        command = doc["hint"].split("`")[1]
+        assert command.startswith("envship fetch --verify --lock '/")  # absolute, quoted
+        assert ("--target linux-x86_64" in command) == bool(narrowed)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "ENVSHIP_STORE"}
+        env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # not the store: the default one
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        proc = subprocess.run(
+            ["sh", "-c", command], cwd=elsewhere, env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "1 of them replacing a damaged copy" in proc.stdout
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == stored.name
+    assert run_cli(*args) == 0
+    assert (out / "files" / name).read_bytes() == wheel.read_bytes()
+    assert not (tmp_path / "cache").exists()  # nothing went to the default store

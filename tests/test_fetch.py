@@ -359,6 +359,32 @@ def test_local_paths_relative_to_the_lock(
     assert_store_complete(store, lock)
 
 
+@pytest.mark.parametrize("kind", ["path", "file-url"])
+def test_a_local_file_that_changed_is_not_blamed_on_an_index(
+    tmp_path: Path, index_root: Path, store: Store, client: HttpClient, kind: str
+) -> None:
+    """A lock's local ``path`` (or ``file:`` URL) whose file now holds other bytes: no
+    index served them, so the hint must not send the user after one."""
+    project = tmp_path / "project"
+    (project / "wheels").mkdir(parents=True)
+    wheel = project / "wheels" / BETA
+    wheel.write_bytes((index_root / "files" / BETA).read_bytes())
+    base = (project / "wheels").as_uri().removesuffix("/wheels") if kind == "file-url" else None
+    if base is not None:
+        (project / "files").symlink_to(project / "wheels")  # write_lock's <base>/files/
+    lock = LockFile.load(write_lock(project / "pylock.toml", [wheel], base_url=base))
+    data = bytearray(wheel.read_bytes())
+    data[-1] ^= 0xFF  # same size: only the hash finds it
+    wheel.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError) as info:
+        fetch(lock, store, client=client)
+    assert info.value.exit_code == 4 and info.value.artifact == BETA
+    hint = info.value.hint or ""
+    named = wheel if base is None else project / "files" / BETA  # the path the lock names
+    assert hint.startswith(f"the local file {named} holds other bytes"), hint
+    assert not store.has(sha256_of(index_root / "files" / BETA))
+
+
 def test_file_url(tmp_path: Path, index_root: Path, store: Store, client: HttpClient) -> None:
     files = [index_root / "files" / BETA]
     lock = LockFile.load(write_lock(tmp_path / "pylock.toml", files, base_url=index_root.as_uri()))

@@ -28,6 +28,7 @@ from envship.store import Store
 from imagelib import BaseImage
 from indexlib import build_wheel
 from test_image import (
+    PLATFORM,
     VENV_SITE,
     Setup,
     _no_source_date_epoch,
@@ -131,7 +132,8 @@ def test_a_store_wheel_that_is_not_the_locks_fails_before_its_layer_is_cached(
     assert (error.artifact, error.expected) == (beta, sha)
     assert error.actual == hashlib.sha256(data).hexdigest() != sha
     assert error.hint == (
-        f"`envship fetch --verify --lock {setup.lock.path} --store {setup.store.root}` replaces it"
+        f"`envship fetch --verify --lock {setup.lock.path} --target {PLATFORM} "
+        f"--store {setup.store.root}` replaces it"
     )
     said = [p.message for p in error.problems]
     assert said[0] == f"sha256 {error.actual}, the lock says {sha}"
@@ -160,7 +162,9 @@ def test_cli_refuses_it_writes_nothing_and_after_repair_builds_the_good_layer(
     doc = json.loads(capsys.readouterr().out)
     assert doc["error"] == "integrity" and doc["artifact"] == setup.wheels["beta"].name
     assert (doc["expected"], doc["actual"]) == (sha, hashlib.sha256(data).hexdigest())
-    assert doc["hint"] == f"`envship fetch --verify --lock {lock} --store {store}` replaces it"
+    assert doc["hint"] == (
+        f"`envship fetch --verify --lock {lock} --target {PLATFORM} --store {store}` replaces it"
+    )
     assert not (tmp_path / "out").exists() and not (tmp_path / "x.tar").exists()
 
     assert main(["fetch", "--verify", "--lock", lock, "--store", store]) == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +30,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 from uv import find_uv_bin
 
+from envship._copyfile import copy_hashed
 from envship.errors import ArtifactError, IndexExportError, StoreError
 from envship.index import (
     MARKER_FILENAME,
@@ -45,6 +46,7 @@ from envship.store import Store, sha256_file
 from indexlib import X86, build_sdist, build_wheel
 
 ARM = X86.replace("x86_64", "aarch64")
+CHUNK = 1 << 20  # envship._copyfile's read size
 TARGETS = (
     '{name = "linux-x86_64", platform = "linux-x86_64", python = "3.11", glibc = "2.28", '
     'variant = "cpu"},\n'
@@ -193,9 +195,9 @@ def test_export_lays_out_files_metadata_and_pages(universe: Universe) -> None:
         with zipfile.ZipFile(exported) as zf:
             dist_info = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
             assert (out / "files" / f"{w}.metadata").read_bytes() == zf.read(dist_info)
-        # PEP 658 needs the hash of the metadata file; same file system: a hard link.
+        # OUT's own file, never the store's (see test_out_shares_no_inode_with_the_store)
         stored = universe.store.path(hashlib.sha256(exported.read_bytes()).hexdigest())
-        assert exported.stat().st_ino == stored.stat().st_ino
+        assert not os.path.samefile(exported, stored)
     assert not list(universe.root.glob(".out.*")), "temporary directories left behind"
 
 
@@ -366,7 +368,11 @@ def test_missing_artifacts_are_all_named(universe: Universe) -> None:
     assert named == {"alpha-1.0-py3-none-any.whl", "beta_lib-1.1-py3-none-any.whl"} | {
         f"gamma-1.0-{X86}.whl"
     }
-    assert info.value.hint and f"envship fetch --lock {universe.lock.path}" in info.value.hint
+    # pasted from any folder: both paths named; narrowed as the export: what it needs
+    command = (
+        f"envship fetch --lock {universe.lock.path} --target linux-x86_64 --store {empty.root}"
+    )
+    assert info.value.hint and command in info.value.hint
     assert not (universe.root / "out").exists()
 
 
@@ -463,29 +469,173 @@ def test_reexport_replaces_previous_and_accepts_empty_dir(universe: Universe) ->
     assert [p.name for p in universe.root.iterdir() if p.name.startswith(".")] == []
 
 
-def test_copies_across_file_systems_and_never_touches_the_store(
-    universe: Universe, monkeypatch: pytest.MonkeyPatch
+# --- OUT's files are its own ---------------------------------------------------------------
+
+
+@contextmanager
+def btrfs(point: Path) -> Iterator[Path]:
+    """A real btrfs (a sparse image on a loop device) mounted at ``point``: a file system
+    that clones files copy-on-write (FICLONE). Needs root and mkfs.btrfs (btrfs-progs),
+    as the full-disk tests need root; without them the test fails saying so."""
+    image = point.with_name(point.name + ".img")
+    with open(image, "wb") as f:
+        f.truncate(256 << 20)  # sparse; btrfs wants more than about 110 MiB
+    point.mkdir()
+    # max_inline=0: the test's small wheels get extents of their own (inline data, kept in
+    # the metadata, is copied by a clone, never shared), so a clone shows as shared.
+    mount = ["mount", "-o", "loop,max_inline=0", str(image), str(point)]
+    for cmd in (["mkfs.btrfs", "-q", str(image)], mount):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            pytest.fail(f"{cmd[0]} is missing: apt-get install btrfs-progs", pytrace=False)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)}: {proc.stderr.strip()} (needs root)", pytrace=False)
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+        image.unlink()
+
+
+@dataclass
+class Where:
+    universe: Universe
+    out: Path
+    clones: bool  # the file system can clone the store's files into OUT
+
+
+@pytest.fixture(params=["same-file-system", "btrfs-clones", "across-file-systems"])
+def placed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
+    """A store and an OUT on the file system tmp_path is on (where the export once made
+    hard links), both on a btrfs (where it clones), or OUT on a btrfs and the store not
+    (where it copies)."""
+    if request.param == "same-file-system":
+        universe = make_universe(tmp_path / "u")
+        yield Where(universe, universe.root / "out", clones=False)
+        return
+    with btrfs(tmp_path / "btrfs") as point:
+        if request.param == "btrfs-clones":
+            universe = make_universe(point / "u")
+            yield Where(universe, universe.root / "out", clones=True)
+        else:
+            yield Where(make_universe(tmp_path / "u"), point / "out", clones=False)
+
+
+def store_snapshot(store: Store) -> dict[Path, tuple[int, int, int, int, bytes]]:
+    """Every store file's inode, mode, owner and bytes."""
+    return {
+        p: (st.st_ino, st.st_mode, st.st_uid, st.st_gid, p.read_bytes())
+        for p in store.root.rglob("*")
+        if p.is_file() and (st := p.stat())
+    }
+
+
+def _shared_extents(path: Path) -> bool:
+    """Whether ``path``'s data is shared with another file (FIEMAP, via filefrag)."""
+    proc = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return "shared" in proc.stdout
+
+
+def test_out_shares_no_inode_with_the_store(placed: Where) -> None:
+    """What a web admin does to a served folder (chown -R, chmod -R a+w, an edit) must
+    not reach the store: OUT's files are clones or copies, never hard links."""
+    universe, out = placed.universe, placed.out
+    before = store_snapshot(universe.store)
+    store_inodes = {(p.stat().st_dev, p.stat().st_ino) for p in before}
+    export_index(universe.lock, universe.store, out)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len([p for p in files if p.suffix == ".whl"]) == 5
+    assert [p for p in files if (p.stat().st_dev, p.stat().st_ino) in store_inodes] == []
+    # Cloned: no space taken, the extents shared (copied: none shared).
+    assert {_shared_extents(p) for p in files if p.suffix == ".whl"} == {placed.clones}
+    for cmd in (["chown", "-R", "nobody", str(out)], ["chmod", "-R", "a+w", str(out)]):
+        subprocess.run(cmd, check=True)
+    for wheel in (out / "files").glob("*.whl"):
+        with wheel.open("r+b") as f:  # an edit in place, and a longer file
+            f.write(b"PK defaced")
+            f.seek(0, os.SEEK_END)
+            f.write(b"appended")
+    assert store_snapshot(universe.store) == before
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
+@pytest.mark.parametrize("fs", ["tmp_path", "btrfs"])
+def test_copy_hashed_hashes_what_it_places(tmp_path: Path, size: int, fs: str) -> None:
+    """A copy hashed as it is written, or a clone read back: either way the hash and size
+    of the bytes at the destination, across chunk boundaries; a clone only on btrfs."""
+    data = os.urandom(size)
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(btrfs(tmp_path / "b")) if fs == "btrfs" else tmp_path
+        src, dest = root / "src", root / "dest"
+        src.write_bytes(data)
+        got = copy_hashed(src, dest)
+        assert (got.sha256, got.size) == (hashlib.sha256(data).hexdigest(), size)
+        assert got.cloned == (fs == "btrfs")
+        assert dest.read_bytes() == data and not os.path.samefile(src, dest)
+        assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("case", "named"),
+    [("source missing", "src"), ("destination exists", "dest"), ("destination folder", "dest")],
+)
+def test_copy_hashed_names_the_file_it_failed_on(tmp_path: Path, case: str, named: str) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    if case != "source missing":
+        src.write_bytes(b"bytes")
+    if case == "destination exists":
+        dest.write_bytes(b"someone else's")
+    if case == "destination folder":
+        dest = tmp_path / "no-such-folder" / "dest"
+    with pytest.raises(OSError) as info:
+        copy_hashed(src, dest)
+    assert info.value.filename == str(src if named == "src" else dest)
+    if case == "destination exists":
+        assert dest.read_bytes() == b"someone else's"  # never written over
+
+
+def test_a_store_file_damaged_after_an_export_leaves_it_whole_and_a_repair_is_exported(
+    universe: Universe,
 ) -> None:
-    def snapshot() -> dict[Path, tuple[int, int, bytes]]:
-        return {
-            p: (p.stat().st_mode, p.stat().st_ino, p.read_bytes() if p.is_file() else b"")
-            for p in universe.store.root.rglob("*")
-        }
-
-    before = snapshot()
-
-    def cross_device(src: object, dst: object) -> None:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-    monkeypatch.setattr(os, "link", cross_device)
+    """Damage written into a store file (same inode) does not reach an earlier export;
+    ``fetch --verify`` replaces the file, and the next export serves the repaired one."""
     out = universe.root / "out"
     export_index(universe.lock, universe.store, out)
-    wheels = list((out / "files").glob("*.whl"))
-    assert len(wheels) == 5
-    for f in wheels:
-        stored = universe.store.path(hashlib.sha256(f.read_bytes()).hexdigest())
-        assert f.stat().st_ino != stored.stat().st_ino
-    assert snapshot() == before
+    first = tree(out)
+    name = f"gamma-1.0-{X86}.whl"
+    stored = universe.store.path(sha256_file(universe.wheels[name]))
+    os.chmod(stored, 0o644)
+    with stored.open("r+b") as f:  # in place: a stray write on a shared volume
+        f.write(b"\0" * 64)
+    assert tree(out) == first  # OUT keeps the bytes it was exported with
+    with pytest.raises(ArtifactError) as info:
+        export_index(universe.lock, universe.store, out)
+    assert info.value.artifact == name and info.value.exit_code == 4
+    assert tree(out) == first
+    from envship.fetch import fetch
+
+    dist = universe.wheels[name].parent
+    (dist / "files").symlink_to(dist)  # the lock's URLs end in files/<name>
+    with static_server(dist) as (url, _seen):
+        served = universe.lock.path.read_text().replace("https://example.invalid", url)
+        lock = LockFile.load(write_text(universe.root / "served.toml", served))
+        assert fetch(lock, universe.store, verify=True).repaired == 1
+    assert sha256_file(universe.store.path(sha256_file(universe.wheels[name]))) == stored.name
+    export_index(universe.lock, universe.store, out)
+    assert tree(out) == first
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 @pytest.mark.parametrize(

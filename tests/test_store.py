@@ -89,6 +89,42 @@ def test_commit_refuses_wrong_size_and_deletes(tmp_path: Path) -> None:
     assert not src.exists() and not store.has(SHA)
 
 
+# Who served bytes that are not the lock's: a local file is named (it is the corrupt
+# one), a URL is not (it may carry credentials), and without a source both are said.
+@pytest.mark.parametrize("size", [None, len(DATA)], ids=["sha256", "size"])
+@pytest.mark.parametrize(
+    ("source", "says", "never"),
+    [
+        (Path("/srv/wheels/x.whl"), "the local file /srv/wheels/x.whl holds other bytes", "index"),
+        ("file:///srv/my%20wheels/x.whl", "the local file /srv/my wheels/x.whl holds", "index"),
+        ("https://user:secret@index.invalid/x.whl", "the index served other bytes", "secret"),
+        (None, "(an index or a proxy on the way, or the local file a lock's path", "index served"),
+    ],
+    ids=["path", "file-url", "url", "unknown"],
+)
+def test_a_mismatch_blames_its_source(
+    tmp_path: Path, source: Path | str | None, says: str, never: str, size: int | None
+) -> None:
+    store = Store(tmp_path)
+    src = staged(store, DATA + b"!")
+    with pytest.raises(ArtifactError) as info:
+        store.commit(src, SHA, name="x.whl", size=size, source=source)
+    assert info.value.hint is not None and says in info.value.hint, info.value.hint
+    assert never not in info.value.hint
+    assert not src.exists() and not store.has(SHA)
+
+
+def test_add_file_names_the_local_file_that_does_not_match(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    src = tmp_path / "a.whl"
+    src.write_bytes(DATA + b"!")
+    with pytest.raises(ArtifactError) as info:
+        store.add_file(src, SHA)
+    assert info.value.hint is not None
+    assert info.value.hint.startswith(f"the local file {src} holds other bytes than the lock")
+    assert "index" not in info.value.hint
+
+
 def test_concurrent_commits_of_the_same_content(tmp_path: Path) -> None:
     store = Store(tmp_path)
     sources = [staged(store, name=f"s{i}") for i in range(8)]

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from ._fetchcommand import fetch_command
 from .errors import ArtifactError, InvalidLockError, Problem
 from .lockfile import Artifact, LockFile
 from .store import Store, sha256_file
@@ -40,7 +41,7 @@ def check_store(
         else:
             sizes.append(st.st_size)
     if missing:
-        fetch = f"envship fetch --lock {lock.path} --target {target.name} --store {store.root}"
+        fetch = fetch_command(lock.path, store, targets=[target.name])
         raise store.missing_error(missing, len(artifacts), fetch)
     for a in artifacts:
         # The file name comes from the lock; it must not climb out of the staging folder.
@@ -78,8 +79,7 @@ def name_damaged(lock: LockFile, store: Store, target: Target, artifacts: list[A
             expected=f"sha256:{first.sha256}",
             actual=f"sha256:{actual}",
             # fetch --verify hashes content files and named copies, replacing bad ones.
-            hint=f"envship fetch --verify --lock {lock.path} --target {target.name} "
-            f"--store {store.root}",
+            hint=fetch_command(lock.path, store, targets=[target.name], verify=True),
         )
         # ArtifactError takes no problems= argument (as in fetch); one per file.
         error.problems = tuple(

@@ -186,8 +186,9 @@ def _size_mismatch(artifact: Artifact, actual: int) -> ArtifactError:
         artifact=artifact.filename,
         expected=str(artifact.size),
         actual=f">={actual}",
-        hint="the source serves another file than the lock records; if the lock is "
-        "right, the index or a proxy is corrupt or tampered with",
+        hint="the source holds another file than the lock records; if the lock is right, "
+        "the source (an index or a proxy on the way, or the file a lock's path names) is "
+        "corrupt or tampered with",
     )
 
 
@@ -270,7 +271,9 @@ class _Worker:
                         part.unlink(missing_ok=True)
                         raise _size_mismatch(artifact, exc.size) from None
                 os.replace(part, staged)
-                path = self.store.commit(staged, sha, name=artifact.filename, size=size)
+                path = self.store.commit(
+                    staged, sha, name=artifact.filename, size=size, source=self._source(artifact)
+                )
             except ArtifactError:
                 self.tally.update(sha, 0, artifact.filename)
                 if resumed:

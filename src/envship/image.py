@@ -34,6 +34,7 @@ from typing import Any
 
 from . import __version__
 from ._bytecode import BytecodeCompiler, find_compiler
+from ._fetchcommand import fetch_command
 from ._imageenv import check_kernel_name, kernel_for, skeleton_layer, skeleton_record, top_layer
 from ._imagelayers import (
     CachedLayer,
@@ -249,7 +250,7 @@ def build_image(
     artifacts = lock.artifacts([chosen.name], groups=chosen_groups)
     missing = [a for a in artifacts if not store.has(a.sha256)]
     if missing:
-        fetch = f"envship fetch --lock {lock.path} --target {chosen.name} --store {store.root}"
+        fetch = fetch_command(lock.path, store, targets=[chosen.name])
         raise store.missing_error(missing, len(artifacts), fetch)
     sdists = [a.filename for a in artifacts if a.kind != "wheel"]
     if sdists:
@@ -308,7 +309,8 @@ def build_image(
 
         # A store file that no longer matches the lock fails its layer before the layer
         # is cached (under the lock's hash, it would be reused after the store's repair).
-        repair = f"`envship fetch --verify --lock {lock.path} --store {store.root}` replaces it"
+        repair = fetch_command(lock.path, store, targets=[chosen.name], verify=True)
+        repair = f"`{repair}` replaces it"
 
         def job(plan: LayerPlan) -> LayerJob:
             wheels = tuple(

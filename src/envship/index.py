@@ -2,7 +2,7 @@
 
 ``export_index`` lays out, for every artifact a lock selects::
 
-    OUT/files/<filename>              the artifact (hard link from the store, else a copy)
+    OUT/files/<filename>              the artifact (a clone or a copy of the store's)
     OUT/files/<wheel>.metadata        the wheel's METADATA (PEP 658; sdists get none)
     OUT/simple/index.html             project list (PEP 503)
     OUT/simple/<name>/index.html      files of one project (PEP 503, 592, 629, 658, 714)
@@ -27,6 +27,14 @@ says so: ``environments``, ``dependency-groups``, ``default-groups`` and the
 ``[tool.envship]`` targets keep only what was chosen, so an installer asked for another
 platform refuses the lock instead of installing part of an environment.
 
+Every file in OUT is OUT's own, never a hard link of the store's: OUT is a folder
+that gets served, and what is done to it (``chown -R`` to the web server's user,
+``chmod -R a+w``, an edit) must not reach the store's content-addressed files; nor may
+an export keep a damaged store file's inode after ``fetch --verify`` replaced it. The
+artifacts are cloned where the file system shares extents copy-on-write (btrfs, XFS:
+no space taken), else copied (:mod:`envship._copyfile`), and each is hashed as placed:
+a store file that no longer matches the lock fails the export.
+
 The pages are rendered by :mod:`envship._simplepages` and the lock rewritten by
 :mod:`envship._exportlock`; this module lays the tree out and puts it in place.
 """
@@ -37,7 +45,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import zipfile
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -48,8 +55,10 @@ from typing import Any
 import tomli_w
 from packaging.utils import canonicalize_name
 
+from ._copyfile import copy_hashed
 from ._diskfull import is_disk_full
 from ._exportlock import localized_lock
+from ._fetchcommand import fetch_command
 
 # The page renderers are re-exported: they were defined here, and callers import them
 # from this module.
@@ -67,7 +76,7 @@ from ._simplepages import (
 from ._swap import Staging, sweep
 from .errors import ArtifactError, IndexExportError, IndexExportInputError, Problem
 from .lockfile import LOCK_FILENAME, Artifact, LockFile
-from .store import Store, sha256_file
+from .store import Store
 from .targets import Target
 
 __all__ = [
@@ -148,22 +157,19 @@ def _requires_python(metadata: bytes) -> str | None:
     return str(value).strip() or None
 
 
-def _place(src: Path, dest: Path, artifact: Artifact) -> None:
-    """Hard-link or copy ``src`` to ``dest``, then check the bytes at ``dest``."""
-    try:
-        os.link(src, dest)  # same file system: no copy; the store's file stays read-only
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-        shutil.copyfile(src, dest)  # a new file: nothing written here reaches the store
-    # Hash what the index will serve, not what we meant to copy.
-    actual, size = sha256_file(dest), dest.stat().st_size
+def _place(src: Path, dest: Path, artifact: Artifact, repair: str) -> int:
+    """Clone or copy ``src`` to a new file ``dest``, check the bytes placed there against
+    the lock (``repair``: the command that replaces a damaged store file), and return
+    their size."""
+    # Hash what the index will serve, not what we meant to copy: the copy's bytes as
+    # they are written, a clone's as read back.
+    placed = copy_hashed(src, dest)
     # The fields fetch's and the store's integrity errors have: the hash, or else the size.
     wrong = (
-        (artifact.sha256, actual)
-        if actual != artifact.sha256
-        else (str(artifact.size), str(size))
-        if artifact.size is not None and size != artifact.size
+        (artifact.sha256, placed.sha256)
+        if placed.sha256 != artifact.sha256
+        else (str(artifact.size), str(placed.size))
+        if artifact.size is not None and placed.size != artifact.size
         else None
     )
     if wrong is not None:
@@ -172,9 +178,9 @@ def _place(src: Path, dest: Path, artifact: Artifact) -> None:
             artifact=artifact.filename,
             expected=wrong[0],
             actual=wrong[1],
-            hint=f"`envship fetch --verify` replaces it ({src}); a corrupt store must not "
-            "become an index",
+            hint=f"`{repair}` replaces it ({src}); a corrupt store must not become an index",
         )
+    return placed.size
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -264,7 +270,7 @@ def export_index(
     chosen_groups = sorted(set(lock.groups) if groups is None else set(groups))
     missing = [a for a in artifacts if not store.has(a.sha256)]
     if missing:
-        fetch = f"envship fetch --lock {lock.path} --store {store.root}"
+        fetch = fetch_command(lock.path, store, targets=targets, groups=groups)
         raise store.missing_error(missing, len(artifacts), fetch)
     seen: dict[str, Artifact] = {}
     clashes = [a for a in artifacts if seen.setdefault(a.filename, a) is not a]
@@ -279,7 +285,12 @@ def export_index(
         with Staging(out.parent, prefix, legacy=legacy) as staging:
             tmp = staging.path / "new"
             tmp.mkdir()  # the mode the umask gives, as OUT's subfolders get (not 0700)
-            projects = _write_tree(tmp, lock, store, artifacts, chosen, chosen_groups, progress)
+            # Pasted from any folder, narrowed as the export is: fetch then checks (at
+            # least) the artifacts this export needs.
+            repair = fetch_command(lock.path, store, targets=targets, groups=groups, verify=True)
+            projects = _write_tree(
+                tmp, lock, store, artifacts, chosen, chosen_groups, repair, progress
+            )
             _check_out(out, force)  # again: something may have appeared at OUT meanwhile
             staging.replace(tmp, out)
     except OSError as exc:
@@ -299,19 +310,18 @@ def _write_error(out: Path, store: Store, exc: OSError) -> IndexExportError:
     (:class:`Staging` removes it however the block ends). A full disk or a spent quota is
     said as install, fetch and image build say it (:mod:`envship._diskfull`), with the
     remedy: freeing space helps, a writable folder does not."""
-    # A copy's error carries the source first and the file being written second.
+    # A copy's error names the file it read or wrote (envship._copyfile); one with two
+    # names (a rename) carries the one being written second.
     written = exc.filename2 if exc.filename2 is not None else exc.filename
     where = [Problem(str(written), exc.strerror or str(exc))] if written is not None else []
     if not is_disk_full(exc):
         return IndexExportError(f"cannot write the index at {out}: {exc}", problems=where)
-    # The files are hard links of the store's where OUT shares its file system (they take
-    # no space); elsewhere they are copies, which is what filled the disk.
+    # OUT's files are its own, never hard links of the store's (see the module's
+    # docstring): copies, which take their size, unless cloned copy-on-write.
     copies = (
-        ""
-        if _same_device(out.parent, store.root)
-        else f" It is on another file system than the store {store.root}, so the artifacts "
-        "are copied there (on the store's file system they are hard links, which take no "
-        "space)."
+        " OUT's files are copies of the store's artifacts, never links to them, so they "
+        "need their size free (copy-on-write clones, which need none, are made only on the "
+        f"store's own file system, where that is btrfs or XFS; the store is {store.root})."
     )
     return IndexExportError(
         f"the disk holding {out} is full",
@@ -321,13 +331,6 @@ def _write_error(out: Path, store: Store, exc: OSError) -> IndexExportError:
     )
 
 
-def _same_device(a: Path, b: Path) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
-
-
 def _write_tree(
     tmp: Path,
     lock: LockFile,
@@ -335,6 +338,7 @@ def _write_tree(
     artifacts: Sequence[Artifact],
     targets: Sequence[Target],
     groups: Sequence[str],
+    repair: str,
     progress: Progress | None,
 ) -> int:
     lock_python = {
@@ -348,7 +352,7 @@ def _write_tree(
     total, done = sum(sizes), 0
     for artifact, size in zip(artifacts, sizes, strict=True):
         dest = files_dir / artifact.filename
-        _place(store.path(artifact.sha256), dest, artifact)
+        placed = _place(store.path(artifact.sha256), dest, artifact, repair)
         done += size
         if progress is not None:
             progress(done, total, artifact.filename)
@@ -363,7 +367,7 @@ def _write_tree(
             artifact.filename,
             artifact.version,
             artifact.sha256,
-            dest.stat().st_size,
+            placed,
             requires_python,
             metadata_sha,
         )

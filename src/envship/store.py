@@ -23,6 +23,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,10 +216,20 @@ class Store:
             "there) and re-run: the folder is made again",
         )
 
-    def commit(self, staged: Path, sha256: str, *, name: str, size: int | None = None) -> Path:
+    def commit(
+        self,
+        staged: Path,
+        sha256: str,
+        *,
+        name: str,
+        size: int | None = None,
+        source: str | Path | None = None,
+    ) -> Path:
         """Verify ``staged`` (a file inside this store) and move it into place atomically.
 
-        A file whose bytes do not match is deleted and refused, naming ``name``.
+        A file whose bytes do not match is deleted and refused, naming ``name``, and the
+        hint blames its ``source``: a URL (an index, or a proxy on the way) or a local
+        file (a lock's ``path``, or a ``file:`` URL), which it names.
         """
         actual_size = staged.stat().st_size
         if size is not None and actual_size != size:
@@ -228,6 +239,7 @@ class Store:
                 artifact=name,
                 expected=str(size),
                 actual=str(actual_size),
+                hint=_corrupt_source(source),
             )
         actual = sha256_file(staged)
         if actual != sha256:
@@ -237,8 +249,7 @@ class Store:
                 artifact=name,
                 expected=sha256,
                 actual=actual,
-                hint="the index served other bytes than the lock records; if the lock is "
-                "right, the index or a proxy is corrupt or tampered with",
+                hint=_corrupt_source(source),
             )
         final = self.path(sha256)
         try:
@@ -399,10 +410,33 @@ class Store:
             with os.fdopen(fd, "wb") as out, source.open("rb") as src:
                 while chunk := src.read(_CHUNK):
                     out.write(chunk)
-            return self.commit(Path(tmp), expected, name=name or source.name)
+            return self.commit(Path(tmp), expected, name=name or source.name, source=source)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 Path(tmp).unlink()
+
+
+def _corrupt_source(source: str | Path | None) -> str:
+    """Where bytes that are not the lock's came from, as a hint: a local file is named
+    (nobody else served it), a URL is not (it may carry credentials); unknown, both."""
+    if isinstance(source, str) and source[:5].lower() == "file:":
+        # url2pathname is unquote on POSIX; urllib.request would import http and ssl.
+        source = Path(urllib.parse.unquote(urllib.parse.urlsplit(source).path))
+    if isinstance(source, Path):
+        return (
+            f"the local file {source} holds other bytes than the lock records; if the lock "
+            "is right, that file is corrupt or was replaced: put the locked file back"
+        )
+    if source is None:
+        return (
+            "the source served other bytes than the lock records; if the lock is right, "
+            "it is corrupt or tampered with (an index or a proxy on the way, or the local "
+            "file a lock's path names)"
+        )
+    return (
+        "the index served other bytes than the lock records; if the lock is right, the "
+        "index or a proxy is corrupt or tampered with"
+    )
 
 
 def _described(path: Path) -> str:
