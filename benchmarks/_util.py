@@ -25,6 +25,29 @@ DS_SET = [
 ]  # the data-science set of DESIGN.md (about 51 packages, 162 MB of wheels)
 
 
+def locked_ds_set(work: Path, env: Mapping[str, str]) -> Path:
+    """The data-science set locked in ``work`` for this machine (this interpreter's
+    Python, glibc 2.28) and fetched into the store ``env`` names; the lock's path."""
+    import tomli_w
+
+    from envship.targets import host_platform
+
+    platform = host_platform()
+    if platform is None:
+        raise SystemExit("needs a Linux x86_64 or aarch64 machine")
+    spec = {
+        "name": "ds",
+        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "dependencies": DS_SET,
+        "targets": {platform: {"glibc": "2.28"}},
+    }
+    (work / "envship.toml").write_text(tomli_w.dumps(spec))
+    timed([*envship_cmd(), "lock", "--spec", str(work)], env=env)
+    lock = work / "pylock.toml"
+    timed([*envship_cmd(), "fetch", "--lock", str(lock)], env=env)
+    return lock
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without pip's machine-wide extras, so baselines use PyPI only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}

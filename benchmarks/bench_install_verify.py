@@ -25,14 +25,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import tomli_w
-from _util import DS_SET, clean_env, envship_cmd, median, report, row, timed
+from _util import clean_env, envship_cmd, locked_ds_set, median, report, row, timed
 
 from envship.lock import uv_bin
 from envship.lockfile import LockFile
-from envship.targets import host_platform
 
-PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 # The least any Python program that drives uv as envship does can cost: the same two uv
 # steps (venv, then sync of hashed ``name @ file://`` lines) and a marker, stdlib only.
 FLOOR = """
@@ -54,22 +51,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement")
     args = parser.parse_args()
-    platform = host_platform()
-    if platform is None:
-        raise SystemExit("needs a Linux x86_64 or aarch64 machine")
     with tempfile.TemporaryDirectory(prefix="envship-bench-") as tmp:
         work = Path(tmp)
         env = clean_env(UV_CACHE_DIR=str(work / "uv-cache"), ENVSHIP_STORE=str(work / "store"))
-        spec = {
-            "name": "ds",
-            "python": PY,
-            "dependencies": DS_SET,
-            "targets": {platform: {"glibc": "2.28"}},
-        }
-        (work / "envship.toml").write_text(tomli_w.dumps(spec))
-        lock_path = work / "pylock.toml"
-        timed([*envship_cmd(), "lock", "--spec", str(work)], env=env)
-        timed([*envship_cmd(), "fetch", "--lock", str(lock_path)], env=env)
+        lock_path = locked_ds_set(work, env)
         lockfile = LockFile.load(lock_path)
         wheels = work / "wheels"
         wheels.mkdir()

@@ -23,14 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import tomli_w
-from _util import DS_SET, clean_env, envship_cmd, median, report, row, timed
+from _util import clean_env, envship_cmd, locked_ds_set, median, report, row, timed
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
-
-from envship.targets import host_platform
-
-PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def first_reply(kernels: Path, name: str) -> float:
@@ -56,22 +51,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5, help="runs per measurement")
     args = parser.parse_args()
-    platform = host_platform()
-    if platform is None:
-        raise SystemExit("needs a Linux x86_64 or aarch64 machine")
     with tempfile.TemporaryDirectory(prefix="envship-bench-") as tmp:
         work = Path(tmp)
         env = clean_env(UV_CACHE_DIR=str(work / "uv-cache"), ENVSHIP_STORE=str(work / "store"))
-        spec = {
-            "name": "ds",
-            "python": PY,
-            "dependencies": DS_SET,
-            "targets": {platform: {"glibc": "2.28"}},
-        }
-        (work / "envship.toml").write_text(tomli_w.dumps(spec))
-        lock = str(work / "pylock.toml")
-        timed([*envship_cmd(), "lock", "--spec", str(work)], env=env)
-        timed([*envship_cmd(), "fetch", "--lock", lock], env=env)
+        lock = str(locked_ds_set(work, env))
         root = work / "root"
         create = [*envship_cmd(), "env", "create", "ds", "--root", str(root), "--lock", lock]
         create += ["--python", sys.executable]
