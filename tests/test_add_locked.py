@@ -212,13 +212,16 @@ def test_without_a_readable_lock_the_result_says_what_was_not_held(grouped: Grou
     assert "are not held" in result.notes[0]
 
 
-def test_the_cli_says_a_group_locked_version_was_installed(grouped: Grouped) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "envship", "add", "lam", "--env", str(grouped.env)],
-        capture_output=True,
-        text=True,
-    )
+def _cli_add(grouped: Grouped, name: str) -> subprocess.CompletedProcess[str]:
+    """``envship add NAME`` into the grouped environment, which must succeed."""
+    argv = [sys.executable, "-m", "envship", "add", name, "--env", str(grouped.env)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_the_cli_says_a_group_locked_version_was_installed(grouped: Grouped) -> None:
+    proc = _cli_add(grouped, "lam")
     assert (
         f"  sigma==1.1 is the version the lock pins for group docs, which {grouped.env} "
         "was installed without"
@@ -274,12 +277,7 @@ def test_a_name_a_group_lists_is_nothing_to_do(grouped: Grouped) -> None:
 
 
 def test_the_cli_says_a_locked_name_is_recorded(grouped: Grouped) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "envship", "add", "beta", "--env", str(grouped.env)],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _cli_add(grouped, "beta")
     assert "nothing to do" not in proc.stdout
     assert proc.stdout.splitlines() == [
         f"{grouped.env} already has beta",
