@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,32 @@ def test_a_fresh_file_is_verified_but_not_remembered(tmp_path: Path) -> None:
     before = io_read()
     check_file(path, digest, size, cache=cache)
     assert io_read() - before >= size  # hashed again
+
+
+@pytest.mark.parametrize(
+    ("folder_mode", "owner", "mode"),
+    [
+        (0o755, 0, 0o644),  # a store of one user, whatever the umask
+        (0o2775, 0, 0o664),  # shared with its group: group-writable, as its other files
+        (0o775, 0, 0o644),  # group-writable but not setgid: not a group's shared folder
+        (0o2775, 1000, 0o644),  # another user's file: group write is not ours to add
+    ],
+    ids=["plain", "group-shared", "not-setgid", "not-ours"],
+)
+def test_a_blob_file_is_opened_to_all(
+    tmp_path: Path, folder_mode: int, owner: int, mode: int
+) -> None:
+    folder = tmp_path / "blobs"
+    folder.mkdir()
+    folder.chmod(folder_mode)
+    old = os.umask(0o077)
+    try:
+        fd, name = tempfile.mkstemp(dir=folder)
+    finally:
+        os.umask(old)
+    try:
+        os.fchown(fd, owner, -1)
+        _blobcheck.open_to_all(fd, Path(name))
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE(os.stat(name).st_mode) == mode

@@ -660,8 +660,8 @@ def test_invalid_source_date_epoch(
     code, _, err = run(
         capsys, *build_args(cli_setup, slim_layout.ref, "-o", f"oci:{tmp_path / 'out'}")
     )
-    assert (
-        code == 1
+    assert (  # bad input (image.py's ImageInputError), exit 2
+        code == 2
         and "SOURCE_DATE_EPOCH must be a whole number of seconds, not 'last tuesday'" in err
     )
     assert not (tmp_path / "out").exists()

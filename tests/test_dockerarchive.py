@@ -7,14 +7,21 @@ import gzip
 import io
 import json
 import os
+import pwd
 import re
+import shutil
+import stat
+import subprocess
+import sysconfig
 import tarfile
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+import envship
 from envship.dockerarchive import (
     parse_archive_name,
     parse_archive_ref,
@@ -514,3 +521,114 @@ def test_an_archive_of_several_images_needs_a_name(tmp_path: Path) -> None:
     assert read_docker_archive(archive, into, name="docker.io/library/a:1").config.env == {}
     with pytest.raises(ImageInputError, match="no image named 'c:latest'"):
         read_docker_archive(archive, into, name="c:latest")
+
+
+# -- a store shared between users ----------------------------------------------------------------
+
+AS_USER = ["setpriv", "--reuid", "1000", "--regid", "100", "--clear-groups"]
+SYSTEM_PY = "/usr/bin/python3.11"  # readable by uid 1000, unlike this suite's interpreter
+SRC = Path(envship.__file__).resolve().parents[1]  # the envship this suite imported
+SITE = sysconfig.get_paths()["purelib"]
+
+
+@pytest.fixture
+def world_readable() -> Iterator[Path]:
+    """A folder under /tmp every user may enter (pytest's tmp_path lies under a 0700 one)."""
+    assert os.getuid() == 0, "these tests act as uid 1000 through setpriv: run them as root"
+    assert shutil.which("setpriv"), "setpriv (util-linux) is needed"
+    top = Path(tempfile.mkdtemp(prefix="envship-archive-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+def as_user(top: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {"HOME": str(top), "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{SRC}{os.pathsep}{SITE}"}
+    return subprocess.run(
+        [*AS_USER, *argv], cwd=top, env=env, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("form", "folder_mode", "blob_mode"),
+    [
+        ("docker-25", 0o755, 0o644),
+        ("docker-25", 0o2775, 0o664),
+        ("before-docker-25", 0o755, 0o644),
+    ],
+    ids=["store", "group-shared-store", "old-form"],
+)
+def test_an_imported_layer_is_readable_by_every_user_of_the_store(
+    world_readable: Path, form: str, folder_mode: int, blob_mode: int
+) -> None:
+    """A base imported by one user is used by the next one's build and linked into its
+    outputs: never mkstemp's 0600 whatever the importer's umask; group-writable in a
+    store shared with its group (setgid and group-writable folders)."""
+    work = world_readable / "work"
+    work.mkdir()
+    archive = archive_of(work)[1] if form == "docker-25" else old_form(work)
+    layout = OciLayout.open(world_readable / "store", create=True)
+    blobs = layout.root / "blobs" / "sha256"
+    os.chown(blobs, 0, 100)
+    blobs.chmod(folder_mode)
+    old = os.umask(0o077)  # a private umask must not make a private blob
+    try:
+        image = read_docker_archive(archive, layout, tag="b")
+    finally:
+        os.umask(old)
+    (layer,) = image.layer_paths
+    assert stat.S_IMODE(layer.stat().st_mode) == blob_mode
+    other = as_user(world_readable, "sha256sum", str(layer))
+    assert other.returncode == 0, other.stderr
+    assert f"sha256:{other.stdout.split()[0]}" == image.manifest.layers[0].digest
+
+
+READ_AS_USER = """
+import json, sys
+from pathlib import Path
+from envship.dockerarchive import read_docker_archive
+from envship.errors import EnvshipError
+from envship.ocilayout import OciLayout
+try:
+    read_docker_archive(Path(sys.argv[1]), OciLayout.open(Path(sys.argv[2])), tag="b")
+except EnvshipError as exc:
+    print(json.dumps({"kind": exc.kind, "code": exc.exit_code, "message": exc.message,
+        "hint": exc.hint, "problems": [[p.where, p.message] for p in exc.problems]}))
+"""
+
+
+@pytest.mark.parametrize("config_there", [False, True], ids=["fresh", "config-already-there"])
+def test_a_store_this_user_cannot_write_is_said_not_a_full_disk(
+    world_readable: Path, config_there: bool
+) -> None:
+    """Whether the first blob refused is the config or (another import of the same
+    config left it there) a layer, the error is the permission, never a full disk."""
+    work = world_readable / "work"
+    work.mkdir()
+    image, archive = archive_of(work)
+    archive.chmod(0o644)
+    layout = OciLayout.open(world_readable / "store", create=True)  # root's, 0755
+    if config_there:
+        layout.add_blob(image.config_bytes, image.manifest.config.media_type)
+    result = as_user(world_readable, SYSTEM_PY, "-c", READ_AS_USER, str(archive), str(layout.root))
+    assert result.returncode == 0 and result.stdout, result.stderr
+    error = json.loads(result.stdout)
+    user = f"{pwd.getpwuid(1000).pw_name} (uid 1000)"
+    blobs = layout.root / "blobs" / "sha256"
+    assert (error["kind"], error["code"]) == ("permission", 1)
+    assert error["message"] == (
+        f"permission denied: {user} may not write the base image into the store's layout "
+        f"{layout.root}"
+    )
+    assert error["problems"] == [
+        [
+            str(blobs),
+            f"{blobs} is owned by root (uid 0), group root, mode drwxr-xr-x: {user} cannot "
+            "create files in it",
+        ]
+    ]
+    assert "disk" not in error["hint"]
+    assert error["hint"].startswith(f"ask the store's owner to let {user} write there")
+    assert not [p for p in blobs.iterdir() if p.name.startswith(".")]  # nothing left

@@ -30,7 +30,7 @@ import pytest
 import tomli_w
 
 from envship._toml import load_toml
-from envship.errors import ArtifactError, ImageError, ImageInputError, StoreError
+from envship.errors import ArtifactError, ImageInputError, StoreError
 from envship.image import DEFAULT_PREFIX, BuiltImage, LayerEvent, build_image
 from envship.imagebase import BaseFacts, probe_image
 from envship.imageio import write_image
@@ -450,19 +450,71 @@ def test_source_date_epoch_sets_every_time(
     assert json.loads(default.config_bytes)["created"] == "1970-01-01T00:00:00Z"
 
 
-@pytest.mark.parametrize("value", ["yesterday", "-5", "1.5"])
-def test_invalid_source_date_epoch_is_refused(
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("yesterday", "SOURCE_DATE_EPOCH must be a whole number of seconds, not 'yesterday'"),
+        ("abc", "SOURCE_DATE_EPOCH must be a whole number of seconds, not 'abc'"),
+        ("-5", "SOURCE_DATE_EPOCH must be a whole number of seconds, not '-5'"),
+        ("1.5", "SOURCE_DATE_EPOCH must be a whole number of seconds, not '1.5'"),
+        ("\u00b2", "SOURCE_DATE_EPOCH must be a whole number of seconds, not '\u00b2'"),
+        # 8**11: one past what a ustar header's 11 octal digits hold.
+        ("8589934592", "SOURCE_DATE_EPOCH 8589934592 is too late for an image layer"),
+        ("99999999999999999999", "SOURCE_DATE_EPOCH 99999999999999999999 is too late"),
+    ],
+)
+def test_invalid_source_date_epoch_is_bad_input_naming_it(
     tmp_path: Path,
-    bookworm_layout: BaseImage,
-    bookworm_facts: BaseFacts,
+    slim_layout: BaseImage,
     monkeypatch: pytest.MonkeyPatch,
     value: str,
+    message: str,
 ) -> None:
     setup = make_setup(tmp_path)
+    facts = probe_image(layout_image(slim_layout), where="slim")
     monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
-    with pytest.raises(ImageError, match="SOURCE_DATE_EPOCH must be a whole number") as caught:
-        build(setup, bookworm_layout, bookworm_facts)
+    with pytest.raises(ImageInputError) as caught:
+        build(setup, slim_layout, facts)
+    assert caught.value.exit_code == 2
+    assert caught.value.message.startswith(message)
+    assert [p.where for p in caught.value.problems] == ["SOURCE_DATE_EPOCH"]
     assert caught.value.hint and "reproducible-builds.org" in caught.value.hint
+    if "too late" in message:
+        assert "0 to 8589934591 (2242-03-16T12:56:31Z)" in caught.value.problems[0].message
+    assert not (setup.store.root / "layers").exists()  # refused before any layer
+
+
+def test_the_latest_source_date_epoch_a_layer_holds_builds(
+    tmp_path: Path, slim_layout: BaseImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup = make_setup(tmp_path)
+    facts = probe_image(layout_image(slim_layout), where="slim")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "8589934591")
+    built, _ = build(setup, slim_layout, facts)
+    assert json.loads(built.config_bytes)["created"] == "2242-03-16T12:56:31Z"
+    top = built.layer_paths[-1]
+    assert {int(info.mtime) for info, _ in iter_layer(top, layer="top")} == {8589934591}
+
+
+def test_source_date_epoch_bad_input_exits_2_from_the_cli(
+    tmp_path: Path, slim_layout: BaseImage
+) -> None:
+    setup = make_setup(tmp_path)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "envship", "--json", "image", "build"),
+            *("--lock", str(setup.lock.path), "--store", str(setup.store.root)),
+            *("--base", slim_layout.ref, "-o", f"oci:{tmp_path / 'out'}:x"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SOURCE_DATE_EPOCH": "abc"},
+    )
+    assert result.returncode == 2, result.stderr
+    error = json.loads(result.stdout)
+    assert error["error"] == "image-input"
+    assert "SOURCE_DATE_EPOCH" in error["message"]
+    assert not (tmp_path / "out").exists()
 
 
 # -- layers and their cache ----------------------------------------------------------------
@@ -519,6 +571,44 @@ def test_second_build_takes_every_layer_from_the_cache(
     third, events = build(many, bookworm_layout, bookworm_facts)
     assert third.digest == first.digest
     assert [e.label for e in events if e.state == "built"] == ["bigone 1.0"]
+
+
+def flip_byte(path: Path) -> None:
+    """Change one byte in the middle of ``path`` in place (same inode, same size)."""
+    with path.open("r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_cached_layer_damaged_through_an_output_is_rebuilt_and_repaired(
+    many: Setup, bookworm_layout: BaseImage, bookworm_facts: BaseFacts, tmp_path: Path
+) -> None:
+    """Output layouts hard-link the store's blobs: editing one's own output damages the
+    cached layer. The next build must find that out and build the layer again, not
+    report it cached and fail while writing (exit 4, for ever)."""
+    first, _ = build(many, bookworm_layout, bookworm_facts)
+    ref = write_image(first, f"oci:{tmp_path / 'mine'}:v1", store=many.store)
+    big = next(layer for layer in env_layers(first) if layer.label == "bigone 1.0")
+    stored = OciLayout.open(many.store.root / "oci").blob_path(big.descriptor.digest)
+    output = OciLayout.open(Path(ref.split(":")[1])).blob_path(big.descriptor.digest)
+    assert os.path.samefile(stored, output)  # one file: what happens to one, the other has
+    flip_byte(output)
+
+    again, events = build(many, bookworm_layout, bookworm_facts)
+    assert again.digest == first.digest
+    assert [e.label for e in events if e.state == "built"] == ["bigone 1.0"]
+    assert not next(layer for layer in env_layers(again) if layer.label == "bigone 1.0").cached
+    # The store holds the right bytes again, in a file of its own; the output written
+    # from it checks out.
+    OciLayout.open(many.store.root / "oci").verify_blob(big.descriptor)
+    assert not os.path.samefile(stored, output)
+    out = write_image(again, f"oci:{tmp_path / 'fresh'}:v1", store=many.store)
+    assert OciLayout.open(Path(out.split(":")[1])).image("v1").descriptor.digest == first.digest
+    # And the build after that takes everything from the cache again.
+    third, events = build(many, bookworm_layout, bookworm_facts)
+    assert third.digest == first.digest and {e.state for e in events} == {"cached"}
 
 
 @pytest.mark.parametrize(
@@ -634,6 +724,44 @@ def test_kernelspec_and_custom_prefix(
     assert LayerView(list(named.layer_paths[1:])).get(
         "usr/local/share/jupyter/kernels/ds/kernel.json"
     )
+
+
+@pytest.mark.parametrize(
+    ("kernel_name", "refused"), [("ds", True), (None, False)], ids=["named", "not-named"]
+)
+def test_a_kernel_name_without_ipykernel_is_refused_before_any_layer(
+    tmp_path: Path, slim_layout: BaseImage, kernel_name: str | None, refused: bool
+) -> None:
+    """SageMaker's AppImageConfig names the kernelspec given with --kernel-name: an image
+    without it would fail only when Studio starts it. Unasked, a note is enough."""
+    setup = make_setup(tmp_path)  # alpha, beta and tool: no ipykernel
+    facts = probe_image(layout_image(slim_layout), where="slim")
+    if not refused:
+        built, _ = build(setup, slim_layout, facts, kernel_name=kernel_name)
+        assert built.kernel is None
+        assert built.notes == ("no kernelspec: ipykernel is not in the locked environment",)
+        return
+    events: list[LayerEvent] = []
+    with pytest.raises(ImageInputError) as caught:
+        build_image(
+            setup.lock,
+            setup.store,
+            layout_image(slim_layout),
+            facts,
+            base_name=slim_layout.ref,
+            kernel_name=kernel_name,
+            progress=events.append,
+        )
+    error = caught.value
+    assert error.exit_code == 2
+    assert error.message == (
+        "cannot write the kernelspec 'ds': ipykernel is not in the locked environment"
+    )
+    assert [p.where for p in error.problems] == ["--kernel-name"]
+    assert error.hint and "add ipykernel to the spec's dependencies" in error.hint
+    assert "leave --kernel-name out" in error.hint
+    assert events == []  # nothing was built
+    assert not (setup.store.root / "layers").exists()
 
 
 @pytest.mark.parametrize(
@@ -881,6 +1009,74 @@ def test_ctrl_c_mid_build_leaves_no_partial_file_and_no_process(
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert leftovers(setup.store) == []
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting to be reaped has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_sigkill_of_a_build_ends_its_workers_and_the_next_build_sweeps(
+    tmp_path: Path, slim_layout: BaseImage
+) -> None:
+    """SIGKILL gives the build no chance to stop its pool: its workers must end with it
+    (they hold its lock, so while they live no later build may remove its work folder)."""
+    wheels = build_wheels(tmp_path / "dist")
+    big = ["big1", "big2", "big3", "big4"]
+    for name in big:
+        wheels[name] = big_wheel(tmp_path / "dist", name, "1.0", 16 << 20)
+    setup = make_setup(tmp_path, ["alpha", "beta", "tool", *big], wheels=wheels)
+    command = [
+        *(sys.executable, "-m", "envship", "image", "build", "--jobs", "2"),
+        *("--lock", str(setup.lock.path), "--store", str(setup.store.root)),
+        *("--base", slim_layout.ref, "-o", f"oci:{tmp_path / 'out'}:x"),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        wait_for(proc, lambda: writing_a_big_layer(setup.store.root / "tmp"))
+        workers = children(proc.pid)
+        assert len(workers) == 2, workers  # the pool, busy
+        folders = [p.name for p in (setup.store.root / "tmp").glob("build-*") if p.is_dir()]
+        assert len(folders) == 1
+        proc.kill()
+        proc.communicate()
+        # A generous deadline, not a measure of speed: the kernel ends them at once.
+        deadline = time.monotonic() + 120
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [w for w in workers if alive(w)] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for w in workers:  # the old behaviour: do not leave them running after a failure
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
+    assert (setup.store.root / "tmp" / folders[0]).is_dir()  # left by the killed build
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert leftovers(setup.store) == []  # its sweep removed the dead build's folder
 
 
 HOUR = 3600

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from envship.errors import ImageError
-from envship.layer import LayerBlob, LayerWriter
+from envship.errors import ImageError, ImageInputError
+from envship.layer import MAX_MTIME, LayerBlob, LayerWriter
 
 MTIME = 1_700_000_000
 LONG_DIR = "opt/envship/venv/lib/python3.11/site-packages/" + "/".join(["deeply_nested"] * 8)
@@ -266,3 +266,26 @@ def test_a_full_disk_leaves_no_partial_layer(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "cannot write layer" in result.stdout and "free disk space" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("mtime", "accepted"),
+    [(0, True), (MAX_MTIME, True), (MAX_MTIME + 1, False), (-1, False)],
+    ids=["epoch", "latest", "one-past-the-latest", "negative"],
+)
+def test_entry_times_a_tar_header_holds(tmp_path: Path, mtime: int, accepted: bool) -> None:
+    """A ustar header's mtime is 11 octal digits: 0 to 8**11 - 1 (March 2242)."""
+    assert MAX_MTIME == 8**11 - 1
+    if not accepted:
+        with pytest.raises(ImageInputError, match=f"layer mtime out of range: {mtime}") as caught:
+            LayerWriter(tmp_path, mtime=mtime)
+        assert caught.value.exit_code == 2
+        assert caught.value.problems[0].message == f"a tar header holds 0 to {MAX_MTIME} seconds"
+        assert list(tmp_path.iterdir()) == []
+        return
+    with LayerWriter(tmp_path / "out", mtime=mtime) as writer:
+        writer.add_file("a.txt", b"a")
+    blob = writer.blob
+    assert blob is not None
+    with tarfile.open(blob.path) as tar:
+        assert [m.mtime for m in tar.getmembers()] == [mtime]

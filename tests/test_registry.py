@@ -10,6 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
 import threading
 import tracemalloc
 import uuid
@@ -240,6 +245,55 @@ def test_progress_reports_every_block_up_to_the_total(registry: Registry, repo: 
     done = [e.done for e in events if e.action == "upload"]
     assert done == sorted(done) and done[-1] == len(data) and len(done) == 4
     assert events[-1] == BlobProgress("exists", repo, blob(data).digest, len(data), len(data))
+
+
+# -- blobs pulled into a shared store ---------------------------------------------------------
+
+AS_USER = ["setpriv", "--reuid", "1000", "--regid", "100", "--clear-groups"]
+
+
+@pytest.fixture
+def world_readable() -> Iterator[Path]:
+    """A folder under /tmp every user may enter (pytest's tmp_path lies under a 0700 one)."""
+    assert os.getuid() == 0, "this test reads as uid 1000 through setpriv: run it as root"
+    assert shutil.which("setpriv"), "setpriv (util-linux) is needed"
+    top = Path(tempfile.mkdtemp(prefix="envship-registry-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.parametrize(
+    ("folder_mode", "blob_mode"),
+    [(0o755, 0o644), (0o2775, 0o664)],
+    ids=["store", "group-shared-store"],
+)
+def test_a_pulled_blob_is_readable_by_every_user_of_the_store(
+    registry: Registry, repo: str, world_readable: Path, folder_mode: int, blob_mode: int
+) -> None:
+    """A base pulled by one user is used by the next one's build and linked into outputs:
+    never mkstemp's 0600, whatever the puller's umask; group-writable in a store shared
+    with its group (setgid and group-writable folders), as the store's other files."""
+    data = uuid.uuid4().bytes * 4096
+    descriptor = blob(data)
+    c = client(registry.host)
+    c.push_blob(repo, descriptor, opener(data))
+    blobs = world_readable / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    os.chown(blobs, 0, 100)
+    blobs.chmod(folder_mode)
+    dest = blobs / descriptor.digest.removeprefix("sha256:")
+    old = os.umask(0o077)  # a private umask must not make a private blob
+    try:
+        c.fetch_blob(repo, descriptor, dest)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(dest.stat().st_mode) == blob_mode
+    other = subprocess.run([*AS_USER, "sha256sum", str(dest)], capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.split()[0] == descriptor.digest.removeprefix("sha256:")
 
 
 # -- bad content ---------------------------------------------------------------------------

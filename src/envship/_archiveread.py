@@ -26,7 +26,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, ImageError, ImageInputError, Problem
+from ._blobcheck import open_to_all
+from ._denied import is_denied
+from ._diskfull import is_disk_full
+from ._flock import denied, whom
+from .errors import (
+    ArtifactError,
+    EnvshipError,
+    ImageError,
+    ImageInputError,
+    PermissionDeniedError,
+    Problem,
+)
 from .layerfs import open_layer
 from .oci import (
     MANIFEST_TYPES,
@@ -122,7 +133,10 @@ def read_docker_archive(
             raise ImageInputError(
                 f"{where}: {len(layer_names)} layers but {len(config.diff_ids)} diff_ids"
             )
-        config_desc = into.add_blob(config_bytes, OCI_CONFIG)
+        try:
+            config_desc = into.add_blob(config_bytes, OCI_CONFIG)
+        except OSError as exc:
+            raise _cannot_write(into, exc) from None
         layers: list[Descriptor] = []
         for i, (layer_name, diff_id) in enumerate(zip(layer_names, config.diff_ids, strict=True)):
             member = _member(members, str(layer_name), where)
@@ -131,9 +145,12 @@ def read_docker_archive(
         own = _own_manifest(tar, members, where, config_desc, layers)
     made = (ImageManifest(config_desc, tuple(layers)).to_bytes(), OCI_MANIFEST)
     manifest_bytes, media_type = own if own is not None else made
-    descriptor = into.add_blob(manifest_bytes, media_type)
-    if tag:
-        into.tag(tag, descriptor)
+    try:
+        descriptor = into.add_blob(manifest_bytes, media_type)
+        if tag:
+            into.tag(tag, descriptor)
+    except OSError as exc:
+        raise _cannot_write(into, exc) from None
     manifest = ImageManifest.from_json(manifest_bytes)
     paths = tuple(into.blob_path(d.digest) for d in layers)
     return LayoutImage(descriptor, manifest, config, paths)
@@ -259,6 +276,7 @@ def _import_layer(
         digest = hashlib.sha256()
         size = 0
         with os.fdopen(fd, "wb") as out:
+            open_to_all(fd, Path(tmp))  # not mkstemp's 0600: a shared store's blob
             while chunk := reader.read(_CHUNK):
                 digest.update(chunk)
                 try:
@@ -301,10 +319,26 @@ def _import_layer(
         Path(tmp).unlink(missing_ok=True)
 
 
-def _cannot_write(into: OciLayout, exc: OSError) -> ImageError:
+def _cannot_write(into: OciLayout, exc: OSError) -> EnvshipError:
+    """Why the archive's layers cannot go into the store: a store this user may not
+    write is said as other commands say it (whose the folder is, its mode, who may
+    change that), a full disk as a full disk; neither is the other's remedy."""
+    # The folder the file was to be made in (mkstemp names the file it tried).
+    folder = Path(exc.filename).parent if exc.filename else into.root / "blobs" / "sha256"
+    if is_denied(exc):
+        user = whom()
+        return PermissionDeniedError(
+            f"permission denied: {user} may not write the base image into the store's "
+            f"layout {into.root}",
+            problems=[Problem(str(folder), denied(folder, "create files in"))],
+            hint=f"ask the store's owner to let {user} write there (a group-shared store: "
+            "chmod 2775 and the same group), or pass --store DIR or set ENVSHIP_STORE to a "
+            f"folder {user} can write",
+        )
     return ImageError(
         f"cannot write into {into.root}: {exc.strerror or exc}",
-        hint="free disk space and try again",
+        problems=[Problem(str(folder), exc.strerror or str(exc))],
+        hint="free disk space and try again" if is_disk_full(exc) else None,
     )
 
 

@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 
 from ._atomic import write_atomic
+from ._flock import share_with_group
 from .errors import ArtifactError
 from .oci import check_digest
 
-__all__ = ["SETTLE_NS", "check_file", "file_digest", "mismatch"]
+__all__ = ["BLOB_MODE", "SETTLE_NS", "check_file", "file_digest", "mismatch", "open_to_all"]
 
 _CHUNK = 1 << 20
 #: A file whose mtime is less than this before a hash began may still change within the
@@ -40,6 +41,21 @@ _REMEMBERED = 8  # identities kept per digest in the on-disk cache (copies, hard
 # This process's verified files: (device, inode, size, mtime_ns, ctime_ns) -> digest.
 _Identity = tuple[int, int, int, int, int]
 _VERIFIED: dict[_Identity, str] = {}
+
+
+#: A blob file's mode: content, readable by every user of a shared store, as the store's
+#: artifacts are (its own writes replace a blob by rename, never through the file).
+BLOB_MODE = 0o644
+
+
+def open_to_all(fd: int, path: Path) -> None:
+    """Give the blob file ``path`` (open on ``fd``; a ``mkstemp`` file starts 0600) the
+    mode every blob has: :data:`BLOB_MODE`, plus group write under a folder shared with
+    its group (setgid and group-writable), as :func:`envship._flock.share_with_group`
+    decides for the store's other files. A blob left 0600 would be refused to every
+    other user of the store and to every reader of an output it is linked into."""
+    os.fchmod(fd, BLOB_MODE)
+    share_with_group(path, fd)
 
 
 def file_digest(path: Path) -> tuple[str, int]:

@@ -117,10 +117,30 @@ def kernel_for(
     lock: LockFile, artifacts: Sequence[Artifact], kernel_name: str | None, place: Placement
 ) -> tuple[str | None, list[str]]:
     """The kernelspec's name (None without ipykernel) and notes to the user. A name
-    given is used as it is or refused; one made from the lock's name is cleaned."""
+    given is used as it is or refused; one made from the lock's name is cleaned.
+
+    Without ipykernel there is no kernelspec: a note says so, unless ``kernel_name``
+    was given. A name asked for is one SageMaker's AppImageConfig will name, and an
+    image without that kernelspec would fail only when Studio starts it, so that is
+    refused (:class:`ImageInputError`, exit 2) before any layer is built."""
     if kernel_name is not None:
         check_kernel_name(kernel_name)
     if not any(a.name == "ipykernel" for a in artifacts):
+        if kernel_name is not None:
+            raise ImageInputError(
+                f"cannot write the kernelspec {kernel_name!r}: ipykernel is not in the "
+                "locked environment",
+                problems=[
+                    Problem(
+                        "--kernel-name",
+                        "a kernelspec runs ipykernel, which the lock does not select "
+                        "(for this target and these groups)",
+                    )
+                ],
+                hint="add ipykernel to the spec's dependencies (envship.toml), then "
+                "`envship lock` and `envship fetch`, and build again; or leave "
+                "--kernel-name out to build without a kernelspec",
+            )
         return None, ["no kernelspec: ipykernel is not in the locked environment"]
     name = kernel_name or kernel_name_for(lock.name or "envship")
     if place.kernels_blocked is not None:

@@ -18,9 +18,11 @@ removed by the next build once its lock shows that nobody holds it any more.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -37,11 +39,12 @@ from typing import Any
 
 from . import _flock
 from ._atomic import write_atomic
+from ._blobcheck import check_file
 from ._bytecode import BytecodeCompiler, Compiler
 from ._imageprefix import BaseDir, placed_writer
 from ._swap import STALE_AFTER, last_write
 from ._wheeltar import Locked, VenvScheme, write_wheel
-from .errors import EnvshipError, ImageError
+from .errors import ArtifactError, EnvshipError, ImageError
 from .layer import LayerBlob
 from .lockfile import Artifact
 from .oci import Descriptor
@@ -159,8 +162,33 @@ def _worker_interrupted(signum: int, frame: FrameType | None) -> None:
     # the pool is being shut down by the interrupted parent anyway.
 
 
-def _worker_init() -> None:
+# prctl(2) option: the signal a process gets when the thread that forked it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_init(parent: int) -> None:
     signal.signal(signal.SIGINT, _worker_interrupted)
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the build process ``parent`` ends, however it ends.
+
+    A worker outliving a build killed with SIGKILL would wait on the pool's queue for
+    ever, holding the build's inherited lock, so no later build could sweep its work
+    folder. PR_SET_PDEATHSIG (Linux, prctl(2)) has the kernel kill it when its parent
+    dies (strictly, the thread that forked it: the one that submitted the build's
+    jobs, which outlives the pool); a parent that died before that call is caught by
+    the parent pid changing (the worker was reparented). Elsewhere there is no such
+    call, and nothing is done.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: no parent-death signal
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def build_layer(job: LayerJob) -> BuiltLayer:
@@ -202,11 +230,27 @@ def _build_layer(job: LayerJob) -> BuiltLayer:
 
 
 class LayerCache:
-    """``<store>/layers/<key>.json`` -> a layer blob kept in the store's OCI layout."""
+    """``<store>/layers/<key>.json`` -> a layer blob kept in the store's OCI layout.
+
+    A cached blob is checked against its digest before it is reused (:meth:`get`): the
+    store's blobs are hard-linked into output layouts, so editing a file of one's own
+    output changes the store's copy too, and a damaged blob taken as cached would fail
+    every later build. One that fails is a miss: the layer is built again and
+    :meth:`put` replaces the damaged file. The check costs no extra hashing: every
+    layer is checked before it is written out or pushed anyway, with the same record
+    of verified files (``<store>/images/verified``, :func:`envship.imageio.verified_cache`)
+    and this process's memory of them, so the check here is the one that hashes and
+    the one at the output finds it done (measured: 40 MiB of cached layers, 40 MiB
+    hashed per build and write before and after). Only a blob written within the last
+    :data:`~envship._blobcheck.SETTLE_NS` is hashed twice: nothing may remember it yet.
+    """
 
     def __init__(self, store: Store, layout: OciLayout) -> None:
         self.dir = store.root / "layers"
         self.layout = layout
+        # imageio.verified_cache(store), not imported: imageio imports image, which
+        # imports this module.
+        self.verified = store.root / "images" / "verified"
 
     def get(self, key: str) -> CachedLayer | None:
         try:
@@ -218,7 +262,9 @@ class LayerCache:
         except (OSError, ValueError, KeyError, TypeError, ImageError):
             return None
         path = self.layout.blob_path(descriptor.digest)
-        if not path.is_file() or path.stat().st_size != descriptor.size:
+        try:
+            check_file(path, descriptor.digest, descriptor.size, cache=self.verified)
+        except (OSError, ArtifactError):  # gone, unreadable or changed: build it again
             return None
         return CachedLayer(descriptor, diff_id, True, uncompiled, warned)
 
@@ -258,7 +304,14 @@ def build_layers(
     workers = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
     failed: EnvshipError | None = None
     pool: ProcessPoolExecutor | _Inline = (
-        ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+        ProcessPoolExecutor(
+            max_workers=workers,
+            # Forked, as WorkDir's lock relies on (a forkserver's workers are not the
+            # build's children, and Python 3.14 makes forkserver the default).
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+        )
         if workers > 1
         else _Inline()
     )
@@ -314,7 +367,8 @@ class WorkDir:
     Its lock file, ``build-<id>.lock`` beside it, is held (flock) while the build runs
     and appears under that name already locked (locked under a temporary name, then
     renamed), so a lock file that can be taken proves its build gone, even one killed
-    with SIGKILL; forked pool workers inherit the lock and hold it while they live.
+    with SIGKILL; forked pool workers inherit the lock and hold it while they live,
+    which is no longer than the build (:func:`_die_with`).
     Entering sweeps what dead builds left (:func:`sweep`).
     """
 

@@ -48,10 +48,10 @@ from ._imagelayers import (
 from ._imageprefix import check_prefix, sagemaker_notes
 from ._imageprefix import place as place_env
 from ._wheeltar import Locked
-from .errors import ImageError, TargetError
+from .errors import ImageError, ImageInputError, Problem, TargetError
 from .imagebase import BaseFacts, match_base
 from .install import marker_data
-from .layer import DEFAULT_LEVEL, LayerBlob
+from .layer import DEFAULT_LEVEL, MAX_MTIME, LayerBlob
 from .lockfile import LockFile
 from .oci import (
     DOCKER_LAYER_GZIP,
@@ -157,16 +157,34 @@ class BuiltImage:
 
 
 def source_date_epoch() -> int:
-    """SOURCE_DATE_EPOCH (reproducible-builds.org) if set, else 0."""
+    """SOURCE_DATE_EPOCH (reproducible-builds.org) if set, else 0. A value that is not a
+    whole number of seconds a layer's tar headers can hold (0 to
+    :data:`envship.layer.MAX_MTIME`) is bad input (:class:`ImageInputError`, exit 2)
+    naming the variable, refused before anything is read or built."""
     raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not raw:
         return 0
-    if not raw.isdigit():
-        raise ImageError(
+    spec = "see https://reproducible-builds.org/specs/source-date-epoch/"
+    # ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ImageInputError(
             f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {raw!r}",
-            hint="see https://reproducible-builds.org/specs/source-date-epoch/",
+            problems=[Problem("SOURCE_DATE_EPOCH", "not a whole number of seconds")],
+            hint=f"set it to seconds since 1970-01-01 UTC, or unset it (0); {spec}",
         )
-    return int(raw)
+    value = int(raw)
+    if value > MAX_MTIME:
+        raise ImageInputError(
+            f"SOURCE_DATE_EPOCH {value} is too late for an image layer",
+            problems=[
+                Problem(
+                    "SOURCE_DATE_EPOCH",
+                    f"a layer's tar headers hold times from 0 to {MAX_MTIME} ({_iso(MAX_MTIME)})",
+                )
+            ],
+            hint=f"set it to a time up to {MAX_MTIME}, or unset it (0); {spec}",
+        )
+    return value
 
 
 def lock_target(lock: LockFile, name: str) -> Target:

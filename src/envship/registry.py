@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, Literal
 
+from ._blobcheck import open_to_all
 from ._http import RetryPolicy, _describe
 from ._registry_http import IO_BLOCK, Channel, Response, Transient
 from ._registry_upload import Source, head_blob, start_upload, upload
@@ -238,6 +239,7 @@ class RegistryClient:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "r+b") as out:
+                open_to_all(out.fileno(), tmp)  # not mkstemp's 0600: a shared store's blob
                 hasher = self._download(url, repo, descriptor, out)
                 if out.tell() != descriptor.size:
                     raise ArtifactError(
