@@ -17,6 +17,7 @@ from ..image import (
     check_kernel_name,
     check_prefix,
     lock_target,
+    source_date_epoch,
 )
 from ..imagebase import probe_image
 from ..imageinspect import ImageInfo, inspect_image
@@ -179,6 +180,7 @@ def build_cmd(
         check_output(out)
     # What can be checked without the base is, before it is read or pulled.
     check_prefix(prefix)
+    source_date_epoch()  # a bad SOURCE_DATE_EPOCH is refused before a base is pulled
     if kernel_name is not None:
         check_kernel_name(kernel_name)
     lock = LockFile.load(lock_path)
