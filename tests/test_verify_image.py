@@ -6,22 +6,27 @@ from __future__ import annotations
 
 import json
 import posixpath
+import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from envship._installmarker import LINKS_KEY
 from envship.cli.main import main
-from envship.errors import ImageInputError
 from envship.image import BuiltImage, build_image
 from envship.imagebase import probe_image
 from envship.imageinspect import CONFIG_ENV, KERNELSPEC, verify_image
 from envship.imageio import open_image, write_image
+from envship.install import MARKER_NAME
 from envship.layer import LayerWriter
+from envship.layerfs import extract_layer, iter_layer
 from envship.layerview import LayerView
 from envship.oci import OCI_CONFIG, OCI_MANIFEST, ImageManifest
 from envship.ocilayout import OciLayout
+from envship.verify import VENV_CREATION, VerifyMismatchError
 from imagelib import BaseImage
 from indexlib import _record_hash, build_wheel
 from test_image import (
@@ -29,12 +34,13 @@ from test_image import (
     Setup,
     _no_source_date_epoch,
     build,
+    image_target,
     make_setup,
     slim_layout,
     slim_sample,
 )
 from test_imageinspect import EVIL, ORIGINAL, append_layer, swap_with_its_record
-from test_install import build_wheels
+from test_install import build_wheels, stocked_store, write_lock
 from test_wheelrecord import TMPL, WHEEL_PYC, cached_files
 from test_wheelrecord import build as build_bytes_wheel
 
@@ -392,13 +398,352 @@ def test_a_kernelspec_that_hides_the_base_s_own_is_identical_as_built(
     ]
 
 
-def test_an_image_whose_environment_a_later_layer_removed_is_refused(
+def test_an_image_whose_environment_a_later_layer_removed_differs_in_everything(
     tmp_path: Path, kernel_images: dict[bool, tuple[Setup, str]]
 ) -> None:
     """A whiteout of a folder above the prefix removes the whole environment, marker and
-    all: nothing is left to compare."""
+    all: held to the marker as built, every distribution is missing and every file the
+    venv's creation wrote removed (exit 1), not "cannot read the marker" (exit 2)."""
     setup, ref = kernel_images[False]
     gone = derive(ref, tmp_path / "gone", lambda w: w.add_whiteout("opt/envship"))
-    with pytest.raises(ImageInputError, match="cannot read the environment's marker") as caught:
-        verify_image(setup.lock, open_image(gone, setup.store), store=setup.store)
-    assert caught.value.exit_code == 2
+    report = verify_image(setup.lock, open_image(gone, setup.store), store=setup.store)
+    assert VerifyMismatchError(report).exit_code == 1
+    assert sorted(d.name for d in report.differences if d.kind == "missing") == [
+        "alpha", "beta", "cached", "ipykernel", "tool"
+    ]  # fmt: skip
+    removed = {d.path for d in report.differences if d.kind == "removed"}
+    assert {f"{VENV}/{MARKER_NAME}", f"{VENV}/pyvenv.cfg", f"{VENV}/bin/python"} <= removed
+    assert {d.kind for d in report.differences} == {"missing", "removed"}
+
+
+# -- what verify reads is the image's: links never reach this machine's files ------------------
+
+
+def unpack(ref: str, dest: Path, under: str = "opt/envship") -> Path:
+    """The folder ``under`` of the image at ``ref``, unpacked onto this machine at
+    ``dest/under``: a copy of the environment as someone could leave it on a host."""
+    _, path, tag = ref.split(":")
+    image = OciLayout.open(Path(path)).image(tag)
+    parts = under.split("/")
+    keep = {"/".join(parts[:i]) for i in range(1, len(parts))}
+    for i, blob in enumerate(image.layer_paths):
+        extract_layer(blob, dest, layer=str(i), only=lambda n: n in keep or n.startswith(under))
+    return dest / under
+
+
+def _ancestor_a_link(w: LayerWriter, copy: Path) -> tuple[str, str]:
+    w.add_whiteout("opt/envship")
+    w.add_symlink("opt/envship", str(copy))
+    return "/opt/envship", f"a symbolic link to {copy}"
+
+
+def _prefix_a_link(w: LayerWriter, copy: Path) -> tuple[str, str]:
+    w.add_whiteout(VENV[1:])
+    w.add_symlink(VENV[1:], f"{copy}/venv")
+    return VENV, f"a symbolic link to {copy}/venv"
+
+
+def _prefix_a_file(w: LayerWriter, copy: Path) -> tuple[str, str]:
+    w.add_whiteout(VENV[1:])
+    w.add_file(VENV[1:], b"")
+    return VENV, "not a folder (-rw-r--r--)"
+
+
+WAY_BLOCKED = [_ancestor_a_link, _prefix_a_link, _prefix_a_file]
+
+
+@pytest.mark.parametrize("block", WAY_BLOCKED, ids=[b.__name__.strip("_") for b in WAY_BLOCKED])
+def test_a_folder_on_the_way_that_is_no_folder_now_is_a_difference_not_followed(
+    tmp_path: Path,
+    block: Callable[[LayerWriter, Path], tuple[str, str]],
+    kernel_images: dict[bool, tuple[Setup, str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """/opt/envship (or the prefix) replaced by a link to a copy of the environment on this
+    machine: the container cannot run it, and what is on this machine is not the image's.
+    Followed, the copy made the image identical and an edit of it made a difference."""
+    setup, ref = kernel_images[False]
+    copy = unpack(ref, tmp_path / "host")
+    assert (copy / "venv" / MARKER_NAME).is_file()
+    found: list[tuple[str, str]] = []
+    derived = derive(ref, tmp_path / "derived", lambda w: found.append(block(w, copy)))
+    [(path, actual)] = found
+    lock, store = ["--lock", str(setup.lock.path)], ["--store", str(setup.store.root)]
+    code, data = verify_json(capsys, "--image", derived, *lock, *store)
+    assert (code, data["identical"]) == (1, False)
+    differences = data["differences"]
+    assert isinstance(differences, list)
+    [difference] = differences
+    assert difference == {
+        "kind": "changed",
+        "name": VENV_CREATION,
+        "path": path,
+        "expected": "a folder",
+        "actual": actual,
+        "note": f"a link is never followed here: nothing below {path} was compared",
+    }
+    assert data["notes"] == [f"{VENV} was not compared: {path} is {actual}"]
+    assert data["distributions"] == 5 and data["checked_files"] == 1  # kernel.json
+    # The same report with the copy on this machine gone: none of it was read.
+    shutil.rmtree(copy)
+    assert verify_json(capsys, "--image", derived, *lock, *store) == (code, data)
+
+
+Seen = list[tuple[str, str, str]]  # kind, name, path
+
+
+def _package_a_link(w: LayerWriter, copy: Path) -> Seen:
+    w.add_whiteout(f"{VENV_SITE}/beta")
+    w.add_symlink(f"{VENV_SITE}/beta", f"{copy}/{VENV_SITE}/beta")
+    return [
+        ("changed", "beta", f"/{VENV_SITE}/beta"),
+        ("removed", "beta", f"/{VENV_SITE}/beta/__init__.py"),
+    ]
+
+
+def _dist_info_a_link(w: LayerWriter, copy: Path) -> Seen:
+    """Its RECORD and METADATA would be read from this machine: the distribution is
+    found there (so not missing), and its files are checked against that RECORD."""
+    info = f"{VENV_SITE}/beta-1.0.dist-info"
+    w.add_whiteout(info)
+    w.add_symlink(info, f"{copy}/{info}")
+    return [
+        ("missing", "beta", f"/{VENV_SITE}"),
+        ("unowned", "beta", f"/{VENV_SITE}/beta"),
+        ("unowned", "beta-1.0.dist-info", f"/{info}"),
+    ]
+
+
+def _climbs_out_through_a_link_to_the_root(w: LayerWriter, copy: Path) -> Seen:
+    """``up -> /`` is inside the image, and ``beta -> up/../../(...)/beta`` climbs no
+    higher than the root by its own name; on this machine ``up`` is this machine's root."""
+    w.add_symlink(f"{VENV_SITE}/up", "/")
+    w.add_whiteout(f"{VENV_SITE}/beta")
+    climb = "../" * (VENV_SITE.count("/") + 1)
+    w.add_symlink(f"{VENV_SITE}/beta", f"up/{climb}{str(copy).lstrip('/')}/{VENV_SITE}/beta")
+    return [
+        ("changed", "beta", f"/{VENV_SITE}/beta"),
+        ("removed", "beta", f"/{VENV_SITE}/beta/__init__.py"),
+        ("unowned", "up", f"/{VENV_SITE}/up"),
+    ]
+
+
+def _pyvenv_cfg_a_link(w: LayerWriter, copy: Path) -> Seen:
+    """This machine's copy says include-system-site-packages = true: read, it was a
+    config difference of the image's."""
+    cfg = copy / VENV[1:] / "pyvenv.cfg"
+    cfg.write_text(cfg.read_text().replace("= false", "= true"))
+    w.add_symlink(f"{VENV[1:]}/pyvenv.cfg", str(cfg))
+    return [("changed", VENV_CREATION, f"{VENV}/pyvenv.cfg")]
+
+
+INSIDE_LINKS = [
+    _package_a_link,
+    _dist_info_a_link,
+    _climbs_out_through_a_link_to_the_root,
+    _pyvenv_cfg_a_link,
+]
+
+
+@pytest.mark.parametrize("link", INSIDE_LINKS, ids=[t.__name__.strip("_") for t in INSIDE_LINKS])
+def test_links_in_the_environment_resolve_in_the_image_never_on_this_machine(
+    tmp_path: Path,
+    link: Callable[[LayerWriter, Path], Seen],
+    kernel_images: dict[bool, tuple[Setup, str]],
+) -> None:
+    """Links a later layer put in the environment, to a copy of it on this machine: each
+    is a difference, and nothing on this machine is read (the report is the same once the
+    copy is gone; followed, the copy's files were checked as the image's)."""
+    setup, ref = kernel_images[False]
+    copy = unpack(ref, tmp_path / "host").parent.parent  # the root of the copy
+    expected: Seen = []
+    derived = derive(ref, tmp_path / "derived", lambda w: expected.extend(link(w, copy)))
+    report = verify_image(setup.lock, open_image(derived, setup.store), store=setup.store)
+    assert [(d.kind, d.name, d.path) for d in report.differences] == expected
+    # A link is named by the target the image gives it, not where it was sent here.
+    top = OciLayout.open(tmp_path / "derived").image("derived").layer_paths[-1]
+    given = {i.linkname for i, _ in iter_layer(top, layer="top") if i.issym()}
+    told = [d.actual.partition("link to ")[2] for d in report.differences if d.actual]
+    assert {t for t in told if t} <= given and any(told)
+    shown = json.dumps([d.to_json() for d in report.differences])
+    assert "envship-verify-image" not in shown
+    shutil.rmtree(copy)
+    again = verify_image(setup.lock, open_image(derived, setup.store), store=setup.store)
+    assert again.differences == report.differences
+
+
+# -- the marker as built is the record, whatever a later layer makes of it ------------------------
+
+
+@pytest.fixture(scope="module")
+def group_image(
+    tmp_path_factory: pytest.TempPathFactory, slim_layout: BaseImage
+) -> tuple[Setup, str]:
+    """A lock whose dependency group "dev" holds tool, built with every group."""
+    folder = tmp_path_factory.mktemp("group-image")
+    wheels = build_wheels(folder / "dist")
+    lock = write_lock(
+        folder / "pylock.toml",
+        [wheels[k] for k in ("alpha", "beta", "tool")],
+        targets=[image_target()],
+        groups={"dev": ["tool"]},
+    )
+    setup = Setup(lock, stocked_store(folder / "store", list(wheels.values())), wheels)
+    facts = probe_image(slim_layout.layout.image(slim_layout.tag), where="slim")
+    built, _ = build(setup, slim_layout, facts, mtime=0)
+    return setup, write_image(built, f"oci:{folder}/out:groups")
+
+
+def marker_of(ref: str) -> tuple[bytes, dict[str, Any]]:
+    _, path, tag = ref.split(":")
+    image = OciLayout.open(Path(path)).image(tag)
+    data = LayerView(list(image.layer_paths)).read(f"{VENV[1:]}/{MARKER_NAME}")
+    return data, json.loads(data)
+
+
+def test_a_marker_rewritten_to_fit_a_changed_environment_is_a_difference(
+    tmp_path: Path, group_image: tuple[Setup, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A later layer drops the "dev" group's tool, relinks bin/python to a wrapper script
+    and rewrites the marker to say so (groups, venv_links, packages): held to the marker
+    as built, all three are differences (read from the image's marker, none was)."""
+    setup, ref = group_image
+    built, marker = marker_of(ref)
+    assert marker["groups"] == ["dev"]
+    kept = [p for p in marker["packages"] if p["name"] != "tool"]
+    forged = dict(marker, groups=[], packages=kept)
+    forged[LINKS_KEY] = {**marker[LINKS_KEY], "bin/python": "/usr/local/bin/wrap"}
+
+    def fill(w: LayerWriter) -> None:
+        for gone in ("tool", "tool-1.0.dist-info"):
+            w.add_whiteout(f"{VENV_SITE}/{gone}")
+        w.add_whiteout(f"{VENV[1:]}/bin/tool")
+        w.add_file("usr/local/bin/wrap", b'#!/bin/sh\nexec /usr/bin/python3.11 "$@"\n', 0o755)
+        w.add_symlink(f"{VENV[1:]}/bin/python", "/usr/local/bin/wrap")
+        w.add_file(f"{VENV[1:]}/{MARKER_NAME}", json.dumps(forged).encode())
+
+    derived = derive(ref, tmp_path / "derived", fill)
+    lock, store = ["--lock", str(setup.lock.path)], ["--store", str(setup.store.root)]
+    code, data = verify_json(capsys, "--image", derived, *lock, *store)
+    assert code == 1
+    assert listed(data) == [
+        ("missing", "tool", f"/{VENV_SITE}"),
+        ("changed", VENV_CREATION, f"{VENV}/{MARKER_NAME}"),
+        ("changed", VENV_CREATION, f"{VENV}/bin/python"),
+    ]
+    found = data["differences"]
+    assert isinstance(found, list)
+    assert found[1]["expected"] == as_built(built)
+    assert found[2]["expected"] == f"a link to {marker[LINKS_KEY]['bin/python']}"
+    assert found[2]["actual"] == "a link to /usr/local/bin/wrap"
+    # Asked for no groups, tool is not expected: the rest is as it was.
+    code, data = verify_json(capsys, "--image", derived, *lock, *store, "--no-groups")
+    assert [d[0] for d in listed(data)] == ["changed", "changed"]
+
+
+GARBAGE = b"garbage\n"
+MARKER_DAMAGE: dict[str, tuple[Callable[[LayerWriter], None], str, str | None]] = {
+    # name: (what a later layer does, the kind, what is found there now)
+    "removed": (lambda w: w.add_whiteout(f"{VENV[1:]}/{MARKER_NAME}"), "removed", None),
+    "its folder removed": (lambda w: w.add_whiteout(VENV[1:]), "removed", None),
+    "garbage": (lambda w: w.add_file(f"{VENV[1:]}/{MARKER_NAME}", GARBAGE), "changed",
+                f"{_record_hash(GARBAGE)}, size {len(GARBAGE)}"),
+    # An image is not trusted: a marker linked to this machine's /dev/zero would be read
+    # for ever, one nested too deep made the JSON reader recurse.
+    "a link to /dev/zero": (
+        lambda w: w.add_symlink(f"{VENV[1:]}/{MARKER_NAME}", "/dev/zero"), "changed",
+        "a link to /dev/zero",
+    ),
+    "a folder": (lambda w: w.add_dir(f"{VENV[1:]}/{MARKER_NAME}"), "changed",
+                 "not a regular file (drwxr-xr-x)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", list(MARKER_DAMAGE))
+def test_a_marker_a_later_layer_damaged_is_a_difference_named_in_the_image(
+    tmp_path: Path,
+    damage: str,
+    group_image: tuple[Setup, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not a refusal (exit 2, a TypeError's text or the temporary folder in the hint): a
+    difference on the marker's path in the image, and the environment is still held to
+    the marker as built."""
+    setup, ref = group_image
+    built, _ = marker_of(ref)
+    fill, kind, actual = MARKER_DAMAGE[damage]
+    derived = derive(ref, tmp_path / "derived", fill)
+    lock, store = ["--lock", str(setup.lock.path)], ["--store", str(setup.store.root)]
+    code, data = verify_json(capsys, "--image", derived, *lock, *store)
+    assert code == 1 and "envship-verify-image" not in json.dumps(data)
+    found = data["differences"]
+    assert isinstance(found, list)
+    [marker] = [d for d in found if d["path"] == f"{VENV}/{MARKER_NAME}"]
+    assert (marker["kind"], marker["name"], marker["expected"]) == (
+        kind, VENV_CREATION, as_built(built)
+    )  # fmt: skip
+    assert marker.get("actual") == actual
+    if damage != "its folder removed":
+        assert found == [marker]
+    else:  # every distribution missing, every file the venv's creation wrote removed
+        assert {d["kind"] for d in found} == {"missing", "removed"}
+        assert sorted(d["name"] for d in found if d["kind"] == "missing") == [
+            "alpha", "beta", "tool"
+        ]  # fmt: skip
+
+
+# -- hints: an image is built again, never installed into -------------------------------------
+
+
+def test_the_hints_for_an_image_build_it_again(
+    tmp_path: Path, group_image: tuple[Setup, str]
+) -> None:
+    """Another lock's versions: `envship image build` (not `envship install NEW_ENV`);
+    PATH changed in the config: the Env to set (not pyvenv.cfg's setting)."""
+    setup, ref = group_image
+    other = write_lock(
+        tmp_path / "other.toml",
+        [setup.wheels[k] for k in ("alpha", "beta11", "tool")],
+        targets=[image_target()],
+        groups={"dev": ["tool"]},
+    )
+    source = open_image(ref, setup.store)
+    report = verify_image(other, source, store=setup.store)
+    assert [(d.kind, d.name) for d in report.differences] == [("version", "beta")]
+    hint = VerifyMismatchError(report).hint
+    build = f"`envship image build --lock {other.path} --store {setup.store.root}`"
+    assert hint == (
+        f"{build} with the image's --base and outputs builds an image of exactly the locked "
+        f"distributions from the store's wheels (envship does not change {source.name}: no "
+        "layer added on top of it can take back what the layers below hold)"
+    )
+    derived = derive(ref, tmp_path / "path", env={"PATH": "/usr/bin:/bin"})
+    report = verify_image(setup.lock, open_image(derived, setup.store), store=setup.store)
+    assert [(d.kind, d.name) for d in report.differences] == [("config", "PATH")]
+    build = f"`envship image build --lock {setup.lock.path} --store {setup.store.root}`"
+    assert VerifyMismatchError(report).hint == (
+        f"the image's config must set PATH={VENV}/bin:..., as `envship image build` did: "
+        f"build it again ({build} with the image's --base and outputs), or put that back in "
+        "the derived image's ENV"
+    )
+
+
+def test_an_image_built_with_a_group_another_lock_lacks_is_compared_without_it(
+    tmp_path: Path, group_image: tuple[Setup, str]
+) -> None:
+    """The default groups are the ones the image was built with: one this lock does not
+    have expects nothing (its distributions are extra, a note says why), where asking
+    the lock for it was a refusal (exit 2) telling to leave out a --group never given."""
+    setup, ref = group_image
+    plain = write_lock(
+        tmp_path / "plain.toml",
+        [setup.wheels[k] for k in ("alpha", "beta")],
+        targets=[image_target()],
+    )
+    source = open_image(ref, setup.store)
+    report = verify_image(plain, source, store=setup.store)
+    assert [(d.kind, d.name) for d in report.differences] == [("extra", "tool")]
+    assert (
+        f"{source.name} was built with dependency group(s) dev, which {plain.path} does not "
+        "have: their distributions are extra here"
+    ) in report.notes

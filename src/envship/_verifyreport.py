@@ -20,7 +20,10 @@ from ._halfmade import base_option, remake
 from .errors import EnvshipError
 from .targets import Target
 
-__all__ = ["VerifyMismatchError", "VerifyReport"]
+__all__ = ["CONFIG_ENV", "VerifyMismatchError", "VerifyReport"]
+
+#: The ``path`` of ``config`` differences in an image config's environment variables.
+CONFIG_ENV = "config.Env"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,9 @@ class VerifyReport:
     # of its own takes them from here.
     asked: str = ""
     asked_groups: str = ""  # the ``--group G``/``--no-groups`` part of ``asked``
+    # The image the environment was read from (``verify --image``), as named: its remedies
+    # are a new build, since no command changes an image's layers in place.
+    image: str | None = None
 
     @property
     def identical(self) -> bool:
@@ -93,7 +99,7 @@ def _hint(report: VerifyReport) -> str | None:
             hint += " (or make it again: a RECORD that lost lines no longer claims them)"
         hints.append(hint)
     if "config" in kinds:
-        hints.append("set include-system-site-packages = false in pyvenv.cfg")
+        hints.append(_config_hint(report))
     if report.remedy is None and (remedy := _remake(report, kinds)) is not None:
         hints.append(remedy)
     if not report.full:
@@ -111,6 +117,29 @@ def _is_record(d: Difference) -> bool:
     )
 
 
+def _config_hint(report: VerifyReport) -> str:
+    """What puts the settings right: a venv's pyvenv.cfg is edited; an image's config
+    (``PATH``, ``VIRTUAL_ENV``) is the derived image's ``ENV`` or a new build, and its
+    pyvenv.cfg a new build (a layer cannot be edited in place)."""
+    if report.image is None:
+        return "set include-system-site-packages = false in pyvenv.cfg"
+    env = [d.name for d in report.differences if d.kind == "config" and d.path == CONFIG_ENV]
+    if not env:
+        return f"build the image again: {_image_build(report)}"
+    prefix = str(report.environment.root).rpartition(":")[2]
+    wanted = {"PATH": f"PATH={prefix}/bin:...", "VIRTUAL_ENV": f"VIRTUAL_ENV={prefix}"}
+    settings = " and ".join(wanted[name] for name in wanted if name in env)
+    return (
+        f"the image's config must set {settings}, as `envship image build` did: build it "
+        f"again ({_image_build(report)}), or put that back in the derived image's ENV"
+    )
+
+
+def _image_build(report: VerifyReport) -> str:
+    lock = shlex.quote(os.path.abspath(report.lock))  # pasted from any folder
+    return f"`envship image build --lock {lock}{report.asked}` with the image's --base and outputs"
+
+
 _FILES = frozenset({"changed", "removed", "added"})
 _DISTRIBUTIONS = frozenset({"missing", "extra", "version", "duplicate"})
 
@@ -121,8 +150,17 @@ def _remake(report: VerifyReport, kinds: set[DifferenceKind]) -> str | None:
     right too); the set alone: an install of the lock (``uv pip sync`` adds what is
     missing and removes extras). A version under an env root: ``env create --reinstall``
     in either case (without it, env create finds the version of that key and keeps it).
-    An environment envship did not make is not envship's to change: a new one is made."""
-    if not kinds & (_FILES | _DISTRIBUTIONS):
+    An environment envship did not make is not envship's to change: a new one is made.
+    An image's is built again (``envship image build``, with the groups and store verify
+    was asked for)."""
+    if report.image is not None and kinds & (_FILES | _DISTRIBUTIONS | {"unowned"}):
+        # A layer on top can add or hide files, never give back the ones as built.
+        return (
+            f"{_image_build(report)} builds an image of exactly the locked distributions "
+            f"from the store's wheels (envship does not change {report.image}: no layer "
+            "added on top of it can take back what the layers below hold)"
+        )
+    if report.image is not None or not kinds & (_FILES | _DISTRIBUTIONS):
         return None
     lock = shlex.quote(os.path.abspath(report.lock))  # pasted from any folder
     root, marker = report.environment.record_root, report.environment.marker()

@@ -13,6 +13,17 @@ files of its marker layer must be in the image as built (a later layer that rewr
 ``kernel.json`` to start another Python is ``changed``), and the config must run the
 environment (``PATH`` starting with its ``bin``, ``VIRTUAL_ENV`` naming it: ``config``).
 The base image's own files are not compared.
+
+A derived image is someone else's layers on top of envship's, so nothing the top layers
+say is taken on trust. The install marker verify holds the environment to (its target,
+its groups, the files and links the venv's creation wrote) is the one in the layer the
+build wrote it in; what the image shows at its path now is compared with that, and a
+marker rewritten, removed or damaged by a later layer is a difference on that path,
+never a new expectation nor a refusal. The unpacked tree is read as the image, never as
+this machine: a folder on the way to the environment that is a link now is a
+difference, not followed, and every link in the tree resolves inside it
+(:func:`envship._imageoutside.contain_links`), so a link to a copy of the environment on
+this machine vouches for nothing.
 """
 
 from __future__ import annotations
@@ -31,16 +42,23 @@ from packaging.utils import canonicalize_name
 from ._atomic import write_atomic
 from ._bytecode import BytecodeCompiler, find_compiler
 from ._difference import KINDS
+from ._environment import InstalledEnvironment
 from ._imageoutside import (
     CONFIG_ENV,
     KERNELSPEC,
+    MARKER_NOTE,
     ancestors,
-    built_kernelspec,
+    as_built,
+    blocked_way,
+    built_layer,
     config_differences,
+    contain_links,
     kernels_folder,
     kernelspec_differences,
+    parse_marker,
+    put_marker,
 )
-from ._markerread import MarkerDamaged, read_record
+from ._strays import VENV_CREATION
 from .errors import ImageInputError, TargetError
 from .image import DISTRIBUTIONS, LABEL_PREFIX
 from .imagebase import check_image_target, probe_image
@@ -186,7 +204,8 @@ def verify_image(
     of the image's minor version on this machine (:func:`envship._bytecode.find_compiler`).
     ``store`` is also where the locked wheels are: each installed RECORD is held against
     its wheel's own, as for a venv (None: against the installed RECORDs alone, which the
-    report's notes say).
+    report's notes say). ``groups`` None: the groups the image was built with (those of
+    them the lock has; a note names the others), as its marker records them.
     """
     image = source.image
     labels = image.config.config.get("Labels") or {}
@@ -222,15 +241,16 @@ def verify_image(
                 return inside(name) or kernels is not None or name in above
 
             extract_layer(path, root, layer=f"{source.name} layer {i}", only=wanted)
-        try:
-            # An image is not trusted: its marker may be a link to /dev/zero or a FIFO.
-            marker = read_record(root / prefix / MARKER_NAME)
-            name = str(marker["target"]["name"])
-        except (MarkerDamaged, KeyError, TypeError) as exc:
+        built = built_layer(source, holders, marker_path)
+        if built is None:
             raise ImageInputError(
-                f"{source.name}: cannot read the environment's marker /{prefix}/{MARKER_NAME}",
-                hint=str(exc),
-            ) from None
+                f"{source.name}: no layer holds the environment's marker /{marker_path}",
+                hint="verify images built with `envship image build`",
+            )
+        # The marker as built is the record: what a later layer made of it is compared
+        # with it below, never read as the expectation (groups, the venv's own files).
+        marker = parse_marker(built.marker, f"{source.name} layer {built.index}: /{marker_path}")
+        name = str(marker["target"]["name"])
         try:
             target = lock.target(name)
         except TargetError as exc:
@@ -240,15 +260,20 @@ def verify_image(
                 problems=exc.problems,
                 hint="verify the image against the lock it was built from",
             ) from None
-        built = built_kernelspec(source, holders, marker_path)
         outside = [
-            *kernelspec_differences(root, built),
+            *kernelspec_differences(root, built.kernelspec),
             *config_differences(image.config, "/" + prefix),
         ]
         cache = store.root / "images" / "probes" if store is not None else None
         facts = probe_image(image, where=source.name, cache=cache)
         check_image_target(target, facts, where=source.name)
-        chosen_groups = groups if groups is not None else marker.get("groups")
+        # The groups it was built with (see the module docstring); one this lock lacks
+        # (an image of another lock) has nothing to expect, and a note says so.
+        built_groups = [str(g) for g in marker["groups"]]
+        chosen_groups = groups
+        if groups is None:
+            chosen_groups = tuple(g for g in built_groups if g in lock.groups)
+        unknown = [g for g in built_groups if g not in lock.groups] if groups is None else []
         compiler: BytecodeCompiler | bool = False
         if bytecode:
             # The image's bin/python names the image's interpreter; one of its version on
@@ -259,9 +284,26 @@ def verify_image(
                 where=source.name,
                 otherwise="verify without --bytecode",
             )
+        blocked = blocked_way(root, prefix)
+        if blocked is None:
+            found = as_built(root, marker_path, built.marker, VENV_CREATION, mode=False)
+            if found is not None:
+                outside.append(replace(found, note=MARKER_NOTE.format(built.index)))
+            venv = root / prefix
+        else:
+            # Nothing below the link is read; the lock's distributions are counted on an
+            # empty venv holding the marker as built, and its differences are not the image's.
+            outside.append(blocked)
+            venv = Path(tmp) / "not-compared" / prefix
+        venv.mkdir(parents=True, exist_ok=True)  # gone whole: everything in it is missing
+        links = contain_links(root)
+        put_marker(venv / MARKER_NAME, marker, links, prefix)
+        site = venv / "lib" / f"python{facts.version}" / "site-packages"
         report = verify(
             lock,
-            root / prefix,
+            # The venv the build wrote, named as it is: no pyvenv.cfg of the image's is read
+            # to find it (one that is gone or changed is a difference, not a refusal).
+            InstalledEnvironment(venv, (site,), facts.version, venv=venv),
             target=target,
             groups=chosen_groups,
             full=full,
@@ -273,6 +315,13 @@ def verify_image(
             store=store,
             prefix=Path("/", prefix),  # where it runs: what its scripts' first lines name
         )
+        if blocked is not None:
+            report = replace(
+                report,
+                differences=(),
+                checked_files=0,
+                notes=(f"/{prefix} was not compared: {blocked.path} is {blocked.actual}",),
+            )
     # Report paths as they are in the image, not in the temporary folder (gone by now):
     # in a difference's path and in its texts (the byte-code check names the source).
     tmp_root = str(root)
@@ -282,13 +331,13 @@ def verify_image(
         return text[len(tmp_root) :] if text.startswith(tmp_root) else text
 
     def in_text(text: str | None) -> str | None:
-        return text.replace(tmp_root, "") if text is not None else None
+        return links.told(text).replace(tmp_root, "") if text is not None else None
 
     env = report.environment
     in_image = replace(
         env,
-        root=Path(f"{source.name}:{image_path(env.root)}"),
-        site_packages=tuple(Path(image_path(p)) for p in env.site_packages),
+        root=Path(f"{source.name}:/{prefix}"),
+        site_packages=(Path("/", prefix, "lib", f"python{facts.version}", "site-packages"),),
         interpreter=None,
     )
     differences = [
@@ -304,6 +353,11 @@ def verify_image(
     differences.extend(outside)  # named with image paths already
     differences.sort(key=lambda d: (KINDS.index(d.kind), canonicalize_name(d.name), d.path))
     notes = tuple(in_text(n) or n for n in report.notes)
+    if unknown:
+        notes += (
+            f"{source.name} was built with dependency group(s) {', '.join(unknown)}, which "
+            f"{lock.path} does not have: their distributions are extra here",
+        )
     # A layer cannot be finished in place: the image is built again (and never marked
     # incomplete by envship, so someone else's layer put the mark there).
     remedy = (
@@ -315,7 +369,8 @@ def verify_image(
         report,
         environment=in_image,
         differences=tuple(differences),
-        checked_files=report.checked_files + len(built),
+        checked_files=report.checked_files + len(built.kernelspec) + (blocked is None),
         notes=notes,
         remedy=remedy,
+        image=source.name,
     )
