@@ -167,10 +167,11 @@ def store_option(func: F) -> F:
     )(func)
 
 
-def groups_option(verb: str) -> Callable[[F], F]:
+def groups_option(verb: str, default: str = "every group in the lock") -> Callable[[F], F]:
     """``--group NAME`` (repeatable) and ``--no-groups``, passed as ``groups``: the names
-    given, ``()`` for none of the lock's groups, None (neither option) for all of them.
-    Without ``--no-groups`` a lock's only group could not be left out."""
+    given, ``()`` for none of the lock's groups, None (neither option) for the command's
+    ``default`` (all of them, for most). Without ``--no-groups`` a lock's only group
+    could not be left out."""
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
@@ -191,8 +192,7 @@ def groups_option(verb: str) -> Callable[[F], F]:
                 "groups",
                 multiple=True,
                 metavar="NAME",
-                help=f"{verb} this dependency group (repeatable) [default: every group in "
-                "the lock].",
+                help=f"{verb} this dependency group (repeatable) [default: {default}].",
             )(with_flag),
         )
 

@@ -83,7 +83,9 @@ def render_report(report: VerifyReport) -> str:
     help="The lock target to compare with [default: the one fitting the env's Python "
     "and this machine].",
 )
-@groups_option("Expect")
+@groups_option(
+    "Expect", "every group in the lock; with --image, the groups the image was built with"
+)
 @click.option("--full", is_flag=True, help="Also hash every file its RECORD lists (sha256).")
 @click.option(
     "--bytecode",
