@@ -4,7 +4,9 @@ the real CLI entry point, against the real registry and the bookworm base."""
 from __future__ import annotations
 
 import base64
+import io
 import json
+import tarfile
 import time
 import uuid
 from collections.abc import Callable
@@ -207,6 +209,38 @@ def test_outputs_whose_place_is_taken_are_refused_before_the_base_is_read(
     doc = json.loads(out)
     assert code == 2 and doc["error"] == "image-input", doc
     assert doc["message"].startswith(f"cannot write the image to {where}: ")
+
+
+@pytest.mark.parametrize("what", ["the base archive", "the lock"])
+def test_an_archive_output_never_replaces_the_base_or_the_lock(
+    capsys: pytest.CaptureFixture[str], cli_setup: Setup, tmp_path: Path, what: str
+) -> None:
+    """`-o docker-archive:FILE` replaced any file, the base it read and the lock too."""
+    base_tar = tmp_path / "base.tar"
+    with tarfile.open(base_tar, "w") as tar:  # a tar: the check refuses it by identity
+        tar.addfile(tarfile.TarInfo("manifest.json"), io.BytesIO(b""))
+    target = base_tar if what == "the base archive" else cli_setup.lock.path
+    before = target.read_bytes()
+    args = build_args(cli_setup, f"docker-archive:{base_tar}", "-o", f"docker-archive:{target}")
+    code, out, _ = run(capsys, *args, "--json")
+    doc = json.loads(out)
+    assert code == 2 and doc["error"] == "image-input", doc
+    assert doc["message"].startswith(f"cannot write the image to {target}: it is the "), doc
+    assert target.read_bytes() == before
+
+
+def test_a_bad_source_date_epoch_is_refused_before_the_base_is_read(
+    capsys: pytest.CaptureFixture[str],
+    cli_setup: Setup,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "soon")
+    base = f"oci:{tmp_path / 'no-such-layout'}:x"  # an error about it would come later
+    args = build_args(cli_setup, base, "-o", f"oci:{tmp_path / 'o'}", "--json")
+    code, out, _ = run(capsys, *args)
+    doc = json.loads(out)
+    assert code == 2 and doc["problems"][0]["where"] == "SOURCE_DATE_EPOCH", doc
 
 
 def test_a_failure_after_an_output_was_written_says_what_was_written(

@@ -7,9 +7,13 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import itertools
 import json
 import os
+import pickle
 import re
+import signal
+import sys
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -36,6 +40,7 @@ from envship.imageio import (
     ImageSource,
     PushResult,
     check_output,
+    mirrored,
     open_image,
     parse_push_ref,
     push_image,
@@ -72,6 +77,7 @@ from test_image import (
     slim_sample,
 )
 from test_install import build_wheels, write_lock
+from test_swap import RENAME, traced
 
 # Fixtures, shared with test_image.
 __all__ = ["_no_source_date_epoch", "bookworm_facts", "sample", "slim_layout", "slim_sample"]
@@ -247,14 +253,22 @@ def below_a_file(folder: Path) -> Path:
     return a_file(folder) / "x"
 
 
+BELOW_A_FOLDER = "name a path below a folder (a file cannot hold other files)"
+
+
 @pytest.mark.parametrize(
-    ("kind", "make", "problem"),
+    ("kind", "make", "problem", "hint"),
     [
-        ("docker-archive", a_folder, "it is a folder; a docker-archive is one file"),
-        ("docker-archive", below_a_file, "is not a folder"),
-        ("oci", a_file, "it exists and is not a folder"),
-        ("oci", a_folder_with_files, "it is a folder that is neither empty nor an OCI layout"),
-        ("oci", below_a_file, "is not a folder"),
+        ("docker-archive", a_folder, "it is a folder; a docker-archive is one file", "e.g."),
+        ("docker-archive", below_a_file, "/file is a file, not a folder", BELOW_A_FOLDER),
+        ("oci", a_file, "it exists and is not a folder", "name a new or empty folder"),
+        (
+            "oci",
+            a_folder_with_files,
+            "it is a folder that is neither empty nor an OCI layout",
+            "name a new or empty folder",
+        ),
+        ("oci", below_a_file, "/file is a file, not a folder", BELOW_A_FOLDER),
     ],
     ids=[
         "archive-at-a-folder",
@@ -265,7 +279,7 @@ def below_a_file(folder: Path) -> Path:
     ],
 )
 def test_outputs_whose_place_is_taken_are_bad_input(
-    tmp_path: Path, kind: str, make: Callable[[Path], Path], problem: str
+    tmp_path: Path, kind: str, make: Callable[[Path], Path], problem: str, hint: str
 ) -> None:
     where = make(tmp_path)
     before = sorted(str(p) for p in tmp_path.rglob("*"))
@@ -274,6 +288,8 @@ def test_outputs_whose_place_is_taken_are_bad_input(
     assert caught.value.exit_code == 2
     assert caught.value.message.startswith(f"cannot write the image to {where}: ")
     assert problem in caught.value.message
+    assert caught.value.hint is not None and hint in caught.value.hint
+    assert "/file/x/image.tar" not in caught.value.hint  # not "a file below the file"
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
@@ -281,6 +297,149 @@ def test_outputs_whose_place_is_taken_are_bad_input(
 def test_outputs_that_can_be_written_pass(tmp_path: Path, make: Callable[[Path], Path]) -> None:
     check_output(f"oci:{make(tmp_path)}:x")
     check_output(f"docker-archive:{tmp_path / 'new' / 'x.tar'}")
+
+
+# -- an archive replaces the file at its path: never the lock, the base, or a non-tar -------
+
+
+def the_lock(folder: Path) -> tuple[Path, dict[str, object]]:
+    lock = folder / "pylock.toml"
+    lock.write_text('lock-version = "1.0"\n')
+    return lock, {"lock": lock}
+
+
+def a_link_to_the_lock(folder: Path) -> tuple[Path, dict[str, object]]:
+    lock, _ = the_lock(folder)
+    (folder / "out.tar").symlink_to(lock)
+    return folder / "out.tar", {"lock": lock}
+
+
+def a_hard_link_to_the_lock(folder: Path) -> tuple[Path, dict[str, object]]:
+    lock, _ = the_lock(folder)
+    os.link(lock, folder / "out.tar")
+    return folder / "out.tar", {"lock": lock}
+
+
+def an_archive(path: Path) -> Path:
+    with tarfile.open(path, "w") as tar:
+        tar.addfile(tarfile.TarInfo("manifest.json"), io.BytesIO(b""))
+    return path
+
+
+def the_base_archive(folder: Path) -> tuple[Path, dict[str, object]]:
+    base = an_archive(folder / "base.tar")
+    return base, {"base": f"docker-archive:{base}:base:1"}
+
+
+def a_text_file(folder: Path) -> tuple[Path, dict[str, object]]:
+    (folder / "notes.txt").write_text("my notes\n" * 100)
+    return folder / "notes.txt", {}
+
+
+def a_spec(folder: Path) -> tuple[Path, dict[str, object]]:
+    (folder / "envship.toml").write_text('name = "ds"\n')  # shorter than a tar header
+    return folder / "envship.toml", {}
+
+
+def a_gzip_file(folder: Path) -> tuple[Path, dict[str, object]]:
+    (folder / "x.tar.gz").write_bytes(gzip.compress(b"x" * 4096))
+    return folder / "x.tar.gz", {}
+
+
+def dev_null(folder: Path) -> tuple[Path, dict[str, object]]:
+    return Path("/dev/null"), {}
+
+
+NOT_TAR = "it is a file that is not a tar archive, which the image would replace"
+NO_FORCE = "remove it first (image build has no --force), or write the image to another file"
+
+
+@pytest.mark.parametrize(
+    ("make", "problem", "hint"),
+    [
+        (the_lock, "it is the lock this build reads", "write the image to a file of its own"),
+        (a_link_to_the_lock, "it is the lock this build reads", "a file of its own"),
+        (a_hard_link_to_the_lock, "it is the lock this build reads", "a file of its own"),
+        (the_base_archive, "it is the base image's archive, which this build reads", "own"),
+        (a_text_file, NOT_TAR, NO_FORCE),
+        (a_spec, NOT_TAR, NO_FORCE),
+        (a_gzip_file, NOT_TAR, NO_FORCE),
+        (dev_null, "it is not a regular file", "write the image to a regular file"),
+    ],
+)
+def test_an_archive_never_replaces_what_the_build_reads_or_a_non_tar_file(
+    tmp_path: Path,
+    make: Callable[[Path], tuple[Path, dict[str, object]]],
+    problem: str,
+    hint: str,
+) -> None:
+    where, reads = make(tmp_path)
+    lock = reads.get("lock")
+    base = reads.get("base")
+    assert lock is None or isinstance(lock, Path)
+    assert base is None or isinstance(base, str)
+    before = where.read_bytes() if where.is_file() else None
+    with pytest.raises(ImageInputError) as caught:
+        check_output(f"docker-archive:{where}:ds:1", lock=lock, base=base)
+    assert caught.value.exit_code == 2
+    assert caught.value.message == f"cannot write the image to {where}: {problem}"
+    assert caught.value.hint is not None and hint in caught.value.hint
+    if before is not None:
+        assert where.read_bytes() == before
+
+
+def test_an_archive_may_replace_an_earlier_archive_or_an_empty_file(tmp_path: Path) -> None:
+    lock, _ = the_lock(tmp_path)
+    base, _ = the_base_archive(tmp_path)
+    reads = {"lock": lock, "base": f"docker-archive:{base}"}
+    (tmp_path / "empty.tar").touch()
+    for free in (an_archive(tmp_path / "old.tar"), tmp_path / "empty.tar", tmp_path / "new.tar"):
+        check_output(f"docker-archive:{free}", lock=lock, base=str(reads["base"]))
+    # The base check reads an archive only: an OCI layout base names no file.
+    check_output(f"docker-archive:{an_archive(tmp_path / 'o.tar')}", base=f"oci:{tmp_path}")
+
+
+def test_the_cli_refuses_to_write_an_archive_over_its_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock = tmp_path / "dl" / "pylock.toml"
+    lock.parent.mkdir()
+    lock.write_text('lock-version = "1.0"\ncreated-by = "envship"\n')
+    before = lock.read_bytes()
+    args = ["image", "build", "--lock", str(lock), "--store", str(tmp_path / "store")]
+    args += ["--base", f"oci:{tmp_path / 'none'}", "-o", f"docker-archive:{lock}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write the image to {lock}: " in err
+    assert lock.read_bytes() == before
+
+
+# -- ENVSHIP_REGISTRY_MIRROR is checked before any request --------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["not a host", "mirror.example/path", "host:port", "http://a b", "-mirror.example", "a_b"],
+)
+def test_a_malformed_registry_mirror_is_bad_input_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("ENVSHIP_REGISTRY_MIRROR", value)
+    made: list[RegistryClient] = []
+    with pytest.raises(ImageInputError) as caught:
+        open_image("python:3.11", Store(tmp_path / "store"), client=factory(made))
+    assert caught.value.exit_code == 2
+    assert caught.value.message == f"ENVSHIP_REGISTRY_MIRROR={value!r} is not a registry host"
+    assert [p.where for p in caught.value.problems] == ["ENVSHIP_REGISTRY_MIRROR"]
+    assert made == []  # no client, so no request
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1:5999", "mirror.example", "https://mirror.example", "[::1]:5000"]
+)
+def test_a_registry_mirror_names_a_host(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ENVSHIP_REGISTRY_MIRROR", value + "/")
+    assert mirrored(Reference.parse("python:3.11")).registry == value
 
 
 def test_a_full_disk_while_writing_a_layout_leaves_none_and_says_so(
@@ -310,6 +469,92 @@ def test_a_full_disk_while_writing_a_layout_leaves_none_and_says_so(
     assert caught.value.message == f"cannot write the image to {archive}: No space left on device"
     assert caught.value.hint == "free disk space (or write the image elsewhere) and build again"
     assert sorted(p.name for p in small_disk.path.iterdir()) == ["layout"]
+
+
+def pages(size: int) -> int:
+    """What a file of ``size`` bytes takes on a tmpfs: whole pages."""
+    return -(-size // 4096) * 4096
+
+
+def test_a_full_disk_while_adding_to_a_layout_keeps_no_orphan_blobs(
+    small_disk: SmallDisk, slim_sample: tuple[Setup, BuiltImage, str]
+) -> None:
+    """Room for every layer but the last: the ones copied before the disk filled are
+    removed again (no manifest names them), so freeing the space the error asks for
+    is enough."""
+    built = slim_sample[1]
+    small_disk.resize(64 * 1024 * 1024)
+    kept = existing_layout(small_disk.path)
+    index = (kept / "index.json").read_bytes()
+    need = sum(pages(layer.descriptor.size) for layer in built.layers)
+    assert len(built.layers) > 1
+    filler = small_disk.fill(leave=need - 4096)  # the base layer fits, not all of them
+    before = small_disk.used()
+    with pytest.raises(ImageError, match="No space left on device") as caught:
+        write_image(built, f"oci:{kept}:v1")
+    assert caught.value.hint == "free disk space (or write the image elsewhere) and build again"
+    assert (kept / "index.json").read_bytes() == index
+    assert sorted(p.name for p in (kept / "blobs" / "sha256").iterdir()) == []
+    assert small_disk.used() <= before
+    filler.unlink()  # as the hint says; then the same write succeeds
+    assert write_image(built, f"oci:{kept}:v1") == f"oci:{kept}:v1"
+    assert OciLayout.open(kept).image("v1").descriptor.digest == built.digest
+
+
+WRITER = """
+import pickle, sys
+from pathlib import Path
+from envship.imageio import write_image
+print(write_image(pickle.loads(Path(sys.argv[1]).read_bytes()), sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-layout", "existing-layout"])
+def test_a_killed_layout_write_leaves_no_half_image_and_the_next_write_sweeps_up(
+    tmp_path: Path,
+    small_disk: SmallDisk,
+    slim_sample: tuple[Setup, BuiltImage, str],
+    existing: bool,
+) -> None:
+    """A write SIGKILLed (by strace) as it enters each of its renames in turn, onto
+    another file system than the store, where every blob is copied: a new layout is
+    there whole or not at all, an existing one's index names what it named; what the
+    dead writers left (a staging folder beside the layout, partial blobs in it) is
+    removed by the next write, which succeeds."""
+    built = slim_sample[1]
+    small_disk.resize(64 * 1024 * 1024)
+    pickled = tmp_path / "built.pickle"
+    pickled.write_bytes(pickle.dumps(built))
+    out = small_disk.path / "out"
+    index = (existing_layout(small_disk.path) / "index.json").read_bytes() if existing else b""
+    if existing:
+        (small_disk.path / "layout").rename(out)
+    argv = [sys.executable, "-c", WRITER, str(pickled), f"oci:{out}:v1"]
+    left: list[str] = []
+
+    def leftovers() -> list[str]:
+        beside = [p.name for p in small_disk.path.iterdir() if p.name != "out"]
+        blobs = out / "blobs" / "sha256"
+        partial = (
+            [p.name for p in blobs.iterdir() if p.name.endswith(".partial")] if existing else []
+        )
+        return beside + partial
+
+    for n in itertools.count(1):
+        proc = traced(argv, kill_before=(RENAME, n))
+        if proc.returncode != -signal.SIGKILL:
+            assert proc.returncode == 0, proc.stderr
+            break
+        if existing:
+            assert (out / "index.json").read_bytes() == index, f"killed at rename #{n}"
+        else:
+            assert not out.exists(), f"killed at rename #{n}"
+        left += leftovers()
+    assert n > 3 and left  # killed in the middle, and something was left to clear
+    assert leftovers() == []
+    layout = OciLayout.open(out)
+    assert layout.tags() == ["v1"]
+    assert layout.image("v1").descriptor.digest == built.digest
 
 
 def test_archive_names_are_checked_and_default_to_latest(
@@ -619,14 +864,13 @@ EVIL = [
     ("/etc/cron.d/evil", tarfile.REGTYPE, "", "has an absolute path"),
     ("usr/lib/link", tarfile.SYMTYPE, "../../../../etc/shadow", "outside the root"),
     ("usr/bin/hard", tarfile.LNKTYPE, "../../etc/shadow", "has a '..' component"),
-    ("dev/sda", tarfile.BLKTYPE, "", "is a device node"),
 ]
 
 
 @pytest.mark.parametrize(
     ("entry", "kind", "link", "why"),
     EVIL,
-    ids=["dotdot", "absolute", "symlink", "hardlink", "device"],
+    ids=["dotdot", "absolute", "symlink", "hardlink"],
 )
 def test_malicious_base_layer_is_refused(
     tmp_path: Path, entry: str, kind: bytes, link: str, why: str
@@ -637,6 +881,50 @@ def test_malicious_base_layer_is_refused(
         probe_image(source.image, where=ref)
     assert caught.value.entry == entry and caught.value.exit_code == 4
     assert not (tmp_path / "escaped").exists()
+
+
+def with_dev(base: BaseImage, root: Path, folder: Path) -> str:
+    """``base`` plus a layer holding ``/dev`` of the debootstrap root as tar stores it
+    (character devices, a link, folders), as `docker import` of a root tar makes it."""
+    layout = OciLayout.open(folder, create=True)
+    for descriptor, path in zip(base.manifest.layers, base.layers, strict=True):
+        d = descriptor
+        layout.add_blob_file(path, d.digest, d.size, d.media_type, link=True)  # base's kept
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(root / "dev", arcname="./dev")
+    with tarfile.open(fileobj=io.BytesIO(raw.getvalue())) as tar:
+        devices = [m.name for m in tar if m.ischr()]
+    assert "./dev/full" in devices and "./dev/null" in devices
+    gz = gzip.compress(raw.getvalue(), mtime=0)
+    layer = layout.add_blob(gz, "application/vnd.oci.image.layer.v1.tar+gzip")
+    config = replace(base.config, diff_ids=(*base.config.diff_ids, sha256_digest(raw.getvalue())))
+    config_desc = layout.add_blob(config.to_bytes(), OCI_CONFIG)
+    manifest = ImageManifest(config_desc, (*base.manifest.layers, layer))
+    layout.tag("dev", layout.add_blob(manifest.to_bytes(), OCI_MANIFEST))
+    return f"oci:{folder}:dev"
+
+
+def test_a_base_with_device_nodes_is_read_and_built_on(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    slim_layout: BaseImage,
+    bookworm_root: Path,
+) -> None:
+    """A root imported whole keeps /dev/full and the rest; engines run it, and so it is
+    read, probed and built on (the device nodes are never made on this machine)."""
+    ref = with_dev(slim_layout, bookworm_root, tmp_path / "dev")
+    setup = make_setup(tmp_path / "setup")
+    source = open_image(ref, setup.store)
+    facts = probe_image(source.image, where=ref)
+    assert facts.version.startswith("3.11")
+    assert main(["image", "inspect", ref, "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["digest"] == source.image.descriptor.digest
+    out = f"oci:{tmp_path / 'out'}:v1"
+    args = ["--lock", str(setup.lock.path), "--store", str(setup.store.root)]
+    assert main(["image", "build", *args, "--base", ref, "-o", out]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    assert main(["verify", "--image", out, *args]) == 0, capsys.readouterr()
 
 
 # -- every blob is checked against its digest, on the way in and on the way out ---------------

@@ -210,6 +210,7 @@ def odd_base(slim_layout: BaseImage, tmp_path_factory: pytest.TempPathFactory) -
         writer.add_symlink("opt/loop2", "loop")
         writer.add_symlink("opt/up", "/usr")
         writer.add_symlink("opt/dangling", "/srv/nowhere")
+        writer.add_symlink("opt/shm", "/dev/shm")
         writer.add_dir("opt/empty", 0o2770, uid=1000, gid=100)
         writer.add_dir("opt/conda/share/jupyter/kernels", 0o2775, uid=1000, gid=100)
         writer.add_dir("opt/conda/share/jupyter/kernels/ds", 0o775, uid=1000, gid=100)
@@ -234,6 +235,7 @@ def odd_facts(odd_base: BaseImage) -> BaseFacts:
         ("/bin/python3", "already has /bin/python3 (that is /usr/bin/python3.11)", "a file"),
         ("/opt/loop/env", "too many levels of symbolic links resolving /opt/loop/env", ""),
         ("/opt/up", "/opt/up is /usr in the base image", "a system folder"),
+        ("/opt/shm/env", "/opt/shm/env is /dev/shm/env in the base image", "mount over /dev"),
     ],
 )
 def test_a_base_that_cannot_take_the_prefix_is_refused(
@@ -358,6 +360,29 @@ def test_sagemaker_reserved_prefixes_get_a_note(
         assert found[0].endswith("the environment will not be usable there on SageMaker")
 
 
+# -- folders runtimes often mount a tmpfs over ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "notes"),
+    [
+        ("/tmp/env", ["/tmp/env is under /tmp"]),
+        ("/run/env", ["/run/env is under /run"]),
+        ("/var/run/env", ["/var/run/env is under /var/run"]),
+        ("/opt/envship/venv", []),
+    ],
+)
+def test_prefixes_under_tmp_and_run_get_a_note(
+    tmp_path: Path, slim_layout: BaseImage, prefix: str, notes: list[str]
+) -> None:
+    setup = make_setup(tmp_path)
+    facts = probe_image(layout_image(slim_layout), where="slim")
+    built, _ = build(setup, slim_layout, facts, prefix=prefix)
+    found = [n for n in built.notes if "tmpfs" in n]
+    assert [n.partition(", where")[0] for n in found] == notes
+    assert all(n.endswith("a folder such as /opt/envship/venv is safer") for n in found)
+
+
 # -- options checked before the base is read ---------------------------------------------------
 
 
@@ -375,6 +400,9 @@ def test_sagemaker_reserved_prefixes_get_a_note(
         (("--prefix", "opt/env"), "invalid environment path 'opt/env'"),
         (("--prefix", "/opt/a:b"), "invalid environment path '/opt/a:b'"),
         (("--prefix", "/opt/" + "x" * 120), "invalid environment path '/opt/xxxx"),
+        (("--prefix", "/proc/venv"), "invalid environment path '/proc/venv'"),
+        (("--prefix", "/dev/venv"), "invalid environment path '/dev/venv'"),
+        (("--prefix", "/sys"), "invalid environment path '/sys'"),
         (("--group", "nosuch"), "the lock has no dependency group 'nosuch'"),
         (("--target", "nope"), "the lock has no target 'nope'"),
     ],
@@ -392,6 +420,9 @@ def test_bad_options_are_refused_before_the_base_is_read(
     assert "VenvScheme" not in err and "no-such-layout" not in err
     if option[0] == "--prefix":
         assert "hint: give a folder of its own, e.g. --prefix /opt/envship/venv" in err
+    if option[1].startswith(("/proc", "/dev", "/sys")):
+        top = "/" + option[1].split("/")[1]
+        assert f"container runtimes mount over {top}, which would hide the environment" in err
     if option[0] == "--kernel-name":
         assert "only lower-case ASCII letters, digits" in err
     assert not (tmp_path / "out").exists()

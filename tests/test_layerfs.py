@@ -40,6 +40,7 @@ def tar_of(path: Path, *members: tuple[str, str, str | bytes], gz: bool = True) 
                 "hardlink": tarfile.LNKTYPE,
                 "chr": tarfile.CHRTYPE,
                 "blk": tarfile.BLKTYPE,
+                "fifo": tarfile.FIFOTYPE,
             }[kind]
             info.mode = 0o755 if kind == "dir" else 0o777
             if kind in ("symlink", "hardlink"):
@@ -75,16 +76,6 @@ def absolute_hardlink(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def char_device(tmp_path: Path) -> Path:
-    return tar_of(tmp_path / "l.tgz", ("dev/mem", "chr", ""))
-
-
-@pytest.fixture
-def block_device(tmp_path: Path) -> Path:
-    return tar_of(tmp_path / "l.tgz", ("dev/sda", "blk", ""))
-
-
-@pytest.fixture
 def parent_whiteout(tmp_path: Path) -> Path:
     return tar_of(tmp_path / "l.tgz", ("usr/.wh..", "file", ""))
 
@@ -95,8 +86,6 @@ UNSAFE = [
     ("escaping_symlink", "outside the root"),
     ("escaping_hardlink", "'..'"),
     ("absolute_hardlink", "absolute path"),
-    ("char_device", "device node"),
-    ("block_device", "device node"),
     ("parent_whiteout", "whiteout"),
 ]
 
@@ -140,6 +129,39 @@ def test_extract_layer_refuses_before_writing(
     with pytest.raises(UnsafeLayerError, match=message):
         extract_layer(tmp_path / "mixed.tgz", existing, layer="evil", only=only)
     assert list(existing.iterdir()) == []
+
+
+# Device nodes and FIFOs: a root imported with `docker import` keeps /dev, and engines
+# run it. They are read, and never made on this machine.
+SPECIAL = {
+    "a character device": ("dev/full", "chr"),
+    "a block device": ("dev/sda", "blk"),
+    "a FIFO": ("run/initctl", "fifo"),
+}
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_device_nodes_and_fifos_are_read_and_never_made(tmp_path: Path, kind: str) -> None:
+    name, tar_kind = SPECIAL[kind]
+    lower = tar_of(tmp_path / "lower.tgz", ("dev/full", "file", "x"), ("run/initctl", "file", "y"))
+    special = tar_of(
+        tmp_path / "special.tgz", (name, tar_kind, ""), ("etc/hostname", "file", "box\n")
+    )
+    entries = [(info.name, info.type) for info, _ in iter_layer(special, layer="base")]
+    assert (
+        name,
+        {"chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE}[tar_kind],
+    ) in entries
+    new = tmp_path / "new"
+    assert extract_layer(special, new, layer="base") == (name,)
+    assert not os.path.lexists(new / name)
+    assert (new / "etc" / "hostname").read_text() == "box\n"
+    # Onto a lower layer's file: the entry replaces it, as in the image, with nothing.
+    onto = tmp_path / "onto"
+    assert extract_layer(lower, onto, layer="lower") == ()
+    assert extract_layer(special, onto, layer="base") == (name,)
+    assert not os.path.lexists(onto / name)
+    assert extract_layer(special, tmp_path / "none", layer="base", only=lambda p: False) == ()
 
 
 def test_not_a_tar(tmp_path: Path) -> None:

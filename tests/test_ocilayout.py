@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import multiprocessing.synchronize
 import os
 import re
+import signal
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from envship._swap import STALE_AFTER
 from envship.cli.main import main
 from envship.errors import ArtifactError, ImageError, ImageInputError
 from envship.layer import LayerWriter
@@ -27,9 +32,11 @@ from envship.oci import (
     ImageConfig,
     ImageManifest,
     canonical_json,
+    sha256_digest,
 )
 from envship.ocilayout import INDEX_LOCK, OciLayout, parse_layout_ref
 from imagelib import BaseImage
+from test_swap import RENAME, traced
 
 
 @pytest.mark.parametrize(
@@ -364,3 +371,92 @@ def test_a_malformed_document_in_a_layout_is_bad_input(
     )
     assert code == 2
     assert json.loads(capsys.readouterr().out)["error"] == "image-input"
+
+
+# -- a layout without images, and what dead writers and failed writes leave ------------------
+
+
+def test_a_layout_holding_no_image_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = OciLayout.open(tmp_path / "l", create=True)
+    with pytest.raises(ImageInputError) as caught:
+        layout.resolve()
+    assert caught.value.message == f"{layout.root} holds no image (its index.json lists none)"
+    assert caught.value.exit_code == 2
+    assert main(["image", "inspect", f"oci:{layout.root}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no image" in err and "say which one" not in err
+
+
+ADD_BLOB = """
+import sys
+from envship.ocilayout import OciLayout
+layout = OciLayout(__import__("pathlib").Path(sys.argv[1]))
+descriptor = layout.add_blob(sys.argv[2].encode(), "application/octet-stream")
+if len(sys.argv) > 3:
+    layout.tag(sys.argv[3], descriptor)
+"""
+
+
+def killed_writer(root: Path, data: str, tag: str = "", *, at: int = 1) -> None:
+    """A writer of ``data`` (and then of ``tag``) SIGKILLed as it enters its ``at``-th
+    rename, by strace: it leaves what a killed build leaves."""
+    argv = [sys.executable, "-c", ADD_BLOB, str(root), data, *([tag] if tag else [])]
+    assert traced(argv, kill_before=(RENAME, at)).returncode == -signal.SIGKILL
+
+
+def test_sweep_removes_what_dead_writers_left_and_nothing_a_live_one_holds(
+    tmp_path: Path,
+) -> None:
+    layout = OciLayout.open(tmp_path / "l", create=True)
+    index = (layout.root / "index.json").read_bytes()
+    blobs = layout.root / "blobs" / "sha256"
+    killed_writer(layout.root, "dead blob")  # before the blob's rename
+    one = small_image(layout, b"one")
+    killed_writer(layout.root, "one", "v1")  # the blob is there: killed before the index
+    assert (layout.root / "index.json").read_bytes() == index
+    dead = sorted(p.name for p in [*blobs.iterdir(), *layout.root.iterdir()] if ".held-" in p.name)
+    assert len(dead) == 2 and any(name.startswith(".index.json.") for name in dead)
+    # A running writer's partial, held by this process, and an older envship's, fresh
+    # and stale (unlocked: only their age tells).
+    live = blobs / f".{'b' * 64}.held-1-abcdef01.partial"
+    fd = os.open(live, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    fresh, stale = blobs / f".{'c' * 64}.1-aa.partial", blobs / f".{'d' * 64}.2-bb.partial"
+    fresh.write_bytes(b"x")
+    stale.write_bytes(b"x")
+    old = time.time() - STALE_AFTER - 60
+    os.utime(stale, (old, old))
+    try:
+        assert sorted(layout.sweep()) == sorted([*dead, stale.name])
+        assert live.exists() and fresh.exists()
+    finally:
+        os.close(fd)
+    assert layout.sweep() == [live.name]  # its writer is gone now
+    assert layout.has_blob(one.digest) and (layout.root / "index.json").read_bytes() == index
+
+
+def test_a_failed_write_removes_only_the_blobs_no_manifest_references(tmp_path: Path) -> None:
+    layout = OciLayout.open(tmp_path / "l", create=True)
+    one = small_image(layout, b"one")
+    layout.tag("v1", one)
+    shared = layout.blob_path(sha256_digest(b"one"))
+    orphan = layout.add_blob(b"orphan", OCI_LAYER_GZIP)
+    added = [orphan.digest, sha256_digest(b"one"), one.digest]
+    assert layout.remove_unreferenced(added) == [orphan.digest]
+    assert shared.exists() and not layout.has_blob(orphan.digest)
+    assert layout.image("v1").descriptor.digest == one.digest
+
+
+def test_a_tag_is_written_only_when_the_blobs_it_needs_are_there(tmp_path: Path) -> None:
+    layout = OciLayout.open(tmp_path / "l", create=True)
+    one = small_image(layout, b"one")
+    index = (layout.root / "index.json").read_bytes()
+    gone = sha256_digest(b"removed meanwhile")
+    with pytest.raises(ImageError, match="went missing") as caught:
+        layout.tag("v1", one, needs=[sha256_digest(b"one"), gone])
+    assert [p.where for p in caught.value.problems] == [str(layout.blob_path(gone))]
+    assert (layout.root / "index.json").read_bytes() == index
+    layout.tag("v1", one, needs=[sha256_digest(b"one"), one.digest])
+    assert layout.tags() == ["v1"]

@@ -40,6 +40,7 @@ from .ocilayout import LayoutImage
 
 __all__ = [
     "KERNELS_DIR",
+    "MOUNTED",
     "SAGEMAKER_HIDDEN",
     "BaseDir",
     "BasePaths",
@@ -56,6 +57,13 @@ EXAMPLE_PREFIX = "/opt/envship/venv"
 # "/bin/python" + newline.
 MAX_PREFIX = 127 - len("#!/bin/python\n")
 _TOO_WIDE = frozenset({"/", "/usr", "/opt"})
+# Every OCI runtime mounts proc, sysfs and a tmpfs for /dev over the image's folders
+# (runtime-spec config-linux.md, "Default Filesystems"; runc's and Docker's defaults),
+# so an environment there is hidden the moment the container starts.
+MOUNTED = ("/proc", "/sys", "/dev")
+# Often, not always, a tmpfs at run time (podman and systemd mount /tmp and /run, Docker
+# --tmpfs, Kubernetes emptyDir volumes): the environment may vanish, so a note.
+_OFTEN_MOUNTED = ("/tmp", "/run", "/var/run")
 # DESIGN.md, platform facts: SageMaker Studio reserves these, and mounts the user's home
 # over whatever the image has there.
 SAGEMAKER_HIDDEN = {
@@ -67,6 +75,11 @@ SAGEMAKER_HIDDEN = {
 _FORMAT = 1  # of the cached records; bumped when what they hold changes
 LABEL = "org.envship.prefix"  # where an image envship built has its environment
 KERNEL_DIRS = (None, "dir", "empty dir")  # what the kernelspec folder may be in the base
+
+
+def _under(path: str, roots: Iterable[str]) -> str | None:
+    """The one of ``roots`` that ``path`` is or is below, if any."""
+    return next((r for r in roots if path == r or path.startswith(r + "/")), None)
 
 
 def check_prefix(prefix: str) -> str:
@@ -82,6 +95,8 @@ def check_prefix(prefix: str) -> str:
         problem = "spaces, ':' (it would split PATH) and NUL are not allowed"
     elif text in _TOO_WIDE:
         problem = "a system folder, not a folder of its own"
+    elif (mount := _under(text, MOUNTED)) is not None:
+        problem = f"container runtimes mount over {mount}, which would hide the environment"
     elif len(text.encode()) > MAX_PREFIX:
         problem = f"longer than {MAX_PREFIX} bytes (a script's '#!' line holds 127)"
     if problem is not None:
@@ -266,6 +281,13 @@ def place(base: LayoutImage, prefix: str, *, where: str, cache: Path | None = No
             f"{prefix} is {real} in the base (a symbolic link on the way); "
             "the environment is built there"
         )
+    for path in dict.fromkeys((prefix, real)):
+        if (mount := _under(path, _OFTEN_MOUNTED)) is not None:
+            notes.append(
+                f"{path} is under {mount}, where many runtimes mount an empty tmpfs "
+                "(podman, systemd, Kubernetes volumes, docker run --tmpfs), which hides "
+                "the environment; a folder such as /opt/envship/venv is safer"
+            )
     if env.found not in (None, "empty dir"):
         if env.children:
             held = ", ".join(env.children[:4]) + (", ..." if len(env.children) > 4 else "")

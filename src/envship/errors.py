@@ -320,7 +320,8 @@ class UnsupportedBaseError(ImageError):
 
 class UnsafeLayerError(ImageError):
     """A layer holds an entry that would land outside the root (absolute, ``..``, escaping
-    link), or a device node. Reading it stops before anything is written."""
+    link). Reading it stops before anything is written. (Device nodes and FIFOs are read,
+    never created: :func:`envship.layerfs.is_special`.)"""
 
     exit_code = 4
     kind = "unsafe-layer"

@@ -17,9 +17,12 @@ registry manifest) is bad input: :class:`ImageInputError`, exit 2.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
-import shutil
+import re
+import stat
+import tarfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ._diskfull import is_disk_full
+from ._swap import Staging, sweep
 from .dockerarchive import parse_archive_ref, read_docker_archive, write_docker_archive
 from .errors import ArtifactError, ImageError, ImageInputError, Problem, RegistryError
 from .image import BuiltImage
@@ -39,6 +43,7 @@ from .oci import (
     ImageManifest,
     Reference,
     load_json,
+    sha256_digest,
 )
 from .ocilayout import (
     LayoutImage,
@@ -108,11 +113,20 @@ def default_client(
     return lambda registry: RegistryClient(registry, insecure=insecure, progress=progress)
 
 
-def check_output(text: str) -> None:
+_NOT_A_FOLDER = "is a file, not a folder"
+_BELOW_A_FOLDER = "name a path below a folder (a file cannot hold other files)"
+
+
+def check_output(text: str, *, lock: Path | None = None, base: str | None = None) -> None:
     """Refuse (exit 2) an output ``--output`` cannot write, before anything is built:
     ``oci:DIR[:TAG]`` and ``docker-archive:FILE[:NAME[:TAG]]`` with a valid name, whose
     path is free for it (a layout goes into a new or empty folder or an existing layout,
-    an archive at a path that is not a folder), below a folder rather than a file."""
+    an archive at a path that is not a folder), below a folder rather than a file.
+
+    An archive replaces the file at its path, so that file must be a tar archive (an
+    earlier image) or empty, and neither the ``lock`` being built nor the ``base`` it is
+    built on (``docker-archive:``), not even through a link: ``image build`` has no
+    ``--force``, and a lock or spec written over is lost."""
     if text.startswith("oci:"):
         directory, _ = parse_layout_ref(text)
         problem = _blocked(directory)
@@ -122,12 +136,19 @@ def check_output(text: str) -> None:
             elif not (directory / "oci-layout").is_file() and any(directory.iterdir()):
                 problem = "it is a folder that is neither empty nor an OCI layout"
         where, hint = directory, "name a new or empty folder, or an existing OCI layout"
+        if problem is not None and problem.endswith(_NOT_A_FOLDER):
+            hint = _BELOW_A_FOLDER
     elif text.startswith("docker-archive:"):
         path, _ = parse_archive_ref(text)
         problem = _blocked(path)
-        if problem is None and path.is_dir():
+        hint = f"name a file, e.g. docker-archive:{path / 'image.tar'}"
+        if problem is not None:
+            hint = _BELOW_A_FOLDER
+        elif path.is_dir():
             problem = "it is a folder; a docker-archive is one file"
-        where, hint = path, f"name a file, e.g. docker-archive:{path / 'image.tar'}"
+        elif (taken := _taken(path, lock, base)) is not None:
+            problem, hint = taken
+        where = path
     else:
         raise ImageInputError(
             f"unknown output {text!r}",
@@ -145,8 +166,52 @@ def _blocked(path: Path) -> str | None:
     """Why ``path`` cannot be made: the nearest of its parents that exists is no folder."""
     for parent in path.absolute().parents:
         if parent.exists():
-            return None if parent.is_dir() else f"{parent} is not a folder"
+            return None if parent.is_dir() else f"{parent} {_NOT_A_FOLDER}"
     return None
+
+
+def _taken(path: Path, lock: Path | None, base: str | None) -> tuple[str, str] | None:
+    """Why the archive must not replace what is at ``path`` (and the hint): it is a file
+    this build reads, or something other than a tar archive or an empty file."""
+    try:
+        st = path.stat()  # through links: a link to the lock is the lock
+    except OSError:
+        return None  # nothing there (a dangling link is replaced, never followed)
+    reads = [(lock, "the lock this build reads")]
+    if base is not None and base.startswith("docker-archive:"):
+        reads.append(
+            (parse_archive_ref(base)[0], "the base image's archive, which this build reads")
+        )
+    for other, what in reads:
+        if other is not None and _same(st, other):
+            return f"it is {what}", "write the image to a file of its own"
+    # No --force: an earlier image (a tar) is replaced, anything else only once removed.
+    hint = "remove it first (image build has no --force), or write the image to another file"
+    if not stat.S_ISREG(st.st_mode):  # /dev/null, a FIFO: replaced by a rename, never kept
+        return "it is not a regular file", "write the image to a regular file"
+    if st.st_size and not _is_tar(path):
+        return "it is a file that is not a tar archive, which the image would replace", hint
+    return None
+
+
+def _same(st: os.stat_result, other: Path) -> bool:
+    try:
+        theirs = other.stat()
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
+def _is_tar(path: Path) -> bool:
+    """Whether ``path`` starts with a valid tar header (its checksum right), as a
+    ``docker save`` archive and every archive envship writes do."""
+    try:
+        with path.open("rb") as f:
+            block = f.read(tarfile.BLOCKSIZE)
+        tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+    except (OSError, tarfile.HeaderError):
+        return False
+    return True
 
 
 def parse_push_ref(text: str) -> Reference:
@@ -197,10 +262,33 @@ def mirrored(ref: Reference) -> Reference:
     """``ref`` with Docker Hub replaced by ``$ENVSHIP_REGISTRY_MIRROR`` (``host[:port]``)
     when set, as Docker's ``registry-mirrors`` does: networks without internet keep a copy
     of the Hub's images on an internal registry under the same names."""
-    mirror = os.environ.get("ENVSHIP_REGISTRY_MIRROR", "").strip().rstrip("/")
+    mirror = os.environ.get(MIRROR_VARIABLE, "").strip().rstrip("/")
     if mirror and ref.registry == DOCKER_HUB:
-        return replace(ref, registry=mirror)
+        return replace(ref, registry=_check_mirror(mirror))
     return ref
+
+
+MIRROR_VARIABLE = "ENVSHIP_REGISTRY_MIRROR"
+# A registry host as the distribution reference grammar spells one (reference/regexp.go:
+# domain components joined by dots, or a bracketed IPv6 address, then an optional port).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# Docker's registry-mirrors are URLs, and the registry client takes a scheme too.
+_HOST = re.compile(
+    rf"(?:https?://)?(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?"
+)
+
+
+def _check_mirror(mirror: str) -> str:
+    """``mirror`` if it is ``[http[s]://]host[:port]``; else bad input (exit 2) naming the
+    variable, before any request: a value with a space or a path would fail each retry."""
+    if _HOST.fullmatch(mirror):
+        return mirror
+    raise ImageInputError(
+        f"{MIRROR_VARIABLE}={mirror!r} is not a registry host",
+        problems=[Problem(MIRROR_VARIABLE, "not host[:port]")],
+        hint=f"set {MIRROR_VARIABLE} to host[:port] (as registry.example:5000), "
+        "or unset it to pull from Docker Hub",
+    )
 
 
 def pull_image(
@@ -270,28 +358,19 @@ def _pick(index: dict[str, Any], platform: str, where: str) -> Descriptor:
 def write_image(built: BuiltImage, text: str, *, store: Store | None = None) -> str:
     """Write ``built`` to ``oci:DIR[:TAG]`` or ``docker-archive:FILE[:NAME[:TAG]]``;
     returns what was written, as a reference. Every layer is checked against its digest
-    before it is linked or copied (with ``store``, through what it remembers)."""
+    before it is linked or copied (with ``store``, through what it remembers).
+
+    A new layout appears whole or not at all (:func:`_write_layout`); a failed write into
+    an existing one leaves its index as it was and removes the blobs it added that no
+    manifest references. An archive is written under a temporary name and renamed."""
     check_output(text)
     cache = verified_cache(store) if store is not None else None
     if text.startswith("oci:"):
         directory, tag = parse_layout_ref(text)
-        new = _new_parts(directory)
         try:
-            out = OciLayout.open(directory, create=True)
-            for layer, path in zip(built.layers, built.layer_paths, strict=True):
-                d = layer.descriptor
-                out.add_blob_file(path, d.digest, d.size, d.media_type, link=True, cache=cache)
-            out.add_blob(built.config_bytes, built.manifest.config.media_type)
-            manifest = out.add_blob(built.manifest_bytes, OCI_MANIFEST)
-            # Tagged last: until index.json names it, no reader sees a half-written image.
-            out.tag(tag or "latest", manifest)
-        except BaseException as exc:
-            # A layout this call made and that did not get its image is removed (it would
-            # pass for an output: an index.json naming nothing); an existing one keeps
-            # whatever blobs arrived, which its index does not name.
-            if new is not None:
-                _remove(*new)
-            if isinstance(exc, OSError) or (isinstance(exc, ImageError) and is_disk_full(exc)):
+            _write_layout(built, directory, tag or "latest", cache)
+        except (OSError, ImageError) as exc:
+            if isinstance(exc, OSError) or is_disk_full(exc):
                 raise _write_error(directory, exc) from exc
             raise
         return f"oci:{directory}:{tag or 'latest'}"
@@ -309,30 +388,95 @@ def write_image(built: BuiltImage, text: str, *, store: Store | None = None) -> 
     return f"docker-archive:{path}" + (f":{name}" if name else "")
 
 
-def _new_parts(directory: Path) -> tuple[Path, bool] | None:
-    """What writing a layout at ``directory`` creates: None when a layout is there, else
-    the folder to remove after a failure (``directory`` or the first missing folder
-    above it) and whether it was there before (then only its contents go)."""
-    if (directory / "oci-layout").is_file():
-        return None
-    made = directory.absolute()
-    if made.is_dir():
-        return made, True
-    while not made.parent.exists():
-        made = made.parent
-    return made, False
+def _write_layout(built: BuiltImage, directory: Path, tag: str, cache: Path | None) -> None:
+    """``built`` into the layout at ``directory``, tagged ``tag``.
 
-
-def _remove(made: Path, existed: bool) -> None:
-    if not existed:
-        shutil.rmtree(made, ignore_errors=True)
+    A new layout is written whole in a staging folder beside ``directory`` (a
+    :class:`~envship._swap.Staging`, locked, removed however this ends, and swept by the
+    next write when a SIGKILL left it) and renamed into place at the end: until then
+    there is no layout there, never one without its image. The rename fails if something
+    appeared at ``directory`` meanwhile; a layout made there is then written into.
+    Folders above it this call made are removed again after a failure."""
+    target = directory.absolute()
+    if target.is_symlink():  # a link to an (empty) folder: the image goes there, as before
+        target = Path(os.path.realpath(target))
+    prefix = f".{target.name}.tmp-"
+    if (target / "oci-layout").is_file():
+        sweep(target.parent, prefix)  # what a killed write of a new layout left here
+        _add_to_layout(built, OciLayout.open(target), tag, cache)
         return
-    with contextlib.suppress(OSError):
-        for entry in list(made.iterdir()):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+    made = None if target.parent.exists() else target.parent  # the first folder made
+    while made is not None and not made.parent.exists():
+        made = made.parent
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Staging(target.parent, prefix) as staging:
+            new = staging.path / "layout"
+            _add_to_layout(built, OciLayout.open(new, create=True), tag, cache)
+            try:
+                os.rename(new, target)  # replaces an empty folder, never one with files
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if not (target / "oci-layout").is_file():  # appeared meanwhile
+                    raise ImageInputError(
+                        f"cannot write the image to {directory}: something else was "
+                        "written there meanwhile",
+                        hint="name a new or empty folder, or an existing OCI layout",
+                    ) from None
+                _add_to_layout(built, OciLayout.open(target), tag, cache)
+    except BaseException:
+        # The folders this call made above the layout, each only if empty: another
+        # writer may have started using them meanwhile.
+        folder = target.parent
+        while made is not None and folder.is_relative_to(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
+        raise
+
+
+def _add_to_layout(built: BuiltImage, out: OciLayout, tag: str, cache: Path | None) -> None:
+    """Add ``built``'s blobs to ``out`` and tag its manifest. What killed writers left in
+    the layout goes first; the blobs this call added are removed again if it fails,
+    unless a manifest references them (another image's write may share them)."""
+    out.sweep()
+    added: list[str] = []
+
+    def add_file(path: Path, d: Descriptor) -> None:
+        if not out.has_blob(d.digest):
+            added.append(d.digest)
+        out.add_blob_file(path, d.digest, d.size, d.media_type, link=True, cache=cache)
+
+    def add_bytes(data: bytes, media_type: str) -> Descriptor:
+        if not out.has_blob(sha256_digest(data)):
+            added.append(sha256_digest(data))
+        return out.add_blob(data, media_type)
+
+    needs = [layer.descriptor.digest for layer in built.layers]
+    try:
+        for attempt in range(3):
+            for layer, path in zip(built.layers, built.layer_paths, strict=True):
+                add_file(path, layer.descriptor)
+            config = add_bytes(built.config_bytes, built.manifest.config.media_type)
+            manifest = add_bytes(built.manifest_bytes, OCI_MANIFEST)
+            try:
+                # Tagged last: until index.json names it, no reader sees a half-written
+                # image; the tag checks, under the index lock, that every blob is there.
+                out.tag(tag, manifest, needs=[*needs, config.digest, manifest.digest])
+                return
+            except ImageError:
+                # Another write's failure removed a blob both images use before we tagged
+                # (remove_unreferenced): add what is gone and tag again.
+                gone = [d for d in (*needs, config.digest) if not out.has_blob(d)]
+                if not gone or attempt == 2:
+                    raise
+    except BaseException:
+        with contextlib.suppress(OSError, ImageError):
+            out.remove_unreferenced(added)
+        raise
 
 
 def _write_error(where: Path, exc: OSError | ImageError) -> ImageError:

@@ -1,8 +1,18 @@
 """Reading untrusted OCI layers: their entries, and applying them onto a folder.
 
-Every layer is treated as hostile: absolute names, ``..``, links that climb out of the
-root and device nodes raise :class:`~envship.errors.UnsafeLayerError`; extraction never
-writes through a symbolic link and never outside its destination. Writing layers is
+Every layer is treated as hostile: absolute names, ``..`` and links that climb out of the
+root raise :class:`~envship.errors.UnsafeLayerError`; extraction never writes through a
+symbolic link and never outside its destination.
+
+Device nodes and FIFOs (:func:`is_special`) are read like any entry: a root file system
+imported with ``docker import`` keeps ``/dev/null``, ``/dev/full`` and the rest, and a
+container engine runs it. Such an entry names no bytes and reaches nothing outside the
+image, so reading it is safe; creating it is not (a device node on the build machine
+opens that machine's device), so extraction never makes one: it removes what the entry
+replaces and reports the entry's name to its caller, who decides whether one is
+allowed there. envship's own layers never hold one (:mod:`envship.layer` writes files,
+folders and links only), so a special entry in an environment's folder is a sign of
+tampering, which the verifier (:mod:`envship.imageinspect`) reports. Writing layers is
 :mod:`envship.layer`; the merged file system of several layers is :mod:`envship.layerview`.
 
 Speed matters here (a base layer has ~10k entries, and ``verify --image`` reads every
@@ -32,6 +42,7 @@ from .layer import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 __all__ = [
     "MAX_SYMLINK_HOPS",
     "extract_layer",
+    "is_special",
     "iter_layer",
     "open_layer",
     "reading",
@@ -112,11 +123,14 @@ def _clean_name(name: str, layer: str, entry: str) -> str:
     return "/".join(parts)
 
 
+def is_special(info: tarfile.TarInfo) -> bool:
+    """Whether an entry is a device node or a FIFO: read, never created (module docstring)."""
+    return info.ischr() or info.isblk() or info.isfifo()
+
+
 def _check_entry(info: tarfile.TarInfo, layer: str) -> None:
     """Normalize ``info.name`` (and a hard link's target) in place, or raise."""
     entry = info.name
-    if info.ischr() or info.isblk():
-        raise _unsafe(layer, entry, "is a device node")
     info.name = name = _clean_name(entry, layer, entry)
     base = name.rpartition("/")[2]
     hidden = base[len(WHITEOUT_PREFIX) :] if base.startswith(WHITEOUT_PREFIX) else None
@@ -150,8 +164,8 @@ def iter_layer(
     Names come back cleaned (no ``./``, no trailing ``/``); the root entry itself is
     skipped. A reader is valid only until the next entry. Raises
     :class:`UnsafeLayerError` for absolute names, ``..``, relative symlinks that climb out
-    of the root, hard links outside it and device nodes; :class:`ImageError` for a blob
-    that is not a (gzip) tar.
+    of the root and hard links outside it; :class:`ImageError` for a blob that is not a
+    (gzip) tar. Device nodes and FIFOs come back as they are (:func:`is_special`).
     """
     try:
         with (
@@ -315,8 +329,10 @@ def extract_layer(
     *,
     layer: str,
     only: Callable[[str], bool] | None = None,
-) -> None:
-    """Apply a layer onto ``dest``, honouring OCI whiteouts, never writing outside it.
+) -> tuple[str, ...]:
+    """Apply a layer onto ``dest``, honouring OCI whiteouts, never writing outside it;
+    returns the names (in the layer) of the device nodes and FIFOs it selected, which are
+    not created: whatever they replace is removed and nothing takes its place.
 
     A new ``dest`` is built in a sibling temporary folder and renamed into place at the
     end, so a failure leaves nothing. Onto an existing ``dest`` (the next layer of an
@@ -331,24 +347,26 @@ def extract_layer(
             if _selected(info.name, only):
                 last = index
         if last >= 0:  # a second pass, which stops after the last entry it needs
-            _apply(blob, str(dest), layer, only, count=last + 1)
-        return
+            return _apply(blob, str(dest), layer, only, count=last + 1)
+        return ()
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
     try:
         os.chmod(stage, 0o755)
-        _apply(blob, stage, layer, only, count=None)
+        skipped = _apply(blob, stage, layer, only, count=None)
         os.rename(stage, dest)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    return skipped
 
 
 def _apply(
     blob: Path, root: str, layer: str, only: Callable[[str], bool] | None, *, count: int | None
-) -> None:
+) -> tuple[str, ...]:
     tree = _Tree(root, layer)
     ours: set[str] = set()  # real paths (relative to root) this layer wrote
+    special: list[str] = []
     dirs: list[tuple[str, int, int]] = []
     with contextlib.closing(iter_layer(blob, layer=layer)) as entries:
         for info, reader in islice(entries, count):
@@ -400,8 +418,11 @@ def _apply(
                 os.symlink(info.linkname, final)
             elif source is not None:
                 os.link(source, final, follow_symlinks=False)
-            elif info.isfifo():
-                os.mkfifo(final, info.mode & 0o7777)
+            elif is_special(info):
+                # Never made here: a device node on this machine would open this machine's
+                # device (as root, /dev/sda itself), and a FIFO blocks whoever reads it.
+                # The entry still replaces what was there, as it would in the image.
+                special.append(name)
     # Directory modes last, deepest first, so a read-only directory can still be filled;
     # only where the path is still a real directory all the way down, since a later entry
     # may have put a symlink in its place (chmod would follow it).
@@ -410,6 +431,7 @@ def _apply(
         if rel in plain:
             os.chmod(tree.path(rel), mode)
             os.utime(tree.path(rel), (mtime, mtime))
+    return tuple(special)
 
 
 def _link_source(tree: _Tree, info: tarfile.TarInfo, layer: str) -> str:

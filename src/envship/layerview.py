@@ -34,6 +34,8 @@ _KINDS = {
     tarfile.SYMTYPE: "symlink",
     tarfile.LNKTYPE: "hardlink",
     tarfile.FIFOTYPE: "fifo",
+    tarfile.CHRTYPE: "chardev",  # a base's /dev, as `docker import` of a root keeps it
+    tarfile.BLKTYPE: "blockdev",
 }
 
 
@@ -42,7 +44,7 @@ class FileInfo:
     """One path of an image's merged file system."""
 
     path: str  # where it is in the image (parent symlinks followed), no leading '/'
-    kind: str  # "file", "dir", "symlink", "hardlink" or "fifo"
+    kind: str  # "file", "dir", "symlink", "hardlink", "fifo", "chardev" or "blockdev"
     size: int
     mode: int
     uid: int

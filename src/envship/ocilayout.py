@@ -19,24 +19,39 @@ Every blob taken from a layout is checked against its digest before it is used, 
 or copied (:func:`~envship._blobcheck.check_file`, which remembers the files that matched,
 so an unchanged base layer is hashed once).
 
+A blob copied or written in, and ``index.json`` when tagging, go through a partial file
+``.<name>.held-<pid>-<random>.partial`` that its writer holds a flock on until it is
+renamed into place, so a writer killed with SIGKILL leaves one whose lock anyone can
+take: :meth:`OciLayout.sweep` removes those at once, and other ``.partial`` files (an
+older envship's, a new layout's first files from :func:`write_atomic`) once untouched
+for :data:`envship._swap.STALE_AFTER`: the rule :func:`envship._swap.sweep` applies to
+staging folders. A write that fails removes the
+blobs it added that no manifest references (:meth:`OciLayout.remove_unreferenced`), and
+:meth:`OciLayout.tag` makes sure, under the index lock, that the blobs it is told of are
+there before the index names them.
+
 Docker's ``docker save`` archive, itself a layout in a tar, is :mod:`envship.dockerarchive`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import platform
 import secrets
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ._atomic import write_atomic
 from ._blobcheck import SETTLE_NS, check_file, file_digest, mismatch
 from ._flock import locked
+from ._swap import STALE_AFTER
 from .errors import ArtifactError, ImageError, ImageInputError, Problem
 from .oci import (
     INDEX_TYPES,
@@ -122,6 +137,93 @@ def _index_locked(root: Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)  # last, still held: see the module docstring
 
 
+_HELD = ".held-"  # in a partial blob's name: its writer holds a flock on it
+_COPY_CHUNK = 1 << 20
+
+
+def _names_inode(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open at ``fd``."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _link_new(path: Path, dest: Path) -> bool:
+    """Hard-link ``path`` at ``dest`` where nothing is there, in one step that leaves
+    nothing behind if killed; False where this file system cannot link across (another
+    device, no hard links) or a damaged blob is there: the caller copies instead."""
+    try:
+        os.link(path, dest)
+    except FileExistsError:  # a damaged one (an intact one was kept): replaced by a copy
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            return False
+        raise
+    return True
+
+
+def _write_held(dest: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
+    """Write ``dest`` through a partial file beside it, flocked while it is written and
+    renamed over ``dest`` when whole (the module docstring): a name of its own, so that
+    two writers of one blob do not collide, and one whose writer was killed is swept."""
+    while True:
+        tmp = dest.with_name(f".{dest.name}{_HELD}{os.getpid()}-{secrets.token_hex(4)}.partial")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A sweep may have taken the lock between open and flock and removed the name
+            # (the file looked dead): start over under another name.
+            if not _names_inode(tmp, fd):
+                continue
+            with open(os.dup(fd), "wb") as out:
+                write(out)
+            os.fchmod(fd, mode)  # as write_atomic: a shared layout is read by others
+            os.replace(tmp, dest)
+            return
+        except BaseException:
+            if _names_inode(tmp, fd):
+                tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+
+
+def _clear_held(path: Path) -> bool:
+    """Remove a held partial blob whose writer is gone (its flock can be taken)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Removed while held, so that a writer that opened it in between (_copy_in) finds
+        # the name gone once it has the lock, and takes another.
+        if not _names_inode(path, fd):
+            return False
+        path.unlink()
+    except OSError:  # its writer runs (or another sweep clears it now)
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _clear_stale(entry: os.DirEntry[str], now: float) -> bool:
+    """Remove a partial file of a writer that holds no lock (:func:`write_atomic`'s, an
+    older envship's) once nothing wrote it for :data:`STALE_AFTER`."""
+    try:
+        if now - entry.stat(follow_symlinks=False).st_mtime <= STALE_AFTER:
+            return False
+        os.unlink(entry.path)
+    except OSError:
+        return False
+    return True
+
+
 def _names(entry: object, tag: str) -> bool:
     """Whether an ``index.json`` entry carries the tag ``tag``."""
     return isinstance(entry, dict) and (entry.get("annotations") or {}).get(REF_NAME) == tag
@@ -195,7 +297,7 @@ class OciLayout:
                 return Descriptor(media_type, digest, len(data))
         except OSError:
             pass
-        write_atomic(path, data)
+        _write_held(path, lambda out: out.write(data))
         return Descriptor(media_type, digest, len(data))
 
     def add_blob_file(
@@ -224,26 +326,27 @@ class OciLayout:
             if not link:
                 path.unlink()
             return Descriptor(media_type, digest, size)
-        # A name of its own, so two builds adding the same blob at once do not collide.
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
         try:
             if link:
-                try:
-                    os.link(path, tmp)
-                except OSError:
-                    shutil.copyfile(path, tmp)
+                if _link_new(path, dest):
+                    return Descriptor(media_type, digest, size)
             else:
                 try:
                     os.replace(path, dest)
                     return Descriptor(media_type, digest, size)
-                except OSError:
-                    shutil.copyfile(path, tmp)
-                    path.unlink()
-            os.replace(tmp, dest)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+            self._copy_in(path, dest)
+            if not link:
+                path.unlink()
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise ImageError(f"cannot write blob {digest} into {self.root}: {exc}") from exc
         return Descriptor(media_type, digest, size)
+
+    def _copy_in(self, path: Path, dest: Path) -> None:
+        with open(path, "rb") as src:
+            _write_held(dest, lambda out: shutil.copyfileobj(src, out, _COPY_CHUNK))
 
     @staticmethod
     def _intact(dest: Path, digest: str, size: int, cache: Path | None) -> bool:
@@ -282,6 +385,65 @@ class OciLayout:
             hint="the layout is incomplete; copy or save the image again",
         )
 
+    def sweep(self, *, now: float | None = None) -> list[str]:
+        """Remove the partial blobs dead writers left (the module docstring); returns
+        their names. A running writer's are never touched."""
+        now = time.time() if now is None else now
+        entries = []
+        for folder in (self.root, self.root / "blobs" / "sha256"):  # index.json, blobs
+            with contextlib.suppress(OSError):
+                entries += list(os.scandir(folder))
+        removed = []
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(".partial")):
+                continue
+            held = _HELD in entry.name
+            if _clear_held(Path(entry.path)) if held else _clear_stale(entry, now):
+                removed.append(entry.name)
+        return removed
+
+    def referenced(self) -> set[str] | None:
+        """The digests of every blob the index reaches (manifests, nested indexes,
+        configs, layers); None when one of them cannot be read, as then what it
+        references is unknown."""
+        seen: set[str] = set()
+        todo = [(m, 0) for m in self.index()["manifests"]]
+        while todo:
+            raw, depth = todo.pop()
+            digest = raw.get("digest") if isinstance(raw, dict) else None
+            if not isinstance(digest, str) or digest in seen:
+                continue
+            seen.add(digest)
+            if depth > 3:
+                return None
+            try:
+                data = load_json(self.blob_path(digest).read_bytes(), digest)
+            except (OSError, ImageError):
+                return None
+            children = [data.get("config"), *(data.get("layers") or [])]
+            seen.update(c["digest"] for c in children if isinstance(c, dict) and "digest" in c)
+            todo += [(m, depth + 1) for m in data.get("manifests") or []]
+        return seen
+
+    def remove_unreferenced(self, digests: Collection[str]) -> list[str]:
+        """Remove those of ``digests`` (blobs a failed write added) that no manifest the
+        index reaches references, under the index lock, so that a tag being written
+        meanwhile (:meth:`tag` checks its blobs under it) is either seen or re-checks.
+        Nothing is removed when a manifest cannot be read. Returns the digests removed."""
+        if not digests:
+            return []
+        removed = []
+        with _index_locked(self.root):
+            referenced = self.referenced()
+            if referenced is None:
+                return []
+            for digest in digests:
+                if digest not in referenced:
+                    with contextlib.suppress(OSError):
+                        self.blob_path(digest).unlink()
+                        removed.append(digest)
+        return removed
+
     # -- index and tags --------------------------------------------------------------------
 
     def index(self) -> dict[str, Any]:
@@ -305,8 +467,13 @@ class OciLayout:
             if isinstance(m, dict) and REF_NAME in (m.get("annotations") or {})
         ]
 
-    def tag(self, name: str, manifest: Descriptor) -> None:
-        """Point ``name`` at ``manifest`` in index.json (replacing what it named before)."""
+    def tag(self, name: str, manifest: Descriptor, *, needs: Collection[str] = ()) -> None:
+        """Point ``name`` at ``manifest`` in index.json (replacing what it named before).
+
+        ``needs``: digests of blobs that must be in the layout, checked under the index
+        lock: a failed write of another image that shared one removes what no manifest
+        references under the same lock, so a blob seen here stays. A missing one is
+        :class:`ImageError` naming it (the caller may add it again and retry)."""
         if not name or any(c.isspace() for c in name):
             raise ImageInputError(f"invalid tag {name!r} for an OCI layout")
         annotations = dict(manifest.annotations or {})
@@ -320,11 +487,23 @@ class OciLayout:
         )
         # Read, edit and replace under one lock, or a concurrent tagger's edit is lost.
         with _index_locked(self.root):
+            gone = [d for d in dict.fromkeys(needs) if not self.has_blob(d)]
+            if gone:
+                raise ImageError(
+                    f"blobs of the image went missing from {self.root} before it was tagged",
+                    problems=[Problem(str(self.blob_path(d)), "no such file") for d in gone],
+                    hint="write the image again",
+                )
             index = self.index()
             kept = [m for m in index["manifests"] if not _names(m, name)]
             index["manifests"] = [*kept, entry.to_json()]
             index.setdefault("mediaType", OCI_INDEX)
-            write_atomic(self.root / "index.json", canonical_json(index))
+            data, path = canonical_json(index), self.root / "index.json"
+            try:
+                mode = path.stat().st_mode & 0o7777
+            except FileNotFoundError:
+                mode = 0o644
+            _write_held(path, lambda out: out.write(data), mode)
 
     def resolve(
         self, tag: str | None = None, *, platform: str = "linux/amd64"
@@ -346,6 +525,12 @@ class OciLayout:
             raw = chosen[-1]
         elif len(entries) == 1:
             raw = entries[0]
+        elif not entries:
+            # A layout with no image at all: nothing to choose from.
+            raise ImageInputError(
+                f"{self.root} holds no image (its index.json lists none)",
+                hint="write an image into it, or name a layout that holds one",
+            )
         else:
             raise ImageInputError(
                 f"{self.root} holds {len(entries)} images; say which one",

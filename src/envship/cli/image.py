@@ -114,7 +114,9 @@ def _blob_line(event: BlobProgress) -> None:
     help="Where the virtual environment lives inside the image: a folder the base does "
     "not have yet (an empty one will do). Symbolic links in the base are followed, and "
     "the environment is built at the real path (a note says so). On SageMaker, avoid "
-    "/opt/ml, /opt/.sagemakerinternal, /var/log/studio and /home/sagemaker-user.",
+    "/opt/ml, /opt/.sagemakerinternal, /var/log/studio and /home/sagemaker-user. /proc, "
+    "/sys and /dev are refused (container runtimes mount over them); under /tmp or /run a "
+    "note warns that a runtime may mount a tmpfs there.",
 )
 @click.option(
     "--kernel-name",
@@ -177,7 +179,7 @@ def build_cmd(
                 f"--output {out!r}: write oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG] "
                 "(use --push for a registry)"
             )
-        check_output(out)
+        check_output(out, lock=lock_path, base=base)
     # What can be checked without the base is, before it is read or pulled.
     check_prefix(prefix)
     source_date_epoch()  # a bad SOURCE_DATE_EPOCH is refused before a base is pulled
