@@ -22,7 +22,7 @@ so an unchanged base layer is hashed once).
 A blob copied or written in, and ``index.json`` when tagging, go through a partial file
 ``.<name>.held-<pid>-<random>.partial`` that its writer holds a flock on until it is
 renamed into place, so a writer killed with SIGKILL leaves one whose lock anyone can
-take: :meth:`OciLayout.sweep` removes those at once, and other ``.partial`` files (an
+take (:mod:`envship._heldfile`): :meth:`OciLayout.sweep` removes those at once, and other ``.partial`` files (an
 older envship's, a new layout's first files from :func:`write_atomic`) once untouched
 for :data:`envship._swap.STALE_AFTER`: the rule :func:`envship._swap.sweep` applies to
 staging folders. A write that fails removes the
@@ -37,21 +37,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import platform
-import secrets
 import shutil
-import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from ._atomic import write_atomic
 from ._blobcheck import SETTLE_NS, check_file, file_digest, mismatch
 from ._flock import locked
-from ._swap import STALE_AFTER
+from ._heldfile import COPY_CHUNK, link_new, sweep_partials, write_held
 from .errors import ArtifactError, ImageError, ImageInputError, Problem
 from .oci import (
     INDEX_TYPES,
@@ -137,93 +134,6 @@ def _index_locked(root: Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)  # last, still held: see the module docstring
 
 
-_HELD = ".held-"  # in a partial blob's name: its writer holds a flock on it
-_COPY_CHUNK = 1 << 20
-
-
-def _names_inode(path: Path, fd: int) -> bool:
-    """Whether ``path`` still names the file open at ``fd``."""
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-
-def _link_new(path: Path, dest: Path) -> bool:
-    """Hard-link ``path`` at ``dest`` where nothing is there, in one step that leaves
-    nothing behind if killed; False where this file system cannot link across (another
-    device, no hard links) or a damaged blob is there: the caller copies instead."""
-    try:
-        os.link(path, dest)
-    except FileExistsError:  # a damaged one (an intact one was kept): replaced by a copy
-        return False
-    except OSError as exc:
-        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            return False
-        raise
-    return True
-
-
-def _write_held(dest: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
-    """Write ``dest`` through a partial file beside it, flocked while it is written and
-    renamed over ``dest`` when whole (the module docstring): a name of its own, so that
-    two writers of one blob do not collide, and one whose writer was killed is swept."""
-    while True:
-        tmp = dest.with_name(f".{dest.name}{_HELD}{os.getpid()}-{secrets.token_hex(4)}.partial")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            # A sweep may have taken the lock between open and flock and removed the name
-            # (the file looked dead): start over under another name.
-            if not _names_inode(tmp, fd):
-                continue
-            with open(os.dup(fd), "wb") as out:
-                write(out)
-            os.fchmod(fd, mode)  # as write_atomic: a shared layout is read by others
-            os.replace(tmp, dest)
-            return
-        except BaseException:
-            if _names_inode(tmp, fd):
-                tmp.unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(fd)
-
-
-def _clear_held(path: Path) -> bool:
-    """Remove a held partial blob whose writer is gone (its flock can be taken)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # Removed while held, so that a writer that opened it in between (_copy_in) finds
-        # the name gone once it has the lock, and takes another.
-        if not _names_inode(path, fd):
-            return False
-        path.unlink()
-    except OSError:  # its writer runs (or another sweep clears it now)
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
-def _clear_stale(entry: os.DirEntry[str], now: float) -> bool:
-    """Remove a partial file of a writer that holds no lock (:func:`write_atomic`'s, an
-    older envship's) once nothing wrote it for :data:`STALE_AFTER`."""
-    try:
-        if now - entry.stat(follow_symlinks=False).st_mtime <= STALE_AFTER:
-            return False
-        os.unlink(entry.path)
-    except OSError:
-        return False
-    return True
-
-
 def _names(entry: object, tag: str) -> bool:
     """Whether an ``index.json`` entry carries the tag ``tag``."""
     return isinstance(entry, dict) and (entry.get("annotations") or {}).get(REF_NAME) == tag
@@ -297,7 +207,7 @@ class OciLayout:
                 return Descriptor(media_type, digest, len(data))
         except OSError:
             pass
-        _write_held(path, lambda out: out.write(data))
+        write_held(path, lambda out: out.write(data))
         return Descriptor(media_type, digest, len(data))
 
     def add_blob_file(
@@ -328,7 +238,7 @@ class OciLayout:
             return Descriptor(media_type, digest, size)
         try:
             if link:
-                if _link_new(path, dest):
+                if link_new(path, dest):
                     return Descriptor(media_type, digest, size)
             else:
                 try:
@@ -346,7 +256,7 @@ class OciLayout:
 
     def _copy_in(self, path: Path, dest: Path) -> None:
         with open(path, "rb") as src:
-            _write_held(dest, lambda out: shutil.copyfileobj(src, out, _COPY_CHUNK))
+            write_held(dest, lambda out: shutil.copyfileobj(src, out, COPY_CHUNK))
 
     @staticmethod
     def _intact(dest: Path, digest: str, size: int, cache: Path | None) -> bool:
@@ -388,19 +298,8 @@ class OciLayout:
     def sweep(self, *, now: float | None = None) -> list[str]:
         """Remove the partial blobs dead writers left (the module docstring); returns
         their names. A running writer's are never touched."""
-        now = time.time() if now is None else now
-        entries = []
-        for folder in (self.root, self.root / "blobs" / "sha256"):  # index.json, blobs
-            with contextlib.suppress(OSError):
-                entries += list(os.scandir(folder))
-        removed = []
-        for entry in entries:
-            if not (entry.name.startswith(".") and entry.name.endswith(".partial")):
-                continue
-            held = _HELD in entry.name
-            if _clear_held(Path(entry.path)) if held else _clear_stale(entry, now):
-                removed.append(entry.name)
-        return removed
+        # index.json's partial files beside it, the blobs' in their folder
+        return sweep_partials((self.root, self.root / "blobs" / "sha256"), now=now)
 
     def referenced(self) -> set[str] | None:
         """The digests of every blob the index reaches (manifests, nested indexes,
@@ -503,7 +402,7 @@ class OciLayout:
                 mode = path.stat().st_mode & 0o7777
             except FileNotFoundError:
                 mode = 0o644
-            _write_held(path, lambda out: out.write(data), mode)
+            write_held(path, lambda out: out.write(data), mode)
 
     def resolve(
         self, tag: str | None = None, *, platform: str = "linux/amd64"
