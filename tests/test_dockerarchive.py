@@ -9,19 +9,14 @@ import json
 import os
 import pwd
 import re
-import shutil
 import stat
-import subprocess
-import sysconfig
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-import envship
 from envship.dockerarchive import (
     parse_archive_name,
     parse_archive_ref,
@@ -35,6 +30,7 @@ from envship.oci import ImageConfig, sha256_digest
 from envship.ocilayout import OciLayout
 from imagelib import BaseImage, docker, make_image
 from serviceslib import DockerEngine
+from userlib import SYSTEM_PY, as_user, world_readable
 
 
 def layered_image(tmp_path: Path) -> BaseImage:
@@ -525,30 +521,11 @@ def test_an_archive_of_several_images_needs_a_name(tmp_path: Path) -> None:
 
 # -- a store shared between users ----------------------------------------------------------------
 
-AS_USER = ["setpriv", "--reuid", "1000", "--regid", "100", "--clear-groups"]
-SYSTEM_PY = "/usr/bin/python3.11"  # readable by uid 1000, unlike this suite's interpreter
-SRC = Path(envship.__file__).resolve().parents[1]  # the envship this suite imported
-SITE = sysconfig.get_paths()["purelib"]
 
-
-@pytest.fixture
-def world_readable() -> Iterator[Path]:
-    """A folder under /tmp every user may enter (pytest's tmp_path lies under a 0700 one)."""
-    assert os.getuid() == 0, "these tests act as uid 1000 through setpriv: run them as root"
-    assert shutil.which("setpriv"), "setpriv (util-linux) is needed"
-    top = Path(tempfile.mkdtemp(prefix="envship-archive-", dir="/tmp"))
-    try:
-        top.chmod(0o755)
+@pytest.fixture(name="world_readable")
+def _world_readable() -> Iterator[Path]:
+    with world_readable("envship-archive-") as top:
         yield top
-    finally:
-        shutil.rmtree(top)
-
-
-def as_user(top: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {"HOME": str(top), "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{SRC}{os.pathsep}{SITE}"}
-    return subprocess.run(
-        [*AS_USER, *argv], cwd=top, env=env, capture_output=True, text=True, check=False
-    )
 
 
 @pytest.mark.parametrize(

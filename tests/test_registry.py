@@ -11,10 +11,7 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import stat
-import subprocess
-import tempfile
 import threading
 import tracemalloc
 import uuid
@@ -33,6 +30,7 @@ from envship.oci import OCI_CONFIG, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST, Des
 from envship.oci import sha256_digest as digest_of
 from envship.registry import IO_BLOCK, BlobProgress, RegistryClient
 from registrylib import FaultProxy, Registry, free_port, write_random
+from userlib import as_user, world_readable
 
 FAST = RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.01)
 MiB = 1 << 20
@@ -249,20 +247,11 @@ def test_progress_reports_every_block_up_to_the_total(registry: Registry, repo: 
 
 # -- blobs pulled into a shared store ---------------------------------------------------------
 
-AS_USER = ["setpriv", "--reuid", "1000", "--regid", "100", "--clear-groups"]
 
-
-@pytest.fixture
-def world_readable() -> Iterator[Path]:
-    """A folder under /tmp every user may enter (pytest's tmp_path lies under a 0700 one)."""
-    assert os.getuid() == 0, "this test reads as uid 1000 through setpriv: run it as root"
-    assert shutil.which("setpriv"), "setpriv (util-linux) is needed"
-    top = Path(tempfile.mkdtemp(prefix="envship-registry-", dir="/tmp"))
-    try:
-        top.chmod(0o755)
+@pytest.fixture(name="world_readable")
+def _world_readable() -> Iterator[Path]:
+    with world_readable("envship-registry-") as top:
         yield top
-    finally:
-        shutil.rmtree(top)
 
 
 @pytest.mark.parametrize(
@@ -291,7 +280,7 @@ def test_a_pulled_blob_is_readable_by_every_user_of_the_store(
     finally:
         os.umask(old)
     assert stat.S_IMODE(dest.stat().st_mode) == blob_mode
-    other = subprocess.run([*AS_USER, "sha256sum", str(dest)], capture_output=True, text=True)
+    other = as_user(dest.parent, "sha256sum", str(dest))
     assert other.returncode == 0, other.stderr
     assert other.stdout.split()[0] == descriptor.digest.removeprefix("sha256:")
 
