@@ -432,8 +432,10 @@ def test_inspect_table_and_json(
     assert code == 0, err
     data = json.loads(out)
     assert data["digest"] == built.digest and data["name"] == sample_layout
-    assert [layer["distributions"] for layer in data["layers"]] == [
-        list(layer.distributions) for layer in built.layers
+    # Each layer's keys that image build's --json gives have its values here too.
+    shared = ("digest", "size", "diff_id", "label", "distributions")
+    assert [{k: layer[k] for k in shared} for layer in data["layers"]] == [
+        {k: layer.to_json()[k] for k in shared} for layer in built.layers
     ]
     assert data["labels"]["org.envship.target"] == PLATFORM
 

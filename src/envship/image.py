@@ -66,6 +66,7 @@ from .store import Store
 from .targets import Target
 
 __all__ = [
+    "BUILT_BY",
     "DEFAULT_PREFIX",
     "LABEL_PREFIX",
     "BuiltImage",
@@ -77,6 +78,10 @@ __all__ = [
     "lock_target",
     "source_date_epoch",
 ]
+
+# How a layer's history entry names what the build made it of ("envship image build:
+# numpy 2.3.1"); `image inspect` reads the label back from it.
+BUILT_BY = "envship image build: "
 
 DEFAULT_PREFIX = "/opt/envship/venv"
 LABEL_PREFIX = "org.envship"
@@ -412,8 +417,7 @@ def build_image(
         f"{LABEL_PREFIX}.target": chosen.name,
     }
     history = [
-        {"created": created, "created_by": f"envship image build: {layer.label}"}
-        for layer in env_layers
+        {"created": created, "created_by": f"{BUILT_BY}{layer.label}"} for layer in env_layers
     ]
     config = _config(
         replace(base.config, history=tuple(base_history)),

@@ -60,7 +60,7 @@ from ._imageoutside import (
 )
 from ._strays import VENV_CREATION
 from .errors import ImageInputError, TargetError
-from .image import DISTRIBUTIONS, LABEL_PREFIX
+from .image import BUILT_BY, DISTRIBUTIONS, LABEL_PREFIX
 from .imagebase import check_image_target, probe_image
 from .imageio import ImageSource
 from .install import MARKER_NAME
@@ -83,11 +83,23 @@ class LayerInfo:
     created_by: str
     distributions: tuple[str, ...]
     compressed: bool = True  # gzip or zstd, sniffed from the blob (docker save's are not)
+    diff_id: str = ""  # the uncompressed layer's digest, from the config's rootfs
+
+    @property
+    def label(self) -> str:
+        """What ``image build`` calls the layer ("numpy 2.3.1", "environment"; "base"
+        for one it did not write), as its ``--json`` layers say."""
+        built = self.created_by.removeprefix(BUILT_BY)
+        return built if built != self.created_by else "base"
 
     def to_json(self) -> dict[str, Any]:
+        # The keys image build gives its layers (digest, size, diff_id, label,
+        # distributions), and what only a read of the image tells.
         return {
             "digest": self.digest,
             "size": self.size,
+            "diff_id": self.diff_id,
+            "label": self.label,
             "compressed": self.compressed,
             "media_type": self.media_type,
             "created_by": self.created_by,
@@ -177,6 +189,7 @@ def inspect_image(source: ImageSource, store: Store) -> ImageInfo:
                 created_by,
                 dists,
                 _compressed(path),
+                image.config.diff_ids[i] if i < len(image.config.diff_ids) else "",
             )
         )
     labels = {str(k): str(v) for k, v in (image.config.config.get("Labels") or {}).items()}
