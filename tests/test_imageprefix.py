@@ -200,8 +200,9 @@ def test_prefix_on_bookworm_runs_and_keeps_the_base(
 @pytest.fixture(scope="module")
 def odd_base(slim_layout: BaseImage, tmp_path_factory: pytest.TempPathFactory) -> BaseImage:
     """The slim base with a folder, a file, links (a loop, one to /usr, one to nowhere),
-    an empty folder UID 1000 owns and a Jupyter folder that is a link to conda's, which
-    holds a kernelspec ``ds`` with a logo."""
+    an empty folder UID 1000 owns, folders root keeps to itself and to group 100, and a
+    Jupyter folder that is a link to conda's, which holds a kernelspec ``ds`` with a
+    logo."""
 
     def fill(writer: LayerWriter) -> None:
         writer.add_file("opt/full/old.txt", b"old\n")
@@ -212,6 +213,8 @@ def odd_base(slim_layout: BaseImage, tmp_path_factory: pytest.TempPathFactory) -
         writer.add_symlink("opt/dangling", "/srv/nowhere")
         writer.add_symlink("opt/shm", "/dev/shm")
         writer.add_dir("opt/empty", 0o2770, uid=1000, gid=100)
+        writer.add_dir("opt/private", 0o700, uid=0, gid=0)
+        writer.add_dir("opt/team", 0o750, uid=0, gid=100)
         writer.add_dir("opt/conda/share/jupyter/kernels", 0o2775, uid=1000, gid=100)
         writer.add_dir("opt/conda/share/jupyter/kernels/ds", 0o775, uid=1000, gid=100)
         writer.add_file("opt/conda/share/jupyter/kernels/ds/kernel.json", b"{}\n")
@@ -254,6 +257,24 @@ def test_a_base_that_cannot_take_the_prefix_is_refused(
     assert problem in " ".join(p.message for p in caught.value.problems)
     assert caught.value.hint and "choose another --prefix" in caught.value.hint
     assert not list(setup.store.root.glob("layers/*.json"))  # refused before any layer
+
+
+@pytest.mark.parametrize(
+    ("prefix", "closed"),
+    [
+        ("/opt/private/env", ["/opt/private is mode 0700 (uid 0, gid 0)"]),
+        ("/opt/team/env", []),  # group 100 may pass
+        ("/opt/empty", []),  # uid 1000's own
+    ],
+)
+def test_a_base_folder_sagemakers_user_cannot_pass_gets_a_note(
+    tmp_path: Path, odd_base: BaseImage, odd_facts: BaseFacts, prefix: str, closed: list[str]
+) -> None:
+    """The build keeps the base's folders on the way as they are: one uid 1000 / gid 100
+    may not enter leaves an image whose environment SageMaker's user cannot run."""
+    built, _ = build(make_setup(tmp_path), odd_base, odd_facts, prefix=prefix)
+    found = [n for n in built.notes if "cannot reach the environment" in n]
+    assert [n.partition(" in the base")[0] for n in found] == closed
 
 
 def test_an_empty_folder_and_a_dangling_link_can_take_the_prefix(

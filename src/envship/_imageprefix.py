@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +303,13 @@ def place(base: LayoutImage, prefix: str, *, where: str, cache: Path | None = No
             problems=[Problem(real, what)],
             hint=hint + (", or build on the image this base was built from" if ours else ""),
         )
+    notes += [
+        f"/{d.path} is mode {stat.S_IMODE(d.mode):04o} (uid {d.uid}, gid {d.gid}) in the base: "
+        f"uid {SAGEMAKER_UID} / gid {SAGEMAKER_GID}, the user SageMaker Studio runs as, "
+        "cannot reach the environment below it"
+        for d in (*env.present, *((env.itself,) if env.itself else ()))
+        if not _enters(d, SAGEMAKER_UID, SAGEMAKER_GID)
+    ]
     unusable = kernels.blocked or (kernels.real if kernels.found not in KERNEL_DIRS else None)
     # An empty folder at the prefix is the base's, as is the kernelspec folder.
     return Placement(
@@ -314,6 +322,18 @@ def place(base: LayoutImage, prefix: str, *, where: str, cache: Path | None = No
         notes=tuple(notes),
         kernels_blocked=None if unusable is None else "/" + unusable,
     )
+
+
+SAGEMAKER_UID, SAGEMAKER_GID = 1000, 100  # Studio's default user (DESIGN.md)
+
+
+def _enters(d: BaseDir, uid: int, gid: int) -> bool:
+    """Whether ``uid`` (in group ``gid`` alone) may pass through the base's folder ``d``:
+    the owner's, the group's or the others' search bit, whichever applies (as the kernel
+    checks it, root aside)."""
+    if uid == d.uid:
+        return bool(d.mode & stat.S_IXUSR)
+    return bool(d.mode & (stat.S_IXGRP if gid == d.gid else stat.S_IXOTH))
 
 
 def sagemaker_notes(placement: Placement) -> list[str]:

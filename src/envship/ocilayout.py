@@ -21,11 +21,11 @@ so an unchanged base layer is hashed once).
 
 A blob copied or written in, and ``index.json`` when tagging, go through a partial file
 ``.<name>.held-<pid>-<random>.partial`` that its writer holds a flock on until it is
-renamed into place, so a writer killed with SIGKILL leaves one whose lock anyone can
-take (:mod:`envship._heldfile`): :meth:`OciLayout.sweep` removes those at once, and other ``.partial`` files (an
-older envship's, a new layout's first files from :func:`write_atomic`) once untouched
-for :data:`envship._swap.STALE_AFTER`: the rule :func:`envship._swap.sweep` applies to
-staging folders. A write that fails removes the
+renamed into place (:mod:`envship._heldfile`), so a writer killed with SIGKILL leaves
+one whose lock anyone can take: :meth:`OciLayout.sweep` removes those at once, and other
+``.partial`` files (an older envship's, a new layout's first files from
+:func:`write_atomic`) once untouched for :data:`envship._swap.STALE_AFTER`: the rule
+:func:`envship._swap.sweep` applies to staging folders. A write that fails removes the
 blobs it added that no manifest references (:meth:`OciLayout.remove_unreferenced`), and
 :meth:`OciLayout.tag` makes sure, under the index lock, that the blobs it is told of are
 there before the index names them.
