@@ -15,9 +15,6 @@ import contextvars
 import json
 import os
 import pwd
-import shutil
-import subprocess
-import sysconfig
 import tempfile
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
@@ -35,12 +32,9 @@ from envship.cli.main import main
 from envship.errors import EnvshipError, SpecError
 from envship.importers import import_spec, init_spec
 from envship.spec import find_spec, load_spec, parse_spec
+from userlib import SYSTEM_PY, as_user, world_readable
 
-USER = ["setpriv", "--reuid", "1000", "--regid", "100", "--clear-groups"]
 USER_1000 = f"{pwd.getpwuid(1000).pw_name} (uid 1000)"
-SYSTEM_PY = "/usr/bin/python3.11"  # readable by uid 1000, unlike this suite's interpreter
-SRC = Path(__file__).resolve().parents[1] / "src"
-SITE = sysconfig.get_paths()["purelib"]
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
@@ -70,23 +64,9 @@ def wheres(exc: EnvshipError) -> list[str]:
 
 @pytest.fixture
 def shared() -> Iterator[Path]:
-    """A world-readable folder under /tmp (pytest's tmp_path lies under a 0700 one)."""
-    assert os.getuid() == 0, "these tests drop privileges: they must run as root"
-    assert shutil.which("setpriv"), "setpriv (util-linux) is needed"
     assert Path(SYSTEM_PY).is_file(), f"{SYSTEM_PY} is needed to run envship as uid 1000"
-    top = Path(tempfile.mkdtemp(prefix="envship-spec-", dir="/tmp"))
-    try:
-        top.chmod(0o755)
+    with world_readable("envship-spec-") as top:
         yield top
-    finally:
-        shutil.rmtree(top)
-
-
-def as_user(top: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {"HOME": str(top), "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{SRC}{os.pathsep}{SITE}"}
-    return subprocess.run(
-        [*USER, SYSTEM_PY, *argv], cwd=top, env=env, capture_output=True, text=True, check=False
-    )
 
 
 def _project(top: Path) -> Path:
@@ -119,7 +99,7 @@ def test_a_private_folder_is_the_permission_error(
 ) -> None:
     _project(shared)
     (shared / closed).chmod(0o700)
-    proc = as_user(shared, "-m", "envship", *command, "--json")
+    proc = as_user(shared, SYSTEM_PY, "-m", "envship", *command, "--json")
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     doc = json.loads(proc.stdout)
@@ -146,7 +126,7 @@ def test_init_names_a_source_file_the_user_may_not_read(
     project.chmod(0o777)  # the user may write the spec: only reading is refused
     for name in files:
         (project / name).chmod(0o600 if name == private else 0o644)
-    proc = as_user(shared, "-m", "envship", "init", "p", "--json")
+    proc = as_user(shared, SYSTEM_PY, "-m", "envship", "init", "p", "--json")
     assert "Traceback" not in proc.stderr, proc.stderr
     doc = json.loads(proc.stdout)
     assert (proc.returncode, doc["error"]) == (1, "permission"), doc
@@ -166,7 +146,7 @@ def test_the_library_raises_the_permission_error_too(shared: Path, call: str) ->
         "except PermissionDeniedError as exc:\n"
         "    print(exc.problems[0].where)\n"
     )
-    proc = as_user(shared, "-c", code)
+    proc = as_user(shared, SYSTEM_PY, "-c", code)
     assert (proc.returncode, proc.stdout.strip()) == (0, str(shared / "closed")), proc.stderr
 
 
