@@ -969,22 +969,28 @@ def writing_a_big_layer(tmp: Path) -> bool:
     return False
 
 
+def _big_build(tmp_path: Path, slim_layout: BaseImage, jobs: int) -> tuple[Setup, list[str]]:
+    """A lock with four 16 MB wheels beside small ones, and the CLI command that builds
+    it into ``tmp_path/out``: long enough to be interrupted while layers are written."""
+    wheels = build_wheels(tmp_path / "dist")
+    big = ["big1", "big2", "big3", "big4"]
+    for name in big:
+        wheels[name] = big_wheel(tmp_path / "dist", name, "1.0", 16 << 20)
+    setup = make_setup(tmp_path, ["alpha", "beta", "tool", *big], wheels=wheels)
+    return setup, [
+        *(sys.executable, "-m", "envship", "image", "build", "--jobs", str(jobs)),
+        *("--lock", str(setup.lock.path), "--store", str(setup.store.root)),
+        *("--base", slim_layout.ref, "-o", f"oci:{tmp_path / 'out'}:x"),
+    ]
+
+
 @pytest.mark.parametrize("jobs", [1, 2], ids=["inline", "process-pool"])
 def test_ctrl_c_mid_build_leaves_no_partial_file_and_no_process(
     tmp_path: Path, slim_layout: BaseImage, jobs: int
 ) -> None:
     """A real SIGINT to the build's process group (what Ctrl-C sends), caught while a
     layer of several MB is being written: the process group stopped at that moment."""
-    wheels = build_wheels(tmp_path / "dist")
-    big = ["big1", "big2", "big3", "big4"]
-    for name in big:
-        wheels[name] = big_wheel(tmp_path / "dist", name, "1.0", 16 << 20)
-    setup = make_setup(tmp_path, ["alpha", "beta", "tool", *big], wheels=wheels)
-    command = [
-        *(sys.executable, "-m", "envship", "image", "build", "--jobs", str(jobs)),
-        *("--lock", str(setup.lock.path), "--store", str(setup.store.root)),
-        *("--base", slim_layout.ref, "-o", f"oci:{tmp_path / 'out'}:x"),
-    ]
+    setup, command = _big_build(tmp_path, slim_layout, jobs)
     proc = subprocess.Popen(
         command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -1041,16 +1047,7 @@ def test_sigkill_of_a_build_ends_its_workers_and_the_next_build_sweeps(
 ) -> None:
     """SIGKILL gives the build no chance to stop its pool: its workers must end with it
     (they hold its lock, so while they live no later build may remove its work folder)."""
-    wheels = build_wheels(tmp_path / "dist")
-    big = ["big1", "big2", "big3", "big4"]
-    for name in big:
-        wheels[name] = big_wheel(tmp_path / "dist", name, "1.0", 16 << 20)
-    setup = make_setup(tmp_path, ["alpha", "beta", "tool", *big], wheels=wheels)
-    command = [
-        *(sys.executable, "-m", "envship", "image", "build", "--jobs", "2"),
-        *("--lock", str(setup.lock.path), "--store", str(setup.store.root)),
-        *("--base", slim_layout.ref, "-o", f"oci:{tmp_path / 'out'}:x"),
-    ]
+    setup, command = _big_build(tmp_path, slim_layout, 2)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers: list[int] = []
     try:
