@@ -31,7 +31,7 @@ import tomli_w
 
 from envship._toml import load_toml
 from envship.errors import ArtifactError, ImageInputError, StoreError
-from envship.image import DEFAULT_PREFIX, BuiltImage, LayerEvent, build_image
+from envship.image import DEFAULT_PREFIX, BuiltImage, LayerEvent, build_image, source_date_epoch
 from envship.imagebase import BaseFacts, probe_image
 from envship.imageio import write_image
 from envship.install import MARKER_NAME
@@ -461,6 +461,8 @@ def test_source_date_epoch_sets_every_time(
         # 8**11: one past what a ustar header's 11 octal digits hold.
         ("8589934592", "SOURCE_DATE_EPOCH 8589934592 is too late for an image layer"),
         ("99999999999999999999", "SOURCE_DATE_EPOCH 99999999999999999999 is too late"),
+        # More digits than int() takes (4300): an internal error, exit 70, before.
+        ("9" * 5000, "SOURCE_DATE_EPOCH 99999999999999999999... is too late"),
     ],
 )
 def test_invalid_source_date_epoch_is_bad_input_naming_it(
@@ -482,6 +484,14 @@ def test_invalid_source_date_epoch_is_bad_input_naming_it(
     if "too late" in message:
         assert "0 to 8589934591 (2242-03-16T12:56:31Z)" in caught.value.problems[0].message
     assert not (setup.store.root / "layers").exists()  # refused before any layer
+
+
+@pytest.mark.parametrize(("value", "epoch"), [("0" * 4999 + "5", 5), (" 7 ", 7), ("", 0)])
+def test_source_date_epoch_reads_zeros_and_spaces(
+    monkeypatch: pytest.MonkeyPatch, value: str, epoch: int
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    assert source_date_epoch() == epoch
 
 
 def test_the_latest_source_date_epoch_a_layer_holds_builds(

@@ -183,6 +183,10 @@ def glibc_not_a_version(env: Path) -> None:
     edit_marker(env, glibc="new")
 
 
+def glibc_too_long(env: Path) -> None:
+    edit_marker(env, glibc="2." + "9" * 5000)  # int() of it raised (CPython's digit limit)
+
+
 def platform_missing(env: Path) -> None:
     marker = json.loads((env / MARKER_NAME).read_text())
     del marker["target"]["platform"]
@@ -203,6 +207,7 @@ DAMAGED_RECORDS: list[tuple[Callable[[Path], None], str]] = [
     (a_long_number, "cannot read {marker}: a number longer than any envship writes"),
     (target_a_string, NOT_A_TABLE),
     (glibc_not_a_version, MALFORMED.replace("{key}", "glibc")),
+    (glibc_too_long, MALFORMED.replace("{key}", "glibc")),
     (platform_missing, MALFORMED.replace("{key}", "platform")),
 ]
 

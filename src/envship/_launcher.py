@@ -349,7 +349,8 @@ _MACHINES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
 
 def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".") if p.isdigit())
+    # ASCII digits, and few: int() refuses more than 4300 (a lock edited by hand).
+    return tuple(int(p) for p in text.split(".") if p.isascii() and p.isdigit() and len(p) < 10)
 
 
 def host_glibc() -> str | None:
@@ -655,8 +656,9 @@ def _unreadable(exc: Exception) -> str:
 # What ``check`` reads of a recorded target, and the form envship writes each in.
 _TARGET_KEYS = {
     "platform": r"[a-z0-9]+-[A-Za-z0-9_]+",
-    "python": r"[0-9]+\.[0-9]+",
-    "glibc": r"[0-9]+\.[0-9]+",
+    # Digits capped: CPython's int() refuses more than 4300 of them (a ValueError here).
+    "python": r"[0-9]{1,4}\.[0-9]{1,4}",
+    "glibc": r"[0-9]{1,4}\.[0-9]{1,4}",
     "variant": r"[a-z0-9]+",
 }
 

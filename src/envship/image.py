@@ -177,10 +177,14 @@ def source_date_epoch() -> int:
             problems=[Problem("SOURCE_DATE_EPOCH", "not a whole number of seconds")],
             hint=f"set it to seconds since 1970-01-01 UTC, or unset it (0); {spec}",
         )
-    value = int(raw)
+    # Leading zeros dropped and the length checked first: int() refuses more than 4300
+    # digits (CPython's limit), which would be an internal error here.
+    digits = raw.lstrip("0") or "0"
+    value = int(digits) if len(digits) <= len(str(MAX_MTIME)) else MAX_MTIME + 1
     if value > MAX_MTIME:
         raise ImageInputError(
-            f"SOURCE_DATE_EPOCH {value} is too late for an image layer",
+            f"SOURCE_DATE_EPOCH {digits if len(digits) <= 20 else digits[:20] + '...'} is "
+            "too late for an image layer",
             problems=[
                 Problem(
                     "SOURCE_DATE_EPOCH",
