@@ -229,6 +229,23 @@ def test_an_archive_output_never_replaces_the_base_or_the_lock(
     assert target.read_bytes() == before
 
 
+def test_two_outputs_naming_one_archive_are_refused_before_the_base_is_read(
+    capsys: pytest.CaptureFixture[str],
+    cli_setup: Setup,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both were reported as written; the file held only the second."""
+    monkeypatch.chdir(tmp_path)
+    base = f"oci:{tmp_path / 'no-such-layout'}:x"  # an error about it would come later
+    outputs = ["-o", "docker-archive:two.tar", "-o", "docker-archive:./two.tar:x:1"]
+    code, out, _ = run(capsys, *build_args(cli_setup, base, *outputs, "--json"))
+    doc = json.loads(out)
+    assert code == 2 and doc["error"] == "image-input", doc
+    assert doc["message"].startswith(f"two outputs name one file, {tmp_path / 'two.tar'}: ")
+    assert not (tmp_path / "two.tar").exists()
+
+
 def test_a_bad_source_date_epoch_is_refused_before_the_base_is_read(
     capsys: pytest.CaptureFixture[str],
     cli_setup: Setup,

@@ -419,7 +419,10 @@ def test_the_cli_refuses_to_write_an_archive_over_its_lock(
 
 @pytest.mark.parametrize(
     "value",
-    ["not a host", "mirror.example/path", "host:port", "http://a b", "-mirror.example", "a_b"],
+    [
+        *("not a host", "mirror.example/path", "host:port", "http://a b", "-mirror.example"),
+        *("a_b", "127.0.0.1:99999", "127.0.0.1:0"),  # ports that cannot be
+    ],
 )
 def test_a_malformed_registry_mirror_is_bad_input_before_any_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from .dockerarchive import parse_archive_ref
 from .errors import ImageInputError, Problem
 from .ocilayout import parse_layout_ref
 
-__all__ = ["check_output"]
+__all__ = ["check_output", "check_outputs"]
 
 _NOT_A_FOLDER = "is a file, not a folder"
 _BELOW_A_FOLDER = "name a path below a folder (a file cannot hold other files)"
@@ -119,3 +120,25 @@ def _is_tar(path: Path) -> bool:
     except (OSError, tarfile.HeaderError):
         return False
     return True
+
+
+def check_outputs(
+    texts: Sequence[str], *, lock: Path | None = None, base: str | None = None
+) -> None:
+    """:func:`check_output` of each, and no two ``docker-archive:`` outputs naming one file
+    (however spelled, through links too): the second would replace the first, which was
+    reported as written."""
+    seen: dict[str, str] = {}
+    for text in texts:
+        check_output(text, lock=lock, base=base)
+        if not text.startswith("docker-archive:"):
+            continue
+        key = os.path.realpath(parse_archive_ref(text)[0])
+        if key in seen:
+            problem = f"the same file as {seen[key]}"
+            raise ImageInputError(
+                f"two outputs name one file, {key}: {seen[key]} and {text}",
+                problems=[Problem(text, problem)],
+                hint="write each archive to a file of its own",
+            )
+        seen[key] = text

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ._diskfull import is_disk_full
-from ._outputcheck import check_output
+from ._outputcheck import check_output, check_outputs
 from ._swap import Staging, sweep
 from .dockerarchive import parse_archive_ref, read_docker_archive, write_docker_archive
 from .errors import ArtifactError, ImageError, ImageInputError, Problem, RegistryError
@@ -59,6 +59,7 @@ __all__ = [
     "ImageSource",
     "PushResult",
     "check_output",
+    "check_outputs",
     "open_image",
     "parse_push_ref",
     "push_image",
@@ -172,14 +173,15 @@ MIRROR_VARIABLE = "ENVSHIP_REGISTRY_MIRROR"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 # Docker's registry-mirrors are URLs, and the registry client takes a scheme too.
 _HOST = re.compile(
-    rf"(?:https?://)?(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?"
+    rf"(?:https?://)?(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?"
 )
 
 
 def _check_mirror(mirror: str) -> str:
     """``mirror`` if it is ``[http[s]://]host[:port]``; else bad input (exit 2) naming the
     variable, before any request: a value with a space or a path would fail each retry."""
-    if _HOST.fullmatch(mirror):
+    found = _HOST.fullmatch(mirror)
+    if found and (found["port"] is None or 0 < int(found["port"]) < 65536):
         return mirror
     raise ImageInputError(
         f"{MIRROR_VARIABLE}={mirror!r} is not a registry host",

@@ -23,7 +23,7 @@ from ..imagebase import probe_image
 from ..imageinspect import ImageInfo, inspect_image
 from ..imageio import (
     PushResult,
-    check_output,
+    check_outputs,
     default_client,
     open_image,
     parse_push_ref,
@@ -179,7 +179,7 @@ def build_cmd(
                 f"--output {out!r}: write oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG] "
                 "(use --push for a registry)"
             )
-        check_output(out, lock=lock_path, base=base)
+    check_outputs(outputs, lock=lock_path, base=base)
     # What can be checked without the base is, before it is read or pulled.
     check_prefix(prefix)
     source_date_epoch()  # a bad SOURCE_DATE_EPOCH is refused before a base is pulled
