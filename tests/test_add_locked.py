@@ -23,7 +23,7 @@ import pytest
 
 from envship._addenv import lock_command
 from envship.add import ADDED_KEY, AddConflictError, AddError, add
-from envship.errors import EnvshipError
+from envship.errors import AddInputError, EnvshipError
 from envship.fetch import fetch
 from envship.install import INCOMPLETE_NAME, MARKER_NAME, install
 from envship.lock import lock
@@ -236,7 +236,6 @@ def test_the_cli_says_a_group_locked_version_was_installed(grouped: Grouped) -> 
     [
         "beta",  # locked only as alpha's dependency
         "Beta>=1.1",  # an explicit constraint the locked 1.1 satisfies
-        "iota==1.0",  # group dev lists a bare iota: the pin is the spec's only then
     ],
 )
 @pytest.mark.parametrize("dry_run", [False, True])
@@ -274,6 +273,17 @@ def test_a_name_a_group_lists_is_nothing_to_do(grouped: Grouped) -> None:
     result = add(["iota"], env=grouped.env)
     assert result.already_locked == ("iota==1.0",) and result.recorded == ()
     assert not result.changed and _state(grouped) == before
+
+
+def test_a_requirement_for_a_name_a_group_lists_belongs_in_the_group(grouped: Grouped) -> None:
+    """Recorded in the dependencies, `iota==1.0` made iota a main dependency beside the
+    group's entry: every install took it, with or without the group."""
+    before = _state(grouped)
+    with pytest.raises(AddInputError, match="iota is in the spec's group dev") as caught:
+        add(["iota==1.0"], env=grouped.env)
+    assert caught.value.exit_code == 2
+    assert [p.where for p in caught.value.problems] == [f"{grouped.spec}: groups.dev"]
+    assert _state(grouped) == before
 
 
 def test_the_cli_says_a_locked_name_is_recorded(grouped: Grouped) -> None:

@@ -22,7 +22,7 @@ from packaging.utils import canonicalize_name
 
 from . import _addenv, _addspec, _snapshot
 from ._addedrecord import ADDED_KEY
-from .errors import AddConflictError, AddError, Problem
+from .errors import AddConflictError, AddError, AddInputError, Problem
 from .lock import lock_path_for
 from .spec import Spec
 
@@ -140,11 +140,23 @@ def plan_addition(
             # on it): nothing to install, nothing to record.
             already.append(f"{key}=={locked}")
             continue
+        if locked is not None and key not in listed and key in in_groups:
+            # The environment has it through a group: recorded in the dependencies, it
+            # would go into every install, with or without the group; the group's entry
+            # is the one to change.
+            named = [g for g, entries in spec.groups.items() if key in _listed(entries)]
+            raise AddInputError(
+                f"{req.name} is in the spec's group {', '.join(named)}: a requirement for it "
+                "belongs there, not in the dependencies `envship add` records in",
+                problems=[Problem(f"{spec.path}: groups.{g}", str(req)) for g in named],
+                hint=f"change {req.name}'s entry in [groups] of {spec.path}, then run "
+                "`envship lock`",
+            )
         # Else nothing to install, but the request goes into the spec's dependencies
         # (README, "Add a package"), so the next lock honours it: it replaces the entry
         # the spec lists for the name, or makes a direct dependency of one locked only
-        # through another package or a group (were that package to drop it, or the
-        # environment be installed without the group, the request would be gone).
+        # through another package (were that package to drop it, the request would be
+        # gone).
         record.append(req)
     if conflicts:
         names = " ".join(f"-P {canonicalize_name(Requirement(p.where).name)}" for p in conflicts)
