@@ -424,6 +424,7 @@ def test_prefixes_under_tmp_and_run_get_a_note(
         (("--prefix", "/proc/venv"), "invalid environment path '/proc/venv'"),
         (("--prefix", "/dev/venv"), "invalid environment path '/dev/venv'"),
         (("--prefix", "/sys"), "invalid environment path '/sys'"),
+        (("--prefix", "//proc/x"), "invalid environment path '//proc/x'"),
         (("--group", "nosuch"), "the lock has no dependency group 'nosuch'"),
         (("--target", "nope"), "the lock has no target 'nope'"),
     ],
@@ -444,6 +445,8 @@ def test_bad_options_are_refused_before_the_base_is_read(
     if option[1].startswith(("/proc", "/dev", "/sys")):
         top = "/" + option[1].split("/")[1]
         assert f"container runtimes mount over {top}, which would hide the environment" in err
+    if option[1].startswith("//"):  # absolute, but not normalized: not "not absolute"
+        assert "not a normalized path" in err and "not an absolute path" not in err
     if option[0] == "--kernel-name":
         assert "only lower-case ASCII letters, digits" in err
     assert not (tmp_path / "out").exists()

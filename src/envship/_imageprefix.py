@@ -88,9 +88,10 @@ def check_prefix(prefix: str) -> str:
     :class:`ImageInputError` (exit 2) naming what is wrong."""
     text = prefix.rstrip("/") if prefix not in ("", "/") else prefix
     problem = None
-    if not text.startswith("/") or text.startswith("//"):
+    if not text.startswith("/"):
         problem = "not an absolute path"
-    elif posixpath.normpath(text) != text:
+    elif posixpath.normpath(text) != text or text.startswith("//"):
+        # normpath keeps a leading "//" (POSIX leaves its meaning to the system).
         problem = "not a normalized path (no '.', '..' or '//' components)"
     elif any(c.isspace() or c in "\0:" for c in text):
         problem = "spaces, ':' (it would split PATH) and NUL are not allowed"
