@@ -14,7 +14,7 @@ import pytest
 
 from envship.errors import ImageError, UnsafeLayerError
 from envship.layer import LayerWriter
-from envship.layerfs import extract_layer, iter_layer
+from envship.layerfs import climbing, extract_layer, iter_layer, read_layer
 from envship.layerview import LayerView, merged_files
 from test_layer import MTIME, write_layer
 
@@ -483,3 +483,87 @@ def test_a_broken_blob_is_an_image_error_and_writes_nothing(tmp_path: Path, how:
     with pytest.raises(ImageError, match="not a readable tar"):
         extract_layer(blob, existing, layer="broken")
     assert list(existing.iterdir()) == []
+
+
+# -- read_layer: what a runtime would put where, for verify --image ----------------------------
+
+
+def in_env(name: str) -> bool:
+    return name == "env" or name.startswith("env/")
+
+
+def test_read_layer_selects_what_lands_in_the_folder_through_a_link(tmp_path: Path) -> None:
+    """``x -> /env`` then ``x/evil.pth``: a runtime writes env/evil.pth. extract_layer, by
+    names, does not (its callers select by name); read_layer does, and a file written
+    through a link elsewhere is left out."""
+    blob = tar_of(
+        tmp_path / "l.tgz",
+        ("env/ok.py", "file", "ok"),
+        ("x", "symlink", "/env"),
+        ("x/evil.pth", "file", "import os"),
+        ("y", "symlink", "/srv"),
+        ("y/other.pth", "file", "import os"),
+    )
+    by_name = tmp_path / "by-name"
+    extract_layer(blob, by_name, layer="l", only=in_env)
+    assert sorted(os.listdir(by_name / "env")) == ["ok.py"]
+    read = tmp_path / "read"
+    read.mkdir()
+    assert read_layer(blob, read, layer="l", only=in_env) == ()
+    assert sorted(os.listdir(read / "env")) == ["evil.pth", "ok.py"]
+    assert (read / "env/evil.pth").read_bytes() == b"import os"
+    assert not (read / "srv").exists()
+
+
+def test_read_layer_stands_in_for_fifos_and_devices_and_copies_hard_links(tmp_path: Path) -> None:
+    """Nothing special is made: an empty file stands where the FIFO or device is, named
+    with its inode; a hard link to a file that was not read gets ``missing``'s bytes."""
+    blob = tar_of(
+        tmp_path / "l.tgz",
+        ("env/fifo", "fifo", ""),
+        ("env/null", "chr", ""),
+        ("srv/evil.pth", "file", "import os"),
+        ("env/zz.pth", "hardlink", "srv/evil.pth"),
+    )
+    dest = tmp_path / "read"
+    dest.mkdir()
+    asked: list[str] = []
+
+    def missing(name: str) -> bytes | None:
+        asked.append(name)
+        return b"the bytes"
+
+    found = read_layer(blob, dest, layer="l", only=in_env, missing=missing)
+    assert [(s.name, s.path, s.kind) for s in found] == [
+        ("env/fifo", "env/fifo", "a FIFO"),
+        ("env/null", "env/null", "a character device"),
+    ]
+    for special in found:
+        st = os.lstat(dest / special.path)
+        assert stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_ino == special.inode
+    assert asked == ["srv/evil.pth"] and (dest / "env/zz.pth").read_bytes() == b"the bytes"
+    # Without the bytes, the hard link is as unreadable as extract_layer finds it.
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(ImageError, match="has no target"):
+        read_layer(blob, again, layer="l", only=in_env)
+
+
+def test_a_link_climbing_above_the_root_is_read_inside_it_and_never_extracted(
+    tmp_path: Path,
+) -> None:
+    """Within climbing() the layer is read (its ``..`` stop at the root, as a runtime's);
+    extract_layer refuses it there as anywhere."""
+    blob = tar_of(tmp_path / "l.tgz", ("env/a", "symlink", "../../../etc/passwd"))
+    with climbing():
+        assert [i.linkname for i, _ in iter_layer(blob, layer="l")] == ["../../../etc/passwd"]
+        assert merged_files([blob])["env/a"].kind == "symlink"
+        with pytest.raises(UnsafeLayerError, match="outside the root"):
+            extract_layer(blob, tmp_path / "out", layer="l")
+    with pytest.raises(UnsafeLayerError, match="outside the root"):
+        list(iter_layer(blob, layer="l"))
+    dest = tmp_path / "read"
+    dest.mkdir()
+    read_layer(blob, dest, layer="l", only=in_env)
+    assert os.readlink(dest / "env/a") == "../../../etc/passwd"
+    assert not (tmp_path / "out").exists()

@@ -4,9 +4,12 @@ with a rewritten RECORD, which only the locked wheel's own RECORD tells apart.""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import posixpath
 import shutil
+import tarfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +27,7 @@ from envship.install import MARKER_NAME
 from envship.layer import LayerWriter
 from envship.layerfs import extract_layer, iter_layer
 from envship.layerview import LayerView
-from envship.oci import OCI_CONFIG, OCI_MANIFEST, ImageManifest
+from envship.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, ImageManifest
 from envship.ocilayout import OciLayout
 from envship.verify import VENV_CREATION, VerifyMismatchError
 from imagelib import BaseImage
@@ -159,9 +162,11 @@ def derive(
     folder: Path,
     fill: Callable[[LayerWriter], None] | None = None,
     env: dict[str, str | None] | None = None,
+    raw: list[tarfile.TarInfo] | None = None,
 ) -> str:
-    """The image at ``ref`` with one more layer (``fill``) or another config Env (``env``:
-    name -> value, None to unset), in a new OCI layout, as a derived image's build makes."""
+    """The image at ``ref`` with one more layer (``fill``, or ``raw``: tar entries as
+    given, for what LayerWriter refuses to write) or another config Env (``env``: name ->
+    value, None to unset), in a new OCI layout, as a derived image's build makes."""
     _, path, tag = ref.split(":")
     image = OciLayout.open(Path(path)).image(tag)
     layout = OciLayout.open(folder, create=True)
@@ -181,6 +186,19 @@ def derive(
             diff_ids=(*config.diff_ids, new.diff_id),
             history=(*config.history, {"created_by": "someone else"}),
         )
+    if raw is not None:
+        tar = io.BytesIO()
+        with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as out:
+            for info in raw:
+                out.addfile(info, io.BytesIO(CONTENT[: info.size]) if info.isreg() else None)
+        data = tar.getvalue()
+        top = layout.add_blob(data, OCI_LAYER)
+        layers = (*layers, top)
+        config = replace(
+            config,
+            diff_ids=(*config.diff_ids, f"sha256:{hashlib.sha256(data).hexdigest()}"),
+            history=(*config.history, {"created_by": "someone else"}),
+        )
     if env is not None:
         values = {**config.env, **env}
         settings = dict(config.config)
@@ -191,6 +209,20 @@ def derive(
     manifest = ImageManifest(config_desc, layers)
     layout.tag("derived", layout.add_blob(manifest.to_bytes(), OCI_MANIFEST))
     return f"oci:{folder}:derived"
+
+
+CONTENT = b"import os\n"  # the bytes of every regular file in a raw layer (cut to its size)
+
+
+def entry(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    """A raw tar entry: a file (of CONTENT), a link, a FIFO or a device node."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, 0o644
+    if kind == tarfile.REGTYPE:
+        info.size = len(CONTENT)
+    if kind == tarfile.CHRTYPE:
+        info.devmajor, info.devminor = 1, 3  # /dev/null
+    return info
 
 
 def listed(data: dict[str, object]) -> list[tuple[str, str, str]]:
@@ -747,3 +779,118 @@ def test_an_image_built_with_a_group_another_lock_lacks_is_compared_without_it(
         f"{source.name} was built with dependency group(s) dev, which {plain.path} does not "
         "have: their distributions are extra here"
     ) in report.notes
+
+
+# -- what a derived layer puts in the environment, however it gets there -----------------------
+
+SYM, LNK, FIFO, CHR = tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE
+ALPHA = f"{VENV_SITE}/alpha/__init__.py"
+Told = list[tuple[str, str, str, str | None]]  # kind, name, path, actual
+SNEAKED: dict[str, tuple[list[tarfile.TarInfo], Told]] = {
+    # A link the layer makes itself, then a file written through it: a runtime follows the
+    # link (inside the root), so the file is in site-packages.
+    "through-a-link": (
+        [entry("opt/x", SYM, VENV), entry("opt/x/lib/python3.11/site-packages/evil.pth")],
+        [("unowned", "evil.pth", f"/{VENV_SITE}/evil.pth", "a file")],
+    ),
+    "through-a-relative-link": (
+        [entry("opt/y", SYM, "envship/venv/lib/python3.11/site-packages"),
+         entry("opt/y/evil.pth")],
+        [("unowned", "evil.pth", f"/{VENV_SITE}/evil.pth", "a file")],
+    ),
+    "through-two-links": (
+        [entry("srv/a", SYM, "/srv/b"), entry("srv/b", SYM, f"/{VENV_SITE}/alpha"),
+         entry("srv/a/__init__.py")],
+        [("changed", "alpha", f"/{ALPHA}", f"{_record_hash(CONTENT)}, size {len(CONTENT)}")],
+    ),
+    # A link elsewhere: what is written through it is not the environment's.
+    "through-a-link-elsewhere": ([entry("opt/x", SYM, "/srv"), entry("opt/x/evil.pth")], []),
+    # FIFOs and device nodes are never made, and named for what they are.
+    "a-fifo-in-a-package": (
+        [entry(f"{VENV_SITE}/alpha/fifo", FIFO)],
+        [("added", "alpha", f"/{VENV_SITE}/alpha/fifo", "a FIFO")],
+    ),
+    "a-device-in-site-packages": (
+        [entry(f"{VENV_SITE}/null", CHR)],
+        [("unowned", "null", f"/{VENV_SITE}/null", "a character device")],
+    ),
+    "a-fifo-for-a-recorded-file": (
+        [entry(ALPHA, FIFO)], [("changed", "alpha", f"/{ALPHA}", "now a FIFO")]
+    ),
+    "a-fifo-through-a-link": (
+        [entry("opt/x", SYM, f"/{VENV_SITE}"), entry("opt/x/alpha/__init__.py", FIFO)],
+        [("changed", "alpha", f"/{ALPHA}", "now a FIFO")],
+    ),
+    # A hard link to a file outside the environment holds that file's bytes.
+    "a-hard-link-to-a-file-of-its-layer": (
+        [entry("srv/evil.pth"), entry(f"{VENV_SITE}/zz.pth", LNK, "srv/evil.pth")],
+        [("unowned", "zz.pth", f"/{VENV_SITE}/zz.pth", "a file")],
+    ),
+    # A relative link that climbs above the root stops there, as at /: a link like the
+    # absolute one, not an unsafe layer (exit 4).
+    "a-link-climbing-above-the-root": (
+        [entry(ALPHA, SYM, "../" * 12 + "srv/alpha.py")],
+        [("changed", "alpha", f"/{ALPHA}", "a symbolic link to " + "../" * 12 + "srv/alpha.py")],
+    ),
+    "the-same-link-absolute": (
+        [entry(ALPHA, SYM, "/srv/alpha.py")],
+        [("changed", "alpha", f"/{ALPHA}", "a symbolic link to /srv/alpha.py")],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("sneak", list(SNEAKED))
+def test_what_a_layer_puts_in_the_environment_is_a_difference_however_it_gets_there(
+    tmp_path: Path, sneak: str, kernel_images: dict[bool, tuple[Setup, str]]
+) -> None:
+    """Each was identical (exit 0: through a link, a FIFO, a device node) or a refusal
+    (a hard link out of the environment: "image"; a link climbing above the root: exit 4)."""
+    setup, ref = kernel_images[False]
+    raw, expected = SNEAKED[sneak]
+    derived = derive(ref, tmp_path / "derived", raw=raw)
+    report = verify_image(setup.lock, open_image(derived, setup.store), store=setup.store)
+    found = [(d.kind, d.name, d.path, d.actual) for d in report.differences]
+    assert found == expected
+    assert VerifyMismatchError(report).exit_code == 1 if expected else report.identical
+
+
+def test_a_hard_link_to_a_file_of_a_lower_layer_holds_its_bytes(
+    tmp_path: Path, kernel_images: dict[bool, tuple[Setup, str]]
+) -> None:
+    """alpha/__init__.py hard-linked to a file of the base (as to its etc/passwd): a
+    changed file with that file's bytes, where it was a refusal ("has no target")."""
+    setup, ref = kernel_images[False]
+    image = OciLayout.open(Path(ref.split(":")[1])).image("kernel")
+    base = next(i.name for i, r in iter_layer(image.layer_paths[0], layer="base") if r)
+    passwd = LayerView(list(image.layer_paths)).read(base)
+    derived = derive(ref, tmp_path / "derived", raw=[entry(ALPHA, LNK, base)])
+    report = verify_image(setup.lock, open_image(derived, setup.store), store=setup.store)
+    assert [(d.kind, d.name, d.path, d.actual) for d in report.differences] == [
+        ("changed", "alpha", f"/{ALPHA}", f"{_record_hash(passwd)}, size {len(passwd)}")
+    ]
+
+
+@pytest.mark.parametrize("after", ["removed", "replaced-as-built"])
+def test_a_fifo_a_later_layer_takes_back_is_no_difference(
+    tmp_path: Path, after: str, kernel_images: dict[bool, tuple[Setup, str]]
+) -> None:
+    """A FIFO counts as what the image holds at the end: one a later layer removes, or
+    replaces with the file as built, is gone (a difference before that layer)."""
+    setup, ref = kernel_images[False]
+    image = OciLayout.open(Path(ref.split(":")[1])).image("kernel")
+    original = LayerView(list(image.layer_paths)).read(ALPHA)
+    fifo = derive(ref, tmp_path / "fifo", raw=[entry(ALPHA, FIFO)])
+    report = verify_image(setup.lock, open_image(fifo, setup.store), store=setup.store)
+    assert [(d.kind, d.actual) for d in report.differences] == [("changed", "now a FIFO")]
+
+    def take_back(w: LayerWriter) -> None:
+        if after == "removed":
+            w.add_whiteout(ALPHA)
+        else:
+            w.add_file(ALPHA, original)
+
+    fifo_ref = f"oci:{tmp_path / 'fifo'}:derived"
+    back = derive(fifo_ref, tmp_path / "back", take_back)
+    report = verify_image(setup.lock, open_image(back, setup.store), store=setup.store)
+    expected = [("removed", None)] if after == "removed" else []
+    assert [(d.kind, d.actual) for d in report.differences] == expected

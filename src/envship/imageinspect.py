@@ -6,9 +6,13 @@ distributions it adds (envship's layers say so in an annotation; any other layer
 scanned for ``*.dist-info`` folders, and the answer is cached in the store by layer
 digest). ``verify_image`` first checks that the image's own Python, architecture and glibc (read
 from its layers, :mod:`envship.imagebase`) can run the lock target its environment names,
-then unpacks just the environment's folder (safely, whiteouts applied) into a temporary
-directory and runs the same checks as ``envship verify``, reporting paths as they are in
-the image. What envship wrote outside the environment is checked too: the kernelspec
+then unpacks what lands in the environment's folder (safely, whiteouts applied, entries
+placed where a runtime puts them: through the links the layers made, ``..`` stopping at
+the root, :func:`envship.layerfs.read_layer`) into a temporary directory and runs the
+same checks as ``envship verify``, reporting paths as they are in the image. FIFOs and
+device nodes are never made: each one the image still holds is a difference named for
+what it is ("a FIFO"; "now a FIFO" for a file the build wrote). What envship wrote
+outside the environment is checked too: the kernelspec
 files of its marker layer must be in the image as built (a later layer that rewrites
 ``kernel.json`` to start another Python is ``changed``), and the config must run the
 environment (``PATH`` starting with its ``bin``, ``VIRTUAL_ENV`` naming it: ``config``).
@@ -29,8 +33,10 @@ this machine vouches for nothing.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import stat
 import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass, replace
@@ -41,7 +47,7 @@ from packaging.utils import canonicalize_name
 
 from ._atomic import write_atomic
 from ._bytecode import BytecodeCompiler, find_compiler
-from ._difference import KINDS
+from ._difference import KINDS, Difference
 from ._environment import InstalledEnvironment
 from ._imageoutside import (
     CONFIG_ENV,
@@ -59,12 +65,13 @@ from ._imageoutside import (
     put_marker,
 )
 from ._strays import VENV_CREATION
-from .errors import ImageInputError, TargetError
+from .errors import ImageError, ImageInputError, TargetError
 from .image import BUILT_BY, DISTRIBUTIONS, LABEL_PREFIX
 from .imagebase import check_image_target, probe_image
 from .imageio import ImageSource
 from .install import MARKER_NAME
-from .layerfs import extract_layer, iter_layer
+from .layerfs import Special, climbing, iter_layer, read_layer
+from .layerview import LayerView
 from .lockfile import LockFile
 from .store import Store
 from .verify import VerifyReport, verify
@@ -229,7 +236,8 @@ def verify_image(
             f"(no {LABEL_PREFIX}.prefix label in its config)",
             hint="verify images built with `envship image build`",
         )
-    with tempfile.TemporaryDirectory(prefix="envship-verify-image-") as tmp:
+    # Links that climb above the root are read as a runtime resolves them (layerfs.climbing).
+    with climbing(), tempfile.TemporaryDirectory(prefix="envship-verify-image-") as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
 
@@ -242,8 +250,10 @@ def verify_image(
         # far: a later layer that removes or replaces one of them removes what is below.
         above = ancestors(prefix)
 
-        # One pass over each layer: the environment's folder and the kernelspec folders
-        # only, whiteouts applied; which layers touch the marker is noted on the way.
+        # One pass over each layer: what lands in the environment's folder and the
+        # kernelspec folders (links on the way followed as a runtime follows them), and the
+        # links and whiteouts that decide where; which layers touch the marker is noted.
+        specials: dict[str, Special] = {}  # tree path -> the latest FIFO or device there
         for i, path in enumerate(image.layer_paths):
 
             def wanted(name: str, i: int = i) -> bool:
@@ -253,7 +263,17 @@ def verify_image(
                     above.update(ancestors(kernels))
                 return inside(name) or kernels is not None or name in above
 
-            extract_layer(path, root, layer=f"{source.name} layer {i}", only=wanted)
+            def lower(target: str, i: int = i) -> bytes | None:
+                # A hard link's target outside what is read: its bytes, from the layers
+                # up to this one (a target must come before its link in a tar).
+                try:
+                    return LayerView(list(image.layer_paths[: i + 1])).read(target)
+                except ImageError:
+                    return None
+
+            layer = f"{source.name} layer {i}"
+            for special in read_layer(path, root, layer=layer, only=wanted, missing=lower):
+                specials[special.path] = special
         built = built_layer(source, holders, marker_path)
         if built is None:
             raise ImageInputError(
@@ -311,6 +331,7 @@ def verify_image(
         venv.mkdir(parents=True, exist_ok=True)  # gone whole: everything in it is missing
         links = contain_links(root)
         put_marker(venv / MARKER_NAME, marker, links, prefix)
+        standing = _standing(root, specials)
         site = venv / "lib" / f"python{facts.version}" / "site-packages"
         report = verify(
             lock,
@@ -364,6 +385,7 @@ def verify_image(
         for d in report.differences
     ]
     differences.extend(outside)  # named with image paths already
+    differences = _specials_named(differences, standing, prefix if blocked is None else None)
     differences.sort(key=lambda d: (KINDS.index(d.kind), canonicalize_name(d.name), d.path))
     notes = tuple(in_text(n) or n for n in report.notes)
     if unknown:
@@ -387,3 +409,43 @@ def verify_image(
         remedy=remedy,
         image=source.name,
     )
+
+
+def _standing(root: Path, specials: dict[str, Special]) -> dict[str, str]:
+    """Image path -> kind of each FIFO or device node still in the image: the empty file
+    that stands in for it (:func:`envship.layerfs.read_layer`) is still there, not
+    removed or replaced by a later layer (a replacement is a new file: another inode)."""
+    found = {}
+    for rel, special in specials.items():
+        try:
+            st = os.lstat(root / rel)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_ino == special.inode:
+            found[f"/{rel}"] = special.kind
+    return found
+
+
+def _specials_named(
+    differences: list[Difference], standing: dict[str, str], prefix: str | None
+) -> list[Difference]:
+    """The differences with each FIFO or device node named as what it is. verify read the
+    empty file standing in for it, so it is already a difference where one is (added to
+    a package, unowned, or a changed file of a RECORD: "now a FIFO"); one verify passes
+    over (where nothing is compared) is ``added`` here. ``prefix`` None: the environment
+    was not compared."""
+    named = []
+    seen = set()
+    for d in differences:
+        kind = standing.get(d.path)
+        if kind is not None:
+            seen.add(d.path)
+            d = replace(d, actual=f"now {kind}" if d.kind == "changed" and d.expected else kind)
+        named.append(d)
+    for path, kind in standing.items():
+        under = prefix is not None and path.startswith(f"/{prefix}/")
+        if path not in seen and (under or kernels_folder(path.lstrip("/")) is not None):
+            named.append(
+                Difference("added", VENV_CREATION if under else KERNELSPEC, path, None, kind)
+            )
+    return named

@@ -2,7 +2,9 @@
 
 Every layer is treated as hostile: absolute names, ``..`` and links that climb out of the
 root raise :class:`~envship.errors.UnsafeLayerError`; extraction never writes through a
-symbolic link and never outside its destination.
+symbolic link and never outside its destination. Reading an image as a container would
+see it (:func:`read_layer`, for ``verify --image``) follows the links the tree holds,
+inside it, and takes a relative link's ``..`` as stopping at the root (:func:`climbing`).
 
 Device nodes and FIFOs (:func:`is_special`) are read like any entry: a root file system
 imported with ``docker import`` keeps ``/dev/null``, ``/dev/full`` and the rest, and a
@@ -23,6 +25,7 @@ select cost their header check and nothing else, and resolved directories are ca
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gzip
 import io
 import os
@@ -32,6 +35,7 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import IO, BinaryIO, cast
@@ -41,10 +45,13 @@ from .layer import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 
 __all__ = [
     "MAX_SYMLINK_HOPS",
+    "Special",
+    "climbing",
     "extract_layer",
     "is_special",
     "iter_layer",
     "open_layer",
+    "read_layer",
     "reading",
     "split_path",
     "unreadable",
@@ -61,6 +68,25 @@ _TAR_BUFSIZE = tarfile.RECORDSIZE
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _READ_ERRORS = (tarfile.TarError, zlib.error, EOFError, OSError)
+# Set by climbing(): every read of a layer in this context takes links that climb above
+# the root as a runtime does (verify --image reads an image through other modules too).
+_CLIMB: contextvars.ContextVar[bool] = contextvars.ContextVar("envship_layer_climb", default=False)
+
+
+@contextlib.contextmanager
+def climbing() -> Iterator[None]:
+    """Within it, :func:`iter_layer` (and what reads layers through it: the merged view
+    of :mod:`envship.layerview`, probes of an image's Python) returns relative symbolic
+    links that climb above the root instead of refusing the layer: a container's kernel
+    stops their ``..`` at ``/``, so for reading an image they lead inside it, as an
+    absolute one does. Extraction (:func:`extract_layer`) refuses them whatever the
+    context, and reading resolves them inside the root (:func:`read_layer`,
+    :class:`envship.layerview.LayerView`)."""
+    token = _CLIMB.set(True)
+    try:
+        yield
+    finally:
+        _CLIMB.reset(token)
 
 
 @contextlib.contextmanager
@@ -128,8 +154,10 @@ def is_special(info: tarfile.TarInfo) -> bool:
     return info.ischr() or info.isblk() or info.isfifo()
 
 
-def _check_entry(info: tarfile.TarInfo, layer: str) -> None:
-    """Normalize ``info.name`` (and a hard link's target) in place, or raise."""
+def _check_entry(info: tarfile.TarInfo, layer: str, climb: bool = False) -> None:
+    """Normalize ``info.name`` (and a hard link's target) in place, or raise. ``climb``:
+    a relative symbolic link may climb above the root (its ``..`` stop there, as in a
+    container), as :func:`read_layer` reads one."""
     entry = info.name
     info.name = name = _clean_name(entry, layer, entry)
     base = name.rpartition("/")[2]
@@ -140,7 +168,7 @@ def _check_entry(info: tarfile.TarInfo, layer: str) -> None:
         target = info.linkname
         if not target:
             raise _unsafe(layer, entry, "is a symbolic link with an empty target")
-        if not target.startswith("/"):
+        if not target.startswith("/") and not climb:
             # Absolute targets are image paths; a relative one must stay below the root.
             depth = name.count("/")
             for part in target.split("/"):
@@ -157,7 +185,7 @@ def _check_entry(info: tarfile.TarInfo, layer: str) -> None:
 
 
 def iter_layer(
-    blob: Path, *, layer: str
+    blob: Path, *, layer: str, climb: bool | None = None
 ) -> Generator[tuple[tarfile.TarInfo, IO[bytes] | None], None, None]:
     """Each entry of a layer with a reader for regular files, checked before it is yielded.
 
@@ -166,14 +194,17 @@ def iter_layer(
     :class:`UnsafeLayerError` for absolute names, ``..``, relative symlinks that climb out
     of the root and hard links outside it; :class:`ImageError` for a blob that is not a
     (gzip) tar. Device nodes and FIFOs come back as they are (:func:`is_special`).
+    ``climb`` (None: whether within :func:`climbing`): relative symbolic links that climb
+    above the root come back too.
     """
+    lenient = _CLIMB.get() if climb is None else climb
     try:
         with (
             open_layer(blob, layer=layer) as stream,
             tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFSIZE) as tar,
         ):
             while (info := tar.next()) is not None:
-                _check_entry(info, layer)
+                _check_entry(info, layer, lenient)
                 if not info.name:
                     continue
                 yield info, tar.extractfile(info) if info.isreg() else None
@@ -269,7 +300,21 @@ class _Tree:
             self._dirs[rel] = found
         return found
 
-    def _walk(self, rel: str, *, create: bool, entry: str) -> str | None:
+    def locate(self, rel: str) -> str:
+        """Where an entry named ``rel`` lands: its parent resolved through the links the
+        tree holds now, the part that is not in the tree yet taken as written (``rel``
+        itself when the way runs into a file or a link loop: applying it would fail)."""
+        parent, _, base = rel.rpartition("/")
+        try:
+            up = self.real_dir(parent, create=False, entry=rel)
+            if up is None:
+                up = self._walk(parent, create=False, entry=rel, partial=True)
+        except ImageError:
+            return rel
+        assert up is not None
+        return _join(up, base)
+
+    def _walk(self, rel: str, *, create: bool, entry: str, partial: bool = False) -> str | None:
         todo = list(reversed(split_path(rel)))
         done: list[str] = []
         hops = 0
@@ -283,6 +328,13 @@ class _Tree:
             try:
                 st = os.lstat(here)
             except FileNotFoundError:
+                if partial:  # the rest is made as folders where the entry is applied
+                    for rest in [part, *reversed(todo)]:
+                        if rest != "..":
+                            done.append(rest)
+                        elif done:
+                            done.pop()
+                    return "/".join(done)
                 if not create:
                     return None
                 os.mkdir(here, 0o755)
@@ -343,11 +395,11 @@ def extract_layer(
     """
     if dest.exists():
         last = -1
-        for index, (info, _) in enumerate(iter_layer(blob, layer=layer)):
+        for index, (info, _) in enumerate(iter_layer(blob, layer=layer, climb=False)):
             if _selected(info.name, only):
                 last = index
         if last >= 0:  # a second pass, which stops after the last entry it needs
-            return _apply(blob, str(dest), layer, only, count=last + 1)
+            return tuple(s.name for s in _apply(blob, str(dest), layer, only, count=last + 1))
         return ()
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
@@ -358,20 +410,79 @@ def extract_layer(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return skipped
+    return tuple(s.name for s in skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class Special:
+    """A device node or FIFO a layer holds (:func:`is_special`)."""
+
+    name: str  # in the layer
+    path: str  # where it landed in the tree (root-relative, links on the way followed)
+    kind: str  # "a FIFO", "a character device", "a block device"
+    inode: int  # of the empty file :func:`read_layer` put there in its place, else 0
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    return "a FIFO" if info.isfifo() else "a character device" if info.ischr() else "a block device"
+
+
+def read_layer(
+    blob: Path,
+    dest: Path,
+    *,
+    layer: str,
+    only: Callable[[str], bool],
+    missing: Callable[[str], bytes | None] | None = None,
+) -> tuple[Special, ...]:
+    """Apply a layer onto the folder ``dest`` (which exists) as a container runtime
+    would, for reading what the image holds at the paths ``only`` accepts.
+
+    Unlike :func:`extract_layer`, an entry is selected by where it lands: its name
+    resolved through the links the tree holds at that point, inside the root (a runtime
+    writes ``opt/x/evil.pth`` into the environment when ``opt/x`` links there). So every
+    symbolic link and whiteout is applied, and any entry that replaces something the tree
+    holds. A relative link may climb above the root (``..`` stops there, as at ``/``).
+    A device node or FIFO is stood in for by an empty regular file, which the returned
+    :class:`Special` names with its inode, so a caller can tell whether a later layer
+    removed or replaced it. A hard link whose target is not in the tree (outside what
+    is read) gets the bytes ``missing`` gives for the target's name, if any. Unsafe
+    entries raise as they are met: ``dest`` is a scratch folder, left half applied.
+    """
+    return tuple(_apply(blob, str(dest), layer, only, count=None, read=True, missing=missing))
+
+
+def _reached(tree: _Tree, info: tarfile.TarInfo, only: Callable[[str], bool]) -> bool:
+    """Whether :func:`read_layer` applies entry ``info`` (see there)."""
+    base = info.name.rpartition("/")[2]
+    if info.issym() or base.startswith(WHITEOUT_PREFIX) or _selected(info.name, only):
+        return True
+    where = tree.locate(info.name)
+    return (where != info.name and only(where)) or os.path.lexists(tree.path(where))
 
 
 def _apply(
-    blob: Path, root: str, layer: str, only: Callable[[str], bool] | None, *, count: int | None
-) -> tuple[str, ...]:
+    blob: Path,
+    root: str,
+    layer: str,
+    only: Callable[[str], bool] | None,
+    *,
+    count: int | None,
+    read: bool = False,
+    missing: Callable[[str], bytes | None] | None = None,
+) -> list[Special]:
     tree = _Tree(root, layer)
     ours: set[str] = set()  # real paths (relative to root) this layer wrote
-    special: list[str] = []
+    special: list[Special] = []
     dirs: list[tuple[str, int, int]] = []
-    with contextlib.closing(iter_layer(blob, layer=layer)) as entries:
+    # Extraction refuses a link climbing above the root, whatever the context (climbing).
+    with contextlib.closing(iter_layer(blob, layer=layer, climb=read)) as entries:
         for info, reader in islice(entries, count):
             name = info.name
-            if only is not None and not _selected(name, only):
+            if read and only is not None:
+                if not _reached(tree, info, only):
+                    continue
+            elif only is not None and not _selected(name, only):
                 continue
             parent_rel, _, base = name.rpartition("/")
             if base == OPAQUE_WHITEOUT:
@@ -411,7 +522,16 @@ def _apply(
                     tree.forget()  # the link is replaced by the rename below
                 _write_file(final, reader, info, layer, replace=old is not None)
                 continue
-            source = _link_source(tree, info, layer) if info.islnk() else None
+            try:
+                source = _link_source(tree, info, layer) if info.islnk() else None
+            except ImageError:
+                # Read, the target may lie outside what is read (a lower layer's
+                # etc/passwd): the link holds its bytes, as a copy.
+                data = missing(info.linkname) if missing is not None and read else None
+                if data is None:
+                    raise
+                _write_file(final, io.BytesIO(data), info, layer, replace=old is not None)
+                continue
             if old is not None:
                 tree.remove(final_rel)
             if info.issym():
@@ -421,8 +541,14 @@ def _apply(
             elif is_special(info):
                 # Never made here: a device node on this machine would open this machine's
                 # device (as root, /dev/sda itself), and a FIFO blocks whoever reads it.
-                # The entry still replaces what was there, as it would in the image.
-                special.append(name)
+                # The entry still replaces what was there, as it would in the image; read,
+                # an empty file stands in for it (read_layer).
+                inode = 0
+                if read:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                    os.close(os.open(final, flags, 0o644))
+                    inode = os.lstat(final).st_ino
+                special.append(Special(name, final_rel, _kind(info), inode))
     # Directory modes last, deepest first, so a read-only directory can still be filled;
     # only where the path is still a real directory all the way down, since a later entry
     # may have put a symlink in its place (chmod would follow it).
@@ -431,7 +557,7 @@ def _apply(
         if rel in plain:
             os.chmod(tree.path(rel), mode)
             os.utime(tree.path(rel), (mtime, mtime))
-    return tuple(special)
+    return special
 
 
 def _link_source(tree: _Tree, info: tarfile.TarInfo, layer: str) -> str:
