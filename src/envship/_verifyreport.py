@@ -42,11 +42,12 @@ class VerifyReport:
     # What finishes a half-made environment (an ``incomplete`` difference), a command;
     # the error's hint says it.
     remedy: str | None = None
-    # The options that repeat what verify was asked to expect (``--group``/``--no-groups``,
-    # ``--store``): a command that makes the environment again without a usable record
-    # of its own takes them from here.
-    asked: str = ""
-    asked_groups: str = ""  # the ``--group G``/``--no-groups`` part of ``asked``
+    # The options that repeat what verify was asked to expect, shell-quoted: the groups
+    # (``--group G``/``--no-groups``) and the store (``--store S``); a command that makes
+    # the environment again takes them from here (all of :attr:`asked` when it has no
+    # usable record of its own).
+    asked_groups: str = ""
+    asked_store: str = ""
     # The image the environment was read from (``verify --image``), as named: its remedies
     # are a new build, since no command changes an image's layers in place.
     image: str | None = None
@@ -54,6 +55,10 @@ class VerifyReport:
     @property
     def identical(self) -> bool:
         return not self.differences
+
+    @property
+    def asked(self) -> str:
+        return self.asked_groups + self.asked_store
 
     def by_kind(self) -> dict[DifferenceKind, list[Difference]]:
         groups: dict[DifferenceKind, list[Difference]] = {}

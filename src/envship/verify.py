@@ -357,8 +357,8 @@ def verify(
         checked_bytecode=checked_bytecode,
         notes=tuple(notes),
         remedy=remedy,
-        asked=_asked_groups(lock, groups) + _asked_store(store),
         asked_groups=_asked_groups(lock, groups),
+        asked_store=_asked_store(store),
     )
 
 
