@@ -254,6 +254,7 @@ def verify_image(
         # kernelspec folders (links on the way followed as a runtime follows them), and the
         # links and whiteouts that decide where; which layers touch the marker is noted.
         specials: dict[str, Special] = {}  # tree path -> the latest FIFO or device there
+        views: dict[int, LayerView] = {}  # layers 0..i merged, for hard links (lower)
         for i, path in enumerate(image.layer_paths):
 
             def wanted(name: str, i: int = i) -> bool:
@@ -265,9 +266,12 @@ def verify_image(
 
             def lower(target: str, i: int = i) -> bytes | None:
                 # A hard link's target outside what is read: its bytes, from the layers
-                # up to this one (a target must come before its link in a tar).
+                # up to this one (a target must come before its link in a tar). The view
+                # reads every layer's headers: made once per layer, not once per link.
+                if i not in views:
+                    views[i] = LayerView(list(image.layer_paths[: i + 1]))
                 try:
-                    return LayerView(list(image.layer_paths[: i + 1])).read(target)
+                    return views[i].read(target)
                 except ImageError:
                     return None
 
