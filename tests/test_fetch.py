@@ -359,12 +359,14 @@ def test_local_paths_relative_to_the_lock(
     assert_store_complete(store, lock)
 
 
+@pytest.mark.parametrize("change", ["same-size", "longer"])
 @pytest.mark.parametrize("kind", ["path", "file-url"])
 def test_a_local_file_that_changed_is_not_blamed_on_an_index(
-    tmp_path: Path, index_root: Path, store: Store, client: HttpClient, kind: str
+    tmp_path: Path, index_root: Path, store: Store, client: HttpClient, kind: str, change: str
 ) -> None:
-    """A lock's local ``path`` (or ``file:`` URL) whose file now holds other bytes: no
-    index served them, so the hint must not send the user after one."""
+    """A lock's local ``path`` (or ``file:`` URL) whose file now holds other bytes, or
+    more than the lock's size (refused while read): no index served them, so the hint
+    must not send the user after one."""
     project = tmp_path / "project"
     (project / "wheels").mkdir(parents=True)
     wheel = project / "wheels" / BETA
@@ -375,7 +377,7 @@ def test_a_local_file_that_changed_is_not_blamed_on_an_index(
     lock = LockFile.load(write_lock(project / "pylock.toml", [wheel], base_url=base))
     data = bytearray(wheel.read_bytes())
     data[-1] ^= 0xFF  # same size: only the hash finds it
-    wheel.write_bytes(bytes(data))
+    wheel.write_bytes(bytes(data) + (b"more" if change == "longer" else b""))
     with pytest.raises(ArtifactError) as info:
         fetch(lock, store, client=client)
     assert info.value.exit_code == 4 and info.value.artifact == BETA

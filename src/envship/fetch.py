@@ -38,7 +38,7 @@ from ._flock import acquire
 from ._sourcecheck import check_sources
 from .errors import ArtifactError, EnvshipError, NetworkError, Problem, StoreError
 from .lockfile import Artifact, LockFile
-from .store import State, Store
+from .store import State, Store, corrupt_source
 
 if TYPE_CHECKING:
     # Imported when something must be downloaded: http.client, ssl and urllib cost
@@ -179,16 +179,14 @@ class _Oversize(Exception):
         self.size = size
 
 
-def _size_mismatch(artifact: Artifact, actual: int) -> ArtifactError:
+def _size_mismatch(artifact: Artifact, actual: int, source: str | Path) -> ArtifactError:
     return ArtifactError(
         f"{artifact.filename}: size mismatch (at least {actual} bytes, the lock says "
         f"{artifact.size}), refusing it",
         artifact=artifact.filename,
         expected=str(artifact.size),
         actual=f">={actual}",
-        hint="the source holds another file than the lock records; if the lock is right, "
-        "the source (an index or a proxy on the way, or the file a lock's path names) is "
-        "corrupt or tampered with",
+        hint=corrupt_source(source),  # the store's words for the same mismatch, found later
     )
 
 
@@ -269,7 +267,7 @@ class _Worker:
                         ).received
                     except _Oversize as exc:
                         part.unlink(missing_ok=True)
-                        raise _size_mismatch(artifact, exc.size) from None
+                        raise _size_mismatch(artifact, exc.size, self._source(artifact)) from None
                 os.replace(part, staged)
                 path = self.store.commit(
                     staged, sha, name=artifact.filename, size=size, source=self._source(artifact)

@@ -239,7 +239,7 @@ class Store:
                 artifact=name,
                 expected=str(size),
                 actual=str(actual_size),
-                hint=_corrupt_source(source),
+                hint=corrupt_source(source),
             )
         actual = sha256_file(staged)
         if actual != sha256:
@@ -249,7 +249,7 @@ class Store:
                 artifact=name,
                 expected=sha256,
                 actual=actual,
-                hint=_corrupt_source(source),
+                hint=corrupt_source(source),
             )
         final = self.path(sha256)
         try:
@@ -416,7 +416,7 @@ class Store:
                 Path(tmp).unlink()
 
 
-def _corrupt_source(source: str | Path | None) -> str:
+def corrupt_source(source: str | Path | None) -> str:
     """Where bytes that are not the lock's came from, as a hint: a local file is named
     (nobody else served it), a URL is not (it may carry credentials); unknown, both."""
     if isinstance(source, str) and source[:5].lower() == "file:":
