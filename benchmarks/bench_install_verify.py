@@ -9,7 +9,10 @@ warm uv cache shared by envship and the uv baseline, and as on a new instance, w
 side starts with an empty uv cache. The interpreter's bare start-up (``python -c pass``)
 is printed next to them, since it is a fixed part of every envship run, and so is a
 stdlib-only Python script making the same two uv calls: the floor for any Python tool
-that drives uv. ``verify --bytecode`` on an environment installed with ``--compile`` is
+that drives uv. A new environment from a lock installed before on the machine takes
+install's quick path (a plan remembered in the user cache, uv started before anything
+but ``os`` is imported); the first one from a lock takes the full path, measured apart.
+``verify --bytecode`` on an environment installed with ``--compile`` is
 set beside ``compileall -f`` of the same files, the cost of compiling them once. pip
 compiles bytecode by default and envship does not; the table says so rather than hiding
 it.
@@ -53,7 +56,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="envship-bench-") as tmp:
         work = Path(tmp)
-        env = clean_env(UV_CACHE_DIR=str(work / "uv-cache"), ENVSHIP_STORE=str(work / "store"))
+        env = clean_env(
+            UV_CACHE_DIR=str(work / "uv-cache"),
+            ENVSHIP_STORE=str(work / "store"),
+            XDG_CACHE_HOME=str(work / "user-cache"),  # where install remembers its plans
+        )
         lock_path = locked_ds_set(work, env)
         lockfile = LockFile.load(lock_path)
         wheels = work / "wheels"
@@ -90,8 +97,11 @@ def main() -> None:
             )
 
         ours, uv_times, pip_times, ours_cold, uv_cold, floor = [], [], [], [], [], []
+        first = []  # the full path: no plan remembered for this lock yet
         for i in range(args.repeat):
             ours.append(timed([*install, str(work / f"ours{i}")], env=env))
+            no_plan = dict(env, XDG_CACHE_HOME=str(work / f"user-cache-{i}"))
+            first.append(timed([*install, str(work / f"first{i}")], env=no_plan))
             uv_times.append(uv_install(work / f"uv{i}", env))
             floor_cmd = [sys.executable, "-c", FLOOR, uv_bin(), sys.executable, str(reqs)]
             floor.append(timed([*floor_cmd, str(work / f"floor{i}")], env=env))
@@ -176,6 +186,11 @@ def main() -> None:
             [
                 row(
                     "install vs uv pip install (warm uv cache)", median(ours), median(uv_times), 1.1
+                ),
+                row(
+                    "install, first of this lock here, vs uv (warm)",
+                    median(first),
+                    median(uv_times),
                 ),
                 row(
                     "install vs uv pip install (empty uv caches)",

@@ -29,8 +29,11 @@ def index_server(index_root: Path) -> Iterator[IndexServer]:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep uv's cache and envship's store per test so no test sees another's downloads."""
+    """Keep uv's cache, envship's store and the user cache per test so no test sees another's
+    downloads or remembered install plans."""
     monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
     monkeypatch.setenv("ENVSHIP_STORE", str(tmp_path / "store"))
+    # install remembers plans for its quick path in the user cache (envship._quickinstall).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv("UV_INDEX_URL", raising=False)
     monkeypatch.delenv("UV_EXTRA_INDEX_URL", raising=False)

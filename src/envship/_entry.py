@@ -6,6 +6,10 @@ errors, their dataclasses) takes tens of milliseconds, and a Ctrl-C or a ``docke
 in that window ended in a ``KeyboardInterrupt`` traceback, or, for SIGTERM, in a silent
 exit 143. Nothing has been done then, and the answer says so. Stdlib only, imported
 before anything else of the CLI.
+
+``envship install`` of a new environment from a plan remembered on this machine runs
+here without the CLI (:mod:`envship._quickinstall`); anything that path does not take,
+the CLI runs.
 """
 
 from __future__ import annotations
@@ -24,15 +28,25 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> int:
     # Kept while the CLI runs: its main() sets its own handler and puts this one back.
     signal.signal(signal.SIGTERM, _terminate)
+    if "install" in sys.argv[1:3]:
+        try:
+            from ._quickinstall import run as quick
+
+            code = quick(sys.argv[1:])
+        except KeyboardInterrupt:
+            # uv was stopped and the new environment removed; said as the CLI says it,
+            # the blank line first (it ends the terminal's "^C" line).
+            return _interrupted("interrupted; re-run the same command to resume", blank=True)
+        if code is not None:
+            return code
     try:
         from .cli.main import main as run
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted("interrupted before it started; nothing was done")
     return run()
 
 
-def _interrupted() -> int:
-    message = "interrupted before it started; nothing was done"
+def _interrupted(message: str, *, blank: bool = False) -> int:
     if "--json" in sys.argv[1:]:
         import json
 
@@ -45,5 +59,5 @@ def _interrupted() -> int:
         }
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
-        print(message, file=sys.stderr)
+        print(f"\n{message}" if blank else message, file=sys.stderr)
     return 130

@@ -35,8 +35,6 @@ reports it, ``add`` and ``env check`` refuse it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -46,10 +44,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ._atomic import write_atomic
+from ._envfiles import (
+    INCOMPLETE_NAME,
+    WORK_SUFFIX,
+    canonical_name,
+    dist_infos,
+    record_digest,
+    record_digests,
+    site_packages,
+    venv_digests,
+    venv_snapshot,
+    write_marker_file,
+)
 from ._markerread import (
     FILES_KEY,
     LINKS_KEY,
@@ -99,14 +107,12 @@ __all__ = [
     "write_marker",
 ]
 
-INCOMPLETE_NAME = ".envship-incomplete"
-
 
 def work_folder(dest: Path) -> Path:
     """``DEST.envship-tmp``: where a run of install stages beside ``dest`` (a private
     uv cache, requirements, a failed new environment set aside). Its file ``lock`` is
     the lock install holds while it changes ``dest``, which ``envship add`` takes too."""
-    return dest.parent / f"{dest.name}.envship-tmp"
+    return dest.parent / f"{dest.name}{WORK_SUFFIX}"
 
 
 def store_option(marker: Mapping[str, Any]) -> str:
@@ -123,10 +129,6 @@ def store_option(marker: Mapping[str, Any]) -> str:
         return ""
     return f" --store {shlex.quote(store)}"
 
-
-# Metadata folders: ``name-version.dist-info`` (wheels) and ``name-version[-pyX.Y]
-# .egg-info`` (anything installed the old way, e.g. ``setup.py install``).
-_METADATA = (".dist-info", ".egg-info")
 
 State = Literal["missing", "empty", "complete", "incomplete", "foreign"]
 
@@ -196,23 +198,7 @@ def write_marker(dest: Path, data: dict[str, Any]) -> None:
             shutil.rmtree(path)
         elif not stat.S_ISREG(st.st_mode):
             path.unlink()
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def site_packages(dest: Path, python: str | None = None) -> Path | None:
-    """``dest/lib/pythonX.Y/site-packages`` of a POSIX venv: the one of ``python``
-    ("3.11") when given, else the only one there is."""
-    if python is not None:
-        found = dest / "lib" / f"python{python}" / "site-packages"
-        return found if found.is_dir() else None
-    candidates = sorted((dest / "lib").glob("python*/site-packages"))
-    return candidates[0] if len(candidates) == 1 else None
-
-
-def _sha256(path: str | Path) -> str:
-    # Small files (activate scripts, RECORD): one read; hashlib.file_digest is 3.11+.
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    write_marker_file(str(path), data)
 
 
 def venv_record(dest: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -221,21 +207,7 @@ def venv_record(dest: Path) -> tuple[dict[str, str], dict[str, str]]:
     scripts, ``pyvenv.cfg``, ``.gitignore``, ``CACHEDIR.TAG``, the ``bin/python*`` links
     and ``lib64``, and for Python < 3.10 ``_virtualenv.py`` and a ``.pth`` importing it.
     A link is recorded, never followed (``bin/python`` names the base interpreter)."""
-    files: dict[str, str] = {}
-    links: dict[str, str] = {}
-    folders = [str(dest)]
-    while folders:
-        with os.scandir(folders.pop()) as entries:
-            for entry in entries:
-                rel = Path(entry.path).relative_to(dest).as_posix()
-                if entry.is_symlink():
-                    links[rel] = os.readlink(entry.path)
-                elif entry.is_dir():
-                    if entry.name != "__pycache__":
-                        folders.append(entry.path)
-                elif entry.is_file() and rel not in (INCOMPLETE_NAME, MARKER_NAME):
-                    files[rel] = _sha256(entry.path)
-    return files, links
+    return venv_digests(venv_snapshot(str(dest)))
 
 
 def interpreter_damage(path: Path, marker: Mapping[str, Any]) -> list[str]:
@@ -251,43 +223,6 @@ def interpreter_damage(path: Path, marker: Mapping[str, Any]) -> list[str]:
     if os.path.realpath(python) != os.path.realpath(base):
         return [f"{python} runs {os.path.realpath(python)}, not {base}"]
     return []
-
-
-def _dist_infos(site: Path) -> dict[str, list[tuple[str, Path]]]:
-    """Installed distributions by canonical name -> (version, metadata folder), from the
-    metadata folder names."""
-    found: dict[str, list[tuple[str, Path]]] = {}
-    with os.scandir(site) as entries:
-        for entry in entries:
-            suffix = next((s for s in _METADATA if entry.name.endswith(s)), None)
-            if suffix is None:
-                continue
-            parts = entry.name[: -len(suffix)].split("-")
-            if len(parts) < 2:
-                continue
-            found.setdefault(canonicalize_name(parts[0]), []).append((parts[1], Path(entry.path)))
-    return found
-
-
-def _record_digest(info: Path) -> str:
-    try:
-        return _sha256(info / "RECORD")
-    except OSError:
-        return ""  # none, or unreadable: matches no digest
-
-
-def record_digests(dest: Path, python: str | None = None) -> dict[str, str]:
-    """Canonical name -> sha256 of its ``RECORD``, for each distribution installed in
-    ``dest``'s site-packages (of ``python``). An installer writes RECORD last, listing
-    every file with its hash (PEP 376/427), so a re-install of the same name and version
-    from another wheel, or by another tool, writes another RECORD."""
-    site = site_packages(dest, python)
-    found = _dist_infos(site) if site is not None else {}
-    return {
-        name: _record_digest(info)
-        for name, infos in sorted(found.items())
-        for _version, info in infos[:1]
-    }
 
 
 def env_state(dest: Path) -> State:
@@ -372,9 +307,9 @@ def drift(
     expected distribution's RECORD is hashed too: one that is not the one installed is
     ``replaced``. Names ``records`` lacks are not compared (a marker from before them)."""
     site = site_packages(dest, python)
-    found = _dist_infos(site) if site is not None else {}
+    found = dist_infos(site) if site is not None else {}
     installed = {n: [v for v, _ in infos] for n, infos in found.items()}
-    expected: dict[str, str] = {canonicalize_name(p["name"]): p["version"] for p in packages}
+    expected: dict[str, str] = {canonical_name(p["name"]): p["version"] for p in packages}
     present = [
         f"{n}=={v}"
         for n, versions in sorted(installed.items())
@@ -394,7 +329,7 @@ def drift(
         and isinstance(digest := records.get(n), str)
         and len(infos := found.get(n, [])) == 1
         and _same(v, infos[0][0])
-        and _record_digest(infos[0][1]) != digest
+        and record_digest(infos[0][1]) != digest
     ]
     return Drift(tuple(present), tuple(missing), tuple(duplicated), tuple(replaced))
 

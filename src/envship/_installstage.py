@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._fetchcommand import fetch_command
+from ._uvargs import requirement_line
 from .errors import ArtifactError, InvalidLockError, Problem
 from .lockfile import Artifact, LockFile
 from .store import Store, sha256_file
@@ -104,6 +105,5 @@ def stage(
         done += size
         if progress is not None:
             progress(done, total, artifact.filename)
-        # ``name @ URL`` percent-encodes odd paths and lets uv check the name matches.
-        lines.append(f"{artifact.name} @ {staged.as_uri()} --hash=sha256:{artifact.sha256}")
+        lines.append(requirement_line(artifact.name, staged, artifact.sha256))
     return "\n".join(lines) + "\n"

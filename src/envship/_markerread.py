@@ -19,6 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._envfiles import (
+    FILES_KEY,
+    LINKS_KEY,
+    MARKER_FORMAT,
+    MARKER_NAME,
+    RECORDS_KEY,
+    STORE_KEY,
+)
 from .errors import Problem
 
 __all__ = [
@@ -35,16 +43,6 @@ __all__ = [
     "read_marker",
     "read_record",
 ]
-
-MARKER_NAME = ".envship-install.json"
-MARKER_FORMAT = 1
-# The marker's keys (module docstring): env-relative POSIX path -> hex sha256 of a file
-# the venv's creation wrote; -> target of a link it made; canonical name -> hex sha256
-# of the installed dist-info/RECORD; the absolute path of the store the wheels came from.
-FILES_KEY = "venv_files"
-LINKS_KEY = "venv_links"
-RECORDS_KEY = "records"
-STORE_KEY = "store"
 
 
 class MarkerDamaged(Exception):

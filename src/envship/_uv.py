@@ -12,27 +12,15 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
-from .errors import LockError
+from ._uvargs import plain_environment
 
 if TYPE_CHECKING:
     import ctypes
 
 __all__ = ["plain_environment", "run_uv", "uv_bin"]
-
-# Colour codes would end up in the lines we read and pass on (FORCE_COLOR, set in every
-# Jupyter kernel, beats NO_COLOR in uv), and COLUMNS makes uv wrap them mid-sentence.
-_LAYOUT_VARIABLES = ("FORCE_COLOR", "CLICOLOR_FORCE", "COLUMNS")
-
-
-def plain_environment(base: Mapping[str, str], drop: Collection[str] = ()) -> dict[str, str]:
-    """``base`` (an environment for uv) without ``drop`` and without what colours or
-    wraps uv's output: uv's lines are read by envship, not a terminal."""
-    env = {k: v for k, v in base.items() if k not in _LAYOUT_VARIABLES and k not in drop}
-    env["NO_COLOR"] = "1"
-    return env
 
 
 def uv_bin() -> str:
@@ -44,6 +32,8 @@ def uv_bin() -> str:
     except (ImportError, FileNotFoundError):  # pragma: no cover - depends on install
         found = shutil.which("uv")
         if found is None:
+            from .errors import LockError  # here: the quick path imports this module
+
             raise LockError("uv is not installed", hint="pip install uv") from None
         return found
 

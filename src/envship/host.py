@@ -17,10 +17,10 @@ import shutil
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ._environment import not_a_program
+from ._gpu import has_gpu
 from ._pyprobe import ProbeFailure, facts_here, facts_of
 from .errors import Problem, TargetError
 from .lockfile import LockFile
@@ -37,11 +37,6 @@ def _normalize_machine(machine: str) -> str:
 
 def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".") if p.isdigit())
-
-
-def has_gpu() -> bool:
-    """True when an NVIDIA GPU looks usable: a device node or ``nvidia-smi`` on PATH."""
-    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ from ._installmarker import (
 from ._installplan import LinkMode, pins, plan, repeat
 from ._installstage import ProgressFn, check_store, name_damaged, stage
 from ._uv import run_uv, uv_bin
+from ._uvargs import sync_command, venv_command
 from .errors import InstallError, InstallInputError, Problem
 from .host import match_target, probe
 from .lockfile import Artifact, LockFile
@@ -334,10 +335,11 @@ def _install_locked(
         if new:  # a rebuild's folder is already marked, and says it is a rebuild
             dest.mkdir(parents=True, exist_ok=True)
             begin("install", None)
-        make = [uv, "venv", "--quiet", "--no-project", "--offline", "--no-python-downloads"]
-        make += [*cache_args, *(["--relocatable"] if relocatable else [])]
+        make = venv_command(
+            uv, base_python, str(dest), cache_args=cache_args, relocatable=relocatable
+        )
         _run(
-            [*make, "--allow-existing", "--python", base_python, str(dest)],
+            make,
             what=f"creating the virtual environment {dest}",
             keep_fds=[lock_fd],
         )
@@ -348,22 +350,20 @@ def _install_locked(
             reqs.write_text(
                 stage(store, artifacts, sizes, work / "wheels", progress), encoding="utf-8"
             )
-        args = [uv, "pip", "sync", "--quiet", "--python", str(env_python)]
-        args += ["--offline", "--no-index", "--require-hashes", "--allow-empty-requirements"]
-        args += cache_args
-        if all(a.kind == "wheel" for a in artifacts):
-            args.append("--no-build")
-        if compile_bytecode:
-            args.append("--compile-bytecode")
-        if link_mode is not None:
-            args += ["--link-mode", link_mode]
-        if relink:
-            args.append("--reinstall")  # every file put in place again, the new way
-        for name in replaced:
-            args += ["--reinstall-package", name]
+        args = sync_command(
+            uv,
+            str(env_python),
+            str(reqs),
+            cache_args=cache_args,
+            no_build=all(a.kind == "wheel" for a in artifacts),
+            compile_bytecode=compile_bytecode,
+            link_mode=link_mode,
+            relink=relink,
+            replaced=replaced,
+        )
         try:
             _run(
-                [*args, str(reqs)],
+                args,
                 what=f"installing {len(artifacts)} packages into {dest}",
                 keep_fds=[lock_fd],
             )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .._quickinstall import remember, summary_text
 from ..install import InstallResult, LinkMode, install
 from ..lockfile import LockFile
 from ..store import Store
@@ -76,9 +77,10 @@ def command(
       envship install .venv --reinstall   # after `envship verify` found edited files
     """
     lock = LockFile.load(lock_path)
+    store = Store.at(store_dir)
     result = install(
         lock,
-        Store.at(store_dir),
+        store,
         dest,
         python=python,
         target=target,
@@ -88,6 +90,16 @@ def command(
         reinstall=reinstall,
         progress=Progress("stage"),
     )
+    if result.action == "created":
+        # The next new environment from this lock here starts uv at once (see there).
+        remember(
+            lock=lock_path,
+            store=store_dir,
+            store_root=store.root,
+            target=target,
+            groups=groups,
+            dest=result.dest,
+        )
     if as_json:
         echo_json(result.to_json())
     else:
@@ -95,14 +107,12 @@ def command(
 
 
 def _summary(result: InstallResult) -> str:
-    count = len(result.packages)
-    what = f"{count} package{'s' if count != 1 else ''}, target {result.target.name}"
-    if not result.changed:
-        return f"{result.dest} is up to date ({what})"
-    lines = [f"{result.action} {result.dest} ({what}) in {result.seconds:.1f}s"]
-    # By name, the old version just above the new one (as uv prints them): "- attrs==23.1.0"
-    # then "+ attrs==22.2.0" reads as the downgrade it is.
-    changes = [(p.split("==")[0], 1, f"  + {p}") for p in result.installed]
-    changes += [(p.split("==")[0], 0, f"  - {p}") for p in result.removed]
-    lines += [line for _, _, line in sorted(changes)]
-    return "\n".join(lines)
+    return summary_text(
+        result.action,
+        str(result.dest),
+        len(result.packages),
+        result.target.name,
+        result.seconds,
+        result.installed,
+        result.removed,
+    )

@@ -1,0 +1,615 @@
+"""``envship install`` of a new environment from a plan remembered on this machine: uv
+starts before anything but ``os`` is imported.
+
+Issue 3 asks install to cost at most 1.1x ``uv venv`` + ``uv pip install`` of the same
+wheels. The full path cannot: before uv runs it imports click, packaging and the lock
+model (~90 ms here), parses the lock and probes the interpreter, against ~210 ms of
+uv's own work on the data-science set. So after the full path *created* an environment,
+the CLI remembers what it decided (:func:`remember`): a plan file in the user cache
+(``$XDG_CACHE_HOME`` or ``~/.cache``, ``envship/install-plans/``) under a key of all that
+decision read which ``os.stat`` can tell: the lock's absolute path, size, inode and
+modification time; the store's root (or, for the default store, what locates it); the
+base interpreter's path, real path and that file's size and modification time (uv
+keys its own interpreter cache by path and mtime too); the ``--target`` and the groups
+asked; the machine, glibc's version; and the interpreter running envship, whose uv
+binary the plan names.
+
+A later ``envship install PATH`` with the same key and a new PATH (missing, or an empty
+folder) takes the plan (:func:`run`). It checks that the store still holds every
+artifact under its real name as a hard link of its content, of the locked size, takes
+PATH's lock without waiting, and runs the full path's steps in the full path's order:
+the incomplete mark, ``uv venv``, the marker saying how to repeat the run, the record of
+the venv's files, ``uv pip sync --require-hashes`` of the same lines, the final marker,
+the mark removed. While uv installs, it confirms what ``os.stat`` cannot: the lock's
+bytes hash to the plan's digest, the lock's path is spelled as the marker records it,
+the GPU answer is the plan's. Anything it does not expect (an option it does not take,
+an environment already there, no plan, a plan that does not parse, a store without its
+links, a busy PATH, a failed confirmation, a uv failure) hands the run to the full path,
+before anything is made or after the new environment is discarded as a failed new
+install is: every error the user sees is the full path's.
+
+One difference, on purpose: uv is started with ``posix_spawn``, which takes no pre-exec
+hook, so it is not killed with envship by ``PR_SET_PDEATHSIG``. SIGTERM and Ctrl-C kill it
+and discard the environment; after a SIGKILL it finishes (in under a second on the
+data-science set) holding PATH's lock, which it inherited, so the next run waits for it
+and then makes the half-made PATH again, as after a killed full path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+
+from ._envfiles import (
+    FILES_KEY,
+    INCOMPLETE_NAME,
+    LINKS_KEY,
+    MARKER_NAME,
+    RECORDS_KEY,
+    STORE_KEY,
+    WORK_SUFFIX,
+    record_digests,
+    venv_digests,
+    venv_snapshot,
+    write_marker_file,
+)
+from ._uvargs import plain_environment, requirement_line, sync_command, venv_command
+
+# Not ``typing.TYPE_CHECKING``: importing typing costs the quick path of ``envship
+# install`` ~7 ms before uv starts; type checkers take the name alone (mypy, pyright).
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # at run time only where they are used
+    from collections.abc import Sequence
+    from pathlib import Path
+    from typing import Any
+
+__all__ = ["PLAN_KEYS_PER_RUN", "plans_dir", "remember", "run", "summary_text"]
+
+_FORMAT = "envship install plan 1"
+# Keys of the final marker that each run writes for itself; the plan keeps the others.
+PLAN_KEYS_PER_RUN = ("compiled", "link_mode", FILES_KEY, LINKS_KEY, RECORDS_KEY, STORE_KEY)
+_FIELDS = ("key", "uv", "store", "gpu", "marker")
+_LINK_MODES = ("hardlink", "copy", "clone", "symlink")
+_VALUE_OPTIONS = ("--lock", "--store", "--python", "--target", "--link-mode")
+# The run's marker while it makes the environment also says it is no reinstall
+# (envship._installplan.REINSTALLING; not imported: that module imports packaging).
+_REINSTALLING = "reinstalling"
+
+
+class _Fallback(Exception):
+    """The quick path does not take this run: the full path does it all."""
+
+
+class _Asked:
+    """The options of one ``envship install`` (a plain class: dataclasses cost ~8 ms)."""
+
+    __slots__ = (
+        "as_json",
+        "compile_bytecode",
+        "dest",
+        "groups",
+        "link_mode",
+        "lock",
+        "python",
+        "store",
+        "target",
+    )
+
+    def __init__(
+        self,
+        *,
+        dest: str,
+        lock: str,
+        store: str | None,
+        python: str | None,
+        target: str | None,
+        groups: tuple[str, ...] | None,
+        compile_bytecode: bool,
+        link_mode: str | None,
+        as_json: bool,
+    ) -> None:
+        self.dest, self.lock, self.store, self.python = dest, lock, store, python
+        self.target, self.groups = target, groups
+        self.compile_bytecode, self.link_mode, self.as_json = compile_bytecode, link_mode, as_json
+
+
+def _parse(argv: Sequence[str]) -> _Asked | None:
+    """``[--json] install PATH [options]`` with only the options install takes, each
+    given once; None for anything else (help, a typo, ``--``: click's to answer)."""
+    args = list(argv)
+    as_json = args[:1] == ["--json"]
+    if as_json:
+        args = args[1:]
+    if args[:1] != ["install"]:
+        return None
+    values: dict[str, str] = {}
+    groups: list[str] = []
+    flags: set[str] = set()
+    dests: list[str] = []
+    rest = args[1:]
+    while rest:
+        token = rest.pop(0)
+        name, eq, value = token.partition("=")
+        if name in (*_VALUE_OPTIONS, "--group"):
+            if not eq:
+                if not rest:
+                    return None
+                value = rest.pop(0)
+            if not value or value.startswith("-") or name in values:
+                return None
+            if name == "--group":
+                groups.append(value)
+            else:
+                values[name] = value
+        elif token in ("--compile", "--no-groups", "--json"):
+            flags.add(token)
+        elif token.startswith("-") or not token:
+            return None
+        else:
+            dests.append(token)
+    if len(dests) != 1 or ("--no-groups" in flags and groups):
+        return None
+    if values.get("--link-mode", "hardlink") not in _LINK_MODES:
+        return None
+    return _Asked(
+        dest=dests[0],
+        lock=values.get("--lock", "pylock.toml"),
+        store=values.get("--store") or os.environ.get("ENVSHIP_STORE") or None,
+        python=values.get("--python"),
+        target=values.get("--target"),
+        groups=() if "--no-groups" in flags else (tuple(groups) or None),
+        compile_bytecode="--compile" in flags,
+        link_mode=values.get("--link-mode"),
+        as_json=as_json or "--json" in flags,
+    )
+
+
+def plans_dir() -> str:
+    """Where plans are kept: ``envship/install-plans`` in the user's cache folder."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(cache):  # unset, empty or relative: the XDG default
+        cache = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "envship", "install-plans")
+
+
+def _executable(path: str) -> bool:
+    # shutil.which's test for a path with a folder in it.
+    return os.path.exists(path) and os.access(path, os.X_OK) and not os.path.isdir(path)
+
+
+def _store_place(store: str | None) -> object:
+    """The store as the key has it: its absolute root as ``Store.at`` makes it, or, for
+    the default store, what ``Store.default`` reads to find it."""
+    if store:
+        return os.path.abspath(os.path.expanduser(store))
+    return ("default", os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"), os.getuid())
+
+
+def _key(
+    lock: str, store: object, base: str, target: str | None, groups: tuple[str, ...] | None
+) -> tuple[str, str]:
+    """``(name, key)``: the plan file's name (from what does not change when the lock is
+    edited, so an edited lock replaces its plan) and the whole key, compared in full."""
+    import binascii  # built in, unlike hashlib: a name needs no cryptographic hash
+
+    machine = os.uname().machine
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        glibc = None
+    place = repr((sys.executable, sys.prefix, lock, store, base, target, groups, machine))
+    lock_st = os.stat(lock)
+    real = os.path.realpath(base)
+    base_st = os.stat(real)
+    facts = (
+        (lock_st.st_size, lock_st.st_ino, lock_st.st_mtime_ns),
+        (real, base_st.st_size, base_st.st_mtime_ns),
+        glibc,
+    )
+    name = f"{binascii.crc32(place.encode('utf-8', 'surrogateescape')):08x}.plan"
+    return name, repr((place, facts))
+
+
+class _Plan:
+    """A plan file as read: the uv binary, the store's absolute root, the GPU answer, the
+    artifacts (size, sha256, file name), the requirements text and the JSON of the final
+    marker without the keys each run writes."""
+
+    __slots__ = ("artifacts", "gpu", "marker", "requirements", "store", "uv")
+
+    def __init__(
+        self,
+        *,
+        uv: str,
+        store: str,
+        gpu: bool,
+        artifacts: tuple[tuple[int, str, str], ...],
+        requirements: str,
+        marker: str,
+    ) -> None:
+        self.uv, self.store, self.gpu = uv, store, gpu
+        self.artifacts, self.requirements, self.marker = artifacts, requirements, marker
+
+
+def _read_plan(name: str, key: str) -> _Plan | None:
+    fields: dict[str, str] = {}
+    artifacts: list[tuple[int, str, str]] = []
+    requirements: list[str] = []
+    try:
+        with open(os.path.join(plans_dir(), name), encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if lines[:1] != [_FORMAT] or lines[-1] != "":
+        return None
+    for line in lines[1:-1]:
+        tag, _, value = line.partition(" ")
+        if tag == "artifact":
+            size, sha256, filename = [*value.split(" ", 2), "", ""][:3]
+            if not size.isdigit() or len(sha256) != 64 or not filename or "/" in filename:
+                return None
+            artifacts.append((int(size), sha256, filename))
+        elif tag == "requirement":
+            requirements.append(value)
+        elif tag in _FIELDS and tag not in fields:
+            fields[tag] = value
+        else:
+            return None
+    if fields.keys() != set(_FIELDS) or fields["key"] != key:
+        return None
+    if len(requirements) != len(artifacts) or fields["gpu"] not in ("0", "1"):
+        return None
+    if not os.path.isabs(fields["store"]) or not os.path.isabs(fields["uv"]):
+        return None
+    return _Plan(
+        uv=fields["uv"],
+        store=fields["store"],
+        gpu=fields["gpu"] == "1",
+        artifacts=tuple(artifacts),
+        requirements="".join(f"{r}\n" for r in requirements),
+        marker=fields["marker"],
+    )
+
+
+def _store_holds(root: str, plan: _Plan) -> bool:
+    """Every artifact as the full path would stage it, at once: its real name a hard
+    link of the content file (``Store.named``'s quick answer), of the locked size."""
+    for size, sha256, filename in plan.artifacts:
+        try:
+            content = os.stat(os.path.join(root, "sha256", sha256[:2], sha256))
+            named = os.stat(os.path.join(root, "named", sha256, filename))
+        except OSError:
+            return False
+        if not stat.S_ISREG(content.st_mode) or content.st_size != size:
+            return False
+        if (named.st_dev, named.st_ino) != (content.st_dev, content.st_ino):
+            return False
+    return True
+
+
+def run(argv: Sequence[str]) -> int | None:
+    """Run ``envship ARGV`` here when it is an install the quick path takes: the exit
+    code; None when the full path is to run it (nothing made, or what was made is gone).
+    KeyboardInterrupt (Ctrl-C, SIGTERM through the entry point's handler) after uv was
+    killed and the new environment discarded."""
+    started = time.monotonic()
+    asked = _parse(argv)
+    if asked is None or sys.platform != "linux":
+        return None
+    try:
+        return _take(asked, started)
+    except _Fallback:
+        return None
+
+
+def _base(python: str | None) -> str | None:
+    """The base interpreter as the full path resolves it (``shutil.which``, made
+    absolute); None for a bare name, which needs a search of PATH (the full path's)."""
+    exe = python if python is not None else sys.executable
+    if "/" not in exe or not _executable(exe):
+        return None
+    return os.path.abspath(exe)
+
+
+def _new(dest: str) -> str | None:
+    """``missing`` or ``empty`` (``env_state``'s names), else None: everything else, a
+    link included, is the full path's to judge."""
+    if not os.path.lexists(dest):
+        return "missing"
+    if os.path.isdir(dest) and not os.path.islink(dest) and not os.listdir(dest):
+        return "empty"
+    return None
+
+
+def _other_place(dest: str) -> bool:
+    """Where the full path refuses or shares (a version under an env root, its
+    ``current``), or a folder shared with its group (the full path makes its work folder
+    group-writable there): not the quick path's."""
+    if os.path.basename(dest) == "current":
+        return True
+    if os.path.basename(os.path.dirname(os.path.realpath(dest))) == "versions":
+        return True
+    try:
+        mode = os.stat(os.path.dirname(dest)).st_mode
+    except OSError:
+        return True
+    return not stat.S_ISDIR(mode) or bool(mode & stat.S_ISGID and mode & stat.S_IWGRP)
+
+
+def _lock(work: str) -> int | None:
+    """The work folder's lock held (as ``envship._flock.acquire`` takes it), or None
+    when it is busy or cannot be taken: the full path waits, or says why."""
+    import fcntl
+
+    path = os.path.join(work, "lock")
+    try:
+        os.makedirs(work, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not removed while we took it
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _take(asked: _Asked, started: float) -> int | None:
+    dest = os.path.abspath(asked.dest)
+    base = _base(asked.python)
+    if base is None or _new(dest) is None or _other_place(dest):
+        return None
+    lock = os.path.abspath(asked.lock)
+    try:
+        name, key = _key(lock, _store_place(asked.store), base, asked.target, asked.groups)
+    except OSError:
+        return None
+    plan = _read_plan(name, key)
+    if plan is None or not _executable(plan.uv) or not _store_holds(plan.store, plan):
+        return None
+    work = dest + WORK_SUFFIX
+    fd = _lock(work)
+    if fd is None:
+        return None
+    try:
+        state = _new(dest)  # again, now that we hold the lock
+        if state is None:
+            return None
+        doc = _install(asked, dest, work, fd, state == "missing", plan, base, lock)
+    finally:
+        import shutil  # removed while still locked, as the full path does
+
+        shutil.rmtree(work, ignore_errors=True)
+        os.close(fd)
+    doc["seconds"] = round(time.monotonic() - started, 3)
+    return _report(doc, asked.as_json)
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> int:
+    """Start uv with no input and its output dropped: on a failure the full path runs
+    it again and reports uv's own words."""
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    return os.posix_spawn(command[0], command, env, file_actions=actions)
+
+
+def _wait(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _install(
+    asked: _Asked,
+    dest: str,
+    work: str,
+    fd: int,
+    made: bool,
+    plan: _Plan,
+    base: str,
+    lock: str,
+) -> dict[str, Any]:
+    """The full path's steps for a new environment (envship.install), with the plan's
+    decisions; the result as ``InstallResult.to_json`` has it."""
+    pid = 0
+    incomplete = os.path.join(dest, INCOMPLETE_NAME)
+    try:
+        if made:
+            os.mkdir(dest)
+        with open(incomplete, "w", encoding="utf-8") as f:
+            f.write("install in progress\n")
+        env = plain_environment(os.environ)
+        os.set_inheritable(fd, True)  # uv holds the lock too, for as long as it runs
+        pid = _spawn(venv_command(plan.uv, base, dest), env)
+        # While uv makes the venv: what the marker says from now on (how to repeat this).
+        import json
+
+        template: dict[str, Any] = json.loads(plan.marker)
+        per_run: dict[str, Any] = {"compiled": asked.compile_bytecode, STORE_KEY: plan.store}
+        if asked.link_mode is not None:
+            per_run["link_mode"] = asked.link_mode
+        marker = os.path.join(dest, MARKER_NAME)
+        write_marker_file(marker, {**template, **per_run, _REINSTALLING: False})
+        code, pid = _wait(pid), 0
+        if code != 0:
+            raise _Fallback
+        snapshot = venv_snapshot(dest)  # what the venv's creation wrote, before the sync
+        requirements = os.path.join(work, "requirements.txt")
+        with open(requirements, "w", encoding="utf-8") as f:
+            f.write(plan.requirements)
+        python = os.path.join(dest, "bin", "python")
+        sync = sync_command(
+            plan.uv,
+            python,
+            requirements,
+            no_build=True,  # a plan is remembered for wheels alone
+            compile_bytecode=asked.compile_bytecode,
+            link_mode=asked.link_mode,
+        )
+        pid = _spawn(sync, env)
+        _confirm(asked.lock, lock, plan, template)  # while uv installs
+        files, links = venv_digests(snapshot)
+        code, pid = _wait(pid), 0
+        if code != 0:
+            raise _Fallback
+        records = record_digests(dest, str(template["target"]["python"]))
+        final = {**template, **per_run, FILES_KEY: files, LINKS_KEY: links, RECORDS_KEY: records}
+        write_marker_file(marker, final)
+        os.unlink(incomplete)
+    except BaseException as exc:
+        if pid:
+            import signal
+
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        import contextlib
+        from pathlib import Path
+
+        from ._installmarker import discard
+
+        with contextlib.suppress(OSError):
+            discard(Path(dest), Path(work) / "discarded", keep_folder=not made)
+        if isinstance(exc, Exception):
+            raise _Fallback from exc
+        raise
+    after = {p["name"]: p["version"] for p in template["packages"]}
+    return {
+        "dest": dest,
+        "python": python,
+        "target": template["target"],
+        "lock_digest": template["lock"]["digest"],
+        "groups": template["groups"],
+        "action": "created",
+        "changed": True,
+        "packages": template["packages"],
+        "installed": [f"{n}=={v}" for n, v in after.items()],
+        "removed": [],
+    }
+
+
+def _confirm(asked_lock: str, lock: str, plan: _Plan, template: dict[str, Any]) -> None:
+    """What the key cannot tell by ``os.stat``: the lock's bytes are the plan's (its
+    digest), the marker's spelling of the lock's path is this run's (``Path.absolute``
+    keeps ``..``), and the GPU answer is the plan's."""
+    import hashlib
+    from pathlib import Path
+
+    from ._gpu import has_gpu
+
+    with open(lock, "rb") as f:
+        digest = f"sha256:{hashlib.sha256(f.read()).hexdigest()}"
+    recorded = template["lock"]
+    if digest != recorded["digest"] or str(Path(asked_lock).absolute()) != recorded["path"]:
+        raise _Fallback
+    if has_gpu() != plan.gpu:
+        raise _Fallback
+
+
+def summary_text(
+    action: str,
+    dest: str,
+    count: int,
+    target: str,
+    seconds: float,
+    installed: Sequence[str],
+    removed: Sequence[str],
+) -> str:
+    """What ``envship install`` prints without ``--json``."""
+    what = f"{count} package{'s' if count != 1 else ''}, target {target}"
+    if action == "unchanged":
+        return f"{dest} is up to date ({what})"
+    lines = [f"{action} {dest} ({what}) in {seconds:.1f}s"]
+    # By name, the old version just above the new one (as uv prints them): "- attrs==23.1.0"
+    # then "+ attrs==22.2.0" reads as the downgrade it is.
+    changes = [(p.split("==")[0], 1, f"  + {p}") for p in installed]
+    changes += [(p.split("==")[0], 0, f"  - {p}") for p in removed]
+    lines += [line for _, _, line in sorted(changes)]
+    return "\n".join(lines)
+
+
+def _report(doc: dict[str, Any], as_json: bool) -> int:
+    import json
+
+    if as_json:
+        text = json.dumps(doc, indent=2, sort_keys=True)
+    else:
+        text = summary_text(
+            "created",
+            doc["dest"],
+            len(doc["packages"]),
+            doc["target"]["name"],
+            doc["seconds"],
+            doc["installed"],
+            doc["removed"],
+        )
+    try:
+        print(text, flush=True)
+    except OSError:  # a closed pipe: the environment is made all the same
+        return 74  # EX_IOERR
+    return 0
+
+
+def remember(
+    *,
+    lock: Path,
+    store: Path | None,
+    store_root: Path,
+    target: str | None,
+    groups: tuple[str, ...] | None,
+    dest: Path,
+) -> bool:
+    """After the full path created ``dest``: keep its decisions as a plan for the quick
+    path (True when one was written). A cache: anything in the way (no marker, an sdist,
+    which uv builds, a file name or path a line cannot hold, a cache folder that cannot
+    be written) means no plan, never an error."""
+    import json
+    from pathlib import Path
+
+    from ._atomic import write_atomic
+    from ._gpu import has_gpu
+    from ._markerread import read_marker
+    from ._uv import uv_bin
+
+    marker = read_marker(dest)
+    if marker is None:
+        return False
+    try:
+        uv = uv_bin()
+        base = str(marker["python"]["base"])
+        name, key = _key(
+            os.path.abspath(lock), _store_place(str(store) if store else None), base, target, groups
+        )
+        artifacts, requirements = [], []
+        for p in marker["packages"]:
+            sha256, filename = str(p["sha256"]), str(p["filename"])
+            if not filename.endswith(".whl"):
+                return False
+            size = os.stat(store_root / "sha256" / sha256[:2] / sha256).st_size
+            artifacts.append(f"artifact {size} {sha256} {filename}")
+            named = store_root / "named" / sha256 / filename
+            requirements.append(f"requirement {requirement_line(str(p['name']), named, sha256)}")
+        template = {k: v for k, v in marker.items() if k not in PLAN_KEYS_PER_RUN}
+        lines = [
+            _FORMAT,
+            f"key {key}",
+            f"uv {uv}",
+            f"store {store_root}",
+            f"gpu {int(has_gpu())}",
+            *artifacts,
+            *requirements,
+            f"marker {json.dumps(template, sort_keys=True)}",
+        ]
+        if any("\n" in line or "\r" in line for line in lines):
+            return False
+        folder = plans_dir()
+        os.makedirs(folder, exist_ok=True)
+        write_atomic(Path(folder) / name, "".join(f"{line}\n" for line in lines))
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    return True
