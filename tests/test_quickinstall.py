@@ -21,7 +21,15 @@ from hypothesis import strategies as st
 from packaging.utils import canonicalize_name
 
 from envship._envfiles import canonical_name
-from envship._quickinstall import _key, _parse, _read_plan, plans_dir, remember
+from envship._quickinstall import (
+    _confirm,
+    _Fallback,
+    _key,
+    _parse,
+    _read_plan,
+    plans_dir,
+    remember,
+)
 from envship.install import MARKER_NAME
 from test_install import build_wheels, stocked_store, write_lock
 
@@ -193,9 +201,9 @@ def test_another_command_line_or_place_is_the_full_path_s(
     assert (foreign / "notes.txt").read_text() == "mine\n"
 
 
-def edit_lock_keeping_its_stat(lock: Path) -> None:
-    """Other bytes, same size, inode and modification time: what ``os.stat`` cannot
-    tell apart (a file restored from a backup with its times, say)."""
+def edit_lock_keeping_size_and_mtime(lock: Path) -> None:
+    """Other bytes, same size, inode and modification time (a file restored from a
+    backup with its times, say): its change time tells it apart."""
     before = lock.stat()
     text = lock.read_text()
     assert '"test"' in text
@@ -226,7 +234,7 @@ def edit_the_lock(lock: Path) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [edit_lock_keeping_its_stat, edit_the_lock, remove_a_named_link, damage_the_plan],
+    [edit_lock_keeping_size_and_mtime, edit_the_lock, remove_a_named_link, damage_the_plan],
 )
 def test_a_plan_that_no_longer_holds_hands_the_run_to_the_full_path(
     tmp_path: Path, setup: tuple[Path, Path], change: object
@@ -237,13 +245,6 @@ def test_a_plan_that_no_longer_holds_hands_the_run_to_the_full_path(
         remove_a_named_link(store)
     elif change is damage_the_plan:
         damage_the_plan(tmp_path)
-    elif change is edit_lock_keeping_its_stat:
-        # The key (by os.stat) still matches: the quick path starts, and its confirmation
-        # of the lock's bytes while uv installs sends the run to the full path.
-        place = (os.path.abspath(lock), str(store), sys.executable, None, None)
-        before = _key(place[0], place[1], place[2], place[3], place[4])
-        edit_lock_keeping_its_stat(lock)
-        assert _key(place[0], place[1], place[2], place[3], place[4]) == before
     else:
         assert callable(change)
         change(lock)
@@ -464,3 +465,34 @@ def test_plans_live_in_the_user_cache(
     else:
         monkeypatch.setenv("XDG_CACHE_HOME", xdg)
     assert plans_dir() == expected.format(home=tmp_path)
+
+
+def test_what_the_key_cannot_tell_is_confirmed_while_uv_installs(
+    tmp_path: Path, setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock's bytes (an edit within a coarse file system's timestamp granularity keeps
+    size and times) and the spelling of its path the marker records (``Path.absolute``
+    keeps ``..``, which the key's absolute path does not)."""
+    lock, store = setup
+    assert envship(tmp_path, *install_args(tmp_path / "first", lock)).code == 0
+    (plan_file,) = Path(plans_dir()).iterdir()
+    name, key = _key(str(lock), str(store), sys.executable, None, None)
+    assert plan_file.name == name
+    plan = _read_plan(name, key)
+    assert plan is not None
+    template = json.loads(plan.marker)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    _confirm("pylock.toml", str(lock), plan, template)  # as remembered: no exception
+    with pytest.raises(_Fallback):
+        _confirm("sub/../pylock.toml", str(lock), plan, template)
+    other = {**template, "lock": {**template["lock"], "digest": "sha256:" + "0" * 64}}
+    with pytest.raises(_Fallback):
+        _confirm("pylock.toml", str(lock), plan, other)
+
+    # End to end: the other spelling is the full path's, and recorded as given.
+    dest = tmp_path / "env"
+    done = envship(tmp_path, *install_args(dest, Path("sub/../pylock.toml")), cwd=tmp_path)
+    assert done.code == 0 and not done.quick, done.err
+    recorded = json.loads((dest / MARKER_NAME).read_text())["lock"]["path"]
+    assert recorded == str(tmp_path / "sub" / ".." / "pylock.toml")

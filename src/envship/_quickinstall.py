@@ -7,12 +7,13 @@ model (~90 ms here), parses the lock and probes the interpreter, against ~210 ms
 uv's own work on the data-science set. So after the full path *created* an environment,
 the CLI remembers what it decided (:func:`remember`): a plan file in the user cache
 (``$XDG_CACHE_HOME`` or ``~/.cache``, ``envship/install-plans/``) under a key of all that
-decision read which ``os.stat`` can tell: the lock's absolute path, size, inode and
-modification time; the store's root (or, for the default store, what locates it); the
-base interpreter's path, real path and that file's size and modification time (uv
-keys its own interpreter cache by path and mtime too); the ``--target`` and the groups
-asked; the machine, glibc's version; and the interpreter running envship, whose uv
-binary the plan names.
+decision read which ``os.stat`` can tell: the lock's absolute path, size, inode, and
+modification and change times; the store's root (or, for the default store, what
+locates it); the base interpreter's path, real path and that file's size and both times
+(uv keys its interpreter cache by these times too; the change time since uv issue 1060,
+as ``touch`` can set a modification time back but not a change time); the ``--target``
+and the groups asked; the machine, glibc's version; and the interpreter running
+envship, whose uv binary the plan names.
 
 A later ``envship install PATH`` with the same key and a new PATH (missing, or an empty
 folder) takes the plan (:func:`run`). It checks that the store still holds every
@@ -21,12 +22,14 @@ PATH's lock without waiting, and runs the full path's steps in the full path's o
 the incomplete mark, ``uv venv``, the marker saying how to repeat the run, the record of
 the venv's files, ``uv pip sync --require-hashes`` of the same lines, the final marker,
 the mark removed. While uv installs, it confirms what ``os.stat`` cannot: the lock's
-bytes hash to the plan's digest, the lock's path is spelled as the marker records it,
-the GPU answer is the plan's. Anything it does not expect (an option it does not take,
-an environment already there, no plan, a plan that does not parse, a store without its
-links, a busy PATH, a failed confirmation, a uv failure) hands the run to the full path,
-before anything is made or after the new environment is discarded as a failed new
-install is: every error the user sees is the full path's.
+bytes hash to the plan's digest (an edit within a file system's timestamp granularity,
+a second or two on some network and FAT mounts, keeps size and times), the lock's path
+is spelled as the marker records it, the GPU answer is the plan's. Anything it does
+not expect (an option it does not take, an environment already there, no plan, a plan
+that does not parse, a store without its links, a busy PATH, a failed confirmation, a
+uv failure) hands the run to the full path, before anything is made or after the new
+environment is discarded as a failed new install is: every error the user sees is the
+full path's.
 
 One difference, on purpose: uv is started with ``posix_spawn``, which takes no pre-exec
 hook, so it is not killed with envship by ``PR_SET_PDEATHSIG``. SIGTERM and Ctrl-C kill it
@@ -204,8 +207,8 @@ def _key(
     real = os.path.realpath(base)
     base_st = os.stat(real)
     facts = (
-        (lock_st.st_size, lock_st.st_ino, lock_st.st_mtime_ns),
-        (real, base_st.st_size, base_st.st_mtime_ns),
+        (lock_st.st_size, lock_st.st_ino, lock_st.st_mtime_ns, lock_st.st_ctime_ns),
+        (real, base_st.st_size, base_st.st_mtime_ns, base_st.st_ctime_ns),
         glibc,
     )
     name = f"{binascii.crc32(place.encode('utf-8', 'surrogateescape')):08x}.plan"
