@@ -74,8 +74,8 @@ class Done:
 
     @property
     def quick(self) -> bool:
-        """Neither click nor packaging was imported: the quick path ran it all."""
-        return not any(m == "click" or m.startswith("packaging") for m in self.modules)
+        """The CLI (click, envship.cli) was never imported: the quick path ran it all."""
+        return not any(m == "click" or m.startswith("envship.cli") for m in self.modules)
 
 
 def child_env(tmp_path: Path) -> dict[str, str]:
@@ -228,13 +228,28 @@ def damage_the_plan(tmp_path: Path) -> None:
     plan.write_bytes(plan.read_bytes()[:-40])
 
 
+def tamper_with_the_plan(tmp_path: Path) -> None:
+    """Still a plan (its key and lines hold), but its marker is not one envship writes:
+    the quick path starts, and the marker check every reader applies stops it."""
+    (plan,) = Path(plans_dir()).iterdir()
+    text = plan.read_text()
+    assert '"format": 1' in text
+    plan.write_text(text.replace('"format": 1', '"format": 9'))
+
+
 def edit_the_lock(lock: Path) -> None:
     lock.write_text(lock.read_text().replace('"test"', '"edited"', 1))
 
 
 @pytest.mark.parametrize(
     "change",
-    [edit_lock_keeping_size_and_mtime, edit_the_lock, remove_a_named_link, damage_the_plan],
+    [
+        edit_lock_keeping_size_and_mtime,
+        edit_the_lock,
+        remove_a_named_link,
+        damage_the_plan,
+        tamper_with_the_plan,
+    ],
 )
 def test_a_plan_that_no_longer_holds_hands_the_run_to_the_full_path(
     tmp_path: Path, setup: tuple[Path, Path], change: object
@@ -243,8 +258,9 @@ def test_a_plan_that_no_longer_holds_hands_the_run_to_the_full_path(
     assert envship(tmp_path, *install_args(tmp_path / "first", lock)).code == 0
     if change is remove_a_named_link:
         remove_a_named_link(store)
-    elif change is damage_the_plan:
-        damage_the_plan(tmp_path)
+    elif change in (damage_the_plan, tamper_with_the_plan):
+        assert callable(change)
+        change(tmp_path)
     else:
         assert callable(change)
         change(lock)

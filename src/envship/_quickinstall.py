@@ -12,8 +12,8 @@ modification and change times; the store's root (or, for the default store, what
 locates it); the base interpreter's path, real path and that file's size and both times
 (uv keys its interpreter cache by these times too; the change time since uv issue 1060,
 as ``touch`` can set a modification time back but not a change time); the ``--target``
-and the groups asked; the machine, glibc's version; and the interpreter running
-envship, whose uv binary the plan names.
+and the groups asked; the machine, glibc's version; envship's version and the
+interpreter running envship, whose uv binary the plan names.
 
 A later ``envship install PATH`` with the same key and a new PATH (missing, or an empty
 folder) takes the plan (:func:`run`). It checks that the store still holds every
@@ -45,6 +45,7 @@ import stat
 import sys
 import time
 
+from . import __version__
 from ._envfiles import (
     FILES_KEY,
     INCOMPLETE_NAME,
@@ -202,7 +203,10 @@ def _key(
         glibc = os.confstr("CS_GNU_LIBC_VERSION")
     except (ValueError, OSError):
         glibc = None
-    place = repr((sys.executable, sys.prefix, lock, store, base, target, groups, machine))
+    # envship's version too: a plan is read only by the envship that wrote it.
+    place = repr(
+        (__version__, sys.executable, sys.prefix, lock, store, base, target, groups, machine)
+    )
     lock_st = os.stat(lock)
     real = os.path.realpath(base)
     base_st = os.stat(real)
@@ -432,6 +436,9 @@ def _install(
         pid = _spawn(venv_command(plan.uv, base, dest), env)
         # While uv makes the venv: what the marker says from now on (how to repeat this).
         import json
+        from pathlib import Path
+
+        from ._markerread import check_marker
 
         template: dict[str, Any] = json.loads(plan.marker)
         per_run: dict[str, Any] = {"compiled": asked.compile_bytecode, STORE_KEY: plan.store}
@@ -456,13 +463,18 @@ def _install(
             link_mode=asked.link_mode,
         )
         pid = _spawn(sync, env)
-        _confirm(asked.lock, lock, plan, template)  # while uv installs
+        # While uv installs: what the key cannot tell; the marker this run will write,
+        # which must pass the check every reader of markers applies (a plan is the user's
+        # file), and the report, which must find its keys.
+        _confirm(asked.lock, lock, plan, template)
         files, links = venv_digests(snapshot)
+        final = {**template, **per_run, FILES_KEY: files, LINKS_KEY: links, RECORDS_KEY: {}}
+        check_marker(final, Path(marker))
+        doc = _result(dest, python, template)
         code, pid = _wait(pid), 0
         if code != 0:
             raise _Fallback
-        records = record_digests(dest, str(template["target"]["python"]))
-        final = {**template, **per_run, FILES_KEY: files, LINKS_KEY: links, RECORDS_KEY: records}
+        final[RECORDS_KEY] = record_digests(dest, str(template["target"]["python"]))
         write_marker_file(marker, final)
         os.unlink(incomplete)
     except BaseException as exc:
@@ -481,7 +493,12 @@ def _install(
         if isinstance(exc, Exception):
             raise _Fallback from exc
         raise
-    after = {p["name"]: p["version"] for p in template["packages"]}
+    return doc
+
+
+def _result(dest: str, python: str, template: dict[str, Any]) -> dict[str, Any]:
+    """What ``InstallResult.to_json`` says of a new environment (``seconds`` aside)."""
+    after = {str(p["name"]): str(p["version"]) for p in template["packages"]}
     return {
         "dest": dest,
         "python": python,
@@ -546,7 +563,7 @@ def _report(doc: dict[str, Any], as_json: bool) -> int:
             "created",
             doc["dest"],
             len(doc["packages"]),
-            doc["target"]["name"],
+            doc["target"]["name"],  # a string: the marker check saw it
             doc["seconds"],
             doc["installed"],
             doc["removed"],
