@@ -30,7 +30,7 @@ from envship.oci import OCI_CONFIG, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST, Des
 from envship.oci import sha256_digest as digest_of
 from envship.registry import IO_BLOCK, BlobProgress, RegistryClient
 from registrylib import FaultProxy, Registry, free_port, write_random
-from userlib import as_user, world_readable
+from userlib import SYSTEM_PY, as_user, world_readable
 
 FAST = RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.01)
 MiB = 1 << 20
@@ -283,6 +283,53 @@ def test_a_pulled_blob_is_readable_by_every_user_of_the_store(
     other = as_user(dest.parent, "sha256sum", str(dest))
     assert other.returncode == 0, other.stderr
     assert other.stdout.split()[0] == descriptor.digest.removeprefix("sha256:")
+
+
+# What uid 1000 runs: pull one blob into DEST, print the error as JSON (or "ok").
+PULL_AS_USER = """
+import json, sys
+from pathlib import Path
+from envship.errors import EnvshipError
+from envship.oci import Descriptor
+from envship.registry import RegistryClient
+host, repo, media_type, digest, size, dest = sys.argv[1:]
+try:
+    RegistryClient(host).fetch_blob(repo, Descriptor(media_type, digest, int(size)), Path(dest))
+except EnvshipError as exc:
+    print(json.dumps(exc.to_json()))
+else:
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["blobs-folder", "store-folder"])
+def test_a_pull_into_a_store_this_user_cannot_write_says_whose_it_is(
+    registry: Registry, repo: str, world_readable: Path, missing: bool
+) -> None:
+    """A store made by root (0755), used by uid 1000: its image cache cannot take the
+    blob, and the error names the folder, its owner and mode, and the remedy; nothing is
+    written. ``missing``: the blobs folder is not there yet and cannot be made."""
+    data = uuid.uuid4().bytes * 64
+    descriptor = blob(data)
+    client(registry.host).push_blob(repo, descriptor, opener(data))
+    store = world_readable / "store"
+    blobs = store / "images" / "blobs" / "sha256"
+    (store if missing else blobs).mkdir(parents=True)
+    dest = blobs / descriptor.digest.removeprefix("sha256:")
+    args = [registry.host, repo, descriptor.media_type, descriptor.digest, str(descriptor.size)]
+    done = as_user(world_readable, SYSTEM_PY, "-c", PULL_AS_USER, *args, str(dest))
+    assert done.returncode == 0, done.stderr
+    error = json.loads(done.stdout)
+    assert error["error"] == "permission"
+    assert error["message"].startswith("permission denied: ")
+    assert error["message"].endswith(f"(uid 1000) may not write to {blobs}")
+    refusing = store if missing else blobs
+    (problem,) = error["problems"]
+    assert problem["where"] == str(refusing)
+    assert "owned by root" in problem["message"]
+    assert problem["message"].endswith("(uid 1000) cannot create files in it")
+    assert "ENVSHIP_STORE" in error["hint"]
+    assert not dest.exists() and (missing or list(blobs.iterdir()) == [])
 
 
 # -- bad content ---------------------------------------------------------------------------

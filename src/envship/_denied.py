@@ -1,5 +1,5 @@
-"""This user may not read (or run) something: the error that says where, whose it is
-and what its owner can do. A module of its own, with nothing but the standard library
+"""This user may not read (or run, or write) something: the error that says where, whose
+it is and what its owner can do. A module of its own, with nothing but the standard library
 and the error classes beneath it, so every reader of a file can raise it (the TOML
 reader of locks and specs, environments, the store)."""
 
@@ -10,10 +10,11 @@ import os
 import stat
 from pathlib import Path
 
+from ._flock import denied as denied_to
 from ._flock import owner, whom
 from .errors import PermissionDeniedError, Problem
 
-__all__ = ["blocked_at", "denied", "denied_problem", "is_denied", "refused"]
+__all__ = ["blocked_at", "denied", "denied_problem", "is_denied", "refused", "unwritable"]
 
 _DENIED = (errno.EACCES, errno.EPERM)
 
@@ -73,4 +74,18 @@ def denied(what: str, path: Path | str, *, hint: str | None = None) -> Permissio
         f"permission denied: {what} cannot be read by {whom()}",
         problems=[denied_problem(path)],
         hint=fix,
+    )
+
+
+def unwritable(what: str, path: Path, hint: str) -> PermissionDeniedError:
+    """``what`` (``the store at /efs/store``) cannot be written at ``path`` by this user:
+    the error names the nearest folder on the way that is there (the one files or
+    folders could not be made in), whose it is and its mode, or its read-only mount."""
+    place = path
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    return PermissionDeniedError(
+        f"permission denied: {whom()} may not write to {what}",
+        problems=[Problem(str(place), denied_to(place, "create files in"))],
+        hint=hint,
     )

@@ -19,6 +19,7 @@ the caller allows it, and that check is made before any connection. Auth lives i
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import http.client
 import json
@@ -31,10 +32,17 @@ from pathlib import Path
 from typing import IO, BinaryIO, Literal
 
 from ._blobcheck import open_to_all
+from ._denied import unwritable
 from ._http import RetryPolicy, _describe
 from ._registry_http import IO_BLOCK, Channel, Response, Transient
 from ._registry_upload import Source, head_blob, start_upload, upload
-from .errors import ArtifactError, ImageError, RegistryAuthError, RegistryError
+from .errors import (
+    ArtifactError,
+    EnvshipError,
+    ImageError,
+    RegistryAuthError,
+    RegistryError,
+)
 from .oci import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -235,7 +243,7 @@ class RegistryClient:
                 dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
             )
         except OSError as exc:
-            raise ImageError(f"cannot write {dest.parent}: {exc.strerror}") from None
+            raise _unwritable(dest.parent, exc) from None
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "r+b") as out:
@@ -262,6 +270,8 @@ class RegistryClient:
             os.replace(tmp, dest)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
+            if exc.errno in _REFUSED:
+                raise _unwritable(dest.parent, exc) from None
             raise ImageError(f"cannot write {dest}: {exc.strerror or exc}") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -432,3 +442,21 @@ class RegistryClient:
     def _report(self, action: _Action, repo: str, digest: str, done: int, total: int) -> None:
         if self._progress is not None:
             self._progress(BlobProgress(action, repo, digest, done, total))
+
+
+# Refusals of the place itself, as opposed to a failing disk: said with whose it is.
+_REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _unwritable(folder: Path, exc: OSError) -> EnvshipError:
+    """A blob that cannot be written into ``folder``: a refusal says whose the folder
+    is and the remedy, as the store does (pulls go to a store's image cache)."""
+    if exc.errno not in _REFUSED:
+        return ImageError(f"cannot write {folder}: {exc.strerror or exc}")
+    return unwritable(
+        str(folder),
+        folder,
+        "ask its owner for write access (a store shared by a group: chmod 2775 and the "
+        "same group for every user), or pass --store DIR or set ENVSHIP_STORE to a folder "
+        "you can write",
+    )

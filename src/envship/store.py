@@ -31,8 +31,8 @@ from typing import Literal, Protocol
 
 import platformdirs
 
-from ._flock import denied, whom
-from .errors import ArtifactError, PermissionDeniedError, Problem, StoreError
+from ._denied import unwritable
+from .errors import ArtifactError, Problem, StoreError
 
 __all__ = ["Store", "sha256_file"]
 
@@ -172,11 +172,10 @@ class Store:
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
                 # The store (or a folder above it) exists but this user may not write
                 # there: say whose it is, not that it cannot be created.
-                place = Path(exc.filename).parent
-                raise PermissionDeniedError(
-                    f"permission denied: {whom()} may not write to the store at {self.root}",
-                    problems=[Problem(str(place), denied(place, "create files in"))],
-                    hint="ask the store's owner for write access (a group-shared store: "
+                raise unwritable(
+                    f"the store at {self.root}",
+                    Path(exc.filename).parent,
+                    "ask the store's owner for write access (a group-shared store: "
                     "chmod 2775 and the same group), or pass --store DIR or set "
                     "ENVSHIP_STORE to a folder you can write",
                 ) from None
