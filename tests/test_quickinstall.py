@@ -202,8 +202,9 @@ def test_another_command_line_or_place_is_the_full_path_s(
 
 
 def edit_lock_keeping_size_and_mtime(lock: Path) -> None:
-    """Other bytes, same size, inode and modification time (a file restored from a
-    backup with its times, say): its change time tells it apart."""
+    """Other bytes, same size, inode and modification time (an edit within a coarse file
+    system's timestamp granularity; a file restored with its times): the key by
+    ``os.stat`` matches, and the lock's digest, confirmed while uv installs, does not."""
     before = lock.stat()
     text = lock.read_text()
     assert '"test"' in text

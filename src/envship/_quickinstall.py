@@ -7,13 +7,19 @@ model (~90 ms here), parses the lock and probes the interpreter, against ~210 ms
 uv's own work on the data-science set. So after the full path *created* an environment,
 the CLI remembers what it decided (:func:`remember`): a plan file in the user cache
 (``$XDG_CACHE_HOME`` or ``~/.cache``, ``envship/install-plans/``) under a key of all that
-decision read which ``os.stat`` can tell: the lock's absolute path, size, inode, and
-modification and change times; the store's root (or, for the default store, what
-locates it); the base interpreter's path, real path and that file's size and both times
-(uv keys its interpreter cache by these times too; the change time since uv issue 1060,
-as ``touch`` can set a modification time back but not a change time); the ``--target``
-and the groups asked; the machine, glibc's version; envship's version and the
-interpreter running envship, whose uv binary the plan names.
+decision read which ``os.stat`` can tell: the lock's absolute path, size, inode and
+modification time; the store's root (or, for the default store, what locates it); the
+base interpreter's path, real path and that file's size and modification time; the
+``--target`` and the groups asked; the machine, glibc's version; envship's version and
+the interpreter running envship, whose uv binary the plan names.
+
+No change times, though uv keys its interpreter cache by one (its issue 1060: ``touch``
+and ``cp -p`` can set a modification time back, not a change time). The lock's bytes
+are confirmed by their digest anyway (below). An interpreter from a container image is
+unpacked afresh on each new instance, with a new change time but the image's
+modification time: keyed by its size and modification time, a plan kept in a home on a
+shared volume serves the next instance too. What that misses is an interpreter replaced
+in place by one of the same size and modification time; a Python upgrade changes both.
 
 A later ``envship install PATH`` with the same key and a new PATH (missing, or an empty
 folder) takes the plan (:func:`run`). It checks that the store still holds every
@@ -211,8 +217,8 @@ def _key(
     real = os.path.realpath(base)
     base_st = os.stat(real)
     facts = (
-        (lock_st.st_size, lock_st.st_ino, lock_st.st_mtime_ns, lock_st.st_ctime_ns),
-        (real, base_st.st_size, base_st.st_mtime_ns, base_st.st_ctime_ns),
+        (lock_st.st_size, lock_st.st_ino, lock_st.st_mtime_ns),
+        (real, base_st.st_size, base_st.st_mtime_ns),
         glibc,
     )
     name = f"{binascii.crc32(place.encode('utf-8', 'surrogateescape')):08x}.plan"
