@@ -41,9 +41,18 @@ class Difference:
     expected: str | None = None
     actual: str | None = None
     note: str | None = None  # why it is there or why it matters, when known
+    # For an ``extra`` distribution the lock does hold, in dependency groups verify was
+    # not asked for (``--no-groups``, or ``--group a`` of an environment made with a and
+    # b): those groups, sorted. ``note`` keeps its one meaning (what ``envship add`` put
+    # there), so a reader of ``--json`` that knows neither sees an extra, as before.
+    locked_in: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, str | None]:
-        data = {f: getattr(self, f) for f in ("kind", "name", "path", "expected", "actual")}
+    def to_json(self) -> dict[str, str | list[str] | None]:
+        data: dict[str, str | list[str] | None] = {
+            f: getattr(self, f) for f in ("kind", "name", "path", "expected", "actual")
+        }
         if self.note is not None:
             data["note"] = self.note
+        if self.locked_in:
+            data["locked_in"] = list(self.locked_in)
         return data

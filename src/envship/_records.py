@@ -8,7 +8,8 @@ walk the distributions' top-level package folders and ``.dist-info`` folders for
 no RECORD lists (``added``). The same ``lstat`` checks what installers make: a regular
 file (a symbolic link only where uv was asked for them, ``--link-mode symlink``; a folder
 on the way that is a link is found by :func:`linked_folders`), executable where the wheel
-or the installer made it so, and not writable by others (anyone on the machine could
+or the installer made it so, without the setuid or setgid bit (no installer keeps them:
+:mod:`envship._verifymodes`), and not writable by others (anyone on the machine could
 change the code; group-writable files are common under a umask of 002, so they are only
 counted, for a note). Reading and checking RECORD is kept apart from
 :mod:`envship.verify`, which decides which distributions are checked against the lock
@@ -39,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from packaging.utils import canonicalize_name
 
 from ._difference import Difference
+from ._verifymodes import setid_difference
 
 __all__ = [
     "CHUNK",
@@ -230,6 +232,8 @@ def _check(entry: Entry, full: bool, links: bool) -> tuple[Difference | None, bo
         if digest is not None and entry.hash is not None:
             actual = f"{entry.hash.mode}={encode_record_hash(digest)}, {actual}"
         return Difference("changed", entry.name, entry.path, _expected(entry), actual), False
+    if (setid := setid_difference(entry.name, entry.path, mode)) is not None:
+        return setid, False
     if entry.executable and not mode & stat.S_IXUSR:
         return Difference(
             "changed", entry.name, entry.path, "executable", f"mode {stat.filemode(mode)}"

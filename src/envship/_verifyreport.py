@@ -17,6 +17,7 @@ from typing import Any
 from ._difference import Difference, DifferenceKind
 from ._environment import InstalledEnvironment
 from ._halfmade import base_option, remake
+from ._verifymodes import OPEN_EXPECTED, SETID_EXPECTED
 from .errors import EnvshipError
 from .targets import Target
 
@@ -48,6 +49,10 @@ class VerifyReport:
     # usable record of its own).
     asked_groups: str = ""
     asked_store: str = ""
+    # The dependency groups verify expected, and every group of the lock: a verify that
+    # expects a group it was not asked for is built from them.
+    groups: tuple[str, ...] = ()
+    lock_groups: tuple[str, ...] = ()
     # The image the environment was read from (``verify --image``), as named: its remedies
     # are a new build, since no command changes an image's layers in place.
     image: str | None = None
@@ -95,6 +100,8 @@ def _hint(report: VerifyReport) -> str | None:
     if added:
         it = "them" if len(added) > 1 else "it"
         hints.append(f"{', '.join(added)} came from `envship add`: `envship lock` takes {it} in")
+    if unasked := [d for d in report.differences if d.kind == "extra" and d.locked_in]:
+        hints.append(_unasked_hint(report, unasked))
     kinds = {d.kind for d in report.differences}
     if "unowned" in kinds:
         hint = "no installed distribution claims the unowned paths: remove them"
@@ -105,11 +112,66 @@ def _hint(report: VerifyReport) -> str | None:
         hints.append(hint)
     if "config" in kinds:
         hints.append(_config_hint(report))
-    if report.remedy is None and (remedy := _remake(report, kinds)) is not None:
-        hints.append(remedy)
+    again = _remake(report, kinds) if report.remedy is None else None
+    if again is not None:
+        hints.append(again)
+    if report.image is None and (modes := _modes_hint(report, again)) is not None:
+        hints.append(modes)
     if not report.full:
         hints.append("--full also compares every file's sha256")
     return "; ".join(hints) or None
+
+
+def _unasked_hint(report: VerifyReport, unasked: list[Difference]) -> str:
+    """Distributions of groups verify was not asked for: the verify that expects them
+    (the groups asked and theirs), or an install without them (the remedy that follows,
+    with the groups verify was asked for)."""
+    groups = sorted({g for d in unasked for g in d.locked_in})
+    wanted = sorted({*report.groups, *groups})
+    lock = shlex.quote(os.path.abspath(report.lock))
+    if report.image is not None:
+        where = f"--image {shlex.quote(report.image)}"
+    else:
+        where = shlex.quote(os.path.abspath(report.environment.root))
+    # A venv is verified against every group of the lock by default; an image against
+    # the groups it was built with, which may be others: those are named.
+    every = report.image is None and set(wanted) >= set(report.lock_groups)
+    options = "" if every else "".join(f" --group {shlex.quote(g)}" for g in wanted)
+    options += " --full" if report.full and report.image is None else ""
+    command = f"envship verify {where} --lock {lock}{options}{report.asked_store}"
+    names = ", ".join(d.name for d in unasked)
+    it = "them" if len(unasked) > 1 else "it"
+    return (
+        f"{names} {'are' if len(unasked) > 1 else 'is'} locked in dependency group"
+        f"{'s' if len(groups) > 1 else ''} {', '.join(groups)}, which verify was not asked "
+        f"for: `{command}` expects {it}, or install the lock without "
+        f"{'them' if len(groups) > 1 else 'it'} to drop {it}"
+    )
+
+
+def _modes_hint(report: VerifyReport, again: str | None) -> str | None:
+    """``chmod`` for the modes no installer gives (:mod:`envship._verifymodes`) that
+    making the environment again (``again``, the remedy given) leaves: the environment's
+    own folder, which a reinstall empties but keeps; all of them when nothing makes it
+    again in place (an environment envship did not make)."""
+    setid = [d.path for d in report.differences if d.expected == SETID_EXPECTED]
+    opened = [
+        d.path for d in report.differences if d.expected == OPEN_EXPECTED and d.kind == "changed"
+    ]
+    in_place = again is not None and not again.startswith(_NEW_ENV)
+    if in_place:
+        root = report.environment.record_root
+        opened = [p for p in opened if root is not None and p == os.path.normpath(root)]
+        setid = []
+    commands = []
+    if opened:
+        commands.append(f"`chmod o-w {' '.join(shlex.quote(p) for p in opened)}`")
+    if setid:
+        commands.append(f"`chmod ug-s {' '.join(shlex.quote(p) for p in setid)}`")
+    if not commands:
+        return None
+    what = "closes the environment's own folder" if in_place else "takes those bits back"
+    return f"{' and '.join(commands)} {what}, then verify again"
 
 
 def _is_record(d: Difference) -> bool:
@@ -146,6 +208,7 @@ def _image_build(report: VerifyReport) -> str:
 
 
 _FILES = frozenset({"changed", "removed", "added"})
+_NEW_ENV = "`envship install NEW_ENV"  # the remedy for an environment envship did not make
 _DISTRIBUTIONS = frozenset({"missing", "extra", "version", "duplicate"})
 
 
@@ -178,9 +241,9 @@ def _remake(report: VerifyReport, kinds: set[DifferenceKind]) -> str | None:
         if not kinds & _DISTRIBUTIONS:
             return None  # its files: nothing envship made to make again
         return (
-            f"`envship install NEW_ENV --lock {lock}` makes an environment of exactly the "
-            f"locked distributions (envship install does not change {report.environment.root}"
-            ", which it did not make)"
+            f"{_NEW_ENV} --lock {lock}{report.asked}` makes an environment of "
+            "exactly the locked distributions (envship install does not change "
+            f"{report.environment.root}, which it did not make)"
         )
     command = remake(root, marker)
     # The groups verify was asked to expect (install's default, every group of the lock,

@@ -20,23 +20,27 @@ files are then checked against the wheel's hashes. Without it (or for a wheel th
 lacks) the installed RECORD is all there is, and the report's notes say so.
 
 Quick mode (the default) stats every RECORD-listed file (missing -> ``removed``, size
-differs -> ``changed``; a symbolic link, a lost executable bit or a file others can
-write -> ``changed``) and walks the distributions' top-level package folders and
-``.dist-info`` folders for files no RECORD lists (``added``). ``full`` also hashes every
-listed file, which is what catches a same-size edit. Byte-code under ``__pycache__`` is
-not in that comparison: installers (pip lists it in RECORD without a hash) or Python
-itself may (re)compile it at any time. ``bytecode`` compares it with what its source
-compiles to instead (:mod:`envship._pycheck`). Entries without a hash (``RECORD``
-itself) are checked for existence and size only; a RECORD that is there but empty,
-unreadable or short of a line its installer writes is itself ``changed`` (the files the
-locked wheel vouches for are still checked, and claimed). Anything installed but not
-locked is ``extra`` -- pip, setuptools and wheel too; ``ignore`` names distributions to leave out
-of the comparison entirely (uv-created venvs have no pip, the normal case). A
-distribution at the wrong version is reported once, as ``version``, and its files are
-not checked. A second metadata folder of a locked name is a ``duplicate``; the one at
-the locked version (spelled as the locked wheel spells it, if several) is checked. Every
-difference names its distribution by the normalized name (PEP 503), however the lock or
-the metadata folder spells it.
+differs -> ``changed``; a symbolic link, a lost executable bit, a setuid or setgid bit
+or a file others can write -> ``changed``) and walks the distributions' top-level
+package folders and ``.dist-info`` folders for files no RECORD lists (``added``). Modes
+no installer gives anywhere else in the environment, a folder others can write into or a
+setuid or setgid file, are ``changed`` too (:mod:`envship._verifymodes`; the byte-code
+in ``__pycache__`` only in ``full`` mode). ``full`` also hashes every listed file, which
+is what catches a same-size edit. Byte-code under ``__pycache__`` is not in that
+comparison: installers (pip lists it in RECORD without a hash) or Python itself may
+(re)compile it at any time. ``bytecode`` compares it with what its source compiles to
+instead (:mod:`envship._pycheck`). Entries without a hash (``RECORD`` itself) are
+checked for existence and size only; a RECORD that is there but empty, unreadable or
+short of a line its installer writes is itself ``changed`` (the files the locked wheel
+vouches for are still checked, and claimed). Anything installed but not locked is
+``extra`` -- pip, setuptools and wheel too; one the lock holds in a dependency group
+verify was not asked for is an ``extra`` that names the group (``locked_in``);
+``ignore`` names distributions to leave out of the comparison entirely (uv-created venvs
+have no pip, the normal case). A distribution at the wrong version is reported once, as
+``version``, and its files are not checked. A second metadata folder of a locked name is
+a ``duplicate``; the one at the locked version (spelled as the locked wheel spells it,
+if several) is checked. Every difference names its distribution by the normalized name
+(PEP 503), however the lock or the metadata folder spells it.
 
 A run of ``envship install`` or ``envship add`` marks the environment with
 ``.envship-incomplete`` before it changes anything and removes the mark only once the
@@ -87,8 +91,9 @@ from ._records import CHUNK as CHUNK  # kept importable from here, where it was
 from ._records import decode_record_hash, encode_record_hash, hash_file
 from ._shebang import Interpreter, check_heads
 from ._strays import VENV_CREATION, site_differences
+from ._verifymodes import mode_differences
 from ._verifyreport import VerifyMismatchError, VerifyReport
-from .errors import Problem, SpecError, TargetError
+from .errors import InvalidLockError, Problem, SpecError, TargetError, UnsupportedTargetError
 from .lockfile import LockFile
 from .targets import Target
 
@@ -129,12 +134,15 @@ def _distributions(
     locked: dict[str, _wheelrecord.Locked],
     added: dict[tuple[str, str], str],
     where: str,
+    unasked: Mapping[str, list[tuple[str, str]]],
 ) -> tuple[list[Difference], list[_records.Installed]]:
     """Differences in the set of distributions, and the ones whose files are checked.
 
     Every metadata folder of a name is looked at, whatever order they sort in: one at the
     locked version is checked (the one spelled as the locked wheel's, if several), the
-    others are ``duplicate``; with none at that version the first is ``version``.
+    others are ``duplicate``; with none at that version the first is ``version``. An
+    extra the lock holds at that version in groups verify was not asked for
+    (``unasked``: name -> (version, group)s) says in which.
     """
     diffs: list[Difference] = []
     verified: list[_records.Installed] = []
@@ -147,9 +155,15 @@ def _distributions(
         if want is None:  # not locked
             for inst in group:
                 note = added.get((inst.key, inst.version))
-                diffs.append(
-                    Difference("extra", inst.name, str(inst.dist_info), None, inst.version, note)
+                locked_in = sorted(
+                    {g for v, g in unasked.get(key, ()) if _same_version(v, inst.version)}
                 )
+                diffs.append(
+                    Difference(
+                        "extra", inst.name, str(inst.dist_info), None, inst.version, note,
+                        tuple(locked_in),
+                    )
+                )  # fmt: skip
             continue
         same = [inst for inst in group if _same_version(inst.version, want[1])]
         if same:
@@ -271,6 +285,7 @@ def verify(
         locked,
         added_notes(environment),
         str(environment.site_packages[0]),
+        _unasked(lock, target, groups, {*expected, *skip}),
     )
     layout = _wheelrecord.layout_of(environment.site_packages, environment.python)
     trusted = _wheelrecord.trust(
@@ -340,6 +355,20 @@ def verify(
         diffs.extend(
             Difference("changed", b.name, b.pyc, f"the code of {b.source}", b.reason) for b in bad
         )
+    # Modes no installer gives (setuid, setgid; folders anyone may write into), in what
+    # no difference names yet: RECORD's files were lstat-ed above, the rest is walked.
+    roots = [environment.venv] if environment.venv is not None else environment.site_packages
+    diffs.extend(
+        mode_differences(
+            roots,
+            environment.site_packages,
+            {e.path for e in entries},
+            {d.path for d in diffs if d.kind != "missing"},  # whose path is site-packages
+            [*entries, *(e for inst in installed for e in inst.record or ())],
+            full=full,
+            nobody=VENV_CREATION,
+        )
+    )
     remedy = None
     if (half := incomplete(environment.record_root)) is not None:
         diffs.append(half)
@@ -359,7 +388,29 @@ def verify(
         remedy=remedy,
         asked_groups=_asked_groups(lock, groups),
         asked_store=_asked_store(store),
+        groups=lock.chosen_groups(groups),
+        lock_groups=tuple(sorted(lock.groups)),
     )
+
+
+def _unasked(
+    lock: LockFile, target: Target, groups: Collection[str] | None, known: Collection[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """Name -> (version, group) of each distribution the lock holds for ``target`` only
+    in a dependency group verify was not asked for (``known``: the names expected or
+    ignored): installed, it is an extra, though not one the lock lacks."""
+    chosen = lock.chosen_groups(groups)
+    found: dict[str, list[tuple[str, str]]] = {}
+    for group in sorted(set(lock.groups) - set(chosen)):
+        try:
+            selected = lock.select(target, groups=[*chosen, group])
+        except (InvalidLockError, UnsupportedTargetError):
+            continue  # that group cannot be installed on the target: nothing of it is
+        for p, _ in selected:
+            key = canonicalize_name(str(p.name))
+            if key not in known:
+                found.setdefault(key, []).append((str(p.version), group))
+    return found
 
 
 def _asked_groups(lock: LockFile, groups: Collection[str] | None) -> str:

@@ -25,12 +25,17 @@ _TITLES: dict[DifferenceKind, str] = {
     "unowned": "unowned paths (in the venv, from no installed distribution)",
 }
 
+_UNASKED = "distributions of dependency groups verify was not asked for (locked, installed)"
+
 
 def _line(d: Difference) -> str:
     if d.kind == "incomplete":
         return f"{d.path}: {d.actual}" + (f"\n      {d.note}" if d.note else "")
     if d.kind == "missing":
         return f"{d.name} {d.expected}  (not in {d.path})"
+    if d.kind == "extra" and d.locked_in:
+        why = f"installed, in a group not asked for ({', '.join(d.locked_in)})"
+        return f"{d.name} {d.actual}  {d.path}  ({why})" + (f"  ({d.note})" if d.note else "")
     if d.kind == "extra":
         return f"{d.name} {d.actual}  {d.path}" + (f"  ({d.note})" if d.note else "")
     if d.kind == "version":
@@ -65,9 +70,17 @@ def render_report(report: VerifyReport) -> str:
     groups = report.by_kind()
     for kind in KINDS:
         found = groups.get(kind, [])
-        if found:
-            lines.append(f"{_TITLES[kind]} ({len(found)}):")
-            lines.extend(f"  {_line(d)}" for d in found)
+        # An extra the lock holds in a group verify was not asked for is no "not locked".
+        parts = [(_TITLES[kind], found)]
+        if kind == "extra":
+            parts = [
+                (_TITLES[kind], [d for d in found if not d.locked_in]),
+                (_UNASKED, [d for d in found if d.locked_in]),
+            ]
+        for title, part in parts:
+            if part:
+                lines.append(f"{title} ({len(part)}):")
+                lines.extend(f"  {_line(d)}" for d in part)
     return "\n".join([*lines, *notes])
 
 
@@ -132,23 +145,29 @@ def command(
 
     ENV is a venv folder, an interpreter (e.g. a venv's bin/python), or a site-packages
     folder [default: $VIRTUAL_ENV]; any other folder is refused (exit 2). Exit 0 only
-    when identical, 1 with every
-    difference otherwise: first an environment still marked .envship-incomplete (a run
-    of envship install or add that was killed or failed; kind "incomplete" in --json,
-    with the text the mark holds, and the command that finishes it in the hint; one
-    killed before its venv existed is the error "incomplete", exit 1), then
-    missing, extra and wrong-version distributions (by dist-info; every distribution
-    under its normalized name, e.g. typing-extensions), a pyvenv.cfg that includes the
-    system site-packages, changed, removed and added files (a RECORD emptied or cut
-    short is a changed RECORD), and unowned paths: anything at the top of site-packages
-    that no installed distribution's RECORD lists (a stray module, package or .pth
-    file). A venv's
-    interpreter is run once (with -I -S, so no .pth file runs) and must exist and be
-    the target's Python (exit 2 otherwise, as for an interpreter no target fits).
+    when identical, 1 with every difference otherwise: first an environment still marked
+    .envship-incomplete (a run of envship install or add that was killed or failed; kind
+    "incomplete" in --json, with the text the mark holds, and the command that finishes
+    it in the hint; one killed before its venv existed is the error "incomplete", exit
+    1), then missing, extra and wrong-version distributions (by dist-info; every
+    distribution under its normalized name, e.g. typing-extensions; one the lock holds
+    in a dependency group verify was not asked for is named with its group, "locked_in"
+    in --json), a pyvenv.cfg that includes the system site-packages, changed, removed
+    and added files (a RECORD emptied or cut short is a changed RECORD), and unowned
+    paths: anything at the top of site-packages that no installed distribution's RECORD
+    lists (a stray module, package or .pth file). A venv's interpreter is run once (with
+    -I -S, so no .pth file runs) and must exist and be the target's Python (exit 2
+    otherwise, as for an interpreter no target fits).
 
     The quick check stats every file each RECORD lists (existence and size) and looks
     for files in package and .dist-info folders that no RECORD lists; --full also
     compares every file's sha256 with its RECORD entry (a same-size edit needs it).
+    Modes no installer gives are changed files in both: a file with the setuid or setgid
+    bit, and a folder others may write into (1777 too; group-writable and setgid
+    folders, as under umask 002 or a shared env root, are fine). The quick check reads
+    the mode of every folder and every file but the byte-code in __pycache__ folders,
+    which --full also reads (a .pyc others may write is changed too); --image reads
+    them all, as the layers set them.
     RECORD does not cover byte-code in __pycache__, yet Python runs a cached .pyc in
     place of its source; --bytecode compiles each source (with the environment's
     interpreter, run with no site; for --image, a CPython of the image's version here)

@@ -1,0 +1,189 @@
+"""Modes no installer gives: setuid and setgid files, folders anyone may write into.
+
+Installers keep one bit of a wheel's file modes, the executable one: pypa/installer and
+uv (seen with uv 0.13.9, in copy and hardlink mode) install a wheel entry stored as
+``-rwsr-sr-x`` as ``-rwxr-xr-x``, and make every folder ``0777 & ~umask``. So in a locked
+environment
+
+* a file with the setuid or setgid bit is a change: run, it runs with its owner's (or
+  group's) rights for whoever runs it, root's for a root-owned file;
+* a folder others may write into is a change: anyone on the machine can put a module
+  (or a ``.pth`` file) there that every process importing from it runs, and the sticky
+  bit (``1777``) does not stop that, it only protects the entries already there.
+
+The group bits are neither: under a umask of ``002`` folders are ``775``, and a shared
+root's are ``2775`` (setgid, so versions keep the root's group, :mod:`envship.envs`);
+a setgid *folder* is no difference, and neither is the sticky bit on a folder others
+cannot write. Symbolic links have no mode of their own and are never followed. An
+image's environment is read from its layers unpacked with their modes
+(:func:`envship.layerfs.read_layer`), so the same walk reads the modes the layers set.
+
+Every file a RECORD lists is already ``lstat``-ed by :mod:`envship._records`, which asks
+:func:`setid_difference` about it. :func:`mode_differences` walks the rest: one
+``scandir`` per folder and one ``lstat`` per folder and per file no RECORD lists, except
+the byte-code in ``__pycache__`` folders, which only ``full`` reads. Measured on the
+data-science set (15.6k files, 1,907 folders): the walk takes about 30 ms, against about
+0.7 s for the whole quick check; compiled (6,289 cached ``.pyc`` files), ``full`` reading
+them takes about 25 ms more. A ``.pyc`` anyone may write is a change there too: Python
+runs it in place of its source.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Collection, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._difference import Difference
+
+if TYPE_CHECKING:
+    from ._records import Entry
+
+__all__ = ["OPEN_EXPECTED", "SETID_EXPECTED", "mode_differences", "setid_difference"]
+
+#: The ``expected`` of a difference in a file's setuid or setgid bit, and in a folder (or
+#: byte-code) others may write (as :mod:`envship._records` says of an installed file).
+SETID_EXPECTED = "no setuid or setgid bit"
+OPEN_EXPECTED = "not writable by others"
+
+_SETID = stat.S_ISUID | stat.S_ISGID
+_SETID_NOTE = (
+    "runs with its owner's or group's rights for whoever runs it; no installer makes such a file"
+)
+_FOLDER_NOTE = (
+    "anyone on this machine can add a module or a .pth file here, which every process "
+    "that imports from it runs"
+)
+_PYC_NOTE = "anyone on this machine can change it, and Python runs it in place of its source"
+_CACHE = "__pycache__"
+
+
+def setid_difference(name: str, path: str, mode: int) -> Difference | None:
+    """The difference a regular file with the setuid or setgid bit is, if it has one."""
+    if not stat.S_ISREG(mode) or not mode & _SETID:
+        return None
+    return Difference(
+        "changed", name, path, SETID_EXPECTED, f"mode {stat.filemode(mode)}",
+        _SETID_NOTE,
+    )  # fmt: skip
+
+
+def _open_difference(name: str, path: str, mode: int, note: str) -> Difference:
+    return Difference("changed", name, path, OPEN_EXPECTED, f"mode {stat.filemode(mode)}", note)
+
+
+def mode_differences(
+    roots: Iterable[Path],
+    sites: Iterable[Path],
+    checked: Collection[str],
+    skip: Collection[str],
+    owners: Iterable[Entry],
+    *,
+    full: bool,
+    nobody: str,
+) -> list[Difference]:
+    """Folders others may write into and setuid or setgid files under ``roots`` (a venv,
+    or the site-packages folders of one named alone), each root included; ``sites``: the
+    site-packages folders.
+
+    ``checked``: the files :mod:`envship._records` checked already (not ``lstat``-ed
+    again). ``skip``: paths other differences name (one difference per path; nothing
+    under a folder named is looked at). ``owners``: RECORD lines, whose distributions
+    name what is found in their folders. ``full``: the byte-code in ``__pycache__``
+    folders too. ``nobody``: the name of a difference in what no distribution wrote (the
+    venv's own files and folders).
+    """
+    bad: list[tuple[str, int, bool]] = []  # path, mode, is a folder
+    tops = [os.path.normpath(r) for r in roots]
+    folders: list[str] = []
+    for top in dict.fromkeys(tops):
+        if top in skip:
+            continue
+        try:
+            mode = os.stat(top).st_mode  # named through a link (a root's `current`): where
+        except OSError:
+            continue  # gone or unreadable: what is missing is named elsewhere
+        if stat.S_ISDIR(mode):
+            folders.append(top)
+            if mode & stat.S_IWOTH:
+                bad.append((top, mode, True))
+    while folders:
+        folder = folders.pop()
+        in_cache = os.path.basename(folder) == _CACHE
+        try:
+            with os.scandir(folder) as it:
+                listing = list(it)
+        except OSError:
+            continue  # unreadable to us: nothing to say about what is in it
+        for entry in listing:
+            path = entry.path
+            if path in skip or path in checked:
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if mode & stat.S_IWOTH:
+                        bad.append((path, mode, True))
+                    if full or entry.name != _CACHE:
+                        folders.append(path)
+                elif not entry.is_symlink():
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if stat.S_ISREG(mode) and (mode & _SETID or (in_cache and mode & stat.S_IWOTH)):
+                        bad.append((path, mode, False))
+            except OSError:
+                continue  # gone meanwhile
+    if not bad:
+        return []
+    owner = _Owners(tops, [os.path.normpath(s) for s in sites], owners, nobody)
+    diffs: list[Difference] = []
+    for path, mode, is_dir in sorted(bad):
+        if is_dir:
+            diffs.append(_open_difference(owner.of_folder(path), path, mode, _FOLDER_NOTE))
+        elif os.path.basename(os.path.dirname(path)) == _CACHE:
+            # Byte-code is its source's distribution's.
+            name = owner.of_folder(os.path.dirname(path))
+            diffs.append(
+                setid_difference(name, path, mode) or _open_difference(name, path, mode, _PYC_NOTE)
+            )
+        elif (diff := setid_difference(nobody, path, mode)) is not None:
+            diffs.append(diff)  # a file no RECORD lists that no check named: the venv's own
+    return diffs
+
+
+class _Owners:
+    """Which distributions a folder's files are from: those whose RECORD lines lie in
+    it, or in the nearest folder above it that has any. The roots, the folders on the way
+    from a root to its site-packages folders and a venv's ``bin`` (every distribution's
+    scripts) are nobody's: the venv's creation made them."""
+
+    def __init__(
+        self, tops: list[str], sites: list[str], entries: Iterable[Entry], nobody: str
+    ) -> None:
+        self.nobody = nobody
+        self.shared = set(tops) | {os.path.join(t, "bin") for t in tops}
+        for site in sites:
+            for top in tops:
+                folder = site
+                while folder == top or folder.startswith(top + os.sep):
+                    self.shared.add(folder)
+                    folder = os.path.dirname(folder)
+        inside = tuple(t + os.sep for t in tops)
+        self.names: dict[str, set[str]] = {}
+        for e in entries:
+            folder = os.path.dirname(e.path)
+            while folder.startswith(inside) and folder not in self.shared:
+                self.names.setdefault(folder, set()).add(e.name)
+                folder = os.path.dirname(folder)
+
+    def of_folder(self, folder: str) -> str:
+        while folder not in self.shared:
+            found = self.names.get(folder)
+            if found:
+                return ", ".join(sorted(found))
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+        return self.nobody
