@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import sys
 from collections.abc import Collection, Mapping
 from dataclasses import replace
@@ -86,14 +85,15 @@ from ._environment import (
     run_interpreter,
 )
 from ._halfmade import finish, half_made, incomplete
-from ._installmarker import FILES_KEY, STORE_KEY, store_option
+from ._installmarker import FILES_KEY
 from ._records import CHUNK as CHUNK  # kept importable from here, where it was
 from ._records import decode_record_hash, encode_record_hash, hash_file
 from ._shebang import Interpreter, check_heads
 from ._strays import VENV_CREATION, site_differences
+from ._verifyasked import asked_groups, asked_store, target_of, unasked
 from ._verifymodes import mode_differences
 from ._verifyreport import VerifyMismatchError, VerifyReport
-from .errors import InvalidLockError, Problem, SpecError, TargetError, UnsupportedTargetError
+from .errors import Problem, SpecError, TargetError
 from .lockfile import LockFile
 from .targets import Target
 
@@ -240,7 +240,7 @@ def verify(
     which its scripts' interpreter lines must name (default: where it is; an image's
     environment runs at its prefix inside the image). Never prints.
     """
-    target = _target_of(lock, target)
+    target = target_of(lock, target)
     # A str is a Collection[str] of its characters: "six" would ignore "s", "i", "x".
     groups = (groups,) if isinstance(groups, str) else groups
     ignore = (ignore,) if isinstance(ignore, str) else ignore
@@ -285,7 +285,7 @@ def verify(
         locked,
         added_notes(environment),
         str(environment.site_packages[0]),
-        _unasked(lock, target, groups, {*expected, *skip}),
+        unasked(lock, target, groups, {*expected, *skip}),
     )
     layout = _wheelrecord.layout_of(environment.site_packages, environment.python)
     trusted = _wheelrecord.trust(
@@ -386,55 +386,10 @@ def verify(
         checked_bytecode=checked_bytecode,
         notes=tuple(notes),
         remedy=remedy,
-        asked_groups=_asked_groups(lock, groups),
-        asked_store=_asked_store(store),
+        asked_groups=asked_groups(lock, groups),
+        asked_store=asked_store(store),
         groups=lock.chosen_groups(groups),
         lock_groups=tuple(sorted(lock.groups)),
-    )
-
-
-def _unasked(
-    lock: LockFile, target: Target, groups: Collection[str] | None, known: Collection[str]
-) -> dict[str, list[tuple[str, str]]]:
-    """Name -> (version, group) of each distribution the lock holds for ``target`` only
-    in a dependency group verify was not asked for (``known``: the names expected or
-    ignored): installed, it is an extra, though not one the lock lacks."""
-    chosen = lock.chosen_groups(groups)
-    found: dict[str, list[tuple[str, str]]] = {}
-    for group in sorted(set(lock.groups) - set(chosen)):
-        try:
-            selected = lock.select(target, groups=[*chosen, group])
-        except (InvalidLockError, UnsupportedTargetError):
-            continue  # that group cannot be installed on the target: nothing of it is
-        for p, _ in selected:
-            key = canonicalize_name(str(p.name))
-            if key not in known:
-                found.setdefault(key, []).append((str(p.version), group))
-    return found
-
-
-def _asked_groups(lock: LockFile, groups: Collection[str] | None) -> str:
-    """``--group G``/``--no-groups`` as verify was asked (nothing for every group of the
-    lock), shell-quoted."""
-    chosen = lock.chosen_groups(groups)
-    if set(chosen) == set(lock.groups):
-        return ""
-    return "".join(f" --group {shlex.quote(g)}" for g in chosen) or " --no-groups"
-
-
-def _asked_store(store: Store | None) -> str:
-    """``--store S`` as verify was asked (nothing for the default store)."""
-    return store_option({STORE_KEY: str(store.root)}) if store is not None else ""
-
-
-def _target_of(lock: LockFile, target: Target | str | None) -> Target | None:
-    """A target named by the caller, as the lock has it (unknown: the lock's TargetError)."""
-    if target is None or isinstance(target, Target):
-        return target
-    if isinstance(target, str):
-        return lock.target(target)
-    raise TypeError(
-        f"target must be a Target, a target's name or None, not {type(target).__name__}"
     )
 
 
