@@ -513,3 +513,14 @@ def test_what_the_key_cannot_tell_is_confirmed_while_uv_installs(
     assert done.code == 0 and not done.quick, done.err
     recorded = json.loads((dest / MARKER_NAME).read_text())["lock"]["path"]
     assert recorded == str(tmp_path / "sub" / ".." / "pylock.toml")
+
+
+def test_the_link_modes_are_one_list() -> None:
+    """The quick path's parser, the CLI's choice and the marker check read LINK_MODES; the
+    install API's type spells them out for type checkers."""
+    from typing import get_args
+
+    from envship._envfiles import LINK_MODES
+    from envship._installplan import LinkMode
+
+    assert get_args(LinkMode) == LINK_MODES

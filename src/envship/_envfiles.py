@@ -22,9 +22,11 @@ __all__ = [
     "FILES_KEY",
     "INCOMPLETE_NAME",
     "LINKS_KEY",
+    "LINK_MODES",
     "MARKER_FORMAT",
     "MARKER_NAME",
     "RECORDS_KEY",
+    "REINSTALLING",
     "STORE_KEY",
     "WORK_SUFFIX",
     "canonical_name",
@@ -48,6 +50,11 @@ FILES_KEY = "venv_files"
 LINKS_KEY = "venv_links"
 RECORDS_KEY = "records"
 STORE_KEY = "store"
+# In the marker of an environment being made again, while it is: made through a private
+# uv cache (a reinstall), so a run after an interrupted one finishes it that way too.
+REINSTALLING = "reinstalling"
+# uv's ``--link-mode`` values, as install takes and the marker records them.
+LINK_MODES = ("hardlink", "copy", "clone", "symlink")
 # ``DEST.envship-tmp``: the work folder beside an environment (its lock, a private uv
 # cache, requirements, a failed new environment set aside).
 WORK_SUFFIX = ".envship-tmp"

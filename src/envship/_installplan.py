@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._addedrecord import ADDED_KEY
+from ._envfiles import REINSTALLING
 from ._installmarker import (
     RECORDS_KEY,
     STORE_KEY,
@@ -37,10 +38,7 @@ from .lockfile import LockFile
 
 __all__ = ["REINSTALLING", "LinkMode", "Plan", "pins", "plan", "repeat"]
 
-LinkMode = Literal["hardlink", "copy", "clone", "symlink"]
-# In the marker of an environment being made again, while it is: made through a private
-# uv cache (a reinstall), so a run after an interrupted one finishes it that way too.
-REINSTALLING = "reinstalling"
+LinkMode = Literal["hardlink", "copy", "clone", "symlink"]  # _envfiles.LINK_MODES
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from ._envfiles import (
     FILES_KEY,
+    LINK_MODES,
     LINKS_KEY,
     MARKER_FORMAT,
     MARKER_NAME,
@@ -157,7 +158,6 @@ def read_marker(dest: Path) -> dict[str, Any] | None:
         return None
 
 
-_LINK_MODES = ("hardlink", "copy", "clone", "symlink")
 _SUSPECT = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")  # the escapes of NUL and surrogates
 _Check = Callable[[Any], "str | None"]
 
@@ -206,7 +206,7 @@ _TOP: tuple[tuple[str, bool, _Check], ...] = (
     ("name", False, _text_or_null),
     ("display_name", False, _text_or_null),
     ("compiled", False, _flag),
-    ("link_mode", False, lambda v: None if v in _LINK_MODES else f"one of {_LINK_MODES}"),
+    ("link_mode", False, lambda v: None if v in LINK_MODES else f"one of {LINK_MODES}"),
     (STORE_KEY, False, _path),
     (FILES_KEY, False, _table),
     (LINKS_KEY, False, _table),

@@ -55,9 +55,11 @@ from . import __version__
 from ._envfiles import (
     FILES_KEY,
     INCOMPLETE_NAME,
+    LINK_MODES,
     LINKS_KEY,
     MARKER_NAME,
     RECORDS_KEY,
+    REINSTALLING,
     STORE_KEY,
     WORK_SUFFIX,
     record_digests,
@@ -81,11 +83,7 @@ _FORMAT = "envship install plan 1"
 # Keys of the final marker that each run writes for itself; the plan keeps the others.
 PLAN_KEYS_PER_RUN = ("compiled", "link_mode", FILES_KEY, LINKS_KEY, RECORDS_KEY, STORE_KEY)
 _FIELDS = ("key", "uv", "store", "gpu", "marker")
-_LINK_MODES = ("hardlink", "copy", "clone", "symlink")
 _VALUE_OPTIONS = ("--lock", "--store", "--python", "--target", "--link-mode")
-# The run's marker while it makes the environment also says it is no reinstall
-# (envship._installplan.REINSTALLING; not imported: that module imports packaging).
-_REINSTALLING = "reinstalling"
 
 
 class _Fallback(Exception):
@@ -161,7 +159,7 @@ def _parse(argv: Sequence[str]) -> _Asked | None:
             dests.append(token)
     if len(dests) != 1 or ("--no-groups" in flags and groups):
         return None
-    if values.get("--link-mode", "hardlink") not in _LINK_MODES:
+    if values.get("--link-mode", "hardlink") not in LINK_MODES:
         return None
     return _Asked(
         dest=dests[0],
@@ -451,7 +449,7 @@ def _install(
         if asked.link_mode is not None:
             per_run["link_mode"] = asked.link_mode
         marker = os.path.join(dest, MARKER_NAME)
-        write_marker_file(marker, {**template, **per_run, _REINSTALLING: False})
+        write_marker_file(marker, {**template, **per_run, REINSTALLING: False})
         code, pid = _wait(pid), 0
         if code != 0:
             raise _Fallback

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .._envfiles import LINK_MODES
 from .._quickinstall import remember, summary_text
 from ..install import InstallResult, LinkMode, install
 from ..lockfile import LockFile
@@ -35,7 +36,7 @@ __all__ = ["command"]
 @compile_option
 @click.option(
     "--link-mode",
-    type=click.Choice(["hardlink", "copy", "clone", "symlink"]),
+    type=click.Choice(LINK_MODES),
     default=None,
     help="How uv puts files in place [default: uv's, hard links into its cache where it "
     "can: fast, but editing an installed file then edits the cache]. `copy` makes an "
