@@ -7,8 +7,10 @@ import io
 import os
 import stat
 import tarfile
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -529,9 +531,10 @@ def test_read_layer_stands_in_for_fifos_and_devices_and_copies_hard_links(tmp_pa
     dest.mkdir()
     asked: list[str] = []
 
-    def missing(name: str) -> bytes | None:
+    def missing(name: str, write: Callable[[IO[bytes]], None]) -> bool:
         asked.append(name)
-        return b"the bytes"
+        write(io.BytesIO(b"the bytes"))
+        return True
 
     found = read_layer(blob, dest, layer="l", only=in_env, missing=missing)
     assert [(s.name, s.path, s.kind) for s in found] == [
@@ -547,6 +550,33 @@ def test_read_layer_stands_in_for_fifos_and_devices_and_copies_hard_links(tmp_pa
     again.mkdir()
     with pytest.raises(ImageError, match="has no target"):
         read_layer(blob, again, layer="l", only=in_env)
+    # Nor when the source has no such file.
+    nowhere = tmp_path / "nowhere"
+    nowhere.mkdir()
+    with pytest.raises(ImageError, match="has no target"):
+        read_layer(blob, nowhere, layer="l", only=in_env, missing=lambda name, write: False)
+
+
+def test_a_hard_link_to_a_big_lower_file_is_streamed_not_held(tmp_path: Path) -> None:
+    """A hostile image may hard-link its environment to a file of any size in a lower
+    layer: the bytes stream from that layer into the copy (LayerView.stream), and this
+    process's memory stays far below the file's size."""
+    size = 48 * 1024 * 1024
+    # Plain tars: gzip of zeros would have zlib inflate 1000 times its input buffer at
+    # once, a bounded cost that says nothing of what holds the file.
+    lower = tar_of(tmp_path / "lower.tar", ("srv/big.bin", "file", bytes(size)), gz=False)
+    upper = tar_of(tmp_path / "upper.tar", ("env/big.pth", "hardlink", "srv/big.bin"), gz=False)
+    view = LayerView([lower, upper])
+    dest = tmp_path / "read"
+    dest.mkdir()
+    tracemalloc.start()
+    try:
+        read_layer(upper, dest, layer="upper", only=in_env, missing=view.stream)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (dest / "env/big.pth").stat().st_size == size
+    assert peak < size // 4, f"{peak} bytes held for a {size}-byte file"  # 1 MiB reads
 
 
 def test_a_link_climbing_above_the_root_is_read_inside_it_and_never_extracted(

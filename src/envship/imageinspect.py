@@ -38,10 +38,10 @@ import re
 import shlex
 import stat
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from packaging.utils import canonicalize_name
 
@@ -65,7 +65,7 @@ from ._imageoutside import (
     put_marker,
 )
 from ._strays import VENV_CREATION
-from .errors import ImageError, ImageInputError, TargetError
+from .errors import ImageInputError, TargetError
 from .image import BUILT_BY, DISTRIBUTIONS, LABEL_PREFIX
 from .imagebase import check_image_target, probe_image
 from .imageio import ImageSource
@@ -264,16 +264,13 @@ def verify_image(
                     above.update(ancestors(kernels))
                 return inside(name) or kernels is not None or name in above
 
-            def lower(target: str, i: int = i) -> bytes | None:
-                # A hard link's target outside what is read: its bytes, from the layers
-                # up to this one (a target must come before its link in a tar). The view
-                # reads every layer's headers: made once per layer, not once per link.
+            def lower(target: str, write: Callable[[IO[bytes]], None], i: int = i) -> bool:
+                # A hard link's target outside what is read: its bytes, streamed from the
+                # layers up to this one (a target comes before its link in a tar). The
+                # view reads every layer's headers: made once per layer, not per link.
                 if i not in views:
                     views[i] = LayerView(list(image.layer_paths[: i + 1]))
-                try:
-                    return views[i].read(target)
-                except ImageError:
-                    return None
+                return views[i].stream(target, write)
 
             layer = f"{source.name} layer {i}"
             for special in read_layer(path, root, layer=layer, only=wanted, missing=lower):

@@ -26,7 +26,7 @@ select cost their header check and nothing else, and resolved directories are ca
 from __future__ import annotations
 
 import contextlib
-import io
+import functools
 import os
 import shutil
 import stat
@@ -282,13 +282,18 @@ def _kind(info: tarfile.TarInfo) -> str:
     return "a FIFO" if info.isfifo() else "a character device" if info.ischr() else "a block device"
 
 
+# read_layer's source of a hard link's bytes: (target name, writer of the link's file)
+# -> whether the target was found and streamed into the writer.
+Missing = Callable[[str, Callable[[IO[bytes]], None]], bool]
+
+
 def read_layer(
     blob: Path,
     dest: Path,
     *,
     layer: str,
     only: Callable[[str], bool],
-    missing: Callable[[str], bytes | None] | None = None,
+    missing: Missing | None = None,
 ) -> tuple[Special, ...]:
     """Apply a layer onto the folder ``dest`` (which exists) as a container runtime
     would, for reading what the image holds at the paths ``only`` accepts.
@@ -301,7 +306,9 @@ def read_layer(
     A device node or FIFO is stood in for by an empty regular file, which the returned
     :class:`Special` names with its inode, so a caller can tell whether a later layer
     removed or replaced it. A hard link whose target is not in the tree (outside what
-    is read) gets the bytes ``missing`` gives for the target's name, if any. Unsafe
+    is read) gets the target's bytes from ``missing(name, write)``, which streams them
+    into ``write`` and says whether it found them (:meth:`LayerView.stream` does, for
+    the layers below): nothing is held whole, whatever the target's size. Unsafe
     entries raise as they are met: ``dest`` is a scratch folder, left half applied.
     """
     return tuple(_apply(blob, str(dest), layer, only, count=None, read=True, missing=missing))
@@ -324,7 +331,7 @@ def _apply(
     *,
     count: int | None,
     read: bool = False,
-    missing: Callable[[str], bytes | None] | None = None,
+    missing: Missing | None = None,
 ) -> list[Special]:
     tree = _Tree(root, layer)
     ours: set[str] = set()  # real paths (relative to root) this layer wrote
@@ -381,11 +388,12 @@ def _apply(
                 source = _link_source(tree, info, layer) if info.islnk() else None
             except ImageError:
                 # Read, the target may lie outside what is read (a lower layer's
-                # etc/passwd): the link holds its bytes, as a copy.
-                data = missing(info.linkname) if missing is not None and read else None
-                if data is None:
+                # etc/passwd): the link holds its bytes, as a copy, streamed in.
+                write = functools.partial(
+                    _write_file, final, info=info, layer=layer, replace=old is not None
+                )
+                if missing is None or not read or not missing(info.linkname, write):
                     raise
-                _write_file(final, io.BytesIO(data), info, layer, replace=old is not None)
                 continue
             if old is not None:
                 tree.remove(final_rel)

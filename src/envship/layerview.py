@@ -249,24 +249,43 @@ class LayerView:
         """Contents of several files, reading each layer needed once."""
         wanted: dict[int, dict[int, list[str]]] = {}
         for path in paths:
-            info = self.files.get(self.resolve(path))
-            if info is None or info.kind not in ("file", "hardlink"):
-                raise ImageError(
-                    f"/{path.lstrip('/')} is not a regular file in the image",
-                    problems=[Problem(path, f"it is a {info.kind if info else 'directory'}")],
-                )
-            where = self._content.get(info.path)
-            if where is None:
-                raise ImageError(
-                    f"layer {self.names[info.layer]} has no file content for {info.target!r}",
-                    problems=[Problem(path, "hard link to a file the layer does not hold")],
-                )
+            where = self._where(path)
             wanted.setdefault(where[0], {}).setdefault(where[1], []).append(path)
         found: dict[str, bytes] = {}
         for requests, _tinfo, data in self._contents(wanted, lambda reader: reader.read()):
             for request in requests:
                 found[request] = data
         return found
+
+    def stream(self, path: str, consume: Callable[[IO[bytes]], object]) -> bool:
+        """``consume`` given a reader of the file at ``path`` (symlinks in the image
+        followed) as its layer streams it: nothing is held whole, whatever its size (a
+        hard link in a hostile image may name any file). False, and nothing read, when
+        ``path`` is no regular file with content in the image; what ``consume`` and the
+        reading raise is raised."""
+        try:
+            where = self._where(path)
+        except ImageError:
+            return False
+        for _requests, _tinfo, _result in self._contents({where[0]: {where[1]: [path]}}, consume):
+            return True
+        return False
+
+    def _where(self, path: str) -> tuple[int, int]:
+        """(layer, entry position) holding the bytes of the file at ``path``."""
+        info = self.files.get(self.resolve(path))
+        if info is None or info.kind not in ("file", "hardlink"):
+            raise ImageError(
+                f"/{path.lstrip('/')} is not a regular file in the image",
+                problems=[Problem(path, f"it is a {info.kind if info else 'directory'}")],
+            )
+        where = self._content.get(info.path)
+        if where is None:
+            raise ImageError(
+                f"layer {self.names[info.layer]} has no file content for {info.target!r}",
+                problems=[Problem(path, "hard link to a file the layer does not hold")],
+            )
+        return where
 
 
 def view_of(layers: Sequence[Path]) -> LayerView:
