@@ -97,7 +97,8 @@ def built_layer(source: ImageSource, holders: list[int], marker: str) -> BuiltLa
         path = source.image.layer_paths[i]
         files: dict[str, bytes] = {}
         found: bytes | None = None
-        for info, reader in iter_layer(path, layer=f"{source.name} layer {i}"):
+        # Read as verify --image reads every layer: links climbing above / stop there.
+        for info, reader in iter_layer(path, layer=f"{source.name} layer {i}", climb=True):
             if reader is not None and info.name == marker:
                 found = _capped(reader, f"{source.name} layer {i}: /{marker}")
             elif (

@@ -3,7 +3,7 @@ entries, each checked before anyone sees it.
 
 Absolute names, ``..`` and links that climb out of the root raise
 :class:`~envship.errors.UnsafeLayerError` (:func:`iter_layer`); device nodes and FIFOs
-(:func:`is_special`) are read like any entry. Inside :func:`climbing` (``verify --image``
+(:func:`is_special`) are read like any entry. Asked to (``climb``: ``verify --image``
 only), a relative link whose ``..`` climbs above the root is read as a runtime reads it,
 stopping at ``/``. Applying entries onto a folder is :mod:`envship.layerfs`, which
 re-exports this module's API.
@@ -12,7 +12,6 @@ re-exports this module's API.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import gzip
 import io
 import tarfile
@@ -27,7 +26,6 @@ from .layer import WHITEOUT_PREFIX
 __all__ = [
     "CHUNK",
     "MAX_SYMLINK_HOPS",
-    "climbing",
     "is_special",
     "iter_layer",
     "open_layer",
@@ -47,25 +45,6 @@ _TAR_BUFSIZE = tarfile.RECORDSIZE
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _READ_ERRORS = (tarfile.TarError, zlib.error, EOFError, OSError)
-# Set by climbing(): every read of a layer in this context takes links that climb above
-# the root as a runtime does (verify --image reads an image through other modules too).
-_CLIMB: contextvars.ContextVar[bool] = contextvars.ContextVar("envship_layer_climb", default=False)
-
-
-@contextlib.contextmanager
-def climbing() -> Iterator[None]:
-    """Within it, :func:`iter_layer` (and what reads layers through it: the merged view
-    of :mod:`envship.layerview`, probes of an image's Python) returns relative symbolic
-    links that climb above the root instead of refusing the layer: a container's kernel
-    stops their ``..`` at ``/``, so for reading an image they lead inside it, as an
-    absolute one does. Extraction (:func:`extract_layer`) refuses them whatever the
-    context, and reading resolves them inside the root (:func:`read_layer`,
-    :class:`envship.layerview.LayerView`)."""
-    token = _CLIMB.set(True)
-    try:
-        yield
-    finally:
-        _CLIMB.reset(token)
 
 
 @contextlib.contextmanager
@@ -164,7 +143,7 @@ def _check_entry(info: tarfile.TarInfo, layer: str, climb: bool = False) -> None
 
 
 def iter_layer(
-    blob: Path, *, layer: str, climb: bool | None = None
+    blob: Path, *, layer: str, climb: bool = False
 ) -> Generator[tuple[tarfile.TarInfo, IO[bytes] | None], None, None]:
     """Each entry of a layer with a reader for regular files, checked before it is yielded.
 
@@ -173,17 +152,17 @@ def iter_layer(
     :class:`UnsafeLayerError` for absolute names, ``..``, relative symlinks that climb out
     of the root and hard links outside it; :class:`ImageError` for a blob that is not a
     (gzip) tar. Device nodes and FIFOs come back as they are (:func:`is_special`).
-    ``climb`` (None: whether within :func:`climbing`): relative symbolic links that climb
-    above the root come back too.
+    ``climb``: relative symbolic links that climb above the root come back too, for
+    reading an image as a container's kernel does (it stops their ``..`` at ``/``, so
+    they lead inside the image, as an absolute one does); extraction never asks for it.
     """
-    lenient = _CLIMB.get() if climb is None else climb
     try:
         with (
             open_layer(blob, layer=layer) as stream,
             tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFSIZE) as tar,
         ):
             while (info := tar.next()) is not None:
-                _check_entry(info, layer, lenient)
+                _check_entry(info, layer, climb)
                 if not info.name:
                     continue
                 yield info, tar.extractfile(info) if info.isreg() else None

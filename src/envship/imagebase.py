@@ -158,9 +158,13 @@ def probe_base(view: LayerView, config: Mapping[str, Any], *, where: str) -> Bas
     )
 
 
-def probe_image(image: LayoutImage, *, where: str, cache: Path | None = None) -> BaseFacts:
+def probe_image(
+    image: LayoutImage, *, where: str, cache: Path | None = None, climb: bool = False
+) -> BaseFacts:
     """:func:`probe_base` for a whole image; with ``cache`` (a folder), the facts are kept
-    there by manifest digest, since reading a large base takes seconds and never changes."""
+    there by manifest digest, since reading a large base takes seconds and never changes.
+    ``climb``: read links that climb above the root as a runtime does (``verify --image``),
+    where building refuses the image."""
     cached = cache / f"{image.descriptor.digest.removeprefix('sha256:')}.json" if cache else None
     if cached is not None:
         try:
@@ -168,7 +172,7 @@ def probe_image(image: LayoutImage, *, where: str, cache: Path | None = None) ->
             return BaseFacts(**{k: data[k] for k in BaseFacts.__slots__})
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    facts = probe_base(view_of(image.layer_paths), image.config.to_json(), where=where)
+    facts = probe_base(view_of(image.layer_paths, climb=climb), image.config.to_json(), where=where)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ from .image import BUILT_BY, DISTRIBUTIONS, LABEL_PREFIX
 from .imagebase import check_image_target, probe_image
 from .imageio import ImageSource
 from .install import MARKER_NAME
-from .layerfs import Special, climbing, iter_layer, read_layer
+from .layerfs import Special, iter_layer, read_layer
 from .layerview import LayerView
 from .lockfile import LockFile
 from .store import Store
@@ -236,8 +236,9 @@ def verify_image(
             f"(no {LABEL_PREFIX}.prefix label in its config)",
             hint="verify images built with `envship image build`",
         )
-    # Links that climb above the root are read as a runtime resolves them (layerfs.climbing).
-    with climbing(), tempfile.TemporaryDirectory(prefix="envship-verify-image-") as tmp:
+    # Every layer is read as a runtime applies it: a relative link climbing above the root
+    # stops there (climb=True here, in built_layer and in the probe), where builds refuse it.
+    with tempfile.TemporaryDirectory(prefix="envship-verify-image-") as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
 
@@ -269,7 +270,7 @@ def verify_image(
                 # layers up to this one (a target comes before its link in a tar). The
                 # view reads every layer's headers: made once per layer, not per link.
                 if i not in views:
-                    views[i] = LayerView(list(image.layer_paths[: i + 1]))
+                    views[i] = LayerView(list(image.layer_paths[: i + 1]), climb=True)
                 return views[i].stream(target, write)
 
             layer = f"{source.name} layer {i}"
@@ -299,7 +300,7 @@ def verify_image(
             *config_differences(image.config, "/" + prefix),
         ]
         cache = store.root / "images" / "probes" if store is not None else None
-        facts = probe_image(image, where=source.name, cache=cache)
+        facts = probe_image(image, where=source.name, cache=cache, climb=True)
         check_image_target(target, facts, where=source.name)
         # The groups it was built with (see the module docstring); one this lock lacks
         # (an image of another lock) has nothing to expect, and a note says so.

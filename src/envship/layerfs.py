@@ -5,7 +5,7 @@ Every layer is treated as hostile: absolute names, ``..`` and links that climb o
 root raise :class:`~envship.errors.UnsafeLayerError`; extraction never writes through a
 symbolic link and never outside its destination. Reading an image as a container would
 see it (:func:`read_layer`, for ``verify --image``) follows the links the tree holds,
-inside it, and takes a relative link's ``..`` as stopping at the root (:func:`climbing`).
+inside it, and takes a relative link's ``..`` as stopping at the root (``climb``).
 
 Device nodes and FIFOs (:func:`is_special`) are read like any entry: a root file system
 imported with ``docker import`` keeps ``/dev/null``, ``/dev/full`` and the rest, and a
@@ -41,7 +41,6 @@ from typing import IO
 from ._layerread import (
     CHUNK,
     MAX_SYMLINK_HOPS,
-    climbing,
     is_special,
     iter_layer,
     open_layer,
@@ -55,7 +54,6 @@ from .layer import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 __all__ = [
     "MAX_SYMLINK_HOPS",
     "Special",
-    "climbing",
     "extract_layer",
     "is_special",
     "iter_layer",
@@ -337,7 +335,7 @@ def _apply(
     ours: set[str] = set()  # real paths (relative to root) this layer wrote
     special: list[Special] = []
     dirs: list[tuple[str, int, int]] = []
-    # Extraction refuses a link climbing above the root, whatever the context (climbing).
+    # Extraction refuses a link climbing above the root; reading takes it as a runtime does.
     with contextlib.closing(iter_layer(blob, layer=layer, climb=read)) as entries:
         for info, reader in islice(entries, count):
             name = info.name

@@ -68,11 +68,16 @@ class LayerView:
     hold; entries below a symbolic link directory land where the link points, as they
     would when a container engine unpacks them. Building the view reads every layer's
     headers once; :meth:`read_many` and :meth:`hash_files` read file contents with one
-    pass per layer needed, which stops after the last entry they need.
+    pass per layer needed, which stops after the last entry they need. ``climb``: a
+    relative link climbing above the root is read, as a runtime reads it (``verify
+    --image``), not refused (:func:`envship.layerfs.iter_layer`).
     """
 
-    def __init__(self, layers: Sequence[Path], names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, layers: Sequence[Path], names: Sequence[str] | None = None, *, climb: bool = False
+    ) -> None:
         self.layers = list(layers)
+        self.climb = climb
         self.names = list(names) if names else [f"{i} ({p.name})" for i, p in enumerate(layers)]
         self.files: dict[str, FileInfo] = {}
         # Where each file's bytes are: (layer, position of the entry in that layer's tar),
@@ -93,7 +98,9 @@ class LayerView:
     def _add_layer(self, index: int, blob: Path) -> None:
         ours: set[str] = set()
         contents: dict[str, int] = {}  # entry name -> position of its bytes, this layer
-        for position, (info, _reader) in enumerate(iter_layer(blob, layer=self.names[index])):
+        for position, (info, _reader) in enumerate(
+            iter_layer(blob, layer=self.names[index], climb=self.climb)
+        ):
             parent, _, base = info.name.rpartition("/")
             where = self.real_path(parent)
             if base == OPAQUE_WHITEOUT:
@@ -216,7 +223,7 @@ class LayerView:
         far as its last wanted entry."""
         for index in sorted(wanted):
             positions = wanted[index]
-            entries = iter_layer(self.layers[index], layer=self.names[index])
+            entries = iter_layer(self.layers[index], layer=self.names[index], climb=self.climb)
             with contextlib.closing(entries):
                 for position, (tinfo, reader) in enumerate(islice(entries, max(positions) + 1)):
                     requests = positions.get(position)
@@ -288,21 +295,21 @@ class LayerView:
         return where
 
 
-def view_of(layers: Sequence[Path]) -> LayerView:
+def view_of(layers: Sequence[Path], *, climb: bool = False) -> LayerView:
     """One view per list of layer blobs in this process: a base image is read once,
     whether it is probed, has a prefix placed in it, or both (1.6 s for a Debian base).
     The paths are an OCI layout's content-addressed blobs, so a view never goes stale."""
-    return _view_of(tuple(layers))
+    return _view_of(tuple(layers), climb)
 
 
 @functools.lru_cache(maxsize=2)
-def _view_of(layers: tuple[Path, ...]) -> LayerView:
-    return LayerView(layers)
+def _view_of(layers: tuple[Path, ...], climb: bool) -> LayerView:
+    return LayerView(layers, climb=climb)
 
 
-def merged_files(layers: Sequence[Path]) -> dict[str, FileInfo]:
+def merged_files(layers: Sequence[Path], *, climb: bool = False) -> dict[str, FileInfo]:
     """Path (no leading ``/``) -> :class:`FileInfo` of the image made of ``layers``."""
-    return LayerView(layers).files
+    return LayerView(layers, climb=climb).files
 
 
 def read_file(layers: Sequence[Path], path: str) -> bytes:
