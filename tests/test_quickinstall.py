@@ -21,15 +21,8 @@ from hypothesis import strategies as st
 from packaging.utils import canonicalize_name
 
 from envship._envfiles import canonical_name
-from envship._quickinstall import (
-    _confirm,
-    _Fallback,
-    _key,
-    _parse,
-    _read_plan,
-    plans_dir,
-    remember,
-)
+from envship._quickinstall import _confirm, _Fallback, _parse
+from envship._quickplan import plan_key, plans_dir, read_plan, remember
 from envship.install import MARKER_NAME
 from test_install import build_wheels, stocked_store, write_lock
 
@@ -456,7 +449,7 @@ def test_a_plan_file_of_any_bytes_is_a_plan_or_none(data: bytes) -> None:
     folder = Path(plans_dir())
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "fuzz.plan").write_bytes(data)
-    assert _read_plan("fuzz.plan", "key") is None
+    assert read_plan("fuzz.plan", "key") is None
 
 
 @given(st.text(max_size=30))
@@ -493,9 +486,9 @@ def test_what_the_key_cannot_tell_is_confirmed_while_uv_installs(
     lock, store = setup
     assert envship(tmp_path, *install_args(tmp_path / "first", lock)).code == 0
     (plan_file,) = Path(plans_dir()).iterdir()
-    name, key = _key(str(lock), str(store), sys.executable, None, None)
+    name, key = plan_key(str(lock), str(store), sys.executable, None, None)
     assert plan_file.name == name
-    plan = _read_plan(name, key)
+    plan = read_plan(name, key)
     assert plan is not None
     template = json.loads(plan.marker)
     monkeypatch.chdir(tmp_path)

@@ -5,21 +5,8 @@ Issue 3 asks install to cost at most 1.1x ``uv venv`` + ``uv pip install`` of th
 wheels. The full path cannot: before uv runs it imports click, packaging and the lock
 model (~90 ms here), parses the lock and probes the interpreter, against ~210 ms of
 uv's own work on the data-science set. So after the full path *created* an environment,
-the CLI remembers what it decided (:func:`remember`): a plan file in the user cache
-(``$XDG_CACHE_HOME`` or ``~/.cache``, ``envship/install-plans/``) under a key of all that
-decision read which ``os.stat`` can tell: the lock's absolute path, size, inode and
-modification time; the store's root (or, for the default store, what locates it); the
-base interpreter's path, real path and that file's size and modification time; the
-``--target`` and the groups asked; the machine, glibc's version; envship's version and
-the interpreter running envship, whose uv binary the plan names.
-
-No change times, though uv keys its interpreter cache by one (its issue 1060: ``touch``
-and ``cp -p`` can set a modification time back, not a change time). The lock's bytes
-are confirmed by their digest anyway (below). An interpreter from a container image is
-unpacked afresh on each new instance, with a new change time but the image's
-modification time: keyed by its size and modification time, a plan kept in a home on a
-shared volume serves the next instance too. What that misses is an interpreter replaced
-in place by one of the same size and modification time; a Python upgrade changes both.
+the CLI remembers what it decided, in a plan (:mod:`envship._quickplan`: where plans are
+kept, what keys them, what they hold).
 
 A later ``envship install PATH`` with the same key and a new PATH (missing, or an empty
 folder) takes the plan (:func:`run`). It checks that the store still holds every
@@ -30,10 +17,11 @@ the venv's files, ``uv pip sync --require-hashes`` of the same lines, the final 
 the mark removed. While uv installs, it confirms what ``os.stat`` cannot: the lock's
 bytes hash to the plan's digest (an edit within a file system's timestamp granularity,
 a second or two on some network and FAT mounts, keeps size and times), the lock's path
-is spelled as the marker records it, the GPU answer is the plan's. Anything it does
-not expect (an option it does not take, an environment already there, no plan, a plan
-that does not parse, a store without its links, a busy PATH, a failed confirmation, a
-uv failure) hands the run to the full path, before anything is made or after the new
+is spelled as the marker records it, the GPU answer is the plan's, and the marker it
+will write passes the check every reader of markers applies. Anything it does not
+expect (an option it does not take, an environment already there, no plan, a plan that
+does not parse, a store without its links, a busy PATH, a failed confirmation, a uv
+failure) hands the run to the full path, before anything is made or after the new
 environment is discarded as a failed new install is: every error the user sees is the
 full path's.
 
@@ -51,7 +39,6 @@ import stat
 import sys
 import time
 
-from . import __version__
 from ._envfiles import (
     FILES_KEY,
     INCOMPLETE_NAME,
@@ -67,22 +54,18 @@ from ._envfiles import (
     venv_snapshot,
     write_marker_file,
 )
-from ._uvargs import plain_environment, requirement_line, sync_command, venv_command
+from ._quickplan import Plan, executable, plan_key, read_plan, store_holds, store_place
+from ._uvargs import plain_environment, sync_command, venv_command
 
 # Not ``typing.TYPE_CHECKING``: importing typing costs the quick path of ``envship
 # install`` ~7 ms before uv starts; type checkers take the name alone (mypy, pyright).
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # at run time only where they are used
     from collections.abc import Sequence
-    from pathlib import Path
     from typing import Any
 
-__all__ = ["PLAN_KEYS_PER_RUN", "plans_dir", "remember", "run", "summary_text"]
+__all__ = ["run", "summary_text"]
 
-_FORMAT = "envship install plan 1"
-# Keys of the final marker that each run writes for itself; the plan keeps the others.
-PLAN_KEYS_PER_RUN = ("compiled", "link_mode", FILES_KEY, LINKS_KEY, RECORDS_KEY, STORE_KEY)
-_FIELDS = ("key", "uv", "store", "gpu", "marker")
 _VALUE_OPTIONS = ("--lock", "--store", "--python", "--target", "--link-mode")
 
 
@@ -174,132 +157,6 @@ def _parse(argv: Sequence[str]) -> _Asked | None:
     )
 
 
-def plans_dir() -> str:
-    """Where plans are kept: ``envship/install-plans`` in the user's cache folder."""
-    cache = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(cache):  # unset, empty or relative: the XDG default
-        cache = os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "envship", "install-plans")
-
-
-def _executable(path: str) -> bool:
-    # shutil.which's test for a path with a folder in it.
-    return os.path.exists(path) and os.access(path, os.X_OK) and not os.path.isdir(path)
-
-
-def _store_place(store: str | None) -> object:
-    """The store as the key has it: its absolute root as ``Store.at`` makes it, or, for
-    the default store, what ``Store.default`` reads to find it."""
-    if store:
-        return os.path.abspath(os.path.expanduser(store))
-    return ("default", os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"), os.getuid())
-
-
-def _key(
-    lock: str, store: object, base: str, target: str | None, groups: tuple[str, ...] | None
-) -> tuple[str, str]:
-    """``(name, key)``: the plan file's name (from what does not change when the lock is
-    edited, so an edited lock replaces its plan) and the whole key, compared in full."""
-    import binascii  # built in, unlike hashlib: a name needs no cryptographic hash
-
-    machine = os.uname().machine
-    try:
-        glibc = os.confstr("CS_GNU_LIBC_VERSION")
-    except (ValueError, OSError):
-        glibc = None
-    # envship's version too: a plan is read only by the envship that wrote it.
-    place = repr(
-        (__version__, sys.executable, sys.prefix, lock, store, base, target, groups, machine)
-    )
-    lock_st = os.stat(lock)
-    real = os.path.realpath(base)
-    base_st = os.stat(real)
-    facts = (
-        (lock_st.st_size, lock_st.st_ino, lock_st.st_mtime_ns),
-        (real, base_st.st_size, base_st.st_mtime_ns),
-        glibc,
-    )
-    name = f"{binascii.crc32(place.encode('utf-8', 'surrogateescape')):08x}.plan"
-    return name, repr((place, facts))
-
-
-class _Plan:
-    """A plan file as read: the uv binary, the store's absolute root, the GPU answer, the
-    artifacts (size, sha256, file name), the requirements text and the JSON of the final
-    marker without the keys each run writes."""
-
-    __slots__ = ("artifacts", "gpu", "marker", "requirements", "store", "uv")
-
-    def __init__(
-        self,
-        *,
-        uv: str,
-        store: str,
-        gpu: bool,
-        artifacts: tuple[tuple[int, str, str], ...],
-        requirements: str,
-        marker: str,
-    ) -> None:
-        self.uv, self.store, self.gpu = uv, store, gpu
-        self.artifacts, self.requirements, self.marker = artifacts, requirements, marker
-
-
-def _read_plan(name: str, key: str) -> _Plan | None:
-    fields: dict[str, str] = {}
-    artifacts: list[tuple[int, str, str]] = []
-    requirements: list[str] = []
-    try:
-        with open(os.path.join(plans_dir(), name), encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if lines[:1] != [_FORMAT] or lines[-1] != "":
-        return None
-    for line in lines[1:-1]:
-        tag, _, value = line.partition(" ")
-        if tag == "artifact":
-            size, sha256, filename = [*value.split(" ", 2), "", ""][:3]
-            if not size.isdigit() or len(sha256) != 64 or not filename or "/" in filename:
-                return None
-            artifacts.append((int(size), sha256, filename))
-        elif tag == "requirement":
-            requirements.append(value)
-        elif tag in _FIELDS and tag not in fields:
-            fields[tag] = value
-        else:
-            return None
-    if fields.keys() != set(_FIELDS) or fields["key"] != key:
-        return None
-    if len(requirements) != len(artifacts) or fields["gpu"] not in ("0", "1"):
-        return None
-    if not os.path.isabs(fields["store"]) or not os.path.isabs(fields["uv"]):
-        return None
-    return _Plan(
-        uv=fields["uv"],
-        store=fields["store"],
-        gpu=fields["gpu"] == "1",
-        artifacts=tuple(artifacts),
-        requirements="".join(f"{r}\n" for r in requirements),
-        marker=fields["marker"],
-    )
-
-
-def _store_holds(root: str, plan: _Plan) -> bool:
-    """Every artifact as the full path would stage it, at once: its real name a hard
-    link of the content file (``Store.named``'s quick answer), of the locked size."""
-    for size, sha256, filename in plan.artifacts:
-        try:
-            content = os.stat(os.path.join(root, "sha256", sha256[:2], sha256))
-            named = os.stat(os.path.join(root, "named", sha256, filename))
-        except OSError:
-            return False
-        if not stat.S_ISREG(content.st_mode) or content.st_size != size:
-            return False
-        if (named.st_dev, named.st_ino) != (content.st_dev, content.st_ino):
-            return False
-    return True
-
-
 def run(argv: Sequence[str]) -> int | None:
     """Run ``envship ARGV`` here when it is an install the quick path takes: the exit
     code; None when the full path is to run it (nothing made, or what was made is gone).
@@ -319,7 +176,7 @@ def _base(python: str | None) -> str | None:
     """The base interpreter as the full path resolves it (``shutil.which``, made
     absolute); None for a bare name, which needs a search of PATH (the full path's)."""
     exe = python if python is not None else sys.executable
-    if "/" not in exe or not _executable(exe):
+    if "/" not in exe or not executable(exe):
         return None
     return os.path.abspath(exe)
 
@@ -377,11 +234,11 @@ def _take(asked: _Asked, started: float) -> int | None:
         return None
     lock = os.path.abspath(asked.lock)
     try:
-        name, key = _key(lock, _store_place(asked.store), base, asked.target, asked.groups)
+        name, key = plan_key(lock, store_place(asked.store), base, asked.target, asked.groups)
     except OSError:
         return None
-    plan = _read_plan(name, key)
-    if plan is None or not _executable(plan.uv) or not _store_holds(plan.store, plan):
+    plan = read_plan(name, key)
+    if plan is None or not executable(plan.uv) or not store_holds(plan.store, plan):
         return None
     work = dest + WORK_SUFFIX
     fd = _lock(work)
@@ -422,7 +279,7 @@ def _install(
     work: str,
     fd: int,
     made: bool,
-    plan: _Plan,
+    plan: Plan,
     base: str,
     lock: str,
 ) -> dict[str, Any]:
@@ -517,7 +374,7 @@ def _result(dest: str, python: str, template: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _confirm(asked_lock: str, lock: str, plan: _Plan, template: dict[str, Any]) -> None:
+def _confirm(asked_lock: str, lock: str, plan: Plan, template: dict[str, Any]) -> None:
     """What the key cannot tell by ``os.stat``: the lock's bytes are the plan's (its
     digest), the marker's spelling of the lock's path is this run's (``Path.absolute``
     keeps ``..``), and the GPU answer is the plan's."""
@@ -577,63 +434,3 @@ def _report(doc: dict[str, Any], as_json: bool) -> int:
     except OSError:  # a closed pipe: the environment is made all the same
         return 74  # EX_IOERR
     return 0
-
-
-def remember(
-    *,
-    lock: Path,
-    store: Path | None,
-    store_root: Path,
-    target: str | None,
-    groups: tuple[str, ...] | None,
-    dest: Path,
-) -> bool:
-    """After the full path created ``dest``: keep its decisions as a plan for the quick
-    path (True when one was written). A cache: anything in the way (no marker, an sdist,
-    which uv builds, a file name or path a line cannot hold, a cache folder that cannot
-    be written) means no plan, never an error."""
-    import json
-    from pathlib import Path
-
-    from ._atomic import write_atomic
-    from ._gpu import has_gpu
-    from ._markerread import read_marker
-    from ._uv import uv_bin
-
-    marker = read_marker(dest)
-    if marker is None:
-        return False
-    try:
-        uv = uv_bin()
-        base = str(marker["python"]["base"])
-        name, key = _key(
-            os.path.abspath(lock), _store_place(str(store) if store else None), base, target, groups
-        )
-        artifacts, requirements = [], []
-        for p in marker["packages"]:
-            sha256, filename = str(p["sha256"]), str(p["filename"])
-            if not filename.endswith(".whl"):
-                return False
-            size = os.stat(store_root / "sha256" / sha256[:2] / sha256).st_size
-            artifacts.append(f"artifact {size} {sha256} {filename}")
-            named = store_root / "named" / sha256 / filename
-            requirements.append(f"requirement {requirement_line(str(p['name']), named, sha256)}")
-        template = {k: v for k, v in marker.items() if k not in PLAN_KEYS_PER_RUN}
-        lines = [
-            _FORMAT,
-            f"key {key}",
-            f"uv {uv}",
-            f"store {store_root}",
-            f"gpu {int(has_gpu())}",
-            *artifacts,
-            *requirements,
-            f"marker {json.dumps(template, sort_keys=True)}",
-        ]
-        if any("\n" in line or "\r" in line for line in lines):
-            return False
-        folder = plans_dir()
-        os.makedirs(folder, exist_ok=True)
-        write_atomic(Path(folder) / name, "".join(f"{line}\n" for line in lines))
-    except (OSError, KeyError, TypeError, ValueError):
-        return False
-    return True

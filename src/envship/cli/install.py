@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from .._envfiles import LINK_MODES
-from .._quickinstall import remember, summary_text
+from .._quickinstall import summary_text
+from .._quickplan import remember
 from ..install import InstallResult, LinkMode, install
 from ..lockfile import LockFile
 from ..store import Store
