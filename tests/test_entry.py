@@ -102,3 +102,34 @@ def test_without_an_interruption_the_cli_runs() -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.startswith("envship, version ")
+
+
+# As CHILD, without importing signal itself: the entry point's own import of it is hit.
+AT_SIGNAL = """
+import importlib.abc, os, sys
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "signal":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), 2)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["envship", *sys.argv[1:]]
+from envship._entry import main
+sys.exit(main())
+"""
+
+
+def test_a_ctrl_c_while_the_entry_point_imports_signal_is_answered() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", AT_SIGNAL, "install", "/nonexistent/env"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted before it started; nothing was done\n"

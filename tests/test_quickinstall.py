@@ -7,11 +7,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import platform
 import re
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,16 @@ from packaging.utils import canonicalize_name
 
 from envship._envfiles import canonical_name
 from envship._quickinstall import _confirm, _Fallback, _parse
-from envship._quickplan import plan_key, plans_dir, read_plan, remember
+from envship._quickplan import (
+    MAX_PLAN_BYTES,
+    UNUSED_DAYS,
+    facts_before,
+    plan_key,
+    plans_dir,
+    read_plan,
+    remember,
+    venv_version,
+)
 from envship.install import MARKER_NAME
 from test_install import build_wheels, stocked_store, write_lock
 
@@ -212,58 +224,109 @@ def edit_lock_keeping_size_and_mtime(lock: Path) -> None:
     )
 
 
-def remove_a_named_link(store: Path) -> None:
+def remove_a_named_link(lock: Path, store: Path) -> None:
     named = next((store / "named").rglob("*.whl"))
     named.unlink()
 
 
-def damage_the_plan(tmp_path: Path) -> None:
+def the_plan() -> Path:
     (plan,) = Path(plans_dir()).iterdir()
+    return plan
+
+
+def damage_the_plan(lock: Path, store: Path) -> None:
+    plan = the_plan()
     plan.write_bytes(plan.read_bytes()[:-40])
 
 
-def tamper_with_the_plan(tmp_path: Path) -> None:
-    """Still a plan (its key and lines hold), but its marker is not one envship writes:
-    the quick path starts, and the marker check every reader applies stops it."""
-    (plan,) = Path(plans_dir()).iterdir()
+def edit_the_plan(old: str, new: str) -> Callable[[Path, Path], None]:
+    """Still a plan (its key and lines hold) with ``old`` made ``new`` in it: the quick
+    path starts, and one of its checks stops it."""
+
+    def change(lock: Path, store: Path) -> None:
+        plan = the_plan()
+        text = plan.read_text()
+        assert old in text
+        plan.write_text(text.replace(old, new, 1))
+
+    change.__name__ = f"plan_{new}"
+    return change
+
+
+def marker_sha_differs(lock: Path, store: Path) -> None:
+    """The marker's first package names another wheel than the artifact lines."""
+    plan = the_plan()
     text = plan.read_text()
-    assert '"format": 1' in text
-    plan.write_text(text.replace('"format": 1', '"format": 9'))
+    sha = json.loads(text.rsplit("\nmarker ", 1)[1])["packages"][0]["sha256"]
+    head, marker = text.rsplit("\nmarker ", 1)
+    plan.write_text(f"{head}\nmarker {marker.replace(sha, 'f' * 64)}")
 
 
-def edit_the_lock(lock: Path) -> None:
+def plan_is_a_fifo(lock: Path, store: Path) -> None:
+    plan = the_plan()
+    plan.unlink()
+    os.mkfifo(plan)
+
+
+def plan_links_to_dev_zero(lock: Path, store: Path) -> None:
+    plan = the_plan()
+    plan.unlink()
+    plan.symlink_to("/dev/zero")
+
+
+def plan_is_too_large(lock: Path, store: Path) -> None:
+    os.truncate(the_plan(), MAX_PLAN_BYTES + 1)  # sparse: no disk is used
+
+
+def plan_of_another_user(lock: Path, store: Path) -> None:
+    os.chown(the_plan(), 1000, 100)
+
+
+def plan_writable_by_its_group(lock: Path, store: Path) -> None:
+    the_plan().chmod(0o664)
+
+
+def edit_the_lock(lock: Path, store: Path) -> None:
     lock.write_text(lock.read_text().replace('"test"', '"edited"', 1))
+
+
+def lock_with_same_size_and_mtime(lock: Path, store: Path) -> None:
+    edit_lock_keeping_size_and_mtime(lock)
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        edit_lock_keeping_size_and_mtime,
+        lock_with_same_size_and_mtime,
         edit_the_lock,
         remove_a_named_link,
         damage_the_plan,
-        tamper_with_the_plan,
+        # The marker is not one envship writes: the check every marker reader applies.
+        edit_the_plan('"format": 1', '"format": 9'),
+        # Another Python than the plan's: the version uv writes into pyvenv.cfg differs.
+        edit_the_plan(f'"version": "{platform.python_version()}"', '"version": "3.11.0"'),
+        marker_sha_differs,
+        plan_is_a_fifo,
+        plan_links_to_dev_zero,
+        plan_is_too_large,
+        plan_of_another_user,
+        plan_writable_by_its_group,
     ],
+    ids=lambda change: change.__name__,
 )
 def test_a_plan_that_no_longer_holds_hands_the_run_to_the_full_path(
-    tmp_path: Path, setup: tuple[Path, Path], change: object
+    tmp_path: Path, setup: tuple[Path, Path], change: Callable[[Path, Path], None]
 ) -> None:
     lock, store = setup
     assert envship(tmp_path, *install_args(tmp_path / "first", lock)).code == 0
-    if change is remove_a_named_link:
-        remove_a_named_link(store)
-    elif change in (damage_the_plan, tamper_with_the_plan):
-        assert callable(change)
-        change(tmp_path)
-    else:
-        assert callable(change)
-        change(lock)
+    change(lock, store)
     dest = tmp_path / "env"
     done = envship(tmp_path, *install_args(dest, lock, "--json"))
     assert done.code == 0, done.err
     assert not done.quick
     marker = json.loads((dest / MARKER_NAME).read_text())
     assert marker["lock"]["digest"] == json.loads(done.out)["lock_digest"]
+    assert marker["python"]["version"] == platform.python_version()
     verify = envship(tmp_path, "verify", str(dest), "--lock", str(lock), "--full")
     assert verify.code == 0, verify.out
     # The full path remembered the plan again: the next new environment is quick.
@@ -333,7 +396,9 @@ def test_after_a_sigkill_the_next_run_waits_for_uv_and_makes_the_environment_aga
     """uv is not killed with the quick path (posix_spawn has no PR_SET_PDEATHSIG) but holds
     the destination's lock it inherited: the next run waits for it, then rebuilds. uv is
     held in place by its own cache lock (uv takes ``CACHE/.lock`` before it works; held
-    here exclusively, uv waits on it)."""
+    here exclusively, uv waits on it). uv keeps nothing else of ours: the write end of a
+    pipe its parent was given (as a caller's output would be) is closed with the parent,
+    as subprocess's close_fds would have it."""
     lock, _ = setup
     assert envship(tmp_path, *install_args(tmp_path / "first", lock)).code == 0
     dest = tmp_path / "env"
@@ -341,14 +406,19 @@ def test_after_a_sigkill_the_next_run_waits_for_uv_and_makes_the_environment_aga
     cache_lock = os.open(Path(os.environ["UV_CACHE_DIR"]) / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(cache_lock, fcntl.LOCK_EX)
     second: subprocess.Popen[str] | None = None
+    read_end, write_end = os.pipe()
     try:
-        first = subprocess.Popen(args, env=child_env(tmp_path), text=True)
+        first = subprocess.Popen(args, env=child_env(tmp_path), text=True, pass_fds=[write_end])
+        os.close(write_end)
         deadline = time.monotonic() + 60
         while not (dest / MARKER_NAME).exists():  # written while uv venv waits
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.01)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
+        # uv still waits on its cache lock; the pipe's last writer died with envship.
+        ready, _, _ = select.select([read_end], [], [], 30)
+        assert ready and os.read(read_end, 1) == b"", "uv holds the pipe envship was given"
         second = subprocess.Popen(args, env=child_env(tmp_path), text=True, stdout=subprocess.PIPE)
         time.sleep(1)
         # Whatever the machine's speed: it cannot have finished while uv holds the lock.
@@ -356,6 +426,7 @@ def test_after_a_sigkill_the_next_run_waits_for_uv_and_makes_the_environment_aga
         assert (dest / ".envship-incomplete").exists()
     finally:
         os.close(cache_lock)  # uv goes on, finishes, and lets go of the destination
+        os.close(read_end)
     assert second is not None
     out, _ = second.communicate(timeout=120)
     assert second.returncode == 0
@@ -386,12 +457,21 @@ def test_a_busy_destination_is_left_to_the_full_path(
     assert (dest / MARKER_NAME).exists()
 
 
-def test_remember_needs_a_made_environment(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+def test_remember_needs_a_made_environment_of_the_key_s_interpreter(
+    tmp_path: Path, setup: tuple[Path, Path]
+) -> None:
     lock, store = setup
-    assert not remember(
-        lock=lock, store=None, store_root=store, target=None, groups=None, dest=tmp_path
-    )
-    assert not Path(plans_dir()).exists()
+    facts = facts_before(lock, None, sys.executable, None, None)
+    assert facts is not None
+    assert not remember(facts, store_root=store, dest=tmp_path)  # no environment there
+    assert not remember(None, store_root=store, dest=tmp_path)
+    dest = tmp_path / "env"
+    assert envship(tmp_path, *install_args(dest, lock)).code == 0
+    other = facts_before(lock, None, "/usr/bin/python3.11", None, None)
+    assert other is not None
+    # The interpreter the run used is not the one the key was taken for: no plan.
+    assert not remember(other, store_root=store, dest=dest)
+    assert remember(facts, store_root=store, dest=dest)
 
 
 @pytest.mark.parametrize(
@@ -449,7 +529,7 @@ def test_a_plan_file_of_any_bytes_is_a_plan_or_none(data: bytes) -> None:
     folder = Path(plans_dir())
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "fuzz.plan").write_bytes(data)
-    assert read_plan("fuzz.plan", "key") is None
+    assert read_plan("fuzz.plan", "key", None) is None
 
 
 @given(st.text(max_size=30))
@@ -488,7 +568,7 @@ def test_what_the_key_cannot_tell_is_confirmed_while_uv_installs(
     (plan_file,) = Path(plans_dir()).iterdir()
     name, key = plan_key(str(lock), str(store), sys.executable, None, None)
     assert plan_file.name == name
-    plan = read_plan(name, key)
+    plan = read_plan(name, key, str(store))
     assert plan is not None
     template = json.loads(plan.marker)
     monkeypatch.chdir(tmp_path)
@@ -517,3 +597,130 @@ def test_the_link_modes_are_one_list() -> None:
     from envship._installplan import LinkMode
 
     assert get_args(LinkMode) == LINK_MODES
+
+
+def test_an_interpreter_that_is_a_script_keys_no_plan(
+    tmp_path: Path, setup: tuple[Path, Path]
+) -> None:
+    """A wrapper (or a pyenv shim) may run another Python each time: os.stat of the
+    script says nothing of which. No plan is made for it and every run is the full
+    path's, which probes the Python the wrapper runs now."""
+    lock, _ = setup
+    wrapper = tmp_path / "python"
+    wrapper.write_text('#!/bin/sh\nexec "$WRAPPED" "$@"\n')
+    wrapper.chmod(0o755)
+
+    def install(dest: Path, wrapped: str) -> None:
+        command = install_args(dest, lock, "--python", str(wrapper))
+        env = {**child_env(tmp_path), "WRAPPED": wrapped}
+        done = subprocess.run(
+            [sys.executable, "-c", RUN, *command], env=env, capture_output=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+
+    install(tmp_path / "a", sys.executable)
+    assert not Path(plans_dir()).exists() or list(Path(plans_dir()).iterdir()) == []
+    install(tmp_path / "b", "/usr/bin/python3.11")  # another build of 3.11 (Debian's)
+    made = json.loads((tmp_path / "b" / MARKER_NAME).read_text())["python"]["version"]
+    real = subprocess.run(
+        ["/usr/bin/python3.11", "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert made == real
+
+
+def test_the_version_uv_wrote_is_read_from_pyvenv_cfg(tmp_path: Path) -> None:
+    (tmp_path / "pyvenv.cfg").write_text("home = /x\nversion_info = 3.11.7\nuv = 0.9\n")
+    assert venv_version(str(tmp_path)) == "3.11.7"
+    (tmp_path / "pyvenv.cfg").write_text("home = /x\n")
+    assert venv_version(str(tmp_path)) is None
+    assert venv_version(str(tmp_path / "missing")) is None
+
+
+# Two interruptions: the first while the module holding the clean-up's discard is first
+# imported (uv is installing), the second while the clean-up imports it again (its
+# packaging import): held until the clean-up is done.
+TWICE = """
+import importlib.abc, os, sys
+sys.argv = ["envship", *sys.argv[1:]]
+AT = ["envship._installmarker", "packaging.version"]
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if AT and name == AT[0]:
+            AT.pop(0)
+            os.kill(os.getpid(), 2)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+from envship._entry import main
+sys.exit(main())
+"""
+
+
+def test_a_second_ctrl_c_during_the_clean_up_waits_for_it(
+    tmp_path: Path, setup: tuple[Path, Path]
+) -> None:
+    lock, _ = setup
+    assert envship(tmp_path, *install_args(tmp_path / "first", lock)).code == 0
+    dest = tmp_path / "env"
+    done = subprocess.run(
+        [sys.executable, "-c", TWICE, *install_args(dest, lock)],
+        capture_output=True,
+        text=True,
+        env=child_env(tmp_path),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not dest.exists()
+    assert not Path(f"{dest}.envship-tmp").exists()
+
+
+def test_output_that_cannot_be_written_is_said_as_the_full_path_says_it(
+    tmp_path: Path, setup: tuple[Path, Path]
+) -> None:
+    lock, _ = setup
+    said = []
+    for name in ("full", "quick"):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-c", RUN, *install_args(tmp_path / name, lock)],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(tmp_path),
+                timeout=120,
+                check=False,
+            )
+        said.append((done.returncode, done.stderr.splitlines()[-1:]))  # after any progress
+        assert (tmp_path / name / MARKER_NAME).exists()  # made all the same
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    assert "click" in modules  # the quick run's error went through the CLI's renderer
+    assert said[0] == said[1] and said[0][0] == 1, said
+    assert said[0][1] == ["error: no space left on device"]
+
+
+def test_plans_unused_for_a_month_are_pruned_and_a_used_one_is_kept(
+    tmp_path: Path, setup: tuple[Path, Path]
+) -> None:
+    lock, _ = setup
+    assert envship(tmp_path, *install_args(tmp_path / "first", lock)).code == 0
+    used = the_plan()
+    stale = used.with_name("00000000.plan")
+    stale.write_text("an old plan\n")
+    month = time.time() - (UNUSED_DAYS + 1) * 86400
+    for plan in (used, stale):
+        os.utime(plan, (month, month))
+    again = envship(tmp_path, *install_args(tmp_path / "quick", lock))
+    assert again.quick
+    assert used.stat().st_mtime > month + 86400  # its use was noted
+    # The next plan written (another lock's) prunes the stale one, keeps the used one.
+    other = tmp_path / "other.toml"
+    other.write_text(lock.read_text().replace('"test"', '"other"', 1))
+    assert envship(tmp_path, *install_args(tmp_path / "third", other)).code == 0
+    names = {p.name for p in Path(plans_dir()).iterdir()}
+    assert stale.name not in names and used.name in names and len(names) == 2

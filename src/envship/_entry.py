@@ -14,7 +14,6 @@ the CLI runs.
 
 from __future__ import annotations
 
-import signal
 import sys
 
 __all__ = ["main"]
@@ -26,8 +25,13 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> int:
-    # Kept while the CLI runs: its main() sets its own handler and puts this one back.
-    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        import signal  # here: a Ctrl-C while it is imported is answered too
+
+        # Kept while the CLI runs: its main() sets its own handler and puts this one back.
+        signal.signal(signal.SIGTERM, _terminate)
+    except KeyboardInterrupt:
+        return _interrupted("interrupted before it started; nothing was done")
     if "install" in sys.argv[1:3]:
         try:
             from ._quickinstall import run as quick

@@ -54,7 +54,17 @@ from ._envfiles import (
     venv_snapshot,
     write_marker_file,
 )
-from ._quickplan import Plan, executable, plan_key, read_plan, store_holds, store_place
+from ._quickplan import (
+    Plan,
+    executable,
+    native,
+    plan_key,
+    read_plan,
+    requirements,
+    store_holds,
+    store_place,
+    venv_version,
+)
 from ._uvargs import plain_environment, sync_command, venv_command
 
 # Not ``typing.TYPE_CHECKING``: importing typing costs the quick path of ``envship
@@ -230,15 +240,16 @@ def _lock(work: str) -> int | None:
 def _take(asked: _Asked, started: float) -> int | None:
     dest = os.path.abspath(asked.dest)
     base = _base(asked.python)
-    if base is None or _new(dest) is None or _other_place(dest):
+    if base is None or not native(base) or _new(dest) is None or _other_place(dest):
         return None
     lock = os.path.abspath(asked.lock)
+    store = store_place(asked.store)
     try:
-        name, key = plan_key(lock, store_place(asked.store), base, asked.target, asked.groups)
+        name, key = plan_key(lock, store, base, asked.target, asked.groups)
     except OSError:
         return None
-    plan = read_plan(name, key)
-    if plan is None or not executable(plan.uv) or not store_holds(plan.store, plan):
+    plan = read_plan(name, key, store)
+    if plan is None or not executable(plan.uv) or not store_holds(plan):
         return None
     work = dest + WORK_SUFFIX
     fd = _lock(work)
@@ -249,6 +260,10 @@ def _take(asked: _Asked, started: float) -> int | None:
         if state is None:
             return None
         doc = _install(asked, dest, work, fd, state == "missing", plan, base, lock)
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            os.utime(plan.path)  # used: kept from pruning (envship._quickplan)
     finally:
         import shutil  # removed while still locked, as the full path does
 
@@ -258,14 +273,20 @@ def _take(asked: _Asked, started: float) -> int | None:
     return _report(doc, asked.as_json)
 
 
-def _spawn(command: list[str], env: dict[str, str]) -> int:
+def _spawn(command: list[str], env: dict[str, str], kept: tuple[int, ...]) -> int:
     """Start uv with no input and its output dropped: on a failure the full path runs
     it again and reports uv's own words."""
-    actions = [
+    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
+    # As subprocess's close_fds: uv gets no descriptor of ours but the lock's (made
+    # inheritable for it), never a pipe or a file a caller left open to us.
+    keep = {0, 1, 2, *kept}
+    for name in os.listdir("/proc/self/fd"):
+        if name.isdigit() and int(name) not in keep:
+            actions.append((os.POSIX_SPAWN_CLOSE, int(name)))
     return os.posix_spawn(command[0], command, env, file_actions=actions)
 
 
@@ -294,7 +315,7 @@ def _install(
             f.write("install in progress\n")
         env = plain_environment(os.environ)
         os.set_inheritable(fd, True)  # uv holds the lock too, for as long as it runs
-        pid = _spawn(venv_command(plan.uv, base, dest), env)
+        pid = _spawn(venv_command(plan.uv, base, dest), env, (fd,))
         # While uv makes the venv: what the marker says from now on (how to repeat this).
         import json
         from pathlib import Path
@@ -307,26 +328,32 @@ def _install(
             per_run["link_mode"] = asked.link_mode
         marker = os.path.join(dest, MARKER_NAME)
         write_marker_file(marker, {**template, **per_run, REINSTALLING: False})
+        lines = requirements(plan, template["packages"])  # ValueError: not the plan's
         code, pid = _wait(pid), 0
-        if code != 0:
+        # The interpreter uv ran must be the plan's (one that picks its Python per run,
+        # or one replaced since the plan was made, is not).
+        if code != 0 or venv_version(dest) != template["python"]["version"]:
             raise _Fallback
         snapshot = venv_snapshot(dest)  # what the venv's creation wrote, before the sync
-        requirements = os.path.join(work, "requirements.txt")
-        with open(requirements, "w", encoding="utf-8") as f:
-            f.write(plan.requirements)
+        reqs = os.path.join(work, "requirements.txt")
+        with open(reqs, "w", encoding="utf-8") as f:
+            f.write(lines)
         python = os.path.join(dest, "bin", "python")
         sync = sync_command(
             plan.uv,
             python,
-            requirements,
+            reqs,
             no_build=True,  # a plan is remembered for wheels alone
             compile_bytecode=asked.compile_bytecode,
             link_mode=asked.link_mode,
         )
-        pid = _spawn(sync, env)
+        pid = _spawn(sync, env, (fd,))
         # While uv installs: what the key cannot tell; the marker this run will write,
         # which must pass the check every reader of markers applies (a plan is the user's
-        # file), and the report, which must find its keys.
+        # file), and the report, which must find its keys; and what a failure needs, so
+        # that its clean-up imports nothing a second Ctrl-C could cut short.
+        from ._installmarker import discard  # noqa: F401
+
         _confirm(asked.lock, lock, plan, template)
         files, links = venv_digests(snapshot)
         final = {**template, **per_run, FILES_KEY: files, LINKS_KEY: links, RECORDS_KEY: {}}
@@ -339,22 +366,37 @@ def _install(
         write_marker_file(marker, final)
         os.unlink(incomplete)
     except BaseException as exc:
-        if pid:
-            import signal
+        _clean_up(pid, dest, work, made)
+        if isinstance(exc, Exception):
+            raise _Fallback from exc
+        raise
+    return doc
 
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+
+def _clean_up(pid: int, dest: str, work: str, made: bool) -> None:
+    """Stop uv and discard the new environment, as a failed new install is (its folder
+    renamed aside and removed, or emptied if it was given), with Ctrl-C and SIGTERM held
+    until it is done: a second one must not leave it half removed. Delivered after."""
+    import signal  # imported already (the entry point's handler): nothing to cut short
+
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        # Imported while uv installed, unless the failure came before: held signals
+        # cannot cut this import short either.
         import contextlib
         from pathlib import Path
 
         from ._installmarker import discard
 
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        # What is left if this fails is still marked incomplete: the next run makes it.
         with contextlib.suppress(OSError):
             discard(Path(dest), Path(work) / "discarded", keep_folder=not made)
-        if isinstance(exc, Exception):
-            raise _Fallback from exc
-        raise
-    return doc
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
 
 def _result(dest: str, python: str, template: dict[str, Any]) -> dict[str, Any]:
@@ -431,6 +473,10 @@ def _report(doc: dict[str, Any], as_json: bool) -> int:
         )
     try:
         print(text, flush=True)
-    except OSError:  # a closed pipe: the environment is made all the same
-        return 74  # EX_IOERR
+    except OSError as exc:  # a full disk, a closed pipe: the environment is made anyway
+        from .cli._common import reset_json
+        from .cli.main import os_error
+
+        reset_json(as_json)
+        return os_error(exc)  # said as the full path says it
     return 0

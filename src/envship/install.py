@@ -149,7 +149,9 @@ def _run(args: Sequence[str], *, what: str, keep_fds: Sequence[int] = ()) -> Non
         )
 
 
-def _resolve_python(python: str | None) -> str:
+def resolve_python(python: str | None) -> str:
+    """The base interpreter a new environment is made from, as its marker records it:
+    ``python`` (default: this one) found as ``shutil.which`` finds it, made absolute."""
     exe = python or sys.executable
     found = shutil.which(exe)
     # probe() reports a missing interpreter with a proper error; keep the name for it.
@@ -256,7 +258,7 @@ def _install_locked(
         dest,
         state,
         lock,
-        base=_resolve_python(python) if python else None,
+        base=resolve_python(python) if python else None,
         target=target,
         groups=groups,
         compile_bytecode=compile_bytecode,
@@ -297,7 +299,7 @@ def _install_locked(
         return result(chosen, lock.artifacts([chosen.name], groups=groups), "unchanged")
 
     # An update keeps the env's interpreter; a new env uses the requested (or our) one.
-    base_python = marker["python"]["base"] if marker and reuse else base or _resolve_python(None)
+    base_python = marker["python"]["base"] if marker and reuse else base or resolve_python(None)
     host = probe(env_python if reuse else base_python)
     chosen = match_target([lock.target(target)] if target else lock, host)
     artifacts = lock.artifacts([chosen.name], groups=groups)

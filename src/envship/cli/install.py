@@ -8,8 +8,8 @@ import click
 
 from .._envfiles import LINK_MODES
 from .._quickinstall import summary_text
-from .._quickplan import remember
-from ..install import InstallResult, LinkMode, install
+from .._quickplan import facts_before, remember
+from ..install import InstallResult, LinkMode, install, resolve_python
 from ..lockfile import LockFile
 from ..store import Store
 from ._common import (
@@ -80,6 +80,8 @@ def command(
     """
     lock = LockFile.load(lock_path)
     store = Store.at(store_dir)
+    # What the quick path's plan will be keyed by, taken before anything can change it.
+    facts = facts_before(lock_path, store_dir, resolve_python(python), target, groups)
     result = install(
         lock,
         store,
@@ -94,14 +96,7 @@ def command(
     )
     if result.action == "created":
         # The next new environment from this lock here starts uv at once (see there).
-        remember(
-            lock=lock_path,
-            store=store_dir,
-            store_root=store.root,
-            target=target,
-            groups=groups,
-            dest=result.dest,
-        )
+        remember(facts, store_root=store.root, dest=result.dest)
     if as_json:
         echo_json(result.to_json())
     else:

@@ -156,7 +156,7 @@ class _SystemError(EnvshipError):
     kind = "os-error"
 
 
-def _os_error(exc: OSError) -> int:
+def os_error(exc: OSError) -> int:
     """The last resort for an OSError no command turned into an error of its own: one
     message naming the path and the system's reason, exit 1, and with ``--json`` one
     document, never a traceback. A refused path (EACCES, EPERM: a folder another user
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"{ctx.command_path} --help" if ctx is not None else "envship --help"
         return _fail("usage", exc.format_message(), exc.exit_code, as_json=True, hint=hint)
     except OSError as exc:
-        return _os_error(exc)
+        return os_error(exc)
     except Exception as exc:  # a bug: no command turned it into an error of its own
         return _internal(exc, as_json=as_json)
     finally:
