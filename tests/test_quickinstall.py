@@ -639,13 +639,12 @@ def test_the_version_uv_wrote_is_read_from_pyvenv_cfg(tmp_path: Path) -> None:
     assert venv_version(str(tmp_path / "missing")) is None
 
 
-# Two interruptions: the first while the module holding the clean-up's discard is first
-# imported (uv is installing), the second while the clean-up imports it again (its
-# packaging import): held until the clean-up is done.
+# Two interruptions: the first while uv installs (hashlib is imported then), the second
+# while the clean-up imports what removes the environment: held until it is done.
 TWICE = """
 import importlib.abc, os, sys
 sys.argv = ["envship", *sys.argv[1:]]
-AT = ["envship._installmarker", "packaging.version"]
+AT = ["hashlib", "envship._installmarker"]
 
 class Interrupt(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
