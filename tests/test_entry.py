@@ -8,6 +8,8 @@ stop`` in the first tens of milliseconds lands.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +135,41 @@ def test_a_ctrl_c_while_the_entry_point_imports_signal_is_answered() -> None:
     )
     assert done.returncode == 130, done.stderr
     assert done.stderr == "interrupted before it started; nothing was done\n"
+
+
+def test_under_umask_000_nothing_is_made_that_others_may_write(tmp_path: Path) -> None:
+    """A venv made under umask 000 would be world-writable, which verify reports and no
+    remake mends: envship adds "others may not write" to the umask, keeping group write
+    (a folder shared by its group stays group-writable)."""
+    from test_install import build_wheels, stocked_store, write_lock
+
+    wheels = build_wheels(tmp_path / "dist")
+    picked = [wheels[k] for k in ("alpha", "beta", "tool")]
+    lock = write_lock(tmp_path / "pylock.toml", picked).path
+    stocked_store(tmp_path / "store", picked)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+
+    def envship(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", RUN, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            umask=0,
+            timeout=300,
+            check=False,
+        )
+
+    dest = tmp_path / "env"
+    assert envship("install", str(dest), "--lock", str(lock)).returncode == 0
+    checked = envship("verify", str(dest), "--lock", str(lock), "--full")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # uv makes its lock files 0666 whatever the umask (every user may take them); they
+    # hold no code.
+    paths = [p for p in [dest, *dest.rglob("*")] if not p.is_symlink() and p.name != ".lock"]
+    assert [p for p in paths if os.lstat(p).st_mode & stat.S_IWOTH] == []
+    # umask 000 less "others": group write stays.
+    assert any(os.lstat(p).st_mode & stat.S_IWGRP for p in paths)
+    # What install added to the store was written under the same umask.
+    store = list((tmp_path / "store").rglob("*"))
+    assert [p for p in store if os.lstat(p).st_mode & stat.S_IWOTH and p.name != ".lock"] == []

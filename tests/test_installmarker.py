@@ -277,3 +277,13 @@ def test_a_real_install_rebuilds_over_a_folder_at_the_marker(tmp_path: Path) -> 
     assert install(lock, store, env).action == "rebuilt"
     marker = load_marker(env)
     assert marker is not None and marker["lock"]["digest"] == lock.digest
+
+
+@pytest.mark.parametrize("mode", [0o4755, 0o666, 0o2777])
+def test_a_marker_is_written_0644_whatever_mode_the_old_one_had(tmp_path: Path, mode: int) -> None:
+    """A setuid or world-writable marker (``envship verify`` reports both) would outlive
+    every remake if a new marker kept the old one's mode, as write_atomic does."""
+    (tmp_path / MARKER_NAME).write_text("{}\n")
+    os.chmod(tmp_path / MARKER_NAME, mode)
+    write_marker(tmp_path, {"format": 1})
+    assert stat.S_IMODE((tmp_path / MARKER_NAME).stat().st_mode) == 0o644

@@ -14,9 +14,10 @@ the CLI runs.
 
 from __future__ import annotations
 
+import os
 import sys
 
-__all__ = ["main"]
+__all__ = ["closed_to_others", "main"]
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -24,7 +25,20 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def closed_to_others() -> int:
+    """Add "others may not write" to this process's umask; return the umask it had.
+
+    envship makes nothing others may write: under a umask of 000 a venv, a shared
+    version or a store entry would be world-writable, which ``envship verify`` reports
+    (anyone could put code into it) and no remake it hints at could mend. Group write
+    stays as the umask has it (umask 002, roots shared by a group at 2775)."""
+    old = os.umask(0o022)
+    os.umask(old | 0o002)
+    return old
+
+
 def main() -> int:
+    closed_to_others()
     try:
         import signal  # here: a Ctrl-C while it is imported is answered too
 

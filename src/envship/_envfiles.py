@@ -169,10 +169,11 @@ def record_digests(dest: str | os.PathLike[str], python: str | None = None) -> d
 def write_marker_file(path: str, data: dict[str, Any]) -> None:
     """Write a marker's JSON at ``path`` (where nothing but an old marker, a regular file,
     may be: :func:`envship._installmarker.write_marker` clears anything else first) in
-    one rename."""
+    one rename, 0644 whatever the old one's mode was (``write_atomic`` would keep it: a
+    setuid or world-writable marker would outlive every remake verify asks for)."""
     import json
     from pathlib import Path
 
     from ._atomic import write_atomic
 
-    write_atomic(Path(path), json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_atomic(Path(path), json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)

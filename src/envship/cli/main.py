@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from .._entry import closed_to_others
 from ..errors import EnvshipError, Problem
 from ._common import (
     echo_json,
@@ -258,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # since main() also runs inside other programs (the IPython magic, tests).
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    umask = closed_to_others()  # put back afterwards too (the IPython magic's kernel)
     try:
         cli.main(args=args, prog_name="envship", standalone_mode=False)
     except EnvshipError as exc:
@@ -279,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: no command turned it into an error of its own
         return _internal(exc, as_json=as_json)
     finally:
+        os.umask(umask)
         if on_main:
             signal.signal(signal.SIGTERM, previous)
     return 0
