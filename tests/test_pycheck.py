@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import marshal
+import os
+import shutil
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from envship._bytecode import compiler_for
 from envship._environment import InstalledEnvironment
+from envship._pycheck import Source, check_bytecode
 from envship.errors import SpecError
 from envship.install import install
 from envship.lockfile import LockFile
@@ -183,3 +188,47 @@ def test_a_removed_source_is_reported_once(env: tuple[LockFile, Path]) -> None:
     source.unlink()  # its cached .pyc stays; importlib never runs it without the source
     report = verify(lock, dest, bytecode=True)
     assert [(d.kind, d.path) for d in report.differences] == [("removed", str(source))]
+
+
+def _fifo(pyc: Path, outside: Path) -> str:
+    pyc.unlink()
+    os.mkfifo(pyc)
+    return "not a regular file (prw-r--r--)"
+
+
+def _link(pyc: Path, outside: Path) -> str:
+    copy = outside / pyc.name
+    shutil.copyfile(pyc, copy)
+    pyc.unlink()
+    pyc.symlink_to(copy)
+    return f"a link to {copy}"
+
+
+def _linked_cache(pyc: Path, outside: Path) -> str:
+    cache = pyc.parent
+    shutil.copytree(cache, outside / "cache")
+    shutil.rmtree(cache)
+    cache.symlink_to(outside / "cache")
+    return f"in {cache}, a link to {outside / 'cache'}"
+
+
+@pytest.mark.parametrize("change", [_fifo, _link, _linked_cache])
+def test_byte_code_that_is_no_regular_file_is_named_and_counted(
+    tmp_path: Path, env: tuple[LockFile, Path], change: Callable[[Path, Path], str]
+) -> None:
+    """Python follows a link and waits on a FIFO: the check names either, never opens
+    it (a FIFO would hang it) and never drops it from its count (auditor a11, H2)."""
+    _, dest = env
+    source = site(dest) / "beta" / "__init__.py"
+    pyc = source.parent / "__pycache__" / f"__init__.{TAG}.pyc"
+    assert pyc.is_file()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    reason = change(pyc, outside)
+    compiler = compiler_for(str(dest / "bin" / "python"))
+    assert compiler is not None
+    bad, count = check_bytecode([Source("beta", str(source))], compiler)
+    assert ([(b.name, b.pyc, b.source, b.reason) for b in bad], count) == (
+        [("beta", str(pyc), str(source), reason)],
+        1,
+    )

@@ -159,10 +159,11 @@ def test_text_and_json_name_the_group_apart_from_real_extras(
     assert "was not asked for" in data["hint"]
 
 
-def test_another_version_than_its_group_locks_is_a_plain_extra(
-    tmp_path: Path, grouped: Grouped
+def test_another_version_than_its_group_locks_names_that_group_and_version(
+    tmp_path: Path, grouped: Grouped, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """tool 2.0 where group dev locks 1.0: the lock does not hold what is installed."""
+    """tool 2.0 where group dev locks 1.0: not "not locked" (auditor a11, M8), but no
+    verify expects it either: the hint's install removes it."""
     dest = tmp_path / "env"
     install(grouped.lock, grouped.store, dest, groups=())
     tool2 = build_wheel(tmp_path / "dist2", "tool", "2.0")
@@ -172,10 +173,25 @@ def test_another_version_than_its_group_locks_is_a_plain_extra(
         check=True, capture_output=True,
     )  # fmt: skip
     report = verify(grouped.lock, dest, groups=(), store=grouped.store)
-    assert [(d.kind, d.name, d.actual, d.locked_in) for d in report.differences] == [
-        ("extra", "tool", "2.0", ())
+    assert [(d.kind, d.name, d.expected, d.actual, d.locked_in) for d in report.differences] == [
+        ("extra", "tool", "1.0", "2.0", ("dev",))
     ]
-    assert "was not asked for" not in (VerifyMismatchError(report).hint or "")
+    hint = VerifyMismatchError(report).hint or ""
+    assert "was not asked for" not in hint
+    site = next(dest.glob("lib/python*/site-packages"))
+    argv = ["verify", str(dest), "--lock", str(grouped.lock.path), "--no-groups"]
+    assert main(argv) == 1
+    out, _ = capsys.readouterr()
+    assert (
+        f"{TITLE} (1):\n  tool 2.0  {site / 'tool-2.0.dist-info'}  (locked at 1.0 in a group "
+        "not asked for (dev))\n"
+    ) in out
+    assert EXTRA_TITLE not in out
+    (reinstall,) = commands(hint)
+    assert reinstall[:2] == ["install", str(dest)]
+    proc = run_envship(reinstall)
+    assert proc.returncode == 0, proc.stderr
+    assert verify(grouped.lock, dest, groups=(), store=grouped.store).identical
 
 
 def test_an_image_verified_without_its_group_names_it(
@@ -214,3 +230,89 @@ def test_a_new_environment_for_one_envship_did_not_make_takes_the_groups_asked_f
     proc = run_envship([str(new) if a == "NEW_ENV" else a for a in new_env])
     assert proc.returncode == 0, proc.stderr
     assert verify(grouped.lock, new, groups=(), store=grouped.store).identical
+
+
+# -- overlapping groups, and the groups the environment was made with (auditor a11) ---------
+
+
+@dataclass(frozen=True)
+class Overlapping:
+    """six outside any group; a = idna, attrs; b = iniconfig, attrs; c = colorama."""
+
+    lock: LockFile
+    store: Store
+    wheels: dict[str, Path]
+
+
+@pytest.fixture
+def overlapping(tmp_path: Path) -> Overlapping:
+    dist = tmp_path / "dist"
+    names = ("six", "idna", "attrs", "iniconfig", "colorama")
+    wheels = {n: build_wheel(dist, n, "1.0") for n in names}
+    lock = write_lock(tmp_path / "pylock.toml", list(wheels.values()), groups={"c": ["colorama"]})
+    # write_lock puts a package in one group: attrs is in a and b, as uv writes it.
+    in_groups = {"idna": ("a",), "attrs": ("a", "b"), "iniconfig": ("b",)}
+    text = lock.path.read_text()
+    for name, groups in in_groups.items():
+        marker = " or ".join(f"'{g}' in dependency_groups" for g in groups)
+        text = text.replace(f'name = "{name}"\n', f'name = "{name}"\nmarker = "{marker}"\n')
+    text = text.replace('dependency-groups = [\n    "c",\n]', 'dependency-groups = ["a", "b", "c"]')
+    lock.path.write_text(text)
+    store = stocked_store(tmp_path / "store", list(wheels.values()))
+    return Overlapping(LockFile.load(lock.path), store, wheels)
+
+
+def test_the_hint_expects_the_groups_the_environment_was_made_with(
+    tmp_path: Path, overlapping: Overlapping
+) -> None:
+    """Made with a, verified with --no-groups: idna (a) and attrs (a, b) are extras. The
+    verify that expects them names a, as the install marker records it, not a and b
+    (that one would miss iniconfig): M2."""
+    assert set(overlapping.lock.groups) == {"a", "b", "c"}
+    dest = tmp_path / "env"
+    install(overlapping.lock, overlapping.store, dest, groups=["a"])
+    report = verify(overlapping.lock, dest, groups=(), store=overlapping.store)
+    assert [(d.kind, d.name, d.locked_in) for d in report.differences] == [
+        ("extra", "attrs", ("a", "b")),
+        ("extra", "idna", ("a",)),
+    ]
+    again, _ = commands(VerifyMismatchError(report).hint)
+    assert again == ["verify", str(dest), "--lock", str(overlapping.lock.path), "--group", "a"]
+    proc = run_envship(again)
+    assert proc.returncode == 0, (again, proc.stdout, proc.stderr)
+
+
+def test_without_a_marker_the_hint_expects_the_fewest_groups_that_hold_the_extras(
+    tmp_path: Path, overlapping: Overlapping
+) -> None:
+    """A venv envship did not make: a holds both extras, so a alone is expected."""
+    venv = Venv(tmp_path / "venv", tmp_path / "uv-cache")
+    venv.uv("venv", "--no-config", "--python", sys.executable, venv.root)
+    venv.install(*(overlapping.wheels[n] for n in ("six", "idna", "attrs")))
+    report = verify(overlapping.lock, venv.root, groups=(), store=overlapping.store)
+    again = commands(VerifyMismatchError(report).hint)[0]
+    assert again == ["verify", str(venv.root), "--lock", str(overlapping.lock.path), "--group", "a"]
+    proc = run_envship(again)
+    assert proc.returncode == 0, (again, proc.stdout, proc.stderr)
+
+
+def test_missing_groups_name_the_groups_the_environment_was_made_with(
+    tmp_path: Path, overlapping: Overlapping, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Made with a, verified with every group: iniconfig and colorama are missing; the
+    hint says the environment was made with --group a and gives that verify (M3), and
+    still the install that adds them."""
+    dest = tmp_path / "env"
+    install(overlapping.lock, overlapping.store, dest, groups=["a"])
+    report = verify(overlapping.lock, dest, store=overlapping.store)
+    assert [(d.kind, d.name) for d in report.differences] == [
+        ("missing", "colorama"),
+        ("missing", "iniconfig"),
+    ]
+    hint = VerifyMismatchError(report).hint or ""
+    assert "the environment was installed with --group a, as its install record says" in hint
+    made, install_all = commands(hint)
+    assert made == ["verify", str(dest), "--lock", str(overlapping.lock.path), "--group", "a"]
+    assert install_all[:2] == ["install", str(dest)]
+    proc = run_envship(made)
+    assert proc.returncode == 0, (made, proc.stdout, proc.stderr)

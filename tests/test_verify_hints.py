@@ -6,9 +6,11 @@ printed, it makes the environment identical again."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -192,3 +194,34 @@ def test_the_command_keeps_the_groups_verify_was_asked_for(
 
     finish(hint)
     assert verify(lock, dest, full=True, store=made.store, groups=groups).identical
+
+
+@pytest.mark.parametrize("link_mode", [None, "copy"], ids=["uv-default", "copy"])
+def test_a_change_to_a_hard_linked_file_is_said_to_be_in_uvs_cache_too(
+    tmp_path: Path,
+    made: Made,  # noqa: F811
+    link_mode: Literal["copy"] | None,
+) -> None:
+    """uv's default link mode hard-links each file to its cache: a chmod in the
+    environment is a chmod of the cached file, which a new install from that cache
+    links again (auditor a11, M4). The hint says so only where the file is a hard link."""
+    dest = tmp_path / "env"
+    install(made.lock, made.store, dest, link_mode=link_mode)
+    module = next(dest.glob("lib/python*/site-packages/beta/__init__.py"))
+    module.chmod(0o4644)
+    report = verify(made.lock, dest, store=made.store)
+    assert [(d.kind, d.path) for d in report.differences] == [("changed", str(module))]
+    hint = VerifyMismatchError(report).hint or ""
+
+    other = tmp_path / "other"  # a new environment, from the same uv cache
+    install(made.lock, made.store, other, link_mode=link_mode)
+    copy = next(other.glob("lib/python*/site-packages/beta/__init__.py"))
+    in_cache = bool(copy.stat().st_mode & stat.S_ISUID)
+    assert in_cache == (link_mode is None)
+    said = (
+        f"{module} is a hard link (2 names): installed with uv's default link mode, its files "
+        "are linked to uv's cache, so the change is in the cache too"
+    )
+    assert (said in hint) == in_cache, hint
+    finish(hint)  # the remedy the hint gives still makes this one identical
+    assert verify(made.lock, dest, store=made.store).identical

@@ -75,7 +75,38 @@ def _open_folder_outside(w: LayerWriter, built: LayerView) -> Found:
     return []
 
 
+def _setuid_in_site_packages_cache(w: LayerWriter, built: LayerView) -> Found:
+    """Only regular .pyc files belong in a byte-code cache (auditor a11, H1)."""
+    w.add_file(f"{VENV_SITE}/__pycache__/sh", b"#!/bin/sh\n", mode=0o4755)
+    setuid = "a file, mode -rwsr-xr-x: runs with its owner's or group's rights"
+    return [("unowned", "__pycache__/sh", f"/{VENV_SITE}/__pycache__/sh", None, setuid)]
+
+
+def _byte_code_linked_out(w: LayerWriter, built: LayerView) -> Found:
+    """Python follows the link (H2)."""
+    w.add_file("tmp/x.pyc", b"\0" * 16, mode=0o666)
+    w.add_symlink(PYC, "/tmp/x.pyc")
+    return [("added", "alpha", f"/{PYC}", None, "a link to /tmp/x.pyc, not in RECORD")]
+
+
+def _cache_folder_linked_out(w: LayerWriter, built: LayerView) -> Found:
+    w.add_symlink(f"{VENV_SITE}/alpha/__pycache__", "/tmp")
+    cache = f"/{VENV_SITE}/alpha/__pycache__"
+    return [("added", "alpha", cache, None, "a link to /tmp, not in RECORD")]
+
+
+def _folder_link_in_a_package(w: LayerWriter, built: LayerView) -> Found:
+    """``import alpha.sub.x`` runs what is in /tmp (H3)."""
+    w.add_symlink(f"{VENV_SITE}/alpha/sub", "/tmp")
+    sub = f"/{VENV_SITE}/alpha/sub"
+    return [("added", "alpha", sub, None, "a link to /tmp, not in RECORD")]
+
+
 CHANGES = [
+    _setuid_in_site_packages_cache,
+    _byte_code_linked_out,
+    _cache_folder_linked_out,
+    _folder_link_in_a_package,
     _setuid_module,
     _setgid_script,
     _setgid_byte_code,
@@ -102,6 +133,24 @@ def test_a_layer_that_sets_a_mode_no_installer_gives_differs(
     found = [(d.kind, d.name, d.path, d.expected, d.actual) for d in report.differences]
     assert found == expected
     assert report.identical == (not expected)
+
+
+def test_byte_code_linked_out_is_named_by_full_and_bytecode_once(
+    tmp_path: Path, slim_sample: tuple[Setup, BuiltImage, str]
+) -> None:
+    """The byte-code check counts the linked .pyc and never opens it: one difference."""
+    setup, _, ref = slim_sample
+    image = OciLayout.open(Path(ref.split(":")[1])).image("slim")
+    expected: Found = []
+    built = LayerView(list(image.layer_paths))
+    derived = derive(
+        ref, tmp_path / "derived", lambda w: expected.extend(_byte_code_linked_out(w, built))
+    )
+    report = verify_image(
+        setup.lock, open_image(derived, setup.store), store=setup.store, full=True, bytecode=True
+    )
+    found = [(d.kind, d.name, d.path, d.expected, d.actual) for d in report.differences]
+    assert (found, report.checked_bytecode) == (expected, 1)
 
 
 def test_the_image_as_built_is_identical_and_the_json_names_the_mode(

@@ -401,7 +401,7 @@ def test_the_hint_of_an_env_envship_did_not_make_takes_the_bits_back(
     hint = VerifyMismatchError(report).hint or ""
     opened = " ".join(map(str, (venv.root, venv.site, venv.site / "beta")))
     assert (
-        f"`chmod o-w {opened}` and `chmod ug-s {venv.site / 'beta' / '__init__.py'}` takes "
+        f"`chmod o-w {opened}` and `chmod ug-s {venv.site / 'beta' / '__init__.py'}` take "
         "those bits back"
     ) in hint
     run_hint(hint)

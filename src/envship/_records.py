@@ -5,9 +5,11 @@ urlsafe base64, no padding) lists every file its installer wrote, with hash and 
 Quick mode stats every listed file (missing -> ``removed``, size differs ->
 ``changed``); ``full`` also hashes it, which is what catches a same-size edit. Both
 walk the distributions' top-level package folders and ``.dist-info`` folders for files
-no RECORD lists (``added``). The same ``lstat`` checks what installers make: a regular
-file (a symbolic link only where uv was asked for them, ``--link-mode symlink``; a folder
-on the way that is a link is found by :func:`linked_folders`), executable where the wheel
+no RECORD lists (``added``): links (to a folder too, never followed), FIFOs and device
+nodes as well, and in a ``__pycache__`` anything but a regular ``.pyc`` (:func:`unlisted`).
+The same ``lstat`` checks what installers make: a regular file (a symbolic link only
+where uv was asked for them, ``--link-mode symlink``; a folder on the way that is a link
+is found by :func:`linked_folders`), executable where the wheel
 or the installer made it so, without the setuid or setgid bit (no installer keeps them:
 :mod:`envship._verifymodes`), and not writable by others (anyone on the machine could
 change the code; group-writable files are common under a umask of 002, so they are only
@@ -31,7 +33,7 @@ import io
 import os
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import Distribution, FileHash
@@ -40,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from packaging.utils import canonicalize_name
 
 from ._difference import Difference
-from ._verifymodes import setid_difference
+from ._verifymodes import scan, setid_difference
 
 __all__ = [
     "CHUNK",
@@ -50,13 +52,17 @@ __all__ = [
     "added_files",
     "check_all",
     "decode_record_hash",
+    "describe",
     "encode_record_hash",
     "hash_file",
     "installed",
     "linked_folders",
     "record_differences",
+    "scan",
+    "unlisted",
 ]
 
+_CACHE = "__pycache__"
 CHUNK = 1 << 20  # read files in 1 MiB chunks: hashlib releases the GIL on large updates
 _BUFFERS = threading.local()
 
@@ -345,13 +351,60 @@ def added_files(
             # linked_folders reports the link; what it points at is not the environment's
             # (in an unpacked image it may be this machine's /etc), so it is not walked.
             continue
-        for dirpath, _dirs, filenames in os.walk(top):
-            in_cache = os.path.basename(dirpath) == "__pycache__"
-            for fn in filenames:
-                path = os.path.join(dirpath, fn)
-                if path not in known and not (in_cache and fn.endswith(".pyc")):
-                    diffs.append(Difference("added", ", ".join(names), path, None, "not in RECORD"))
+        name = ", ".join(names)
+        for path, actual in unlisted(top, known):
+            diffs.append(Difference("added", name, path, None, actual))
     return diffs
+
+
+def describe(entry: os.DirEntry[str]) -> str:
+    """What a file no RECORD lists is, for an ``added`` or ``unowned`` difference's
+    ``actual``: a link names its target (never followed), a FIFO or device node its kind,
+    and a setuid or setgid file says so (no installer makes one). Only such a file costs
+    an ``lstat``: ``d_type`` tells the rest."""
+    if entry.is_symlink():
+        try:
+            return f"a link to {os.readlink(entry.path)}"
+        except OSError as exc:
+            return f"a link ({exc})"
+    if entry.is_dir(follow_symlinks=False):
+        return "a folder"
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return "a file"
+    if not stat.S_ISREG(mode):
+        return _kind(mode)
+    if mode & (stat.S_ISUID | stat.S_ISGID):
+        return f"a file, mode {stat.filemode(mode)}: runs with its owner's or group's rights"
+    return "a file"
+
+
+def unlisted(top: str, known: Collection[str]) -> Iterator[tuple[str, str]]:
+    """``(path, actual)`` of each entry under the folder ``top`` that is not in ``known``
+    and not a folder: files, links (a link to a folder too, which ``os.walk`` would list
+    among the folders and never report: ``import pkg.sub.mod`` runs what it points at),
+    FIFOs and device nodes. Links are never followed. In a ``__pycache__`` folder only a
+    regular ``.pyc`` file is expected (RECORD leaves byte-code out; ``verify --bytecode``
+    compares it with its source); anything else there is reported, a folder named
+    ``__pycache__`` that is a link too. One ``scandir`` per folder; a folder this user
+    may not read is a :class:`~envship.errors.PermissionDeniedError`, never a pass."""
+    folders = [top]
+    while folders:
+        folder = folders.pop()
+        listing = scan(folder)
+        in_cache = os.path.basename(folder) == _CACHE
+        for entry in listing:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+                continue
+            path = entry.path
+            if path in known:
+                continue
+            if in_cache and entry.name.endswith(".pyc") and entry.is_file(follow_symlinks=False):
+                continue
+            actual = describe(entry)
+            yield path, "not in RECORD" if actual == "a file" else f"{actual}, not in RECORD"
 
 
 #: What a RECORD must list (PEP 376: every installed file, itself included), beyond the
@@ -360,7 +413,7 @@ _ALWAYS = ("RECORD", "METADATA", "WHEEL")
 
 
 def _files_in(folder: Path) -> set[str]:
-    return {os.path.join(d, f) for d, _dirs, files in os.walk(folder) for f in files}
+    return {path for path, _ in unlisted(str(folder), ())}  # links to folders too
 
 
 def _named(paths: list[str], site: Path, limit: int = 5) -> str:

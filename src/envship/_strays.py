@@ -9,8 +9,10 @@ no lock vouches for. Each top-level entry of each checked site-packages folder m
   distribution: missing, extra, version, its RECORD),
 * the first part of a path some installed distribution's RECORD lists (PEP 376: every
   file an installer wrote is listed; a folder is claimed by the files in it),
-* a ``__pycache__`` (byte-code of top-level modules: RECORD leaves it out, and a cached
-  ``.pyc`` only ever runs in place of its source, which ``verify --bytecode`` checks),
+* a ``__pycache__`` folder (byte-code of top-level modules: RECORD leaves it out, and a
+  cached ``.pyc`` only ever runs in place of its source, which ``verify --bytecode``
+  checks) holding regular ``.pyc`` files only: anything else in it, and a
+  ``__pycache__`` that is a link, is unowned, as in every cache of the venv,
 * or a file the venv's creation wrote: the install marker's ``venv_files``
   (env-relative POSIX path -> hex sha256), every one of which is hashed in every mode
   (they are tiny, and a ``.pth`` among them runs at every start). Without that record
@@ -63,6 +65,7 @@ from ._environment import InstalledEnvironment, read_venv_config
 from ._envroot import USED_NAME
 from ._halfmade import remake
 from ._installmarker import FILES_KEY, INCOMPLETE_NAME, LINKS_KEY, MARKER_NAME
+from ._records import describe, scan
 
 __all__ = ["VENV_CREATION", "site_differences"]
 
@@ -78,6 +81,8 @@ _PTH_NOTE = (
     "to the import path"
 )
 _SYSTEM_SITE = "include-system-site-packages"
+_CACHE = "__pycache__"
+_CACHE_NOTE = "in a byte-code cache, where Python writes only regular .pyc files"
 # At the venv's top: envship's marker, incomplete marker and use stamp, and the file uv
 # flocks while it installs into the venv (``.lock``); none is read as code or config.
 _BOOKKEEPING = frozenset({MARKER_NAME, INCOMPLETE_NAME, USED_NAME, ".lock"})
@@ -268,29 +273,38 @@ def _venv_files(
     return accepted, False, diffs, notes
 
 
-def _what(entry: os.DirEntry[str]) -> str:
-    if entry.is_symlink():
-        return f"a link to {os.readlink(entry.path)}"
-    return "a folder" if entry.is_dir() else "a file"
-
-
 def _walk(root: str, skip: set[str]) -> Iterator[os.DirEntry[str]]:
     """Every file and link under ``root`` (links not followed), but none in ``skip``'s
-    folders (site-packages, checked entry by entry) or in a ``__pycache__``: a cached
-    ``.pyc`` there runs only in place of a source beside its folder, which is checked."""
+    folders (site-packages, checked entry by entry) and no regular ``.pyc`` file in a
+    ``__pycache__``: that one runs only in place of a source beside its folder, which is
+    checked; anything else there (another file, a link, a FIFO) is reported. A folder this
+    user may not read stops the check (:func:`envship._records.scan`)."""
     folders = [root]
     while folders:
-        try:
-            with os.scandir(folders.pop()) as it:
-                entries = list(it)
-        except OSError:
-            continue  # unreadable to us: nothing to say about what is in it
-        for entry in entries:
+        folder = folders.pop()
+        in_cache = os.path.basename(folder) == _CACHE
+        for entry in scan(folder):
             if entry.is_dir(follow_symlinks=False):
-                if entry.path not in skip and entry.name != "__pycache__":
+                if entry.path not in skip:
                     folders.append(entry.path)
-            else:
+            elif not (in_cache and _is_pyc(entry)):
                 yield entry
+
+
+def _is_pyc(entry: os.DirEntry[str]) -> bool:
+    """A regular ``.pyc`` file (``d_type``: no ``stat``), as Python writes its cache."""
+    return entry.name.endswith(".pyc") and entry.is_file(follow_symlinks=False)
+
+
+def _site_cache(site: str, cache: os.DirEntry[str], claimed: set[str]) -> Iterator[Difference]:
+    """What is in a site-packages folder's own ``__pycache__`` (the byte-code of its
+    top-level modules) besides regular ``.pyc`` files: each file, link or special file
+    (in a folder inside it too) is unowned."""
+    for entry in _walk(cache.path, set()):
+        if entry.path in claimed:
+            continue
+        rel = os.path.relpath(entry.path, site).replace(os.sep, "/")
+        yield Difference("unowned", rel, entry.path, None, describe(entry), _CACHE_NOTE)
 
 
 def _by_name(rel: str) -> bool:
@@ -371,9 +385,10 @@ def _outside(
                 unchecked.append(rel)
             continue
         executable = entry.is_file(follow_symlinks=False) and os.access(path, os.X_OK)
-        diffs.append(
-            Difference("unowned", rel, path, None, _what(entry), _venv_note(rel, executable))
-        )
+        note = _venv_note(rel, executable)
+        if os.path.basename(os.path.dirname(path)) == _CACHE:
+            note = _CACHE_NOTE
+        diffs.append(Difference("unowned", rel, path, None, describe(entry), note))
     notes = []
     if unchecked:
         notes.append(
@@ -425,6 +440,7 @@ def site_differences(
     """
     sites = [os.path.normpath(s) for s in environment.site_packages]
     paths = list(claimed)
+    known = set(paths)
     tops: set[str] = set()
     for site in sites:  # a set comprehension: ~15k RECORD lines in a data-science env
         prefix = site + os.sep
@@ -446,7 +462,12 @@ def site_differences(
         except OSError:
             continue  # gone or unreadable: its distributions are reported missing
         for entry in entries:
-            if entry.name == "__pycache__" or entry.path in tops or entry.path in accepted:
+            if entry.name == _CACHE and entry.is_dir(follow_symlinks=False):
+                # RECORD leaves the byte-code of top-level modules out (pip lists it
+                # without a hash): a regular .pyc there only runs in place of its source.
+                diffs.extend(_site_cache(site, entry, known))
+                continue
+            if entry.path in tops or entry.path in accepted:
                 continue
             if (
                 entry.name == ".lock"
@@ -458,10 +479,12 @@ def site_differences(
                     diffs.append(diff)
                 continue
             diffs.append(
-                Difference("unowned", entry.name, entry.path, None, _what(entry), _note(entry.name))
+                Difference(
+                    "unowned", entry.name, entry.path, None, describe(entry), _note(entry.name)
+                )
             )
     if environment.venv is not None:  # a bare site-packages folder: verify's note says so
-        found, more = _outside(environment.venv, sites, set(paths), accepted, whole)
+        found, more = _outside(environment.venv, sites, known, accepted, whole)
         diffs += found
         notes += more
     return diffs, notes

@@ -14,34 +14,43 @@ environment
 The group bits are neither: under a umask of ``002`` folders are ``775``, and a shared
 root's are ``2775`` (setgid, so versions keep the root's group, :mod:`envship.envs`);
 a setgid *folder* is no difference, and neither is the sticky bit on a folder others
-cannot write. Symbolic links have no mode of their own and are never followed. An
+cannot write, nor a folder others may write but not search (``0776``: adding an entry
+takes both, path_resolution(7)). Symbolic links have no mode of their own and are never followed. An
 image's environment is read from its layers unpacked with their modes
 (:func:`envship.layerfs.read_layer`), so the same walk reads the modes the layers set.
 
 Every file a RECORD lists is already ``lstat``-ed by :mod:`envship._records`, which asks
 :func:`setid_difference` about it. :func:`mode_differences` walks the rest: one
 ``scandir`` per folder and one ``lstat`` per folder and per file no RECORD lists, except
-the byte-code in ``__pycache__`` folders, which only ``full`` reads. Measured on the
-data-science set (15.6k files, 1,907 folders): the walk takes about 30 ms, against about
-0.7 s for the whole quick check; compiled (6,289 cached ``.pyc`` files), ``full`` reading
-them takes about 25 ms more. A ``.pyc`` anyone may write is a change there too: Python
-runs it in place of its source.
+the byte-code in ``__pycache__`` folders, whose modes only ``full`` (and ``verify
+--bytecode``, which reads every ``.pyc`` anyway) reads: what else is in a cache (a
+program, a link, a FIFO, a device node) is an added or unowned file in every mode, which
+the walks of :func:`envship._records.unlisted` and :mod:`envship._strays` name (they
+list every cache: Python writes only regular ``.pyc`` files there, told by ``d_type``
+without a ``stat``). Measured on the data-science set (15.6k files, 1,907 folders): the
+walk takes about 30 ms, against about 0.7 s for the whole quick check; compiled (6,289
+cached ``.pyc`` files), ``full`` reading them takes about 25 ms more. A ``.pyc`` anyone
+may write is a change there too: Python runs it in place of its source. A folder this
+user may not read stops the check with a permission error naming it (:func:`scan`):
+nothing in it can be vouched for.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._denied import denied
 from ._difference import Difference
 
 if TYPE_CHECKING:
     from ._records import Entry
 
-__all__ = ["OPEN_EXPECTED", "SETID_EXPECTED", "mode_differences", "setid_difference"]
+__all__ = ["OPEN_EXPECTED", "SETID_EXPECTED", "mode_differences", "scan", "setid_difference"]
 
 #: The ``expected`` of a difference in a file's setuid or setgid bit, and in a folder (or
 #: byte-code) others may write (as :mod:`envship._records` says of an installed file).
@@ -56,6 +65,14 @@ _FOLDER_NOTE = (
     "anyone on this machine can add a module or a .pth file here, which every process "
     "that imports from it runs"
 )
+_BIN_NOTE = (
+    "anyone on this machine can add a program here, which runs in place of the command of "
+    "its name while the environment is activated (bin/ is first on PATH)"
+)
+_TOP_NOTE = (
+    "anyone on this machine can add files here or replace the ones there (pyvenv.cfg, "
+    "which Python reads at every start of the environment)"
+)
 _PYC_NOTE = "anyone on this machine can change it, and Python runs it in place of its source"
 _CACHE = "__pycache__"
 
@@ -68,6 +85,30 @@ def setid_difference(name: str, path: str, mode: int) -> Difference | None:
         "changed", name, path, SETID_EXPECTED, f"mode {stat.filemode(mode)}",
         _SETID_NOTE,
     )  # fmt: skip
+
+
+def scan(folder: str) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` (none when it is gone); a folder this user may not read
+    stops the check with the error naming it: what is in it cannot be vouched for."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # gone, or a file now: the walk that listed it names what is there
+    except PermissionError:
+        raise denied(
+            f"{folder}, a folder of the environment verify checks,",
+            folder,
+            hint=f"verify as a user who can read it (its owner, root), or ask its owner to make "
+            f"it readable: chmod -R a+rX {shlex.quote(folder)}; until then nothing in it can "
+            "be vouched for",
+        ) from None
+
+
+def _open(mode: int) -> bool:
+    """A folder others may add entries to: writing into a folder takes search permission
+    too (path_resolution(7)), so a ``0776`` one is closed to them."""
+    return mode & (stat.S_IWOTH | stat.S_IXOTH) == stat.S_IWOTH | stat.S_IXOTH
 
 
 def _open_difference(name: str, path: str, mode: int, note: str) -> Difference:
@@ -97,6 +138,7 @@ def mode_differences(
     """
     bad: list[tuple[str, int, bool]] = []  # path, mode, is a folder
     tops = [os.path.normpath(r) for r in roots]
+    venv = not {os.path.normpath(s) for s in sites} >= set(tops)  # else site-packages alone
     folders: list[str] = []
     for top in dict.fromkeys(tops):
         if top in skip:
@@ -107,30 +149,29 @@ def mode_differences(
             continue  # gone or unreadable: what is missing is named elsewhere
         if stat.S_ISDIR(mode):
             folders.append(top)
-            if mode & stat.S_IWOTH:
+            if _open(mode):
                 bad.append((top, mode, True))
     while folders:
         folder = folders.pop()
         in_cache = os.path.basename(folder) == _CACHE
-        try:
-            with os.scandir(folder) as it:
-                listing = list(it)
-        except OSError:
-            continue  # unreadable to us: nothing to say about what is in it
-        for entry in listing:
+        for entry in scan(folder):
             path = entry.path
             if path in skip or path in checked:
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
                     mode = entry.stat(follow_symlinks=False).st_mode
-                    if mode & stat.S_IWOTH:
+                    if _open(mode):
                         bad.append((path, mode, True))
+                    # Cached byte-code is one file per module (6,289 in the data-science
+                    # set): its modes only in ``full`` mode. Whatever else is in a cache
+                    # (a program, a link, a FIFO) is an added or unowned file, named by
+                    # those walks (:func:`envship._records.unlisted`), in every mode.
                     if full or entry.name != _CACHE:
                         folders.append(path)
-                elif not entry.is_symlink():
+                elif entry.is_file(follow_symlinks=False):
                     mode = entry.stat(follow_symlinks=False).st_mode
-                    if stat.S_ISREG(mode) and (mode & _SETID or (in_cache and mode & stat.S_IWOTH)):
+                    if mode & _SETID or (in_cache and mode & stat.S_IWOTH):
                         bad.append((path, mode, False))
             except OSError:
                 continue  # gone meanwhile
@@ -138,12 +179,14 @@ def mode_differences(
         return []
     owner = _Owners(tops, [os.path.normpath(s) for s in sites], owners, nobody)
     diffs: list[Difference] = []
+    bins = {os.path.join(t, "bin") for t in tops} if venv else set()
     for path, mode, is_dir in sorted(bad):
         if is_dir:
-            diffs.append(_open_difference(owner.of_folder(path), path, mode, _FOLDER_NOTE))
+            note = _BIN_NOTE if path in bins else _TOP_NOTE if venv and path in tops else None
+            diffs.append(_open_difference(owner.of_folder(path), path, mode, note or _FOLDER_NOTE))
         elif os.path.basename(os.path.dirname(path)) == _CACHE:
             # Byte-code is its source's distribution's.
-            name = owner.of_folder(os.path.dirname(path))
+            name = owner.of_bytecode(path)
             diffs.append(
                 setid_difference(name, path, mode) or _open_difference(name, path, mode, _PYC_NOTE)
             )
@@ -171,11 +214,21 @@ class _Owners:
                     folder = os.path.dirname(folder)
         inside = tuple(t + os.sep for t in tops)
         self.names: dict[str, set[str]] = {}
+        self.files: dict[str, str] = {}
         for e in entries:
+            self.files[e.path] = e.name
             folder = os.path.dirname(e.path)
             while folder.startswith(inside) and folder not in self.shared:
                 self.names.setdefault(folder, set()).add(e.name)
                 folder = os.path.dirname(folder)
+
+    def of_bytecode(self, pyc: str) -> str:
+        """The distribution of the source ``NAME.py`` beside the ``__pycache__`` that
+        holds ``NAME.TAG[.opt-N].pyc`` (a top-level module's is in site-packages' own
+        cache, which no distribution's folder holds); else its folder's."""
+        cache, filename = os.path.split(pyc)
+        source = os.path.join(os.path.dirname(cache), filename.partition(".")[0] + ".py")
+        return self.files.get(source) or self.of_folder(cache)
 
     def of_folder(self, folder: str) -> str:
         while folder not in self.shared:

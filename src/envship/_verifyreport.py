@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from ._difference import Difference, DifferenceKind
 from ._environment import InstalledEnvironment
 from ._halfmade import base_option, remake
+from ._strays import VENV_CREATION
 from ._verifymodes import OPEN_EXPECTED, SETID_EXPECTED
 from .errors import EnvshipError
 from .targets import Target
@@ -100,7 +102,12 @@ def _hint(report: VerifyReport) -> str | None:
     if added:
         it = "them" if len(added) > 1 else "it"
         hints.append(f"{', '.join(added)} came from `envship add`: `envship lock` takes {it} in")
-    if unasked := [d for d in report.differences if d.kind == "extra" and d.locked_in]:
+    # An extra its group locks at another version (``expected``) is no verify's to expect:
+    # the install that returns the environment to the lock removes it.
+    unasked = [
+        d for d in report.differences if d.kind == "extra" and d.locked_in and d.expected is None
+    ]
+    if unasked:
         hints.append(_unasked_hint(report, unasked))
     kinds = {d.kind for d in report.differences}
     if "unowned" in kinds:
@@ -112,9 +119,13 @@ def _hint(report: VerifyReport) -> str | None:
         hints.append(hint)
     if "config" in kinds:
         hints.append(_config_hint(report))
+    if not unasked and (made := _made_hint(report, kinds)) is not None:
+        hints.append(made)
     again = _remake(report, kinds) if report.remedy is None else None
     if again is not None:
         hints.append(again)
+        if (linked := _linked_hint(report)) is not None:
+            hints.append(linked)
     if report.image is None and (modes := _modes_hint(report, again)) is not None:
         hints.append(modes)
     if not report.full:
@@ -127,7 +138,7 @@ def _unasked_hint(report: VerifyReport, unasked: list[Difference]) -> str:
     (the groups asked and theirs), or an install without them (the remedy that follows,
     with the groups verify was asked for)."""
     groups = sorted({g for d in unasked for g in d.locked_in})
-    wanted = sorted({*report.groups, *groups})
+    wanted = _expecting(report, unasked)
     lock = shlex.quote(os.path.abspath(report.lock))
     if report.image is not None:
         where = f"--image {shlex.quote(report.image)}"
@@ -147,6 +158,86 @@ def _unasked_hint(report: VerifyReport, unasked: list[Difference]) -> str:
         f"for: `{command}` expects {it}, or install the lock without "
         f"{'them' if len(groups) > 1 else 'it'} to drop {it}"
     )
+
+
+def made_with(report: VerifyReport) -> tuple[str, ...] | None:
+    """The dependency groups the environment was installed with, as its install marker
+    records them (None: no marker, or groups the lock does not have)."""
+    marker = report.environment.marker() if report.image is None else None
+    recorded = marker.get("groups") if marker is not None else None
+    if not isinstance(recorded, list) or not all(isinstance(g, str) for g in recorded):
+        return None
+    if not set(recorded) <= set(report.lock_groups):
+        return None
+    return tuple(sorted(recorded))
+
+
+def _expecting(report: VerifyReport, unasked: list[Difference]) -> list[str]:
+    """The groups a verify that expects the ``unasked`` extras names: those the
+    environment was installed with, when they hold every one (then that verify checks it
+    as made); else the groups asked and the fewest that hold them all (a group more
+    expects more that may not be there: attrs in a and b, idna in a, asks for a only)."""
+    made = made_with(report)
+    if made is not None and all(set(d.locked_in) & set(made) for d in unasked):
+        return list(made)
+    left = [set(d.locked_in) for d in unasked if not set(d.locked_in) & set(report.groups)]
+    cover: set[str] = set()
+    while left:
+        counts: dict[str, int] = {}
+        for held in left:
+            for g in held:
+                counts[g] = counts.get(g, 0) + 1
+        best = min(counts, key=lambda g: (-counts[g], g))
+        cover.add(best)
+        left = [held for held in left if best not in held]
+    return sorted({*report.groups, *cover})
+
+
+def _made_hint(report: VerifyReport, kinds: set[DifferenceKind]) -> str | None:
+    """Missing or extra distributions in an environment installed with other groups than
+    verify was asked for: the verify that checks it as it was made."""
+    made = made_with(report)
+    if made is None or set(made) == set(report.groups) or not kinds & {"missing", "extra"}:
+        return None
+    lock = shlex.quote(os.path.abspath(report.lock))
+    where = shlex.quote(os.path.abspath(report.environment.root))
+    every = set(made) >= set(report.lock_groups)
+    options = (
+        "" if every else "".join(f" --group {shlex.quote(g)}" for g in made) or (" --no-groups")
+    )
+    options += " --full" if report.full else ""
+    said = "".join(f" --group {g}" for g in made) or " --no-groups"
+    if every:
+        said = " every group of the lock"
+    return (
+        f"the environment was installed with{said}, as its install record says: "
+        f"`envship verify {where} --lock {lock}{options}{report.asked_store}` checks it as made"
+    )
+
+
+def _linked_hint(report: VerifyReport) -> str | None:
+    """A changed file that is a hard link (uv's default link mode links each file to
+    its cache): a chmod or an edit in place changed uv's cached copy too, which a new
+    environment installed from that cache links again (the reinstall the remedy gives
+    makes this one from a cache of its own: seen clean)."""
+    if report.image is not None:
+        return None
+    for d in report.differences:
+        if d.kind != "changed" or d.name == VENV_CREATION:
+            continue
+        try:
+            st = os.lstat(d.path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return (
+                f"{d.path} is a hard link ({st.st_nlink} names): installed with uv's default "
+                "link mode, its files are linked to uv's cache, so the change is in the "
+                "cache too and another environment installed from that cache gets it; clean "
+                "the cache (uv cache clean, with the UV_CACHE_DIR the install used), or "
+                "install with --link-mode copy"
+            )
+    return None
 
 
 def _modes_hint(report: VerifyReport, again: str | None) -> str | None:
@@ -171,6 +262,8 @@ def _modes_hint(report: VerifyReport, again: str | None) -> str | None:
     if not commands:
         return None
     what = "closes the environment's own folder" if in_place else "takes those bits back"
+    if len(commands) > 1:  # both commands: "take"
+        what = what.replace("takes", "take")
     return f"{' and '.join(commands)} {what}, then verify again"
 
 

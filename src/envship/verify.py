@@ -22,11 +22,14 @@ lacks) the installed RECORD is all there is, and the report's notes say so.
 Quick mode (the default) stats every RECORD-listed file (missing -> ``removed``, size
 differs -> ``changed``; a symbolic link, a lost executable bit, a setuid or setgid bit
 or a file others can write -> ``changed``) and walks the distributions' top-level
-package folders and ``.dist-info`` folders for files no RECORD lists (``added``). Modes
-no installer gives anywhere else in the environment, a folder others can write into or a
-setuid or setgid file, are ``changed`` too (:mod:`envship._verifymodes`; the byte-code
-in ``__pycache__`` only in ``full`` mode). ``full`` also hashes every listed file, which
-is what catches a same-size edit. Byte-code under ``__pycache__`` is not in that
+package folders and ``.dist-info`` folders for files no RECORD lists (``added``; a link,
+to a folder too, a FIFO or device node, and in a ``__pycache__`` anything but a regular
+``.pyc``). Modes no installer gives anywhere else in the environment, a folder others
+can write into or a setuid or setgid file, are ``changed`` too
+(:mod:`envship._verifymodes`; the byte-code's in ``__pycache__`` only in ``full`` or
+``bytecode`` mode). A folder this user may not read is a
+:class:`~envship.errors.PermissionDeniedError`. ``full`` also hashes every listed file,
+which is what catches a same-size edit. Byte-code under ``__pycache__`` is not in that
 comparison: installers (pip lists it in RECORD without a hash) or Python itself may
 (re)compile it at any time. ``bytecode`` compares it with what its source compiles to
 instead (:mod:`envship._pycheck`). Entries without a hash (``RECORD`` itself) are
@@ -34,13 +37,14 @@ checked for existence and size only; a RECORD that is there but empty, unreadabl
 short of a line its installer writes is itself ``changed`` (the files the locked wheel
 vouches for are still checked, and claimed). Anything installed but not locked is
 ``extra`` -- pip, setuptools and wheel too; one the lock holds in a dependency group
-verify was not asked for is an ``extra`` that names the group (``locked_in``);
-``ignore`` names distributions to leave out of the comparison entirely (uv-created venvs
-have no pip, the normal case). A distribution at the wrong version is reported once, as
-``version``, and its files are not checked. A second metadata folder of a locked name is
-a ``duplicate``; the one at the locked version (spelled as the locked wheel spells it,
-if several) is checked. Every difference names its distribution by the normalized name
-(PEP 503), however the lock or the metadata folder spells it.
+verify was not asked for is an ``extra`` that names the group (``locked_in``; and, as
+``expected``, the version it locks there when another is installed); ``ignore`` names
+distributions to leave out of the comparison entirely (uv-created venvs have no pip, the
+normal case). A distribution at the wrong version is reported once, as ``version``, and
+its files are not checked. A second metadata folder of a locked name is a ``duplicate``;
+the one at the locked version (spelled as the locked wheel spells it, if several) is
+checked. Every difference names its distribution by the normalized name (PEP 503),
+however the lock or the metadata folder spells it.
 
 A run of ``envship install`` or ``envship add`` marks the environment with
 ``.envship-incomplete`` before it changes anything and removes the mark only once the
@@ -155,12 +159,17 @@ def _distributions(
         if want is None:  # not locked
             for inst in group:
                 note = added.get((inst.key, inst.version))
-                locked_in = sorted(
-                    {g for v, g in unasked.get(key, ()) if _same_version(v, inst.version)}
-                )
+                held = unasked.get(key, [])
+                locked_in = sorted({g for v, g in held if _same_version(v, inst.version)})
+                locked_at = None
+                if held and not locked_in:
+                    # The lock holds it in a group not asked for, at another version: not
+                    # "not locked" either; the version that group would install is named.
+                    locked_in = sorted({g for _, g in held})
+                    locked_at = ", ".join(sorted({v for v, _ in held}))
                 diffs.append(
                     Difference(
-                        "extra", inst.name, str(inst.dist_info), None, inst.version, note,
+                        "extra", inst.name, str(inst.dist_info), locked_at, inst.version, note,
                         tuple(locked_in),
                     )
                 )  # fmt: skip
@@ -313,7 +322,9 @@ def verify(
         named.update(d.path for d in wrong)
     if full:
         diffs.extend(_wheelrecord.check_scripts(s for s in trusted.scripts if s.path not in named))
-    diffs.extend(_records.linked_folders(entries, environment.record_root or Path(layout.purelib)))
+    linked = _records.linked_folders(entries, environment.record_root or Path(layout.purelib))
+    diffs.extend(linked)
+    named.update(d.path for d in linked)  # not an added file as well
     # The files of a .dist-info folder whose RECORD lost lines are named by that RECORD's
     # difference, not each as an added file.
     short = tuple(os.path.dirname(d.path) + os.sep for d in records if d.kind == "changed")
@@ -352,8 +363,13 @@ def verify(
         compiler = bytecode if isinstance(bytecode, BytecodeCompiler) else _own(environment)
         sources = [Source(e.name, e.path) for e in entries if e.rel.endswith(".py")]
         bad, checked_bytecode = check_bytecode(sources, compiler, workers=workers or 2)
+        # One difference per path: a cached file (or its folder) already named as an
+        # added link or special file is not named again.
+        told = {d.path for d in diffs}
         diffs.extend(
-            Difference("changed", b.name, b.pyc, f"the code of {b.source}", b.reason) for b in bad
+            Difference("changed", b.name, b.pyc, f"the code of {b.source}", b.reason)
+            for b in bad
+            if b.pyc not in told and os.path.dirname(b.pyc) not in told
         )
     # Modes no installer gives (setuid, setgid; folders anyone may write into), in what
     # no difference names yet: RECORD's files were lstat-ed above, the rest is walked.
@@ -365,7 +381,7 @@ def verify(
             {e.path for e in entries},
             {d.path for d in diffs if d.kind != "missing"},  # whose path is site-packages
             [*entries, *(e for inst in installed for e in inst.record or ())],
-            full=full,
+            full=full or bytecode is not False,  # the byte-code compared is read anyway
             nobody=VENV_CREATION,
         )
     )

@@ -35,6 +35,8 @@ def _line(d: Difference) -> str:
         return f"{d.name} {d.expected}  (not in {d.path})"
     if d.kind == "extra" and d.locked_in:
         why = f"installed, in a group not asked for ({', '.join(d.locked_in)})"
+        if d.expected is not None:  # that group locks another version
+            why = f"locked at {d.expected} in a group not asked for ({', '.join(d.locked_in)})"
         return f"{d.name} {d.actual}  {d.path}  ({why})" + (f"  ({d.note})" if d.note else "")
     if d.kind == "extra":
         return f"{d.name} {d.actual}  {d.path}" + (f"  ({d.note})" if d.note else "")
@@ -48,6 +50,9 @@ def _line(d: Difference) -> str:
         line = f"{d.path}  ({d.actual})"
     elif d.kind == "changed":
         line = f"{d.name}  {d.path}\n      expected {d.expected}\n      found    {d.actual}"
+    elif d.kind == "added" and d.actual not in (None, "not in RECORD"):
+        # A link (named with its target), a FIFO or device node, a setuid file: said.
+        line = f"{d.name}  {d.path}  ({(d.actual or '').removesuffix(', not in RECORD')})"
     else:
         line = f"{d.name}  {d.path}"
     # The note says why it matters (a .pth file runs code at every start): never dropped.
