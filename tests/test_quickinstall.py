@@ -36,6 +36,7 @@ from envship._quickplan import (
     venv_version,
 )
 from envship.install import MARKER_NAME
+from test_entry import CHILD as INTERRUPTING
 from test_install import build_wheels, stocked_store, write_lock
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -48,25 +49,6 @@ code = main()
 with open(os.environ["MODULES_OUT"], "w") as f:
     json.dump(sorted(sys.modules), f)
 sys.exit(code)
-"""
-
-# As tests/test_entry.py does: the child sends itself SIG when it first imports MODULE.
-# The quick path imports hashlib only once uv is installing (to confirm the lock's bytes).
-INTERRUPTED = """
-import importlib.abc, os, signal, sys
-SIG = getattr(signal, sys.argv[1])
-
-class Interrupt(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "hashlib":
-            sys.meta_path.remove(self)
-            os.kill(os.getpid(), SIG)
-        return None
-
-sys.meta_path.insert(0, Interrupt())
-sys.argv = ["envship", *sys.argv[2:]]
-from envship._entry import main
-sys.exit(main())
 """
 
 
@@ -100,6 +82,18 @@ def envship(tmp_path: Path, *args: str, cwd: Path | None = None) -> Done:
     )
     modules = json.loads((tmp_path / "modules.json").read_text())
     return Done(proc.returncode, proc.stdout, proc.stderr, modules)
+
+
+def child(tmp_path: Path, script: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``script`` (a child entry point of tests/test_entry.py's kind) run with ``args``."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env={**child_env(tmp_path), **env},
+        timeout=120,
+        check=False,
+    )
 
 
 def without_seconds(out: str) -> str:
@@ -364,14 +358,9 @@ def test_an_interruption_while_uv_installs_removes_the_new_environment(
     assert envship(tmp_path, *install_args(tmp_path / "first", lock)).code == 0
     dest = tmp_path / "env"
     args = install_args(dest, lock, *(["--json"] if as_json else []))
-    done = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED, sig, *args],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path),
-        timeout=120,
-        check=False,
-    )
+    # The child sends itself SIG when it first imports hashlib: the quick path does so
+    # only once uv is installing (to confirm the lock's bytes).
+    done = child(tmp_path, INTERRUPTING, sig, *args, INTERRUPT_AT="hashlib")
     assert done.returncode == 130, done.stderr
     message = "interrupted; re-run the same command to resume"
     if as_json:
@@ -665,14 +654,7 @@ def test_a_second_ctrl_c_during_the_clean_up_waits_for_it(
     lock, _ = setup
     assert envship(tmp_path, *install_args(tmp_path / "first", lock)).code == 0
     dest = tmp_path / "env"
-    done = subprocess.run(
-        [sys.executable, "-c", TWICE, *install_args(dest, lock)],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path),
-        timeout=120,
-        check=False,
-    )
+    done = child(tmp_path, TWICE, *install_args(dest, lock))
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
     assert not dest.exists()
