@@ -37,7 +37,7 @@ EXTRA_TITLE = "extra distributions (installed, not locked)"
 
 @dataclass(frozen=True)
 class Grouped:
-    """alpha and beta outside any group; tool in "dev", omega in "docs", lint in "lint"."""
+    """A lock with dependency groups, a store holding it, and its wheels by name."""
 
     lock: LockFile
     store: Store
@@ -46,6 +46,7 @@ class Grouped:
 
 @pytest.fixture
 def grouped(tmp_path: Path) -> Grouped:
+    """alpha and beta outside any group; tool in "dev", omega in "docs", lint in "lint"."""
     wheels = build_wheels(tmp_path / "dist")
     wheels["omega"] = build_wheel(tmp_path / "dist", "omega", "1.0")
     wheels["lint"] = build_wheel(tmp_path / "dist", "lint", "1.0")
@@ -235,17 +236,9 @@ def test_a_new_environment_for_one_envship_did_not_make_takes_the_groups_asked_f
 # -- overlapping groups, and the groups the environment was made with (auditor a11) ---------
 
 
-@dataclass(frozen=True)
-class Overlapping:
-    """six outside any group; a = idna, attrs; b = iniconfig, attrs; c = colorama."""
-
-    lock: LockFile
-    store: Store
-    wheels: dict[str, Path]
-
-
 @pytest.fixture
-def overlapping(tmp_path: Path) -> Overlapping:
+def overlapping(tmp_path: Path) -> Grouped:
+    """six outside any group; a = idna, attrs; b = iniconfig, attrs; c = colorama."""
     dist = tmp_path / "dist"
     names = ("six", "idna", "attrs", "iniconfig", "colorama")
     wheels = {n: build_wheel(dist, n, "1.0") for n in names}
@@ -259,11 +252,11 @@ def overlapping(tmp_path: Path) -> Overlapping:
     text = text.replace('dependency-groups = [\n    "c",\n]', 'dependency-groups = ["a", "b", "c"]')
     lock.path.write_text(text)
     store = stocked_store(tmp_path / "store", list(wheels.values()))
-    return Overlapping(LockFile.load(lock.path), store, wheels)
+    return Grouped(LockFile.load(lock.path), store, wheels)
 
 
 def test_the_hint_expects_the_groups_the_environment_was_made_with(
-    tmp_path: Path, overlapping: Overlapping
+    tmp_path: Path, overlapping: Grouped
 ) -> None:
     """Made with a, verified with --no-groups: idna (a) and attrs (a, b) are extras. The
     verify that expects them names a, as the install marker records it, not a and b
@@ -283,7 +276,7 @@ def test_the_hint_expects_the_groups_the_environment_was_made_with(
 
 
 def test_without_a_marker_the_hint_expects_the_fewest_groups_that_hold_the_extras(
-    tmp_path: Path, overlapping: Overlapping
+    tmp_path: Path, overlapping: Grouped
 ) -> None:
     """A venv envship did not make: a holds both extras, so a alone is expected."""
     venv = Venv(tmp_path / "venv", tmp_path / "uv-cache")
@@ -297,7 +290,7 @@ def test_without_a_marker_the_hint_expects_the_fewest_groups_that_hold_the_extra
 
 
 def test_missing_groups_name_the_groups_the_environment_was_made_with(
-    tmp_path: Path, overlapping: Overlapping, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, overlapping: Grouped, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Made with a, verified with every group: iniconfig and colorama are missing; the
     hint says the environment was made with --group a and gives that verify (M3), and
