@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from packaging.utils import canonicalize_name
 
 from ._difference import Difference
-from ._verifymodes import scan, setid_difference
+from ._verifymodes import files_under, setid_difference
 
 __all__ = [
     "CHUNK",
@@ -58,11 +58,9 @@ __all__ = [
     "installed",
     "linked_folders",
     "record_differences",
-    "scan",
     "unlisted",
 ]
 
-_CACHE = "__pycache__"
 CHUNK = 1 << 20  # read files in 1 MiB chunks: hashlib releases the GIL on large updates
 _BUFFERS = threading.local()
 
@@ -389,22 +387,10 @@ def unlisted(top: str, known: Collection[str]) -> Iterator[tuple[str, str]]:
     compares it with its source); anything else there is reported, a folder named
     ``__pycache__`` that is a link too. One ``scandir`` per folder; a folder this user
     may not read is a :class:`~envship.errors.PermissionDeniedError`, never a pass."""
-    folders = [top]
-    while folders:
-        folder = folders.pop()
-        listing = scan(folder)
-        in_cache = os.path.basename(folder) == _CACHE
-        for entry in listing:
-            if entry.is_dir(follow_symlinks=False):
-                folders.append(entry.path)
-                continue
-            path = entry.path
-            if path in known:
-                continue
-            if in_cache and entry.name.endswith(".pyc") and entry.is_file(follow_symlinks=False):
-                continue
+    for entry in files_under(top):
+        if entry.path not in known:
             actual = describe(entry)
-            yield path, "not in RECORD" if actual == "a file" else f"{actual}, not in RECORD"
+            yield entry.path, "not in RECORD" if actual == "a file" else f"{actual}, not in RECORD"
 
 
 #: What a RECORD must list (PEP 376: every installed file, itself included), beyond the

@@ -65,7 +65,8 @@ from ._environment import InstalledEnvironment, read_venv_config
 from ._envroot import USED_NAME
 from ._halfmade import remake
 from ._installmarker import FILES_KEY, INCOMPLETE_NAME, LINKS_KEY, MARKER_NAME
-from ._records import describe, scan
+from ._records import describe
+from ._verifymodes import CACHE, files_under
 
 __all__ = ["VENV_CREATION", "site_differences"]
 
@@ -81,7 +82,6 @@ _PTH_NOTE = (
     "to the import path"
 )
 _SYSTEM_SITE = "include-system-site-packages"
-_CACHE = "__pycache__"
 _CACHE_NOTE = "in a byte-code cache, where Python writes only regular .pyc files"
 # At the venv's top: envship's marker, incomplete marker and use stamp, and the file uv
 # flocks while it installs into the venv (``.lock``); none is read as code or config.
@@ -273,34 +273,11 @@ def _venv_files(
     return accepted, False, diffs, notes
 
 
-def _walk(root: str, skip: set[str]) -> Iterator[os.DirEntry[str]]:
-    """Every file and link under ``root`` (links not followed), but none in ``skip``'s
-    folders (site-packages, checked entry by entry) and no regular ``.pyc`` file in a
-    ``__pycache__``: that one runs only in place of a source beside its folder, which is
-    checked; anything else there (another file, a link, a FIFO) is reported. A folder this
-    user may not read stops the check (:func:`envship._records.scan`)."""
-    folders = [root]
-    while folders:
-        folder = folders.pop()
-        in_cache = os.path.basename(folder) == _CACHE
-        for entry in scan(folder):
-            if entry.is_dir(follow_symlinks=False):
-                if entry.path not in skip:
-                    folders.append(entry.path)
-            elif not (in_cache and _is_pyc(entry)):
-                yield entry
-
-
-def _is_pyc(entry: os.DirEntry[str]) -> bool:
-    """A regular ``.pyc`` file (``d_type``: no ``stat``), as Python writes its cache."""
-    return entry.name.endswith(".pyc") and entry.is_file(follow_symlinks=False)
-
-
 def _site_cache(site: str, cache: os.DirEntry[str], claimed: set[str]) -> Iterator[Difference]:
     """What is in a site-packages folder's own ``__pycache__`` (the byte-code of its
     top-level modules) besides regular ``.pyc`` files: each file, link or special file
     (in a folder inside it too) is unowned."""
-    for entry in _walk(cache.path, set()):
+    for entry in files_under(cache.path):
         if entry.path in claimed:
             continue
         rel = os.path.relpath(entry.path, site).replace(os.sep, "/")
@@ -365,7 +342,7 @@ def _outside(
     shared = _shared(venv)
     diffs: list[Difference] = []
     unchecked: list[str] = []
-    for entry in _walk(root, set(sites) | accepted):  # a folder at the marker's place
+    for entry in files_under(root, set(sites) | accepted):  # a folder at the marker's place
         path = entry.path
         rel = os.path.relpath(path, root).replace(os.sep, "/")
         if path in claimed or path in accepted:
@@ -386,7 +363,7 @@ def _outside(
             continue
         executable = entry.is_file(follow_symlinks=False) and os.access(path, os.X_OK)
         note = _venv_note(rel, executable)
-        if os.path.basename(os.path.dirname(path)) == _CACHE:
+        if os.path.basename(os.path.dirname(path)) == CACHE:
             note = _CACHE_NOTE
         diffs.append(Difference("unowned", rel, path, None, describe(entry), note))
     notes = []
@@ -462,7 +439,7 @@ def site_differences(
         except OSError:
             continue  # gone or unreadable: its distributions are reported missing
         for entry in entries:
-            if entry.name == _CACHE and entry.is_dir(follow_symlinks=False):
+            if entry.name == CACHE and entry.is_dir(follow_symlinks=False):
                 # RECORD leaves the byte-code of top-level modules out (pip lists it
                 # without a hash): a regular .pyc there only runs in place of its source.
                 diffs.extend(_site_cache(site, entry, known))

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import shlex
 import stat
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +50,15 @@ from ._difference import Difference
 if TYPE_CHECKING:
     from ._records import Entry
 
-__all__ = ["OPEN_EXPECTED", "SETID_EXPECTED", "mode_differences", "scan", "setid_difference"]
+__all__ = [
+    "CACHE",
+    "OPEN_EXPECTED",
+    "SETID_EXPECTED",
+    "files_under",
+    "mode_differences",
+    "scan",
+    "setid_difference",
+]
 
 #: The ``expected`` of a difference in a file's setuid or setgid bit, and in a folder (or
 #: byte-code) others may write (as :mod:`envship._records` says of an installed file).
@@ -74,7 +82,7 @@ _TOP_NOTE = (
     "which Python reads at every start of the environment)"
 )
 _PYC_NOTE = "anyone on this machine can change it, and Python runs it in place of its source"
-_CACHE = "__pycache__"
+CACHE = "__pycache__"  # a byte-code cache folder (PEP 3147)
 
 
 def setid_difference(name: str, path: str, mode: int) -> Difference | None:
@@ -103,6 +111,27 @@ def scan(folder: str) -> list[os.DirEntry[str]]:
             f"it readable: chmod -R a+rX {shlex.quote(folder)}; until then nothing in it can "
             "be vouched for",
         ) from None
+
+
+def files_under(top: str, skip: Collection[str] = ()) -> Iterator[os.DirEntry[str]]:
+    """Every entry under the folder ``top`` that is not a folder: files, links (to a
+    folder too, never followed: ``import pkg.sub.mod`` runs what it points at), FIFOs and
+    device nodes; none under a folder in ``skip``, and no regular ``.pyc`` file in a
+    ``__pycache__``, the only thing Python writes there (RECORD leaves byte-code out;
+    ``verify --bytecode`` compares it with its source). ``d_type`` alone tells them
+    apart: no ``stat``. A folder this user may not read raises (:func:`scan`)."""
+    folders = [top]
+    while folders:
+        folder = folders.pop()
+        in_cache = os.path.basename(folder) == CACHE
+        for entry in scan(folder):
+            if entry.is_dir(follow_symlinks=False):
+                if entry.path not in skip:
+                    folders.append(entry.path)
+            elif not (
+                in_cache and entry.name.endswith(".pyc") and entry.is_file(follow_symlinks=False)
+            ):
+                yield entry
 
 
 def _open(mode: int) -> bool:
@@ -153,7 +182,7 @@ def mode_differences(
                 bad.append((top, mode, True))
     while folders:
         folder = folders.pop()
-        in_cache = os.path.basename(folder) == _CACHE
+        in_cache = os.path.basename(folder) == CACHE
         for entry in scan(folder):
             path = entry.path
             if path in skip or path in checked:
@@ -167,7 +196,7 @@ def mode_differences(
                     # set): its modes only in ``full`` mode. Whatever else is in a cache
                     # (a program, a link, a FIFO) is an added or unowned file, named by
                     # those walks (:func:`envship._records.unlisted`), in every mode.
-                    if full or entry.name != _CACHE:
+                    if full or entry.name != CACHE:
                         folders.append(path)
                 elif entry.is_file(follow_symlinks=False):
                     mode = entry.stat(follow_symlinks=False).st_mode
@@ -184,7 +213,7 @@ def mode_differences(
         if is_dir:
             note = _BIN_NOTE if path in bins else _TOP_NOTE if venv and path in tops else None
             diffs.append(_open_difference(owner.of_folder(path), path, mode, note or _FOLDER_NOTE))
-        elif os.path.basename(os.path.dirname(path)) == _CACHE:
+        elif os.path.basename(os.path.dirname(path)) == CACHE:
             # Byte-code is its source's distribution's.
             name = owner.of_bytecode(path)
             diffs.append(
